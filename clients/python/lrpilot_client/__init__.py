@@ -1,0 +1,40 @@
+"""Client for the lrpilot learning-rate schedule service.
+
+A training job reports its validation metric with `Client.observe` and gets back the decision:
+the learning rates to use next, and why. `AsyncClient` is the same for asyncio. The package
+depends on httpx only.
+"""
+
+from .async_client import AsyncClient
+from .client import Client
+from .errors import (
+    ConflictError,
+    LrpilotError,
+    NotFoundError,
+    ResponseError,
+    ServiceUnavailableError,
+    ValidationError,
+)
+from .models import Counts, Decision, LrsInForce, Page, Policy, Run, decode_float, encode_float
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ConflictError",
+    "Counts",
+    "Decision",
+    "LrpilotError",
+    "LrsInForce",
+    "NotFoundError",
+    "Page",
+    "Policy",
+    "ResponseError",
+    "Run",
+    "ServiceUnavailableError",
+    "ValidationError",
+    "__version__",
+    "decode_float",
+    "encode_float",
+]

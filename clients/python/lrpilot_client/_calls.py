@@ -1,0 +1,142 @@
+"""The API's requests and the reading of its answers, with no I/O.
+
+Each function here describes one request (method, path, query, body) and how to read its
+answer, as a `Call`. The sync and the async client only send a `Call` and hand the response back
+to `Call.result`, so the two clients cannot drift apart in what they send or how they read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from .errors import (
+    ConflictError,
+    LrpilotError,
+    NotFoundError,
+    ResponseError,
+    ValidationError,
+    detail_of,
+)
+from .models import Decision, LrsInForce, Page, Run, encode_float, encode_floats
+
+T = TypeVar("T")
+
+_ERRORS: dict[int, type[LrpilotError]] = {
+    404: NotFoundError,
+    409: ConflictError,
+    422: ValidationError,
+}
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and the reader of its successful answer."""
+
+    method: str
+    path: str
+    read: Callable[[object], T]
+    params: Mapping[str, str | int] | None = None
+    body: Mapping[str, Any] | None = None
+
+    def describe(self) -> str:
+        """`METHOD /path`, for error messages."""
+        return f"{self.method} {self.path}"
+
+    def result(self, response: httpx.Response) -> T:
+        """Read a final (non-retried) answer: the typed result for 2xx, else the error."""
+        if 200 <= response.status_code < 300:
+            try:
+                raw = response.json()
+            except ValueError as exc:
+                raise ResponseError(
+                    f"{self.describe()}: the answer is not JSON: {exc}", response.status_code
+                ) from None
+            return self.read(raw)
+        raise error_for(response)
+
+
+def error_for(response: httpx.Response) -> LrpilotError:
+    """The exception for a 4xx (or an unexpected) answer, carrying the service's detail."""
+    cls = _ERRORS.get(response.status_code, LrpilotError)
+    return cls(detail_of(response), response.status_code)
+
+
+def run_path(run_id: str) -> str:
+    """`/v1/runs/{run_id}` with run_id as one path segment.
+
+    run_id is percent-encoded so that a "/" or "?" in it cannot reach another route; the
+    segments "." and ".." (valid run_ids) are encoded as %2E so URL normalisation does not
+    resolve them as "this directory" or "parent directory".
+    """
+    segment = quote(run_id, safe="")
+    if segment.strip(".") == "":
+        segment = "%2E" * len(segment)
+    return f"/v1/runs/{segment}"
+
+
+def create_run(
+    run_id: str,
+    policy: str,
+    version: int,
+    params: Mapping[str, Any] | None,
+    base_lrs: Sequence[float] | None,
+    metric: str | None,
+    labels: Mapping[str, str] | None,
+) -> Call[Run]:
+    """PUT the run's spec. Fields left as None are not sent, so the service's defaults apply
+    and a spec written with or without them hashes the same."""
+    body: dict[str, Any] = {
+        "policy": {"name": policy, "version": version, "params": dict(params or {})},
+    }
+    if base_lrs is not None:
+        body["base_lrs"] = encode_floats(base_lrs)
+    if metric is not None:
+        body["metric"] = metric
+    if labels is not None:
+        body["labels"] = dict(labels)
+    return Call("PUT", run_path(run_id), Run.from_json, body=body)
+
+
+def get_run(run_id: str) -> Call[Run]:
+    return Call("GET", run_path(run_id), Run.from_json)
+
+
+def observe(
+    run_id: str, step: int, value: float, rank: int | None, world_size: int | None
+) -> Call[Decision]:
+    """POST one observation. A non-finite value goes as a string so the body is strict JSON."""
+    body: dict[str, Any] = {"step": step, "value": encode_float(value)}
+    if rank is not None:
+        body["rank"] = rank
+    if world_size is not None:
+        body["world_size"] = world_size
+    return Call("POST", f"{run_path(run_id)}/observations", Decision.from_json, body=body)
+
+
+def lrs_in_force(run_id: str, step: int | None) -> Call[LrsInForce]:
+    params = None if step is None else {"step": step}
+    return Call("GET", f"{run_path(run_id)}/lr", LrsInForce.from_json, params=params)
+
+
+def decisions(run_id: str, after: int, limit: int, action: str | None) -> Call[Page[Decision]]:
+    params: dict[str, str | int] = {"after": after, "limit": limit}
+    if action is not None:
+        params["action"] = action
+    return Call(
+        "GET",
+        f"{run_path(run_id)}/decisions",
+        Page[Decision].parser(Decision.from_json),
+        params=params,
+    )
+
+
+def first_lr(lrs: Sequence[float]) -> float:
+    """The first param group's rate; a run always has at least one group."""
+    if not lrs:
+        raise ResponseError("the service answered an empty list of lrs")
+    return lrs[0]

@@ -1,0 +1,118 @@
+"""Exceptions raised by the lrpilot clients.
+
+One class per answer a caller may want to handle differently: a run that does not exist, a spec
+or an observation that contradicts what the service already holds, a request the service
+rejected, and a service that could not be reached at all. Every error keeps the service's own
+`detail`, because the service's message is the precise one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "ConflictError",
+    "LrpilotError",
+    "NotFoundError",
+    "ResponseError",
+    "ServiceUnavailableError",
+    "ValidationError",
+]
+
+
+def describe_detail(detail: Any) -> str:
+    """Render a `detail` as one line.
+
+    FastAPI's validation errors are a list of `{"loc", "msg", ...}` objects; showing each as
+    `body.step: msg` keeps the message short and still says which field was wrong.
+    """
+    if detail is None:
+        return ""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        parts: list[str] = []
+        for item in detail:
+            if isinstance(item, dict) and "msg" in item:
+                loc = item.get("loc")
+                where = ".".join(str(p) for p in loc) if isinstance(loc, list) else ""
+                parts.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
+
+
+class LrpilotError(Exception):
+    """Base of every error the client raises, so a training loop can catch them all at once.
+
+    `detail` is the service's `detail` (a string, or a list for validation errors) or, when the
+    service gave none, the client's own description. `status_code` is the HTTP status, or None
+    when no answer was received.
+    """
+
+    def __init__(
+        self, detail: Any, status_code: int | None = None, *, message: str | None = None
+    ) -> None:
+        self.detail: Any = detail
+        self.status_code: int | None = status_code
+        if message is None:
+            text = describe_detail(detail)
+            message = f"{status_code}: {text}" if status_code is not None else text
+        super().__init__(message)
+
+
+class NotFoundError(LrpilotError):
+    """404: the run (or the route) does not exist."""
+
+
+class ConflictError(LrpilotError):
+    """409: the request contradicts what the service holds.
+
+    A run created again with a different spec, or an observation for an already decided step
+    with a different value. Retrying cannot help, so this is never retried.
+    """
+
+
+class ValidationError(LrpilotError):
+    """422: the service rejected the request's content (bad params, bad run_id, ...)."""
+
+
+class ServiceUnavailableError(LrpilotError):
+    """The service could not be reached, or kept answering 5xx, for all the retries.
+
+    `attempts` is how many requests were made; `detail` describes the last failure.
+    """
+
+    def __init__(
+        self,
+        detail: Any,
+        status_code: int | None = None,
+        *,
+        attempts: int = 0,
+        message: str | None = None,
+    ) -> None:
+        super().__init__(detail, status_code, message=message)
+        self.attempts = attempts
+
+
+class ResponseError(LrpilotError):
+    """The service answered with a success status but a body the client cannot read.
+
+    This means the client and the service disagree on the contract (wrong version, or a proxy
+    in between answering for the service); it is raised rather than guessed around.
+    """
+
+
+def detail_of(response: httpx.Response) -> Any:
+    """The service's `detail`, or the body's text when the answer is not the usual JSON error
+    (a proxy's HTML page, an empty 502, ...)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text or None
+    if isinstance(body, dict) and "detail" in body:
+        return body["detail"]
+    return response.text or None

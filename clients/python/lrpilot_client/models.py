@@ -1,0 +1,313 @@
+"""Typed results of the lrpilot API and the JSON conversions both clients share.
+
+Plain frozen dataclasses rather than pydantic: the client must depend on httpx only, so that a
+training image needs none of the server's packages. Parsing is strict: a field of the wrong type
+raises `ResponseError` naming the field, because a silently wrong learning rate is worse than a
+loud failure.
+
+Non-finite floats: the service writes NaN and ±inf as the strings "NaN", "Infinity",
+"-Infinity" (its responses are strict JSON), and the client sends them the same way (httpx
+refuses to write NaN into a JSON body). `encode_float` and `decode_float` are that convention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from .errors import ResponseError
+
+__all__ = [
+    "Counts",
+    "Decision",
+    "LrsInForce",
+    "Page",
+    "Policy",
+    "Run",
+    "decode_float",
+    "encode_float",
+]
+
+T = TypeVar("T")
+
+_NON_FINITE_NAMES: dict[str, float] = {
+    "NaN": math.nan,
+    "Infinity": math.inf,
+    "-Infinity": -math.inf,
+}
+
+
+def encode_float(value: float) -> float | str:
+    """Return `value` as strict JSON can carry it: a number, or "NaN"/"Infinity"/"-Infinity"."""
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def decode_float(raw: object, where: str = "value") -> float:
+    """Read a float the service wrote as a JSON number or as one of the non-finite strings.
+
+    Booleans are refused although Python counts them as ints: `true` where a float belongs means
+    the contract is broken, not that the rate is 1.0.
+    """
+    if isinstance(raw, bool):
+        raise ResponseError(f"{where}: expected a number, got {raw!r}")
+    if isinstance(raw, int | float):
+        return float(raw)
+    if isinstance(raw, str) and raw in _NON_FINITE_NAMES:
+        return _NON_FINITE_NAMES[raw]
+    raise ResponseError(f"{where}: expected a number, got {raw!r}")
+
+
+class _Fields:
+    """Typed access to one JSON object, with errors that name the field that was wrong."""
+
+    def __init__(self, raw: object, what: str) -> None:
+        if not isinstance(raw, dict):
+            raise ResponseError(f"{what}: expected an object, got {type(raw).__name__}")
+        self._raw: dict[str, Any] = raw
+        self._what = what
+
+    def _get(self, key: str) -> Any:
+        try:
+            return self._raw[key]
+        except KeyError:
+            raise ResponseError(f"{self._what}.{key}: missing") from None
+
+    def _where(self, key: str) -> str:
+        return f"{self._what}.{key}"
+
+    def text(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise ResponseError(f"{self._where(key)}: expected a string, got {value!r}")
+        return value
+
+    def opt_text(self, key: str) -> str | None:
+        return None if self._raw.get(key) is None else self.text(key)
+
+    def integer(self, key: str) -> int:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ResponseError(f"{self._where(key)}: expected an integer, got {value!r}")
+        return value
+
+    def opt_integer(self, key: str) -> int | None:
+        return None if self._raw.get(key) is None else self.integer(key)
+
+    def number(self, key: str) -> float:
+        return decode_float(self._get(key), self._where(key))
+
+    def numbers(self, key: str) -> tuple[float, ...]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise ResponseError(f"{self._where(key)}: expected a list, got {value!r}")
+        return tuple(decode_float(v, f"{self._where(key)}[{i}]") for i, v in enumerate(value))
+
+    def obj(self, key: str) -> dict[str, Any]:
+        value = self._get(key)
+        if not isinstance(value, dict):
+            raise ResponseError(f"{self._where(key)}: expected an object, got {value!r}")
+        return value
+
+    def opt_obj(self, key: str) -> dict[str, Any]:
+        return {} if self._raw.get(key) is None else self.obj(key)
+
+    def fields(self, key: str) -> _Fields:
+        return _Fields(self._get(key), self._where(key))
+
+    def array(self, key: str) -> list[Any]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise ResponseError(f"{self._where(key)}: expected a list, got {value!r}")
+        return value
+
+    def timestamp(self, key: str) -> datetime:
+        value = self.text(key)
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ResponseError(
+                f"{self._where(key)}: expected an ISO 8601 time, got {value!r}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A run's resolved policy: every default filled in by the service, so this is exactly
+    what decides (e.g. name "plateau", version 1)."""
+
+    name: str
+    version: int
+    params: Mapping[str, Any]
+
+    @property
+    def ref(self) -> str:
+        """The `name@version` form decisions carry, e.g. "plateau@1"."""
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def from_json(cls, raw: object) -> Policy:
+        f = _Fields(raw, "Policy")
+        return cls(name=f.text("name"), version=f.integer("version"), params=f.opt_obj("params"))
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many decisions a run has, and how many of them lowered the learning rate."""
+
+    decisions: int
+    reductions: int
+
+    @classmethod
+    def from_json(cls, raw: object) -> Counts:
+        f = _Fields(raw, "Counts")
+        return cls(decisions=f.integer("decisions"), reductions=f.integer("reductions"))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run as the service holds it: its spec, and where its schedule stands now.
+
+    `lrs` are the rates in force after the last decision (one per param group); `last_step` is
+    None until the first observation; `last_seq` is the seq of the last decision (0 if none).
+    """
+
+    run_id: str
+    policy: Policy
+    base_lrs: tuple[float, ...]
+    metric: str | None
+    labels: Mapping[str, Any]
+    config_hash: str
+    lrs: tuple[float, ...]
+    last_step: int | None
+    last_seq: int
+    counts: Counts
+    status: str
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, raw: object) -> Run:
+        f = _Fields(raw, "Run")
+        return cls(
+            run_id=f.text("run_id"),
+            policy=Policy.from_json(f.obj("policy")),
+            base_lrs=f.numbers("base_lrs"),
+            metric=f.opt_text("metric"),
+            labels=f.opt_obj("labels"),
+            config_hash=f.text("config_hash"),
+            lrs=f.numbers("lrs"),
+            last_step=f.opt_integer("last_step"),
+            last_seq=f.integer("last_seq"),
+            counts=Counts.from_json(f.obj("counts")),
+            status=f.text("status"),
+            created_at=f.timestamp("created_at"),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One entry of a run's decision log: what was observed, what the policy did, and why.
+
+    `value` may be NaN or ±inf (a diverged loss is a legitimate observation). `state` is the
+    policy's state after this decision, as the service wrote it: its non-finite numbers are
+    still the strings "NaN"/"Infinity"/"-Infinity", because which of its strings are numbers
+    depends on the policy. `hash` chains to `prev_hash`, so a log can be verified end to end.
+    """
+
+    run_id: str
+    seq: int
+    step: int
+    value: float
+    lrs: tuple[float, ...]
+    previous_lrs: tuple[float, ...]
+    action: str
+    reason: str
+    policy: str
+    config_hash: str
+    state: Mapping[str, Any]
+    hash: str
+    prev_hash: str | None
+    created_at: datetime
+
+    @property
+    def lr(self) -> float:
+        """The first param group's rate: what a single-group optimizer needs."""
+        return self.lrs[0]
+
+    @classmethod
+    def from_json(cls, raw: object) -> Decision:
+        f = _Fields(raw, "Decision")
+        return cls(
+            run_id=f.text("run_id"),
+            seq=f.integer("seq"),
+            step=f.integer("step"),
+            value=f.number("value"),
+            lrs=f.numbers("lrs"),
+            previous_lrs=f.numbers("previous_lrs"),
+            action=f.text("action"),
+            reason=f.text("reason"),
+            policy=f.text("policy"),
+            config_hash=f.text("config_hash"),
+            state=f.opt_obj("state"),
+            hash=f.text("hash"),
+            prev_hash=f.opt_text("prev_hash"),
+            created_at=f.timestamp("created_at"),
+        )
+
+
+@dataclass(frozen=True)
+class LrsInForce:
+    """The rates in force at a training step, for ranks that read but do not report.
+
+    `seq` is the decision that set them and `decided_at_step` its step; both are None while the
+    run has no decision yet (the rates are then the base rates). `step` echoes the step asked
+    about, None when the current rates were asked for.
+    """
+
+    run_id: str
+    step: int | None
+    lrs: tuple[float, ...]
+    seq: int | None
+    decided_at_step: int | None
+
+    @classmethod
+    def from_json(cls, raw: object) -> LrsInForce:
+        f = _Fields(raw, "LrsInForce")
+        return cls(
+            run_id=f.text("run_id"),
+            step=f.opt_integer("step"),
+            lrs=f.numbers("lrs"),
+            seq=f.opt_integer("seq"),
+            decided_at_step=f.opt_integer("decided_at_step"),
+        )
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list. `next` is the cursor to pass as `after` for the following page,
+    None on the last page."""
+
+    items: tuple[T, ...]
+    next: int | None
+
+    @classmethod
+    def parser(cls, item: Callable[[object], T]) -> Callable[[object], Page[T]]:
+        """A function that reads a page whose items `item` reads."""
+
+        def parse(raw: object) -> Page[T]:
+            f = _Fields(raw, "Page")
+            return cls(items=tuple(item(i) for i in f.array("items")), next=f.opt_integer("next"))
+
+        return parse
+
+
+def encode_floats(values: Sequence[float]) -> list[float | str]:
+    """`encode_float` over a list (e.g. base_lrs)."""
+    return [encode_float(v) for v in values]
