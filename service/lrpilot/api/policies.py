@@ -1,0 +1,28 @@
+"""/v1/policies: every served policy version with its params schema and defaults."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from lrpilot.api.models import PolicyList
+from lrpilot.api.responses import StrictJSONResponse
+from lrpilot.policies import POLICIES
+
+router = APIRouter(prefix="/v1/policies", tags=["policies"])
+
+
+@router.get("", response_model=PolicyList)
+def list_policies() -> Response:
+    items = [
+        {
+            "name": p.name,
+            "version": p.version,
+            "params_schema": p.params_schema(),
+            "defaults": p.defaults(),
+            "description": p.description,
+            "actions": list(p.actions),
+        }
+        for _, p in sorted(POLICIES.items())
+    ]
+    return StrictJSONResponse({"items": items})

@@ -1,0 +1,26 @@
+"""Strict JSON responses: every body is RFC 8259 JSON, non-finite floats written as strings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response
+
+from lrpilot.canonical import to_strict
+
+
+class StrictJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            to_strict(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode("utf-8")
+
+
+def raw_json(body: str, status_code: int = 200) -> Response:
+    """A body that is already canonical (strict) JSON, sent as stored: no re-encoding."""
+    return Response(content=body, status_code=status_code, media_type="application/json")
+
+
+def page_json(items: list[str], next_cursor: int | str | None) -> Response:
+    return raw_json('{"items":[' + ",".join(items) + '],"next":' + json.dumps(next_cursor) + "}")

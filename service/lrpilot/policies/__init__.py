@@ -1,0 +1,39 @@
+"""The policy registry: every released ``name@version``, served forever."""
+
+from __future__ import annotations
+
+from lrpilot.policies.base import (
+    Frozen,
+    Observation,
+    Outcome,
+    Policy,
+    PolicyError,
+    State,
+    policy_id,
+)
+from lrpilot.policies.plateau import Plateau
+
+POLICIES: dict[str, Policy] = {policy_id(p.name, p.version): p for p in (Plateau(),)}
+
+
+def get_policy(name: str, version: int) -> Policy:
+    """The policy ``name@version``; PolicyError names what is served when it is unknown."""
+    try:
+        return POLICIES[policy_id(name, version)]
+    except KeyError:
+        known = ", ".join(sorted(POLICIES))
+        raise PolicyError(
+            [(("name",), f"unknown policy {policy_id(name, version)!r}; served: {known}")]
+        ) from None
+
+
+__all__ = [
+    "POLICIES",
+    "Frozen",
+    "Observation",
+    "Outcome",
+    "Policy",
+    "PolicyError",
+    "State",
+    "get_policy",
+]

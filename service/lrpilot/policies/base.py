@@ -1,0 +1,94 @@
+"""What every policy is: pure functions over plain, frozen data.
+
+A policy is ``init(params, base_lrs) -> state`` and
+``step(params, state, observation) -> (outcome, state)``. No I/O, no clock, no randomness:
+the same inputs give the same outputs on every machine, which is what makes a logged run
+replayable bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+Loc = tuple[str | int, ...]
+
+
+class PolicyError(ValueError):
+    """Params or base_lrs that a policy refuses: one (loc, message) per broken rule."""
+
+    def __init__(self, errors: list[tuple[Loc, str]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in errors))
+        self.errors = errors
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class State(Frozen):
+    """A policy's state after a decision; every policy's state carries the lrs in force."""
+
+    lrs: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    step: int
+    value: float
+    metric: str = "metric"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a policy decided for one observation; the store turns it into a logged decision."""
+
+    lrs: tuple[float, ...]
+    action: str
+    reason: str
+
+
+class Policy(Protocol):
+    name: ClassVar[str]
+    version: ClassVar[int]
+    description: ClassVar[str]
+    actions: ClassVar[tuple[str, ...]]
+
+    def params_schema(self) -> dict[str, Any]: ...
+
+    def defaults(self) -> dict[str, Any]: ...
+
+    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> Frozen:
+        """Validate params against base_lrs and fill every default; raise PolicyError."""
+        ...
+
+    def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> State: ...
+
+    def load_state(self, data: dict[str, Any]) -> State: ...
+
+    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]: ...
+
+
+def policy_id(name: str, version: int) -> str:
+    return f"{name}@{version}"
+
+
+def fmt(x: float) -> str:
+    """A number in a reason: exact (repr), so a reader can redo the comparison."""
+    return repr(x)
+
+
+def fmt_lrs(lrs: tuple[float, ...]) -> str:
+    if len(lrs) == 1:
+        return f"lr {fmt(lrs[0])}"
+    return "lrs [" + ", ".join(fmt(x) for x in lrs) + "]"
+
+
+def fmt_change(old: tuple[float, ...], new: tuple[float, ...]) -> str:
+    if len(old) == 1:
+        return f"lr {fmt(old[0])} -> {fmt(new[0])}"
+    return (
+        "lrs [" + ", ".join(fmt(x) for x in old) + "] -> [" + ", ".join(fmt(x) for x in new) + "]"
+    )

@@ -1,0 +1,59 @@
+"""The schema. Alembic migrations in migrations/ are the only way it changes in a database;
+tests/test_migrations.py checks that they and these models agree."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+class RunRow(SQLModel, table=True):
+    """A run, its resolved spec and its latest policy state: read and written once a decision."""
+
+    __tablename__ = "runs"
+
+    run_id: str = Field(primary_key=True, sa_type=sa.String(128))
+    policy: str = Field(sa_type=sa.String(64))  # "plateau@1"
+    params: str = Field(sa_type=sa.Text)  # canonical JSON, every default filled
+    base_lrs: str = Field(sa_type=sa.Text)  # canonical JSON list
+    metric: str | None = Field(default=None, sa_type=sa.String(128))
+    labels: str = Field(sa_type=sa.Text)  # canonical JSON object
+    config_hash: str = Field(sa_type=sa.String(64))
+    state: str = Field(sa_type=sa.Text)  # canonical JSON of the policy state after last_seq
+    lrs: str = Field(sa_type=sa.Text)  # canonical JSON list, in force after last_seq
+    last_step: int | None = Field(default=None, sa_type=sa.BigInteger)
+    last_seq: int = Field(default=0, sa_type=sa.BigInteger)
+    head_hash: str = Field(sa_type=sa.String(64))  # hash of decision last_seq (the chain's tip)
+    reductions: int = Field(default=0, sa_type=sa.BigInteger)
+    status: str = Field(default="active", sa_type=sa.String(16))
+    created_at: str = Field(sa_type=sa.String(40))
+
+
+class RunLabelRow(SQLModel, table=True):
+    """One row a label, so that runs can be filtered by label with an index on any database."""
+
+    __tablename__ = "run_labels"
+    __table_args__ = (sa.Index("ix_run_labels_key_value", "key", "value"),)
+
+    run_id: str = Field(
+        primary_key=True, sa_type=sa.String(128), foreign_key="runs.run_id", ondelete="CASCADE"
+    )
+    key: str = Field(primary_key=True, sa_type=sa.String(128))
+    value: str = Field(sa_type=sa.String(256))
+
+
+class DecisionRow(SQLModel, table=True):
+    """A decision with the observation it answered; ``body`` is the hashed canonical JSON."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (sa.Index("ix_decisions_run_step", "run_id", "step"),)
+
+    run_id: str = Field(
+        primary_key=True, sa_type=sa.String(128), foreign_key="runs.run_id", ondelete="CASCADE"
+    )
+    seq: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    step: int = Field(sa_type=sa.BigInteger)
+    action: str = Field(sa_type=sa.String(32))
+    superseded: bool = Field(default=False)
+    hash: str = Field(sa_type=sa.String(64))
+    body: str = Field(sa_type=sa.Text)
