@@ -151,6 +151,7 @@ class Store:
                     )
                 return run_document(existing, existing.last_seq), False
             s.add(row)
+            s.flush()  # the run before its labels: the foreign key needs it
             for key, value in spec.labels.items():
                 s.add(RunLabelRow(run_id=run_id, key=key, value=value))
             s.flush()
@@ -168,12 +169,11 @@ class Store:
             q = select(RunRow).order_by(col(RunRow.run_id)).limit(limit + 1)
             if after is not None:
                 q = q.where(col(RunRow.run_id) > after)
-            for i, (key, value) in enumerate(sorted(labels.items())):
-                label = sa.orm.aliased(RunLabelRow, name=f"l{i}")
-                q = q.join(
-                    label,
-                    sa.and_(label.run_id == RunRow.run_id, label.key == key, label.value == value),
+            for key, value in sorted(labels.items()):
+                labelled = select(RunLabelRow.run_id).where(
+                    RunLabelRow.key == key, RunLabelRow.value == value
                 )
+                q = q.where(col(RunRow.run_id).in_(labelled))
             rows = list(s.exec(q))
             more = len(rows) > limit
             rows = rows[:limit]
