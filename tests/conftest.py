@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,16 +72,18 @@ class LiveServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.mkdtemp(prefix="lrpilot-serve-")) / "serve.log"
 
     def start(self, timeout: float = 30.0) -> LiveServer:
         cmd = [sys.executable, "-m", "lrpilot.cli", "serve", "--host", "127.0.0.1",
                "--port", str(self.port), "--database-url", self.database_url,
                "--log-level", "warning"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with self.log.open("ab") as log:  # a file, not a pipe: a chatty server never blocks
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = self.log.read_text(errors="replace")
                 raise RuntimeError(f"lrpilot serve exited with {self.proc.returncode}: {err}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:

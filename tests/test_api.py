@@ -68,6 +68,8 @@ def test_invalid_run_id_and_spec_are_422(api: TestClient) -> None:
     assert r.status_code == 422
     (err,) = r.json()["detail"]
     assert err["loc"] == ["body", "policy", "name"] and "plateau@1" in err["msg"]
+    r = api.put("/v1/runs/r", json={**run_spec(), "policy": {"name": "plateau", "version": 9}})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "policy", "version"]
     assert api.get("/v1/runs/r").status_code == 404  # nothing was stored
 
 
@@ -211,6 +213,8 @@ def test_decision_log_pages_and_filters(api: TestClient) -> None:
     reduces = api.get("/v1/runs/pg/decisions?action=reduce&limit=1000").json()["items"]
     assert {d["action"] for d in reduces} == {"reduce"} and len(reduces) > 5
     assert api.get("/v1/runs/pg/decisions?limit=0").status_code == 422
+    typo = api.get("/v1/runs/pg/decisions?action=reduced")
+    assert typo.status_code == 422 and "reduce" in typo.json()["detail"]
 
 
 def test_runs_list_filters_by_label_and_pages(api: TestClient) -> None:

@@ -19,6 +19,7 @@ from lrpilot.api.models import (
     RunPage,
 )
 from lrpilot.api.responses import StrictJSONResponse, page_json, raw_json
+from lrpilot.policies import ACTIONS
 from lrpilot.store.runs import RunSpec
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -99,5 +100,9 @@ def list_decisions(
     limit: Limit = 100,
     action: Annotated[str | None, Query(max_length=32, description="only this action")] = None,
 ) -> Response:
+    if action is not None and action not in ACTIONS:
+        raise HTTPException(
+            422, f"unknown action {action!r}; actions: {', '.join(sorted(ACTIONS))}"
+        )
     page = store.list_decisions(run_id, after, limit, action)
     return page_json(page.items, page.next)

@@ -22,9 +22,13 @@ def get_policy(name: str, version: int) -> Policy:
         return POLICIES[policy_id(name, version)]
     except KeyError:
         known = ", ".join(sorted(POLICIES))
+        field = "version" if any(p.name == name for p in POLICIES.values()) else "name"
         raise PolicyError(
-            [(("name",), f"unknown policy {policy_id(name, version)!r}; served: {known}")]
+            [((field,), f"unknown policy {policy_id(name, version)!r}; served: {known}")]
         ) from None
+
+
+ACTIONS: frozenset[str] = frozenset(a for p in POLICIES.values() for a in p.actions)
 
 
 __all__ = [
