@@ -168,6 +168,9 @@ def test_bad_observations_are_422_and_change_nothing(api: TestClient) -> None:
             "/v1/runs/b/observations", content=raw, headers={"content-type": "application/json"}
         )
         assert r.status_code == 422, (raw, r.text)
+    form = api.post("/v1/runs/b/observations", content=b'{"step": 1, "value": 0.5}',
+                    headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert form.status_code == 422 and "Content-Type: application/json" in form.text
     assert api.get("/v1/runs/b").json()["counts"]["decisions"] == 0
 
 

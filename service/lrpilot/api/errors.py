@@ -33,8 +33,14 @@ def policy_error_detail(exc: PolicyError, prefix: tuple[str, ...]) -> list[dict[
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> StrictJSONResponse:
-        return StrictJSONResponse({"detail": [_validation_item(e) for e in exc.errors()]}, 422)
+    async def _invalid(request: Request, exc: RequestValidationError) -> StrictJSONResponse:
+        detail = [_validation_item(e) for e in exc.errors()]
+        content_type = request.headers.get("content-type", "")
+        if "json" not in content_type and any(d["loc"] == ["body"] for d in detail):
+            # FastAPI reads a body as JSON only when the request says it is (curl -d does not)
+            msg = "send the body as JSON with Content-Type: application/json"
+            detail.insert(0, {"loc": ["header", "content-type"], "msg": msg, "type": "json"})
+        return StrictJSONResponse({"detail": detail}, 422)
 
     @app.exception_handler(PolicyError)
     async def _policy(_: Request, exc: PolicyError) -> StrictJSONResponse:
