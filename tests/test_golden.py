@@ -1,0 +1,99 @@
+"""Replay the frozen decision logs in tests/golden/: released policies must decide identically
+forever (lrs by repr, action, reason and state). See tests/golden/README.md."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lrpilot.canonical import canonical_json, parse_float
+from lrpilot.policies import Observation, get_policy
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+FILES = sorted(GOLDEN.glob("*.jsonl"))
+MIN_STREAMS = {"plateau@1": 30}
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+CASES = [(path, n) for path in FILES for n in range(len(load(path)))]
+
+
+def test_golden_files_exist() -> None:
+    names = {p.stem for p in FILES}
+    assert names >= set(MIN_STREAMS), f"missing golden files: {set(MIN_STREAMS) - names}"
+
+
+@pytest.mark.parametrize("name", sorted(MIN_STREAMS))
+def test_golden_file_is_large_and_covers_both_flavors_and_non_finite_values(name: str) -> None:
+    lines = load(GOLDEN / f"{name}.jsonl")
+    assert len(lines) >= MIN_STREAMS[name]
+    assert {line["params"]["flavor"] for line in lines} == {"torch", "keras"}
+    values = [parse_float(v) for line in lines for _, v in line["observations"]]
+    assert any(math.isnan(v) for v in values)
+    assert math.inf in values and -math.inf in values
+    actions = {d["action"] for line in lines for d in line["decisions"]}
+    assert actions == {"hold", "reduce", "cooldown"}
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_golden_file_is_canonical_json_lines(path: Path) -> None:
+    with path.open(encoding="utf-8") as f:
+        for n, raw in enumerate(f):
+            assert raw.endswith("\n"), f"line {n} has no newline"
+            assert raw[:-1] == canonical_json(json.loads(raw)), f"line {n} is not canonical"
+
+
+@pytest.mark.parametrize("path,n", CASES, ids=[f"{p.stem}-{n}" for p, n in CASES])
+def test_golden_stream_replays_identically(path: Path, n: int) -> None:
+    line = load(path)[n]
+    assert line["policy"] == path.stem
+    name, version = line["policy"].split("@")
+    policy = get_policy(name, int(version))
+    base_lrs = tuple(parse_float(x) for x in line["base_lrs"])
+    params = policy.resolve(line["params"], base_lrs)
+    assert canonical_json(params.model_dump()) == canonical_json(line["params"]), (
+        "the stored params are resolved params: resolving them again must change nothing"
+    )
+    state = policy.init(params, base_lrs)
+    observations, decisions = line["observations"], line["decisions"]
+    assert len(observations) == len(decisions) > 0
+    for i, ((step, raw), want) in enumerate(zip(observations, decisions, strict=True)):
+        value = parse_float(raw)
+        outcome, state = policy.step(params, state, Observation(step, value, line["metric"]))
+        where = f"{path.name} line {n} decision {i} (step {step}, value {value!r})"
+        got_lrs = [repr(x) for x in outcome.lrs]
+        want_lrs = [repr(parse_float(x)) for x in want["lrs"]]
+        assert got_lrs == want_lrs, f"{where}: lrs {got_lrs} != frozen {want_lrs}"
+        assert outcome.action == want["action"], f"{where}: action"
+        assert outcome.reason == want["reason"], f"{where}: reason"
+        assert canonical_json(state.model_dump()) == canonical_json(want["state"]), (
+            f"{where}: state"
+        )
+
+
+def test_make_golden_refuses_to_overwrite(tmp_path: Path) -> None:
+    frozen = GOLDEN / "plateau@1.jsonl"
+    target = tmp_path / "plateau@1.jsonl"
+    shutil.copyfile(frozen, target)
+    before = target.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_golden.py"), "--out", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "refusing to overwrite" in proc.stderr
+    assert target.read_bytes() == before
