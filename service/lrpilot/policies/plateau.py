@@ -257,7 +257,7 @@ def _torch_step(p: TorchParams, s: PlateauState, obs: Observation) -> tuple[Outc
             lrs, action = tuple(new), "reduce"
         else:
             text += (
-                f", but no lr is more than eps {fmt(p.eps)} above its min_lr: {fmt_lrs(lrs)} held"
+                f", but no lr would change by more than eps {fmt(p.eps)}: {fmt_lrs(lrs)} held"
             )
         cooldown, bad = p.cooldown, 0
     else:
