@@ -62,7 +62,7 @@ def _resolved(policy_key: str, params_json: str, base_lrs_json: str) -> tuple[Po
     return policy, policy.resolve(json.loads(params_json), base_lrs)
 
 
-def run_document(row: RunRow, decisions: int) -> dict[str, Any]:
+def run_document(row: RunRow) -> dict[str, Any]:
     name, version = row.policy.split("@")
     return {
         "run_id": row.run_id,
@@ -74,7 +74,7 @@ def run_document(row: RunRow, decisions: int) -> dict[str, Any]:
         "lrs": json.loads(row.lrs),
         "last_step": row.last_step,
         "last_seq": row.last_seq,
-        "counts": {"decisions": decisions, "reductions": row.reductions},
+        "counts": {"decisions": row.last_seq, "reductions": row.reductions},
         "status": row.status,
         "created_at": row.created_at,
     }
@@ -149,20 +149,20 @@ class Store:
                         f"{existing.config_hash[:12]}…, metric {existing.metric!r}, labels "
                         f"{existing.labels}); a run's spec never changes: use a new run_id"
                     )
-                return run_document(existing, existing.last_seq), False
+                return run_document(existing), False
             s.add(row)
             s.flush()  # the run before its labels: the foreign key needs it
             for key, value in spec.labels.items():
                 s.add(RunLabelRow(run_id=run_id, key=key, value=value))
             s.flush()
-            return run_document(row, 0), True
+            return run_document(row), True
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         with self._read() as s:
             row = s.get(RunRow, run_id)
             if row is None:
                 raise RunNotFound(f"run {run_id!r} not found")
-            return run_document(row, row.last_seq)
+            return run_document(row)
 
     def list_runs(self, labels: dict[str, str], after: str | None, limit: int) -> Page:
         with self._read() as s:
@@ -178,7 +178,7 @@ class Store:
             more = len(rows) > limit
             rows = rows[:limit]
             return Page(
-                items=[canonical_json(run_document(r, r.last_seq)) for r in rows],
+                items=[canonical_json(run_document(r)) for r in rows],
                 next=rows[-1].run_id if more else None,
             )
 
