@@ -1,0 +1,43 @@
+"""The reference for bench_decisions.py: the cost of HTTP + FastAPI + pydantic + uvicorn alone.
+
+A bench-only app, never a route of the service. ``POST /echo`` takes a body shaped like an
+observation, validates it with a pydantic model and answers a small JSON object: everything a
+decision request pays for except the store and the policy. ``/echo`` is an ``async def``
+(runs on the event loop); ``/echo-sync`` is the same as a plain ``def``, which FastAPI runs in
+its thread pool, as it runs the service's routes: the difference between the two is the
+thread-pool hop.
+
+    python -m uvicorn --app-dir bench trivial_app:app --host 127.0.0.1 --port 8001
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, StrictInt
+
+
+class Observation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    step: StrictInt
+    value: float
+
+
+app = FastAPI(title="lrpilot bench: trivial reference")
+
+
+@app.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.post("/echo")
+async def echo(body: Observation) -> dict[str, Any]:
+    return {"step": body.step, "value": body.value, "action": "hold"}
+
+
+@app.post("/echo-sync")
+def echo_sync(body: Observation) -> dict[str, Any]:
+    return {"step": body.step, "value": body.value, "action": "hold"}
