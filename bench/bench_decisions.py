@@ -74,7 +74,7 @@ READY_TIMEOUT_S = 30.0
 ERROR_SAMPLES = 5
 NOISY_PCT = 10.0  # other processes busier than this (% of one core) make a cell suspect
 
-console = Console(width=max(120, Console().width))
+console = Console(width=max(140, Console().width))
 
 
 # -- the metric stream -----------------------------------------------------------------------
@@ -243,6 +243,7 @@ class Cell:
     client_cpu_pct: float | None = None
     # the rest of the machine's busy time in the window (other processes: noise), % of one core
     other_cpu_pct: float | None = None
+    server_cpu_us_per_request: float | None = None  # the server's CPU time a request
     ratio: float | None = None  # rps / trivial rps at the same concurrency
     repeat: int = 0  # which pass of --repeat measured this cell
     rps_all_repeats: list[float] = field(default_factory=list)  # set on the median cell
@@ -250,6 +251,7 @@ class Cell:
     statuses: dict[str, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     run_counts: dict[str, int] = field(default_factory=dict)  # decision scenarios: from the runs
+    server_log: str = ""  # what the server wrote at --log-level warning (should be nothing)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -411,6 +413,8 @@ async def drive(
     cell.error_samples = samples
     if server_cpu is not None:
         cell.server_cpu_pct = 100.0 * server_cpu / seconds
+        if cell.requests:
+            cell.server_cpu_us_per_request = 1e6 * server_cpu / cell.requests
     if client_cpu is not None:
         cell.client_cpu_pct = 100.0 * client_cpu / seconds
     if machine_cpu is not None and server_cpu is not None and client_cpu is not None:
@@ -498,6 +502,7 @@ def run_cell(
             cell.run_counts = dict(counts)
         if server.proc.poll() is not None:
             cell.error_samples.append(f"server died:\n{server.log_tail()}")
+        cell.server_log = server.log_tail().strip() if server.log_path.stat().st_size else ""
     return cell
 
 
@@ -602,6 +607,7 @@ def print_table(cells: list[Cell], repeat: int) -> None:
         ("req/s range", "right"),
         ("errors", "right"),
         ("server CPU", "right"),
+        ("server µs/req", "right"),
         ("client CPU", "right"),
         ("other CPU", "right"),
     ):
@@ -621,6 +627,11 @@ def print_table(cells: list[Cell], repeat: int) -> None:
             ),
             f"[bold red]{c.errors_all_repeats}[/]" if c.errors_all_repeats else "0",
             f"{c.server_cpu_pct:.0f} %" if c.server_cpu_pct is not None else "-",
+            (
+                f"{c.server_cpu_us_per_request:,.0f}"
+                if c.server_cpu_us_per_request is not None
+                else "-"
+            ),
             f"{c.client_cpu_pct:.0f} %" if c.client_cpu_pct is not None else "-",
             _other(c.other_cpu_pct),
         )
@@ -703,6 +714,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{cell.run_counts.get('decisions', 0)} decisions stored, "
                 f"{cell.run_counts.get('reductions', 0)} reductions"
             )
+    for cell in all_cells:
+        if cell.server_log:
+            console.print(
+                f"[bold yellow]server log, {cell.scenario} c={cell.concurrency} "
+                f"(pass {cell.repeat + 1}):[/]"
+            )
+            console.print(cell.server_log, markup=False)
     console.print(f"total {time.monotonic() - t0:.0f} s")
 
     out.parent.mkdir(parents=True, exist_ok=True)
