@@ -1,17 +1,30 @@
-"""Settings, from flags or the environment (LRPILOT_*)."""
+"""The one settings object: every knob of the service, from flags or the environment (LRPILOT_*)."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///lrpilot.db"  # a file in the working directory
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LRPILOT_", frozen=True, extra="ignore")
+
     database_url: str = DEFAULT_DATABASE_URL
+    # Per replica: 3 replicas x (5 + 5) stay far below PostgreSQL's default max_connections 100.
+    pool_size: int = Field(default=5, ge=1, le=1000)
+    max_overflow: int = Field(default=5, ge=0, le=1000)
+    # The longest a request waits for the database (a lock, a slow query) before it gets a 503
+    # with Retry-After; also PostgreSQL's statement_timeout and lock_timeout.
+    db_timeout_s: float = Field(default=5.0, gt=0.0, le=600.0)
+    # /readyz answers within this, whatever the database does.
+    ready_timeout_s: float = Field(default=2.0, gt=0.0, le=60.0)
+    # Serialization failures, deadlocks and lost lock races are retried this often, then 503.
+    db_retries: int = Field(default=3, ge=0, le=100)
+    # A request body larger than this is refused with a 413 before it is read whole.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
     @classmethod
     def from_env(cls) -> Settings:
-        return cls(database_url=os.environ.get("LRPILOT_DATABASE_URL", DEFAULT_DATABASE_URL))
+        return cls()
