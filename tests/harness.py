@@ -1,0 +1,189 @@
+"""The real service (or any ASGI app) under uvicorn in a subprocess on 127.0.0.1.
+
+One harness for the tests (``tests/conftest.py``'s ``live_server``, crash and restart tests) and
+for bench/ (which puts the repository root on ``sys.path`` to import it), so that both run the
+server exactly the same way:
+
+    LiveServer(database_url).start()                         # lrpilot serve, as users run it
+    LiveServer(target=["trivial_app:app", "--app-dir", "bench"]).start()   # python -m uvicorn
+
+Both forms get the same uvicorn settings (``UVICORN_SETTINGS``) where the CLI accepts them.
+The server writes to a log file, never a pipe: a chatty server must not block on a full pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+# One worker (one process: its pid is the server's for CPU/RSS sampling), no access log (its
+# formatting is work the trivial app would not pay for), warnings only.
+UVICORN_SETTINGS = ("--workers", "1", "--no-access-log", "--log-level", "warning")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@functools.cache
+def serve_options() -> frozenset[str]:
+    """The options ``lrpilot serve`` accepts: the CLI grows some (``--no-migrate``) over time."""
+    out = subprocess.run(
+        [sys.executable, "-m", "lrpilot.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},  # rich must not cut option names
+    )
+    return frozenset(re.findall(r"--[a-z][a-z0-9-]*", out.stdout))
+
+
+class LiveServer:
+    """A server subprocess: start (ready when ``ready_path`` answers 200), stop, kill, restart.
+
+    ``target`` None runs ``lrpilot serve`` on ``database_url`` (which migrates first, unless
+    ``migrate=False`` and the CLI has ``--no-migrate``); otherwise ``python -m uvicorn`` with
+    ``target`` (the app and its uvicorn options, e.g. ``["--factory", "lrpilot.app:create_app"]``)
+    and ``database_url``, if any, in ``LRPILOT_DATABASE_URL``. ``env`` adds to this process's
+    environment. The port stays the same across restarts; the log file collects every start.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        port: int | None = None,
+        *,
+        target: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        migrate: bool = True,
+        ready_path: str = "/readyz",
+        log: Path | None = None,
+    ) -> None:
+        if target is None and database_url is None:
+            raise ValueError("lrpilot serve needs a database_url")
+        self.database_url = database_url
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.target = list(target) if target is not None else None
+        self.env = dict(env or {})
+        self.migrate = migrate
+        self.ready_path = ready_path
+        self.log = log or Path(tempfile.mkdtemp(prefix="lrpilot-serve-")) / "serve.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the server is not running")
+        return self.proc.pid
+
+    def command(self) -> list[str]:
+        address = ["--host", "127.0.0.1", "--port", str(self.port)]
+        if self.target is not None:
+            return [sys.executable, "-m", "uvicorn", *self.target, *address, *UVICORN_SETTINGS]
+        assert self.database_url is not None
+        cmd = [sys.executable, "-m", "lrpilot.cli", "serve", *address,
+               "--database-url", self.database_url]  # fmt: skip
+        options = serve_options()
+        settings = list(UVICORN_SETTINGS)
+        while settings:  # pass each uvicorn setting the CLI knows, with its value if it has one
+            name = settings.pop(0)
+            value = [settings.pop(0)] if settings and not settings[0].startswith("--") else []
+            if name in options:
+                cmd += [name, *value]
+        if not self.migrate and "--no-migrate" in options:
+            cmd.append("--no-migrate")
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> LiveServer:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        if self.target is not None and self.database_url is not None:
+            env["LRPILOT_DATABASE_URL"] = self.database_url
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                env=env,
+                cwd=REPO_DIR,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped with any children
+            )
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    code, self.proc = self.proc.returncode, None
+                    raise RuntimeError(f"server exited with {code}:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get(self.ready_path).status_code == 200:
+                        return self
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server not ready within {timeout} s:\n{self.log_tail()}")
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (uvicorn's graceful shutdown), SIGKILL after ``timeout``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, no shutdown at all: a crash or a power cut, as far as the process can tell."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self._signal(signal.SIGKILL)
+                self.proc.wait(timeout=30)
+            self.proc = None
+
+    def restart(self, timeout: float = 30.0) -> LiveServer:
+        """Stopped (gracefully) if running, then started again on the same port and database."""
+        self.stop()
+        return self.start(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> LiveServer:
+        return self if self.running else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
