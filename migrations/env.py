@@ -1,8 +1,15 @@
-"""Alembic environment: lrpilot's schema, on the URL given by lrpilot or LRPILOT_DATABASE_URL."""
+"""Alembic environment: lrpilot's schema, on the URL given by lrpilot or LRPILOT_DATABASE_URL.
+
+Several ``lrpilot serve`` (replicas, or a restart racing a deploy) may migrate one database at
+the same moment. Each migration is therefore one transaction that first takes a database-wide
+lock and only then lets Alembic read the current revision: the first starter migrates, the others
+wait for its commit, then find the schema at head and do nothing.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import context
@@ -11,6 +18,15 @@ from lrpilot.store.tables import SQLModel
 
 config = context.config
 target_metadata = SQLModel.metadata
+
+# pg_advisory_xact_lock's key for "migrating lrpilot's schema": any fixed 64-bit number that no
+# other user of the database takes; this one is the ASCII of "lrpilot" (0x6c7270696c6f74).
+MIGRATION_LOCK_KEY = 0x6C7270696C6F74
+
+# How long a SQLite starter waits for another one's migration before giving up ("database is
+# locked"). Migrating an empty file takes milliseconds; a slow disk or a big future migration
+# must not make the second replica fail, so this is generous.
+SQLITE_BUSY_TIMEOUT_S = 120.0
 
 
 def _url() -> str:
@@ -25,17 +41,51 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _sqlite_engine(url: str) -> sa.Engine:
+    """An engine whose transactions start with BEGIN IMMEDIATE (SQLite's write lock).
+
+    pysqlite on its own opens a transaction only before INSERT/UPDATE/DELETE and runs DDL in
+    autocommit, so two starters could both see an empty file and both create the tables. With the
+    driver's own transaction handling off, the BEGIN below covers every statement, Alembic's
+    read of alembic_version included.
+    """
+    engine = sa.create_engine(
+        url, poolclass=sa.pool.NullPool, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
 def run_migrations_online() -> None:
-    engine = sa.create_engine(_url(), poolclass=sa.pool.NullPool)
-    with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+    url = _url()
+    sqlite = sa.make_url(url).get_backend_name() == "sqlite"
+    engine = _sqlite_engine(url) if sqlite else sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection, connection.begin():
+            if connection.dialect.name == "postgresql":
+                # Held until this transaction ends: released by the commit, or by the server
+                # if this process dies mid-migration.
+                connection.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+            # Configured inside the transaction, Alembic runs in it rather than opening its own.
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=sqlite,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():

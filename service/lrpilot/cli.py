@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+import re
+from collections.abc import Iterator
+from typing import Annotated, NoReturn
 
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 
@@ -26,6 +30,11 @@ DatabaseUrl = Annotated[
     ),
 ]
 
+POSTGRES_EXTRA = "pip install 'lrpilot[postgres]'"
+# libpq waits for the OS's TCP timeout (minutes) on a host that drops packets; an operator
+# starting the service wants the one-line answer sooner.
+CONNECT_TIMEOUT_S = 10
+
 
 def _settings(database_url: str | None) -> Settings:
     return Settings(database_url=database_url) if database_url else Settings.from_env()
@@ -34,11 +43,12 @@ def _settings(database_url: str | None) -> Settings:
 @db.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
     """Apply the migrations up to REVISION (default: the latest)."""
-    from lrpilot.store.db import upgrade
-
     settings = _settings(database_url)
-    upgrade(settings.database_url, revision)
-    console.print(f"[green]database at {_safe(settings.database_url)} is at {revision}[/]")
+    check_database(settings.database_url)
+    _migrate(settings.database_url, revision)
+    console.print(
+        f"[green]database at {_safe(settings.database_url)} is at {revision}[/]", soft_wrap=True
+    )
 
 
 @app.command()
@@ -47,23 +57,176 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     database_url: DatabaseUrl = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    no_migrate: Annotated[
+        bool,
+        typer.Option(
+            "--no-migrate",
+            help="Do not apply migrations; refuse to start unless the schema is already at the "
+            "latest revision (for deployments that run `lrpilot db upgrade` as their own step).",
+        ),
+    ] = False,
 ) -> None:
-    """Apply migrations, then serve the HTTP API."""
+    """Apply migrations (unless --no-migrate), then serve the HTTP API."""
     import uvicorn
 
     from lrpilot.app import create_app
-    from lrpilot.store.db import upgrade
 
     settings = _settings(database_url)
-    upgrade(settings.database_url)
-    console.print(f"lrpilot on http://{host}:{port} , database {_safe(settings.database_url)}")
+    check_database(settings.database_url)
+    if no_migrate:
+        _check_schema_is_current(settings.database_url)
+    else:
+        _migrate(settings.database_url)
+    console.print(
+        f"lrpilot on http://{host}:{port} , database {_safe(settings.database_url)}",
+        soft_wrap=True,
+        markup=False,
+    )
     uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+
+# ---------------------------------------------------------------------------------------------
+# start-up checks: a misconfigured deployment gets one line that says what to do, not a traceback
+
+
+def _fail(message: str) -> NoReturn:
+    # Plain echo, not rich: rich would wrap the line and read "[postgres]" as markup.
+    typer.echo(f"lrpilot: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _where(url: sa.URL) -> str:
+    """Where a URL points, for an operator: host and port, never the password."""
+    if url.get_backend_name() == "sqlite":
+        return f"the SQLite file {url.database or ':memory:'}"
+    port = url.port or 5432
+    host = url.host or "the local Unix socket"
+    user = f" as user {url.username}" if url.username else ""
+    return f"PostgreSQL at {host}:{port} (database {url.database}{user})"
+
+
+def _reason(exc: BaseException, url: sa.URL) -> str:
+    """The driver's own words, on one line, with the password taken out should it appear."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line for line in str(orig).splitlines() if line.strip()]
+    text = lines[0] if lines else type(orig).__name__
+    # libpq: 'connection to server at "h", port 5432 failed: <the reason>': host and port are
+    # already in our message.
+    text = text.rsplit(" failed: ", 1)[-1]
+    text = re.sub(r"\s+", " ", text).strip()
+    if url.password:
+        text = text.replace(str(url.password), "***")
+    return text
+
+
+def _parse(raw: str) -> sa.URL:
+    try:
+        url = sa.make_url(raw)
+    except sa.exc.ArgumentError:
+        _fail(
+            "the database URL is not a SQLAlchemy URL; use sqlite:///PATH or "
+            "postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    backend = url.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        _fail(f"lrpilot stores its data in SQLite or PostgreSQL, not {backend}")
+    return url
+
+
+def _check_driver(url: sa.URL) -> None:
+    driver = url.get_driver_name()
+    try:
+        dialect = url.get_dialect()
+        dialect.import_dbapi()
+    except sa.exc.NoSuchModuleError:
+        _fail(f"unknown database driver {url.drivername!r}; use postgresql+psycopg2://")
+    except ImportError:
+        if driver == "psycopg2":
+            _fail(f"the PostgreSQL driver psycopg2 is not installed: {POSTGRES_EXTRA}")
+        if url.drivername == "postgresql":
+            # SQLAlchemy picks the driver of a bare postgresql:// URL (psycopg since 2.1), which
+            # need not be the one lrpilot's extra installs.
+            _fail(
+                f"the URL names no driver (postgresql://) and SQLAlchemy's default, {driver}, "
+                f"is not installed: write postgresql+psycopg2:// and {POSTGRES_EXTRA}"
+            )
+        _fail(
+            f"the database driver {driver} named by the URL ({url.drivername}://) is not "
+            f"installed: install it, or use postgresql+psycopg2:// with {POSTGRES_EXTRA}"
+        )
+
+
+def check_database(raw_url: str) -> None:
+    """Exit with one line unless the URL names a database whose driver is here and that answers.
+
+    Checked once before migrating or serving, so that each way a deployment can be wrong (no
+    driver, wrong host, server down, bad password) is said plainly, with what to check.
+    """
+    url = _parse(raw_url)
+    _check_driver(url)
+    psycopg2 = url.get_driver_name() == "psycopg2"
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if psycopg2 else {}
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        if url.get_backend_name() == "sqlite":
+            _fail(
+                f"cannot open {_where(url)}: {_reason(exc, url)}; check that its directory "
+                "exists and that this user may write there"
+            )
+        _fail(
+            f"cannot connect to {_where(url)}: {_reason(exc, url)}; check that PostgreSQL runs "
+            "and accepts TCP connections there, and the host, port, user and password in "
+            "--database-url or LRPILOT_DATABASE_URL"
+        )
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _database_errors(raw_url: str, doing: str) -> Iterator[None]:
+    """A database error after the check (the server went away, a lock timed out): one line."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        url = sa.make_url(raw_url)
+        _fail(f"{doing} {_where(url)} failed: {_reason(exc, url)}")
+
+
+def _migrate(raw_url: str, revision: str = "head") -> None:
+    from lrpilot.store.db import upgrade
+
+    with _database_errors(raw_url, "migrating"):
+        upgrade(raw_url, revision)
+
+
+def _check_schema_is_current(raw_url: str) -> None:
+    """--no-migrate: refuse to serve a schema that this version's migrations did not produce."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from lrpilot.store.db import alembic_config
+
+    heads = set(ScriptDirectory.from_config(alembic_config(raw_url)).get_heads())
+    engine = sa.create_engine(raw_url, poolclass=sa.pool.NullPool)
+    try:
+        with _database_errors(raw_url, "reading the schema revision of"), engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    finally:
+        engine.dispose()
+    if current != heads:
+        at = f"is at revision {', '.join(sorted(current))}" if current else "has no lrpilot schema"
+        _fail(
+            f"{_where(sa.make_url(raw_url))} {at}, this lrpilot needs revision "
+            f"{', '.join(sorted(heads))}: run `lrpilot db upgrade` first (or serve without "
+            "--no-migrate)"
+        )
 
 
 def _safe(url: str) -> str:
     """The URL without its password, for logs."""
-    import sqlalchemy as sa
-
     return sa.make_url(url).render_as_string(hide_password=True)
 
 
