@@ -8,6 +8,7 @@ against a local HTTP server, to show they pass on 200 and fail on 503.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -218,12 +219,31 @@ def test_service_publishes_port_8000_and_has_a_readyz_healthcheck(
     assert "/readyz" in " ".join(test)
 
 
-def test_service_command_if_overridden_serves_on_0_0_0_0(
+def test_service_serves_on_0_0_0_0_without_migrating(
     services: dict[str, dict[str, Any]],
 ) -> None:
+    # The migrate service owns the schema; the service (and any replica of it) must not race it
+    # or change the schema behind its back, so it overrides the image's CMD with --no-migrate.
     command = services["service"].get("command")
-    if command is not None:
-        assert_serves_on_all_interfaces_port_8000(argv(command))
+    assert command is not None, "service runs the image's CMD, which migrates"
+    assert_serves_on_all_interfaces_port_8000(argv(command))
+    assert "--no-migrate" in argv(command), f"service must not migrate: {command}"
+
+
+def test_lrpilot_serve_accepts_every_option_compose_passes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    help_text = subprocess.run(
+        [sys.executable, "-m", "lrpilot.cli", "serve", "--help"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},  # rich must not cut option names
+    ).stdout  # fmt: skip
+    for name in APP_SERVICES:
+        command = argv(services[name]["command"])
+        if command[:2] == ["lrpilot", "serve"]:
+            for arg in command[2:]:
+                if arg.startswith("--"):
+                    assert arg.split("=", 1)[0] in help_text, f"{name}: unknown option {arg}"
 
 
 # ---------------------------------------------------------------------------------------------
