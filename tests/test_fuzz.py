@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
 from lrpilot.app import create_app
+from lrpilot.domain import Posted, RunSpec
 from lrpilot.settings import Settings
 from lrpilot.store.db import upgrade
-from lrpilot.store.runs import RunSpec
 from tests.helpers import strict_json
 
 
@@ -22,9 +22,9 @@ def fuzz_app() -> FastAPI:
     upgrade(url)
     app = create_app(Settings(database_url=url))
     # A run with decisions, so that fuzzed requests reach the decision path, not only 404s.
-    app.state.store.put_run("fuzz", RunSpec("plateau", 1, {"patience": 1}, (0.1,), "val", {}))
-    for step in range(5):
-        app.state.store.observe("fuzz", step, 1.0)
+    decisions = app.state.decisions
+    decisions.create_run("fuzz", RunSpec("plateau", 1, {"patience": 1}, (0.1,), "val", {}))
+    decisions.decide_batch([Posted("fuzz", step, 1.0) for step in range(5)])
     return app
 
 

@@ -1,61 +1,82 @@
-"""Store guarantees: O(1) work per decision, and per-run serialisation from the database."""
+"""The decision path on the store: O(1) work per decision, per-run serialisation from the
+database, group commit, and a lost create race handled as "another writer won"."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
-from lrpilot.store.runs import RunSpec, Store
+from lrpilot.chain import verify_chain
+from lrpilot.domain import Decisions, Posted, RunSpec
+from lrpilot.settings import Settings
+from lrpilot.store.errors import Conflict
+from lrpilot.store.runs import Store
+from tests.helpers import strict_json
 
 SPEC = RunSpec("plateau", 1, {"patience": 2}, (0.1,), "val_loss", {})
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
-    yield s
-    s.close()
+def decisions(database_url: str) -> Iterator[Decisions]:
+    settings = Settings(database_url=database_url)
+    d = Decisions(Store(settings), settings)
+    yield d
+    d.close()
+    d.store.close()
 
 
-def test_a_decision_costs_the_same_queries_whatever_the_run_length(store: Store) -> None:
-    store.put_run("long", SPEC)
+def decide(decisions: Decisions, run_id: str, step: int, value: float) -> str:
+    (result,) = decisions.decide_batch([Posted(run_id, step, value)])
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def log_of(decisions: Decisions, run_id: str) -> list[dict[str, object]]:
+    page = decisions.store.list_decisions(run_id, after=0, limit=1000)
+    return [strict_json(body) for body in page.items]
+
+
+def test_a_decision_costs_the_same_queries_whatever_the_run_length(decisions: Decisions) -> None:
+    decisions.create_run("long", SPEC)
     statements: list[str] = []
 
     def record(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
         statements.append(statement)
 
     for step in range(1000):
-        store.observe("long", step, 1.0 / (1 + step % 7))
-    sa.event.listen(store.engine, "before_cursor_execute", record)
-    store.observe("long", 1000, 0.5)
+        decide(decisions, "long", step, 1.0 / (1 + step % 7))
+    engine = decisions.store.engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    decide(decisions, "long", 1000, 0.5)
     at_1000 = list(statements)
+    decisions.create_run("short", SPEC)
     statements.clear()
-    store.put_run("short", SPEC)
-    statements.clear()
-    store.observe("short", 0, 0.5)
-    sa.event.remove(store.engine, "before_cursor_execute", record)
+    decide(decisions, "short", 0, 0.5)
+    sa.event.remove(engine, "before_cursor_execute", record)
     assert len(at_1000) == len(statements)
-    # no statement of a decision reads the log: decisions are only inserted
+    # no statement of a new decision reads the log: decisions are only inserted
     assert not any("FROM decisions" in s for s in at_1000), at_1000
 
 
 @pytest.mark.parametrize("process_lock", [True, False], ids=["process-lock", "database-only"])
 def test_concurrent_posts_to_one_run_never_decide_twice_from_one_state(
-    store: Store, process_lock: bool
+    decisions: Decisions, process_lock: bool
 ) -> None:
     if not process_lock:
-        store._lock = None  # as if every thread were another process: the database alone
-    store.put_run("race", SPEC)
+        decisions.store._lock = None  # as if every thread were another process: the database
+    decisions.create_run("race", SPEC)
     results: dict[int, list[str]] = {step: [] for step in range(30)}
     barrier = threading.Barrier(8)
 
     def worker() -> None:
         barrier.wait()
         for step in range(30):
-            results[step].append(store.observe("race", step, 1.0 + (step % 4)))
+            results[step].append(decide(decisions, "race", step, 1.0 + (step % 4)))
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
@@ -63,6 +84,83 @@ def test_concurrent_posts_to_one_run_never_decide_twice_from_one_state(
     for t in threads:
         t.join(timeout=60)
     assert all(len(set(bodies)) == 1 and len(bodies) == 8 for bodies in results.values())
-    page = store.list_decisions("race", after=0, limit=1000)
-    assert len(page.items) == 30
-    assert store.get_run("race")["last_seq"] == 30
+    log = log_of(decisions, "race")
+    assert len(log) == 30
+    assert verify_chain(log).ok
+    assert decisions.store.get_run("race")["last_seq"] == 30
+
+
+def test_one_batch_decides_many_runs_and_ranks_and_refuses_only_the_bad_items(
+    decisions: Decisions,
+) -> None:
+    for run_id in ("a", "b"):
+        decisions.create_run(run_id, SPEC)
+    items = [
+        Posted("a", 1, 0.5),
+        Posted("b", 1, 0.7),
+        Posted("a", 1, 0.5),  # another rank, same step and value: the same decision
+        Posted("a", 1, 0.6),  # same step, another value: refused
+        Posted("missing", 1, 0.5),
+        Posted("a", 2, 0.4),
+        Posted("b", 0, 0.7),  # below b's last step, never decided: refused
+    ]
+    results = decisions.decide_batch(items)
+    assert isinstance(results[0], str) and results[2] == results[0]
+    assert isinstance(results[1], str) and isinstance(results[5], str)
+    assert isinstance(results[3], Conflict) and "already decided" in str(results[3])
+    assert type(results[4]).__name__ == "RunNotFound"
+    assert isinstance(results[6], Conflict) and "never decided" in str(results[6])
+    assert [d["step"] for d in log_of(decisions, "a")] == [1, 2]
+    assert [d["step"] for d in log_of(decisions, "b")] == [1]
+    assert decisions.store.get_run("a")["last_seq"] == 2
+
+
+def test_concurrent_observations_are_group_committed_and_all_acknowledged(
+    decisions: Decisions,
+) -> None:
+    runs = [f"g{i}" for i in range(8)]
+    for run_id in runs:
+        decisions.create_run(run_id, SPEC)
+    commits = 0
+
+    def count(conn: sa.Connection) -> None:
+        nonlocal commits
+        commits += 1
+
+    sa.event.listen(decisions.store.engine, "commit", count)
+
+    async def post_all() -> list[str]:
+        return await asyncio.gather(
+            *(decisions.observe(r, step, 1.0 / (1 + step)) for step in range(20) for r in runs)
+        )
+
+    bodies = asyncio.run(post_all())
+    sa.event.remove(decisions.store.engine, "commit", count)
+    assert len(set(bodies)) == len(runs) * 20
+    for run_id in runs:
+        log = log_of(decisions, run_id)
+        assert [d["step"] for d in log] == list(range(20))
+        assert verify_chain(log).ok
+    assert commits < len(runs) * 20, "concurrent observations must share commits"
+
+
+def test_racing_creates_of_one_run_all_get_it_and_one_created_it(decisions: Decisions) -> None:
+    outcomes: list[bool] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            outcomes.append(decisions.create_run("born-once", SPEC)[1])
+        except BaseException as exc:
+            errors.append(exc)
+
+    decisions.store._lock = None  # the database alone decides who won
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert sorted(outcomes) == [False] * 7 + [True]

@@ -1,4 +1,4 @@
-"""The FastAPI application: routers, error handlers and the store they share."""
+"""The FastAPI application: routers, error handlers, and the decision path and store they share."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lrpilot import __version__
-from lrpilot.api import errors, health, policies, runs
+from lrpilot.api import errors, health, limits, policies, runs
 from lrpilot.api.responses import StrictJSONResponse
+from lrpilot.domain import Decisions
 from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
 
@@ -17,11 +18,13 @@ from lrpilot.store.runs import Store
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app on an already migrated database (``lrpilot serve`` migrates first)."""
     settings = settings or Settings.from_env()
-    store = Store(settings.database_url)
+    store = Store(settings)
+    decisions = Decisions(store, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
+        decisions.close()  # what is queued is decided and committed first
         store.close()
 
     app = FastAPI(
@@ -31,8 +34,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=StrictJSONResponse,
         lifespan=lifespan,
     )
+    app.state.settings = settings
     app.state.store = store
+    app.state.decisions = decisions
     errors.install(app)
     for module in (runs, policies, health):
         app.include_router(module.router)
+    limits.install(app, settings.max_body_bytes)
     return app

@@ -42,10 +42,16 @@ def parse_float(x: float | int | str) -> float:
     return float(x)
 
 
+_encode = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
 def canonical_json(obj: Any) -> str:
-    return json.dumps(
-        to_strict(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    try:
+        return _encode(obj)
+    except ValueError:  # a non-finite float somewhere: rare, so only then walk the document
+        return _encode(to_strict(obj))
 
 
 def sha256_hex(text: str) -> str:

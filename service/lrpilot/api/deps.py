@@ -7,6 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from lrpilot.api.models import RUN_ID_PATTERN
+from lrpilot.domain import Decisions
+from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
 
 
@@ -15,7 +17,19 @@ def get_store(request: Request) -> Store:
     return store
 
 
+def get_decisions(request: Request) -> Decisions:
+    decisions: Decisions = request.app.state.decisions
+    return decisions
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 StoreDep = Annotated[Store, Depends(get_store)]
+DecisionsDep = Annotated[Decisions, Depends(get_decisions)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 RunId = Annotated[
     str, Path(pattern=RUN_ID_PATTERN, description="[A-Za-z0-9._-]{1,128}", examples=["resnet50-a"])
 ]

@@ -40,4 +40,5 @@ __all__ = [
     "PolicyError",
     "State",
     "get_policy",
+    "policy_id",
 ]

@@ -48,6 +48,7 @@ class Outcome:
     lrs: tuple[float, ...]
     action: str
     reason: str
+    reduced: bool = False  # counted in the run's reductions (the policy says what counts)
 
 
 class Policy(Protocol):

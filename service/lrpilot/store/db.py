@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,34 +11,65 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
+from lrpilot.settings import Settings
+
 
 def is_sqlite(url: str) -> bool:
     return sa.make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine whose write transactions serialise per run.
+def make_engine(settings: Settings) -> Engine:
+    """An engine whose write transactions serialise per run, and whose waits are bounded.
 
-    PostgreSQL: the run's row lock (SELECT ... FOR UPDATE) does it. SQLite has one writer per
-    file, so a write transaction starts with BEGIN IMMEDIATE: it takes the write lock before it
-    reads the run's state, and no two decisions can ever be made from the same state.
+    PostgreSQL: the run's row lock (SELECT ... FOR UPDATE) serialises; statement_timeout and
+    lock_timeout bound every statement. SQLite has one writer per file, so a write transaction
+    starts with BEGIN IMMEDIATE (see ``writer``): it takes the write lock before it reads the
+    run's state, and no two decisions can ever be made from the same state; busy_timeout bounds
+    the wait for that lock and a progress handler bounds every statement.
     """
+    url = settings.database_url
+    timeout_ms = int(settings.db_timeout_s * 1000)
     if not is_sqlite(url):
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_timeout=settings.db_timeout_s,
+            connect_args={
+                "connect_timeout": max(1, round(settings.db_timeout_s)),
+                "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+            },
+        )
 
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30.0})
+    engine = sa.create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": settings.db_timeout_s},
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.db_timeout_s,
+    )
 
     @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+    def _on_connect(dbapi_conn: Any, record: Any) -> None:
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode never corrupts; a power cut may drop the last commits, which a
-        # client's retry re-decides identically (the policy is deterministic).
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before it is acknowledged, power cut included. NORMAL
+        # would lose the last commits to a power cut, and a client that got its 200 never
+        # retries: its next step would be decided from an older state.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={timeout_ms}")
         cur.close()
+        deadline = [float("inf")]
+        record.info["deadline"] = deadline
+        # SQLite has no statement timeout: interrupt a statement that runs past its deadline.
+        dbapi_conn.set_progress_handler(lambda: time.monotonic() > deadline[0], 10_000)
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def _arm(conn: sa.Connection, *_: Any) -> None:
+        conn.info["deadline"][0] = time.monotonic() + settings.db_timeout_s
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
@@ -53,18 +84,6 @@ def writer(engine: Engine) -> Engine:
     if engine.dialect.name == "sqlite":
         return engine.execution_options(sqlite_begin="IMMEDIATE")
     return engine
-
-
-# SQLite admits one writer at a time; queueing writers in-process avoids its busy-wait
-# (sleeps of up to 100 ms) under concurrency. Correctness does not rest on it: BEGIN IMMEDIATE
-# still serialises writers across processes.
-_sqlite_write_locks: dict[str, threading.Lock] = {}
-
-
-def write_lock(engine: Engine) -> threading.Lock | None:
-    if engine.dialect.name != "sqlite":
-        return None
-    return _sqlite_write_locks.setdefault(str(engine.url), threading.Lock())
 
 
 def migrations_dir() -> Path:

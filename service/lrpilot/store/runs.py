@@ -1,65 +1,43 @@
 """Runs and their decision logs: the only code that reads or writes them.
 
-Every decision is made inside one transaction that holds the run's lock (row lock on
-PostgreSQL, the write lock on SQLite), loads the run's stored state (O(1), whatever the
-run's length), asks the pure policy, appends the decision to the hash chain and saves the
-new state.
+The store owns transactions and locks, and nothing else: it hands the domain layer a run's
+head (its spec and latest state, O(1) whatever the run's length) under the run's lock, and
+appends the decisions the domain made. Write transactions retry a bounded number of times when
+another writer won a race (a unique violation, a deadlock, a serialization failure), then give
+up with ``Unavailable``; every wait for the database is bounded by ``Settings.db_timeout_s``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Any
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from lrpilot.canonical import canonical_json, parse_float, same_float, sha256_hex
-from lrpilot.policies import Frozen, Observation, Policy, get_policy
-from lrpilot.store.db import make_engine, write_lock, writer
-from lrpilot.store.errors import Conflict, RunNotFound, Unavailable
+from lrpilot.canonical import canonical_json
+from lrpilot.settings import Settings
+from lrpilot.store.db import make_engine, writer
+from lrpilot.store.errors import RunNotFound, Unavailable
+from lrpilot.store.records import NewDecision, NewRun, Page, RunHead
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
-GENESIS = "0" * 64  # prev_hash of a run's first decision
+T = TypeVar("T")
+log = logging.getLogger("lrpilot.store")
 
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What a client asks for when it creates a run (already shape-checked by the api)."""
-
-    policy: str
-    version: int
-    params: dict[str, Any]
-    base_lrs: tuple[float, ...]
-    metric: str | None
-    labels: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a list: canonical JSON documents and the cursor of the next page."""
-
-    items: list[str]
-    next: int | str | None
-
-
-@lru_cache(maxsize=4096)
-def _resolved(policy_key: str, params_json: str, base_lrs_json: str) -> tuple[Policy, Frozen]:
-    # A run's params were validated when it was created; parse them once per process.
-    name, version = policy_key.split("@")
-    policy = get_policy(name, int(version))
-    base_lrs = tuple(parse_float(x) for x in json.loads(base_lrs_json))
-    return policy, policy.resolve(json.loads(params_json), base_lrs)
+_HEAD_COLUMNS = (
+    "run_id, policy, params, base_lrs, metric, config_hash, state, lrs, last_seq, last_step, "
+    "head_hash"
+)
+# PostgreSQL SQLSTATEs after which the whole transaction is simply tried again.
+_RETRY_PGCODES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 
 
 def run_document(row: RunRow) -> dict[str, Any]:
@@ -80,30 +58,139 @@ def run_document(row: RunRow) -> dict[str, Any]:
     }
 
 
-def decision_hash(decision: dict[str, Any]) -> str:
-    """SHA-256 of the canonical decision without its own hash (prev_hash included)."""
-    return sha256_hex(canonical_json({k: v for k, v in decision.items() if k != "hash"}))
+class WriteTx:
+    """One write transaction: lock runs, read decisions, append decisions.
+
+    The hot path of every observation, so it speaks the driver's SQL directly on the
+    transaction's connection (no ORM unit of work): a decision is one INSERT, and each run
+    touched by the transaction one UPDATE at the end.
+    """
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+        self._postgres = conn.dialect.name == "postgresql"
+        self._heads: dict[str, NewDecision] = {}
+        self._reductions: dict[str, int] = {}
+
+    def session(self) -> Session:
+        """An ORM session inside this transaction, for the paths that are not hot."""
+        return Session(bind=self._conn)
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self._postgres else statement
+
+    def _execute(self, statement: str, params: tuple[Any, ...] = ()) -> Any:
+        return self._conn.exec_driver_sql(self._sql(statement), params)
+
+    def lock_runs(self, run_ids: set[str]) -> dict[str, RunHead]:
+        """The heads of these runs, locked until the transaction ends (missing runs are absent).
+
+        PostgreSQL locks the rows in run_id order, so that two transactions locking
+        overlapping sets of runs can never deadlock; SQLite's BEGIN IMMEDIATE holds the
+        database's write lock already.
+        """
+        ordered = sorted(run_ids)
+        marks = ",".join("?" * len(ordered))
+        lock = " ORDER BY run_id FOR UPDATE" if self._postgres else ""
+        rows = self._execute(
+            f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id IN ({marks}){lock}", tuple(ordered)
+        ).fetchall()
+        return {row[0]: RunHead(*row) for row in rows}
+
+    def decision_at_step(self, run_id: str, step: int) -> str | None:
+        """The body of the run's live (not superseded) decision for ``step``, if any."""
+        row = self._execute(
+            "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ?",
+            (run_id, False, step),
+        ).first()
+        return None if row is None else str(row[0])
+
+    def append_decision(self, decision: NewDecision) -> None:
+        self._execute(
+            "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                decision.run_id,
+                decision.seq,
+                decision.step,
+                decision.action,
+                False,
+                decision.hash,
+                decision.body,
+            ),
+        )
+        self._heads[decision.run_id] = decision
+        self._reductions[decision.run_id] = (
+            self._reductions.get(decision.run_id, 0) + decision.reductions
+        )
+
+    def flush(self) -> None:
+        """One UPDATE a run that got decisions: its head moves to its last decision."""
+        for run_id, d in self._heads.items():
+            self._execute(
+                "UPDATE runs SET last_seq = ?, last_step = ?, head_hash = ?, state = ?, lrs = ?, "
+                "reductions = reductions + ? WHERE run_id = ?",
+                (d.seq, d.step, d.hash, d.state, d.lrs, self._reductions[run_id], run_id),
+            )
+        self._heads.clear()
+        self._reductions.clear()
 
 
 class Store:
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine: Engine = make_engine(url)
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: Engine = make_engine(settings)
         self._writer = writer(self.engine)
-        self._lock = write_lock(self.engine)
+        # SQLite admits one writer at a time: queueing this process's writers on a lock avoids
+        # SQLite's busy-wait sleeps (up to 100 ms each). Correctness does not rest on it
+        # (BEGIN IMMEDIATE serialises writers across processes), and the wait is bounded.
+        self._lock = threading.Lock() if self.engine.dialect.name == "sqlite" else None
 
     def close(self) -> None:
         self.engine.dispose()
 
+    # -- transactions ----------------------------------------------------------------------
+
+    def transact(self, work: Callable[[WriteTx], T]) -> T:
+        """Run ``work`` in one write transaction and commit; try again, a bounded number of
+        times, when another writer won a race; ``Unavailable`` when the database is not there
+        or stays locked past the timeout."""
+        retries = self.settings.db_retries
+        for attempt in range(retries + 1):
+            try:
+                with self._write_lock(), _db_errors(), self._writer.connect() as conn:
+                    with conn.begin():
+                        tx = WriteTx(conn)
+                        result = work(tx)
+                        tx.flush()
+                    return result
+            except sa.exc.DBAPIError as exc:  # _db_errors let through only lost races
+                if attempt == retries:
+                    log.warning("write failed after %d attempts: %s", attempt + 1, exc.orig)
+                    raise Unavailable(
+                        "the database could not complete the write (another writer kept "
+                        "winning); retry later"
+                    ) from exc
+                time.sleep(random.uniform(0.0, 0.01 * 2**attempt))  # let the winner finish
+        raise AssertionError("unreachable")
+
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Session]:
-        lock = self._lock or contextlib.nullcontext()
-        with lock, _unavailable_on_db_error(), Session(self._writer) as session, session.begin():
-            yield session
+    def _write_lock(self) -> Iterator[None]:
+        if self._lock is None:
+            yield
+            return
+        if not self._lock.acquire(timeout=self.settings.db_timeout_s):
+            raise Unavailable(
+                f"the database stayed locked for {self.settings.db_timeout_s} s; retry later"
+            )
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Session]:
-        with _unavailable_on_db_error(), Session(self.engine) as session:
+        with _db_errors(), Session(self.engine) as session:
             yield session
 
     def ping(self) -> None:
@@ -112,50 +199,39 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------
 
-    def put_run(self, run_id: str, spec: RunSpec) -> tuple[dict[str, Any], bool]:
-        """Create the run (True) or return the stored one if its spec is the same (False)."""
-        policy = get_policy(spec.policy, spec.version)
-        params = policy.resolve(spec.params, spec.base_lrs)  # PolicyError -> 422
-        pid = f"{policy.name}@{policy.version}"
-        params_doc = params.model_dump()
-        initial = policy.init(params, spec.base_lrs)
-        config_hash = sha256_hex(
-            canonical_json({"policy": pid, "params": params_doc, "base_lrs": list(spec.base_lrs)})
-        )
-        row = RunRow(
-            run_id=run_id,
-            policy=pid,
-            params=canonical_json(params_doc),
-            base_lrs=canonical_json(list(spec.base_lrs)),
-            metric=spec.metric,
-            labels=canonical_json(spec.labels),
-            config_hash=config_hash,
-            state=canonical_json(initial.model_dump()),
-            lrs=canonical_json(list(initial.lrs)),
-            head_hash=GENESIS,
-            created_at=now(),
-        )
-        with self._write() as s:
-            existing = s.get(RunRow, run_id)
+    def create_run(self, run: NewRun) -> tuple[dict[str, Any], bool]:
+        """Insert the run (True), or return the stored one (False): a lost insert race is
+        another writer that won, and the retry reads what it wrote."""
+
+        def work(tx: WriteTx) -> tuple[dict[str, Any], bool]:
+            with tx.session() as session:
+                return insert(session)
+
+        def insert(session: Session) -> tuple[dict[str, Any], bool]:
+            existing = session.get(RunRow, run.run_id)
             if existing is not None:
-                same = (
-                    existing.config_hash == row.config_hash
-                    and existing.metric == row.metric
-                    and existing.labels == row.labels
-                )
-                if not same:
-                    raise Conflict(
-                        f"run {run_id!r} exists with another spec (config_hash "
-                        f"{existing.config_hash[:12]}…, metric {existing.metric!r}, labels "
-                        f"{existing.labels}); a run's spec never changes: use a new run_id"
-                    )
                 return run_document(existing), False
-            s.add(row)
-            s.flush()  # the run before its labels: the foreign key needs it
-            for key, value in spec.labels.items():
-                s.add(RunLabelRow(run_id=run_id, key=key, value=value))
-            s.flush()
+            row = RunRow(
+                run_id=run.run_id,
+                policy=run.policy,
+                params=run.params,
+                base_lrs=run.base_lrs,
+                metric=run.metric,
+                labels=canonical_json(run.labels),
+                config_hash=run.config_hash,
+                state=run.state,
+                lrs=run.lrs,
+                head_hash=run.head_hash,
+                created_at=run.created_at,
+            )
+            session.add(row)
+            session.flush()  # the run before its labels: the foreign key needs it
+            for key, value in run.labels.items():
+                session.add(RunLabelRow(run_id=run.run_id, key=key, value=value))
+            session.flush()
             return run_document(row), True
+
+        return self.transact(work)
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         with self._read() as s:
@@ -184,114 +260,35 @@ class Store:
 
     # -- decisions -------------------------------------------------------------------------
 
-    def observe(self, run_id: str, step: int, value: float) -> str:
-        """Decide for (step, value) and return the decision's canonical JSON.
+    def decision_at_or_before(
+        self, run_id: str, step: int | None
+    ) -> tuple[RunHead, tuple[int, int, str] | None]:
+        """The run's head, and (seq, step, body) of its last live decision at or before
+        ``step`` (None when there is none, or when ``step`` is None).
 
-        A step that was already decided returns that decision if the value is the same (a
-        retry is never counted twice) and is a Conflict otherwise.
+        Live decisions have increasing steps, so the last one at or before ``step`` is the one
+        with the largest step: one descent of the (run_id, superseded, step) index, whatever
+        the run's length.
         """
-        with self._write() as s:
-            run = s.exec(
-                select(RunRow).where(RunRow.run_id == run_id).with_for_update()
-            ).one_or_none()
-            if run is None:
-                raise RunNotFound(f"run {run_id!r} not found")
-            if run.last_step is not None and step <= run.last_step:
-                return self._replay(s, run, step, value)
-
-            policy, params = _resolved(run.policy, run.params, run.base_lrs)
-            state = policy.load_state(json.loads(run.state))
-            outcome, new_state = policy.step(
-                params, state, Observation(step=step, value=value, metric=run.metric or "metric")
-            )
-            seq = run.last_seq + 1
-            decision: dict[str, Any] = {
-                "run_id": run_id,
-                "seq": seq,
-                "step": step,
-                "value": value,
-                "lrs": list(outcome.lrs),
-                "previous_lrs": json.loads(run.lrs),
-                "action": outcome.action,
-                "reason": outcome.reason,
-                "policy": run.policy,
-                "config_hash": run.config_hash,
-                "state": new_state.model_dump(),
-                "prev_hash": run.head_hash,
-                "created_at": now(),
-            }
-            decision["hash"] = decision_hash(decision)
-            body = canonical_json(decision)
-            s.add(
-                DecisionRow(
-                    run_id=run_id,
-                    seq=seq,
-                    step=step,
-                    action=outcome.action,
-                    hash=decision["hash"],
-                    body=body,
-                )
-            )
-            run.last_seq = seq
-            run.last_step = step
-            run.head_hash = decision["hash"]
-            run.state = canonical_json(decision["state"])
-            run.lrs = canonical_json(decision["lrs"])
-            if outcome.action == "reduce":
-                run.reductions += 1
-            s.add(run)
-            return body
-
-    def _replay(self, s: Session, run: RunRow, step: int, value: float) -> str:
-        row = s.exec(
-            select(DecisionRow).where(
-                DecisionRow.run_id == run.run_id,
-                DecisionRow.step == step,
-                col(DecisionRow.superseded).is_(False),
-            )
-        ).first()
-        if row is None:
-            raise Conflict(
-                f"step {step} is below the last decided step {run.last_step} of run "
-                f"{run.run_id!r} and was never decided: steps must not go backwards "
-                "(a job resumed from an older checkpoint should rewind the run first)"
-            )
-        stored = parse_float(json.loads(row.body)["value"])
-        if not same_float(stored, value):
-            raise Conflict(
-                f"step {step} of run {run.run_id!r} was already decided (seq {row.seq}) with "
-                f"value {stored!r}; this request says {value!r}: a step's value cannot change"
-            )
-        return row.body
-
-    def lr_at(self, run_id: str, step: int | None) -> dict[str, Any]:
-        """The lrs in force at training step ``step``: set by the last decision at or before it."""
         with self._read() as s:
-            run = s.get(RunRow, run_id)
-            if run is None:
+            conn = s.connection()
+            row = conn.exec_driver_sql(
+                _param(conn, f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?"), (run_id,)
+            ).first()
+            if row is None:
                 raise RunNotFound(f"run {run_id!r} not found")
+            head = RunHead(*row)
             if step is None:
-                lrs, seq, at = json.loads(run.lrs), run.last_seq or None, run.last_step
-            else:
-                row = s.exec(
-                    select(DecisionRow)
-                    .where(
-                        DecisionRow.run_id == run_id,
-                        DecisionRow.step <= step,
-                        col(DecisionRow.superseded).is_(False),
-                    )
-                    .order_by(col(DecisionRow.seq).desc())
-                    .limit(1)
-                ).first()
-                if row is None:  # before the first decision: the policy's initial lrs
-                    policy, params = _resolved(run.policy, run.params, run.base_lrs)
-                    initial = policy.init(
-                        params, tuple(parse_float(x) for x in json.loads(run.base_lrs))
-                    )
-                    lrs, seq, at = list(initial.lrs), None, None
-                else:
-                    lrs, seq, at = json.loads(row.body)["lrs"], row.seq, row.step
-            return {"run_id": run_id, "step": step, "lrs": lrs, "seq": seq, "decided_at_step": at}
+                return head, None
+            found = conn.exec_driver_sql(
+                _param(
+                    conn,
+                    "SELECT seq, step, body FROM decisions WHERE run_id = ? AND superseded = ? "
+                    "AND step <= ? ORDER BY step DESC LIMIT 1",
+                ),
+                (run_id, False, step),
+            ).first()
+            return head, None if found is None else (int(found[0]), int(found[1]), found[2])
 
     def list_decisions(
         self, run_id: str, after: int, limit: int, action: str | None = None
@@ -313,9 +310,37 @@ class Store:
             return Page(items=[body for _, body in rows], next=rows[-1][0] if more else None)
 
 
+def _param(conn: sa.Connection, statement: str) -> str:
+    return statement.replace("?", "%s") if conn.dialect.name == "postgresql" else statement
+
+
+def _lost_race(exc: sa.exc.DBAPIError) -> bool:
+    """Another writer won: our transaction can simply run again on what it wrote."""
+    if isinstance(exc, sa.exc.IntegrityError):
+        return True
+    return getattr(exc.orig, "pgcode", None) in _RETRY_PGCODES
+
+
 @contextlib.contextmanager
-def _unavailable_on_db_error() -> Iterator[None]:
+def _db_errors() -> Iterator[None]:
+    """A database that is gone, locked or too slow is a 503. What exactly went wrong (host,
+    port, user) goes to the server log, never to the client."""
     try:
         yield
-    except sa.exc.OperationalError as exc:
-        raise Unavailable(f"database unavailable: {exc.orig}") from exc
+    except sa.exc.DBAPIError as exc:
+        if _lost_race(exc):
+            raise
+        log.warning("database unavailable: %s", exc.orig)
+        raise Unavailable(_unavailable_reason(exc)) from exc
+    except sa.exc.TimeoutError as exc:  # no pooled connection came free in time
+        log.warning("database unavailable: %s", exc)
+        raise Unavailable("no database connection came free in time; retry later") from exc
+
+
+def _unavailable_reason(exc: sa.exc.DBAPIError) -> str:
+    text = str(exc.orig).lower()
+    if "locked" in text or "busy" in text or "lock timeout" in text:
+        return "the database is locked by another writer; retry later"
+    if "interrupted" in text or "statement timeout" in text or "canceling statement" in text:
+        return "the database did not answer in time; retry later"
+    return "the database is unreachable; retry later"

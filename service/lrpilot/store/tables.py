@@ -46,7 +46,9 @@ class DecisionRow(SQLModel, table=True):
     """A decision with the observation it answered; ``body`` is the hashed canonical JSON."""
 
     __tablename__ = "decisions"
-    __table_args__ = (sa.Index("ix_decisions_run_step", "run_id", "step"),)
+    # Serves both "the live decision of this step" (a retry) and "the last live decision at or
+    # before this step" (GET lr) with one index descent, whatever the run's length.
+    __table_args__ = (sa.Index("ix_decisions_run_live_step", "run_id", "superseded", "step"),)
 
     run_id: str = Field(
         primary_key=True, sa_type=sa.String(128), foreign_key="runs.run_id", ondelete="CASCADE"

@@ -1,0 +1,231 @@
+"""Observation -> decision: resolve the run's policy, step it, seal the decision into the chain.
+
+No SQL and no HTTP here. The pure functions (``new_run``, ``decide``, ``retried``) are what
+offline tools (verify, replay, import) share with the service; ``Decisions`` runs them for the
+api over the store, one group-committed transaction a batch of concurrent observations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from lrpilot.canonical import canonical_json, parse_float, same_float, sha256_hex
+from lrpilot.chain import GENESIS, seal
+from lrpilot.group_commit import GroupCommit, WaitTimeout
+from lrpilot.policies import Frozen, Observation, Policy, get_policy, policy_id
+from lrpilot.settings import Settings
+from lrpilot.store.errors import Conflict, RunNotFound, Unavailable
+from lrpilot.store.records import NewDecision, NewRun, RunHead
+from lrpilot.store.runs import Store, WriteTx
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a client asks for when it creates a run (already shape-checked by the api)."""
+
+    policy: str
+    version: int
+    params: dict[str, Any]
+    base_lrs: tuple[float, ...]
+    metric: str | None
+    labels: dict[str, str]
+
+
+@lru_cache(maxsize=4096)
+def resolved(policy_key: str, params_json: str, base_lrs_json: str) -> tuple[Policy, Frozen]:
+    """A stored run's policy and params; they were validated at creation: parse once a process."""
+    name, version = policy_key.split("@")
+    policy = get_policy(name, int(version))
+    base_lrs = tuple(parse_float(x) for x in json.loads(base_lrs_json))
+    return policy, policy.resolve(json.loads(params_json), base_lrs)
+
+
+def new_run(run_id: str, spec: RunSpec, created_at: str) -> NewRun:
+    """The run to store: params resolved (PolicyError if invalid), initial state, config hash."""
+    policy = get_policy(spec.policy, spec.version)
+    params = policy.resolve(spec.params, spec.base_lrs)
+    pid = policy_id(policy.name, policy.version)
+    params_doc = params.model_dump()
+    initial = policy.init(params, spec.base_lrs)
+    config_hash = sha256_hex(
+        canonical_json({"policy": pid, "params": params_doc, "base_lrs": list(spec.base_lrs)})
+    )
+    return NewRun(
+        run_id=run_id,
+        policy=pid,
+        params=canonical_json(params_doc),
+        base_lrs=canonical_json(list(spec.base_lrs)),
+        metric=spec.metric,
+        labels=spec.labels,
+        config_hash=config_hash,
+        state=canonical_json(initial.model_dump()),
+        lrs=canonical_json(list(initial.lrs)),
+        head_hash=GENESIS,
+        created_at=created_at,
+    )
+
+
+def check_same_spec(stored: dict[str, Any], run: NewRun) -> None:
+    """A run's spec never changes: creating it again must ask for the same one."""
+    same = (
+        stored["config_hash"] == run.config_hash
+        and stored["metric"] == run.metric
+        and stored["labels"] == run.labels
+    )
+    if not same:
+        raise Conflict(
+            f"run {run.run_id!r} exists with another spec (config_hash "
+            f"{stored['config_hash'][:12]}…, metric {stored['metric']!r}, labels "
+            f"{canonical_json(stored['labels'])}); a run's spec never changes: use a new run_id"
+        )
+
+
+def decide(head: RunHead, step: int, value: float, created_at: str) -> NewDecision:
+    """The decision for a new step (above ``head.last_step``), sealed onto the chain."""
+    policy, params = resolved(head.policy, head.params, head.base_lrs)
+    state = policy.load_state(json.loads(head.state))
+    outcome, new_state = policy.step(
+        params, state, Observation(step=step, value=value, metric=head.metric or "metric")
+    )
+    seq = head.last_seq + 1
+    state_doc = new_state.model_dump()
+    decision: dict[str, Any] = {
+        "run_id": head.run_id,
+        "seq": seq,
+        "step": step,
+        "value": value,
+        "lrs": list(outcome.lrs),
+        "previous_lrs": json.loads(head.lrs),
+        "action": outcome.action,
+        "reason": outcome.reason,
+        "policy": head.policy,
+        "config_hash": head.config_hash,
+        "state": state_doc,
+        "prev_hash": head.head_hash,
+        "created_at": created_at,
+    }
+    body = seal(decision)
+    return NewDecision(
+        run_id=head.run_id,
+        seq=seq,
+        step=step,
+        action=outcome.action,
+        hash=decision["hash"],
+        body=body,
+        state=canonical_json(state_doc),
+        lrs=canonical_json(decision["lrs"]),
+        reductions=1 if outcome.reduced else 0,
+    )
+
+
+def retried(head: RunHead, step: int, value: float, stored: str | None) -> str:
+    """The answer to a step at or below the last decided one: the stored decision of that step
+    when the value is the same (a retry never counts twice), else a Conflict."""
+    if stored is None:
+        raise Conflict(
+            f"step {step} is below the last decided step {head.last_step} of run "
+            f"{head.run_id!r} and was never decided: steps must not go backwards "
+            "(a job resumed from an older checkpoint should rewind the run first)"
+        )
+    decision = json.loads(stored)
+    was = parse_float(decision["value"])
+    if not same_float(was, value):
+        raise Conflict(
+            f"step {step} of run {head.run_id!r} was already decided (seq {decision['seq']}) "
+            f"with value {was!r}; this request says {value!r}: a step's value cannot change"
+        )
+    return stored
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """One observation as posted to a run."""
+
+    run_id: str
+    step: int
+    value: float
+
+
+class Decisions:
+    """The decision path of the service: observations in, sealed and stored decisions out."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self._timeout = settings.db_timeout_s * (settings.db_retries + 1) + 1.0
+        self._writer: GroupCommit[Posted, str] = GroupCommit(self.decide_batch, name="decisions")
+
+    def close(self) -> None:
+        self._writer.close()
+
+    async def observe(self, run_id: str, step: int, value: float) -> str:
+        """The decision's canonical JSON, acknowledged only once it is committed."""
+        try:
+            return await self._writer.submit(Posted(run_id, step, value), self._timeout)
+        except WaitTimeout:
+            raise Unavailable(
+                "the database did not answer in time; retry later (a retry never counts twice)"
+            ) from None
+
+    def create_run(self, run_id: str, spec: RunSpec) -> tuple[dict[str, Any], bool]:
+        """The run created (True), or the stored one if it has the same spec (False)."""
+        run = new_run(run_id, spec, now())
+        stored, created = self.store.create_run(run)
+        if not created:
+            check_same_spec(stored, run)
+        return stored, created
+
+    def lr_at(self, run_id: str, step: int | None) -> dict[str, Any]:
+        """The lrs in force at training step ``step``: set by the last decision at or before it."""
+        head, row = self.store.decision_at_or_before(run_id, step)
+        if step is None:
+            lrs = json.loads(head.lrs)
+            seq, at = (head.last_seq or None), head.last_step
+        elif row is None:  # before the first decision: the policy's initial lrs
+            policy, params = resolved(head.policy, head.params, head.base_lrs)
+            base_lrs = tuple(parse_float(x) for x in json.loads(head.base_lrs))
+            lrs, seq, at = list(policy.init(params, base_lrs).lrs), None, None
+        else:
+            seq, at, body = row
+            lrs = json.loads(body)["lrs"]
+        return {"run_id": run_id, "step": step, "lrs": lrs, "seq": seq, "decided_at_step": at}
+
+    def decide_batch(self, items: Sequence[Posted]) -> list[str | Exception]:
+        """Decide ``items`` in one transaction, now, in this thread: a body or the refusal for
+        each (the group commit's writer thread calls this with whatever is queued)."""
+        return self.store.transact(lambda tx: _decide_in(tx, items))
+
+
+def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
+    """Decide every item in one transaction; one item's refusal does not abort the others."""
+    heads = tx.lock_runs({item.run_id for item in items})
+    decided: dict[tuple[str, int], str] = {}  # this batch's decisions: ranks posting one step
+    results: list[str | Exception] = []
+    for item in items:
+        head = heads.get(item.run_id)
+        if head is None:
+            results.append(RunNotFound(f"run {item.run_id!r} not found"))
+            continue
+        try:
+            if head.last_step is not None and item.step <= head.last_step:
+                stored = decided.get((item.run_id, item.step))
+                if stored is None:
+                    stored = tx.decision_at_step(item.run_id, item.step)
+                results.append(retried(head, item.step, item.value, stored))
+            else:
+                decision = decide(head, item.step, item.value, now())
+                tx.append_decision(decision)
+                heads[item.run_id] = head.after(decision)
+                decided[(item.run_id, item.step)] = decision.body
+                results.append(decision.body)
+        except Conflict as exc:
+            results.append(exc)
+    return results

@@ -1,0 +1,77 @@
+"""The plain data the store reads and writes: what the domain layer gets and gives back.
+
+JSON-valued fields are canonical JSON text, exactly as stored, so that nothing is re-encoded
+between the database and the decision it produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True, slots=True)
+class RunHead:
+    """A run's spec and its latest state: everything needed to decide its next step (O(1))."""
+
+    run_id: str
+    policy: str  # "plateau@1"
+    params: str  # canonical JSON, every default filled
+    base_lrs: str  # canonical JSON list
+    metric: str | None
+    config_hash: str
+    state: str  # canonical JSON of the policy state after last_seq
+    lrs: str  # canonical JSON list, in force after last_seq
+    last_seq: int
+    last_step: int | None
+    head_hash: str  # hash of decision last_seq (the chain's tip)
+
+    def after(self, decision: NewDecision) -> RunHead:
+        """The head once ``decision`` is appended."""
+        return replace(
+            self,
+            state=decision.state,
+            lrs=decision.lrs,
+            last_seq=decision.seq,
+            last_step=decision.step,
+            head_hash=decision.hash,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to create: its resolved spec and its initial state."""
+
+    run_id: str
+    policy: str
+    params: str
+    base_lrs: str
+    metric: str | None
+    labels: dict[str, str]
+    config_hash: str
+    state: str
+    lrs: str
+    head_hash: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewDecision:
+    """A sealed decision to append to its run's log; ``body`` is what was hashed and is served."""
+
+    run_id: str
+    seq: int
+    step: int
+    action: str
+    hash: str
+    body: str
+    state: str  # canonical JSON of the policy state after this decision
+    lrs: str  # canonical JSON list
+    reductions: int  # how many reductions this decision counts (0 or 1), as its policy says
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a list: canonical JSON documents and the cursor of the next page."""
+
+    items: list[str]
+    next: int | str | None
