@@ -2,15 +2,67 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import NON_FINITE
+from lrpilot.policies import ACTIONS
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
+MAX_LABEL_VALUE = 256
 MAX_STEP = 2**62  # fits a BIGINT on every database
+
+# A lone surrogate cannot be encoded to UTF-8 (JSON's "\ud800" parses to one), and PostgreSQL
+# text cannot hold NUL: either would fail in the database or in the response, so no string
+# that could be stored, compared in SQL or echoed may carry them.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE_MSG = "must not contain a NUL character or a lone surrogate (U+D800 to U+DFFF)"
+
+
+def is_storable(text: str) -> bool:
+    # NUL is ASCII, surrogates are not: the common all-ASCII string costs two C scans.
+    return "\x00" not in text and (text.isascii() or _UNSTORABLE.search(text) is None)
+
+
+def _storable(v: Any) -> Any:
+    if isinstance(v, str) and not is_storable(v):
+        raise PydanticCustomError("string_unstorable", UNSTORABLE_MSG)
+    return v
+
+
+def _storable_json(v: Any) -> Any:
+    """Every string in a JSON value (keys too), walked without recursion: params nest freely."""
+    stack = [v]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            _storable(item)
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                _storable(key)
+                stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return v
+
+
+# Checked before pydantic's own str validation, which may refuse a surrogate with a message
+# about "raw data" that does not say what is wrong.
+Text = Annotated[str, BeforeValidator(_storable)]
 
 
 def _metric_value(v: Any) -> Any:
@@ -20,15 +72,48 @@ def _metric_value(v: Any) -> Any:
         raise PydanticCustomError(
             "metric_value",
             "must be a number or one of the strings 'NaN', 'Infinity', '-Infinity', got {got}",
-            {"got": repr(v)},
+            {"got": repr(v)[:64]},  # a huge string is not echoed whole
         )
     return NON_FINITE[v] if isinstance(v, str) else v
 
 
 MetricValue = Annotated[float, BeforeValidator(_metric_value)]
-LearningRate = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9._/-]{1,128}$")]
-LabelValue = Annotated[str, Field(max_length=256)]
+# Strict, as `value` is: true and "0.2" are client bugs, not learning rates; JSON ints are fine.
+LearningRate = Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)]
+LabelKey = Annotated[Text, Field(pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[Text, Field(max_length=MAX_LABEL_VALUE)]
+
+
+# -- query parameters ---------------------------------------------------------------------
+
+MAX_LABEL_FILTERS = 16  # each is a subquery: the cap bounds a list query's cost
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+
+
+def _label_filter(v: str) -> str:
+    key, sep, value = v.partition(":")
+    if not sep or _LABEL_KEY.match(key) is None or len(value) > MAX_LABEL_VALUE:
+        raise PydanticCustomError(
+            "label_filter",
+            "must be key:value, the key matching {pattern} and the value at most {max} "
+            "characters (what a label can be), got {got}",
+            {"pattern": LABEL_KEY_PATTERN, "max": MAX_LABEL_VALUE, "got": repr(v)[:64]},
+        )
+    return v
+
+
+def _known_action(v: str) -> str:
+    if v not in ACTIONS:
+        raise PydanticCustomError(
+            "action",
+            "unknown action {got}; actions: {actions}",
+            {"got": repr(v)[:64], "actions": ", ".join(sorted(ACTIONS))},
+        )
+    return v
+
+
+LabelFilter = Annotated[Text, AfterValidator(_label_filter)]
+ActionFilter = Annotated[Text, Field(max_length=32), AfterValidator(_known_action)]
 
 
 class Strict(BaseModel):
@@ -36,9 +121,16 @@ class Strict(BaseModel):
 
 
 class PolicyRef(Strict):
-    name: Annotated[str, Field(min_length=1, max_length=64)] = Field(examples=["plateau"])
+    name: Annotated[Text, Field(min_length=1, max_length=64)] = Field(examples=["plateau"])
     version: Annotated[StrictInt, Field(ge=1)] = Field(examples=[1])
     params: dict[str, Any] = Field(default_factory=dict, examples=[{"patience": 5, "factor": 0.5}])
+
+    # The policy validates params (strictly typed fields); no string in them may reach its
+    # error messages, the stored spec or the 409 text unless it can be stored and echoed.
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_storable(cls, v: Any) -> Any:
+        return _storable_json(v)
 
 
 class RunIn(Strict):
@@ -46,7 +138,7 @@ class RunIn(Strict):
     base_lrs: Annotated[list[LearningRate], Field(min_length=1, max_length=1024)] = Field(
         examples=[[0.1]]
     )
-    metric: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+    metric: Annotated[Text, Field(min_length=1, max_length=128)] | None = Field(
         default=None, examples=["val_loss"]
     )
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(
@@ -148,3 +240,31 @@ class PolicyInfo(BaseModel):
 
 class PolicyList(BaseModel):
     items: list[PolicyInfo]
+
+
+# -- errors: every refusal is {"detail": ...}; a 422's detail is always a list of items -------
+
+
+class ValidationItem(BaseModel):
+    loc: list[str | int] = Field(
+        description="where: 'body', 'query', 'path' or 'header', then the field's path"
+    )
+    msg: str = Field(description="what is wrong, for a person")
+    type: str = Field(description="a stable machine-readable kind, e.g. 'float_type'")
+    input: Any = Field(
+        default=None,
+        description="the offending value; present only when it is a number, a boolean, null or "
+        "a short string (a large input is never echoed back)",
+    )
+
+
+class ValidationErrorOut(BaseModel):
+    """422: the request is well-formed HTTP but its body or parameters are refused."""
+
+    detail: list[ValidationItem]
+
+
+class Message(BaseModel):
+    """404, 409, 413, 503: one sentence saying what is wrong and what to do."""
+
+    detail: str

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, Response
 
+from lrpilot.api.models import Message, ValidationErrorOut
 from lrpilot.canonical import to_strict
 
 
@@ -24,3 +25,32 @@ def raw_json(body: str, status_code: int = 200) -> Response:
 
 def page_json(items: list[str], next_cursor: int | str | None) -> Response:
     return raw_json('{"items":[' + ",".join(items) + '],"next":' + json.dumps(next_cursor) + "}")
+
+
+# -- what the routes declare in the OpenAPI document (413 and HEAD: api/limits.py) ----------
+
+Documented = dict[int | str, dict[str, Any]]
+
+INVALID: Documented = {
+    422: {
+        "model": ValidationErrorOut,
+        "description": "a parameter or the body is refused; `detail` lists every reason",
+    }
+}
+UNAVAILABLE: Documented = {
+    503: {
+        "model": Message,
+        "description": "the database is unreachable, locked or slow; retrying later is safe",
+        "headers": {
+            "Retry-After": {
+                "description": "seconds to wait before retrying",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        },
+    }
+}
+NOT_FOUND: Documented = {404: {"model": Message, "description": "no run with that run_id"}}
+
+
+def conflict(description: str) -> Documented:
+    return {409: {"model": Message, "description": description}}

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from lrpilot.api.deps import RunId, StoreDep
+from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
 from lrpilot.api.models import (
+    MAX_LABEL_FILTERS,
     MAX_STEP,
+    RUN_ID_PATTERN,
+    ActionFilter,
     DecisionOut,
     DecisionPage,
+    LabelFilter,
     LrOut,
     ObservationIn,
     RunIn,
     RunOut,
     RunPage,
 )
-from lrpilot.api.responses import StrictJSONResponse, page_json, raw_json
-from lrpilot.policies import ACTIONS
-from lrpilot.store.runs import RunSpec
+from lrpilot.api.responses import (
+    INVALID,
+    NOT_FOUND,
+    UNAVAILABLE,
+    StrictJSONResponse,
+    conflict,
+    page_json,
+    raw_json,
+)
+from lrpilot.domain import RunSpec
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -32,10 +43,12 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
     response_model=RunOut,
     responses={
         201: {"model": RunOut, "description": "created"},
-        409: {"description": "another spec"},
+        **conflict("a run with that run_id exists with another spec"),
+        **INVALID,
+        **UNAVAILABLE,
     },
 )
-def put_run(run_id: RunId, body: RunIn, store: StoreDep) -> Response:
+def put_run(run_id: RunId, body: RunIn, decisions: DecisionsDep) -> Response:
     spec = RunSpec(
         policy=body.policy.name,
         version=body.policy.version,
@@ -44,30 +57,32 @@ def put_run(run_id: RunId, body: RunIn, store: StoreDep) -> Response:
         metric=body.metric,
         labels=body.labels,
     )
-    run, created = store.put_run(run_id, spec)
+    run, created = decisions.create_run(run_id, spec)
     return StrictJSONResponse(run, status_code=201 if created else 200)
 
 
-@router.get("", response_model=RunPage)
+@router.get("", response_model=RunPage, responses={**INVALID, **UNAVAILABLE})
 def list_runs(
     store: StoreDep,
     label: Annotated[
-        list[str], Query(description="key:value, repeat to require several labels")
+        list[LabelFilter],
+        Query(
+            max_length=MAX_LABEL_FILTERS,
+            description=f"key:value, repeat to require several labels (at most "
+            f"{MAX_LABEL_FILTERS})",
+        ),
     ] = [],  # noqa: B006 - FastAPI reads the default, never mutates it
-    after: Annotated[str | None, Query(description="the `next` of the previous page")] = None,
+    after: Annotated[
+        str | None, Query(pattern=RUN_ID_PATTERN, description="the `next` of the previous page")
+    ] = None,
     limit: Limit = 100,
 ) -> Response:
-    labels: dict[str, str] = {}
-    for item in label:
-        key, sep, value = item.partition(":")
-        if not sep or not key:
-            raise HTTPException(422, f"label filter {item!r} must be key:value")
-        labels[key] = value
+    labels = {k: v for k, _, v in (item.partition(":") for item in label)}  # checked
     page = store.list_runs(labels, after, limit)
     return page_json(page.items, page.next)
 
 
-@router.get("/{run_id}", response_model=RunOut)
+@router.get("/{run_id}", response_model=RunOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
 def get_run(run_id: RunId, store: StoreDep) -> Response:
     return StrictJSONResponse(store.get_run(run_id))
 
@@ -75,34 +90,42 @@ def get_run(run_id: RunId, store: StoreDep) -> Response:
 @router.post(
     "/{run_id}/observations",
     response_model=DecisionOut,
-    responses={404: {"description": "unknown run"}, 409: {"description": "step conflict"}},
+    responses={
+        **NOT_FOUND,
+        **conflict(
+            "the step was already decided with another value, or is below the last decided step"
+        ),
+        **INVALID,
+        **UNAVAILABLE,
+    },
 )
-def post_observation(run_id: RunId, body: ObservationIn, store: StoreDep) -> Response:
-    return raw_json(store.observe(run_id, body.step, body.value))
+async def post_observation(run_id: RunId, body: ObservationIn, decisions: DecisionsDep) -> Response:
+    # async: the request waits on the group commit, not on a worker thread of its own
+    return raw_json(await decisions.observe(run_id, body.step, body.value))
 
 
-@router.get("/{run_id}/lr", response_model=LrOut)
+@router.get("/{run_id}/lr", response_model=LrOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
 def get_lr(
     run_id: RunId,
-    store: StoreDep,
+    decisions: DecisionsDep,
     step: Annotated[
         int | None, Query(ge=0, le=MAX_STEP, description="training step; omit for the latest")
     ] = None,
 ) -> Response:
-    return StrictJSONResponse(store.lr_at(run_id, step))
+    return StrictJSONResponse(decisions.lr_at(run_id, step))
 
 
-@router.get("/{run_id}/decisions", response_model=DecisionPage)
+@router.get(
+    "/{run_id}/decisions",
+    response_model=DecisionPage,
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+)
 def list_decisions(
     run_id: RunId,
     store: StoreDep,
     after: Annotated[int, Query(ge=0, le=MAX_STEP, description="seq to start after")] = 0,
     limit: Limit = 100,
-    action: Annotated[str | None, Query(max_length=32, description="only this action")] = None,
+    action: Annotated[ActionFilter | None, Query(description="only this action")] = None,
 ) -> Response:
-    if action is not None and action not in ACTIONS:
-        raise HTTPException(
-            422, f"unknown action {action!r}; actions: {', '.join(sorted(ACTIONS))}"
-        )
     page = store.list_decisions(run_id, after, limit, action)
     return page_json(page.items, page.next)

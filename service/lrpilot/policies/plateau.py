@@ -20,7 +20,7 @@ import math
 import struct
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, StrictInt, TypeAdapter, ValidationError
+from pydantic import AfterValidator, Field, StrictFloat, StrictInt, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
 from lrpilot.policies.base import (
@@ -46,7 +46,8 @@ def _check_min_lr(v: float | list[float]) -> float | list[float]:
     return v
 
 
-MinLr = Annotated[float | list[float], AfterValidator(_check_min_lr)]
+# Strict floats: true and "0.2" are refused, JSON ints are taken (as floats).
+MinLr = Annotated[StrictFloat | list[StrictFloat], AfterValidator(_check_min_lr)]
 Count = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
 
 
@@ -55,13 +56,13 @@ class TorchParams(Frozen):
 
     flavor: Literal["torch"] = "torch"
     mode: Literal["min", "max"] = "min"
-    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    factor: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] = 0.1
     patience: Count = 10
-    threshold: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1e-4
+    threshold: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-4
     threshold_mode: Literal["rel", "abs"] = "rel"
     cooldown: Count = 0
     min_lr: MinLr = 0.0
-    eps: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1e-8
+    eps: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-8
 
 
 class KerasParams(Frozen):
@@ -69,9 +70,9 @@ class KerasParams(Frozen):
 
     flavor: Literal["keras"]
     mode: Literal["min", "max"] = "min"
-    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    factor: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] = 0.1
     patience: Count = 10
-    min_delta: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1e-4
+    min_delta: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-4
     cooldown: Count = 0
     min_lr: MinLr = 0.0
 
@@ -268,7 +269,7 @@ def _torch_step(p: TorchParams, s: PlateauState, obs: Observation) -> tuple[Outc
     state = PlateauState(
         lrs=lrs, best=best, best_step=best_step, bad_evaluations=bad, cooldown_counter=cooldown
     )
-    return Outcome(lrs=lrs, action=action, reason=text), state
+    return Outcome(lrs=lrs, action=action, reason=text, reduced=action == "reduce"), state
 
 
 def _keras_step(p: KerasParams, s: PlateauState, obs: Observation) -> tuple[Outcome, PlateauState]:
@@ -334,4 +335,4 @@ def _keras_step(p: KerasParams, s: PlateauState, obs: Observation) -> tuple[Outc
     state = PlateauState(
         lrs=lrs, best=best, best_step=best_step, bad_evaluations=wait, cooldown_counter=cooldown
     )
-    return Outcome(lrs=lrs, action=action, reason=text), state
+    return Outcome(lrs=lrs, action=action, reason=text, reduced=action == "reduce"), state
