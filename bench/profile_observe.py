@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_decisions import RUN_SPEC, metric_value
+from common import RUN_SPEC, metric_value
 from lrpilot.store.db import upgrade
 from lrpilot.store.runs import RunSpec, Store
 

@@ -29,6 +29,7 @@ app = FastAPI(title="lrpilot bench: trivial reference")
 
 
 @app.get("/healthz")
+@app.get("/readyz")  # what tests.harness.LiveServer waits for
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -1,0 +1,159 @@
+"""What the bench scripts share: the workload, fresh databases, process and machine figures.
+
+Importing it puts the repository root on ``sys.path``, so that the bench runs its servers with
+the tests' harness (``tests.harness.LiveServer``) and not a copy of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+if str(REPO_DIR) not in sys.path:
+    sys.path.insert(0, str(REPO_DIR))
+
+import sqlalchemy as sa  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+console = Console(width=max(140, Console().width))
+
+RUN_SPEC: dict[str, Any] = {
+    "policy": {"name": "plateau", "version": 1, "params": {"patience": 5}},
+    "base_lrs": [0.1],
+    "metric": "val_loss",
+}
+# The service under the same uvicorn command line as the trivial app (tests.harness adds the
+# address and the settings); it does not migrate, the bench does, once a database.
+SERVICE_TARGET = ("--factory", "lrpilot.app:create_app")
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
+
+
+def metric_value(seed: int, step: int) -> float:
+    """A validation loss that falls slowly under 3 % noise: plateaus, hence reductions, happen.
+
+    A pure function of (seed, step), so every rank of one run sends the same value for a step
+    and every bench sends the same stream; bench/wrk/common.lua computes the same doubles.
+    """
+    noise = _splitmix64((seed << 40) ^ step) / 2.0**64
+    return (1.0 / (1.0 + 0.002 * step)) * (1.0 + 0.03 * noise)
+
+
+# -- databases --------------------------------------------------------------------------------
+
+
+def migrate(database_url: str) -> None:
+    """``lrpilot db upgrade``, in a subprocess: the bench process never imports the service."""
+    subprocess.run(
+        [sys.executable, "-m", "lrpilot.cli", "db", "upgrade", "--database-url", database_url],
+        check=True,
+        cwd=REPO_DIR,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def fresh_database(postgres_url: str | None, sqlite_path: Path) -> str:
+    """A migrated, empty database: a new SQLite file, or PostgreSQL's public schema recreated."""
+    if postgres_url is None:
+        sqlite_path.unlink(missing_ok=True)
+        url = f"sqlite:///{sqlite_path}"
+    else:
+        engine = sa.create_engine(postgres_url)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
+                conn.exec_driver_sql("CREATE SCHEMA public")
+        finally:
+            engine.dispose()
+        url = postgres_url
+    migrate(url)
+    return url
+
+
+# -- processes and the machine (Linux /proc; None elsewhere) ----------------------------------
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident set size of a process now."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores have spent busy since boot."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(x) for x in f.readline().split()[1:]]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is in user
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=REPO_DIR, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def machine_info() -> dict[str, Any]:
+    """Enough to tell whether two result files are comparable."""
+    cpu_model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in ("lrpilot", "fastapi", "starlette", "uvicorn", "pydantic", "sqlalchemy"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    dirty = _git("status", "--porcelain", "--", "service", "migrations")
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "service_tree_dirty": bool(dirty) if dirty is not None else None,
+        "versions": versions,
+    }
+
+
+def result_path(name: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return BENCH_DIR / "results" / f"{name}-{stamp}.json"
