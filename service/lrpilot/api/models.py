@@ -45,18 +45,27 @@ def _storable(v: Any) -> Any:
 
 
 def _storable_json(v: Any) -> Any:
-    """Every string in a JSON value (keys too), walked without recursion: params nest freely."""
-    stack = [v]
+    """Every string in a JSON value (keys too), walked without recursion: params nest freely.
+    The message names the place, since the loc can only name the field."""
+    stack: list[tuple[str, Any]] = [("", v)]
     while stack:
-        item = stack.pop()
+        path, item = stack.pop()
+        where = None
         if isinstance(item, str):
-            _storable(item)
+            if not is_storable(item):
+                where = f"{path[:128]!r} " if path else ""
         elif isinstance(item, dict):
             for key, value in item.items():
-                _storable(key)
-                stack.append(value)
+                if isinstance(key, str) and not is_storable(key):
+                    where = f"the key {ascii(key)[:64]}" + (f" in {path[:128]!r} " if path else " ")
+                    break
+                stack.append((f"{path}.{key}" if path else str(key), value))
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((f"{path}[{i}]", x) for i, x in enumerate(item))
+        if where is not None:
+            raise PydanticCustomError(
+                "string_unstorable", "{where}" + UNSTORABLE_MSG, {"where": where}
+            )
     return v
 
 

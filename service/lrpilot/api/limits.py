@@ -1,0 +1,156 @@
+"""The HTTP edge, before routing: a request body size limit, and HEAD on every GET route.
+
+A pure ASGI middleware, because it sits on the hot path (every observation goes through it):
+a request that declares its length costs one scan of the header list; only a body sent
+without Content-Length (chunked) is counted as it arrives, and it is never read whole to be
+measured. What the middleware answers is written into the OpenAPI document by ``install``, so
+the document covers every route, whoever adds it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lrpilot.api.models import Message as MessageOut
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit. FastAPI lets an
+    HTTPException from reading the body through (any other error becomes a 400), so the
+    app's HTTPException handler answers it like every other refusal."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large(limit), headers={"Connection": "close"})
+
+
+def _too_large(limit: int, declared: int | None = None) -> str:
+    size = f"of {declared} bytes " if declared is not None else ""
+    return (
+        f"the request body {size}is larger than the limit of {limit} bytes "
+        "(the server's LRPILOT_MAX_BODY_BYTES)"
+    )
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:  # the server refuses it before us; count the body if not
+                return None
+    return None
+
+
+class HttpLimits:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = _content_length(scope["headers"])
+        if declared is not None and declared > limit:
+            await _send_413(send, _too_large(limit, declared))
+            return
+        if scope["method"] == "HEAD":
+            # RFC 9110: a server that answers GET answers HEAD, with GET's status and headers.
+            # The server still sees HEAD in its own scope and frames the response as such.
+            scope = {**scope, "method": "GET"}
+            send = _headers_only(send)
+        if declared is not None:  # the server delivers exactly that many bytes, no more
+            await self.app(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge(limit)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except BodyTooLarge as exc:  # read outside FastAPI's handlers: answer it here
+            if started:
+                raise
+            await _send_413(send, str(exc.detail))
+
+
+def _headers_only(send: Send) -> Send:
+    async def send_headers_only(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_headers_only
+
+
+async def _send_413(send: Send, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        # The body is left unread: the connection cannot carry another request.
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+_TOO_LARGE_DOC = {
+    "description": "the request body is larger than the server's limit (LRPILOT_MAX_BODY_BYTES)",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Message"}}},
+}
+
+
+def _head_operation(get: dict[str, Any]) -> dict[str, Any]:
+    head = {**get, "summary": f"{get.get('summary', '')} (headers only)".strip()}
+    if "operationId" in get:
+        head["operationId"] = f"head_{get['operationId']}"
+    head["responses"] = {
+        code: {k: v for k, v in response.items() if k != "content"}
+        for code, response in get["responses"].items()
+    }
+    return head
+
+
+def _document(app: FastAPI) -> None:
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()  # FastAPI caches it as app.openapi_schema: this runs once
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.setdefault("Message", MessageOut.model_json_schema())
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                operation["responses"].setdefault("413", _TOO_LARGE_DOC)
+            if "get" in item and "head" not in item:
+                item["head"] = _head_operation(item["get"])
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def install(app: FastAPI, max_body_bytes: int) -> None:
+    """The limits as middleware, and what they answer in the OpenAPI document."""
+    app.add_middleware(HttpLimits, max_body_bytes=max_body_bytes)
+    _document(app)
