@@ -14,7 +14,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -23,6 +23,9 @@ if str(REPO_DIR) not in sys.path:
 
 import sqlalchemy as sa  # noqa: E402
 from rich.console import Console  # noqa: E402
+
+if TYPE_CHECKING:
+    from lrpilot.domain import RunSpec
 
 console = Console(width=max(140, Console().width))
 
@@ -34,6 +37,21 @@ RUN_SPEC: dict[str, Any] = {
 # The service under the same uvicorn command line as the trivial app (tests.harness adds the
 # address and the settings); it does not migrate, the bench does, once a database.
 SERVICE_TARGET = ("--factory", "lrpilot.app:create_app")
+
+
+def run_spec(labels: dict[str, str] | None = None) -> RunSpec:
+    """RUN_SPEC for the scripts that build runs in process (bench_decisions never does)."""
+    from lrpilot.domain import RunSpec
+
+    policy = RUN_SPEC["policy"]
+    return RunSpec(
+        policy=policy["name"],
+        version=policy["version"],
+        params=policy["params"],
+        base_lrs=tuple(RUN_SPEC["base_lrs"]),
+        metric=RUN_SPEC["metric"],
+        labels=labels or {},
+    )
 
 
 def _splitmix64(x: int) -> int:
@@ -57,7 +75,7 @@ def metric_value(seed: int, step: int) -> float:
 
 
 def migrate(database_url: str) -> None:
-    """``lrpilot db upgrade``, in a subprocess: the bench process never imports the service."""
+    """``lrpilot db upgrade``, in a subprocess, as an operator migrates."""
     subprocess.run(
         [sys.executable, "-m", "lrpilot.cli", "db", "upgrade", "--database-url", database_url],
         check=True,
