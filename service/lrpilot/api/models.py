@@ -19,12 +19,13 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import NON_FINITE
-from lrpilot.policies import ACTIONS
+from lrpilot.policies import ACTIONS, POLICIES
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
 MAX_LABEL_VALUE = 256
 MAX_STEP = 2**62  # fits a BIGINT on every database
+POLICY_NAMES = sorted({p.name for p in POLICIES.values()})
 
 # A lone surrogate cannot be encoded to UTF-8 (JSON's "\ud800" parses to one), and PostgreSQL
 # text cannot hold NUL: either would fail in the database or in the response, so no string
@@ -122,7 +123,12 @@ def _known_action(v: str) -> str:
 
 
 LabelFilter = Annotated[Text, AfterValidator(_label_filter)]
-ActionFilter = Annotated[Text, Field(max_length=32), AfterValidator(_known_action)]
+# The document lists what is served (an enum), so that clients and fuzzers see the valid set.
+ActionFilter = Annotated[
+    Text,
+    Field(max_length=32, json_schema_extra={"enum": sorted(ACTIONS)}),
+    AfterValidator(_known_action),
+]
 
 
 class Strict(BaseModel):
@@ -130,7 +136,10 @@ class Strict(BaseModel):
 
 
 class PolicyRef(Strict):
-    name: Annotated[Text, Field(min_length=1, max_length=64)] = Field(examples=["plateau"])
+    name: Annotated[
+        Text,
+        Field(min_length=1, max_length=64, json_schema_extra={"enum": POLICY_NAMES}),
+    ] = Field(examples=["plateau"])
     version: Annotated[StrictInt, Field(ge=1)] = Field(examples=[1])
     params: dict[str, Any] = Field(default_factory=dict, examples=[{"patience": 5, "factor": 0.5}])
 
