@@ -72,8 +72,10 @@ def _undecodable_body(exc: HTTPException) -> list[dict[str, Any]]:
 
 
 def policy_error_detail(exc: PolicyError, prefix: tuple[str, ...]) -> list[dict[str, Any]]:
+    # A policy's message may quote the input (e.g. an unknown flavor): cap it like any other.
     return [
-        {"loc": [*prefix, *loc], "msg": msg, "type": "policy_params"} for loc, msg in exc.errors
+        _validation_item({"loc": (*prefix, *loc), "msg": msg, "type": "policy_params"})
+        for loc, msg in exc.errors
     ]
 
 
@@ -95,7 +97,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> StrictJSONResponse:
         headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
-        return StrictJSONResponse({"detail": exc.message}, _STATUS[type(exc)], headers=headers)
+        status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+        return StrictJSONResponse({"detail": exc.message}, status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> StrictJSONResponse:
