@@ -16,10 +16,10 @@ from typing import Any
 
 from lrpilot.canonical import canonical_json, parse_float, same_float, sha256_hex
 from lrpilot.chain import GENESIS, seal
-from lrpilot.group_commit import GroupCommit, WaitTimeout
+from lrpilot.group_commit import GroupCommit, Inline, Threaded, WaitTimeout
 from lrpilot.policies import Frozen, Observation, Policy, get_policy, policy_id
 from lrpilot.settings import Settings
-from lrpilot.store.errors import Conflict, RunNotFound, Unavailable
+from lrpilot.store.errors import Busy, Conflict, RunNotFound, Unavailable
 from lrpilot.store.records import NewDecision, NewRun, RunHead
 from lrpilot.store.runs import Store, WriteTx
 
@@ -160,8 +160,13 @@ class Decisions:
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
-        self._timeout = settings.db_timeout_s * (settings.db_retries + 1) + 1.0
-        self._writer: GroupCommit[Posted, str] = GroupCommit(self.decide_batch, name="decisions")
+        # however long the database is locked or slow, a request waits this long at the most
+        self._timeout = settings.db_timeout_s
+        self._writer: GroupCommit[Posted, str]
+        if store.is_sqlite:  # statements that never wait on the network: batches on the loop
+            self._writer = Inline(self._decide_now, busy=Busy)
+        else:
+            self._writer = Threaded(self.decide_batch, name="decisions")
 
     def close(self) -> None:
         self._writer.close()
@@ -199,15 +204,18 @@ class Decisions:
         return {"run_id": run_id, "step": step, "lrs": lrs, "seq": seq, "decided_at_step": at}
 
     def decide_batch(self, items: Sequence[Posted]) -> list[str | Exception]:
-        """Decide ``items`` in one transaction, now, in this thread: a body or the refusal for
-        each (the group commit's writer thread calls this with whatever is queued)."""
+        """Decide ``items`` in one transaction, in this thread: a body or the refusal for each
+        (the group commit's writer thread calls this with whatever is queued)."""
         return self.store.transact(lambda tx: _decide_in(tx, items))
+
+    def _decide_now(self, items: Sequence[Posted]) -> list[str | Exception]:
+        """``decide_batch`` that raises Busy rather than wait for the database's lock."""
+        return self.store.transact_now(lambda tx: _decide_in(tx, items))
 
 
 def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
     """Decide every item in one transaction; one item's refusal does not abort the others."""
     heads = tx.lock_runs({item.run_id for item in items})
-    decided: dict[tuple[str, int], str] = {}  # this batch's decisions: ranks posting one step
     results: list[str | Exception] = []
     for item in items:
         head = heads.get(item.run_id)
@@ -216,15 +224,12 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
             continue
         try:
             if head.last_step is not None and item.step <= head.last_step:
-                stored = decided.get((item.run_id, item.step))
-                if stored is None:
-                    stored = tx.decision_at_step(item.run_id, item.step)
+                stored = tx.decision_at_step(item.run_id, item.step)
                 results.append(retried(head, item.step, item.value, stored))
             else:
                 decision = decide(head, item.step, item.value, now())
                 tx.append_decision(decision)
                 heads[item.run_id] = head.after(decision)
-                decided[(item.run_id, item.step)] = decision.body
                 results.append(decision.body)
         except Conflict as exc:
             results.append(exc)

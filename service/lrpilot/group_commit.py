@@ -1,11 +1,21 @@
 """Group commit: many concurrent requests, one transaction, one durable commit.
 
-Requests await a future on the event loop; one writer thread takes every item queued so far,
-hands the batch to ``process`` (which runs one transaction) and settles the futures only after
-it returned, i.e. after the commit. Under load a batch holds many decisions, so the cost of a
-commit (an fsync on SQLite with synchronous=FULL) and of the thread hand-off is paid once a
-batch instead of once a request, and no request holds a worker thread or a database
-connection while it waits.
+Requests await a future on the event loop; a batch of everything queued so far goes to
+``process`` (which runs one transaction) and the futures are settled only after it returned,
+i.e. after the commit. Under load a batch holds many decisions, so the cost of a commit (an
+fsync on SQLite with synchronous=FULL) is paid once a batch, and no waiting request holds a
+worker thread or a database connection.
+
+Two ways to run the batches:
+
+* ``Inline`` runs them on the event loop itself, for a database whose statements never wait
+  on the network (SQLite). Handing each batch to another thread costs more than the batch:
+  the two threads pass the GIL back and forth at every statement, and each pass can wait
+  for the interpreter's switch interval (5 ms). The loop never waits on a lock, though:
+  ``process`` must raise ``busy`` at once when the database is locked elsewhere, and the batch
+  is tried again a moment later while the loop serves other requests.
+* ``Threaded`` runs them on one writer thread, for a database behind a network round trip
+  (PostgreSQL), where a statement waits on I/O and the GIL is free meanwhile.
 """
 
 from __future__ import annotations
@@ -16,47 +26,133 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+T_contra = TypeVar("T_contra", contravariant=True)
+R_co = TypeVar("R_co", covariant=True)
 
 log = logging.getLogger("lrpilot.group_commit")
 
-# process(items) returns one result a item: a value, or the exception that item's caller gets.
+# process(items) returns one result an item: a value, or the exception that item's caller gets.
 Process = Callable[[Sequence[T]], Sequence[R | BaseException]]
-_Entry = tuple[T, "asyncio.Future[R]", asyncio.AbstractEventLoop]
 
 
 class WaitTimeout(Exception):
     """The item was not processed within the caller's timeout (it may still be, later)."""
 
 
-class GroupCommit(Generic[T, R]):
-    def __init__(self, process: Process[T, R], max_batch: int = 512, name: str = "writer") -> None:
+class GroupCommit(Protocol[T_contra, R_co]):
+    async def submit(self, item: T_contra, timeout: float) -> R_co: ...
+
+    def close(self) -> None: ...
+
+
+async def _wait(future: asyncio.Future[R], timeout: float) -> R:
+    try:
+        async with asyncio.timeout(timeout):
+            return await future
+    except TimeoutError:
+        raise WaitTimeout(f"not processed within {timeout} s") from None
+
+
+def _settle(future: asyncio.Future[R], result: R | BaseException) -> None:
+    if future.done():  # the caller timed out and left
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _run_batch(process: Process[T, R], items: list[T]) -> Sequence[R | BaseException]:
+    try:
+        return process(items)
+    except Exception as exc:  # one failed batch fails its callers, not the service
+        log.exception("a batch of %d failed", len(items))
+        return [exc] * len(items)
+
+
+class Inline(Generic[T, R]):
+    """Batches run on the event loop: every item submitted in one turn of the loop, one batch."""
+
+    def __init__(
+        self,
+        process: Process[T, R],
+        busy: type[Exception],
+        max_batch: int = 512,
+        first_retry_s: float = 0.001,
+        max_retry_s: float = 0.05,
+    ) -> None:
+        self._process = process
+        self._busy = busy
+        self._max_batch = max_batch
+        self._first_retry_s = first_retry_s
+        self._max_retry_s = max_retry_s
+        self._retry_s = 0.0
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._handle: asyncio.Handle | None = None
+
+    async def submit(self, item: T, timeout: float) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
+        if self._handle is None:  # the batch runs once this turn's requests have joined it
+            self._handle = loop.call_soon(self._flush)
+        return await _wait(future, timeout)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._handle = None
+        pending = [(item, future) for item, future in self._pending if not future.done()]
+        batch, self._pending = pending[: self._max_batch], pending[self._max_batch :]
+        if batch:
+            try:
+                results = self._process([item for item, _ in batch])
+            except self._busy:  # nothing was written: try again shortly, the loop serves on
+                self._pending[:0] = batch
+                self._retry_s = min(max(self._retry_s * 2, self._first_retry_s), self._max_retry_s)
+                self._handle = asyncio.get_running_loop().call_later(self._retry_s, self._flush)
+                return
+            except Exception as exc:
+                log.exception("a batch of %d failed", len(batch))
+                results = [exc] * len(batch)
+            self._retry_s = 0.0
+            for (_, future), result in zip(batch, results, strict=True):
+                _settle(future, result)
+        if self._pending and self._handle is None:
+            self._handle = asyncio.get_running_loop().call_soon(self._flush)
+
+
+_Entry = tuple[T, "asyncio.Future[R]", asyncio.AbstractEventLoop]
+
+
+class Threaded(Generic[T, R]):
+    """Batches run on one writer thread, which takes everything queued while it was busy."""
+
+    def __init__(self, process: Process[T, R], max_batch: int = 512, name: str = "writer"):
         self._process = process
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[_Entry[T, R] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"lrpilot-{name}", daemon=True)
         self._start = threading.Lock()
 
-    def _started(self) -> None:
-        # Started on first use: an app that never serves a request owns no thread.
-        if not self._thread.is_alive():
-            with self._start:
-                if not self._thread.is_alive() and self._thread.ident is None:
-                    self._thread.start()
-
     async def submit(self, item: T, timeout: float) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._queue.put((item, future, loop))
-        self._started()
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            raise WaitTimeout(f"not processed within {timeout} s") from None
+        if self._thread.ident is None:  # started on first use: an idle app owns no thread
+            with self._start:
+                if self._thread.ident is None:
+                    self._thread.start()
+        return await _wait(future, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Process what is queued, then stop the writer thread."""
@@ -65,12 +161,12 @@ class GroupCommit(Generic[T, R]):
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             first = self._queue.get()
             if first is None:
                 return
             batch = [first]
-            stop = False
             while len(batch) < self._max_batch:
                 try:
                     entry = self._queue.get_nowait()
@@ -80,30 +176,18 @@ class GroupCommit(Generic[T, R]):
                     stop = True
                     break
                 batch.append(entry)
-            self._settle(batch)
-            if stop:
-                return
-
-    def _settle(self, batch: list[_Entry[T, R]]) -> None:
-        try:
-            results: Sequence[R | BaseException] = self._process([item for item, _, _ in batch])
-        except BaseException as exc:  # the thread must survive whatever one batch does
-            log.exception("a batch of %d failed", len(batch))
-            results = [exc] * len(batch)
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[R], object]]] = {}
-        for (_, future, loop), result in zip(batch, results, strict=True):
-            by_loop.setdefault(loop, []).append((future, result))
-        for loop, settled in by_loop.items():
-            # One wake-up of the event loop a batch, not one a request.
-            with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone
-                loop.call_soon_threadsafe(_set_all, settled)
+            results = _run_batch(self._process, [item for item, _, _ in batch])
+            by_loop: dict[
+                asyncio.AbstractEventLoop, list[tuple[asyncio.Future[R], R | BaseException]]
+            ] = {}
+            for (_, future, loop), result in zip(batch, results, strict=True):
+                by_loop.setdefault(loop, []).append((future, result))
+            for loop, settled in by_loop.items():
+                # One wake-up of the event loop a batch, not one a request.
+                with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone
+                    loop.call_soon_threadsafe(_settle_all, settled)
 
 
-def _set_all(settled: list[tuple[asyncio.Future[R], object]]) -> None:
+def _settle_all(settled: list[tuple[asyncio.Future[R], R | BaseException]]) -> None:
     for future, result in settled:
-        if future.done():  # the caller timed out and left
-            continue
-        if isinstance(result, BaseException):
-            future.set_exception(result)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
+        _settle(future, result)

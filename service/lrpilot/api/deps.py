@@ -1,4 +1,8 @@
-"""Shared request dependencies."""
+"""Shared request dependencies.
+
+All ``async def``: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop on
+every request for a one-line lookup.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +16,17 @@ from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_decisions(request: Request) -> Decisions:
+async def get_decisions(request: Request) -> Decisions:
     decisions: Decisions = request.app.state.decisions
     return decisions
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 

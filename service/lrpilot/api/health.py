@@ -1,26 +1,53 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes: both answer promptly whatever the database does.
+
+``/healthz`` touches nothing but the event loop, so it never waits behind writes. ``/readyz``
+asks the database on a thread of its own (never the request thread pool, which slow requests
+may have filled) and gives up after ``Settings.ready_timeout_s``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Literal
+
+import anyio
 from fastapi import APIRouter
 from fastapi.responses import Response
+from pydantic import BaseModel
 
-from lrpilot.api.deps import StoreDep
+from lrpilot.api.deps import SettingsDep, StoreDep
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.store.errors import Unavailable
 
 router = APIRouter(tags=["health"])
 
+# Probes get threads of their own: a pool full of requests waiting for the database must not
+# make the probe wait for a thread.
+_probe_threads = anyio.CapacityLimiter(4)
 
-@router.get("/healthz")
-def healthz() -> Response:
+
+class Probe(BaseModel):
+    status: Literal["ok", "ready", "unavailable"]
+    detail: str | None = None
+
+
+@router.get("/healthz", response_model=Probe)
+async def healthz() -> Response:
     return StrictJSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
-def readyz(store: StoreDep) -> Response:
+@router.get(
+    "/readyz",
+    response_model=Probe,
+    responses={503: {"model": Probe, "description": "the database is not answering"}},
+)
+async def readyz(store: StoreDep, settings: SettingsDep) -> Response:
     try:
-        store.ping()
+        async with asyncio.timeout(settings.ready_timeout_s):
+            await anyio.to_thread.run_sync(store.ping, limiter=_probe_threads)
+    except TimeoutError:
+        detail = f"the database did not answer within {settings.ready_timeout_s} s"
+        return StrictJSONResponse({"status": "unavailable", "detail": detail}, 503)
     except Unavailable as exc:
         return StrictJSONResponse({"status": "unavailable", "detail": exc.message}, 503)
     return StrictJSONResponse({"status": "ready"})

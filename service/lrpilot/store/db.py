@@ -64,6 +64,7 @@ def make_engine(settings: Settings) -> Engine:
         cur.close()
         deadline = [float("inf")]
         record.info["deadline"] = deadline
+        record.info["timeout_s"] = settings.db_timeout_s
         # SQLite has no statement timeout: interrupt a statement that runs past its deadline.
         dbapi_conn.set_progress_handler(lambda: time.monotonic() > deadline[0], 10_000)
 

@@ -19,3 +19,8 @@ class Conflict(StoreError):
 
 class Unavailable(StoreError):
     """503: the database cannot be reached or stays locked; retrying later is safe."""
+
+
+class Busy(Unavailable):
+    """The database's write lock is held elsewhere right now and nothing was done: try again in
+    a moment (raised instead of waiting, for a caller that must not block)."""

@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 from lrpilot.canonical import canonical_json
 from lrpilot.settings import Settings
 from lrpilot.store.db import make_engine, writer
-from lrpilot.store.errors import RunNotFound, Unavailable
+from lrpilot.store.errors import Busy, RunNotFound, Unavailable
 from lrpilot.store.records import NewDecision, NewRun, Page, RunHead
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
@@ -61,16 +61,21 @@ def run_document(row: RunRow) -> dict[str, Any]:
 class WriteTx:
     """One write transaction: lock runs, read decisions, append decisions.
 
-    The hot path of every observation, so it speaks the driver's SQL directly on the
-    transaction's connection (no ORM unit of work): a decision is one INSERT, and each run
-    touched by the transaction one UPDATE at the end.
+    The hot path of every observation, so it speaks SQL to the driver's cursor directly, inside
+    the transaction SQLAlchemy began (no ORM unit of work, no per-statement engine events): a
+    decision is one INSERT, and each run it touches one UPDATE when the transaction ends.
     """
 
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
         self._postgres = conn.dialect.name == "postgresql"
-        self._heads: dict[str, NewDecision] = {}
-        self._reductions: dict[str, int] = {}
+        dbapi = conn.connection.driver_connection
+        assert dbapi is not None
+        self._cursor = dbapi.cursor()
+        if not self._postgres:  # the progress handler's statement deadline (see db.py)
+            conn.info["deadline"][0] = time.monotonic() + conn.info["timeout_s"]
+        # decisions appended in this transaction, written at once by flush()
+        self._appended: dict[tuple[str, int], NewDecision] = {}
 
     def session(self) -> Session:
         """An ORM session inside this transaction, for the paths that are not hot."""
@@ -80,7 +85,8 @@ class WriteTx:
         return statement.replace("?", "%s") if self._postgres else statement
 
     def _execute(self, statement: str, params: tuple[Any, ...] = ()) -> Any:
-        return self._conn.exec_driver_sql(self._sql(statement), params)
+        self._cursor.execute(self._sql(statement), params)
+        return self._cursor
 
     def lock_runs(self, run_ids: set[str]) -> dict[str, RunHead]:
         """The heads of these runs, locked until the transaction ends (missing runs are absent).
@@ -99,41 +105,48 @@ class WriteTx:
 
     def decision_at_step(self, run_id: str, step: int) -> str | None:
         """The body of the run's live (not superseded) decision for ``step``, if any."""
+        pending = self._appended.get((run_id, step))
+        if pending is not None:
+            return pending.body
         row = self._execute(
             "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ?",
             (run_id, False, step),
-        ).first()
+        ).fetchone()
         return None if row is None else str(row[0])
 
     def append_decision(self, decision: NewDecision) -> None:
-        self._execute(
-            "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                decision.run_id,
-                decision.seq,
-                decision.step,
-                decision.action,
-                False,
-                decision.hash,
-                decision.body,
-            ),
-        )
-        self._heads[decision.run_id] = decision
-        self._reductions[decision.run_id] = (
-            self._reductions.get(decision.run_id, 0) + decision.reductions
-        )
+        """Append the decision; it is written, with its run's new head, by ``flush``."""
+        self._appended[(decision.run_id, decision.step)] = decision
 
     def flush(self) -> None:
-        """One UPDATE a run that got decisions: its head moves to its last decision."""
-        for run_id, d in self._heads.items():
-            self._execute(
+        """Write the appended decisions (one statement), then move each run's head to its last
+        decision (one UPDATE a run)."""
+        if not self._appended:
+            return
+        decisions = list(self._appended.values())
+        self._cursor.executemany(
+            self._sql(
+                "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ),
+            [(d.run_id, d.seq, d.step, d.action, False, d.hash, d.body) for d in decisions],
+        )
+        heads: dict[str, NewDecision] = {}
+        reductions: dict[str, int] = {}
+        for d in decisions:  # in the order they were decided: the last one is the head
+            heads[d.run_id] = d
+            reductions[d.run_id] = reductions.get(d.run_id, 0) + d.reductions
+        self._cursor.executemany(
+            self._sql(
                 "UPDATE runs SET last_seq = ?, last_step = ?, head_hash = ?, state = ?, lrs = ?, "
-                "reductions = reductions + ? WHERE run_id = ?",
-                (d.seq, d.step, d.hash, d.state, d.lrs, self._reductions[run_id], run_id),
-            )
-        self._heads.clear()
-        self._reductions.clear()
+                "reductions = reductions + ? WHERE run_id = ?"
+            ),
+            [
+                (d.seq, d.step, d.hash, d.state, d.lrs, reductions[run_id], run_id)
+                for run_id, d in heads.items()
+            ],
+        )
+        self._appended.clear()
 
 
 class Store:
@@ -145,11 +158,17 @@ class Store:
         # SQLite's busy-wait sleeps (up to 100 ms each). Correctness does not rest on it
         # (BEGIN IMMEDIATE serialises writers across processes), and the wait is bounded.
         self._lock = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+        self._own: sa.Connection | None = None  # transact_now's connection
 
     def close(self) -> None:
+        self._drop_own_connection()
         self.engine.dispose()
 
     # -- transactions ----------------------------------------------------------------------
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
 
     def transact(self, work: Callable[[WriteTx], T]) -> T:
         """Run ``work`` in one write transaction and commit; try again, a bounded number of
@@ -159,11 +178,7 @@ class Store:
         for attempt in range(retries + 1):
             try:
                 with self._write_lock(), _db_errors(), self._writer.connect() as conn:
-                    with conn.begin():
-                        tx = WriteTx(conn)
-                        result = work(tx)
-                        tx.flush()
-                    return result
+                    return _commit(conn, work)
             except sa.exc.DBAPIError as exc:  # _db_errors let through only lost races
                 if attempt == retries:
                     log.warning("write failed after %d attempts: %s", attempt + 1, exc.orig)
@@ -173,6 +188,42 @@ class Store:
                     ) from exc
                 time.sleep(random.uniform(0.0, 0.01 * 2**attempt))  # let the winner finish
         raise AssertionError("unreachable")
+
+    def transact_now(self, work: Callable[[WriteTx], T]) -> T:
+        """``transact`` for a caller that must never wait (the event loop, on SQLite): when the
+        write lock is held elsewhere, or another writer won a race, raise ``Busy`` at once,
+        having done nothing. One caller thread only: it keeps its own connection."""
+        if self._lock is not None and not self._lock.acquire(blocking=False):
+            raise Busy("another writer of this process holds the database")
+        try:
+            with _db_errors():
+                conn = self._own_connection()
+                try:
+                    return _commit(conn, work)
+                except sa.exc.DBAPIError as exc:
+                    if _is_busy(exc) or _lost_race(exc):
+                        raise Busy("another writer holds the database") from exc
+                    self._drop_own_connection()
+                    raise
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def _own_connection(self) -> sa.Connection:
+        if self._own is None:
+            conn = self._writer.connect()
+            if self.is_sqlite:  # never wait for the lock: Busy instead, retried by the caller
+                conn.exec_driver_sql("PRAGMA busy_timeout=0")
+                conn.commit()
+            self._own = conn
+        return self._own
+
+    def _drop_own_connection(self) -> None:
+        if self._own is not None:
+            with contextlib.suppress(Exception):
+                self._own.invalidate()
+                self._own.close()
+            self._own = None
 
     @contextlib.contextmanager
     def _write_lock(self) -> Iterator[None]:
@@ -312,6 +363,18 @@ class Store:
 
 def _param(conn: sa.Connection, statement: str) -> str:
     return statement.replace("?", "%s") if conn.dialect.name == "postgresql" else statement
+
+
+def _commit(conn: sa.Connection, work: Callable[[WriteTx], T]) -> T:
+    with conn.begin():
+        tx = WriteTx(conn)
+        result = work(tx)
+        tx.flush()
+    return result
+
+
+def _is_busy(exc: sa.exc.DBAPIError) -> bool:
+    return "database is locked" in str(exc.orig) or "database is busy" in str(exc.orig)
 
 
 def _lost_race(exc: sa.exc.DBAPIError) -> bool:
