@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
@@ -36,6 +36,24 @@ from lrpilot.domain import RunSpec
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
+
+
+# First: the hot route, so that routing tries it first.
+@router.post(
+    "/{run_id}/observations",
+    response_model=DecisionOut,
+    responses={
+        **NOT_FOUND,
+        **conflict(
+            "the step was already decided with another value, or is below the last decided step"
+        ),
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+async def post_observation(run_id: RunId, body: ObservationIn, request: Request) -> Response:
+    # async: the request waits on the group commit, not on a worker thread of its own
+    return raw_json(await request.app.state.decisions.observe(run_id, body.step, body.value))
 
 
 @router.put(
@@ -85,23 +103,6 @@ def list_runs(
 @router.get("/{run_id}", response_model=RunOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
 def get_run(run_id: RunId, store: StoreDep) -> Response:
     return StrictJSONResponse(store.get_run(run_id))
-
-
-@router.post(
-    "/{run_id}/observations",
-    response_model=DecisionOut,
-    responses={
-        **NOT_FOUND,
-        **conflict(
-            "the step was already decided with another value, or is below the last decided step"
-        ),
-        **INVALID,
-        **UNAVAILABLE,
-    },
-)
-async def post_observation(run_id: RunId, body: ObservationIn, decisions: DecisionsDep) -> Response:
-    # async: the request waits on the group commit, not on a worker thread of its own
-    return raw_json(await decisions.observe(run_id, body.step, body.value))
 
 
 @router.get("/{run_id}/lr", response_model=LrOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
