@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The ~100,000 objects of a started app (FastAPI, SQLAlchemy, pydantic, Alembic) never
+        # die; each full garbage collection walked them all, a 50 ms stall of every request
+        # (the p99 of the decision endpoint). Frozen, they are never walked again.
+        gc.collect()
+        gc.freeze()
         yield
         decisions.close()  # what is queued is decided and committed first
         store.close()

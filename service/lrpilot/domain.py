@@ -8,7 +8,7 @@ api over the store, one group-committed transaction a batch of concurrent observ
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -164,7 +164,7 @@ class Decisions:
         self._timeout = settings.db_timeout_s
         self._writer: GroupCommit[Posted, str]
         if store.is_sqlite:  # statements that never wait on the network: batches on the loop
-            self._writer = Inline(self._decide_now, busy=Busy)
+            self._writer = Inline(self._prepare_now, busy=Busy)
         else:
             self._writer = Threaded(self.decide_batch, name="decisions")
 
@@ -208,9 +208,12 @@ class Decisions:
         (the group commit's writer thread calls this with whatever is queued)."""
         return self.store.transact(lambda tx: _decide_in(tx, items))
 
-    def _decide_now(self, items: Sequence[Posted]) -> list[str | Exception]:
-        """``decide_batch`` that raises Busy rather than wait for the database's lock."""
-        return self.store.transact_now(lambda tx: _decide_in(tx, items))
+    def _prepare_now(
+        self, items: Sequence[Posted]
+    ) -> tuple[list[str | Exception], Callable[[], None]]:
+        """``decide_batch`` up to its commit, which it returns; Busy rather than wait for the
+        database's lock."""
+        return self.store.begin_now(lambda tx: _decide_in(tx, items))
 
 
 def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:

@@ -8,12 +8,13 @@ worker thread or a database connection.
 
 Two ways to run the batches:
 
-* ``Inline`` runs them on the event loop itself, for a database whose statements never wait
-  on the network (SQLite). Handing each batch to another thread costs more than the batch:
-  the two threads pass the GIL back and forth at every statement, and each pass can wait
-  for the interpreter's switch interval (5 ms). The loop never waits on a lock, though:
-  ``process`` must raise ``busy`` at once when the database is locked elsewhere, and the batch
-  is tried again a moment later while the loop serves other requests.
+* ``Inline`` prepares them on the event loop itself, for a database whose statements never
+  wait on the network (SQLite), and commits them on a thread of its own while the loop parses
+  the next requests. Handing whole batches to another thread costs more than the batch: the
+  two threads pass the GIL back and forth at every statement, and each pass can wait for the
+  interpreter's switch interval. The loop never waits on a lock, though: ``prepare`` must
+  raise ``busy`` at once when the database is locked elsewhere, and the batch is tried again
+  a moment later while the loop serves other requests.
 * ``Threaded`` runs them on one writer thread, for a database behind a network round trip
   (PostgreSQL), where a statement waits on I/O and the GIL is free meanwhile.
 """
@@ -26,6 +27,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -74,18 +76,23 @@ def _run_batch(process: Process[T, R], items: list[T]) -> Sequence[R | BaseExcep
         return [exc] * len(items)
 
 
+# prepare(items): one result an item, and the function that commits them (it may block).
+Prepare = Callable[[Sequence[T]], tuple[Sequence[R | BaseException], Callable[[], None]]]
+
+
 class Inline(Generic[T, R]):
-    """Batches run on the event loop: every item submitted in one turn of the loop, one batch."""
+    """Batches prepared on the event loop, committed on a thread: every item submitted while
+    the previous batch was committing forms the next batch."""
 
     def __init__(
         self,
-        process: Process[T, R],
+        prepare: Prepare[T, R],
         busy: type[Exception],
         max_batch: int = 512,
         first_retry_s: float = 0.001,
         max_retry_s: float = 0.05,
     ) -> None:
-        self._process = process
+        self._prepare = prepare
         self._busy = busy
         self._max_batch = max_batch
         self._first_retry_s = first_retry_s
@@ -93,42 +100,82 @@ class Inline(Generic[T, R]):
         self._retry_s = 0.0
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._handle: asyncio.Handle | None = None
+        self._committing = False
+        # The commit waits for the disk with the GIL released: on a thread, the loop parses
+        # the next requests meanwhile, and they join the next batch.
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="lrpilot-commit")
 
     async def submit(self, item: T, timeout: float) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if self._handle is None:  # the batch runs once this turn's requests have joined it
-            self._handle = loop.call_soon(self._flush)
+        self._schedule(loop)
         return await _wait(future, timeout)
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self._pending:
-            self._flush()
+        self._committer.shutdown(wait=True)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        # the batch starts once this turn's requests have joined it, and never while the
+        # previous one is committing (one transaction at a time on the connection)
+        if self._handle is None and not self._committing and self._pending:
+            self._handle = loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._handle = None
+        loop = asyncio.get_running_loop()
         pending = [(item, future) for item, future in self._pending if not future.done()]
         batch, self._pending = pending[: self._max_batch], pending[self._max_batch :]
-        if batch:
+        if not batch:
+            return
+        try:
+            results, commit = self._prepare([item for item, _ in batch])
+        except self._busy:  # nothing was written: try again shortly, the loop serves on
+            self._pending[:0] = batch
+            self._retry_s = min(max(self._retry_s * 2, self._first_retry_s), self._max_retry_s)
+            self._handle = loop.call_later(self._retry_s, self._flush)
+            return
+        except Exception as exc:
+            log.exception("a batch of %d failed", len(batch))
+            self._settle(batch, [exc] * len(batch))
+            return
+        self._retry_s = 0.0
+        if not self._pending and len(batch) == 1:
+            # Nobody else is waiting: handing the commit to the thread and back would only
+            # add two thread wake-ups to this request's latency.
             try:
-                results = self._process([item for item, _ in batch])
-            except self._busy:  # nothing was written: try again shortly, the loop serves on
-                self._pending[:0] = batch
-                self._retry_s = min(max(self._retry_s * 2, self._first_retry_s), self._max_retry_s)
-                self._handle = asyncio.get_running_loop().call_later(self._retry_s, self._flush)
-                return
+                commit()
             except Exception as exc:
-                log.exception("a batch of %d failed", len(batch))
-                results = [exc] * len(batch)
-            self._retry_s = 0.0
-            for (_, future), result in zip(batch, results, strict=True):
-                _settle(future, result)
-        if self._pending and self._handle is None:
-            self._handle = asyncio.get_running_loop().call_soon(self._flush)
+                results = [exc]
+            self._settle(batch, results)
+            return
+        self._committing = True
+        committed = loop.run_in_executor(self._committer, commit)
+        committed.add_done_callback(lambda done: self._committed(batch, results, done))
+
+    def _committed(
+        self,
+        batch: list[tuple[T, asyncio.Future[R]]],
+        results: Sequence[R | BaseException],
+        done: asyncio.Future[None],
+    ) -> None:
+        self._committing = False
+        failed = done.exception()
+        if failed is not None:  # nothing of the batch is stored: every caller hears why
+            if not isinstance(failed, Exception):
+                raise failed
+            results = [failed] * len(batch)
+        self._settle(batch, results)
+
+    def _settle(
+        self, batch: list[tuple[T, asyncio.Future[R]]], results: Sequence[R | BaseException]
+    ) -> None:
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result)
+        self._schedule(asyncio.get_running_loop())
 
 
 _Entry = tuple[T, "asyncio.Future[R]", asyncio.AbstractEventLoop]

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -189,25 +190,61 @@ class Store:
                 time.sleep(random.uniform(0.0, 0.01 * 2**attempt))  # let the winner finish
         raise AssertionError("unreachable")
 
-    def transact_now(self, work: Callable[[WriteTx], T]) -> T:
-        """``transact`` for a caller that must never wait (the event loop, on SQLite): when the
-        write lock is held elsewhere, or another writer won a race, raise ``Busy`` at once,
-        having done nothing. One caller thread only: it keeps its own connection."""
+    def begin_now(self, work: Callable[[WriteTx], T]) -> tuple[T, Callable[[], None]]:
+        """The first half of ``transact``, on SQLite, for a caller that must never wait (the
+        event loop): begin, run ``work``, and return its result with the function that commits
+        it. When the write lock is held elsewhere, or another writer won a race, raise ``Busy``
+        at once, having done nothing.
+
+        The commit, where SQLite waits for the disk (fsync), may run on another thread while
+        the loop goes on; the next ``begin_now`` must wait until it returned. One caller at a
+        time: it keeps its own connection, and drives its transactions on the driver itself
+        (SQLAlchemy's begin and commit cost more than the rest of a one-decision batch).
+        """
         if self._lock is not None and not self._lock.acquire(blocking=False):
             raise Busy("another writer of this process holds the database")
         try:
             with _db_errors():
                 conn = self._own_connection()
+            driver: sqlite3.Connection | None = conn.connection.driver_connection
+            assert driver is not None
+            try:
+                driver.execute("BEGIN IMMEDIATE")
                 try:
-                    return _commit(conn, work)
-                except sa.exc.DBAPIError as exc:
-                    if _is_busy(exc) or _lost_race(exc):
-                        raise Busy("another writer holds the database") from exc
-                    self._drop_own_connection()
+                    tx = WriteTx(conn)
+                    result = work(tx)
+                    tx.flush()
+                except BaseException:
+                    driver.rollback()
                     raise
-        finally:
-            if self._lock is not None:
-                self._lock.release()
+            except sqlite3.Error as exc:
+                if _is_busy(exc) or isinstance(exc, sqlite3.IntegrityError):
+                    raise Busy("another writer holds the database") from exc
+                self._drop_own_connection()
+                raise self._unavailable(exc) from exc
+        except BaseException:
+            self._release()
+            raise
+
+        def commit() -> None:
+            try:
+                driver.commit()
+            except sqlite3.Error as exc:
+                self._drop_own_connection()
+                raise self._unavailable(exc) from exc
+            finally:
+                self._release()
+
+        return result, commit
+
+    @staticmethod
+    def _unavailable(exc: BaseException) -> Unavailable:
+        log.warning("database unavailable: %s", exc)
+        return Unavailable(_unavailable_reason(exc))
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
 
     def _own_connection(self) -> sa.Connection:
         if self._own is None:
@@ -373,8 +410,9 @@ def _commit(conn: sa.Connection, work: Callable[[WriteTx], T]) -> T:
     return result
 
 
-def _is_busy(exc: sa.exc.DBAPIError) -> bool:
-    return "database is locked" in str(exc.orig) or "database is busy" in str(exc.orig)
+def _is_busy(exc: BaseException) -> bool:
+    text = str(exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc)
+    return "database is locked" in text or "database is busy" in text
 
 
 def _lost_race(exc: sa.exc.DBAPIError) -> bool:
@@ -400,8 +438,8 @@ def _db_errors() -> Iterator[None]:
         raise Unavailable("no database connection came free in time; retry later") from exc
 
 
-def _unavailable_reason(exc: sa.exc.DBAPIError) -> str:
-    text = str(exc.orig).lower()
+def _unavailable_reason(exc: BaseException) -> str:
+    text = str(exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc).lower()
     if "locked" in text or "busy" in text or "lock timeout" in text:
         return "the database is locked by another writer; retry later"
     if "interrupted" in text or "statement timeout" in text or "canceling statement" in text:
