@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,8 @@ from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain import Decisions
 from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
+
+SWITCH_INTERVAL_S = 0.0005
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,6 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # (the p99 of the decision endpoint). Frozen, they are never walked again.
         gc.collect()
         gc.freeze()
+        # The loop thread and the commit thread pass the GIL once a batch; with the default
+        # 5 ms switch interval a finished commit could wait that long for a busy loop to let
+        # go, and every request of its batch with it.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         yield
         decisions.close()  # what is queued is decided and committed first
         store.close()

@@ -6,7 +6,7 @@ between the database and the decision it produces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +27,14 @@ class RunHead:
 
     def after(self, decision: NewDecision) -> RunHead:
         """The head once ``decision`` is appended."""
-        return replace(
-            self,
+        # spelled out rather than dataclasses.replace: this runs once a decision
+        return RunHead(
+            self.run_id,
+            self.policy,
+            self.params,
+            self.base_lrs,
+            self.metric,
+            self.config_hash,
             state=decision.state,
             lrs=decision.lrs,
             last_seq=decision.seq,
