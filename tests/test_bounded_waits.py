@@ -160,3 +160,29 @@ def test_a_postgres_that_goes_away_gives_prompt_503s_that_do_not_name_it() -> No
     finally:
         server.stop()
         proxy.cut()
+
+
+def test_the_first_observation_of_a_server_waits_for_a_lock_without_stalling_the_loop(
+    locked_server: tuple[LiveServer, Path],
+) -> None:
+    server, path = locked_server
+    with httpx.Client(base_url=server.url, timeout=30.0) as http:
+        assert http.put("/v1/runs/first", json=run_spec()).status_code == 201
+        shell = sqlite3.connect(path, isolation_level=None, timeout=0)
+        shell.execute("BEGIN IMMEDIATE")
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(
+                    http.post, "/v1/runs/first/observations", json={"step": 1, "value": 0.5}
+                )
+                time.sleep(DB_TIMEOUT_S / 4)  # the post is waiting for the lock now
+                started = time.monotonic()
+                assert http.get("/healthz").status_code == 200
+                health_s = time.monotonic() - started
+                assert waiting.result().status_code == 503
+            assert health_s < DB_TIMEOUT_S / 2, f"/healthz took {health_s:.2f} s"
+        finally:
+            shell.execute("ROLLBACK")
+            shell.close()
+        r = http.post("/v1/runs/first/observations", json={"step": 1, "value": 0.5})
+        assert r.status_code == 200, r.text

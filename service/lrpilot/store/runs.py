@@ -248,10 +248,11 @@ class Store:
 
     def _own_connection(self) -> sa.Connection:
         if self._own is None:
-            conn = self._writer.connect()
-            if self.is_sqlite:  # never wait for the lock: Busy instead, retried by the caller
-                conn.exec_driver_sql("PRAGMA busy_timeout=0")
-                conn.commit()
+            conn = self.engine.connect()  # begin_now issues BEGIN IMMEDIATE itself
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            # never wait for the lock, not even here: Busy instead, retried by the caller
+            driver.execute("PRAGMA busy_timeout=0")
             self._own = conn
         return self._own
 
