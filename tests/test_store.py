@@ -4,6 +4,7 @@ database, group commit, and a lost create race handled as "another writer won"."
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import sqlalchemy as sa
 
 from lrpilot.chain import verify_chain
 from lrpilot.domain import Decisions, Posted, RunSpec
+from lrpilot.policies.plateau import to_f32
 from lrpilot.settings import Settings
 from lrpilot.store.errors import Conflict
 from lrpilot.store.runs import Store
@@ -164,3 +166,19 @@ def test_racing_creates_of_one_run_all_get_it_and_one_created_it(decisions: Deci
         t.join(timeout=60)
     assert not errors, errors
     assert sorted(outcomes) == [False] * 7 + [True]
+
+
+@pytest.mark.parametrize("flavor", ["torch", "keras"])
+def test_each_decision_starts_from_the_lrs_the_one_before_left(
+    decisions: Decisions, flavor: str
+) -> None:
+    spec = RunSpec("plateau", 1, {"flavor": flavor, "patience": 1}, (0.1, 0.3), "val", {})
+    decisions.create_run("lrs", spec)
+    for step in range(12):
+        decide(decisions, "lrs", step, 1.0)  # a plateau: a reduction every other evaluation
+    log = log_of(decisions, "lrs")
+    initial = [0.1, 0.3] if flavor == "torch" else [to_f32(0.1), to_f32(0.3)]
+    assert log[0]["previous_lrs"] == initial
+    for before, after in itertools.pairwise(log):
+        assert after["previous_lrs"] == before["lrs"]
+    assert sum(d["action"] == "reduce" for d in log) >= 3

@@ -17,7 +17,7 @@ from typing import Any
 from lrpilot.canonical import canonical_json, parse_float, same_float, sha256_hex
 from lrpilot.chain import GENESIS, seal
 from lrpilot.group_commit import GroupCommit, Inline, Threaded, WaitTimeout
-from lrpilot.policies import Frozen, Observation, Policy, get_policy, policy_id
+from lrpilot.policies import Frozen, Observation, Policy, State, get_policy, policy_id
 from lrpilot.settings import Settings
 from lrpilot.store.errors import Busy, Conflict, RunNotFound, Unavailable
 from lrpilot.store.records import NewDecision, NewRun, RunHead
@@ -89,10 +89,31 @@ def check_same_spec(stored: dict[str, Any], run: NewRun) -> None:
         )
 
 
+# The states this process wrote last, by their canonical JSON: the next decision of a run reads
+# back the very text its previous decision stored, and need not parse and validate it again.
+# States are frozen, so sharing them is safe; the bound only caps memory.
+_STATES: dict[tuple[str, str], State] = {}
+_STATES_MAX = 65536
+
+
+def _load_state(policy: Policy, head: RunHead) -> State:
+    key = (head.policy, head.state)
+    state = _STATES.get(key)
+    if state is None:
+        state = policy.load_state(json.loads(head.state))
+    return state
+
+
+def _remember_state(policy_key: str, state_json: str, state: State) -> None:
+    if len(_STATES) >= _STATES_MAX:
+        _STATES.clear()
+    _STATES[(policy_key, state_json)] = state
+
+
 def decide(head: RunHead, step: int, value: float, created_at: str) -> NewDecision:
     """The decision for a new step (above ``head.last_step``), sealed onto the chain."""
     policy, params = resolved(head.policy, head.params, head.base_lrs)
-    state = policy.load_state(json.loads(head.state))
+    state = _load_state(policy, head)
     outcome, new_state = policy.step(
         params, state, Observation(step=step, value=value, metric=head.metric or "metric")
     )
@@ -104,7 +125,7 @@ def decide(head: RunHead, step: int, value: float, created_at: str) -> NewDecisi
         "step": step,
         "value": value,
         "lrs": list(outcome.lrs),
-        "previous_lrs": json.loads(head.lrs),
+        "previous_lrs": list(state.lrs),  # a policy's state carries the lrs in force
         "action": outcome.action,
         "reason": outcome.reason,
         "policy": head.policy,
@@ -114,6 +135,8 @@ def decide(head: RunHead, step: int, value: float, created_at: str) -> NewDecisi
         "created_at": created_at,
     }
     body = seal(decision)
+    state_json = canonical_json(state_doc)
+    _remember_state(head.policy, state_json, new_state)
     return NewDecision(
         run_id=head.run_id,
         seq=seq,
@@ -121,7 +144,7 @@ def decide(head: RunHead, step: int, value: float, created_at: str) -> NewDecisi
         action=outcome.action,
         hash=decision["hash"],
         body=body,
-        state=canonical_json(state_doc),
+        state=state_json,
         lrs=canonical_json(decision["lrs"]),
         reductions=1 if outcome.reduced else 0,
     )
