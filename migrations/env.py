@@ -23,9 +23,10 @@ target_metadata = SQLModel.metadata
 # other user of the database takes; this one is the ASCII of "lrpilot" (0x6c7270696c6f74).
 MIGRATION_LOCK_KEY = 0x6C7270696C6F74
 
-# How long a SQLite starter waits for another one's migration before giving up ("database is
-# locked"). Migrating an empty file takes milliseconds; a slow disk or a big future migration
-# must not make the second replica fail, so this is generous.
+# How long a starter waits for another one's migration before giving up ("database is
+# locked" on SQLite, a lock timeout on PostgreSQL). Migrating an empty database takes
+# milliseconds; a slow disk or a big future migration must not make the second replica fail,
+# so this is generous.
 SQLITE_BUSY_TIMEOUT_S = 120.0
 
 
@@ -72,7 +73,12 @@ def run_migrations_online() -> None:
         with engine.connect() as connection, connection.begin():
             if connection.dialect.name == "postgresql":
                 # Held until this transaction ends: released by the commit, or by the server
-                # if this process dies mid-migration.
+                # if this process dies mid-migration. A starter that hangs mid-migration with
+                # its connection open must not hold the others forever: they give up after
+                # the same generous wait as on SQLite.
+                connection.exec_driver_sql(
+                    f"SET LOCAL lock_timeout = '{int(SQLITE_BUSY_TIMEOUT_S * 1000)}ms'"
+                )
                 connection.execute(
                     sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
                 )

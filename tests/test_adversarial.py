@@ -218,13 +218,6 @@ def test_stalled_clients_hold_up_no_decision(live_server: LiveServer) -> None:
 
 
 @pytest.mark.postgres
-@pytest.mark.xfail(
-    strict=True,
-    reason="head-of-line blocking: one replica has one writer thread, and a batch locks every "
-    "run it holds in one SELECT ... FOR UPDATE that waits for a locked row (domain.Decisions "
-    "with group_commit.Threaded, store.runs.WriteTx.lock_runs): one run whose row stays locked "
-    "(a stuck replica, a psql session) gives 503s to every other run on the replica",
-)
 def test_a_locked_run_on_postgres_does_not_stall_the_other_runs(tmp_path: Path) -> None:
     if not POSTGRES_URL:
         pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
@@ -268,13 +261,6 @@ def test_a_locked_run_on_postgres_does_not_stall_the_other_runs(tmp_path: Path) 
         server.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the event loop's own SQLite connection (store.runs.Store._own_connection) keeps "
-    "writing to the file it opened after that file is moved away or deleted: observations are "
-    "acknowledged 200 into an orphaned inode, while new connections open (and create) a fresh "
-    "file at the path; after a restart those acknowledged decisions are gone",
-)
 def test_a_sqlite_file_moved_away_while_serving_loses_no_acknowledged_decision(
     tmp_path: Path,
 ) -> None:

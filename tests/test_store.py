@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,7 +16,7 @@ from lrpilot.chain import verify_chain
 from lrpilot.domain import Decisions, Posted, RunSpec
 from lrpilot.policies.plateau import to_f32
 from lrpilot.settings import Settings
-from lrpilot.store.errors import Conflict
+from lrpilot.store.errors import Conflict, RunBusy
 from lrpilot.store.runs import Store
 from tests.helpers import strict_json
 
@@ -32,7 +33,13 @@ def decisions(database_url: str) -> Iterator[Decisions]:
 
 
 def decide(decisions: Decisions, run_id: str, step: int, value: float) -> str:
-    (result,) = decisions.decide_batch([Posted(run_id, step, value)])
+    """One observation through decide_batch, tried again while its run is locked by another
+    transaction, as the group commit's writer does."""
+    while True:
+        (result,) = decisions.decide_batch([Posted(run_id, step, value)])
+        if not isinstance(result, RunBusy):
+            break
+        time.sleep(0.001)
     if isinstance(result, Exception):
         raise result
     return result

@@ -19,7 +19,7 @@ from lrpilot.chain import GENESIS, seal
 from lrpilot.group_commit import GroupCommit, Inline, Threaded, WaitTimeout
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy, policy_id
 from lrpilot.settings import Settings
-from lrpilot.store.errors import Busy, Conflict, RunNotFound, Unavailable
+from lrpilot.store.errors import Busy, Conflict, RunBusy, RunNotFound, Unavailable
 from lrpilot.store.records import NewDecision, NewRun, RunHead
 from lrpilot.store.runs import Store, WriteTx
 
@@ -189,7 +189,7 @@ class Decisions:
         if store.is_sqlite:  # statements that never wait on the network: batches on the loop
             self._writer = Inline(self._prepare_now, busy=Busy)
         else:
-            self._writer = Threaded(self.decide_batch, name="decisions")
+            self._writer = Threaded(self.decide_batch, busy=RunBusy, name="decisions-")
 
     def close(self) -> None:
         self._writer.close()
@@ -241,12 +241,15 @@ class Decisions:
 
 def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
     """Decide every item in one transaction; one item's refusal does not abort the others."""
-    heads = tx.lock_runs({item.run_id for item in items})
+    heads, busy = tx.lock_runs({item.run_id for item in items})
     results: list[str | Exception] = []
     for item in items:
         head = heads.get(item.run_id)
         if head is None:
-            results.append(RunNotFound(f"run {item.run_id!r} not found"))
+            if item.run_id in busy:
+                results.append(RunBusy(f"run {item.run_id!r} is locked by another writer"))
+            else:
+                results.append(RunNotFound(f"run {item.run_id!r} not found"))
             continue
         try:
             if head.last_step is not None and item.step <= head.last_step:

@@ -28,7 +28,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,6 +76,20 @@ def _run_batch(process: Process[T, R], items: list[T]) -> Sequence[R | BaseExcep
         return [exc] * len(items)
 
 
+class Backoff:
+    """How long to wait before trying a busy batch again: doubling, capped, reset on success."""
+
+    def __init__(self, first_s: float = 0.001, max_s: float = 0.05) -> None:
+        self.first_s, self.max_s, self.now_s = first_s, max_s, 0.0
+
+    def next(self) -> float:
+        self.now_s = min(max(self.now_s * 2, self.first_s), self.max_s)
+        return self.now_s
+
+    def reset(self) -> None:
+        self.now_s = 0.0
+
+
 # prepare(items): one result an item, and the function that commits them (it may block).
 Prepare = Callable[[Sequence[T]], tuple[Sequence[R | BaseException], Callable[[], None]]]
 
@@ -84,20 +98,11 @@ class Inline(Generic[T, R]):
     """Batches prepared on the event loop, committed on a thread: every item submitted while
     the previous batch was committing forms the next batch."""
 
-    def __init__(
-        self,
-        prepare: Prepare[T, R],
-        busy: type[Exception],
-        max_batch: int = 512,
-        first_retry_s: float = 0.001,
-        max_retry_s: float = 0.05,
-    ) -> None:
+    def __init__(self, prepare: Prepare[T, R], busy: type[Exception], max_batch: int = 512):
         self._prepare = prepare
         self._busy = busy
         self._max_batch = max_batch
-        self._first_retry_s = first_retry_s
-        self._max_retry_s = max_retry_s
-        self._retry_s = 0.0
+        self._backoff = Backoff()
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._handle: asyncio.Handle | None = None
         self._committing = False
@@ -135,14 +140,13 @@ class Inline(Generic[T, R]):
             results, commit = self._prepare([item for item, _ in batch])
         except self._busy:  # nothing was written: try again shortly, the loop serves on
             self._pending[:0] = batch
-            self._retry_s = min(max(self._retry_s * 2, self._first_retry_s), self._max_retry_s)
-            self._handle = loop.call_later(self._retry_s, self._flush)
+            self._handle = loop.call_later(self._backoff.next(), self._flush)
             return
         except Exception as exc:
             log.exception("a batch of %d failed", len(batch))
             self._settle(batch, [exc] * len(batch))
             return
-        self._retry_s = 0.0
+        self._backoff.reset()
         if not self._pending and len(batch) == 1:
             # Nobody else is waiting: handing the commit to the thread and back would only
             # add two thread wake-ups to this request's latency.
@@ -182,13 +186,21 @@ _Entry = tuple[T, "asyncio.Future[R]", asyncio.AbstractEventLoop]
 
 
 class Threaded(Generic[T, R]):
-    """Batches run on one writer thread, which takes everything queued while it was busy."""
+    """Batches run on one writer thread, which takes everything queued while it was busy.
 
-    def __init__(self, process: Process[T, R], max_batch: int = 512, name: str = "writer"):
+    An item whose result is a ``busy`` exception (its run is locked elsewhere right now) is
+    not answered: it joins the next batch, a moment later, until its caller's timeout.
+    """
+
+    def __init__(
+        self, process: Process[T, R], busy: type[Exception], max_batch: int = 512, name: str = ""
+    ) -> None:
         self._process = process
+        self._busy = busy
         self._max_batch = max_batch
+        self._backoff = Backoff()
         self._queue: queue.SimpleQueue[_Entry[T, R] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"lrpilot-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lrpilot-{name}writer", daemon=True)
         self._start = threading.Lock()
 
     async def submit(self, item: T, timeout: float) -> R:
@@ -208,13 +220,19 @@ class Threaded(Generic[T, R]):
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        deferred: list[_Entry[T, R]] = []
         stop = False
-        while not stop:
-            first = self._queue.get()
+        while not stop or deferred:
+            batch, deferred = deferred, []
+            try:  # with deferred items, wait a moment for company, then retry them anyway
+                first = self._queue.get(timeout=self._backoff.now_s) if batch else self._queue.get()
+            except queue.Empty:
+                first = _NOTHING
             if first is None:
-                return
-            batch = [first]
-            while len(batch) < self._max_batch:
+                stop = True
+            elif first is not _NOTHING:
+                batch.append(first)
+            while not stop and len(batch) < self._max_batch:
                 try:
                     entry = self._queue.get_nowait()
                 except queue.Empty:
@@ -223,16 +241,31 @@ class Threaded(Generic[T, R]):
                     stop = True
                     break
                 batch.append(entry)
+            # a caller that timed out is gone (reading done() from this thread is only a hint:
+            # settling checks it again on the loop)
+            batch = [entry for entry in batch if not entry[1].done()]
+            if not batch:
+                continue
             results = _run_batch(self._process, [item for item, _, _ in batch])
             by_loop: dict[
                 asyncio.AbstractEventLoop, list[tuple[asyncio.Future[R], R | BaseException]]
             ] = {}
-            for (_, future, loop), result in zip(batch, results, strict=True):
-                by_loop.setdefault(loop, []).append((future, result))
+            for entry, result in zip(batch, results, strict=True):
+                if isinstance(result, self._busy) and not stop:
+                    deferred.append(entry)
+                else:
+                    by_loop.setdefault(entry[2], []).append((entry[1], result))
+            if deferred:
+                self._backoff.next()
+            else:
+                self._backoff.reset()
             for loop, settled in by_loop.items():
                 # One wake-up of the event loop a batch, not one a request.
                 with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone
                     loop.call_soon_threadsafe(_settle_all, settled)
+
+
+_NOTHING: Any = object()  # no new item came while deferred ones waited
 
 
 def _settle_all(settled: list[tuple[asyncio.Future[R], R | BaseException]]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from alembic import command
@@ -42,16 +45,32 @@ def make_engine(settings: Settings) -> Engine:
             },
         )
 
+    path = sa.make_url(url).database or ""
+    on_disk = path not in ("", ":memory:") and not path.startswith("file:")
     engine = sa.create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": settings.db_timeout_s},
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_timeout=settings.db_timeout_s,
+        # Open the file read-write, never create it: only a migration creates the database.
+        # A file moved away or deleted while serving must not come back as an empty one.
+        **({"creator": _read_write_opener(path, settings.db_timeout_s)} if on_disk else {}),
     )
+
+    if on_disk:
+
+        @sa.event.listens_for(engine, "checkout")
+        def _same_file(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            # A connection to a file that is no longer at the path (moved, deleted, replaced
+            # by a restore) would read and write an orphan: reconnect, to whatever is there.
+            if not same_file(path, record.info.get("file_id")):
+                raise sa.exc.DisconnectionError(f"{path} is no longer the file this connection has")
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, record: Any) -> None:
+        if on_disk:
+            record.info["file_id"] = file_id(path)
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _on_begin)
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -78,6 +97,36 @@ def make_engine(settings: Settings) -> Engine:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
     return engine
+
+
+def _read_write_opener(path: str, timeout_s: float) -> Any:
+    uri = f"file:{quote(os.path.abspath(path))}?mode=rw"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=timeout_s)
+
+    return connect
+
+
+def file_id(path: str) -> tuple[int, int] | None:
+    """Which file is at ``path`` (device and inode), None if none is."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def same_file(path: str, known: tuple[int, int] | None) -> bool:
+    return known is not None and file_id(path) == known
+
+
+def sqlite_path(engine: Engine) -> str | None:
+    """The database file of an SQLite engine on disk (None for memory or other databases)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    path = engine.url.database or ""
+    return None if path in ("", ":memory:") or path.startswith("file:") else path
 
 
 def writer(engine: Engine) -> Engine:

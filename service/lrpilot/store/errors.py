@@ -24,3 +24,8 @@ class Unavailable(StoreError):
 class Busy(Unavailable):
     """The database's write lock is held elsewhere right now and nothing was done: try again in
     a moment (raised instead of waiting, for a caller that must not block)."""
+
+
+class RunBusy(Busy):
+    """This run is locked by another transaction right now (another replica deciding it, or a
+    client holding its row): only this item waits, and is tried again in a moment."""

@@ -25,7 +25,7 @@ from sqlmodel import Session, col, select
 
 from lrpilot.canonical import canonical_json
 from lrpilot.settings import Settings
-from lrpilot.store.db import make_engine, writer
+from lrpilot.store.db import make_engine, same_file, sqlite_path, writer
 from lrpilot.store.errors import Busy, RunNotFound, Unavailable
 from lrpilot.store.records import NewDecision, NewRun, Page, RunHead
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
@@ -38,7 +38,8 @@ _HEAD_COLUMNS = (
     "head_hash"
 )
 # PostgreSQL SQLSTATEs after which the whole transaction is simply tried again.
-_RETRY_PGCODES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+# serialization_failure, deadlock_detected, unique_violation (a lost insert race)
+_RETRY_PGCODES = {"40001", "40P01", "23505"}
 
 
 def run_document(row: RunRow) -> dict[str, Any]:
@@ -89,20 +90,28 @@ class WriteTx:
         self._cursor.execute(self._sql(statement), params)
         return self._cursor
 
-    def lock_runs(self, run_ids: set[str]) -> dict[str, RunHead]:
-        """The heads of these runs, locked until the transaction ends (missing runs are absent).
+    def lock_runs(self, run_ids: set[str]) -> tuple[dict[str, RunHead], set[str]]:
+        """The heads of these runs, locked until the transaction ends, and the runs that
+        another transaction holds locked right now (missing runs are in neither).
 
-        PostgreSQL locks the rows in run_id order, so that two transactions locking
-        overlapping sets of runs can never deadlock; SQLite's BEGIN IMMEDIATE holds the
+        PostgreSQL skips a row that another transaction has locked rather than wait for it:
+        one run held by a stuck client or another replica must not stall the other runs of a
+        batch (the caller tries the skipped ones again). SQLite's BEGIN IMMEDIATE holds the
         database's write lock already.
         """
-        ordered = sorted(run_ids)
+        ordered = tuple(sorted(run_ids))
         marks = ",".join("?" * len(ordered))
-        lock = " ORDER BY run_id FOR UPDATE" if self._postgres else ""
+        lock = " FOR UPDATE SKIP LOCKED" if self._postgres else ""
         rows = self._execute(
-            f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id IN ({marks}){lock}", tuple(ordered)
+            f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id IN ({marks}){lock}", ordered
         ).fetchall()
-        return {row[0]: RunHead(*row) for row in rows}
+        heads = {row[0]: RunHead(*row) for row in rows}
+        if len(heads) == len(ordered) or not self._postgres:
+            return heads, set()
+        skipped = tuple(r for r in ordered if r not in heads)
+        marks = ",".join("?" * len(skipped))
+        exist = self._execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", skipped)
+        return heads, {row[0] for row in exist.fetchall()}
 
     def decision_at_step(self, run_id: str, step: int) -> str | None:
         """The body of the run's live (not superseded) decision for ``step``, if any."""
@@ -159,7 +168,9 @@ class Store:
         # SQLite's busy-wait sleeps (up to 100 ms each). Correctness does not rest on it
         # (BEGIN IMMEDIATE serialises writers across processes), and the wait is bounded.
         self._lock = threading.Lock() if self.engine.dialect.name == "sqlite" else None
-        self._own: sa.Connection | None = None  # transact_now's connection
+        self._own: sa.Connection | None = None  # begin_now's connection
+        self._path = sqlite_path(self.engine)
+        self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
 
     def close(self) -> None:
         self._drop_own_connection()
@@ -178,11 +189,11 @@ class Store:
         retries = self.settings.db_retries
         for attempt in range(retries + 1):
             try:
-                with self._write_lock(), _db_errors(), self._writer.connect() as conn:
+                with self._write_lock(), self._db_errors(), self._writer.connect() as conn:
                     return _commit(conn, work)
-            except sa.exc.DBAPIError as exc:  # _db_errors let through only lost races
+            except _LostRace as exc:
                 if attempt == retries:
-                    log.warning("write failed after %d attempts: %s", attempt + 1, exc.orig)
+                    log.warning("write failed after %d attempts: %s", attempt + 1, exc)
                     raise Unavailable(
                         "the database could not complete the write (another writer kept "
                         "winning); retry later"
@@ -204,7 +215,7 @@ class Store:
         if self._lock is not None and not self._lock.acquire(blocking=False):
             raise Busy("another writer of this process holds the database")
         try:
-            with _db_errors():
+            with self._db_errors():
                 conn = self._own_connection()
             driver: sqlite3.Connection | None = conn.connection.driver_connection
             assert driver is not None
@@ -218,10 +229,10 @@ class Store:
                     driver.rollback()
                     raise
             except sqlite3.Error as exc:
-                if _is_busy(exc) or isinstance(exc, sqlite3.IntegrityError):
+                if _is_busy(exc) or _is_lost_race(exc):
                     raise Busy("another writer holds the database") from exc
                 self._drop_own_connection()
-                raise self._unavailable(exc) from exc
+                raise _unavailable(exc) from exc
         except BaseException:
             self._release()
             raise
@@ -231,22 +242,37 @@ class Store:
                 driver.commit()
             except sqlite3.Error as exc:
                 self._drop_own_connection()
-                raise self._unavailable(exc) from exc
+                raise _unavailable(exc) from exc
             finally:
                 self._release()
 
         return result, commit
 
-    @staticmethod
-    def _unavailable(exc: BaseException) -> Unavailable:
-        log.warning("database unavailable: %s", exc)
-        return Unavailable(_unavailable_reason(exc))
+    @contextlib.contextmanager
+    def _db_errors(self) -> Iterator[None]:
+        """A database that is gone, locked or too slow is a 503; a lost race is ``_LostRace``,
+        for ``transact`` to try again. What exactly went wrong (host, port, user) goes to the
+        server log, never to the client. The hot path speaks to the driver directly, so its
+        own errors are caught as well as SQLAlchemy's wrapping of them."""
+        try:
+            yield
+        except (sa.exc.DBAPIError, self._driver_error) as exc:
+            orig = (exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc) or exc
+            if _is_lost_race(orig):
+                raise _LostRace(str(orig)) from exc
+            raise _unavailable(orig) from exc
+        except sa.exc.TimeoutError as exc:  # no pooled connection came free in time
+            log.warning("database unavailable: %s", exc)
+            raise Unavailable("no database connection came free in time; retry later") from exc
 
     def _release(self) -> None:
         if self._lock is not None:
             self._lock.release()
 
     def _own_connection(self) -> sa.Connection:
+        own, path = self._own, self._path
+        if own is not None and path is not None and not same_file(path, own.info.get("file_id")):
+            self._drop_own_connection()  # moved, deleted or replaced: never write to an orphan
         if self._own is None:
             conn = self.engine.connect()  # begin_now issues BEGIN IMMEDIATE itself
             driver = conn.connection.driver_connection
@@ -279,12 +305,13 @@ class Store:
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Session]:
-        with _db_errors(), Session(self.engine) as session:
+        with self._db_errors(), Session(self.engine) as session:
             yield session
 
     def ping(self) -> None:
+        """The database answers, and holds lrpilot's schema."""
         with self._read() as s:
-            s.exec(select(sa.literal(1))).one()
+            s.connection().exec_driver_sql("SELECT version_num FROM alembic_version").all()
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -411,38 +438,31 @@ def _commit(conn: sa.Connection, work: Callable[[WriteTx], T]) -> T:
     return result
 
 
+class _LostRace(Exception):
+    """Another writer won (a unique violation, a deadlock, a serialization failure): the
+    transaction can simply run again on what the winner wrote."""
+
+
 def _is_busy(exc: BaseException) -> bool:
-    text = str(exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc)
+    text = str(exc)
     return "database is locked" in text or "database is busy" in text
 
 
-def _lost_race(exc: sa.exc.DBAPIError) -> bool:
-    """Another writer won: our transaction can simply run again on what it wrote."""
-    if isinstance(exc, sa.exc.IntegrityError):
+def _is_lost_race(orig: BaseException) -> bool:
+    if isinstance(orig, sqlite3.IntegrityError):
         return True
-    return getattr(exc.orig, "pgcode", None) in _RETRY_PGCODES
+    return getattr(orig, "pgcode", None) in _RETRY_PGCODES
 
 
-@contextlib.contextmanager
-def _db_errors() -> Iterator[None]:
-    """A database that is gone, locked or too slow is a 503. What exactly went wrong (host,
-    port, user) goes to the server log, never to the client."""
-    try:
-        yield
-    except sa.exc.DBAPIError as exc:
-        if _lost_race(exc):
-            raise
-        log.warning("database unavailable: %s", exc.orig)
-        raise Unavailable(_unavailable_reason(exc)) from exc
-    except sa.exc.TimeoutError as exc:  # no pooled connection came free in time
-        log.warning("database unavailable: %s", exc)
-        raise Unavailable("no database connection came free in time; retry later") from exc
-
-
-def _unavailable_reason(exc: BaseException) -> str:
-    text = str(exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc).lower()
-    if "locked" in text or "busy" in text or "lock timeout" in text:
-        return "the database is locked by another writer; retry later"
-    if "interrupted" in text or "statement timeout" in text or "canceling statement" in text:
-        return "the database did not answer in time; retry later"
-    return "the database is unreachable; retry later"
+def _unavailable(orig: BaseException) -> Unavailable:
+    log.warning("database unavailable: %s", orig)
+    text = str(orig).lower()
+    if "disk is full" in text or "no space left" in text:
+        reason = "the database's disk is full"
+    elif "locked" in text or "busy" in text or "lock timeout" in text:
+        reason = "the database is locked by another writer"
+    elif "interrupted" in text or "statement timeout" in text or "canceling statement" in text:
+        reason = "the database did not answer in time"
+    else:
+        reason = "the database is unreachable"
+    return Unavailable(f"{reason}; retry later")
