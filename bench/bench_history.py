@@ -90,7 +90,7 @@ def append(store: Store, run_id: str, seed: int, count: int, advance: Callable[[
         n = min(BATCH, count - done)
 
         def work(tx: WriteTx, n: int = n) -> None:
-            head = tx.lock_runs({run_id})[run_id]
+            head = tx.lock_runs({run_id})[0][run_id]
             created_at = now()
             for _ in range(n):
                 k = head.last_seq + 1
@@ -154,17 +154,20 @@ def last_steps(http: Http) -> dict[str, int]:
 
 
 def requests(args: argparse.Namespace, last: dict[str, int]) -> Iterator[tuple[str, str, Any]]:
-    """(what, run, request) in the order sent: big and small alternate, request by request."""
+    """(what, run, request) in the order sent: big and small alternate, request by request,
+    and which of the two goes first alternates from one sample to the next (ABBA), because the
+    first POST after a series of GETs costs more than the second, whichever run it is for."""
     sizes = {BIG: args.big, SMALL: args.small}
     next_k = {run: last[run] // STEP_EVERY + 1 for run in (BIG, SMALL)}
-    for _ in range(args.samples):
-        for run in (BIG, SMALL):
+    for sample in range(args.samples):
+        pair = (BIG, SMALL) if sample % 2 == 0 else (SMALL, BIG)
+        for run in pair:
             k = next_k[run]
             next_k[run] += 1
             body = {"step": STEP_EVERY * k, "value": metric_value(7, k)}
             yield "new decision", run, ("POST", f"/v1/runs/{run}/observations", body)
         for where, fraction in POSITIONS.items():
-            for run in (BIG, SMALL):
+            for run in pair:
                 step = STEP_EVERY * max(1, round(sizes[run] * fraction)) + STEP_EVERY // 2
                 yield f"lr {where}", run, ("GET", f"/v1/runs/{run}/lr?step={step}", None)
 

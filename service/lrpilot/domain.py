@@ -93,7 +93,7 @@ def check_same_spec(stored: dict[str, Any], run: NewRun) -> None:
 # back the very text its previous decision stored, and need not parse and validate it again.
 # States are frozen, so sharing them is safe; the bound only caps memory.
 _STATES: dict[tuple[str, str], State] = {}
-_STATES_MAX = 65536
+_STATES_MAX = 4096
 
 
 def _load_state(policy: Policy, head: RunHead) -> State:

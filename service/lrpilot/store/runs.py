@@ -38,6 +38,10 @@ _HEAD_COLUMNS = (
     "head_hash"
 )
 # PostgreSQL SQLSTATEs after which the whole transaction is simply tried again.
+# How long a PostgreSQL batch waits in line for its runs' row locks before it leaves the held
+# ones for later: far longer than a batch holds them, far shorter than a request may wait.
+LOCK_WAIT_MS = 100
+_LOCK_NOT_AVAILABLE = "55P03"
 # serialization_failure, deadlock_detected, unique_violation (a lost insert race)
 _RETRY_PGCODES = {"40001", "40P01", "23505"}
 
@@ -92,23 +96,33 @@ class WriteTx:
 
     def lock_runs(self, run_ids: set[str]) -> tuple[dict[str, RunHead], set[str]]:
         """The heads of these runs, locked until the transaction ends, and the runs that
-        another transaction holds locked right now (missing runs are in neither).
+        another transaction holds locked (missing runs are in neither).
 
-        PostgreSQL skips a row that another transaction has locked rather than wait for it:
-        one run held by a stuck client or another replica must not stall the other runs of a
-        batch (the caller tries the skipped ones again). SQLite's BEGIN IMMEDIATE holds the
-        database's write lock already.
+        SQLite's BEGIN IMMEDIATE holds the database's write lock already. PostgreSQL locks the
+        rows in run_id order (no deadlock between batches), waiting in line behind other
+        writers of the same runs, as a lock does, but only for ``LOCK_WAIT``: a run held longer
+        (a stuck client, a frozen replica) must not stall the other runs of the batch, so then
+        the batch takes the rows it can and leaves the held ones for the caller to try again.
         """
         ordered = tuple(sorted(run_ids))
         marks = ",".join("?" * len(ordered))
-        lock = " FOR UPDATE SKIP LOCKED" if self._postgres else ""
-        rows = self._execute(
-            f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id IN ({marks}){lock}", ordered
-        ).fetchall()
+        select = f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id IN ({marks})"
+        if not self._postgres:
+            rows = self._execute(select, ordered).fetchall()
+            return {row[0]: RunHead(*row) for row in rows}, set()
+        self._execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'; SAVEPOINT lock_runs")
+        try:
+            rows = self._execute(f"{select} ORDER BY run_id FOR UPDATE", ordered).fetchall()
+            return {row[0]: RunHead(*row) for row in rows}, set()
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            self._execute("ROLLBACK TO SAVEPOINT lock_runs")
+        rows = self._execute(f"{select} FOR UPDATE SKIP LOCKED", ordered).fetchall()
         heads = {row[0]: RunHead(*row) for row in rows}
-        if len(heads) == len(ordered) or not self._postgres:
-            return heads, set()
         skipped = tuple(r for r in ordered if r not in heads)
+        if not skipped:
+            return heads, set()
         marks = ",".join("?" * len(skipped))
         exist = self._execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", skipped)
         return heads, {row[0] for row in exist.fetchall()}
