@@ -37,11 +37,11 @@ _HEAD_COLUMNS = (
     "run_id, policy, params, base_lrs, metric, config_hash, state, lrs, last_seq, last_step, "
     "head_hash"
 )
-# PostgreSQL SQLSTATEs after which the whole transaction is simply tried again.
 # How long a PostgreSQL batch waits in line for its runs' row locks before it leaves the held
 # ones for later: far longer than a batch holds them, far shorter than a request may wait.
 LOCK_WAIT_MS = 100
 _LOCK_NOT_AVAILABLE = "55P03"
+# PostgreSQL SQLSTATEs after which the whole transaction is simply tried again:
 # serialization_failure, deadlock_detected, unique_violation (a lost insert race)
 _RETRY_PGCODES = {"40001", "40P01", "23505"}
 
