@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from lrpilot import __version__
 from lrpilot.api import errors, health, limits, policies, runs
+from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain import Decisions
 from lrpilot.settings import Settings
@@ -19,8 +20,12 @@ from lrpilot.store.runs import Store
 SWITCH_INTERVAL_S = 0.0005
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app on an already migrated database (``lrpilot serve`` migrates first)."""
+def create_app(settings: Settings | None = None, fast_path: bool = True) -> FastAPI:
+    """The app on an already migrated database (``lrpilot serve`` migrates first).
+
+    ``fast_path=False`` serves observations through the FastAPI route alone (the tests compare
+    the two: they must answer the same bytes).
+    """
     settings = settings or Settings.from_env()
     store = Store(settings)
     decisions = Decisions(store, settings)
@@ -53,5 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (runs, policies, health):
         app.include_router(module.router)
-    limits.install(app, settings.max_body_bytes)
+    if fast_path:
+        app.add_middleware(ObservationFastPath, decisions=decisions)
+    limits.install(app, settings.max_body_bytes)  # added last: the outermost, before all
     return app

@@ -79,6 +79,13 @@ def policy_error_detail(exc: PolicyError, prefix: tuple[str, ...]) -> list[dict[
     ]
 
 
+def store_error_response(exc: StoreError) -> StrictJSONResponse:
+    """What the store refused, as its HTTP answer (503s say when to come back)."""
+    headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
+    status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+    return StrictJSONResponse({"detail": exc.message}, status, headers=headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> StrictJSONResponse:
@@ -96,9 +103,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> StrictJSONResponse:
-        headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
-        status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
-        return StrictJSONResponse({"detail": exc.message}, status, headers=headers)
+        return store_error_response(exc)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> StrictJSONResponse:

@@ -1,0 +1,82 @@
+"""The observation route's fast path: the same answer as the FastAPI route, for less work.
+
+``POST /v1/runs/{run_id}/observations`` is the request every rank of every job sends at every
+evaluation. Routing, dependency solving and body handling in FastAPI cost about as much as the
+decision itself, so a well-formed observation is answered here, before FastAPI: the same
+model (``ObservationIn``, parsed by pydantic straight from the bytes), the same decision path,
+the same error answers (``errors.store_error_response``). Anything else, and anything this
+path would refuse, goes on to the FastAPI route, which alone writes validation errors: so
+there is one validation model and one way to fail, and the OpenAPI document describes both
+paths. tests/test_fast_path.py checks that both give the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lrpilot.api.errors import store_error_response
+from lrpilot.api.models import RUN_ID_PATTERN, ObservationIn
+from lrpilot.api.responses import raw_json
+from lrpilot.domain import Decisions
+from lrpilot.store.errors import StoreError
+
+_PATH = re.compile(rf"^/v1/runs/({RUN_ID_PATTERN.strip('^$')})/observations$")
+
+
+def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
+
+
+class ObservationFastPath:
+    def __init__(self, app: ASGIApp, decisions: Decisions) -> None:
+        self.app = app
+        self.decisions = decisions
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or (match := _PATH.match(scope["path"])) is None
+            or not _is_json(scope["headers"])
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:  # the body limit was enforced outside (limits.HttpLimits)
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: FastAPI's business
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            observation = ObservationIn.model_validate_json(body)
+        except ValidationError:  # the route says precisely what is wrong
+            replayed: Message = {"type": "http.request", "body": body, "more_body": False}
+            await self.app(scope, _replay([replayed], receive), send)
+            return
+        try:
+            decision = await self.decisions.observe(
+                match.group(1), observation.step, observation.value
+            )
+        except StoreError as exc:
+            await store_error_response(exc)(scope, receive, send)
+            return
+        await raw_json(decision)(scope, receive, send)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first gives back what was already read."""
+
+    async def replay() -> Message:
+        return messages.pop(0) if messages else await receive()
+
+    return replay
