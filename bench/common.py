@@ -67,7 +67,7 @@ def metric_value(seed: int, step: int) -> float:
     A pure function of (seed, step), so every rank of one run sends the same value for a step
     and every bench sends the same stream; bench/wrk/common.lua computes the same doubles.
     """
-    noise = _splitmix64((seed << 40) ^ step) / 2.0**64
+    noise = (_splitmix64((seed << 40) ^ step) >> 11) / 2.0**53  # 53 bits: exact in any double
     return (1.0 / (1.0 + 0.002 * step)) * (1.0 + 0.03 * noise)
 
 
