@@ -106,7 +106,6 @@ class Inline(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._handle: asyncio.Handle | None = None
         self._committing = False
-        self._alone = False  # the last batch was one request, committed inline
         # The commit waits for the disk with the GIL released: on a thread, the loop parses
         # the next requests meanwhile, and they join the next batch.
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="lrpilot-commit")
@@ -115,12 +114,7 @@ class Inline(Generic[T, R]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, future))
-        if self._alone and len(self._pending) == 1 and self._handle is None:
-            # One request at a time, as the last batch was: decide it now rather than on the
-            # next turn of the loop, which would only add to its latency.
-            self._flush()
-        else:
-            self._schedule(loop)
+        self._schedule(loop)
         return await _wait(future, timeout)
 
     def close(self) -> None:
@@ -153,8 +147,7 @@ class Inline(Generic[T, R]):
             self._settle(batch, [exc] * len(batch))
             return
         self._backoff.reset()
-        self._alone = not self._pending and len(batch) == 1
-        if self._alone:
+        if not self._pending and len(batch) == 1:
             # Nobody else is waiting: handing the commit to the thread and back would only
             # add two thread wake-ups to this request's latency.
             try:
