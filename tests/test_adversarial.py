@@ -1,8 +1,8 @@
 """Adversarial tests: the decision path as a hostile user and an operator would treat it.
 
-Real servers (``lrpilot serve`` under uvicorn), real databases, no mocks. The tests marked
-``xfail(strict=True)`` reproduce bugs found while attacking the service: they fail today, and
-pass (turning the strict xfail into a failure, to be unmarked) once the bug is fixed.
+Real servers (``lrpilot serve`` under uvicorn), real databases, no mocks. The last tests
+reproduce bugs that attacking the service found (a locked run stalling a PostgreSQL replica,
+a moved SQLite file swallowing acknowledged decisions): they failed until those were fixed.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def test_stalled_clients_hold_up_no_decision(live_server: LiveServer) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# bugs (strict xfail until fixed)
+# bugs found by attacking the service, fixed since
 
 
 @pytest.mark.postgres
