@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,6 +19,7 @@ from lrpilot.chain import verify_chain
 from lrpilot.domain import Decisions, Posted, RunSpec
 from lrpilot.policies.plateau import to_f32
 from lrpilot.settings import Settings
+from lrpilot.store.db import upgrade
 from lrpilot.store.errors import Conflict, RunBusy
 from lrpilot.store.runs import Store
 from tests.helpers import strict_json
@@ -50,26 +54,39 @@ def log_of(decisions: Decisions, run_id: str) -> list[dict[str, object]]:
     return [strict_json(body) for body in page.items]
 
 
-def test_a_decision_costs_the_same_queries_whatever_the_run_length(decisions: Decisions) -> None:
-    decisions.create_run("long", SPEC)
+def test_a_decision_costs_the_same_queries_whatever_the_run_length(tmp_path: Path) -> None:
+    # The hot path speaks to the driver, past SQLAlchemy's events: SQLite's own trace of the
+    # statements it runs is what counts them (the SQL is the same on PostgreSQL).
+    url = f"sqlite:///{tmp_path / 'count.db'}"
+    upgrade(url)
+    settings = Settings(database_url=url)
+    decisions = Decisions(Store(settings), settings)
     statements: list[str] = []
+    tracing = False
 
-    def record(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
-        statements.append(statement)
+    @sa.event.listens_for(decisions.store.engine, "connect")
+    def _trace(dbapi_conn: sqlite3.Connection, _record: object) -> None:
+        dbapi_conn.set_trace_callback(lambda s: statements.append(s) if tracing else None)
 
-    for step in range(1000):
-        decide(decisions, "long", step, 1.0 / (1 + step % 7))
-    engine = decisions.store.engine
-    sa.event.listen(engine, "before_cursor_execute", record)
-    decide(decisions, "long", 1000, 0.5)
-    at_1000 = list(statements)
-    decisions.create_run("short", SPEC)
-    statements.clear()
-    decide(decisions, "short", 0, 0.5)
-    sa.event.remove(engine, "before_cursor_execute", record)
-    assert len(at_1000) == len(statements)
+    try:
+        decisions.create_run("long", SPEC)
+        decisions.create_run("short", SPEC)
+        for step in range(1000):
+            decide(decisions, "long", step, 1.0 / (1 + step % 7))
+        tracing = True
+        decide(decisions, "long", 1000, 0.5)
+        at_1000 = list(statements)
+        statements.clear()
+        decide(decisions, "short", 0, 0.5)
+        tracing = False
+    finally:
+        decisions.close()
+        decisions.store.close()
+    assert at_1000, "no statement was traced"
+    assert len(at_1000) == len(statements), (at_1000, statements)
     # no statement of a new decision reads the log: decisions are only inserted
     assert not any("FROM decisions" in s for s in at_1000), at_1000
+    assert sum(s.startswith("INSERT INTO decisions") for s in at_1000) == 1, at_1000
 
 
 @pytest.mark.parametrize("process_lock", [True, False], ids=["process-lock", "database-only"])
@@ -130,13 +147,20 @@ def test_concurrent_observations_are_group_committed_and_all_acknowledged(
     runs = [f"g{i}" for i in range(8)]
     for run_id in runs:
         decisions.create_run(run_id, SPEC)
-    commits = 0
+    # every transaction of the decision path starts in one of these two store methods
+    store = decisions.store
+    transactions = 0
 
-    def count(conn: sa.Connection) -> None:
-        nonlocal commits
-        commits += 1
+    def counted(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            nonlocal transactions
+            transactions += 1
+            return method(*args)
 
-    sa.event.listen(decisions.store.engine, "commit", count)
+        return call
+
+    store.transact = counted(store.transact)  # type: ignore[method-assign]
+    store.begin_now = counted(store.begin_now)  # type: ignore[method-assign]
 
     async def post_all() -> list[str]:
         return await asyncio.gather(
@@ -144,13 +168,12 @@ def test_concurrent_observations_are_group_committed_and_all_acknowledged(
         )
 
     bodies = asyncio.run(post_all())
-    sa.event.remove(decisions.store.engine, "commit", count)
     assert len(set(bodies)) == len(runs) * 20
     for run_id in runs:
         log = log_of(decisions, run_id)
         assert [d["step"] for d in log] == list(range(20))
         assert verify_chain(log).ok
-    assert commits < len(runs) * 20, "concurrent observations must share commits"
+    assert 0 < transactions < len(runs) * 20, "concurrent observations must share transactions"
 
 
 def test_racing_creates_of_one_run_all_get_it_and_one_created_it(decisions: Decisions) -> None:
