@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         # go, and every request of its batch with it.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         yield
-        decisions.close()  # what is queued is decided and committed first
+        decisions.close()  # after uvicorn drained the requests: what is in flight commits
         store.close()
 
     app = FastAPI(

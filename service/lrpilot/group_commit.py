@@ -118,6 +118,8 @@ class Inline(Generic[T, R]):
         return await _wait(future, timeout)
 
     def close(self) -> None:
+        """Let a commit in flight finish; nothing new starts (the server has drained its
+        requests before it closes the app)."""
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

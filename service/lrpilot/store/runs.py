@@ -87,11 +87,8 @@ class WriteTx:
         """An ORM session inside this transaction, for the paths that are not hot."""
         return Session(bind=self._conn)
 
-    def _sql(self, statement: str) -> str:
-        return statement.replace("?", "%s") if self._postgres else statement
-
     def _execute(self, statement: str, params: tuple[Any, ...] = ()) -> Any:
-        self._cursor.execute(self._sql(statement), params)
+        self._cursor.execute(_param(self._conn, statement), params)
         return self._cursor
 
     def lock_runs(self, run_ids: set[str]) -> tuple[dict[str, RunHead], set[str]]:
@@ -149,9 +146,10 @@ class WriteTx:
             return
         decisions = list(self._appended.values())
         self._cursor.executemany(
-            self._sql(
+            _param(
+                self._conn,
                 "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)"
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
             ),
             [(d.run_id, d.seq, d.step, d.action, False, d.hash, d.body) for d in decisions],
         )
@@ -161,9 +159,10 @@ class WriteTx:
             heads[d.run_id] = d
             reductions[d.run_id] = reductions.get(d.run_id, 0) + d.reductions
         self._cursor.executemany(
-            self._sql(
+            _param(
+                self._conn,
                 "UPDATE runs SET last_seq = ?, last_step = ?, head_hash = ?, state = ?, lrs = ?, "
-                "reductions = reductions + ? WHERE run_id = ?"
+                "reductions = reductions + ? WHERE run_id = ?",
             ),
             [
                 (d.seq, d.step, d.hash, d.state, d.lrs, reductions[run_id], run_id)
@@ -441,6 +440,7 @@ class Store:
 
 
 def _param(conn: sa.Connection, statement: str) -> str:
+    """The statement in the driver's placeholder style (written with ``?``, as SQLite's)."""
     return statement.replace("?", "%s") if conn.dialect.name == "postgresql" else statement
 
 
