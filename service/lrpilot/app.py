@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lrpilot import __version__
-from lrpilot.api import errors, health, limits, policies, runs
+from lrpilot.api import audit, errors, health, limits, policies, runs
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.responses import StrictJSONResponse
+from lrpilot.audit import Audit
 from lrpilot.domain import Decisions
 from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     settings = settings or Settings.from_env()
     store = Store(settings)
     decisions = Decisions(store, settings)
+    auditor = Audit(store, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,10 +57,13 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.settings = settings
     app.state.store = store
     app.state.decisions = decisions
+    app.state.audit = auditor
     errors.install(app)
-    for module in (runs, policies, health):
+    for module in (runs, audit, policies, health):
         app.include_router(module.router)
     if fast_path:
         app.add_middleware(ObservationFastPath, decisions=decisions)
-    limits.install(app, settings.max_body_bytes)  # added last: the outermost, before all
+    limits.install(
+        app, settings.max_body_bytes, {"/v1/runs/import": settings.max_import_bytes}
+    )  # added last: the outermost, before all
     return app

@@ -110,8 +110,15 @@ def _remember_state(policy_key: str, state_json: str, state: State) -> None:
     _STATES[(policy_key, state_json)] = state
 
 
-def decide(head: RunHead, step: int, value: float, created_at: str) -> NewDecision:
-    """The decision for a new step (above ``head.last_step``), sealed onto the chain."""
+def decide(
+    head: RunHead,
+    step: int,
+    value: float,
+    created_at: str,
+    client: dict[str, Any] | None = None,
+) -> NewDecision:
+    """The decision for a new step (above ``head.last_step``), sealed onto the chain;
+    ``client`` is who posted the observation, as it declared itself (host, process, rank)."""
     policy, params = resolved(head.policy, head.params, head.base_lrs)
     state = _load_state(policy, head)
     outcome, new_state = policy.step(
@@ -134,6 +141,8 @@ def decide(head: RunHead, step: int, value: float, created_at: str) -> NewDecisi
         "prev_hash": head.head_hash,
         "created_at": created_at,
     }
+    if client:  # only when declared: decisions without it keep the shape they always had
+        decision["client"] = client
     body = seal(decision)
     state_json = canonical_json(state_doc)
     _remember_state(head.policy, state_json, new_state)
@@ -176,6 +185,7 @@ class Posted:
     run_id: str
     step: int
     value: float
+    client: dict[str, Any] | None = None  # who posted it, as it declared itself
 
 
 class Decisions:
@@ -194,10 +204,12 @@ class Decisions:
     def close(self) -> None:
         self._writer.close()
 
-    async def observe(self, run_id: str, step: int, value: float) -> str:
+    async def observe(
+        self, run_id: str, step: int, value: float, client: dict[str, Any] | None = None
+    ) -> str:
         """The decision's canonical JSON, acknowledged only once it is committed."""
         try:
-            return await self._writer.submit(Posted(run_id, step, value), self._timeout)
+            return await self._writer.submit(Posted(run_id, step, value, client), self._timeout)
         except WaitTimeout:
             raise Unavailable(
                 "the database did not answer in time; retry later (a retry never counts twice)"
@@ -256,7 +268,7 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
                 stored = tx.decision_at_step(item.run_id, item.step)
                 results.append(retried(head, item.step, item.value, stored))
             else:
-                decision = decide(head, item.step, item.value, now())
+                decision = decide(head, item.step, item.value, now(), item.client)
                 tx.append_decision(decision)
                 heads[item.run_id] = head.after(decision)
                 results.append(decision.body)

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     db_retries: int = Field(default=3, ge=0, le=100)
     # A request body larger than this is refused with a 413 before it is read whole.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # POST /v1/runs/import takes a whole exported run: its own, larger limit.
+    max_import_bytes: int = Field(default=1 << 30, ge=1024)
+    # An Ed25519 private key (a PEM file, or the PEM text) that signs every export's head;
+    # `lrpilot keygen` writes one. Without it exports are unsigned.
+    signing_key: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 
 from lrpilot.api.models import RUN_ID_PATTERN
+from lrpilot.audit import Audit
 from lrpilot.domain import Decisions
 from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
@@ -26,6 +27,11 @@ async def get_decisions(request: Request) -> Decisions:
     return decisions
 
 
+async def get_audit(request: Request) -> Audit:
+    audit: Audit = request.app.state.audit
+    return audit
+
+
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -33,6 +39,7 @@ async def get_settings(request: Request) -> Settings:
 
 StoreDep = Annotated[Store, Depends(get_store)]
 DecisionsDep = Annotated[Decisions, Depends(get_decisions)]
+AuditDep = Annotated[Audit, Depends(get_audit)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RunId = Annotated[
     str, Path(pattern=RUN_ID_PATTERN, description="[A-Za-z0-9._-]{1,128}", examples=["resnet50-a"])

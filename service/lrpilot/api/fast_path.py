@@ -65,7 +65,10 @@ class ObservationFastPath:
             return
         try:
             decision = await self.decisions.observe(
-                match.group(1), observation.step, observation.value
+                match.group(1),
+                observation.step,
+                observation.value,
+                observation.client.declared() if observation.client else None,
             )
         except StoreError as exc:
             await store_error_response(exc)(scope, receive, send)

@@ -48,15 +48,18 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
 
 
 class HttpLimits:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.per_path = per_path or {}  # routes that take more (an import takes a whole run)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
+        limit = self.per_path.get(scope["path"], self.max_body_bytes)
         declared = _content_length(scope["headers"])
         if declared is not None and declared > limit:
             await _send_413(send, _too_large(limit, declared))
@@ -150,7 +153,7 @@ def _document(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install(app: FastAPI, max_body_bytes: int) -> None:
+def install(app: FastAPI, max_body_bytes: int, per_path: dict[str, int] | None = None) -> None:
     """The limits as middleware, and what they answer in the OpenAPI document."""
-    app.add_middleware(HttpLimits, max_body_bytes=max_body_bytes)
+    app.add_middleware(HttpLimits, max_body_bytes=max_body_bytes, per_path=per_path)
     _document(app)

@@ -19,13 +19,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import NON_FINITE
-from lrpilot.policies import ACTIONS, POLICIES
+from lrpilot.policies import ACTIONS as POLICY_ACTIONS
+from lrpilot.policies import POLICIES
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
 MAX_LABEL_VALUE = 256
 MAX_STEP = 2**62  # fits a BIGINT on every database
 POLICY_NAMES = sorted({p.name for p in POLICIES.values()})
+ACTIONS = POLICY_ACTIONS | {"rewind"}  # a rewind is an entry of every run's log
 
 # A lone surrogate cannot be encoded to UTF-8 (JSON's "\ud800" parses to one), and PostgreSQL
 # text cannot hold NUL: either would fail in the database or in the response, so no string
@@ -164,11 +166,28 @@ class RunIn(Strict):
     )
 
 
+class ClientIn(Strict):
+    """Who posts: the client's own declaration, stored with the decision (not authentication)."""
+
+    host: Annotated[Text, Field(min_length=1, max_length=255)] | None = Field(
+        default=None, examples=["gpu-node-3"]
+    )
+    process: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = Field(
+        default=None, description="the OS process id", examples=[4242]
+    )
+    rank: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = Field(default=None, examples=[0])
+
+    def declared(self) -> dict[str, Any] | None:
+        doc = self.model_dump(exclude_none=True)
+        return doc or None
+
+
 class ObservationIn(Strict):
     step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
     value: MetricValue
     rank: Annotated[StrictInt, Field(ge=0)] | None = None
     world_size: Annotated[StrictInt, Field(ge=1)] | None = None
+    client: ClientIn | None = None
 
     @model_validator(mode="after")
     def _rank_in_world(self) -> ObservationIn:
@@ -204,6 +223,7 @@ class RunOut(BaseModel):
     metric: str | None
     labels: dict[str, str]
     config_hash: str
+    head_hash: str = Field(description="the hash of the run's last decision (64 zeros before any)")
     lrs: list[float]
     last_step: int | None
     last_seq: int
@@ -216,7 +236,7 @@ class DecisionOut(BaseModel):
     run_id: str
     seq: int
     step: int
-    value: Number
+    value: Number | None = Field(description="the metric seen; null in a rewind entry")
     lrs: list[float]
     previous_lrs: list[float]
     action: str
@@ -227,6 +247,14 @@ class DecisionOut(BaseModel):
     hash: str
     prev_hash: str
     created_at: str
+    client: dict[str, Any] | None = Field(
+        default=None,
+        description="who posted the observation (or asked for the rewind), as it "
+        "declared itself; absent when it did not",
+    )
+    rewind: dict[str, Any] | None = Field(
+        default=None, description="in a rewind entry only: to_step, restores_seq, superseded"
+    )
 
 
 class LrOut(BaseModel):
@@ -286,3 +314,75 @@ class Message(BaseModel):
     """404, 409, 413, 503: one sentence saying what is wrong and what to do."""
 
     detail: str
+
+
+# -- audit and replay ---------------------------------------------------------------------------
+
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class RewindIn(Strict):
+    to_step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the step of the checkpoint the job resumed from", examples=[3000]
+    )
+    client: ClientIn | None = None
+
+
+class RewindOut(BaseModel):
+    run_id: str
+    to_step: int
+    rewound: bool = Field(description="false when to_step is at or past the last step")
+    lrs: list[float]
+    decision: DecisionOut | None = Field(description="the rewind's entry in the chain")
+
+
+class VerifyIn(Strict):
+    head: Annotated[str, Field(pattern=HASH_PATTERN)] | None = Field(
+        default=None,
+        description="the head hash the caller recorded (a chain alone proves only that it is "
+        "consistent: whoever can write the database can recompute it)",
+    )
+
+
+class MismatchOut(BaseModel):
+    line: int | None
+    seq: int | None
+    message: str
+    expected: Any
+    found: Any
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    count: int = Field(description="decisions checked (both branches of a rewound run)")
+    head_hash: str = Field(description="the hash of the last decision checked")
+    superseded: int
+    rewinds: int
+    last_step: int | None
+    mismatch: MismatchOut | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class BestOut(BaseModel):
+    value: Number | None
+    step: int | None
+    mode: str
+
+
+class LrChangeOut(BaseModel):
+    seq: int
+    step: int
+    lrs: list[float]
+    action: str
+
+
+class SummaryOut(BaseModel):
+    run_id: str
+    decisions: int = Field(description="live decisions (not superseded, rewinds not counted)")
+    first_step: int | None
+    last_step: int | None
+    best: BestOut
+    lr_changes: list[LrChangeOut]
+    superseded: int
+    head_hash: str
+    lrs: list[float]

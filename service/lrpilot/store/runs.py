@@ -55,6 +55,7 @@ def run_document(row: RunRow) -> dict[str, Any]:
         "metric": row.metric,
         "labels": json.loads(row.labels),
         "config_hash": row.config_hash,
+        "head_hash": row.head_hash,
         "lrs": json.loads(row.lrs),
         "last_step": row.last_step,
         "last_seq": row.last_seq,
@@ -130,10 +131,38 @@ class WriteTx:
         if pending is not None:
             return pending.body
         row = self._execute(
-            "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ?",
+            "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ? "
+            "AND action <> 'rewind'",  # a rewind entry shares the step it rewound to
             (run_id, False, step),
         ).fetchone()
         return None if row is None else str(row[0])
+
+    def live_at_or_before(self, run_id: str, step: int) -> tuple[int, str] | None:
+        """(seq, body) of the run's last live entry at or before ``step``, if any."""
+        row = self._execute(
+            "SELECT seq, body FROM decisions WHERE run_id = ? AND superseded = ? AND step <= ? "
+            "ORDER BY step DESC, seq DESC LIMIT 1",
+            (run_id, False, step),
+        ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def supersede_after(self, run_id: str, step: int) -> int:
+        """Mark the run's live entries above ``step`` superseded (never deleted); how many."""
+        self.flush()  # entries appended in this transaction are in the table first
+        cursor = self._execute(
+            "UPDATE decisions SET superseded = ? WHERE run_id = ? AND superseded = ? AND step > ?",
+            (True, run_id, False, step),
+        )
+        return int(cursor.rowcount)
+
+    def insert_run(self, run: NewRun) -> None:
+        """A new run's row and labels (import: the head is written by ``flush``)."""
+        with self.session() as session:
+            session.add(_run_row(run))
+            session.flush()  # the run before its labels: the foreign key needs it
+            for key, value in run.labels.items():
+                session.add(RunLabelRow(run_id=run.run_id, key=key, value=value))
+            session.flush()
 
     def append_decision(self, decision: NewDecision) -> None:
         """Append the decision; it is written, with its run's new head, by ``flush``."""
@@ -340,19 +369,7 @@ class Store:
             existing = session.get(RunRow, run.run_id)
             if existing is not None:
                 return run_document(existing), False
-            row = RunRow(
-                run_id=run.run_id,
-                policy=run.policy,
-                params=run.params,
-                base_lrs=run.base_lrs,
-                metric=run.metric,
-                labels=canonical_json(run.labels),
-                config_hash=run.config_hash,
-                state=run.state,
-                lrs=run.lrs,
-                head_hash=run.head_hash,
-                created_at=run.created_at,
-            )
+            row = _run_row(run)
             session.add(row)
             session.flush()  # the run before its labels: the foreign key needs it
             for key, value in run.labels.items():
@@ -420,8 +437,16 @@ class Store:
             return head, None if found is None else (int(found[0]), int(found[1]), found[2])
 
     def list_decisions(
-        self, run_id: str, after: int, limit: int, action: str | None = None
+        self,
+        run_id: str,
+        after: int,
+        limit: int,
+        action: str | None = None,
+        from_step: int | None = None,
+        to_step: int | None = None,
+        superseded: bool | None = None,
     ) -> Page:
+        """A page of the run's log in seq order; ``superseded`` None means both branches."""
         with self._read() as s:
             if s.get(RunRow, run_id) is None:
                 raise RunNotFound(f"run {run_id!r} not found")
@@ -433,10 +458,94 @@ class Store:
             )
             if action is not None:
                 q = q.where(DecisionRow.action == action)
+            if from_step is not None:
+                q = q.where(DecisionRow.step >= from_step)
+            if to_step is not None:
+                q = q.where(DecisionRow.step <= to_step)
+            if superseded is not None:
+                q = q.where(DecisionRow.superseded == superseded)
             rows = list(s.exec(q))
             more = len(rows) > limit
             rows = rows[:limit]
             return Page(items=[body for _, body in rows], next=rows[-1][0] if more else None)
+
+    def head(self, run_id: str) -> tuple[dict[str, Any], RunHead]:
+        """The run's document and its head, read together."""
+        with self._read() as s:
+            row = s.get(RunRow, run_id)
+            if row is None:
+                raise RunNotFound(f"run {run_id!r} not found")
+            head = RunHead(
+                row.run_id,
+                row.policy,
+                row.params,
+                row.base_lrs,
+                row.metric,
+                row.config_hash,
+                row.state,
+                row.lrs,
+                row.last_seq,
+                row.last_step,
+                row.head_hash,
+            )
+            return run_document(row), head
+
+    def bodies(
+        self,
+        run_id: str,
+        up_to_seq: int,
+        action: str | None = None,
+        superseded: bool | None = None,
+        page: int = 1000,
+    ) -> Iterator[str]:
+        """The run's decisions up to ``up_to_seq``, in seq order, a page of short statements at
+        a time: constant memory, and no statement runs long enough to meet the timeout."""
+        after = 0
+        while True:
+            with self._read() as s:
+                q = (
+                    select(DecisionRow.seq, DecisionRow.body)
+                    .where(
+                        DecisionRow.run_id == run_id,
+                        DecisionRow.seq > after,
+                        DecisionRow.seq <= up_to_seq,
+                    )
+                    .order_by(col(DecisionRow.seq))
+                    .limit(page)
+                )
+                if action is not None:
+                    q = q.where(DecisionRow.action == action)
+                if superseded is not None:
+                    q = q.where(DecisionRow.superseded == superseded)
+                rows = list(s.exec(q))
+            yield from (body for _, body in rows)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def superseded_count(self, run_id: str) -> int:
+        with self._read() as s:
+            q = select(sa.func.count()).where(
+                DecisionRow.run_id == run_id,
+                DecisionRow.superseded == True,  # noqa: E712
+            )
+            return int(s.exec(q).one())
+
+
+def _run_row(run: NewRun) -> RunRow:
+    return RunRow(
+        run_id=run.run_id,
+        policy=run.policy,
+        params=run.params,
+        base_lrs=run.base_lrs,
+        metric=run.metric,
+        labels=canonical_json(run.labels),
+        config_hash=run.config_hash,
+        state=run.state,
+        lrs=run.lrs,
+        head_hash=run.head_hash,
+        created_at=run.created_at,
+    )
 
 
 def _param(conn: sa.Connection, statement: str) -> str:

@@ -1,0 +1,145 @@
+"""Audit and replay routes: export, import, verify, rewind, summary."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from lrpilot.api.deps import AuditDep, RunId
+from lrpilot.api.errors import printable
+from lrpilot.api.models import (
+    RUN_ID_PATTERN,
+    RewindIn,
+    RewindOut,
+    RunIn,
+    RunOut,
+    SummaryOut,
+    VerifyIn,
+    VerifyOut,
+)
+from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse, conflict
+from lrpilot.audit import BundleRefused
+from lrpilot.bundle import Mismatch, parse_header, read_lines
+
+router = APIRouter(prefix="/v1/runs", tags=["audit"])
+
+NDJSON = "application/x-ndjson"
+
+
+@router.get(
+    "/{run_id}/export",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {NDJSON: {"schema": {"type": "string"}}},
+            "description": "the run as NDJSON: a header line, one line a decision (both "
+            "branches of a rewound run, in seq order), a trailer with the count, the head "
+            "hash and, when the service has a signing key, the head's signature",
+        },
+        **NOT_FOUND,
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def export_run(run_id: RunId, audit: AuditDep) -> StreamingResponse:
+    lines = audit.export(run_id)  # a 404 now, before the first byte is sent
+    return StreamingResponse(
+        (line + "\n" for line in lines),
+        media_type=NDJSON,
+        headers={"Content-Disposition": f'attachment; filename="{run_id}.ndjson"'},
+    )
+
+
+@router.post(
+    "/import",
+    response_model=RunOut,
+    responses={
+        201: {"model": RunOut, "description": "imported: every decision checked and replayed"},
+        **conflict("a run with that run_id exists with another log"),
+        **INVALID,
+        **UNAVAILABLE,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {NDJSON: {"schema": {"type": "string"}}},
+            "description": "a bundle, as GET /v1/runs/{run_id}/export writes it",
+        }
+    },
+)
+async def import_run(request: Request, audit: AuditDep) -> Response:
+    with tempfile.TemporaryDirectory(prefix="lrpilot-import-") as tmp:
+        path = Path(tmp) / "bundle.ndjson"
+        with path.open("wb") as out:  # spooled to disk: a bundle may be far larger than memory
+            async for chunk in request.stream():
+                out.write(chunk)
+        try:
+            _check_header(path)
+            run, created = await run_in_threadpool(audit.import_bundle, lambda: read_lines(path))
+        except BundleRefused as exc:
+            return _refused(exc.mismatch.line, str(exc))
+        except Mismatch as exc:
+            return _refused(exc.line, f"the bundle was refused, nothing of it was stored: {exc}")
+    return StrictJSONResponse(run, status_code=201 if created else 200)
+
+
+def _check_header(path: Path) -> None:
+    """The header's run must be one PUT /v1/runs/{run_id} would take (run_id, policy, lrs,
+    metric and labels that every database can hold): Mismatch on line 1 otherwise."""
+    first = next(read_lines(path), "")
+    run = parse_header(first.rstrip("\r\n"), 1)
+    run_id = run.get("run_id")
+    if not isinstance(run_id, str) or not re.fullmatch(RUN_ID_PATTERN, run_id):
+        raise Mismatch(1, None, f"the header's run_id must match {RUN_ID_PATTERN}")
+    spec = {k: run[k] for k in ("policy", "base_lrs", "metric", "labels") if k in run}
+    try:
+        RunIn.model_validate(spec)
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {printable(e['msg'], 200)}" for e in exc.errors()
+        )
+        raise Mismatch(1, None, f"the header's run is not a valid run spec: {errors}") from None
+
+
+def _refused(line: int | None, message: str) -> Response:
+    loc: list[str | int] = ["body"] + ([line] if line else [])
+    item: dict[str, Any] = {"loc": loc, "msg": message, "type": "bundle_refused"}
+    return StrictJSONResponse({"detail": [item]}, status_code=422)
+
+
+@router.post(
+    "/{run_id}/verify",
+    response_model=VerifyOut,
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+)
+def verify_run(
+    run_id: RunId, audit: AuditDep, body: Annotated[VerifyIn | None, Body()] = None
+) -> Response:
+    report = audit.verify(run_id, body.head if body else None)
+    return StrictJSONResponse(report.as_dict())
+
+
+@router.post(
+    "/{run_id}/rewind",
+    response_model=RewindOut,
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+)
+def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep) -> Response:
+    client = body.client.declared() if body.client else None
+    return StrictJSONResponse(audit.rewind(run_id, body.to_step, client))
+
+
+@router.get(
+    "/{run_id}/summary",
+    response_model=SummaryOut,
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+)
+def run_summary(run_id: RunId, audit: AuditDep) -> Response:
+    return StrictJSONResponse(audit.summary(run_id))

@@ -1,0 +1,327 @@
+"""Audit and replay over the store: export, import, verify, rewind, summary.
+
+Domain layer: no SQL and no HTTP. The checks themselves are ``lrpilot.bundle``'s, the same
+offline (``lrpilot verify BUNDLE``) as here; this module feeds them from the store and writes
+what they accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from lrpilot.bundle import (
+    REWIND,
+    BundleCheck,
+    Mismatch,
+    Report,
+    check_bundle,
+    check_log,
+    header_line,
+    numbered,
+    rewinds_of,
+    spec_of,
+    trailer_line,
+)
+from lrpilot.canonical import canonical_json, parse_float
+from lrpilot.chain import seal
+from lrpilot.domain import RunSpec, new_run, now, resolved
+from lrpilot.policies import base as policy_text
+from lrpilot.settings import Settings
+from lrpilot.signing import load_private_key, sign, signed_message
+from lrpilot.store.errors import Conflict, RunNotFound
+from lrpilot.store.records import NewDecision, NewRun
+from lrpilot.store.runs import Store, WriteTx
+
+IMPORT_FLUSH_EVERY = 1000  # decisions a statement when an import writes its log
+
+
+class BundleRefused(ValueError):
+    """A bundle that does not check (a 422 naming the line): nothing of it was stored."""
+
+    def __init__(self, mismatch: Mismatch) -> None:
+        super().__init__(f"the bundle was refused, nothing of it was stored: {mismatch}")
+        self.mismatch = mismatch
+
+
+class Audit:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self._key = load_private_key(settings.signing_key) if settings.signing_key else None
+
+    # -- export ----------------------------------------------------------------------------
+
+    def export(self, run_id: str) -> Iterator[str]:
+        """The run as bundle lines (header, decisions, trailer), read a page at a time. The
+        run is looked up now (RunNotFound before anything is streamed); the log is the one up
+        to the head at that moment, whatever is decided meanwhile."""
+        run, head = self.store.head(run_id)
+        return self._lines(run, head.last_seq, head.head_hash)
+
+    def _lines(self, run: dict[str, Any], count: int, head_hash: str) -> Iterator[str]:
+        yield header_line(run)
+        yield from self.store.bodies(run["run_id"], count)
+        signature = None
+        if self._key is not None:
+            message = signed_message(run["run_id"], run["config_hash"], count, head_hash)
+            signature = sign(self._key, message)
+        yield trailer_line(count, head_hash, signature)
+
+    # -- verify ----------------------------------------------------------------------------
+
+    def verify(self, run_id: str, head: str | None = None) -> Report:
+        """Replay the stored log through the pinned policy and check every link; then check
+        that the run's row (its head, state and lrs, what the next decision starts from) is
+        where the log ends."""
+        run, row = self.store.head(run_id)
+        rewinds = rewinds_of(self.store.bodies(run_id, row.last_seq, action=REWIND))
+        report = check_log(spec_of(run), self.store.bodies(run_id, row.last_seq), rewinds, head)
+        if not report.ok:
+            return report
+        for what, stored, logged in (
+            ("head_hash", row.head_hash, report.head_hash),
+            ("state", row.state, report.state),
+            ("lrs", row.lrs, report.lrs),
+        ):
+            if stored != logged:
+                report.ok = False
+                report.mismatch = Mismatch(
+                    None,
+                    row.last_seq,
+                    f"the run's {what} is not where its log ends (the run row was edited)",
+                    logged,
+                    stored,
+                )
+                return report
+        flagged = self.store.superseded_count(run_id)
+        if flagged != report.superseded:
+            report.ok = False
+            report.mismatch = Mismatch(
+                None,
+                None,
+                "the decisions marked superseded are not the ones the rewinds superseded",
+                report.superseded,
+                flagged,
+            )
+        return report
+
+    # -- import ----------------------------------------------------------------------------
+
+    def import_bundle(self, open_lines: Callable[[], Iterable[str]]) -> tuple[dict[str, Any], bool]:
+        """Check the bundle (every link, every decision replayed), then store it in one
+        transaction: (the run, True); (the stored run, False) when it holds this very log.
+        A bundle that does not check is refused whole; another log under the same run_id is
+        a Conflict."""
+        checked = check_bundle(open_lines)
+        if not checked.ok or checked.run is None:
+            assert checked.report.mismatch is not None
+            raise BundleRefused(checked.report.mismatch)
+        run = _new_run(checked)
+        reduced = set(checked.report.reduced)
+
+        def work(tx: WriteTx) -> tuple[dict[str, Any], bool]:
+            heads, _ = tx.lock_runs({run.run_id})
+            stored = heads.get(run.run_id)
+            if stored is not None:
+                return _same_log(self.store, run, checked), False
+            tx.insert_run(run)
+            for number, text in numbered(open_lines()):
+                if number == 1 or number == checked.lines:
+                    continue  # the header and the trailer
+                doc = json.loads(text)
+                seq, step, action = doc["seq"], doc["step"], doc["action"]
+                if action == REWIND:
+                    tx.supersede_after(run.run_id, step)
+                decision = NewDecision(
+                    run_id=run.run_id,
+                    seq=seq,
+                    step=step,
+                    action=action,
+                    hash=doc["hash"],
+                    body=text,
+                    state=canonical_json(doc["state"]),
+                    lrs=canonical_json(doc["lrs"]),
+                    reductions=1 if seq in reduced else 0,
+                )
+                tx.append_decision(decision)
+                if seq % IMPORT_FLUSH_EVERY == 0:
+                    tx.flush()
+            tx.flush()
+            return {}, True
+
+        result, created = self.store.transact(work)
+        if not created:
+            return result, False
+        return self.store.get_run(run.run_id), True
+
+    # -- rewind ----------------------------------------------------------------------------
+
+    def rewind(
+        self, run_id: str, to_step: int, client: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Make the run's state what it was right after ``to_step``: the later decisions are
+        kept, marked superseded, and the rewind is itself an entry of the chain (who asked, to
+        which step, what it restored). A rewind to or past the last step changes nothing."""
+
+        def work(tx: WriteTx) -> str | None:
+            heads, _ = tx.lock_runs({run_id})
+            head = heads.get(run_id)
+            if head is None:
+                raise RunNotFound(f"run {run_id!r} not found")
+            if head.last_step is None or to_step >= head.last_step:
+                return None
+            target = tx.live_at_or_before(run_id, to_step)
+            if target is None:  # before the first decision: the policy's initial state
+                policy, params = resolved(head.policy, head.params, head.base_lrs)
+                base_lrs = tuple(parse_float(x) for x in json.loads(head.base_lrs))
+                initial = policy.init(params, base_lrs)
+                restores, state, lrs = None, initial.model_dump(), list(initial.lrs)
+            else:
+                restores, body = target
+                doc = json.loads(body)
+                state, lrs = doc["state"], doc["lrs"]
+            superseded = tx.supersede_after(run_id, to_step)
+            previous = json.loads(head.lrs)
+            by = f" at the request of {_who(client)}" if client else ""
+            since = f"step {to_step}" if restores is not None else "the start"
+            entry: dict[str, Any] = {
+                "run_id": run_id,
+                "seq": head.last_seq + 1,
+                "step": to_step,
+                "value": None,
+                "lrs": lrs,
+                "previous_lrs": previous,
+                "action": REWIND,
+                "reason": (
+                    f"rewound to step {to_step}{by}: {_plural(superseded, 'decision')} after "
+                    f"it superseded (kept in the log); {_lrs_text(lrs)} in force again, the "
+                    f"state as of {since}"
+                ),
+                "policy": head.policy,
+                "config_hash": head.config_hash,
+                "state": state,
+                "prev_hash": head.head_hash,
+                "created_at": now(),
+                "rewind": {"to_step": to_step, "restores_seq": restores, "superseded": superseded},
+            }
+            if client:
+                entry["client"] = client
+            sealed = seal(entry)
+            tx.append_decision(
+                NewDecision(
+                    run_id=run_id,
+                    seq=entry["seq"],
+                    step=to_step,
+                    action=REWIND,
+                    hash=entry["hash"],
+                    body=sealed,
+                    state=canonical_json(state),
+                    lrs=canonical_json(lrs),
+                    reductions=0,
+                )
+            )
+            return sealed
+
+        body = self.store.transact(work)
+        run = self.store.get_run(run_id)
+        return {
+            "run_id": run_id,
+            "to_step": to_step,
+            "rewound": body is not None,
+            "lrs": run["lrs"],
+            "decision": json.loads(body) if body is not None else None,
+        }
+
+    # -- summary ---------------------------------------------------------------------------
+
+    def summary(self, run_id: str) -> dict[str, Any]:
+        """What an auditor asks first, over the live branch (one pass over the log)."""
+        run, head = self.store.head(run_id)
+        params = run["policy"]["params"]
+        maximize = params.get("mode") == "max"
+        best: float | None = None
+        best_step: int | None = None
+        first: int | None = None
+        reductions: list[dict[str, Any]] = []
+        live = 0
+        for body in self.store.bodies(run_id, head.last_seq, superseded=False):
+            doc = json.loads(body)
+            if doc["action"] == REWIND:
+                continue
+            live += 1
+            step = doc["step"]
+            first = step if first is None else first
+            value = parse_float(doc["value"])
+            if not math.isnan(value) and (
+                best is None or (value > best if maximize else value < best)
+            ):
+                best, best_step = value, step
+            if doc["lrs"] != doc["previous_lrs"]:
+                reductions.append(
+                    {"seq": doc["seq"], "step": step, "lrs": doc["lrs"], "action": doc["action"]}
+                )
+        return {
+            "run_id": run_id,
+            "decisions": live,
+            "first_step": first,
+            "last_step": head.last_step,
+            "best": {"value": best, "step": best_step, "mode": "max" if maximize else "min"},
+            "lr_changes": reductions,
+            "superseded": self.store.superseded_count(run_id),
+            "head_hash": head.head_hash,
+            "lrs": run["lrs"],
+        }
+
+
+def _new_run(checked: BundleCheck) -> NewRun:
+    """The run a checked bundle describes, at the end of its log."""
+    assert checked.run is not None
+    spec = checked.run
+    policy = spec["policy"]
+    base = new_run(
+        spec["run_id"],
+        RunSpec(
+            policy=policy["name"],
+            version=policy["version"],
+            params=dict(policy["params"]),
+            base_lrs=tuple(parse_float(x) for x in spec["base_lrs"]),
+            metric=spec.get("metric"),
+            labels=dict(spec.get("labels") or {}),
+        ),
+        str(spec.get("created_at") or now()),
+    )
+    return base
+
+
+def _same_log(store: Store, run: NewRun, checked: BundleCheck) -> dict[str, Any]:
+    """The stored run, when it is the bundle's run with the bundle's log; else a Conflict."""
+    stored = store.get_run(run.run_id)
+    same = (
+        checked.run is not None
+        and spec_of(stored) == spec_of(checked.run)
+        and stored["head_hash"] == checked.report.head_hash
+        and stored["counts"]["decisions"] == checked.report.count
+    )
+    if not same:
+        raise Conflict(
+            f"run {run.run_id!r} exists with another log (head {stored['head_hash'][:12]}…, "
+            f"{stored['counts']['decisions']} decisions); the bundle's head is "
+            f"{checked.report.head_hash[:12]}… after {checked.report.count}: import it under "
+            "another run_id"
+        )
+    return stored
+
+
+def _who(client: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {client[k]}" for k in ("host", "process", "rank") if k in client)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _lrs_text(lrs: list[Any]) -> str:
+    values = tuple(parse_float(x) for x in lrs)
+    return policy_text.fmt_lrs(values)

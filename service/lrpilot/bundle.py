@@ -1,0 +1,508 @@
+"""A run as a bundle (NDJSON), and the check that proves a run's log: pure, no database.
+
+A bundle is one line of header, one line a decision, one line of trailer:
+
+    {"bundle": "lrpilot/1", "run": {run_id, policy, base_lrs, metric, labels, config_hash, ...}}
+    <each decision's canonical JSON, exactly as stored and served, in seq order>
+    {"end": {"count": n, "head_hash": "...", "signature": {...}?}}
+
+``LogCheck`` checks a run's decisions one by one, whether they come from a bundle or from the
+database: every link of the hash chain, and every decision against a replay of its observation
+through the pinned policy version (lrs, previous lrs, action, reason, state). Rewind entries
+(``"action": "rewind"``) are part of the chain: the check confirms which decisions each one
+superseded and that the state it restored is the one it names. For that it needs the rewinds
+before it starts (``rewinds_of`` reads them in a first pass), and then holds only a few values
+per rewind: memory stays flat in the length of the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lrpilot.canonical import canonical_json, parse_float, sha256_hex, to_strict
+from lrpilot.chain import GENESIS
+from lrpilot.policies import Frozen, Observation, Policy, PolicyError, State, get_policy
+from lrpilot.signing import check as check_signature
+from lrpilot.signing import signed_message
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+BUNDLE_FORMAT = "lrpilot/1"
+REWIND = "rewind"
+_HASH_MEMBER_LEN = len(',"hash":""') + 64
+
+
+class Mismatch(Exception):
+    """The first place where a log stops being what was written (or what the policy decides)."""
+
+    def __init__(
+        self, line: int | None, seq: int | None, what: str, expected: Any = None, found: Any = None
+    ) -> None:
+        self.line, self.seq, self.what = line, seq, what
+        self.expected, self.found = expected, found
+        where = ", ".join(
+            part
+            for part in (
+                f"line {line}" if line is not None else "",
+                f"seq {seq}" if seq is not None else "",
+            )
+            if part
+        )
+        super().__init__(f"{where}: {what}" if where else what)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = to_strict(
+            {
+                "line": self.line,
+                "seq": self.seq,
+                "message": str(self),
+                "expected": self.expected,
+                "found": self.found,
+            }
+        )
+        return doc
+
+
+# -- the bundle's own lines -------------------------------------------------------------------
+
+
+def spec_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a run document that a bundle's header carries: what the run is, not where
+    it stands (that is the decisions')."""
+    keys = ("run_id", "policy", "base_lrs", "metric", "labels", "config_hash", "created_at")
+    return {k: run[k] for k in keys}
+
+
+def header_line(run: Mapping[str, Any]) -> str:
+    return canonical_json({"bundle": BUNDLE_FORMAT, "run": spec_of(run)})
+
+
+def trailer_line(count: int, head_hash: str, signature: dict[str, str] | None = None) -> str:
+    end: dict[str, Any] = {"count": count, "head_hash": head_hash}
+    if signature is not None:
+        end["signature"] = signature
+    return canonical_json({"end": end})
+
+
+def parse_header(text: str, line: int = 1) -> dict[str, Any]:
+    doc = _parse(text, line)
+    if doc.get("bundle") != BUNDLE_FORMAT or not isinstance(doc.get("run"), dict):
+        raise Mismatch(
+            line,
+            None,
+            f'not an lrpilot bundle: the first line must be {{"bundle": "{BUNDLE_FORMAT}", '
+            '"run": {...}}',
+        )
+    run: dict[str, Any] = doc["run"]
+    missing = [k for k in ("run_id", "policy", "base_lrs", "config_hash") if k not in run]
+    if missing:
+        raise Mismatch(line, None, f"the header's run lacks {', '.join(missing)}")
+    return run
+
+
+def parse_trailer(text: str, line: int) -> dict[str, Any] | None:
+    """The trailer's ``end`` object, or None when the line is not a trailer."""
+    if not text.startswith('{"end":'):
+        return None
+    end = _parse(text, line).get("end")
+    if not isinstance(end, dict) or not isinstance(end.get("count"), int):
+        raise Mismatch(line, None, 'the trailer must be {"end": {"count": n, "head_hash": ...}}')
+    return end
+
+
+def _parse(text: str, line: int) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise Mismatch(line, None, f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Mismatch(line, None, "not a JSON object")
+    return doc
+
+
+# -- the log check ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """What a rewind entry claims, read before the check starts."""
+
+    seq: int
+    to_step: int
+
+
+def rewinds_of(bodies: Iterable[str]) -> list[Rewind]:
+    """The rewind entries of a log, in seq order (the check's first pass)."""
+    found = []
+    for body in bodies:
+        if '"action":"rewind"' not in body:
+            continue
+        with_rewind = _maybe_json(body)
+        if with_rewind is None or with_rewind.get("action") != REWIND:
+            continue
+        rewind, seq = with_rewind.get("rewind"), with_rewind.get("seq")
+        if isinstance(rewind, dict) and isinstance(seq, int):
+            to_step = rewind.get("to_step")
+            if isinstance(to_step, int):
+                found.append(Rewind(seq, to_step))
+    return sorted(found, key=lambda r: r.seq)
+
+
+def _maybe_json(text: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+@dataclass
+class _Pending:
+    """A rewind ahead: the entry it will restore and how many it will supersede, found as the
+    check goes (a decision survives until the first later rewind to a step below its own)."""
+
+    rewind: Rewind
+    restores: int | None = None  # seq of the last surviving entry at or below to_step
+    state: State | None = None  # the state right after it (computed, not read)
+    superseded: int = 0
+
+
+@dataclass
+class Report:
+    ok: bool
+    count: int  # decisions checked
+    head_hash: str
+    superseded: int = 0  # decisions that a rewind superseded
+    rewinds: int = 0
+    last_step: int | None = None
+    mismatch: Mismatch | None = None
+    notes: list[str] = field(default_factory=list)
+    state: str | None = None  # canonical JSON of the policy state after the last decision
+    lrs: str | None = None  # canonical JSON of the lrs in force after it
+    reduced: list[int] = field(default_factory=list)  # seqs the policy counts as reductions
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "ok": self.ok,
+            "count": self.count,
+            "head_hash": self.head_hash,
+            "superseded": self.superseded,
+            "rewinds": self.rewinds,
+            "last_step": self.last_step,
+        }
+        if self.mismatch is not None:
+            doc["mismatch"] = self.mismatch.as_dict()
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
+
+
+class LogCheck:
+    """Check a run's decisions in seq order: ``check(body)`` each, then ``report()``.
+
+    ``check`` raises ``Mismatch`` at the first decision that is not the one written (its hash,
+    its link, its seq) or not the one the policy decides from the decisions before it.
+    """
+
+    def __init__(self, run: Mapping[str, Any], rewinds: list[Rewind] | None = None) -> None:
+        self.run_id = run["run_id"]
+        policy = run["policy"]
+        try:
+            name, version = str(policy["name"]), int(policy["version"])
+            self.policy: Policy = get_policy(name, version)
+            self.base_lrs = tuple(parse_float(x) for x in run["base_lrs"])
+            self.params: Frozen = self.policy.resolve(dict(policy["params"]), self.base_lrs)
+        except (PolicyError, KeyError, TypeError, ValueError) as exc:
+            raise Mismatch(None, None, f"the run's policy cannot be replayed: {exc}") from None
+        self.policy_id = f"{name}@{version}"
+        config_hash = sha256_hex(
+            canonical_json(
+                {
+                    "policy": self.policy_id,
+                    "params": self.params.model_dump(),
+                    "base_lrs": list(self.base_lrs),
+                }
+            )
+        )
+        if run["config_hash"] != config_hash:
+            raise Mismatch(
+                None,
+                None,
+                "the run's config_hash is not the hash of its policy, params and base_lrs",
+                config_hash,
+                run["config_hash"],
+            )
+        self.config_hash = config_hash
+        self.metric = run.get("metric") or "metric"
+        self.initial = self.policy.init(self.params, self.base_lrs)
+        self.state: State = self.initial
+        self.prev = GENESIS
+        self.count = 0
+        self.last_step: int | None = None
+        self.superseded = 0
+        self._pending = [_Pending(r) for r in (rewinds or [])]
+        self._rewinds_seen = 0
+        self.reduced: list[int] = []
+
+    # one decision -------------------------------------------------------------------------
+
+    def check(self, body: str, line: int | None = None) -> None:
+        seq = self.count + 1
+        doc = _parse(body, line if line is not None else seq)
+        if doc.get("seq") != seq:
+            raise Mismatch(line, doc.get("seq"), "seq out of order", seq, doc.get("seq"))
+        self._check_link(body, doc, line, seq)
+        for key, want in (
+            ("run_id", self.run_id),
+            ("policy", self.policy_id),
+            ("config_hash", self.config_hash),
+        ):
+            if doc.get(key) != want:
+                raise Mismatch(line, seq, f"{key} is not the run's", want, doc.get(key))
+        step = doc.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise Mismatch(line, seq, "step is not an integer", None, step)
+        if doc.get("action") == REWIND:
+            after = self._check_rewind(doc, line, seq, step)
+        else:
+            after = self._check_decision(doc, line, seq, step)
+        self._survivors(seq, step, after)
+        self.state, self.last_step = after, step
+        self.prev, self.count = doc["hash"], seq
+
+    def _check_link(self, body: str, doc: dict[str, Any], line: int | None, seq: int) -> None:
+        if doc.get("prev_hash") != self.prev:
+            raise Mismatch(
+                line,
+                seq,
+                "prev_hash is not the hash before it (a decision is missing, "
+                "moved or edited before it)",
+                self.prev,
+                doc.get("prev_hash"),
+            )
+        digest = doc.get("hash")
+        member = f',"hash":"{digest}"'
+        if not isinstance(digest, str) or len(member) != _HASH_MEMBER_LEN or member not in body:
+            raise Mismatch(line, seq, "the decision has no hash", None, digest)
+        # The body is canonical JSON with its hash spliced in: without it, it is what was hashed.
+        actual = sha256_hex(body.replace(member, "", 1))
+        if actual != digest:
+            raise Mismatch(
+                line, seq, "the decision is not the one that was hashed (edited)", actual, digest
+            )
+
+    def _check_decision(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> State:
+        if self.last_step is not None and step <= self.last_step:
+            raise Mismatch(
+                line, seq, f"step {step} is not above the last live step {self.last_step}"
+            )
+        value = doc.get("value")
+        if isinstance(value, str):
+            value = parse_float(value) if value in ("NaN", "Infinity", "-Infinity") else None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise Mismatch(line, seq, "value is not a number", None, doc.get("value"))
+        outcome, after = self.policy.step(
+            self.params, self.state, Observation(step=step, value=float(value), metric=self.metric)
+        )
+        self._same(line, seq, "lrs", list(outcome.lrs), doc.get("lrs"))
+        self._same(line, seq, "previous_lrs", list(self.state.lrs), doc.get("previous_lrs"))
+        self._same(line, seq, "action", outcome.action, doc.get("action"))
+        self._same(line, seq, "reason", outcome.reason, doc.get("reason"))
+        self._same(line, seq, "state", after.model_dump(), doc.get("state"))
+        if outcome.reduced:
+            self.reduced.append(seq)
+        return after
+
+    def _check_rewind(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> State:
+        pending = self._pending[0] if self._pending else None
+        if pending is None or pending.rewind.seq != seq:
+            raise Mismatch(line, seq, "a rewind entry the first pass did not see")
+        self._pending.pop(0)
+        self._rewinds_seen += 1
+        restored = pending.state if pending.restores is not None else self.initial
+        assert restored is not None
+        claimed = doc.get("rewind")
+        want = {"restores_seq": pending.restores, "superseded": pending.superseded, "to_step": step}
+        if not isinstance(claimed, dict) or {k: claimed.get(k) for k in want} != want:
+            raise Mismatch(line, seq, "the rewind entry misstates what it did", want, claimed)
+        self._same(line, seq, "lrs", list(restored.lrs), doc.get("lrs"))
+        self._same(line, seq, "previous_lrs", list(self.state.lrs), doc.get("previous_lrs"))
+        self._same(line, seq, "state", restored.model_dump(), doc.get("state"))
+        self.superseded += pending.superseded
+        return restored
+
+    def _survivors(self, seq: int, step: int, after: State) -> None:
+        """Entry ``seq`` (at ``step``) joined the live branch. The first rewind ahead to a step
+        below it will supersede it; every rewind before that one may restore it (the last such
+        entry is the one a rewind restores)."""
+        for pending in self._pending:
+            if pending.rewind.to_step < step:
+                pending.superseded += 1
+                return
+            pending.restores, pending.state = seq, after
+
+    @staticmethod
+    def _same(line: int | None, seq: int, key: str, expected: Any, found: Any) -> None:
+        if canonical_json(expected) != canonical_json(found):
+            raise Mismatch(
+                line,
+                seq,
+                f"{key} is not what the policy decides from the decisions before it",
+                to_strict(expected),
+                found,
+            )
+
+    # the end ------------------------------------------------------------------------------
+
+    def report(self, head: str | None = None) -> Report:
+        """After the last decision: a report; with ``head``, the log must end at that hash."""
+        if self._pending:
+            raise Mismatch(None, self._pending[0].rewind.seq, "a rewind entry is missing")
+        if head is not None and head != self.prev:
+            raise Mismatch(
+                None,
+                self.count,
+                "the log does not end at the expected head (decisions are missing at the end, "
+                "or the log was rewritten)",
+                head,
+                self.prev,
+            )
+        return Report(
+            ok=True,
+            count=self.count,
+            head_hash=self.prev,
+            superseded=self.superseded,
+            rewinds=self._rewinds_seen,
+            last_step=self.last_step,
+            state=canonical_json(self.state.model_dump()),
+            lrs=canonical_json(list(self.state.lrs)),
+            reduced=self.reduced,
+        )
+
+
+def check_log(
+    run: Mapping[str, Any],
+    bodies: Iterable[str],
+    rewinds: list[Rewind] | None = None,
+    head: str | None = None,
+) -> Report:
+    """Check a whole log; a Report with ``ok`` False and the mismatch when it fails."""
+    check: LogCheck | None = None
+    try:
+        check = LogCheck(run, rewinds)
+        for body in bodies:
+            check.check(body)
+        return check.report(head)
+    except Mismatch as exc:
+        count = check.count if check is not None else 0
+        prev = check.prev if check is not None else GENESIS
+        return Report(ok=False, count=count, head_hash=prev, mismatch=exc)
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """A bundle file's lines, each decoded on its own: bytes that are not UTF-8 are a Mismatch
+    naming the line, not a crash in the middle of a check."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise Mismatch(
+                    number, None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
+                ) from None
+
+
+def numbered(lines: Iterable[str], start: int = 1) -> Iterator[tuple[int, str]]:
+    """Lines without their line ends, numbered from ``start``; blank lines skipped."""
+    for number, text in enumerate(lines, start=start):
+        text = text.rstrip("\r\n")
+        if text:
+            yield number, text
+
+
+@dataclass
+class BundleCheck:
+    """A bundle's check: its run, the log's report, and its trailer."""
+
+    run: dict[str, Any] | None
+    report: Report
+    end: dict[str, Any] | None = None
+    lines: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+
+def check_bundle(
+    open_lines: Callable[[], Iterable[str]],
+    head: str | None = None,
+    public_key: Ed25519PublicKey | None = None,
+) -> BundleCheck:
+    """Check a bundle read twice through ``open_lines`` (a first pass finds the rewinds): its
+    header, every decision, and its trailer (count, head, and the signature when a public key
+    is given). Constant memory; the first problem found is the report's mismatch."""
+    run: dict[str, Any] | None = None
+    check: LogCheck | None = None
+    end: dict[str, Any] | None = None
+    number = 0
+    try:
+        rewinds = rewinds_of(text for _, text in numbered(open_lines()))
+        for number, text in numbered(open_lines()):
+            if end is not None:
+                raise Mismatch(number, None, "a line after the trailer")
+            if check is None:
+                run = parse_header(text, number)
+                check = LogCheck(run, rewinds)
+                continue
+            end = parse_trailer(text, number)
+            if end is None:
+                check.check(text, number)
+        if check is None or run is None:
+            raise Mismatch(None, None, "the bundle is empty")
+        if end is None:
+            raise Mismatch(number, None, "no trailer: the bundle is truncated")
+        report = check.report(head)
+        _check_end(end, report, number)
+        if public_key is not None:
+            message = signed_message(
+                run["run_id"], run["config_hash"], report.count, report.head_hash
+            )
+            problem = check_signature(public_key, message, end.get("signature"))
+            if problem is not None:
+                raise Mismatch(number, None, problem)
+            report.notes.append("the head's signature is valid")
+        elif isinstance(end.get("signature"), dict):
+            report.notes.append(
+                f"signed by key {end['signature'].get('key_id')!r}; not checked (no public key "
+                "given)"
+            )
+        return BundleCheck(run, report, end, number)
+    except Mismatch as exc:
+        count = check.count if check is not None else 0
+        prev = check.prev if check is not None else GENESIS
+        return BundleCheck(run, Report(False, count, prev, mismatch=exc), end, number)
+
+
+def _check_end(end: dict[str, Any], report: Report, line: int) -> None:
+    if end.get("count") != report.count:
+        raise Mismatch(
+            line,
+            None,
+            "the trailer's count is not the number of decisions (lines were added or deleted)",
+            report.count,
+            end.get("count"),
+        )
+    if end.get("head_hash") != report.head_hash:
+        raise Mismatch(
+            line,
+            None,
+            "the trailer's head_hash is not the last decision's hash",
+            report.head_hash,
+            end.get("head_hash"),
+        )
