@@ -53,7 +53,10 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
 )
 async def post_observation(run_id: RunId, body: ObservationIn, request: Request) -> Response:
     # async: the request waits on the group commit, not on a worker thread of its own
-    return raw_json(await request.app.state.decisions.observe(run_id, body.step, body.value))
+    client = body.client.declared() if body.client else None
+    return raw_json(
+        await request.app.state.decisions.observe(run_id, body.step, body.value, client)
+    )
 
 
 @router.put(
@@ -127,6 +130,19 @@ def list_decisions(
     after: Annotated[int, Query(ge=0, le=MAX_STEP, description="seq to start after")] = 0,
     limit: Limit = 100,
     action: Annotated[ActionFilter | None, Query(description="only this action")] = None,
+    from_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="only steps at or above this")
+    ] = None,
+    to_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="only steps at or below this")
+    ] = None,
+    superseded: Annotated[
+        bool | None,
+        Query(
+            description="false: the live branch only; true: only what rewinds superseded; "
+            "omitted: both, in seq order"
+        ),
+    ] = None,
 ) -> Response:
-    page = store.list_decisions(run_id, after, limit, action)
+    page = store.list_decisions(run_id, after, limit, action, from_step, to_step, superseded)
     return page_json(page.items, page.next)
