@@ -506,3 +506,47 @@ def _check_end(end: dict[str, Any], report: Report, line: int) -> None:
             report.head_hash,
             end.get("head_hash"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One decision of a log's live branch, as recorded: the observation and what was decided."""
+
+    seq: int
+    step: int
+    value: float
+    action: str
+    lrs: tuple[float, ...]
+
+
+def bundle_run(open_lines: Callable[[], Iterable[str]]) -> dict[str, Any]:
+    """The run a bundle's header describes."""
+    for number, text in numbered(open_lines()):
+        return parse_header(text, number)
+    raise Mismatch(None, None, "the bundle is empty")
+
+
+def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
+    """The decisions of a bundle's live branch (not superseded by a rewind; rewind entries
+    left out), in order: the recorded stream a what-if replays. Not checked: ``check_bundle``
+    does that."""
+    rewinds = rewinds_of(text for _, text in numbered(open_lines()))
+    for number, text in numbered(open_lines()):
+        if number == 1 or text.startswith('{"end":'):
+            continue
+        doc = _parse(text, number)
+        seq, step = doc.get("seq"), doc.get("step")
+        if not isinstance(seq, int) or not isinstance(step, int):
+            raise Mismatch(number, None, "a decision without an integer seq and step")
+        if doc.get("action") == REWIND:
+            continue
+        # superseded: a later rewind went to a step below it
+        if any(r.seq > seq and r.to_step < step for r in rewinds):
+            continue
+        yield Recorded(
+            seq,
+            step,
+            parse_float(doc["value"]),
+            str(doc["action"]),
+            tuple(parse_float(x) for x in doc["lrs"]),
+        )

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 
+from lrpilot import cli_audit
 from lrpilot.settings import Settings
 
 app = typer.Typer(
@@ -70,6 +71,7 @@ def serve(
     import uvicorn
 
     from lrpilot.app import create_app
+    from lrpilot.signing import SigningKeyError
 
     settings = _settings(database_url)
     check_database(settings.database_url)
@@ -82,7 +84,11 @@ def serve(
         soft_wrap=True,
         markup=False,
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    try:
+        service = create_app(settings)
+    except SigningKeyError as exc:
+        _fail(f"{exc}; LRPILOT_SIGNING_KEY must name an Ed25519 key (`lrpilot keygen` writes one)")
+    uvicorn.run(service, host=host, port=port, log_level=log_level)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +235,8 @@ def _safe(url: str) -> str:
     """The URL without its password, for logs."""
     return sa.make_url(url).render_as_string(hide_password=True)
 
+
+cli_audit.register(app)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,357 @@
+"""``lrpilot export | import | verify | keygen | replay``: audit and replay from the command line.
+
+``verify`` and ``replay`` work on a bundle file alone, with no server and no database;
+``export`` and ``import`` talk to a running service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from lrpilot.bundle import Mismatch, bundle_run, check_bundle, live_branch, read_lines
+from lrpilot.policies import PolicyError
+from lrpilot.signing import SigningKeyError, keygen, load_public_key
+from lrpilot.whatif import Comparison, Setup, compare, run_setup
+
+out = Console()
+err = Console(stderr=True)
+
+Url = Annotated[
+    str,
+    typer.Option("--url", envvar="LRPILOT_URL", help="the service, e.g. http://127.0.0.1:8000"),
+]
+BundleFile = Annotated[Path, typer.Argument(help="a bundle (NDJSON), as `lrpilot export` writes")]
+TIMEOUT = httpx.Timeout(30.0, read=300.0)
+PROGRESS_FROM_BYTES = 4 << 20  # a bar only for files that take more than a moment
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"lrpilot: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text[:500]
+    if isinstance(detail, list):
+        return "; ".join(str(item.get("msg", item)) for item in detail)
+    return str(detail)
+
+
+def _lines_with_progress(
+    path: Path, progress: Progress | None, label: str
+) -> Callable[[], Iterator[str]]:
+    """A reopenable line source; with ``progress``, a bar a pass over the file."""
+
+    def open_lines() -> Iterator[str]:
+        if progress is None:
+            yield from read_lines(path)
+            return
+        task = progress.add_task(label, total=path.stat().st_size)
+        for line in read_lines(path):
+            progress.advance(task, len(line.encode()))
+            yield line
+        progress.update(task, visible=False)
+
+    return open_lines
+
+
+def _progress(path: Path) -> Progress | None:
+    if path.stat().st_size < PROGRESS_FROM_BYTES or not err.is_terminal:
+        return None
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _readable(path: Path) -> None:
+    if not path.is_file():
+        _fail(f"{path}: no such file")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+    app.command("import")(import_)
+    app.command("verify")(verify)
+    app.command("keygen")(keygen_)
+    app.command("replay")(replay_)
+
+
+def export(
+    run_id: Annotated[str, typer.Argument(help="the run to export")],
+    url: Url = "http://127.0.0.1:8000",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="the file to write (default: stdout)")
+    ] = None,
+) -> None:
+    """Download a run as a bundle: its spec, every decision (both branches of a rewound run),
+    and a trailer with the head hash (signed when the service has a signing key)."""
+    try:
+        with (
+            httpx.Client(base_url=url, timeout=TIMEOUT) as client,
+            client.stream("GET", f"/v1/runs/{run_id}/export") as response,
+        ):
+            if response.status_code != 200:
+                response.read()
+                _fail(f"export of {run_id!r} failed ({response.status_code}): {_detail(response)}")
+            sink = output.open("wb") if output else sys.stdout.buffer
+            try:
+                for chunk in response.iter_bytes():
+                    sink.write(chunk)
+            finally:
+                if output:
+                    sink.close()
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+    if output:
+        err.print(f"wrote {output}", markup=False)
+
+
+def import_(
+    bundle: BundleFile,
+    url: Url = "http://127.0.0.1:8000",
+) -> None:
+    """Upload a bundle to a service: it is checked whole (every link, every decision replayed
+    through its policy version) before anything is stored."""
+    _readable(bundle)
+
+    def chunks() -> Iterator[bytes]:
+        with bundle.open("rb") as f:
+            while block := f.read(1 << 20):
+                yield block
+
+    try:
+        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+            response = client.post(
+                "/v1/runs/import",
+                content=chunks(),
+                headers={"content-type": "application/x-ndjson"},
+            )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+    if response.status_code not in (200, 201):
+        _fail(f"import refused ({response.status_code}): {_detail(response)}")
+    run = response.json()
+    what = "imported" if response.status_code == 201 else "already there, identical:"
+    out.print(
+        f"{what} run {run['run_id']}: {run['counts']['decisions']} decisions, head "
+        f"{run['head_hash']}",
+        markup=False,
+    )
+
+
+def verify(
+    bundle: BundleFile,
+    head: Annotated[
+        str | None,
+        typer.Option(help="the head hash you recorded: the log must end exactly there"),
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option("--public-key", help="the service's public key: the head must be signed"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Check a bundle offline: every link of the hash chain, every decision replayed through
+    its pinned policy version, both branches of a rewound run; exit 1 at the first mismatch."""
+    _readable(bundle)
+    try:
+        key = load_public_key(public_key) if public_key else None
+    except SigningKeyError as exc:
+        _fail(str(exc))
+    progress = _progress(bundle)
+    with progress or contextlib.nullcontext():
+        checked = check_bundle(_lines_with_progress(bundle, progress, "verifying"), head, key)
+    report = checked.report
+    if as_json:
+        out.print_json(json.dumps(report.as_dict()))
+    elif report.ok:
+        extra = (
+            f" ({report.superseded} superseded by {report.rewinds} rewinds)"
+            if report.rewinds
+            else ""
+        )
+        out.print(f"[green]OK[/] {report.count} decisions{extra}, head {report.head_hash}")
+        for note in report.notes:
+            out.print(f"   {note}", markup=False)
+    else:
+        assert report.mismatch is not None
+        out.print("[red]FAILED[/] ", end="")
+        out.print(str(report.mismatch), markup=False)
+        m = report.mismatch
+        if m.expected is not None or m.found is not None:
+            out.print(f"   expected: {_short(m.expected)}", markup=False)
+            out.print(f"   found:    {_short(m.found)}", markup=False)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def keygen_(
+    prefix: Annotated[
+        Path, typer.Argument(help="writes PREFIX.pem (private) and PREFIX.pub.pem (public)")
+    ] = Path("lrpilot-signing"),
+) -> None:
+    """Write an Ed25519 key pair for signed heads: the service signs with the private key
+    (LRPILOT_SIGNING_KEY=PREFIX.pem), auditors check with the public one."""
+    private, public = Path(f"{prefix}.pem"), Path(f"{prefix}.pub.pem")
+    for path in (private, public):
+        if path.exists():
+            _fail(f"{path} exists; not overwriting a key")
+    key_id = keygen(private, public)
+    out.print(f"key {key_id}: private {private} (mode 600), public {public}", markup=False)
+    out.print(
+        f"serve with LRPILOT_SIGNING_KEY={private}; verify with --public-key {public}", markup=False
+    )
+
+
+def replay_(
+    bundle: BundleFile,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="a param to change, name=value (repeat for several)"),
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option(help="replay under another policy version, name@version")
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="draw both lr curves and the metric against step to this PNG"),
+    ] = None,
+    rows: Annotated[int, typer.Option(help="differences to list at most")] = 30,
+) -> None:
+    """Replay a recorded run's metric stream under other params ("what if") and show, side by
+    side, where the decisions would differ. Offline: the bundle is all it needs."""
+    _readable(bundle)
+    overrides = dict(_assignment(item) for item in set_ or [])
+    try:
+        run = bundle_run(lambda: read_lines(bundle))
+        setup = run_setup(run, overrides, policy)
+    except (PolicyError, ValueError) as exc:
+        _fail(str(exc))
+    progress = _progress(bundle)
+    try:
+        with progress or contextlib.nullcontext():
+            lines = _lines_with_progress(bundle, progress, "replaying")
+            result = compare(setup, live_branch(lines), keep=rows)
+    except Mismatch as exc:
+        _fail(f"{bundle}: {exc}")
+    _print_comparison(run, setup, overrides, result, rows)
+    if plot is not None:
+        _plot(run, setup, overrides, result, plot)
+        out.print(f"plot: {plot}", markup=False)
+
+
+def _assignment(item: str) -> tuple[str, Any]:
+    name, eq, raw = item.partition("=")
+    if not eq or not name:
+        _fail(f"--set takes name=value, got {item!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # a bare word: a string param (mode=max)
+    return name, value
+
+
+def _print_comparison(
+    run: dict[str, Any], setup: Setup, overrides: dict[str, Any], result: Comparison, rows: int
+) -> None:
+    changed = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "no param changed"
+    out.print(
+        f"run {run['run_id']}: {result.count} observations replayed under {setup.policy_id} "
+        f"({changed})",
+        markup=False,
+    )
+    if not result.differing:
+        out.print("[green]the same decisions at every step[/]")
+    else:
+        table = Table(
+            title=f"where the decisions differ (first {min(rows, result.differing)} "
+            f"of {result.differing})"
+        )
+        table.add_column("step", justify="right")
+        table.add_column("value", justify="right")
+        table.add_column("recorded")
+        table.add_column("what-if")
+        for diff in result.diffs[:rows]:
+            table.add_row(
+                str(diff.step),
+                repr(diff.value),
+                _decision(*diff.recorded),
+                _decision(*diff.replayed),
+            )
+        out.print(table)
+    out.print(
+        f"lr changes: recorded {result.recorded_changes}, what-if {result.replayed_changes}; "
+        f"final lrs: recorded {list(result.recorded_final)}, what-if "
+        f"{list(result.replayed_final)}",
+        markup=False,
+    )
+
+
+def _decision(action: str, lrs: tuple[float, ...]) -> str:
+    return f"{action} {', '.join(repr(x) for x in lrs)}"
+
+
+def _plot(
+    run: dict[str, Any], setup: Setup, overrides: dict[str, Any], result: Comparison, path: Path
+) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # a file, never a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        _fail("--plot needs matplotlib: pip install 'lrpilot[plot]'")
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+    changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or setup.policy_id
+    ax.step(result.steps, result.recorded_lr, where="post", label="recorded lr", linewidth=2)
+    ax.step(
+        result.steps,
+        result.replayed_lr,
+        where="post",
+        label=f"what-if lr ({changed})",
+        linestyle="--",
+        linewidth=2,
+    )
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("lr (first param group)")
+    metric_ax = ax.twinx()
+    metric_ax.plot(
+        result.steps,
+        result.values,
+        color="grey",
+        alpha=0.5,
+        linewidth=1,
+        label=run.get("metric") or "metric",
+    )
+    metric_ax.set_ylabel(run.get("metric") or "metric")
+    handles = ax.get_legend_handles_labels()
+    metric_handles = metric_ax.get_legend_handles_labels()
+    ax.legend(handles[0] + metric_handles[0], handles[1] + metric_handles[1], loc="best")
+    ax.set_title(f"run {run['run_id']}: recorded vs what-if")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -1,0 +1,157 @@
+"""What-if: a metric stream through a policy, stored nowhere; a recorded run against other params.
+
+Pure (no I/O): ``POST /v1/simulate`` and ``lrpilot replay`` share it, and both run the one
+replay loop, ``lrpilot.replay``.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from lrpilot.bundle import Recorded
+from lrpilot.canonical import parse_float
+from lrpilot.policies import Frozen, Policy, get_policy
+from lrpilot.replay import replay
+
+
+def parse_policy(text: str) -> tuple[str, int]:
+    """``name@version`` -> (name, version); ValueError with what is expected."""
+    name, at, version = text.partition("@")
+    if not at or not name or not version.isdigit():
+        raise ValueError(f"a policy is name@version, e.g. plateau@1; got {text!r}")
+    return name, int(version)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A policy with resolved params and its initial state, ready to replay."""
+
+    policy: Policy
+    params: Frozen
+    base_lrs: tuple[float, ...]
+    metric: str
+
+    @property
+    def policy_id(self) -> str:
+        return f"{self.policy.name}@{self.policy.version}"
+
+    @classmethod
+    def of(
+        cls, name: str, version: int, params: dict[str, Any], base_lrs: Iterable[float], metric: str
+    ) -> Setup:
+        """PolicyError when the policy is unknown or refuses the params."""
+        policy = get_policy(name, version)
+        lrs = tuple(base_lrs)
+        return cls(policy, policy.resolve(params, lrs), lrs, metric or "metric")
+
+    def decisions(self, stream: Iterable[tuple[int, float]]) -> Iterator[dict[str, Any]]:
+        """One decision a (step, value), with its reason: what the service would answer."""
+        initial = self.policy.init(self.params, self.base_lrs)
+        previous = initial.lrs
+        pairs = list(stream) if not isinstance(stream, list) else stream
+        for (step, value), stepper in zip(
+            pairs, replay(self.policy, self.params, initial, pairs, self.metric), strict=True
+        ):
+            yield {
+                "step": step,
+                "value": value,
+                "action": stepper.action,
+                "lrs": list(stepper.lrs),
+                "previous_lrs": list(previous),
+                "reason": stepper.reason(),
+            }
+            previous = stepper.lrs
+
+
+def run_setup(run: dict[str, Any], overrides: dict[str, Any], policy: str | None) -> Setup:
+    """The run's own setup with ``overrides`` on its params, or under another policy."""
+    spec = run["policy"]
+    name, version = parse_policy(policy) if policy else (spec["name"], int(spec["version"]))
+    params = dict(spec["params"]) if (name, version) == (spec["name"], spec["version"]) else {}
+    params.update(overrides)
+    base_lrs = [parse_float(x) for x in run["base_lrs"]]
+    return Setup.of(name, version, params, base_lrs, run.get("metric") or "metric")
+
+
+@dataclass
+class Diff:
+    step: int
+    value: float
+    recorded: tuple[str, tuple[float, ...]]
+    replayed: tuple[str, tuple[float, ...]]
+    reason: str
+
+
+@dataclass
+class Comparison:
+    """A recorded stream against its replay: the curves (first param group) for a plot, the
+    first ``keep`` differences for a table, and counts."""
+
+    steps: array[int] = field(default_factory=lambda: array("q"))
+    values: array[float] = field(default_factory=lambda: array("d"))
+    recorded_lr: array[float] = field(default_factory=lambda: array("d"))
+    replayed_lr: array[float] = field(default_factory=lambda: array("d"))
+    diffs: list[Diff] = field(default_factory=list)
+    differing: int = 0
+    recorded_changes: int = 0
+    replayed_changes: int = 0
+    recorded_final: tuple[float, ...] = ()
+    replayed_final: tuple[float, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.steps)
+
+
+def compare(
+    setup: Setup,
+    recorded: Iterable[Recorded],
+    keep: int = 1000,
+    progress: Callable[[int], None] | None = None,
+) -> Comparison:
+    """Replay the recorded observations under ``setup``; note where the decisions differ
+    (action or lrs). ``progress`` is called with the number of observations done, now and
+    then."""
+    result = Comparison()
+    initial = setup.policy.init(setup.params, setup.base_lrs)
+    last_recorded = last_replayed = initial.lrs
+    pending: list[Recorded] = []
+
+    def stream() -> Iterator[tuple[int, float]]:
+        for rec in recorded:
+            pending.append(rec)
+            yield rec.step, rec.value
+
+    for n, stepper in enumerate(
+        replay(setup.policy, setup.params, initial, stream(), setup.metric), start=1
+    ):
+        rec = pending.pop()
+        lrs = stepper.lrs
+        result.steps.append(rec.step)
+        result.values.append(rec.value)
+        result.recorded_lr.append(rec.lrs[0])
+        result.replayed_lr.append(lrs[0])
+        result.recorded_changes += rec.lrs != last_recorded
+        result.replayed_changes += lrs != last_replayed
+        last_recorded, last_replayed = rec.lrs, lrs
+        if rec.action != stepper.action or rec.lrs != lrs:
+            result.differing += 1
+            if len(result.diffs) < keep:
+                result.diffs.append(
+                    Diff(
+                        rec.step,
+                        rec.value,
+                        (rec.action, rec.lrs),
+                        (stepper.action, lrs),
+                        stepper.reason(),
+                    )
+                )
+        if progress is not None and n % 10_000 == 0:
+            progress(n)
+    result.recorded_final, result.replayed_final = last_recorded, last_replayed
+    if progress is not None:
+        progress(result.count)
+    return result
