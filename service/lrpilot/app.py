@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lrpilot import __version__
-from lrpilot.api import audit, errors, health, limits, policies, runs
+from lrpilot.api import audit, errors, health, limits, policies, runs, simulate
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.audit import Audit
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.decisions = decisions
     app.state.audit = auditor
     errors.install(app)
-    for module in (runs, audit, policies, health):
+    for module in (runs, audit, simulate, policies, health):
         app.include_router(module.router)
     if fast_path:
         app.add_middleware(ObservationFastPath, decisions=decisions)

@@ -16,6 +16,7 @@ from lrpilot.bundle import (
     REWIND,
     BundleCheck,
     Mismatch,
+    Recorded,
     Report,
     check_bundle,
     check_log,
@@ -233,6 +234,30 @@ class Audit:
             "lrs": run["lrs"],
             "decision": json.loads(body) if body is not None else None,
         }
+
+    # -- what-if ---------------------------------------------------------------------------
+
+    def recorded(self, run_id: str, limit: int) -> tuple[dict[str, Any], list[Recorded] | None]:
+        """The run and its live branch's observations with their decisions; None past
+        ``limit`` of them."""
+        run, head = self.store.head(run_id)
+        kept: list[Recorded] = []
+        for body in self.store.bodies(run_id, head.last_seq, superseded=False):
+            doc = json.loads(body)
+            if doc["action"] == REWIND:
+                continue
+            if len(kept) == limit:
+                return run, None
+            kept.append(
+                Recorded(
+                    doc["seq"],
+                    doc["step"],
+                    parse_float(doc["value"]),
+                    doc["action"],
+                    tuple(parse_float(x) for x in doc["lrs"]),
+                )
+            )
+        return run, kept
 
     # -- summary ---------------------------------------------------------------------------
 

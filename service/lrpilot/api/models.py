@@ -386,3 +386,60 @@ class SummaryOut(BaseModel):
     superseded: int
     head_hash: str
     lrs: list[float]
+
+
+MAX_SIMULATE = 100_000  # observations a simulate request replays (lrpilot replay has no cap)
+
+
+class SimulateIn(Strict):
+    """A metric stream through a policy, stored nowhere. Give ``values`` (with ``steps``, or
+    steps 1, 2, 3, ...), or ``run_id`` to take the stream of a run's live branch; ``policy``
+    and ``base_lrs`` default to that run's own."""
+
+    policy: PolicyRef | None = None
+    base_lrs: Annotated[list[LearningRate], Field(min_length=1, max_length=1024)] | None = None
+    metric: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
+    values: Annotated[list[MetricValue], Field(max_length=MAX_SIMULATE)] | None = None
+    steps: (
+        Annotated[
+            list[Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]], Field(max_length=MAX_SIMULATE)
+        ]
+        | None
+    ) = None
+    run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _one_stream(self) -> SimulateIn:
+        if (self.values is None) == (self.run_id is None):
+            raise PydanticCustomError(
+                "stream", "give either values (a metric stream) or run_id (a run's stream)"
+            )
+        if self.run_id is None and (self.policy is None or self.base_lrs is None):
+            raise PydanticCustomError("policy", "values need a policy and base_lrs")
+        if self.steps is not None:
+            if self.values is None or len(self.steps) != len(self.values):
+                raise PydanticCustomError("steps", "steps must have one step a value")
+            if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+                raise PydanticCustomError("steps", "steps must increase")
+        return self
+
+
+class SimulatedOut(BaseModel):
+    step: int
+    value: Number
+    action: str
+    lrs: list[float]
+    previous_lrs: list[float]
+    reason: str
+    recorded: dict[str, Any] | None = Field(
+        default=None, description="with run_id: the run's own decision (action, lrs)"
+    )
+
+
+class SimulateOut(BaseModel):
+    policy: str
+    params: dict[str, Any]
+    base_lrs: list[float]
+    count: int
+    differing: int | None = Field(description="with run_id: decisions unlike the run's own")
+    items: list[SimulatedOut]

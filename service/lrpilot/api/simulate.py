@@ -1,0 +1,68 @@
+"""/v1/simulate: what a policy would decide for a metric stream, stored nowhere (what-if)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from lrpilot.api.deps import AuditDep
+from lrpilot.api.models import MAX_SIMULATE, SimulateIn, SimulateOut
+from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
+from lrpilot.store.errors import Conflict
+from lrpilot.whatif import Setup, run_setup
+
+router = APIRouter(prefix="/v1/simulate", tags=["audit"])
+
+
+@router.post(
+    "",
+    response_model=SimulateOut,
+    responses={
+        **NOT_FOUND,
+        409: {"description": f"the run has more than {MAX_SIMULATE} observations"},
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def simulate(body: SimulateIn, audit: AuditDep) -> Response:
+    recorded = None
+    if body.run_id is not None:
+        run, recorded = audit.recorded(body.run_id, MAX_SIMULATE)
+        if recorded is None:
+            raise Conflict(
+                f"run {body.run_id!r} has more than {MAX_SIMULATE} observations: replay its "
+                "export offline with `lrpilot replay`"
+            )
+        if body.policy is not None:
+            run = {**run, "policy": body.policy.model_dump()}
+        if body.base_lrs is not None:
+            run = {**run, "base_lrs": body.base_lrs}
+        setup = run_setup(run, {}, None)
+        stream = [(r.step, r.value) for r in recorded]
+    else:
+        assert body.policy is not None and body.base_lrs is not None and body.values is not None
+        policy = body.policy
+        setup = Setup.of(
+            policy.name, policy.version, policy.params, body.base_lrs, body.metric or "metric"
+        )
+        steps = body.steps or list(range(1, len(body.values) + 1))
+        stream = list(zip(steps, body.values, strict=True))
+    items: list[dict[str, Any]] = list(setup.decisions(stream))
+    differing = None
+    if recorded is not None:
+        differing = 0
+        for item, rec in zip(items, recorded, strict=True):
+            item["recorded"] = {"action": rec.action, "lrs": list(rec.lrs)}
+            differing += item["action"] != rec.action or tuple(item["lrs"]) != rec.lrs
+    return StrictJSONResponse(
+        {
+            "policy": setup.policy_id,
+            "params": setup.params.model_dump(),
+            "base_lrs": list(setup.base_lrs),
+            "count": len(items),
+            "differing": differing,
+            "items": items,
+        }
+    )
