@@ -15,7 +15,18 @@ from .errors import (
     ServiceUnavailableError,
     ValidationError,
 )
-from .models import Counts, Decision, LrsInForce, Page, Policy, Run, decode_float, encode_float
+from .models import (
+    Counts,
+    Decision,
+    LrsInForce,
+    Page,
+    Policy,
+    Rewound,
+    Run,
+    Verified,
+    decode_float,
+    encode_float,
+)
 
 __version__ = "0.1.0"
 
@@ -31,9 +42,11 @@ __all__ = [
     "Page",
     "Policy",
     "ResponseError",
+    "Rewound",
     "Run",
     "ServiceUnavailableError",
     "ValidationError",
+    "Verified",
     "__version__",
     "decode_float",
     "encode_float",

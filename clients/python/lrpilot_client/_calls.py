@@ -7,6 +7,8 @@ to `Call.result`, so the two clients cannot drift apart in what they send or how
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -22,7 +24,16 @@ from .errors import (
     ValidationError,
     detail_of,
 )
-from .models import Decision, LrsInForce, Page, Run, encode_float, encode_floats
+from .models import (
+    Decision,
+    LrsInForce,
+    Page,
+    Rewound,
+    Run,
+    Verified,
+    encode_float,
+    encode_floats,
+)
 
 T = TypeVar("T")
 
@@ -106,8 +117,26 @@ def get_run(run_id: str) -> Call[Run]:
     return Call("GET", run_path(run_id), Run.from_json)
 
 
+def default_identity() -> dict[str, Any]:
+    """Who this process is, as the service stores it with each decision it causes: the host,
+    the process id, and the rank when a launcher set RANK (torchrun, Accelerate, Lightning)."""
+    identity: dict[str, Any] = {
+        "host": socket.gethostname()[:255] or "unknown",
+        "process": os.getpid(),
+    }
+    rank = os.environ.get("RANK", "")
+    if rank.isdigit():
+        identity["rank"] = int(rank)
+    return identity
+
+
 def observe(
-    run_id: str, step: int, value: float, rank: int | None, world_size: int | None
+    run_id: str,
+    step: int,
+    value: float,
+    rank: int | None,
+    world_size: int | None,
+    identity: Mapping[str, Any] | None = None,
 ) -> Call[Decision]:
     """POST one observation. A non-finite value goes as a string so the body is strict JSON."""
     body: dict[str, Any] = {"step": step, "value": encode_float(value)}
@@ -115,7 +144,21 @@ def observe(
         body["rank"] = rank
     if world_size is not None:
         body["world_size"] = world_size
+    if identity:
+        body["client"] = dict(identity)
     return Call("POST", f"{run_path(run_id)}/observations", Decision.from_json, body=body)
+
+
+def rewind(run_id: str, to_step: int, identity: Mapping[str, Any] | None) -> Call[Rewound]:
+    body: dict[str, Any] = {"to_step": to_step}
+    if identity:
+        body["client"] = dict(identity)
+    return Call("POST", f"{run_path(run_id)}/rewind", Rewound.from_json, body=body)
+
+
+def verify(run_id: str, head: str | None) -> Call[Verified]:
+    body = {"head": head} if head is not None else {}
+    return Call("POST", f"{run_path(run_id)}/verify", Verified.from_json, body=body)
 
 
 def lrs_in_force(run_id: str, step: int | None) -> Call[LrsInForce]:

@@ -14,7 +14,7 @@ from . import _calls
 from ._calls import Call
 from ._retry import RetryPolicy
 from .client import DEFAULT_BASE_URL, USER_AGENT, next_cursor
-from .models import Decision, LrsInForce, Page, Run
+from .models import Decision, LrsInForce, Page, Rewound, Run, Verified
 
 __all__ = ["AsyncClient"]
 
@@ -37,9 +37,15 @@ class AsyncClient:
         max_backoff: float = 5.0,
         *,
         rng: random.Random | None = None,
+        identity: Mapping[str, Any] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._retry = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
+        # declared with every observation and rewind; {} declares nothing
+        self.identity: dict[str, Any] = (
+            _calls.default_identity() if identity is None else dict(identity)
+        )
+        self._heads: dict[str, str] = {}
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
@@ -113,7 +119,26 @@ class AsyncClient:
         world_size: int | None = None,
     ) -> Decision:
         """See `Client.observe`."""
-        return await self._send(_calls.observe(run_id, step, value, rank, world_size))
+        decision = await self._send(
+            _calls.observe(run_id, step, value, rank, world_size, self.identity)
+        )
+        self._heads[run_id] = decision.hash
+        return decision
+
+    def head_hash(self, run_id: str) -> str | None:
+        """See `Client.head_hash`."""
+        return self._heads.get(run_id)
+
+    async def rewind(self, run_id: str, to_step: int) -> Rewound:
+        """See `Client.rewind`."""
+        rewound = await self._send(_calls.rewind(run_id, to_step, self.identity))
+        if rewound.decision is not None:
+            self._heads[run_id] = rewound.decision.hash
+        return rewound
+
+    async def verify(self, run_id: str, head: str | None = None) -> Verified:
+        """See `Client.verify`."""
+        return await self._send(_calls.verify(run_id, head))
 
     async def lrs_in_force(self, run_id: str, step: int | None = None) -> LrsInForce:
         """See `Client.lrs_in_force`."""

@@ -14,7 +14,7 @@ from . import _calls
 from ._calls import Call
 from ._retry import RetryPolicy
 from .errors import ResponseError
-from .models import Decision, LrsInForce, Page, Run
+from .models import Decision, LrsInForce, Page, Rewound, Run, Verified
 
 __all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Client"]
 
@@ -60,9 +60,15 @@ class Client:
         max_backoff: float = 5.0,
         *,
         rng: random.Random | None = None,
+        identity: Mapping[str, Any] | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self._retry = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
+        # declared with every observation and rewind; {} declares nothing
+        self.identity: dict[str, Any] = (
+            _calls.default_identity() if identity is None else dict(identity)
+        )
+        self._heads: dict[str, str] = {}
         self._http = httpx.Client(
             base_url=base_url,
             timeout=timeout,
@@ -145,7 +151,30 @@ class Client:
         already made (this is what makes the retries safe); the same step with another value is
         a `ConflictError`.
         """
-        return self._send(_calls.observe(run_id, step, value, rank, world_size))
+        decision = self._send(_calls.observe(run_id, step, value, rank, world_size, self.identity))
+        self._heads[run_id] = decision.hash
+        return decision
+
+    def head_hash(self, run_id: str) -> str | None:
+        """The hash of the last decision of `run_id` this client received (None before any):
+        record it in a checkpoint or a log, and `verify(run_id, head=...)` later proves that the
+        service's log still ends there (a hash chain alone proves only that it is consistent)."""
+        return self._heads.get(run_id)
+
+    def rewind(self, run_id: str, to_step: int) -> Rewound:
+        """For a job resumed from an older checkpoint: make the run's state what it was right
+        after `to_step`. The later decisions are kept in the log, marked superseded; the rewind
+        is itself an entry of the hash chain (with this client's identity). Rewinding to or past
+        the last step changes nothing (`rewound` False), so it is safe at every resume."""
+        rewound = self._send(_calls.rewind(run_id, to_step, self.identity))
+        if rewound.decision is not None:
+            self._heads[run_id] = rewound.decision.hash
+        return rewound
+
+    def verify(self, run_id: str, head: str | None = None) -> Verified:
+        """Ask the service to replay the run's log through its policy version and check every
+        link; with `head` (from `head_hash`), the log must also end exactly there."""
+        return self._send(_calls.verify(run_id, head))
 
     def lrs_in_force(self, run_id: str, step: int | None = None) -> LrsInForce:
         """The rates in force at `step` (the current ones if None), and the decision that set

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -104,6 +104,9 @@ class _Fields:
     def number(self, key: str) -> float:
         return decode_float(self._get(key), self._where(key))
 
+    def opt_number(self, key: str) -> float | None:
+        return None if self._raw.get(key) is None else self.number(key)
+
     def numbers(self, key: str) -> tuple[float, ...]:
         value = self._get(key)
         if not isinstance(value, list):
@@ -118,6 +121,12 @@ class _Fields:
 
     def opt_obj(self, key: str) -> dict[str, Any]:
         return {} if self._raw.get(key) is None else self.obj(key)
+
+    def boolean(self, key: str) -> bool:
+        value = self._get(key)
+        if not isinstance(value, bool):
+            raise ResponseError(f"{self._where(key)}: expected true or false, got {value!r}")
+        return value
 
     def fields(self, key: str) -> _Fields:
         return _Fields(self._get(key), self._where(key))
@@ -191,6 +200,7 @@ class Run:
     counts: Counts
     status: str
     created_at: datetime
+    head_hash: str | None = None  # the hash of the last decision: record it to verify against
 
     @classmethod
     def from_json(cls, raw: object) -> Run:
@@ -208,6 +218,7 @@ class Run:
             counts=Counts.from_json(f.obj("counts")),
             status=f.text("status"),
             created_at=f.timestamp("created_at"),
+            head_hash=f.opt_text("head_hash"),
         )
 
 
@@ -215,7 +226,10 @@ class Run:
 class Decision:
     """One entry of a run's decision log: what was observed, what the policy did, and why.
 
-    `value` may be NaN or ±inf (a diverged loss is a legitimate observation). `state` is the
+    `value` may be NaN or ±inf (a diverged loss is a legitimate observation); it is None in a
+    rewind entry (`action` "rewind", with `rewind` saying to which step, what it restored and
+    how many decisions it superseded). `client` is who posted the observation, as it declared
+    itself (host, process, rank), empty when it did not. `state` is the
     policy's state after this decision, as the service wrote it: its non-finite numbers are
     still the strings "NaN"/"Infinity"/"-Infinity", because which of its strings are numbers
     depends on the policy. `hash` chains to `prev_hash`, so a log can be verified end to end.
@@ -224,7 +238,7 @@ class Decision:
     run_id: str
     seq: int
     step: int
-    value: float
+    value: float | None
     lrs: tuple[float, ...]
     previous_lrs: tuple[float, ...]
     action: str
@@ -235,6 +249,8 @@ class Decision:
     hash: str
     prev_hash: str | None
     created_at: datetime
+    client: Mapping[str, Any] = field(default_factory=dict)
+    rewind: Mapping[str, Any] | None = None
 
     @property
     def lr(self) -> float:
@@ -248,7 +264,7 @@ class Decision:
             run_id=f.text("run_id"),
             seq=f.integer("seq"),
             step=f.integer("step"),
-            value=f.number("value"),
+            value=f.opt_number("value"),
             lrs=f.numbers("lrs"),
             previous_lrs=f.numbers("previous_lrs"),
             action=f.text("action"),
@@ -259,6 +275,8 @@ class Decision:
             hash=f.text("hash"),
             prev_hash=f.opt_text("prev_hash"),
             created_at=f.timestamp("created_at"),
+            client=f.opt_obj("client"),
+            rewind=f.opt_obj("rewind") or None,
         )
 
 
@@ -311,3 +329,52 @@ class Page(Generic[T]):
 def encode_floats(values: Sequence[float]) -> list[float | str]:
     """`encode_float` over a list (e.g. base_lrs)."""
     return [encode_float(v) for v in values]
+
+
+@dataclass(frozen=True)
+class Rewound:
+    """The answer to a rewind: `rewound` is False when `to_step` was at or past the last step
+    (nothing changed); else `decision` is the rewind's entry in the chain."""
+
+    run_id: str
+    to_step: int
+    rewound: bool
+    lrs: tuple[float, ...]
+    decision: Decision | None
+
+    @classmethod
+    def from_json(cls, raw: object) -> Rewound:
+        f = _Fields(raw, "Rewound")
+        entry = f.opt_obj("decision")
+        return cls(
+            run_id=f.text("run_id"),
+            to_step=f.integer("to_step"),
+            rewound=f.boolean("rewound"),
+            lrs=f.numbers("lrs"),
+            decision=Decision.from_json(entry) if entry else None,
+        )
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The service's check of a run's log: `ok`, how many decisions, the head it ends at, and
+    the first mismatch (a mapping with line, seq, message, expected, found) when not ok."""
+
+    ok: bool
+    count: int
+    head_hash: str
+    superseded: int
+    rewinds: int
+    mismatch: Mapping[str, Any] | None
+
+    @classmethod
+    def from_json(cls, raw: object) -> Verified:
+        f = _Fields(raw, "Verified")
+        return cls(
+            ok=f.boolean("ok"),
+            count=f.integer("count"),
+            head_hash=f.text("head_hash"),
+            superseded=f.integer("superseded"),
+            rewinds=f.integer("rewinds"),
+            mismatch=f.opt_obj("mismatch") or None,
+        )
