@@ -21,11 +21,12 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex, to_strict
 from lrpilot.chain import GENESIS
-from lrpilot.policies import Frozen, Observation, Policy, PolicyError, State, get_policy
+from lrpilot.policies import Frozen, Policy, PolicyError, State, get_policy
+from lrpilot.policies.base import Stepper
 from lrpilot.signing import check as check_signature
 from lrpilot.signing import signed_message
 
@@ -240,7 +241,9 @@ class LogCheck:
         self.config_hash = config_hash
         self.metric = run.get("metric") or "metric"
         self.initial = self.policy.init(self.params, self.base_lrs)
-        self.state: State = self.initial
+        # The check replays with the policy's stepper (plain mutable state): a frozen State is
+        # built only where one is kept (a rewind may restore it) or reported.
+        self._stepper: Stepper = self.policy.stepper(self.params, self.initial, self.metric)
         self.prev = GENESIS
         self.count = 0
         self.last_step: int | None = None
@@ -248,6 +251,11 @@ class LogCheck:
         self._pending = [_Pending(r) for r in (rewinds or [])]
         self._rewinds_seen = 0
         self.reduced: list[int] = []
+
+    @property
+    def state(self) -> State:
+        """The policy state after the last decision checked."""
+        return self._stepper.state()
 
     # one decision -------------------------------------------------------------------------
 
@@ -257,22 +265,28 @@ class LogCheck:
         if doc.get("seq") != seq:
             raise Mismatch(line, doc.get("seq"), "seq out of order", seq, doc.get("seq"))
         self._check_link(body, doc, line, seq)
-        for key, want in (
-            ("run_id", self.run_id),
-            ("policy", self.policy_id),
-            ("config_hash", self.config_hash),
+        if (
+            doc.get("run_id") != self.run_id
+            or doc.get("policy") != self.policy_id
+            or doc.get("config_hash") != self.config_hash
         ):
-            if doc.get(key) != want:
-                raise Mismatch(line, seq, f"{key} is not the run's", want, doc.get(key))
+            for key, want in (
+                ("run_id", self.run_id),
+                ("policy", self.policy_id),
+                ("config_hash", self.config_hash),
+            ):
+                if doc.get(key) != want:
+                    raise Mismatch(line, seq, f"{key} is not the run's", want, doc.get(key))
         step = doc.get("step")
-        if not isinstance(step, int) or isinstance(step, bool):
+        if type(step) is not int:
             raise Mismatch(line, seq, "step is not an integer", None, step)
         if doc.get("action") == REWIND:
-            after = self._check_rewind(doc, line, seq, step)
+            self._check_rewind(doc, line, seq, step)
         else:
-            after = self._check_decision(doc, line, seq, step)
-        self._survivors(seq, step, after)
-        self.state, self.last_step = after, step
+            self._check_decision(doc, line, seq, step)
+        if self._pending:
+            self._survivors(seq, step)
+        self.last_step = step
         self.prev, self.count = doc["hash"], seq
 
     def _check_link(self, body: str, doc: dict[str, Any], line: int | None, seq: int) -> None:
@@ -296,29 +310,40 @@ class LogCheck:
                 line, seq, "the decision is not the one that was hashed (edited)", actual, digest
             )
 
-    def _check_decision(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> State:
+    def _check_decision(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> None:
         if self.last_step is not None and step <= self.last_step:
             raise Mismatch(
                 line, seq, f"step {step} is not above the last live step {self.last_step}"
             )
         value = doc.get("value")
-        if isinstance(value, str):
-            value = parse_float(value) if value in ("NaN", "Infinity", "-Infinity") else None
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise Mismatch(line, seq, "value is not a number", None, doc.get("value"))
-        outcome, after = self.policy.step(
-            self.params, self.state, Observation(step=step, value=float(value), metric=self.metric)
-        )
-        self._same(line, seq, "lrs", list(outcome.lrs), doc.get("lrs"))
-        self._same(line, seq, "previous_lrs", list(self.state.lrs), doc.get("previous_lrs"))
-        self._same(line, seq, "action", outcome.action, doc.get("action"))
-        self._same(line, seq, "reason", outcome.reason, doc.get("reason"))
-        self._same(line, seq, "state", after.model_dump(), doc.get("state"))
-        if outcome.reduced:
+        if type(value) is not float:
+            if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
+                value = parse_float(value)
+            elif type(value) is int:
+                value = float(value)
+            else:
+                raise Mismatch(line, seq, "value is not a number", None, doc.get("value"))
+        stepper = self._stepper
+        before = stepper.lrs
+        action = stepper.advance(step, value)
+        # plain equality first (the floats were parsed from their repr: exact), the canonical
+        # text only to be sure when it says no
+        if doc.get("action") != action:
+            self._differs(line, seq, "action", action, doc.get("action"))
+        if doc.get("lrs") != list(stepper.lrs):
+            self._same(line, seq, "lrs", list(stepper.lrs), doc.get("lrs"))
+        if doc.get("previous_lrs") != list(before):
+            self._same(line, seq, "previous_lrs", list(before), doc.get("previous_lrs"))
+        reason = stepper.reason()
+        if doc.get("reason") != reason:
+            self._differs(line, seq, "reason", reason, doc.get("reason"))
+        state = to_strict(stepper.state().model_dump())
+        if doc.get("state") != state:
+            self._same(line, seq, "state", state, doc.get("state"))
+        if stepper.reduced:
             self.reduced.append(seq)
-        return after
 
-    def _check_rewind(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> State:
+    def _check_rewind(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> None:
         pending = self._pending[0] if self._pending else None
         if pending is None or pending.rewind.seq != seq:
             raise Mismatch(line, seq, "a rewind entry the first pass did not see")
@@ -331,31 +356,37 @@ class LogCheck:
         if not isinstance(claimed, dict) or {k: claimed.get(k) for k in want} != want:
             raise Mismatch(line, seq, "the rewind entry misstates what it did", want, claimed)
         self._same(line, seq, "lrs", list(restored.lrs), doc.get("lrs"))
-        self._same(line, seq, "previous_lrs", list(self.state.lrs), doc.get("previous_lrs"))
+        self._same(line, seq, "previous_lrs", list(self._stepper.lrs), doc.get("previous_lrs"))
         self._same(line, seq, "state", restored.model_dump(), doc.get("state"))
         self.superseded += pending.superseded
-        return restored
+        self._stepper = self.policy.stepper(self.params, restored, self.metric)
 
-    def _survivors(self, seq: int, step: int, after: State) -> None:
+    def _survivors(self, seq: int, step: int) -> None:
         """Entry ``seq`` (at ``step``) joined the live branch. The first rewind ahead to a step
         below it will supersede it; every rewind before that one may restore it (the last such
         entry is the one a rewind restores)."""
+        state: State | None = None
         for pending in self._pending:
             if pending.rewind.to_step < step:
                 pending.superseded += 1
                 return
-            pending.restores, pending.state = seq, after
+            state = state or self._stepper.state()
+            pending.restores, pending.state = seq, state
 
     @staticmethod
     def _same(line: int | None, seq: int, key: str, expected: Any, found: Any) -> None:
         if canonical_json(expected) != canonical_json(found):
-            raise Mismatch(
-                line,
-                seq,
-                f"{key} is not what the policy decides from the decisions before it",
-                to_strict(expected),
-                found,
-            )
+            LogCheck._differs(line, seq, key, to_strict(expected), found)
+
+    @staticmethod
+    def _differs(line: int | None, seq: int, key: str, expected: Any, found: Any) -> NoReturn:
+        raise Mismatch(
+            line,
+            seq,
+            f"{key} is not what the policy decides from the decisions before it",
+            expected,
+            found,
+        )
 
     # the end ------------------------------------------------------------------------------
 
@@ -380,7 +411,7 @@ class LogCheck:
             rewinds=self._rewinds_seen,
             last_step=self.last_step,
             state=canonical_json(self.state.model_dump()),
-            lrs=canonical_json(list(self.state.lrs)),
+            lrs=canonical_json(list(self._stepper.lrs)),
             reduced=self.reduced,
         )
 

@@ -1,0 +1,185 @@
+"""Offline verify of a bundle against the floor: reading each line, ``json.loads`` and one SHA-256.
+
+    python bench/bench_verify.py [--decisions 1000000] [--repeat 3] [--out FILE.json]
+
+Builds a bundle of ``--decisions`` decisions of one run (plateau@1, the bench's metric stream,
+decided by the service's own ``domain.decide``, so every line is what the service would have
+stored), then, ``--repeat`` times in alternation:
+
+  floor   for each line: read it, ``json.loads`` it, SHA-256 of its bytes (the least any check
+          that reads every decision must do)
+  verify  ``lrpilot.bundle.check_bundle``: what ``lrpilot verify BUNDLE`` runs (both passes:
+          the rewinds, then every link and every decision replayed through the policy)
+
+and reports decisions a second, the median of the passes, and verify's rate against the
+floor's (issue 6 asks for >= 0.5). Peak memory: ``lrpilot verify`` is run as a child process on
+the bundle and on its first tenth, and their peak RSS compared (flat in the bundle's size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+from rich.table import Table
+
+from common import console, machine_info, metric_value, result_path, run_spec
+from lrpilot.bundle import check_bundle, header_line, read_lines, trailer_line
+from lrpilot.chain import GENESIS
+from lrpilot.domain import decide, new_run, now
+from lrpilot.store.records import RunHead
+
+STEP_EVERY = 100
+
+
+def build(path: Path, count: int) -> str:
+    """Write a bundle of ``count`` decisions; its head hash."""
+    run = new_run("bench-verify", run_spec(), now())
+    head = RunHead(
+        run.run_id,
+        run.policy,
+        run.params,
+        run.base_lrs,
+        run.metric,
+        run.config_hash,
+        run.state,
+        run.lrs,
+        0,
+        None,
+        GENESIS,
+    )
+    name, version = run.policy.split("@")
+    document: dict[str, Any] = {
+        "run_id": run.run_id,
+        "policy": {"name": name, "version": int(version), "params": json.loads(run.params)},
+        "base_lrs": json.loads(run.base_lrs),
+        "metric": run.metric,
+        "labels": run.labels,
+        "config_hash": run.config_hash,
+        "created_at": run.created_at,
+    }
+    created_at = now()
+    with path.open("w") as out, Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"building {count:,} decisions", total=count)
+        out.write(header_line(document) + "\n")
+        for k in range(1, count + 1):
+            decision = decide(head, STEP_EVERY * k, metric_value(0, k), created_at)
+            out.write(decision.body + "\n")
+            head = head.after(decision)
+            if k % 10_000 == 0:
+                progress.advance(task, 10_000)
+        out.write(trailer_line(count, head.head_hash) + "\n")
+    return head.head_hash
+
+
+def floor(path: Path) -> int:
+    n = 0
+    with path.open("rb") as f:
+        for raw in f:
+            json.loads(raw)
+            hashlib.sha256(raw).hexdigest()
+            n += 1
+    return n
+
+
+def verify(path: Path, head: str) -> int:
+    checked = check_bundle(lambda: read_lines(path), head)
+    if not checked.ok:
+        raise SystemExit(f"the bench bundle does not verify: {checked.report.mismatch}")
+    return checked.report.count
+
+
+def peak_rss_mib(path: Path) -> float:
+    """Peak RSS of ``lrpilot verify PATH`` in a child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(
+        [sys.executable, "-m", "lrpilot.cli", "verify", str(path)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(before, after) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--decisions", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    console.print(machine_info())
+
+    with tempfile.TemporaryDirectory(prefix="lrpilot-verify-") as tmp:
+        big, small = Path(tmp) / "big.ndjson", Path(tmp) / "small.ndjson"
+        t0 = time.perf_counter()
+        head = build(big, args.decisions)
+        build_s = time.perf_counter() - t0
+        build(small, max(1, args.decisions // 10))
+        size_mib = big.stat().st_size / 2**20
+        console.print(
+            f"bundle: {args.decisions:,} decisions, {size_mib:,.0f} MiB, built in {build_s:.0f} s"
+        )
+
+        rates: dict[str, list[float]] = {"floor": [], "verify": []}
+        for i in range(args.repeat):
+            for name in ("floor", "verify") if i % 2 == 0 else ("verify", "floor"):
+                t0 = time.perf_counter()
+                n = floor(big) - 2 if name == "floor" else verify(big, head)
+                seconds = time.perf_counter() - t0
+                rates[name].append(n / seconds)
+                console.print(
+                    f"  [{i + 1}] {name:6} {n / seconds:12,.0f} decisions/s ({seconds:.1f} s)"
+                )
+
+        rss_small, rss_big = peak_rss_mib(small), peak_rss_mib(big)
+
+    table = Table(
+        title=f"offline verify of a {args.decisions:,}-decision bundle (median of {args.repeat})"
+    )
+    for column in ("pass", "decisions/s", "µs/decision", "ratio to floor"):
+        table.add_column(column, justify="right")
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    for name in ("floor", "verify"):
+        table.add_row(
+            name,
+            f"{median[name]:,.0f}",
+            f"{1e6 / median[name]:.1f}",
+            f"{median[name] / median['floor']:.2f}",
+        )
+    console.print(table)
+    console.print(
+        f"peak RSS of `lrpilot verify`: {rss_small:.0f} MiB on {args.decisions // 10:,} "
+        f"decisions, {rss_big:.0f} MiB on {args.decisions:,} ({rss_big / rss_small:.2f}x)"
+    )
+    out = args.out or result_path("verify")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "machine": machine_info(),
+                "decisions": args.decisions,
+                "bundle_mib": size_mib,
+                "rates": rates,
+                "median": median,
+                "ratio": median["verify"] / median["floor"],
+                "peak_rss_mib": {"tenth": rss_small, "whole": rss_big},
+            },
+            indent=2,
+        )
+    )
+    console.print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
