@@ -4,6 +4,11 @@ A policy is ``init(params, base_lrs) -> state`` and
 ``step(params, state, observation) -> (outcome, state)``. No I/O, no clock, no randomness:
 the same inputs give the same outputs on every machine, which is what makes a logged run
 replayable bit for bit.
+
+For long replays (what-if over a million observations) a policy also hands out a ``Stepper``:
+the same rule over the same state, held in plain mutable attributes, with the reason text and
+the frozen state built only when asked. A policy's ``step`` goes through its stepper, so there
+is one implementation of each rule, and the golden logs check it.
 """
 
 from __future__ import annotations
@@ -51,6 +56,30 @@ class Outcome:
     reduced: bool = False  # counted in the run's reductions (the policy says what counts)
 
 
+class Stepper(Protocol):
+    """A policy's state held in plain mutable form for a long replay: one advance() an observation.
+
+    Before the first advance(), ``action`` is "" and reason() raises; lrs and state() are the
+    state the stepper was built from.
+    """
+
+    action: str  # the last advance's action
+    lrs: tuple[float, ...]  # the lrs in force after the last advance
+    reduced: bool  # the last advance counts as a reduction (the policy says what counts)
+
+    def advance(self, step: int, value: float) -> str:
+        """Decide one observation, update the state in place; return the action."""
+        ...
+
+    def reason(self) -> str:
+        """The last advance's reason, built only when asked (identical to step()'s)."""
+        ...
+
+    def state(self) -> State:
+        """The frozen state after the last advance (identical to step()'s)."""
+        ...
+
+
 class Policy(Protocol):
     name: ClassVar[str]
     version: ClassVar[int]
@@ -70,6 +99,11 @@ class Policy(Protocol):
     def load_state(self, data: dict[str, Any]) -> State: ...
 
     def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]: ...
+
+    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
+        """``state`` in mutable form, to advance observation by observation (``metric`` is the
+        name the reasons give the value)."""
+        ...
 
 
 def policy_id(name: str, version: int) -> str:

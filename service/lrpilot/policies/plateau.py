@@ -90,12 +90,17 @@ class PlateauState(State):
     cooldown_counter: int
 
 
+_F32 = struct.Struct("<f")
+_pack_f32, _unpack_f32 = _F32.pack, _F32.unpack
+
+
 def to_f32(x: float) -> float:
     """The nearest float32 (ties to even), as a float32 tensor or variable rounds a double."""
     try:
-        return float(struct.unpack("<f", struct.pack("<f", x))[0])
+        f: float = _unpack_f32(_pack_f32(x))[0]  # struct's "f" unpacks to a Python float
     except OverflowError:  # rounds beyond float32's largest finite value
         return math.copysign(math.inf, x)
+    return f
 
 
 def _plural(n: int, word: str) -> str:
@@ -146,11 +151,23 @@ class Plateau:
         return PlateauState.model_validate(data)
 
     def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, PlateauState]:
+        stepper = self.stepper(params, state, obs.metric)
+        action = stepper.advance(obs.step, obs.value)
+        outcome = Outcome(
+            lrs=stepper.lrs, action=action, reason=stepper.reason(), reduced=stepper.reduced
+        )
+        return outcome, stepper.state()
+
+    def stepper(
+        self, params: Frozen, state: State, metric: str = "metric"
+    ) -> TorchStepper | KerasStepper:
+        """The state as plain attributes, to advance one observation at a time (what-if replay);
+        a reduction is what counts as reduced ("reduce" is the only such action)."""
         assert isinstance(state, PlateauState)
         if isinstance(params, KerasParams):
-            return _keras_step(params, state, obs)
+            return KerasStepper(params, state, metric)
         assert isinstance(params, TorchParams)
-        return _torch_step(params, state, obs)
+        return TorchStepper(params, state, metric)
 
 
 def _resolve(params: dict[str, Any], base_lrs: tuple[float, ...]) -> Params:
@@ -201,8 +218,8 @@ def _resolve(params: dict[str, Any], base_lrs: tuple[float, ...]) -> Params:
     return resolved
 
 
-def _min_lrs(min_lr: float | list[float], n: int) -> list[float]:
-    return list(min_lr) if isinstance(min_lr, list) else [min_lr] * n
+def _min_lrs(min_lr: float | list[float], n: int) -> tuple[float, ...]:
+    return tuple(min_lr) if isinstance(min_lr, list) else (min_lr,) * n
 
 
 def _best_text(best: float | None, best_step: int | None) -> str:
@@ -210,129 +227,318 @@ def _best_text(best: float | None, best_step: int | None) -> str:
     return f"best {fmt(best) if best is not None else 'none'}{at}"
 
 
-def _torch_is_better(p: TorchParams, a: float, best: float) -> bool:
-    # Written as torch writes it: the rounding of best * (1 - threshold) is part of the contract.
-    if p.mode == "min" and p.threshold_mode == "rel":
-        return a < best * (1.0 - p.threshold)
-    if p.mode == "min":
-        return a < best - p.threshold
-    if p.threshold_mode == "rel":
-        return a > best * (p.threshold + 1.0)
-    return a > best + p.threshold
+def _seen_text(metric: str, value: float, improved: bool, best: float | None, best_step: int | None,
+               rule: str) -> str:  # fmt: skip
+    seen = f"{metric} {fmt(value)}"
+    if improved:
+        return f"{seen} improved on {_best_text(best, best_step)} beyond {rule}"
+    verb = "is not a number and cannot improve" if math.isnan(value) else "did not improve"
+    return f"{seen} {verb} on {_best_text(best, best_step)} beyond {rule}"
 
 
-def _torch_step(p: TorchParams, s: PlateauState, obs: Observation) -> tuple[Outcome, PlateauState]:
-    current = obs.value
-    best, best_step = s.best, s.best_step
-    assert best is not None
-    better = _torch_is_better(p, current, best)
-    rule = f"{p.threshold_mode} threshold {fmt(p.threshold)}"
-    seen = f"{obs.metric} {fmt(current)}"
-    if better:
-        text = f"{seen} improved on {_best_text(best, best_step)} beyond {rule}"
-        best, best_step, bad = current, obs.step, 0
-    else:
-        verb = "is not a number and cannot improve" if math.isnan(current) else "did not improve"
-        text = f"{seen} {verb} on {_best_text(best, best_step)} beyond {rule}"
-        bad = s.bad_evaluations + 1
+# The steppers hold a PlateauState as plain attributes and advance it one observation at a time.
+# advance() is the rule and nothing else: no pydantic, no strings but the action; it keeps the
+# few facts the reason needs (the values before the step) in one tuple, and reason() writes the
+# sentence from them only when asked. Plateau.step() goes through them too: one implementation.
+# The params stay in _p for what only reason() and a reduction read.
 
-    cooldown = s.cooldown_counter
-    in_cooldown = cooldown > 0
-    if in_cooldown:
-        cooldown -= 1
-        bad = 0  # torch ignores bad evaluations in cooldown
-        text += f", in cooldown ({_plural(cooldown, 'evaluation')} left)"
 
-    lrs = s.lrs
-    action = "cooldown" if in_cooldown else "hold"
-    if bad > p.patience:
+class TorchStepper:
+    """plateau@1 flavor torch: torch's ``ReduceLROnPlateau.step``, in torch's order."""
+
+    __slots__ = (
+        "_abs_shift",
+        "_cooldown",
+        "_held",
+        "_last",
+        "_metric",
+        "_min",
+        "_p",
+        "_patience",
+        "_rel",
+        "_rel_epsilon",
+        "action",
+        "bad_evaluations",
+        "best",
+        "best_step",
+        "cooldown_counter",
+        "lrs",
+        "reduced",
+    )
+
+    action: str
+    lrs: tuple[float, ...]
+    reduced: bool
+    best: float
+    best_step: int | None
+    bad_evaluations: int
+    cooldown_counter: int
+    _held: tuple[float, ...] | None  # lrs that a reduction was found to leave as they are
+    # (value, better, best, best_step, cooldown_counter before the step, bad evaluations as
+    # compared with patience, lrs before the step): what reason() needs
+    _last: tuple[float, bool, float, int | None, int, int, tuple[float, ...]] | None
+
+    def __init__(self, p: TorchParams, s: PlateauState, metric: str) -> None:
+        assert s.best is not None, "flavor torch starts from best = +/-inf, never None"
+        self._p = p
+        self._metric = metric
+        self._min = p.mode == "min"
+        self._rel = p.threshold_mode == "rel"
+        # torch's _is_better computes rel_epsilon = 1.0 - threshold (min) or threshold + 1.0
+        # (max) and compares with best * rel_epsilon: that rounding order is part of the
+        # contract (not best - best * threshold). In abs mode torch compares with
+        # best - threshold (min) or best + threshold (max); IEEE 754 defines a - b as a + (-b),
+        # rounded once, so best + (-threshold) is torch's best - threshold to the bit.
+        self._rel_epsilon = 1.0 - p.threshold if self._min else p.threshold + 1.0
+        self._abs_shift = -p.threshold if self._min else p.threshold
+        self._patience = p.patience
+        self._cooldown = p.cooldown
+        self._held = None
+        self.lrs = s.lrs
+        self.best = s.best
+        self.best_step = s.best_step
+        self.bad_evaluations = s.bad_evaluations
+        self.cooldown_counter = s.cooldown_counter
+        self.action = ""
+        self.reduced = False
+        self._last = None
+
+    def advance(self, step: int, value: float) -> str:
+        best = self.best
+        best_step = self.best_step
+        bad = self.bad_evaluations
+        cooldown = self.cooldown_counter
+        lrs = self.lrs
+        # torch's _is_better (see __init__ for the rounding); NaN compares False: never better
+        limit = best * self._rel_epsilon if self._rel else best + self._abs_shift
+        better = value < limit if self._min else value > limit
+        if better:
+            self.best = value
+            self.best_step = step
+            bad = 0
+        else:
+            bad += 1
+        action = "hold"
+        # torch tests the threshold first, then the cooldown: a step in cooldown still moves
+        # best, and its bad evaluations are forgotten
+        if cooldown > 0:
+            self.cooldown_counter = cooldown - 1
+            bad = 0
+            action = "cooldown"
+        if bad > self._patience:  # torch: num_bad_epochs > patience
+            # the reduction is a function of the lrs alone: lrs it once left as they were
+            # (every group within eps of its floor) are not worked out again
+            if lrs is not self._held:
+                new = self._reduce(lrs)
+                if new != lrs:
+                    self.lrs = new
+                    action = "reduce"
+                else:
+                    self._held = lrs
+            self.cooldown_counter = self._cooldown
+            self.bad_evaluations = 0
+        else:
+            self.bad_evaluations = bad
+        self._last = (value, better, best, best_step, cooldown, bad, lrs)
+        self.action = action
+        self.reduced = action == "reduce"
+        return action
+
+    def _reduce(self, lrs: tuple[float, ...]) -> tuple[float, ...]:
+        """torch's _reduce_lr: each group to max(lr * factor, min_lr), moved only if it changes
+        by more than eps (a Python float, as in a torch param group)."""
+        p = self._p
+        factor, eps = p.factor, p.eps
         new = []
         for lr, floor in zip(lrs, _min_lrs(p.min_lr, len(lrs)), strict=True):
-            candidate = max(lr * p.factor, floor)
-            new.append(candidate if lr - candidate > p.eps else lr)
-        text += f" for {_plural(bad, 'evaluation')} > patience {p.patience}"
-        if tuple(new) != lrs:
-            text += f": {fmt_change(lrs, tuple(new))}"
-            if p.cooldown:
-                text += f", then cooldown {p.cooldown}"
-            lrs, action = tuple(new), "reduce"
-        else:
-            text += (
-                f", but no lr would change by more than eps {fmt(p.eps)}: {fmt_lrs(lrs)} held"
-            )
-        cooldown, bad = p.cooldown, 0
-    else:
-        if not better and not in_cooldown:
-            text += f" for {_plural(bad, 'evaluation')} (patience {p.patience})"
-        text += f": {fmt_lrs(lrs)} held"
+            candidate = max(lr * factor, floor)
+            new.append(candidate if lr - candidate > eps else lr)
+        return tuple(new)
 
-    state = PlateauState(
-        lrs=lrs, best=best, best_step=best_step, bad_evaluations=bad, cooldown_counter=cooldown
-    )
-    return Outcome(lrs=lrs, action=action, reason=text, reduced=action == "reduce"), state
-
-
-def _keras_step(p: KerasParams, s: PlateauState, obs: Observation) -> tuple[Outcome, PlateauState]:
-    current = obs.value
-    seen = f"{obs.metric} {fmt(current)}"
-    cooldown, wait = s.cooldown_counter, s.bad_evaluations
-    in_cooldown = cooldown > 0
-    if in_cooldown:
-        cooldown -= 1
-        wait = 0
-
-    best, best_step = s.best, s.best_step
-    # keras: monitor_op(current - min_delta, best) on float32 tensors, min_delta negated for min.
-    signed_delta = -p.min_delta if p.mode == "min" else p.min_delta
-    rule = f"min_delta {fmt(p.min_delta)}"
-    if best is None:
-        improved = True
-        text = f"{seen} is the first evaluation and sets best"
-    else:
-        lhs, rhs = to_f32(current - signed_delta), to_f32(best)
-        improved = lhs < rhs if p.mode == "min" else lhs > rhs
-        if improved:
-            text = f"{seen} improved on {_best_text(best, best_step)} beyond {rule}"
-        else:
-            verb = (
-                "is not a number and cannot improve" if math.isnan(current) else "did not improve"
-            )
-            text = f"{seen} {verb} on {_best_text(best, best_step)} beyond {rule}"
-
-    lrs = s.lrs
-    action = "cooldown" if in_cooldown else "hold"
-    if improved:
-        best, best_step, wait = current, obs.step, 0
-        if in_cooldown:
-            text += f", in cooldown ({_plural(cooldown, 'evaluation')} left)"
-        text += f": {fmt_lrs(lrs)} held"
-    elif cooldown > 0:
-        text += f", in cooldown ({_plural(cooldown, 'evaluation')} left): {fmt_lrs(lrs)} held"
-    else:
-        wait += 1
-        if wait >= p.patience:
-            floors = _min_lrs(p.min_lr, len(lrs))
-            # keras compares the float32 lr with np.float32(min_lr), then stores in float32
-            reducible = [lr > to_f32(floor) for lr, floor in zip(lrs, floors, strict=True)]
-            text += f" for {_plural(wait, 'evaluation')} >= patience {p.patience}"
-            if any(reducible):
-                new = tuple(
-                    to_f32(max(lr * p.factor, floor)) if r else lr
-                    for lr, floor, r in zip(lrs, floors, reducible, strict=True)
-                )
-                text += f": {fmt_change(lrs, new)}"
+    def reason(self) -> str:
+        if self._last is None:
+            raise RuntimeError("no observation advanced yet: there is no reason to give")
+        value, better, best, best_step, cooldown, bad, before = self._last
+        p = self._p
+        rule = f"{p.threshold_mode} threshold {fmt(p.threshold)}"
+        text = _seen_text(self._metric, value, better, best, best_step, rule)
+        if cooldown > 0:
+            text += f", in cooldown ({_plural(cooldown - 1, 'evaluation')} left)"
+        if bad > p.patience:
+            text += f" for {_plural(bad, 'evaluation')} > patience {p.patience}"
+            if self.action == "reduce":
+                text += f": {fmt_change(before, self.lrs)}"
                 if p.cooldown:
                     text += f", then cooldown {p.cooldown}"
-                lrs, action = new, "reduce"
-                cooldown, wait = p.cooldown, 0
             else:
-                text += f", but every lr is at its min_lr: {fmt_lrs(lrs)} held"
+                text += (
+                    f", but no lr would change by more than eps {fmt(p.eps)}: "
+                    f"{fmt_lrs(self.lrs)} held"
+                )
         else:
-            text += (
-                f" for {_plural(wait, 'evaluation')} (patience {p.patience}): {fmt_lrs(lrs)} held"
-            )
+            if not better and cooldown == 0:
+                text += f" for {_plural(bad, 'evaluation')} (patience {p.patience})"
+            text += f": {fmt_lrs(self.lrs)} held"
+        return text
 
-    state = PlateauState(
-        lrs=lrs, best=best, best_step=best_step, bad_evaluations=wait, cooldown_counter=cooldown
+    def state(self) -> PlateauState:
+        return PlateauState(
+            lrs=self.lrs,
+            best=self.best,
+            best_step=self.best_step,
+            bad_evaluations=self.bad_evaluations,
+            cooldown_counter=self.cooldown_counter,
+        )
+
+
+class KerasStepper:
+    """plateau@1 flavor keras: keras' ``ReduceLROnPlateau.on_epoch_end``, in keras' order."""
+
+    __slots__ = (
+        "_best_f32",
+        "_cooldown",
+        "_floored",
+        "_last",
+        "_metric",
+        "_min",
+        "_p",
+        "_patience",
+        "_signed_delta",
+        "action",
+        "bad_evaluations",
+        "best",
+        "best_step",
+        "cooldown_counter",
+        "lrs",
+        "reduced",
     )
-    return Outcome(lrs=lrs, action=action, reason=text, reduced=action == "reduce"), state
+
+    action: str
+    lrs: tuple[float, ...]
+    reduced: bool
+    best: float | None
+    best_step: int | None
+    bad_evaluations: int
+    cooldown_counter: int
+    _best_f32: float  # to_f32(best), kept with best: keras compares float32 tensors
+    _floored: tuple[float, ...] | None  # lrs that a reduction found all at their min_lr
+    # (value, improved, best, best_step, cooldown_counter before the step, wait as compared
+    # with patience, lrs before the step): what reason() needs
+    _last: tuple[float, bool, float | None, int | None, int, int, tuple[float, ...]] | None
+
+    def __init__(self, p: KerasParams, s: PlateauState, metric: str) -> None:
+        self._p = p
+        self._metric = metric
+        self._min = p.mode == "min"
+        # keras: monitor_op(current - min_delta, best), with min_delta negated for mode min
+        self._signed_delta = -p.min_delta if self._min else p.min_delta
+        self._patience = p.patience
+        self._cooldown = p.cooldown
+        self._floored = None
+        self.lrs = s.lrs
+        self.best = s.best
+        self._best_f32 = to_f32(s.best) if s.best is not None else math.nan
+        self.best_step = s.best_step
+        self.bad_evaluations = s.bad_evaluations
+        self.cooldown_counter = s.cooldown_counter
+        self.action = ""
+        self.reduced = False
+        self._last = None
+
+    def advance(self, step: int, value: float) -> str:
+        best = self.best
+        best_step = self.best_step
+        cooldown = cooldown_before = self.cooldown_counter
+        wait = self.bad_evaluations
+        lrs = self.lrs
+        action = "hold"
+        # keras runs the cooldown before the improvement test
+        if cooldown > 0:
+            cooldown -= 1
+            wait = 0
+            action = "cooldown"
+        if best is None:
+            improved = True  # keras takes its first evaluation as best, whatever it is (NaN too)
+        else:
+            # keras: monitor_op(current - min_delta, best) on float32 tensors
+            lhs = to_f32(value - self._signed_delta)
+            improved = lhs < self._best_f32 if self._min else lhs > self._best_f32
+        if improved:
+            self.best = value
+            self._best_f32 = to_f32(value)
+            self.best_step = step
+            wait = 0
+        elif cooldown == 0:
+            wait += 1
+            # keras: wait >= patience. Once every lr is at its min_lr, keras' wait grows on and
+            # on and every evaluation tries again: lrs found all at their floor are not re-tried.
+            if wait >= self._patience and lrs is not self._floored:
+                new = self._reduce(lrs)
+                if new is None:
+                    self._floored = lrs
+                else:
+                    self.lrs = new
+                    action = "reduce"
+                    cooldown = self._cooldown
+        self._last = (value, improved, best, best_step, cooldown_before, wait, lrs)
+        self.cooldown_counter = cooldown
+        self.action = action
+        if action == "reduce":
+            self.bad_evaluations = 0
+            self.reduced = True
+        else:
+            self.bad_evaluations = wait
+            self.reduced = False
+        return action
+
+    def _reduce(self, lrs: tuple[float, ...]) -> tuple[float, ...] | None:
+        """keras' reduction, or None when every lr is at its min_lr: a group moves if its
+        float32 lr is above float32(min_lr), to max(lr * factor, min_lr) stored in float32
+        (which can round back to the same lr: keras still counts it as a reduction)."""
+        p = self._p
+        factor, floors = p.factor, _min_lrs(p.min_lr, len(lrs))
+        # keras compares the float32 lr with np.float32(min_lr)
+        reducible = [lr > to_f32(floor) for lr, floor in zip(lrs, floors, strict=True)]
+        if not any(reducible):
+            return None
+        return tuple(
+            to_f32(max(lr * factor, floor)) if r else lr
+            for lr, floor, r in zip(lrs, floors, reducible, strict=True)
+        )
+
+    def reason(self) -> str:
+        if self._last is None:
+            raise RuntimeError("no observation advanced yet: there is no reason to give")
+        value, improved, best, best_step, cooldown, wait, before = self._last
+        p = self._p
+        held = f": {fmt_lrs(self.lrs)} held"
+        if best is None:
+            text = f"{self._metric} {fmt(value)} is the first evaluation and sets best"
+        else:
+            rule = f"min_delta {fmt(p.min_delta)}"
+            text = _seen_text(self._metric, value, improved, best, best_step, rule)
+        left = cooldown - 1 if cooldown > 0 else 0  # after this step's countdown
+        if improved:
+            if cooldown > 0:
+                text += f", in cooldown ({_plural(left, 'evaluation')} left)"
+            return text + held
+        if left > 0:
+            return text + f", in cooldown ({_plural(left, 'evaluation')} left)" + held
+        if wait < p.patience:
+            return text + f" for {_plural(wait, 'evaluation')} (patience {p.patience})" + held
+        text += f" for {_plural(wait, 'evaluation')} >= patience {p.patience}"
+        if self.action != "reduce":
+            return text + ", but every lr is at its min_lr" + held
+        text += f": {fmt_change(before, self.lrs)}"
+        if p.cooldown:
+            text += f", then cooldown {p.cooldown}"
+        return text
+
+    def state(self) -> PlateauState:
+        return PlateauState(
+            lrs=self.lrs,
+            best=self.best,
+            best_step=self.best_step,
+            bad_evaluations=self.bad_evaluations,
+            cooldown_counter=self.cooldown_counter,
+        )
