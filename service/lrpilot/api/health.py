@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from lrpilot.api.deps import SettingsDep, StoreDep
-from lrpilot.api.responses import StrictJSONResponse
+from lrpilot.api.responses import RETRY_AFTER, StrictJSONResponse
 from lrpilot.store.errors import Unavailable
 
 router = APIRouter(tags=["health"])
@@ -39,7 +39,13 @@ async def healthz() -> Response:
 @router.get(
     "/readyz",
     response_model=Probe,
-    responses={503: {"model": Probe, "description": "the database is not answering"}},
+    responses={
+        503: {
+            "model": Probe,
+            "description": "the database is not answering; ask again later",
+            "headers": RETRY_AFTER,
+        }
+    },
 )
 async def readyz(store: StoreDep, settings: SettingsDep) -> Response:
     try:
@@ -47,7 +53,13 @@ async def readyz(store: StoreDep, settings: SettingsDep) -> Response:
             await anyio.to_thread.run_sync(store.ping, limiter=_probe_threads)
     except TimeoutError:
         detail = f"the database did not answer within {settings.ready_timeout_s} s"
-        return StrictJSONResponse({"status": "unavailable", "detail": detail}, 503)
+        return _unavailable(detail)
     except Unavailable as exc:
-        return StrictJSONResponse({"status": "unavailable", "detail": exc.message}, 503)
+        return _unavailable(exc.message)
     return StrictJSONResponse({"status": "ready"})
+
+
+def _unavailable(detail: str) -> Response:
+    # like every other 503 of the service: it says when to ask again
+    body = {"status": "unavailable", "detail": detail}
+    return StrictJSONResponse(body, 503, headers={"Retry-After": "1"})

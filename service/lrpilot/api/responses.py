@@ -37,16 +37,19 @@ INVALID: Documented = {
         "description": "a parameter or the body is refused; `detail` lists every reason",
     }
 }
+# Every 503 says when to come back (errors.store_error_response, health.readyz).
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0},
+    }
+}
 UNAVAILABLE: Documented = {
     503: {
         "model": Message,
         "description": "the database is unreachable, locked or slow; retrying later is safe",
-        "headers": {
-            "Retry-After": {
-                "description": "seconds to wait before retrying",
-                "schema": {"type": "integer", "minimum": 0},
-            }
-        },
+        "headers": RETRY_AFTER,
     }
 }
 NOT_FOUND: Documented = {404: {"model": Message, "description": "no run with that run_id"}}
