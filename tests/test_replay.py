@@ -64,6 +64,8 @@ def test_replay_gives_the_golden_decisions(n: int) -> None:
             canonical_json(stepper.state().model_dump()),
         )
         assert got == golden_decision(want), f"{GOLDEN.name} line {n} decision {i}"
+        # what verify compares each logged state with: the golden state as JSON reads it back
+        assert stepper.state_doc() == json.loads(canonical_json(want["state"]))
         assert all(type(x) is float for x in stepper.lrs)
         assert stepper.reduced == (stepper.action == "reduce")
         count += 1

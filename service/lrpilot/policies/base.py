@@ -79,6 +79,12 @@ class Stepper(Protocol):
         """The frozen state after the last advance (identical to step()'s)."""
         ...
 
+    def state_doc(self) -> dict[str, Any]:
+        """``state()`` as a logged decision holds it once its JSON is read back (non-finite
+        numbers as their string names, lists for tuples), without building the frozen model:
+        what verify compares every decision's state with."""
+        ...
+
 
 class Policy(Protocol):
     name: ClassVar[str]

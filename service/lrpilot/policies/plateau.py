@@ -23,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
+from lrpilot.canonical import float_token
 from lrpilot.policies.base import (
     Frozen,
     Loc,
@@ -390,6 +391,11 @@ class TorchStepper:
             cooldown_counter=self.cooldown_counter,
         )
 
+    def state_doc(self) -> dict[str, Any]:
+        return _state_doc(
+            self.lrs, self.best, self.best_step, self.bad_evaluations, self.cooldown_counter
+        )
+
 
 class KerasStepper:
     """plateau@1 flavor keras: keras' ``ReduceLROnPlateau.on_epoch_end``, in keras' order."""
@@ -542,3 +548,24 @@ class KerasStepper:
             bad_evaluations=self.bad_evaluations,
             cooldown_counter=self.cooldown_counter,
         )
+
+    def state_doc(self) -> dict[str, Any]:
+        return _state_doc(
+            self.lrs, self.best, self.best_step, self.bad_evaluations, self.cooldown_counter
+        )
+
+
+def _state_doc(
+    lrs: tuple[float, ...],
+    best: float | None,
+    best_step: int | None,
+    bad_evaluations: int,
+    cooldown_counter: int,
+) -> dict[str, Any]:
+    return {
+        "bad_evaluations": bad_evaluations,
+        "best": best if best is None else float_token(best),
+        "best_step": best_step,
+        "cooldown_counter": cooldown_counter,
+        "lrs": [float_token(x) for x in lrs],
+    }
