@@ -24,8 +24,8 @@ from lrpilot.policies import PolicyError
 from lrpilot.signing import SigningKeyError, keygen, load_public_key
 from lrpilot.whatif import Comparison, Setup, compare, run_setup
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # a hash or a path never breaks across lines
+err = Console(stderr=True, soft_wrap=True)
 
 Url = Annotated[
     str,
