@@ -123,9 +123,7 @@ class Audit:
         reduced = set(checked.report.reduced)
 
         def work(tx: WriteTx) -> tuple[dict[str, Any], bool]:
-            heads, _ = tx.lock_runs({run.run_id})
-            stored = heads.get(run.run_id)
-            if stored is not None:
+            if tx.lock_run(run.run_id) is not None:
                 return _same_log(self.store, run, checked), False
             tx.insert_run(run)
             for number, text in numbered(open_lines()):
@@ -167,8 +165,7 @@ class Audit:
         which step, what it restored). A rewind to or past the last step changes nothing."""
 
         def work(tx: WriteTx) -> str | None:
-            heads, _ = tx.lock_runs({run_id})
-            head = heads.get(run_id)
+            head = tx.lock_run(run_id)
             if head is None:
                 raise RunNotFound(f"run {run_id!r} not found")
             if head.last_step is None or to_step >= head.last_step:

@@ -125,6 +125,15 @@ class WriteTx:
         exist = self._execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", skipped)
         return heads, {row[0] for row in exist.fetchall()}
 
+    def lock_run(self, run_id: str) -> RunHead | None:
+        """One run's head, locked until the transaction ends, waiting for the lock as long as
+        the statement may (the paths that are not hot: rewind, import); None if no such run."""
+        select = f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?"
+        if self._postgres:
+            select += " FOR UPDATE"
+        row = self._execute(select, (run_id,)).fetchone()
+        return None if row is None else RunHead(*row)
+
     def decision_at_step(self, run_id: str, step: int) -> str | None:
         """The body of the run's live (not superseded) decision for ``step``, if any."""
         pending = self._appended.get((run_id, step))
