@@ -119,7 +119,7 @@ def parse_trailer(text: str, line: int) -> dict[str, Any] | None:
 def _parse(text: str, line: int) -> dict[str, Any]:
     try:
         doc = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting: not a decision
         raise Mismatch(line, None, f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise Mismatch(line, None, "not a JSON object")
@@ -157,7 +157,7 @@ def rewinds_of(bodies: Iterable[str]) -> list[Rewind]:
 def _maybe_json(text: str) -> dict[str, Any] | None:
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
 
