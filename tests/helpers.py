@@ -29,3 +29,107 @@ def run_spec(
     if metric is not None:
         spec["metric"] = metric
     return spec
+
+
+# -- audit: metric streams, list pages and bundles (tests/test_audit*.py) ----------------------
+
+
+def plateau_stream(
+    n: int, seed: int = 1, start_step: int = 10, every: int = 10
+) -> list[tuple[int, float]]:
+    """A deterministic validation-loss stream, (step, value) pairs: spells of improvement and
+    spells of stalling (slightly above the best so far), of varying lengths, so that a plateau
+    policy reduces now and then and other params decide differently."""
+    x = seed * 0x9E3779B97F4A7C15 % 2**64
+    level, out, left, improving = 1.0, [], 0, True
+
+    def draw() -> float:
+        nonlocal x
+        x = (x * 6364136223846793005 + 1442695040888963407) % 2**64
+        return (x >> 11) / 2**53
+
+    for i in range(n):
+        if left == 0:
+            improving, left = not improving, 2 + int(draw() * 6)
+        left -= 1
+        if improving:
+            level *= 0.9 + 0.05 * draw()
+            value = level
+        else:
+            value = level * (1.0 + 0.05 * draw())
+        out.append((start_step + i * every, value))
+    return out
+
+
+def raw_items(page: str) -> list[str]:
+    """The items of a list response (``{"items": [...], ...}``) exactly as the service wrote
+    each one, not parsed and encoded again: for byte-for-byte comparisons."""
+    decoder = json.JSONDecoder()
+    pos = page.index('"items"') + len('"items"')
+
+    def skip(pos: int, chars: str) -> int:
+        while page[pos] in chars:
+            pos += 1
+        return pos
+
+    pos = skip(pos, " \t\r\n:")
+    assert page[pos] == "[", page[:200]
+    pos, items = pos + 1, []
+    while True:
+        pos = skip(pos, " \t\r\n")
+        if page[pos] == "]":
+            return items
+        _, end = decoder.raw_decode(page, pos)
+        items.append(page[pos:end])
+        pos = skip(end, " \t\r\n")
+        if page[pos] == ",":
+            pos += 1
+
+
+def canonical(doc: Any) -> str:
+    """Canonical JSON as DESIGN.md defines it (sorted keys, tight separators, floats by repr),
+    written here independently of the service's code."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sealed(doc: dict[str, Any]) -> str:
+    """``doc`` with its ``hash`` recomputed: SHA-256 of the canonical decision without it."""
+    import hashlib
+
+    body = {k: v for k, v in doc.items() if k != "hash"}
+    body["hash"] = hashlib.sha256(canonical(body).encode()).hexdigest()
+    return canonical(body)
+
+
+def rechained(lines: list[str]) -> list[str]:
+    """A bundle's lines (header, decisions, trailer) with every decision's prev_hash and hash
+    and the trailer's count and head_hash recomputed: what whoever can write the file can do
+    after an edit. The trailer loses its signature (nobody but the key's holder can sign)."""
+    prev, out = "0" * 64, [lines[0]]
+    for line in lines[1:-1]:
+        doc = json.loads(line)
+        doc["prev_hash"] = prev
+        text = sealed(doc)
+        out.append(text)
+        prev = json.loads(text)["hash"]
+    out.append(canonical({"end": {"count": len(lines) - 2, "head_hash": prev}}))
+    return out
+
+
+def bundle_text(lines: list[str]) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+def lrpilot_cli(*args: str) -> Any:
+    """``lrpilot ARGS`` in this process (typer's CliRunner): a click Result. An exception the
+    command does not handle propagates (a traceback is a test failure, not an exit code)."""
+    from typer.testing import CliRunner
+
+    from lrpilot.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def one_line(text: str) -> str:
+    """Output with every run of whitespace made one space (Rich wraps long lines)."""
+    return " ".join(text.split())
