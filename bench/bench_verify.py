@@ -71,14 +71,15 @@ def build(path: Path, count: int) -> str:
     created_at = now()
     with path.open("w") as out, Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"building {count:,} decisions", total=count)
-        out.write(header_line(document) + "\n")
+        header = header_line(document)
+        out.write(header + "\n")
         for k in range(1, count + 1):
             decision = decide(head, STEP_EVERY * k, metric_value(0, k), created_at)
             out.write(decision.body + "\n")
             head = head.after(decision)
             if k % 10_000 == 0:
                 progress.advance(task, 10_000)
-        out.write(trailer_line(count, head.head_hash) + "\n")
+        out.write(trailer_line(header, count, head.head_hash) + "\n")
     return head.head_hash
 
 

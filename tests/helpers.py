@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -103,8 +104,9 @@ def sealed(doc: dict[str, Any]) -> str:
 
 def rechained(lines: list[str]) -> list[str]:
     """A bundle's lines (header, decisions, trailer) with every decision's prev_hash and hash
-    and the trailer's count and head_hash recomputed: what whoever can write the file can do
-    after an edit. The trailer loses its signature (nobody but the key's holder can sign)."""
+    and the trailer's count, head_hash and header_hash recomputed: what whoever can write the
+    file can do after an edit. The trailer loses its signature (only the key's holder can
+    sign)."""
     prev, out = "0" * 64, [lines[0]]
     for line in lines[1:-1]:
         doc = json.loads(line)
@@ -112,7 +114,9 @@ def rechained(lines: list[str]) -> list[str]:
         text = sealed(doc)
         out.append(text)
         prev = json.loads(text)["hash"]
-    out.append(canonical({"end": {"count": len(lines) - 2, "head_hash": prev}}))
+    header_hash = hashlib.sha256(lines[0].encode()).hexdigest()
+    end = {"count": len(lines) - 2, "head_hash": prev, "header_hash": header_hash}
+    out.append(canonical({"end": end}))
     return out
 
 

@@ -8,6 +8,7 @@ checks run the real ``lrpilot`` command in this process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -214,7 +215,14 @@ def test_export_import_into_a_fresh_database_verifies_and_continues_alike(
         assert header["run"]["policy"] == run["policy"]
         assert decisions == log_raw(src, "moved")
         assert decisions == log_raw(src, "moved", limit=7)
-        assert trailer == {"end": {"count": run["last_seq"], "head_hash": run["head_hash"]}}
+        header_hash = hashlib.sha256(lines[0].encode()).hexdigest()  # no decision covers it
+        assert trailer == {
+            "end": {
+                "count": run["last_seq"],
+                "head_hash": run["head_hash"],
+                "header_hash": header_hash,
+            }
+        }
         assert len(decisions) == run["last_seq"] == run["counts"]["decisions"]
 
         r = import_(dst, bundle)

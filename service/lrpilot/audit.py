@@ -15,19 +15,19 @@ from typing import Any
 from lrpilot.bundle import (
     REWIND,
     BundleCheck,
+    LogCheck,
     Mismatch,
     Recorded,
     Report,
     check_bundle,
-    check_log,
     header_line,
     numbered,
     rewinds_of,
     spec_of,
     trailer_line,
 )
-from lrpilot.canonical import canonical_json, parse_float
-from lrpilot.chain import seal
+from lrpilot.canonical import canonical_json, parse_float, sha256_hex
+from lrpilot.chain import GENESIS, seal
 from lrpilot.domain import RunSpec, new_run, now, resolved
 from lrpilot.policies import base as policy_text
 from lrpilot.settings import Settings
@@ -62,51 +62,55 @@ class Audit:
         return self._lines(run, head.last_seq, head.head_hash)
 
     def _lines(self, run: dict[str, Any], count: int, head_hash: str) -> Iterator[str]:
-        yield header_line(run)
+        header = header_line(run)
+        yield header
         yield from self.store.bodies(run["run_id"], count)
         signature = None
         if self._key is not None:
-            message = signed_message(run["run_id"], run["config_hash"], count, head_hash)
-            signature = sign(self._key, message)
-        yield trailer_line(count, head_hash, signature)
+            signature = sign(self._key, signed_message(sha256_hex(header), count, head_hash))
+        yield trailer_line(header, count, head_hash, signature)
 
     # -- verify ----------------------------------------------------------------------------
 
     def verify(self, run_id: str, head: str | None = None) -> Report:
-        """Replay the stored log through the pinned policy and check every link; then check
-        that the run's row (its head, state and lrs, what the next decision starts from) is
-        where the log ends."""
+        """Replay the stored log through the pinned policy and check every link and every
+        superseded flag; then check that the run's row (its head, state and lrs, what the next
+        decision starts from) is where the log ends."""
         run, row = self.store.head(run_id)
         rewinds = rewinds_of(self.store.bodies(run_id, row.last_seq, action=REWIND))
-        report = check_log(spec_of(run), self.store.bodies(run_id, row.last_seq), rewinds, head)
-        if not report.ok:
+        check: LogCheck | None = None
+        try:
+            check = LogCheck(spec_of(run), rewinds)
+            for body, flagged in self.store.flagged(run_id, row.last_seq):
+                check.check(body)
+                assert check.last_step is not None
+                if flagged != check.superseded_at(check.count, check.last_step):
+                    raise Mismatch(
+                        None,
+                        check.count,
+                        "its superseded flag is not what the rewinds in the log say (edited)",
+                        not flagged,
+                        flagged,
+                    )
+            report = check.report(head)
+            for what, stored, logged in (
+                ("head_hash", row.head_hash, report.head_hash),
+                ("state", row.state, report.state),
+                ("lrs", row.lrs, report.lrs),
+            ):
+                if stored != logged:
+                    raise Mismatch(
+                        None,
+                        row.last_seq,
+                        f"the run's {what} is not where its log ends (the run row was edited)",
+                        logged,
+                        stored,
+                    )
             return report
-        for what, stored, logged in (
-            ("head_hash", row.head_hash, report.head_hash),
-            ("state", row.state, report.state),
-            ("lrs", row.lrs, report.lrs),
-        ):
-            if stored != logged:
-                report.ok = False
-                report.mismatch = Mismatch(
-                    None,
-                    row.last_seq,
-                    f"the run's {what} is not where its log ends (the run row was edited)",
-                    logged,
-                    stored,
-                )
-                return report
-        flagged = self.store.superseded_count(run_id)
-        if flagged != report.superseded:
-            report.ok = False
-            report.mismatch = Mismatch(
-                None,
-                None,
-                "the decisions marked superseded are not the ones the rewinds superseded",
-                report.superseded,
-                flagged,
-            )
-        return report
+        except Mismatch as exc:
+            count = check.count if check is not None else 0
+            prev = check.prev if check is not None else GENESIS
+            return Report(ok=False, count=count, head_hash=prev, mismatch=exc)
 
     # -- import ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ per rewind: memory stays flat in the length of the log.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex, to_strict
 from lrpilot.chain import GENESIS
 from lrpilot.policies import Frozen, Policy, PolicyError, State, get_policy
-from lrpilot.policies.base import Stepper
+from lrpilot.policies.base import MAX_STEP, Stepper
 from lrpilot.signing import check as check_signature
 from lrpilot.signing import signed_message
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 BUNDLE_FORMAT = "lrpilot/1"
 REWIND = "rewind"
 _HASH_MEMBER_LEN = len(',"hash":""') + 64
+_LARGEST_INT_FLOAT = int(sys.float_info.max)  # a JSON integer beyond it is no float at all
 
 
 class Mismatch(Exception):
@@ -83,8 +85,16 @@ def header_line(run: Mapping[str, Any]) -> str:
     return canonical_json({"bundle": BUNDLE_FORMAT, "run": spec_of(run)})
 
 
-def trailer_line(count: int, head_hash: str, signature: dict[str, str] | None = None) -> str:
-    end: dict[str, Any] = {"count": count, "head_hash": head_hash}
+def trailer_line(
+    header: str, count: int, head_hash: str, signature: dict[str, str] | None = None
+) -> str:
+    """The last line: the count, the head, the hash of the header line (which no decision's
+    hash covers), and the signature over those three when the service has a key."""
+    end: dict[str, Any] = {
+        "count": count,
+        "head_hash": head_hash,
+        "header_hash": sha256_hex(header),
+    }
     if signature is not None:
         end["signature"] = signature
     return canonical_json({"end": end})
@@ -147,9 +157,9 @@ def rewinds_of(bodies: Iterable[str]) -> list[Rewind]:
         if with_rewind is None or with_rewind.get("action") != REWIND:
             continue
         rewind, seq = with_rewind.get("rewind"), with_rewind.get("seq")
-        if isinstance(rewind, dict) and isinstance(seq, int):
+        if isinstance(rewind, dict) and type(seq) is int:
             to_step = rewind.get("to_step")
-            if isinstance(to_step, int):
+            if type(to_step) is int:
                 found.append(Rewind(seq, to_step))
     return sorted(found, key=lambda r: r.seq)
 
@@ -248,9 +258,14 @@ class LogCheck:
         self.count = 0
         self.last_step: int | None = None
         self.superseded = 0
-        self._pending = [_Pending(r) for r in (rewinds or [])]
+        self._rewinds = rewinds or []
+        self._pending = [_Pending(r) for r in self._rewinds]
         self._rewinds_seen = 0
         self.reduced: list[int] = []
+
+    def superseded_at(self, seq: int, step: int) -> bool:
+        """Whether the entry ``seq`` at ``step`` is superseded: a later rewind went below it."""
+        return any(r.seq > seq and r.to_step < step for r in self._rewinds)
 
     @property
     def state(self) -> State:
@@ -262,8 +277,8 @@ class LogCheck:
     def check(self, body: str, line: int | None = None) -> None:
         seq = self.count + 1
         doc = _parse(body, line if line is not None else seq)
-        if doc.get("seq") != seq:
-            raise Mismatch(line, doc.get("seq"), "seq out of order", seq, doc.get("seq"))
+        if doc.get("seq") != seq or type(doc.get("seq")) is not int:
+            raise Mismatch(line, seq, "seq out of order", seq, doc.get("seq"))
         self._check_link(body, doc, line, seq)
         if (
             doc.get("run_id") != self.run_id
@@ -278,8 +293,8 @@ class LogCheck:
                 if doc.get(key) != want:
                     raise Mismatch(line, seq, f"{key} is not the run's", want, doc.get(key))
         step = doc.get("step")
-        if type(step) is not int:
-            raise Mismatch(line, seq, "step is not an integer", None, step)
+        if type(step) is not int or not 0 <= step <= MAX_STEP:
+            raise Mismatch(line, seq, f"step is not an integer in [0, {MAX_STEP}]", None, step)
         if doc.get("action") == REWIND:
             self._check_rewind(doc, line, seq, step)
         else:
@@ -320,7 +335,7 @@ class LogCheck:
         if type(value) is not float:
             if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
                 value = parse_float(value)
-            elif type(value) is int:
+            elif type(value) is int and abs(value) <= _LARGEST_INT_FLOAT:
                 value = float(value)
             else:
                 raise Mismatch(line, seq, "value is not a number", None, doc.get("value"))
@@ -417,25 +432,6 @@ class LogCheck:
         )
 
 
-def check_log(
-    run: Mapping[str, Any],
-    bodies: Iterable[str],
-    rewinds: list[Rewind] | None = None,
-    head: str | None = None,
-) -> Report:
-    """Check a whole log; a Report with ``ok`` False and the mismatch when it fails."""
-    check: LogCheck | None = None
-    try:
-        check = LogCheck(run, rewinds)
-        for body in bodies:
-            check.check(body)
-        return check.report(head)
-    except Mismatch as exc:
-        count = check.count if check is not None else 0
-        prev = check.prev if check is not None else GENESIS
-        return Report(ok=False, count=count, head_hash=prev, mismatch=exc)
-
-
 def read_lines(path: Path) -> Iterator[str]:
     """A bundle file's lines, each decoded on its own: bytes that are not UTF-8 are a Mismatch
     naming the line, not a crash in the middle of a check."""
@@ -482,6 +478,7 @@ def check_bundle(
     run: dict[str, Any] | None = None
     check: LogCheck | None = None
     end: dict[str, Any] | None = None
+    header = ""
     number = 0
     try:
         rewinds = rewinds_of(open_lines())
@@ -489,8 +486,11 @@ def check_bundle(
             if end is not None:
                 raise Mismatch(number, None, "a line after the trailer")
             if check is None:
-                run = parse_header(text, number)
-                check = LogCheck(run, rewinds)
+                run, header = parse_header(text, number), text
+                try:
+                    check = LogCheck(run, rewinds)
+                except Mismatch as exc:  # the header's spec: name its line
+                    raise Mismatch(number, None, exc.what, exc.expected, exc.found) from None
                 continue
             end = parse_trailer(text, number)
             if end is None:
@@ -501,10 +501,16 @@ def check_bundle(
             raise Mismatch(number, None, "no trailer: the bundle is truncated")
         report = check.report(head)
         _check_end(end, report, number)
-        if public_key is not None:
-            message = signed_message(
-                run["run_id"], run["config_hash"], report.count, report.head_hash
+        if end.get("header_hash") != sha256_hex(header):
+            raise Mismatch(
+                1,
+                None,
+                "the header is not the one the trailer names (its run was edited)",
+                end.get("header_hash"),
+                sha256_hex(header),
             )
+        if public_key is not None:
+            message = signed_message(sha256_hex(header), report.count, report.head_hash)
             problem = check_signature(public_key, message, end.get("signature"))
             if problem is not None:
                 raise Mismatch(number, None, problem)

@@ -25,10 +25,11 @@ class SigningKeyError(ValueError):
     """A key file that is missing, unreadable or not an Ed25519 key."""
 
 
-def signed_message(run_id: str, config_hash: str, count: int, head_hash: str) -> bytes:
-    """What is signed: the head with what it is the head of (a signature cannot be moved to
-    another run, or to a prefix of this one)."""
-    doc = {"config_hash": config_hash, "count": count, "head_hash": head_hash, "run_id": run_id}
+def signed_message(header_hash: str, count: int, head_hash: str) -> bytes:
+    """What is signed: the head with what it is the head of, the bundle's header (the run's
+    id, spec, labels and creation time) by its hash, and the count (a signature cannot be
+    moved to another run, or to a prefix of this one)."""
+    doc = {"count": count, "head_hash": head_hash, "header_hash": header_hash}
     return canonical_json(doc).encode()
 
 

@@ -21,11 +21,11 @@ from pydantic_core import PydanticCustomError
 from lrpilot.canonical import NON_FINITE
 from lrpilot.policies import ACTIONS as POLICY_ACTIONS
 from lrpilot.policies import POLICIES
+from lrpilot.policies.base import MAX_STEP
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
 MAX_LABEL_VALUE = 256
-MAX_STEP = 2**62  # fits a BIGINT on every database
 POLICY_NAMES = sorted({p.name for p in POLICIES.values()})
 ACTIONS = POLICY_ACTIONS | {"rewind"}  # a rewind is an entry of every run's log
 

@@ -10,7 +10,6 @@ from fastapi.responses import Response
 from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
 from lrpilot.api.models import (
     MAX_LABEL_FILTERS,
-    MAX_STEP,
     RUN_ID_PATTERN,
     ActionFilter,
     DecisionOut,
@@ -32,6 +31,7 @@ from lrpilot.api.responses import (
     raw_json,
 )
 from lrpilot.domain import RunSpec
+from lrpilot.policies.base import MAX_STEP
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 

@@ -35,11 +35,16 @@ def simulate(body: SimulateIn, audit: AuditDep) -> Response:
                 f"run {body.run_id!r} has more than {MAX_SIMULATE} observations: replay its "
                 "export offline with `lrpilot replay`"
             )
-        if body.policy is not None:
-            run = {**run, "policy": body.policy.model_dump()}
         if body.base_lrs is not None:
             run = {**run, "base_lrs": body.base_lrs}
-        setup = run_setup(run, {}, None)
+        # the run's own params with the given ones on top (what `lrpilot replay --set` does);
+        # another policy version starts from its own defaults
+        policy = body.policy
+        setup = run_setup(
+            run,
+            policy.params if policy else {},
+            f"{policy.name}@{policy.version}" if policy else None,
+        )
         stream = [(r.step, r.value) for r in recorded]
     else:
         assert body.policy is not None and body.base_lrs is not None and body.values is not None

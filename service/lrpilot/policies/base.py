@@ -39,6 +39,9 @@ class State(Frozen):
     lrs: tuple[float, ...]
 
 
+MAX_STEP = 2**62  # the largest step (and seq) anything holds: a BIGINT on every database
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     step: int

@@ -509,11 +509,23 @@ class Store:
     ) -> Iterator[str]:
         """The run's decisions up to ``up_to_seq``, in seq order, a page of short statements at
         a time: constant memory, and no statement runs long enough to meet the timeout."""
+        for body, _ in self.flagged(run_id, up_to_seq, action, superseded, page):
+            yield body
+
+    def flagged(
+        self,
+        run_id: str,
+        up_to_seq: int,
+        action: str | None = None,
+        superseded: bool | None = None,
+        page: int = 1000,
+    ) -> Iterator[tuple[str, bool]]:
+        """``bodies``, each with its superseded flag."""
         after = 0
         while True:
             with self._read() as s:
                 q = (
-                    select(DecisionRow.seq, DecisionRow.body)
+                    select(DecisionRow.seq, DecisionRow.body, DecisionRow.superseded)
                     .where(
                         DecisionRow.run_id == run_id,
                         DecisionRow.seq > after,
@@ -527,7 +539,7 @@ class Store:
                 if superseded is not None:
                     q = q.where(DecisionRow.superseded == superseded)
                 rows = list(s.exec(q))
-            yield from (body for _, body in rows)
+            yield from ((body, bool(flag)) for _, body, flag in rows)
             if len(rows) < page:
                 return
             after = rows[-1][0]
