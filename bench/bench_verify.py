@@ -34,7 +34,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from common import console, machine_info, metric_value, result_path, run_spec
-from lrpilot.bundle import check_bundle, header_line, read_lines, trailer_line
+from lrpilot.bundle import check_bundle, header_line, read_raw, trailer_line
 from lrpilot.chain import GENESIS
 from lrpilot.domain import decide, new_run, now
 from lrpilot.store.records import RunHead
@@ -94,7 +94,7 @@ def floor(path: Path) -> int:
 
 
 def verify(path: Path, head: str) -> int:
-    checked = check_bundle(lambda: read_lines(path), head)
+    checked = check_bundle(lambda: read_raw(path), head)
     if not checked.ok:
         raise SystemExit(f"the bench bundle does not verify: {checked.report.mismatch}")
     return checked.report.count

@@ -21,7 +21,7 @@ from lrpilot.bundle import (
     Report,
     check_bundle,
     header_line,
-    numbered,
+    numbered_raw,
     rewinds_of,
     spec_of,
     trailer_line,
@@ -114,7 +114,9 @@ class Audit:
 
     # -- import ----------------------------------------------------------------------------
 
-    def import_bundle(self, open_lines: Callable[[], Iterable[str]]) -> tuple[dict[str, Any], bool]:
+    def import_bundle(
+        self, open_lines: Callable[[], Iterable[bytes]]
+    ) -> tuple[dict[str, Any], bool]:
         """Check the bundle (every link, every decision replayed), then store it in one
         transaction: (the run, True); (the stored run, False) when it holds this very log.
         A bundle that does not check is refused whole; another log under the same run_id is
@@ -130,9 +132,10 @@ class Audit:
             if tx.lock_run(run.run_id) is not None:
                 return _same_log(self.store, run, checked), False
             tx.insert_run(run)
-            for number, text in numbered(open_lines()):
+            for number, raw in numbered_raw(open_lines()):
                 if number == 1 or number == checked.lines:
                     continue  # the header and the trailer
+                text = raw.decode()  # checked: UTF-8 JSON
                 doc = json.loads(text)
                 seq, step, action = doc["seq"], doc["step"], doc["action"]
                 if action == REWIND:

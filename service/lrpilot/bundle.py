@@ -17,6 +17,7 @@ per rewind: memory stays flat in the length of the log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 BUNDLE_FORMAT = "lrpilot/1"
 REWIND = "rewind"
 _HASH_MEMBER_LEN = len(',"hash":""') + 64
+_REWIND_MARK = '"action":"rewind"'
+_REWIND_MARK_RAW = _REWIND_MARK.encode()
 _LARGEST_INT_FLOAT = int(sys.float_info.max)  # a JSON integer beyond it is no float at all
 
 
@@ -100,7 +103,7 @@ def trailer_line(
     return canonical_json({"end": end})
 
 
-def parse_header(text: str, line: int = 1) -> dict[str, Any]:
+def parse_header(text: str | bytes, line: int = 1) -> dict[str, Any]:
     doc = _parse(text, line)
     if doc.get("bundle") != BUNDLE_FORMAT or not isinstance(doc.get("run"), dict):
         raise Mismatch(
@@ -116,9 +119,9 @@ def parse_header(text: str, line: int = 1) -> dict[str, Any]:
     return run
 
 
-def parse_trailer(text: str, line: int) -> dict[str, Any] | None:
+def parse_trailer(text: str | bytes, line: int) -> dict[str, Any] | None:
     """The trailer's ``end`` object, or None when the line is not a trailer."""
-    if not text.startswith('{"end":'):
+    if not (text.startswith(b'{"end":') if isinstance(text, bytes) else text.startswith('{"end":')):
         return None
     end = _parse(text, line).get("end")
     if not isinstance(end, dict) or not isinstance(end.get("count"), int):
@@ -126,7 +129,7 @@ def parse_trailer(text: str, line: int) -> dict[str, Any] | None:
     return end
 
 
-def _parse(text: str, line: int) -> dict[str, Any]:
+def _parse(text: str | bytes, line: int) -> dict[str, Any]:
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:  # deep nesting: not a decision
@@ -147,11 +150,14 @@ class Rewind:
     to_step: int
 
 
-def rewinds_of(bodies: Iterable[str]) -> list[Rewind]:
+def rewinds_of(bodies: Iterable[str | bytes]) -> list[Rewind]:
     """The rewind entries of a log, in seq order (the check's first pass)."""
     found = []
     for body in bodies:
-        if '"action":"rewind"' not in body:
+        if isinstance(body, bytes):
+            if _REWIND_MARK_RAW not in body:
+                continue
+        elif _REWIND_MARK not in body:
             continue
         with_rewind = _maybe_json(body)
         if with_rewind is None or with_rewind.get("action") != REWIND:
@@ -164,7 +170,7 @@ def rewinds_of(bodies: Iterable[str]) -> list[Rewind]:
     return sorted(found, key=lambda r: r.seq)
 
 
-def _maybe_json(text: str) -> dict[str, Any] | None:
+def _maybe_json(text: str | bytes) -> dict[str, Any] | None:
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError):
@@ -274,12 +280,14 @@ class LogCheck:
 
     # one decision -------------------------------------------------------------------------
 
-    def check(self, body: str, line: int | None = None) -> None:
+    def check(self, body: str | bytes, line: int | None = None) -> None:
+        """Check the next decision, its canonical JSON as stored (text) or as read (UTF-8)."""
         seq = self.count + 1
-        doc = _parse(body, line if line is not None else seq)
+        raw = body if isinstance(body, bytes) else body.encode()
+        doc = _parse(raw, line if line is not None else seq)
         if doc.get("seq") != seq or type(doc.get("seq")) is not int:
             raise Mismatch(line, seq, "seq out of order", seq, doc.get("seq"))
-        self._check_link(body, doc, line, seq)
+        self._check_link(raw, doc, line, seq)
         if (
             doc.get("run_id") != self.run_id
             or doc.get("policy") != self.policy_id
@@ -304,7 +312,7 @@ class LogCheck:
         self.last_step = step
         self.prev, self.count = doc["hash"], seq
 
-    def _check_link(self, body: str, doc: dict[str, Any], line: int | None, seq: int) -> None:
+    def _check_link(self, raw: bytes, doc: dict[str, Any], line: int | None, seq: int) -> None:
         if doc.get("prev_hash") != self.prev:
             raise Mismatch(
                 line,
@@ -315,12 +323,14 @@ class LogCheck:
                 doc.get("prev_hash"),
             )
         digest = doc.get("hash")
-        member = f',"hash":"{digest}"'
-        at = body.find(member) if isinstance(digest, str) else -1
-        if at < 0 or len(member) != _HASH_MEMBER_LEN:
+        member = f',"hash":"{digest}"'.encode() if isinstance(digest, str) else b""
+        at = raw.find(member) if len(member) == _HASH_MEMBER_LEN else -1
+        if at < 0:
             raise Mismatch(line, seq, "the decision has no hash", None, digest)
         # The body is canonical JSON with its hash spliced in: without it, it is what was hashed.
-        actual = sha256_hex(body[:at] + body[at + _HASH_MEMBER_LEN :])
+        hashed = hashlib.sha256(raw[:at])
+        hashed.update(raw[at + _HASH_MEMBER_LEN :])
+        actual = hashed.hexdigest()
         if actual != digest:
             raise Mismatch(
                 line, seq, "the decision is not the one that was hashed (edited)", actual, digest
@@ -445,12 +455,27 @@ def read_lines(path: Path) -> Iterator[str]:
                 ) from None
 
 
+def read_raw(path: Path) -> Iterator[bytes]:
+    """A bundle file's lines as bytes: what ``check_bundle`` reads (UTF-8 is checked as each
+    line is parsed, the hash is of the bytes)."""
+    with path.open("rb") as f:
+        yield from f
+
+
 def numbered(lines: Iterable[str], start: int = 1) -> Iterator[tuple[int, str]]:
     """Lines without their line ends, numbered from ``start``; blank lines skipped."""
     for number, text in enumerate(lines, start=start):
         text = text.rstrip("\r\n")
         if text:
             yield number, text
+
+
+def numbered_raw(lines: Iterable[bytes], start: int = 1) -> Iterator[tuple[int, bytes]]:
+    """``numbered`` for lines read as bytes."""
+    for number, raw in enumerate(lines, start=start):
+        raw = raw.rstrip(b"\r\n")
+        if raw:
+            yield number, raw
 
 
 @dataclass
@@ -468,21 +493,22 @@ class BundleCheck:
 
 
 def check_bundle(
-    open_lines: Callable[[], Iterable[str]],
+    open_lines: Callable[[], Iterable[bytes]],
     head: str | None = None,
     public_key: Ed25519PublicKey | None = None,
 ) -> BundleCheck:
-    """Check a bundle read twice through ``open_lines`` (a first pass finds the rewinds): its
+    """Check a bundle read twice through ``open_lines`` (``read_raw``: a first pass finds the
+    rewinds): its
     header, every decision, and its trailer (count, head, and the signature when a public key
     is given). Constant memory; the first problem found is the report's mismatch."""
     run: dict[str, Any] | None = None
     check: LogCheck | None = None
     end: dict[str, Any] | None = None
-    header = ""
+    header = b""
     number = 0
     try:
         rewinds = rewinds_of(open_lines())
-        for number, text in numbered(open_lines()):
+        for number, text in numbered_raw(open_lines()):
             if end is not None:
                 raise Mismatch(number, None, "a line after the trailer")
             if check is None:
@@ -501,16 +527,17 @@ def check_bundle(
             raise Mismatch(number, None, "no trailer: the bundle is truncated")
         report = check.report(head)
         _check_end(end, report, number)
-        if end.get("header_hash") != sha256_hex(header):
+        header_hash = hashlib.sha256(header).hexdigest()
+        if end.get("header_hash") != header_hash:
             raise Mismatch(
                 1,
                 None,
                 "the header is not the one the trailer names (its run was edited)",
                 end.get("header_hash"),
-                sha256_hex(header),
+                header_hash,
             )
         if public_key is not None:
-            message = signed_message(sha256_hex(header), report.count, report.head_hash)
+            message = signed_message(header_hash, report.count, report.head_hash)
             problem = check_signature(public_key, message, end.get("signature"))
             if problem is not None:
                 raise Mismatch(number, None, problem)

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import httpx
 import typer
@@ -19,11 +19,19 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lrpilot.bundle import Mismatch, bundle_run, check_bundle, live_branch, read_lines
+from lrpilot.bundle import (
+    Mismatch,
+    bundle_run,
+    check_bundle,
+    live_branch,
+    read_lines,
+    read_raw,
+)
 from lrpilot.policies import PolicyError
 from lrpilot.signing import SigningKeyError, keygen, load_public_key
 from lrpilot.whatif import Comparison, Setup, compare, run_setup
 
+T = TypeVar("T", str, bytes)
 out = Console(soft_wrap=True)  # a hash or a path never breaks across lines
 err = Console(stderr=True, soft_wrap=True)
 
@@ -52,17 +60,18 @@ def _detail(response: httpx.Response) -> str:
 
 
 def _lines_with_progress(
-    path: Path, progress: Progress | None, label: str
-) -> Callable[[], Iterator[str]]:
-    """A reopenable line source; with ``progress``, a bar a pass over the file."""
+    path: Path, progress: Progress | None, label: str, read: Callable[[Path], Iterator[T]]
+) -> Callable[[], Iterator[T]]:
+    """A reopenable line source (``read_raw`` or ``read_lines``); with ``progress``, a bar a
+    pass over the file."""
 
-    def open_lines() -> Iterator[str]:
+    def open_lines() -> Iterator[T]:
         if progress is None:
-            yield from read_lines(path)
+            yield from read(path)
             return
         task = progress.add_task(label, total=path.stat().st_size)
-        for line in read_lines(path):
-            progress.advance(task, len(line.encode()))
+        for line in read(path):
+            progress.advance(task, len(line))  # bytes, or characters: near enough for a bar
             yield line
         progress.update(task, visible=False)
 
@@ -179,7 +188,8 @@ def verify(
         _fail(str(exc))
     progress = _progress(bundle)
     with progress or contextlib.nullcontext():
-        checked = check_bundle(_lines_with_progress(bundle, progress, "verifying"), head, key)
+        lines = _lines_with_progress(bundle, progress, "verifying", read_raw)
+        checked = check_bundle(lines, head, key)
     report = checked.report
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
@@ -248,7 +258,7 @@ def replay_(
     progress = _progress(bundle)
     try:
         with progress or contextlib.nullcontext():
-            lines = _lines_with_progress(bundle, progress, "replaying")
+            lines = _lines_with_progress(bundle, progress, "replaying", read_lines)
             result = compare(setup, live_branch(lines), keep=rows)
     except Mismatch as exc:
         _fail(f"{bundle}: {exc}")

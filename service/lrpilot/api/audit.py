@@ -26,7 +26,7 @@ from lrpilot.api.models import (
 )
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse, conflict
 from lrpilot.audit import BundleRefused
-from lrpilot.bundle import Mismatch, parse_header, read_lines
+from lrpilot.bundle import Mismatch, parse_header, read_lines, read_raw
 
 router = APIRouter(prefix="/v1/runs", tags=["audit"])
 
@@ -82,7 +82,7 @@ async def import_run(request: Request, audit: AuditDep) -> Response:
                 out.write(chunk)
         try:
             _check_header(path)
-            run, created = await run_in_threadpool(audit.import_bundle, lambda: read_lines(path))
+            run, created = await run_in_threadpool(audit.import_bundle, lambda: read_raw(path))
         except BundleRefused as exc:
             return _refused(exc.mismatch.line, str(exc))
         except Mismatch as exc:
