@@ -159,6 +159,16 @@ def decide(
     )
 
 
+def _initial(head: RunHead) -> State:
+    policy, params = resolved(head.policy, head.params, head.base_lrs)
+    return policy.init(params, tuple(parse_float(x) for x in json.loads(head.base_lrs)))
+
+
+def _state_in(policy: Policy, body: str) -> State:
+    """The policy state a stored decision (or rewind entry) left."""
+    return policy.load_state(json.loads(body)["state"])
+
+
 def retried(head: RunHead, step: int, value: float, stored: str | None) -> str:
     """The answer to a step at or below the last decided one: the stored decision of that step
     when the value is the same (a retry never counts twice), else a Conflict."""
@@ -224,19 +234,48 @@ class Decisions:
         return stored, created
 
     def lr_at(self, run_id: str, step: int | None) -> dict[str, Any]:
-        """The lrs in force at training step ``step``: set by the last decision at or before it."""
+        """The lrs in force at training step ``step``: the policy's ``lrs_at`` from the state
+        of the last decision at or before it (the initial state before the first)."""
         head, row = self.store.decision_at_or_before(run_id, step)
         if step is None:
             lrs = json.loads(head.lrs)
             seq, at = (head.last_seq or None), head.last_step
-        elif row is None:  # before the first decision: the policy's initial lrs
-            policy, params = resolved(head.policy, head.params, head.base_lrs)
-            base_lrs = tuple(parse_float(x) for x in json.loads(head.base_lrs))
-            lrs, seq, at = list(policy.init(params, base_lrs).lrs), None, None
         else:
-            seq, at, body = row
-            lrs = json.loads(body)["lrs"]
+            policy, params = resolved(head.policy, head.params, head.base_lrs)
+            seq, at, body = row if row is not None else (None, None, None)
+            state = _initial(head) if body is None else _state_in(policy, body)
+            lrs = list(policy.lrs_at(params, state, step))
         return {"run_id": run_id, "step": step, "lrs": lrs, "seq": seq, "decided_at_step": at}
+
+    def lrs_between(self, run_id: str, first: int, count: int) -> dict[str, Any]:
+        """The lrs of ``count`` consecutive training steps from ``first``, and the last of them
+        that no later evaluation can change (None when none is certain yet)."""
+        last = first + count - 1
+        head, before, within = self.store.decisions_between(run_id, first, last)
+        policy, params = resolved(head.policy, head.params, head.base_lrs)
+        state = _initial(head) if before is None else _state_in(policy, before)
+        changes = iter(within)  # (step, body), in step order
+        upcoming = next(changes, None)
+        lrs: list[list[float]] = []
+        for step in range(first, last + 1):
+            while upcoming is not None and upcoming[0] <= step:
+                state = _state_in(policy, upcoming[1])
+                upcoming = next(changes, None)
+            lrs.append(list(policy.lrs_at(params, state, step)))
+        if policy.open_loop:
+            certain: int | None = last
+        elif head.last_step is None or head.last_step < first:
+            certain = None
+        else:
+            certain = min(last, head.last_step)
+        return {
+            "run_id": run_id,
+            "from": first,
+            "count": count,
+            "lrs": lrs,
+            "certain_through": certain,
+            "open_loop": policy.open_loop,
+        }
 
     def decide_batch(self, items: Sequence[Posted]) -> list[str | Exception]:
         """Decide ``items`` in one transaction, in this thread: a body or the refusal for each

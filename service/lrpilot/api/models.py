@@ -265,6 +265,21 @@ class LrOut(BaseModel):
     decided_at_step: int | None
 
 
+MAX_LRS_COUNT = 10_000  # steps one GET /lrs answers
+
+
+class LrsOut(BaseModel):
+    run_id: str
+    from_: int = Field(alias="from")
+    count: int
+    lrs: list[list[float]] = Field(description="one list of lrs a step, from `from` on")
+    certain_through: int | None = Field(
+        description="the last step whose lrs no later evaluation can change (all of them for "
+        "a pure schedule); null when none is certain yet"
+    )
+    open_loop: bool = Field(description="true for a pure schedule: observations never change it")
+
+
 class RunPage(BaseModel):
     items: list[RunOut]
     next: str | None

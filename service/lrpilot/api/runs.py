@@ -10,12 +10,14 @@ from fastapi.responses import Response
 from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
 from lrpilot.api.models import (
     MAX_LABEL_FILTERS,
+    MAX_LRS_COUNT,
     RUN_ID_PATTERN,
     ActionFilter,
     DecisionOut,
     DecisionPage,
     LabelFilter,
     LrOut,
+    LrsOut,
     ObservationIn,
     RunIn,
     RunOut,
@@ -117,6 +119,24 @@ def get_lr(
     ] = None,
 ) -> Response:
     return StrictJSONResponse(decisions.lr_at(run_id, step))
+
+
+@router.get(
+    "/{run_id}/lrs", response_model=LrsOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE}
+)
+def get_lrs(
+    run_id: RunId,
+    decisions: DecisionsDep,
+    first: Annotated[
+        int, Query(alias="from", ge=0, le=MAX_STEP, description="the first training step")
+    ],
+    count: Annotated[
+        int, Query(ge=1, le=MAX_LRS_COUNT, description=f"steps, at most {MAX_LRS_COUNT}")
+    ] = 1000,
+) -> Response:
+    if first + count - 1 > MAX_STEP:
+        count = MAX_STEP - first + 1
+    return StrictJSONResponse(decisions.lrs_between(run_id, first, count))
 
 
 @router.get(

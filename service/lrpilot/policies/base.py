@@ -90,10 +90,21 @@ class Stepper(Protocol):
 
 
 class Policy(Protocol):
+    """A released ``name@version``: pure functions over frozen data.
+
+    Two clocks: a policy decides at *evaluations* (``step``, an observation at a training
+    step), and answers the lrs in force at any *training step* (``lrs_at``), between
+    evaluations too. A schedule is a pure function of the training step; plateau control
+    changes its state only at evaluations.
+    """
+
     name: ClassVar[str]
     version: ClassVar[int]
     description: ClassVar[str]
     actions: ClassVar[tuple[str, ...]]
+    # True when observations never change the lrs (a pure schedule): every step's lrs are
+    # certain in advance. False when the next evaluation may change them (plateau control).
+    open_loop: ClassVar[bool]
 
     def params_schema(self) -> dict[str, Any]: ...
 
@@ -108,6 +119,12 @@ class Policy(Protocol):
     def load_state(self, data: dict[str, Any]) -> State: ...
 
     def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]: ...
+
+    def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
+        """The lrs in force at training step ``step``, given ``state``: the state after the last
+        decision at or before ``step`` (the initial state when there is none). Pure and cheap:
+        ranks that only read call it for every step they train."""
+        ...
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
         """``state`` in mutable form, to advance observation by observation (``metric`` is the

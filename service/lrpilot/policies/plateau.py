@@ -117,6 +117,7 @@ class Plateau:
         "flavor 'keras' reproduces keras' ReduceLROnPlateau exactly."
     )
     actions: ClassVar[tuple[str, ...]] = ("hold", "reduce", "cooldown")
+    open_loop: ClassVar[bool] = False
 
     def params_schema(self) -> dict[str, Any]:
         return _SCHEMA_ADAPTER.json_schema()
@@ -150,6 +151,9 @@ class Plateau:
 
     def load_state(self, data: dict[str, Any]) -> PlateauState:
         return PlateauState.model_validate(data)
+
+    def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
+        return state.lrs  # changed only by a decision: held between evaluations
 
     def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, PlateauState]:
         stepper = self.stepper(params, state, obs.metric)

@@ -445,6 +445,41 @@ class Store:
             ).first()
             return head, None if found is None else (int(found[0]), int(found[1]), found[2])
 
+    def decisions_between(
+        self, run_id: str, first: int, last: int
+    ) -> tuple[RunHead, str | None, list[tuple[int, str]]]:
+        """The run's head, the body of its last live entry before step ``first`` (None if
+        none), and (step, body) of its live entries from ``first`` to ``last``, in step order:
+        the states in force over that range."""
+        with self._read() as s:
+            conn = s.connection()
+            row = conn.exec_driver_sql(
+                _param(conn, f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?"), (run_id,)
+            ).first()
+            if row is None:
+                raise RunNotFound(f"run {run_id!r} not found")
+            before = conn.exec_driver_sql(
+                _param(
+                    conn,
+                    "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step < ? "
+                    "ORDER BY step DESC, seq DESC LIMIT 1",
+                ),
+                (run_id, False, first),
+            ).first()
+            within = conn.exec_driver_sql(
+                _param(
+                    conn,
+                    "SELECT step, body FROM decisions WHERE run_id = ? AND superseded = ? "
+                    "AND step >= ? AND step <= ? ORDER BY step, seq",
+                ),
+                (run_id, False, first, last),
+            ).all()
+            return (
+                RunHead(*row),
+                None if before is None else str(before[0]),
+                [(int(step), str(body)) for step, body in within],
+            )
+
     def list_decisions(
         self,
         run_id: str,
