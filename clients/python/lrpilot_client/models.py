@@ -257,6 +257,13 @@ class Decision:
         """The first param group's rate: what a single-group optimizer needs."""
         return self.lrs[0]
 
+    @property
+    def stop(self) -> bool:
+        """The policy says training should stop (action "stop": the lr is at its floor and the
+        metric stalled, or an LR range test is over). An early-stopping signal: acting on it is
+        the job's choice."""
+        return self.action == "stop"
+
     @classmethod
     def from_json(cls, raw: object) -> Decision:
         f = _Fields(raw, "Decision")

@@ -11,9 +11,17 @@ from lrpilot.policies.base import (
     State,
     policy_id,
 )
+from lrpilot.policies.compose import Scaled, Sequence
 from lrpilot.policies.plateau import Plateau
 
-POLICIES: dict[str, Policy] = {policy_id(p.name, p.version): p for p in (Plateau(),)}
+POLICIES: dict[str, Policy] = {
+    policy_id(p.name, p.version): p
+    for p in (
+        Plateau(),
+        Sequence(),
+        Scaled(),
+    )
+}
 
 
 def get_policy(name: str, version: int) -> Policy:

@@ -1,0 +1,441 @@
+"""Composition: phases one after another (``sequence@1``), and plateau control as a scale on a
+schedule (``scaled@1``).
+
+Two clocks: schedules count training steps, plateau control counts evaluations.
+
+* ``sequence@1`` is torch's SequentialLR that also takes plateau control as a phase (warmup,
+  then plateau: the case torch refuses). Phase *i* runs from the previous phase's
+  ``until_step`` (0 for the first) up to, not including, its own; the last phase never ends.
+  Every phase starts from the run's base lrs. A schedule phase counts training steps from its
+  own start (SequentialLR restarts each scheduler's clock); a plateau phase sees the steps as
+  they are, so its reasons name the real steps.
+* ``scaled@1`` is optax's reduce_on_plateau used as a scale: the lrs at a step are the
+  schedule's lrs times a scale per param group, and the scale is what the plateau policy
+  decides when run from base lrs of 1.0 (``factor`` multiplies it, ``min_lr`` floors it). A
+  cosine decay whose level drops by ``factor`` on each plateau is
+  ``{"schedule": cosine@1, "plateau": plateau@1}``.
+
+The inner policies are any released versions; their params are resolved (every default
+filled) into the composite's params, so the config hash covers them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, StrictInt, ValidationError
+
+from lrpilot.canonical import canonical_json, to_strict
+from lrpilot.policies.base import (
+    Frozen,
+    Loc,
+    Observation,
+    Outcome,
+    Policy,
+    PolicyError,
+    State,
+    fmt_lrs,
+)
+
+MAX_PHASES = 16
+MAX_DEPTH = 3  # a composite inside a composite inside a composite, no deeper
+
+
+class PolicyRef(Frozen):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    version: Annotated[StrictInt, Field(ge=1)]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class Phase(Frozen):
+    policy: PolicyRef
+    until_step: Annotated[StrictInt, Field(ge=1, le=2**62)] | None = None
+
+
+class SequenceParams(Frozen):
+    phases: Annotated[tuple[Phase, ...], Field(min_length=1, max_length=MAX_PHASES)]
+    # Filled by resolve from the run's base lrs (every phase starts from them); not a knob.
+    base_lrs: tuple[float, ...] = ()
+
+
+class ScaledParams(Frozen):
+    schedule: PolicyRef
+    plateau: PolicyRef
+    base_lrs: tuple[float, ...] = ()  # filled by resolve, as for sequence@1
+
+
+class SequenceState(State):
+    phase: int  # the phase of the last decision
+    inner: dict[str, Any]  # that phase's policy state, as its JSON document
+
+
+class ScaledState(State):
+    scale: dict[str, Any]  # the plateau policy's state: its lrs are the scales
+
+
+# -- resolving inner policies ----------------------------------------------------------------
+
+
+def _registry(name: str, version: int) -> Policy:
+    from lrpilot.policies import get_policy  # the registry imports this module
+
+    return get_policy(name, version)
+
+
+def _depth(params: dict[str, Any]) -> int:
+    inner = [p.get("policy", {}) for p in params.get("phases", []) if isinstance(p, dict)]
+    inner += [params.get(k, {}) for k in ("schedule", "plateau")]
+    depths = [
+        _depth(ref.get("params", {}))
+        for ref in inner
+        if isinstance(ref, dict) and isinstance(ref.get("params"), dict)
+    ]
+    return 1 + max(depths, default=0)
+
+
+def _resolve_ref(
+    ref: PolicyRef, base_lrs: tuple[float, ...], loc: Loc
+) -> tuple[Policy, dict[str, Any]]:
+    """The inner policy and its resolved params (as a document); PolicyError located under
+    loc (a policy's own errors start with "params")."""
+    try:
+        policy = _registry(ref.name, ref.version)
+        resolved = policy.resolve(dict(ref.params), base_lrs)
+    except PolicyError as exc:
+        raise PolicyError([((*loc, *sub), msg) for sub, msg in exc.errors]) from None
+    return policy, resolved.model_dump()
+
+
+@lru_cache(maxsize=1024)
+def _inner(ref_json: str, base_lrs: tuple[float, ...]) -> tuple[Policy, Frozen, State]:
+    """An inner policy, its params and its initial state, from the canonical JSON of a resolved
+    PolicyRef: resolved once a process (pure, so cached)."""
+    import json
+
+    ref = json.loads(ref_json)
+    policy = _registry(ref["name"], ref["version"])
+    params = policy.resolve(ref["params"], base_lrs)
+    return policy, params, policy.init(params, base_lrs)
+
+
+def _ref_json(ref: PolicyRef) -> str:
+    return canonical_json(ref.model_dump())
+
+
+def _validated(model: type[Frozen], params: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise PolicyError(
+            [(tuple(e["loc"]), f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in exc.errors()]
+        ) from None
+
+
+def _prefixed(errors: PolicyError) -> PolicyError:
+    return PolicyError([(("params", *loc), msg) for loc, msg in errors.errors])
+
+
+# -- sequence@1 ------------------------------------------------------------------------------
+
+
+def _starts(params: SequenceParams) -> list[int]:
+    return [0] + [p.until_step or 0 for p in params.phases[:-1]]
+
+
+def _phase_of(params: SequenceParams, step: int) -> int:
+    for i, phase in enumerate(params.phases):
+        if phase.until_step is None or step < phase.until_step:
+            return i
+    return len(params.phases) - 1
+
+
+class Sequence:
+    name: ClassVar[str] = "sequence"
+    version: ClassVar[int] = 1
+    description: ClassVar[str] = (
+        "Phases one after another, each any released policy, from step 0 to its until_step "
+        "(the last never ends): e.g. a linear warmup, then plateau control. Every phase starts "
+        "from the run's base lrs; a schedule phase counts steps from its own start, a plateau "
+        "phase sees the real steps."
+    )
+    actions: ClassVar[tuple[str, ...]] = ()  # its phases' actions
+    open_loop: ClassVar[bool] = False
+
+    def params_schema(self) -> dict[str, Any]:
+        schema = SequenceParams.model_json_schema()
+        schema["properties"].pop("base_lrs", None)
+        schema["examples"] = [
+            {
+                "phases": [
+                    {
+                        "policy": {
+                            "name": "linear",
+                            "version": 1,
+                            "params": {"start_factor": 0.1, "total_iters": 1000},
+                        },
+                        "until_step": 1000,
+                    },
+                    {"policy": {"name": "plateau", "version": 1, "params": {"patience": 5}}},
+                ]
+            }
+        ]
+        return schema
+
+    def defaults(self) -> dict[str, Any]:
+        return {}
+
+    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> SequenceParams:
+        try:
+            return self._resolve(params, base_lrs)
+        except PolicyError as exc:
+            raise _prefixed(exc) from None
+
+    def _resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> SequenceParams:
+        if "base_lrs" in params:
+            raise PolicyError([(("base_lrs",), "base_lrs is the run's, not a param")])
+        if _depth(params) > MAX_DEPTH:
+            raise PolicyError([(("phases",), f"policies nest at most {MAX_DEPTH} deep")])
+        raw = _validated(SequenceParams, params)
+        errors: list[tuple[Loc, str]] = []
+        phases = []
+        previous = 0
+        for i, phase in enumerate(raw.phases):
+            last = i == len(raw.phases) - 1
+            if last and phase.until_step is not None:
+                errors.append(
+                    (
+                        ("phases", i, "until_step"),
+                        "the last phase never ends: give it no until_step",
+                    )
+                )
+            if not last and phase.until_step is None:
+                errors.append(
+                    (
+                        ("phases", i, "until_step"),
+                        f"phase {i + 1} needs an until_step: without one, phase {i + 2} could "
+                        "never start",
+                    )
+                )
+            if phase.until_step is not None and phase.until_step <= previous:
+                errors.append(
+                    (
+                        ("phases", i, "until_step"),
+                        f"until_step {phase.until_step} must be above the phase's start "
+                        f"{previous}: the phase could never run",
+                    )
+                )
+            previous = max(previous, phase.until_step or previous)
+            _, resolved = _resolve_ref(phase.policy, base_lrs, ("phases", i, "policy"))
+            phases.append(
+                Phase(
+                    policy=phase.policy.model_copy(update={"params": resolved}),
+                    until_step=phase.until_step,
+                )
+            )
+        if errors:
+            raise PolicyError(errors)
+        return SequenceParams(phases=tuple(phases), base_lrs=tuple(base_lrs))
+
+    def _phase(self, p: SequenceParams, i: int) -> tuple[Policy, Frozen, State]:
+        return _inner(_ref_json(p.phases[i].policy), p.base_lrs)
+
+    def _clock(self, p: SequenceParams, i: int, policy: Policy, step: int) -> int:
+        return step - _starts(p)[i] if policy.open_loop else step
+
+    def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> SequenceState:
+        assert isinstance(params, SequenceParams)
+        _, _, initial = self._phase(params, 0)
+        return SequenceState(lrs=initial.lrs, phase=0, inner=initial.model_dump())
+
+    def load_state(self, data: dict[str, Any]) -> SequenceState:
+        return SequenceState.model_validate(data)
+
+    def _inner_state(self, p: SequenceParams, state: SequenceState, i: int) -> State:
+        policy, _, initial = self._phase(p, i)
+        return policy.load_state(state.inner) if i == state.phase else initial
+
+    def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
+        assert isinstance(params, SequenceParams) and isinstance(state, SequenceState)
+        i = max(_phase_of(params, step), state.phase)
+        policy, inner_params, _ = self._phase(params, i)
+        inner = self._inner_state(params, state, i)
+        return policy.lrs_at(inner_params, inner, self._clock(params, i, policy, step))
+
+    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
+        assert isinstance(params, SequenceParams) and isinstance(state, SequenceState)
+        i = max(_phase_of(params, obs.step), state.phase)
+        policy, inner_params, _ = self._phase(params, i)
+        inner = self._inner_state(params, state, i)
+        clock = self._clock(params, i, policy, obs.step)
+        outcome, after = policy.step(
+            inner_params, inner, Observation(step=clock, value=obs.value, metric=obs.metric)
+        )
+        lead = f"phase {i + 1} of {len(params.phases)} ({params.phases[i].policy.id})"
+        if i != state.phase:
+            lead += f", from step {_starts(params)[i]}"
+        new = SequenceState(lrs=outcome.lrs, phase=i, inner=after.model_dump())
+        return (
+            Outcome(outcome.lrs, outcome.action, f"{lead}: {outcome.reason}", outcome.reduced),
+            new,
+        )
+
+    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> StepStepper:
+        return StepStepper(self, params, state, metric)
+
+
+# -- scaled@1 ------------------------------------------------------------------------------
+
+
+class Scaled:
+    name: ClassVar[str] = "scaled"
+    version: ClassVar[int] = 1
+    description: ClassVar[str] = (
+        "A schedule times a scale that plateau control decides (optax's reduce_on_plateau as "
+        "a scale): e.g. a cosine decay whose level drops by factor on each plateau. The plateau "
+        "policy runs from base lrs of 1.0: its lrs are the scales, its min_lr floors them."
+    )
+    actions: ClassVar[tuple[str, ...]] = ("hold", "warmup", "decay")
+    open_loop: ClassVar[bool] = False
+
+    def params_schema(self) -> dict[str, Any]:
+        schema = ScaledParams.model_json_schema()
+        schema["properties"].pop("base_lrs", None)
+        schema["examples"] = [
+            {
+                "schedule": {"name": "cosine", "version": 1, "params": {"T_max": 10000}},
+                "plateau": {
+                    "name": "plateau",
+                    "version": 1,
+                    "params": {"patience": 3, "factor": 0.5},
+                },
+            }
+        ]
+        return schema
+
+    def defaults(self) -> dict[str, Any]:
+        return {}
+
+    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> ScaledParams:
+        try:
+            return self._resolve(params, base_lrs)
+        except PolicyError as exc:
+            raise _prefixed(exc) from None
+
+    def _resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> ScaledParams:
+        if "base_lrs" in params:
+            raise PolicyError([(("base_lrs",), "base_lrs is the run's, not a param")])
+        if _depth(params) > MAX_DEPTH:
+            raise PolicyError([(("schedule",), f"policies nest at most {MAX_DEPTH} deep")])
+        raw = _validated(ScaledParams, params)
+        schedule, sched_params = _resolve_ref(raw.schedule, base_lrs, ("schedule",))
+        ones = tuple(1.0 for _ in base_lrs)
+        plateau, plat_params = _resolve_ref(raw.plateau, ones, ("plateau",))
+        errors: list[tuple[Loc, str]] = []
+        if not schedule.open_loop:
+            errors.append(
+                (("schedule",), f"{raw.schedule.id} is not a schedule (its lrs follow the metric)")
+            )
+        if plateau.open_loop:
+            errors.append(
+                (("plateau",), f"{raw.plateau.id} is a schedule: it never follows the metric")
+            )
+        if errors:
+            raise PolicyError(errors)
+        return ScaledParams(
+            schedule=raw.schedule.model_copy(update={"params": sched_params}),
+            plateau=raw.plateau.model_copy(update={"params": plat_params}),
+            base_lrs=tuple(base_lrs),
+        )
+
+    def _parts(self, p: ScaledParams) -> tuple[Policy, Frozen, State, Policy, Frozen, State]:
+        ones = tuple(1.0 for _ in p.base_lrs)
+        return (
+            *_inner(_ref_json(p.schedule), p.base_lrs),
+            *_inner(_ref_json(p.plateau), ones),
+        )
+
+    def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> ScaledState:
+        assert isinstance(params, ScaledParams)
+        sched, sp, s0, plat, pp, p0 = self._parts(params)
+        lrs = _times(sched.lrs_at(sp, s0, 0), plat.lrs_at(pp, p0, 0))
+        return ScaledState(lrs=lrs, scale=p0.model_dump())
+
+    def load_state(self, data: dict[str, Any]) -> ScaledState:
+        return ScaledState.model_validate(data)
+
+    def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
+        assert isinstance(params, ScaledParams) and isinstance(state, ScaledState)
+        sched, sp, s0, plat, pp, _ = self._parts(params)
+        scale = plat.load_state(state.scale)
+        return _times(sched.lrs_at(sp, s0, step), plat.lrs_at(pp, scale, step))
+
+    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
+        assert isinstance(params, ScaledParams) and isinstance(state, ScaledState)
+        sched, sp, s0, plat, pp, _ = self._parts(params)
+        outcome, scale = plat.step(pp, plat.load_state(state.scale), obs)
+        base = sched.lrs_at(sp, s0, obs.step)
+        scales = plat.lrs_at(pp, scale, obs.step)
+        lrs = _times(base, scales)
+        if outcome.action not in ("hold", "cooldown"):
+            action = outcome.action  # the plateau's own news (reduce, decay, stop) comes first
+        elif lrs == state.lrs:
+            action = "hold"
+        else:
+            action = (
+                "warmup" if any(b > a for a, b in zip(state.lrs, lrs, strict=True)) else "decay"
+            )
+        reason = (
+            f"scale: {outcome.reason}; {params.schedule.id} at step {obs.step}: "
+            f"{fmt_lrs(base)} x scale {list(scales)} = {fmt_lrs(lrs)}"
+        )
+        return (
+            Outcome(lrs, action, reason, outcome.reduced),
+            ScaledState(lrs=lrs, scale=scale.model_dump()),
+        )
+
+    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> StepStepper:
+        return StepStepper(self, params, state, metric)
+
+
+def _times(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(x * y for x, y in zip(a, b, strict=True))
+
+
+# -- a stepper over step() -------------------------------------------------------------------
+
+
+class StepStepper:
+    """A composite's stepper: each advance is one ``step()`` (its inner policies' own steppers
+    do the work); fast enough, since a composite's cost is its parts'."""
+
+    __slots__ = ("_metric", "_outcome", "_params", "_policy", "_state", "action", "lrs", "reduced")
+
+    def __init__(self, policy: Policy, params: Frozen, state: State, metric: str) -> None:
+        self._policy, self._params, self._state, self._metric = policy, params, state, metric
+        self._outcome: Outcome | None = None
+        self.action, self.lrs, self.reduced = "", state.lrs, False
+
+    def advance(self, step: int, value: float) -> str:
+        outcome, self._state = self._policy.step(
+            self._params, self._state, Observation(step=step, value=value, metric=self._metric)
+        )
+        self._outcome = outcome
+        self.action, self.lrs, self.reduced = outcome.action, outcome.lrs, outcome.reduced
+        return self.action
+
+    def reason(self) -> str:
+        if self._outcome is None:
+            raise RuntimeError("no observation advanced yet: there is no reason to give")
+        return self._outcome.reason
+
+    def state(self) -> State:
+        return self._state
+
+    def state_doc(self) -> dict[str, Any]:
+        doc: dict[str, Any] = to_strict(self._state.model_dump())
+        return doc
