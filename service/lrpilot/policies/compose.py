@@ -87,15 +87,16 @@ def _registry(name: str, version: int) -> Policy:
     return get_policy(name, version)
 
 
-def _depth(params: dict[str, Any]) -> int:
-    inner = [p.get("policy", {}) for p in params.get("phases", []) if isinstance(p, dict)]
-    inner += [params.get(k, {}) for k in ("schedule", "plateau")]
-    depths = [
-        _depth(ref.get("params", {}))
-        for ref in inner
-        if isinstance(ref, dict) and isinstance(ref.get("params"), dict)
-    ]
-    return 1 + max(depths, default=0)
+def _depth(params: Any, limit: int = MAX_DEPTH + 1) -> int:
+    """How deep composites nest in ``params`` (1 for none), counted no further than ``limit``."""
+    if not isinstance(params, dict) or limit <= 1:
+        return 1
+    refs: list[Any] = [params.get("schedule"), params.get("plateau")]
+    phases = params.get("phases")
+    if isinstance(phases, list):
+        refs += [phase.get("policy") for phase in phases if isinstance(phase, dict)]
+    inner = [_depth(ref.get("params"), limit - 1) for ref in refs if isinstance(ref, dict)]
+    return 1 + max(inner, default=0)
 
 
 def _resolve_ref(
