@@ -13,11 +13,13 @@ from lrpilot.policies.base import (
 )
 from lrpilot.policies.compose import Scaled, Sequence
 from lrpilot.policies.plateau import Plateau
+from lrpilot.policies.plateau2 import Plateau2
 
 POLICIES: dict[str, Policy] = {
     policy_id(p.name, p.version): p
     for p in (
         Plateau(),
+        Plateau2(),
         Sequence(),
         Scaled(),
     )
