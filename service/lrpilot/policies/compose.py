@@ -137,6 +137,13 @@ def _validated(model: type[Frozen], params: dict[str, Any]) -> Any:
         ) from None
 
 
+def _no_base_lrs(params: dict[str, Any], base_lrs: tuple[float, ...]) -> None:
+    """base_lrs is the run's: resolve fills it in, and takes it back only as it filled it (a
+    stored run's params are resolved again when it is read)."""
+    if "base_lrs" in params and params["base_lrs"] != list(base_lrs):
+        raise PolicyError([(("base_lrs",), "base_lrs is the run's, not a param")])
+
+
 def _prefixed(errors: PolicyError) -> PolicyError:
     return PolicyError([(("params", *loc), msg) for loc, msg in errors.errors])
 
@@ -197,8 +204,7 @@ class Sequence:
             raise _prefixed(exc) from None
 
     def _resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> SequenceParams:
-        if "base_lrs" in params:
-            raise PolicyError([(("base_lrs",), "base_lrs is the run's, not a param")])
+        _no_base_lrs(params, base_lrs)
         if _depth(params) > MAX_DEPTH:
             raise PolicyError([(("phases",), f"policies nest at most {MAX_DEPTH} deep")])
         raw = _validated(SequenceParams, params)
@@ -328,8 +334,7 @@ class Scaled:
             raise _prefixed(exc) from None
 
     def _resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> ScaledParams:
-        if "base_lrs" in params:
-            raise PolicyError([(("base_lrs",), "base_lrs is the run's, not a param")])
+        _no_base_lrs(params, base_lrs)
         if _depth(params) > MAX_DEPTH:
             raise PolicyError([(("schedule",), f"policies nest at most {MAX_DEPTH} deep")])
         raw = _validated(ScaledParams, params)
