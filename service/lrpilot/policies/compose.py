@@ -140,7 +140,8 @@ def _validated(model: type[Frozen], params: dict[str, Any]) -> Any:
 def _no_base_lrs(params: dict[str, Any], base_lrs: tuple[float, ...]) -> None:
     """base_lrs is the run's: resolve fills it in, and takes it back only as it filled it (a
     stored run's params are resolved again when it is read)."""
-    if "base_lrs" in params and params["base_lrs"] != list(base_lrs):
+    given = params.get("base_lrs", base_lrs)
+    if not isinstance(given, list | tuple) or tuple(given) != tuple(base_lrs):
         raise PolicyError([(("base_lrs",), "base_lrs is the run's, not a param")])
 
 
