@@ -291,7 +291,7 @@ class Audit:
                 reductions.append(
                     {"seq": doc["seq"], "step": step, "lrs": doc["lrs"], "action": doc["action"]}
                 )
-        return {
+        summary: dict[str, Any] = {
             "run_id": run_id,
             "decisions": live,
             "first_step": first,
@@ -302,6 +302,14 @@ class Audit:
             "head_hash": head.head_hash,
             "lrs": run["lrs"],
         }
+        if run["policy"]["name"] == "range_test":
+            # the suggested lrs, from the state in force (the stop decision's, or so far)
+            from lrpilot.policies import range_test
+
+            policy, resolved_params = resolved(head.policy, head.params, head.base_lrs)
+            state = policy.load_state(json.loads(head.state))
+            summary["range_test"] = range_test.run_summary(resolved_params, state)
+        return summary
 
 
 def _new_run(checked: BundleCheck) -> NewRun:

@@ -14,6 +14,7 @@ from lrpilot.policies.base import (
 from lrpilot.policies.compose import Scaled, Sequence
 from lrpilot.policies.plateau import Plateau
 from lrpilot.policies.plateau2 import Plateau2
+from lrpilot.policies.range_test import RangeTest
 
 POLICIES: dict[str, Policy] = {
     policy_id(p.name, p.version): p
@@ -22,6 +23,7 @@ POLICIES: dict[str, Policy] = {
         Plateau2(),
         Sequence(),
         Scaled(),
+        RangeTest(),
     )
 }
 
