@@ -35,7 +35,7 @@ applies them:
    improvement, by a reduction, by divergence and by every evaluation in cooldown (an
    evaluation in cooldown counts the cooldown down first). ``bad_evaluations > patience`` is a
    plateau: with ``on_plateau`` multiply each lr goes to ``max(lr * factor, min_lr)`` (moved
-   only if it changes by more than ``eps``; "reduce" if any moved, else "hold"), then the
+   only if it changes by more than ``eps``; "reduce" if any lr changed, else "hold"), then the
    cooldown starts and ``bad_evaluations`` is 0. With ``on_plateau`` decay the first plateau
    starts the decay instead (action "decay"; the only plateau response: later plateaus change
    nothing).
@@ -44,9 +44,12 @@ applies them:
    ``F_i + (L_i - F_i) * r`` in between (kept within [F_i, L_i]), where ``F_i = min(floor_i,
    L_i)`` (a decay never raises an lr), ``r = (s + K - t) / K`` (linear) or ``r =
    sin(pi/2 * (s + K - t) / K) ** 2`` (cosine, i.e. ``(1 + cos(pi * (t - s) / K)) / 2``,
-   evaluated by a fixed polynomial so it is the same float on every machine). Evaluations
-   during the decay answer "decay" with the lrs at their step, and so does the first one at or
-   after s + K if it lands the lrs on the floor; later ones answer "hold".
+   evaluated by a fixed polynomial so it is the same float on every machine); with
+   ``lr_dtype`` float32, ``F_i`` and the lrs are rounded to float32. The evaluation at s
+   answers "decay" with lrs L (it counts as a reduction); evaluations during the decay answer
+   "decay" with the lrs at their step, and so does the first one at or after s + K if it lands
+   the lrs on the floor; later ones answer "hold" (the counts of rule 5 go on, but nothing
+   acts on them: the plateau response is spent).
 7. **Stop** (``stop_after`` k not null): an evaluation counts when every lr was at its floor at
    its step before it was decided (with ``on_plateau`` multiply: no reduction would move any
    lr; with decay: the decay has ended) and it did not improve (divergence does not improve).
@@ -167,6 +170,10 @@ _NON_FINITE_NAMES = {True: "Infinity", False: "-Infinity"}
 
 def _name(value: float) -> str:
     return "NaN" if math.isnan(value) else _NON_FINITE_NAMES[value > 0]
+
+
+def _value_text(value: float) -> str:
+    return fmt(value) if math.isfinite(value) else _name(value)
 
 
 # sin(x) on [0, pi/2] by its Taylor series to x**25 in Horner form (truncation below 1e-20):
@@ -391,6 +398,7 @@ def _decay_at(
 
 # What advance() leaves for reason(): the kind of evaluation and the facts its sentence needs.
 _STOPPED, _DIVERGED, _SEEN = 0, 1, 2
+_RAW, _WINDOW, _EMA = 0, 1, 2  # smoothing
 # the plateau response of a _SEEN evaluation
 _NONE, _REDUCED, _HELD, _DECAY_STARTED = 0, 1, 2, 3
 
@@ -401,7 +409,6 @@ class Plateau2Stepper:
     __slots__ = (
         "_best_of",
         "_cooldown",
-        "_counts",
         "_decay",
         "_dtype",
         "_ema",
@@ -415,6 +422,7 @@ class Plateau2Stepper:
         "_patience",
         "_rel",
         "_shift",
+        "_smoothing",
         "_stop_after",
         "_targets",
         "_window",
@@ -453,7 +461,6 @@ class Plateau2Stepper:
     _targets: tuple[float, ...] | None  # the running decay's end lrs
     _floored: tuple[float, ...] | None  # lrs a multiply reduction was found to leave as is
     _last: tuple[Any, ...] | None
-    _counts: tuple[int, int, int, int]  # a seen value's: n_ref, cooldown, bad, response
 
     def __init__(self, p: Plateau2Params, s: Plateau2State, metric: str) -> None:
         self._p = p
@@ -470,6 +477,7 @@ class Plateau2Stepper:
         self._patience = p.patience
         self._cooldown = p.cooldown
         self._window = p.window
+        self._smoothing = _WINDOW if p.window > 1 else _EMA if p.ema > 0.0 else _RAW
         self._ema = p.ema
         self._one_minus_ema = 1.0 - p.ema
         self._best_of = p.best_of
@@ -498,13 +506,8 @@ class Plateau2Stepper:
         self.action = ""
         self.reduced = False
         self._last = None
-        self._counts = (0, 0, 0, 0)
 
     # -- the rule ---------------------------------------------------------------------------
-
-    def _is_better(self, m: float, ref: float) -> bool:
-        limit = ref * self._shift if self._rel else ref + self._shift
-        return m > limit if self._max else m < limit
 
     def _multiply(self, lrs: tuple[float, ...], floors: tuple[float, ...]) -> tuple[float, ...]:
         """torch's _reduce_lr: each group to max(lr * factor, floor), moved only if it changes
@@ -575,7 +578,8 @@ class Plateau2Stepper:
             self._last = (_DIVERGED, step, value, before, cur, decaying)
         else:
             # smoothing (rule 3)
-            if self._window > 1:
+            smoothing = self._smoothing
+            if smoothing == _WINDOW:
                 recent = self.recent
                 if len(recent) >= self._window:
                     recent = recent[len(recent) - self._window + 1 :]
@@ -585,26 +589,31 @@ class Plateau2Stepper:
                 for v in recent[1:]:
                     total += v
                 m = total / len(recent)
-            elif self._ema > 0.0:
+            elif smoothing == _EMA:
                 ev = self.ema_value
                 m = value if ev is None else self._ema * ev + self._one_minus_ema * value
                 self.ema_value = m
             else:
                 m = value
-            # reference (rule 4)
-            ref, ref_step = self.best, self.best_step
-            improved = True if ref is None else self._is_better(m, ref)
-            n_ref = len(self.history)
+            # reference (rule 4): torch's _is_better(m, ref)
+            ref = self.best
+            ref_step = self.best_step
+            if ref is None:
+                improved = True
+            else:
+                limit = ref * self._shift if self._rel else ref + self._shift
+                improved = m > limit if self._max else m < limit
+            history = self.history
+            n_ref = len(history)
             if self._best_of is None:
                 if improved:
-                    self.best, self.best_step = m, step
+                    self.best = m
+                    self.best_step = step
             else:
-                history = self.history
                 if len(history) >= self._best_of:
                     history = history[len(history) - self._best_of + 1 :]
-                history = (*history, (step, m))
-                self.history = history
-                self.best_step, self.best = _best_of(history, self._max)
+                self.history = (*history, (step, m))
+                self.best_step, self.best = _best_of(self.history, self._max)
             # patience, torch's order (rule 5)
             bad = 0 if improved else self.bad_evaluations + 1
             action = "hold"
@@ -613,12 +622,12 @@ class Plateau2Stepper:
                 bad = 0
                 action = "cooldown"
             response = _NONE
-            new = cur
             if bad > self._patience and not decaying:
                 decay = self._decay
                 if decay is None:
                     new = self._multiply(cur, self._min_lrs)
                     if new is not cur:
+                        self.lrs = new
                         action = "reduce"
                         reduced = True
                         response = _REDUCED
@@ -636,9 +645,23 @@ class Plateau2Stepper:
                 self.bad_evaluations = 0
             else:
                 self.bad_evaluations = bad
-            self.lrs = new
-            self._last = (_SEEN, step, value, before, cur, m, improved, ref, ref_step)
-            self._counts = (n_ref, cooldown, bad, response)
+            if decaying:
+                self.lrs = cur
+            self._last = (
+                _SEEN,
+                step,
+                value,
+                before,
+                cur,
+                m,
+                improved,
+                ref,
+                ref_step,
+                n_ref,
+                cooldown,
+                bad,
+                response,
+            )
         if decaying and not reduced:
             assert self.decay_to is not None
             if step < self.decay_to or self.lrs != before:
@@ -669,7 +692,7 @@ class Plateau2Stepper:
         if kind == _STOPPED:
             return (
                 f"stopped at step {self.stopped_at} (an early-stopping signal: every lr at its "
-                f"floor and {metric} no longer improving): {metric} {fmt(value)} at step "
+                f"floor and {metric} no longer improving): {metric} {_value_text(value)} at step "
                 f"{step} changes nothing, {fmt_lrs(lrs)} held"
             )
         before, cur = last[3], last[4]
@@ -699,8 +722,7 @@ class Plateau2Stepper:
                 )
             text += ", and the patience count restarts"
         else:
-            m, improved, ref, ref_step = last[5:]
-            n_ref, cooldown, bad, response = self._counts
+            m, improved, ref, ref_step, n_ref, cooldown, bad, response = last[5:]
             text = self._seen(value, m, improved, ref, ref_step, n_ref)
             if self.decay_from is not None and response != _DECAY_STARTED:
                 assert decay is not None
