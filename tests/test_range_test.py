@@ -56,7 +56,7 @@ def reference_lr(p: dict[str, Any], step: int, group: int = 0) -> float:
     lo = p["min_lr"][group] if isinstance(p["min_lr"], list) else p["min_lr"]
     hi = p["max_lr"][group] if isinstance(p["max_lr"], list) else p["max_lr"]
     t = min(max(step, 0), n - 1) / (n - 1)
-    return lo * (hi / lo) ** t if p["mode"] == "exp" else lo + (hi - lo) * t
+    return float(lo * (hi / lo) ** t if p["mode"] == "exp" else lo + (hi - lo) * t)
 
 
 def reference(p: dict[str, Any], stream: list[tuple[int, float]]) -> list[dict[str, Any]]:
@@ -120,7 +120,10 @@ def test_ramp_is_the_closed_form(mode: str, n: int) -> None:
     params, state = setup({"min_lr": 1e-6, "max_lr": 1.0, "num_steps": n, "mode": mode,
                            "skip_start": 0})  # fmt: skip
     p = params.model_dump()
-    lrs_at = lambda s: POLICY.lrs_at(params, state, s)[0]  # noqa: E731
+
+    def lrs_at(s: int) -> float:
+        return POLICY.lrs_at(params, state, s)[0]
+
     assert lrs_at(0) == 1e-6 and state.lrs == (1e-6,)  # exactly min_lr at step 0
     assert lrs_at(n - 1) == 1.0  # exactly max_lr at the ramp's last step
     assert lrs_at(n) == lrs_at(10 * n) == 1.0  # clamped after

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 import typer
 from rich.console import Console
 
-from lrpilot import cli_audit
+from lrpilot import cli_audit, cli_plot
 from lrpilot.settings import Settings
 
 app = typer.Typer(
@@ -237,6 +237,7 @@ def _safe(url: str) -> str:
 
 
 cli_audit.register(app)
+cli_plot.register(app)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,485 @@
+"""``lrpilot plot``: a PNG of lr against training step, for a run spec or a live run.
+
+    lrpilot plot SPEC.json --steps N [--values FILE] [--every K] [--linear] -o FILE.png
+    lrpilot plot --from-run RUN_ID [--url URL] [--steps N] [--every K] -o FILE.png
+
+From a spec (what ``PUT /v1/runs/{id}`` takes), offline: the metric stream, if any, is
+replayed through the policy's stepper (as ``lrpilot.replay`` does; no server), and every
+plotted step ``s`` gets ``lrs_at(s)`` from the state in force at ``s`` (the state after the last
+evaluation at or before ``s``; the initial state before the first), exactly as
+``GET lr?step=N`` answers. From a live run: the lrs from ``GET /v1/runs/{id}/lrs``, the metric
+and the decisions from its live branch (``GET /v1/runs/{id}/decisions``).
+
+One curve a param group; a log y axis when the lrs span more than a decade (``--linear`` keeps
+it linear); the metric on a second y axis (log when it is positive and spans more than three
+decades: a loss that explodes, as in a range test); a vertical mark at each decision that
+changed the lrs on its own (the first stop, or new lrs from any action but a schedule's own
+ramp, "warmup" and "decay": a reduction); the policy id and params as the title.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import textwrap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from pydantic import ValidationError
+
+from lrpilot.canonical import canonical_json, parse_float
+from lrpilot.policies import PolicyError
+from lrpilot.policies.base import MAX_STEP
+from lrpilot.whatif import Setup
+
+PLOT_EXTRA = "pip install 'lrpilot[plot]'"
+MAX_POINTS = 5_000_000  # plotted steps at the most: more asks for --every
+LRS_PAGE = 10_000  # steps a GET /lrs answers at the most (the service's MAX_LRS_COUNT)
+DECISIONS_PAGE = 1000
+TIMEOUT = httpx.Timeout(30.0, read=120.0)
+# actions that move the lrs as a schedule's own course, not as news: no mark for them
+SCHEDULE_ACTIONS = frozenset({"warmup", "decay"})
+
+
+class PlotError(ValueError):
+    """What is wrong with the input, as one line for the user."""
+
+
+@dataclass
+class Series:
+    """What a plot shows: the lrs at each plotted step, the evaluations, the marks."""
+
+    title: str
+    metric: str
+    steps: list[int] = field(default_factory=list)
+    lrs: list[tuple[float, ...]] = field(default_factory=list)  # one tuple a plotted step
+    evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, value)
+    marks: list[tuple[int, str]] = field(default_factory=list)  # (step, action)
+
+
+def changes_lrs(
+    action: str, previous: Sequence[float], lrs: Sequence[float], last_action: str = ""
+) -> bool:
+    """A decision that changed the lrs on its own: the first stop (the ones after it repeat
+    it), or new lrs from any action but a schedule's own ramp ("warmup", "decay")."""
+    if action == "stop":
+        return last_action != "stop"
+    return action not in SCHEDULE_ACTIONS and list(previous) != list(lrs)
+
+
+def plotted_steps(steps: int, every: int, extra: Sequence[int] = ()) -> list[int]:
+    """0, every, 2 * every, ... and ``steps`` itself, with the ``extra`` steps (the
+    evaluations', so that a change of lrs is drawn at its very step), in order."""
+    if steps < 0:
+        raise PlotError(f"--steps must be >= 0, got {steps}")
+    if every < 1:
+        raise PlotError(f"--every must be >= 1, got {every}")
+    if steps // every + 1 > MAX_POINTS:
+        raise PlotError(
+            f"{steps // every + 1} steps to plot: more than {MAX_POINTS}; pass --every K to "
+            "plot every K-th step"
+        )
+    chosen = set(range(0, steps + 1, every))
+    chosen.add(steps)
+    chosen.update(s for s in extra if 0 <= s <= steps)
+    return sorted(chosen)
+
+
+# -- offline, from a spec ------------------------------------------------------------------------
+
+
+def read_spec(path: Path) -> tuple[Setup, dict[str, Any]]:
+    """The spec in ``path`` (a run spec as PUT /v1/runs/{id} takes it), validated as the service
+    validates it: (setup, the params as given)."""
+    from lrpilot.api.models import RunIn
+
+    doc = _read_json(path)
+    try:
+        spec = RunIn.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
+        )
+        raise PlotError(f"{path}: not a run spec: {problems}") from None
+    try:
+        setup = Setup.of(
+            spec.policy.name,
+            spec.policy.version,
+            dict(spec.policy.params),
+            spec.base_lrs,
+            spec.metric or "metric",
+        )
+    except PolicyError as exc:
+        raise PlotError(f"{path}: invalid spec: {exc}") from None
+    return setup, dict(spec.policy.params)
+
+
+def read_values(path: Path) -> list[tuple[int, float]]:
+    """A metric stream: lines ``step value`` (blank lines and ``#`` comments skipped; a value
+    may be nan, inf, -inf), or JSON ``[[step, value], ...]`` (a value may be a number or one
+    of "NaN", "Infinity", "-Infinity"). Steps are integers >= 0, strictly increasing."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlotError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlotError(f"{path}: cannot read: {exc}") from None
+    stream = _json_stream(path, text) if text.lstrip().startswith("[") else _line_stream(path, text)
+    for n, ((before, _), (step, _)) in enumerate(itertools.pairwise(stream), start=2):
+        if step <= before:
+            raise PlotError(
+                f"{path}: evaluation {n} is at step {step}, not above the step before it "
+                f"({before}): one evaluation a step, in step order (as the service takes them)"
+            )
+    return stream
+
+
+def _json_stream(path: Path, text: str) -> list[tuple[int, float]]:
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise PlotError(f"{path}: not valid JSON: {exc}") from None
+    stream = []
+    for n, item in enumerate(doc, start=1):
+        ok = (
+            isinstance(item, list)
+            and len(item) == 2
+            and type(item[0]) is int
+            and (
+                (isinstance(item[1], int | float) and not isinstance(item[1], bool))
+                or item[1] in ("NaN", "Infinity", "-Infinity")
+            )
+        )
+        if not ok or not 0 <= item[0] <= MAX_STEP:
+            raise PlotError(
+                f"{path}: item {n} is not [step, value] (an integer step >= 0 and a number): "
+                f"{json.dumps(item)[:80]}"
+            )
+        stream.append((item[0], parse_float(item[1])))
+    return stream
+
+
+def _line_stream(path: Path, text: str) -> list[tuple[int, float]]:
+    stream = []
+    for n, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        fields = line.replace(",", " ").split()
+        try:
+            if len(fields) != 2:
+                raise ValueError
+            step, value = int(fields[0]), float(fields[1])
+        except ValueError:
+            raise PlotError(
+                f"{path} line {n}: expected 'step value' (an integer step and a number), "
+                f"got {raw.strip()[:80]!r}"
+            ) from None
+        if not 0 <= step <= MAX_STEP:
+            raise PlotError(f"{path} line {n}: step {step} is not in 0..{MAX_STEP}")
+        stream.append((step, value))
+    return stream
+
+
+def spec_series(
+    setup: Setup,
+    steps: int,
+    stream: Sequence[tuple[int, float]] = (),
+    every: int = 1,
+    params: dict[str, Any] | None = None,
+) -> Series:
+    """The plot of a spec, offline: ``stream`` (``(step, value)``, in step order) replayed
+    through the policy, and at each plotted step ``s`` the policy's ``lrs_at(s)`` from the
+    state in force at ``s``. Evaluations past ``steps`` are not replayed."""
+    policy, resolved = setup.policy, setup.params
+    shown = params if params is not None else resolved.model_dump()
+    series = Series(
+        title=f"{setup.policy_id} {canonical_json(shown) if shown else '(defaults)'}",
+        metric=setup.metric,
+    )
+    evaluations = [(s, v) for s, v in stream if s <= steps]
+    state = policy.init(resolved, setup.base_lrs)
+    stepper = policy.stepper(resolved, state, setup.metric)
+    pending = iter(evaluations)
+    upcoming = next(pending, None)
+    for s in plotted_steps(steps, every, [e for e, _ in evaluations]):
+        while upcoming is not None and upcoming[0] <= s:
+            step, value = upcoming
+            before, last_action = stepper.lrs, stepper.action
+            action = stepper.advance(step, value)
+            state = stepper.state()
+            series.evaluations.append((step, value))
+            if changes_lrs(action, before, stepper.lrs, last_action):
+                series.marks.append((step, action))
+            upcoming = next(pending, None)
+        series.steps.append(s)
+        series.lrs.append(policy.lrs_at(resolved, state, s))
+    return series
+
+
+# -- a live run ----------------------------------------------------------------------------------
+
+
+def run_series(client: httpx.Client, run_id: str, steps: int | None, every: int = 1) -> Series:
+    """The plot of a live run: its lrs as the service answers them (GET /lrs), its metric and
+    marks from the decisions of its live branch."""
+    run = _get(client, f"/v1/runs/{run_id}", what=f"run {run_id!r}")
+    if steps is None:
+        if run.get("last_step") is None:
+            raise PlotError(f"run {run_id!r} has no decision yet: give --steps")
+        steps = int(run["last_step"])
+    policy = run["policy"]
+    series = Series(
+        title=f"run {run_id}: {policy['name']}@{policy['version']} "
+        f"{canonical_json(policy['params'])}",
+        metric=run.get("metric") or "metric",
+    )
+    last_action = ""
+    for doc in _live_decisions(client, run_id, steps):
+        value = parse_float(doc["value"])
+        series.evaluations.append((doc["step"], value))
+        if changes_lrs(doc["action"], doc["previous_lrs"], doc["lrs"], last_action):
+            series.marks.append((doc["step"], doc["action"]))
+        last_action = doc["action"]
+    wanted = plotted_steps(steps, every, [s for s, _ in series.evaluations])
+    by_step = _served_lrs(client, run_id, wanted)
+    series.steps = wanted
+    series.lrs = [by_step[s] for s in wanted]
+    return series
+
+
+def _get(client: httpx.Client, path: str, what: str, **params: Any) -> Any:
+    try:
+        response = client.get(path, params=params)
+    except httpx.HTTPError as exc:
+        raise PlotError(f"cannot reach {client.base_url}: {exc}") from None
+    if response.status_code == 404:
+        raise PlotError(f"{what} not found at {client.base_url}")
+    if response.status_code != 200:
+        raise PlotError(f"GET {path} failed ({response.status_code}): {response.text[:300]}")
+    return response.json()
+
+
+def _live_decisions(client: httpx.Client, run_id: str, steps: int) -> Iterator[dict[str, Any]]:
+    after = 0
+    while True:
+        page = _get(
+            client,
+            f"/v1/runs/{run_id}/decisions",
+            what=f"run {run_id!r}",
+            after=after,
+            limit=DECISIONS_PAGE,
+            to_step=steps,
+            superseded="false",
+        )
+        for doc in page["items"]:
+            if doc["action"] != "rewind":
+                yield doc
+        if page.get("next") is None:
+            return
+        after = page["next"]
+
+
+def _served_lrs(
+    client: httpx.Client, run_id: str, wanted: list[int]
+) -> dict[int, tuple[float, ...]]:
+    """The lrs of the ``wanted`` steps, read a page of consecutive steps at a time (pages
+    holding none of them are not asked for)."""
+    out: dict[int, tuple[float, ...]] = {}
+    i = 0
+    while i < len(wanted):
+        first = wanted[i]
+        query: dict[str, Any] = {"from": first, "count": LRS_PAGE}
+        page = _get(client, f"/v1/runs/{run_id}/lrs", what=f"run {run_id!r}", **query)
+        rows = page["lrs"]
+        while i < len(wanted) and wanted[i] < first + len(rows):
+            out[wanted[i]] = tuple(parse_float(x) for x in rows[wanted[i] - first])
+            i += 1
+    return out
+
+
+# -- drawing -------------------------------------------------------------------------------------
+
+
+def use_log_scale(lrs: Sequence[tuple[float, ...]]) -> bool:
+    """True when every lr is positive and they span more than a decade."""
+    values = [x for row in lrs for x in row]
+    if not values or min(values) <= 0.0:
+        return False
+    return max(values) / min(values) > 10.0
+
+
+def draw(series: Series, path: Path, linear: bool = False) -> None:
+    """Write the plot to ``path`` (PNG). Raises PlotError when matplotlib is missing."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
+    try:
+        groups = len(series.lrs[0]) if series.lrs else 0
+        for g in range(groups):
+            ax.step(
+                series.steps,
+                [row[g] for row in series.lrs],
+                where="post",
+                linewidth=2,
+                label=f"lr (group {g})" if groups > 1 else "lr",
+            )
+        if not linear and use_log_scale(series.lrs):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("lr")
+        seen: set[str] = set()
+        for step, action in series.marks:
+            ax.axvline(
+                step,
+                color="tab:red" if action == "stop" else "tab:purple",
+                linestyle=":",
+                linewidth=1,
+                label=action if action not in seen else None,
+            )
+            seen.add(action)
+        handles, labels = ax.get_legend_handles_labels()
+        if series.evaluations:
+            metric_ax = ax.twinx()
+            finite = [(s, v) for s, v in series.evaluations if math.isfinite(v)]
+            if finite:
+                metric_ax.plot(
+                    [s for s, _ in finite],
+                    [v for _, v in finite],
+                    color="grey",
+                    alpha=0.6,
+                    linewidth=1,
+                    marker="." if len(finite) <= 200 else None,
+                    label=series.metric,
+                )
+            bad = [s for s, v in series.evaluations if not math.isfinite(v)]
+            if bad:  # drawn at the top of the axis: they have no place on it
+                metric_ax.plot(
+                    bad,
+                    [1.0] * len(bad),
+                    "x",
+                    color="tab:red",
+                    transform=metric_ax.get_xaxis_transform(),
+                    clip_on=False,
+                    label=f"{series.metric} not finite",
+                )
+            positive = [v for _, v in finite]
+            if positive and min(positive) > 0.0 and max(positive) / min(positive) > 1000.0:
+                metric_ax.set_yscale("log")  # a loss that explodes (a range test)
+            metric_ax.set_ylabel(series.metric)
+            more_handles, more_labels = metric_ax.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        ax.legend(handles, labels, loc="best", fontsize="small")
+        ax.set_title("\n".join(textwrap.wrap(series.title, 110)), fontsize="medium")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # a file, never a window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError(f"plot needs matplotlib: {PLOT_EXTRA}") from None
+    return plt
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlotError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlotError(f"{path}: cannot read: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise PlotError(f"{path}: not valid JSON: {exc}") from None
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"lrpilot: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plot")(plot)
+
+
+def plot(
+    output: Annotated[Path, typer.Option("-o", "--output", help="the PNG to write")],
+    spec: Annotated[
+        Path | None,
+        typer.Argument(
+            help='a run spec as PUT /v1/runs/{id} takes it: {"policy": {"name", "version", '
+            '"params"}, "base_lrs": [...], "metric"?}',
+            show_default=False,
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            help="plot training steps 0..N (with --from-run: default the run's last step)",
+            show_default=False,
+        ),
+    ] = None,
+    values: Annotated[
+        Path | None,
+        typer.Option(
+            help="a metric stream posted as evaluations: lines 'step value', or JSON "
+            "pairs \\[\\[step, value], ...]",
+            show_default=False,
+        ),
+    ] = None,
+    every: Annotated[
+        int, typer.Option(help="plot every K-th step (and every evaluation's step)")
+    ] = 1,
+    linear: Annotated[
+        bool, typer.Option("--linear", help="a linear lr axis, even over more than a decade")
+    ] = False,
+    from_run: Annotated[
+        str | None,
+        typer.Option("--from-run", help="plot a live run of the service at --url instead"),
+    ] = None,
+    url: Annotated[
+        str,
+        typer.Option("--url", envvar="LRPILOT_URL", help="the service, for --from-run"),
+    ] = "http://127.0.0.1:8000",
+) -> None:
+    """Draw lr against training step to a PNG: from a run spec (offline, with an optional
+    metric stream replayed through the policy), or from a live run (--from-run)."""
+    try:
+        _pyplot()  # before any work: say now that matplotlib is missing
+        if from_run is not None:
+            if spec is not None or values is not None:
+                raise PlotError("--from-run plots a live run: give no SPEC.json and no --values")
+            with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
+                series = run_series(client, from_run, steps, every)
+        else:
+            if spec is None:
+                raise PlotError("give SPEC.json (a run spec), or --from-run RUN_ID")
+            if steps is None:
+                raise PlotError("give --steps N: the plot covers training steps 0..N")
+            setup, given = read_spec(spec)
+            stream = read_values(values) if values is not None else []
+            series = spec_series(setup, steps, stream, every, given)
+        draw(series, output, linear)
+    except PlotError as exc:
+        _fail(str(exc))
+    except OSError as exc:  # the PNG could not be written
+        _fail(f"{output}: cannot write: {exc}")
+    typer.echo(
+        f"wrote {output}: {len(series.steps)} steps, {len(series.evaluations)} evaluations, "
+        f"{len(series.marks)} marks"
+    )
