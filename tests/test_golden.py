@@ -15,11 +15,26 @@ import pytest
 
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.policies import Observation, get_policy
+from lrpilot.policies.base import MAX_STEP
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 FILES = sorted(GOLDEN.glob("*.jsonl"))
-MIN_STREAMS = {"plateau@1": 30}
+# Schedule families (lrpilot.policies.schedules): one file each, every line with "lrs_at".
+SCHEDULES = (
+    "constant",
+    "step",
+    "multistep",
+    "exponential",
+    "inverse_time",
+    "linear",
+    "cosine",
+    "polynomial",
+    "cosine_restarts",
+    "cyclic",
+    "one_cycle",
+)
+MIN_STREAMS = {"plateau@1": 30, **{f"{name}@1": 10 for name in SCHEDULES}}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -36,6 +51,11 @@ def test_golden_files_exist() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MIN_STREAMS))
+def test_golden_file_has_enough_streams(name: str) -> None:
+    assert len(load(GOLDEN / f"{name}.jsonl")) >= MIN_STREAMS[name]
+
+
+@pytest.mark.parametrize("name", ["plateau@1"])
 def test_golden_file_is_large_and_covers_both_flavors_and_non_finite_values(name: str) -> None:
     lines = load(GOLDEN / f"{name}.jsonl")
     assert len(lines) >= MIN_STREAMS[name]
@@ -45,6 +65,18 @@ def test_golden_file_is_large_and_covers_both_flavors_and_non_finite_values(name
     assert math.inf in values and -math.inf in values
     actions = {d["action"] for line in lines for d in line["decisions"]}
     assert actions == {"hold", "reduce", "cooldown"}
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedule_golden_file_pins_lrs_at_from_step_0_to_the_largest_step(name: str) -> None:
+    lines = load(GOLDEN / f"{name}@1.jsonl")
+    for line in lines:
+        steps = [step for step, _ in line["lrs_at"]]
+        assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == MAX_STEP
+    actions = {d["action"] for line in lines for d in line["decisions"]}
+    assert "hold" in actions and actions - {"hold"} and actions <= {"hold", "warmup", "decay"}
+    values = [parse_float(v) for line in lines for _, v in line["observations"]]
+    assert any(math.isnan(v) for v in values)  # logged, never read
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
@@ -67,6 +99,7 @@ def test_golden_stream_replays_identically(path: Path, n: int) -> None:
         "the stored params are resolved params: resolving them again must change nothing"
     )
     state = policy.init(params, base_lrs)
+    in_force = [(-1, state)]  # (step, the state its decision left), the initial state first
     observations, decisions = line["observations"], line["decisions"]
     assert len(observations) == len(decisions) > 0
     for i, ((step, raw), want) in enumerate(zip(observations, decisions, strict=True)):
@@ -81,6 +114,36 @@ def test_golden_stream_replays_identically(path: Path, n: int) -> None:
         assert canonical_json(state.model_dump()) == canonical_json(want["state"]), (
             f"{where}: state"
         )
+        in_force.append((step, state))
+    # lrs_at at training steps, as GET lr?step=N answers: from the state of the last decision
+    # at or before the step (the initial state before the first)
+    for step, want_lrs in line.get("lrs_at", []):
+        state = [s for at, s in in_force if at <= step][-1]
+        got_lrs = [repr(x) for x in policy.lrs_at(params, state, step)]
+        want_lrs = [repr(parse_float(x)) for x in want_lrs]
+        assert got_lrs == want_lrs, f"{path.name} line {n}: lrs_at({step}) {got_lrs} != frozen"
+
+
+def test_make_golden_schedules_refuses_to_overwrite(tmp_path: Path) -> None:
+    target = tmp_path / "cosine@1.jsonl"
+    shutil.copyfile(GOLDEN / "cosine@1.jsonl", target)
+    before = target.read_bytes()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_golden_schedules.py"),
+            "--out-dir",
+            str(tmp_path),
+            "--family",
+            "cosine",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "refusing to overwrite" in proc.stderr
+    assert target.read_bytes() == before
 
 
 def test_make_golden_refuses_to_overwrite(tmp_path: Path) -> None:

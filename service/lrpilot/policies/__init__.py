@@ -15,6 +15,19 @@ from lrpilot.policies.compose import Scaled, Sequence
 from lrpilot.policies.plateau import Plateau
 from lrpilot.policies.plateau2 import Plateau2
 from lrpilot.policies.range_test import RangeTest
+from lrpilot.policies.schedules import (
+    Constant,
+    Cosine,
+    CosineRestarts,
+    Cyclic,
+    Exponential,
+    InverseTime,
+    Linear,
+    MultiStep,
+    OneCycle,
+    Polynomial,
+    Step,
+)
 
 POLICIES: dict[str, Policy] = {
     policy_id(p.name, p.version): p
@@ -23,6 +36,17 @@ POLICIES: dict[str, Policy] = {
         Plateau2(),
         Sequence(),
         Scaled(),
+        Constant(),
+        Step(),
+        MultiStep(),
+        Exponential(),
+        InverseTime(),
+        Linear(),
+        Cosine(),
+        Polynomial(),
+        CosineRestarts(),
+        Cyclic(),
+        OneCycle(),
         RangeTest(),
     )
 }
