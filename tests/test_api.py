@@ -64,7 +64,7 @@ def test_invalid_run_id_and_spec_are_422(api: TestClient) -> None:
         r = api.put("/v1/runs/r", json=spec)
         assert r.status_code == 422, (spec, r.text)
         strict_json(r.text)
-    r = api.put("/v1/runs/r", json={**run_spec(), "policy": {"name": "cosine", "version": 7}})
+    r = api.put("/v1/runs/r", json={**run_spec(), "policy": {"name": "nosuch", "version": 7}})
     assert r.status_code == 422
     (err,) = r.json()["detail"]
     assert err["loc"] == ["body", "policy", "name"] and "plateau@1" in err["msg"]
