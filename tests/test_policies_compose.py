@@ -149,3 +149,56 @@ def test_resolving_resolved_params_again_changes_nothing() -> None:
     assert seq.resolve(once.model_dump(), BASE) == once
     with pytest.raises(PolicyError):
         seq.resolve(once.model_dump(), (0.3, 0.4))  # another run's base lrs: not its own
+
+
+COSINE = {"name": "cosine", "version": 1, "params": {"T_max": 1000, "eta_min": 0.0}}
+HALVE = {"name": "plateau", "version": 1, "params": {"patience": 1, "factor": 0.5}}
+
+
+def test_scaled_is_the_schedule_times_plateau_control_run_from_one() -> None:
+    scaled = get_policy("scaled", 1)
+    params = scaled.resolve({"schedule": COSINE, "plateau": HALVE}, BASE)
+    state = scaled.init(params, BASE)
+    cosine = get_policy("cosine", 1)
+    cp = cosine.resolve(COSINE["params"], BASE)
+    c0 = cosine.init(cp, BASE)
+    scales = by_hand_from_one(HALVE, STREAM)
+    for (step, value), scale in zip(STREAM, scales, strict=True):
+        outcome, state = scaled.step(params, state, Observation(step, value))
+        want = tuple(a * b for a, b in zip(cosine.lrs_at(cp, c0, step), scale, strict=True))
+        assert outcome.lrs == want
+        # between evaluations the schedule moves on and the scale holds
+        later = tuple(a * b for a, b in zip(cosine.lrs_at(cp, c0, step + 5), scale, strict=True))
+        assert scaled.lrs_at(params, state, step + 5) == later
+    assert scales[-1] != (1.0, 1.0), "the stream has plateaus: the scale dropped"
+
+
+def by_hand_from_one(ref: dict[str, Any], stream: list[tuple[int, float]]) -> list[Any]:
+    policy = get_policy(ref["name"], ref["version"])
+    ones = (1.0, 1.0)
+    params = policy.resolve(ref["params"], ones)
+    state = policy.init(params, ones)
+    out = []
+    for step, value in stream:
+        _, state = policy.step(params, state, Observation(step, value))
+        out.append(state.lrs)
+    return out
+
+
+def test_simulate_runs_a_composite(api: TestClient) -> None:
+    body = {
+        "policy": {
+            "name": "scaled",
+            "version": 1,
+            "params": {"schedule": COSINE, "plateau": HALVE},
+        },
+        "base_lrs": list(BASE),
+        "values": [v for _, v in STREAM],
+        "steps": [s for s, _ in STREAM],
+    }
+    r = api.post("/v1/simulate", json=body)
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    assert [i["step"] for i in items] == [s for s, _ in STREAM]
+    assert any(i["action"] == "reduce" for i in items)
+    assert all(i["reason"].startswith("scale: ") for i in items)
