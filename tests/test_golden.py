@@ -34,7 +34,12 @@ SCHEDULES = (
     "cyclic",
     "one_cycle",
 )
-MIN_STREAMS = {"plateau@1": 30, "plateau@2": 30, **{f"{name}@1": 10 for name in SCHEDULES}}
+MIN_STREAMS = {
+    "plateau@1": 30,
+    "plateau@2": 30,
+    "range_test@1": 10,
+    **{f"{name}@1": 10 for name in SCHEDULES},
+}
 
 
 def load(path: Path) -> list[dict[str, Any]]:
