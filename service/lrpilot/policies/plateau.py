@@ -120,7 +120,12 @@ class Plateau:
     open_loop: ClassVar[bool] = False
 
     def params_schema(self) -> dict[str, Any]:
-        return _SCHEMA_ADAPTER.json_schema()
+        schema = _SCHEMA_ADAPTER.json_schema()
+        schema["examples"] = [
+            {"patience": 5, "factor": 0.5},
+            {"flavor": "keras", "patience": 3, "min_delta": 0.001, "min_lr": 1e-5},
+        ]
+        return schema
 
     def defaults(self) -> dict[str, Any]:
         return TorchParams().model_dump()
