@@ -134,7 +134,7 @@ def test_writers_waiting_on_a_held_sqlite_lock_answer_in_bound_and_agree_after(
             shell.execute("BEGIN IMMEDIATE")
             answers: list[tuple[str, int, int, float, bytes, str | None]] = []
 
-            async def post(run_id: str, step: int) -> None:
+            async def post(run_id: str, step: int) -> int:
                 started = time.monotonic()
                 body = {"step": step, "value": 1.0 / step}
                 r = await http.post(f"/v1/runs/{run_id}/observations", json=body)
@@ -142,14 +142,23 @@ def test_writers_waiting_on_a_held_sqlite_lock_answer_in_bound_and_agree_after(
                 answers.append(
                     (run_id, step, r.status_code, waited, r.content, r.headers.get("retry-after"))
                 )
+                return r.status_code
 
             async def release() -> None:
                 await asyncio.sleep(DB_TIMEOUT_S * 0.6)
                 shell.execute("ROLLBACK")
                 shell.close()
 
-            posts = [post(run_id, s) for _ in range(2) for s in (1, 2, 3) for run_id in runs]
-            await asyncio.gather(release(), *posts)
+            async def rank(run_id: str) -> None:
+                # a rank posts its steps in order; the ranks and the runs race each other (all
+                # at once, steps could overtake each other in flight: a later step decided
+                # first makes an earlier one a 409, rightly, and that is not what this tests)
+                for step in (1, 2, 3):
+                    if await post(run_id, step) != 200:  # a client retries a 503 first
+                        return
+
+            ranks = [rank(run_id) for _ in range(2) for run_id in runs]
+            await asyncio.gather(release(), *ranks)
             return answers
 
     server.start()
