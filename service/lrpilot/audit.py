@@ -275,9 +275,11 @@ class Audit:
         first: int | None = None
         reductions: list[dict[str, Any]] = []
         live = 0
+        previous_action = ""
         for body in self.store.bodies(run_id, head.last_seq, superseded=False):
             doc = json.loads(body)
-            if doc["action"] == REWIND:
+            action = doc["action"]
+            if action == REWIND:
                 continue
             live += 1
             step = doc["step"]
@@ -287,10 +289,14 @@ class Audit:
                 best is None or (value > best if maximize else value < best)
             ):
                 best, best_step = value, step
-            if doc["lrs"] != doc["previous_lrs"]:
+            # what an auditor looks for: each reduction, and where each decay began (a
+            # schedule's or a range test's every step moves the lrs: not news, one at a time)
+            news = action == "reduce" or (action == "decay" and previous_action != "decay")
+            if news and doc["lrs"] != doc["previous_lrs"]:
                 reductions.append(
-                    {"seq": doc["seq"], "step": step, "lrs": doc["lrs"], "action": doc["action"]}
+                    {"seq": doc["seq"], "step": step, "lrs": doc["lrs"], "action": action}
                 )
+            previous_action = action
         summary: dict[str, Any] = {
             "run_id": run_id,
             "decisions": live,

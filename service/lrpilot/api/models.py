@@ -397,10 +397,15 @@ class SummaryOut(BaseModel):
     first_step: int | None
     last_step: int | None
     best: BestOut
-    lr_changes: list[LrChangeOut]
+    lr_changes: list[LrChangeOut] = Field(
+        description="each reduction, and the step where each decay began"
+    )
     superseded: int
     head_hash: str
     lrs: list[float]
+    range_test: dict[str, Any] | None = Field(
+        default=None, description="for a range_test run: the suggested lrs and how they were found"
+    )
 
 
 MAX_SIMULATE = 100_000  # observations a simulate request replays (lrpilot replay has no cap)
