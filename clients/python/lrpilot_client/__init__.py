@@ -18,6 +18,7 @@ from .errors import (
 from .models import (
     Counts,
     Decision,
+    LrsAhead,
     LrsInForce,
     Page,
     Policy,
@@ -37,6 +38,7 @@ __all__ = [
     "Counts",
     "Decision",
     "LrpilotError",
+    "LrsAhead",
     "LrsInForce",
     "NotFoundError",
     "Page",

@@ -26,6 +26,7 @@ from .errors import (
 )
 from .models import (
     Decision,
+    LrsAhead,
     LrsInForce,
     Page,
     Rewound,
@@ -164,6 +165,11 @@ def verify(run_id: str, head: str | None) -> Call[Verified]:
 def lrs_in_force(run_id: str, step: int | None) -> Call[LrsInForce]:
     params = None if step is None else {"step": step}
     return Call("GET", f"{run_path(run_id)}/lr", LrsInForce.from_json, params=params)
+
+
+def lrs_ahead(run_id: str, first: int, count: int) -> Call[LrsAhead]:
+    params = {"from": first, "count": count}
+    return Call("GET", f"{run_path(run_id)}/lrs", LrsAhead.from_json, params=params)
 
 
 def decisions(run_id: str, after: int, limit: int, action: str | None) -> Call[Page[Decision]]:

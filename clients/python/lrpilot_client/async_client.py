@@ -14,7 +14,7 @@ from . import _calls
 from ._calls import Call
 from ._retry import RetryPolicy
 from .client import DEFAULT_BASE_URL, USER_AGENT, next_cursor
-from .models import Decision, LrsInForce, Page, Rewound, Run, Verified
+from .models import Decision, LrsAhead, LrsInForce, Page, Rewound, Run, Verified
 
 __all__ = ["AsyncClient"]
 
@@ -143,6 +143,10 @@ class AsyncClient:
     async def lrs_in_force(self, run_id: str, step: int | None = None) -> LrsInForce:
         """See `Client.lrs_in_force`."""
         return await self._send(_calls.lrs_in_force(run_id, step))
+
+    async def lrs_ahead(self, run_id: str, first: int, count: int = 1000) -> LrsAhead:
+        """See `Client.lrs_ahead`."""
+        return await self._send(_calls.lrs_ahead(run_id, first, count))
 
     async def lrs(self, run_id: str, step: int | None = None) -> list[float]:
         """See `Client.lrs`."""

@@ -14,7 +14,7 @@ from . import _calls
 from ._calls import Call
 from ._retry import RetryPolicy
 from .errors import ResponseError
-from .models import Decision, LrsInForce, Page, Rewound, Run, Verified
+from .models import Decision, LrsAhead, LrsInForce, Page, Rewound, Run, Verified
 
 __all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Client"]
 
@@ -180,6 +180,11 @@ class Client:
         """The rates in force at `step` (the current ones if None), and the decision that set
         them."""
         return self._send(_calls.lrs_in_force(run_id, step))
+
+    def lrs_ahead(self, run_id: str, first: int, count: int = 1000) -> LrsAhead:
+        """The rates of `count` consecutive steps from `first` (at most 10,000): a rank that
+        needs an lr every training step fetches once per `count` steps."""
+        return self._send(_calls.lrs_ahead(run_id, first, count))
 
     def lrs(self, run_id: str, step: int | None = None) -> list[float]:
         """The rates in force at `step`, one per param group (the current ones if None)."""

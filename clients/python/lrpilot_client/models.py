@@ -315,6 +315,43 @@ class LrsInForce:
 
 
 @dataclass(frozen=True)
+class LrsAhead:
+    """The rates of `count` consecutive training steps from `first` (GET /lrs), fetched ahead so
+    that a rank needs one request per `count` steps. `certain_through` is the last step whose
+    rates no later evaluation can change (all of them for a pure schedule; None when none is
+    certain yet): past it, fetch again after the next evaluation."""
+
+    run_id: str
+    first: int
+    lrs: tuple[tuple[float, ...], ...]
+    certain_through: int | None
+    open_loop: bool
+
+    def at(self, step: int) -> tuple[float, ...]:
+        """The rates at `step`, which must be within the fetched range."""
+        if not self.first <= step < self.first + len(self.lrs):
+            raise IndexError(
+                f"step {step} is outside {self.first}..{self.first + len(self.lrs) - 1}"
+            )
+        return self.lrs[step - self.first]
+
+    @classmethod
+    def from_json(cls, raw: object) -> LrsAhead:
+        f = _Fields(raw, "LrsAhead")
+        rows = f.array("lrs")
+        return cls(
+            run_id=f.text("run_id"),
+            first=f.integer("from"),
+            lrs=tuple(
+                tuple(decode_float(x, f"LrsAhead.lrs[{i}]") for x in row)
+                for i, row in enumerate(rows)
+            ),
+            certain_through=f.opt_integer("certain_through"),
+            open_loop=f.boolean("open_loop"),
+        )
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     """One page of a list. `next` is the cursor to pass as `after` for the following page,
     None on the last page."""
