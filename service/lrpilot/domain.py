@@ -7,6 +7,8 @@ api over the store, one group-committed transaction a batch of concurrent observ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from lrpilot.settings import Settings
 from lrpilot.store.errors import Busy, Conflict, RunBusy, RunNotFound, Unavailable
 from lrpilot.store.records import NewDecision, NewRun, RunHead
 from lrpilot.store.runs import Store, WriteTx
+
+WAIT_POLL_S = 0.2  # how often a waiting reader looks for other replicas' decisions
 
 
 def now() -> str:
@@ -205,6 +209,7 @@ class Decisions:
         self.store = store
         # however long the database is locked or slow, a request waits this long at the most
         self._timeout = settings.db_timeout_s
+        self._waiting: dict[str, asyncio.Event] = {}  # runs readers wait on (leader mode)
         self._writer: GroupCommit[Posted, str]
         if store.is_sqlite:  # statements that never wait on the network: batches on the loop
             self._writer = Inline(self._prepare_now, busy=Busy)
@@ -219,11 +224,37 @@ class Decisions:
     ) -> str:
         """The decision's canonical JSON, acknowledged only once it is committed."""
         try:
-            return await self._writer.submit(Posted(run_id, step, value, client), self._timeout)
+            body = await self._writer.submit(Posted(run_id, step, value, client), self._timeout)
         except WaitTimeout:
             raise Unavailable(
                 "the database did not answer in time; retry later (a retry never counts twice)"
             ) from None
+        self._decided(run_id)
+        return body
+
+    def _decided(self, run_id: str) -> None:
+        """Wake the readers waiting on this run (in this process: others poll)."""
+        waiting = self._waiting.pop(run_id, None)
+        if waiting is not None:
+            waiting.set()
+
+    async def lr_when_decided(self, run_id: str, step: int, wait_s: float) -> dict[str, Any]:
+        """``lr_at(step)`` once the run is decided through ``step`` (a decision at or after
+        it exists: the lrs at ``step`` are then certain), waiting up to ``wait_s``: leader
+        mode, where one rank posts and the others read. The wait holds no thread and no
+        connection: a decision in this process wakes it, and it looks again every
+        ``WAIT_POLL_S`` for decisions that other replicas made."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            answer = await asyncio.to_thread(self.lr_at, run_id, step)
+            left = deadline - loop.time()
+            if answer["certain"] or left <= 0:
+                return answer
+            event = self._waiting.setdefault(run_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, WAIT_POLL_S)):
+                    await event.wait()
 
     def create_run(self, run_id: str, spec: RunSpec) -> tuple[dict[str, Any], bool]:
         """The run created (True), or the stored one if it has the same spec (False)."""
@@ -245,7 +276,21 @@ class Decisions:
             seq, at, body = row if row is not None else (None, None, None)
             state = _initial(head) if body is None else _state_in(policy, body)
             lrs = list(policy.lrs_at(params, state, step))
-        return {"run_id": run_id, "step": step, "lrs": lrs, "seq": seq, "decided_at_step": at}
+        if step is None:
+            certain = True
+        else:
+            decided_through = head.last_step is not None and head.last_step >= step
+            certain = (
+                decided_through or resolved(head.policy, head.params, head.base_lrs)[0].open_loop
+            )
+        return {
+            "run_id": run_id,
+            "step": step,
+            "lrs": lrs,
+            "seq": seq,
+            "decided_at_step": at,
+            "certain": certain,
+        }
 
     def lrs_between(self, run_id: str, first: int, count: int) -> dict[str, Any]:
         """The lrs of ``count`` consecutive training steps from ``first``, and the last of them

@@ -263,6 +263,13 @@ class LrOut(BaseModel):
     lrs: list[float]
     seq: int | None
     decided_at_step: int | None
+    certain: bool = Field(
+        description="no later evaluation can change these lrs: the run is decided through "
+        "`step` (or its policy is a pure schedule); with `wait`, false means the wait ran out"
+    )
+
+
+MAX_WAIT_S = 60.0  # the longest a reader may wait for a decision
 
 
 MAX_LRS_COUNT = 10_000  # steps one GET /lrs answers

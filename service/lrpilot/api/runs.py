@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -11,6 +12,7 @@ from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
 from lrpilot.api.models import (
     MAX_LABEL_FILTERS,
     MAX_LRS_COUNT,
+    MAX_WAIT_S,
     RUN_ID_PATTERN,
     ActionFilter,
     DecisionOut,
@@ -111,14 +113,26 @@ def get_run(run_id: RunId, store: StoreDep) -> Response:
 
 
 @router.get("/{run_id}/lr", response_model=LrOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
-def get_lr(
+async def get_lr(
     run_id: RunId,
     decisions: DecisionsDep,
     step: Annotated[
         int | None, Query(ge=0, le=MAX_STEP, description="training step; omit for the latest")
     ] = None,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0.0,
+            le=MAX_WAIT_S,
+            description="leader mode: wait up to this many seconds until the run is decided "
+            "through `step` (one rank posts, the others read); `certain` says whether it was",
+        ),
+    ] = 0.0,
 ) -> Response:
-    return StrictJSONResponse(decisions.lr_at(run_id, step))
+    # async: a waiting reader holds no worker thread (the reads themselves run on threads)
+    if step is None or wait == 0:
+        return StrictJSONResponse(await asyncio.to_thread(decisions.lr_at, run_id, step))
+    return StrictJSONResponse(await decisions.lr_when_decided(run_id, step, wait))
 
 
 @router.get(
