@@ -21,6 +21,9 @@ filled) into the composite's params, so the config hash covers them.
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar
 
@@ -35,6 +38,7 @@ from lrpilot.policies.base import (
     Policy,
     PolicyError,
     State,
+    fmt_change,
     fmt_lrs,
 )
 
@@ -124,6 +128,25 @@ def _inner(ref_json: str, base_lrs: tuple[float, ...]) -> tuple[Policy, Frozen, 
     return policy, params, policy.init(params, base_lrs)
 
 
+# What a params or state object leads to (its phases' policies, its inner state loaded),
+# found once an object: lrs_at runs once a training step with the same two. Keyed by the
+# object itself (kept alive here, so its id is not reused); bounded.
+_MEMO: OrderedDict[int, tuple[object, Any]] = OrderedDict()
+_MEMO_MAX = 4096
+
+
+def _memo(obj: object, compute: Callable[[], Any]) -> Any:
+    hit = _MEMO.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    value = compute()
+    _MEMO[id(obj)] = (obj, value)
+    if len(_MEMO) > _MEMO_MAX:
+        with contextlib.suppress(KeyError):  # another thread trimmed it first
+            _MEMO.popitem(last=False)
+    return value
+
+
 def _ref_json(ref: PolicyRef) -> str:
     return canonical_json(ref.model_dump())
 
@@ -137,12 +160,10 @@ def _validated(model: type[Frozen], params: dict[str, Any]) -> Any:
         ) from None
 
 
-def _no_base_lrs(params: dict[str, Any], base_lrs: tuple[float, ...]) -> None:
-    """base_lrs is the run's: resolve fills it in, and takes it back only as it filled it (a
-    stored run's params are resolved again when it is read)."""
-    given = params.get("base_lrs", base_lrs)
-    if not isinstance(given, list | tuple) or tuple(given) != tuple(base_lrs):
-        raise PolicyError([(("base_lrs",), "base_lrs is the run's, not a param")])
+def _without_base_lrs(params: dict[str, Any]) -> dict[str, Any]:
+    """base_lrs is the run's: resolve fills it in, whatever the params say (a stored run's
+    params carry the ones it filled, and are resolved again, maybe for other base lrs: what-if)."""
+    return {k: v for k, v in params.items() if k != "base_lrs"}
 
 
 def _prefixed(errors: PolicyError) -> PolicyError:
@@ -172,7 +193,7 @@ class Sequence:
         "from the run's base lrs; a schedule phase counts steps from its own start, a plateau "
         "phase sees the real steps."
     )
-    actions: ClassVar[tuple[str, ...]] = ()  # its phases' actions
+    actions: ClassVar[tuple[str, ...]] = ("warmup", "decay")  # and its phases' actions
     open_loop: ClassVar[bool] = False
 
     def params_schema(self) -> dict[str, Any]:
@@ -205,7 +226,7 @@ class Sequence:
             raise _prefixed(exc) from None
 
     def _resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> SequenceParams:
-        _no_base_lrs(params, base_lrs)
+        params = _without_base_lrs(params)
         if _depth(params) > MAX_DEPTH:
             raise PolicyError([(("phases",), f"policies nest at most {MAX_DEPTH} deep")])
         raw = _validated(SequenceParams, params)
@@ -238,7 +259,15 @@ class Sequence:
                     )
                 )
             previous = max(previous, phase.until_step or previous)
-            _, resolved = _resolve_ref(phase.policy, base_lrs, ("phases", i, "policy"))
+            inner, resolved = _resolve_ref(phase.policy, base_lrs, ("phases", i, "policy"))
+            if i > 0 and getattr(inner, "from_step_zero", False):
+                errors.append(
+                    (
+                        ("phases", i, "policy", "name"),
+                        f"{phase.policy.id} counts training steps from 0: it can only be the "
+                        "first phase",
+                    )
+                )
             phases.append(
                 Phase(
                     policy=phase.policy.model_copy(update={"params": resolved}),
@@ -250,7 +279,10 @@ class Sequence:
         return SequenceParams(phases=tuple(phases), base_lrs=tuple(base_lrs))
 
     def _phase(self, p: SequenceParams, i: int) -> tuple[Policy, Frozen, State]:
-        return _inner(_ref_json(p.phases[i].policy), p.base_lrs)
+        phases: list[tuple[Policy, Frozen, State]] = _memo(
+            p, lambda: [_inner(_ref_json(ph.policy), p.base_lrs) for ph in p.phases]
+        )
+        return phases[i]
 
     def _clock(self, p: SequenceParams, i: int, policy: Policy, step: int) -> int:
         return step - _starts(p)[i] if policy.open_loop else step
@@ -265,7 +297,10 @@ class Sequence:
 
     def _inner_state(self, p: SequenceParams, state: SequenceState, i: int) -> State:
         policy, _, initial = self._phase(p, i)
-        return policy.load_state(state.inner) if i == state.phase else initial
+        if i != state.phase:
+            return initial
+        loaded: State = _memo(state, lambda: policy.load_state(state.inner))
+        return loaded
 
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         assert isinstance(params, SequenceParams) and isinstance(state, SequenceState)
@@ -284,13 +319,16 @@ class Sequence:
             inner_params, inner, Observation(step=clock, value=obs.value, metric=obs.metric)
         )
         lead = f"phase {i + 1} of {len(params.phases)} ({params.phases[i].policy.id})"
+        action = outcome.action
         if i != state.phase:
             lead += f", from step {_starts(params)[i]}"
+            if outcome.lrs != state.lrs:  # the new phase starts elsewhere than the last left
+                lead += f" ({fmt_change(state.lrs, outcome.lrs)} as it begins)"
+                if action in ("hold", "cooldown"):
+                    rose = any(b > a for a, b in zip(state.lrs, outcome.lrs, strict=True))
+                    action = "warmup" if rose else "decay"
         new = SequenceState(lrs=outcome.lrs, phase=i, inner=after.model_dump())
-        return (
-            Outcome(outcome.lrs, outcome.action, f"{lead}: {outcome.reason}", outcome.reduced),
-            new,
-        )
+        return Outcome(outcome.lrs, action, f"{lead}: {outcome.reason}", outcome.reduced), new
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> StepStepper:
         return StepStepper(self, params, state, metric)
@@ -335,7 +373,7 @@ class Scaled:
             raise _prefixed(exc) from None
 
     def _resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> ScaledParams:
-        _no_base_lrs(params, base_lrs)
+        params = _without_base_lrs(params)
         if _depth(params) > MAX_DEPTH:
             raise PolicyError([(("schedule",), f"policies nest at most {MAX_DEPTH} deep")])
         raw = _validated(ScaledParams, params)
@@ -361,10 +399,14 @@ class Scaled:
 
     def _parts(self, p: ScaledParams) -> tuple[Policy, Frozen, State, Policy, Frozen, State]:
         ones = tuple(1.0 for _ in p.base_lrs)
-        return (
-            *_inner(_ref_json(p.schedule), p.base_lrs),
-            *_inner(_ref_json(p.plateau), ones),
+        parts: tuple[Policy, Frozen, State, Policy, Frozen, State] = _memo(
+            p,
+            lambda: (
+                *_inner(_ref_json(p.schedule), p.base_lrs),
+                *_inner(_ref_json(p.plateau), ones),
+            ),
         )
+        return parts
 
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> ScaledState:
         assert isinstance(params, ScaledParams)
@@ -378,7 +420,7 @@ class Scaled:
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         assert isinstance(params, ScaledParams) and isinstance(state, ScaledState)
         sched, sp, s0, plat, pp, _ = self._parts(params)
-        scale = plat.load_state(state.scale)
+        scale: State = _memo(state, lambda: plat.load_state(state.scale))
         return _times(sched.lrs_at(sp, s0, step), plat.lrs_at(pp, scale, step))
 
     def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:

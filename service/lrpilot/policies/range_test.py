@@ -232,6 +232,8 @@ class RangeTest:
     actions: ClassVar[tuple[str, ...]] = ("warmup", "stop")
     # a stop ends the ramp: the lrs after the next evaluation are not certain in advance
     open_loop: ClassVar[bool] = False
+    # its ramp counts training steps from 0: in a sequence it can only be the first phase
+    from_step_zero: ClassVar[bool] = True
 
     def params_schema(self) -> dict[str, Any]:
         return RangeTestParams.model_json_schema()
