@@ -142,8 +142,10 @@ def read_values(path: Path) -> list[tuple[int, float]]:
 def _json_stream(path: Path, text: str) -> list[tuple[int, float]]:
     try:
         doc = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nested too deep is not a stream either
         raise PlotError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(doc, list):
+        raise PlotError(f"{path}: a JSON stream is a list of [step, value] pairs")
     stream = []
     for n, item in enumerate(doc, start=1):
         ok = (
@@ -160,7 +162,10 @@ def _json_stream(path: Path, text: str) -> list[tuple[int, float]]:
                 f"{path}: item {n} is not [step, value] (an integer step >= 0 and a number): "
                 f"{json.dumps(item)[:80]}"
             )
-        stream.append((item[0], parse_float(item[1])))
+        try:
+            stream.append((item[0], parse_float(item[1])))
+        except OverflowError:  # an integer no float can hold
+            raise PlotError(f"{path}: item {n}: the value is too large for a float") from None
     return stream
 
 
@@ -401,7 +406,7 @@ def _read_json(path: Path) -> Any:
         raise PlotError(f"{path}: cannot read: {exc}") from None
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise PlotError(f"{path}: not valid JSON: {exc}") from None
 
 
