@@ -25,6 +25,7 @@ from lrpilot.store.errors import Busy, Conflict, RunBusy, RunNotFound, Unavailab
 from lrpilot.store.records import NewDecision, NewRun, RunHead
 from lrpilot.store.runs import Store, WriteTx
 
+MAX_LRS_VALUES = 200_000  # numbers in one GET /lrs answer (steps x param groups): ~4 MiB
 WAIT_POLL_S = 0.2  # how often a waiting reader looks for other replicas' decisions
 
 
@@ -294,9 +295,13 @@ class Decisions:
 
     def lrs_between(self, run_id: str, first: int, count: int) -> dict[str, Any]:
         """The lrs of ``count`` consecutive training steps from ``first``, and the last of them
-        that no later evaluation can change (None when none is certain yet)."""
+        that no later evaluation can change (None when none is certain yet). An answer holds
+        at most ``MAX_LRS_VALUES`` numbers: with many param groups, fewer steps (``count``
+        says how many; ask again from there)."""
+        head, before, within = self.store.decisions_between(run_id, first, first + count - 1)
+        groups = len(json.loads(head.base_lrs))
+        count = max(1, min(count, MAX_LRS_VALUES // max(1, groups)))
         last = first + count - 1
-        head, before, within = self.store.decisions_between(run_id, first, last)
         policy, params = resolved(head.policy, head.params, head.base_lrs)
         state = _initial(head) if before is None else _state_in(policy, before)
         changes = iter(within)  # (step, body), in step order
