@@ -171,7 +171,7 @@ def _per_group(v: float | list[float], n: int) -> tuple[float, ...]:
 class Ramp:
     """The lrs of a range test at each training step, for ``n`` param groups."""
 
-    __slots__ = ("_exp", "_last", "_ln_ratios", "_min_d", "maxs", "mins")
+    __slots__ = ("_exp", "_group", "_last", "_ln_ratios", "_min_d", "maxs", "mins")
 
     def __init__(
         self, mins: tuple[float, ...], maxs: tuple[float, ...], num_steps: int, mode: str
@@ -180,9 +180,14 @@ class Ramp:
         self.maxs = maxs
         self._last = num_steps - 1  # the ramp's last step: max_lr
         self._exp = mode == "exp"
-        self._min_d = tuple(Decimal(x) for x in mins)
+        # groups with the same (min, max) share one computation a step (the usual case: many
+        # groups, one range): the same decimal operations, so the same floats
+        distinct = list(dict.fromkeys(zip(mins, maxs, strict=True)))
+        self._group = tuple(distinct.index(pair) for pair in zip(mins, maxs, strict=True))
+        self._min_d = tuple(Decimal(lo) for lo, _ in distinct)
         self._ln_ratios = tuple(
-            _CTX.ln(_CTX.divide(Decimal(hi), lo)) for lo, hi in zip(self._min_d, maxs, strict=True)
+            _CTX.ln(_CTX.divide(Decimal(hi), lo))
+            for lo, (_, hi) in zip(self._min_d, distinct, strict=True)
         )
 
     def lrs(self, step: int) -> tuple[float, ...]:
@@ -192,10 +197,11 @@ class Ramp:
             return self.maxs
         if self._exp:
             t = _CTX.divide(step, self._last)
-            return tuple(
+            values = [
                 float(_CTX.multiply(lo, _CTX.exp(_CTX.multiply(t, ln_ratio))))
                 for lo, ln_ratio in zip(self._min_d, self._ln_ratios, strict=True)
-            )
+            ]
+            return tuple(values[g] for g in self._group)
         f = step / self._last
         return tuple(lo + (hi - lo) * f for lo, hi in zip(self.mins, self.maxs, strict=True))
 
