@@ -155,8 +155,13 @@ def _validated(model: type[Frozen], params: dict[str, Any]) -> Any:
     try:
         return model.model_validate(params)
     except ValidationError as exc:
+        errors = exc.errors()
+        # a list whose items failed also "has too few items" (pydantic counts the valid ones):
+        # name the items, not a false claim about the list
+        failed_items = {e["loc"][:1] for e in errors if len(e["loc"]) > 1}
+        errors = [e for e in errors if not (e["type"] == "too_short" and e["loc"] in failed_items)]
         raise PolicyError(
-            [(tuple(e["loc"]), f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in exc.errors()]
+            [(tuple(e["loc"]), f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in errors]
         ) from None
 
 
