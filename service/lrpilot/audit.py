@@ -175,6 +175,8 @@ class Audit:
             head = tx.lock_run(run_id)
             if head is None:
                 raise RunNotFound(f"run {run_id!r} not found")
+            if head.aggregate is not None:  # the ranks will report those steps again
+                tx.drop_reports_after(run_id, to_step)
             if head.last_step is None or to_step >= head.last_step:
                 return None
             target = tx.live_at_or_before(run_id, to_step)
@@ -332,6 +334,7 @@ def _new_run(checked: BundleCheck) -> NewRun:
             base_lrs=tuple(parse_float(x) for x in spec["base_lrs"]),
             metric=spec.get("metric"),
             labels=dict(spec.get("labels") or {}),
+            aggregate=spec.get("aggregate"),
         ),
         str(spec.get("created_at") or now()),
     )

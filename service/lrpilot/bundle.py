@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from lrpilot.canonical import canonical_json, parse_float, sha256_hex, to_strict
+from lrpilot.aggregate import is_aggregate_spec, mean_of, reason_with
+from lrpilot.canonical import canonical_json, parse_float, same_float, sha256_hex, to_strict
 from lrpilot.chain import GENESIS
 from lrpilot.policies import Frozen, Policy, PolicyError, State, get_policy
 from lrpilot.policies.base import MAX_STEP, Stepper
@@ -81,7 +82,10 @@ def spec_of(run: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a run document that a bundle's header carries: what the run is, not where
     it stands (that is the decisions')."""
     keys = ("run_id", "policy", "base_lrs", "metric", "labels", "config_hash", "created_at")
-    return {k: run[k] for k in keys}
+    spec = {k: run[k] for k in keys}
+    if run.get("aggregate") is not None:  # aggregated mode only: other headers keep their shape
+        spec["aggregate"] = run["aggregate"]
+    return spec
 
 
 def header_line(run: Mapping[str, Any]) -> str:
@@ -116,6 +120,13 @@ def parse_header(text: str | bytes, line: int = 1) -> dict[str, Any]:
     missing = [k for k in ("run_id", "policy", "base_lrs", "config_hash") if k not in run]
     if missing:
         raise Mismatch(line, None, f"the header's run lacks {', '.join(missing)}")
+    if "aggregate" in run and not is_aggregate_spec(run["aggregate"]):
+        raise Mismatch(
+            line,
+            None,
+            'the header\'s aggregate must be {"timeout_s": a number in (0, 3600], '
+            '"on_timeout": "decide" or "refuse"}',
+        )
     return run
 
 
@@ -361,6 +372,9 @@ class LogCheck:
         if doc.get("previous_lrs") != list(before):
             self._same(line, seq, "previous_lrs", list(before), doc.get("previous_lrs"))
         reason = stepper.reason()
+        if "ranks" in doc:  # aggregated mode: value is the ranks' weighted mean
+            self._check_ranks(doc, line, seq, value)
+            reason = reason_with(reason, doc)
         if doc.get("reason") != reason:
             self._differs(line, seq, "reason", reason, doc.get("reason"))
         state = stepper.state_doc()
@@ -368,6 +382,16 @@ class LogCheck:
             self._same(line, seq, "state", state, doc.get("state"))
         if stepper.reduced:
             self.reduced.append(seq)
+
+    def _check_ranks(self, doc: dict[str, Any], line: int | None, seq: int, value: float) -> None:
+        try:
+            mean = mean_of(doc["ranks"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            raise Mismatch(line, seq, "ranks is not a list of rank, value, weight") from None
+        if not same_float(mean, value):
+            raise Mismatch(
+                line, seq, "value is not the weighted mean of the ranks' values", mean, value
+            )
 
     def _check_rewind(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> None:
         pending = self._pending[0] if self._pending else None

@@ -10,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from lrpilot.aggregate import reason_with, weighted_mean
 from lrpilot.canonical import canonical_json, parse_float, same_float, sha256_hex
 from lrpilot.chain import GENESIS, seal
 from lrpilot.group_commit import GroupCommit, Inline, Threaded, WaitTimeout
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy, policy_id
 from lrpilot.settings import Settings
-from lrpilot.store.errors import Busy, Conflict, RunBusy, RunNotFound, Unavailable
-from lrpilot.store.records import NewDecision, NewRun, RunHead
+from lrpilot.store.errors import Busy, Conflict, Invalid, RunBusy, RunNotFound, Unavailable
+from lrpilot.store.records import NewDecision, NewRun, Report, RunHead
 from lrpilot.store.runs import Store, WriteTx
 
 MAX_LRS_VALUES = 200_000  # numbers in one GET /lrs answer (steps x param groups): ~4 MiB
@@ -43,6 +46,8 @@ class RunSpec:
     base_lrs: tuple[float, ...]
     metric: str | None
     labels: dict[str, str]
+    # aggregated mode: {"timeout_s": float, "on_timeout": "decide" | "refuse"}; None: leader mode
+    aggregate: dict[str, Any] | None = None
 
 
 @lru_cache(maxsize=4096)
@@ -76,21 +81,26 @@ def new_run(run_id: str, spec: RunSpec, created_at: str) -> NewRun:
         lrs=canonical_json(list(initial.lrs)),
         head_hash=GENESIS,
         created_at=created_at,
+        aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate),
     )
 
 
 def check_same_spec(stored: dict[str, Any], run: NewRun) -> None:
     """A run's spec never changes: creating it again must ask for the same one."""
+    aggregate = stored.get("aggregate")
+    stored_aggregate = None if aggregate is None else canonical_json(aggregate)
     same = (
         stored["config_hash"] == run.config_hash
         and stored["metric"] == run.metric
         and stored["labels"] == run.labels
+        and stored_aggregate == run.aggregate
     )
     if not same:
         raise Conflict(
             f"run {run.run_id!r} exists with another spec (config_hash "
             f"{stored['config_hash'][:12]}…, metric {stored['metric']!r}, labels "
-            f"{canonical_json(stored['labels'])}); a run's spec never changes: use a new run_id"
+            f"{canonical_json(stored['labels'])}, aggregate {stored_aggregate or 'none'}); "
+            "a run's spec never changes: use a new run_id"
         )
 
 
@@ -121,9 +131,13 @@ def decide(
     value: float,
     created_at: str,
     client: dict[str, Any] | None = None,
+    aggregated: dict[str, Any] | None = None,
 ) -> NewDecision:
     """The decision for a new step (above ``head.last_step``), sealed onto the chain;
-    ``client`` is who posted the observation, as it declared itself (host, process, rank)."""
+    ``client`` is who posted the observation, as it declared itself (host, process, rank);
+    ``aggregated`` (aggregated mode) the fields that say which ranks' reports ``value`` is the
+    weighted mean of: ``ranks``, and for a decision taken at the timeout without some ranks
+    ``missing_ranks`` and ``timeout_s`` (the reason then names them)."""
     policy, params = resolved(head.policy, head.params, head.base_lrs)
     state = _load_state(policy, head)
     outcome, new_state = policy.step(
@@ -148,6 +162,9 @@ def decide(
     }
     if client:  # only when declared: decisions without it keep the shape they always had
         decision["client"] = client
+    if aggregated:  # only in aggregated mode: other decisions keep their shape and hash
+        decision.update(aggregated)
+        decision["reason"] = reason_with(outcome.reason, decision)
     body = seal(decision)
     state_json = canonical_json(state_doc)
     _remember_state(head.policy, state_json, new_state)
@@ -201,6 +218,19 @@ class Posted:
     step: int
     value: float
     client: dict[str, Any] | None = None  # who posted it, as it declared itself
+    rank: int | None = None  # aggregated mode: which rank reports, of how many, how heavily
+    world_size: int | None = None
+    weight: float | None = None
+    timed_out: bool = False  # aggregated mode: decide (or refuse) the step with the ranks present
+
+
+class Pending(Exception):
+    """Aggregated mode: the report is stored, and the step waits for the other ranks until
+    ``deadline`` (seconds since the epoch); not a refusal, the caller waits for the decision."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(f"waiting for the other ranks until {deadline}")
+        self.deadline = deadline
 
 
 class Decisions:
@@ -221,17 +251,56 @@ class Decisions:
         self._writer.close()
 
     async def observe(
-        self, run_id: str, step: int, value: float, client: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        step: int,
+        value: float,
+        client: dict[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        weight: float | None = None,
     ) -> str:
-        """The decision's canonical JSON, acknowledged only once it is committed."""
+        """The decision's canonical JSON, acknowledged only once it is committed. In an
+        aggregated run, a rank whose report does not complete its step waits (holding no
+        thread and no connection) for the step's decision, which every rank gets alike."""
+        posted = Posted(run_id, step, value, client, rank, world_size, weight)
         try:
-            body = await self._writer.submit(Posted(run_id, step, value, client), self._timeout)
+            body = await self._submit(posted)
+        except Pending as pending:
+            return await self._when_aggregated(run_id, step, pending.deadline)
+        self._decided(run_id)
+        return body
+
+    async def _submit(self, posted: Posted) -> str:
+        try:
+            return await self._writer.submit(posted, self._timeout)
         except WaitTimeout:
             raise Unavailable(
                 "the database did not answer in time; retry later (a retry never counts twice)"
             ) from None
-        self._decided(run_id)
-        return body
+
+    async def _when_aggregated(self, run_id: str, step: int, deadline: float) -> str:
+        """The decision of ``step`` once the other ranks have reported (a decision in this
+        process wakes the wait; it looks every ``WAIT_POLL_S`` for other replicas'), or at
+        ``deadline`` what the run's ``on_timeout`` says: decide with the ranks present (whoever
+        locks the run first decides; the others find that decision), or refuse."""
+        while True:
+            left = deadline - time.time()
+            if left <= 0:
+                try:
+                    body = await self._submit(Posted(run_id, step, math.nan, timed_out=True))
+                except Pending as later:  # another replica's clock: wait on
+                    deadline = max(later.deadline, time.time() + WAIT_POLL_S)
+                    continue
+                self._decided(run_id)
+                return body
+            event = self._waiting.setdefault(run_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, WAIT_POLL_S)):
+                    await event.wait()
+            decided = await asyncio.to_thread(self.store.decided_step, run_id, step)
+            if decided is not None:
+                return decided
 
     def _decided(self, run_id: str) -> None:
         """Wake the readers waiting on this run (in this process: others poll)."""
@@ -353,7 +422,9 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
                 results.append(RunNotFound(f"run {item.run_id!r} not found"))
             continue
         try:
-            if head.last_step is not None and item.step <= head.last_step:
+            if head.aggregate is not None:
+                results.append(_aggregate_in(tx, head, item, heads))
+            elif head.last_step is not None and item.step <= head.last_step:
                 stored = tx.decision_at_step(item.run_id, item.step)
                 results.append(retried(head, item.step, item.value, stored))
             else:
@@ -364,3 +435,114 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
         except Conflict as exc:
             results.append(exc)
     return results
+
+
+def _deadline(reports: Sequence[Report], timeout_s: float) -> float:
+    """When a step's wait ends: its first report's time plus the run's timeout (epoch s)."""
+    first = min(r.created_at for r in reports)
+    return datetime.fromisoformat(first.replace("Z", "+00:00")).timestamp() + timeout_s
+
+
+def _listed(numbers: Sequence[int]) -> str:
+    return ", ".join(str(n) for n in numbers)
+
+
+def _aggregate_in(
+    tx: WriteTx, head: RunHead, item: Posted, heads: dict[str, RunHead]
+) -> str | Exception:
+    """An aggregated run's report (or its timeout): the step's decision, ``Pending`` while
+    ranks are missing, or the refusal. The run is locked: one writer at a time."""
+    assert head.aggregate is not None
+    spec = json.loads(head.aggregate)
+    timeout_s = parse_float(spec["timeout_s"])
+    run_id, step = item.run_id, item.step
+    if head.last_step is not None and step <= head.last_step:
+        stored = tx.decision_at_step(run_id, step)
+        if stored is None:
+            return Conflict(
+                f"step {step} is below the last decided step {head.last_step} of run "
+                f"{run_id!r} and was never decided: steps must not go backwards"
+            )
+        if item.timed_out or item.rank is None:
+            return stored
+        weight = 1.0 if item.weight is None else item.weight
+        for entry in json.loads(stored).get("ranks", ()):
+            if entry["rank"] == item.rank:
+                was, was_weight = parse_float(entry["value"]), parse_float(entry["weight"])
+                if not same_float(was, item.value) or not same_float(was_weight, weight):
+                    return Conflict(
+                        f"rank {item.rank} reported value {was!r} (weight {was_weight!r}) for "
+                        f"step {step} of run {run_id!r} (decided, seq "
+                        f"{json.loads(stored)['seq']}); this request says {item.value!r} "
+                        f"(weight {weight!r}): a rank's report of a step cannot change"
+                    )
+        return stored  # a retry, or a rank that reported too late to count: the same decision
+    if item.timed_out:
+        reports = tx.reports_at(run_id, step)
+        if not reports:
+            return Conflict(f"step {step} of run {run_id!r} has no report to decide from")
+        deadline = _deadline(reports, timeout_s)
+        if time.time() < deadline:
+            return Pending(deadline)
+        world = reports[0].world_size
+        counted = [r.rank for r in reports]
+        missing = [r for r in range(world) if r not in set(counted)]
+        if spec["on_timeout"] == "refuse":
+            return Conflict(
+                f"step {step} of run {run_id!r} is not decided: ranks {_listed(missing)} of "
+                f"{world} did not report within {timeout_s:g} s (ranks {_listed(counted)} did), "
+                'and the run refuses to decide without them (aggregate.on_timeout "refuse"); '
+                "the step is decided once every rank has reported"
+            )
+        return _decide_reports(tx, head, step, reports, missing, timeout_s, heads)
+    if item.rank is None or item.world_size is None:
+        return Invalid(
+            ["body", "rank" if item.rank is None else "world_size"],
+            f"run {run_id!r} is aggregated: every observation must say its rank and world_size",
+        )
+    reports = tx.reports_at(run_id, step)
+    if reports and reports[0].world_size != item.world_size:
+        return Conflict(
+            f"world_size {item.world_size} differs from the world_size {reports[0].world_size} "
+            f"the other ranks reported for step {step} of run {run_id!r}"
+        )
+    weight = 1.0 if item.weight is None else item.weight
+    mine = next((r for r in reports if r.rank == item.rank), None)
+    if mine is not None:
+        if not same_float(mine.value, item.value) or not same_float(mine.weight, weight):
+            return Conflict(
+                f"rank {item.rank} reported value {mine.value!r} (weight {mine.weight!r}) for "
+                f"step {step} of run {run_id!r}; this request says {item.value!r} (weight "
+                f"{weight!r}): a rank's report of a step cannot change"
+            )
+    else:
+        mine = Report(item.rank, item.world_size, item.value, weight, now())
+        tx.add_report(run_id, step, mine, item.client)
+        reports = sorted([*reports, mine], key=lambda r: r.rank)
+    if len(reports) == item.world_size:
+        return _decide_reports(tx, head, step, reports, [], timeout_s, heads)
+    return Pending(_deadline(reports, timeout_s))
+
+
+def _decide_reports(
+    tx: WriteTx,
+    head: RunHead,
+    step: int,
+    reports: Sequence[Report],
+    missing: Sequence[int],
+    timeout_s: float,
+    heads: dict[str, RunHead],
+) -> str:
+    """The step's decision from the weighted mean of ``reports`` (in rank order)."""
+    aggregated: dict[str, Any] = {
+        "ranks": [{"rank": r.rank, "value": r.value, "weight": r.weight} for r in reports]
+    }
+    if missing:
+        aggregated["missing_ranks"] = list(missing)
+        aggregated["timeout_s"] = timeout_s
+    mean = weighted_mean((r.value, r.weight) for r in reports)
+    decision = decide(head, step, mean, now(), aggregated=aggregated)
+    tx.append_decision(decision)
+    tx.drop_reports(head.run_id, step)
+    heads[head.run_id] = head.after(decision)
+    return decision.body

@@ -12,9 +12,14 @@ from lrpilot.api.models import is_storable
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.canonical import to_strict
 from lrpilot.policies import PolicyError
-from lrpilot.store.errors import Conflict, RunNotFound, StoreError, Unavailable
+from lrpilot.store.errors import Conflict, Invalid, RunNotFound, StoreError, Unavailable
 
-_STATUS: dict[type[StoreError], int] = {RunNotFound: 404, Conflict: 409, Unavailable: 503}
+_STATUS: dict[type[StoreError], int] = {
+    RunNotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    Unavailable: 503,
+}
 
 # An error answer stays small whatever the request was: a 100 MB string is not sent back.
 MAX_ECHO = 200  # characters of an input echoed in a 422
@@ -83,6 +88,9 @@ def store_error_response(exc: StoreError) -> StrictJSONResponse:
     """What the store refused, as its HTTP answer (503s say when to come back)."""
     headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
     status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
+    if isinstance(exc, Invalid):  # a 422's detail is a list of items, as validation's
+        item = {"loc": exc.loc, "msg": printable(exc.message, MAX_MSG), "type": "aggregate"}
+        return StrictJSONResponse({"detail": [item]}, status)
     return StrictJSONResponse({"detail": exc.message}, status, headers=headers)
 
 

@@ -69,6 +69,9 @@ class ObservationFastPath:
                 observation.step,
                 observation.value,
                 observation.client.declared() if observation.client else None,
+                observation.rank,
+                observation.world_size,
+                observation.weight,
             )
         except StoreError as exc:
             await store_error_response(exc)(scope, receive, send)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -153,6 +153,21 @@ class PolicyRef(Strict):
         return _storable_json(v)
 
 
+class AggregateIn(Strict):
+    """Aggregated mode: every rank posts its local metric; the step's decision is taken once,
+    from the weighted mean, when all ranks have reported (or at the timeout)."""
+
+    timeout_s: Annotated[StrictFloat, Field(gt=0.0, le=3600.0)] = Field(
+        description="how long a step waits for its missing ranks after its first report",
+        examples=[60],
+    )
+    on_timeout: Literal["decide", "refuse"] = Field(
+        description="decide: decide from the ranks present (the reason names them); refuse: "
+        "answer 409 naming the missing ranks, and decide the step once every rank reported",
+        examples=["decide"],
+    )
+
+
 class RunIn(Strict):
     policy: PolicyRef
     base_lrs: Annotated[list[LearningRate], Field(min_length=1, max_length=1024)] = Field(
@@ -163,6 +178,11 @@ class RunIn(Strict):
     )
     labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(
         default_factory=dict
+    )
+    aggregate: AggregateIn | None = Field(
+        default=None,
+        description="aggregated mode (every rank posts, one decision from their weighted "
+        "mean); omitted: leader mode",
     )
 
 
@@ -187,6 +207,11 @@ class ObservationIn(Strict):
     value: MetricValue
     rank: Annotated[StrictInt, Field(ge=0)] | None = None
     world_size: Annotated[StrictInt, Field(ge=1)] | None = None
+    weight: Annotated[float, Field(gt=0.0, le=1e15, allow_inf_nan=False)] | None = Field(
+        default=None,
+        description="aggregated mode: this rank's weight in the mean (e.g. its number of "
+        "validation samples); 1 when omitted",
+    )
     client: ClientIn | None = None
 
     @model_validator(mode="after")
@@ -230,6 +255,9 @@ class RunOut(BaseModel):
     counts: Counts
     status: str
     created_at: str
+    aggregate: dict[str, Any] | None = Field(
+        default=None, description="aggregated mode's timeout_s and on_timeout; absent otherwise"
+    )
 
 
 class DecisionOut(BaseModel):
@@ -254,6 +282,19 @@ class DecisionOut(BaseModel):
     )
     rewind: dict[str, Any] | None = Field(
         default=None, description="in a rewind entry only: to_step, restores_seq, superseded"
+    )
+    ranks: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="aggregated mode: each counted rank's rank, value and weight (`value` is "
+        "their weighted mean); absent otherwise",
+    )
+    missing_ranks: list[int] | None = Field(
+        default=None,
+        description="aggregated mode, a step decided at the timeout: the ranks that did not "
+        "report (with `timeout_s`)",
+    )
+    timeout_s: float | None = Field(
+        default=None, description="with `missing_ranks`: the run's timeout that ran out"
     )
 
 

@@ -49,7 +49,10 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
     responses={
         **NOT_FOUND,
         **conflict(
-            "the step was already decided with another value, or is below the last decided step"
+            "the step was already decided with another value, or is below the last decided "
+            "step; aggregated mode: a rank reported another value or world_size for the step, "
+            'or (on_timeout "refuse") ranks did not report within the timeout: the detail '
+            "names them and the step stays undecided until every rank has reported"
         ),
         **INVALID,
         **UNAVAILABLE,
@@ -59,7 +62,9 @@ async def post_observation(run_id: RunId, body: ObservationIn, request: Request)
     # async: the request waits on the group commit, not on a worker thread of its own
     client = body.client.declared() if body.client else None
     return raw_json(
-        await request.app.state.decisions.observe(run_id, body.step, body.value, client)
+        await request.app.state.decisions.observe(
+            run_id, body.step, body.value, client, body.rank, body.world_size, body.weight
+        )
     )
 
 
@@ -81,6 +86,7 @@ def put_run(run_id: RunId, body: RunIn, decisions: DecisionsDep) -> Response:
         base_lrs=tuple(body.base_lrs),
         metric=body.metric,
         labels=body.labels,
+        aggregate=None if body.aggregate is None else body.aggregate.model_dump(),
     )
     run, created = decisions.create_run(run_id, spec)
     return StrictJSONResponse(run, status_code=201 if created else 200)

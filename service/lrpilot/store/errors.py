@@ -17,6 +17,15 @@ class Conflict(StoreError):
     """409: the request contradicts what is stored (another spec, another value for a step)."""
 
 
+class Invalid(StoreError):
+    """422: the request is well-formed but this run cannot take it (an aggregated run's
+    observation without its rank); ``loc`` names the field, as a validation error does."""
+
+    def __init__(self, loc: list[str | int], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class Unavailable(StoreError):
     """503: the database cannot be reached or stays locked; retrying later is safe."""
 

@@ -24,6 +24,7 @@ class RunHead:
     last_seq: int
     last_step: int | None
     head_hash: str  # hash of decision last_seq (the chain's tip)
+    aggregate: str | None = None  # canonical JSON {"timeout_s", "on_timeout"}; None: leader mode
 
     def after(self, decision: NewDecision) -> RunHead:
         """The head once ``decision`` is appended."""
@@ -40,6 +41,7 @@ class RunHead:
             last_seq=decision.seq,
             last_step=decision.step,
             head_hash=decision.hash,
+            aggregate=self.aggregate,
         )
 
 
@@ -58,6 +60,7 @@ class NewRun:
     lrs: str
     head_hash: str
     created_at: str
+    aggregate: str | None = None  # canonical JSON {"timeout_s", "on_timeout"}; None: leader mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,3 +84,14 @@ class Page:
 
     items: list[str]
     next: int | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One rank's report of a step of an aggregated run."""
+
+    rank: int
+    world_size: int
+    value: float
+    weight: float
+    created_at: str

@@ -23,11 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from lrpilot.canonical import canonical_json
+from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.settings import Settings
 from lrpilot.store.db import make_engine, same_file, sqlite_path, writer
 from lrpilot.store.errors import Busy, RunNotFound, Unavailable
-from lrpilot.store.records import NewDecision, NewRun, Page, RunHead
+from lrpilot.store.records import NewDecision, NewRun, Page, Report, RunHead
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ log = logging.getLogger("lrpilot.store")
 
 _HEAD_COLUMNS = (
     "run_id, policy, params, base_lrs, metric, config_hash, state, lrs, last_seq, last_step, "
-    "head_hash"
+    "head_hash, aggregate"
 )
 # How long a PostgreSQL batch waits in line for its runs' row locks before it leaves the held
 # ones for later: far longer than a batch holds them, far shorter than a request may wait.
@@ -48,7 +48,7 @@ _RETRY_PGCODES = {"40001", "40P01", "23505"}
 
 def run_document(row: RunRow) -> dict[str, Any]:
     name, version = row.policy.split("@")
-    return {
+    doc: dict[str, Any] = {
         "run_id": row.run_id,
         "policy": {"name": name, "version": int(version), "params": json.loads(row.params)},
         "base_lrs": json.loads(row.base_lrs),
@@ -63,6 +63,9 @@ def run_document(row: RunRow) -> dict[str, Any]:
         "status": row.status,
         "created_at": row.created_at,
     }
+    if row.aggregate is not None:  # only aggregated runs: leader-mode documents keep their shape
+        doc["aggregate"] = json.loads(row.aggregate)
+    return doc
 
 
 class WriteTx:
@@ -145,6 +148,45 @@ class WriteTx:
             (run_id, False, step),
         ).fetchone()
         return None if row is None else str(row[0])
+
+    def reports_at(self, run_id: str, step: int) -> list[Report]:
+        """The ranks' reports of the run's ``step`` (aggregated mode), in rank order."""
+        rows = self._execute(
+            "SELECT rank, world_size, value, weight, created_at FROM reports "
+            "WHERE run_id = ? AND step = ? ORDER BY rank",
+            (run_id, step),
+        ).fetchall()
+        return [
+            Report(int(r[0]), int(r[1]), parse_float(_token(r[2])), float(r[3]), str(r[4]))
+            for r in rows
+        ]
+
+    def add_report(
+        self, run_id: str, step: int, report: Report, client: dict[str, Any] | None
+    ) -> None:
+        """Store a rank's report of a step (the run is locked: no other writer adds it)."""
+        self._execute(
+            "INSERT INTO reports (run_id, step, rank, world_size, value, weight, client, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run_id,
+                step,
+                report.rank,
+                report.world_size,
+                canonical_json(report.value),
+                report.weight,
+                None if client is None else canonical_json(client),
+                report.created_at,
+            ),
+        )
+
+    def drop_reports(self, run_id: str, step: int) -> None:
+        """Forget a decided step's reports: its decision lists them."""
+        self._execute("DELETE FROM reports WHERE run_id = ? AND step = ?", (run_id, step))
+
+    def drop_reports_after(self, run_id: str, step: int) -> None:
+        """Forget the reports of the steps after ``step`` (a rewind: they will come again)."""
+        self._execute("DELETE FROM reports WHERE run_id = ? AND step > ?", (run_id, step))
 
     def live_at_or_before(self, run_id: str, step: int) -> tuple[int, str] | None:
         """(seq, body) of the run's last live entry at or before ``step``, if any."""
@@ -445,6 +487,21 @@ class Store:
             ).first()
             return head, None if found is None else (int(found[0]), int(found[1]), found[2])
 
+    def decided_step(self, run_id: str, step: int) -> str | None:
+        """The body of the run's live decision of ``step``, if any (a short read: aggregated
+        ranks waiting for a step look for it with this)."""
+        with self._read() as s:
+            conn = s.connection()
+            row = conn.exec_driver_sql(
+                _param(
+                    conn,
+                    "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ? "
+                    "AND action <> 'rewind'",
+                ),
+                (run_id, False, step),
+            ).first()
+            return None if row is None else str(row[0])
+
     def decisions_between(
         self, run_id: str, first: int, last: int
     ) -> tuple[RunHead, str | None, list[tuple[int, str]]]:
@@ -531,6 +588,7 @@ class Store:
                 row.last_seq,
                 row.last_step,
                 row.head_hash,
+                row.aggregate,
             )
             return run_document(row), head
 
@@ -601,7 +659,14 @@ def _run_row(run: NewRun) -> RunRow:
         lrs=run.lrs,
         head_hash=run.head_hash,
         created_at=run.created_at,
+        aggregate=run.aggregate,
     )
+
+
+def _token(text: str) -> float | str:
+    """A stored canonical float token (a JSON number, or "NaN" with its quotes) as JSON gives it."""
+    parsed: float | str = json.loads(text)
+    return parsed
 
 
 def _param(conn: sa.Connection, statement: str) -> str:

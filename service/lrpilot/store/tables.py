@@ -27,6 +27,8 @@ class RunRow(SQLModel, table=True):
     reductions: int = Field(default=0, sa_type=sa.BigInteger)
     status: str = Field(default="active", sa_type=sa.String(16))
     created_at: str = Field(sa_type=sa.String(40))
+    # aggregated mode: canonical JSON {"timeout_s", "on_timeout"}; None for a leader-mode run
+    aggregate: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class RunLabelRow(SQLModel, table=True):
@@ -59,3 +61,21 @@ class DecisionRow(SQLModel, table=True):
     superseded: bool = Field(default=False)
     hash: str = Field(sa_type=sa.String(64))
     body: str = Field(sa_type=sa.Text)
+
+
+class ReportRow(SQLModel, table=True):
+    """One rank's report of a step of an aggregated run (the step's decision is taken from the
+    weighted mean of the reports once every rank has reported, or at the run's timeout)."""
+
+    __tablename__ = "reports"
+
+    run_id: str = Field(
+        primary_key=True, sa_type=sa.String(128), foreign_key="runs.run_id", ondelete="CASCADE"
+    )
+    step: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    rank: int = Field(primary_key=True, sa_type=sa.Integer)
+    world_size: int = Field(sa_type=sa.Integer)
+    value: str = Field(sa_type=sa.String(40))  # the float's canonical token (repr, or "NaN")
+    weight: float = Field(sa_type=sa.Float)
+    client: str | None = Field(default=None, sa_type=sa.Text)  # canonical JSON, as declared
+    created_at: str = Field(sa_type=sa.String(40))
