@@ -68,6 +68,8 @@ ReduceLROnPlateau over tensor lrs: ``old_lr = float(group["lr"])``, written back
 from __future__ import annotations
 
 import math
+from functools import reduce
+from operator import add, itemgetter
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StrictFloat, StrictInt, TypeAdapter, ValidationError
@@ -585,10 +587,9 @@ class Plateau2Stepper:
                     recent = recent[len(recent) - self._window + 1 :]
                 recent = (*recent, value)
                 self.recent = recent
-                total = recent[0]
-                for v in recent[1:]:
-                    total += v
-                m = total / len(recent)
+                # summed oldest first, one addition at a time (a left fold, in C): not sum(),
+                # whose rounding changed in Python 3.12, nor fsum
+                m = reduce(add, recent) / len(recent)
             elif smoothing == _EMA:
                 ev = self.ema_value
                 m = value if ev is None else self._ema * ev + self._one_minus_ema * value
@@ -842,9 +843,6 @@ class Plateau2Stepper:
 
 
 def _best_of(history: tuple[tuple[int, float], ...], maximize: bool) -> tuple[int, float]:
-    """The best (step, m) of ``history`` (the oldest of equal ones)."""
-    best_step, best = history[0]
-    for s, v in history[1:]:
-        if (v > best) if maximize else (v < best):
-            best_step, best = s, v
-    return best_step, best
+    """The best (step, m) of ``history`` (the oldest of equal ones: min and max keep the first
+    of equal items; every m is finite)."""
+    return (max if maximize else min)(history, key=itemgetter(1))
