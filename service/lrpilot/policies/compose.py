@@ -315,28 +315,81 @@ class Sequence:
         return policy.lrs_at(inner_params, inner, self._clock(params, i, policy, step))
 
     def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
-        assert isinstance(params, SequenceParams) and isinstance(state, SequenceState)
-        i = max(_phase_of(params, obs.step), state.phase)
-        policy, inner_params, _ = self._phase(params, i)
-        inner = self._inner_state(params, state, i)
-        clock = self._clock(params, i, policy, obs.step)
-        outcome, after = policy.step(
-            inner_params, inner, Observation(step=clock, value=obs.value, metric=obs.metric)
-        )
-        lead = f"phase {i + 1} of {len(params.phases)} ({params.phases[i].policy.id})"
-        action = outcome.action
-        if i != state.phase:
-            lead += f", from step {_starts(params)[i]}"
-            if outcome.lrs != state.lrs:  # the new phase starts elsewhere than the last left
-                lead += f" ({fmt_change(state.lrs, outcome.lrs)} as it begins)"
-                if action in ("hold", "cooldown"):
-                    rose = any(b > a for a, b in zip(state.lrs, outcome.lrs, strict=True))
-                    action = "warmup" if rose else "decay"
-        new = SequenceState(lrs=outcome.lrs, phase=i, inner=after.model_dump())
-        return Outcome(outcome.lrs, action, f"{lead}: {outcome.reason}", outcome.reduced), new
+        stepper = self.stepper(params, state, obs.metric)
+        action = stepper.advance(obs.step, obs.value)
+        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced), stepper.state()
 
-    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> StepStepper:
-        return StepStepper(self, params, state, metric)
+    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> SequenceStepper:
+        assert isinstance(params, SequenceParams) and isinstance(state, SequenceState)
+        return SequenceStepper(self, params, state, metric)
+
+
+class SequenceStepper:
+    """sequence@1 advanced in place: the phase's own stepper does the work; a new phase gets a
+    new stepper from its initial state."""
+
+    __slots__ = (
+        "_inner",
+        "_lead",
+        "_metric",
+        "_params",
+        "_phase",
+        "_policy",
+        "action",
+        "lrs",
+        "reduced",
+    )
+
+    def __init__(
+        self, policy: Sequence, params: SequenceParams, state: SequenceState, metric: str
+    ) -> None:
+        self._policy, self._params, self._metric = policy, params, metric
+        self._phase = state.phase
+        inner_policy, inner_params, _ = policy._phase(params, state.phase)
+        self._inner = inner_policy.stepper(
+            inner_params, policy._inner_state(params, state, state.phase), metric
+        )
+        self._lead = ""
+        self.action, self.lrs, self.reduced = "", state.lrs, False
+
+    def advance(self, step: int, value: float) -> str:
+        params, policy = self._params, self._policy
+        i = max(_phase_of(params, step), self._phase)
+        inner_policy, inner_params, initial = policy._phase(params, i)
+        lead = f"phase {i + 1} of {len(params.phases)} ({params.phases[i].policy.id})"
+        switched = i != self._phase
+        if switched:
+            self._inner = inner_policy.stepper(inner_params, initial, self._metric)
+            self._phase = i
+            lead += f", from step {_starts(params)[i]}"
+        before = self.lrs
+        action = self._inner.advance(policy._clock(params, i, inner_policy, step), value)
+        lrs = self._inner.lrs
+        if switched and lrs != before:  # the new phase starts elsewhere than the last left
+            lead += f" ({fmt_change(before, lrs)} as it begins)"
+            if action in ("hold", "cooldown"):
+                action = (
+                    "warmup" if any(b > a for a, b in zip(before, lrs, strict=True)) else "decay"
+                )
+        self._lead, self.action, self.lrs, self.reduced = lead, action, lrs, self._inner.reduced
+        return action
+
+    def reason(self) -> str:
+        if not self.action:
+            raise RuntimeError("no observation advanced yet: there is no reason to give")
+        return f"{self._lead}: {self._inner.reason()}"
+
+    def state(self) -> SequenceState:
+        return SequenceState(
+            lrs=self.lrs, phase=self._phase, inner=self._inner.state().model_dump()
+        )
+
+    def state_doc(self) -> dict[str, Any]:
+        return {
+            "inner": self._inner.state_doc(),
+            "lrs": [to_strict(x) for x in self.lrs],
+            "phase": self._phase,
+        }
 
 
 # -- scaled@1 ------------------------------------------------------------------------------
@@ -429,67 +482,61 @@ class Scaled:
         return _times(sched.lrs_at(sp, s0, step), plat.lrs_at(pp, scale, step))
 
     def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
+        stepper = self.stepper(params, state, obs.metric)
+        action = stepper.advance(obs.step, obs.value)
+        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced), stepper.state()
+
+    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> ScaledStepper:
         assert isinstance(params, ScaledParams) and isinstance(state, ScaledState)
-        sched, sp, s0, plat, pp, _ = self._parts(params)
-        outcome, scale = plat.step(pp, plat.load_state(state.scale), obs)
-        base = sched.lrs_at(sp, s0, obs.step)
-        scales = plat.lrs_at(pp, scale, obs.step)
-        lrs = _times(base, scales)
-        if outcome.action not in ("hold", "cooldown"):
-            action = outcome.action  # the plateau's own news (reduce, decay, stop) comes first
-        elif lrs == state.lrs:
+        return ScaledStepper(self, params, state, metric)
+
+
+class ScaledStepper:
+    """scaled@1 advanced in place: the plateau policy's stepper decides the scale."""
+
+    __slots__ = ("_base", "_inner", "_last_step", "_params", "_parts", "action", "lrs", "reduced")
+
+    def __init__(
+        self, policy: Scaled, params: ScaledParams, state: ScaledState, metric: str
+    ) -> None:
+        self._params = params
+        self._parts = policy._parts(params)
+        _, _, _, plat, pp, _ = self._parts
+        self._inner = plat.stepper(pp, _memo(state, lambda: plat.load_state(state.scale)), metric)
+        self._base: tuple[float, ...] = ()
+        self._last_step = 0
+        self.action, self.lrs, self.reduced = "", state.lrs, False
+
+    def advance(self, step: int, value: float) -> str:
+        sched, sp, s0, _, _, _ = self._parts
+        self._last_step = step
+        inner_action = self._inner.advance(step, value)
+        base = sched.lrs_at(sp, s0, step)
+        lrs = _times(base, self._inner.lrs)  # the plateau's lrs at its evaluation: the scales
+        if inner_action not in ("hold", "cooldown"):
+            action = inner_action  # the plateau's own news (reduce, decay, stop) comes first
+        elif lrs == self.lrs:
             action = "hold"
         else:
-            action = (
-                "warmup" if any(b > a for a, b in zip(state.lrs, lrs, strict=True)) else "decay"
-            )
-        reason = (
-            f"scale: {outcome.reason}; {params.schedule.id} at step {obs.step}: "
-            f"{fmt_lrs(base)} x scale {list(scales)} = {fmt_lrs(lrs)}"
-        )
+            action = "warmup" if any(b > a for a, b in zip(self.lrs, lrs, strict=True)) else "decay"
+        self._base, self.action, self.lrs, self.reduced = base, action, lrs, self._inner.reduced
+        return action
+
+    def reason(self) -> str:
+        if not self.action:
+            raise RuntimeError("no observation advanced yet: there is no reason to give")
         return (
-            Outcome(lrs, action, reason, outcome.reduced),
-            ScaledState(lrs=lrs, scale=scale.model_dump()),
+            f"scale: {self._inner.reason()}; {self._params.schedule.id} at step "
+            f"{self._last_step}: {fmt_lrs(self._base)} x scale {list(self._inner.lrs)} = "
+            f"{fmt_lrs(self.lrs)}"
         )
 
-    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> StepStepper:
-        return StepStepper(self, params, state, metric)
+    def state(self) -> ScaledState:
+        return ScaledState(lrs=self.lrs, scale=self._inner.state().model_dump())
+
+    def state_doc(self) -> dict[str, Any]:
+        return {"lrs": [to_strict(x) for x in self.lrs], "scale": self._inner.state_doc()}
 
 
 def _times(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(x * y for x, y in zip(a, b, strict=True))
-
-
-# -- a stepper over step() -------------------------------------------------------------------
-
-
-class StepStepper:
-    """A composite's stepper: each advance is one ``step()`` (its inner policies' own steppers
-    do the work); fast enough, since a composite's cost is its parts'."""
-
-    __slots__ = ("_metric", "_outcome", "_params", "_policy", "_state", "action", "lrs", "reduced")
-
-    def __init__(self, policy: Policy, params: Frozen, state: State, metric: str) -> None:
-        self._policy, self._params, self._state, self._metric = policy, params, state, metric
-        self._outcome: Outcome | None = None
-        self.action, self.lrs, self.reduced = "", state.lrs, False
-
-    def advance(self, step: int, value: float) -> str:
-        outcome, self._state = self._policy.step(
-            self._params, self._state, Observation(step=step, value=value, metric=self._metric)
-        )
-        self._outcome = outcome
-        self.action, self.lrs, self.reduced = outcome.action, outcome.lrs, outcome.reduced
-        return self.action
-
-    def reason(self) -> str:
-        if self._outcome is None:
-            raise RuntimeError("no observation advanced yet: there is no reason to give")
-        return self._outcome.reason
-
-    def state(self) -> State:
-        return self._state
-
-    def state_doc(self) -> dict[str, Any]:
-        doc: dict[str, Any] = to_strict(self._state.model_dump())
-        return doc
