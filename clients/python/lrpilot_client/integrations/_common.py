@@ -1,0 +1,173 @@
+"""What every integration shares, with no framework imported: the lrs fetched ahead, the live
+branch of a run's log, and the lineage of a run continued with more param groups."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..client import Client
+from ..models import LrsAhead, Run
+
+__all__ = [
+    "DEFAULT_AHEAD",
+    "PARENT_LABEL",
+    "ROOT_LABEL",
+    "LrsCursor",
+    "Observed",
+    "continue_with_groups",
+    "derived_run_id",
+    "live_observations",
+    "logger",
+]
+
+logger = logging.getLogger("lrpilot_client.integrations")
+
+DEFAULT_AHEAD = 1000  # steps one GET /lrs fetches: one request per this many training steps
+PARENT_LABEL = "lrpilot.parent_run"  # on a run continued with more param groups: where from
+ROOT_LABEL = "lrpilot.root_run"  # and the run the job was started with
+MAX_RUN_ID = 128
+
+
+class LrsCursor:
+    """The lrs of each training step of one run, fetched `ahead` steps at a time.
+
+    A block of rates (GET /lrs) serves every step it covers until an evaluation is posted:
+    rates up to the block's `certain_through` cannot change, the later ones are what the run
+    holds now and stay right until the next evaluation. So `at(step)` asks the service again
+    only past the block, or past `certain_through` once `observed()` said that an evaluation
+    was posted. A pure schedule (cosine, step, ...) is all certain: one request per `ahead`
+    steps, whatever is posted. `fetches` counts the blocks asked for.
+    """
+
+    def __init__(self, client: Client, run_id: str, ahead: int = DEFAULT_AHEAD) -> None:
+        if not 1 <= ahead <= 10_000:
+            raise ValueError(f"ahead must be within 1..10000, got {ahead}")
+        self.client = client
+        self.run_id = run_id
+        self.ahead = ahead
+        self.fetches = 0
+        self._block: LrsAhead | None = None
+        self._observed = False
+
+    def at(self, step: int) -> tuple[float, ...]:
+        """The rates in force at training `step` (one per param group)."""
+        block = self._block
+        if block is None or not self._serves(block, step):
+            block = self._block = self.client.lrs_ahead(self.run_id, step, self.ahead)
+            self._observed = False
+            self.fetches += 1
+        return block.at(step)
+
+    def _serves(self, block: LrsAhead, step: int) -> bool:
+        if getattr(block, "provisional", False):
+            # the client's stand-in while the service is away (the last known rates): good for
+            # this step only, so the rates are right again as soon as it is back (a client that
+            # knows the service is down makes no request until its next try is due)
+            return step == block.first and not self._observed
+        if not block.first <= step < block.first + len(block.lrs):
+            return False
+        if not self._observed:
+            return True
+        return block.certain_through is not None and step <= block.certain_through
+
+    def observed(self) -> None:
+        """An evaluation was posted: the rates past `certain_through` may have changed."""
+        self._observed = True
+
+    def reset(self) -> None:
+        """Forget the block (after a rewind): the next `at` fetches."""
+        self._block = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One observation of a run's live branch: the step, the value, the decision's lrs."""
+
+    step: int
+    value: float
+    lrs: tuple[float, ...]
+
+    def same(self, other: Observed) -> bool:
+        """The same step and bit for bit the same value (NaN equals NaN here)."""
+        return self.step == other.step and _bits(self.value) == _bits(other.value)
+
+
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", math.nan if math.isnan(x) else x)
+
+
+def live_observations(client: Client, run_id: str) -> list[Observed]:
+    """The observations of the run's live branch, in step order: the whole log, read page by
+    page, each rewind dropping the observations past its `to_step` (which it superseded)."""
+    live: list[Observed] = []
+    for d in client.iter_decisions(run_id):
+        if d.action == "rewind":
+            to_step = int((d.rewind or {}).get("to_step", d.step))
+            live = [o for o in live if o.step <= to_step]
+        elif d.value is not None:
+            live.append(Observed(d.step, d.value, d.lrs))
+    return live
+
+
+def derived_run_id(root: str, groups: int) -> str:
+    """The run that continues `root` with `groups` param groups: `{root}.g{groups}`, the root
+    shortened (and a hash of it added) when that would exceed the service's 128 characters."""
+    suffix = f".g{groups}"
+    if len(root) + len(suffix) <= MAX_RUN_ID:
+        return root + suffix
+    digest = hashlib.sha256(root.encode()).hexdigest()[:8]
+    return f"{root[: MAX_RUN_ID - len(suffix) - 9]}.{digest}{suffix}"
+
+
+def continue_with_groups(
+    client: Client,
+    parent: Run,
+    root: str,
+    policy: str,
+    version: int,
+    params: Mapping[str, Any] | None,
+    base_lrs: Sequence[float],
+    labels: Mapping[str, str] | None,
+) -> tuple[Run, int]:
+    """The run that continues `parent` with more param groups (`base_lrs`: the parent's, then
+    the new groups'), with the parent's live observations replayed into it; and how many were
+    posted now.
+
+    Created (or found, for a job that restarted) as `derived_run_id(root, len(base_lrs))`, the
+    same policy and metric, labelled with its parent and root. Its own live branch must be a
+    prefix of the parent's: whatever follows the common part (a branch of an earlier attempt)
+    is rewound first, so that a job resumed from an older checkpoint can fork again.
+    """
+    child_id = derived_run_id(root, len(base_lrs))
+    lineage = {**(labels or {}), PARENT_LABEL: parent.run_id, ROOT_LABEL: root}
+    client.create_run(child_id, policy, version, params, list(base_lrs), parent.metric, lineage)
+    theirs = live_observations(client, parent.run_id)
+    ours = live_observations(client, child_id)
+    common = 0
+    while common < min(len(theirs), len(ours)) and theirs[common].same(ours[common]):
+        common += 1
+    if common < len(ours):
+        to_step = ours[common - 1].step if common else ours[0].step - 1
+        if to_step < 0:
+            raise RuntimeError(
+                f"run {child_id!r} (run {parent.run_id!r} continued with {len(base_lrs)} "
+                f"param groups) holds an observation at step 0 that run {parent.run_id!r} does "
+                "not: it cannot be rewound before step 0; start the job with another run_id"
+            )
+        client.rewind(child_id, to_step)
+    n = len(parent.base_lrs)
+    for o in theirs[common:]:
+        decision = client.observe(child_id, o.step, o.value)
+        if tuple(decision.lrs[:n]) != o.lrs[:n]:
+            logger.warning(
+                "run %r: the decision replayed at step %d gives the first %d param groups "
+                "%s, run %r gave %s (the policy's params treat the groups together)",
+                child_id, o.step, n, list(decision.lrs[:n]), parent.run_id, list(o.lrs[:n]),
+            )  # fmt: skip
+    return client.get_run(child_id), len(theirs) - common

@@ -1,0 +1,160 @@
+"""`LrpilotCallback`: a Keras callback that sets the optimizer's learning rate from an lrpilot
+run at every training step and posts `val_loss` at the end of each epoch.
+
+```python
+from lrpilot_client import Client
+from lrpilot_client.integrations.keras import LrpilotCallback
+
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+model.fit(x, y, validation_data=(xv, yv), epochs=50,
+          callbacks=[LrpilotCallback(Client(URL), "mlp-a", params={"patience": 3})])
+```
+
+Needs keras 3 with any backend (`pip install 'lrpilot-client[keras]'`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import keras
+
+from ..client import Client
+from ..errors import NotFoundError
+from ..models import Decision, Run
+from ._common import DEFAULT_AHEAD, LrsCursor, logger
+
+__all__ = ["LrpilotCallback"]
+
+
+class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
+    """Before every batch, assigns the run's lr of the optimizer's step (`optimizer.iterations`)
+    to `model.optimizer.learning_rate` (a variable: keras holds it in its dtype, float32 by
+    default, so the step uses the service's rate rounded to float32); at the end of every epoch,
+    posts `logs[metric]` (default `val_loss`, so fit needs validation data) at that step and
+    applies the decision at once. The rates come in blocks of `ahead` steps, as for
+    `LrpilotScheduler`: one request per `ahead` steps, plus two per evaluation.
+
+    The run is created when training begins, with the optimizer's learning rate as its one base
+    lr (`policy=None`: use the existing run as it is; it must have one param group). A fit that
+    starts with `optimizer.iterations` > 0 (a model restored from a checkpoint, whose optimizer
+    holds the last rate applied) continues the existing run and rewinds it to that step, so
+    decisions made after the checkpoint are superseded; the evaluation at that very step is
+    kept. The optimizer's learning rate must be a plain value, not a
+    `LearningRateSchedule` (the run is the schedule). When a decision is `stop` and
+    `stop_training` is true, the callback sets `model.stop_training`.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        run_id: str,
+        policy: str | None = "plateau",
+        version: int = 1,
+        params: Mapping[str, Any] | None = None,
+        metric: str = "val_loss",
+        labels: Mapping[str, str] | None = None,
+        *,
+        ahead: int = DEFAULT_AHEAD,
+        stop_training: bool = True,
+    ) -> None:
+        super().__init__()
+        self.client = client
+        self.run_id = run_id
+        self.policy = policy
+        self.version = version
+        self.run_params = params  # (keras' Callback has its own `params`: fit's)
+        self.metric = metric
+        self.labels = labels
+        self.stop_training = stop_training
+        self.cursor = LrsCursor(client, run_id, ahead)
+        self.last_decision: Decision | None = None
+        self._assigned: float | None = None
+
+    @property
+    def fetches(self) -> int:
+        """How many GET /lrs requests were made."""
+        return self.cursor.fetches
+
+    def _optimizer(self) -> Any:
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            raise ValueError("LrpilotCallback needs a compiled model (model.optimizer)")
+        if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            raise TypeError(
+                "the optimizer's learning rate is a LearningRateSchedule: give it a number, "
+                "the lrpilot run is the schedule"
+            )
+        return optimizer
+
+    def _step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self._optimizer().iterations))
+
+    def _apply(self, step: int) -> None:
+        lrs = self.cursor.at(step)
+        if len(lrs) != 1:
+            raise ValueError(
+                f"run {self.run_id!r} has {len(lrs)} param groups; a keras optimizer has one lr"
+            )
+        if lrs[0] != self._assigned:
+            self._optimizer().learning_rate = lrs[0]
+            self._assigned = lrs[0]
+
+    def _run(self, step: int) -> Run:
+        if self.policy is None:
+            return self.client.get_run(self.run_id)
+        if step > 0:  # resumed: the optimizer holds the last rate applied, not the base one
+            try:
+                return self.client.get_run(self.run_id)
+            except NotFoundError:
+                pass
+        base = float(keras.ops.convert_to_numpy(self._optimizer().learning_rate))
+        return self.client.create_run(
+            self.run_id, self.policy, self.version, self.run_params, [base], self.metric,
+            self.labels,
+        )  # fmt: skip
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        step = self._step()
+        run = self._run(step)
+        if len(run.base_lrs) != 1:
+            raise ValueError(
+                f"run {self.run_id!r} has {len(run.base_lrs)} param groups; "
+                "a keras optimizer has one lr"
+            )
+        self._assigned = None
+        self.cursor.reset()
+        if step > 0:
+            rewound = self.client.rewind(self.run_id, step)
+            if rewound.rewound and rewound.decision is not None:
+                logger.info(
+                    "run %r: training resumed at step %d: %s",
+                    self.run_id, step, rewound.decision.reason,
+                )  # fmt: skip
+        self._apply(step)
+
+    def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        self._apply(self._step())
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        logs = logs or {}
+        step = self._step()
+        if self.metric not in logs:
+            logger.warning(
+                "run %r step %d: no %r in the epoch's logs %s (validation data?): nothing posted",
+                self.run_id, step, self.metric, sorted(logs),
+            )  # fmt: skip
+            return
+        value = float(logs[self.metric])
+        decision = self.client.observe(self.run_id, step, value)
+        self.last_decision = decision
+        self.cursor.observed()
+        self._apply(step)
+        logger.info(
+            "run %r step %d (epoch %d): %s %r -> %s %s: %s",
+            self.run_id, step, epoch, self.metric, value, decision.action, list(decision.lrs),
+            decision.reason,
+        )  # fmt: skip
+        if decision.stop and self.stop_training:
+            self.model.stop_training = True

@@ -1,0 +1,166 @@
+"""`LrpilotCallback`: a transformers `TrainerCallback` that takes the Trainer's learning rates
+from an lrpilot run and reports its evaluations to it.
+
+```python
+from lrpilot_client import Client
+from lrpilot_client.integrations.transformers import LrpilotCallback
+
+args = TrainingArguments(..., eval_strategy="steps", eval_steps=500, lr_scheduler_type="constant")
+trainer = Trainer(model, args, ..., callbacks=[LrpilotCallback(Client(URL), "bert-a",
+                  policy="plateau", params={"patience": 2}, metric="eval_loss")])
+```
+
+Or give the Trainer the scheduler itself, which it then steps, saves with each checkpoint and
+logs (`learning_rate`):
+
+```python
+scheduler = LrpilotScheduler(optimizer, client, "bert-a", policy="plateau", metric="eval_loss")
+trainer = Trainer(..., optimizers=(optimizer, scheduler), callbacks=[LrpilotCallback()])
+```
+
+Needs transformers and torch (`pip install 'lrpilot-client[transformers]'`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ..client import Client
+from ..models import Decision
+from ._common import DEFAULT_AHEAD, logger
+from .torch import LrpilotScheduler
+
+__all__ = ["LrpilotCallback"]
+
+
+class LrpilotCallback(TrainerCallback):
+    """Sets the optimizer's lrs to the run's at every training step, and posts each
+    evaluation's `metric` (default `eval_loss`, a key of the Trainer's eval metrics).
+
+    Two ways to use it:
+
+    - **The callback alone** (give `client`, `run_id` and the run's spec): at the start of
+      training it builds an `LrpilotScheduler` on the Trainer's optimizer (base lrs: the
+      optimizer's initial lrs, i.e. `learning_rate`) and, before each step, writes the run's lrs of
+      `state.global_step` into the optimizer, over whatever the Trainer's own scheduler wrote
+      (use `lr_scheduler_type="constant"` so that it is a no-op; the Trainer's logged
+      `learning_rate` is that scheduler's). A run resumed from a checkpoint at global step g is
+      rewound to g (the evaluation at g, which the Trainer makes before it saves, is kept).
+    - **The scheduler as the Trainer's** (`Trainer(optimizers=(optimizer, LrpilotScheduler(...)))`,
+      and `LrpilotCallback()` with no arguments): the Trainer steps it after every optimizer step,
+      saves it in each checkpoint (resuming rewinds the run, see `LrpilotScheduler`) and logs its
+      lrs; the callback only posts the evaluations.
+
+    After each evaluation the decision is `last_decision`; when it is `stop` and `stop_training`
+    is true, the callback ends training (`control.should_training_stop`). Every process of a
+    distributed job posts the same gathered metric: the service dedupes them.
+    """
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        run_id: str | None = None,
+        policy: str | None = "plateau",
+        version: int = 1,
+        params: Mapping[str, Any] | None = None,
+        metric: str = "eval_loss",
+        labels: Mapping[str, str] | None = None,
+        *,
+        ahead: int = DEFAULT_AHEAD,
+        stop_training: bool = True,
+    ) -> None:
+        if (client is None) != (run_id is None):
+            raise ValueError("give both client and run_id, or neither (the Trainer's scheduler)")
+        self.client = client
+        self.run_id = run_id
+        self.policy = policy
+        self.version = version
+        self.params = params
+        self.metric = metric
+        self.labels = labels
+        self.ahead = ahead
+        self.stop_training = stop_training
+        self.scheduler: LrpilotScheduler | None = None
+        self.owned = False  # the callback built the scheduler (else it is the Trainer's)
+
+    @property
+    def last_decision(self) -> Decision | None:
+        """The decision of the last evaluation posted."""
+        return None if self.scheduler is None else self.scheduler.last_decision
+
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        given = kwargs.get("lr_scheduler")
+        given = getattr(given, "scheduler", given)  # accelerate's AcceleratedScheduler
+        if isinstance(given, LrpilotScheduler):
+            if self.run_id is not None and self.run_id != given.root_run_id:
+                raise ValueError(
+                    f"the Trainer's LrpilotScheduler is of run {given.root_run_id!r}, "
+                    f"the callback's is {self.run_id!r}"
+                )
+            self.scheduler, self.owned = given, False
+            return
+        if self.client is None or self.run_id is None:
+            raise ValueError(
+                "LrpilotCallback() without a run needs the Trainer's lr_scheduler to be an "
+                "LrpilotScheduler (Trainer(optimizers=(optimizer, LrpilotScheduler(...))))"
+            )
+        optimizer = kwargs.get("optimizer")
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"the Trainer's optimizer is not a torch optimizer: {optimizer!r}")
+        if self.scheduler is None or self.scheduler.optimizer is not optimizer:
+            self.scheduler = LrpilotScheduler(
+                optimizer, self.client, self.run_id, self.policy, self.version, self.params,
+                self.metric, self.labels, ahead=self.ahead,
+            )  # fmt: skip
+        self.owned = True
+        if state.global_step > 0:
+            self.scheduler.resume(state.global_step, observed_step=state.global_step)
+
+    def on_step_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        if self.owned and self.scheduler is not None:
+            self.scheduler.step_to(state.global_step)
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: Mapping[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if self.scheduler is None:
+            return
+        if not metrics or self.metric not in metrics:
+            logger.warning(
+                "run %r step %d: no %r among the evaluation's metrics %s: nothing posted",
+                self.scheduler.run_id, state.global_step, self.metric, sorted(metrics or {}),
+            )  # fmt: skip
+            return
+        if self.owned:
+            self.scheduler.step_to(state.global_step)
+        elif self.scheduler.last_epoch != state.global_step:
+            logger.warning(
+                "run %r: the scheduler is at step %d, the Trainer at %d: is it stepped "
+                "once per optimizer step?",
+                self.scheduler.run_id, self.scheduler.last_epoch, state.global_step,
+            )  # fmt: skip
+        decision = self.scheduler.observe(metrics[self.metric])
+        if decision.stop and self.stop_training:
+            control.should_training_stop = True
