@@ -3,6 +3,10 @@
 A training job reports its validation metric with `Client.observe` and gets back the decision:
 the learning rates to use next, and why. `AsyncClient` is the same for asyncio. The package
 depends on httpx only.
+
+A training loop never sees an outage of the service (unless `on_unavailable="raise"`): the client
+keeps the last decided rates, buffers what it could not send and sends it, in order, when the
+service is back (see `Client`).
 """
 
 from .async_client import AsyncClient
@@ -21,6 +25,7 @@ from .models import (
     LrsAhead,
     LrsInForce,
     Page,
+    PendingObservation,
     Policy,
     Rewound,
     Run,
@@ -42,6 +47,7 @@ __all__ = [
     "LrsInForce",
     "NotFoundError",
     "Page",
+    "PendingObservation",
     "Policy",
     "ResponseError",
     "Rewound",

@@ -4,7 +4,12 @@ A training loop must not die because the service restarted or a load balancer hi
 connection errors and 5xx answers are retried. A 4xx answer is the service's considered reply
 and is never retried. The waits are exponential with full jitter (a uniform draw between 0 and
 the exponential cap): when many ranks lose the service at once, jitter spreads their retries
-instead of having them all hit the service again at the same instant.
+instead of having them all hit the service again at the same instant. A 503 that says when to
+come back (`Retry-After`) is not retried sooner than that.
+
+Two schedules live here: `Attempts`, the retries of one call, and `Outage`, when a client that
+found the service away tries again (one request per try, spaced by the same exponential backoff)
+while it keeps the training loop going on the last known rates.
 
 This module does no I/O and never sleeps; the sync and the async client each drive an
 `Attempts` with their own sleep and their own HTTP call.
@@ -12,18 +17,51 @@ This module does no I/O and never sleeps; the sync and the async client each dri
 
 from __future__ import annotations
 
+import logging
+import math
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 
 from .errors import ServiceUnavailableError, describe_detail, detail_of
 
-__all__ = ["Attempts", "RetryPolicy"]
+__all__ = ["MAX_RETRY_AFTER", "Attempts", "Outage", "RetryPolicy", "retry_after_of"]
+
+log = logging.getLogger("lrpilot_client")
 
 # 2**60 times any sane backoff is far beyond any cap; bounding the exponent keeps the float finite.
 _MAX_EXPONENT = 60
+# The longest a `Retry-After` is taken at its word: a proxy asking for a day must not leave the
+# observations buffered for a day.
+MAX_RETRY_AFTER = 300.0
+
+
+def retry_after_of(response: httpx.Response) -> float | None:
+    """The `Retry-After` of an answer in seconds (delay-seconds or an HTTP date), capped at
+    `MAX_RETRY_AFTER`; None when there is none or it cannot be read."""
+    raw = response.headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    seconds: float
+    if raw.isdigit():
+        seconds = float(raw)
+    else:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 @dataclass(frozen=True)
@@ -54,9 +92,12 @@ class RetryPolicy:
         """The wait before retry number `retry`: full jitter under `cap(retry)`."""
         return self.rng.uniform(0.0, self.cap(retry))
 
-    def attempts(self) -> Attempts:
-        """A fresh attempt sequence for one call."""
-        return Attempts(self)
+    def attempts(
+        self, retries: int | None = None, max_retry_after: float | None = None
+    ) -> Attempts:
+        """A fresh attempt sequence for one call: `retries` retries (the policy's by default);
+        a `Retry-After` longer than `max_retry_after` (`max_backoff` by default) ends it."""
+        return Attempts(self, retries, max_retry_after)
 
 
 def is_retryable_status(status_code: int) -> bool:
@@ -66,6 +107,10 @@ def is_retryable_status(status_code: int) -> bool:
 
 class Attempts:
     """The attempts of one call: iterate for the wait before each, report each failure.
+
+    After a 5xx with `Retry-After`, the next wait is at least that long; if that is longer than
+    `max_retry_after`, the call gives up at once instead of sleeping (and the error carries the
+    `retry_after`, so a buffering client knows when to try again).
 
     Usage (the async client is the same with `await`)::
 
@@ -83,24 +128,43 @@ class Attempts:
         raise attempts.exhausted("GET /v1/runs/r")
     """
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        retries: int | None = None,
+        max_retry_after: float | None = None,
+        *,
+        probe: bool = False,
+    ) -> None:
         self._policy = policy
+        self.probe = probe  # one try while the service is known down (a short connect timeout)
+        self._retries = policy.retries if retries is None else max(retries, 0)
+        self._max_retry_after = policy.max_backoff if max_retry_after is None else max_retry_after
         self.count = 0
+        self.retry_after: float | None = None  # of the last failed answer, if it said
         self._last_failure: str = "no attempt was made"
         self._last_detail: object = None
         self._last_status: int | None = None
 
     def __iter__(self) -> Iterator[float]:
         """Yield 0.0 before the first attempt, then the backoff before each retry."""
-        for n in range(self._policy.retries + 1):
+        for n in range(self._retries + 1):
+            if n == 0:
+                self.count = 1
+                yield 0.0
+                continue
+            if self.retry_after is not None and self.retry_after > self._max_retry_after:
+                return  # asked to come back later than this call will wait
+            delay = self._policy.delay(n - 1)
             self.count = n + 1
-            yield 0.0 if n == 0 else self._policy.delay(n - 1)
+            yield max(delay, self.retry_after or 0.0)
 
     def transport_failed(self, exc: httpx.TransportError) -> None:
         """Record a request that got no answer (refused, reset, timed out, ...)."""
         self._last_failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._last_detail = None
         self._last_status = None
+        self.retry_after = None
 
     def server_failed(self, response: httpx.Response) -> bool:
         """Record `response` and return True if it is a failure worth retrying (5xx)."""
@@ -109,6 +173,7 @@ class Attempts:
         self._last_status = response.status_code
         self._last_detail = detail_of(response)
         self._last_failure = describe_detail(self._last_detail) or response.reason_phrase
+        self.retry_after = retry_after_of(response)
         return True
 
     def exhausted(self, what: str) -> ServiceUnavailableError:
@@ -117,7 +182,75 @@ class Attempts:
         if self._last_status is not None:
             message += f"{self._last_status} "
         message += self._last_failure
+        if self.retry_after is not None:
+            message += f" (Retry-After: {self.retry_after:g} s)"
         detail = self._last_detail if self._last_detail is not None else self._last_failure
         return ServiceUnavailableError(
-            detail, self._last_status, attempts=self.count, message=message
+            detail,
+            self._last_status,
+            attempts=self.count,
+            message=message,
+            retry_after=self.retry_after,
         )
+
+
+class Outage:
+    """When a client that found the service away tries again.
+
+    While the service is up (`down` False) every call may go ahead. Once a call has failed
+    (`failed`, with the error that ended its retries), the service is known down: `due()` is
+    False until `next_try`, so the calls in between make no request at all, and each later try
+    is one request (`probe` True); each failed try doubles the wait (`backoff * 2**n`, drawn
+    between half and all of it, capped at `max_backoff`), and a `Retry-After` is never cut
+    short. The first answer (`recovered`) ends the outage.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self.down_since: float | None = None  # time.monotonic() of the first failure
+        self.failures = 0
+        self.next_try = 0.0
+        self.cause = ""
+        self.last_error: ServiceUnavailableError | None = None
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def due(self, now: float | None = None) -> bool:
+        """True when a request may be made now: the service is up, or its next try is due."""
+        if self.down_since is None:
+            return True
+        return (time.monotonic() if now is None else now) >= self.next_try
+
+    def wait(self, now: float | None = None) -> float:
+        """Seconds until `due()`."""
+        if self.down_since is None:
+            return 0.0
+        return max(0.0, self.next_try - (time.monotonic() if now is None else now))
+
+    def failed(self, exc: ServiceUnavailableError, now: float | None = None) -> None:
+        """A call could not reach the service: schedule the next try."""
+        now = time.monotonic() if now is None else now
+        cap = self._policy.cap(self.failures)
+        wait = self._policy.rng.uniform(cap / 2, cap)
+        if exc.retry_after is not None:
+            wait = max(wait, min(exc.retry_after, MAX_RETRY_AFTER))
+        self.failures += 1
+        self.cause = str(exc)
+        self.last_error = exc
+        self.next_try = now + wait
+        if self.down_since is None:
+            self.down_since = now
+            log.warning("lrpilot unreachable, keeping the last lrs and buffering: %s", exc)
+
+    def recovered(self, now: float | None = None) -> None:
+        """The service answered: the outage, if any, is over."""
+        if self.down_since is not None:
+            away = (time.monotonic() if now is None else now) - self.down_since
+            log.warning("lrpilot reachable again after %.1f s", away)
+        self.down_since = None
+        self.failures = 0
+        self.next_try = 0.0
+        self.cause = ""
+        self.last_error = None

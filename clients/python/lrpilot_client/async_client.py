@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -12,9 +14,28 @@ import httpx
 
 from . import _calls
 from ._calls import Call
-from ._retry import RetryPolicy
-from .client import DEFAULT_BASE_URL, USER_AGENT, next_cursor
-from .models import Decision, LrsAhead, LrsInForce, Page, Rewound, Run, Verified
+from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, observe_call, probe_timeout
+from ._retry import Attempts, RetryPolicy
+from .client import (
+    DEFAULT_BASE_URL,
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_FLUSH_TIMEOUT,
+    USER_AGENT,
+    log,
+    next_cursor,
+    report_left,
+)
+from .errors import LrpilotError, ServiceUnavailableError
+from .models import (
+    Decision,
+    LrsAhead,
+    LrsInForce,
+    Page,
+    PendingObservation,
+    Rewound,
+    Run,
+    Verified,
+)
 
 __all__ = ["AsyncClient"]
 
@@ -22,10 +43,12 @@ T = TypeVar("T")
 
 
 class AsyncClient:
-    """`Client` for asyncio: same arguments, same retries, same results and errors.
+    """`Client` for asyncio: same arguments, same retries, same outage handling (the
+    `on_unavailable` modes, the outbox, the provisional answers), same results and errors.
 
     The requests and the reading of the answers are shared with `Client` (module `_calls`), and
-    so are the retry decisions and waits (module `_retry`); only the sending differs.
+    so are the retry decisions and waits (module `_retry`) and every decision about an outage
+    (module `_outbox`); only the sending differs.
     """
 
     def __init__(
@@ -39,27 +62,63 @@ class AsyncClient:
         rng: random.Random | None = None,
         identity: Mapping[str, Any] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_unavailable: Mode = "buffer",
+        outbox_size: int = DEFAULT_OUTBOX_SIZE,
+        outbox_path: str | os.PathLike[str] | None = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
         self._retry = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
+        self._res = Resilience(self._retry, on_unavailable, outbox_size, outbox_path)
+        self.close_timeout = close_timeout
         # declared with every observation and rewind; {} declares nothing
         self.identity: dict[str, Any] = (
             _calls.default_identity() if identity is None else dict(identity)
         )
-        self._heads: dict[str, str] = {}
+        self._flushing = asyncio.Lock()  # one sender of the outbox at a time
+        self._closed = False
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
             transport=transport,
             headers={"User-Agent": USER_AGENT},
         )
+        self._probe_timeout = probe_timeout(self._http.timeout)
 
     @property
     def base_url(self) -> str:
         return str(self._http.base_url)
 
+    @property
+    def on_unavailable(self) -> Mode:
+        """See `Client.on_unavailable`."""
+        return "buffer" if self._res.buffering else "raise"
+
+    @property
+    def pending(self) -> tuple[PendingObservation, ...]:
+        """See `Client.pending`."""
+        return self._res.outbox.items()
+
+    @property
+    def dropped(self) -> int:
+        """See `Client.dropped`."""
+        return self._res.outbox.dropped
+
+    @property
+    def offline(self) -> bool:
+        """See `Client.offline`."""
+        return self._res.outage.down
+
     async def close(self) -> None:
-        """Close the connection pool."""
-        await self._http.aclose()
+        """See `Client.close`."""
+        if self._closed:
+            return
+        try:
+            if len(self._res.outbox) and self.close_timeout > 0:
+                await self.flush(self.close_timeout)
+        finally:
+            self._closed = True
+            report_left(self._res)
+            await self._http.aclose()
 
     aclose = close
 
@@ -72,16 +131,25 @@ class AsyncClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        if exc is None:
+            await self.close()
+            return
+        try:  # the exception in flight matters more than a refusal found while closing
+            await self.close()
+        except LrpilotError as error:
+            log.error("lrpilot: while closing: %s", error)
 
-    async def _send(self, call: Call[T]) -> T:
-        attempts = self._retry.attempts()
+    async def _send(self, call: Call[T], attempts: Attempts | None = None) -> T:
+        """See `Client._send`."""
+        if attempts is None:
+            attempts = self._retry.attempts()
+        timeout = self._probe_timeout if attempts.probe else httpx.USE_CLIENT_DEFAULT
         for wait in attempts:
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
                 response = await self._http.request(
-                    call.method, call.path, params=call.params, json=call.body
+                    call.method, call.path, params=call.params, json=call.body, timeout=timeout
                 )
             except httpx.TransportError as exc:
                 attempts.transport_failed(exc)
@@ -90,6 +158,64 @@ class AsyncClient:
                 continue
             return call.result(response)
         raise attempts.exhausted(call.describe())
+
+    async def _flush_pending(self) -> None:
+        """See `Client._flush_pending`."""
+        res = self._res
+        if not len(res.outbox):
+            return
+        async with self._flushing:
+            try:
+                while (obs := res.next_to_send()) is not None:
+                    try:
+                        decision = await self._send(observe_call(obs), res.attempts())
+                    except ServiceUnavailableError as exc:
+                        res.unreachable(exc)
+                        return
+                    except LrpilotError as exc:
+                        raise res.refused(obs, exc) from exc
+                    res.delivered(obs, decision)
+            finally:
+                res.outbox.save()
+
+    async def _ask(self, call: Call[T], offline: Callable[[], T]) -> T:
+        """See `Client._ask`."""
+        res = self._res
+        await self._flush_pending()
+        if res.due():
+            try:
+                result = await self._send(call, res.attempts())
+            except ServiceUnavailableError as exc:
+                res.unreachable(exc)
+            else:
+                res.answered(result)
+                return result
+        return offline()
+
+    async def _request(self, call: Call[T]) -> T:
+        """See `Client._request`."""
+        await self._flush_pending()
+        try:
+            result = await self._send(call)
+        except ServiceUnavailableError as exc:
+            if self._res.buffering:
+                self._res.outage.failed(exc)
+            raise
+        self._res.answered(result)
+        return result
+
+    async def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> int:
+        """See `Client.flush`."""
+        res = self._res
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while len(res.outbox):
+            wait = res.outage.wait()
+            if time.monotonic() + wait > deadline:
+                break
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._flush_pending()
+        return len(res.outbox)
 
     async def create_run(
         self,
@@ -102,13 +228,13 @@ class AsyncClient:
         labels: Mapping[str, str] | None = None,
     ) -> Run:
         """See `Client.create_run`."""
-        return await self._send(
+        return await self._request(
             _calls.create_run(run_id, policy, version, params, base_lrs, metric, labels)
         )
 
     async def get_run(self, run_id: str) -> Run:
         """See `Client.get_run`."""
-        return await self._send(_calls.get_run(run_id))
+        return await self._request(_calls.get_run(run_id))
 
     async def observe(
         self,
@@ -119,34 +245,45 @@ class AsyncClient:
         world_size: int | None = None,
     ) -> Decision:
         """See `Client.observe`."""
-        decision = await self._send(
-            _calls.observe(run_id, step, value, rank, world_size, self.identity)
-        )
-        self._heads[run_id] = decision.hash
-        return decision
+        res = self._res
+        obs = PendingObservation(run_id, step, value, rank, world_size, dict(self.identity))
+        await self._flush_pending()
+        if res.due() and not len(res.outbox):  # nothing older of it may be overtaken
+            try:
+                decision = await self._send(observe_call(obs), res.attempts())
+            except ServiceUnavailableError as exc:
+                res.unreachable(exc)
+            else:
+                res.answered(decision)
+                return decision
+        return res.hold(obs)
 
     def head_hash(self, run_id: str) -> str | None:
         """See `Client.head_hash`."""
-        return self._heads.get(run_id)
+        return self._res.heads.get(run_id)
 
     async def rewind(self, run_id: str, to_step: int) -> Rewound:
         """See `Client.rewind`."""
-        rewound = await self._send(_calls.rewind(run_id, to_step, self.identity))
-        if rewound.decision is not None:
-            self._heads[run_id] = rewound.decision.hash
-        return rewound
+        await self._flush_pending()
+        self._res.check_rewind(run_id)
+        return await self._request(_calls.rewind(run_id, to_step, self.identity))
 
     async def verify(self, run_id: str, head: str | None = None) -> Verified:
         """See `Client.verify`."""
-        return await self._send(_calls.verify(run_id, head))
+        return await self._request(_calls.verify(run_id, head))
 
     async def lrs_in_force(self, run_id: str, step: int | None = None) -> LrsInForce:
         """See `Client.lrs_in_force`."""
-        return await self._send(_calls.lrs_in_force(run_id, step))
+        return await self._ask(
+            _calls.lrs_in_force(run_id, step), lambda: self._res.lrs_in_force(run_id, step)
+        )
 
     async def lrs_ahead(self, run_id: str, first: int, count: int = 1000) -> LrsAhead:
         """See `Client.lrs_ahead`."""
-        return await self._send(_calls.lrs_ahead(run_id, first, count))
+        return await self._ask(
+            _calls.lrs_ahead(run_id, first, count),
+            lambda: self._res.lrs_ahead(run_id, first, count),
+        )
 
     async def lrs(self, run_id: str, step: int | None = None) -> list[float]:
         """See `Client.lrs`."""
@@ -160,7 +297,7 @@ class AsyncClient:
         self, run_id: str, after: int = 0, limit: int = 100, action: str | None = None
     ) -> Page[Decision]:
         """See `Client.decisions`."""
-        return await self._send(_calls.decisions(run_id, after, limit, action))
+        return await self._request(_calls.decisions(run_id, after, limit, action))
 
     async def iter_decisions(
         self, run_id: str, action: str | None = None, *, limit: int = 100

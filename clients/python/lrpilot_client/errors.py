@@ -8,9 +8,12 @@ rejected, and a service that could not be reached at all. Every error keeps the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from .models import PendingObservation
 
 __all__ = [
     "ConflictError",
@@ -50,8 +53,12 @@ class LrpilotError(Exception):
 
     `detail` is the service's `detail` (a string, or a list for validation errors) or, when the
     service gave none, the client's own description. `status_code` is the HTTP status, or None
-    when no answer was received.
+    when no answer was received. `observation` is set when the error is the service's answer
+    to an observation the client had buffered during an outage and sent later (the job's own
+    call then was another one): which run, step and value it was.
     """
+
+    observation: PendingObservation | None = None
 
     def __init__(
         self, detail: Any, status_code: int | None = None, *, message: str | None = None
@@ -83,7 +90,9 @@ class ValidationError(LrpilotError):
 class ServiceUnavailableError(LrpilotError):
     """The service could not be reached, or kept answering 5xx, for all the retries.
 
-    `attempts` is how many requests were made; `detail` describes the last failure.
+    `attempts` is how many requests were made (0 when the client did not try because the
+    service is known down and its next try is not due); `detail` describes the last failure;
+    `retry_after` is the seconds the service asked to wait (its `Retry-After`), if it said.
     """
 
     def __init__(
@@ -93,9 +102,11 @@ class ServiceUnavailableError(LrpilotError):
         *,
         attempts: int = 0,
         message: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(detail, status_code, message=message)
         self.attempts = attempts
+        self.retry_after = retry_after
 
 
 class ResponseError(LrpilotError):

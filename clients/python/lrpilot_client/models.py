@@ -25,6 +25,7 @@ __all__ = [
     "Decision",
     "LrsInForce",
     "Page",
+    "PendingObservation",
     "Policy",
     "Run",
     "decode_float",
@@ -233,6 +234,11 @@ class Decision:
     policy's state after this decision, as the service wrote it: its non-finite numbers are
     still the strings "NaN"/"Infinity"/"-Infinity", because which of its strings are numbers
     depends on the policy. `hash` chains to `prev_hash`, so a log can be verified end to end.
+
+    `provisional` is True for the client's stand-in while the service cannot be reached (see
+    `Client`'s `on_unavailable`): action "hold", `lrs` and `previous_lrs` the last rates the
+    service decided, a `reason` that says so; it is in no log (`seq` 0, `hash` ""), and the
+    observation it answers is buffered and sent when the service is back.
     """
 
     run_id: str
@@ -251,6 +257,7 @@ class Decision:
     created_at: datetime
     client: Mapping[str, Any] = field(default_factory=dict)
     rewind: Mapping[str, Any] | None = None
+    provisional: bool = False
 
     @property
     def lr(self) -> float:
@@ -293,7 +300,8 @@ class LrsInForce:
 
     `seq` is the decision that set them and `decided_at_step` its step; both are None while the
     run has no decision yet (the rates are then the base rates). `step` echoes the step asked
-    about, None when the current rates were asked for.
+    about, None when the current rates were asked for. `provisional` is True when the service
+    could not be reached and these are the last rates the client knows (see `Client`).
     """
 
     run_id: str
@@ -301,6 +309,7 @@ class LrsInForce:
     lrs: tuple[float, ...]
     seq: int | None
     decided_at_step: int | None
+    provisional: bool = False
 
     @classmethod
     def from_json(cls, raw: object) -> LrsInForce:
@@ -319,13 +328,16 @@ class LrsAhead:
     """The rates of `count` consecutive training steps from `first` (GET /lrs), fetched ahead so
     that a rank needs one request per `count` steps. `certain_through` is the last step whose
     rates no later evaluation can change (all of them for a pure schedule; None when none is
-    certain yet): past it, fetch again after the next evaluation."""
+    certain yet): past it, fetch again after the next evaluation. `provisional` is True when
+    the service could not be reached and the rows are the last rates the client knows (see
+    `Client`): nothing is certain then."""
 
     run_id: str
     first: int
     lrs: tuple[tuple[float, ...], ...]
     certain_through: int | None
     open_loop: bool
+    provisional: bool = False
 
     def at(self, step: int) -> tuple[float, ...]:
         """The rates at `step`, which must be within the fetched range."""
@@ -421,4 +433,45 @@ class Verified:
             superseded=f.integer("superseded"),
             rewinds=f.integer("rewinds"),
             mismatch=f.opt_obj("mismatch") or None,
+        )
+
+
+@dataclass(frozen=True)
+class PendingObservation:
+    """An observation the client could not send yet (see `Client.pending`). It is sent later
+    exactly as it was made, with the identity (`client`) of the process that made it."""
+
+    run_id: str
+    step: int
+    value: float
+    rank: int | None = None
+    world_size: int | None = None
+    client: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int, float | str]:
+        """What the service dedupes by: the run, the step and the value (NaN equal to NaN)."""
+        return (self.run_id, self.step, encode_float(self.value))
+
+    def to_json(self) -> dict[str, Any]:
+        """One line of an outbox file."""
+        return {
+            "run_id": self.run_id,
+            "step": self.step,
+            "value": encode_float(self.value),
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "client": dict(self.client),
+        }
+
+    @classmethod
+    def from_json(cls, raw: object) -> PendingObservation:
+        f = _Fields(raw, "PendingObservation")
+        return cls(
+            run_id=f.text("run_id"),
+            step=f.integer("step"),
+            value=f.number("value"),
+            rank=f.opt_integer("rank"),
+            world_size=f.opt_integer("world_size"),
+            client=f.opt_obj("client"),
         )
