@@ -99,6 +99,7 @@ def create_run(
     base_lrs: Sequence[float] | None,
     metric: str | None,
     labels: Mapping[str, str] | None,
+    aggregate: Mapping[str, Any] | None = None,
 ) -> Call[Run]:
     """PUT the run's spec. Fields left as None are not sent, so the service's defaults apply
     and a spec written with or without them hashes the same."""
@@ -111,6 +112,8 @@ def create_run(
         body["metric"] = metric
     if labels is not None:
         body["labels"] = dict(labels)
+    if aggregate is not None:
+        body["aggregate"] = dict(aggregate)
     return Call("PUT", run_path(run_id), Run.from_json, body=body)
 
 
@@ -138,6 +141,7 @@ def observe(
     rank: int | None,
     world_size: int | None,
     identity: Mapping[str, Any] | None = None,
+    weight: float | None = None,
 ) -> Call[Decision]:
     """POST one observation. A non-finite value goes as a string so the body is strict JSON."""
     body: dict[str, Any] = {"step": step, "value": encode_float(value)}
@@ -145,6 +149,8 @@ def observe(
         body["rank"] = rank
     if world_size is not None:
         body["world_size"] = world_size
+    if weight is not None:
+        body["weight"] = weight
     if identity:
         body["client"] = dict(identity)
     return Call("POST", f"{run_path(run_id)}/observations", Decision.from_json, body=body)

@@ -50,7 +50,9 @@ PROBE_CONNECT_TIMEOUT = 2.0
 
 def observe_call(obs: PendingObservation) -> Call[Decision]:
     """The request that sends `obs`, exactly as it was made."""
-    return _calls.observe(obs.run_id, obs.step, obs.value, obs.rank, obs.world_size, obs.client)
+    return _calls.observe(
+        obs.run_id, obs.step, obs.value, obs.rank, obs.world_size, obs.client, obs.weight
+    )
 
 
 def probe_timeout(timeout: httpx.Timeout) -> httpx.Timeout:

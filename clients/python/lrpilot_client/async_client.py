@@ -226,10 +226,11 @@ class AsyncClient:
         base_lrs: Sequence[float] | None = None,
         metric: str | None = None,
         labels: Mapping[str, str] | None = None,
+        aggregate: Mapping[str, Any] | None = None,
     ) -> Run:
         """See `Client.create_run`."""
         return await self._request(
-            _calls.create_run(run_id, policy, version, params, base_lrs, metric, labels)
+            _calls.create_run(run_id, policy, version, params, base_lrs, metric, labels, aggregate)
         )
 
     async def get_run(self, run_id: str) -> Run:
@@ -243,10 +244,11 @@ class AsyncClient:
         value: float,
         rank: int | None = None,
         world_size: int | None = None,
+        weight: float | None = None,
     ) -> Decision:
         """See `Client.observe`."""
         res = self._res
-        obs = PendingObservation(run_id, step, value, rank, world_size, dict(self.identity))
+        obs = PendingObservation(run_id, step, value, rank, world_size, dict(self.identity), weight)
         await self._flush_pending()
         if res.due() and not len(res.outbox):  # nothing older of it may be overtaken
             try:

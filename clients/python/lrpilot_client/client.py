@@ -272,16 +272,20 @@ class Client:
         base_lrs: Sequence[float] | None = None,
         metric: str | None = None,
         labels: Mapping[str, str] | None = None,
+        aggregate: Mapping[str, Any] | None = None,
     ) -> Run:
         """Create the run, or get it back if it already exists with the same spec.
 
         Calling this at every (re)start of a job is the intended use: the first call creates
         the run, later ones return it. A different spec for an existing run_id raises
         `ConflictError` rather than silently changing a schedule mid-run. Arguments left as None
-        are not sent, so the service's defaults apply.
+        are not sent, so the service's defaults apply. `aggregate` (`{"timeout_s": 60,
+        "on_timeout": "decide" | "refuse"}`) makes every rank post its own metric (`observe`
+        with `rank`, `world_size` and optionally `weight`): one decision a step, from their
+        weighted mean, the same for every rank.
         """
         return self._request(
-            _calls.create_run(run_id, policy, version, params, base_lrs, metric, labels)
+            _calls.create_run(run_id, policy, version, params, base_lrs, metric, labels, aggregate)
         )
 
     def get_run(self, run_id: str) -> Run:
@@ -295,6 +299,7 @@ class Client:
         value: float,
         rank: int | None = None,
         world_size: int | None = None,
+        weight: float | None = None,
     ) -> Decision:
         """Report the metric `value` seen at training `step`; return the decision it led to.
 
@@ -310,7 +315,7 @@ class Client:
         which). Whenever this raises, the observation was not taken: call again.
         """
         res = self._res
-        obs = PendingObservation(run_id, step, value, rank, world_size, dict(self.identity))
+        obs = PendingObservation(run_id, step, value, rank, world_size, dict(self.identity), weight)
         self._flush_pending()
         if res.due() and not len(res.outbox):  # nothing older of it may be overtaken
             try:

@@ -447,6 +447,7 @@ class PendingObservation:
     rank: int | None = None
     world_size: int | None = None
     client: Mapping[str, Any] = field(default_factory=dict)
+    weight: float | None = None  # an aggregated run's weight of this rank's value
 
     @property
     def key(self) -> tuple[str, int, float | str]:
@@ -462,6 +463,7 @@ class PendingObservation:
             "rank": self.rank,
             "world_size": self.world_size,
             "client": dict(self.client),
+            "weight": self.weight,
         }
 
     @classmethod
@@ -474,4 +476,5 @@ class PendingObservation:
             rank=f.opt_integer("rank"),
             world_size=f.opt_integer("world_size"),
             client=f.opt_obj("client"),
+            weight=f.opt_number("weight"),
         )
