@@ -30,10 +30,11 @@ from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.chain import GENESIS, seal
 from lrpilot.domain import RunSpec, new_run, now, resolved
 from lrpilot.policies import base as policy_text
+from lrpilot.scaling import SCALE, InForce
 from lrpilot.settings import Settings
 from lrpilot.signing import load_private_key, sign, signed_message
 from lrpilot.store.errors import Conflict, RunNotFound
-from lrpilot.store.records import NewDecision, NewRun
+from lrpilot.store.records import NewDecision, NewRun, RunHead
 from lrpilot.store.runs import Store, WriteTx
 
 IMPORT_FLUSH_EVERY = 1000  # decisions a statement when an import writes its log
@@ -83,8 +84,8 @@ class Audit:
             check = LogCheck(spec_of(run), rewinds)
             for body, flagged in self.store.flagged(run_id, row.last_seq):
                 check.check(body)
-                assert check.last_step is not None
-                if flagged != check.superseded_at(check.count, check.last_step):
+                assert check.step is not None
+                if flagged != check.superseded_at(check.count, check.step):
                     raise Mismatch(
                         None,
                         check.count,
@@ -97,6 +98,8 @@ class Audit:
                 ("head_hash", row.head_hash, report.head_hash),
                 ("state", row.state, report.state),
                 ("lrs", row.lrs, report.lrs),
+                ("scale", row.scale, report.scale),
+                ("last_step", row.last_step, report.last_step),
             ):
                 if stored != logged:
                     raise Mismatch(
@@ -149,12 +152,13 @@ class Audit:
                     body=text,
                     state=canonical_json(doc["state"]),
                     lrs=canonical_json(doc["lrs"]),
+                    last_step=step,  # where the run stands is set at the end, from the check
                     reductions=1 if seq in reduced else 0,
                 )
                 tx.append_decision(decision)
                 if seq % IMPORT_FLUSH_EVERY == 0:
                     tx.flush()
-            tx.flush()
+            tx.set_position(run.run_id, checked.report.last_step, checked.report.scale)
             return {}, True
 
         result, created = self.store.transact(work)
@@ -189,6 +193,7 @@ class Audit:
                 restores, body = target
                 doc = json.loads(body)
                 state, lrs = doc["state"], doc["lrs"]
+            scale = _scale_at(tx, head, to_step)
             superseded = tx.supersede_after(run_id, to_step)
             previous = json.loads(head.lrs)
             by = f" at the request of {_who(client)}" if client else ""
@@ -213,6 +218,8 @@ class Audit:
                 "created_at": now(),
                 "rewind": {"to_step": to_step, "restores_seq": restores, "superseded": superseded},
             }
+            if scale is not None and scale.factor != 1.0:  # the lrs stay scaled as they were
+                entry[SCALE] = scale.factor
             if client:
                 entry["client"] = client
             sealed = seal(entry)
@@ -226,7 +233,9 @@ class Audit:
                     body=sealed,
                     state=canonical_json(state),
                     lrs=canonical_json(lrs),
+                    last_step=to_step,
                     reductions=0,
+                    scale=None if scale is None else canonical_json(scale.doc()),
                 )
             )
             return sealed
@@ -320,6 +329,18 @@ class Audit:
         return summary
 
 
+def _scale_at(tx: WriteTx, head: RunHead, step: int) -> InForce | None:
+    """The scale a rewind to ``step`` restores: its last live scale entry's (None: the base
+    size, from the start, or no scaling rule)."""
+    if head.scaling is None:
+        return None
+    body = tx.live_scale_at_or_before(head.run_id, step)
+    if body is None:
+        return None
+    doc = json.loads(body)
+    return InForce(int(doc["resize"]["to"]), parse_float(doc[SCALE]), int(doc["step"]))
+
+
 def _new_run(checked: BundleCheck) -> NewRun:
     """The run a checked bundle describes, at the end of its log."""
     assert checked.run is not None
@@ -335,6 +356,7 @@ def _new_run(checked: BundleCheck) -> NewRun:
             metric=spec.get("metric"),
             labels=dict(spec.get("labels") or {}),
             aggregate=spec.get("aggregate"),
+            scaling=spec.get("scaling"),
         ),
         str(spec.get("created_at") or now()),
     )

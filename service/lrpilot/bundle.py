@@ -30,6 +30,9 @@ from lrpilot.canonical import canonical_json, parse_float, same_float, sha256_he
 from lrpilot.chain import GENESIS
 from lrpilot.policies import Frozen, Policy, PolicyError, State, get_policy
 from lrpilot.policies.base import MAX_STEP, Stepper
+from lrpilot.scaling import MAX_SIZE, SCALE, InForce, entry_fields, is_scaling_spec, scaled
+from lrpilot.scaling import note as scale_note
+from lrpilot.scaling import reason as scale_reason
 from lrpilot.signing import check as check_signature
 from lrpilot.signing import signed_message
 
@@ -85,6 +88,8 @@ def spec_of(run: Mapping[str, Any]) -> dict[str, Any]:
     spec = {k: run[k] for k in keys}
     if run.get("aggregate") is not None:  # aggregated mode only: other headers keep their shape
         spec["aggregate"] = run["aggregate"]
+    if run.get("scaling") is not None:  # likewise, runs with a scaling rule only
+        spec["scaling"] = run["scaling"]
     return spec
 
 
@@ -126,6 +131,13 @@ def parse_header(text: str | bytes, line: int = 1) -> dict[str, Any]:
             None,
             'the header\'s aggregate must be {"timeout_s": a number in (0, 3600], '
             '"on_timeout": "decide" or "refuse"}',
+        )
+    if "scaling" in run and not is_scaling_spec(run["scaling"]):
+        raise Mismatch(
+            line,
+            None,
+            'the header\'s scaling must be {"rule": "linear" or "sqrt", "by": "world_size" or '
+            f'"batch_size", "base": an integer in [1, {MAX_SIZE}]}}',
         )
     return run
 
@@ -197,6 +209,7 @@ class _Pending:
     rewind: Rewind
     restores: int | None = None  # seq of the last surviving entry at or below to_step
     state: State | None = None  # the state right after it (computed, not read)
+    force: InForce | None = None  # the scale in force right after it
     superseded: int = 0
 
 
@@ -212,6 +225,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     state: str | None = None  # canonical JSON of the policy state after the last decision
     lrs: str | None = None  # canonical JSON of the lrs in force after it
+    scale: str | None = None  # canonical JSON of the scale in force (None: the base, or no rule)
     reduced: list[int] = field(default_factory=list)  # seqs the policy counts as reductions
 
     def as_dict(self) -> dict[str, Any]:
@@ -267,18 +281,27 @@ class LogCheck:
             )
         self.config_hash = config_hash
         self.metric = run.get("metric") or "metric"
+        self.scaling: dict[str, Any] | None = run.get("scaling")
+        self.force = self.base_force = InForce.of(self.scaling, None)
         self.initial = self.policy.init(self.params, self.base_lrs)
         # The check replays with the policy's stepper (plain mutable state): a frozen State is
         # built only where one is kept (a rewind may restore it) or reported.
         self._stepper: Stepper = self.policy.stepper(self.params, self.initial, self.metric)
         self.prev = GENESIS
         self.count = 0
-        self.last_step: int | None = None
+        self.last_step: int | None = None  # the last decided step (a scale entry decides none)
+        self.step: int | None = None  # the step of the last entry checked, of any kind
         self.superseded = 0
         self._rewinds = rewinds or []
         self._pending = [_Pending(r) for r in self._rewinds]
         self._rewinds_seen = 0
         self.reduced: list[int] = []
+
+    def scale_json(self) -> str | None:
+        """The scale in force as the run row stores it (None: the base size, from the start)."""
+        if self.force is None or self.force.step is None:
+            return None
+        return canonical_json(self.force.doc())
 
     def superseded_at(self, seq: int, step: int) -> bool:
         """Whether the entry ``seq`` at ``step`` is superseded: a later rewind went below it."""
@@ -314,13 +337,18 @@ class LogCheck:
         step = doc.get("step")
         if type(step) is not int or not 0 <= step <= MAX_STEP:
             raise Mismatch(line, seq, f"step is not an integer in [0, {MAX_STEP}]", None, step)
-        if doc.get("action") == REWIND:
+        action = doc.get("action")
+        if action == REWIND:
             self._check_rewind(doc, line, seq, step)
+        elif action == SCALE:
+            self._check_scale(doc, line, seq, step)
         else:
             self._check_decision(doc, line, seq, step)
         if self._pending:
             self._survivors(seq, step)
-        self.last_step = step
+        if action != SCALE:
+            self.last_step = step
+        self.step = step
         self.prev, self.count = doc["hash"], seq
 
     def _check_link(self, raw: bytes, doc: dict[str, Any], line: int | None, seq: int) -> None:
@@ -352,6 +380,7 @@ class LogCheck:
             raise Mismatch(
                 line, seq, f"step {step} is not above the last live step {self.last_step}"
             )
+        self._not_below_resize(line, seq, step)
         value = doc.get("value")
         if type(value) is not float:
             if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
@@ -361,20 +390,27 @@ class LogCheck:
             else:
                 raise Mismatch(line, seq, "value is not a number", None, doc.get("value"))
         stepper = self._stepper
-        before = stepper.lrs
+        by = 1.0 if self.force is None else self.force.factor
+        before = scaled(stepper.lrs, by)
         action = stepper.advance(step, value)
+        lrs = scaled(stepper.lrs, by)
         # plain equality first (the floats were parsed from their repr: exact), the canonical
         # text only to be sure when it says no
         if doc.get("action") != action:
             self._differs(line, seq, "action", action, doc.get("action"))
-        if doc.get("lrs") != list(stepper.lrs):
-            self._same(line, seq, "lrs", list(stepper.lrs), doc.get("lrs"))
-        if doc.get("previous_lrs") != list(before):
-            self._same(line, seq, "previous_lrs", list(before), doc.get("previous_lrs"))
+        if doc.get("lrs") != lrs:
+            self._same(line, seq, "lrs", lrs, doc.get("lrs"))
+        if doc.get("previous_lrs") != before:
+            self._same(line, seq, "previous_lrs", before, doc.get("previous_lrs"))
+        if doc.get(SCALE, 1.0) != by or (SCALE in doc) != (by != 1.0):
+            self._differs(line, seq, SCALE, by if by != 1.0 else None, doc.get(SCALE))
         reason = stepper.reason()
         if "ranks" in doc:  # aggregated mode: value is the ranks' weighted mean
             self._check_ranks(doc, line, seq, value)
             reason = reason_with(reason, doc)
+        if by != 1.0:
+            assert self.scaling is not None and self.force is not None
+            reason = f"{reason}; {scale_note(self.scaling, self.force, lrs)}"
         if doc.get("reason") != reason:
             self._differs(line, seq, "reason", reason, doc.get("reason"))
         state = stepper.state_doc()
@@ -393,6 +429,42 @@ class LogCheck:
                 line, seq, "value is not the weighted mean of the ranks' values", mean, value
             )
 
+    def _not_below_resize(self, line: int | None, seq: int, step: int) -> None:
+        force = self.force
+        if force is not None and force.step is not None and step < force.step:
+            raise Mismatch(
+                line, seq, f"step {step} is below step {force.step}, where the last resize applies"
+            )
+
+    def _check_scale(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> None:
+        """A scale entry: the job reported a new size; the lrs change by the rule's factor,
+        the policy's state does not."""
+        if self.scaling is None or self.force is None:
+            raise Mismatch(line, seq, "a scale entry in a run without a scaling rule")
+        if self.last_step is not None and step < self.last_step:
+            raise Mismatch(
+                line, seq, f"step {step} is below the last decided step {self.last_step}"
+            )
+        self._not_below_resize(line, seq, step)
+        resize = doc.get("resize")
+        size = resize.get("to") if isinstance(resize, dict) else None
+        if type(size) is not int or not 1 <= size <= MAX_SIZE or size == self.force.size:
+            raise Mismatch(line, seq, "the scale entry names no new size", None, to_strict(resize))
+        fields = entry_fields(self.scaling, self.force, size)
+        for key, want in fields.items():
+            self._same(line, seq, key, want, doc.get(key))
+        if doc.get("value") is not None:
+            self._differs(line, seq, "value", None, doc.get("value"))
+        previous = scaled(self._stepper.lrs, self.force.factor)
+        lrs = scaled(self._stepper.lrs, fields[SCALE])
+        self._same(line, seq, "lrs", lrs, doc.get("lrs"))
+        self._same(line, seq, "previous_lrs", previous, doc.get("previous_lrs"))
+        self._same(line, seq, "state", self._stepper.state_doc(), doc.get("state"))
+        reason = scale_reason(self.scaling, self.force.size, size, previous, lrs)
+        if doc.get("reason") != reason:
+            self._differs(line, seq, "reason", reason, doc.get("reason"))
+        self.force = InForce(size, fields[SCALE], step)
+
     def _check_rewind(self, doc: dict[str, Any], line: int | None, seq: int, step: int) -> None:
         pending = self._pending[0] if self._pending else None
         if pending is None or pending.rewind.seq != seq:
@@ -400,15 +472,22 @@ class LogCheck:
         self._pending.pop(0)
         self._rewinds_seen += 1
         restored = pending.state if pending.restores is not None else self.initial
+        force = pending.force if pending.restores is not None else self.base_force
         assert restored is not None
         claimed = doc.get("rewind")
         want = {"restores_seq": pending.restores, "superseded": pending.superseded, "to_step": step}
         if not isinstance(claimed, dict) or {k: claimed.get(k) for k in want} != want:
             raise Mismatch(line, seq, "the rewind entry misstates what it did", want, claimed)
-        self._same(line, seq, "lrs", list(restored.lrs), doc.get("lrs"))
-        self._same(line, seq, "previous_lrs", list(self._stepper.lrs), doc.get("previous_lrs"))
+        was = 1.0 if self.force is None else self.force.factor
+        by = 1.0 if force is None else force.factor
+        self._same(line, seq, "lrs", scaled(restored.lrs, by), doc.get("lrs"))
+        previous = scaled(self._stepper.lrs, was)
+        self._same(line, seq, "previous_lrs", previous, doc.get("previous_lrs"))
         self._same(line, seq, "state", restored.model_dump(), doc.get("state"))
+        if doc.get(SCALE, 1.0) != by or (SCALE in doc) != (by != 1.0):
+            self._differs(line, seq, SCALE, by if by != 1.0 else None, doc.get(SCALE))
         self.superseded += pending.superseded
+        self.force = force
         self._stepper = self.policy.stepper(self.params, restored, self.metric)
 
     def _survivors(self, seq: int, step: int) -> None:
@@ -421,7 +500,7 @@ class LogCheck:
                 pending.superseded += 1
                 return
             state = state or self._stepper.state()
-            pending.restores, pending.state = seq, state
+            pending.restores, pending.state, pending.force = seq, state, self.force
 
     @staticmethod
     def _same(line: int | None, seq: int, key: str, expected: Any, found: Any) -> None:
@@ -461,7 +540,8 @@ class LogCheck:
             rewinds=self._rewinds_seen,
             last_step=self.last_step,
             state=canonical_json(self.state.model_dump()),
-            lrs=canonical_json(list(self._stepper.lrs)),
+            lrs=canonical_json(scaled(self._stepper.lrs, self.force.factor if self.force else 1.0)),
+            scale=self.scale_json(),
             reduced=self.reduced,
         )
 

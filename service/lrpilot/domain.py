@@ -23,6 +23,9 @@ from lrpilot.canonical import canonical_json, parse_float, same_float, sha256_he
 from lrpilot.chain import GENESIS, seal
 from lrpilot.group_commit import GroupCommit, Inline, Threaded, WaitTimeout
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy, policy_id
+from lrpilot.scaling import SCALE, InForce, entry_fields, scaled
+from lrpilot.scaling import note as scale_note
+from lrpilot.scaling import reason as scale_reason
 from lrpilot.settings import Settings
 from lrpilot.store.errors import Busy, Conflict, Invalid, RunBusy, RunNotFound, Unavailable
 from lrpilot.store.records import NewDecision, NewRun, Report, RunHead
@@ -48,6 +51,8 @@ class RunSpec:
     labels: dict[str, str]
     # aggregated mode: {"timeout_s": float, "on_timeout": "decide" | "refuse"}; None: leader mode
     aggregate: dict[str, Any] | None = None
+    # elastic jobs: {"rule": "linear" | "sqrt", "by": "world_size" | "batch_size", "base": int}
+    scaling: dict[str, Any] | None = None
 
 
 @lru_cache(maxsize=4096)
@@ -82,25 +87,28 @@ def new_run(run_id: str, spec: RunSpec, created_at: str) -> NewRun:
         head_hash=GENESIS,
         created_at=created_at,
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate),
+        scaling=None if spec.scaling is None else canonical_json(spec.scaling),
     )
 
 
 def check_same_spec(stored: dict[str, Any], run: NewRun) -> None:
     """A run's spec never changes: creating it again must ask for the same one."""
-    aggregate = stored.get("aggregate")
+    aggregate, scaling = stored.get("aggregate"), stored.get("scaling")
     stored_aggregate = None if aggregate is None else canonical_json(aggregate)
+    stored_scaling = None if scaling is None else canonical_json(scaling)
     same = (
         stored["config_hash"] == run.config_hash
         and stored["metric"] == run.metric
         and stored["labels"] == run.labels
         and stored_aggregate == run.aggregate
+        and stored_scaling == run.scaling
     )
     if not same:
         raise Conflict(
             f"run {run.run_id!r} exists with another spec (config_hash "
             f"{stored['config_hash'][:12]}…, metric {stored['metric']!r}, labels "
-            f"{canonical_json(stored['labels'])}, aggregate {stored_aggregate or 'none'}); "
-            "a run's spec never changes: use a new run_id"
+            f"{canonical_json(stored['labels'])}, aggregate {stored_aggregate or 'none'}, "
+            f"scaling {stored_scaling or 'none'}); a run's spec never changes: use a new run_id"
         )
 
 
@@ -145,13 +153,14 @@ def decide(
     )
     seq = head.last_seq + 1
     state_doc = new_state.model_dump()
+    by = scale_factor(head)
     decision: dict[str, Any] = {
         "run_id": head.run_id,
         "seq": seq,
         "step": step,
         "value": value,
-        "lrs": list(outcome.lrs),
-        "previous_lrs": list(state.lrs),  # a policy's state carries the lrs in force
+        "lrs": scaled(outcome.lrs, by),
+        "previous_lrs": scaled(state.lrs, by),  # a policy's state carries the lrs in force
         "action": outcome.action,
         "reason": outcome.reason,
         "policy": head.policy,
@@ -165,6 +174,12 @@ def decide(
     if aggregated:  # only in aggregated mode: other decisions keep their shape and hash
         decision.update(aggregated)
         decision["reason"] = reason_with(outcome.reason, decision)
+    if by != 1.0:  # only while a scaling rule scales: other decisions keep their shape
+        decision[SCALE] = by
+        force = in_force(head)
+        assert force is not None and head.scaling is not None
+        note = scale_note(json.loads(head.scaling), force, decision["lrs"])
+        decision["reason"] = f"{decision['reason']}; {note}"
     body = seal(decision)
     state_json = canonical_json(state_doc)
     _remember_state(head.policy, state_json, new_state)
@@ -177,8 +192,88 @@ def decide(
         body=body,
         state=state_json,
         lrs=canonical_json(decision["lrs"]),
+        last_step=step,
         reductions=1 if outcome.reduced else 0,
+        scale=head.scale,
     )
+
+
+def scale_factor(head: RunHead) -> float:
+    """The factor a run's scaling rule puts on its lrs now (1.0 without one)."""
+    return 1.0 if head.scale is None else parse_float(json.loads(head.scale)["factor"])
+
+
+def in_force(head: RunHead) -> InForce | None:
+    """The run's scale in force (None: the run has no scaling rule)."""
+    scale = None if head.scale is None else json.loads(head.scale)
+    return InForce.of(None if head.scaling is None else json.loads(head.scaling), scale)
+
+
+def body_factor(body: str | None) -> float:
+    """The factor on the lrs of a stored entry (1.0 when it carries none)."""
+    if body is None or f'"{SCALE}":' not in body:
+        return 1.0
+    return parse_float(json.loads(body)[SCALE])
+
+
+def scale_entry(
+    head: RunHead, step: int, size: int, created_at: str, client: dict[str, Any] | None = None
+) -> NewDecision:
+    """The entry that rescales the run's lrs for a new ``size`` from ``step`` on: the policy's
+    state stays as it is, the lrs it serves change by the scaling rule's factor."""
+    assert head.scaling is not None
+    spec = json.loads(head.scaling)
+    was = in_force(head)
+    assert was is not None
+    policy, _ = resolved(head.policy, head.params, head.base_lrs)
+    state = _load_state(policy, head)
+    fields = entry_fields(spec, was, size)
+    previous = scaled(state.lrs, was.factor)
+    lrs = scaled(state.lrs, fields[SCALE])
+    entry: dict[str, Any] = {
+        "run_id": head.run_id,
+        "seq": head.last_seq + 1,
+        "step": step,
+        "value": None,
+        "lrs": lrs,
+        "previous_lrs": previous,
+        "action": SCALE,
+        "reason": scale_reason(spec, was.size, size, previous, lrs),
+        "policy": head.policy,
+        "config_hash": head.config_hash,
+        "state": json.loads(head.state),
+        "prev_hash": head.head_hash,
+        "created_at": created_at,
+        **fields,
+    }
+    if client:
+        entry["client"] = client
+    body = seal(entry)
+    return NewDecision(
+        run_id=head.run_id,
+        seq=entry["seq"],
+        step=step,
+        action=SCALE,
+        hash=entry["hash"],
+        body=body,
+        state=head.state,
+        lrs=canonical_json(lrs),
+        last_step=head.last_step,
+        reductions=0,
+        scale=canonical_json(InForce(size, fields[SCALE], step).doc()),
+    )
+
+
+def check_resize_step(head: RunHead, step: int, what: str) -> None:
+    """A step may not go below the step the run's last resize applies from."""
+    force = in_force(head)
+    if force is not None and force.step is not None and step < force.step:
+        raise Conflict(
+            f"{what} {step} is below step {force.step} of run {head.run_id!r}, where its "
+            f"{json.loads(head.scaling or '{}').get('by', 'size')} {force.size} applies from: "
+            "steps must not go backwards (a job resumed from an older checkpoint should rewind "
+            "the run first)"
+        )
 
 
 def _initial(head: RunHead) -> State:
@@ -345,7 +440,7 @@ class Decisions:
             policy, params = resolved(head.policy, head.params, head.base_lrs)
             seq, at, body = row if row is not None else (None, None, None)
             state = _initial(head) if body is None else _state_in(policy, body)
-            lrs = list(policy.lrs_at(params, state, step))
+            lrs = scaled(policy.lrs_at(params, state, step), body_factor(body))
         if step is None:
             certain = True
         else:
@@ -373,14 +468,15 @@ class Decisions:
         last = first + count - 1
         policy, params = resolved(head.policy, head.params, head.base_lrs)
         state = _initial(head) if before is None else _state_in(policy, before)
+        by = body_factor(before)
         changes = iter(within)  # (step, body), in step order
         upcoming = next(changes, None)
         lrs: list[list[float]] = []
         for step in range(first, last + 1):
             while upcoming is not None and upcoming[0] <= step:
-                state = _state_in(policy, upcoming[1])
+                state, by = _state_in(policy, upcoming[1]), body_factor(upcoming[1])
                 upcoming = next(changes, None)
-            lrs.append(list(policy.lrs_at(params, state, step)))
+            lrs.append(scaled(policy.lrs_at(params, state, step), by))
         if policy.open_loop:
             certain: int | None = last
         elif head.last_step is None or head.last_step < first:
@@ -394,6 +490,52 @@ class Decisions:
             "lrs": lrs,
             "certain_through": certain,
             "open_loop": policy.open_loop,
+        }
+
+    def resize(
+        self, run_id: str, step: int, by: str, size: int, client: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """An elastic job's new world_size or global batch size from training step ``step``
+        on: a scale entry rescales the lrs by the run's scaling rule (none when ``size`` is
+        already in force). ``step`` may be the last decided step (a job resumed from the
+        checkpoint of its last evaluation), never below it."""
+
+        def work(tx: WriteTx) -> str | None:
+            head = tx.lock_run(run_id)
+            if head is None:
+                raise RunNotFound(f"run {run_id!r} not found")
+            if head.scaling is None:
+                raise Conflict(
+                    f"run {run_id!r} has no scaling rule: create the run with "
+                    '"scaling": {"rule": "linear", "by": "world_size", "base": N} to rescale '
+                    "its lrs when the job resizes"
+                )
+            measure = json.loads(head.scaling)["by"]
+            if by != measure:
+                raise Invalid(
+                    ["body", by],
+                    f"run {run_id!r} scales by {measure}: the resize must give {measure}",
+                    kind="scaling",
+                )
+            if head.last_step is not None and step < head.last_step:
+                raise Conflict(
+                    f"step {step} is below the last decided step {head.last_step} of run "
+                    f"{run_id!r}: a resize applies from a step not yet decided (a job resumed "
+                    "from an older checkpoint should rewind the run first)"
+                )
+            check_resize_step(head, step, "step")
+            return _resized(tx, head, step, by, size, {}, client)[1]
+
+        body = self.store.transact(work)
+        self._decided(run_id)  # leader-mode readers waiting on the run read the new lrs
+        run = self.store.get_run(run_id)
+        return {
+            "run_id": run_id,
+            "step": step,
+            "resized": body is not None,
+            "lrs": run["lrs"],
+            "scale": run["scale"],
+            "decision": json.loads(body) if body is not None else None,
         }
 
     def decide_batch(self, items: Sequence[Posted]) -> list[str | Exception]:
@@ -428,6 +570,9 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
                 stored = tx.decision_at_step(item.run_id, item.step)
                 results.append(retried(head, item.step, item.value, stored))
             else:
+                check_resize_step(head, item.step, "step")
+                if item.world_size is not None:
+                    head, _ = _resized(tx, head, item.step, "world_size", item.world_size, heads)
                 decision = decide(head, item.step, item.value, now(), item.client)
                 tx.append_decision(decision)
                 heads[item.run_id] = head.after(decision)
@@ -435,6 +580,26 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
         except Conflict as exc:
             results.append(exc)
     return results
+
+
+def _resized(
+    tx: WriteTx,
+    head: RunHead,
+    step: int,
+    by: str,
+    size: int,
+    heads: dict[str, RunHead],
+    client: dict[str, Any] | None = None,
+) -> tuple[RunHead, str | None]:
+    """The head after a scale entry for ``size`` at ``step`` and the entry, appended when the
+    run scales by ``by`` and ``size`` is not the size in force (else the head, and None)."""
+    force = in_force(head)
+    if force is None or size == force.size or json.loads(head.scaling or "{}")["by"] != by:
+        return head, None
+    entry = scale_entry(head, step, size, now(), client)
+    tx.append_decision(entry)
+    heads[head.run_id] = head = head.after(entry)
+    return head, entry.body
 
 
 def _deadline(reports: Sequence[Report], timeout_s: float) -> float:
@@ -495,6 +660,7 @@ def _aggregate_in(
                 "the step is decided once every rank has reported"
             )
         return _decide_reports(tx, head, step, reports, missing, timeout_s, heads)
+    check_resize_step(head, step, "step")
     if item.rank is None or item.world_size is None:
         return Invalid(
             ["body", "rank" if item.rank is None else "world_size"],
@@ -533,7 +699,9 @@ def _decide_reports(
     timeout_s: float,
     heads: dict[str, RunHead],
 ) -> str:
-    """The step's decision from the weighted mean of ``reports`` (in rank order)."""
+    """The step's decision from the weighted mean of ``reports`` (in rank order); when the
+    ranks report a new world_size and the run scales by it, a scale entry first."""
+    head, _ = _resized(tx, head, step, "world_size", reports[0].world_size, heads)
     aggregated: dict[str, Any] = {
         "ranks": [{"rank": r.rank, "value": r.value, "weight": r.weight} for r in reports]
     }

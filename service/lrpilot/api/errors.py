@@ -89,7 +89,7 @@ def store_error_response(exc: StoreError) -> StrictJSONResponse:
     headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
     status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
     if isinstance(exc, Invalid):  # a 422's detail is a list of items, as validation's
-        item = {"loc": exc.loc, "msg": printable(exc.message, MAX_MSG), "type": "aggregate"}
+        item = {"loc": exc.loc, "msg": printable(exc.message, MAX_MSG), "type": exc.kind}
         return StrictJSONResponse({"detail": [item]}, status)
     return StrictJSONResponse({"detail": exc.message}, status, headers=headers)
 

@@ -22,12 +22,14 @@ from lrpilot.canonical import NON_FINITE
 from lrpilot.policies import ACTIONS as POLICY_ACTIONS
 from lrpilot.policies import POLICIES
 from lrpilot.policies.base import MAX_STEP
+from lrpilot.scaling import MAX_SIZE
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
 MAX_LABEL_VALUE = 256
 POLICY_NAMES = sorted({p.name for p in POLICIES.values()})
-ACTIONS = POLICY_ACTIONS | {"rewind"}  # a rewind is an entry of every run's log
+# a rewind is an entry of every run's log, a scale one of a run with a scaling rule
+ACTIONS = POLICY_ACTIONS | {"rewind", "scale"}
 
 # A lone surrogate cannot be encoded to UTF-8 (JSON's "\ud800" parses to one), and PostgreSQL
 # text cannot hold NUL: either would fail in the database or in the response, so no string
@@ -168,6 +170,25 @@ class AggregateIn(Strict):
     )
 
 
+class ScalingIn(Strict):
+    """Elastic jobs: when the job reports another world_size or global batch size, a scale
+    entry rescales the lrs (the policy's lrs times the rule's factor)."""
+
+    rule: Literal["linear", "sqrt"] = Field(
+        description="linear: lrs x size/base (larger batches, proportionally larger lrs); "
+        "sqrt: lrs x sqrt(size/base)",
+        examples=["linear"],
+    )
+    by: Literal["world_size", "batch_size"] = Field(
+        description="world_size: read from the observations' world_size (and POST resize); "
+        "batch_size: the job's global batch size, given by POST resize",
+        examples=["world_size"],
+    )
+    base: Annotated[StrictInt, Field(ge=1, le=MAX_SIZE)] = Field(
+        description="the size base_lrs were tuned for", examples=[8]
+    )
+
+
 class RunIn(Strict):
     policy: PolicyRef
     base_lrs: Annotated[list[LearningRate], Field(min_length=1, max_length=1024)] = Field(
@@ -183,6 +204,11 @@ class RunIn(Strict):
         default=None,
         description="aggregated mode (every rank posts, one decision from their weighted "
         "mean); omitted: leader mode",
+    )
+    scaling: ScalingIn | None = Field(
+        default=None,
+        description="elastic jobs: rescale the lrs when the job's world_size or global batch "
+        "size changes; omitted: lrs never rescale",
     )
 
 
@@ -258,6 +284,14 @@ class RunOut(BaseModel):
     aggregate: dict[str, Any] | None = Field(
         default=None, description="aggregated mode's timeout_s and on_timeout; absent otherwise"
     )
+    scaling: dict[str, Any] | None = Field(
+        default=None, description="the scaling rule (rule, by, base); absent without one"
+    )
+    scale: dict[str, Any] | None = Field(
+        default=None,
+        description="with `scaling`: the size in force, its factor on the lrs, and the step "
+        "it applies from (null: the base size, from the start)",
+    )
 
 
 class DecisionOut(BaseModel):
@@ -295,6 +329,14 @@ class DecisionOut(BaseModel):
     )
     timeout_s: float | None = Field(
         default=None, description="with `missing_ranks`: the run's timeout that ran out"
+    )
+    scale: float | None = Field(
+        default=None,
+        description="a run with a scaling rule: the factor on the policy's lrs, when it is "
+        "not 1 (and in every scale entry)",
+    )
+    resize: dict[str, Any] | None = Field(
+        default=None, description="in a scale entry only: by, from (the size before), to"
     )
 
 
@@ -397,6 +439,44 @@ class RewindOut(BaseModel):
     rewound: bool = Field(description="false when to_step is at or past the last step")
     lrs: list[float]
     decision: DecisionOut | None = Field(description="the rewind's entry in the chain")
+
+
+class ResizeIn(Strict):
+    step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the training step the new size applies from (at or above the last "
+        "decided step)",
+        examples=[12000],
+    )
+    world_size: Annotated[StrictInt, Field(ge=1, le=MAX_SIZE)] | None = Field(
+        default=None, examples=[16]
+    )
+    batch_size: Annotated[StrictInt, Field(ge=1, le=MAX_SIZE)] | None = Field(
+        default=None, description="the global batch size (all ranks together)"
+    )
+    client: ClientIn | None = None
+
+    @model_validator(mode="after")
+    def _one_size(self) -> ResizeIn:
+        if (self.world_size is None) == (self.batch_size is None):
+            raise PydanticCustomError(
+                "one_size", "give exactly one of world_size and batch_size", {}
+            )
+        return self
+
+    def measure(self) -> tuple[str, int]:
+        if self.world_size is not None:
+            return "world_size", self.world_size
+        assert self.batch_size is not None
+        return "batch_size", self.batch_size
+
+
+class ResizeOut(BaseModel):
+    run_id: str
+    step: int
+    resized: bool = Field(description="false when the size was already in force")
+    lrs: list[float]
+    scale: dict[str, Any] = Field(description="the size in force, its factor and its step")
+    decision: DecisionOut | None = Field(description="the scale entry in the chain")
 
 
 class VerifyIn(Strict):

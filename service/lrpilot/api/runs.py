@@ -21,6 +21,8 @@ from lrpilot.api.models import (
     LrOut,
     LrsOut,
     ObservationIn,
+    ResizeIn,
+    ResizeOut,
     RunIn,
     RunOut,
     RunPage,
@@ -87,6 +89,7 @@ def put_run(run_id: RunId, body: RunIn, decisions: DecisionsDep) -> Response:
         metric=body.metric,
         labels=body.labels,
         aggregate=None if body.aggregate is None else body.aggregate.model_dump(),
+        scaling=None if body.scaling is None else body.scaling.model_dump(),
     )
     run, created = decisions.create_run(run_id, spec)
     return StrictJSONResponse(run, status_code=201 if created else 200)
@@ -186,3 +189,24 @@ def list_decisions(
 ) -> Response:
     page = store.list_decisions(run_id, after, limit, action, from_step, to_step, superseded)
     return page_json(page.items, page.next)
+
+
+@router.post(
+    "/{run_id}/resize",
+    response_model=ResizeOut,
+    responses={
+        **NOT_FOUND,
+        **conflict(
+            "the run has no scaling rule, or the step is below its last decided step or "
+            "below its last resize"
+        ),
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep) -> Response:
+    """An elastic job's new world_size or global batch size: the run's scaling rule rescales
+    its lrs from `step` on, as a scale entry in the log."""
+    by, size = body.measure()
+    client = body.client.declared() if body.client else None
+    return StrictJSONResponse(decisions.resize(run_id, body.step, by, size, client))

@@ -19,11 +19,13 @@ class Conflict(StoreError):
 
 class Invalid(StoreError):
     """422: the request is well-formed but this run cannot take it (an aggregated run's
-    observation without its rank); ``loc`` names the field, as a validation error does."""
+    observation without its rank); ``loc`` names the field, as a validation error does, and
+    ``kind`` is the item's type."""
 
-    def __init__(self, loc: list[str | int], message: str) -> None:
+    def __init__(self, loc: list[str | int], message: str, kind: str = "aggregate") -> None:
         super().__init__(message)
         self.loc = loc
+        self.kind = kind
 
 
 class Unavailable(StoreError):

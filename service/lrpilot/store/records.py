@@ -25,6 +25,8 @@ class RunHead:
     last_step: int | None
     head_hash: str  # hash of decision last_seq (the chain's tip)
     aggregate: str | None = None  # canonical JSON {"timeout_s", "on_timeout"}; None: leader mode
+    scaling: str | None = None  # canonical JSON {"rule", "by", "base"}; None: no scaling rule
+    scale: str | None = None  # canonical JSON {"size", "factor", "step"} in force; None: base
 
     def after(self, decision: NewDecision) -> RunHead:
         """The head once ``decision`` is appended."""
@@ -39,9 +41,11 @@ class RunHead:
             state=decision.state,
             lrs=decision.lrs,
             last_seq=decision.seq,
-            last_step=decision.step,
+            last_step=decision.last_step,
             head_hash=decision.hash,
             aggregate=self.aggregate,
+            scaling=self.scaling,
+            scale=decision.scale,
         )
 
 
@@ -61,6 +65,8 @@ class NewRun:
     head_hash: str
     created_at: str
     aggregate: str | None = None  # canonical JSON {"timeout_s", "on_timeout"}; None: leader mode
+    scaling: str | None = None  # canonical JSON {"rule", "by", "base"}; None: no scaling rule
+    scale: str | None = None  # import: the scale in force at the end of the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +81,9 @@ class NewDecision:
     body: str
     state: str  # canonical JSON of the policy state after this decision
     lrs: str  # canonical JSON list
+    last_step: int | None  # the run's last decided step after this entry (a scale decides none)
     reductions: int  # how many reductions this decision counts (0 or 1), as its policy says
+    scale: str | None = None  # the run's scale in force after this entry (RunHead.scale)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ log = logging.getLogger("lrpilot.store")
 
 _HEAD_COLUMNS = (
     "run_id, policy, params, base_lrs, metric, config_hash, state, lrs, last_seq, last_step, "
-    "head_hash, aggregate"
+    "head_hash, aggregate, scaling, scale"
 )
 # How long a PostgreSQL batch waits in line for its runs' row locks before it leaves the held
 # ones for later: far longer than a batch holds them, far shorter than a request may wait.
@@ -65,6 +65,11 @@ def run_document(row: RunRow) -> dict[str, Any]:
     }
     if row.aggregate is not None:  # only aggregated runs: leader-mode documents keep their shape
         doc["aggregate"] = json.loads(row.aggregate)
+    if row.scaling is not None:  # only runs with a scaling rule, likewise
+        doc["scaling"] = scaling = json.loads(row.scaling)
+        # the size in force, its factor and the step it applies from (none: the base size)
+        base = {"size": scaling["base"], "factor": 1.0, "step": None}
+        doc["scale"] = json.loads(row.scale) if row.scale is not None else base
     return doc
 
 
@@ -84,8 +89,10 @@ class WriteTx:
         self._cursor = dbapi.cursor()
         if not self._postgres:  # the progress handler's statement deadline (see db.py)
             conn.info["deadline"][0] = time.monotonic() + conn.info["timeout_s"]
-        # decisions appended in this transaction, written at once by flush()
-        self._appended: dict[tuple[str, int], NewDecision] = {}
+        # entries appended in this transaction, written at once by flush(), and the decisions
+        # among them by step (a scale entry may share its step with the decision after it)
+        self._appended: list[NewDecision] = []
+        self._decided: dict[tuple[str, int], NewDecision] = {}
 
     def session(self) -> Session:
         """An ORM session inside this transaction, for the paths that are not hot."""
@@ -139,12 +146,13 @@ class WriteTx:
 
     def decision_at_step(self, run_id: str, step: int) -> str | None:
         """The body of the run's live (not superseded) decision for ``step``, if any."""
-        pending = self._appended.get((run_id, step))
+        pending = self._decided.get((run_id, step))
         if pending is not None:
             return pending.body
         row = self._execute(
             "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ? "
-            "AND action <> 'rewind'",  # a rewind entry shares the step it rewound to
+            # a rewind entry shares the step it rewound to, a scale entry the step it applies from
+            "AND action NOT IN ('rewind', 'scale')",
             (run_id, False, step),
         ).fetchone()
         return None if row is None else str(row[0])
@@ -197,6 +205,23 @@ class WriteTx:
         ).fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
 
+    def live_scale_at_or_before(self, run_id: str, step: int) -> str | None:
+        """The body of the run's last live scale entry at or before ``step``, if any."""
+        row = self._execute(
+            "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step <= ? "
+            "AND action = 'scale' ORDER BY step DESC, seq DESC LIMIT 1",
+            (run_id, False, step),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_position(self, run_id: str, last_step: int | None, scale: str | None) -> None:
+        """Where an imported run stands: its last decided step and the scale in force (the
+        last entry appended need not say: a scale entry decides no step)."""
+        self.flush()
+        self._execute(
+            "UPDATE runs SET last_step = ?, scale = ? WHERE run_id = ?", (last_step, scale, run_id)
+        )
+
     def supersede_after(self, run_id: str, step: int) -> int:
         """Mark the run's live entries above ``step`` superseded (never deleted); how many."""
         self.flush()  # entries appended in this transaction are in the table first
@@ -217,14 +242,16 @@ class WriteTx:
 
     def append_decision(self, decision: NewDecision) -> None:
         """Append the decision; it is written, with its run's new head, by ``flush``."""
-        self._appended[(decision.run_id, decision.step)] = decision
+        self._appended.append(decision)
+        if decision.action not in ("rewind", "scale"):
+            self._decided[(decision.run_id, decision.step)] = decision
 
     def flush(self) -> None:
         """Write the appended decisions (one statement), then move each run's head to its last
         decision (one UPDATE a run)."""
         if not self._appended:
             return
-        decisions = list(self._appended.values())
+        decisions = self._appended
         self._cursor.executemany(
             _param(
                 self._conn,
@@ -242,14 +269,15 @@ class WriteTx:
             _param(
                 self._conn,
                 "UPDATE runs SET last_seq = ?, last_step = ?, head_hash = ?, state = ?, lrs = ?, "
-                "reductions = reductions + ? WHERE run_id = ?",
+                "scale = ?, reductions = reductions + ? WHERE run_id = ?",
             ),
             [
-                (d.seq, d.step, d.hash, d.state, d.lrs, reductions[run_id], run_id)
+                (d.seq, d.last_step, d.hash, d.state, d.lrs, d.scale, reductions[run_id], run_id)
                 for run_id, d in heads.items()
             ],
         )
-        self._appended.clear()
+        self._appended = []
+        self._decided.clear()
 
 
 class Store:
@@ -481,7 +509,8 @@ class Store:
                 _param(
                     conn,
                     "SELECT seq, step, body FROM decisions WHERE run_id = ? AND superseded = ? "
-                    "AND step <= ? ORDER BY step DESC LIMIT 1",
+                    # a scale entry may share its step with a decision: the later one holds
+                    "AND step <= ? ORDER BY step DESC, seq DESC LIMIT 1",
                 ),
                 (run_id, False, step),
             ).first()
@@ -496,7 +525,7 @@ class Store:
                 _param(
                     conn,
                     "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ? "
-                    "AND action <> 'rewind'",
+                    "AND action NOT IN ('rewind', 'scale')",
                 ),
                 (run_id, False, step),
             ).first()
@@ -589,6 +618,8 @@ class Store:
                 row.last_step,
                 row.head_hash,
                 row.aggregate,
+                row.scaling,
+                row.scale,
             )
             return run_document(row), head
 
@@ -660,6 +691,8 @@ def _run_row(run: NewRun) -> RunRow:
         head_hash=run.head_hash,
         created_at=run.created_at,
         aggregate=run.aggregate,
+        scaling=run.scaling,
+        scale=run.scale,
     )
 
 

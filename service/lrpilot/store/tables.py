@@ -29,6 +29,10 @@ class RunRow(SQLModel, table=True):
     created_at: str = Field(sa_type=sa.String(40))
     # aggregated mode: canonical JSON {"timeout_s", "on_timeout"}; None for a leader-mode run
     aggregate: str | None = Field(default=None, sa_type=sa.Text)
+    # elastic jobs: canonical JSON {"rule", "by", "base"}; None for a run without scaling rule
+    scaling: str | None = Field(default=None, sa_type=sa.Text)
+    # the size in force: canonical JSON {"size", "factor", "step"}; None: the base, as created
+    scale: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class RunLabelRow(SQLModel, table=True):
