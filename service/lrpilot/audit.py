@@ -259,7 +259,7 @@ class Audit:
         kept: list[Recorded] = []
         for body in self.store.bodies(run_id, head.last_seq, superseded=False):
             doc = json.loads(body)
-            if doc["action"] == REWIND:
+            if doc["action"] in (REWIND, SCALE):
                 continue
             if len(kept) == limit:
                 return run, None
@@ -270,6 +270,7 @@ class Audit:
                     parse_float(doc["value"]),
                     doc["action"],
                     tuple(parse_float(x) for x in doc["lrs"]),
+                    parse_float(doc.get(SCALE, 1.0)),
                 )
             )
         return run, kept
@@ -291,6 +292,11 @@ class Audit:
             doc = json.loads(body)
             action = doc["action"]
             if action == REWIND:
+                continue
+            if action == SCALE:  # an elastic job resized: the lrs changed, no metric was seen
+                reductions.append(
+                    {"seq": doc["seq"], "step": doc["step"], "lrs": doc["lrs"], "action": action}
+                )
                 continue
             live += 1
             step = doc["step"]

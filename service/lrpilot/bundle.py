@@ -686,6 +686,7 @@ class Recorded:
     value: float
     action: str
     lrs: tuple[float, ...]
+    scale: float = 1.0  # the scaling rule's factor on the lrs (elastic jobs)
 
 
 def bundle_run(open_lines: Callable[[], Iterable[str]]) -> dict[str, Any]:
@@ -696,9 +697,9 @@ def bundle_run(open_lines: Callable[[], Iterable[str]]) -> dict[str, Any]:
 
 
 def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
-    """The decisions of a bundle's live branch (not superseded by a rewind; rewind entries
-    left out), in order: the recorded stream a what-if replays. Not checked: ``check_bundle``
-    does that."""
+    """The decisions of a bundle's live branch (not superseded by a rewind; rewind and scale
+    entries left out), in order: the recorded stream a what-if replays. Not checked:
+    ``check_bundle`` does that."""
     rewinds = rewinds_of(text for _, text in numbered(open_lines()))
     for number, text in numbered(open_lines()):
         if number == 1 or text.startswith('{"end":'):
@@ -707,7 +708,7 @@ def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
         seq, step = doc.get("seq"), doc.get("step")
         if not isinstance(seq, int) or not isinstance(step, int):
             raise Mismatch(number, None, "a decision without an integer seq and step")
-        if doc.get("action") == REWIND:
+        if doc.get("action") in (REWIND, SCALE):
             continue
         # superseded: a later rewind went to a step below it
         if any(r.seq > seq and r.to_step < step for r in rewinds):
@@ -718,4 +719,5 @@ def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
             parse_float(doc["value"]),
             str(doc["action"]),
             tuple(parse_float(x) for x in doc["lrs"]),
+            parse_float(doc.get(SCALE, 1.0)),
         )

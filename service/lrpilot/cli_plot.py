@@ -246,6 +246,9 @@ def run_series(client: httpx.Client, run_id: str, steps: int | None, every: int 
     )
     last_action = ""
     for doc in _live_decisions(client, run_id, steps):
+        if doc["action"] == "scale":  # an elastic job resized: no metric, the lrs moved
+            series.marks.append((doc["step"], doc["action"]))
+            continue
         value = parse_float(doc["value"])
         series.evaluations.append((doc["step"], value))
         if changes_lrs(doc["action"], doc["previous_lrs"], doc["lrs"], last_action):

@@ -15,6 +15,7 @@ from lrpilot.bundle import Recorded
 from lrpilot.canonical import parse_float
 from lrpilot.policies import Frozen, Policy, get_policy
 from lrpilot.replay import replay
+from lrpilot.scaling import scaled
 
 
 def parse_policy(text: str) -> tuple[str, int]:
@@ -129,7 +130,9 @@ def compare(
         replay(setup.policy, setup.params, initial, stream(), setup.metric), start=1
     ):
         rec = pending.pop()
-        lrs = stepper.lrs
+        # the recorded run's resizes apply to the what-if too: it asks "other params", not
+        # "another world_size"
+        lrs = stepper.lrs if rec.scale == 1.0 else tuple(scaled(stepper.lrs, rec.scale))
         result.steps.append(rec.step)
         result.values.append(rec.value)
         result.recorded_lr.append(rec.lrs[0])

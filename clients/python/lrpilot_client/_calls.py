@@ -29,6 +29,7 @@ from .models import (
     LrsAhead,
     LrsInForce,
     Page,
+    Resized,
     Rewound,
     Run,
     Verified,
@@ -100,6 +101,7 @@ def create_run(
     metric: str | None,
     labels: Mapping[str, str] | None,
     aggregate: Mapping[str, Any] | None = None,
+    scaling: Mapping[str, Any] | None = None,
 ) -> Call[Run]:
     """PUT the run's spec. Fields left as None are not sent, so the service's defaults apply
     and a spec written with or without them hashes the same."""
@@ -114,6 +116,8 @@ def create_run(
         body["labels"] = dict(labels)
     if aggregate is not None:
         body["aggregate"] = dict(aggregate)
+    if scaling is not None:
+        body["scaling"] = dict(scaling)
     return Call("PUT", run_path(run_id), Run.from_json, body=body)
 
 
@@ -161,6 +165,23 @@ def rewind(run_id: str, to_step: int, identity: Mapping[str, Any] | None) -> Cal
     if identity:
         body["client"] = dict(identity)
     return Call("POST", f"{run_path(run_id)}/rewind", Rewound.from_json, body=body)
+
+
+def resize(
+    run_id: str,
+    step: int,
+    world_size: int | None,
+    batch_size: int | None,
+    identity: Mapping[str, Any] | None,
+) -> Call[Resized]:
+    body: dict[str, Any] = {"step": step}
+    if world_size is not None:
+        body["world_size"] = world_size
+    if batch_size is not None:
+        body["batch_size"] = batch_size
+    if identity:
+        body["client"] = dict(identity)
+    return Call("POST", f"{run_path(run_id)}/resize", Resized.from_json, body=body)
 
 
 def verify(run_id: str, head: str | None) -> Call[Verified]:

@@ -34,7 +34,7 @@ from . import _calls
 from ._calls import Call
 from ._retry import Attempts, Outage, RetryPolicy
 from .errors import LrpilotError, ServiceUnavailableError
-from .models import Decision, LrsAhead, LrsInForce, PendingObservation, Rewound, Run
+from .models import Decision, LrsAhead, LrsInForce, PendingObservation, Resized, Rewound, Run
 
 __all__ = ["DEFAULT_OUTBOX_SIZE", "Mode", "Outbox", "Resilience", "observe_call"]
 
@@ -237,7 +237,7 @@ class Memory:
         elif isinstance(result, Run):
             self._set(result.run_id, result.lrs, result.last_seq, result.last_step,
                       result.policy.ref, result.config_hash)  # fmt: skip
-        elif isinstance(result, Rewound):
+        elif isinstance(result, Rewound | Resized):  # an entry in the chain, or nothing new
             if result.decision is not None:
                 self.learn(result.decision)
             else:
@@ -343,7 +343,7 @@ class Resilience:
         self.memory.learn(result)
         if isinstance(result, Decision) and not result.provisional:
             self.heads[result.run_id] = result.hash
-        elif isinstance(result, Rewound) and result.decision is not None:
+        elif isinstance(result, Rewound | Resized) and result.decision is not None:
             self.heads[result.run_id] = result.decision.hash
 
     def unreachable(self, exc: ServiceUnavailableError) -> None:
@@ -467,8 +467,9 @@ class Resilience:
         open_loop = known.ahead.open_loop if known.ahead is not None else False
         return LrsAhead(run_id, first, rows, None, open_loop, provisional=True)
 
-    def check_rewind(self, run_id: str) -> None:
-        """A rewind must not overtake the run's buffered observations: raise while any is left."""
+    def check_sent(self, run_id: str, what: str) -> None:
+        """A rewind or a resize must not overtake the run's buffered observations: raise while
+        any is left."""
         left = self.pending_of(run_id)
         if left:
             cause = self._cause()
@@ -476,7 +477,7 @@ class Resilience:
                 cause,
                 attempts=0,
                 message=(
-                    f"rewind of run {run_id!r}: {left} buffered observation(s) of the run are "
+                    f"{what} of run {run_id!r}: {left} buffered observation(s) of the run are "
                     f"not sent yet and must go first; lrpilot unreachable: {cause}"
                 ),
             )

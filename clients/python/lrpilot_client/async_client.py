@@ -32,6 +32,7 @@ from .models import (
     LrsInForce,
     Page,
     PendingObservation,
+    Resized,
     Rewound,
     Run,
     Verified,
@@ -227,10 +228,13 @@ class AsyncClient:
         metric: str | None = None,
         labels: Mapping[str, str] | None = None,
         aggregate: Mapping[str, Any] | None = None,
+        scaling: Mapping[str, Any] | None = None,
     ) -> Run:
         """See `Client.create_run`."""
         return await self._request(
-            _calls.create_run(run_id, policy, version, params, base_lrs, metric, labels, aggregate)
+            _calls.create_run(
+                run_id, policy, version, params, base_lrs, metric, labels, aggregate, scaling
+            )
         )
 
     async def get_run(self, run_id: str) -> Run:
@@ -267,8 +271,22 @@ class AsyncClient:
     async def rewind(self, run_id: str, to_step: int) -> Rewound:
         """See `Client.rewind`."""
         await self._flush_pending()
-        self._res.check_rewind(run_id)
+        self._res.check_sent(run_id, "rewind")
         return await self._request(_calls.rewind(run_id, to_step, self.identity))
+
+    async def resize(
+        self,
+        run_id: str,
+        step: int,
+        world_size: int | None = None,
+        batch_size: int | None = None,
+    ) -> Resized:
+        """See `Client.resize`."""
+        await self._flush_pending()
+        self._res.check_sent(run_id, "resize")
+        return await self._request(
+            _calls.resize(run_id, step, world_size, batch_size, self.identity)
+        )
 
     async def verify(self, run_id: str, head: str | None = None) -> Verified:
         """See `Client.verify`."""

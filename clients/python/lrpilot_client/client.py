@@ -24,6 +24,7 @@ from .models import (
     LrsInForce,
     Page,
     PendingObservation,
+    Resized,
     Rewound,
     Run,
     Verified,
@@ -273,6 +274,7 @@ class Client:
         metric: str | None = None,
         labels: Mapping[str, str] | None = None,
         aggregate: Mapping[str, Any] | None = None,
+        scaling: Mapping[str, Any] | None = None,
     ) -> Run:
         """Create the run, or get it back if it already exists with the same spec.
 
@@ -282,10 +284,15 @@ class Client:
         are not sent, so the service's defaults apply. `aggregate` (`{"timeout_s": 60,
         "on_timeout": "decide" | "refuse"}`) makes every rank post its own metric (`observe`
         with `rank`, `world_size` and optionally `weight`): one decision a step, from their
-        weighted mean, the same for every rank.
+        weighted mean, the same for every rank. `scaling` (`{"rule": "linear" | "sqrt",
+        "by": "world_size" | "batch_size", "base": N}`, base_lrs being tuned for size N)
+        rescales the lrs whenever the job reports another size: the `world_size` of its
+        observations, or `resize`.
         """
         return self._request(
-            _calls.create_run(run_id, policy, version, params, base_lrs, metric, labels, aggregate)
+            _calls.create_run(
+                run_id, policy, version, params, base_lrs, metric, labels, aggregate, scaling
+            )
         )
 
     def get_run(self, run_id: str) -> Run:
@@ -343,8 +350,26 @@ class Client:
         The run's buffered observations are sent first (a rewind must come after them); while
         any is left, this raises `ServiceUnavailableError`."""
         self._flush_pending()
-        self._res.check_rewind(run_id)
+        self._res.check_sent(run_id, "rewind")
         return self._request(_calls.rewind(run_id, to_step, self.identity))
+
+    def resize(
+        self,
+        run_id: str,
+        step: int,
+        world_size: int | None = None,
+        batch_size: int | None = None,
+    ) -> Resized:
+        """An elastic job's new size (exactly one of `world_size` and the global `batch_size`,
+        as the run's scaling rule counts) from training `step` on: the service rescales the
+        lrs by the rule and logs it as a scale entry (`resized` False when that size is
+        already in force, so it is safe at every restart). Call it when the job restarts with
+        another world size, before its first step; `step` may not be below the last decided
+        step. The run's buffered observations are sent first; while any is left, this raises
+        `ServiceUnavailableError`."""
+        self._flush_pending()
+        self._res.check_sent(run_id, "resize")
+        return self._request(_calls.resize(run_id, step, world_size, batch_size, self.identity))
 
     def verify(self, run_id: str, head: str | None = None) -> Verified:
         """Ask the service to replay the run's log through its policy version and check every

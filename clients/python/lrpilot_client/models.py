@@ -202,6 +202,10 @@ class Run:
     status: str
     created_at: datetime
     head_hash: str | None = None  # the hash of the last decision: record it to verify against
+    # elastic jobs: the scaling rule (rule, by, base) and the size in force (size, factor,
+    # step); empty for a run without a scaling rule
+    scaling: Mapping[str, Any] = field(default_factory=dict)
+    scale: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, raw: object) -> Run:
@@ -220,6 +224,8 @@ class Run:
             status=f.text("status"),
             created_at=f.timestamp("created_at"),
             head_hash=f.opt_text("head_hash"),
+            scaling=f.opt_obj("scaling"),
+            scale=f.opt_obj("scale"),
         )
 
 
@@ -258,6 +264,10 @@ class Decision:
     client: Mapping[str, Any] = field(default_factory=dict)
     rewind: Mapping[str, Any] | None = None
     provisional: bool = False
+    # elastic jobs: the scaling rule's factor on the policy's lrs (None: 1); in a scale
+    # entry (`action` "scale"), `resize` says by what, from which size, to which
+    scale: float | None = None
+    resize: Mapping[str, Any] | None = None
 
     @property
     def lr(self) -> float:
@@ -291,6 +301,8 @@ class Decision:
             created_at=f.timestamp("created_at"),
             client=f.opt_obj("client"),
             rewind=f.opt_obj("rewind") or None,
+            scale=f.opt_number("scale"),
+            resize=f.opt_obj("resize") or None,
         )
 
 
@@ -407,6 +419,33 @@ class Rewound:
             to_step=f.integer("to_step"),
             rewound=f.boolean("rewound"),
             lrs=f.numbers("lrs"),
+            decision=Decision.from_json(entry) if entry else None,
+        )
+
+
+@dataclass(frozen=True)
+class Resized:
+    """The answer to a resize: `resized` is False when the size was already in force; else
+    `decision` is the scale entry in the chain. `scale` is the size in force, its factor on the
+    policy's lrs and the step it applies from; `lrs` the rates in force now."""
+
+    run_id: str
+    step: int
+    resized: bool
+    lrs: tuple[float, ...]
+    scale: Mapping[str, Any]
+    decision: Decision | None
+
+    @classmethod
+    def from_json(cls, raw: object) -> Resized:
+        f = _Fields(raw, "Resized")
+        entry = f.opt_obj("decision")
+        return cls(
+            run_id=f.text("run_id"),
+            step=f.integer("step"),
+            resized=f.boolean("resized"),
+            lrs=f.numbers("lrs"),
+            scale=f.obj("scale"),
             decision=Decision.from_json(entry) if entry else None,
         )
 

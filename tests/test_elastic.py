@@ -1,0 +1,401 @@
+"""Elastic jobs (project issue 8): a run's scaling rule rescales its lrs when the job reports a
+new world_size or global batch size, as a scale entry in the chain with its reason; every lr
+the run serves afterwards (decisions, GET lr, GET lrs) is the policy's times the rule's factor,
+and verify, export/import, rewind and what-if replay all account for it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from lrpilot.app import create_app
+from lrpilot.settings import Settings
+from lrpilot.store.db import upgrade
+from lrpilot_client import Client
+from tests.conftest import BACKENDS, empty_database
+from tests.harness import LiveServer
+from tests.helpers import bundle_text, lrpilot_cli, one_line, rechained, run_spec, strict_json
+from tests.test_aggregate import aggregated, post_all
+
+WORLD = {"rule": "linear", "by": "world_size", "base": 8}
+
+
+def elastic(scaling: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    spec = run_spec(**kw)
+    spec["scaling"] = scaling or WORLD
+    return spec
+
+
+def post(api: TestClient, run_id: str, step: int, value: float, **kw: Any) -> dict[str, Any]:
+    r = api.post(f"/v1/runs/{run_id}/observations", json={"step": step, "value": value, **kw})
+    assert r.status_code == 200, r.text
+    doc: dict[str, Any] = strict_json(r.text)
+    return doc
+
+
+def resize(api: TestClient, run_id: str, **body: Any) -> httpx.Response:
+    return api.post(f"/v1/runs/{run_id}/resize", json=body)
+
+
+def verified(api: TestClient, run_id: str) -> dict[str, Any]:
+    report: dict[str, Any] = api.post(f"/v1/runs/{run_id}/verify").json()
+    assert report["ok"], report
+    return report
+
+
+# -- leader mode: POST resize, and the world_size of the observations ------------------------
+
+
+def test_a_resize_is_a_logged_entry_and_every_lr_after_it_is_scaled(api: TestClient) -> None:
+    assert api.put("/v1/runs/e", json=elastic(params={"patience": 1}, base_lrs=[0.1, 0.01]))
+    assert post(api, "e", 100, 1.0)["lrs"] == [0.1, 0.01]
+
+    r = resize(api, "e", step=150, world_size=32, client={"host": "node-1"})
+    assert r.status_code == 200, r.text
+    out = strict_json(r.text)
+    entry = out["decision"]
+    assert out["resized"] is True and out["lrs"] == [0.4, 0.04]
+    assert out["scale"] == {"size": 32, "factor": 4.0, "step": 150}
+    assert entry["action"] == "scale" and entry["step"] == 150 and entry["value"] is None
+    assert entry["scale"] == 4.0
+    assert entry["resize"] == {"by": "world_size", "from": 8, "to": 32}
+    assert entry["previous_lrs"] == [0.1, 0.01] and entry["lrs"] == [0.4, 0.04]
+    assert entry["client"] == {"host": "node-1"}
+    assert entry["reason"] == (
+        "world_size 8 -> 32: linear scaling rule, base_lrs are for world_size 8: "
+        "lrs [0.1, 0.01] -> [0.4, 0.04] (4.0 x the policy's)"
+    )
+
+    # the policy decides on its own lrs; what it serves is scaled, and the reason says both
+    held = post(api, "e", 200, 0.9)
+    assert held["action"] == "hold" and held["lrs"] == [0.4, 0.04] and held["scale"] == 4.0
+    assert held["reason"].endswith("; x 4.0 for world_size 32: lrs [0.4, 0.04] served")
+    post(api, "e", 300, 0.95)
+    reduced = post(api, "e", 400, 0.96)
+    assert reduced["action"] == "reduce"
+    assert reduced["lrs"] == [0.1 * 0.1 * 4.0, 0.01 * 0.1 * 4.0]
+    assert reduced["state"]["lrs"] == [0.1 * 0.1, 0.01 * 0.1]  # the policy's, unscaled
+
+    lr = {s: api.get(f"/v1/runs/e/lr?step={s}").json()["lrs"] for s in (120, 149, 150, 250)}
+    assert lr == {120: [0.1, 0.01], 149: [0.1, 0.01], 150: [0.4, 0.04], 250: [0.4, 0.04]}
+    lrs = api.get("/v1/runs/e/lrs?from=148&count=4").json()["lrs"]
+    assert lrs == [[0.1, 0.01], [0.1, 0.01], [0.4, 0.04], [0.4, 0.04]]
+
+    run = api.get("/v1/runs/e").json()
+    assert run["scaling"] == WORLD and run["scale"] == {"size": 32, "factor": 4.0, "step": 150}
+    assert run["lrs"] == reduced["lrs"] and run["last_step"] == 400
+    assert run["counts"] == {"decisions": 5, "reductions": 1}
+    verified(api, "e")
+
+
+def test_the_world_size_of_an_observation_resizes_before_the_decision(api: TestClient) -> None:
+    api.put("/v1/runs/w", json=elastic(params={"patience": 5}))
+    first = post(api, "w", 10, 1.0, world_size=8)  # the base size: nothing to rescale
+    assert "scale" not in first and first["seq"] == 1
+    second = post(api, "w", 20, 0.9, world_size=4)
+    assert second["seq"] == 3 and second["lrs"] == [0.05] and second["scale"] == 0.5
+    log = api.get("/v1/runs/w/decisions").json()["items"]
+    assert [(d["seq"], d["step"], d["action"]) for d in log] == [
+        (1, 10, "hold"),
+        (2, 20, "scale"),
+        (3, 20, "hold"),
+    ]
+    # a retry of the step answers its decision, never the scale entry that shares its step
+    again = api.post("/v1/runs/w/observations", json={"step": 20, "value": 0.9, "world_size": 4})
+    assert again.status_code == 200 and strict_json(again.text) == second
+    # back to the base size: the factor is 1 again, and the decisions lose the field
+    third = post(api, "w", 30, 0.8, world_size=8)
+    assert third["lrs"] == [0.1] and "scale" not in third
+    assert api.get("/v1/runs/w").json()["scale"] == {"size": 8, "factor": 1.0, "step": 30}
+    verified(api, "w")
+
+
+def test_a_resize_to_the_size_in_force_changes_nothing(api: TestClient) -> None:
+    api.put("/v1/runs/n", json=elastic())
+    post(api, "n", 10, 1.0)
+    same = strict_json(resize(api, "n", step=20, world_size=8).text)
+    assert same["resized"] is False and same["decision"] is None and same["lrs"] == [0.1]
+    first = strict_json(resize(api, "n", step=20, world_size=16).text)
+    retry = strict_json(resize(api, "n", step=20, world_size=16).text)  # a retried request
+    assert first["resized"] is True and retry["resized"] is False
+    assert retry["lrs"] == first["lrs"] == [0.2]
+    assert api.get("/v1/runs/n").json()["last_seq"] == 2
+
+
+def test_a_resize_below_the_log_or_to_a_run_without_a_rule_is_refused(api: TestClient) -> None:
+    api.put("/v1/runs/r", json=elastic())
+    api.put("/v1/runs/plain", json=run_spec())
+    post(api, "r", 100, 1.0)
+    before = api.get("/v1/runs/r").json()
+
+    below = resize(api, "r", step=99, world_size=16)
+    assert below.status_code == 409
+    assert "step 99 is below the last decided step 100" in below.json()["detail"]
+    at_last = resize(api, "r", step=100, world_size=16)  # resumed from the last evaluation
+    assert at_last.status_code == 200, at_last.text
+    again = resize(api, "r", step=100, world_size=4)  # the same step again: allowed
+    assert again.status_code == 200
+    later = api.post("/v1/runs/r/observations", json={"step": 100, "value": 1.0})
+    assert later.status_code == 200  # the step's own decision, as a retry
+    resize(api, "r", step=300, world_size=2)
+    stale = api.post("/v1/runs/r/observations", json={"step": 250, "value": 1.0})
+    assert stale.status_code == 409
+    assert "step 250 is below step 300" in stale.json()["detail"]
+
+    plain = resize(api, "plain", step=10, world_size=16)
+    assert plain.status_code == 409 and "has no scaling rule" in plain.json()["detail"]
+    wrong = resize(api, "r", step=400, batch_size=4096)
+    assert wrong.status_code == 422
+    assert wrong.json()["detail"][0]["loc"] == ["body", "batch_size"]
+    for body in ({"step": 400}, {"step": 400, "world_size": 2, "batch_size": 64}):
+        r = resize(api, "r", **body)
+        assert r.status_code == 422 and "exactly one of" in r.text
+    for body in ({"step": 400, "world_size": 0}, {"step": -1, "world_size": 2}):
+        assert resize(api, "r", **body).status_code == 422
+    assert resize(api, "missing", step=1, world_size=2).status_code == 404
+
+    after = api.get("/v1/runs/r").json()
+    assert after["last_seq"] == before["last_seq"] + 3  # the three resizes that were taken
+    verified(api, "r")
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"rule": "cubic", "by": "world_size", "base": 8},
+        {"rule": "linear", "by": "gpus", "base": 8},
+        {"rule": "linear", "by": "world_size", "base": 0},
+        {"rule": "linear", "by": "world_size", "base": 8.0},
+        {"rule": "linear", "by": "world_size"},
+        {"rule": "linear", "by": "world_size", "base": 8, "extra": 1},
+    ],
+)
+def test_a_scaling_spec_is_checked_at_creation(api: TestClient, scaling: dict[str, Any]) -> None:
+    r = api.put("/v1/runs/bad", json=elastic(scaling))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"][:2] == ["body", "scaling"]
+    assert api.get("/v1/runs/bad").status_code == 404
+
+
+def test_a_run_spec_with_another_scaling_rule_is_another_run(api: TestClient) -> None:
+    assert api.put("/v1/runs/s", json=elastic()).status_code == 201
+    assert api.put("/v1/runs/s", json=elastic()).status_code == 200
+    other = api.put("/v1/runs/s", json=elastic({**WORLD, "base": 16}))
+    assert other.status_code == 409 and "scaling" in other.json()["detail"]
+    assert api.put("/v1/runs/s", json=run_spec()).status_code == 409
+
+
+def test_sqrt_by_global_batch_size_scales_a_schedule_at_every_step(api: TestClient) -> None:
+    spec = {
+        "policy": {"name": "cosine", "version": 1, "params": {"T_max": 100, "eta_min": 0.001}},
+        "base_lrs": [0.1],
+        "scaling": {"rule": "sqrt", "by": "batch_size", "base": 1024},
+    }
+    assert api.put("/v1/runs/c", json=spec).status_code == 201
+    plain = api.get("/v1/runs/c/lrs?from=0&count=100").json()["lrs"]
+    out = strict_json(resize(api, "c", step=40, batch_size=4096).text)
+    assert out["scale"]["factor"] == 2.0 and out["decision"]["resize"]["by"] == "batch_size"
+    assert "square-root scaling rule" in out["decision"]["reason"]
+    served = api.get("/v1/runs/c/lrs?from=0&count=100").json()["lrs"]
+    assert served[:40] == plain[:40]
+    assert served[40:] == [[lr * 2.0 for lr in lrs] for lrs in plain[40:]]
+    # 3x the batch: sqrt(3), correctly rounded, times each lr
+    resize(api, "c", step=60, batch_size=3072)
+    at = api.get("/v1/runs/c/lr?step=70").json()["lrs"]
+    assert at == [plain[70][0] * math.sqrt(3.0)]
+    verified(api, "c")
+
+
+# -- aggregated mode: the ranks' world_size ----------------------------------------------------
+
+
+@pytest.fixture(params=BACKENDS)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    s = LiveServer(empty_database(request.param, tmp_path)).start()
+    yield s
+    s.stop()
+
+
+def test_ranks_reporting_a_new_world_size_rescale_and_all_get_one_decision(
+    server: LiveServer,
+) -> None:
+    spec = aggregated(params={"patience": 5})
+    spec["scaling"] = {"rule": "linear", "by": "world_size", "base": 4}
+    assert httpx.put(f"{server.url}/v1/runs/a", json=spec, timeout=30).status_code == 201
+
+    def step(step: int, world: int, base: float) -> list[dict[str, Any]]:
+        reports = [
+            {"step": step, "value": base + r / 100, "rank": r, "world_size": world}
+            for r in range(world)
+        ]
+        answers = asyncio.run(post_all(server.url, "a", reports))
+        assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
+        return [strict_json(a.text) for a in answers]
+
+    four = step(10, 4, 1.0)
+    assert all(d == four[0] for d in four) and four[0]["lrs"] == [0.1] and "scale" not in four[0]
+    # the job comes back with 2 ranks (elastic restart): halved, once, before the decision
+    two = step(20, 2, 0.9)
+    assert all(d == two[0] for d in two)
+    assert two[0]["lrs"] == [0.05] and two[0]["scale"] == 0.5 and len(two[0]["ranks"]) == 2
+    eight = step(30, 8, 0.8)
+    assert all(d == eight[0] for d in eight) and eight[0]["lrs"] == [0.2]
+
+    log = httpx.get(f"{server.url}/v1/runs/a/decisions", timeout=30).json()["items"]
+    assert [(d["step"], d["action"]) for d in log] == [
+        (10, "hold"),
+        (20, "scale"),
+        (20, "hold"),
+        (30, "scale"),
+        (30, "hold"),
+    ]
+    assert [d["resize"] for d in log if d["action"] == "scale"] == [
+        {"by": "world_size", "from": 4, "to": 2},
+        {"by": "world_size", "from": 2, "to": 8},
+    ]
+    report = httpx.post(f"{server.url}/v1/runs/a/verify", timeout=30).json()
+    assert report["ok"] and report["count"] == 5, report
+
+
+# -- the chain: rewind, export, import, verify, what-if --------------------------------------
+
+
+def resized_run(api: TestClient) -> None:
+    """A run with resizes, reductions and a rewind that crosses a resize."""
+    api.put("/v1/runs/x", json=elastic(params={"patience": 1}, base_lrs=[0.1, 0.02]))
+    post(api, "x", 100, 1.0)
+    post(api, "x", 200, 0.9, world_size=16)
+    post(api, "x", 300, 0.95)
+    resize(api, "x", step=350, world_size=4)
+    post(api, "x", 400, 0.96)
+    post(api, "x", 500, 0.97)
+
+
+def test_a_rewind_restores_the_scale_in_force_at_its_step(api: TestClient) -> None:
+    resized_run(api)
+    assert api.get("/v1/runs/x").json()["scale"]["size"] == 4
+
+    back = api.post("/v1/runs/x/rewind", json={"to_step": 300}).json()
+    assert back["lrs"] == [0.2, 0.04] and back["decision"]["scale"] == 2.0
+    run = api.get("/v1/runs/x").json()
+    assert run["scale"] == {"size": 16, "factor": 2.0, "step": 200} and run["last_step"] == 300
+    assert api.get("/v1/runs/x/lr?step=360").json()["lrs"] == [0.2, 0.04]
+    verified(api, "x")
+    # the superseded resize is not in force: the same step may resize otherwise
+    assert post(api, "x", 400, 0.5, world_size=32)["lrs"] == [0.4, 0.08]
+    verified(api, "x")
+
+    start = api.post("/v1/runs/x/rewind", json={"to_step": 50}).json()
+    assert start["lrs"] == [0.1, 0.02] and "scale" not in start["decision"]
+    assert api.get("/v1/runs/x").json()["scale"] == {"size": 8, "factor": 1.0, "step": None}
+    verified(api, "x")
+
+
+def test_export_verifies_offline_and_imports_to_the_same_run(
+    api: TestClient, tmp_path: Path
+) -> None:
+    resized_run(api)
+    api.post("/v1/runs/x/rewind", json={"to_step": 300})
+    text = api.get("/v1/runs/x/export").text
+    path = tmp_path / "x.ndjson"
+    path.write_text(text)
+    result = lrpilot_cli("verify", str(path))
+    assert result.exit_code == 0 and "OK 8 decisions" in one_line(result.output), result.output
+
+    again = api.post("/v1/runs/import", content=text)  # the run holds this very log
+    assert again.status_code == 200, again.text
+    stored = api.get("/v1/runs/x").json()
+    assert {k: again.json()[k] for k in ("scale", "scaling", "last_step", "lrs")} == {
+        k: stored[k] for k in ("scale", "scaling", "last_step", "lrs")
+    }
+
+
+def test_import_restores_where_the_run_stands(api: TestClient, tmp_path: Path) -> None:
+    resized_run(api)
+    post(api, "x", 600, 0.98, world_size=4)  # the size in force: no entry
+    text = api.get("/v1/runs/x/export").text
+    stored = api.get("/v1/runs/x").json()
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    upgrade(url)
+    with TestClient(create_app(Settings(database_url=url))) as elsewhere:
+        created = elsewhere.post("/v1/runs/import", content=text)
+        assert created.status_code == 201, created.text
+        run = elsewhere.get("/v1/runs/x").json()
+        for key in ("scale", "scaling", "last_step", "lrs", "head_hash", "counts"):
+            assert run[key] == stored[key], key
+        verified(elsewhere, "x")
+        # it goes on deciding under the factor in force, as the original does
+        here, there = post(api, "x", 700, 0.5), post(elsewhere, "x", 700, 0.5)
+        for key in ("lrs", "previous_lrs", "action", "reason", "state", "scale", "prev_hash"):
+            assert there[key] == here[key], key
+
+
+def edit_at(lines: list[str], seq: int, **changes: Any) -> list[str]:
+    out = list(lines)
+    doc = json.loads(out[seq])
+    doc.update(changes)
+    out[seq] = json.dumps(doc)
+    return rechained(out)
+
+
+@pytest.mark.parametrize(
+    ("seq", "changes", "what"),
+    [
+        (5, {"scale": 0.25, "lrs": [0.025, 0.005]}, "scale"),  # a resize claiming another factor
+        (5, {"resize": {"by": "world_size", "from": 16, "to": 2}}, "scale"),
+        (6, {"lrs": [0.1, 0.02]}, "lrs"),  # a decision after the resize, unscaled
+        (6, {"scale": 1.0}, "scale"),
+        (3, {"previous_lrs": [0.1, 0.02], "lrs": [0.1, 0.02]}, "lrs"),
+    ],
+)
+def test_an_edited_scale_is_found_even_when_rechained(
+    api: TestClient, tmp_path: Path, seq: int, changes: dict[str, Any], what: str
+) -> None:
+    resized_run(api)
+    lines = api.get("/v1/runs/x/export").text.splitlines()
+    assert json.loads(lines[5])["action"] == "scale"
+    path = tmp_path / "edited.ndjson"
+    path.write_text(bundle_text(edit_at(lines, seq, **changes)))
+    result = lrpilot_cli("verify", str(path))
+    assert result.exit_code == 1, result.output
+    assert f"seq {seq}" in one_line(result.output) and what in one_line(result.output)
+
+
+def test_a_what_if_replays_the_recorded_resizes(api: TestClient, tmp_path: Path) -> None:
+    resized_run(api)
+    path = tmp_path / "x.ndjson"
+    path.write_text(api.get("/v1/runs/x/export").text)
+    same = lrpilot_cli("replay", str(path))
+    assert same.exit_code == 0 and "the same decisions at every step" in one_line(same.output)
+    other = one_line(lrpilot_cli("replay", str(path), "--set", "patience=0").output)
+    # patience 0 reduces at step 300, under the factor of world_size 16 then in force, and
+    # ends three reductions down under the factor of world_size 4
+    assert "│ 300 │ 0.95 │ hold 0.2, 0.04 │ reduce 0.020000000000000004," in other, other
+    assert "what-if [5.0000000000000016e-05, 1e-05]" in other, other
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+def test_the_client_creates_a_scaled_run_and_resizes_it(live_server: LiveServer) -> None:
+    with Client(live_server.url, identity={"host": "trainer"}) as client:
+        run = client.create_run("c", params={"patience": 2}, base_lrs=[0.1], scaling=WORLD)
+        assert run.scaling == WORLD and run.scale == {"size": 8, "factor": 1.0, "step": None}
+        assert client.observe("c", 10, 1.0).lrs == (0.1,)
+        out = client.resize("c", 20, world_size=24)
+        assert out.resized and out.lrs == (0.30000000000000004,) and out.scale["factor"] == 3.0
+        assert out.decision is not None and out.decision.action == "scale"
+        assert out.decision.resize == {"by": "world_size", "from": 8, "to": 24}
+        assert client.head_hash("c") == out.decision.hash
+        d = client.observe("c", 30, 0.9)
+        assert d.scale == 3.0 and d.lrs == (0.1 * 3.0,)
+        assert not client.resize("c", 40, world_size=24).resized
+        assert client.verify("c").ok
