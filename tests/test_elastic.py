@@ -399,3 +399,35 @@ def test_the_client_creates_a_scaled_run_and_resizes_it(live_server: LiveServer)
         assert d.scale == 3.0 and d.lrs == (0.1 * 3.0,)
         assert not client.resize("c", 40, world_size=24).resized
         assert client.verify("c").ok
+
+
+def test_a_resize_past_a_waiting_step_refuses_it_and_the_log_stays_true(
+    live_server: LiveServer,
+) -> None:
+    spec = aggregated(timeout_s=1.5, params={"patience": 5})
+    spec["scaling"] = {"rule": "linear", "by": "world_size", "base": 3}
+    url = live_server.url
+    assert httpx.put(f"{url}/v1/runs/p", json=spec, timeout=30).status_code == 201
+
+    async def race() -> tuple[list[httpx.Response], httpx.Response]:
+        reports = [{"step": 10, "value": 1.0, "rank": r, "world_size": 3} for r in (0, 1)]
+        waiting = asyncio.ensure_future(post_all(url, "p", reports))
+        await asyncio.sleep(0.5)  # both ranks are waiting for rank 2
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            resized = await http.post("/v1/runs/p/resize", json={"step": 20, "world_size": 2})
+        return await waiting, resized
+
+    answers, resized = asyncio.run(race())
+    assert resized.status_code == 200 and resized.json()["resized"], resized.text
+    # the step's timeout came after the resize: deciding it now would go back before step 20
+    assert [a.status_code for a in answers] == [409, 409], [a.text for a in answers]
+    assert "step 10 is below step 20" in answers[0].json()["detail"]
+    late = httpx.post(
+        f"{url}/v1/runs/p/observations",
+        json={"step": 10, "value": 1.0, "rank": 2, "world_size": 3},
+        timeout=30,
+    )
+    assert late.status_code == 409
+    log = httpx.get(f"{url}/v1/runs/p/decisions", timeout=30).json()["items"]
+    assert [d["action"] for d in log] == ["scale"]
+    assert httpx.post(f"{url}/v1/runs/p/verify", timeout=30).json()["ok"]

@@ -642,6 +642,7 @@ def _aggregate_in(
                         f"(weight {weight!r}): a rank's report of a step cannot change"
                     )
         return stored  # a retry, or a rank that reported too late to count: the same decision
+    check_resize_step(head, step, "step")  # a resize since the first report: never decided
     if item.timed_out:
         reports = tx.reports_at(run_id, step)
         if not reports:
@@ -660,7 +661,6 @@ def _aggregate_in(
                 "the step is decided once every rank has reported"
             )
         return _decide_reports(tx, head, step, reports, missing, timeout_s, heads)
-    check_resize_step(head, step, "step")
     if item.rank is None or item.world_size is None:
         return Invalid(
             ["body", "rank" if item.rank is None else "world_size"],
