@@ -431,3 +431,29 @@ def test_a_resize_past_a_waiting_step_refuses_it_and_the_log_stays_true(
     log = httpx.get(f"{url}/v1/runs/p/decisions", timeout=30).json()["items"]
     assert [d["action"] for d in log] == ["scale"]
     assert httpx.post(f"{url}/v1/runs/p/verify", timeout=30).json()["ok"]
+
+
+GOLDEN_BUNDLE = Path(__file__).parent / "golden" / "bundles" / "elastic.ndjson"
+
+
+def test_the_frozen_elastic_bundle_verifies_and_round_trips_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """A log written when elastic jobs were released (resizes by observation and by request,
+    a rewind across them, a NaN, a return to the base size) must verify, and import and export
+    unchanged, forever."""
+    result = lrpilot_cli("verify", str(GOLDEN_BUNDLE))
+    assert result.exit_code == 0, result.output
+    assert "OK 14 decisions (3 superseded by 1 rewinds)" in one_line(result.output)
+    text = GOLDEN_BUNDLE.read_text()
+    url = f"sqlite:///{tmp_path / 'golden.db'}"
+    upgrade(url)
+    with TestClient(create_app(Settings(database_url=url))) as api:
+        assert api.post("/v1/runs/import", content=text).status_code == 201
+        assert api.get("/v1/runs/elastic-golden/export").text == text
+        run = api.get("/v1/runs/elastic-golden").json()
+        assert run["scale"] == {"size": 12, "factor": 1.5, "step": 600}
+        assert api.get("/v1/runs/elastic-golden/lr?step=650").json()["lrs"] == [
+            0.015000000000000003,
+            0.003,
+        ]
