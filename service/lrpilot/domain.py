@@ -230,6 +230,13 @@ def scale_entry(
     fields = entry_fields(spec, was, size)
     previous = scaled(state.lrs, was.factor)
     lrs = scaled(state.lrs, fields[SCALE])
+    pairs = zip(lrs, state.lrs, strict=True)
+    if any(math.isinf(lr) and not math.isinf(base) for lr, base in pairs):
+        raise Conflict(
+            f"{spec['by']} {size} would scale the lrs of run {head.run_id!r} by "
+            f"{fields[SCALE]!r} past the largest float ({list(state.lrs)} x "
+            f"{fields[SCALE]!r}): not rescaled"
+        )
     entry: dict[str, Any] = {
         "run_id": head.run_id,
         "seq": head.last_seq + 1,

@@ -231,8 +231,8 @@ class ClientIn(Strict):
 class ObservationIn(Strict):
     step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
     value: MetricValue
-    rank: Annotated[StrictInt, Field(ge=0)] | None = None
-    world_size: Annotated[StrictInt, Field(ge=1)] | None = None
+    rank: Annotated[StrictInt, Field(ge=0, le=MAX_SIZE - 1)] | None = None
+    world_size: Annotated[StrictInt, Field(ge=1, le=MAX_SIZE)] | None = None
     weight: Annotated[float, Field(gt=0.0, le=1e15, allow_inf_nan=False)] | None = Field(
         default=None,
         description="aggregated mode: this rank's weight in the mean (e.g. its number of "
