@@ -480,3 +480,17 @@ def test_sizes_beyond_the_limits_are_refused_and_nothing_changes(api: TestClient
         run = api.get(f"/v1/runs/{run_id}").json()
         assert run["last_seq"] == 0 and run["lrs"] == [1e300]
         verified(api, run_id)
+
+
+def test_a_rewind_below_a_resize_past_the_last_step_supersedes_it(api: TestClient) -> None:
+    api.put("/v1/runs/past", json=elastic())
+    post(api, "past", 100, 1.0)
+    resize(api, "past", step=200, world_size=16)
+    assert api.get("/v1/runs/past").json()["lrs"] == [0.2]
+    out = api.post("/v1/runs/past/rewind", json={"to_step": 150}).json()
+    assert out["rewound"] and out["lrs"] == [0.1] and out["decision"]["rewind"]["superseded"] == 1
+    assert api.get("/v1/runs/past").json()["scale"] == {"size": 8, "factor": 1.0, "step": None}
+    assert api.get("/v1/runs/past/lr?step=250").json()["lrs"] == [0.1]
+    # a resize from an earlier step is possible again
+    assert strict_json(resize(api, "past", step=160, world_size=4).text)["lrs"] == [0.05]
+    verified(api, "past")

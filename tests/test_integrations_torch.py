@@ -423,3 +423,70 @@ def test_a_checkpoint_of_another_run_is_refused(client: Client, tmp_path: Path) 
         b.load_state_dict(a.state_dict())
     with pytest.raises(ValueError, match="not an LrpilotScheduler"):
         b.load_state_dict({"last_epoch": 3})
+
+
+def test_an_elastic_restart_on_fewer_ranks_rescales_from_the_checkpoint_on(
+    client: Client, reader: Client, server: LiveServer
+) -> None:
+    run, scaling = "elastic-job", {"rule": "linear", "by": "world_size", "base": 2}
+    params = {"T_max": 100, "eta_min": 0.001}
+    reader.create_run("elastic-ref", "cosine", params=params, base_lrs=[0.1, 0.01])
+    reference = reader.lrs_ahead("elastic-ref", 0, 60).lrs  # the same schedule, never scaled
+
+    def used_as(factor: float, rec: Recorder, first: int) -> None:
+        for i, (used, tensors) in enumerate(zip(rec.used, rec.tensors, strict=True)):
+            want = [lr * factor for lr in reference[first + i]]
+            assert used == [as_held(lr, t) for lr, t in zip(want, tensors, strict=True)], i
+
+    def lrs() -> list[Any]:  # a tensor lr is written in place: each optimizer its own
+        return [0.1, torch.tensor(0.01, dtype=torch.float64)]
+
+    layers, opt = model_and_optimizer(lrs())
+    sched = LrpilotScheduler(
+        opt, client, run, "cosine", params=params, scaling=scaling, world_size=4, ahead=16
+    )
+    rec = Recorder(opt)
+    checkpoint = b""
+    for k in range(30):
+        train_step(layers, opt, k)
+        sched.step()
+        if sched.last_epoch == 20:
+            checkpoint = save(sched, opt, layers)
+    used_as(2.0, rec, 0)  # 4 ranks where the lrs were tuned for 2
+
+    # an elastic launcher restarts the job on 1 rank, from the checkpoint at step 20
+    saved = load(checkpoint)
+    layers2, opt2 = model_and_optimizer(lrs())
+    again = LrpilotScheduler(
+        opt2, client, run, "cosine", params=params, scaling=scaling, world_size=1, ahead=16
+    )
+    opt2.load_state_dict(saved["optimizer"])
+    again.load_state_dict(saved["scheduler"])
+    rec2 = Recorder(opt2)
+    for k in range(20, 50):
+        train_step(layers2, opt2, k)
+        again.step()
+    used_as(0.5, rec2, 20)
+    check_used(reader, rec2, {0: run}, first=20)
+
+    log = [(d.step, d.action, d.scale) for d in reader.iter_decisions(run)]
+    assert log == [(0, "scale", 2.0), (20, "scale", 0.5)]  # from where the job resumed
+    assert reader.verify(run).ok
+
+    # a restart from the same checkpoint on 3 ranks: the resize at 20 is superseded
+    saved = load(checkpoint)
+    layers3, opt3 = model_and_optimizer(lrs())
+    third = LrpilotScheduler(
+        opt3, client, run, "cosine", params=params, scaling=scaling, world_size=3, ahead=16
+    )
+    opt3.load_state_dict(saved["optimizer"])
+    third.load_state_dict(saved["scheduler"])
+    rec3 = Recorder(opt3)
+    for k in range(20, 30):
+        train_step(layers3, opt3, k)
+        third.step()
+    used_as(1.5, rec3, 20)
+    log = [(d.step, d.action, d.scale) for d in reader.iter_decisions(run)]
+    assert log[2:] == [(19, "rewind", 2.0), (20, "scale", 1.5)]
+    assert [d["step"] for d in superseded(server, run)] == [20]
+    assert reader.verify(run).ok

@@ -28,7 +28,7 @@ from lrpilot.bundle import (
 )
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.chain import GENESIS, seal
-from lrpilot.domain import RunSpec, new_run, now, resolved
+from lrpilot.domain import RunSpec, in_force, new_run, now, resolved
 from lrpilot.policies import base as policy_text
 from lrpilot.scaling import SCALE, InForce
 from lrpilot.settings import Settings
@@ -181,7 +181,13 @@ class Audit:
                 raise RunNotFound(f"run {run_id!r} not found")
             if head.aggregate is not None:  # the ranks will report those steps again
                 tx.drop_reports_after(run_id, to_step)
-            if head.last_step is None or to_step >= head.last_step:
+            # past the last entry: nothing to supersede (a resize may come after the last step)
+            force = in_force(head)
+            latest = max(
+                head.last_step if head.last_step is not None else -1,
+                force.step if force is not None and force.step is not None else -1,
+            )
+            if to_step >= latest:
                 return None
             target = tx.live_at_or_before(run_id, to_step)
             if target is None:  # before the first decision: the policy's initial state

@@ -44,6 +44,16 @@ __all__ = ["LrpilotScheduler"]
 STATE_VERSION = 1  # the layout of state_dict()
 
 
+def _size(world_size: int | None, batch_size: int | None) -> tuple[str, int] | None:
+    if world_size is not None and batch_size is not None:
+        raise ValueError("give world_size or batch_size (as the run's scaling rule counts)")
+    if world_size is not None:
+        return "world_size", world_size
+    if batch_size is not None:
+        return "batch_size", batch_size
+    return None
+
+
 def _as_float(lr: Any) -> float:
     return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
 
@@ -105,6 +115,12 @@ class LrpilotScheduler(LRScheduler):
     rates to the same run is impossible (the spec is fixed), failing would make gradual
     unfreezing unusable, and a fresh run without the replay would restart plateau control from
     the base lrs.
+
+    **Elastic jobs.** With `scaling={"rule": "linear", "by": "world_size", "base": 8}` (the
+    optimizer's lrs are tuned for 8 ranks) and `world_size=dist.get_world_size()`, the run
+    rescales its rates for the job's size at every start and resume (a restart by an elastic
+    launcher on fewer or more ranks), from that step on, as a `scale` entry in its log.
+    `resize()` does it mid-run.
     """
 
     def __init__(
@@ -119,8 +135,13 @@ class LrpilotScheduler(LRScheduler):
         labels: Mapping[str, str] | None = None,
         *,
         ahead: int = DEFAULT_AHEAD,
+        scaling: Mapping[str, Any] | None = None,
+        world_size: int | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self.client = client
+        self._scaling = dict(scaling) if scaling is not None else None
+        self._size = _size(world_size, batch_size)
         self.root_run_id = run_id
         self.ahead = ahead
         self.last_decision: Decision | None = None
@@ -138,6 +159,13 @@ class LrpilotScheduler(LRScheduler):
         super().__init__(optimizer)  # torch's first step(): the rates of step 0
         # A group added between two steps gets its rates before the optimizer first uses it.
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+        # A new run takes the job's size from step 0; a run with history learns it where the job
+        # resumes (load_state_dict), or, restarted without a checkpoint, at its first step().
+        self._size_due = self._size is not None and self.run.last_seq > 0
+        if self._size is not None and not self._size_due:
+            self._report_size(0)
+            self._cursor.reset()
+            self._apply()
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -157,7 +185,7 @@ class LrpilotScheduler(LRScheduler):
             return run
         try:
             return self.client.create_run(
-                run_id, policy, version, params, base, metric, self._labels
+                run_id, policy, version, params, base, metric, self._labels, scaling=self._scaling
             )
         except ConflictError:
             # A restart whose optimizer already has the groups added mid-run: the derived run.
@@ -267,6 +295,11 @@ class LrpilotScheduler(LRScheduler):
             raise TypeError(
                 "LrpilotScheduler counts steps itself: call step() (or step_to(k) to jump)"
             )
+        if getattr(self, "_size_due", False):
+            run = self.client.get_run(self.run_id)
+            at = max(self.last_epoch, run.last_step or 0, run.scale.get("step") or 0)
+            self._report_size(at)
+            self._cursor.reset()
         super().step()
         if metrics is not None:
             self.observe(metrics)
@@ -370,9 +403,32 @@ class LrpilotScheduler(LRScheduler):
         self._observed_step = observed_step
         self._head = head
         self.last_epoch = step
+        if self._size is not None:  # a rewind restores the size of the checkpoint's time
+            self._report_size(step)
         self._cursor.reset()
         self._apply()
         return rewound
+
+    # -- elastic jobs -------------------------------------------------------------------------
+
+    def _report_size(self, step: int) -> None:
+        assert self._size is not None
+        self._size_due = False
+        by, size = self._size
+        answer = self.client.resize(self.run_id, step, **{by: size})
+        if answer.resized and answer.decision is not None:
+            logger.info("run %r step %d: %s", self.run_id, step, answer.decision.reason)
+
+    def resize(self, world_size: int | None = None, batch_size: int | None = None) -> None:
+        """The job's new size (exactly one of `world_size` and the global `batch_size`, as the
+        run's scaling rule counts) from the current step on: the run rescales its rates (a
+        `scale` entry in its log) and the optimizer gets them at once. The constructor's
+        `world_size`/`batch_size` does this at every start and resume, which is what an elastic
+        launcher's restart needs."""
+        self._size = _size(world_size, batch_size)
+        self._report_size(self.last_epoch)
+        self._cursor.reset()
+        self._apply()
 
     def close(self) -> None:
         """Detach from the optimizer (its step pre-hook)."""
