@@ -438,54 +438,40 @@ def test_an_elastic_restart_on_fewer_ranks_rescales_from_the_checkpoint_on(
             want = [lr * factor for lr in reference[first + i]]
             assert used == [as_held(lr, t) for lr, t in zip(want, tensors, strict=True)], i
 
-    def lrs() -> list[Any]:  # a tensor lr is written in place: each optimizer its own
-        return [0.1, torch.tensor(0.01, dtype=torch.float64)]
+    def train(world_size: int, steps: range, checkpoint: bytes | None = None) -> Recorder:
+        """The job on `world_size` ranks for `steps`, resumed from `checkpoint` if given (a
+        tensor lr is written in place: each optimizer gets its own)."""
+        layers, opt = model_and_optimizer([0.1, torch.tensor(0.01, dtype=torch.float64)])
+        sched = LrpilotScheduler(
+            opt, client, run, "cosine", params=params, scaling=scaling, world_size=world_size
+        )
+        if checkpoint is not None:
+            saved = load(checkpoint)
+            opt.load_state_dict(saved["optimizer"])
+            sched.load_state_dict(saved["scheduler"])
+        assert sched.last_epoch == steps.start
+        rec = Recorder(opt)
+        for k in steps:
+            train_step(layers, opt, k)
+            sched.step()
+            if sched.last_epoch == 20:
+                saved_at[20] = save(sched, opt, layers)
+        return rec
 
-    layers, opt = model_and_optimizer(lrs())
-    sched = LrpilotScheduler(
-        opt, client, run, "cosine", params=params, scaling=scaling, world_size=4, ahead=16
-    )
-    rec = Recorder(opt)
-    checkpoint = b""
-    for k in range(30):
-        train_step(layers, opt, k)
-        sched.step()
-        if sched.last_epoch == 20:
-            checkpoint = save(sched, opt, layers)
-    used_as(2.0, rec, 0)  # 4 ranks where the lrs were tuned for 2
+    saved_at: dict[int, bytes] = {}
+    used_as(2.0, train(4, range(30)), 0)  # 4 ranks where the lrs were tuned for 2
 
     # an elastic launcher restarts the job on 1 rank, from the checkpoint at step 20
-    saved = load(checkpoint)
-    layers2, opt2 = model_and_optimizer(lrs())
-    again = LrpilotScheduler(
-        opt2, client, run, "cosine", params=params, scaling=scaling, world_size=1, ahead=16
-    )
-    opt2.load_state_dict(saved["optimizer"])
-    again.load_state_dict(saved["scheduler"])
-    rec2 = Recorder(opt2)
-    for k in range(20, 50):
-        train_step(layers2, opt2, k)
-        again.step()
-    used_as(0.5, rec2, 20)
-    check_used(reader, rec2, {0: run}, first=20)
-
+    at_20 = saved_at[20]
+    rec = train(1, range(20, 50), at_20)
+    used_as(0.5, rec, 20)
+    check_used(reader, rec, {0: run}, first=20)
     log = [(d.step, d.action, d.scale) for d in reader.iter_decisions(run)]
     assert log == [(0, "scale", 2.0), (20, "scale", 0.5)]  # from where the job resumed
     assert reader.verify(run).ok
 
     # a restart from the same checkpoint on 3 ranks: the resize at 20 is superseded
-    saved = load(checkpoint)
-    layers3, opt3 = model_and_optimizer(lrs())
-    third = LrpilotScheduler(
-        opt3, client, run, "cosine", params=params, scaling=scaling, world_size=3, ahead=16
-    )
-    opt3.load_state_dict(saved["optimizer"])
-    third.load_state_dict(saved["scheduler"])
-    rec3 = Recorder(opt3)
-    for k in range(20, 30):
-        train_step(layers3, opt3, k)
-        third.step()
-    used_as(1.5, rec3, 20)
+    used_as(1.5, train(3, range(20, 30), at_20), 20)
     log = [(d.step, d.action, d.scale) for d in reader.iter_decisions(run)]
     assert log[2:] == [(19, "rewind", 2.0), (20, "scale", 1.5)]
     assert [d["step"] for d in superseded(server, run)] == [20]
