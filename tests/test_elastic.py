@@ -494,3 +494,30 @@ def test_a_rewind_below_a_resize_past_the_last_step_supersedes_it(api: TestClien
     # a resize from an earlier step is possible again
     assert strict_json(resize(api, "past", step=160, world_size=4).text)["lrs"] == [0.05]
     verified(api, "past")
+
+
+def test_a_policy_whose_state_says_scale_is_read_right(api: TestClient) -> None:
+    """scaled@1's state has a "scale" of its own (plateau control as a scale): the factor of
+    an elastic run is the entry's, never a key of the policy's state."""
+    spec = {
+        "policy": {
+            "name": "scaled",
+            "version": 1,
+            "params": {
+                "schedule": {"name": "cosine", "version": 1, "params": {"T_max": 40}},
+                "plateau": {"name": "plateau", "version": 1, "params": {"patience": 0}},
+            },
+        },
+        "base_lrs": [0.01],
+    }
+    for run_id, scaling in (("plain", None), ("elastic", WORLD)):
+        assert api.put(f"/v1/runs/{run_id}", json={**spec, "scaling": scaling}).status_code == 201
+        post(api, run_id, 5, 1.0)
+        post(api, run_id, 10, 1.5)  # patience 0: the scale drops
+    plain = api.get("/v1/runs/plain/lrs?from=0&count=20").json()["lrs"]
+    assert api.get("/v1/runs/elastic/lrs?from=0&count=20").json()["lrs"] == plain
+    resize(api, "elastic", step=12, world_size=16)
+    served = api.get("/v1/runs/elastic/lrs?from=0&count=20").json()["lrs"]
+    assert served == plain[:12] + [[lr * 2.0 for lr in lrs] for lrs in plain[12:]]
+    assert api.get("/v1/runs/elastic/lr?step=15").json()["lrs"] == [plain[15][0] * 2.0]
+    verified(api, "elastic")

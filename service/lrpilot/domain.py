@@ -209,13 +209,6 @@ def in_force(head: RunHead) -> InForce | None:
     return InForce.of(None if head.scaling is None else json.loads(head.scaling), scale)
 
 
-def body_factor(body: str | None) -> float:
-    """The factor on the lrs of a stored entry (1.0 when it carries none)."""
-    if body is None or f'"{SCALE}":' not in body:
-        return 1.0
-    return parse_float(json.loads(body)[SCALE])
-
-
 def scale_entry(
     head: RunHead, step: int, size: int, created_at: str, client: dict[str, Any] | None = None
 ) -> NewDecision:
@@ -288,9 +281,13 @@ def _initial(head: RunHead) -> State:
     return policy.init(params, tuple(parse_float(x) for x in json.loads(head.base_lrs)))
 
 
-def _state_in(policy: Policy, body: str) -> State:
-    """The policy state a stored decision (or rewind entry) left."""
-    return policy.load_state(json.loads(body)["state"])
+def _in_force(policy: Policy, head: RunHead, body: str | None) -> tuple[State, float]:
+    """The policy state a stored entry left and the scaling rule's factor on its lrs (1.0 when
+    it carries none); before the first entry (None), the initial state."""
+    if body is None:
+        return _initial(head), 1.0
+    doc = json.loads(body)
+    return policy.load_state(doc["state"]), parse_float(doc.get(SCALE, 1.0))
 
 
 def retried(head: RunHead, step: int, value: float, stored: str | None) -> str:
@@ -446,8 +443,8 @@ class Decisions:
         else:
             policy, params = resolved(head.policy, head.params, head.base_lrs)
             seq, at, body = row if row is not None else (None, None, None)
-            state = _initial(head) if body is None else _state_in(policy, body)
-            lrs = scaled(policy.lrs_at(params, state, step), body_factor(body))
+            state, by = _in_force(policy, head, body)
+            lrs = scaled(policy.lrs_at(params, state, step), by)
         if step is None:
             certain = True
         else:
@@ -474,14 +471,13 @@ class Decisions:
         count = max(1, min(count, MAX_LRS_VALUES // max(1, groups)))
         last = first + count - 1
         policy, params = resolved(head.policy, head.params, head.base_lrs)
-        state = _initial(head) if before is None else _state_in(policy, before)
-        by = body_factor(before)
+        state, by = _in_force(policy, head, before)
         changes = iter(within)  # (step, body), in step order
         upcoming = next(changes, None)
         lrs: list[list[float]] = []
         for step in range(first, last + 1):
             while upcoming is not None and upcoming[0] <= step:
-                state, by = _state_in(policy, upcoming[1]), body_factor(upcoming[1])
+                state, by = _in_force(policy, head, upcoming[1])
                 upcoming = next(changes, None)
             lrs.append(scaled(policy.lrs_at(params, state, step), by))
         if policy.open_loop:

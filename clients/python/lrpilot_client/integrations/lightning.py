@@ -25,20 +25,18 @@ Needs lightning and torch (`pip install 'lrpilot-client[lightning]'`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 
-from ..client import Client
-from ..models import Decision
-from ._common import DEFAULT_AHEAD, logger
+from ._callback import SchedulerCallback
+from ._common import logger
 from .torch import LrpilotScheduler
 
 __all__ = ["LrpilotCallback"]
 
 
-class LrpilotCallback(pl.Callback):
+class LrpilotCallback(SchedulerCallback, pl.Callback):
     """Applies the run's lrs at every training step and posts `metric` (default `val_loss`,
     a key of `trainer.callback_metrics`) after each validation (not the sanity check).
 
@@ -56,38 +54,10 @@ class LrpilotCallback(pl.Callback):
     `trainer.should_stop`. Every rank posts the same (synced) metric: the service dedupes them.
     """
 
-    def __init__(
-        self,
-        client: Client | None = None,
-        run_id: str | None = None,
-        policy: str | None = "plateau",
-        version: int = 1,
-        params: Mapping[str, Any] | None = None,
-        metric: str = "val_loss",
-        labels: Mapping[str, str] | None = None,
-        *,
-        ahead: int = DEFAULT_AHEAD,
-        stop_training: bool = True,
-    ) -> None:
-        if (client is None) != (run_id is None):
-            raise ValueError("give both client and run_id, or neither (the module's scheduler)")
-        self.client = client
-        self.run_id = run_id
-        self.policy = policy
-        self.version = version
-        self.params = params
-        self.metric = metric
-        self.labels = labels
-        self.ahead = ahead
-        self.stop_training = stop_training
-        self.scheduler: LrpilotScheduler | None = None
-        self.owned = False
-        self._restored: dict[str, Any] | None = None
-
-    @property
-    def last_decision(self) -> Decision | None:
-        """The decision of the last validation posted."""
-        return None if self.scheduler is None else self.scheduler.last_decision
+    owner = "the module's scheduler"
+    default_metric = "val_loss"
+    # Lightning restores callbacks before the optimizers exist: kept until on_train_start
+    _restored: dict[str, Any] | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for config in trainer.lr_scheduler_configs:
@@ -107,16 +77,12 @@ class LrpilotCallback(pl.Callback):
             )
         if not trainer.optimizers:
             raise ValueError("the Trainer has no optimizer")
-        self.scheduler = LrpilotScheduler(
-            trainer.optimizers[0], self.client, self.run_id, self.policy, self.version,
-            self.params, self.metric, self.labels, ahead=self.ahead,
-        )  # fmt: skip
-        self.owned = True
+        scheduler = self.build_scheduler(trainer.optimizers[0])
         if self._restored:
-            self.scheduler.load_state_dict(self._restored)
+            scheduler.load_state_dict(self._restored)
             self._restored = None
         elif trainer.global_step > 0:
-            self.scheduler.resume(trainer.global_step, observed_step=trainer.global_step)
+            scheduler.resume(trainer.global_step, observed_step=trainer.global_step)
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int

@@ -29,15 +29,14 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..client import Client
-from ..models import Decision
-from ._common import DEFAULT_AHEAD, logger
+from ._callback import SchedulerCallback
+from ._common import logger
 from .torch import LrpilotScheduler
 
 __all__ = ["LrpilotCallback"]
 
 
-class LrpilotCallback(TrainerCallback):
+class LrpilotCallback(SchedulerCallback, TrainerCallback):
     """Sets the optimizer's lrs to the run's at every training step, and posts each
     evaluation's `metric` (default `eval_loss`, a key of the Trainer's eval metrics).
 
@@ -60,37 +59,8 @@ class LrpilotCallback(TrainerCallback):
     distributed job posts the same gathered metric: the service dedupes them.
     """
 
-    def __init__(
-        self,
-        client: Client | None = None,
-        run_id: str | None = None,
-        policy: str | None = "plateau",
-        version: int = 1,
-        params: Mapping[str, Any] | None = None,
-        metric: str = "eval_loss",
-        labels: Mapping[str, str] | None = None,
-        *,
-        ahead: int = DEFAULT_AHEAD,
-        stop_training: bool = True,
-    ) -> None:
-        if (client is None) != (run_id is None):
-            raise ValueError("give both client and run_id, or neither (the Trainer's scheduler)")
-        self.client = client
-        self.run_id = run_id
-        self.policy = policy
-        self.version = version
-        self.params = params
-        self.metric = metric
-        self.labels = labels
-        self.ahead = ahead
-        self.stop_training = stop_training
-        self.scheduler: LrpilotScheduler | None = None
-        self.owned = False  # the callback built the scheduler (else it is the Trainer's)
-
-    @property
-    def last_decision(self) -> Decision | None:
-        """The decision of the last evaluation posted."""
-        return None if self.scheduler is None else self.scheduler.last_decision
+    owner = "the Trainer's scheduler"
+    default_metric = "eval_loss"
 
     def on_train_begin(
         self,
@@ -118,14 +88,12 @@ class LrpilotCallback(TrainerCallback):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"the Trainer's optimizer is not a torch optimizer: {optimizer!r}")
-        if self.scheduler is None or self.scheduler.optimizer is not optimizer:
-            self.scheduler = LrpilotScheduler(
-                optimizer, self.client, self.run_id, self.policy, self.version, self.params,
-                self.metric, self.labels, ahead=self.ahead,
-            )  # fmt: skip
+        scheduler = self.scheduler
+        if scheduler is None or scheduler.optimizer is not optimizer:
+            scheduler = self.build_scheduler(optimizer)
         self.owned = True
         if state.global_step > 0:
-            self.scheduler.resume(state.global_step, observed_step=state.global_step)
+            scheduler.resume(state.global_step, observed_step=state.global_step)
 
     def on_step_begin(
         self,

@@ -1,0 +1,65 @@
+"""What the transformers and Lightning callbacks share: the run's spec they were given, and
+the `LrpilotScheduler` they build on the trainer's optimizer (or find as the trainer's own)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ..client import Client
+from ..models import Decision
+from ._common import DEFAULT_AHEAD
+from .torch import LrpilotScheduler
+
+
+class SchedulerCallback:
+    """A callback's run (`client`, `run_id` and the spec, or none of them: then the trainer's
+    own `LrpilotScheduler` is used) and the scheduler in charge (`scheduler`; `owned` when the
+    callback built it)."""
+
+    owner = "the trainer's scheduler"  # what "neither client nor run_id" means, for the error
+    default_metric = "val_loss"  # the framework's name of the validation loss
+
+    def __init__(
+        self,
+        client: Client | None = None,
+        run_id: str | None = None,
+        policy: str | None = "plateau",
+        version: int = 1,
+        params: Mapping[str, Any] | None = None,
+        metric: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        *,
+        ahead: int = DEFAULT_AHEAD,
+        stop_training: bool = True,
+    ) -> None:
+        if (client is None) != (run_id is None):
+            raise ValueError(f"give both client and run_id, or neither ({self.owner})")
+        self.client = client
+        self.run_id = run_id
+        self.policy = policy
+        self.version = version
+        self.params = params
+        self.metric = metric or self.default_metric
+        self.labels = labels
+        self.ahead = ahead
+        self.stop_training = stop_training
+        self.scheduler: LrpilotScheduler | None = None
+        self.owned = False  # the callback built the scheduler (else it is the trainer's)
+
+    @property
+    def last_decision(self) -> Decision | None:
+        """The decision of the last evaluation posted."""
+        return None if self.scheduler is None else self.scheduler.last_decision
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> LrpilotScheduler:
+        """The callback's own scheduler on `optimizer`, from the spec it was given."""
+        assert self.client is not None and self.run_id is not None
+        self.scheduler = LrpilotScheduler(
+            optimizer, self.client, self.run_id, self.policy, self.version, self.params,
+            self.metric, self.labels, ahead=self.ahead,
+        )  # fmt: skip
+        self.owned = True
+        return self.scheduler
