@@ -3,9 +3,12 @@ every rank gets the one decision taken from their weighted mean (a real server).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
+from pathlib import Path
 
-from lrpilot_client import Client
+from lrpilot_client import Client, Decision
 from tests.harness import LiveServer
 
 
@@ -35,3 +38,47 @@ def test_ranks_get_one_decision_from_their_weighted_mean(live_server: LiveServer
         assert [d.step for d in admin.iter_decisions("agg")] == [100]  # decided once
         # the same spec again (a restarted job) returns the run; another aggregate is a 409
         assert admin.create_run("agg", aggregate=aggregate, **spec).run_id == "agg"
+
+
+def test_a_rank_whose_report_meets_a_locked_database_waits_it_out_and_gets_the_decision(
+    tmp_path: Path,
+) -> None:
+    """A provisional answer to one rank of an aggregated run would let it train on other lrs
+    than its peers if the service then decides without it: a rank's report rides out a 503
+    (Retry-After) with retries, even in "buffer" mode, and the client reads its answer for as
+    long as the run's timeout_s (learned from the run's spec) lets the service wait."""
+    db = tmp_path / "locked.db"
+    server = LiveServer(f"sqlite:///{db}", env={"LRPILOT_DB_TIMEOUT_S": "0.3"}).start()
+    try:
+        aggregate = {"timeout_s": 30, "on_timeout": "decide"}
+        answers: dict[int, Decision] = {}
+        # the client's own timeout is shorter than the wait for rank 1: the run's spec says how
+        # long to read
+        clients = {r: Client(server.url, timeout=2.0) for r in (0, 1)}
+        for client in clients.values():
+            client.create_run("locked", params={"patience": 0}, base_lrs=[0.1], aggregate=aggregate)
+
+        def rank(r: int) -> None:
+            answers[r] = clients[r].observe("locked", 10, 1.0 + r, rank=r, world_size=2)
+
+        first = threading.Thread(target=rank, args=(0,))
+        first.start()
+        time.sleep(3.0)  # rank 0 waits for rank 1, longer than its client's timeout
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # a backup, a migration, another writer
+        second = threading.Thread(target=rank, args=(1,))
+        second.start()
+        time.sleep(1.5)  # rank 1's first tries get 503 with Retry-After
+        holder.execute("ROLLBACK")
+        holder.close()
+        first.join(timeout=60)
+        second.join(timeout=60)
+        d0, d1 = answers[0], answers[1]
+        assert not d1.provisional and not d0.provisional
+        assert d0 == d1 and d0.counted == (0, 1) and d0.missing_ranks == ()
+        assert [r["value"] for r in d0.ranks] == [1.0, 2.0]
+        assert clients[1].pending == ()
+    finally:
+        for client in clients.values():
+            client.close()
+        server.stop()

@@ -332,6 +332,26 @@ class Pending(Exception):
         self.deadline = deadline
 
 
+class _StepWait:
+    """The ranks of this process waiting for one step of an aggregated run: the decision, once
+    this process commits it, and the one read of the database a poll that they share."""
+
+    def __init__(self, decided: asyncio.Future[str]) -> None:
+        self.decided = decided
+        self.waiters = 0
+        self._read: asyncio.Future[str | None] | None = None
+        self._read_at = 0.0
+
+    async def poll(self, read: Callable[[], str | None]) -> str | None:
+        """``read()`` on a thread, or the answer of the one a waiter started less than half a
+        poll ago (the waiters' polls are staggered: they would read one after the other)."""
+        fresh = time.monotonic() - self._read_at < WAIT_POLL_S / 2
+        if self._read is None or (self._read.done() and not fresh):
+            self._read = asyncio.ensure_future(asyncio.to_thread(read))
+            self._read_at = time.monotonic()
+        return await asyncio.shield(self._read)
+
+
 class Decisions:
     """The decision path of the service: observations in, sealed and stored decisions out."""
 
@@ -340,6 +360,7 @@ class Decisions:
         # however long the database is locked or slow, a request waits this long at the most
         self._timeout = settings.db_timeout_s
         self._waiting: dict[str, asyncio.Event] = {}  # runs readers wait on (leader mode)
+        self._steps: dict[tuple[str, int], _StepWait] = {}  # steps ranks wait on (aggregated)
         self._writer: GroupCommit[Posted, str]
         if store.is_sqlite:  # statements that never wait on the network: batches on the loop
             self._writer = Inline(self._prepare_now, busy=Busy)
@@ -367,7 +388,7 @@ class Decisions:
             body = await self._submit(posted)
         except Pending as pending:
             return await self._when_aggregated(run_id, step, pending.deadline)
-        self._decided(run_id)
+        self._decided(run_id, step, body)
         return body
 
     async def _submit(self, posted: Posted) -> str:
@@ -382,30 +403,49 @@ class Decisions:
         """The decision of ``step`` once the other ranks have reported (a decision in this
         process wakes the wait; it looks every ``WAIT_POLL_S`` for other replicas'), or at
         ``deadline`` what the run's ``on_timeout`` says: decide with the ranks present (whoever
-        locks the run first decides; the others find that decision), or refuse."""
-        while True:
-            left = deadline - time.time()
-            if left <= 0:
-                try:
-                    body = await self._submit(Posted(run_id, step, math.nan, timed_out=True))
-                except Pending as later:  # another replica's clock: wait on
-                    deadline = max(later.deadline, time.time() + WAIT_POLL_S)
-                    continue
-                self._decided(run_id)
-                return body
-            event = self._waiting.setdefault(run_id, asyncio.Event())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, WAIT_POLL_S)):
-                    await event.wait()
-            decided = await asyncio.to_thread(self.store.decided_step, run_id, step)
-            if decided is not None:
-                return decided
+        locks the run first decides; the others find that decision), or refuse.
 
-    def _decided(self, run_id: str) -> None:
-        """Wake the readers waiting on this run (in this process: others poll)."""
+        The ranks of one step in this process share their wait: the decision made here is
+        handed to all of them as it is committed, and they share one read a poll for the
+        decisions of other replicas (with hundreds of ranks, a read each was most of a step's
+        time)."""
+        key = (run_id, step)
+        wait = self._steps.get(key)
+        if wait is None:
+            wait = self._steps[key] = _StepWait(asyncio.get_running_loop().create_future())
+        wait.waiters += 1
+        try:
+            while True:
+                left = deadline - time.time()
+                if left <= 0:
+                    try:
+                        body = await self._submit(Posted(run_id, step, math.nan, timed_out=True))
+                    except Pending as later:  # another replica's clock: wait on
+                        deadline = max(later.deadline, time.time() + WAIT_POLL_S)
+                        continue
+                    self._decided(run_id, step, body)
+                    return body
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(left, WAIT_POLL_S)):
+                        return await asyncio.shield(wait.decided)
+                decided = await wait.poll(lambda: self.store.decided_step(run_id, step))
+                if decided is not None:
+                    return decided
+        finally:
+            wait.waiters -= 1
+            if not wait.waiters and self._steps.get(key) is wait:
+                del self._steps[key]
+
+    def _decided(self, run_id: str, step: int | None = None, body: str | None = None) -> None:
+        """Wake the readers waiting on this run (in this process: others poll), and hand the
+        decision of ``step`` (just committed, so live) to the ranks waiting for it."""
         waiting = self._waiting.pop(run_id, None)
         if waiting is not None:
             waiting.set()
+        if step is not None and body is not None:
+            wait = self._steps.pop((run_id, step), None)
+            if wait is not None and not wait.decided.done():
+                wait.decided.set_result(body)
 
     async def lr_when_decided(self, run_id: str, step: int, wait_s: float) -> dict[str, Any]:
         """``lr_at(step)`` once the run is decided through ``step`` (a decision at or after
@@ -685,12 +725,20 @@ def _aggregate_in(
                 f"{weight!r}): a rank's report of a step cannot change"
             )
     else:
-        mine = Report(item.rank, item.world_size, item.value, weight, now())
-        tx.add_report(run_id, step, mine, item.client)
+        mine = Report(item.rank, item.world_size, item.value, weight, now(), item.client)
+        tx.add_report(run_id, step, mine)
         reports = sorted([*reports, mine], key=lambda r: r.rank)
     if len(reports) == item.world_size:
         return _decide_reports(tx, head, step, reports, [], timeout_s, heads)
     return Pending(_deadline(reports, timeout_s))
+
+
+def _rank_entry(report: Report) -> dict[str, Any]:
+    """A counted rank in its step's decision: its report, and who posted it when declared."""
+    entry: dict[str, Any] = {"rank": report.rank, "value": report.value, "weight": report.weight}
+    if report.client:
+        entry["client"] = report.client
+    return entry
 
 
 def _decide_reports(
@@ -705,9 +753,7 @@ def _decide_reports(
     """The step's decision from the weighted mean of ``reports`` (in rank order); when the
     ranks report a new world_size and the run scales by it, a scale entry first."""
     head, _ = _resized(tx, head, step, "world_size", reports[0].world_size, heads)
-    aggregated: dict[str, Any] = {
-        "ranks": [{"rank": r.rank, "value": r.value, "weight": r.weight} for r in reports]
-    }
+    aggregated: dict[str, Any] = {"ranks": [_rank_entry(r) for r in reports]}
     if missing:
         aggregated["missing_ranks"] = list(missing)
         aggregated["timeout_s"] = timeout_s

@@ -55,6 +55,16 @@ class Call(Generic[T]):
     read: Callable[[object], T]
     params: Mapping[str, str | int] | None = None
     body: Mapping[str, Any] | None = None
+    read_timeout: float | None = None  # longer than the client's: an answer that waits
+
+    def timeout(self, default: httpx.Timeout) -> httpx.Timeout:
+        """The client's timeouts, with this call's longer read timeout if it has one."""
+        if self.read_timeout is None:
+            return default
+        read = max(default.read or 0.0, self.read_timeout)
+        return httpx.Timeout(
+            connect=default.connect, read=read, write=default.write, pool=default.pool
+        )
 
     def describe(self) -> str:
         """`METHOD /path`, for error messages."""

@@ -17,6 +17,7 @@ an unknown run): it is taken out of the outbox and raised by the call that sent 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -48,11 +49,28 @@ DEFAULT_OUTBOX_SIZE = 10_000
 PROBE_CONNECT_TIMEOUT = 2.0
 
 
-def observe_call(obs: PendingObservation) -> Call[Decision]:
-    """The request that sends `obs`, exactly as it was made."""
-    return _calls.observe(
+# An aggregated rank's answer waits for the other ranks (up to the run's `timeout_s`): its read
+# timeout is that wait and this margin, or `UNKNOWN_AGGREGATE_WAIT` while the client has not
+# seen the run's spec (a read timeout then only means a retry, which counts the rank once).
+AGGREGATE_MARGIN = 10.0
+UNKNOWN_AGGREGATE_WAIT = 60.0
+
+
+def aggregated(obs: PendingObservation) -> bool:
+    """An aggregated run's report: one rank's, of `world_size`."""
+    return obs.rank is not None and obs.world_size is not None
+
+
+def observe_call(obs: PendingObservation, wait: float | None = None) -> Call[Decision]:
+    """The request that sends `obs`, exactly as it was made; a rank's report (aggregated
+    mode) may wait `wait` seconds (the run's timeout_s) for the others."""
+    call = _calls.observe(
         obs.run_id, obs.step, obs.value, obs.rank, obs.world_size, obs.client, obs.weight
     )
+    if not aggregated(obs):
+        return call
+    read = (UNKNOWN_AGGREGATE_WAIT if wait is None else wait) + AGGREGATE_MARGIN
+    return dataclasses.replace(call, read_timeout=read)
 
 
 def probe_timeout(timeout: httpx.Timeout) -> httpx.Timeout:
@@ -314,6 +332,7 @@ class Resilience:
         self.outbox = Outbox(outbox_size, outbox_path)
         self.memory = Memory()
         self.heads: dict[str, str] = {}  # the hash of the last decision received, per run
+        self.waits: dict[str, float] = {}  # aggregated runs' timeout_s, from their specs
         self._full_warned = False
 
     # --- when to send, and how ---------------------------------------------------------------
@@ -323,24 +342,34 @@ class Resilience:
         service is known down and its next try is not due."""
         return not self.buffering or self.outage.due()
 
-    def attempts(self) -> Attempts:
+    def attempts(self, obs: PendingObservation | None = None) -> Attempts:
         """The attempts of an observation, a read or a buffered observation.
 
         "raise" mode: the policy's retries, as always. "buffer" mode: the policy's retries while
         the service is believed up, a single try while it is known down; a `Retry-After` ends
-        them at once (the outage schedule waits it out, the training step does not).
+        them at once (the outage schedule waits it out, the training step does not), except
+        for a rank's report of an aggregated run, which waits it out: its peers wait for it
+        in the job's next collective anyway, and a rank that went on with a provisional
+        answer would train on other lrs than theirs if the service decides without it.
         """
         if not self.buffering:
             return self.policy.attempts()
         if self.outage.down:
             return Attempts(self.policy, retries=0, max_retry_after=0.0, probe=True)
+        if obs is not None and aggregated(obs):
+            return self.policy.attempts()
         return Attempts(self.policy, max_retry_after=0.0)
+
+    def observe_call(self, obs: PendingObservation) -> Call[Decision]:
+        return observe_call(obs, self.waits.get(obs.run_id))
 
     def answered(self, result: object) -> None:
         """An answer came: the service is up; learn the rates (and head hash) it carries."""
         self.outage.recovered()
         self._full_warned = False
         self.memory.learn(result)
+        if isinstance(result, Run) and result.aggregate:
+            self.waits[result.run_id] = float(result.aggregate["timeout_s"])
         if isinstance(result, Decision) and not result.provisional:
             self.heads[result.run_id] = result.hash
         elif isinstance(result, Rewound | Resized) and result.decision is not None:

@@ -14,7 +14,7 @@ import httpx
 
 from . import _calls
 from ._calls import Call
-from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, observe_call, probe_timeout
+from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, probe_timeout
 from ._retry import Attempts, RetryPolicy
 from .client import (
     DEFAULT_BASE_URL,
@@ -144,7 +144,7 @@ class AsyncClient:
         """See `Client._send`."""
         if attempts is None:
             attempts = self._retry.attempts()
-        timeout = self._probe_timeout if attempts.probe else httpx.USE_CLIENT_DEFAULT
+        timeout = self._probe_timeout if attempts.probe else call.timeout(self._http.timeout)
         for wait in attempts:
             if wait > 0:
                 await asyncio.sleep(wait)
@@ -169,7 +169,7 @@ class AsyncClient:
             try:
                 while (obs := res.next_to_send()) is not None:
                     try:
-                        decision = await self._send(observe_call(obs), res.attempts())
+                        decision = await self._send(res.observe_call(obs), res.attempts(obs))
                     except ServiceUnavailableError as exc:
                         res.unreachable(exc)
                         return
@@ -256,7 +256,7 @@ class AsyncClient:
         await self._flush_pending()
         if res.due() and not len(res.outbox):  # nothing older of it may be overtaken
             try:
-                decision = await self._send(observe_call(obs), res.attempts())
+                decision = await self._send(res.observe_call(obs), res.attempts(obs))
             except ServiceUnavailableError as exc:
                 res.unreachable(exc)
             else:

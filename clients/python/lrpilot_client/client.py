@@ -15,7 +15,7 @@ import httpx
 
 from . import _calls
 from ._calls import Call
-from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, observe_call, probe_timeout
+from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, probe_timeout
 from ._retry import Attempts, RetryPolicy
 from .errors import LrpilotError, ResponseError, ServiceUnavailableError
 from .models import (
@@ -180,7 +180,7 @@ class Client:
         """Send `call` with its retries (the policy's unless given); no outage handling."""
         if attempts is None:
             attempts = self._retry.attempts()
-        timeout = self._probe_timeout if attempts.probe else httpx.USE_CLIENT_DEFAULT
+        timeout = self._probe_timeout if attempts.probe else call.timeout(self._http.timeout)
         for wait in attempts:
             if wait > 0:
                 time.sleep(wait)
@@ -209,7 +209,7 @@ class Client:
             try:
                 while (obs := res.next_to_send()) is not None:
                     try:
-                        decision = self._send(observe_call(obs), res.attempts())
+                        decision = self._send(res.observe_call(obs), res.attempts(obs))
                     except ServiceUnavailableError as exc:
                         res.unreachable(exc)
                         return
@@ -326,7 +326,7 @@ class Client:
         self._flush_pending()
         if res.due() and not len(res.outbox):  # nothing older of it may be overtaken
             try:
-                decision = self._send(observe_call(obs), res.attempts())
+                decision = self._send(res.observe_call(obs), res.attempts(obs))
             except ServiceUnavailableError as exc:
                 res.unreachable(exc)
             else:

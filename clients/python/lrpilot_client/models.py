@@ -206,6 +206,8 @@ class Run:
     # step); empty for a run without a scaling rule
     scaling: Mapping[str, Any] = field(default_factory=dict)
     scale: Mapping[str, Any] = field(default_factory=dict)
+    # aggregated mode: timeout_s and on_timeout; empty for a leader-mode run
+    aggregate: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, raw: object) -> Run:
@@ -226,7 +228,12 @@ class Run:
             head_hash=f.opt_text("head_hash"),
             scaling=f.opt_obj("scaling"),
             scale=f.opt_obj("scale"),
+            aggregate=f.opt_obj("aggregate"),
         )
+
+
+def _has(raw: object, key: str) -> bool:
+    return isinstance(raw, dict) and raw.get(key) is not None
 
 
 @dataclass(frozen=True)
@@ -268,6 +275,11 @@ class Decision:
     # entry (`action` "scale"), `resize` says by what, from which size, to which
     scale: float | None = None
     resize: Mapping[str, Any] | None = None
+    # aggregated runs: the ranks counted (each its rank, value, weight and, when declared, the
+    # client), and for a step decided at the timeout the ranks missing and that timeout
+    ranks: tuple[Mapping[str, Any], ...] = ()
+    missing_ranks: tuple[int, ...] = ()
+    timeout_s: float | None = None
 
     @property
     def lr(self) -> float:
@@ -303,7 +315,15 @@ class Decision:
             rewind=f.opt_obj("rewind") or None,
             scale=f.opt_number("scale"),
             resize=f.opt_obj("resize") or None,
+            ranks=tuple(f.array("ranks")) if _has(raw, "ranks") else (),
+            missing_ranks=tuple(f.array("missing_ranks")) if _has(raw, "missing_ranks") else (),
+            timeout_s=f.opt_number("timeout_s"),
         )
+
+    @property
+    def counted(self) -> tuple[int, ...]:
+        """The ranks whose reports this decision counted (aggregated runs; empty otherwise)."""
+        return tuple(int(r["rank"]) for r in self.ranks)
 
 
 @dataclass(frozen=True)

@@ -319,7 +319,8 @@ class DecisionOut(BaseModel):
     )
     ranks: list[dict[str, Any]] | None = Field(
         default=None,
-        description="aggregated mode: each counted rank's rank, value and weight (`value` is "
+        description="aggregated mode: each counted rank's rank, value, weight and client (when "
+        "declared; `value` is "
         "their weighted mean); absent otherwise",
     )
     missing_ranks: list[int] | None = Field(

@@ -7,6 +7,7 @@ between the database and the decision it produces.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +104,4 @@ class Report:
     value: float
     weight: float
     created_at: str
+    client: dict[str, Any] | None = None  # who posted it, as it declared itself

@@ -9,6 +9,7 @@ up with ``Unavailable``; every wait for the database is bounded by ``Settings.db
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -93,6 +94,10 @@ class WriteTx:
         # among them by step (a scale entry may share its step with the decision after it)
         self._appended: list[NewDecision] = []
         self._decided: dict[tuple[str, int], NewDecision] = {}
+        # the reports of the steps read in this transaction (the run is locked: only this
+        # transaction adds any), so that each report of a batch does not read them all again
+        self._reports: dict[tuple[str, int], list[Report]] = {}
+        self._new_reports: list[tuple[Any, ...]] = []  # rows written at once by flush()
 
     def session(self) -> Session:
         """An ORM session inside this transaction, for the paths that are not hot."""
@@ -159,23 +164,36 @@ class WriteTx:
 
     def reports_at(self, run_id: str, step: int) -> list[Report]:
         """The ranks' reports of the run's ``step`` (aggregated mode), in rank order."""
-        rows = self._execute(
-            "SELECT rank, world_size, value, weight, created_at FROM reports "
-            "WHERE run_id = ? AND step = ? ORDER BY rank",
-            (run_id, step),
-        ).fetchall()
-        return [
-            Report(int(r[0]), int(r[1]), parse_float(_token(r[2])), float(r[3]), str(r[4]))
-            for r in rows
-        ]
+        known = self._reports.get((run_id, step))
+        if known is None:
+            rows = self._execute(
+                "SELECT rank, world_size, value, weight, created_at, client FROM reports "
+                "WHERE run_id = ? AND step = ? ORDER BY rank",
+                (run_id, step),
+            ).fetchall()
+            known = self._reports[(run_id, step)] = [
+                Report(
+                    int(r[0]),
+                    int(r[1]),
+                    parse_float(_token(r[2])),
+                    float(r[3]),
+                    str(r[4]),
+                    None if r[5] is None else json.loads(r[5]),
+                )
+                for r in rows
+            ]
+        return list(known)
 
-    def add_report(
-        self, run_id: str, step: int, report: Report, client: dict[str, Any] | None
-    ) -> None:
-        """Store a rank's report of a step (the run is locked: no other writer adds it)."""
-        self._execute(
-            "INSERT INTO reports (run_id, step, rank, world_size, value, weight, client, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    def add_report(self, run_id: str, step: int, report: Report) -> None:
+        """Store a rank's report of a step (the run is locked: no other writer adds it). It
+        is written by ``flush``, with the batch's others; a step decided in this transaction
+        never writes its reports at all."""
+        known = self._reports.get((run_id, step))
+        if known is None:
+            self.reports_at(run_id, step)
+            known = self._reports[(run_id, step)]
+        bisect.insort(known, report, key=lambda r: r.rank)
+        self._new_reports.append(
             (
                 run_id,
                 step,
@@ -183,18 +201,23 @@ class WriteTx:
                 report.world_size,
                 canonical_json(report.value),
                 report.weight,
-                None if client is None else canonical_json(client),
+                None if report.client is None else canonical_json(report.client),
                 report.created_at,
-            ),
+            )
         )
 
     def drop_reports(self, run_id: str, step: int) -> None:
         """Forget a decided step's reports: its decision lists them."""
         self._execute("DELETE FROM reports WHERE run_id = ? AND step = ?", (run_id, step))
+        self._reports.pop((run_id, step), None)
+        self._new_reports = [r for r in self._new_reports if r[:2] != (run_id, step)]
 
     def drop_reports_after(self, run_id: str, step: int) -> None:
         """Forget the reports of the steps after ``step`` (a rewind: they will come again)."""
         self._execute("DELETE FROM reports WHERE run_id = ? AND step > ?", (run_id, step))
+        for key in [k for k in self._reports if k[0] == run_id and k[1] > step]:
+            del self._reports[key]
+        self._new_reports = [r for r in self._new_reports if r[0] != run_id or r[1] <= step]
 
     def live_at_or_before(self, run_id: str, step: int) -> tuple[int, str] | None:
         """(seq, body) of the run's last live entry at or before ``step``, if any."""
@@ -247,8 +270,18 @@ class WriteTx:
             self._decided[(decision.run_id, decision.step)] = decision
 
     def flush(self) -> None:
-        """Write the appended decisions (one statement), then move each run's head to its last
-        decision (one UPDATE a run)."""
+        """Write the reports added (one statement) and the appended decisions (one
+        statement), then move each run's head to its last decision (one UPDATE a run)."""
+        if self._new_reports:
+            self._cursor.executemany(
+                _param(
+                    self._conn,
+                    "INSERT INTO reports (run_id, step, rank, world_size, value, weight, client, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ),
+                self._new_reports,
+            )
+            self._new_reports = []
         if not self._appended:
             return
         decisions = self._appended
