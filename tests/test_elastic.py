@@ -521,3 +521,19 @@ def test_a_policy_whose_state_says_scale_is_read_right(api: TestClient) -> None:
     assert served == plain[:12] + [[lr * 2.0 for lr in lrs] for lrs in plain[12:]]
     assert api.get("/v1/runs/elastic/lr?step=15").json()["lrs"] == [plain[15][0] * 2.0]
     verified(api, "elastic")
+
+
+def test_simulate_of_a_resized_run_keeps_its_resizes(api: TestClient) -> None:
+    resized_run(api)
+    same = api.post("/v1/simulate", json={"run_id": "x"}).json()
+    assert same["differing"] == 0, same
+    assert [i.get("scale") for i in same["items"]] == [None, 2.0, 2.0, 0.5, 0.5]
+    other = api.post(
+        "/v1/simulate",
+        json={
+            "run_id": "x",
+            "policy": {"name": "plateau", "version": 1, "params": {"patience": 0}},
+        },
+    ).json()
+    at_300 = other["items"][2]
+    assert at_300["action"] == "reduce" and at_300["lrs"] == [0.1 * 0.1 * 2.0, 0.02 * 0.1 * 2.0]

@@ -583,6 +583,11 @@ class SimulatedOut(BaseModel):
     recorded: dict[str, Any] | None = Field(
         default=None, description="with run_id: the run's own decision (action, lrs)"
     )
+    scale: float | None = Field(
+        default=None,
+        description="with run_id, a run with a scaling rule: the factor the run's resizes had "
+        "put on the lrs at this step (the what-if keeps them); absent when 1",
+    )
 
 
 class SimulateOut(BaseModel):

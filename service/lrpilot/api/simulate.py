@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from lrpilot.api.deps import AuditDep
 from lrpilot.api.models import MAX_SIMULATE, SimulateIn, SimulateOut
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
+from lrpilot.scaling import scaled
 from lrpilot.store.errors import Conflict
 from lrpilot.whatif import Setup, run_setup
 
@@ -59,6 +60,10 @@ def simulate(body: SimulateIn, audit: AuditDep) -> Response:
     if recorded is not None:
         differing = 0
         for item, rec in zip(items, recorded, strict=True):
+            if rec.scale != 1.0:  # the run's resizes stand in the what-if (as lrpilot replay)
+                item["lrs"] = scaled(item["lrs"], rec.scale)
+                item["previous_lrs"] = scaled(item["previous_lrs"], rec.scale)
+                item["scale"] = rec.scale
             item["recorded"] = {"action": rec.action, "lrs": list(rec.lrs)}
             differing += item["action"] != rec.action or tuple(item["lrs"]) != rec.lrs
     return StrictJSONResponse(
