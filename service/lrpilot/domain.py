@@ -223,13 +223,16 @@ def scale_entry(
     fields = entry_fields(spec, was, size)
     previous = scaled(state.lrs, was.factor)
     lrs = scaled(state.lrs, fields[SCALE])
-    pairs = zip(lrs, state.lrs, strict=True)
-    if any(math.isinf(lr) and not math.isinf(base) for lr, base in pairs):
-        raise Conflict(
-            f"{spec['by']} {size} would scale the lrs of run {head.run_id!r} by "
-            f"{fields[SCALE]!r} past the largest float ({list(state.lrs)} x "
-            f"{fields[SCALE]!r}): not rescaled"
-        )
+    # the lrs in force, and the base lrs a schedule may climb back to (a warmup, a restart)
+    base_lrs = [parse_float(x) for x in json.loads(head.base_lrs)]
+    for now_lrs in (list(state.lrs), base_lrs):
+        pairs = zip(scaled(now_lrs, fields[SCALE]), now_lrs, strict=True)
+        if any(math.isinf(lr) and not math.isinf(was) for lr, was in pairs):
+            raise Conflict(
+                f"{spec['by']} {size} would scale the lrs of run {head.run_id!r} by "
+                f"{fields[SCALE]!r} past the largest float ({now_lrs} x "
+                f"{fields[SCALE]!r}): not rescaled"
+            )
     entry: dict[str, Any] = {
         "run_id": head.run_id,
         "seq": head.last_seq + 1,
@@ -262,6 +265,16 @@ def scale_entry(
         reductions=0,
         scale=canonical_json(InForce(size, fields[SCALE], step).doc()),
     )
+
+
+def unsettled_from(head: RunHead) -> int | None:
+    """The first step whose lrs a resize may still change (a run with a scaling rule: a resize
+    may apply from its last decided step, or from its last resize's step, on); None without a
+    scaling rule."""
+    force = in_force(head)
+    if force is None:
+        return None
+    return max(head.last_step or 0, force.step or 0)
 
 
 def check_resize_step(head: RunHead, step: int, what: str) -> None:
@@ -456,9 +469,9 @@ class Decisions:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
-            answer = await asyncio.to_thread(self.lr_at, run_id, step)
+            answer, decided = await asyncio.to_thread(self._lr_at, run_id, step)
             left = deadline - loop.time()
-            if answer["certain"] or left <= 0:
+            if decided or left <= 0:
                 return answer
             event = self._waiting.setdefault(run_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):
@@ -476,6 +489,11 @@ class Decisions:
     def lr_at(self, run_id: str, step: int | None) -> dict[str, Any]:
         """The lrs in force at training step ``step``: the policy's ``lrs_at`` from the state
         of the last decision at or before it (the initial state before the first)."""
+        return self._lr_at(run_id, step)[0]
+
+    def _lr_at(self, run_id: str, step: int | None) -> tuple[dict[str, Any], bool]:
+        """``lr_at``, and whether the run is decided through ``step`` (a resize may still
+        change lrs that are decided: then they are not ``certain``)."""
         head, row = self.store.decision_at_or_before(run_id, step)
         if step is None:
             lrs = json.loads(head.lrs)
@@ -485,21 +503,20 @@ class Decisions:
             seq, at, body = row if row is not None else (None, None, None)
             state, by = _in_force(policy, head, body)
             lrs = scaled(policy.lrs_at(params, state, step), by)
-        if step is None:
-            certain = True
-        else:
-            decided_through = head.last_step is not None and head.last_step >= step
-            certain = (
-                decided_through or resolved(head.policy, head.params, head.base_lrs)[0].open_loop
-            )
+        decided = step is None or (
+            (head.last_step is not None and head.last_step >= step)
+            or resolved(head.policy, head.params, head.base_lrs)[0].open_loop
+        )
+        settled = unsettled_from(head)
         return {
             "run_id": run_id,
             "step": step,
             "lrs": lrs,
             "seq": seq,
             "decided_at_step": at,
-            "certain": certain,
-        }
+            # no later evaluation can change them, nor (a run with a scaling rule) a resize
+            "certain": decided and (step is None or settled is None or step < settled),
+        }, decided
 
     def lrs_between(self, run_id: str, first: int, count: int) -> dict[str, Any]:
         """The lrs of ``count`` consecutive training steps from ``first``, and the last of them
@@ -526,6 +543,9 @@ class Decisions:
             certain = None
         else:
             certain = min(last, head.last_step)
+        settled = unsettled_from(head)
+        if certain is not None and settled is not None:  # a resize may still change the rest
+            certain = min(certain, settled - 1) if settled > first else None
         return {
             "run_id": run_id,
             "from": first,
@@ -611,7 +631,9 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
                 results.append(_aggregate_in(tx, head, item, heads))
             elif head.last_step is not None and item.step <= head.last_step:
                 stored = tx.decision_at_step(item.run_id, item.step)
-                results.append(retried(head, item.step, item.value, stored))
+                answer = retried(head, item.step, item.value, stored)
+                _resized_on_retry(tx, head, item, heads)
+                results.append(answer)
             else:
                 check_resize_step(head, item.step, "step")
                 if item.world_size is not None:
@@ -623,6 +645,21 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
         except Conflict as exc:
             results.append(exc)
     return results
+
+
+def _resized_on_retry(tx: WriteTx, head: RunHead, item: Posted, heads: dict[str, RunHead]) -> None:
+    """A retry of the last decided step that says another world_size: the job resumed from
+    the checkpoint of its last evaluation on another number of ranks (a resize may apply from
+    that step). The answer stays the step's decision; the lrs from the step on are rescaled."""
+    force = in_force(head)
+    if (
+        item.world_size is None
+        or force is None
+        or item.step != head.last_step
+        or (force.step is not None and item.step < force.step)
+    ):
+        return
+    _resized(tx, head, item.step, "world_size", item.world_size, heads, item.client)
 
 
 def _resized(
@@ -684,6 +721,7 @@ def _aggregate_in(
                         f"{json.loads(stored)['seq']}); this request says {item.value!r} "
                         f"(weight {weight!r}): a rank's report of a step cannot change"
                     )
+        _resized_on_retry(tx, head, item, heads)
         return stored  # a retry, or a rank that reported too late to count: the same decision
     check_resize_step(head, step, "step")  # a resize since the first report: never decided
     if item.timed_out:

@@ -101,7 +101,7 @@ class Outbox:
         self.path = Path(path) if path is not None else None
         self.dropped = 0
         self._items: deque[PendingObservation] = deque()
-        self._keys: set[tuple[str, int, float | str]] = set()
+        self._keys: set[tuple[str, int, int | None, float | str]] = set()
         self._dirty = False
         self._lock = threading.Lock()
         if self.path is not None:

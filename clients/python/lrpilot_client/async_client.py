@@ -144,7 +144,8 @@ class AsyncClient:
         """See `Client._send`."""
         if attempts is None:
             attempts = self._retry.attempts()
-        timeout = self._probe_timeout if attempts.probe else call.timeout(self._http.timeout)
+        # a probe connects briefly, and reads as long as the call may wait (a rank's report)
+        timeout = call.timeout(self._probe_timeout if attempts.probe else self._http.timeout)
         for wait in attempts:
             if wait > 0:
                 await asyncio.sleep(wait)

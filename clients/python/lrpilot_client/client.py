@@ -180,7 +180,8 @@ class Client:
         """Send `call` with its retries (the policy's unless given); no outage handling."""
         if attempts is None:
             attempts = self._retry.attempts()
-        timeout = self._probe_timeout if attempts.probe else call.timeout(self._http.timeout)
+        # a probe connects briefly, and reads as long as the call may wait (a rank's report)
+        timeout = call.timeout(self._probe_timeout if attempts.probe else self._http.timeout)
         for wait in attempts:
             if wait > 0:
                 time.sleep(wait)

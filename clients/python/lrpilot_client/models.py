@@ -509,9 +509,10 @@ class PendingObservation:
     weight: float | None = None  # an aggregated run's weight of this rank's value
 
     @property
-    def key(self) -> tuple[str, int, float | str]:
-        """What the service dedupes by: the run, the step and the value (NaN equal to NaN)."""
-        return (self.run_id, self.step, encode_float(self.value))
+    def key(self) -> tuple[str, int, int | None, float | str]:
+        """What the service dedupes by: the run, the step, the rank (an aggregated run counts
+        each rank's report) and the value (NaN equal to NaN)."""
+        return (self.run_id, self.step, self.rank, encode_float(self.value))
 
     def to_json(self) -> dict[str, Any]:
         """One line of an outbox file."""

@@ -349,7 +349,9 @@ class LrOut(BaseModel):
     decided_at_step: int | None
     certain: bool = Field(
         description="no later evaluation can change these lrs: the run is decided through "
-        "`step` (or its policy is a pure schedule); with `wait`, false means the wait ran out"
+        "`step` (or its policy is a pure schedule), and, a run with a scaling rule, no resize "
+        "can either (`step` is below its last decided step and its last resize's step); with "
+        "`wait`, the answer comes once the run is decided through `step`"
     )
 
 
@@ -366,7 +368,8 @@ class LrsOut(BaseModel):
     lrs: list[list[float]] = Field(description="one list of lrs a step, from `from` on")
     certain_through: int | None = Field(
         description="the last step whose lrs no later evaluation can change (all of them for "
-        "a pure schedule); null when none is certain yet"
+        "a pure schedule), nor a resize (a run with a scaling rule: the steps below its last "
+        "decided step and its last resize's step); null when none is certain yet"
     )
     open_loop: bool = Field(description="true for a pure schedule: observations never change it")
 

@@ -87,15 +87,22 @@ class LrsCursor:
 
 @dataclass(frozen=True)
 class Observed:
-    """One observation of a run's live branch: the step, the value, the decision's lrs."""
+    """One observation of a run's live branch: the step, the value, the decision's lrs; or
+    (an elastic run) a resize: `resize` is (what it counts, the new size) and `value` NaN."""
 
     step: int
     value: float
     lrs: tuple[float, ...]
+    resize: tuple[str, int] | None = None
 
     def same(self, other: Observed) -> bool:
-        """The same step and bit for bit the same value (NaN equals NaN here)."""
-        return self.step == other.step and _bits(self.value) == _bits(other.value)
+        """The same step and bit for bit the same value (NaN equals NaN here), or the same
+        resize."""
+        return (
+            self.step == other.step
+            and _bits(self.value) == _bits(other.value)
+            and self.resize == other.resize
+        )
 
 
 def _bits(x: float) -> bytes:
@@ -103,13 +110,17 @@ def _bits(x: float) -> bytes:
 
 
 def live_observations(client: Client, run_id: str) -> list[Observed]:
-    """The observations of the run's live branch, in step order: the whole log, read page by
-    page, each rewind dropping the observations past its `to_step` (which it superseded)."""
+    """The observations (and resizes) of the run's live branch, in step order: the whole log,
+    read page by page, each rewind dropping the entries past its `to_step` (which it
+    superseded)."""
     live: list[Observed] = []
     for d in client.iter_decisions(run_id):
         if d.action == "rewind":
             to_step = int((d.rewind or {}).get("to_step", d.step))
             live = [o for o in live if o.step <= to_step]
+        elif d.action == "scale" and d.resize:
+            size = (str(d.resize["by"]), int(d.resize["to"]))
+            live.append(Observed(d.step, math.nan, d.lrs, size))
         elif d.value is not None:
             live.append(Observed(d.step, d.value, d.lrs))
     return live
@@ -146,7 +157,10 @@ def continue_with_groups(
     """
     child_id = derived_run_id(root, len(base_lrs))
     lineage = {**(labels or {}), PARENT_LABEL: parent.run_id, ROOT_LABEL: root}
-    client.create_run(child_id, policy, version, params, list(base_lrs), parent.metric, lineage)
+    client.create_run(
+        child_id, policy, version, params, list(base_lrs), parent.metric, lineage,
+        scaling=parent.scaling or None,
+    )  # fmt: skip
     theirs = live_observations(client, parent.run_id)
     ours = live_observations(client, child_id)
     common = 0
@@ -163,11 +177,14 @@ def continue_with_groups(
         client.rewind(child_id, to_step)
     n = len(parent.base_lrs)
     for o in theirs[common:]:
-        decision = client.observe(child_id, o.step, o.value)
-        if tuple(decision.lrs[:n]) != o.lrs[:n]:
+        if o.resize is not None:  # the same resizes, at the same steps
+            lrs = client.resize(child_id, o.step, **{o.resize[0]: o.resize[1]}).lrs
+        else:
+            lrs = client.observe(child_id, o.step, o.value).lrs
+        if tuple(lrs[:n]) != o.lrs[:n]:
             logger.warning(
                 "run %r: the decision replayed at step %d gives the first %d param groups "
                 "%s, run %r gave %s (the policy's params treat the groups together)",
-                child_id, o.step, n, list(decision.lrs[:n]), parent.run_id, list(o.lrs[:n]),
+                child_id, o.step, n, list(lrs[:n]), parent.run_id, list(o.lrs[:n]),
             )  # fmt: skip
     return client.get_run(child_id), len(theirs) - common

@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.hooks import RemovableHandle
 
 from ..client import Client
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, NotFoundError, ServiceUnavailableError
 from ..models import Decision, Run
 from ._common import (
     DEFAULT_AHEAD,
@@ -159,13 +159,12 @@ class LrpilotScheduler(LRScheduler):
         super().__init__(optimizer)  # torch's first step(): the rates of step 0
         # A group added between two steps gets its rates before the optimizer first uses it.
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
-        # A new run takes the job's size from step 0; a run with history learns it where the job
-        # resumes (load_state_dict), or, restarted without a checkpoint, at its first step().
-        self._size_due = self._size is not None and self.run.last_seq > 0
-        if self._size is not None and not self._size_due:
+        # A new run takes the job's size from step 0, before it trains; a run with history
+        # learns it where the job resumes (load_state_dict), or, restarted without a checkpoint,
+        # before the first optimizer step (the step pre-hook).
+        self._size_due = self._size is not None
+        if self._size_due and self.run.last_seq == 0:
             self._report_size(0)
-            self._cursor.reset()
-            self._apply()
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -283,6 +282,14 @@ class LrpilotScheduler(LRScheduler):
         ]
 
     def _before_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self._size_due:  # a restart without a checkpoint: from where the run stands
+            try:
+                run = self.client.get_run(self.run_id)
+            except ServiceUnavailableError as exc:
+                logger.warning("run %r: the job's size is not reported yet: %s", self.run_id, exc)
+            else:
+                since = max(self.last_epoch, run.last_step or 0, run.scale.get("step") or 0)
+                self._report_size(since)
         if len(optimizer.param_groups) != len(self.run.base_lrs):
             self._apply()
 
@@ -295,11 +302,6 @@ class LrpilotScheduler(LRScheduler):
             raise TypeError(
                 "LrpilotScheduler counts steps itself: call step() (or step_to(k) to jump)"
             )
-        if getattr(self, "_size_due", False):
-            run = self.client.get_run(self.run_id)
-            at = max(self.last_epoch, run.last_step or 0, run.scale.get("step") or 0)
-            self._report_size(at)
-            self._cursor.reset()
         super().step()
         if metrics is not None:
             self.observe(metrics)
@@ -403,21 +405,31 @@ class LrpilotScheduler(LRScheduler):
         self._observed_step = observed_step
         self._head = head
         self.last_epoch = step
-        if self._size is not None:  # a rewind restores the size of the checkpoint's time
-            self._report_size(step)
         self._cursor.reset()
         self._apply()
+        if self._size is not None:  # a rewind restores the size of the checkpoint's time
+            self._report_size(step)
         return rewound
 
     # -- elastic jobs -------------------------------------------------------------------------
 
     def _report_size(self, step: int) -> None:
+        """Tell the run the job's size from `step` on and apply the rates it gives; while the
+        service is away, training goes on and the size is told before a later optimizer
+        step (a training loop never dies because lrpilot is away)."""
         assert self._size is not None
-        self._size_due = False
         by, size = self._size
-        answer = self.client.resize(self.run_id, step, **{by: size})
+        try:
+            answer = self.client.resize(self.run_id, step, **{by: size})
+        except ServiceUnavailableError as exc:
+            self._size_due = True
+            logger.warning("run %r: %s %d not reported yet: %s", self.run_id, by, size, exc)
+            return
+        self._size_due = False
         if answer.resized and answer.decision is not None:
             logger.info("run %r step %d: %s", self.run_id, step, answer.decision.reason)
+            self._cursor.reset()
+            self._apply()
 
     def resize(self, world_size: int | None = None, batch_size: int | None = None) -> None:
         """The job's new size (exactly one of `world_size` and the global `batch_size`, as the
@@ -427,8 +439,6 @@ class LrpilotScheduler(LRScheduler):
         launcher's restart needs."""
         self._size = _size(world_size, batch_size)
         self._report_size(self.last_epoch)
-        self._cursor.reset()
-        self._apply()
 
     def close(self) -> None:
         """Detach from the optimizer (its step pre-hook)."""
