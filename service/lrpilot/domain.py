@@ -589,8 +589,8 @@ class Decisions:
             check_resize_step(head, step, "step")
             return _resized(tx, head, step, by, size, {}, client)[1]
 
+        # (runs on a worker thread: waiting readers are not woken from here, they poll)
         body = self.store.transact(work)
-        self._decided(run_id)  # leader-mode readers waiting on the run read the new lrs
         run = self.store.get_run(run_id)
         return {
             "run_id": run_id,
