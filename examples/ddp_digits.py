@@ -14,10 +14,12 @@ DIR/rank<r>.json.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -55,6 +57,19 @@ def train(rank: int, port: int, epochs: int, out: Path | None) -> None:
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
     )
+    record = fit(rank, epochs)
+    if out is not None:
+        (out / f"rank{rank}.json").write_text(json.dumps(record))
+    # fit's DDP model held the process group; it is gone now, so the group really closes here,
+    # on both ranks together, and not in the interpreter's shutdown (where gloo's threads can
+    # abort the process)
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def fit(rank: int, epochs: int) -> dict[str, Any]:
+    """Train for `epochs` epochs; return the lr of every training step and each evaluation."""
     torch.set_num_threads(1)  # one core a rank: two ranks on two cores, no oversubscription
     torch.manual_seed(0)
     train_set, val_set = data()
@@ -67,7 +82,12 @@ def train(rank: int, port: int, epochs: int, out: Path | None) -> None:
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=BASE_LR, momentum=0.9)
     # what the test checks: the lr of every training step, and each evaluation
-    record = {"rank": rank, "val_size": len(y_val), "step_lrs": [], "evaluations": []}
+    record: dict[str, Any] = {
+        "rank": rank,
+        "val_size": len(y_val),
+        "step_lrs": [],
+        "evaluations": [],
+    }
 
     # A rank's answer waits until every rank has reported (or until timeout_s, then lrpilot
     # decides from the ranks present): the client reads that long, as create_run told it.
@@ -110,9 +130,7 @@ def train(rank: int, port: int, epochs: int, out: Path | None) -> None:
                     f"(rank 0: {local_loss:.4f}) {decision.action:6s} lr {decision.lr:g}",
                     flush=True,
                 )
-    if out is not None:
-        (out / f"rank{rank}.json").write_text(json.dumps(record))
-    dist.destroy_process_group()
+    return record
 
 
 if __name__ == "__main__":
