@@ -1,5 +1,6 @@
-"""The README's training-loop snippet runs as written against a server started as the README
-starts it, after the README's curl session, and again on a restart of the job."""
+"""The README's curl session prints what the README shows, and its training-loop snippet runs as
+written against a server started as the README starts it, after the curl session, and again on
+a restart of the job."""
 
 from __future__ import annotations
 
@@ -85,3 +86,42 @@ def test_the_snippet_runs_as_written_after_the_curl_session(
         # what the README says: the rate drops tenfold at epochs 6 and 9
         reductions = [(d["step"], d["lrs"]) for d in decisions if d["action"] == "reduce"]
         assert reductions == [(6, [pytest.approx(0.01)]), (9, [pytest.approx(0.001)])]
+
+
+def console_commands(console: str) -> list[tuple[str, list[str]]]:
+    """The `$ ` commands of a console block (continued on indented lines), each with the lines
+    the README shows it printing."""
+    commands: list[tuple[str, list[str]]] = []
+    for line in console.splitlines():
+        if line.startswith("$ "):
+            commands.append((line[2:], []))
+        elif line.startswith(" ") and commands and not commands[-1][1]:
+            commands[-1] = (commands[-1][0] + "\n" + line, [])
+        elif commands:
+            commands[-1][1].append(line)
+    return commands
+
+
+def shown(line: str) -> re.Pattern[str]:
+    """What a shown output line matches: itself, where `...` and `…` stand for anything."""
+    parts = re.split(r"\.\.\.|…", line)
+    return re.compile(".*?".join(re.escape(part) for part in parts))
+
+
+def test_the_curl_session_prints_what_the_readme_shows(live_server: LiveServer) -> None:
+    (console,) = code_blocks(section("A session with curl"), "console")
+    commands = console_commands(console)
+    assert commands[0][0].startswith("lrpilot serve"), "the session starts the service first"
+    host = live_server.url.removeprefix("http://")
+    for command, expected in commands[1:]:  # the service is already up: live_server
+        done = subprocess.run(
+            ["bash", "-c", command.replace("localhost:8000", host)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        printed = done.stdout.splitlines()
+        assert len(printed) == len(expected), f"{command}\nprinted:\n{done.stdout}"
+        for line, want in zip(printed, expected, strict=True):
+            assert shown(want).fullmatch(line), f"{command}\nREADME: {want}\nprinted: {line}"
