@@ -1,10 +1,11 @@
-"""The README's curl session prints what the README shows, and its training-loop snippet runs as
-written against a server started as the README starts it, after the curl session, and again on
-a restart of the job."""
+"""The README's curl session and its audit session (export, verify, replay, tamper, verify) print
+what the README shows, and its training-loop snippet runs as written against a server started as
+the README starts it, after the curl session, and again on a restart of the job."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -102,26 +103,51 @@ def console_commands(console: str) -> list[tuple[str, list[str]]]:
     return commands
 
 
+HASH = re.compile(r"[0-9a-f]{64}")
+
+
 def shown(line: str) -> re.Pattern[str]:
-    """What a shown output line matches: itself, where `...` and `…` stand for anything."""
+    """What a shown output line matches: itself, where `...` and `…` stand for anything and a
+    SHA-256 hash for any hash (hashes cover `created_at`, so each session has its own)."""
     parts = re.split(r"\.\.\.|…", line)
-    return re.compile(".*?".join(re.escape(part) for part in parts))
+    return re.compile(
+        ".*?".join(HASH.pattern.join(map(re.escape, HASH.split(part))) for part in parts)
+    )
 
 
-def test_the_curl_session_prints_what_the_readme_shows(live_server: LiveServer) -> None:
-    (console,) = code_blocks(section("A session with curl"), "console")
+def run_console(console: str, server: LiveServer, cwd: Path) -> None:
+    """Run a console block's commands in order, in `cwd`, against `server` (its `lrpilot serve`
+    is the server already running), and check each prints what the README shows."""
     commands = console_commands(console)
-    assert commands[0][0].startswith("lrpilot serve"), "the session starts the service first"
-    host = live_server.url.removeprefix("http://")
-    for command, expected in commands[1:]:  # the service is already up: live_server
+    host = server.url.removeprefix("http://")
+    # the venv's `lrpilot` command, as after the README's install
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for command, expected in commands:
+        if command.startswith("lrpilot serve"):
+            continue
         done = subprocess.run(
-            ["bash", "-c", command.replace("localhost:8000", host)],
-            capture_output=True,
+            ["bash", "-c", re.sub(r"(localhost|127\.0\.0\.1):8000", host, command)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # a terminal shows both, as the README does
             text=True,
             timeout=60,
+            cwd=cwd,
+            env=env,
         )
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 0, f"{command}\n{done.stdout}"
         printed = done.stdout.splitlines()
         assert len(printed) == len(expected), f"{command}\nprinted:\n{done.stdout}"
         for line, want in zip(printed, expected, strict=True):
             assert shown(want).fullmatch(line), f"{command}\nREADME: {want}\nprinted: {line}"
+
+
+def test_the_curl_and_audit_sessions_print_what_the_readme_shows(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    (curl,) = code_blocks(section("A session with curl"), "console")
+    assert curl.startswith("$ lrpilot serve"), "the session starts the service first"
+    run_console(curl, live_server, tmp_path)
+    # then the audit session: export the curl session's run, verify, replay, tamper, verify
+    (audit,) = code_blocks(section("Audit and replay"), "console")
+    run_console(audit, live_server, tmp_path)
+    assert (tmp_path / "whatif.png").stat().st_size > 0
