@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import golden_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "service"))
 
@@ -186,37 +188,8 @@ def lrs_at_steps(observations: list[tuple[int, float]]) -> list[int]:
 def line_of(
     name: str, params: dict[str, Any], base_lrs: tuple[float, ...], obs: list[tuple[int, float]]
 ) -> dict[str, Any]:
-    policy = get_policy(name, 1)
-    resolved = policy.resolve(params, base_lrs)
-    state = policy.init(resolved, base_lrs)
-    in_force = [(-1, state)]
-    decisions = []
-    for step, value in obs:
-        outcome, state = policy.step(resolved, state, Observation(step, value, METRIC))
-        decisions.append(
-            {
-                "lrs": list(outcome.lrs),
-                "action": outcome.action,
-                "reason": outcome.reason,
-                "state": state.model_dump(),
-            }
-        )
-        in_force.append((step, state))
-    lrs_at = []
-    for step in lrs_at_steps(obs):
-        at = [s for when, s in in_force if when <= step][-1]
-        lrs_at.append([step, list(policy.lrs_at(resolved, at, step))])
-    return to_strict(
-        {
-            "policy": f"{name}@1",
-            "params": resolved.model_dump(),
-            "base_lrs": list(base_lrs),
-            "metric": METRIC,
-            "observations": [[s, v] for s, v in obs],
-            "decisions": decisions,
-            "lrs_at": lrs_at,
-        }
-    )
+    line = golden_lines.decide(f"{name}@1", params, base_lrs, obs, METRIC, lrs_at_steps(obs))
+    return to_strict(line)
 
 
 def by_hand_sequence(
@@ -268,9 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         ("scaled", SCALED, by_hand_scaled),
     ):
         path = args.out_dir / f"{name}@1.jsonl"
-        if path.exists() and not args.force:
-            print(f"{path} exists: a released version's golden file never changes", file=sys.stderr)
-            return 1
+        if golden_lines.refuses(path, args.force):
+            return 2
         lines = []
         for params, base_lrs, obs in cases:
             line = line_of(name, params, base_lrs, obs)
@@ -282,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            lines.append(canonical_json(line) + "\n")
-        path.write_text("".join(lines))
+            lines.append(line)
+        golden_lines.write(path, lines)
         print(f"wrote {path}: {len(lines)} lines")
     return 0
 

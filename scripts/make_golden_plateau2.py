@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import golden_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "golden" / "plateau@2.jsonl"
 NAN, INF = math.nan, math.inf
@@ -225,42 +227,15 @@ def _probe_steps(observations: list[list[Any]]) -> list[int]:
 def decide(
     params: dict[str, Any], base_lrs: tuple[float, ...], values: list[float], steps: list[int]
 ) -> dict[str, Any]:
-    from lrpilot.policies import Observation, get_policy
-
-    policy = get_policy("plateau", 2)
-    resolved = policy.resolve(params, base_lrs)
-    state = policy.init(resolved, base_lrs)
-    states = []
-    decisions = []
-    for step, value in zip(steps, values, strict=True):
-        outcome, state = policy.step(resolved, state, Observation(step, value, "val_loss"))
-        states.append((step, state))
-        decisions.append(
-            {
-                "lrs": list(outcome.lrs),
-                "action": outcome.action,
-                "reason": outcome.reason,
-                "state": state.model_dump(),
-            }
-        )
     observations = [[s, v] for s, v in zip(steps, values, strict=True)]
-    lrs_at = []
-    initial = policy.init(resolved, base_lrs)
-    for probe in _probe_steps(observations):
-        in_force = initial
-        for step, st in states:
-            if step <= probe:
-                in_force = st
-        lrs_at.append([probe, list(policy.lrs_at(resolved, in_force, probe))])
-    return {
-        "policy": "plateau@2",
-        "params": resolved.model_dump(),
-        "base_lrs": list(base_lrs),
-        "metric": "val_loss",
-        "observations": observations,
-        "decisions": decisions,
-        "lrs_at": lrs_at,
-    }
+    return golden_lines.decide(
+        "plateau@2",
+        params,
+        base_lrs,
+        zip(steps, values, strict=True),
+        "val_loss",
+        lrs_at=_probe_steps(observations),
+    )
 
 
 def torchs_rule(params: dict[str, Any], values: list[float]) -> bool:
@@ -312,16 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="overwrite (never for a released version)")
     args = ap.parse_args(argv)
     out: Path = args.out
-    if out.exists() and not args.force:
-        print(
-            f"refusing to overwrite {out}: a released policy version's golden file never "
-            "changes (a behaviour change is a new policy version with its own file); "
-            "pass --force only for an unreleased version",
-            file=sys.stderr,
-        )
+    if golden_lines.refuses(out, args.force):
         return 2
-
-    from lrpilot.canonical import canonical_json
 
     lines = [decide(*s) for s in streams()]
     checked = 0
@@ -335,10 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stream {n} disagrees with torch: {line['params']}", file=sys.stderr)
             return 1
         checked += 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(canonical_json(line) + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(out)
+    golden_lines.write(out, lines)
     print(f"wrote {len(lines)} streams to {out} ({checked} checked against torch)")
     return 0
 

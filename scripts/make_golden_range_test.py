@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import golden_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "golden" / "range_test@1.jsonl"
 NAN, INF = math.nan, math.inf
@@ -209,30 +211,9 @@ def streams() -> list[Stream]:
 def decide(
     params: dict[str, Any], base_lrs: tuple[float, ...], steps: list[int], values: list[float]
 ) -> dict[str, Any]:
-    from lrpilot.policies import Observation, get_policy
-
-    policy = get_policy("range_test", 1)
-    resolved = policy.resolve(params, base_lrs)
-    state = policy.init(resolved, base_lrs)
-    decisions = []
-    for step, value in zip(steps, values, strict=True):
-        outcome, state = policy.step(resolved, state, Observation(step, value, "train_loss"))
-        decisions.append(
-            {
-                "lrs": list(outcome.lrs),
-                "action": outcome.action,
-                "reason": outcome.reason,
-                "state": state.model_dump(),
-            }
-        )
-    return {
-        "policy": "range_test@1",
-        "params": resolved.model_dump(),
-        "base_lrs": list(base_lrs),
-        "metric": "train_loss",
-        "observations": [[s, v] for s, v in zip(steps, values, strict=True)],
-        "decisions": decisions,
-    }
+    return golden_lines.decide(
+        "range_test@1", params, base_lrs, zip(steps, values, strict=True), "train_loss"
+    )
 
 
 def check(line: dict[str, Any]) -> str | None:
@@ -265,16 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true", help="overwrite (never for a released version)")
     args = ap.parse_args(argv)
     out: Path = args.out
-    if out.exists() and not args.force:
-        print(
-            f"refusing to overwrite {out}: a released policy version's golden file never "
-            "changes (a behaviour change is a new policy version with its own file); "
-            "pass --force only for an unreleased version",
-            file=sys.stderr,
-        )
+    if golden_lines.refuses(out, args.force):
         return 2
-
-    from lrpilot.canonical import canonical_json
 
     lines = [decide(*s) for s in streams()]
     for n, line in enumerate(lines):
@@ -282,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if problem is not None:
             print(f"stream {n} disagrees with the reference: {problem}", file=sys.stderr)
             return 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(canonical_json(line) + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(out)
+    golden_lines.write(out, lines)
     print(f"wrote {len(lines)} streams to {out}")
     return 0
 

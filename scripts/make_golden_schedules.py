@@ -31,6 +31,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import golden_lines
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "golden"
 MAX_STEP = 2**62
@@ -266,37 +268,22 @@ def values(rng: random.Random, n: int) -> list[float]:
 
 
 def line_for(family: str, params: dict[str, Any], base: tuple[float, ...], seed: int) -> Any:
-    from lrpilot.policies import Observation, get_policy
+    from lrpilot.policies import get_policy
 
     rng = random.Random(f"{family}-observations-{seed}")
-    policy = get_policy(family, 1)
-    resolved = policy.resolve(params, base)
-    doc = resolved.model_dump()
-    initial = state = policy.init(resolved, base)
+    doc = get_policy(family, 1).resolve(params, base).model_dump()
     steps = observation_steps(family, doc, rng)
     vals = values(rng, len(steps))
-    decisions = []
-    for step, value in zip(steps, vals, strict=True):
-        outcome, state = policy.step(resolved, state, Observation(step, value, "val_loss"))
-        decisions.append(
-            {
-                "lrs": list(outcome.lrs),
-                "action": outcome.action,
-                "reason": outcome.reason,
-                "state": state.model_dump(),
-            }
-        )
-    return {
-        "policy": f"{family}@1",
-        "params": doc,
-        "base_lrs": list(base),
-        "metric": "val_loss",
-        "observations": [[s, v] for s, v in zip(steps, vals, strict=True)],
-        "decisions": decisions,
-        "lrs_at": [
-            [k, list(policy.lrs_at(resolved, initial, k))] for k in probe_steps(family, doc)
-        ],
-    }
+    # a schedule's lrs are a function of the step alone: from the initial state, as a fresh run
+    return golden_lines.decide(
+        f"{family}@1",
+        params,
+        base,
+        zip(steps, vals, strict=True),
+        "val_loss",
+        lrs_at=probe_steps(family, doc),
+        lrs_at_from_start=True,
+    )
 
 
 def lines(family: str) -> list[dict[str, Any]]:
@@ -530,18 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-steps", type=int, default=5000, help="steps torch is stepped to")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "service"))
-    from lrpilot.canonical import canonical_json
 
     status = 0
     for family in args.family or FAMILIES:
         out: Path = args.out_dir / f"{family}@1.jsonl"
-        if out.exists() and not args.force:
-            print(
-                f"refusing to overwrite {out}: a released policy version's golden file never "
-                "changes (a behaviour change is a new policy version with its own file); "
-                "pass --force only for an unreleased version",
-                file=sys.stderr,
-            )
+        if golden_lines.refuses(out, args.force):
             status = 2
             continue
         made = lines(family)
@@ -557,10 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {problem}", file=sys.stderr)
                 status = 1
                 continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text("".join(canonical_json(line) + "\n" for line in made), encoding="utf-8")
-        tmp.replace(out)
+        golden_lines.write(out, made)
         probes = sum(len(line["lrs_at"]) for line in made)
         print(f"wrote {len(made)} lines ({probes} lrs_at steps) to {out}")
     return status

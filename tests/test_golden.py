@@ -165,3 +165,33 @@ def test_make_golden_refuses_to_overwrite(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "refusing to overwrite" in proc.stderr
     assert target.read_bytes() == before
+
+
+GENERATORS = {  # each script, and the golden files it writes
+    "make_golden.py": ["plateau@1"],
+    "make_golden_plateau2.py": ["plateau@2"],
+    "make_golden_range_test.py": ["range_test@1"],
+    "make_golden_compose.py": ["sequence@1", "scaled@1"],
+    "make_golden_schedules.py": [f"{name}@1" for name in SCHEDULES],
+}
+
+
+@pytest.mark.parametrize("script", sorted(GENERATORS))
+def test_each_generator_writes_its_golden_files_byte_for_byte(script: str, tmp_path: Path) -> None:
+    """The frozen files are what their scripts make, reference cross-checks included: a file
+    edited by hand, or a script that drifted, fails here."""
+    names = GENERATORS[script]
+    family = script in ("make_golden_compose.py", "make_golden_schedules.py")
+    where = (
+        ["--out-dir", str(tmp_path)] if family else ["--out", str(tmp_path / f"{names[0]}.jsonl")]
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *where],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in names:
+        made = (tmp_path / f"{name}.jsonl").read_bytes()
+        assert made == (GOLDEN / f"{name}.jsonl").read_bytes(), f"{script} made another {name}"
