@@ -12,7 +12,9 @@ around `_calls` and `_retry`.
 Sending a buffered observation again is safe: the service dedupes by (step, value), so an
 observation whose answer was lost is answered with the decision already made, never counted
 twice. A 4xx for a buffered observation is no outage but the job's mistake (a conflicting value,
-an unknown run): it is taken out of the outbox and raised by the call that sent it.
+an unknown run): it is taken out of the outbox and raised by the call that sent it. An answer
+that is not the service's (a proxy's HTML page, even with a 200 or a 4xx status; a body that
+cannot be read) is no refusal: the service is away, and the observation stays buffered.
 """
 
 from __future__ import annotations
@@ -354,11 +356,12 @@ class Resilience:
         """
         if not self.buffering:
             return self.policy.attempts()
+        # An answer that is not the service's (a proxy's page) is the service being away too.
         if self.outage.down:
-            return Attempts(self.policy, retries=0, max_retry_after=0.0, probe=True)
+            return Attempts(self.policy, retries=0, max_retry_after=0.0, probe=True, foreign=True)
         if obs is not None and aggregated(obs):
-            return self.policy.attempts()
-        return Attempts(self.policy, max_retry_after=0.0)
+            return self.policy.attempts(foreign=True)
+        return Attempts(self.policy, max_retry_after=0.0, foreign=True)
 
     def observe_call(self, obs: PendingObservation) -> Call[Decision]:
         return observe_call(obs, self.waits.get(obs.run_id))
@@ -393,9 +396,10 @@ class Resilience:
         self.answered(decision)
 
     def refused(self, obs: PendingObservation, exc: LrpilotError) -> LrpilotError:
-        """The service refused a buffered observation (a 4xx, or an answer the client cannot
-        read): sending it again cannot help, so it leaves the outbox, and the error to raise
-        (of the same class, naming the observation) is returned."""
+        """The service refused a buffered observation (its own 4xx answer; an answer that is not
+        the service's, such as a proxy's page, is an outage instead): sending it again cannot
+        help, so it leaves the outbox, and the error to raise (of the same class, naming the
+        observation) is returned."""
         self.outbox.remove(obs)
         self.outage.recovered()  # it answered
         message = (
@@ -423,6 +427,7 @@ class Resilience:
             last.status_code if last is not None else None,
             attempts=last.attempts if last is not None else 0,
             retry_after=last.retry_after if last is not None else None,
+            unanswered_for=last.unanswered_for if last is not None else 0.0,
             message=(
                 f"lrpilot unreachable and no rates of run {run_id!r} known to this client (it "
                 f"got no answer about the run yet: call create_run or get_run first): "

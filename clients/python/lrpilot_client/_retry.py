@@ -1,11 +1,14 @@
 """When to retry and how long to wait: the one copy both clients use.
 
 A training loop must not die because the service restarted or a load balancer hiccupped, so
-connection errors and 5xx answers are retried. A 4xx answer is the service's considered reply
-and is never retried. The waits are exponential with full jitter (a uniform draw between 0 and
-the exponential cap): when many ranks lose the service at once, jitter spreads their retries
-instead of having them all hit the service again at the same instant. A 503 that says when to
-come back (`Retry-After`) is not retried sooner than that.
+connection errors, 5xx answers, 408 (Request Timeout) and 429 (Too Many Requests: a gateway's
+rate limit; the service itself never answers it) are retried. Any other 4xx answer is the
+service's considered reply and is never retried. A buffering client also retries an answer that
+is not the service's at all (`Attempts.foreign_failed`): a proxy's page instead of its JSON.
+The waits are exponential with full jitter (a uniform draw between 0 and the exponential cap):
+when many ranks lose the service at once, jitter spreads their retries instead of having them
+all hit the service again at the same instant. An answer that says when to come back
+(`Retry-After`) is not retried sooner than that.
 
 Two schedules live here: `Attempts`, the retries of one call, and `Outage`, when a client that
 found the service away tries again (one request per try, spaced by the same exponential backoff)
@@ -28,7 +31,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from .errors import ServiceUnavailableError, describe_detail, detail_of
+from .errors import LrpilotError, ServiceUnavailableError, describe_detail, detail_of, is_lrpilots
 
 __all__ = ["MAX_RETRY_AFTER", "Attempts", "Outage", "RetryPolicy", "retry_after_of"]
 
@@ -39,6 +42,15 @@ _MAX_EXPONENT = 60
 # The longest a `Retry-After` is taken at its word: a proxy asking for a day must not leave the
 # observations buffered for a day.
 MAX_RETRY_AFTER = 300.0
+# How much of an answer's body a failure's description quotes (a proxy's page can be long).
+MAX_QUOTE = 300
+# A try that waited t seconds for an answer that never came (a paused or hung service accepts
+# the connection and never answers, so every try lasts the whole read timeout) is followed by
+# at least NO_ANSWER_SPACING * t seconds without one, up to MAX_NO_ANSWER_WAIT: such an outage
+# holds the training loop a tenth of its time (a seventh with the default 10 s timeout), not
+# three quarters of it as tries every `max_backoff` would.
+NO_ANSWER_SPACING = 9.0
+MAX_NO_ANSWER_WAIT = 60.0
 
 
 def retry_after_of(response: httpx.Response) -> float | None:
@@ -93,24 +105,46 @@ class RetryPolicy:
         return self.rng.uniform(0.0, self.cap(retry))
 
     def attempts(
-        self, retries: int | None = None, max_retry_after: float | None = None
+        self,
+        retries: int | None = None,
+        max_retry_after: float | None = None,
+        *,
+        foreign: bool = False,
     ) -> Attempts:
         """A fresh attempt sequence for one call: `retries` retries (the policy's by default);
-        a `Retry-After` longer than `max_retry_after` (`max_backoff` by default) ends it."""
-        return Attempts(self, retries, max_retry_after)
+        a `Retry-After` longer than `max_retry_after` (`max_backoff` by default) ends it.
+        `foreign`: an answer that is not the service's is retried too (see `Attempts`)."""
+        return Attempts(self, retries, max_retry_after, foreign=foreign)
+
+
+# 408: the server (often a proxy) gave up waiting for the request; 429: a gateway's rate limit.
+# Both say "send it again", and lrpilot itself answers neither.
+_RETRYABLE_4XX = frozenset({408, 429})
 
 
 def is_retryable_status(status_code: int) -> bool:
-    """5xx means the service (or something in front of it) failed; it may work next time."""
-    return 500 <= status_code <= 599
+    """5xx means the service (or something in front of it) failed; 408 and 429 ask to be sent
+    again (429 usually with a `Retry-After`): it may work next time."""
+    return 500 <= status_code <= 599 or status_code in _RETRYABLE_4XX
+
+
+def _quote(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_QUOTE else text[: MAX_QUOTE - 3] + "..."
 
 
 class Attempts:
     """The attempts of one call: iterate for the wait before each, report each failure.
 
-    After a 5xx with `Retry-After`, the next wait is at least that long; if that is longer than
-    `max_retry_after`, the call gives up at once instead of sleeping (and the error carries the
-    `retry_after`, so a buffering client knows when to try again).
+    After a 5xx (or 408, 429) with `Retry-After`, the next wait is at least that long; if that
+    is longer than `max_retry_after`, the call gives up at once instead of sleeping (and the
+    error carries the `retry_after`, so a buffering client knows when to try again).
+
+    With `foreign` (a buffering client's calls), an answer that is not the service's counts as a
+    failure too, like a 5xx: a success status whose body the client cannot read, or an error
+    status without the service's JSON `{"detail": ...}` (a captive portal's or a misrouted
+    proxy's page, a body cut short). The service did not speak, so the call is no refusal of
+    it; sending it again is safe (an observation is deduped by (step, value)).
 
     Usage (the async client is the same with `await`)::
 
@@ -124,7 +158,12 @@ class Attempts:
                 continue
             if attempts.server_failed(response):
                 continue
-            return read(response)
+            try:
+                return read(response)
+            except LrpilotError as exc:
+                if attempts.foreign_failed(response, exc):
+                    continue
+                raise
         raise attempts.exhausted("GET /v1/runs/r")
     """
 
@@ -135,12 +174,16 @@ class Attempts:
         max_retry_after: float | None = None,
         *,
         probe: bool = False,
+        foreign: bool = False,
     ) -> None:
         self._policy = policy
         self.probe = probe  # one try while the service is known down (a short connect timeout)
+        self.foreign = foreign  # an answer that is not the service's is a failure, not an error
         self._retries = policy.retries if retries is None else max(retries, 0)
         self._max_retry_after = policy.max_backoff if max_retry_after is None else max_retry_after
         self.count = 0
+        self.unanswered_for = 0.0  # how long the last attempt waited for an answer in vain
+        self._sent_at = 0.0  # time.monotonic() when the current attempt was (about to be) sent
         self.retry_after: float | None = None  # of the last failed answer, if it said
         self._last_failure: str = "no attempt was made"
         self._last_detail: object = None
@@ -151,18 +194,22 @@ class Attempts:
         for n in range(self._retries + 1):
             if n == 0:
                 self.count = 1
+                self._sent_at = time.monotonic()
                 yield 0.0
                 continue
             if self.retry_after is not None and self.retry_after > self._max_retry_after:
                 return  # asked to come back later than this call will wait
             delay = self._policy.delay(n - 1)
             self.count = n + 1
-            yield max(delay, self.retry_after or 0.0)
+            wait = max(delay, self.retry_after or 0.0)
+            self._sent_at = time.monotonic() + wait  # the caller sleeps `wait`, then sends
+            yield wait
 
     def transport_failed(self, exc: httpx.TransportError) -> None:
         """Record a request that got no answer (refused, reset, timed out, ...)."""
         self._last_failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._last_detail = None
+        self.unanswered_for = max(0.0, time.monotonic() - self._sent_at)
         self._last_status = None
         self.retry_after = None
 
@@ -170,9 +217,28 @@ class Attempts:
         """Record `response` and return True if it is a failure worth retrying (5xx)."""
         if not is_retryable_status(response.status_code):
             return False
+        self.unanswered_for = 0.0
         self._last_status = response.status_code
         self._last_detail = detail_of(response)
-        self._last_failure = describe_detail(self._last_detail) or response.reason_phrase
+        self._last_failure = _quote(describe_detail(self._last_detail) or response.reason_phrase)
+        self.retry_after = retry_after_of(response)
+        return True
+
+    def foreign_failed(self, response: httpx.Response, error: LrpilotError) -> bool:
+        """Record `response` (whose reading raised `error`) and return True if, with `foreign`,
+        it is not the service's answer: a 2xx it could not read, or an error without the
+        service's JSON `detail`. False: `error` is the service's own answer, to be raised."""
+        if not self.foreign:
+            return False
+        ok = 200 <= response.status_code < 300
+        if not ok and is_lrpilots(response):
+            return False
+        self.unanswered_for = 0.0
+        self._last_status = response.status_code
+        self._last_detail = response.text or None
+        shown = describe_detail(error.detail if ok else detail_of(response))
+        shown = shown or response.reason_phrase
+        self._last_failure = f"not an answer of lrpilot (a proxy's?): {_quote(shown)}"
         self.retry_after = retry_after_of(response)
         return True
 
@@ -191,6 +257,7 @@ class Attempts:
             attempts=self.count,
             message=message,
             retry_after=self.retry_after,
+            unanswered_for=self.unanswered_for,
         )
 
 
@@ -202,7 +269,10 @@ class Outage:
     False until `next_try`, so the calls in between make no request at all, and each later try
     is one request (`probe` True); each failed try doubles the wait (`backoff * 2**n`, drawn
     between half and all of it, capped at `max_backoff`), and a `Retry-After` is never cut
-    short. The first answer (`recovered`) ends the outage.
+    short. After a try that waited in vain for an answer, the next waits `NO_ANSWER_SPACING`
+    times as long (up to `MAX_NO_ANSWER_WAIT`), so a service that hangs instead of refusing
+    does not hold the training loop most of the time. The first answer (`recovered`) ends the
+    outage.
     """
 
     def __init__(self, policy: RetryPolicy) -> None:
@@ -236,6 +306,7 @@ class Outage:
         wait = self._policy.rng.uniform(cap / 2, cap)
         if exc.retry_after is not None:
             wait = max(wait, min(exc.retry_after, MAX_RETRY_AFTER))
+        wait = max(wait, min(NO_ANSWER_SPACING * exc.unanswered_for, MAX_NO_ANSWER_WAIT))
         self.failures += 1
         self.cause = str(exc)
         self.last_error = exc

@@ -158,7 +158,12 @@ class AsyncClient:
                 continue
             if attempts.server_failed(response):
                 continue
-            return call.result(response)
+            try:
+                return call.result(response)
+            except LrpilotError as exc:
+                if attempts.foreign_failed(response, exc):
+                    continue
+                raise
         raise attempts.exhausted(call.describe())
 
     async def _flush_pending(self) -> None:

@@ -62,8 +62,8 @@ class Client:
     that the service dedupes by (step, value)), so every request may be retried: connection
     errors and 5xx answers are retried up to `retries` times with exponential backoff and full
     jitter (`backoff * 2**n` capped at `max_backoff`), and never sooner than a 503's
-    `Retry-After`. A 4xx answer is raised at once as `NotFoundError`, `ConflictError`,
-    `ValidationError` or `LrpilotError`.
+    `Retry-After`; so are 408 and 429 (a gateway's "send it again"). Another 4xx answer is
+    raised at once as `NotFoundError`, `ConflictError`, `ValidationError` or `LrpilotError`.
 
     When the service cannot be reached, `on_unavailable` says what happens:
 
@@ -79,6 +79,8 @@ class Client:
       effect. `flush()` sends them now, `pending` lists them, `close()` tries for
       `close_timeout` seconds. A buffered observation the service refuses (4xx) is a bug of
       the job, not an outage: it leaves the outbox and is raised by the call that sent it.
+      An answer that is not the service's (a proxy's page: a 2xx the client cannot read, or
+      an error without the service's JSON `detail`) counts as the service being away.
       The other calls (create_run, get_run, rewind, verify, decisions) still raise
       `ServiceUnavailableError`: they have no stand-in answer.
     - "raise": every call raises `ServiceUnavailableError` once its retries are spent.
@@ -194,7 +196,12 @@ class Client:
                 continue
             if attempts.server_failed(response):
                 continue
-            return call.result(response)
+            try:
+                return call.result(response)
+            except LrpilotError as exc:
+                if attempts.foreign_failed(response, exc):
+                    continue
+                raise
         raise attempts.exhausted(call.describe())
 
     def _flush_pending(self) -> None:

@@ -92,7 +92,9 @@ class ServiceUnavailableError(LrpilotError):
 
     `attempts` is how many requests were made (0 when the client did not try because the
     service is known down and its next try is not due); `detail` describes the last failure;
-    `retry_after` is the seconds the service asked to wait (its `Retry-After`), if it said.
+    `retry_after` is the seconds the service asked to wait (its `Retry-After`), if it said;
+    `unanswered_for` is how long its last attempt waited for an answer that never came (a read
+    timeout, a reset after a while; 0 when it got an answer or failed at once).
     """
 
     def __init__(
@@ -103,18 +105,32 @@ class ServiceUnavailableError(LrpilotError):
         attempts: int = 0,
         message: str | None = None,
         retry_after: float | None = None,
+        unanswered_for: float = 0.0,
     ) -> None:
         super().__init__(detail, status_code, message=message)
         self.attempts = attempts
         self.retry_after = retry_after
+        self.unanswered_for = unanswered_for
 
 
 class ResponseError(LrpilotError):
     """The service answered with a success status but a body the client cannot read.
 
     This means the client and the service disagree on the contract (wrong version, or a proxy
-    in between answering for the service); it is raised rather than guessed around.
+    in between answering for the service); it is raised rather than guessed around. A client in
+    "buffer" mode does not raise it from `observe` or the reads that have a stand-in: there it
+    counts as the service being away (the last known rates are kept, the observation buffered).
     """
+
+
+def is_lrpilots(response: httpx.Response) -> bool:
+    """Whether an error answer is the service's own: it always writes `{"detail": ...}` JSON,
+    which a proxy's or a load balancer's error page is not."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "detail" in body
 
 
 def detail_of(response: httpx.Response) -> Any:
