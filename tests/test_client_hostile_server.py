@@ -284,3 +284,38 @@ def test_a_paused_service_holds_the_training_loop_a_small_share_of_its_time(
     lrpilot.close()
     # the tries the paused service took in before it stopped answering count once, like the rest
     assert logged(live_server.url, "paused") == [(0, 1.0), *posted]
+
+
+def test_keras_fit_after_fit_goes_on_while_the_service_is_away(live_server: LiveServer) -> None:
+    """A loop of `model.fit(epochs=1)`: each fit begins with the run (GET) and a rewind to where
+    the callback already is. While the service was away that raised into the job."""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+    import numpy as np
+
+    from lrpilot_client.integrations.keras import LrpilotCallback
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    x = np.random.default_rng(0).random((32, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    lrpilot = quick(live_server.url, timeout=1.0, retries=1)
+    callback = LrpilotCallback(lrpilot, "keras-fits", params={"patience": 5})
+
+    def fit() -> None:
+        model.fit(x, y, validation_data=(x, y), epochs=1, batch_size=16, verbose=0,
+                  callbacks=[callback])  # fmt: skip
+
+    fit()
+    assert callback.last_decision is not None and not callback.last_decision.provisional
+    live_server.kill()
+    for _ in range(2):
+        fit()  # raised ServiceUnavailableError from on_train_begin
+        assert callback.last_decision.provisional
+    assert [o.step for o in lrpilot.pending] == [4, 6]
+    live_server.start()
+    fit()
+    assert not callback.last_decision.provisional
+    lrpilot.close()
+    assert [step for step, _ in logged(live_server.url, "keras-fits")] == [2, 4, 6, 8]

@@ -21,7 +21,7 @@ from typing import Any
 import keras
 
 from ..client import Client
-from ..errors import NotFoundError
+from ..errors import NotFoundError, ServiceUnavailableError
 from ..models import Decision, Run
 from ._common import DEFAULT_AHEAD, LrsCursor, logger
 
@@ -44,6 +44,13 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
     kept. The optimizer's learning rate must be a plain value, not a
     `LearningRateSchedule` (the run is the schedule). When a decision is `stop` and
     `stop_training` is true, the callback sets `model.stop_training`.
+
+    A fit after the first in the same process (a loop of `fit(epochs=1)`, a second training
+    stage) goes on with the run as the previous fit began and the last known rates while the
+    service is away, as the epochs do: its rewind to where this callback already is would change
+    nothing. A first fit needs the service (the run is created or found), and so does a fit that
+    begins before the last step this callback posted (a restored checkpoint: the run must be
+    rewound first).
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self.cursor = LrsCursor(client, run_id, ahead)
         self.last_decision: Decision | None = None
         self._assigned: float | None = None
+        self._begun: Run | None = None  # the run as the last fit began, in this process
 
     @property
     def fetches(self) -> int:
@@ -115,9 +123,38 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
             self.labels,
         )  # fmt: skip
 
+    def _run_or_last(self, step: int) -> Run:
+        """The run; while the service is away, the run as an earlier fit began, if any."""
+        try:
+            run = self._run(step)
+        except ServiceUnavailableError as exc:
+            if self._begun is None:
+                raise
+            logger.warning(
+                "run %r: fit begins at step %d while lrpilot is unreachable: going on with the "
+                "last known rates: %s", self.run_id, step, exc,
+            )  # fmt: skip
+            return self._begun
+        self._begun = run
+        return run
+
+    def _rewind(self, step: int) -> None:
+        try:
+            rewound = self.client.rewind(self.run_id, step)
+        except ServiceUnavailableError:
+            last = self.last_decision
+            if last is None or last.step > step:
+                raise  # the job went back in time: the run must be rewound before it trains
+            return  # this callback posted nothing past `step`: the rewind would change nothing
+        if rewound.rewound and rewound.decision is not None:
+            logger.info(
+                "run %r: training resumed at step %d: %s",
+                self.run_id, step, rewound.decision.reason,
+            )  # fmt: skip
+
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         step = self._step()
-        run = self._run(step)
+        run = self._run_or_last(step)
         if len(run.base_lrs) != 1:
             raise ValueError(
                 f"run {self.run_id!r} has {len(run.base_lrs)} param groups; "
@@ -126,12 +163,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self._assigned = None
         self.cursor.reset()
         if step > 0:
-            rewound = self.client.rewind(self.run_id, step)
-            if rewound.rewound and rewound.decision is not None:
-                logger.info(
-                    "run %r: training resumed at step %d: %s",
-                    self.run_id, step, rewound.decision.reason,
-                )  # fmt: skip
+            self._rewind(step)
         self._apply(step)
 
     def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
