@@ -288,6 +288,7 @@ def test_a_paused_service_holds_the_training_loop_a_small_share_of_its_time(
     assert logged(live_server.url, "paused") == [(0, 1.0), *posted]
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_keras_fit_after_fit_goes_on_while_the_service_is_away(live_server: LiveServer) -> None:
     """A loop of `model.fit(epochs=1)`: each fit begins with the run (GET) and a rewind to where
     the callback already is. While the service was away that raised into the job."""
