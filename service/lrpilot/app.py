@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 from collections.abc import AsyncIterator
@@ -13,12 +14,24 @@ from lrpilot import __version__
 from lrpilot.api import audit, errors, health, limits, policies, runs, simulate
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.responses import StrictJSONResponse
-from lrpilot.audit import Audit
-from lrpilot.domain import Decisions
+from lrpilot.domain.aggregated import Posted
+from lrpilot.domain.commit import GroupCommit, Inline, Threaded
+from lrpilot.domain.decisions import Decisions, decide_batch, prepare_now
+from lrpilot.domain.errors import Busy, RunBusy
+from lrpilot.domain.logs import Audit
 from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
 
 SWITCH_INTERVAL_S = 0.0005
+
+
+def group_commit(store: Store) -> GroupCommit[Posted, str]:
+    """How observations are committed, by the database's nature: a database whose statements
+    never wait on the network (SQLite) prepares batches on the event loop and commits them on a
+    thread; one behind a network round trip (PostgreSQL) runs them on a writer thread."""
+    if store.is_sqlite:
+        return Inline(functools.partial(prepare_now, store), busy=Busy)
+    return Threaded(functools.partial(decide_batch, store), busy=RunBusy, name="decisions-")
 
 
 def create_app(settings: Settings | None = None, fast_path: bool = True) -> FastAPI:
@@ -29,7 +42,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     """
     settings = settings or Settings.from_env()
     store = Store(settings)
-    decisions = Decisions(store, settings)
+    decisions = Decisions(store, settings, group_commit(store))
     auditor = Audit(store, settings)
 
     @asynccontextmanager

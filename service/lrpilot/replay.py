@@ -1,16 +1,171 @@
-"""Replay an observation stream through a policy: the project's one replay loop.
+"""The one loop that drives a policy through a run's log: observations, resizes and rewinds.
 
-Pure, like the policies: no I/O, no SQL, no HTTP, no clock. It runs a policy's ``Stepper``
-(the policy's own rule over plain mutable state, see ``lrpilot.policies.base``), so a replay of
-a million observations costs one ``advance()`` each; reasons and frozen states are built only
-for the observations a caller asks them of.
+Pure, like the policies: no I/O, no SQL, no HTTP, no clock. Everything that replays a policy
+is built on ``Replay``: verify (``lrpilot.audit.verify``, both branches of a rewound log), the
+what-ifs (``POST /v1/simulate``, ``lrpilot simulate``), ``lrpilot plot`` from a spec, the lrs
+over a range (``GET /lrs``) and the golden-file scripts.
+
+It runs a policy's ``Stepper`` (the policy's own rule over plain mutable state, see
+``lrpilot.policies.base``), so a replay of a million observations costs one ``advance()`` each;
+reasons and frozen states are built only for the observations a caller asks them of.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from lrpilot.entries import Rewound
 from lrpilot.policies.base import Frozen, Policy, State, Stepper
+from lrpilot.spec import InForce, factor, scaled
+
+
+@dataclass
+class _Ahead:
+    """A rewind further on in the log: the entry it will restore and how many it will
+    supersede, found as the replay goes (an entry survives until the first later rewind to a
+    step below its own)."""
+
+    rewind: Rewound
+    restores: int | None = None  # seq of the last surviving entry at or below to_step
+    state: State | None = None  # the state right after it
+    force: InForce | None = None  # the scale in force right after it
+    superseded: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What a rewind restored: the entry it went back to (None: the start), the state and the
+    scale in force again, and how many entries it superseded."""
+
+    restores_seq: int | None
+    state: State
+    force: InForce | None
+    superseded: int
+
+
+class Replay:
+    """A run's policy, driven one log entry at a time.
+
+    ``params`` are resolved params (``policy.resolve``) and ``state`` the state to start from
+    (the policy's initial state when None). ``scaling`` is the run's scaling rule, ``force``
+    the scale in force at the start. ``rewinds`` are the log's rewind entries, known before the
+    replay starts (a first pass reads them): the replay then finds, as it goes, the state each
+    will restore, holding a few values per rewind, so memory stays flat in the log's length.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        params: Frozen,
+        base_lrs: Sequence[float],
+        metric: str = "metric",
+        *,
+        state: State | None = None,
+        scaling: Mapping[str, Any] | None = None,
+        force: InForce | None = None,
+        rewinds: Sequence[Rewound] = (),
+    ) -> None:
+        self.policy, self.params, self.metric = policy, params, metric
+        self.base_lrs = tuple(base_lrs)
+        self._initial: State | None = None
+        start = state if state is not None else self.initial
+        self.stepper: Stepper = policy.stepper(params, start, metric)
+        self.scaling = scaling
+        self.base_force = InForce.of(scaling, None)
+        self.force = force or self.base_force
+        self.previous: tuple[float, ...] = self.stepper.lrs  # the policy's lrs before the last
+        self._ahead = [_Ahead(r) for r in sorted(rewinds, key=lambda r: r.seq)]
+
+    # -- what stands ----------------------------------------------------------------------
+
+    @property
+    def initial(self) -> State:
+        """The policy's initial state (what a rewind to before the first entry restores)."""
+        if self._initial is None:
+            self._initial = self.policy.init(self.params, self.base_lrs)
+        return self._initial
+
+    @property
+    def factor(self) -> float:
+        """The scaling rule's factor on the policy's lrs (1.0 without one)."""
+        return 1.0 if self.force is None else self.force.factor
+
+    @property
+    def lrs(self) -> list[float]:
+        """The lrs served now: the policy's, times the factor in force."""
+        return scaled(self.stepper.lrs, self.factor)
+
+    def state(self) -> State:
+        return self.stepper.state()
+
+    def lrs_at(self, step: int) -> list[float]:
+        """The lrs served at training ``step`` from the state in force (schedules move between
+        evaluations)."""
+        return scaled(self.policy.lrs_at(self.params, self.stepper.state(), step), self.factor)
+
+    # -- one entry ------------------------------------------------------------------------
+
+    def observe(self, step: int, value: float, seq: int | None = None) -> str:
+        """A decided observation: the policy advances; its action."""
+        self.previous = self.stepper.lrs
+        action = self.stepper.advance(step, value)
+        if self._ahead and seq is not None:
+            self._joined(seq, step)
+        return action
+
+    def resize(self, step: int, size: int, seq: int | None = None) -> InForce:
+        """A scale entry: the served lrs change by the scaling rule's factor, the policy's
+        state does not. The scale in force before it."""
+        assert self.scaling is not None and self.force is not None
+        was = self.force
+        self.force = InForce(size, factor(self.scaling, size), step)
+        if self._ahead and seq is not None:
+            self._joined(seq, step)
+        return was
+
+    def rewind(self, seq: int) -> Restored:
+        """A rewind entry (the next one the replay was told of): the state as of its step
+        again. AssertionError if ``seq`` is not that rewind (verify checks first)."""
+        ahead = self._ahead.pop(0)
+        assert ahead.rewind.seq == seq
+        restored = ahead.state if ahead.restores is not None else self.initial
+        force = ahead.force if ahead.restores is not None else self.base_force
+        assert restored is not None
+        self.previous = self.stepper.lrs
+        self.stepper = self.policy.stepper(self.params, restored, self.metric)
+        self.force = force
+        if self._ahead:
+            self._joined(seq, ahead.rewind.to_step)
+        return Restored(ahead.restores, restored, force, ahead.superseded)
+
+    def next_rewind(self) -> Rewound | None:
+        return self._ahead[0].rewind if self._ahead else None
+
+    def _joined(self, seq: int, step: int) -> None:
+        """Entry ``seq`` (at ``step``) joined the live branch. The first rewind ahead to a step
+        below it will supersede it; every rewind before that one may restore it (the last such
+        entry is the one a rewind restores)."""
+        state: State | None = None
+        for ahead in self._ahead:
+            if ahead.rewind.to_step < step:
+                ahead.superseded += 1
+                return
+            state = state or self.stepper.state()
+            ahead.restores, ahead.state, ahead.force = seq, state, self.force
+
+    # -- a stream of observations -----------------------------------------------------------
+
+    def run(self, observations: Iterable[tuple[int, float]]) -> Iterator[Stepper]:
+        """Feed (step, value) pairs through the policy; yield the stepper after each one (the
+        same object each time: read what you need before the next)."""
+        stepper = self.stepper
+        advance = stepper.advance
+        for step, value in observations:
+            self.previous = stepper.lrs
+            advance(step, value)
+            yield stepper
 
 
 def replay(
@@ -20,23 +175,10 @@ def replay(
     observations: Iterable[tuple[int, float]],
     metric: str = "metric",
 ) -> Iterator[Stepper]:
-    """Feed (step, value) pairs through the policy; yield the stepper after each one (the same
-    object each time: read what you need before the next).
-
-    ``params`` are resolved params (``policy.resolve``) and ``state`` the state to start from
-    (``policy.init`` or a stored one); neither is changed. The stepper is built here, at the
-    call, so a policy that refuses them raises now rather than at the first ``next()``.
-    ``metric`` names the value in the reasons, as ``Observation.metric`` does for ``step``.
-    """
-    stepper = policy.stepper(params, state, metric)
-    return _advance_each(stepper, observations)
-
-
-def _advance_each(stepper: Stepper, observations: Iterable[tuple[int, float]]) -> Iterator[Stepper]:
-    advance = stepper.advance
-    for step, value in observations:
-        advance(step, value)
-        yield stepper
+    """``Replay.run`` from ``state``: the stepper after each observation. The stepper is built
+    here, at the call, so a policy that refuses them raises now rather than at the first
+    ``next()``."""
+    return Replay(policy, params, state.lrs, metric, state=state).run(observations)
 
 
 def trace(
@@ -49,3 +191,28 @@ def trace(
     """(action, lrs) after each observation, as ``replay`` gives them (what-if). The lrs
     tuples are the stepper's own: one object as long as no reduction changes them."""
     return [(s.action, s.lrs) for s in replay(policy, params, state, observations, metric)]
+
+
+def lrs_over(
+    policy: Policy,
+    params: Frozen,
+    state: State,
+    by: float,
+    first: int,
+    count: int,
+    changes: Iterable[tuple[int, State, float]],
+) -> list[list[float]]:
+    """The lrs served at ``count`` consecutive training steps from ``first``: ``state`` is in
+    force before ``first``, its lrs served times ``by``; ``changes`` are (step, state, factor)
+    of the live entries from ``first`` on, in step order (each a decision's, a rewind's or a
+    resize's: the state it left and the scaling rule's factor on what it served)."""
+    upcoming = iter(changes)
+    change = next(upcoming, None)
+    lrs: list[list[float]] = []
+    lrs_at = policy.lrs_at
+    for step in range(first, first + count):
+        while change is not None and change[0] <= step:
+            _, state, by = change
+            change = next(upcoming, None)
+        lrs.append(scaled(lrs_at(params, state, step), by))
+    return lrs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,23 +9,19 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-from pydantic import ValidationError
 
 from lrpilot.api.deps import AuditDep, RunId
-from lrpilot.api.errors import printable
 from lrpilot.api.models import (
-    RUN_ID_PATTERN,
     RewindIn,
     RewindOut,
-    RunIn,
     RunOut,
     SummaryOut,
     VerifyIn,
     VerifyOut,
 )
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse, conflict
-from lrpilot.audit import BundleRefused
-from lrpilot.bundle import Mismatch, parse_header, read_lines, read_raw
+from lrpilot.audit.bundle import Mismatch, parse_header, read_lines, read_raw
+from lrpilot.domain.logs import BundleRefused
 
 router = APIRouter(prefix="/v1/runs", tags=["audit"])
 
@@ -91,21 +86,10 @@ async def import_run(request: Request, audit: AuditDep) -> Response:
 
 
 def _check_header(path: Path) -> None:
-    """The header's run must be one PUT /v1/runs/{run_id} would take (run_id, policy, lrs,
-    metric and labels that every database can hold): Mismatch on line 1 otherwise."""
-    first = next(read_lines(path), "")
-    run = parse_header(first.rstrip("\r\n"), 1)
-    run_id = run.get("run_id")
-    if not isinstance(run_id, str) or not re.fullmatch(RUN_ID_PATTERN, run_id):
-        raise Mismatch(1, None, f"the header's run_id must match {RUN_ID_PATTERN}")
-    spec = {k: run[k] for k in ("policy", "base_lrs", "metric", "labels") if k in run}
-    try:
-        RunIn.model_validate(spec)
-    except ValidationError as exc:
-        errors = "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {printable(e['msg'], 200)}" for e in exc.errors()
-        )
-        raise Mismatch(1, None, f"the header's run is not a valid run spec: {errors}") from None
+    """The header's run must be one the service stores (the run spec's own validation: run_id,
+    policy, lrs, metric and labels that every database can hold): Mismatch on line 1
+    otherwise, before the whole bundle is read."""
+    parse_header(next(read_lines(path), "").rstrip("\r\n"), 1)
 
 
 def _refused(line: int | None, message: str) -> Response:

@@ -8,13 +8,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from lrpilot.api.models import is_storable
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.canonical import to_strict
 from lrpilot.policies import PolicyError
-from lrpilot.store.errors import Conflict, Invalid, RunNotFound, StoreError, Unavailable
+from lrpilot.spec import is_storable
+from lrpilot.domain.errors import Conflict, Invalid, RunNotFound, DomainError, Unavailable
 
-_STATUS: dict[type[StoreError], int] = {
+_STATUS: dict[type[DomainError], int] = {
     RunNotFound: 404,
     Conflict: 409,
     Invalid: 422,
@@ -84,7 +84,7 @@ def policy_error_detail(exc: PolicyError, prefix: tuple[str, ...]) -> list[dict[
     ]
 
 
-def store_error_response(exc: StoreError) -> StrictJSONResponse:
+def store_error_response(exc: DomainError) -> StrictJSONResponse:
     """What the store refused, as its HTTP answer (503s say when to come back)."""
     headers = {"Retry-After": "1"} if isinstance(exc, Unavailable) else None
     status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
@@ -109,8 +109,8 @@ def install(app: FastAPI) -> None:
     async def _policy(_: Request, exc: PolicyError) -> StrictJSONResponse:
         return StrictJSONResponse({"detail": policy_error_detail(exc, ("body", "policy"))}, 422)
 
-    @app.exception_handler(StoreError)
-    async def _store(_: Request, exc: StoreError) -> StrictJSONResponse:
+    @app.exception_handler(DomainError)
+    async def _store(_: Request, exc: DomainError) -> StrictJSONResponse:
         return store_error_response(exc)
 
     @app.exception_handler(HTTPException)

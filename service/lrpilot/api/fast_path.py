@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lrpilot.api.errors import store_error_response
 from lrpilot.api.models import RUN_ID_PATTERN, ObservationIn
 from lrpilot.api.responses import raw_json
-from lrpilot.domain import Decisions
-from lrpilot.store.errors import StoreError
+from lrpilot.domain.decisions import Decisions
+from lrpilot.domain.errors import DomainError
 
 _PATH = re.compile(rf"^/v1/runs/({RUN_ID_PATTERN.strip('^$')})/observations$")
 
@@ -73,7 +73,7 @@ class ObservationFastPath:
                 observation.world_size,
                 observation.weight,
             )
-        except StoreError as exc:
+        except DomainError as exc:
             await store_error_response(exc)(scope, receive, send)
             return
         await raw_json(decision)(scope, receive, send)

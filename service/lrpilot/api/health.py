@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from lrpilot.api.deps import SettingsDep, StoreDep
 from lrpilot.api.responses import RETRY_AFTER, StrictJSONResponse
-from lrpilot.store.errors import Unavailable
+from lrpilot.domain.errors import Unavailable
 
 router = APIRouter(tags=["health"])
 

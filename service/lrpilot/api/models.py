@@ -3,99 +3,41 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    StrictFloat,
     StrictInt,
-    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from lrpilot.canonical import NON_FINITE
+from lrpilot.entries import NOT_DECISIONS
 from lrpilot.policies import ACTIONS as POLICY_ACTIONS
 from lrpilot.policies import POLICIES
 from lrpilot.policies.base import MAX_STEP
-from lrpilot.scaling import MAX_SIZE
+from lrpilot.spec import (
+    LABEL_KEY_PATTERN,
+    MAX_LABEL_VALUE,
+    MAX_SIZE,
+    RUN_ID_PATTERN,
+    AggregateSpec,
+    BaseLrs,
+    MetricName,
+    MetricValue,
+    PolicyRef,
+    RunPublic,
+    RunSpec,
+    ScalingSpec,
+    Strict,
+    Text,
+)
 
-RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
-MAX_LABEL_VALUE = 256
 POLICY_NAMES = sorted({p.name for p in POLICIES.values()})
 # a rewind is an entry of every run's log, a scale one of a run with a scaling rule
-ACTIONS = POLICY_ACTIONS | {"rewind", "scale"}
-
-# A lone surrogate cannot be encoded to UTF-8 (JSON's "\ud800" parses to one), and PostgreSQL
-# text cannot hold NUL: either would fail in the database or in the response, so no string
-# that could be stored, compared in SQL or echoed may carry them.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-UNSTORABLE_MSG = "must not contain a NUL character or a lone surrogate (U+D800 to U+DFFF)"
-
-
-def is_storable(text: str) -> bool:
-    # NUL is ASCII, surrogates are not: the common all-ASCII string costs two C scans.
-    return "\x00" not in text and (text.isascii() or _UNSTORABLE.search(text) is None)
-
-
-def _storable(v: Any) -> Any:
-    if isinstance(v, str) and not is_storable(v):
-        raise PydanticCustomError("string_unstorable", UNSTORABLE_MSG)
-    return v
-
-
-def _storable_json(v: Any) -> Any:
-    """Every string in a JSON value (keys too), walked without recursion: params nest freely.
-    The message names the place, since the loc can only name the field."""
-    stack: list[tuple[str, Any]] = [("", v)]
-    while stack:
-        path, item = stack.pop()
-        where = None
-        if isinstance(item, str):
-            if not is_storable(item):
-                where = f"{path[:128]!r} " if path else ""
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                if isinstance(key, str) and not is_storable(key):
-                    where = f"the key {ascii(key)[:64]}" + (f" in {path[:128]!r} " if path else " ")
-                    break
-                stack.append((f"{path}.{key}" if path else str(key), value))
-        elif isinstance(item, list):
-            stack.extend((f"{path}[{i}]", x) for i, x in enumerate(item))
-        if where is not None:
-            raise PydanticCustomError(
-                "string_unstorable", "{where}" + UNSTORABLE_MSG, {"where": where}
-            )
-    return v
-
-
-# Checked before pydantic's own str validation, which may refuse a surrogate with a message
-# about "raw data" that does not say what is wrong.
-Text = Annotated[str, BeforeValidator(_storable)]
-
-
-def _metric_value(v: Any) -> Any:
-    # JSON numbers, the tokens NaN/Infinity/-Infinity (json.loads makes floats of them) and
-    # exactly the three strings; never booleans or numeric strings, which hide client bugs.
-    if isinstance(v, bool) or (isinstance(v, str) and v not in NON_FINITE):
-        raise PydanticCustomError(
-            "metric_value",
-            "must be a number or one of the strings 'NaN', 'Infinity', '-Infinity', got {got}",
-            {"got": repr(v)[:64]},  # a huge string is not echoed whole
-        )
-    return NON_FINITE[v] if isinstance(v, str) else v
-
-
-MetricValue = Annotated[float, BeforeValidator(_metric_value)]
-# Strict, as `value` is: true and "0.2" are client bugs, not learning rates; JSON ints are fine.
-LearningRate = Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)]
-LabelKey = Annotated[Text, Field(pattern=LABEL_KEY_PATTERN)]
-LabelValue = Annotated[Text, Field(max_length=MAX_LABEL_VALUE)]
+ACTIONS = POLICY_ACTIONS | set(NOT_DECISIONS)
 
 
 # -- query parameters ---------------------------------------------------------------------
@@ -135,81 +77,10 @@ ActionFilter = Annotated[
 ]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PolicyRef(Strict):
-    name: Annotated[
-        Text,
-        Field(min_length=1, max_length=64, json_schema_extra={"enum": POLICY_NAMES}),
-    ] = Field(examples=["plateau"])
-    version: Annotated[StrictInt, Field(ge=1)] = Field(examples=[1])
-    params: dict[str, Any] = Field(default_factory=dict, examples=[{"patience": 5, "factor": 0.5}])
-
-    # The policy validates params (strictly typed fields); no string in them may reach its
-    # error messages, the stored spec or the 409 text unless it can be stored and echoed.
-    @field_validator("params", mode="before")
-    @classmethod
-    def _params_storable(cls, v: Any) -> Any:
-        return _storable_json(v)
-
-
-class AggregateIn(Strict):
-    """Aggregated mode: every rank posts its local metric; the step's decision is taken once,
-    from the weighted mean, when all ranks have reported (or at the timeout)."""
-
-    timeout_s: Annotated[StrictFloat, Field(gt=0.0, le=3600.0)] = Field(
-        description="how long a step waits for its missing ranks after its first report",
-        examples=[60],
-    )
-    on_timeout: Literal["decide", "refuse"] = Field(
-        description="decide: decide from the ranks present (the reason names them); refuse: "
-        "answer 409 naming the missing ranks, and decide the step once every rank reported",
-        examples=["decide"],
-    )
-
-
-class ScalingIn(Strict):
-    """Elastic jobs: when the job reports another world_size or global batch size, a scale
-    entry rescales the lrs (the policy's lrs times the rule's factor)."""
-
-    rule: Literal["linear", "sqrt"] = Field(
-        description="linear: lrs x size/base (larger batches, proportionally larger lrs); "
-        "sqrt: lrs x sqrt(size/base)",
-        examples=["linear"],
-    )
-    by: Literal["world_size", "batch_size"] = Field(
-        description="world_size: read from the observations' world_size (and POST resize); "
-        "batch_size: the job's global batch size, given by POST resize",
-        examples=["world_size"],
-    )
-    base: Annotated[StrictInt, Field(ge=1, le=MAX_SIZE)] = Field(
-        description="the size base_lrs were tuned for", examples=[8]
-    )
-
-
-class RunIn(Strict):
-    policy: PolicyRef
-    base_lrs: Annotated[list[LearningRate], Field(min_length=1, max_length=1024)] = Field(
-        examples=[[0.1]]
-    )
-    metric: Annotated[Text, Field(min_length=1, max_length=128)] | None = Field(
-        default=None, examples=["val_loss"]
-    )
-    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=64)] = Field(
-        default_factory=dict
-    )
-    aggregate: AggregateIn | None = Field(
-        default=None,
-        description="aggregated mode (every rank posts, one decision from their weighted "
-        "mean); omitted: leader mode",
-    )
-    scaling: ScalingIn | None = Field(
-        default=None,
-        description="elastic jobs: rescale the lrs when the job's world_size or global batch "
-        "size changes; omitted: lrs never rescale",
-    )
+# The request's run is the run spec itself: one model validates a created and an imported run.
+RunIn = RunSpec
+AggregateIn = AggregateSpec
+ScalingIn = ScalingSpec
 
 
 class ClientIn(Strict):
@@ -256,42 +127,7 @@ class ObservationIn(Strict):
 Number = float | str
 
 
-class PolicyOut(BaseModel):
-    name: str
-    version: int
-    params: dict[str, Any]
-
-
-class Counts(BaseModel):
-    decisions: int
-    reductions: int
-
-
-class RunOut(BaseModel):
-    run_id: str
-    policy: PolicyOut
-    base_lrs: list[float]
-    metric: str | None
-    labels: dict[str, str]
-    config_hash: str
-    head_hash: str = Field(description="the hash of the run's last decision (64 zeros before any)")
-    lrs: list[float]
-    last_step: int | None
-    last_seq: int
-    counts: Counts
-    status: str
-    created_at: str
-    aggregate: dict[str, Any] | None = Field(
-        default=None, description="aggregated mode's timeout_s and on_timeout; absent otherwise"
-    )
-    scaling: dict[str, Any] | None = Field(
-        default=None, description="the scaling rule (rule, by, base); absent without one"
-    )
-    scale: dict[str, Any] | None = Field(
-        default=None,
-        description="with `scaling`: the size in force, its factor on the lrs, and the step "
-        "it applies from (null: the base size, from the start)",
-    )
+RunOut = RunPublic
 
 
 class DecisionOut(BaseModel):
@@ -549,8 +385,8 @@ class SimulateIn(Strict):
     and ``base_lrs`` default to that run's own."""
 
     policy: PolicyRef | None = None
-    base_lrs: Annotated[list[LearningRate], Field(min_length=1, max_length=1024)] | None = None
-    metric: Annotated[Text, Field(min_length=1, max_length=128)] | None = None
+    base_lrs: BaseLrs | None = None
+    metric: MetricName | None = None
     values: Annotated[list[MetricValue], Field(max_length=MAX_SIMULATE)] | None = None
     steps: (
         Annotated[

@@ -36,7 +36,6 @@ from lrpilot.api.responses import (
     page_json,
     raw_json,
 )
-from lrpilot.domain import RunSpec
 from lrpilot.policies.base import MAX_STEP
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -81,17 +80,7 @@ async def post_observation(run_id: RunId, body: ObservationIn, request: Request)
     },
 )
 def put_run(run_id: RunId, body: RunIn, decisions: DecisionsDep) -> Response:
-    spec = RunSpec(
-        policy=body.policy.name,
-        version=body.policy.version,
-        params=body.policy.params,
-        base_lrs=tuple(body.base_lrs),
-        metric=body.metric,
-        labels=body.labels,
-        aggregate=None if body.aggregate is None else body.aggregate.model_dump(),
-        scaling=None if body.scaling is None else body.scaling.model_dump(),
-    )
-    run, created = decisions.create_run(run_id, spec)
+    run, created = decisions.create_run(run_id, body)
     return StrictJSONResponse(run, status_code=201 if created else 200)
 
 
@@ -159,7 +148,7 @@ def get_lrs(
 ) -> Response:
     if first + count - 1 > MAX_STEP:
         count = MAX_STEP - first + 1
-    return StrictJSONResponse(decisions.lrs_between(run_id, first, count))
+    return StrictJSONResponse(decisions.lrs_range(run_id, first, count))
 
 
 @router.get(

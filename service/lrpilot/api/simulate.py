@@ -10,9 +10,9 @@ from fastapi.responses import Response
 from lrpilot.api.deps import AuditDep
 from lrpilot.api.models import MAX_SIMULATE, SimulateIn, SimulateOut
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
-from lrpilot.scaling import scaled
-from lrpilot.store.errors import Conflict
-from lrpilot.whatif import Setup, run_setup
+from lrpilot.audit.whatif import Setup, run_setup
+from lrpilot.domain.errors import Conflict
+from lrpilot.spec import scaled
 
 router = APIRouter(prefix="/v1/simulate", tags=["audit"])
 
@@ -34,10 +34,10 @@ def simulate(body: SimulateIn, audit: AuditDep) -> Response:
         if recorded is None:
             raise Conflict(
                 f"run {body.run_id!r} has more than {MAX_SIMULATE} observations: replay its "
-                "export offline with `lrpilot replay`"
+                "export offline with `lrpilot simulate`"
             )
         if body.base_lrs is not None:
-            run = {**run, "base_lrs": body.base_lrs}
+            run = run.model_copy(update={"base_lrs": body.base_lrs})
         # the run's own params with the given ones on top (what `lrpilot replay --set` does);
         # another policy version starts from its own defaults
         policy = body.policy

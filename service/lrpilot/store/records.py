@@ -1,73 +1,81 @@
 """The plain data the store reads and writes: what the domain layer gets and gives back.
 
-JSON-valued fields are canonical JSON text, exactly as stored, so that nothing is re-encoded
-between the database and the decision it produces.
+What the store reads comes back parsed (``RunHead``, ``Stored``): no other layer decodes a
+stored column. What it writes is canonical JSON text, encoded once by the code that built it
+(the same bytes a decision hashes), so that nothing is re-encoded on the way to the database.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from lrpilot.spec import InForce, RunStored
+
+
+class Stored:
+    """A stored JSON column: its canonical text, exactly as stored (what hashes and caches key
+    on), and the value it holds, parsed here once, when first asked for."""
+
+    __slots__ = ("_value", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._value: Any = _UNPARSED
+
+    @property
+    def value(self) -> Any:
+        if self._value is _UNPARSED:
+            self._value = json.loads(self.text)
+        return self._value
+
+
+_UNPARSED = object()
 
 
 @dataclass(frozen=True, slots=True)
 class RunHead:
-    """A run's spec and its latest state: everything needed to decide its next step (O(1))."""
+    """A run's spec and where its log stands: everything needed to decide its next step
+    (O(1), whatever the log's length)."""
 
-    run_id: str
-    policy: str  # "plateau@1"
-    params: str  # canonical JSON, every default filled
-    base_lrs: str  # canonical JSON list
-    metric: str | None
-    config_hash: str
-    state: str  # canonical JSON of the policy state after last_seq
-    lrs: str  # canonical JSON list, in force after last_seq
+    spec: RunStored  # parsed once a process for each stored spec
+    state: Stored  # the policy state after last_seq
+    lrs: Stored  # the lrs served after last_seq
     last_seq: int
     last_step: int | None
-    head_hash: str  # hash of decision last_seq (the chain's tip)
-    aggregate: str | None = None  # canonical JSON {"timeout_s", "on_timeout"}; None: leader mode
-    scaling: str | None = None  # canonical JSON {"rule", "by", "base"}; None: no scaling rule
-    scale: str | None = None  # canonical JSON {"size", "factor", "step"} in force; None: base
+    head_hash: str  # hash of entry last_seq (the chain's tip)
+    scale: InForce | None  # a run with a scaling rule: the size in force; None without a rule
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
 
     def after(self, decision: NewDecision) -> RunHead:
         """The head once ``decision`` is appended."""
         # spelled out rather than dataclasses.replace: this runs once a decision
         return RunHead(
-            self.run_id,
-            self.policy,
-            self.params,
-            self.base_lrs,
-            self.metric,
-            self.config_hash,
-            state=decision.state,
-            lrs=decision.lrs,
+            self.spec,
+            Stored(decision.state),
+            Stored(decision.lrs),
             last_seq=decision.seq,
             last_step=decision.last_step,
             head_hash=decision.hash,
-            aggregate=self.aggregate,
-            scaling=self.scaling,
             scale=decision.scale,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class NewRun:
-    """A run to create: its resolved spec and its initial state."""
+    """A run to create: its spec (params resolved) and its initial state."""
 
-    run_id: str
-    policy: str
-    params: str
-    base_lrs: str
-    metric: str | None
-    labels: dict[str, str]
-    config_hash: str
-    state: str
-    lrs: str
-    head_hash: str
-    created_at: str
-    aggregate: str | None = None  # canonical JSON {"timeout_s", "on_timeout"}; None: leader mode
-    scaling: str | None = None  # canonical JSON {"rule", "by", "base"}; None: no scaling rule
-    scale: str | None = None  # import: the scale in force at the end of the log
+    spec: RunStored
+    state: str  # canonical JSON of the policy's initial state
+    lrs: str  # canonical JSON list: the initial lrs
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +92,8 @@ class NewDecision:
     lrs: str  # canonical JSON list
     last_step: int | None  # the run's last decided step after this entry (a scale decides none)
     reductions: int  # how many reductions this decision counts (0 or 1), as its policy says
-    scale: str | None = None  # the run's scale in force after this entry (RunHead.scale)
+    scale: InForce | None = None  # the run's scale in force after this entry (RunHead.scale)
+    doc: dict[str, Any] | None = None  # the entry as built (what a route answers), not stored
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import json
 import logging
 import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -25,19 +26,24 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from lrpilot.canonical import canonical_json, parse_float
+from lrpilot.domain.errors import Busy, RunNotFound, Unavailable
+from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
 from lrpilot.settings import Settings
+from lrpilot.spec import PUBLIC_ORDER, InForce, RunStored
 from lrpilot.store.db import make_engine, same_file, sqlite_path, writer
-from lrpilot.store.errors import Busy, RunNotFound, Unavailable
-from lrpilot.store.records import NewDecision, NewRun, Page, Report, RunHead
+from lrpilot.store.records import NewDecision, NewRun, Page, Report, RunHead, Stored
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
 T = TypeVar("T")
 log = logging.getLogger("lrpilot.store")
 
 _HEAD_COLUMNS = (
-    "run_id, policy, params, base_lrs, metric, config_hash, state, lrs, last_seq, last_step, "
-    "head_hash, aggregate, scaling, scale"
+    "run_id, policy, params, base_lrs, metric, labels, config_hash, created_at, aggregate, "
+    "scaling, state, lrs, last_seq, last_step, head_hash, scale"
 )
+# "the live entry of step N" is a decision's: a rewind entry shares the step it rewound to, a
+# scale entry the step it applies from
+_DECISIONS_ONLY = "AND action NOT IN (" + ", ".join(f"'{a}'" for a in NOT_DECISIONS) + ")"
 # How long a PostgreSQL batch waits in line for its runs' row locks before it leaves the held
 # ones for later: far longer than a batch holds them, far shorter than a request may wait.
 LOCK_WAIT_MS = 100
@@ -47,31 +53,81 @@ _LOCK_NOT_AVAILABLE = "55P03"
 _RETRY_PGCODES = {"40001", "40P01", "23505"}
 
 
-def run_document(row: RunRow) -> dict[str, Any]:
-    name, version = row.policy.split("@")
+@functools.lru_cache(maxsize=4096)
+def _spec(
+    run_id: str,
+    policy: str,
+    params: str,
+    base_lrs: str,
+    metric: str | None,
+    labels: str,
+    config_hash: str,
+    created_at: str,
+    aggregate: str | None,
+    scaling: str | None,
+) -> RunStored:
+    """A stored run's spec, parsed once a process (a run's spec never changes)."""
+    name, version = policy.split("@")
     doc: dict[str, Any] = {
-        "run_id": row.run_id,
-        "policy": {"name": name, "version": int(version), "params": json.loads(row.params)},
-        "base_lrs": json.loads(row.base_lrs),
-        "metric": row.metric,
-        "labels": json.loads(row.labels),
-        "config_hash": row.config_hash,
-        "head_hash": row.head_hash,
-        "lrs": json.loads(row.lrs),
-        "last_step": row.last_step,
-        "last_seq": row.last_seq,
-        "counts": {"decisions": row.last_seq, "reductions": row.reductions},
-        "status": row.status,
-        "created_at": row.created_at,
+        "run_id": run_id,
+        "policy": {"name": name, "version": int(version), "params": json.loads(params)},
+        "base_lrs": json.loads(base_lrs),
+        "metric": metric,
+        "labels": json.loads(labels),
+        "config_hash": config_hash,
+        "created_at": created_at,
     }
-    if row.aggregate is not None:  # only aggregated runs: leader-mode documents keep their shape
-        doc["aggregate"] = json.loads(row.aggregate)
-    if row.scaling is not None:  # only runs with a scaling rule, likewise
-        doc["scaling"] = scaling = json.loads(row.scaling)
+    if aggregate is not None:
+        doc["aggregate"] = json.loads(aggregate)
+    if scaling is not None:
+        doc["scaling"] = json.loads(scaling)
+    # stored by this service: already valid (construct skips a validation a process)
+    return RunStored.model_validate(doc)
+
+
+def _head(row: Sequence[Any]) -> RunHead:
+    """A run's head from its row's ``_HEAD_COLUMNS``."""
+    spec = _spec(*row[:10])
+    state, lrs, last_seq, last_step, head_hash, scale = row[10:]
+    force = None
+    if spec.scaling is not None:
+        force = InForce.of(spec.scaling.model_dump(), None if scale is None else json.loads(scale))
+    return RunHead(spec, Stored(state), Stored(lrs), last_seq, last_step, head_hash, force)
+
+
+def _scale_text(force: InForce | None) -> str | None:
+    """The scale column: NULL while the base size is in force since the start."""
+    return None if force is None or force.step is None else canonical_json(force.doc())
+
+
+def run_document(row: RunRow) -> dict[str, Any]:
+    """The run as GET /v1/runs/{run_id} serves it (``lrpilot.spec.RunPublic``)."""
+    spec = _spec(
+        row.run_id,
+        row.policy,
+        row.params,
+        row.base_lrs,
+        row.metric,
+        row.labels,
+        row.config_hash,
+        row.created_at,
+        row.aggregate,
+        row.scaling,
+    )
+    doc = spec.header_doc()
+    doc.update(
+        head_hash=row.head_hash,
+        lrs=json.loads(row.lrs),
+        last_step=row.last_step,
+        last_seq=row.last_seq,
+        counts={"decisions": row.last_seq, "reductions": row.reductions},
+        status="active",
+    )
+    if spec.scaling is not None:
         # the size in force, its factor and the step it applies from (none: the base size)
-        base = {"size": scaling["base"], "factor": 1.0, "step": None}
+        base = {"size": spec.scaling.base, "factor": 1.0, "step": None}
         doc["scale"] = json.loads(row.scale) if row.scale is not None else base
-    return doc
+    return {k: doc[k] for k in PUBLIC_ORDER if k in doc}
 
 
 class WriteTx:
@@ -122,17 +178,17 @@ class WriteTx:
         select = f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id IN ({marks})"
         if not self._postgres:
             rows = self._execute(select, ordered).fetchall()
-            return {row[0]: RunHead(*row) for row in rows}, set()
+            return {row[0]: _head(row) for row in rows}, set()
         self._execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'; SAVEPOINT lock_runs")
         try:
             rows = self._execute(f"{select} ORDER BY run_id FOR UPDATE", ordered).fetchall()
-            return {row[0]: RunHead(*row) for row in rows}, set()
+            return {row[0]: _head(row) for row in rows}, set()
         except Exception as exc:
             if getattr(exc, "pgcode", None) != _LOCK_NOT_AVAILABLE:
                 raise
             self._execute("ROLLBACK TO SAVEPOINT lock_runs")
         rows = self._execute(f"{select} FOR UPDATE SKIP LOCKED", ordered).fetchall()
-        heads = {row[0]: RunHead(*row) for row in rows}
+        heads = {row[0]: _head(row) for row in rows}
         skipped = tuple(r for r in ordered if r not in heads)
         if not skipped:
             return heads, set()
@@ -147,20 +203,19 @@ class WriteTx:
         if self._postgres:
             select += " FOR UPDATE"
         row = self._execute(select, (run_id,)).fetchone()
-        return None if row is None else RunHead(*row)
+        return None if row is None else _head(row)
 
-    def decision_at_step(self, run_id: str, step: int) -> str | None:
-        """The body of the run's live (not superseded) decision for ``step``, if any."""
+    def decision_at_step(self, run_id: str, step: int) -> Stored | None:
+        """The run's live (not superseded) decision for ``step``, if any."""
         pending = self._decided.get((run_id, step))
         if pending is not None:
-            return pending.body
+            return Stored(pending.body)
         row = self._execute(
             "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ? "
-            # a rewind entry shares the step it rewound to, a scale entry the step it applies from
-            "AND action NOT IN ('rewind', 'scale')",
+            + _DECISIONS_ONLY,
             (run_id, False, step),
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else Stored(str(row[0]))
 
     def reports_at(self, run_id: str, step: int) -> list[Report]:
         """The ranks' reports of the run's ``step`` (aggregated mode), in rank order."""
@@ -219,23 +274,23 @@ class WriteTx:
             del self._reports[key]
         self._new_reports = [r for r in self._new_reports if r[0] != run_id or r[1] <= step]
 
-    def live_at_or_before(self, run_id: str, step: int) -> tuple[int, str] | None:
-        """(seq, body) of the run's last live entry at or before ``step``, if any."""
+    def live_at_or_before(self, run_id: str, step: int) -> tuple[int, dict[str, Any]] | None:
+        """(seq, entry) of the run's last live entry at or before ``step``, if any."""
         row = self._execute(
             "SELECT seq, body FROM decisions WHERE run_id = ? AND superseded = ? AND step <= ? "
             "ORDER BY step DESC, seq DESC LIMIT 1",
             (run_id, False, step),
         ).fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
+        return None if row is None else (int(row[0]), json.loads(row[1]))
 
-    def live_scale_at_or_before(self, run_id: str, step: int) -> str | None:
-        """The body of the run's last live scale entry at or before ``step``, if any."""
+    def live_scale_at_or_before(self, run_id: str, step: int) -> dict[str, Any] | None:
+        """The run's last live scale entry at or before ``step``, if any."""
         row = self._execute(
             "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step <= ? "
-            "AND action = 'scale' ORDER BY step DESC, seq DESC LIMIT 1",
+            f"AND action = '{Kind.SCALE.value}' ORDER BY step DESC, seq DESC LIMIT 1",
             (run_id, False, step),
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else dict(json.loads(row[0]))
 
     def set_position(self, run_id: str, last_step: int | None, scale: str | None) -> None:
         """Where an imported run stands: its last decided step and the scale in force (the
@@ -259,14 +314,14 @@ class WriteTx:
         with self.session() as session:
             session.add(_run_row(run))
             session.flush()  # the run before its labels: the foreign key needs it
-            for key, value in run.labels.items():
+            for key, value in run.spec.labels.items():
                 session.add(RunLabelRow(run_id=run.run_id, key=key, value=value))
             session.flush()
 
     def append_decision(self, decision: NewDecision) -> None:
         """Append the decision; it is written, with its run's new head, by ``flush``."""
         self._appended.append(decision)
-        if decision.action not in ("rewind", "scale"):
+        if decision.action not in NOT_DECISIONS:
             self._decided[(decision.run_id, decision.step)] = decision
 
     def flush(self) -> None:
@@ -305,7 +360,16 @@ class WriteTx:
                 "scale = ?, reductions = reductions + ? WHERE run_id = ?",
             ),
             [
-                (d.seq, d.last_step, d.hash, d.state, d.lrs, d.scale, reductions[run_id], run_id)
+                (
+                    d.seq,
+                    d.last_step,
+                    d.hash,
+                    d.state,
+                    d.lrs,
+                    _scale_text(d.scale),
+                    reductions[run_id],
+                    run_id,
+                )
                 for run_id, d in heads.items()
             ],
         )
@@ -484,7 +548,7 @@ class Store:
             row = _run_row(run)
             session.add(row)
             session.flush()  # the run before its labels: the foreign key needs it
-            for key, value in run.labels.items():
+            for key, value in run.spec.labels.items():
                 session.add(RunLabelRow(run_id=run.run_id, key=key, value=value))
             session.flush()
             return run_document(row), True
@@ -520,8 +584,8 @@ class Store:
 
     def decision_at_or_before(
         self, run_id: str, step: int | None
-    ) -> tuple[RunHead, tuple[int, int, str] | None]:
-        """The run's head, and (seq, step, body) of its last live decision at or before
+    ) -> tuple[RunHead, tuple[int, int, dict[str, Any]] | None]:
+        """The run's head, and (seq, step, entry) of its last live entry at or before
         ``step`` (None when there is none, or when ``step`` is None).
 
         Live decisions have increasing steps, so the last one at or before ``step`` is the one
@@ -535,7 +599,7 @@ class Store:
             ).first()
             if row is None:
                 raise RunNotFound(f"run {run_id!r} not found")
-            head = RunHead(*row)
+            head = _head(row)
             if step is None:
                 return head, None
             found = conn.exec_driver_sql(
@@ -547,7 +611,9 @@ class Store:
                 ),
                 (run_id, False, step),
             ).first()
-            return head, None if found is None else (int(found[0]), int(found[1]), found[2])
+            if found is None:
+                return head, None
+            return head, (int(found[0]), int(found[1]), json.loads(found[2]))
 
     def decided_step(self, run_id: str, step: int) -> str | None:
         """The body of the run's live decision of ``step``, if any (a short read: aggregated
@@ -558,7 +624,7 @@ class Store:
                 _param(
                     conn,
                     "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ? "
-                    "AND action NOT IN ('rewind', 'scale')",
+                    + _DECISIONS_ONLY,
                 ),
                 (run_id, False, step),
             ).first()
@@ -566,10 +632,10 @@ class Store:
 
     def decisions_between(
         self, run_id: str, first: int, last: int
-    ) -> tuple[RunHead, str | None, list[tuple[int, str]]]:
-        """The run's head, the body of its last live entry before step ``first`` (None if
-        none), and (step, body) of its live entries from ``first`` to ``last``, in step order:
-        the states in force over that range."""
+    ) -> tuple[RunHead, dict[str, Any] | None, list[tuple[int, dict[str, Any]]]]:
+        """The run's head, its last live entry before step ``first`` (None if none), and
+        (step, entry) of its live entries from ``first`` to ``last``, in step order: the
+        states in force over that range."""
         with self._read() as s:
             conn = s.connection()
             row = conn.exec_driver_sql(
@@ -594,9 +660,9 @@ class Store:
                 (run_id, False, first, last),
             ).all()
             return (
-                RunHead(*row),
-                None if before is None else str(before[0]),
-                [(int(step), str(body)) for step, body in within],
+                _head(row),
+                None if before is None else json.loads(before[0]),
+                [(int(step), json.loads(body)) for step, body in within],
             )
 
     def list_decisions(
@@ -638,23 +704,15 @@ class Store:
             row = s.get(RunRow, run_id)
             if row is None:
                 raise RunNotFound(f"run {run_id!r} not found")
-            head = RunHead(
-                row.run_id,
-                row.policy,
-                row.params,
-                row.base_lrs,
-                row.metric,
-                row.config_hash,
-                row.state,
-                row.lrs,
-                row.last_seq,
-                row.last_step,
-                row.head_hash,
-                row.aggregate,
-                row.scaling,
-                row.scale,
-            )
-            return run_document(row), head
+            columns = [c.strip() for c in _HEAD_COLUMNS.split(",")]
+            return run_document(row), _head([getattr(row, c) for c in columns])
+
+    def entries(
+        self, run_id: str, up_to_seq: int, superseded: bool | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """``bodies``, parsed."""
+        for body in self.bodies(run_id, up_to_seq, superseded=superseded):
+            yield json.loads(body)
 
     def bodies(
         self,
@@ -711,21 +769,21 @@ class Store:
 
 
 def _run_row(run: NewRun) -> RunRow:
+    spec = run.spec
     return RunRow(
-        run_id=run.run_id,
-        policy=run.policy,
-        params=run.params,
-        base_lrs=run.base_lrs,
-        metric=run.metric,
-        labels=canonical_json(run.labels),
-        config_hash=run.config_hash,
+        run_id=spec.run_id,
+        policy=spec.policy.id,
+        params=canonical_json(spec.policy.params),
+        base_lrs=canonical_json(list(spec.base_lrs)),
+        metric=spec.metric,
+        labels=canonical_json(spec.labels),
+        config_hash=spec.config_hash,
         state=run.state,
         lrs=run.lrs,
-        head_hash=run.head_hash,
-        created_at=run.created_at,
-        aggregate=run.aggregate,
-        scaling=run.scaling,
-        scale=run.scale,
+        head_hash=GENESIS,
+        created_at=spec.created_at,
+        aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
+        scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
     )
 
 

@@ -25,7 +25,6 @@ class RunRow(SQLModel, table=True):
     last_seq: int = Field(default=0, sa_type=sa.BigInteger)
     head_hash: str = Field(sa_type=sa.String(64))  # hash of decision last_seq (the chain's tip)
     reductions: int = Field(default=0, sa_type=sa.BigInteger)
-    status: str = Field(default="active", sa_type=sa.String(16))
     created_at: str = Field(sa_type=sa.String(40))
     # aggregated mode: canonical JSON {"timeout_s", "on_timeout"}; None for a leader-mode run
     aggregate: str | None = Field(default=None, sa_type=sa.Text)

@@ -1,23 +1,24 @@
-"""What the store refuses; the api turns each into its HTTP status."""
+"""What the domain refuses; the api turns each into its HTTP status (the store raises them too:
+Unavailable when the database is gone or locked)."""
 
 from __future__ import annotations
 
 
-class StoreError(Exception):
+class DomainError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class RunNotFound(StoreError):
+class RunNotFound(DomainError):
     """404: no run with that id."""
 
 
-class Conflict(StoreError):
+class Conflict(DomainError):
     """409: the request contradicts what is stored (another spec, another value for a step)."""
 
 
-class Invalid(StoreError):
+class Invalid(DomainError):
     """422: the request is well-formed but this run cannot take it (an aggregated run's
     observation without its rank); ``loc`` names the field, as a validation error does, and
     ``kind`` is the item's type."""
@@ -28,7 +29,7 @@ class Invalid(StoreError):
         self.kind = kind
 
 
-class Unavailable(StoreError):
+class Unavailable(DomainError):
     """503: the database cannot be reached or stays locked; retrying later is safe."""
 
 

@@ -35,7 +35,7 @@ R = TypeVar("R")
 T_contra = TypeVar("T_contra", contravariant=True)
 R_co = TypeVar("R_co", covariant=True)
 
-log = logging.getLogger("lrpilot.group_commit")
+log = logging.getLogger("lrpilot.commit")
 
 # process(items) returns one result an item: a value, or the exception that item's caller gets.
 Process = Callable[[Sequence[T]], Sequence[R | BaseException]]

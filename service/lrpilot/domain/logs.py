@@ -1,8 +1,8 @@
 """Audit and replay over the store: export, import, verify, rewind, summary.
 
-Domain layer: no SQL and no HTTP. The checks themselves are ``lrpilot.bundle``'s, the same
-offline (``lrpilot verify BUNDLE``) as here; this module feeds them from the store and writes
-what they accepted.
+Domain layer: no SQL and no HTTP. The checks themselves are ``lrpilot.audit.verify``'s, the
+same offline (``lrpilot verify BUNDLE``) as here; this module feeds them from the store and
+writes what they accepted.
 """
 
 from __future__ import annotations
@@ -12,28 +12,16 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from lrpilot.bundle import (
-    REWIND,
-    BundleCheck,
-    LogCheck,
-    Mismatch,
-    Recorded,
-    Report,
-    check_bundle,
-    header_line,
-    numbered_raw,
-    rewinds_of,
-    spec_of,
-    trailer_line,
-)
+from lrpilot import entries
+from lrpilot.audit.bundle import Mismatch, Recorded, header_line, numbered_raw, recorded_of, rewinds_of, trailer_line
+from lrpilot.audit.signing import load_private_key, sign, signed_message
+from lrpilot.audit.verify import BundleCheck, LogCheck, Report, check_bundle
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
-from lrpilot.chain import GENESIS, seal
-from lrpilot.domain import RunSpec, in_force, new_run, now, resolved
-from lrpilot.policies import base as policy_text
-from lrpilot.scaling import SCALE, InForce
+from lrpilot.domain.deciding import chain_of, load_state, new_run, now, resolved
+from lrpilot.domain.errors import Conflict, RunNotFound
+from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
 from lrpilot.settings import Settings
-from lrpilot.signing import load_private_key, sign, signed_message
-from lrpilot.store.errors import Conflict, RunNotFound
+from lrpilot.spec import InForce, RunStored, scaled
 from lrpilot.store.records import NewDecision, NewRun, RunHead
 from lrpilot.store.runs import Store, WriteTx
 
@@ -59,13 +47,13 @@ class Audit:
         """The run as bundle lines (header, decisions, trailer), read a page at a time. The
         run is looked up now (RunNotFound before anything is streamed); the log is the one up
         to the head at that moment, whatever is decided meanwhile."""
-        run, head = self.store.head(run_id)
-        return self._lines(run, head.last_seq, head.head_hash)
+        _, head = self.store.head(run_id)
+        return self._lines(head.spec, head.last_seq, head.head_hash)
 
-    def _lines(self, run: dict[str, Any], count: int, head_hash: str) -> Iterator[str]:
+    def _lines(self, run: RunStored, count: int, head_hash: str) -> Iterator[str]:
         header = header_line(run)
         yield header
-        yield from self.store.bodies(run["run_id"], count)
+        yield from self.store.bodies(run.run_id, count)
         signature = None
         if self._key is not None:
             signature = sign(self._key, signed_message(sha256_hex(header), count, head_hash))
@@ -77,11 +65,11 @@ class Audit:
         """Replay the stored log through the pinned policy and check every link and every
         superseded flag; then check that the run's row (its head, state and lrs, what the next
         decision starts from) is where the log ends."""
-        run, row = self.store.head(run_id)
-        rewinds = rewinds_of(self.store.bodies(run_id, row.last_seq, action=REWIND))
+        _, row = self.store.head(run_id)
+        rewinds = rewinds_of(self.store.bodies(run_id, row.last_seq, action=Kind.REWIND))
         check: LogCheck | None = None
         try:
-            check = LogCheck(spec_of(run), rewinds)
+            check = LogCheck(row.spec, rewinds)
             for body, flagged in self.store.flagged(run_id, row.last_seq):
                 check.check(body)
                 assert check.step is not None
@@ -96,9 +84,9 @@ class Audit:
             report = check.report(head)
             for what, stored, logged in (
                 ("head_hash", row.head_hash, report.head_hash),
-                ("state", row.state, report.state),
-                ("lrs", row.lrs, report.lrs),
-                ("scale", row.scale, report.scale),
+                ("state", row.state.text, report.state),
+                ("lrs", row.lrs.text, report.lrs),
+                ("scale", _scale_json(row.scale), report.scale),
                 ("last_step", row.last_step, report.last_step),
             ):
                 if stored != logged:
@@ -141,7 +129,7 @@ class Audit:
                 text = raw.decode()  # checked: UTF-8 JSON
                 doc = json.loads(text)
                 seq, step, action = doc["seq"], doc["step"], doc["action"]
-                if action == REWIND:
+                if action == Kind.REWIND:
                     tx.supersede_after(run.run_id, step)
                 decision = NewDecision(
                     run_id=run.run_id,
@@ -175,14 +163,14 @@ class Audit:
         kept, marked superseded, and the rewind is itself an entry of the chain (who asked, to
         which step, what it restored). A rewind to or past the last step changes nothing."""
 
-        def work(tx: WriteTx) -> str | None:
+        def work(tx: WriteTx) -> NewDecision | None:
             head = tx.lock_run(run_id)
             if head is None:
                 raise RunNotFound(f"run {run_id!r} not found")
-            if head.aggregate is not None:  # the ranks will report those steps again
+            if head.spec.aggregate is not None:  # the ranks will report those steps again
                 tx.drop_reports_after(run_id, to_step)
             # past the last entry: nothing to supersede (a resize may come after the last step)
-            force = in_force(head)
+            force = head.scale
             latest = max(
                 head.last_step if head.last_step is not None else -1,
                 force.step if force is not None and force.step is not None else -1,
@@ -191,115 +179,86 @@ class Audit:
                 return None
             target = tx.live_at_or_before(run_id, to_step)
             if target is None:  # before the first decision: the policy's initial state
-                policy, params = resolved(head.policy, head.params, head.base_lrs)
-                base_lrs = tuple(parse_float(x) for x in json.loads(head.base_lrs))
-                initial = policy.init(params, base_lrs)
+                policy, params = resolved(head.spec)
+                initial = policy.init(params, tuple(head.spec.base_lrs))
                 restores, state, lrs = None, initial.model_dump(), list(initial.lrs)
             else:
-                restores, body = target
-                doc = json.loads(body)
+                restores, doc = target
                 state, lrs = doc["state"], doc["lrs"]
             scale = _scale_at(tx, head, to_step)
             superseded = tx.supersede_after(run_id, to_step)
-            previous = json.loads(head.lrs)
-            by = f" at the request of {_who(client)}" if client else ""
-            since = f"step {to_step}" if restores is not None else "the start"
-            entry: dict[str, Any] = {
-                "run_id": run_id,
-                "seq": head.last_seq + 1,
-                "step": to_step,
-                "value": None,
-                "lrs": lrs,
-                "previous_lrs": previous,
-                "action": REWIND,
-                "reason": (
-                    f"rewound to step {to_step}{by}: {_plural(superseded, 'decision')} after "
-                    f"it superseded (kept in the log); {_lrs_text(lrs)} in force again, the "
-                    f"state as of {since}"
-                ),
-                "policy": head.policy,
-                "config_hash": head.config_hash,
-                "state": state,
-                "prev_hash": head.head_hash,
-                "created_at": now(),
-                "rewind": {"to_step": to_step, "restores_seq": restores, "superseded": superseded},
-            }
-            if scale is not None and scale.factor != 1.0:  # the lrs stay scaled as they were
-                entry[SCALE] = scale.factor
-            if client:
-                entry["client"] = client
-            sealed = seal(entry)
-            tx.append_decision(
-                NewDecision(
-                    run_id=run_id,
-                    seq=entry["seq"],
-                    step=to_step,
-                    action=REWIND,
-                    hash=entry["hash"],
-                    body=sealed,
-                    state=canonical_json(state),
-                    lrs=canonical_json(lrs),
-                    last_step=to_step,
-                    reductions=0,
-                    scale=None if scale is None else canonical_json(scale.doc()),
-                )
+            entry = entries.rewind(
+                chain_of(head),
+                to_step,
+                now(),
+                restores_seq=restores,
+                superseded=superseded,
+                lrs=lrs,
+                previous_lrs=head.lrs.value,
+                state=state,
+                restored_force=scale,
+                client=client,
             )
-            return sealed
+            appended = NewDecision(
+                run_id=run_id,
+                seq=entry.seq,
+                step=to_step,
+                action=entry.action,
+                hash=entry.hash,
+                body=entry.body,
+                state=canonical_json(state),
+                lrs=canonical_json(lrs),
+                last_step=to_step,
+                reductions=0,
+                scale=scale if scale is not None else _base(head),
+                doc=entry.doc,
+            )
+            tx.append_decision(appended)
+            return appended
 
-        body = self.store.transact(work)
+        entry = self.store.transact(work)
         run = self.store.get_run(run_id)
         return {
             "run_id": run_id,
             "to_step": to_step,
-            "rewound": body is not None,
+            "rewound": entry is not None,
             "lrs": run["lrs"],
-            "decision": json.loads(body) if body is not None else None,
+            "decision": entry.doc if entry is not None else None,
         }
 
     # -- what-if ---------------------------------------------------------------------------
 
-    def recorded(self, run_id: str, limit: int) -> tuple[dict[str, Any], list[Recorded] | None]:
+    def recorded(self, run_id: str, limit: int) -> tuple[RunStored, list[Recorded] | None]:
         """The run and its live branch's observations with their decisions; None past
         ``limit`` of them."""
-        run, head = self.store.head(run_id)
+        _, head = self.store.head(run_id)
         kept: list[Recorded] = []
-        for body in self.store.bodies(run_id, head.last_seq, superseded=False):
-            doc = json.loads(body)
-            if doc["action"] in (REWIND, SCALE):
+        for doc in self.store.entries(run_id, head.last_seq, superseded=False):
+            if doc["action"] in NOT_DECISIONS:
                 continue
             if len(kept) == limit:
-                return run, None
-            kept.append(
-                Recorded(
-                    doc["seq"],
-                    doc["step"],
-                    parse_float(doc["value"]),
-                    doc["action"],
-                    tuple(parse_float(x) for x in doc["lrs"]),
-                    parse_float(doc.get(SCALE, 1.0)),
-                )
-            )
-        return run, kept
+                return head.spec, None
+            kept.append(recorded_of(doc))
+        return head.spec, kept
 
     # -- summary ---------------------------------------------------------------------------
 
     def summary(self, run_id: str) -> dict[str, Any]:
         """What an auditor asks first, over the live branch (one pass over the log)."""
         run, head = self.store.head(run_id)
-        params = run["policy"]["params"]
-        maximize = params.get("mode") == "max"
+        maximize = head.spec.policy.params.get("mode") == "max"
         best: float | None = None
         best_step: int | None = None
         first: int | None = None
         reductions: list[dict[str, Any]] = []
         live = 0
         previous_action = ""
-        for body in self.store.bodies(run_id, head.last_seq, superseded=False):
-            doc = json.loads(body)
+        for doc in self.store.entries(run_id, head.last_seq, superseded=False):
             action = doc["action"]
-            if action == REWIND:
+            kind = entries.kind_of(action)
+            if kind is Kind.REWIND:
                 continue
-            if action == SCALE:  # an elastic job resized: the lrs changed, no metric was seen
+            if kind is Kind.SCALE:  # an elastic job resized: the lrs changed, no metric was seen
                 reductions.append(
                     {"seq": doc["seq"], "step": doc["step"], "lrs": doc["lrs"], "action": action}
                 )
@@ -331,56 +290,46 @@ class Audit:
             "head_hash": head.head_hash,
             "lrs": run["lrs"],
         }
-        if run["policy"]["name"] == "range_test":
-            # the suggested lrs, from the state in force (the stop decision's, or so far)
-            from lrpilot.policies import range_test
-
-            policy, resolved_params = resolved(head.policy, head.params, head.base_lrs)
-            state = policy.load_state(json.loads(head.state))
-            summary["range_test"] = range_test.run_summary(resolved_params, state)
+        # what the policy adds (the range test's suggested lrs), from the state in force
+        policy, params = resolved(head.spec)
+        summary.update(policy.summary_fields(params, load_state(policy, head)))
         return summary
+
+
+def _base(head: RunHead) -> InForce | None:
+    scaling = head.spec.scaling
+    return InForce.of(None if scaling is None else scaling.model_dump(), None)
+
+
+def _scale_json(force: InForce | None) -> str | None:
+    """The scale in force as the run row stores it (None: the base size, from the start)."""
+    return None if force is None or force.step is None else canonical_json(force.doc())
 
 
 def _scale_at(tx: WriteTx, head: RunHead, step: int) -> InForce | None:
     """The scale a rewind to ``step`` restores: its last live scale entry's (None: the base
     size, from the start, or no scaling rule)."""
-    if head.scaling is None:
+    if head.spec.scaling is None:
         return None
-    body = tx.live_scale_at_or_before(head.run_id, step)
-    if body is None:
+    doc = tx.live_scale_at_or_before(head.run_id, step)
+    if doc is None:
         return None
-    doc = json.loads(body)
-    return InForce(int(doc["resize"]["to"]), parse_float(doc[SCALE]), int(doc["step"]))
+    return InForce(int(doc["resize"]["to"]), parse_float(doc["scale"]), int(doc["step"]))
 
 
 def _new_run(checked: BundleCheck) -> NewRun:
     """The run a checked bundle describes, at the end of its log."""
     assert checked.run is not None
     spec = checked.run
-    policy = spec["policy"]
-    base = new_run(
-        spec["run_id"],
-        RunSpec(
-            policy=policy["name"],
-            version=policy["version"],
-            params=dict(policy["params"]),
-            base_lrs=tuple(parse_float(x) for x in spec["base_lrs"]),
-            metric=spec.get("metric"),
-            labels=dict(spec.get("labels") or {}),
-            aggregate=spec.get("aggregate"),
-            scaling=spec.get("scaling"),
-        ),
-        str(spec.get("created_at") or now()),
-    )
-    return base
+    return new_run(spec.run_id, spec, spec.created_at or now())
 
 
 def _same_log(store: Store, run: NewRun, checked: BundleCheck) -> dict[str, Any]:
     """The stored run, when it is the bundle's run with the bundle's log; else a Conflict."""
-    stored = store.get_run(run.run_id)
+    stored, head = store.head(run.run_id)
     same = (
         checked.run is not None
-        and spec_of(stored) == spec_of(checked.run)
+        and head.spec.header_doc() == checked.run.header_doc()
         and stored["head_hash"] == checked.report.head_hash
         and stored["counts"]["decisions"] == checked.report.count
     )
@@ -392,16 +341,3 @@ def _same_log(store: Store, run: NewRun, checked: BundleCheck) -> dict[str, Any]
             "another run_id"
         )
     return stored
-
-
-def _who(client: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {client[k]}" for k in ("host", "process", "rank") if k in client)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _lrs_text(lrs: list[Any]) -> str:
-    values = tuple(parse_float(x) for x in lrs)
-    return policy_text.fmt_lrs(values)

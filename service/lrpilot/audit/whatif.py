@@ -1,7 +1,7 @@
 """What-if: a metric stream through a policy, stored nowhere; a recorded run against other params.
 
-Pure (no I/O): ``POST /v1/simulate`` and ``lrpilot replay`` share it, and both run the one
-replay loop, ``lrpilot.replay``.
+Pure (no I/O): ``POST /v1/simulate`` and ``lrpilot simulate`` share it, and both run the one
+replay loop, ``lrpilot.replay.Replay``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrpilot.bundle import Recorded
-from lrpilot.canonical import parse_float
+from lrpilot.audit.bundle import Recorded
 from lrpilot.policies import Frozen, Policy, get_policy
-from lrpilot.replay import replay
-from lrpilot.scaling import scaled
+from lrpilot.replay import Replay
+from lrpilot.spec import RunStored, scaled
 
 
 def parse_policy(text: str) -> tuple[str, int]:
@@ -48,14 +47,16 @@ class Setup:
         lrs = tuple(base_lrs)
         return cls(policy, policy.resolve(params, lrs), lrs, metric or "metric")
 
+    def replay(self) -> Replay:
+        """The one replay loop, from the policy's initial state."""
+        return Replay(self.policy, self.params, self.base_lrs, self.metric)
+
     def decisions(self, stream: Iterable[tuple[int, float]]) -> Iterator[dict[str, Any]]:
         """One decision a (step, value), with its reason: what the service would answer."""
-        initial = self.policy.init(self.params, self.base_lrs)
-        previous = initial.lrs
+        replay = self.replay()
+        previous = replay.stepper.lrs
         pairs = list(stream) if not isinstance(stream, list) else stream
-        for (step, value), stepper in zip(
-            pairs, replay(self.policy, self.params, initial, pairs, self.metric), strict=True
-        ):
+        for (step, value), stepper in zip(pairs, replay.run(pairs), strict=True):
             yield {
                 "step": step,
                 "value": value,
@@ -67,14 +68,13 @@ class Setup:
             previous = stepper.lrs
 
 
-def run_setup(run: dict[str, Any], overrides: dict[str, Any], policy: str | None) -> Setup:
+def run_setup(run: RunStored, overrides: dict[str, Any], policy: str | None) -> Setup:
     """The run's own setup with ``overrides`` on its params, or under another policy."""
-    spec = run["policy"]
-    name, version = parse_policy(policy) if policy else (spec["name"], int(spec["version"]))
-    params = dict(spec["params"]) if (name, version) == (spec["name"], spec["version"]) else {}
+    spec = run.policy
+    name, version = parse_policy(policy) if policy else (spec.name, spec.version)
+    params = dict(spec.params) if (name, version) == (spec.name, spec.version) else {}
     params.update(overrides)
-    base_lrs = [parse_float(x) for x in run["base_lrs"]]
-    return Setup.of(name, version, params, base_lrs, run.get("metric") or "metric")
+    return Setup.of(name, version, params, run.base_lrs, run.metric or "metric")
 
 
 @dataclass
@@ -117,8 +117,8 @@ def compare(
     (action or lrs). ``progress`` is called with the number of observations done, now and
     then."""
     result = Comparison()
-    initial = setup.policy.init(setup.params, setup.base_lrs)
-    last_recorded = last_replayed = initial.lrs
+    replay = setup.replay()
+    last_recorded = last_replayed = replay.stepper.lrs
     pending: list[Recorded] = []
 
     def stream() -> Iterator[tuple[int, float]]:
@@ -126,9 +126,7 @@ def compare(
             pending.append(rec)
             yield rec.step, rec.value
 
-    for n, stepper in enumerate(
-        replay(setup.policy, setup.params, initial, stream(), setup.metric), start=1
-    ):
+    for n, stepper in enumerate(replay.run(stream()), start=1):
         rec = pending.pop()
         # the recorded run's resizes apply to the what-if too: it asks "other params", not
         # "another world_size"

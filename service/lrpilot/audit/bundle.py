@@ -1,0 +1,229 @@
+"""A run as a bundle (NDJSON): its lines written and read. Pure, no database.
+
+A bundle is one line of header, one line an entry, one line of trailer:
+
+    {"bundle": "lrpilot/1", "run": {run_id, policy, base_lrs, metric, labels, config_hash, ...}}
+    <each entry's canonical JSON, exactly as stored and served, in seq order>
+    {"end": {"count": n, "head_hash": "...", "header_hash": "...", "signature": {...}?}}
+
+The header's run is a ``lrpilot.spec.RunStored``; the check that proves a bundle is
+``lrpilot.audit.verify``'s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from lrpilot.canonical import canonical_json, parse_float, sha256_hex, to_strict
+from lrpilot.entries import NOT_DECISIONS, Kind, Rewound, is_superseded
+from lrpilot.spec import RunStored
+
+BUNDLE_FORMAT = "lrpilot/1"
+_REWIND_MARK = '"action":"rewind"'
+_REWIND_MARK_RAW = _REWIND_MARK.encode()
+
+
+class Mismatch(Exception):
+    """The first place where a log stops being what was written (or what the policy decides)."""
+
+    def __init__(
+        self, line: int | None, seq: int | None, what: str, expected: Any = None, found: Any = None
+    ) -> None:
+        self.line, self.seq, self.what = line, seq, what
+        self.expected, self.found = expected, found
+        where = ", ".join(
+            part
+            for part in (
+                f"line {line}" if line is not None else "",
+                f"seq {seq}" if seq is not None else "",
+            )
+            if part
+        )
+        super().__init__(f"{where}: {what}" if where else what)
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = to_strict(
+            {
+                "line": self.line,
+                "seq": self.seq,
+                "message": str(self),
+                "expected": self.expected,
+                "found": self.found,
+            }
+        )
+        return doc
+
+# -- the bundle's own lines -------------------------------------------------------------------
+
+
+def header_line(run: RunStored) -> str:
+    return canonical_json({"bundle": BUNDLE_FORMAT, "run": run.header_doc()})
+
+
+def trailer_line(
+    header: str, count: int, head_hash: str, signature: dict[str, str] | None = None
+) -> str:
+    """The last line: the count, the head, the hash of the header line (which no decision's
+    hash covers), and the signature over those three when the service has a key."""
+    end: dict[str, Any] = {
+        "count": count,
+        "head_hash": head_hash,
+        "header_hash": sha256_hex(header),
+    }
+    if signature is not None:
+        end["signature"] = signature
+    return canonical_json({"end": end})
+
+def parse_header(text: str | bytes, line: int = 1) -> RunStored:
+    """The run a header line describes: a run as the service stores it (one model checks a
+    header and a created run alike), or a Mismatch naming the line."""
+    doc = _parse(text, line)
+    if doc.get("bundle") != BUNDLE_FORMAT or not isinstance(doc.get("run"), dict):
+        raise Mismatch(
+            line,
+            None,
+            f'not an lrpilot bundle: the first line must be {{"bundle": "{BUNDLE_FORMAT}", '
+            '"run": {...}}',
+        )
+    try:
+        return RunStored.model_validate(doc["run"])
+    except ValidationError as exc:
+        errors = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'run'}: {str(e['msg'])[:200]}"
+            for e in exc.errors()
+        )
+        raise Mismatch(line, None, f"the header's run is not a valid run spec: {errors}") from None
+
+
+def parse_trailer(text: str | bytes, line: int) -> dict[str, Any] | None:
+    """The trailer's ``end`` object, or None when the line is not a trailer."""
+    if not (text.startswith(b'{"end":') if isinstance(text, bytes) else text.startswith('{"end":')):
+        return None
+    end = _parse(text, line).get("end")
+    if not isinstance(end, dict) or not isinstance(end.get("count"), int):
+        raise Mismatch(line, None, 'the trailer must be {"end": {"count": n, "head_hash": ...}}')
+    return end
+
+
+def _parse(text: str | bytes, line: int) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # deep nesting: not a decision
+        raise Mismatch(line, None, f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Mismatch(line, None, "not a JSON object")
+    return doc
+
+def rewinds_of(bodies: Iterable[str | bytes]) -> list[Rewound]:
+    """The rewind entries of a log, in seq order (a first pass, before a replay or a check)."""
+    found = []
+    for body in bodies:
+        if isinstance(body, bytes):
+            if _REWIND_MARK_RAW not in body:
+                continue
+        elif _REWIND_MARK not in body:
+            continue
+        with_rewind = _maybe_json(body)
+        if with_rewind is None or with_rewind.get("action") != Kind.REWIND:
+            continue
+        rewind, seq = with_rewind.get("rewind"), with_rewind.get("seq")
+        if isinstance(rewind, dict) and type(seq) is int:
+            to_step = rewind.get("to_step")
+            if type(to_step) is int:
+                found.append(Rewound(seq, to_step))
+    return sorted(found, key=lambda r: r.seq)
+
+
+def _maybe_json(text: str | bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+def read_lines(path: Path) -> Iterator[str]:
+    """A bundle file's lines, each decoded on its own: bytes that are not UTF-8 are a Mismatch
+    naming the line, not a crash in the middle of a check."""
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise Mismatch(
+                    number, None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
+                ) from None
+
+
+def read_raw(path: Path) -> Iterator[bytes]:
+    """A bundle file's lines as bytes: what ``check_bundle`` reads (UTF-8 is checked as each
+    line is parsed, the hash is of the bytes)."""
+    with path.open("rb") as f:
+        yield from f
+
+
+def numbered(lines: Iterable[str], start: int = 1) -> Iterator[tuple[int, str]]:
+    """Lines without their line ends, numbered from ``start``; blank lines skipped."""
+    for number, text in enumerate(lines, start=start):
+        text = text.rstrip("\r\n")
+        if text:
+            yield number, text
+
+
+def numbered_raw(lines: Iterable[bytes], start: int = 1) -> Iterator[tuple[int, bytes]]:
+    """``numbered`` for lines read as bytes."""
+    for number, raw in enumerate(lines, start=start):
+        raw = raw.rstrip(b"\r\n")
+        if raw:
+            yield number, raw
+
+def bundle_run(open_lines: Callable[[], Iterable[str]]) -> RunStored:
+    """The run a bundle's header describes."""
+    for number, text in numbered(open_lines()):
+        return parse_header(text, number)
+    raise Mismatch(None, None, "the bundle is empty")
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One decision of a log's live branch, as recorded: the observation and what was decided."""
+
+    seq: int
+    step: int
+    value: float
+    action: str
+    lrs: tuple[float, ...]
+    scale: float = 1.0  # the scaling rule's factor on the lrs (elastic jobs)
+
+def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
+    """The decisions of a bundle's live branch (not superseded by a rewind; rewind and scale
+    entries left out), in order: the recorded stream a what-if replays. Not checked:
+    ``lrpilot.audit.verify.check_bundle`` does that."""
+    rewinds = rewinds_of(text for _, text in numbered(open_lines()))
+    for number, text in numbered(open_lines()):
+        if number == 1 or text.startswith('{"end":'):
+            continue
+        doc = _parse(text, number)
+        seq, step = doc.get("seq"), doc.get("step")
+        if not isinstance(seq, int) or not isinstance(step, int):
+            raise Mismatch(number, None, "a decision without an integer seq and step")
+        if doc.get("action") in NOT_DECISIONS or is_superseded(seq, step, rewinds):
+            continue
+        yield recorded_of(doc)
+
+
+def recorded_of(doc: dict[str, Any]) -> Recorded:
+    """A stored decision as the what-if reads it."""
+    return Recorded(
+        doc["seq"],
+        doc["step"],
+        parse_float(doc["value"]),
+        str(doc["action"]),
+        tuple(parse_float(x) for x in doc["lrs"]),
+        parse_float(doc.get("scale", 1.0)),
+    )

@@ -1,0 +1,464 @@
+"""The check that proves a run's log: pure, no database, the same offline and in the service.
+
+``LogCheck`` checks a run's entries one by one, whether they come from a bundle or from the
+database. Each entry is first checked as a link of the hash chain (its seq, its prev_hash, its
+hash over its own bytes); then the policy is replayed through it (``lrpilot.replay.Replay``) and
+the entry is built again by its one builder (``lrpilot.entries``) from what it says was seen:
+the step, the value (or the ranks' reports), who asked, when. The rebuilt bytes must be the
+stored bytes: an entry is proven when the service would write exactly it, reason and state
+included. Where the bytes differ, the first member that differs is named.
+
+Rewind entries are part of the chain: the replay confirms which entries each one superseded and
+that the state it restored is the one it names. For that it needs the rewinds before it starts
+(``rewinds_of`` reads them in a first pass), and then holds only a few values per rewind:
+memory stays flat in the length of the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from lrpilot import entries
+from lrpilot.audit.bundle import (
+    Mismatch,
+    _parse,
+    numbered_raw,
+    parse_header,
+    parse_trailer,
+    rewinds_of,
+)
+from lrpilot.audit.signing import check as check_signature
+from lrpilot.audit.signing import signed_message
+from lrpilot.canonical import NON_FINITE, canonical_json, parse_float, same_float, to_strict
+from lrpilot.entries import GENESIS, Chain, Entry, Kind, Ranks, Rewound, kind_of
+from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
+from lrpilot.policies.base import MAX_STEP
+from lrpilot.replay import Replay
+from lrpilot.spec import MAX_SIZE, RunStored, scaled
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+_HASH_MEMBER_LEN = len(',"hash":""') + 64
+_LARGEST_INT_FLOAT = int(sys.float_info.max)  # a JSON integer beyond it is no float at all
+# What the policy decides (or a rewind or resize implies), in the order a mismatch names them.
+_DERIVED = ("value", "action", "lrs", "previous_lrs", "scale", "reason", "state", "rewind")
+
+
+@dataclass
+class Report:
+    ok: bool
+    count: int  # entries checked
+    head_hash: str
+    superseded: int = 0  # entries that a rewind superseded
+    rewinds: int = 0
+    last_step: int | None = None
+    mismatch: Mismatch | None = None
+    notes: list[str] = field(default_factory=list)
+    state: str | None = None  # canonical JSON of the policy state after the last entry
+    lrs: str | None = None  # canonical JSON of the lrs in force after it
+    scale: str | None = None  # canonical JSON of the scale in force (None: the base, or no rule)
+    reduced: list[int] = field(default_factory=list)  # seqs the policy counts as reductions
+
+    def as_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "ok": self.ok,
+            "count": self.count,
+            "head_hash": self.head_hash,
+            "superseded": self.superseded,
+            "rewinds": self.rewinds,
+            "last_step": self.last_step,
+        }
+        if self.mismatch is not None:
+            doc["mismatch"] = self.mismatch.as_dict()
+        if self.notes:
+            doc["notes"] = self.notes
+        return doc
+
+
+def resolve_run(run: RunStored) -> tuple[Policy, Frozen, tuple[float, ...]]:
+    """The run's pinned policy, its resolved params and base lrs; a Mismatch when they cannot
+    be replayed or are not what its config hash pins."""
+    try:
+        policy = get_policy(run.policy.name, run.policy.version)
+        base_lrs = tuple(run.base_lrs)
+        params = policy.resolve(dict(run.policy.params), base_lrs)
+    except (PolicyError, KeyError, TypeError, ValueError) as exc:
+        raise Mismatch(None, None, f"the run's policy cannot be replayed: {exc}") from None
+    expected = entries.config_hash(run.policy.id, params.model_dump(), base_lrs)
+    if run.config_hash != expected:
+        raise Mismatch(
+            None,
+            None,
+            "the run's config_hash is not the hash of its policy, params and base_lrs",
+            expected,
+            run.config_hash,
+        )
+    return policy, params, base_lrs
+
+
+class LogCheck:
+    """Check a run's entries in seq order: ``check(body)`` each, then ``report()``.
+
+    ``check`` raises ``Mismatch`` at the first entry that is not the one written (its hash, its
+    link, its seq) or not the one the service writes from the entries before it.
+    """
+
+    def __init__(self, run: RunStored, rewinds: list[Rewound] | None = None) -> None:
+        policy, params, base_lrs = resolve_run(run)
+        self.run_id = run.run_id
+        self.policy_id = run.policy.id
+        self.config_hash = run.config_hash
+        self.scaling = None if run.scaling is None else run.scaling.model_dump()
+        self._rewinds = rewinds or []
+        self.replay = Replay(
+            policy,
+            params,
+            base_lrs,
+            run.metric or "metric",
+            scaling=self.scaling,
+            rewinds=self._rewinds,
+        )
+        self.prev = GENESIS
+        self.count = 0
+        self.last_step: int | None = None  # the last decided step (a scale entry decides none)
+        self.step: int | None = None  # the step of the last entry checked, of any kind
+        self.superseded = 0
+        self._rewinds_seen = 0
+        self.reduced: list[int] = []
+
+    def scale_json(self) -> str | None:
+        """The scale in force as the run row stores it (None: the base size, from the start)."""
+        force = self.replay.force
+        if force is None or force.step is None:
+            return None
+        return canonical_json(force.doc())
+
+    def superseded_at(self, seq: int, step: int) -> bool:
+        """Whether the entry ``seq`` at ``step`` is superseded: a later rewind went below it."""
+        return entries.is_superseded(seq, step, self._rewinds)
+
+    # one entry ----------------------------------------------------------------------------
+
+    def check(self, body: str | bytes, line: int | None = None) -> None:
+        """Check the next entry, its canonical JSON as stored (text) or as read (UTF-8)."""
+        seq = self.count + 1
+        raw = body if isinstance(body, bytes) else body.encode()
+        doc = _parse(raw, line if line is not None else seq)
+        if doc.get("seq") != seq or type(doc.get("seq")) is not int:
+            raise Mismatch(line, seq, "seq out of order", seq, doc.get("seq"))
+        self._check_link(raw, doc, line, seq)
+        for key, want in (
+            ("run_id", self.run_id),
+            ("policy", self.policy_id),
+            ("config_hash", self.config_hash),
+        ):
+            if doc.get(key) != want:
+                raise Mismatch(line, seq, f"{key} is not the run's", want, doc.get(key))
+        step = doc.get("step")
+        if type(step) is not int or not 0 <= step <= MAX_STEP:
+            raise Mismatch(line, seq, f"step is not an integer in [0, {MAX_STEP}]", None, step)
+        chain = Chain(
+            self.run_id,
+            self.policy_id,
+            self.config_hash,
+            seq - 1,
+            self.prev,
+            self.scaling,
+            self.replay.force,
+        )
+        kind = kind_of(doc.get("action"))
+        if kind is Kind.REWIND:
+            entry = self._rewind(chain, doc, line, seq, step)
+        elif kind is Kind.SCALE:
+            entry = self._scale(chain, doc, line, seq, step)
+        else:
+            entry = self._decision(chain, doc, line, seq, step)
+        if entry.body.encode() != raw:
+            _first_difference(entry, doc, line, seq)
+        if kind is not Kind.SCALE:
+            self.last_step = step
+        self.step = step
+        self.prev, self.count = entry.hash, seq
+
+    def _check_link(self, raw: bytes, doc: dict[str, Any], line: int | None, seq: int) -> None:
+        if doc.get("prev_hash") != self.prev:
+            raise Mismatch(
+                line,
+                seq,
+                "prev_hash is not the hash before it (a decision is missing, "
+                "moved or edited before it)",
+                self.prev,
+                doc.get("prev_hash"),
+            )
+        digest = doc.get("hash")
+        member = f',"hash":"{digest}"'.encode() if isinstance(digest, str) else b""
+        at = raw.find(member) if len(member) == _HASH_MEMBER_LEN else -1
+        if at < 0:
+            raise Mismatch(line, seq, "the decision has no hash", None, digest)
+        # The body is canonical JSON with its hash spliced in: without it, it is what was hashed.
+        hashed = hashlib.sha256(raw[:at])
+        hashed.update(raw[at + _HASH_MEMBER_LEN :])
+        actual = hashed.hexdigest()
+        if actual != digest:
+            raise Mismatch(
+                line, seq, "the decision is not the one that was hashed (edited)", actual, digest
+            )
+
+    def _decision(
+        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
+    ) -> Entry:
+        if self.last_step is not None and step <= self.last_step:
+            raise Mismatch(
+                line, seq, f"step {step} is not above the last live step {self.last_step}"
+            )
+        self._not_below_resize(line, seq, step)
+        value = _value(doc.get("value"), line, seq)
+        ranks = None
+        if "ranks" in doc:  # aggregated mode: value is the ranks' weighted mean
+            ranks = _ranks(doc, line, seq)
+            mean = ranks.mean()
+            if not same_float(mean, value):
+                raise Mismatch(
+                    line, seq, "value is not the weighted mean of the ranks' values", mean, value
+                )
+        replay = self.replay
+        action = replay.observe(step, value, seq)
+        stepper = replay.stepper
+        if stepper.reduced:
+            self.reduced.append(seq)
+        return entries.decision(
+            chain,
+            step,
+            value,
+            doc.get("created_at"),  # type: ignore[arg-type]  # an input: compared as bytes
+            action=action,
+            reason=stepper.reason(),
+            lrs=stepper.lrs,
+            previous_lrs=replay.previous,
+            state=stepper.state_doc(),
+            client=doc.get("client"),
+            ranks=ranks,
+        )
+
+    def _not_below_resize(self, line: int | None, seq: int, step: int) -> None:
+        force = self.replay.force
+        if force is not None and force.step is not None and step < force.step:
+            raise Mismatch(
+                line, seq, f"step {step} is below step {force.step}, where the last resize applies"
+            )
+
+    def _scale(
+        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
+    ) -> Entry:
+        """A scale entry: the job reported a new size; the lrs change by the rule's factor,
+        the policy's state does not."""
+        if self.scaling is None or chain.force is None:
+            raise Mismatch(line, seq, "a scale entry in a run without a scaling rule")
+        if self.last_step is not None and step < self.last_step:
+            raise Mismatch(
+                line, seq, f"step {step} is below the last decided step {self.last_step}"
+            )
+        self._not_below_resize(line, seq, step)
+        resize = doc.get("resize")
+        size = resize.get("to") if isinstance(resize, dict) else None
+        if type(size) is not int or not 1 <= size <= MAX_SIZE or size == chain.force.size:
+            raise Mismatch(line, seq, "the scale entry names no new size", None, to_strict(resize))
+        self.replay.resize(step, size, seq)
+        stepper = self.replay.stepper
+        return entries.scale(
+            chain,
+            step,
+            size,
+            doc.get("created_at"),  # type: ignore[arg-type]
+            policy_lrs=stepper.lrs,
+            state=stepper.state_doc(),
+            client=doc.get("client"),
+        )
+
+    def _rewind(
+        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
+    ) -> Entry:
+        ahead = self.replay.next_rewind()
+        if ahead is None or ahead.seq != seq:
+            raise Mismatch(line, seq, "a rewind entry the first pass did not see")
+        served = self.replay.lrs
+        restored = self.replay.rewind(seq)
+        self._rewinds_seen += 1
+        self.superseded += restored.superseded
+        by = 1.0 if restored.force is None else restored.force.factor
+        return entries.rewind(
+            chain,
+            step,
+            doc.get("created_at"),  # type: ignore[arg-type]
+            restores_seq=restored.restores_seq,
+            superseded=restored.superseded,
+            lrs=scaled(restored.state.lrs, by),
+            previous_lrs=served,
+            state=restored.state.model_dump(),
+            restored_force=restored.force,
+            client=doc.get("client"),
+        )
+
+    # the end ------------------------------------------------------------------------------
+
+    def report(self, head: str | None = None) -> Report:
+        """After the last entry: a report; with ``head``, the log must end at that hash."""
+        ahead = self.replay.next_rewind()
+        if ahead is not None:
+            raise Mismatch(None, ahead.seq, "a rewind entry is missing")
+        if head is not None and head != self.prev:
+            raise Mismatch(
+                None,
+                self.count,
+                "the log does not end at the expected head (decisions are missing at the end, "
+                "or the log was rewritten)",
+                head,
+                self.prev,
+            )
+        return Report(
+            ok=True,
+            count=self.count,
+            head_hash=self.prev,
+            superseded=self.superseded,
+            rewinds=self._rewinds_seen,
+            last_step=self.last_step,
+            state=canonical_json(self.replay.state().model_dump()),
+            lrs=canonical_json(self.replay.lrs),
+            scale=self.scale_json(),
+            reduced=self.reduced,
+        )
+
+
+def _value(value: Any, line: int | None, seq: int) -> float:
+    if type(value) is float:
+        return value
+    if isinstance(value, str) and value in NON_FINITE:
+        return parse_float(value)
+    if type(value) is int and abs(value) <= _LARGEST_INT_FLOAT:
+        return float(value)
+    raise Mismatch(line, seq, "value is not a number", None, value)
+
+
+def _ranks(doc: dict[str, Any], line: int | None, seq: int) -> Ranks:
+    ranks, missing = doc.get("ranks"), doc.get("missing_ranks")
+    try:
+        assert isinstance(ranks, list) and all(isinstance(r, dict) for r in ranks)
+        timeout = doc.get("timeout_s")
+        found = Ranks(ranks, list(missing or ()), None if timeout is None else parse_float(timeout))
+        found.mean()
+        if found.missing:
+            assert found.timeout_s is not None
+            [int(r["rank"]) for r in ranks]
+        return found
+    except (AssertionError, KeyError, TypeError, ValueError, ZeroDivisionError):
+        raise Mismatch(line, seq, "ranks is not a list of rank, value, weight") from None
+
+
+def _first_difference(expected: Entry, doc: dict[str, Any], line: int | None, seq: int) -> NoReturn:
+    """Name the first member where a stored entry is not the one rebuilt from its inputs."""
+    want = expected.doc
+    keys = [k for k in _DERIVED if k in want or k in doc]
+    keys += sorted(k for k in set(want) | set(doc) if k not in _DERIVED)
+    for key in keys:
+        if key not in want:
+            raise Mismatch(line, seq, f"{key} is not a member the service writes here", None,
+                           doc[key])
+        if canonical_json(want[key]) != canonical_json(doc.get(key)):
+            found = doc.get(key)
+            raise Mismatch(
+                line,
+                seq,
+                f"{key} is not what the policy decides from the decisions before it",
+                to_strict(want[key]),
+                found,
+            )
+    raise Mismatch(line, seq, "the entry is not in its canonical form", expected.body, None)
+
+
+@dataclass
+class BundleCheck:
+    """A bundle's check: its run, the log's report, and its trailer."""
+
+    run: RunStored | None
+    report: Report
+    end: dict[str, Any] | None = None
+    lines: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+
+def check_bundle(
+    open_lines: Callable[[], Iterable[bytes]],
+    head: str | None = None,
+    public_key: Ed25519PublicKey | None = None,
+) -> BundleCheck:
+    """Check a bundle read twice through ``open_lines`` (``read_raw``; a first pass finds the
+    rewinds): its header, every entry, and its trailer (count, head, and the signature when a
+    public key is given). Constant memory; the first problem found is the report's mismatch."""
+    run: RunStored | None = None
+    check: LogCheck | None = None
+    end: dict[str, Any] | None = None
+    header = b""
+    number = 0
+    try:
+        rewinds = rewinds_of(open_lines())
+        for number, text in numbered_raw(open_lines()):
+            if end is not None:
+                raise Mismatch(number, None, "a line after the trailer")
+            if check is None:
+                run, header = parse_header(text, number), text
+                try:
+                    check = LogCheck(run, rewinds)
+                except Mismatch as exc:  # the header's spec: name its line
+                    raise Mismatch(number, None, exc.what, exc.expected, exc.found) from None
+                continue
+            end = parse_trailer(text, number)
+            if end is None:
+                check.check(text, number)
+        if check is None or run is None:
+            raise Mismatch(None, None, "the bundle is empty")
+        if end is None:
+            raise Mismatch(number, None, "no trailer: the bundle is truncated")
+        report = check.report(head)
+        _check_end(end, report, number)
+        header_hash = hashlib.sha256(header).hexdigest()
+        if end.get("header_hash") != header_hash:
+            raise Mismatch(
+                1,
+                None,
+                "the header is not the one the trailer names (its run was edited)",
+                end.get("header_hash"),
+                header_hash,
+            )
+        if public_key is not None:
+            message = signed_message(header_hash, report.count, report.head_hash)
+            problem = check_signature(public_key, message, end.get("signature"))
+            if problem is not None:
+                raise Mismatch(number, None, problem)
+            report.notes.append("the head's signature is valid")
+        elif isinstance(end.get("signature"), dict):
+            report.notes.append(
+                f"signed by key {end['signature'].get('key_id')!r}; not checked (no public key "
+                "given)"
+            )
+        return BundleCheck(run, report, end, number)
+    except Mismatch as exc:
+        count = check.count if check is not None else 0
+        prev = check.prev if check is not None else GENESIS
+        return BundleCheck(run, Report(False, count, prev, mismatch=exc), end, number)
+
+
+def _check_end(end: dict[str, Any], report: Report, line: int) -> None:
+    for key, what, want in (
+        ("count", "the number of decisions (lines were added or deleted)", report.count),
+        ("head_hash", "the last decision's hash", report.head_hash),
+    ):
+        if end.get(key) != want:
+            raise Mismatch(line, None, f"the trailer's {key} is not {what}", want, end.get(key))

@@ -1,0 +1,159 @@
+"""Aggregated steps: every rank of a job reports its local metric for a step; the step is
+decided once, from the weighted mean of the reports, when every rank has reported (or at the
+run's timeout, with the ranks present, or not at all: the run's ``on_timeout``).
+
+Runs inside the store transaction that holds the run's lock: one writer a run at a time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from lrpilot.canonical import parse_float, same_float
+from lrpilot.domain.deciding import decide, now
+from lrpilot.domain.errors import Conflict, Invalid
+from lrpilot.domain.scaling import check_resize_step, resized, resized_on_retry
+from lrpilot.entries import Ranks, rank_report, weighted_mean
+from lrpilot.store.records import Report, RunHead
+from lrpilot.store.runs import WriteTx
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """One observation as posted to a run."""
+
+    run_id: str
+    step: int
+    value: float
+    client: dict[str, Any] | None = None  # who posted it, as it declared itself
+    rank: int | None = None  # aggregated mode: which rank reports, of how many, how heavily
+    world_size: int | None = None
+    weight: float | None = None
+    timed_out: bool = False  # aggregated mode: decide (or refuse) the step with the ranks present
+
+
+class Pending(Exception):
+    """Aggregated mode: the report is stored, and the step waits for the other ranks until
+    ``deadline`` (seconds since the epoch); not a refusal, the caller waits for the decision."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(f"waiting for the other ranks until {deadline}")
+        self.deadline = deadline
+
+
+def _deadline(reports: Sequence[Report], timeout_s: float) -> float:
+    """When a step's wait ends: its first report's time plus the run's timeout (epoch s)."""
+    first = min(r.created_at for r in reports)
+    return datetime.fromisoformat(first.replace("Z", "+00:00")).timestamp() + timeout_s
+
+
+def _listed(numbers: Sequence[int]) -> str:
+    return ", ".join(str(n) for n in numbers)
+
+
+def aggregate_in(
+    tx: WriteTx, head: RunHead, item: Posted, heads: dict[str, RunHead]
+) -> str | Exception:
+    """An aggregated run's report (or its timeout): the step's decision, ``Pending`` while
+    ranks are missing, or the refusal. The run is locked: one writer at a time."""
+    spec = head.spec.aggregate
+    assert spec is not None
+    timeout_s = spec.timeout_s
+    run_id, step = item.run_id, item.step
+    if head.last_step is not None and step <= head.last_step:
+        stored = tx.decision_at_step(run_id, step)
+        if stored is None:
+            return Conflict(
+                f"step {step} is below the last decided step {head.last_step} of run "
+                f"{run_id!r} and was never decided: steps must not go backwards"
+            )
+        if item.timed_out or item.rank is None:
+            return stored.text
+        weight = 1.0 if item.weight is None else item.weight
+        for entry in stored.value.get("ranks", ()):
+            if entry["rank"] == item.rank:
+                was, was_weight = parse_float(entry["value"]), parse_float(entry["weight"])
+                if not same_float(was, item.value) or not same_float(was_weight, weight):
+                    return Conflict(
+                        f"rank {item.rank} reported value {was!r} (weight {was_weight!r}) for "
+                        f"step {step} of run {run_id!r} (decided, seq "
+                        f"{stored.value['seq']}); this request says {item.value!r} "
+                        f"(weight {weight!r}): a rank's report of a step cannot change"
+                    )
+        resized_on_retry(tx, head, step, item.world_size, heads, item.client)
+        return stored.text  # a retry, or a rank that reported too late to count: the same one
+    check_resize_step(head, step, "step")  # a resize since the first report: never decided
+    if item.timed_out:
+        reports = tx.reports_at(run_id, step)
+        if not reports:
+            return Conflict(f"step {step} of run {run_id!r} has no report to decide from")
+        deadline = _deadline(reports, timeout_s)
+        if time.time() < deadline:
+            return Pending(deadline)
+        world = reports[0].world_size
+        counted = [r.rank for r in reports]
+        missing = [r for r in range(world) if r not in set(counted)]
+        if spec.on_timeout == "refuse":
+            return Conflict(
+                f"step {step} of run {run_id!r} is not decided: ranks {_listed(missing)} of "
+                f"{world} did not report within {timeout_s:g} s (ranks {_listed(counted)} did), "
+                'and the run refuses to decide without them (aggregate.on_timeout "refuse"); '
+                "the step is decided once every rank has reported"
+            )
+        return _decide_reports(tx, head, step, reports, missing, timeout_s, heads)
+    if item.rank is None or item.world_size is None:
+        return Invalid(
+            ["body", "rank" if item.rank is None else "world_size"],
+            f"run {run_id!r} is aggregated: every observation must say its rank and world_size",
+        )
+    reports = tx.reports_at(run_id, step)
+    if reports and reports[0].world_size != item.world_size:
+        return Conflict(
+            f"world_size {item.world_size} differs from the world_size {reports[0].world_size} "
+            f"the other ranks reported for step {step} of run {run_id!r}"
+        )
+    weight = 1.0 if item.weight is None else item.weight
+    mine = next((r for r in reports if r.rank == item.rank), None)
+    if mine is not None:
+        if not same_float(mine.value, item.value) or not same_float(mine.weight, weight):
+            return Conflict(
+                f"rank {item.rank} reported value {mine.value!r} (weight {mine.weight!r}) for "
+                f"step {step} of run {run_id!r}; this request says {item.value!r} (weight "
+                f"{weight!r}): a rank's report of a step cannot change"
+            )
+    else:
+        mine = Report(item.rank, item.world_size, item.value, weight, now(), item.client)
+        tx.add_report(run_id, step, mine)
+        reports = sorted([*reports, mine], key=lambda r: r.rank)
+    if len(reports) == item.world_size:
+        return _decide_reports(tx, head, step, reports, [], timeout_s, heads)
+    return Pending(_deadline(reports, timeout_s))
+
+
+def _decide_reports(
+    tx: WriteTx,
+    head: RunHead,
+    step: int,
+    reports: Sequence[Report],
+    missing: Sequence[int],
+    timeout_s: float,
+    heads: dict[str, RunHead],
+) -> str:
+    """The step's decision from the weighted mean of ``reports`` (in rank order); when the
+    ranks report a new world_size and the run scales by it, a scale entry first."""
+    head, _ = resized(tx, head, step, "world_size", reports[0].world_size, heads)
+    ranks = Ranks(
+        [rank_report(r.rank, r.value, r.weight, r.client) for r in reports],
+        list(missing),
+        timeout_s if missing else None,
+    )
+    mean = weighted_mean((r.value, r.weight) for r in reports)
+    decision = decide(head, step, mean, now(), ranks=ranks)
+    tx.append_decision(decision)
+    tx.drop_reports(head.run_id, step)
+    heads[head.run_id] = head.after(decision)
+    return decision.body

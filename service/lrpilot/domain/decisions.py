@@ -1,0 +1,155 @@
+"""The decision path of the service: observations in, sealed and stored decisions out.
+
+``Decisions`` is what the api calls. Observations go through a group commit (``commit``; which
+one, ``lrpilot.app`` chooses for its database): one transaction, ``decide_batch``, a batch of
+concurrent observations.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lrpilot.domain import ranges, scaling, waiting
+from lrpilot.domain.aggregated import Pending, Posted, aggregate_in
+from lrpilot.domain.commit import GroupCommit, WaitTimeout
+from lrpilot.domain.deciding import check_same_spec, decide, new_run, now, retried
+from lrpilot.domain.errors import Conflict, RunBusy, RunNotFound, Unavailable
+from lrpilot.settings import Settings
+from lrpilot.spec import RunSpec, RunStored
+from lrpilot.store.records import RunHead
+from lrpilot.store.runs import Store, WriteTx
+
+
+class Decisions:
+    """The decision path of the service, over the store."""
+
+    def __init__(
+        self, store: Store, settings: Settings, writer: GroupCommit[Posted, str]
+    ) -> None:
+        self.store = store
+        # however long the database is locked or slow, a request waits this long at the most
+        self._timeout = settings.db_timeout_s
+        self._writer = writer
+        self.waiters = waiting.Waiters()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    async def observe(
+        self,
+        run_id: str,
+        step: int,
+        value: float,
+        client: dict[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        weight: float | None = None,
+    ) -> str:
+        """The decision's canonical JSON, acknowledged only once it is committed. In an
+        aggregated run, a rank whose report does not complete its step waits (holding no
+        thread and no connection) for the step's decision, which every rank gets alike."""
+        posted = Posted(run_id, step, value, client, rank, world_size, weight)
+        try:
+            body = await self._submit(posted)
+        except Pending as pending:
+            return await self.waiters.step_decided(
+                run_id,
+                step,
+                pending.deadline,
+                self._submit,
+                functools.partial(self.store.decided_step, run_id, step),
+            )
+        self.waiters.decided(run_id, step, body)
+        return body
+
+    async def _submit(self, posted: Posted) -> str:
+        try:
+            return await self._writer.submit(posted, self._timeout)
+        except WaitTimeout:
+            raise Unavailable(
+                "the database did not answer in time; retry later (a retry never counts twice)"
+            ) from None
+
+    def create_run(self, run_id: str, spec: RunSpec) -> tuple[dict[str, Any], bool]:
+        """The run created (True), or the stored one if it has the same spec (False)."""
+        run = new_run(run_id, spec, now())
+        stored, created = self.store.create_run(run)
+        if not created:
+            check_same_spec(RunStored.model_validate(_stored_fields(stored)), run)
+        return stored, created
+
+    def lr_at(self, run_id: str, step: int | None) -> dict[str, Any]:
+        """The lrs in force at training step ``step``."""
+        return ranges.lr_at(self.store, run_id, step)[0]
+
+    async def lr_when_decided(self, run_id: str, step: int, wait_s: float) -> dict[str, Any]:
+        """``lr_at(step)`` once the run is decided through ``step`` (a decision at or after it
+        exists: the lrs at ``step`` are then certain), waiting up to ``wait_s``: leader mode,
+        where one rank posts and the others read."""
+        read = functools.partial(ranges.lr_at, self.store, run_id, step)
+        return await self.waiters.run_decided(run_id, wait_s, read)
+
+    def lrs_range(self, run_id: str, first: int, count: int) -> dict[str, Any]:
+        return ranges.lrs_range(self.store, run_id, first, count)
+
+    def resize(
+        self, run_id: str, step: int, by: str, size: int, client: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        # (runs on a worker thread: waiting readers are not woken from here, they poll)
+        return scaling.resize(self.store, run_id, step, by, size, client)
+
+
+def _stored_fields(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k in RunStored.model_fields}
+
+
+def decide_batch(store: Store, items: Sequence[Posted]) -> list[str | Exception]:
+    """Decide ``items`` in one transaction, in this thread: a body or the refusal for each
+    (a threaded group commit's writer calls this with whatever is queued)."""
+    return store.transact(lambda tx: _decide_in(tx, items))
+
+
+def prepare_now(
+    store: Store, items: Sequence[Posted]
+) -> tuple[list[str | Exception], Callable[[], None]]:
+    """``decide_batch`` up to its commit, which it returns; Busy rather than wait for the
+    database's lock (an inline group commit, on the event loop)."""
+    return store.begin_now(lambda tx: _decide_in(tx, items))
+
+
+def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
+    """Decide every item in one transaction; one item's refusal does not abort the others."""
+    heads, busy = tx.lock_runs({item.run_id for item in items})
+    results: list[str | Exception] = []
+    for item in items:
+        head = heads.get(item.run_id)
+        if head is None:
+            if item.run_id in busy:
+                results.append(RunBusy(f"run {item.run_id!r} is locked by another writer"))
+            else:
+                results.append(RunNotFound(f"run {item.run_id!r} not found"))
+            continue
+        try:
+            results.append(_decide_one(tx, head, item, heads))
+        except Conflict as exc:
+            results.append(exc)
+    return results
+
+
+def _decide_one(tx: WriteTx, head: RunHead, item: Posted, heads: dict[str, RunHead]) -> str | Exception:
+    if head.spec.aggregate is not None:
+        return aggregate_in(tx, head, item, heads)
+    if head.last_step is not None and item.step <= head.last_step:
+        stored = tx.decision_at_step(item.run_id, item.step)
+        answer = retried(head, item.step, item.value, stored)
+        scaling.resized_on_retry(tx, head, item.step, item.world_size, heads, item.client)
+        return answer
+    scaling.check_resize_step(head, item.step, "step")
+    if item.world_size is not None:
+        head, _ = scaling.resized(tx, head, item.step, "world_size", item.world_size, heads)
+    decision = decide(head, item.step, item.value, now(), item.client)
+    tx.append_decision(decision)
+    heads[item.run_id] = head.after(decision)
+    return decision.body

@@ -1,0 +1,347 @@
+"""The log's entries: their kinds, and the one builder of each.
+
+A run's log is a hash chain of entries. Each entry is one canonical JSON document (see
+``lrpilot.canonical``) whose ``hash`` is the SHA-256 of the document without its hash and with
+``prev_hash``, the hash of the entry before it (``GENESIS`` for the first). Editing, inserting,
+deleting or reordering an entry therefore changes every hash after it.
+
+Every entry is built here and only here. The decide path calls a builder with what it saw and
+what the policy decided; the verify path (``lrpilot.audit.verify``) replays the policy, calls the
+same builder with what the stored entry says was seen, and compares the bytes. So the reason
+text, the scaled lrs, the config hash and the entry's shape cannot drift between the two: there
+is one copy of each.
+
+Kinds (``Kind``): a *decision* answers an observation (its ``action`` is the policy's: hold,
+reduce, warmup, ...); a *rewind* restores the state as of an earlier step (a job resumed from a
+checkpoint); a *scale* rescales the served lrs for a new world or batch size (elastic jobs).
+The kinds that are not decisions are named by their ``action`` too, so a log reads as one list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from lrpilot.canonical import canonical_json, parse_float, sha256_hex
+from lrpilot.spec import InForce, factor, scaled
+from lrpilot.policies.base import fmt_change, fmt_lrs
+
+GENESIS = "0" * 64  # prev_hash of a run's first entry
+
+
+class Kind(StrEnum):
+    """What an entry records (the ``action`` of a rewind or scale entry is its kind)."""
+
+    DECISION = "decision"
+    REWIND = "rewind"
+    SCALE = "scale"
+
+
+# The actions that are entry kinds of their own rather than a policy's decision of a step: no
+# observation, no value. The store filters them out of "the decision of step N" by this list.
+NOT_DECISIONS: tuple[str, ...] = (Kind.REWIND.value, Kind.SCALE.value)
+
+
+def kind_of(action: Any) -> Kind:
+    if action == Kind.REWIND:
+        return Kind.REWIND
+    if action == Kind.SCALE:
+        return Kind.SCALE
+    return Kind.DECISION
+
+
+# -- the run every entry repeats ----------------------------------------------------------------
+
+
+def config_hash(policy_id: str, params: Mapping[str, Any], base_lrs: Sequence[float]) -> str:
+    """What a run's decisions are pinned to: its policy version, resolved params and base lrs."""
+    doc = {"policy": policy_id, "params": params, "base_lrs": list(base_lrs)}
+    return sha256_hex(canonical_json(doc))
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Where a run's log stands: the next entry is ``seq + 1`` and links to ``head_hash``.
+
+    ``scaling`` is the run's scaling rule (None: none) and ``force`` the scale in force, what a
+    builder needs to serve the policy's lrs scaled and to say so in the reason.
+    """
+
+    run_id: str
+    policy: str  # "plateau@1"
+    config_hash: str
+    seq: int  # the last entry's seq (0: an empty log)
+    head_hash: str
+    scaling: Mapping[str, Any] | None = None
+    force: InForce | None = None
+
+    @property
+    def factor(self) -> float:
+        return 1.0 if self.force is None else self.force.factor
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A sealed entry: its document (hash included), its canonical JSON (what is stored, served
+    and hashed) and its hash."""
+
+    kind: Kind
+    seq: int
+    step: int
+    action: str
+    doc: dict[str, Any]
+    body: str
+    hash: str
+
+
+def _common(chain: Chain, step: int, created_at: str) -> dict[str, Any]:
+    return {
+        "run_id": chain.run_id,
+        "seq": chain.seq + 1,
+        "step": step,
+        "policy": chain.policy,
+        "config_hash": chain.config_hash,
+        "prev_hash": chain.head_hash,
+        "created_at": created_at,
+    }
+
+
+def _sealed(kind: Kind, doc: dict[str, Any]) -> Entry:
+    body = seal(doc)
+    return Entry(kind, doc["seq"], doc["step"], doc["action"], doc, body, doc["hash"])
+
+
+# -- decision ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ranks:
+    """Aggregated mode: the ranks whose reports a decision's value is the weighted mean of, and
+    for a step decided at the timeout without some ranks, which and after how long."""
+
+    ranks: list[dict[str, Any]]  # each {"rank", "value", "weight", "client"?}, in rank order
+    missing: list[int]
+    timeout_s: float | None = None
+
+    def mean(self) -> float:
+        return weighted_mean(
+            (parse_float(r["value"]), parse_float(r["weight"])) for r in self.ranks
+        )
+
+
+def rank_report(
+    rank: int, value: float, weight: float, client: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A counted rank in its step's decision: its report, and who posted it when declared."""
+    entry: dict[str, Any] = {"rank": rank, "value": value, "weight": weight}
+    if client:
+        entry["client"] = dict(client)
+    return entry
+
+
+def weighted_mean(reports: Iterable[tuple[float, float]]) -> float:
+    """sum(w * v) / sum(w) over (value, weight) pairs in rank order, in plain IEEE arithmetic:
+    a NaN among the values makes the mean NaN, +inf and -inf together make it NaN."""
+    total = 0.0
+    weights = 0.0
+    for value, weight in reports:
+        total += weight * value
+        weights += weight
+    return total / weights
+
+
+def decision(
+    chain: Chain,
+    step: int,
+    value: float,
+    created_at: str,
+    *,
+    action: str,
+    reason: str,
+    lrs: Sequence[float],
+    previous_lrs: Sequence[float],
+    state: Mapping[str, Any],
+    client: Mapping[str, Any] | None = None,
+    ranks: Ranks | None = None,
+) -> Entry:
+    """The entry of a decided observation. ``action``, ``reason``, ``lrs``, ``previous_lrs``
+    and ``state`` are the policy's (its own lrs: the scale in force is applied here);
+    ``client`` is who posted the observation, as it declared itself; ``ranks`` (aggregated
+    mode) the reports ``value`` is the weighted mean of."""
+    by = chain.factor
+    served = scaled(lrs, by)
+    doc = _common(chain, step, created_at)
+    doc.update(
+        value=value,
+        lrs=served,
+        previous_lrs=scaled(previous_lrs, by),
+        action=action,
+        reason=reason,
+        state=state,
+    )
+    # Optional members appear only when they say something: decisions without them keep the
+    # shape (and so the hash) they always had.
+    if client:
+        doc["client"] = client
+    if ranks is not None:
+        doc["ranks"] = ranks.ranks
+        if ranks.missing:
+            doc["missing_ranks"] = ranks.missing
+            doc["timeout_s"] = ranks.timeout_s
+            counted = [int(r["rank"]) for r in ranks.ranks]
+            assert ranks.timeout_s is not None
+            doc["reason"] = f"{reason}; {timeout_note(counted, ranks.missing, ranks.timeout_s)}"
+    if by != 1.0:
+        assert chain.scaling is not None and chain.force is not None
+        doc["scale"] = by
+        doc["reason"] += f"; x {by!r} for {chain.scaling['by']} {chain.force.size}: "
+        doc["reason"] += f"{fmt_lrs(tuple(served))} served"
+    return _sealed(Kind.DECISION, doc)
+
+
+def _listed(numbers: Iterable[int]) -> str:
+    return ", ".join(str(n) for n in numbers)
+
+
+def timeout_note(counted: Sequence[int], missing: Sequence[int], timeout_s: float) -> str:
+    """What a decision taken at the timeout adds to its reason: which ranks were counted."""
+    world = len(counted) + len(missing)
+    return (
+        f"ranks {_listed(counted)} of {world} counted; {_listed(missing)} did not report "
+        f"within {timeout_s:g} s"
+    )
+
+
+# -- rewind -----------------------------------------------------------------------------------
+
+
+def rewind(
+    chain: Chain,
+    to_step: int,
+    created_at: str,
+    *,
+    restores_seq: int | None,
+    superseded: int,
+    lrs: Sequence[float],
+    previous_lrs: Sequence[float],
+    state: Mapping[str, Any],
+    restored_force: InForce | None,
+    client: Mapping[str, Any] | None = None,
+) -> Entry:
+    """The entry that makes a run's state what it was right after ``to_step``: ``restores_seq``
+    is the last live entry at or before it (None: the policy's initial state), ``lrs`` and
+    ``state`` what it left (its served lrs), ``previous_lrs`` the lrs served until now,
+    ``restored_force`` the scale in force again, ``superseded`` how many entries it superseded."""
+    by = f" at the request of {_who(client)}" if client else ""
+    since = f"step {to_step}" if restores_seq is not None else "the start"
+    doc = _common(chain, to_step, created_at)
+    doc.update(
+        value=None,
+        lrs=list(lrs),
+        previous_lrs=list(previous_lrs),
+        action=Kind.REWIND.value,
+        reason=(
+            f"rewound to step {to_step}{by}: {_plural(superseded, 'decision')} after it "
+            f"superseded (kept in the log); {fmt_lrs(tuple(parse_float(x) for x in lrs))} in "
+            f"force again, the state as of {since}"
+        ),
+        state=state,
+        rewind={"to_step": to_step, "restores_seq": restores_seq, "superseded": superseded},
+    )
+    if restored_force is not None and restored_force.factor != 1.0:  # the lrs stay scaled
+        doc["scale"] = restored_force.factor
+    if client:
+        doc["client"] = client
+    return _sealed(Kind.REWIND, doc)
+
+
+def _who(client: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {client[k]}" for k in ("host", "process", "rank") if k in client)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+# -- scale ------------------------------------------------------------------------------------
+
+
+def scale(
+    chain: Chain,
+    step: int,
+    size: int,
+    created_at: str,
+    *,
+    policy_lrs: Sequence[float],
+    state: Mapping[str, Any],
+    client: Mapping[str, Any] | None = None,
+) -> Entry:
+    """The entry that rescales a run's lrs for a new world or batch ``size`` from ``step`` on:
+    the policy's state (and its lrs, ``policy_lrs``) stay as they are, the lrs served change by
+    the scaling rule's factor."""
+    spec, was = chain.scaling, chain.force
+    assert spec is not None and was is not None
+    by = factor(spec, size)
+    previous = scaled(policy_lrs, was.factor)
+    lrs = scaled(policy_lrs, by)
+    rule = "linear scaling rule" if spec["rule"] == "linear" else "square-root scaling rule"
+    doc = _common(chain, step, created_at)
+    doc.update(
+        value=None,
+        lrs=lrs,
+        previous_lrs=previous,
+        action=Kind.SCALE.value,
+        reason=(
+            f"{spec['by']} {was.size} -> {size}: {rule}, base_lrs are for {spec['by']} "
+            f"{spec['base']}: {fmt_change(tuple(previous), tuple(lrs))} ({by!r} x the policy's)"
+        ),
+        state=state,
+        scale=by,
+        resize={"by": spec["by"], "from": was.size, "to": size},
+    )
+    if client:
+        doc["client"] = client
+    return _sealed(Kind.SCALE, doc)
+
+
+# -- the hash chain -----------------------------------------------------------------------------
+
+
+def entry_hash(doc: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical entry without its own hash (prev_hash included)."""
+    return sha256_hex(canonical_json({k: v for k, v in doc.items() if k != "hash"}))
+
+
+def seal(doc: dict[str, Any]) -> str:
+    """Set the entry's ``hash`` and return its canonical JSON: what is stored and served."""
+    doc.pop("hash", None)
+    # Encode the keys that sort before and after "hash" apart, so the sealed document is the
+    # unsealed one with the hash spliced in: one encoding an entry, not two (the hot path).
+    before = canonical_json({k: v for k, v in doc.items() if k < "hash"})[1:-1]
+    after = canonical_json({k: v for k, v in doc.items() if k > "hash"})[1:-1]
+    digest = hashlib.sha256(
+        ("{" + ",".join(m for m in (before, after) if m) + "}").encode()
+    ).hexdigest()
+    doc["hash"] = digest
+    return "{" + ",".join(m for m in (before, f'"hash":"{digest}"', after) if m) + "}"
+
+
+# -- which entries are live ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rewound:
+    """A rewind entry's seq and the step it rewound to: all the live rule needs of it."""
+
+    seq: int
+    to_step: int
+
+
+def is_superseded(seq: int, step: int, rewinds: Iterable[Rewound]) -> bool:
+    """The live-branch rule: an entry is superseded when a later rewind went to a step below
+    its own. (The store keeps it as a flag, set by ``supersede_after`` when a rewind is
+    appended; verify checks every flag against this rule.)"""
+    return any(r.seq > seq and r.to_step < step for r in rewinds)
