@@ -26,8 +26,8 @@ from enum import StrEnum
 from typing import Any
 
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
-from lrpilot.spec import InForce, factor, scaled
 from lrpilot.policies.base import fmt_change, fmt_lrs
+from lrpilot.spec import InForce, factor, scaled
 
 GENESIS = "0" * 64  # prev_hash of a run's first entry
 

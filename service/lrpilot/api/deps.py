@@ -10,10 +10,10 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from lrpilot.api.models import RUN_ID_PATTERN
 from lrpilot.domain.decisions import Decisions
 from lrpilot.domain.logs import Audit
 from lrpilot.settings import Settings
+from lrpilot.spec import RUN_ID_PATTERN
 from lrpilot.store.runs import Store
 
 

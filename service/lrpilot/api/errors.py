@@ -10,9 +10,9 @@ from starlette.exceptions import HTTPException
 
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.canonical import to_strict
+from lrpilot.domain.errors import Conflict, DomainError, Invalid, RunNotFound, Unavailable
 from lrpilot.policies import PolicyError
 from lrpilot.spec import is_storable
-from lrpilot.domain.errors import Conflict, Invalid, RunNotFound, DomainError, Unavailable
 
 _STATUS: dict[type[DomainError], int] = {
     RunNotFound: 404,

@@ -18,10 +18,11 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrpilot.api.errors import store_error_response
-from lrpilot.api.models import RUN_ID_PATTERN, ObservationIn
+from lrpilot.api.models import ObservationIn
 from lrpilot.api.responses import raw_json
 from lrpilot.domain.decisions import Decisions
 from lrpilot.domain.errors import DomainError
+from lrpilot.spec import RUN_ID_PATTERN
 
 _PATH = re.compile(rf"^/v1/runs/({RUN_ID_PATTERN.strip('^$')})/observations$")
 

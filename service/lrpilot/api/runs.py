@@ -13,7 +13,6 @@ from lrpilot.api.models import (
     MAX_LABEL_FILTERS,
     MAX_LRS_COUNT,
     MAX_WAIT_S,
-    RUN_ID_PATTERN,
     ActionFilter,
     DecisionOut,
     DecisionPage,
@@ -37,6 +36,7 @@ from lrpilot.api.responses import (
     raw_json,
 )
 from lrpilot.policies.base import MAX_STEP
+from lrpilot.spec import RUN_ID_PATTERN
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 

@@ -59,6 +59,7 @@ class Mismatch(Exception):
         )
         return doc
 
+
 # -- the bundle's own lines -------------------------------------------------------------------
 
 
@@ -80,6 +81,7 @@ def trailer_line(
         end["signature"] = signature
     return canonical_json({"end": end})
 
+
 def parse_header(text: str | bytes, line: int = 1) -> RunStored:
     """The run a header line describes: a run as the service stores it (one model checks a
     header and a created run alike), or a Mismatch naming the line."""
@@ -95,8 +97,7 @@ def parse_header(text: str | bytes, line: int = 1) -> RunStored:
         return RunStored.model_validate(doc["run"])
     except ValidationError as exc:
         errors = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'run'}: {str(e['msg'])[:200]}"
-            for e in exc.errors()
+            f"{'.'.join(map(str, e['loc'])) or 'run'}: {str(e['msg'])[:200]}" for e in exc.errors()
         )
         raise Mismatch(line, None, f"the header's run is not a valid run spec: {errors}") from None
 
@@ -119,6 +120,7 @@ def _parse(text: str | bytes, line: int) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise Mismatch(line, None, "not a JSON object")
     return doc
+
 
 def rewinds_of(bodies: Iterable[str | bytes]) -> list[Rewound]:
     """The rewind entries of a log, in seq order (a first pass, before a replay or a check)."""
@@ -146,6 +148,7 @@ def _maybe_json(text: str | bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
+
 
 def read_lines(path: Path) -> Iterator[str]:
     """A bundle file's lines, each decoded on its own: bytes that are not UTF-8 are a Mismatch
@@ -182,6 +185,7 @@ def numbered_raw(lines: Iterable[bytes], start: int = 1) -> Iterator[tuple[int, 
         if raw:
             yield number, raw
 
+
 def bundle_run(open_lines: Callable[[], Iterable[str]]) -> RunStored:
     """The run a bundle's header describes."""
     for number, text in numbered(open_lines()):
@@ -199,6 +203,7 @@ class Recorded:
     action: str
     lrs: tuple[float, ...]
     scale: float = 1.0  # the scaling rule's factor on the lrs (elastic jobs)
+
 
 def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
     """The decisions of a bundle's live branch (not superseded by a rewind; rewind and scale

@@ -366,8 +366,9 @@ def _first_difference(expected: Entry, doc: dict[str, Any], line: int | None, se
     keys += sorted(k for k in set(want) | set(doc) if k not in _DERIVED)
     for key in keys:
         if key not in want:
-            raise Mismatch(line, seq, f"{key} is not a member the service writes here", None,
-                           doc[key])
+            raise Mismatch(
+                line, seq, f"{key} is not a member the service writes here", None, doc[key]
+            )
         if canonical_json(want[key]) != canonical_json(doc.get(key)):
             found = doc.get(key)
             raise Mismatch(

@@ -25,9 +25,7 @@ from lrpilot.store.runs import Store, WriteTx
 class Decisions:
     """The decision path of the service, over the store."""
 
-    def __init__(
-        self, store: Store, settings: Settings, writer: GroupCommit[Posted, str]
-    ) -> None:
+    def __init__(self, store: Store, settings: Settings, writer: GroupCommit[Posted, str]) -> None:
         self.store = store
         # however long the database is locked or slow, a request waits this long at the most
         self._timeout = settings.db_timeout_s
@@ -138,7 +136,9 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
     return results
 
 
-def _decide_one(tx: WriteTx, head: RunHead, item: Posted, heads: dict[str, RunHead]) -> str | Exception:
+def _decide_one(
+    tx: WriteTx, head: RunHead, item: Posted, heads: dict[str, RunHead]
+) -> str | Exception:
     if head.spec.aggregate is not None:
         return aggregate_in(tx, head, item, heads)
     if head.last_step is not None and item.step <= head.last_step:

@@ -13,7 +13,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lrpilot import entries
-from lrpilot.audit.bundle import Mismatch, Recorded, header_line, numbered_raw, recorded_of, rewinds_of, trailer_line
+from lrpilot.audit.bundle import (
+    Mismatch,
+    Recorded,
+    header_line,
+    numbered_raw,
+    recorded_of,
+    rewinds_of,
+    trailer_line,
+)
 from lrpilot.audit.signing import load_private_key, sign, signed_message
 from lrpilot.audit.verify import BundleCheck, LogCheck, Report, check_bundle
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
@@ -21,7 +29,7 @@ from lrpilot.domain.deciding import chain_of, load_state, new_run, now, resolved
 from lrpilot.domain.errors import Conflict, RunNotFound
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
 from lrpilot.settings import Settings
-from lrpilot.spec import InForce, RunStored, scaled
+from lrpilot.spec import InForce, RunStored
 from lrpilot.store.records import NewDecision, NewRun, RunHead
 from lrpilot.store.runs import Store, WriteTx
 
