@@ -331,13 +331,10 @@ class Audit:
             "head_hash": head.head_hash,
             "lrs": run["lrs"],
         }
-        if run["policy"]["name"] == "range_test":
-            # the suggested lrs, from the state in force (the stop decision's, or so far)
-            from lrpilot.policies import range_test
-
-            policy, resolved_params = resolved(head.policy, head.params, head.base_lrs)
-            state = policy.load_state(json.loads(head.state))
-            summary["range_test"] = range_test.run_summary(resolved_params, state)
+        # what the policy adds (a range test: its suggested lrs), from the state in force
+        policy, resolved_params = resolved(head.policy, head.params, head.base_lrs)
+        state = policy.load_state(json.loads(head.state))
+        summary.update(policy.summary_fields(resolved_params, state))
         return summary
 
 
