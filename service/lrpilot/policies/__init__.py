@@ -15,40 +15,11 @@ from lrpilot.policies.compose import Scaled, Sequence
 from lrpilot.policies.plateau import Plateau
 from lrpilot.policies.plateau2 import Plateau2
 from lrpilot.policies.range_test import RangeTest
-from lrpilot.policies.schedules import (
-    Constant,
-    Cosine,
-    CosineRestarts,
-    Cyclic,
-    Exponential,
-    InverseTime,
-    Linear,
-    MultiStep,
-    OneCycle,
-    Polynomial,
-    Step,
-)
+from lrpilot.policies.schedules import SCHEDULES
 
 POLICIES: dict[str, Policy] = {
     policy_id(p.name, p.version): p
-    for p in (
-        Plateau(),
-        Plateau2(),
-        Sequence(),
-        Scaled(),
-        Constant(),
-        Step(),
-        MultiStep(),
-        Exponential(),
-        InverseTime(),
-        Linear(),
-        Cosine(),
-        Polynomial(),
-        CosineRestarts(),
-        Cyclic(),
-        OneCycle(),
-        RangeTest(),
-    )
+    for p in (Plateau(), Plateau2(), Sequence(), Scaled(), *SCHEDULES, RangeTest())
 }
 
 

@@ -13,10 +13,11 @@ is one implementation of each rule, and the golden logs check it.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 Loc = tuple[str | int, ...]
 
@@ -27,6 +28,10 @@ class PolicyError(ValueError):
     def __init__(self, errors: list[tuple[Loc, str]]) -> None:
         super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in errors))
         self.errors = errors
+
+    def within(self, *loc: str | int) -> PolicyError:
+        """The same errors, located under ``loc`` (an inner object's errors in the outer one)."""
+        return PolicyError([((*loc, *sub), msg) for sub, msg in self.errors])
 
 
 class Frozen(BaseModel):
@@ -89,8 +94,12 @@ class Stepper(Protocol):
         ...
 
 
-class Policy(Protocol):
-    """A released ``name@version``: pure functions over frozen data.
+class Policy(abc.ABC):
+    """A released ``name@version``: pure functions over frozen data, and what the rest of the
+    code may ask of a policy. Every policy derives from this class, which gives the behaviour
+    they share once (``step`` over the stepper, ``resolve``'s error locations, the schema,
+    defaults and state loading from the models); a family writes its rule: ``init``,
+    ``lrs_at``, ``stepper`` and, if it has any, checks across params (``check``).
 
     Two clocks: a policy decides at *evaluations* (``step``, an observation at a training
     step), and answers the lrs in force at any *training step* (``lrs_at``), between
@@ -104,32 +113,123 @@ class Policy(Protocol):
     actions: ClassVar[tuple[str, ...]]
     # True when observations never change the lrs (a pure schedule): every step's lrs are
     # certain in advance. False when the next evaluation may change them (plateau control).
-    open_loop: ClassVar[bool]
+    open_loop: ClassVar[bool] = False
+    # True when the policy counts training steps from 0 whatever step it starts at (a range
+    # test's ramp): in a sequence it can only be the first phase.
+    from_step_zero: ClassVar[bool] = False
+    # The params, with their defaults (a policy with flavors: its default flavor's).
+    params_model: ClassVar[type[Frozen]]
+    # What the served params schema describes, when it is not params_model (the union of a
+    # policy's flavors).
+    schema_type: ClassVar[Any] = None
+    # Examples for the served params schema (none: the model's own, if it gives any).
+    examples: ClassVar[tuple[dict[str, Any], ...]] = ()
+    # Params that resolve fills in from the run (not knobs): neither in the schema nor in the
+    # defaults.
+    filled_params: ClassVar[tuple[str, ...]] = ()
+    state_model: ClassVar[type[State]] = State
 
-    def params_schema(self) -> dict[str, Any]: ...
+    def params_schema(self) -> dict[str, Any]:
+        if self.schema_type is None:
+            schema = self.params_model.model_json_schema()
+        else:
+            schema = TypeAdapter(self.schema_type).json_schema()
+        for name in self.filled_params:
+            schema["properties"].pop(name, None)
+        if self.examples:
+            schema["examples"] = [dict(e) for e in self.examples]
+        return schema
 
-    def defaults(self) -> dict[str, Any]: ...
+    def defaults(self) -> dict[str, Any]:
+        """Every param that has a default, with it (a nested model as its JSON document)."""
+        out: dict[str, Any] = {}
+        for name, field in self.params_model.model_fields.items():
+            if field.is_required() or name in self.filled_params:
+                continue
+            value = field.get_default(call_default_factory=True)
+            out[name] = value.model_dump() if isinstance(value, BaseModel) else value
+        return out
 
     def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> Frozen:
-        """Validate params against base_lrs and fill every default; raise PolicyError."""
-        ...
+        """Validate params against base_lrs and fill every default; raise PolicyError, located
+        relative to the run spec's "policy" object."""
+        try:
+            return self.resolve_params(params, base_lrs)
+        except PolicyError as exc:
+            raise exc.within("params") from None
 
+    def resolve_params(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> Frozen:
+        """``resolve`` with PolicyError located relative to the params: validated, then the
+        checks across params (all of them at once)."""
+        resolved = self.validate(params)
+        errors = self.check(resolved, base_lrs)
+        if errors:
+            raise PolicyError(errors)
+        return resolved
+
+    def params_model_for(self, params: dict[str, Any]) -> type[Frozen]:
+        """The model that validates ``params`` (a policy with flavors picks the flavor's)."""
+        return self.params_model
+
+    def validate(self, params: dict[str, Any]) -> Frozen:
+        try:
+            return self.params_model_for(params).model_validate(params)
+        except ValidationError as exc:
+            raise PolicyError(self.validation_errors(exc)) from None
+
+    def validation_errors(self, exc: ValidationError) -> list[tuple[Loc, str]]:
+        """One (loc, message) per error pydantic found in the params."""
+        return [
+            (
+                tuple(e["loc"]),
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})",
+            )
+            for e in exc.errors()
+        ]
+
+    def check(self, params: Any, base_lrs: tuple[float, ...]) -> list[tuple[Loc, str]]:
+        """Rules across validated params, or against base_lrs: one (loc, message) a broken one."""
+        return []
+
+    @abc.abstractmethod
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> State: ...
 
-    def load_state(self, data: dict[str, Any]) -> State: ...
+    def load_state(self, data: dict[str, Any]) -> State:
+        return self.state_model.model_validate(data)
 
-    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]: ...
+    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
+        """One decision, through the stepper: the one implementation of the rule."""
+        stepper = self.stepper(params, state, obs.metric)
+        action = stepper.advance(obs.step, obs.value)
+        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced), stepper.state()
 
+    @abc.abstractmethod
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         """The lrs in force at training step ``step``, given ``state``: the state after the last
         decision at or before ``step`` (the initial state when there is none). Pure and cheap:
         ranks that only read call it for every step they train."""
-        ...
 
+    @abc.abstractmethod
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
         """``state`` in mutable form, to advance observation by observation (``metric`` is the
         name the reasons give the value)."""
-        ...
+
+    def summary_fields(self, params: Frozen, state: State) -> dict[str, Any]:
+        """What a run's summary reports of this policy beyond what every run's does, from the
+        state in force (none by default)."""
+        return {}
+
+
+class StepperState:
+    """Gives a stepper ``state()``: its attributes named as ``state_model``'s fields."""
+
+    __slots__ = ()
+
+    state_model: ClassVar[type[State]]
+
+    def state(self) -> State:
+        model = self.state_model
+        return model(**{name: getattr(self, name) for name in model.model_fields})
 
 
 def policy_id(name: str, version: int) -> str:

@@ -30,17 +30,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, StrictInt, ValidationError
 
 from lrpilot.canonical import canonical_json, to_strict
-from lrpilot.policies.base import (
-    Frozen,
-    Loc,
-    Observation,
-    Outcome,
-    Policy,
-    PolicyError,
-    State,
-    fmt_change,
-    fmt_lrs,
-)
+from lrpilot.policies.base import Frozen, Loc, Policy, PolicyError, State, fmt_change, fmt_lrs
 
 MAX_PHASES = 16
 MAX_DEPTH = 3  # a composite inside a composite inside a composite, no deeper
@@ -112,7 +102,7 @@ def _resolve_ref(
         policy = _registry(ref.name, ref.version)
         resolved = policy.resolve(dict(ref.params), base_lrs)
     except PolicyError as exc:
-        raise PolicyError([((*loc, *sub), msg) for sub, msg in exc.errors]) from None
+        raise exc.within(*loc) from None
     return policy, resolved.model_dump()
 
 
@@ -151,28 +141,34 @@ def _ref_json(ref: PolicyRef) -> str:
     return canonical_json(ref.model_dump())
 
 
-def _validated(model: type[Frozen], params: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(params)
-    except ValidationError as exc:
+class Composite(Policy):
+    """What sequence@1 and scaled@1 share: inner policies in the params, nested at most
+    MAX_DEPTH deep, and the run's base lrs kept in the resolved params (not a knob)."""
+
+    open_loop: ClassVar[bool] = False
+    filled_params: ClassVar[tuple[str, ...]] = ("base_lrs",)
+    depth_loc: ClassVar[str]  # where an error on nesting too deep is located
+
+    def resolve_params(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> Frozen:
+        # base_lrs is the run's: resolve fills it in, whatever the params say (a stored run's
+        # params carry the ones it filled, and are resolved again, maybe for other base lrs:
+        # what-if)
+        params = {k: v for k, v in params.items() if k != "base_lrs"}
+        if _depth(params) > MAX_DEPTH:
+            raise PolicyError([((self.depth_loc,), f"policies nest at most {MAX_DEPTH} deep")])
+        return self.bind(self.validate(params), base_lrs)
+
+    def bind(self, raw: Any, base_lrs: tuple[float, ...]) -> Frozen:
+        """The validated params with every inner policy's params resolved, and base_lrs."""
+        raise NotImplementedError
+
+    def validation_errors(self, exc: ValidationError) -> list[tuple[Loc, str]]:
         errors = exc.errors()
         # a list whose items failed also "has too few items" (pydantic counts the valid ones):
         # name the items, not a false claim about the list
         failed_items = {e["loc"][:1] for e in errors if len(e["loc"]) > 1}
         errors = [e for e in errors if not (e["type"] == "too_short" and e["loc"] in failed_items)]
-        raise PolicyError(
-            [(tuple(e["loc"]), f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in errors]
-        ) from None
-
-
-def _without_base_lrs(params: dict[str, Any]) -> dict[str, Any]:
-    """base_lrs is the run's: resolve fills it in, whatever the params say (a stored run's
-    params carry the ones it filled, and are resolved again, maybe for other base lrs: what-if)."""
-    return {k: v for k, v in params.items() if k != "base_lrs"}
-
-
-def _prefixed(errors: PolicyError) -> PolicyError:
-    return PolicyError([(("params", *loc), msg) for loc, msg in errors.errors])
+        return [(tuple(e["loc"]), f"{'.'.join(map(str, e['loc']))}: {e['msg']}") for e in errors]
 
 
 # -- sequence@1 ------------------------------------------------------------------------------
@@ -189,7 +185,7 @@ def _phase_of(params: SequenceParams, step: int) -> int:
     return len(params.phases) - 1
 
 
-class Sequence:
+class Sequence(Composite):
     name: ClassVar[str] = "sequence"
     version: ClassVar[int] = 1
     description: ClassVar[str] = (
@@ -199,42 +195,26 @@ class Sequence:
         "phase sees the real steps."
     )
     actions: ClassVar[tuple[str, ...]] = ("warmup", "decay")  # and its phases' actions
-    open_loop: ClassVar[bool] = False
-
-    def params_schema(self) -> dict[str, Any]:
-        schema = SequenceParams.model_json_schema()
-        schema["properties"].pop("base_lrs", None)
-        schema["examples"] = [
-            {
-                "phases": [
-                    {
-                        "policy": {
-                            "name": "linear",
-                            "version": 1,
-                            "params": {"start_factor": 0.1, "total_iters": 1000},
-                        },
-                        "until_step": 1000,
+    params_model = SequenceParams
+    state_model = SequenceState
+    depth_loc = "phases"
+    examples = (
+        {
+            "phases": [
+                {
+                    "policy": {
+                        "name": "linear",
+                        "version": 1,
+                        "params": {"start_factor": 0.1, "total_iters": 1000},
                     },
-                    {"policy": {"name": "plateau", "version": 1, "params": {"patience": 5}}},
-                ]
-            }
-        ]
-        return schema
+                    "until_step": 1000,
+                },
+                {"policy": {"name": "plateau", "version": 1, "params": {"patience": 5}}},
+            ]
+        },
+    )
 
-    def defaults(self) -> dict[str, Any]:
-        return {}
-
-    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> SequenceParams:
-        try:
-            return self._resolve(params, base_lrs)
-        except PolicyError as exc:
-            raise _prefixed(exc) from None
-
-    def _resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> SequenceParams:
-        params = _without_base_lrs(params)
-        if _depth(params) > MAX_DEPTH:
-            raise PolicyError([(("phases",), f"policies nest at most {MAX_DEPTH} deep")])
-        raw = _validated(SequenceParams, params)
+    def bind(self, raw: SequenceParams, base_lrs: tuple[float, ...]) -> SequenceParams:
         errors: list[tuple[Loc, str]] = []
         phases = []
         previous = 0
@@ -265,7 +245,7 @@ class Sequence:
                 )
             previous = max(previous, phase.until_step or previous)
             inner, resolved = _resolve_ref(phase.policy, base_lrs, ("phases", i, "policy"))
-            if i > 0 and getattr(inner, "from_step_zero", False):
+            if i > 0 and inner.from_step_zero:
                 errors.append(
                     (
                         ("phases", i, "policy", "name"),
@@ -297,9 +277,6 @@ class Sequence:
         _, _, initial = self._phase(params, 0)
         return SequenceState(lrs=initial.lrs, phase=0, inner=initial.model_dump())
 
-    def load_state(self, data: dict[str, Any]) -> SequenceState:
-        return SequenceState.model_validate(data)
-
     def _inner_state(self, p: SequenceParams, state: SequenceState, i: int) -> State:
         policy, _, initial = self._phase(p, i)
         if i != state.phase:
@@ -313,11 +290,6 @@ class Sequence:
         policy, inner_params, _ = self._phase(params, i)
         inner = self._inner_state(params, state, i)
         return policy.lrs_at(inner_params, inner, self._clock(params, i, policy, step))
-
-    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
-        stepper = self.stepper(params, state, obs.metric)
-        action = stepper.advance(obs.step, obs.value)
-        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced), stepper.state()
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> SequenceStepper:
         assert isinstance(params, SequenceParams) and isinstance(state, SequenceState)
@@ -395,7 +367,7 @@ class SequenceStepper:
 # -- scaled@1 ------------------------------------------------------------------------------
 
 
-class Scaled:
+class Scaled(Composite):
     name: ClassVar[str] = "scaled"
     version: ClassVar[int] = 1
     description: ClassVar[str] = (
@@ -404,37 +376,17 @@ class Scaled:
         "policy runs from base lrs of 1.0: its lrs are the scales, its min_lr floors them."
     )
     actions: ClassVar[tuple[str, ...]] = ("hold", "warmup", "decay")
-    open_loop: ClassVar[bool] = False
+    params_model = ScaledParams
+    state_model = ScaledState
+    depth_loc = "schedule"
+    examples = (
+        {
+            "schedule": {"name": "cosine", "version": 1, "params": {"T_max": 10000}},
+            "plateau": {"name": "plateau", "version": 1, "params": {"patience": 3, "factor": 0.5}},
+        },
+    )
 
-    def params_schema(self) -> dict[str, Any]:
-        schema = ScaledParams.model_json_schema()
-        schema["properties"].pop("base_lrs", None)
-        schema["examples"] = [
-            {
-                "schedule": {"name": "cosine", "version": 1, "params": {"T_max": 10000}},
-                "plateau": {
-                    "name": "plateau",
-                    "version": 1,
-                    "params": {"patience": 3, "factor": 0.5},
-                },
-            }
-        ]
-        return schema
-
-    def defaults(self) -> dict[str, Any]:
-        return {}
-
-    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> ScaledParams:
-        try:
-            return self._resolve(params, base_lrs)
-        except PolicyError as exc:
-            raise _prefixed(exc) from None
-
-    def _resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> ScaledParams:
-        params = _without_base_lrs(params)
-        if _depth(params) > MAX_DEPTH:
-            raise PolicyError([(("schedule",), f"policies nest at most {MAX_DEPTH} deep")])
-        raw = _validated(ScaledParams, params)
+    def bind(self, raw: ScaledParams, base_lrs: tuple[float, ...]) -> ScaledParams:
         schedule, sched_params = _resolve_ref(raw.schedule, base_lrs, ("schedule",))
         ones = tuple(1.0 for _ in base_lrs)
         plateau, plat_params = _resolve_ref(raw.plateau, ones, ("plateau",))
@@ -472,19 +424,11 @@ class Scaled:
         lrs = _times(sched.lrs_at(sp, s0, 0), plat.lrs_at(pp, p0, 0))
         return ScaledState(lrs=lrs, scale=p0.model_dump())
 
-    def load_state(self, data: dict[str, Any]) -> ScaledState:
-        return ScaledState.model_validate(data)
-
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         assert isinstance(params, ScaledParams) and isinstance(state, ScaledState)
         sched, sp, s0, plat, pp, _ = self._parts(params)
         scale: State = _memo(state, lambda: plat.load_state(state.scale))
         return _times(sched.lrs_at(sp, s0, step), plat.lrs_at(pp, scale, step))
-
-    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
-        stepper = self.stepper(params, state, obs.metric)
-        action = stepper.advance(obs.step, obs.value)
-        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced), stepper.state()
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> ScaledStepper:
         assert isinstance(params, ScaledParams) and isinstance(state, ScaledState)

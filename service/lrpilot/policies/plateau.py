@@ -17,39 +17,31 @@ which keras takes as ``best`` unconditionally (after which nothing improves on i
 from __future__ import annotations
 
 import math
-import struct
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, StrictFloat, StrictInt, TypeAdapter, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import Field, StrictFloat
 
 from lrpilot.canonical import float_token
 from lrpilot.policies.base import (
     Frozen,
     Loc,
-    Observation,
-    Outcome,
+    Policy,
     PolicyError,
     State,
+    StepperState,
     fmt,
     fmt_change,
     fmt_lrs,
 )
-
-
-def _check_min_lr(v: float | list[float]) -> float | list[float]:
-    values = v if isinstance(v, list) else [v]
-    if not values or not all(math.isfinite(x) and x >= 0.0 for x in values):
-        raise PydanticCustomError(
-            "min_lr",
-            "must be a finite number >= 0, or a non-empty list of them (one per param group)",
-        )
-    return v
-
-
-# Strict floats: true and "0.2" are refused, JSON ints are taken (as floats).
-MinLr = Annotated[StrictFloat | list[StrictFloat], AfterValidator(_check_min_lr)]
-Count = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
+from lrpilot.policies.common import (
+    Count,
+    MinLr,
+    group_count_errors,
+    per_group,
+    plural,
+    to_f32,
+    torch_threshold_errors,
+)
 
 
 class TorchParams(Frozen):
@@ -79,9 +71,6 @@ class KerasParams(Frozen):
 
 
 Params = TorchParams | KerasParams
-_SCHEMA_ADAPTER: TypeAdapter[Params] = TypeAdapter(
-    Annotated[TorchParams | KerasParams, Field(discriminator="flavor")]
-)
 
 
 class PlateauState(State):
@@ -91,24 +80,7 @@ class PlateauState(State):
     cooldown_counter: int
 
 
-_F32 = struct.Struct("<f")
-_pack_f32, _unpack_f32 = _F32.pack, _F32.unpack
-
-
-def to_f32(x: float) -> float:
-    """The nearest float32 (ties to even), as a float32 tensor or variable rounds a double."""
-    try:
-        f: float = _unpack_f32(_pack_f32(x))[0]  # struct's "f" unpacks to a Python float
-    except OverflowError:  # rounds beyond float32's largest finite value
-        return math.copysign(math.inf, x)
-    return f
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-class Plateau:
+class Plateau(Policy):
     name: ClassVar[str] = "plateau"
     version: ClassVar[int] = 1
     description: ClassVar[str] = (
@@ -118,23 +90,27 @@ class Plateau:
     )
     actions: ClassVar[tuple[str, ...]] = ("hold", "reduce", "cooldown")
     open_loop: ClassVar[bool] = False
+    params_model = TorchParams  # the default flavor
+    schema_type = Annotated[TorchParams | KerasParams, Field(discriminator="flavor")]
+    examples = (
+        {"patience": 5, "factor": 0.5},
+        {"flavor": "keras", "patience": 3, "min_delta": 0.001, "min_lr": 1e-5},
+    )
+    state_model = PlateauState
 
-    def params_schema(self) -> dict[str, Any]:
-        schema = _SCHEMA_ADAPTER.json_schema()
-        schema["examples"] = [
-            {"patience": 5, "factor": 0.5},
-            {"flavor": "keras", "patience": 3, "min_delta": 0.001, "min_lr": 1e-5},
-        ]
-        return schema
+    def params_model_for(self, params: dict[str, Any]) -> type[TorchParams] | type[KerasParams]:
+        flavor = params.get("flavor", "torch")
+        if flavor == "torch":
+            return TorchParams
+        if flavor == "keras":
+            return KerasParams
+        raise PolicyError([(("flavor",), f"flavor must be 'torch' or 'keras', got {flavor!r}")])
 
-    def defaults(self) -> dict[str, Any]:
-        return TorchParams().model_dump()
-
-    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> Params:
-        try:
-            return _resolve(params, base_lrs)
-        except PolicyError as exc:  # locs relative to the run spec's "policy" object
-            raise PolicyError([(("params", *loc), msg) for loc, msg in exc.errors]) from None
+    def check(self, params: Params, base_lrs: tuple[float, ...]) -> list[tuple[Loc, str]]:
+        errors: list[tuple[Loc, str]] = []
+        if isinstance(params, TorchParams):
+            errors += torch_threshold_errors(params.mode, params.threshold_mode, params.threshold)
+        return errors + group_count_errors(("min_lr",), params.min_lr, len(base_lrs))
 
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> PlateauState:
         if isinstance(params, KerasParams):
@@ -154,19 +130,8 @@ class Plateau:
             cooldown_counter=0,
         )
 
-    def load_state(self, data: dict[str, Any]) -> PlateauState:
-        return PlateauState.model_validate(data)
-
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         return state.lrs  # changed only by a decision: held between evaluations
-
-    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, PlateauState]:
-        stepper = self.stepper(params, state, obs.metric)
-        action = stepper.advance(obs.step, obs.value)
-        outcome = Outcome(
-            lrs=stepper.lrs, action=action, reason=stepper.reason(), reduced=stepper.reduced
-        )
-        return outcome, stepper.state()
 
     def stepper(
         self, params: Frozen, state: State, metric: str = "metric"
@@ -178,58 +143,6 @@ class Plateau:
             return KerasStepper(params, state, metric)
         assert isinstance(params, TorchParams)
         return TorchStepper(params, state, metric)
-
-
-def _resolve(params: dict[str, Any], base_lrs: tuple[float, ...]) -> Params:
-    flavor = params.get("flavor", "torch")
-    model: type[TorchParams] | type[KerasParams]
-    if flavor == "torch":
-        model = TorchParams
-    elif flavor == "keras":
-        model = KerasParams
-    else:
-        raise PolicyError([(("flavor",), f"flavor must be 'torch' or 'keras', got {flavor!r}")])
-    try:
-        resolved: Params = model.model_validate(params)
-    except ValidationError as exc:
-        raise PolicyError(
-            [
-                (
-                    tuple(e["loc"]),
-                    f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})",
-                )
-                for e in exc.errors()
-            ]
-        ) from None
-    errors: list[tuple[Loc, str]] = []
-    if (
-        isinstance(resolved, TorchParams)
-        and resolved.threshold_mode == "rel"
-        and resolved.mode == "min"
-        and resolved.threshold >= 1.0
-    ):
-        errors.append(
-            (
-                ("threshold",),
-                f"threshold must be < 1 with threshold_mode 'rel' and mode 'min' "
-                f"(best * (1 - threshold) must stay positive), got {resolved.threshold!r}",
-            )
-        )
-    if isinstance(resolved.min_lr, list) and len(resolved.min_lr) != len(base_lrs):
-        errors.append(
-            (
-                ("min_lr",),
-                f"min_lr has {len(resolved.min_lr)} values but there are {len(base_lrs)} "
-                "param groups (base_lrs): give one value, or one per param group",
-            )
-        )
-    if errors:
-        raise PolicyError(errors)
-    return resolved
-
-
-def _min_lrs(min_lr: float | list[float], n: int) -> tuple[float, ...]:
-    return tuple(min_lr) if isinstance(min_lr, list) else (min_lr,) * n
 
 
 def _best_text(best: float | None, best_step: int | None) -> str:
@@ -253,7 +166,30 @@ def _seen_text(metric: str, value: float, improved: bool, best: float | None, be
 # The params stay in _p for what only reason() and a reduction read.
 
 
-class TorchStepper:
+class _PlateauStepper(StepperState):
+    """What both flavors' steppers hold alike: a PlateauState, as plain attributes."""
+
+    __slots__ = ()
+
+    state_model = PlateauState
+    lrs: tuple[float, ...]
+    best: float | None
+    best_step: int | None
+    bad_evaluations: int
+    cooldown_counter: int
+
+    def state_doc(self) -> dict[str, Any]:
+        best = self.best
+        return {
+            "bad_evaluations": self.bad_evaluations,
+            "best": best if best is None else float_token(best),
+            "best_step": self.best_step,
+            "cooldown_counter": self.cooldown_counter,
+            "lrs": [float_token(x) for x in self.lrs],
+        }
+
+
+class TorchStepper(_PlateauStepper):
     """plateau@1 flavor torch: torch's ``ReduceLROnPlateau.step``, in torch's order."""
 
     __slots__ = (
@@ -360,7 +296,7 @@ class TorchStepper:
         p = self._p
         factor, eps = p.factor, p.eps
         new = []
-        for lr, floor in zip(lrs, _min_lrs(p.min_lr, len(lrs)), strict=True):
+        for lr, floor in zip(lrs, per_group(p.min_lr, len(lrs)), strict=True):
             candidate = max(lr * factor, floor)
             new.append(candidate if lr - candidate > eps else lr)
         return tuple(new)
@@ -373,9 +309,9 @@ class TorchStepper:
         rule = f"{p.threshold_mode} threshold {fmt(p.threshold)}"
         text = _seen_text(self._metric, value, better, best, best_step, rule)
         if cooldown > 0:
-            text += f", in cooldown ({_plural(cooldown - 1, 'evaluation')} left)"
+            text += f", in cooldown ({plural(cooldown - 1, 'evaluation')} left)"
         if bad > p.patience:
-            text += f" for {_plural(bad, 'evaluation')} > patience {p.patience}"
+            text += f" for {plural(bad, 'evaluation')} > patience {p.patience}"
             if self.action == "reduce":
                 text += f": {fmt_change(before, self.lrs)}"
                 if p.cooldown:
@@ -387,26 +323,12 @@ class TorchStepper:
                 )
         else:
             if not better and cooldown == 0:
-                text += f" for {_plural(bad, 'evaluation')} (patience {p.patience})"
+                text += f" for {plural(bad, 'evaluation')} (patience {p.patience})"
             text += f": {fmt_lrs(self.lrs)} held"
         return text
 
-    def state(self) -> PlateauState:
-        return PlateauState(
-            lrs=self.lrs,
-            best=self.best,
-            best_step=self.best_step,
-            bad_evaluations=self.bad_evaluations,
-            cooldown_counter=self.cooldown_counter,
-        )
 
-    def state_doc(self) -> dict[str, Any]:
-        return _state_doc(
-            self.lrs, self.best, self.best_step, self.bad_evaluations, self.cooldown_counter
-        )
-
-
-class KerasStepper:
+class KerasStepper(_PlateauStepper):
     """plateau@1 flavor keras: keras' ``ReduceLROnPlateau.on_epoch_end``, in keras' order."""
 
     __slots__ = (
@@ -511,7 +433,7 @@ class KerasStepper:
         float32 lr is above float32(min_lr), to max(lr * factor, min_lr) stored in float32
         (which can round back to the same lr: keras still counts it as a reduction)."""
         p = self._p
-        factor, floors = p.factor, _min_lrs(p.min_lr, len(lrs))
+        factor, floors = p.factor, per_group(p.min_lr, len(lrs))
         # keras compares the float32 lr with np.float32(min_lr)
         reducible = [lr > to_f32(floor) for lr, floor in zip(lrs, floors, strict=True)]
         if not any(reducible):
@@ -535,46 +457,16 @@ class KerasStepper:
         left = cooldown - 1 if cooldown > 0 else 0  # after this step's countdown
         if improved:
             if cooldown > 0:
-                text += f", in cooldown ({_plural(left, 'evaluation')} left)"
+                text += f", in cooldown ({plural(left, 'evaluation')} left)"
             return text + held
         if left > 0:
-            return text + f", in cooldown ({_plural(left, 'evaluation')} left)" + held
+            return text + f", in cooldown ({plural(left, 'evaluation')} left)" + held
         if wait < p.patience:
-            return text + f" for {_plural(wait, 'evaluation')} (patience {p.patience})" + held
-        text += f" for {_plural(wait, 'evaluation')} >= patience {p.patience}"
+            return text + f" for {plural(wait, 'evaluation')} (patience {p.patience})" + held
+        text += f" for {plural(wait, 'evaluation')} >= patience {p.patience}"
         if self.action != "reduce":
             return text + ", but every lr is at its min_lr" + held
         text += f": {fmt_change(before, self.lrs)}"
         if p.cooldown:
             text += f", then cooldown {p.cooldown}"
         return text
-
-    def state(self) -> PlateauState:
-        return PlateauState(
-            lrs=self.lrs,
-            best=self.best,
-            best_step=self.best_step,
-            bad_evaluations=self.bad_evaluations,
-            cooldown_counter=self.cooldown_counter,
-        )
-
-    def state_doc(self) -> dict[str, Any]:
-        return _state_doc(
-            self.lrs, self.best, self.best_step, self.bad_evaluations, self.cooldown_counter
-        )
-
-
-def _state_doc(
-    lrs: tuple[float, ...],
-    best: float | None,
-    best_step: int | None,
-    bad_evaluations: int,
-    cooldown_counter: int,
-) -> dict[str, Any]:
-    return {
-        "bad_evaluations": bad_evaluations,
-        "best": best if best is None else float_token(best),
-        "best_step": best_step,
-        "cooldown_counter": cooldown_counter,
-        "lrs": [float_token(x) for x in lrs],
-    }

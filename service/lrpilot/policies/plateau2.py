@@ -72,22 +72,29 @@ from functools import reduce
 from operator import add, itemgetter
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, StrictFloat, StrictInt, TypeAdapter, ValidationError
+from pydantic import Field, StrictFloat, StrictInt, ValidationError
 
 from lrpilot.canonical import float_token
 from lrpilot.policies.base import (
     MAX_STEP,
     Frozen,
     Loc,
-    Observation,
-    Outcome,
-    PolicyError,
+    Policy,
     State,
+    StepperState,
     fmt,
     fmt_change,
     fmt_lrs,
 )
-from lrpilot.policies.plateau import Count, MinLr, to_f32
+from lrpilot.policies.common import (
+    Count,
+    MinLr,
+    group_count_errors,
+    per_group,
+    plural,
+    to_f32,
+    torch_threshold_errors,
+)
 
 MAX_WINDOW = 1000  # window and best_of: the state holds that many values
 
@@ -127,19 +134,6 @@ class Plateau2Params(Frozen):
     lr_dtype: Literal["float64", "float32"] = "float64"
 
 
-_SCHEMA_ADAPTER: TypeAdapter[Plateau2Params] = TypeAdapter(Plateau2Params)
-
-EXAMPLES: list[dict[str, Any]] = [
-    {"patience": 5, "window": 3, "best_of": 20},
-    {"patience": 3, "ema": 0.9, "lr_dtype": "float32"},
-    {
-        "patience": 5,
-        "on_plateau": {"action": "decay", "shape": "cosine", "steps": 20000, "floor": 0.0},
-        "stop_after": 5,
-    },
-]
-
-
 class Plateau2State(State):
     best: float | None  # the reference the next evaluation is compared with (see the rules)
     best_step: int | None
@@ -153,14 +147,6 @@ class Plateau2State(State):
     decay_to: int | None
     floor_evaluations: int  # evaluations in a row at the floor without improvement
     stopped_at: int | None  # the step of the "stop" decision
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _per_group(v: float | list[float], n: int) -> tuple[float, ...]:
-    return tuple(v) if isinstance(v, list) else (v,) * n
 
 
 def _same_dtype(x: float) -> float:
@@ -204,7 +190,7 @@ def remaining(shape: str, left: int, total: int) -> float:
     return r
 
 
-class Plateau2:
+class Plateau2(Policy):
     name: ClassVar[str] = "plateau"
     version: ClassVar[int] = 2
     description: ClassVar[str] = (
@@ -217,20 +203,61 @@ class Plateau2:
     )
     actions: ClassVar[tuple[str, ...]] = ("hold", "reduce", "cooldown", "decay", "stop")
     open_loop: ClassVar[bool] = False
+    params_model = Plateau2Params
+    examples = (
+        {"patience": 5, "window": 3, "best_of": 20},
+        {"patience": 3, "ema": 0.9, "lr_dtype": "float32"},
+        {
+            "patience": 5,
+            "on_plateau": {"action": "decay", "shape": "cosine", "steps": 20000, "floor": 0.0},
+            "stop_after": 5,
+        },
+    )
+    state_model = Plateau2State
 
-    def params_schema(self) -> dict[str, Any]:
-        schema = _SCHEMA_ADAPTER.json_schema()
-        schema["examples"] = [dict(e) for e in EXAMPLES]
-        return schema
+    def validation_errors(self, exc: ValidationError) -> list[tuple[Loc, str]]:
+        out: list[tuple[Loc, str]] = []
+        for e in exc.errors():
+            loc: Loc = tuple(e["loc"])
+            # the discriminated union names its member in the loc: on_plateau.decay.steps is
+            # the field on_plateau.steps to whoever wrote the params
+            if len(loc) >= 2 and loc[0] == "on_plateau" and loc[1] in ("multiply", "decay"):
+                loc = (loc[0], *loc[2:])
+            if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, "action")
+                msg = "on_plateau.action must be 'multiply' or 'decay'"
+            else:
+                msg = e["msg"]
+            out.append((loc, f"{'.'.join(map(str, loc))}: {msg} (got {e.get('input')!r})"))
+        return out
 
-    def defaults(self) -> dict[str, Any]:
-        return Plateau2Params().model_dump()
-
-    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> Plateau2Params:
-        try:
-            return _resolve(params, base_lrs)
-        except PolicyError as exc:  # locs relative to the run spec's "policy" object
-            raise PolicyError([(("params", *loc), msg) for loc, msg in exc.errors]) from None
+    def check(self, params: Plateau2Params, base_lrs: tuple[float, ...]) -> list[tuple[Loc, str]]:
+        p, n = params, len(base_lrs)
+        errors = torch_threshold_errors(p.mode, p.threshold_mode, p.threshold)
+        errors += group_count_errors(("min_lr",), p.min_lr, n)
+        if p.window > 1 and p.ema > 0.0:
+            errors.append(
+                (
+                    ("ema",),
+                    f"give window or ema, not both: window {p.window} averages the last "
+                    f"{p.window} values, ema {p.ema!r} averages them all (set window 1 or ema 0)",
+                )
+            )
+        on = p.on_plateau
+        if isinstance(on, Decay):
+            counted = group_count_errors(("on_plateau", "floor"), on.floor, n)
+            errors += counted or _floors_above(on.floor, base_lrs)
+        if p.lr_dtype == "float32":
+            for i, lr in enumerate(base_lrs):
+                if not math.isfinite(to_f32(lr)):
+                    errors.append(
+                        (
+                            ("lr_dtype",),
+                            f"lr_dtype 'float32' cannot hold the base lr {lr!r} of param group "
+                            f"{i} (float32's largest value is 3.4028234663852886e+38)",
+                        )
+                    )
+        return errors
 
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> Plateau2State:
         assert isinstance(params, Plateau2Params)
@@ -253,9 +280,6 @@ class Plateau2:
             stopped_at=None,
         )
 
-    def load_state(self, data: dict[str, Any]) -> Plateau2State:
-        return Plateau2State.model_validate(data)
-
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         assert isinstance(params, Plateau2Params) and isinstance(state, Plateau2State)
         if state.decay_from is None:
@@ -269,14 +293,6 @@ class Plateau2:
             on.shape, state.decay_from, state.decay_to, state.decay_lrs, targets, step, dtype
         )
 
-    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, Plateau2State]:
-        stepper = self.stepper(params, state, obs.metric)
-        action = stepper.advance(obs.step, obs.value)
-        outcome = Outcome(
-            lrs=stepper.lrs, action=action, reason=stepper.reason(), reduced=stepper.reduced
-        )
-        return outcome, stepper.state()
-
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Plateau2Stepper:
         """The state as plain attributes, to advance one observation at a time; a reduction
         ("reduce", a divergence's too) and the start of a decay count as reduced."""
@@ -284,97 +300,30 @@ class Plateau2:
         return Plateau2Stepper(params, state, metric)
 
 
-def _errors(exc: ValidationError) -> list[tuple[Loc, str]]:
-    out: list[tuple[Loc, str]] = []
-    for e in exc.errors():
-        loc: Loc = tuple(e["loc"])
-        # the discriminated union names its member in the loc: on_plateau.decay.steps is
-        # the field on_plateau.steps to whoever wrote the params
-        if len(loc) >= 2 and loc[0] == "on_plateau" and loc[1] in ("multiply", "decay"):
-            loc = (loc[0], *loc[2:])
-        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            loc = (*loc, "action")
-            msg = "on_plateau.action must be 'multiply' or 'decay'"
-        else:
-            msg = e["msg"]
-        out.append((loc, f"{'.'.join(map(str, loc))}: {msg} (got {e.get('input')!r})"))
-    return out
-
-
-def _resolve(params: dict[str, Any], base_lrs: tuple[float, ...]) -> Plateau2Params:
-    try:
-        p = Plateau2Params.model_validate(params)
-    except ValidationError as exc:
-        raise PolicyError(_errors(exc)) from None
+def _floors_above(
+    floors: float | list[float], base_lrs: tuple[float, ...]
+) -> list[tuple[Loc, str]]:
+    """A decay goes down: its floor may not be above a group's base lr."""
     errors: list[tuple[Loc, str]] = []
-    n = len(base_lrs)
-    if p.threshold_mode == "rel" and p.mode == "min" and p.threshold >= 1.0:
-        errors.append(
-            (
-                ("threshold",),
-                f"threshold must be < 1 with threshold_mode 'rel' and mode 'min' "
-                f"(best * (1 - threshold) must stay positive), got {p.threshold!r}",
-            )
-        )
-    if isinstance(p.min_lr, list) and len(p.min_lr) != n:
-        errors.append(
-            (
-                ("min_lr",),
-                f"min_lr has {len(p.min_lr)} values but there are {n} param groups "
-                "(base_lrs): give one value, or one per param group",
-            )
-        )
-    if p.window > 1 and p.ema > 0.0:
-        errors.append(
-            (
-                ("ema",),
-                f"give window or ema, not both: window {p.window} averages the last "
-                f"{p.window} values, ema {p.ema!r} averages them all (set window 1 or ema 0)",
-            )
-        )
-    on = p.on_plateau
-    if isinstance(on, Decay):
-        floors = on.floor
-        if isinstance(floors, list) and len(floors) != n:
+    for i, (floor, lr) in enumerate(zip(per_group(floors, len(base_lrs)), base_lrs, strict=True)):
+        if floor > lr:
+            where: Loc = ("on_plateau", "floor")
+            if isinstance(floors, list):
+                where = (*where, i)
             errors.append(
                 (
-                    ("on_plateau", "floor"),
-                    f"on_plateau.floor has {len(floors)} values but there are {n} param "
-                    "groups (base_lrs): give one value, or one per param group",
+                    where,
+                    f"on_plateau.floor {floor!r} is above the base lr {lr!r} of param group "
+                    f"{i}: a decay goes down to its floor",
                 )
             )
-        else:
-            for i, (floor, lr) in enumerate(zip(_per_group(floors, n), base_lrs, strict=True)):
-                if floor > lr:
-                    where: Loc = ("on_plateau", "floor")
-                    if isinstance(floors, list):
-                        where = (*where, i)
-                    errors.append(
-                        (
-                            where,
-                            f"on_plateau.floor {floor!r} is above the base lr {lr!r} of param "
-                            f"group {i}: a decay goes down to its floor",
-                        )
-                    )
-    if p.lr_dtype == "float32":
-        for i, lr in enumerate(base_lrs):
-            if not math.isfinite(to_f32(lr)):
-                errors.append(
-                    (
-                        ("lr_dtype",),
-                        f"lr_dtype 'float32' cannot hold the base lr {lr!r} of param group "
-                        f"{i} (float32's largest value is 3.4028234663852886e+38)",
-                    )
-                )
-    if errors:
-        raise PolicyError(errors)
-    return p
+    return errors
 
 
 def _targets(start: tuple[float, ...], floor: float | list[float], dtype: Any) -> tuple[float, ...]:
     """A decay's end lrs: each group's floor, never above where the decay started."""
     return tuple(
-        dtype(min(f, lr)) for f, lr in zip(_per_group(floor, len(start)), start, strict=True)
+        dtype(min(f, lr)) for f, lr in zip(per_group(floor, len(start)), start, strict=True)
     )
 
 
@@ -405,7 +354,7 @@ _RAW, _WINDOW, _EMA = 0, 1, 2  # smoothing
 _NONE, _REDUCED, _HELD, _DECAY_STARTED = 0, 1, 2, 3
 
 
-class Plateau2Stepper:
+class Plateau2Stepper(StepperState):
     """plateau@2's rule over plain attributes (see the module's docstring for the rules)."""
 
     __slots__ = (
@@ -444,6 +393,8 @@ class Plateau2Stepper:
         "reduced",
         "stopped_at",
     )
+
+    state_model = Plateau2State
 
     action: str
     lrs: tuple[float, ...]
@@ -488,7 +439,7 @@ class Plateau2Stepper:
         self._dtype = to_f32 if p.lr_dtype == "float32" else None
         self._floored = None
         self.lrs = s.lrs
-        self._min_lrs = _per_group(p.min_lr, len(s.lrs))
+        self._min_lrs = per_group(p.min_lr, len(s.lrs))
         self.best = s.best
         self.best_step = s.best_step
         self.bad_evaluations = s.bad_evaluations
@@ -738,9 +689,9 @@ class Plateau2Stepper:
                     text += f", the {span} has ended: {fmt_lrs(lrs)} held at its floor"
             else:
                 if cooldown > 0:
-                    text += f", in cooldown ({_plural(cooldown - 1, 'evaluation')} left)"
+                    text += f", in cooldown ({plural(cooldown - 1, 'evaluation')} left)"
                 if bad > p.patience:
-                    text += f" for {_plural(bad, 'evaluation')} > patience {p.patience}"
+                    text += f" for {plural(bad, 'evaluation')} > patience {p.patience}"
                     if response == _REDUCED:
                         text += f": {fmt_change(before, lrs)}"
                         if p.cooldown:
@@ -748,7 +699,7 @@ class Plateau2Stepper:
                     elif response == _DECAY_STARTED:
                         assert decay is not None and self._targets is not None
                         text += (
-                            f": a {decay.shape} decay over {_plural(decay.steps, 'step')} "
+                            f": a {decay.shape} decay over {plural(decay.steps, 'step')} "
                             f"starts, from {fmt_lrs(lrs)} at step {step} to "
                             f"{fmt_lrs(self._targets)} at step {self.decay_to}"
                         )
@@ -759,10 +710,10 @@ class Plateau2Stepper:
                         )
                 else:
                     if not improved and cooldown == 0:
-                        text += f" for {_plural(bad, 'evaluation')} (patience {p.patience})"
+                        text += f" for {plural(bad, 'evaluation')} (patience {p.patience})"
                     text += f": {fmt_lrs(lrs)} held"
         if self._stop_after is not None and self.floor_evaluations:
-            n = _plural(self.floor_evaluations, "evaluation")
+            n = plural(self.floor_evaluations, "evaluation")
             if self.action == "stop":
                 text += (
                     f"; every lr at its floor and no improvement for {n} > stop_after "
@@ -787,7 +738,7 @@ class Plateau2Stepper:
         p = self._p
         seen = f"{self._metric} {fmt(value)}"
         if p.window > 1:
-            seen += f" (mean of the last {_plural(len(self.recent), 'value')}: {fmt(m)})"
+            seen += f" (mean of the last {plural(len(self.recent), 'value')}: {fmt(m)})"
         elif p.ema > 0.0:
             seen += f" (moving average, ema {fmt(p.ema)}: {fmt(m)})"
         if ref is None:
@@ -797,7 +748,7 @@ class Plateau2Stepper:
             against = f"best {fmt(ref)}{at}"
         else:
             against = (
-                f"{fmt(ref)}{at}, the best of the last {_plural(n_ref, 'value')} compared "
+                f"{fmt(ref)}{at}, the best of the last {plural(n_ref, 'value')} compared "
                 f"(best_of {p.best_of}),"
             )
         rule = f"{p.threshold_mode} threshold {fmt(p.threshold)}"
@@ -805,23 +756,6 @@ class Plateau2Stepper:
         return f"{seen} {verb} on {against} beyond {rule}"
 
     # -- the state --------------------------------------------------------------------------
-
-    def state(self) -> Plateau2State:
-        return Plateau2State(
-            lrs=self.lrs,
-            best=self.best,
-            best_step=self.best_step,
-            bad_evaluations=self.bad_evaluations,
-            cooldown_counter=self.cooldown_counter,
-            recent=self.recent,
-            ema_value=self.ema_value,
-            history=self.history,
-            decay_from=self.decay_from,
-            decay_lrs=self.decay_lrs,
-            decay_to=self.decay_to,
-            floor_evaluations=self.floor_evaluations,
-            stopped_at=self.stopped_at,
-        )
 
     def state_doc(self) -> dict[str, Any]:
         best, ev, dl = self.best, self.ema_value, self.decay_lrs

@@ -64,35 +64,20 @@ from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOp
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt
 
 from lrpilot.canonical import float_token
 from lrpilot.policies.base import (
     MAX_STEP,
     Frozen,
     Loc,
-    Observation,
-    Outcome,
-    PolicyError,
+    Policy,
     State,
+    StepperState,
     fmt,
     fmt_lrs,
 )
-
-
-def _check_lr(v: float | list[float]) -> float | list[float]:
-    values = v if isinstance(v, list) else [v]
-    if not values or not all(math.isfinite(x) and x > 0.0 for x in values):
-        raise PydanticCustomError(
-            "lr",
-            "must be a finite number > 0, or a non-empty list of them (one per param group)",
-        )
-    return v
-
-
-# Strict floats: true and "0.2" are refused, JSON ints are taken (as floats).
-Lr = Annotated[StrictFloat | list[StrictFloat], AfterValidator(_check_lr)]
+from lrpilot.policies.common import Lr, group_count_errors, per_group
 
 
 class RangeTestParams(Frozen):
@@ -164,10 +149,6 @@ _CTX = Context(
 )
 
 
-def _per_group(v: float | list[float], n: int) -> tuple[float, ...]:
-    return tuple(float(x) for x in v) if isinstance(v, list) else (float(v),) * n
-
-
 class Ramp:
     """The lrs of a range test at each training step, for ``n`` param groups."""
 
@@ -213,7 +194,7 @@ def _ramp_of(mins: tuple[float, ...], maxs: tuple[float, ...], num_steps: int, m
 
 def ramp(p: RangeTestParams, groups: int) -> Ramp:
     """The ramp of resolved params ``p`` for ``groups`` param groups (built once a process)."""
-    return _ramp_of(_per_group(p.min_lr, groups), _per_group(p.max_lr, groups), p.num_steps, p.mode)
+    return _ramp_of(per_group(p.min_lr, groups), per_group(p.max_lr, groups), p.num_steps, p.mode)
 
 
 def ln(x: float) -> float:
@@ -224,7 +205,7 @@ def ln(x: float) -> float:
 # -- the policy ----------------------------------------------------------------------------------
 
 
-class RangeTest:
+class RangeTest(Policy):
     name: ClassVar[str] = "range_test"
     version: ClassVar[int] = 1
     description: ClassVar[str] = (
@@ -240,18 +221,11 @@ class RangeTest:
     open_loop: ClassVar[bool] = False
     # its ramp counts training steps from 0: in a sequence it can only be the first phase
     from_step_zero: ClassVar[bool] = True
+    params_model = RangeTestParams
+    state_model = RangeTestState
 
-    def params_schema(self) -> dict[str, Any]:
-        return RangeTestParams.model_json_schema()
-
-    def defaults(self) -> dict[str, Any]:
-        return RangeTestParams().model_dump()
-
-    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> RangeTestParams:
-        try:
-            return _resolve(params, base_lrs)
-        except PolicyError as exc:  # locs relative to the run spec's "policy" object
-            raise PolicyError([(("params", *loc), msg) for loc, msg in exc.errors]) from None
+    def check(self, params: RangeTestParams, base_lrs: tuple[float, ...]) -> list[tuple[Loc, str]]:
+        return _check(params, len(base_lrs))
 
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> RangeTestState:
         assert isinstance(params, RangeTestParams)
@@ -272,9 +246,6 @@ class RangeTest:
             min_loss_lrs_div_10=None,
         )
 
-    def load_state(self, data: dict[str, Any]) -> RangeTestState:
-        return RangeTestState.model_validate(data)
-
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         """The ramp at ``step``; from a stop on, the lrs at the stop."""
         assert isinstance(params, RangeTestParams) and isinstance(state, RangeTestState)
@@ -282,17 +253,13 @@ class RangeTest:
             return state.lrs
         return ramp(params, len(state.lrs)).lrs(step)
 
-    def step(
-        self, params: Frozen, state: State, obs: Observation
-    ) -> tuple[Outcome, RangeTestState]:
-        stepper = self.stepper(params, state, obs.metric)
-        action = stepper.advance(obs.step, obs.value)
-        outcome = Outcome(lrs=stepper.lrs, action=action, reason=stepper.reason(), reduced=False)
-        return outcome, stepper.state()
-
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> RangeTestStepper:
         assert isinstance(params, RangeTestParams) and isinstance(state, RangeTestState)
         return RangeTestStepper(params, state, metric)
+
+    def summary_fields(self, params: Frozen, state: State) -> dict[str, Any]:
+        """The suggested lrs, from the state in force (the stop decision's, or so far)."""
+        return {"range_test": run_summary(params, state)}
 
 
 def suggestion(
@@ -314,33 +281,12 @@ def _suggest(
     return steep, low
 
 
-def _resolve(params: dict[str, Any], base_lrs: tuple[float, ...]) -> RangeTestParams:
-    try:
-        p = RangeTestParams.model_validate(params)
-    except ValidationError as exc:
-        raise PolicyError(
-            [
-                (
-                    tuple(e["loc"]),
-                    f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})",
-                )
-                for e in exc.errors()
-            ]
-        ) from None
-    errors: list[tuple[Loc, str]] = []
-    n = len(base_lrs)
-    for field in ("min_lr", "max_lr"):
-        value = getattr(p, field)
-        if isinstance(value, list) and len(value) != n:
-            errors.append(
-                (
-                    (field,),
-                    f"{field} has {len(value)} values but there are {n} param groups "
-                    "(base_lrs): give one value, or one per param group",
-                )
-            )
+def _check(p: RangeTestParams, n: int) -> list[tuple[Loc, str]]:
+    """The rules across params and against the number of param groups ``n``."""
+    errors = group_count_errors(("min_lr",), p.min_lr, n)
+    errors += group_count_errors(("max_lr",), p.max_lr, n)
     if not errors:
-        mins, maxs = _per_group(p.min_lr, n), _per_group(p.max_lr, n)
+        mins, maxs = per_group(p.min_lr, n), per_group(p.max_lr, n)
         for i, (lo, hi) in enumerate(zip(mins, maxs, strict=True)):
             if lo >= hi:
                 where = f" (param group {i})" if n > 1 else ""
@@ -360,9 +306,7 @@ def _resolve(params: dict[str, Any], base_lrs: tuple[float, ...]) -> RangeTestPa
                 f"must be <= num_steps - 2 = {p.num_steps - 2}",
             )
         )
-    if errors:
-        raise PolicyError(errors)
-    return p
+    return errors
 
 
 # -- the stepper ---------------------------------------------------------------------------------
@@ -374,7 +318,7 @@ def _values(xs: tuple[float, ...]) -> str:
     return fmt(xs[0]) if len(xs) == 1 else "[" + ", ".join(fmt(x) for x in xs) + "]"
 
 
-class RangeTestStepper:
+class RangeTestStepper(StepperState):
     """range_test@1's rule over plain attributes (see the module's docstring)."""
 
     __slots__ = (
@@ -403,6 +347,8 @@ class RangeTestStepper:
         "stop_step",
         "suggested_lrs",
     )
+
+    state_model = RangeTestState
 
     action: str
     lrs: tuple[float, ...]
@@ -572,24 +518,6 @@ class RangeTestStepper:
                 f"{fmt(self.best)} at step {self.best_step})"
             )
         return f"{steep}, {low}"
-
-    def state(self) -> RangeTestState:
-        return RangeTestState(
-            lrs=self.lrs,
-            stop_step=self.stop_step,
-            evaluations=self.evaluations,
-            avg=self.avg,
-            beta_power=self.beta_power,
-            smoothed=self.smoothed,
-            log_lr=self.log_lr,
-            last_step=self.last_step,
-            best=self.best,
-            best_step=self.best_step,
-            steepest_slope=self.steepest_slope,
-            steepest_step=self.steepest_step,
-            suggested_lrs=self.suggested_lrs,
-            min_loss_lrs_div_10=self.min_loss_lrs_div_10,
-        )
 
     def state_doc(self) -> dict[str, Any]:
         return {

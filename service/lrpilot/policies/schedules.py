@@ -72,19 +72,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import float_token
-from lrpilot.policies.base import (
-    MAX_STEP,
-    Frozen,
-    Loc,
-    Observation,
-    Outcome,
-    Policy,
-    PolicyError,
-    State,
-    fmt,
-    fmt_change,
-    fmt_lrs,
-)
+from lrpilot.policies.base import MAX_STEP, Frozen, Loc, Policy, State, fmt, fmt_change, fmt_lrs
+from lrpilot.policies.common import group_count_errors, per_group
 
 Curve = Callable[[int], tuple[float, ...]]
 
@@ -303,22 +292,6 @@ PerGroupLr = Annotated[
     MinLr | Annotated[list[MinLr], Field(min_length=1, max_length=1024)],
     BeforeValidator(_lr_or_lrs),
 ]
-
-
-def _per_group(v: float | list[float], n: int) -> tuple[float, ...]:
-    return tuple(v) if isinstance(v, list) else (v,) * n
-
-
-def _check_groups(field: str, v: float | list[float], n: int) -> list[tuple[Loc, str]]:
-    if isinstance(v, list) and len(v) != n:
-        return [
-            (
-                (field,),
-                f"{field} has {len(v)} values but there are {n} param groups (base_lrs): "
-                "give one value, or one per param group",
-            )
-        ]
-    return []
 
 
 class ScheduleParams(Frozen):
@@ -603,13 +576,13 @@ class CyclicParams(ScheduleParams):
     ] = 1.0
 
     def _check(self, groups: int) -> list[tuple[Loc, str]]:
-        return _check_groups("base_lr", self.base_lr, groups) + _check_groups(
-            "max_lr", self.max_lr, groups
+        return group_count_errors(("base_lr",), self.base_lr, groups) + group_count_errors(
+            ("max_lr",), self.max_lr, groups
         )
 
     def _curve(self, base: tuple[float, ...]) -> Curve:
-        lows = _per_group(self.base_lr, len(base))
-        highs = _per_group(self.max_lr, len(base))
+        lows = per_group(self.base_lr, len(base))
+        highs = per_group(self.max_lr, len(base))
         spans = tuple([m - b for b, m in zip(lows, highs, strict=True)])
         up = self.step_size_up
         down = self.step_size_down if self.step_size_down is not None else up
@@ -671,7 +644,7 @@ class OneCycleParams(ScheduleParams):
     ] = False
 
     def _check(self, groups: int) -> list[tuple[Loc, str]]:
-        errors = _check_groups("max_lr", self.max_lr, groups)
+        errors = group_count_errors(("max_lr",), self.max_lr, groups)
         if float(self.pct_start * self.total_steps) - 1 == 0.0:
             errors.append(
                 (
@@ -704,7 +677,7 @@ class OneCycleParams(ScheduleParams):
         return [(float(pct * t) - 1, "initial", "max"), (t - 1, "max", "min")]
 
     def _curve(self, base: tuple[float, ...]) -> Curve:
-        tops = _per_group(self.max_lr, len(base))
+        tops = per_group(self.max_lr, len(base))
         initial = tuple([m / self.div_factor for m in tops])
         levels = {
             "initial": initial,
@@ -754,51 +727,36 @@ _NOT_TAKEN = {
 }
 
 
-def _errors(exc: ValidationError) -> list[tuple[Loc, str]]:
-    out: list[tuple[Loc, str]] = []
-    for e in exc.errors():
-        loc = tuple(e["loc"])
-        where = ".".join(map(str, loc)) or "params"
-        if e["type"] == "missing":
-            out.append((loc, f"{where}: required"))
-        elif e["type"] == "extra_forbidden" and loc and loc[0] in _NOT_TAKEN:
-            out.append((loc, f"{where}: not a param here: {_NOT_TAKEN[str(loc[0])]}"))
-        else:
-            got = repr(e.get("input"))
-            got = got if len(got) <= 80 else got[:77] + "..."
-            out.append((loc, f"{where}: {e['msg']} (got {got})"))
-    return out
-
-
-class Schedule:
+class Schedule(Policy):
     """A family as a released policy: ``lrs_at`` is the family's curve; ``step`` logs what it
     gives at the observation's step (hold, warmup when an lr rose, decay when they fell)."""
 
-    name: ClassVar[str]
     version: ClassVar[int] = 1
-    description: ClassVar[str]
     actions: ClassVar[tuple[str, ...]] = ("hold", "warmup", "decay")
     open_loop: ClassVar[bool] = True
     params_model: ClassVar[type[ScheduleParams]]
 
-    def params_schema(self) -> dict[str, Any]:
-        return self.params_model.model_json_schema()
+    def validation_errors(self, exc: ValidationError) -> list[tuple[Loc, str]]:
+        out: list[tuple[Loc, str]] = []
+        for e in exc.errors():
+            loc = tuple(e["loc"])
+            where = ".".join(map(str, loc)) or "params"
+            if e["type"] == "missing":
+                out.append((loc, f"{where}: required"))
+            elif e["type"] == "extra_forbidden" and loc and loc[0] in _NOT_TAKEN:
+                out.append((loc, f"{where}: not a param here: {_NOT_TAKEN[str(loc[0])]}"))
+            else:
+                got = repr(e.get("input"))
+                got = got if len(got) <= 80 else got[:77] + "..."
+                out.append((loc, f"{where}: {e['msg']} (got {got})"))
+        return out
 
-    def defaults(self) -> dict[str, Any]:
-        return {
-            name: field.default
-            for name, field in self.params_model.model_fields.items()
-            if not field.is_required()
-        }
+    def check(self, params: ScheduleParams, base_lrs: tuple[float, ...]) -> list[tuple[Loc, str]]:
+        return params._check(len(base_lrs))
 
-    def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> ScheduleParams:
-        try:
-            resolved = self.params_model.model_validate(params)
-        except ValidationError as exc:  # locs relative to the run spec's "policy" object
-            raise PolicyError([(("params", *loc), msg) for loc, msg in _errors(exc)]) from None
-        errors = resolved._check(len(base_lrs))
-        if errors:
-            raise PolicyError([(("params", *loc), msg) for loc, msg in errors])
+    def resolve_params(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> ScheduleParams:
+        resolved = super().resolve_params(params, base_lrs)
+        assert isinstance(resolved, ScheduleParams)
         resolved._base_lrs = tuple(base_lrs)
         return resolved
 
@@ -810,19 +768,11 @@ class Schedule:
             )
         return State(lrs=params.curve(0))
 
-    def load_state(self, data: dict[str, Any]) -> State:
-        return State.model_validate(data)
-
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         assert isinstance(params, ScheduleParams)
         if step < 0:
             raise ValueError(f"steps start at 0, got {step}")
         return params.curve(step)
-
-    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
-        stepper = self.stepper(params, state, obs.metric)
-        action = stepper.advance(obs.step, obs.value)
-        return Outcome(lrs=stepper.lrs, action=action, reason=stepper.reason()), stepper.state()
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> ScheduleStepper:
         assert isinstance(params, ScheduleParams)
@@ -974,7 +924,7 @@ class OneCycle(Schedule):
     )
 
 
-SCHEDULES: tuple[Policy, ...] = (
+SCHEDULES: tuple[Schedule, ...] = (
     Constant(),
     Step(),
     MultiStep(),
