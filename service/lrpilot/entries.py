@@ -329,6 +329,51 @@ def seal(doc: dict[str, Any]) -> str:
     return "{" + ",".join(m for m in (before, f'"hash":"{digest}"', after) if m) + "}"
 
 
+@dataclass(frozen=True)
+class ChainBreak:
+    """The first decision that does not continue the chain, and why."""
+
+    seq: int | None
+    field: str
+    expected: Any
+    found: Any
+
+    def __str__(self) -> str:
+        return f"seq {self.seq}: {self.field} is {self.found!r}, expected {self.expected!r}"
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    ok: bool
+    count: int
+    head_hash: str  # the hash of the last decision checked (GENESIS for an empty log)
+    first_break: ChainBreak | None = None
+
+
+def verify_chain(
+    decisions: Iterable[Mapping[str, Any]], head: str | None = None, start: str = GENESIS
+) -> ChainReport:
+    """Check every link: seq counts 1, 2, 3, ..., each prev_hash is the hash before it, each hash
+    is its decision's hash; with ``head``, the last hash must be it (a chain alone only proves
+    that it is consistent: whoever can write the database can recompute it)."""
+    prev, count = start, 0
+    for count, decision in enumerate(decisions, start=1):
+        seq = decision.get("seq")
+        if seq != count:
+            return ChainReport(False, count - 1, prev, ChainBreak(seq, "seq", count, seq))
+        if decision.get("prev_hash") != prev:
+            found = decision.get("prev_hash")
+            return ChainReport(False, count - 1, prev, ChainBreak(seq, "prev_hash", prev, found))
+        digest = entry_hash(decision)
+        if decision.get("hash") != digest:
+            found = decision.get("hash")
+            return ChainReport(False, count - 1, prev, ChainBreak(seq, "hash", digest, found))
+        prev = digest
+    if head is not None and head != prev:
+        return ChainReport(False, count, prev, ChainBreak(None, "head", head, prev))
+    return ChainReport(True, count, prev)
+
+
 # -- which entries are live ---------------------------------------------------------------------
 
 
