@@ -52,15 +52,19 @@ from common import (
     BENCH_DIR,
     RUN_SPEC,
     SERVICE_TARGET,
+    command_line,
     console,
     cpu_seconds,
     fresh_database,
     machine_busy_seconds,
     machine_info,
+    print_header,
     result_path,
     rss_mib,
+    servers_line,
+    write_result,
 )
-from tests.harness import UVICORN_SETTINGS, LiveServer
+from tests.harness import LiveServer
 
 WRK_DIR = BENCH_DIR / "wrk"
 TRIVIAL_TARGET = ("--app-dir", str(BENCH_DIR), "trivial_app:app")
@@ -371,12 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     info["wrk"] = wrk_version.split("  ")[0].strip() or None  # without its copyright
-    info["uvicorn_settings"] = " ".join(UVICORN_SETTINGS)
-    console.print(
-        f"[bold]{info['date']}[/] {info['cpu_model']} x{info['cpu_count']}, Python "
-        f"{info['python']}, {info['wrk']}; "
-        f"servers: python -m uvicorn <app> {info['uvicorn_settings']}"
-    )
+    print_header(info, f"{info['wrk']}; {servers_line(info)}")
     all_cells: list[Cell] = []
     t0 = time.monotonic()
     # Concurrency outside, scenarios inside: the cells a ratio compares run close in time.
@@ -400,19 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     failed = report_problems(all_cells)
     console.print(f"total {time.monotonic() - t0:.0f} s")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python", "bench/bench_decisions.py", *(argv or sys.argv[1:])])
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "postgres")}
     settings["database"] = "postgresql" if args.postgres else "sqlite"  # no credentials
     result = {
-        "command": command.replace(args.postgres, "URL") if args.postgres else command,
+        "command": command_line("bench_decisions.py", argv, args.postgres),
         "settings": {**settings, "run_spec": RUN_SPEC},
         "machine": info,
         "cells": [asdict(c) for c in cells],  # the median pass of each cell
         "all_cells": [asdict(c) for c in all_cells],
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"results: {out}")
+    write_result(out, "decisions", result)
     return 1 if failed else 0
 
 

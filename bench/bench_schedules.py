@@ -22,9 +22,7 @@ difference per family is in the table (the exit status is 1 if one is above 1e-1
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import statistics
 import sys
 import time
 import warnings
@@ -34,10 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.table import Table
 from torch.optim import lr_scheduler
 
-from common import console, machine_info, result_path
+from common import (
+    command_line,
+    console,
+    figures_table,
+    machine_info,
+    per_call_us,
+    print_header,
+    ratio_cell,
+    spread_cell,
+    write_result,
+)
 from lrpilot.policies import get_policy
 
 TOLERANCE = 1e-10
@@ -153,25 +160,14 @@ def differential(
 
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
-    table = Table(
-        title=f"lrs_at vs torch's scheduler.step(), {args.steps:,} steps, {args.groups} param "
-        f"group(s), µs per call, median of {args.repeat} pass(es)"
-    )
-    for name in (
-        "family",
-        "torch reference",
-        "torch µs",
-        "lrs_at µs",
-        "lrs_at range",
-        "ratio torch/ours",
-        "max rel diff",
-    ):
-        table.add_column(
-            name, justify="left" if name in ("family", "torch reference") else "right", no_wrap=True
-        )
+    table = figures_table(
+        f"lrs_at vs torch's scheduler.step(), {args.steps:,} steps, {args.groups} param "
+        f"group(s), µs per call, median of {args.repeat} pass(es)",
+        ("family", "torch reference", "torch µs", "lrs_at µs", "lrs_at range", "ratio torch/ours",
+         "max rel diff"),
+        names=2,
+    )  # fmt: skip
     for row in rows:
-        ratio = f"{row.ratio:.2f}"
-        ratio = f"[bold green]{ratio}[/]" if row.ratio >= 1 else f"[bold red]{ratio}[/]"
         diff = f"{row.max_rel_diff:.1e}"
         diff = diff if row.max_rel_diff <= TOLERANCE else f"[bold red]{diff}[/]"
         table.add_row(
@@ -179,8 +175,8 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             row.reference,
             f"{row.torch_us:.3f}",
             f"{row.ours_us:.3f}",
-            f"{row.ours_min_us:.3f}-{row.ours_max_us:.3f}" if len(row.ours_seconds) > 1 else "-",
-            ratio,
+            spread_cell(row.ours_min_us, row.ours_max_us, len(row.ours_seconds)),
+            ratio_cell(row.ratio),
             diff,
         )
     console.print(table)
@@ -200,10 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     info["versions"]["torch"] = torch.__version__
-    console.print(
-        f"[bold]{info['date']}[/] {info['cpu_model']} x{info['cpu_count']}, Python "
-        f"{info['python']}, torch {torch.__version__}, load {info['loadavg_at_start']}"
-    )
+    print_header(info, f"torch {torch.__version__}, load {info['loadavg_at_start']}")
     families = cases(n)
     rows = []
     for family, (params, make) in families.items():
@@ -231,18 +224,14 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{r.family} {r.torch_seconds[-1] / r.ours_seconds[-1]:.2f}x" for r in rows)
         )
     for row in rows:
-        row.torch_us = 1e6 * statistics.median(row.torch_seconds) / n
-        row.ours_us = 1e6 * statistics.median(row.ours_seconds) / n
-        row.ours_min_us = 1e6 * min(row.ours_seconds) / n
-        row.ours_max_us = 1e6 * max(row.ours_seconds) / n
+        row.torch_us = per_call_us(row.torch_seconds, n)[0]
+        row.ours_us, row.ours_min_us, row.ours_max_us = per_call_us(row.ours_seconds, n)
         row.ratio = row.torch_us / row.ours_us
     print_table(rows, args)
     console.print(f"total {time.monotonic() - t0:.0f} s")
 
-    out: Path = args.out or result_path("schedules")
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": " ".join(["python", "bench/bench_schedules.py", *(argv or sys.argv[1:])]),
+        "command": command_line("bench_schedules.py", argv),
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},
             "base_lrs": base_lrs(args.groups),
@@ -251,8 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "rows": [asdict(row) for row in rows],
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"results: {out}")
+    write_result(args.out, "schedules", result)
     return 0 if all(r.max_rel_diff <= TOLERANCE for r in rows) else 1
 
 
