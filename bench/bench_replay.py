@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,6 +46,7 @@ from common import (
     print_header,
     ratio_cell,
     spread_cell,
+    timed_bench_parser,
     write_result,
 )
 from lrpilot.policies import get_policy
@@ -157,11 +157,9 @@ def finish(rows: list[Row], n: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = timed_bench_parser(__doc__, repeat=5)
     parser.add_argument("--observations", type=int, default=1_000_000, help="stream length")
-    parser.add_argument("--repeat", type=int, default=5, help="timed passes; medians reported")
     parser.add_argument("--seed", type=int, default=1, help="metric_value's seed")
-    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
     if args.observations < 1 or args.repeat < 1:
         parser.error("--observations and --repeat must be >= 1")

@@ -19,7 +19,6 @@ the bundle and on its first tenth, and their peak RSS compared (flat in the bund
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import resource
@@ -40,6 +39,7 @@ from common import (
     machine_info,
     metric_value,
     run_spec,
+    timed_bench_parser,
     write_result,
 )
 from lrpilot.bundle import check_bundle, header_line, read_raw, trailer_line
@@ -109,10 +109,8 @@ def peak_rss_mib(path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = timed_bench_parser(__doc__, repeat=3)
     parser.add_argument("--decisions", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     console.print(machine_info())
 

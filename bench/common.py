@@ -6,6 +6,7 @@ the tests' harness (``tests.harness.LiveServer``) and not a copy of it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import json
@@ -184,6 +185,14 @@ def result_path(name: str) -> Path:
 
 
 # -- what every bench prints and writes -------------------------------------------------------
+
+
+def timed_bench_parser(doc: str, repeat: int) -> argparse.ArgumentParser:
+    """The command line of a bench that times passes in process: its own options, then these."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=repeat, help="timed passes; medians reported")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
+    return parser
 
 
 def print_header(info: dict[str, Any], rest: str) -> None:
