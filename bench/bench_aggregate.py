@@ -63,16 +63,20 @@ from common import (
     BENCH_DIR,
     RUN_SPEC,
     SERVICE_TARGET,
+    command_line,
     console,
     cpu_seconds,
     fresh_database,
     machine_busy_seconds,
     machine_info,
     metric_value,
+    print_header,
     result_path,
+    servers_line,
+    write_result,
 )
 from lrpilot.aggregate import weighted_mean
-from tests.harness import UVICORN_SETTINGS, LiveServer
+from tests.harness import LiveServer
 
 TRIVIAL_TARGET = ("--app-dir", str(BENCH_DIR), "trivial_app:app")
 AGGREGATE = {"timeout_s": 60, "on_timeout": "decide"}
@@ -608,16 +612,12 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or result_path("aggregate")
 
     info = machine_info()
-    info["uvicorn_settings"] = " ".join(UVICORN_SETTINGS)
+    server = servers_line(info)
     # the service's code as the servers import it (PYTHONPATH=<an export>/service measures
     # another tree than the working one; the servers inherit the environment)
     info["lrpilot_source"] = str(Path(lrpilot.__file__).resolve().parent)
-    console.print(
-        f"[bold]{info['date']}[/] {info['cpu_model']} x{info['cpu_count']}, Python "
-        f"{info['python']}, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}; "
-        f"servers: python -m uvicorn <app> {info['uvicorn_settings']}; "
-        f"lrpilot from {info['lrpilot_source']}"
-    )
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print_header(info, f"load average {load}; {server}; lrpilot from {info['lrpilot_source']}")
     passes: list[Pass] = []
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lrpilot-bench-aggregate-") as tmp:
@@ -652,14 +652,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(f'{x:.2f}' for x in info['loadavg_at_end'])}"
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python", "bench/bench_aggregate.py", *(argv or sys.argv[1:])])
-    if args.postgres_url:
-        command = command.replace(args.postgres_url, "URL")
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "postgres_url")}
     settings["databases"] = databases  # never the URL: it may hold a password
     result = {
-        "command": command,
+        "command": command_line("bench_aggregate.py", argv, args.postgres_url),
         "settings": {**settings, "run_spec": {**RUN_SPEC, "aggregate": AGGREGATE}},
         "machine": info,
         "elapsed_s": elapsed,
@@ -667,8 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         "passes": [asdict(p) for p in passes],
         "ok": not failed,
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"results: {out}")
+    write_result(out, "aggregate", result)
     return 1 if failed else 0
 
 

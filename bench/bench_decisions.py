@@ -48,22 +48,12 @@ from typing import Any
 import httpx
 from rich.table import Table
 
-from common import (
-    BENCH_DIR,
-    RUN_SPEC,
-    SERVICE_TARGET,
-    console,
-    cpu_seconds,
-    fresh_database,
-    machine_busy_seconds,
-    machine_info,
-    result_path,
-    rss_mib,
-)
-from tests.harness import UVICORN_SETTINGS, LiveServer
+import common
+from common import console
+from tests.harness import LiveServer
 
-WRK_DIR = BENCH_DIR / "wrk"
-TRIVIAL_TARGET = ("--app-dir", str(BENCH_DIR), "trivial_app:app")
+WRK_DIR = common.BENCH_DIR / "wrk"
+TRIVIAL_TARGET = ("--app-dir", str(common.BENCH_DIR), "trivial_app:app")
 # scenario -> (wrk script, extra key=value arguments for it)
 SCENARIOS: dict[str, tuple[str, dict[str, str]]] = {
     "trivial": ("trivial.lua", {"path": "/echo"}),
@@ -161,10 +151,10 @@ def samples(results: list[dict[str, Any]]) -> list[str]:
 
 def usage(servers: list[LiveServer]) -> tuple[float | None, float, float | None]:
     """CPU seconds so far: the servers', wrk's (reaped children), the whole machine's."""
-    per_server = [cpu_seconds(s.pid) for s in servers]
+    per_server = [common.cpu_seconds(s.pid) for s in servers]
     server = None if None in per_server else sum(x for x in per_server if x is not None)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return server, children.ru_utime + children.ru_stime, machine_busy_seconds()
+    return server, children.ru_utime + children.ru_stime, common.machine_busy_seconds()
 
 
 def measure(cell: Cell, servers: list[LiveServer], seconds: int, start: int) -> None:
@@ -192,7 +182,7 @@ def measure(cell: Cell, servers: list[LiveServer], seconds: int, start: int) -> 
             other = (m1 - m0) - (s1 - s0) - (w1 - w0)
             cell.other_cpu_pct = max(0.0, 100 * other / window)
     cell.client_cpu_pct = 100 * (w1 - w0) / window
-    rss = [rss_mib(s.pid) for s in servers]
+    rss = [common.rss_mib(s.pid) for s in servers]
     cell.server_rss_mib = max((x for x in rss if x is not None), default=None)
 
 
@@ -203,8 +193,8 @@ def run_cell(scenario: str, c: int, repeat: int, args: argparse.Namespace, tmp: 
     if scenario.startswith("trivial"):
         target, database_url, run_ids = TRIVIAL_TARGET, None, []
     else:
-        target = SERVICE_TARGET
-        database_url = fresh_database(args.postgres, tmp / f"{name}.db")
+        target = common.SERVICE_TARGET
+        database_url = common.fresh_database(args.postgres, tmp / f"{name}.db")
         many = scenario == "decision-many"
         run_ids = [f"bench-many-{i}" for i in range(c)] if many else ["bench-one"]
     servers = [
@@ -216,7 +206,7 @@ def run_cell(scenario: str, c: int, repeat: int, args: argparse.Namespace, tmp: 
             stack.enter_context(server)
         with httpx.Client(base_url=servers[0].url, timeout=REQUEST_TIMEOUT_S) as http:
             for run_id in run_ids:
-                r = http.put(f"/v1/runs/{run_id}", json=RUN_SPEC)
+                r = http.put(f"/v1/runs/{run_id}", json=common.RUN_SPEC)
                 if r.status_code not in (200, 201):
                     raise RuntimeError(f"PUT /v1/runs/{run_id} -> {r.status_code} {r.text}")
 
@@ -366,17 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--postgres takes a PostgreSQL URL (SQLite is the default: a file a cell)")
     if args.replicas < 1 or (args.replicas > 1 and not args.postgres):
         parser.error("--replicas > 1 needs --postgres: replicas share a PostgreSQL database")
-    out: Path = args.out or result_path("decisions")
+    out: Path = args.out or common.result_path("decisions")
 
-    info = machine_info()
+    info = common.machine_info()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     info["wrk"] = wrk_version.split("  ")[0].strip() or None  # without its copyright
-    info["uvicorn_settings"] = " ".join(UVICORN_SETTINGS)
-    console.print(
-        f"[bold]{info['date']}[/] {info['cpu_model']} x{info['cpu_count']}, Python "
-        f"{info['python']}, {info['wrk']}; "
-        f"servers: python -m uvicorn <app> {info['uvicorn_settings']}"
-    )
+    common.print_header(info, f"{info['wrk']}; {common.servers_line(info)}")
     all_cells: list[Cell] = []
     t0 = time.monotonic()
     # Concurrency outside, scenarios inside: the cells a ratio compares run close in time.
@@ -400,19 +385,16 @@ def main(argv: list[str] | None = None) -> int:
     failed = report_problems(all_cells)
     console.print(f"total {time.monotonic() - t0:.0f} s")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = " ".join(["python", "bench/bench_decisions.py", *(argv or sys.argv[1:])])
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "postgres")}
     settings["database"] = "postgresql" if args.postgres else "sqlite"  # no credentials
     result = {
-        "command": command.replace(args.postgres, "URL") if args.postgres else command,
-        "settings": {**settings, "run_spec": RUN_SPEC},
+        "command": common.command_line("bench_decisions.py", argv, args.postgres),
+        "settings": {**settings, "run_spec": common.RUN_SPEC},
         "machine": info,
         "cells": [asdict(c) for c in cells],  # the median pass of each cell
         "all_cells": [asdict(c) for c in all_cells],
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"results: {out}")
+    common.write_result(out, "decisions", result)
     return 1 if failed else 0
 
 

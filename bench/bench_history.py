@@ -51,9 +51,9 @@ from common import (
     fresh_database,
     machine_info,
     metric_value,
-    result_path,
     rss_mib,
     run_spec,
+    write_result,
 )
 from lrpilot.domain import decide, new_run, now
 from lrpilot.settings import Settings
@@ -272,15 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(url, args, Path(tmp))
     print_report(result, args)
 
-    out: Path = args.out or result_path("history")
-    out.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "postgres")}
     settings["database"] = "postgresql" if args.postgres else "sqlite"  # no credentials
-    out.write_text(
-        json.dumps({"settings": settings, "machine": info, "build_seconds": built, **result},
-                   indent=2) + "\n"
-    )  # fmt: skip
-    console.print(f"results: {out}")
+    write_result(
+        args.out,
+        "history",
+        {"settings": settings, "machine": info, "build_seconds": built, **result},
+    )
     soaked = result["soak"]
     return 1 if soaked and soaked["errors"] else 0
 

@@ -24,7 +24,6 @@ they differ anywhere).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import struct
 import sys
@@ -32,14 +31,24 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
-from rich.table import Table
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-from common import console, machine_info, metric_value, result_path
+from common import (
+    command_line,
+    console,
+    figures_table,
+    machine_info,
+    metric_value,
+    per_call_us,
+    print_header,
+    ratio_cell,
+    spread_cell,
+    timed_bench_parser,
+    write_result,
+)
 from lrpilot.policies import get_policy
 from lrpilot.replay import replay, trace
 
@@ -121,43 +130,36 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - t0
 
 
-def finish(rows: list[Row], n: int) -> None:
-    for row in rows:
-        row.median_us = 1e6 * statistics.median(row.seconds) / n
-        row.min_us, row.max_us = 1e6 * min(row.seconds) / n, 1e6 * max(row.seconds) / n
-    reference = rows[0].median_us
-    for row in rows[1:]:
-        row.ratio = reference / row.median_us
-
-
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
-    table = Table(
-        title=f"what-if replay of {args.observations:,} observations vs torch's "
-        f"ReduceLROnPlateau.step(), median of {args.repeat} pass(es)"
+    table = figures_table(
+        f"what-if replay of {args.observations:,} observations vs torch's "
+        f"ReduceLROnPlateau.step(), median of {args.repeat} pass(es)",
+        ("what", "µs/obs", "range µs/obs", "s a pass", "ratio torch/ours", "reductions"),
     )
-    for name in ("what", "µs/obs", "range µs/obs", "s a pass", "ratio torch/ours", "reductions"):
-        table.add_column(name, justify="left" if name == "what" else "right", no_wrap=True)
     for row in rows:
-        ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
-        if row.ratio is not None:
-            ratio = f"[bold green]{ratio}[/]" if row.ratio >= 1 else f"[bold red]{ratio}[/]"
         table.add_row(
             row.name,
             f"{row.median_us:.3f}",
-            f"{row.min_us:.3f}-{row.max_us:.3f}" if len(row.seconds) > 1 else "-",
+            spread_cell(row.min_us, row.max_us, len(row.seconds)),
             f"{statistics.median(row.seconds):.2f}",
-            ratio,
+            "-" if row.ratio is None else ratio_cell(row.ratio),
             "-" if row.reductions is None else f"{row.reductions:,}",
         )
     console.print(table)
 
 
+def finish(rows: list[Row], n: int) -> None:
+    for row in rows:
+        row.median_us, row.min_us, row.max_us = per_call_us(row.seconds, n)
+    reference = rows[0].median_us
+    for row in rows[1:]:
+        row.ratio = reference / row.median_us
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = timed_bench_parser(__doc__, repeat=5)
     parser.add_argument("--observations", type=int, default=1_000_000, help="stream length")
-    parser.add_argument("--repeat", type=int, default=5, help="timed passes; medians reported")
     parser.add_argument("--seed", type=int, default=1, help="metric_value's seed")
-    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
     if args.observations < 1 or args.repeat < 1:
         parser.error("--observations and --repeat must be >= 1")
@@ -165,10 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     info["versions"]["torch"] = torch.__version__
-    console.print(
-        f"[bold]{info['date']}[/] {info['cpu_model']} x{info['cpu_count']}, Python "
-        f"{info['python']}, torch {torch.__version__}, load {info['loadavg_at_start']}"
-    )
+    print_header(info, f"torch {torch.__version__}, load {info['loadavg_at_start']}")
     observations = [(step, metric_value(args.seed, step)) for step in range(1, n + 1)]
     values = [value for _, value in observations]
 
@@ -203,10 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows, args)
     console.print(f"total {time.monotonic() - t0:.0f} s")
 
-    out: Path = args.out or result_path("replay")
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": " ".join(["python", "bench/bench_replay.py", *(argv or sys.argv[1:])]),
+        "command": command_line("bench_replay.py", argv),
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},
             "params": PARAMS,
@@ -216,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "differential_check": {"lrs_equal_torch": same, "torch_reductions": torch_reductions},
         "rows": [asdict(row) for row in rows],
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"results: {out}")
+    write_result(args.out, "replay", result)
     return 0 if same else 1
 
 

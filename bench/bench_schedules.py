@@ -22,22 +22,19 @@ difference per family is in the table (the exit status is 1 if one is above 1e-1
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from rich.table import Table
 from torch.optim import lr_scheduler
 
-from common import console, machine_info, result_path
+import common
+from common import console
 from lrpilot.policies import get_policy
 
 TOLERANCE = 1e-10
@@ -153,25 +150,14 @@ def differential(
 
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
-    table = Table(
-        title=f"lrs_at vs torch's scheduler.step(), {args.steps:,} steps, {args.groups} param "
-        f"group(s), µs per call, median of {args.repeat} pass(es)"
-    )
-    for name in (
-        "family",
-        "torch reference",
-        "torch µs",
-        "lrs_at µs",
-        "lrs_at range",
-        "ratio torch/ours",
-        "max rel diff",
-    ):
-        table.add_column(
-            name, justify="left" if name in ("family", "torch reference") else "right", no_wrap=True
-        )
+    table = common.figures_table(
+        f"lrs_at vs torch's scheduler.step(), {args.steps:,} steps, {args.groups} param "
+        f"group(s), µs per call, median of {args.repeat} pass(es)",
+        ("family", "torch reference", "torch µs", "lrs_at µs", "lrs_at range", "ratio torch/ours",
+         "max rel diff"),
+        names=2,
+    )  # fmt: skip
     for row in rows:
-        ratio = f"{row.ratio:.2f}"
-        ratio = f"[bold green]{ratio}[/]" if row.ratio >= 1 else f"[bold red]{ratio}[/]"
         diff = f"{row.max_rel_diff:.1e}"
         diff = diff if row.max_rel_diff <= TOLERANCE else f"[bold red]{diff}[/]"
         table.add_row(
@@ -179,31 +165,26 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             row.reference,
             f"{row.torch_us:.3f}",
             f"{row.ours_us:.3f}",
-            f"{row.ours_min_us:.3f}-{row.ours_max_us:.3f}" if len(row.ours_seconds) > 1 else "-",
-            ratio,
+            common.spread_cell(row.ours_min_us, row.ours_max_us, len(row.ours_seconds)),
+            common.ratio_cell(row.ratio),
             diff,
         )
     console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.timed_bench_parser(__doc__, repeat=5)
     parser.add_argument("--steps", type=int, default=100_000, help="calls per pass")
-    parser.add_argument("--repeat", type=int, default=5, help="timed passes; medians reported")
     parser.add_argument("--groups", type=int, default=2, help="param groups (base lrs)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
     if args.steps < 10 or args.repeat < 1 or not 1 <= args.groups <= 64:
         parser.error("--steps must be >= 10, --repeat >= 1, --groups 1..64")
     n = args.steps
     warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
 
-    info = machine_info()
+    info = common.machine_info()
     info["versions"]["torch"] = torch.__version__
-    console.print(
-        f"[bold]{info['date']}[/] {info['cpu_model']} x{info['cpu_count']}, Python "
-        f"{info['python']}, torch {torch.__version__}, load {info['loadavg_at_start']}"
-    )
+    common.print_header(info, f"torch {torch.__version__}, load {info['loadavg_at_start']}")
     families = cases(n)
     rows = []
     for family, (params, make) in families.items():
@@ -231,18 +212,14 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{r.family} {r.torch_seconds[-1] / r.ours_seconds[-1]:.2f}x" for r in rows)
         )
     for row in rows:
-        row.torch_us = 1e6 * statistics.median(row.torch_seconds) / n
-        row.ours_us = 1e6 * statistics.median(row.ours_seconds) / n
-        row.ours_min_us = 1e6 * min(row.ours_seconds) / n
-        row.ours_max_us = 1e6 * max(row.ours_seconds) / n
+        row.torch_us = common.per_call_us(row.torch_seconds, n)[0]
+        row.ours_us, row.ours_min_us, row.ours_max_us = common.per_call_us(row.ours_seconds, n)
         row.ratio = row.torch_us / row.ours_us
     print_table(rows, args)
     console.print(f"total {time.monotonic() - t0:.0f} s")
 
-    out: Path = args.out or result_path("schedules")
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": " ".join(["python", "bench/bench_schedules.py", *(argv or sys.argv[1:])]),
+        "command": common.command_line("bench_schedules.py", argv),
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},
             "base_lrs": base_lrs(args.groups),
@@ -251,8 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "rows": [asdict(row) for row in rows],
     }
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"results: {out}")
+    common.write_result(args.out, "schedules", result)
     return 0 if all(r.max_rel_diff <= TOLERANCE for r in rows) else 1
 
 

@@ -2,9 +2,10 @@
 
     python bench/bench_verify.py [--decisions 1000000] [--repeat 3] [--out FILE.json]
 
-Builds a bundle of ``--decisions`` decisions of one run (plateau@1, the bench's metric stream,
-decided by the service's own ``domain.decide``, so every line is what the service would have
-stored), then, ``--repeat`` times in alternation:
+Builds a bundle of ``--decisions`` decisions of one run (plateau@1, created and read back
+through the service's store as an export reads it; the bench's metric stream, decided by the
+service's own ``domain.decide``, so every line is what the service would have stored), then,
+``--repeat`` times in alternation:
 
   floor   for each line: read it, ``json.loads`` it, SHA-256 of its bytes (the least any check
           that reads every decision must do)
@@ -18,7 +19,6 @@ the bundle and on its first tenth, and their peak RSS compared (flat in the bund
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import resource
@@ -33,41 +33,37 @@ from typing import Any
 from rich.progress import Progress
 from rich.table import Table
 
-from common import console, machine_info, metric_value, result_path, run_spec
+from common import (
+    console,
+    fresh_database,
+    machine_info,
+    metric_value,
+    run_spec,
+    timed_bench_parser,
+    write_result,
+)
 from lrpilot.bundle import check_bundle, header_line, read_raw, trailer_line
-from lrpilot.chain import GENESIS
 from lrpilot.domain import decide, new_run, now
+from lrpilot.settings import Settings
 from lrpilot.store.records import RunHead
+from lrpilot.store.runs import Store
 
 STEP_EVERY = 100
 
 
-def build(path: Path, count: int) -> str:
-    """Write a bundle of ``count`` decisions; its head hash."""
-    run = new_run("bench-verify", run_spec(), now())
-    head = RunHead(
-        run.run_id,
-        run.policy,
-        run.params,
-        run.base_lrs,
-        run.metric,
-        run.config_hash,
-        run.state,
-        run.lrs,
-        0,
-        None,
-        GENESIS,
-    )
-    name, version = run.policy.split("@")
-    document: dict[str, Any] = {
-        "run_id": run.run_id,
-        "policy": {"name": name, "version": int(version), "params": json.loads(run.params)},
-        "base_lrs": json.loads(run.base_lrs),
-        "metric": run.metric,
-        "labels": run.labels,
-        "config_hash": run.config_hash,
-        "created_at": run.created_at,
-    }
+def start(database: Path) -> tuple[dict[str, Any], RunHead]:
+    """A new run, created and read back through the service's store (a fresh SQLite file): its
+    document, as an export's header takes it, and the head its first decision starts from."""
+    store = Store(Settings(database_url=fresh_database(None, database)))
+    try:
+        store.create_run(new_run("bench-verify", run_spec(), now()))
+        return store.head("bench-verify")
+    finally:
+        store.close()
+
+
+def build(path: Path, count: int, document: dict[str, Any], head: RunHead) -> str:
+    """Write a bundle of ``count`` decisions of the run ``start`` gave; its head hash."""
     created_at = now()
     with path.open("w") as out, Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"building {count:,} decisions", total=count)
@@ -113,19 +109,18 @@ def peak_rss_mib(path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = timed_bench_parser(__doc__, repeat=3)
     parser.add_argument("--decisions", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     console.print(machine_info())
 
     with tempfile.TemporaryDirectory(prefix="lrpilot-verify-") as tmp:
         big, small = Path(tmp) / "big.ndjson", Path(tmp) / "small.ndjson"
+        document, first = start(Path(tmp) / "run.db")
         t0 = time.perf_counter()
-        head = build(big, args.decisions)
+        head = build(big, args.decisions, document, first)
         build_s = time.perf_counter() - t0
-        build(small, max(1, args.decisions // 10))
+        build(small, max(1, args.decisions // 10), document, first)
         size_mib = big.stat().st_size / 2**20
         console.print(
             f"bundle: {args.decisions:,} decisions, {size_mib:,.0f} MiB, built in {build_s:.0f} s"
@@ -162,23 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         f"peak RSS of `lrpilot verify`: {rss_small:.0f} MiB on {args.decisions // 10:,} "
         f"decisions, {rss_big:.0f} MiB on {args.decisions:,} ({rss_big / rss_small:.2f}x)"
     )
-    out = args.out or result_path("verify")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": machine_info(),
-                "decisions": args.decisions,
-                "bundle_mib": size_mib,
-                "rates": rates,
-                "median": median,
-                "ratio": median["verify"] / median["floor"],
-                "peak_rss_mib": {"tenth": rss_small, "whole": rss_big},
-            },
-            indent=2,
-        )
-    )
-    console.print(f"results: {out}")
+    result = {
+        "machine": machine_info(),
+        "decisions": args.decisions,
+        "bundle_mib": size_mib,
+        "rates": rates,
+        "median": median,
+        "ratio": median["verify"] / median["floor"],
+        "peak_rss_mib": {"tenth": rss_small, "whole": rss_big},
+    }
+    write_result(args.out, "verify", result)
     return 0
 
 

@@ -6,12 +6,16 @@ the tests' harness (``tests.harness.LiveServer``) and not a copy of it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
+import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +27,9 @@ if str(REPO_DIR) not in sys.path:
 
 import sqlalchemy as sa  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tests.harness import UVICORN_SETTINGS  # noqa: E402
 
 if TYPE_CHECKING:
     from lrpilot.domain import RunSpec
@@ -175,3 +182,70 @@ def machine_info() -> dict[str, Any]:
 def result_path(name: str) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return BENCH_DIR / "results" / f"{name}-{stamp}.json"
+
+
+# -- what every bench prints and writes -------------------------------------------------------
+
+
+def timed_bench_parser(doc: str, repeat: int) -> argparse.ArgumentParser:
+    """The command line of a bench that times passes in process: its own options, then these."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=repeat, help="timed passes; medians reported")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
+    return parser
+
+
+def print_header(info: dict[str, Any], rest: str) -> None:
+    """The line a bench starts with: when, on which CPU and Python; ``rest`` says with what else
+    (torch's version, the servers' command line), so two outputs can be told comparable."""
+    console.print(
+        f"[bold]{info['date']}[/] {info['cpu_model']} x{info['cpu_count']}, Python "
+        f"{info['python']}, {rest}"
+    )
+
+
+def servers_line(info: dict[str, Any]) -> str:
+    """The servers' command line, recorded in ``info`` and said in the header."""
+    info["uvicorn_settings"] = " ".join(UVICORN_SETTINGS)
+    return f"servers: python -m uvicorn <app> {info['uvicorn_settings']}"
+
+
+def command_line(script: str, argv: list[str] | None, url: str | None = None) -> str:
+    """How the bench was run, for its result file; a database URL (it may hold a password)
+    written as URL."""
+    command = " ".join(["python", f"bench/{script}", *(argv or sys.argv[1:])])
+    return command.replace(url, "URL") if url else command
+
+
+def write_result(out: Path | None, name: str, result: dict[str, Any]) -> None:
+    """The JSON result file (``out``, or a new one named after the bench), and the line that
+    says where it is."""
+    out = out or result_path(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"results: {out}")
+
+
+def figures_table(title: str, columns: Sequence[str], names: int = 1) -> Table:
+    """A table whose first ``names`` columns name a row (left) and the others hold figures."""
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i < names else "right", no_wrap=True)
+    return table
+
+
+def ratio_cell(ratio: float) -> str:
+    """A ratio theirs / ours: green where lrpilot is at least as fast, red where it is slower."""
+    return f"[bold {'green' if ratio >= 1 else 'red'}]{ratio:.2f}[/]"
+
+
+def per_call_us(seconds: list[float], calls: int) -> tuple[float, float, float]:
+    """µs a call, from the seconds each pass of ``calls`` calls took: the median pass's, the
+    fastest's and the slowest's."""
+    median, low, high = statistics.median(seconds), min(seconds), max(seconds)
+    return 1e6 * median / calls, 1e6 * low / calls, 1e6 * high / calls
+
+
+def spread_cell(low: float, high: float, passes: int) -> str:
+    """The range over the passes ("-" for one pass)."""
+    return f"{low:.3f}-{high:.3f}" if passes > 1 else "-"

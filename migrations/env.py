@@ -1,4 +1,9 @@
-"""Alembic environment: lrpilot's schema, on the URL given by lrpilot or LRPILOT_DATABASE_URL.
+"""Alembic environment: lrpilot's schema, on the database lrpilot's settings name.
+
+The URL is the one given explicitly (``lrpilot.store.db.upgrade(url)``, which ``lrpilot db
+upgrade`` and ``lrpilot serve`` call, or ``alembic -x url=...``), else the settings object's
+``database_url`` (``LRPILOT_DATABASE_URL``): ``alembic upgrade head`` run by hand migrates the
+database that ``lrpilot serve`` would use, read by the same code.
 
 Several ``lrpilot serve`` (replicas, or a restart racing a deploy) may migrate one database at
 the same moment. Each migration is therefore one transaction that first takes a database-wide
@@ -8,12 +13,12 @@ wait for its commit, then find the schema at head and do nothing.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import sqlalchemy as sa
 from alembic import context
 
+from lrpilot.settings import Settings
 from lrpilot.store.tables import SQLModel
 
 config = context.config
@@ -31,9 +36,10 @@ SQLITE_BUSY_TIMEOUT_S = 120.0
 
 
 def _url() -> str:
-    # lrpilot passes its URL in attributes; the alembic CLI reads the same setting lrpilot does.
-    url = config.attributes.get("url") or os.environ.get("LRPILOT_DATABASE_URL")
-    return str(url or "sqlite:///lrpilot.db")
+    # An explicit URL wins: lrpilot has already resolved its settings (a --database-url flag
+    # included) when it passes one in attributes, and -x url= is the alembic CLI's own flag.
+    explicit = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
+    return str(explicit) if explicit else Settings.from_env().database_url
 
 
 def run_migrations_offline() -> None:

@@ -1,13 +1,15 @@
 """What the golden-file generators (scripts/make_golden*.py) share: a stream decided into one
-golden line (tests/golden/README.md), and a golden file written, never over a released one.
+golden line (tests/golden/README.md), a golden file written, never over a released one, and
+the command line of a generator that writes one file after checking every line.
 
 Each generator keeps what is its own: the streams, and the reference it checks them against.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,9 @@ sys.path.insert(0, str(ROOT / "service"))  # the service as in this tree, instal
 from lrpilot.canonical import canonical_json  # noqa: E402
 from lrpilot.policies import Observation, get_policy  # noqa: E402
 from lrpilot.policies.base import State  # noqa: E402
+
+# A stream: params, base lrs, the steps and the values observed at them.
+Stream = tuple[dict[str, Any], tuple[float, ...], list[int], list[float]]
 
 
 def decide(
@@ -67,6 +72,14 @@ def decide(
     return line
 
 
+def decided(ref: str, metric: str, streams: Callable[[], Iterable[Stream]]) -> list[dict[str, Any]]:
+    """The golden line of each stream that ``streams()`` gives (``decide`` without lrs_at)."""
+    return [
+        decide(ref, params, base_lrs, zip(steps, values, strict=True), metric)
+        for params, base_lrs, steps, values in streams()
+    ]
+
+
 def _in_force_at(in_force: list[tuple[int, State]], step: int) -> State:
     return [state for when, state in in_force if when <= step][-1]
 
@@ -90,3 +103,60 @@ def write(out: Path, lines: Iterable[Any]) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text("".join(canonical_json(line) + "\n" for line in lines), encoding="utf-8")
     tmp.replace(out)
+
+
+def lrs_check(
+    reference: Callable[[dict[str, Any]], list[list[float]]],
+) -> Callable[[dict[str, Any]], str | None]:
+    """A check for ``generate``: a line's lrs after every observation against the ``reference``'s,
+    as the same floats (repr tells -0.0 from 0.0 and a NaN from a number); a line that differs
+    is named by its params."""
+
+    def check(line: dict[str, Any]) -> str | None:
+        want, got = reference(line), [d["lrs"] for d in line["decisions"]]
+        same = [[repr(x) for x in r] for r in want] == [[repr(x) for x in r] for r in got]
+        return None if same else str(line["params"])
+
+    return check
+
+
+def generate(
+    argv: list[str] | None,
+    doc: str | None,
+    default_out: Path,
+    lines: Callable[[], list[dict[str, Any]]],
+    check: Callable[[dict[str, Any]], str | None],
+    *,
+    checks: Callable[[dict[str, Any]], bool] | None = None,
+    against: str = "the reference",
+    no_verify_help: str | None = None,
+) -> int:
+    """A generator's main: ``--out`` (``default_out``) and ``--force``; refuse a released file
+    (exit 2); make the ``lines``; ``check`` each one (or each one ``checks`` selects, and then
+    say how many), which says how the line disagrees with the reference (``against``), or None;
+    write only if none does, else exit 1 naming the stream. With ``no_verify_help``, a
+    ``--no-verify`` flag skips the check."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    ap.add_argument("--out", type=Path, default=default_out)
+    ap.add_argument("--force", action="store_true", help="overwrite (never for a released version)")
+    if no_verify_help is not None:
+        ap.add_argument("--no-verify", action="store_true", help=no_verify_help)
+    args = ap.parse_args(argv)
+    out: Path = args.out
+    if refuses(out, args.force):
+        return 2
+
+    made = lines()
+    checked = 0
+    for n, line in enumerate([] if getattr(args, "no_verify", False) else made):
+        if checks is not None and not checks(line):
+            continue
+        problem = check(line)
+        if problem is not None:
+            print(f"stream {n} disagrees with {against}: {problem}", file=sys.stderr)
+            return 1
+        checked += 1
+    write(out, made)
+    counted = "" if checks is None else f" ({checked} checked against {against})"
+    print(f"wrote {len(made)} streams to {out}{counted}")
+    return 0

@@ -15,10 +15,10 @@ torch, keras' for flavor keras): a file is only written if the policy agrees wit
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -89,28 +89,20 @@ HAND_WRITTEN: list[tuple[dict[str, Any], tuple[float, ...], list[float]]] = [
 ]
 
 
-def streams() -> list[tuple[dict[str, Any], tuple[float, ...], list[float], list[int]]]:
+def streams() -> list[golden_lines.Stream]:
     sys.path.insert(0, str(ROOT))
     from tests.streams import make_stream
 
     out = []
     for seed in TORCH_SEEDS:
         s = make_stream(seed, "torch", n=20 + seed * 7 % 41)
-        out.append((s.params, s.base_lrs, list(s.values), list(s.steps)))
+        out.append((s.params, s.base_lrs, list(s.steps), list(s.values)))
     for seed in KERAS_SEEDS:
         s = make_stream(seed, "keras", n=20 + seed * 7 % 41)
-        out.append((s.params, s.base_lrs, list(s.values), list(s.steps)))
+        out.append((s.params, s.base_lrs, list(s.steps), list(s.values)))
     for params, base_lrs, values in HAND_WRITTEN:
-        out.append((params, base_lrs, values, [100 * (i + 1) for i in range(len(values))]))
+        out.append((params, base_lrs, [100 * (i + 1) for i in range(len(values))], values))
     return out
-
-
-def decide(
-    params: dict[str, Any], base_lrs: tuple[float, ...], values: list[float], steps: list[int]
-) -> dict[str, Any]:
-    return golden_lines.decide(
-        "plateau@1", params, base_lrs, zip(steps, values, strict=True), "val_loss"
-    )
 
 
 def reference_lrs(line: dict[str, Any]) -> list[list[float]]:
@@ -146,26 +138,10 @@ def reference_lrs(line: dict[str, Any]) -> list[list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--force", action="store_true", help="overwrite (never for a released version)")
-    ap.add_argument("--no-verify", action="store_true", help="skip the torch/keras cross-check")
-    args = ap.parse_args(argv)
-    out: Path = args.out
-    if golden_lines.refuses(out, args.force):
-        return 2
-
-    lines = [decide(*s) for s in streams()]
-    if not args.no_verify:
-        for n, line in enumerate(lines):
-            want = reference_lrs(line)
-            got = [d["lrs"] for d in line["decisions"]]
-            if [[repr(x) for x in r] for r in want] != [[repr(x) for x in r] for r in got]:
-                print(f"stream {n} disagrees with the reference: {line['params']}", file=sys.stderr)
-                return 1
-    golden_lines.write(out, lines)
-    print(f"wrote {len(lines)} streams to {out}")
-    return 0
+    check = golden_lines.lrs_check(reference_lrs)
+    skip = "skip the torch/keras cross-check"
+    lines = partial(golden_lines.decided, "plateau@1", "val_loss", streams)
+    return golden_lines.generate(argv, __doc__, DEFAULT_OUT, lines, check, no_verify_help=skip)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ unless --force (only for a version that has not been released).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import random
@@ -282,29 +281,16 @@ def torch_lrs(line: dict[str, Any]) -> list[list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--force", action="store_true", help="overwrite (never for a released version)")
-    args = ap.parse_args(argv)
-    out: Path = args.out
-    if golden_lines.refuses(out, args.force):
-        return 2
+    def follows_torch(line: dict[str, Any]) -> bool:
+        return torchs_rule(line["params"], [v for _, v in line["observations"]])
 
-    lines = [decide(*s) for s in streams()]
-    checked = 0
-    for n, line in enumerate(lines):
-        values = [v for _, v in line["observations"]]
-        if not torchs_rule(line["params"], values):
-            continue
-        want = torch_lrs(line)
-        got = [d["lrs"] for d in line["decisions"]]
-        if [[repr(x) for x in r] for r in want] != [[repr(x) for x in r] for r in got]:
-            print(f"stream {n} disagrees with torch: {line['params']}", file=sys.stderr)
-            return 1
-        checked += 1
-    golden_lines.write(out, lines)
-    print(f"wrote {len(lines)} streams to {out} ({checked} checked against torch)")
-    return 0
+    def lines() -> list[dict[str, Any]]:
+        return [decide(*stream) for stream in streams()]
+
+    check = golden_lines.lrs_check(torch_lrs)
+    return golden_lines.generate(
+        argv, __doc__, DEFAULT_OUT, lines, check, checks=follows_torch, against="torch"
+    )
 
 
 if __name__ == "__main__":

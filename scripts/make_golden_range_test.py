@@ -22,9 +22,9 @@ file unless --force (use it only for a version that has not been released).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "tests" / "golden" / "range_test@1.jsonl"
 NAN, INF = math.nan, math.inf
 
-Stream = tuple[dict[str, Any], tuple[float, ...], list[int], list[float]]
+Stream = golden_lines.Stream
 
 
 def curve(lr: float, steep: float = 1e-3, blow: float = 0.3) -> float:
@@ -208,14 +208,6 @@ def streams() -> list[Stream]:
     return out
 
 
-def decide(
-    params: dict[str, Any], base_lrs: tuple[float, ...], steps: list[int], values: list[float]
-) -> dict[str, Any]:
-    return golden_lines.decide(
-        "range_test@1", params, base_lrs, zip(steps, values, strict=True), "train_loss"
-    )
-
-
 def check(line: dict[str, Any]) -> str | None:
     """What disagrees with the plain reference, or None."""
     sys.path.insert(0, str(ROOT))
@@ -241,23 +233,8 @@ def check(line: dict[str, Any]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--force", action="store_true", help="overwrite (never for a released version)")
-    args = ap.parse_args(argv)
-    out: Path = args.out
-    if golden_lines.refuses(out, args.force):
-        return 2
-
-    lines = [decide(*s) for s in streams()]
-    for n, line in enumerate(lines):
-        problem = check(line)
-        if problem is not None:
-            print(f"stream {n} disagrees with the reference: {problem}", file=sys.stderr)
-            return 1
-    golden_lines.write(out, lines)
-    print(f"wrote {len(lines)} streams to {out}")
-    return 0
+    lines = partial(golden_lines.decided, "range_test@1", "train_loss", streams)
+    return golden_lines.generate(argv, __doc__, DEFAULT_OUT, lines, check)
 
 
 if __name__ == "__main__":
