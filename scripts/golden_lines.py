@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "service"))  # the service as in this tree, installed or not
 
 from lrpilot.canonical import canonical_json  # noqa: E402
-from lrpilot.policies import Observation, get_policy  # noqa: E402
+from lrpilot.policies import get_policy  # noqa: E402
 from lrpilot.policies.base import State  # noqa: E402
+from lrpilot.replay import Replay  # noqa: E402
 
 # A stream: params, base lrs, the steps and the values observed at them.
 Stream = tuple[dict[str, Any], tuple[float, ...], list[int], list[float]]
@@ -41,16 +42,17 @@ def decide(
     policy = get_policy(name, int(version))
     base = tuple(base_lrs)
     resolved = policy.resolve(params, base)
-    state = policy.init(resolved, base)
-    in_force: list[tuple[int, State]] = [(-1, state)]  # (step, the state its decision left)
+    replay = Replay(policy, resolved, base, metric)  # the service's one replay loop
+    in_force: list[tuple[int, State]] = [(-1, replay.state())]  # (step, the state it left)
     decisions, seen = [], []
     for step, value in observations:
-        outcome, state = policy.step(resolved, state, Observation(step, value, metric))
+        action = replay.observe(step, value)
+        state = replay.state()
         decisions.append(
             {
-                "lrs": list(outcome.lrs),
-                "action": outcome.action,
-                "reason": outcome.reason,
+                "lrs": list(replay.stepper.lrs),
+                "action": action,
+                "reason": replay.stepper.reason(),
                 "state": state.model_dump(),
             }
         )
