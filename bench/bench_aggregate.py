@@ -31,7 +31,7 @@ The servers are separate processes; ``client CPU`` is this process's CPU time du
 Every aggregated step is checked: every answer a 200, the W answers the same bytes, the
 decision of the step with the W ranks in rank order (each the value and weight that rank
 sent, no ``missing_ranks``), its value the weighted mean of what was sent
-(``lrpilot.aggregate.weighted_mean``), its seq one more than the previous step's. At the end of
+(``lrpilot.entries.weighted_mean``), its seq one more than the previous step's. At the end of
 a pass the run holds one decision a step and its chain verifies (``POST /verify``). Any failure
 is printed loudly and the exit status is 1.
 
@@ -75,7 +75,7 @@ from common import (
     servers_line,
     write_result,
 )
-from lrpilot.aggregate import weighted_mean
+from lrpilot.entries import weighted_mean
 from tests.harness import LiveServer
 
 TRIVIAL_TARGET = ("--app-dir", str(BENCH_DIR), "trivial_app:app")

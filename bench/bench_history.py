@@ -55,7 +55,7 @@ from common import (
     run_spec,
     write_result,
 )
-from lrpilot.domain import decide, new_run, now
+from lrpilot.domain.deciding import decide, new_run, now
 from lrpilot.settings import Settings
 from lrpilot.store.runs import Store, WriteTx
 from tests.harness import LiveServer

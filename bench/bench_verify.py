@@ -9,7 +9,7 @@ service's own ``domain.decide``, so every line is what the service would have st
 
   floor   for each line: read it, ``json.loads`` it, SHA-256 of its bytes (the least any check
           that reads every decision must do)
-  verify  ``lrpilot.bundle.check_bundle``: what ``lrpilot verify BUNDLE`` runs (both passes:
+  verify  ``lrpilot.audit.verify.check_bundle``: what ``lrpilot verify BUNDLE`` runs (both passes:
           the rewinds, then every link and every decision replayed through the policy)
 
 and reports decisions a second, the median of the passes, and verify's rate against the
@@ -42,8 +42,9 @@ from common import (
     timed_bench_parser,
     write_result,
 )
-from lrpilot.bundle import check_bundle, header_line, read_raw, trailer_line
-from lrpilot.domain import decide, new_run, now
+from lrpilot.audit.bundle import header_line, read_raw, trailer_line
+from lrpilot.audit.verify import check_bundle
+from lrpilot.domain.deciding import decide, new_run, now
 from lrpilot.settings import Settings
 from lrpilot.store.records import RunHead
 from lrpilot.store.runs import Store
@@ -67,7 +68,7 @@ def build(path: Path, count: int, document: dict[str, Any], head: RunHead) -> st
     created_at = now()
     with path.open("w") as out, Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"building {count:,} decisions", total=count)
-        header = header_line(document)
+        header = header_line(head.spec)
         out.write(header + "\n")
         for k in range(1, count + 1):
             decision = decide(head, STEP_EVERY * k, metric_value(0, k), created_at)

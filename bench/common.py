@@ -32,7 +32,7 @@ from rich.table import Table  # noqa: E402
 from tests.harness import UVICORN_SETTINGS  # noqa: E402
 
 if TYPE_CHECKING:
-    from lrpilot.domain import RunSpec
+    from lrpilot.spec import RunSpec
 
 console = Console(width=max(140, Console().width))
 
@@ -48,17 +48,9 @@ SERVICE_TARGET = ("--factory", "lrpilot.app:create_app")
 
 def run_spec(labels: dict[str, str] | None = None) -> RunSpec:
     """RUN_SPEC for the scripts that build runs in process (bench_decisions never does)."""
-    from lrpilot.domain import RunSpec
+    from lrpilot.spec import RunSpec
 
-    policy = RUN_SPEC["policy"]
-    return RunSpec(
-        policy=policy["name"],
-        version=policy["version"],
-        params=policy["params"],
-        base_lrs=tuple(RUN_SPEC["base_lrs"]),
-        metric=RUN_SPEC["metric"],
-        labels=labels or {},
-    )
+    return RunSpec.model_validate({**RUN_SPEC, "labels": labels or {}})
 
 
 def _splitmix64(x: int) -> int:

@@ -2,7 +2,7 @@
 
     python bench/profile_observe.py [--decisions 3000] [--batch 1] [--profile 25]
 
-Times ``Decisions.decide_batch`` (what the group commit's writer thread runs for the requests
+Times ``decide_batch`` (what the group commit's writer thread runs for the requests
 it has queued) on a fresh SQLite file: new decisions (steps 1, 2, 3, ... with the bench's
 metric stream) and retries of already decided steps (what every rank but one gets in the
 decision-one scenario), in wall and CPU µs a decision, ``--batch`` observations a transaction.
@@ -21,7 +21,9 @@ import tempfile
 import time
 
 from common import metric_value, run_spec
-from lrpilot.domain import Decisions, Posted
+from lrpilot.app import group_commit
+from lrpilot.domain.aggregated import Posted
+from lrpilot.domain.decisions import Decisions, decide_batch
 from lrpilot.settings import Settings
 from lrpilot.store.db import upgrade
 from lrpilot.store.runs import Store
@@ -32,7 +34,7 @@ def timed(decisions: Decisions, steps: range, batch: int) -> tuple[float, float]
     w0, c0 = time.perf_counter(), time.process_time()
     for first in range(steps.start, steps.stop, batch):
         items = [Posted("bench", s, metric_value(0, s)) for s in range(first, first + batch)]
-        for result in decisions.decide_batch(items):
+        for result in decide_batch(decisions.store, items):
             if isinstance(result, Exception):
                 raise result
     w1, c1 = time.perf_counter(), time.process_time()
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(database_url=f"sqlite:///{tmp}/observe.db")
         upgrade(settings.database_url)
         store = Store(settings)
-        decisions = Decisions(store, settings)
+        decisions = Decisions(store, settings, group_commit(store))
         try:
             decisions.create_run("bench", run_spec())
             timed(decisions, range(1, 201), 1)  # warm caches (resolved params, statements)
