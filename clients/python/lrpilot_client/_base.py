@@ -151,7 +151,7 @@ class ClientBase(Generic[H, X]):
     def __init__(
         self,
         base_url: str = DEFAULT_BASE_URL,
-        timeout: float = 10.0,
+        timeout: float | httpx.Timeout = 10.0,
         retries: int = 5,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
