@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lrpilot.cli_plot import (
+from lrpilot.cli.plot import (
     PlotError,
     changes_lrs,
     plotted_steps,
@@ -26,6 +26,7 @@ from lrpilot.cli_plot import (
 )
 from lrpilot.policies import Observation
 from lrpilot.whatif import Setup
+from lrpilot_client import Client
 from tests.harness import LiveServer
 from tests.helpers import lrpilot_cli, one_line, plateau_stream
 
@@ -277,7 +278,10 @@ def test_plot_a_live_run_matches_the_offline_replay(
 ) -> None:
     stream = plateau_stream(25, start_step=100, every=100)
     rt_stream = range_test_losses(200)
-    with httpx.Client(base_url=live_server.url, timeout=30) as client:
+    with (
+        httpx.Client(base_url=live_server.url, timeout=30) as client,
+        Client(live_server.url) as lrpilot,
+    ):
         for run_id, spec, feed in (("p", PLATEAU, stream), ("rt", RANGE_TEST, rt_stream)):
             assert client.put(f"/v1/runs/{run_id}", json=spec).status_code == 201
             for step, value in feed:
@@ -286,16 +290,16 @@ def test_plot_a_live_run_matches_the_offline_replay(
                 assert r.status_code == 200, r.text
         for run_id, spec, feed, steps in (("p", PLATEAU, stream, 2700),
                                           ("rt", RANGE_TEST, rt_stream, 230)):  # fmt: skip
-            live = run_series(client, run_id, steps, every=1)
+            live = run_series(lrpilot, run_id, steps, every=1)
             offline = spec_series(setup_of(spec), steps, feed)
             assert live.steps == offline.steps
             assert live.lrs == offline.lrs
             assert live.evaluations == offline.evaluations
             assert live.marks == offline.marks and live.marks
-        default = run_series(client, "p", None, every=7)
+        default = run_series(lrpilot, "p", None, every=7)
         assert default.steps[-1] == stream[-1][0]
         with pytest.raises(PlotError, match="not found"):
-            run_series(client, "nope", 10)
+            run_series(lrpilot, "nope", 10)
     out = tmp_path / "live.png"
     result = lrpilot_cli("plot", "--from-run", "rt", "--url", live_server.url, "--steps", "230",
                          "-o", str(out))  # fmt: skip

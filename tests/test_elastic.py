@@ -542,14 +542,15 @@ def test_simulate_of_a_resized_run_keeps_its_resizes(api: TestClient) -> None:
 def test_plot_of_a_resized_live_run_shows_the_served_lrs_and_marks_the_resizes(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    from lrpilot.cli_plot import run_series
+    from lrpilot.cli.plot import run_series
+    from lrpilot_client import Client
 
     with httpx.Client(base_url=live_server.url, timeout=30) as http:
         assert http.put("/v1/runs/pl", json=elastic(params={"patience": 1})).status_code == 201
         for step, value, world in ((10, 1.0, 8), (20, 0.9, 16), (30, 0.95, 16), (40, 0.96, 4)):
             body = {"step": step, "value": value, "world_size": world}
             assert http.post("/v1/runs/pl/observations", json=body).status_code == 200
-        series = run_series(http, "pl", 45)
+        series = run_series(Client(live_server.url), "pl", 45)
         served = http.get("/v1/runs/pl/lrs", params={"from": 0, "count": 46}).json()["lrs"]
     assert series.lrs == [tuple(x) for x in served]
     assert (20, "scale") in series.marks and (40, "scale") in series.marks

@@ -1,8 +1,10 @@
-"""The API's requests and the reading of its answers, with no I/O.
+"""The API's requests and the reading of its answers, with no I/O: one function an operation.
 
-Each function here describes one request (method, path, query, body) and how to read its
-answer, as a `Call`. The sync and the async client only send a `Call` and hand the response back
-to `Call.result`, so the two clients cannot drift apart in what they send or how they read it.
+Each public function here describes one request (method, path, query, body) and how to read its
+answer, as a `Call`; its signature and docstring are those of the client method of the same
+name (see `_base.sending`). The sync and the async client only send a `Call` and hand the
+response back to `Call.result`, so the two clients cannot drift apart in what they send, how
+they read it, or what they document.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import os
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -26,18 +29,32 @@ from .errors import (
 )
 from .models import (
     Decision,
-    LrsAhead,
-    LrsInForce,
+    Health,
+    Imported,
+    LrAt,
+    LrsRange,
     Page,
+    PendingObservation,
+    PolicyInfo,
     Resized,
     Rewound,
     Run,
+    RunPage,
+    Simulated,
+    Summary,
     Verified,
     encode_float,
     encode_floats,
 )
 
+if TYPE_CHECKING:
+    from ._outbox import Resilience
+
 T = TypeVar("T")
+
+NDJSON = "application/x-ndjson"
+UPLOAD_CHUNK = 1 << 20  # a bundle is sent a MiB at a time: it may be far larger than memory
+MAX_LRS_COUNT = 10_000  # steps one GET /lrs answers at the most
 
 _ERRORS: dict[int, type[LrpilotError]] = {
     404: NotFoundError,
@@ -48,14 +65,30 @@ _ERRORS: dict[int, type[LrpilotError]] = {
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One request and the reader of its successful answer."""
+    """One request and the reader of its successful answer.
+
+    `read` reads the JSON of a 2xx answer; `read_answer`, when given, reads the answer itself
+    instead (its status, or its body as a stream when `stream`). The sending client also looks
+    at: `offline`, the stand-in answer while the service is away ("buffer" mode; None: the call
+    raises); `pending`, an observation (sent with the client's identity, buffered while the
+    service is away); `ordered`, (run_id, what) for a call that must come after the run's
+    buffered observations; `identified`, the body carries the client's identity; `upload`, a
+    file sent as the body.
+    """
 
     method: str
     path: str
     read: Callable[[object], T]
-    params: Mapping[str, str | int] | None = None
+    params: Mapping[str, str | int | float | bool | Sequence[str]] | None = None
     body: Mapping[str, Any] | None = None
     read_timeout: float | None = None  # longer than the client's: an answer that waits
+    read_answer: Callable[[httpx.Response], T] | None = None
+    stream: bool = False
+    upload: Path | None = None
+    offline: Callable[[Resilience], T] | None = None
+    pending: PendingObservation | None = None
+    ordered: tuple[str, str] | None = None
+    identified: bool = False
 
     def timeout(self, default: httpx.Timeout) -> httpx.Timeout:
         """The client's timeouts, with this call's longer read timeout if it has one."""
@@ -73,14 +106,23 @@ class Call(Generic[T]):
     def result(self, response: httpx.Response) -> T:
         """Read a final (non-retried) answer: the typed result for 2xx, else the error."""
         if 200 <= response.status_code < 300:
-            try:
-                raw = response.json()
-            except ValueError as exc:
-                raise ResponseError(
-                    f"{self.describe()}: the answer is not JSON: {exc}", response.status_code
-                ) from None
-            return self.read(raw)
+            if self.read_answer is not None:
+                return self.read_answer(response)
+            return self.read(json_of(response, self.describe()))
         raise error_for(response)
+
+    def headers(self) -> dict[str, str] | None:
+        return {"content-type": NDJSON} if self.upload is not None else None
+
+
+def json_of(response: httpx.Response, what: str) -> object:
+    """The JSON of a 2xx answer; `ResponseError` when it is not JSON."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise ResponseError(
+            f"{what}: the answer is not JSON: {exc}", response.status_code
+        ) from None
 
 
 def error_for(response: httpx.Response) -> LrpilotError:
@@ -102,37 +144,88 @@ def run_path(run_id: str) -> str:
     return f"/v1/runs/{segment}"
 
 
+def file_chunks(path: Path) -> Callable[[], Any]:
+    """A fresh reader of `path` for each attempt: an iterator of its chunks."""
+
+    def chunks() -> Any:
+        with path.open("rb") as f:
+            while block := f.read(UPLOAD_CHUNK):
+                yield block
+
+    return chunks
+
+
+def _unset_none(**fields: Any) -> dict[str, Any]:
+    """The fields given (not None): what is left out takes the service's default, so that a
+    spec written with or without a default hashes the same."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
 def create_run(
     run_id: str,
-    policy: str,
-    version: int,
-    params: Mapping[str, Any] | None,
-    base_lrs: Sequence[float] | None,
-    metric: str | None,
-    labels: Mapping[str, str] | None,
+    policy: str = "plateau",
+    version: int = 1,
+    params: Mapping[str, Any] | None = None,
+    base_lrs: Sequence[float] | None = None,
+    metric: str | None = None,
+    labels: Mapping[str, str] | None = None,
     aggregate: Mapping[str, Any] | None = None,
     scaling: Mapping[str, Any] | None = None,
 ) -> Call[Run]:
-    """PUT the run's spec. Fields left as None are not sent, so the service's defaults apply
-    and a spec written with or without them hashes the same."""
+    """Create the run, or get it back if it already exists with the same spec.
+
+    Calling this at every (re)start of a job is the intended use: the first call creates
+    the run, later ones return it. A different spec for an existing run_id raises
+    `ConflictError` rather than silently changing a schedule mid-run. Arguments left as None
+    are not sent, so the service's defaults apply. `aggregate` (`{"timeout_s": 60,
+    "on_timeout": "decide" | "refuse"}`) makes every rank post its own metric (`observe`
+    with `rank`, `world_size` and optionally `weight`): one decision a step, from their
+    weighted mean, the same for every rank. `scaling` (`{"rule": "linear" | "sqrt",
+    "by": "world_size" | "batch_size", "base": N}`, base_lrs being tuned for size N)
+    rescales the lrs whenever the job reports another size: the `world_size` of its
+    observations, or `resize`.
+    """
     body: dict[str, Any] = {
         "policy": {"name": policy, "version": version, "params": dict(params or {})},
     }
-    if base_lrs is not None:
-        body["base_lrs"] = encode_floats(base_lrs)
-    if metric is not None:
-        body["metric"] = metric
-    if labels is not None:
-        body["labels"] = dict(labels)
-    if aggregate is not None:
-        body["aggregate"] = dict(aggregate)
-    if scaling is not None:
-        body["scaling"] = dict(scaling)
+    body |= _unset_none(
+        base_lrs=None if base_lrs is None else encode_floats(base_lrs),
+        metric=metric,
+        labels=None if labels is None else dict(labels),
+        aggregate=None if aggregate is None else dict(aggregate),
+        scaling=None if scaling is None else dict(scaling),
+    )
     return Call("PUT", run_path(run_id), Run.from_json, body=body)
 
 
 def get_run(run_id: str) -> Call[Run]:
+    """The run's spec and where its schedule stands now."""
     return Call("GET", run_path(run_id), Run.from_json)
+
+
+def list_runs(
+    labels: Mapping[str, str] | None = None, after: str | None = None, limit: int = 100
+) -> Call[RunPage]:
+    """One page of the runs (at most `limit`, up to 1000), in run_id order, starting after
+    run_id `after`; with `labels`, only the runs carrying every one of them (at most 16)."""
+    params: dict[str, Any] = {"limit": limit}
+    if labels:
+        params["label"] = [f"{k}:{v}" for k, v in labels.items()]
+    if after is not None:
+        params["after"] = after
+    return Call("GET", "/v1/runs", RunPage.from_json, params=params)
+
+
+def summary(run_id: str) -> Call[Summary]:
+    """The run's reductions and progress: live decisions, first and last step, best metric,
+    every change of the lrs, how many decisions rewinds superseded, its head hash."""
+    return Call("GET", f"{run_path(run_id)}/summary", Summary.from_json)
+
+
+# --- observations and what they decide -----------------------------------------------------------
 
 
 def default_identity() -> dict[str, Any]:
@@ -148,77 +241,233 @@ def default_identity() -> dict[str, Any]:
     return identity
 
 
+def observation(obs: PendingObservation) -> Call[Decision]:
+    """POST one observation, exactly as it was made. A non-finite value goes as a string so
+    the body is strict JSON."""
+    body: dict[str, Any] = {"step": obs.step, "value": encode_float(obs.value)}
+    body |= _unset_none(rank=obs.rank, world_size=obs.world_size, weight=obs.weight)
+    if obs.client:
+        body["client"] = dict(obs.client)
+    return Call("POST", f"{run_path(obs.run_id)}/observations", Decision.from_json, body=body)
+
+
 def observe(
     run_id: str,
     step: int,
     value: float,
-    rank: int | None,
-    world_size: int | None,
-    identity: Mapping[str, Any] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
     weight: float | None = None,
 ) -> Call[Decision]:
-    """POST one observation. A non-finite value goes as a string so the body is strict JSON."""
-    body: dict[str, Any] = {"step": step, "value": encode_float(value)}
-    if rank is not None:
-        body["rank"] = rank
-    if world_size is not None:
-        body["world_size"] = world_size
-    if weight is not None:
-        body["weight"] = weight
-    if identity:
-        body["client"] = dict(identity)
-    return Call("POST", f"{run_path(run_id)}/observations", Decision.from_json, body=body)
+    """Report the metric `value` seen at training `step`; return the decision it led to.
+
+    `value` may be NaN or ±inf. Sending the same (step, value) again returns the decision
+    already made (this is what makes the retries safe); the same step with another value is
+    a `ConflictError`. An aggregated run's ranks each give their `rank`, `world_size` and
+    optionally `weight`.
+
+    In "buffer" mode, when the service cannot be reached the observation is buffered and the
+    answer is provisional (`decision.provisional`: action "hold", the last decided rates), so
+    `zip(param_groups, decision.lrs)` goes on working; it raises `ServiceUnavailableError`
+    only if the client knows no rates of the run at all (it never got an answer about it).
+    A buffered observation that the service refuses is raised here (its `observation` says
+    which). Whenever this raises, the observation was not taken: call again.
+    """
+    # the client sends it with its identity, through its outbox (`Call.pending`)
+    obs = PendingObservation(run_id, step, value, rank, world_size, {}, weight)
+    return Call("POST", f"{run_path(run_id)}/observations", Decision.from_json, pending=obs)
 
 
-def rewind(run_id: str, to_step: int, identity: Mapping[str, Any] | None) -> Call[Rewound]:
-    body: dict[str, Any] = {"to_step": to_step}
-    if identity:
-        body["client"] = dict(identity)
-    return Call("POST", f"{run_path(run_id)}/rewind", Rewound.from_json, body=body)
+def rewind(run_id: str, to_step: int) -> Call[Rewound]:
+    """For a job resumed from an older checkpoint: make the run's state what it was right
+    after `to_step`. The later decisions are kept in the log, marked superseded; the rewind
+    is itself an entry of the hash chain (with this client's identity). Rewinding to or past
+    the last step changes nothing (`rewound` False), so it is safe at every resume.
+
+    The run's buffered observations are sent first (a rewind must come after them); while
+    any is left, this raises `ServiceUnavailableError`."""
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/rewind",
+        Rewound.from_json,
+        body={"to_step": to_step},
+        ordered=(run_id, "rewind"),
+        identified=True,
+    )
 
 
 def resize(
-    run_id: str,
-    step: int,
-    world_size: int | None,
-    batch_size: int | None,
-    identity: Mapping[str, Any] | None,
+    run_id: str, step: int, world_size: int | None = None, batch_size: int | None = None
 ) -> Call[Resized]:
-    body: dict[str, Any] = {"step": step}
-    if world_size is not None:
-        body["world_size"] = world_size
-    if batch_size is not None:
-        body["batch_size"] = batch_size
-    if identity:
-        body["client"] = dict(identity)
-    return Call("POST", f"{run_path(run_id)}/resize", Resized.from_json, body=body)
+    """An elastic job's new size (exactly one of `world_size` and the global `batch_size`,
+    as the run's scaling rule counts) from training `step` on: the service rescales the
+    lrs by the rule and logs it as a scale entry (`resized` False when that size is
+    already in force, so it is safe at every restart). Call it when the job restarts with
+    another world size, before its first step; `step` may not be below the last decided
+    step. The run's buffered observations are sent first; while any is left, this raises
+    `ServiceUnavailableError`."""
+    body = {"step": step} | _unset_none(world_size=world_size, batch_size=batch_size)
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/resize",
+        Resized.from_json,
+        body=body,
+        ordered=(run_id, "resize"),
+        identified=True,
+    )
 
 
-def verify(run_id: str, head: str | None) -> Call[Verified]:
-    body = {"head": head} if head is not None else {}
-    return Call("POST", f"{run_path(run_id)}/verify", Verified.from_json, body=body)
+# --- the rates: at one step, over a range --------------------------------------------------------
 
 
-def lrs_in_force(run_id: str, step: int | None) -> Call[LrsInForce]:
-    params = None if step is None else {"step": step}
-    return Call("GET", f"{run_path(run_id)}/lr", LrsInForce.from_json, params=params)
+def lr_at(run_id: str, step: int | None = None, wait: float = 0.0) -> Call[LrAt]:
+    """The rates in force at `step` (GET /lr; the current ones if None), and the decision that
+    set them. With `wait` (leader mode: one rank posts, the others read), the service answers
+    once the run is decided through `step`, or after `wait` seconds (at most 60; `certain`
+    says which). In "buffer" mode, while the service cannot be reached: the last known ones,
+    with `provisional` True."""
+    params: dict[str, Any] = {} if step is None else {"step": step}
+    if wait:
+        params["wait"] = wait
+    return Call(
+        "GET",
+        f"{run_path(run_id)}/lr",
+        LrAt.from_json,
+        params=params or None,
+        read_timeout=wait + 10.0 if wait else None,
+        offline=lambda res: res.lrs_in_force(run_id, step),
+    )
 
 
-def lrs_ahead(run_id: str, first: int, count: int) -> Call[LrsAhead]:
-    params = {"from": first, "count": count}
-    return Call("GET", f"{run_path(run_id)}/lrs", LrsAhead.from_json, params=params)
+def lrs_range(run_id: str, first: int, count: int = 1000) -> Call[LrsRange]:
+    """The rates of `count` consecutive steps from `first` (GET /lrs; at most 10,000): a rank
+    that needs an lr every training step fetches once per `count` steps. In "buffer" mode,
+    while the service cannot be reached: the last known ones, with `provisional` True and
+    nothing certain."""
+    return Call(
+        "GET",
+        f"{run_path(run_id)}/lrs",
+        LrsRange.from_json,
+        params={"from": first, "count": count},
+        offline=lambda res: res.lrs_ahead(run_id, first, count),
+    )
 
 
-def decisions(run_id: str, after: int, limit: int, action: str | None) -> Call[Page[Decision]]:
-    params: dict[str, str | int] = {"after": after, "limit": limit}
-    if action is not None:
-        params["action"] = action
+# --- the log -------------------------------------------------------------------------------------
+
+
+def decisions(
+    run_id: str,
+    after: int = 0,
+    limit: int = 100,
+    action: str | None = None,
+    *,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    superseded: bool | None = None,
+) -> Call[Page[Decision]]:
+    """One page of the decision log (at most `limit`, up to 1000), oldest first, starting
+    after seq `after`. Filters: `action` (e.g. "reduce", "rewind"), the steps from `from_step`
+    to `to_step` (both included), and `superseded`: False for the live branch only (what a
+    resumed job trained on), True for only what rewinds superseded, None for both."""
+    params: dict[str, Any] = {"after": after, "limit": limit}
+    params |= _unset_none(action=action, from_step=from_step, to_step=to_step)
+    if superseded is not None:
+        params["superseded"] = "true" if superseded else "false"
     return Call(
         "GET",
         f"{run_path(run_id)}/decisions",
         Page[Decision].parser(Decision.from_json),
         params=params,
     )
+
+
+def verify(run_id: str, head: str | None = None) -> Call[Verified]:
+    """Ask the service to replay the run's log through its policy version and check every
+    link; with `head` (from `head_hash`), the log must also end exactly there."""
+    body = {"head": head} if head is not None else {}
+    return Call("POST", f"{run_path(run_id)}/verify", Verified.from_json, body=body)
+
+
+def export(run_id: str) -> Call[httpx.Response]:
+    """GET the run as a bundle (NDJSON): the answer is handed over open, to be streamed."""
+    return Call("GET", f"{run_path(run_id)}/export", _unread, read_answer=_open_answer, stream=True)
+
+
+def import_bundle(bundle: str | os.PathLike[str]) -> Call[Imported]:
+    """Upload a bundle file (as `export` writes it) to the service, streamed: it is checked
+    whole (every link, every decision replayed through its policy version) before anything is
+    stored, and refused (`ValidationError`, naming the line) otherwise. `created` is False
+    when the service held that very log already; a run of that run_id with another log is a
+    `ConflictError`. Requires no more memory than a chunk of the file."""
+    path = Path(bundle)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+
+    def imported(response: httpx.Response) -> Imported:
+        run = Run.from_json(json_of(response, "POST /v1/runs/import"))
+        return Imported(run, created=response.status_code == 201)
+
+    return Call("POST", "/v1/runs/import", _unread, read_answer=imported, upload=path)
+
+
+def _unread(raw: object) -> Any:
+    raise AssertionError("read_answer reads this answer")  # pragma: no cover
+
+
+def _open_answer(response: httpx.Response) -> httpx.Response:
+    return response
+
+
+# --- what-if, policies, probes -------------------------------------------------------------------
+
+
+def simulate(
+    policy: str | None = None,
+    version: int = 1,
+    params: Mapping[str, Any] | None = None,
+    base_lrs: Sequence[float] | None = None,
+    values: Sequence[float] | None = None,
+    *,
+    steps: Sequence[int] | None = None,
+    metric: str | None = None,
+    run_id: str | None = None,
+) -> Call[Simulated]:
+    """What a policy would decide (what-if), stored nowhere: for a metric stream (`values`,
+    at `steps` or steps 1, 2, 3, ...; with `policy`, `version`, `params` and `base_lrs`), or
+    for the live branch of run `run_id` (its own policy and base_lrs unless given; `params`
+    are laid over the run's own, as `lrpilot simulate --set` does; `differing` counts the
+    decisions unlike the run's own). Values may be NaN or ±inf."""
+    body: dict[str, Any] = _unset_none(
+        base_lrs=None if base_lrs is None else encode_floats(base_lrs),
+        values=None if values is None else [encode_float(v) for v in values],
+        steps=None if steps is None else list(steps),
+        metric=metric,
+        run_id=run_id,
+    )
+    if policy is not None:
+        body["policy"] = {"name": policy, "version": version, "params": dict(params or {})}
+    return Call("POST", "/v1/simulate", Simulated.from_json, body=body)
+
+
+def policies() -> Call[tuple[PolicyInfo, ...]]:
+    """Every policy version the service serves: name, version, params schema, defaults."""
+
+    def read(raw: object) -> tuple[PolicyInfo, ...]:
+        return Page[PolicyInfo].parser(PolicyInfo.from_json)(raw).items
+
+    return Call("GET", "/v1/policies", read)
+
+
+def health() -> Call[Health]:
+    """Liveness (GET /healthz): status "ok" while the service runs."""
+    return Call("GET", "/healthz", Health.from_json)
+
+
+def ready() -> Call[Health]:
+    """Readiness (GET /readyz): status "ready" when the database answers; while it does not,
+    the service answers 503, retried, then raised as `ServiceUnavailableError`."""
+    return Call("GET", "/readyz", Health.from_json)
 
 
 def first_lr(lrs: Sequence[float]) -> float:

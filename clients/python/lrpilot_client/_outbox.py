@@ -66,9 +66,7 @@ def aggregated(obs: PendingObservation) -> bool:
 def observe_call(obs: PendingObservation, wait: float | None = None) -> Call[Decision]:
     """The request that sends `obs`, exactly as it was made; a rank's report (aggregated
     mode) may wait `wait` seconds (the run's timeout_s) for the others."""
-    call = _calls.observe(
-        obs.run_id, obs.step, obs.value, obs.rank, obs.world_size, obs.client, obs.weight
-    )
+    call = _calls.observation(obs)
     if not aggregated(obs):
         return call
     read = (UNKNOWN_AGGREGATE_WAIT if wait is None else wait) + AGGREGATE_MARGIN

@@ -3,111 +3,60 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 
 from . import _calls
-from ._calls import Call
-from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, probe_timeout
-from ._retry import Attempts, RetryPolicy
-from .client import (
-    DEFAULT_BASE_URL,
-    DEFAULT_CLOSE_TIMEOUT,
+from ._base import (
     DEFAULT_FLUSH_TIMEOUT,
-    USER_AGENT,
+    RETRY,
+    ClientBase,
+    Destination,
+    awaiting,
+    broken,
     log,
     next_cursor,
+    next_run_cursor,
     report_left,
+    sink,
 )
+from ._calls import Call
+from ._retry import Attempts
 from .errors import LrpilotError, ServiceUnavailableError
-from .models import (
-    Decision,
-    LrsAhead,
-    LrsInForce,
-    Page,
-    PendingObservation,
-    Resized,
-    Rewound,
-    Run,
-    Verified,
-)
+from .models import Decision, Run
 
 __all__ = ["AsyncClient"]
 
 T = TypeVar("T")
 
 
-class AsyncClient:
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    """`path` a chunk at a time, each read on a thread so the event loop goes on."""
+    with path.open("rb") as f:
+        while block := await asyncio.to_thread(f.read, _calls.UPLOAD_CHUNK):
+            yield block
+
+
+class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
     """`Client` for asyncio: same arguments, same retries, same outage handling (the
     `on_unavailable` modes, the outbox, the provisional answers), same results and errors.
 
     The requests and the reading of the answers are shared with `Client` (module `_calls`), and
-    so are the retry decisions and waits (module `_retry`) and every decision about an outage
-    (module `_outbox`); only the sending differs.
+    so are the state and every decision about a call (module `_base`), the retry decisions and
+    waits (module `_retry`) and every decision about an outage (module `_outbox`); only the
+    sending differs.
     """
 
-    def __init__(
-        self,
-        base_url: str = DEFAULT_BASE_URL,
-        timeout: float = 10.0,
-        retries: int = 5,
-        backoff: float = 0.2,
-        max_backoff: float = 5.0,
-        *,
-        rng: random.Random | None = None,
-        identity: Mapping[str, Any] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        on_unavailable: Mode = "buffer",
-        outbox_size: int = DEFAULT_OUTBOX_SIZE,
-        outbox_path: str | os.PathLike[str] | None = None,
-        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-    ) -> None:
-        self._retry = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
-        self._res = Resilience(self._retry, on_unavailable, outbox_size, outbox_path)
-        self.close_timeout = close_timeout
-        # declared with every observation and rewind; {} declares nothing
-        self.identity: dict[str, Any] = (
-            _calls.default_identity() if identity is None else dict(identity)
-        )
+    def _open(
+        self, options: dict[str, Any], transport: httpx.AsyncBaseTransport | None
+    ) -> httpx.AsyncClient:
         self._flushing = asyncio.Lock()  # one sender of the outbox at a time
-        self._closed = False
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=timeout,
-            transport=transport,
-            headers={"User-Agent": USER_AGENT},
-        )
-        self._probe_timeout = probe_timeout(self._http.timeout)
-
-    @property
-    def base_url(self) -> str:
-        return str(self._http.base_url)
-
-    @property
-    def on_unavailable(self) -> Mode:
-        """See `Client.on_unavailable`."""
-        return "buffer" if self._res.buffering else "raise"
-
-    @property
-    def pending(self) -> tuple[PendingObservation, ...]:
-        """See `Client.pending`."""
-        return self._res.outbox.items()
-
-    @property
-    def dropped(self) -> int:
-        """See `Client.dropped`."""
-        return self._res.outbox.dropped
-
-    @property
-    def offline(self) -> bool:
-        """See `Client.offline`."""
-        return self._res.outage.down
+        return httpx.AsyncClient(**options, transport=transport)
 
     async def close(self) -> None:
         """See `Client.close`."""
@@ -140,34 +89,27 @@ class AsyncClient:
         except LrpilotError as error:
             log.error("lrpilot: while closing: %s", error)
 
+    # --- sending (see Client's) ---------------------------------------------------------------
+
     async def _send(self, call: Call[T], attempts: Attempts | None = None) -> T:
-        """See `Client._send`."""
-        if attempts is None:
-            attempts = self._retry.attempts()
-        # a probe connects briefly, and reads as long as the call may wait (a rank's report)
-        timeout = call.timeout(self._probe_timeout if attempts.probe else self._http.timeout)
+        attempts, timeout = self._attempts(call, attempts)
         for wait in attempts:
             if wait > 0:
                 await asyncio.sleep(wait)
+            content = _file_chunks(call.upload) if call.upload else None
             try:
-                response = await self._http.request(
-                    call.method, call.path, params=call.params, json=call.body, timeout=timeout
-                )
+                request = self._request_of(call, timeout, content)
+                response = await self._http.send(request, stream=call.stream)
+                if call.stream and not response.is_success:
+                    await response.aread()
             except httpx.TransportError as exc:
                 attempts.transport_failed(exc)
                 continue
-            if attempts.server_failed(response):
-                continue
-            try:
-                return call.result(response)
-            except LrpilotError as exc:
-                if attempts.foreign_failed(response, exc):
-                    continue
-                raise
+            if (result := self._settle(call, attempts, response)) is not RETRY:
+                return result  # type: ignore[return-value]
         raise attempts.exhausted(call.describe())
 
     async def _flush_pending(self) -> None:
-        """See `Client._flush_pending`."""
         res = self._res
         if not len(res.outbox):
             return
@@ -185,29 +127,23 @@ class AsyncClient:
             finally:
                 res.outbox.save()
 
-    async def _ask(self, call: Call[T], offline: Callable[[], T]) -> T:
-        """See `Client._ask`."""
-        res = self._res
+    async def _call(self, call: Call[T]) -> T:
         await self._flush_pending()
-        if res.due():
+        call, offline, obs = self._plan(call)
+        if offline is None:
             try:
-                result = await self._send(call, res.attempts())
+                result = await self._send(call)
             except ServiceUnavailableError as exc:
-                res.unreachable(exc)
-            else:
-                res.answered(result)
-                return result
-        return offline()
-
-    async def _request(self, call: Call[T]) -> T:
-        """See `Client._request`."""
-        await self._flush_pending()
-        try:
-            result = await self._send(call)
-        except ServiceUnavailableError as exc:
-            if self._res.buffering:
-                self._res.outage.failed(exc)
-            raise
+                self._lost(exc)
+                raise
+        elif self._due(obs):
+            try:
+                result = await self._send(call, self._res.attempts(obs))
+            except ServiceUnavailableError as exc:
+                self._res.unreachable(exc)
+                return offline()
+        else:
+            return offline()
         self._res.answered(result)
         return result
 
@@ -224,114 +160,89 @@ class AsyncClient:
             await self._flush_pending()
         return len(res.outbox)
 
-    async def create_run(
-        self,
-        run_id: str,
-        policy: str = "plateau",
-        version: int = 1,
-        params: Mapping[str, Any] | None = None,
-        base_lrs: Sequence[float] | None = None,
-        metric: str | None = None,
-        labels: Mapping[str, str] | None = None,
-        aggregate: Mapping[str, Any] | None = None,
-        scaling: Mapping[str, Any] | None = None,
-    ) -> Run:
-        """See `Client.create_run`."""
-        return await self._request(
-            _calls.create_run(
-                run_id, policy, version, params, base_lrs, metric, labels, aggregate, scaling
-            )
-        )
+    # --- the API (see Client) -----------------------------------------------------------------
 
-    async def get_run(self, run_id: str) -> Run:
-        """See `Client.get_run`."""
-        return await self._request(_calls.get_run(run_id))
-
-    async def observe(
-        self,
-        run_id: str,
-        step: int,
-        value: float,
-        rank: int | None = None,
-        world_size: int | None = None,
-        weight: float | None = None,
-    ) -> Decision:
-        """See `Client.observe`."""
-        res = self._res
-        obs = PendingObservation(run_id, step, value, rank, world_size, dict(self.identity), weight)
-        await self._flush_pending()
-        if res.due() and not len(res.outbox):  # nothing older of it may be overtaken
-            try:
-                decision = await self._send(res.observe_call(obs), res.attempts(obs))
-            except ServiceUnavailableError as exc:
-                res.unreachable(exc)
-            else:
-                res.answered(decision)
-                return decision
-        return res.hold(obs)
-
-    def head_hash(self, run_id: str) -> str | None:
-        """See `Client.head_hash`."""
-        return self._res.heads.get(run_id)
-
-    async def rewind(self, run_id: str, to_step: int) -> Rewound:
-        """See `Client.rewind`."""
-        await self._flush_pending()
-        self._res.check_sent(run_id, "rewind")
-        return await self._request(_calls.rewind(run_id, to_step, self.identity))
-
-    async def resize(
-        self,
-        run_id: str,
-        step: int,
-        world_size: int | None = None,
-        batch_size: int | None = None,
-    ) -> Resized:
-        """See `Client.resize`."""
-        await self._flush_pending()
-        self._res.check_sent(run_id, "resize")
-        return await self._request(
-            _calls.resize(run_id, step, world_size, batch_size, self.identity)
-        )
-
-    async def verify(self, run_id: str, head: str | None = None) -> Verified:
-        """See `Client.verify`."""
-        return await self._request(_calls.verify(run_id, head))
-
-    async def lrs_in_force(self, run_id: str, step: int | None = None) -> LrsInForce:
-        """See `Client.lrs_in_force`."""
-        return await self._ask(
-            _calls.lrs_in_force(run_id, step), lambda: self._res.lrs_in_force(run_id, step)
-        )
-
-    async def lrs_ahead(self, run_id: str, first: int, count: int = 1000) -> LrsAhead:
-        """See `Client.lrs_ahead`."""
-        return await self._ask(
-            _calls.lrs_ahead(run_id, first, count),
-            lambda: self._res.lrs_ahead(run_id, first, count),
-        )
+    create_run = awaiting(_calls.create_run)
+    get_run = awaiting(_calls.get_run)
+    list_runs = awaiting(_calls.list_runs)
+    summary = awaiting(_calls.summary)
+    observe = awaiting(_calls.observe)
+    rewind = awaiting(_calls.rewind)
+    resize = awaiting(_calls.resize)
+    lr_at = awaiting(_calls.lr_at)
+    lrs_in_force = lr_at  # the former name of lr_at
+    lrs_range = awaiting(_calls.lrs_range)
+    lrs_ahead = lrs_range  # the former name of lrs_range
+    decisions = awaiting(_calls.decisions)
+    verify = awaiting(_calls.verify)
+    import_bundle = awaiting(_calls.import_bundle)
+    simulate = awaiting(_calls.simulate)
+    policies = awaiting(_calls.policies)
+    health = awaiting(_calls.health)
+    ready = awaiting(_calls.ready)
 
     async def lrs(self, run_id: str, step: int | None = None) -> list[float]:
         """See `Client.lrs`."""
-        return list((await self.lrs_in_force(run_id, step)).lrs)
+        return list((await self.lr_at(run_id, step)).lrs)
 
     async def lr(self, run_id: str, step: int | None = None) -> float:
         """See `Client.lr`."""
-        return _calls.first_lr((await self.lrs_in_force(run_id, step)).lrs)
-
-    async def decisions(
-        self, run_id: str, after: int = 0, limit: int = 100, action: str | None = None
-    ) -> Page[Decision]:
-        """See `Client.decisions`."""
-        return await self._request(_calls.decisions(run_id, after, limit, action))
+        return _calls.first_lr((await self.lr_at(run_id, step)).lrs)
 
     async def iter_decisions(
-        self, run_id: str, action: str | None = None, *, limit: int = 100
+        self,
+        run_id: str,
+        action: str | None = None,
+        *,
+        limit: int = 100,
+        from_step: int | None = None,
+        to_step: int | None = None,
+        superseded: bool | None = None,
     ) -> AsyncIterator[Decision]:
         """See `Client.iter_decisions`."""
         after: int | None = 0
         while after is not None:
-            page = await self.decisions(run_id, after=after, limit=limit, action=action)
+            page = await self.decisions(
+                run_id, after, limit, action, from_step=from_step, to_step=to_step,
+                superseded=superseded,
+            )  # fmt: skip
             for decision in page.items:
                 yield decision
             after = next_cursor(page, after)
+
+    async def iter_runs(
+        self, labels: Mapping[str, str] | None = None, *, limit: int = 100
+    ) -> AsyncIterator[Run]:
+        """See `Client.iter_runs`."""
+        after: str | None = None
+        while True:
+            page = await self.list_runs(labels, after, limit)
+            for run in page.items:
+                yield run
+            if (after := next_run_cursor(page, after)) is None:
+                return
+
+    async def export(self, run_id: str, to: Destination) -> int:
+        """See `Client.export` (the file is written on the event loop's thread)."""
+        written = 0
+        with sink(to) as out:
+            async for chunk in self._exported(run_id, lines=False):
+                written += out.write(chunk)  # type: ignore[arg-type]
+        return written
+
+    async def export_lines(self, run_id: str) -> AsyncIterator[str]:
+        """See `Client.export_lines`."""
+        async for line in self._exported(run_id, lines=True):
+            yield line  # type: ignore[misc]
+
+    async def _exported(self, run_id: str, lines: bool) -> AsyncIterator[str | bytes]:
+        call = _calls.export(run_id)
+        response = await self._call(call)
+        try:
+            chunks = response.aiter_lines() if lines else response.aiter_bytes()
+            async for chunk in chunks:
+                yield chunk
+        except httpx.TransportError as exc:
+            raise broken(call, exc) from exc
+        finally:
+            await response.aclose()

@@ -12,22 +12,37 @@ refuses to write NaN into a JSON body). `encode_float` and `decode_float` are th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from .errors import ResponseError
 
 __all__ = [
+    "Best",
     "Counts",
     "Decision",
+    "Health",
+    "Imported",
+    "LrAt",
+    "LrChange",
+    "LrsAhead",
     "LrsInForce",
+    "LrsRange",
     "Page",
     "PendingObservation",
     "Policy",
+    "PolicyInfo",
+    "Resized",
+    "Rewound",
     "Run",
+    "Simulated",
+    "SimulatedDecision",
+    "Summary",
+    "Verified",
     "decode_float",
     "encode_float",
 ]
@@ -147,9 +162,95 @@ class _Fields:
                 f"{self._where(key)}: expected an ISO 8601 time, got {value!r}"
             ) from None
 
+    def opt_boolean(self, key: str) -> bool | None:
+        return None if self._raw.get(key) is None else self.boolean(key)
+
+    def opt_array(self, key: str) -> tuple[Any, ...]:
+        """A list that may be absent or null (then empty)."""
+        return () if self._raw.get(key) is None else tuple(self.array(key))
+
+    def rows(self, key: str) -> tuple[tuple[float, ...], ...]:
+        """A list of lists of numbers (the lrs of consecutive steps)."""
+        return tuple(
+            tuple(decode_float(x, f"{self._where(key)}[{i}]") for x in row)
+            for i, row in enumerate(self.array(key))
+        )
+
+    def opt_obj_or_none(self, key: str) -> dict[str, Any] | None:
+        return self.opt_obj(key) or None
+
+
+# How a field is read, by its annotation: one reader for every model, so that a model is its
+# fields and nothing else (a field of another model's type is read by that model).
+_READERS: dict[str, Callable[[_Fields, str], Any]] = {
+    "str": _Fields.text,
+    "str | None": _Fields.opt_text,
+    "int": _Fields.integer,
+    "int | None": _Fields.opt_integer,
+    "float": _Fields.number,
+    "float | None": _Fields.opt_number,
+    "bool": _Fields.boolean,
+    "bool | None": _Fields.opt_boolean,
+    "datetime": _Fields.timestamp,
+    "tuple[float, ...]": _Fields.numbers,
+    "tuple[tuple[float, ...], ...]": _Fields.rows,
+    "tuple[int, ...]": _Fields.opt_array,
+    "tuple[str, ...]": _Fields.opt_array,
+    "tuple[Mapping[str, Any], ...]": _Fields.opt_array,
+    "Mapping[str, Any]": _Fields.opt_obj,
+    "Mapping[str, Any] | None": _Fields.opt_obj_or_none,
+}
+_MODELS: dict[str, type[_Model]] = {}
+# field metadata: LOCAL, a field the client sets itself (never read); REQUIRED, an object that
+# must be there (not defaulted to {}); and a JSON key other than the field's name
+LOCAL = {"local": True}
+REQUIRED = {"required": True}
+
+
+def _key(name: str) -> dict[str, str]:
+    return {"key": name}
+
+
+def _read_field(f: _Fields, fld: dataclasses.Field[Any]) -> Any:
+    key = fld.metadata.get("key", fld.name)
+    kind = str(fld.type)
+    if fld.metadata.get("required"):
+        return f.obj(key)
+    reader = _READERS.get(kind)
+    if reader is not None:
+        return reader(f, key)
+    if kind.startswith("tuple[") and kind.endswith(", ...]"):
+        model = _MODELS[kind[6:-6]]
+        return tuple(model.from_json(item) for item in f.array(key))
+    if kind.endswith(" | None"):
+        entry = f.opt_obj(key)
+        return _MODELS[kind[:-7]].from_json(entry) if entry else None
+    return _MODELS[kind].from_json(f.obj(key))
+
+
+class _Model:
+    """A typed answer: `from_json` reads each field by its annotation (see `_READERS`), strict,
+    with errors that name the model and the field."""
+
+    _fields: ClassVar[tuple[dataclasses.Field[Any], ...]] = ()
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        _MODELS[cls.__name__] = cls
+
+    @classmethod
+    def from_json(cls, raw: object) -> Self:
+        f = _Fields(raw, cls.__name__)
+        read = {
+            fld.name: _read_field(f, fld)
+            for fld in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if not fld.metadata.get("local")
+        }
+        return cls(**read)
+
 
 @dataclass(frozen=True)
-class Policy:
+class Policy(_Model):
     """A run's resolved policy: every default filled in by the service, so this is exactly
     what decides (e.g. name "plateau", version 1)."""
 
@@ -162,27 +263,17 @@ class Policy:
         """The `name@version` form decisions carry, e.g. "plateau@1"."""
         return f"{self.name}@{self.version}"
 
-    @classmethod
-    def from_json(cls, raw: object) -> Policy:
-        f = _Fields(raw, "Policy")
-        return cls(name=f.text("name"), version=f.integer("version"), params=f.opt_obj("params"))
-
 
 @dataclass(frozen=True)
-class Counts:
+class Counts(_Model):
     """How many decisions a run has, and how many of them lowered the learning rate."""
 
     decisions: int
     reductions: int
 
-    @classmethod
-    def from_json(cls, raw: object) -> Counts:
-        f = _Fields(raw, "Counts")
-        return cls(decisions=f.integer("decisions"), reductions=f.integer("reductions"))
-
 
 @dataclass(frozen=True)
-class Run:
+class Run(_Model):
     """A run as the service holds it: its spec, and where its schedule stands now.
 
     `lrs` are the rates in force after the last decision (one per param group); `last_step` is
@@ -209,35 +300,9 @@ class Run:
     # aggregated mode: timeout_s and on_timeout; empty for a leader-mode run
     aggregate: Mapping[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_json(cls, raw: object) -> Run:
-        f = _Fields(raw, "Run")
-        return cls(
-            run_id=f.text("run_id"),
-            policy=Policy.from_json(f.obj("policy")),
-            base_lrs=f.numbers("base_lrs"),
-            metric=f.opt_text("metric"),
-            labels=f.opt_obj("labels"),
-            config_hash=f.text("config_hash"),
-            lrs=f.numbers("lrs"),
-            last_step=f.opt_integer("last_step"),
-            last_seq=f.integer("last_seq"),
-            counts=Counts.from_json(f.obj("counts")),
-            status=f.text("status"),
-            created_at=f.timestamp("created_at"),
-            head_hash=f.opt_text("head_hash"),
-            scaling=f.opt_obj("scaling"),
-            scale=f.opt_obj("scale"),
-            aggregate=f.opt_obj("aggregate"),
-        )
-
-
-def _has(raw: object, key: str) -> bool:
-    return isinstance(raw, dict) and raw.get(key) is not None
-
 
 @dataclass(frozen=True)
-class Decision:
+class Decision(_Model):
     """One entry of a run's decision log: what was observed, what the policy did, and why.
 
     `value` may be NaN or ±inf (a diverged loss is a legitimate observation); it is None in a
@@ -270,7 +335,7 @@ class Decision:
     created_at: datetime
     client: Mapping[str, Any] = field(default_factory=dict)
     rewind: Mapping[str, Any] | None = None
-    provisional: bool = False
+    provisional: bool = field(default=False, metadata=LOCAL)
     # elastic jobs: the scaling rule's factor on the policy's lrs (None: 1); in a scale
     # entry (`action` "scale"), `resize` says by what, from which size, to which
     scale: float | None = None
@@ -293,33 +358,6 @@ class Decision:
         the job's choice."""
         return self.action == "stop"
 
-    @classmethod
-    def from_json(cls, raw: object) -> Decision:
-        f = _Fields(raw, "Decision")
-        return cls(
-            run_id=f.text("run_id"),
-            seq=f.integer("seq"),
-            step=f.integer("step"),
-            value=f.opt_number("value"),
-            lrs=f.numbers("lrs"),
-            previous_lrs=f.numbers("previous_lrs"),
-            action=f.text("action"),
-            reason=f.text("reason"),
-            policy=f.text("policy"),
-            config_hash=f.text("config_hash"),
-            state=f.opt_obj("state"),
-            hash=f.text("hash"),
-            prev_hash=f.opt_text("prev_hash"),
-            created_at=f.timestamp("created_at"),
-            client=f.opt_obj("client"),
-            rewind=f.opt_obj("rewind") or None,
-            scale=f.opt_number("scale"),
-            resize=f.opt_obj("resize") or None,
-            ranks=tuple(f.array("ranks")) if _has(raw, "ranks") else (),
-            missing_ranks=tuple(f.array("missing_ranks")) if _has(raw, "missing_ranks") else (),
-            timeout_s=f.opt_number("timeout_s"),
-        )
-
     @property
     def counted(self) -> tuple[int, ...]:
         """The ranks whose reports this decision counted (aggregated runs; empty otherwise)."""
@@ -327,13 +365,16 @@ class Decision:
 
 
 @dataclass(frozen=True)
-class LrsInForce:
-    """The rates in force at a training step, for ranks that read but do not report.
+class LrAt(_Model):
+    """The rates in force at a training step (GET /v1/runs/{run_id}/lr), for ranks that read
+    but do not report.
 
     `seq` is the decision that set them and `decided_at_step` its step; both are None while the
     run has no decision yet (the rates are then the base rates). `step` echoes the step asked
-    about, None when the current rates were asked for. `provisional` is True when the service
-    could not be reached and these are the last rates the client knows (see `Client`).
+    about, None when the current rates were asked for. `certain` is True when no later
+    evaluation can change them (None when the answer did not say). `provisional` is True when
+    the service could not be reached and these are the last rates the client knows (see
+    `Client`).
     """
 
     run_id: str
@@ -341,22 +382,15 @@ class LrsInForce:
     lrs: tuple[float, ...]
     seq: int | None
     decided_at_step: int | None
-    provisional: bool = False
+    provisional: bool = field(default=False, metadata=LOCAL)
+    certain: bool | None = None
 
-    @classmethod
-    def from_json(cls, raw: object) -> LrsInForce:
-        f = _Fields(raw, "LrsInForce")
-        return cls(
-            run_id=f.text("run_id"),
-            step=f.opt_integer("step"),
-            lrs=f.numbers("lrs"),
-            seq=f.opt_integer("seq"),
-            decided_at_step=f.opt_integer("decided_at_step"),
-        )
+
+LrsInForce = LrAt  # the name before `LrAt`, kept for existing code
 
 
 @dataclass(frozen=True)
-class LrsAhead:
+class LrsRange(_Model):
     """The rates of `count` consecutive training steps from `first` (GET /lrs), fetched ahead so
     that a rank needs one request per `count` steps. `certain_through` is the last step whose
     rates no later evaluation can change (all of them for a pure schedule; None when none is
@@ -365,11 +399,11 @@ class LrsAhead:
     `Client`): nothing is certain then."""
 
     run_id: str
-    first: int
+    first: int = field(metadata=_key("from"))
     lrs: tuple[tuple[float, ...], ...]
     certain_through: int | None
     open_loop: bool
-    provisional: bool = False
+    provisional: bool = field(default=False, metadata=LOCAL)
 
     def at(self, step: int) -> tuple[float, ...]:
         """The rates at `step`, which must be within the fetched range."""
@@ -379,20 +413,8 @@ class LrsAhead:
             )
         return self.lrs[step - self.first]
 
-    @classmethod
-    def from_json(cls, raw: object) -> LrsAhead:
-        f = _Fields(raw, "LrsAhead")
-        rows = f.array("lrs")
-        return cls(
-            run_id=f.text("run_id"),
-            first=f.integer("from"),
-            lrs=tuple(
-                tuple(decode_float(x, f"LrsAhead.lrs[{i}]") for x in row)
-                for i, row in enumerate(rows)
-            ),
-            certain_through=f.opt_integer("certain_through"),
-            open_loop=f.boolean("open_loop"),
-        )
+
+LrsAhead = LrsRange  # the name before `LrsRange`, kept for existing code
 
 
 @dataclass(frozen=True)
@@ -414,13 +436,22 @@ class Page(Generic[T]):
         return parse
 
 
+@dataclass(frozen=True)
+class RunPage(_Model):
+    """One page of runs (GET /v1/runs), in run_id order. `next` is the run_id to pass as
+    `after` for the following page, None on the last page."""
+
+    items: tuple[Run, ...]
+    next: str | None
+
+
 def encode_floats(values: Sequence[float]) -> list[float | str]:
     """`encode_float` over a list (e.g. base_lrs)."""
     return [encode_float(v) for v in values]
 
 
 @dataclass(frozen=True)
-class Rewound:
+class Rewound(_Model):
     """The answer to a rewind: `rewound` is False when `to_step` was at or past the last step
     (nothing changed); else `decision` is the rewind's entry in the chain."""
 
@@ -430,21 +461,9 @@ class Rewound:
     lrs: tuple[float, ...]
     decision: Decision | None
 
-    @classmethod
-    def from_json(cls, raw: object) -> Rewound:
-        f = _Fields(raw, "Rewound")
-        entry = f.opt_obj("decision")
-        return cls(
-            run_id=f.text("run_id"),
-            to_step=f.integer("to_step"),
-            rewound=f.boolean("rewound"),
-            lrs=f.numbers("lrs"),
-            decision=Decision.from_json(entry) if entry else None,
-        )
-
 
 @dataclass(frozen=True)
-class Resized:
+class Resized(_Model):
     """The answer to a resize: `resized` is False when the size was already in force; else
     `decision` is the scale entry in the chain. `scale` is the size in force, its factor on the
     policy's lrs and the step it applies from; `lrs` the rates in force now."""
@@ -453,27 +472,15 @@ class Resized:
     step: int
     resized: bool
     lrs: tuple[float, ...]
-    scale: Mapping[str, Any]
+    scale: Mapping[str, Any] = field(metadata=REQUIRED)
     decision: Decision | None
-
-    @classmethod
-    def from_json(cls, raw: object) -> Resized:
-        f = _Fields(raw, "Resized")
-        entry = f.opt_obj("decision")
-        return cls(
-            run_id=f.text("run_id"),
-            step=f.integer("step"),
-            resized=f.boolean("resized"),
-            lrs=f.numbers("lrs"),
-            scale=f.obj("scale"),
-            decision=Decision.from_json(entry) if entry else None,
-        )
 
 
 @dataclass(frozen=True)
-class Verified:
+class Verified(_Model):
     """The service's check of a run's log: `ok`, how many decisions, the head it ends at, and
-    the first mismatch (a mapping with line, seq, message, expected, found) when not ok."""
+    the first mismatch (a mapping with line, seq, message, expected, found) when not ok;
+    `last_step` the last step checked, `notes` what the check found worth saying."""
 
     ok: bool
     count: int
@@ -481,22 +488,114 @@ class Verified:
     superseded: int
     rewinds: int
     mismatch: Mapping[str, Any] | None
-
-    @classmethod
-    def from_json(cls, raw: object) -> Verified:
-        f = _Fields(raw, "Verified")
-        return cls(
-            ok=f.boolean("ok"),
-            count=f.integer("count"),
-            head_hash=f.text("head_hash"),
-            superseded=f.integer("superseded"),
-            rewinds=f.integer("rewinds"),
-            mismatch=f.opt_obj("mismatch") or None,
-        )
+    last_step: int | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
-class PendingObservation:
+class Best(_Model):
+    """A run's best metric so far and its step (None before any), as `mode` counts best."""
+
+    value: float | None
+    step: int | None
+    mode: str
+
+
+@dataclass(frozen=True)
+class LrChange(_Model):
+    """A decision of the live branch that changed the lrs."""
+
+    seq: int
+    step: int
+    lrs: tuple[float, ...]
+    action: str
+
+
+@dataclass(frozen=True)
+class Summary(_Model):
+    """A run's reductions and progress (GET /v1/runs/{run_id}/summary): `decisions` of its live
+    branch, first and last step, best metric, every change of the lrs, how many decisions
+    rewinds superseded, the head hash and the lrs now; `range_test` the suggested lr of an LR
+    range test (None for other policies)."""
+
+    run_id: str
+    decisions: int
+    first_step: int | None
+    last_step: int | None
+    best: Best
+    lr_changes: tuple[LrChange, ...]
+    superseded: int
+    head_hash: str
+    lrs: tuple[float, ...]
+    range_test: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class SimulatedDecision(_Model):
+    """One decision of a what-if (stored nowhere). With a run's stream, `recorded` is the run's
+    own decision (action, lrs) and `scale` the factor its resizes had put on the lrs."""
+
+    step: int
+    value: float
+    action: str
+    lrs: tuple[float, ...]
+    previous_lrs: tuple[float, ...]
+    reason: str
+    recorded: Mapping[str, Any] | None = None
+    scale: float | None = None
+
+
+@dataclass(frozen=True)
+class Simulated(_Model):
+    """The answer to `simulate`: the policy (`name@version`) and params that decided, the
+    base lrs, and each decision; `differing` counts, with a run's stream, the decisions unlike
+    the run's own (None for a stream of values)."""
+
+    policy: str
+    params: Mapping[str, Any]
+    base_lrs: tuple[float, ...]
+    count: int
+    differing: int | None
+    items: tuple[SimulatedDecision, ...]
+
+
+@dataclass(frozen=True)
+class PolicyInfo(_Model):
+    """A served policy version (GET /v1/policies): its params' JSON schema, their defaults, a
+    description and the actions its decisions may take."""
+
+    name: str
+    version: int
+    params_schema: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+    description: str
+    actions: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> str:
+        """`name@version`, e.g. "plateau@1"."""
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Health(_Model):
+    """A probe's answer: `status` "ok" (alive) or "ready" (the database answers)."""
+
+    status: str
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Imported:
+    """The answer to an import: the run as stored, and `created` False when the service held
+    that very log already (nothing changed)."""
+
+    run: Run
+    created: bool
+
+
+@dataclass(frozen=True)
+class PendingObservation(_Model):
     """An observation the client could not send yet (see `Client.pending`). It is sent later
     exactly as it was made, with the identity (`client`) of the process that made it."""
 
@@ -525,16 +624,3 @@ class PendingObservation:
             "client": dict(self.client),
             "weight": self.weight,
         }
-
-    @classmethod
-    def from_json(cls, raw: object) -> PendingObservation:
-        f = _Fields(raw, "PendingObservation")
-        return cls(
-            run_id=f.text("run_id"),
-            step=f.integer("step"),
-            value=f.number("value"),
-            rank=f.opt_integer("rank"),
-            world_size=f.opt_integer("world_size"),
-            client=f.opt_obj("client"),
-            weight=f.opt_number("weight"),
-        )

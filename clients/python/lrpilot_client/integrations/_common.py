@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..client import Client
-from ..models import LrsAhead, Run
+from ..models import LrsRange, Run
 
 __all__ = [
     "DEFAULT_AHEAD",
@@ -52,19 +52,19 @@ class LrsCursor:
         self.run_id = run_id
         self.ahead = ahead
         self.fetches = 0
-        self._block: LrsAhead | None = None
+        self._block: LrsRange | None = None
         self._observed = False
 
     def at(self, step: int) -> tuple[float, ...]:
         """The rates in force at training `step` (one per param group)."""
         block = self._block
         if block is None or not self._serves(block, step):
-            block = self._block = self.client.lrs_ahead(self.run_id, step, self.ahead)
+            block = self._block = self.client.lrs_range(self.run_id, step, self.ahead)
             self._observed = False
             self.fetches += 1
         return block.at(step)
 
-    def _serves(self, block: LrsAhead, step: int) -> bool:
+    def _serves(self, block: LrsRange, step: int) -> bool:
         if getattr(block, "provisional", False):
             # the client's stand-in while the service is away (the last known rates): good for
             # this step only, so the rates are right again as soon as it is back (a client that
@@ -110,18 +110,15 @@ def _bits(x: float) -> bytes:
 
 
 def live_observations(client: Client, run_id: str) -> list[Observed]:
-    """The observations (and resizes) of the run's live branch, in step order: the whole log,
-    read page by page, each rewind dropping the entries past its `to_step` (which it
-    superseded)."""
+    """The observations (and resizes) of the run's live branch, in step order: what the
+    service serves as not superseded, read page by page (its rewind entries say only where the
+    branch turned)."""
     live: list[Observed] = []
-    for d in client.iter_decisions(run_id):
-        if d.action == "rewind":
-            to_step = int((d.rewind or {}).get("to_step", d.step))
-            live = [o for o in live if o.step <= to_step]
-        elif d.action == "scale" and d.resize:
+    for d in client.iter_decisions(run_id, superseded=False):
+        if d.action == "scale" and d.resize:
             size = (str(d.resize["by"]), int(d.resize["to"]))
             live.append(Observed(d.step, math.nan, d.lrs, size))
-        elif d.value is not None:
+        elif d.action != "rewind" and d.value is not None:
             live.append(Observed(d.step, d.value, d.lrs))
     return live
 

@@ -1,7 +1,9 @@
-"""``lrpilot export | import | verify | keygen | replay``: audit and replay from the command line.
+"""``lrpilot export | import | verify | keygen | simulate``: audit and what-if from the command
+line.
 
-``verify`` and ``replay`` work on a bundle file alone, with no server and no database;
-``export`` and ``import`` talk to a running service.
+``verify`` and ``simulate`` (what-if; ``replay`` is its former name, kept as an alias) work on a
+bundle file alone, with no server and no database; ``export`` and ``import`` talk to a running
+service, through ``lrpilot_client``.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -27,36 +28,18 @@ from lrpilot.bundle import (
     read_lines,
     read_raw,
 )
+from lrpilot.cli._common import DEFAULT_URL, Url, client, detail_text, fail, service_errors
 from lrpilot.policies import PolicyError
 from lrpilot.signing import SigningKeyError, keygen, load_public_key
 from lrpilot.whatif import Comparison, Setup, compare, run_setup
+from lrpilot_client import LrpilotError
 
 T = TypeVar("T", str, bytes)
 out = Console(soft_wrap=True)  # a hash or a path never breaks across lines
 err = Console(stderr=True, soft_wrap=True)
 
-Url = Annotated[
-    str,
-    typer.Option("--url", envvar="LRPILOT_URL", help="the service, e.g. http://127.0.0.1:8000"),
-]
 BundleFile = Annotated[Path, typer.Argument(help="a bundle (NDJSON), as `lrpilot export` writes")]
-TIMEOUT = httpx.Timeout(30.0, read=300.0)
 PROGRESS_FROM_BYTES = 4 << 20  # a bar only for files that take more than a moment
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"lrpilot: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        return response.text[:500]
-    if isinstance(detail, list):
-        return "; ".join(str(item.get("msg", item)) for item in detail)
-    return str(detail)
 
 
 def _lines_with_progress(
@@ -93,7 +76,7 @@ def _progress(path: Path) -> Progress | None:
 
 def _readable(path: Path) -> None:
     if not path.is_file():
-        _fail(f"{path}: no such file")
+        fail(f"{path}: no such file")
 
 
 def register(app: typer.Typer) -> None:
@@ -101,68 +84,46 @@ def register(app: typer.Typer) -> None:
     app.command("import")(import_)
     app.command("verify")(verify)
     app.command("keygen")(keygen_)
-    app.command("replay")(replay_)
+    app.command("simulate")(simulate)
+    app.command("replay", help="The former name of `lrpilot simulate` (an alias).")(simulate)
 
 
 def export(
     run_id: Annotated[str, typer.Argument(help="the run to export")],
-    url: Url = "http://127.0.0.1:8000",
+    url: Url = DEFAULT_URL,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="the file to write (default: stdout)")
     ] = None,
 ) -> None:
     """Download a run as a bundle: its spec, every decision (both branches of a rewound run),
     and a trailer with the head hash (signed when the service has a signing key)."""
-    try:
-        with (
-            httpx.Client(base_url=url, timeout=TIMEOUT) as client,
-            client.stream("GET", f"/v1/runs/{run_id}/export") as response,
-        ):
-            if response.status_code != 200:
-                response.read()
-                _fail(f"export of {run_id!r} failed ({response.status_code}): {_detail(response)}")
-            sink = output.open("wb") if output else sys.stdout.buffer
-            try:
-                for chunk in response.iter_bytes():
-                    sink.write(chunk)
-            finally:
-                if output:
-                    sink.close()
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {url}: {exc}")
+
+    def failed(exc: LrpilotError) -> str:
+        return f"export of {run_id!r} failed ({exc.status_code}): {detail_text(exc)}"
+
+    with service_errors(url, failed), client(url) as lrpilot:
+        lrpilot.export(run_id, output if output else sys.stdout.buffer)
     if output:
         err.print(f"wrote {output}", markup=False)
 
 
 def import_(
     bundle: BundleFile,
-    url: Url = "http://127.0.0.1:8000",
+    url: Url = DEFAULT_URL,
 ) -> None:
     """Upload a bundle to a service: it is checked whole (every link, every decision replayed
     through its policy version) before anything is stored."""
     _readable(bundle)
 
-    def chunks() -> Iterator[bytes]:
-        with bundle.open("rb") as f:
-            while block := f.read(1 << 20):
-                yield block
+    def failed(exc: LrpilotError) -> str:
+        return f"import refused ({exc.status_code}): {detail_text(exc)}"
 
-    try:
-        with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-            response = client.post(
-                "/v1/runs/import",
-                content=chunks(),
-                headers={"content-type": "application/x-ndjson"},
-            )
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {url}: {exc}")
-    if response.status_code not in (200, 201):
-        _fail(f"import refused ({response.status_code}): {_detail(response)}")
-    run = response.json()
-    what = "imported" if response.status_code == 201 else "already there, identical:"
+    with service_errors(url, failed), client(url) as lrpilot:
+        imported = lrpilot.import_bundle(bundle)
+    run = imported.run
+    what = "imported" if imported.created else "already there, identical:"
     out.print(
-        f"{what} run {run['run_id']}: {run['counts']['decisions']} decisions, head "
-        f"{run['head_hash']}",
+        f"{what} run {run.run_id}: {run.counts.decisions} decisions, head {run.head_hash}",
         markup=False,
     )
 
@@ -185,7 +146,7 @@ def verify(
     try:
         key = load_public_key(public_key) if public_key else None
     except SigningKeyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     progress = _progress(bundle)
     with progress or contextlib.nullcontext():
         lines = _lines_with_progress(bundle, progress, "verifying", read_raw)
@@ -223,7 +184,7 @@ def keygen_(
     private, public = Path(f"{prefix}.pem"), Path(f"{prefix}.pub.pem")
     for path in (private, public):
         if path.exists():
-            _fail(f"{path} exists; not overwriting a key")
+            fail(f"{path} exists; not overwriting a key")
     key_id = keygen(private, public)
     out.print(f"key {key_id}: private {private} (mode 600), public {public}", markup=False)
     out.print(
@@ -231,7 +192,7 @@ def keygen_(
     )
 
 
-def replay_(
+def simulate(
     bundle: BundleFile,
     set_: Annotated[
         list[str] | None,
@@ -246,22 +207,23 @@ def replay_(
     ] = None,
     rows: Annotated[int, typer.Option(help="differences to list at most")] = 30,
 ) -> None:
-    """Replay a recorded run's metric stream under other params ("what if") and show, side by
-    side, where the decisions would differ. Offline: the bundle is all it needs."""
+    """What if: replay a recorded run's metric stream under other params and show, side by
+    side, where the decisions would differ. Offline: the bundle is all it needs (`lrpilot
+    replay` is the same command under its former name)."""
     _readable(bundle)
     overrides = dict(_assignment(item) for item in set_ or [])
     try:
         run = bundle_run(lambda: read_lines(bundle))
         setup = run_setup(run, overrides, policy)
     except (PolicyError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     progress = _progress(bundle)
     try:
         with progress or contextlib.nullcontext():
             lines = _lines_with_progress(bundle, progress, "replaying", read_lines)
             result = compare(setup, live_branch(lines), keep=rows)
     except Mismatch as exc:
-        _fail(f"{bundle}: {exc}")
+        fail(f"{bundle}: {exc}")
     _print_comparison(run, setup, overrides, result, rows)
     if plot is not None:
         _plot(run, setup, overrides, result, plot)
@@ -271,7 +233,7 @@ def replay_(
 def _assignment(item: str) -> tuple[str, Any]:
     name, eq, raw = item.partition("=")
     if not eq or not name:
-        _fail(f"--set takes name=value, got {item!r}")
+        fail(f"--set takes name=value, got {item!r}")
     try:
         value = json.loads(raw)
     except ValueError:
@@ -328,7 +290,7 @@ def _plot(
         matplotlib.use("Agg")  # a file, never a window
         import matplotlib.pyplot as plt
     except ImportError:
-        _fail("--plot needs matplotlib: pip install 'lrpilot[plot]'")
+        fail("--plot needs matplotlib: pip install 'lrpilot[plot]'")
     fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
     changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or setup.policy_id
     ax.step(result.steps, result.recorded_lr, where="post", label="recorded lr", linewidth=2)

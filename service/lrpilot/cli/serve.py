@@ -1,24 +1,21 @@
-"""The ``lrpilot`` command: serve the API, migrate the database."""
+"""``lrpilot serve | db upgrade``: serve the API, migrate the database, and the start-up checks
+that turn a misconfigured deployment into one line saying what to do."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 from collections.abc import Iterator
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import sqlalchemy as sa
 import typer
 from rich.console import Console
 
-from lrpilot import cli_audit, cli_plot
+from lrpilot.cli._common import fail
 from lrpilot.settings import Settings
 
-app = typer.Typer(
-    help="lrpilot: a deterministic learning-rate schedule service.", no_args_is_help=True
-)
 db = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
-app.add_typer(db, name="db")
 console = Console(stderr=True)
 
 DatabaseUrl = Annotated[
@@ -52,7 +49,11 @@ def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None
     )
 
 
-@app.command()
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.add_typer(db, name="db")
+
+
 def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
@@ -87,18 +88,12 @@ def serve(
     try:
         service = create_app(settings)
     except SigningKeyError as exc:
-        _fail(f"{exc}; LRPILOT_SIGNING_KEY must name an Ed25519 key (`lrpilot keygen` writes one)")
+        fail(f"{exc}; LRPILOT_SIGNING_KEY must name an Ed25519 key (`lrpilot keygen` writes one)")
     uvicorn.run(service, host=host, port=port, log_level=log_level)
 
 
 # ---------------------------------------------------------------------------------------------
 # start-up checks: a misconfigured deployment gets one line that says what to do, not a traceback
-
-
-def _fail(message: str) -> NoReturn:
-    # Plain echo, not rich: rich would wrap the line and read "[postgres]" as markup.
-    typer.echo(f"lrpilot: {message}", err=True)
-    raise typer.Exit(1)
 
 
 def _where(url: sa.URL) -> str:
@@ -129,13 +124,13 @@ def _parse(raw: str) -> sa.URL:
     try:
         url = sa.make_url(raw)
     except sa.exc.ArgumentError:
-        _fail(
+        fail(
             "the database URL is not a SQLAlchemy URL; use sqlite:///PATH or "
             "postgresql+psycopg2://USER:PASSWORD@HOST:PORT/DATABASE"
         )
     backend = url.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        _fail(f"lrpilot stores its data in SQLite or PostgreSQL, not {backend}")
+        fail(f"lrpilot stores its data in SQLite or PostgreSQL, not {backend}")
     return url
 
 
@@ -145,18 +140,18 @@ def _check_driver(url: sa.URL) -> None:
         dialect = url.get_dialect()
         dialect.import_dbapi()
     except sa.exc.NoSuchModuleError:
-        _fail(f"unknown database driver {url.drivername!r}; use postgresql+psycopg2://")
+        fail(f"unknown database driver {url.drivername!r}; use postgresql+psycopg2://")
     except ImportError:
         if driver == "psycopg2":
-            _fail(f"the PostgreSQL driver psycopg2 is not installed: {POSTGRES_EXTRA}")
+            fail(f"the PostgreSQL driver psycopg2 is not installed: {POSTGRES_EXTRA}")
         if url.drivername == "postgresql":
             # SQLAlchemy picks the driver of a bare postgresql:// URL (psycopg since 2.1), which
             # need not be the one lrpilot's extra installs.
-            _fail(
+            fail(
                 f"the URL names no driver (postgresql://) and SQLAlchemy's default, {driver}, "
                 f"is not installed: write postgresql+psycopg2:// and {POSTGRES_EXTRA}"
             )
-        _fail(
+        fail(
             f"the database driver {driver} named by the URL ({url.drivername}://) is not "
             f"installed: install it, or use postgresql+psycopg2:// with {POSTGRES_EXTRA}"
         )
@@ -178,11 +173,11 @@ def check_database(raw_url: str) -> None:
             pass
     except sa.exc.DBAPIError as exc:
         if url.get_backend_name() == "sqlite":
-            _fail(
+            fail(
                 f"cannot open {_where(url)}: {_reason(exc, url)}; check that its directory "
                 "exists and that this user may write there"
             )
-        _fail(
+        fail(
             f"cannot connect to {_where(url)}: {_reason(exc, url)}; check that PostgreSQL runs "
             "and accepts TCP connections there, and the host, port, user and password in "
             "--database-url or LRPILOT_DATABASE_URL"
@@ -198,7 +193,7 @@ def _database_errors(raw_url: str, doing: str) -> Iterator[None]:
         yield
     except sa.exc.DBAPIError as exc:
         url = sa.make_url(raw_url)
-        _fail(f"{doing} {_where(url)} failed: {_reason(exc, url)}")
+        fail(f"{doing} {_where(url)} failed: {_reason(exc, url)}")
 
 
 def _migrate(raw_url: str, revision: str = "head") -> None:
@@ -224,7 +219,7 @@ def _check_schema_is_current(raw_url: str) -> None:
         engine.dispose()
     if current != heads:
         at = f"is at revision {', '.join(sorted(current))}" if current else "has no lrpilot schema"
-        _fail(
+        fail(
             f"{_where(sa.make_url(raw_url))} {at}, this lrpilot needs revision "
             f"{', '.join(sorted(heads))}: run `lrpilot db upgrade` first (or serve without "
             "--no-migrate)"
@@ -234,10 +229,3 @@ def _check_schema_is_current(raw_url: str) -> None:
 def _safe(url: str) -> str:
     """The URL without its password, for logs."""
     return sa.make_url(url).render_as_string(hide_password=True)
-
-
-cli_audit.register(app)
-cli_plot.register(app)
-
-if __name__ == "__main__":
-    app()

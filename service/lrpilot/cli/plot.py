@@ -19,6 +19,7 @@ ramp, "warmup" and "decay": a reduction); the policy id and params as the title.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -26,22 +27,22 @@ import textwrap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
-import httpx
 import typer
 from pydantic import ValidationError
 
 from lrpilot.canonical import canonical_json, parse_float
+from lrpilot.cli._common import DEFAULT_URL, client, fail
 from lrpilot.policies import PolicyError
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.whatif import Setup
+from lrpilot_client import Client, LrpilotError, NotFoundError, ServiceUnavailableError
 
 PLOT_EXTRA = "pip install 'lrpilot[plot]'"
 MAX_POINTS = 5_000_000  # plotted steps at the most: more asks for --every
 LRS_PAGE = 10_000  # steps a GET /lrs answers at the most (the service's MAX_LRS_COUNT)
 DECISIONS_PAGE = 1000
-TIMEOUT = httpx.Timeout(30.0, read=120.0)
 # actions that move the lrs as a schedule's own course, not as news: no mark for them
 SCHEDULE_ACTIONS = frozenset({"warmup", "decay"})
 
@@ -230,83 +231,65 @@ def spec_series(
 # -- a live run ----------------------------------------------------------------------------------
 
 
-def run_series(client: httpx.Client, run_id: str, steps: int | None, every: int = 1) -> Series:
+def run_series(lrpilot: Client, run_id: str, steps: int | None, every: int = 1) -> Series:
     """The plot of a live run: its lrs as the service answers them (GET /lrs), its metric and
     marks from the decisions of its live branch."""
-    run = _get(client, f"/v1/runs/{run_id}", what=f"run {run_id!r}")
-    if steps is None:
-        if run.get("last_step") is None:
-            raise PlotError(f"run {run_id!r} has no decision yet: give --steps")
-        steps = int(run["last_step"])
-    policy = run["policy"]
-    series = Series(
-        title=f"run {run_id}: {policy['name']}@{policy['version']} "
-        f"{canonical_json(policy['params'])}",
-        metric=run.get("metric") or "metric",
-    )
-    last_action = ""
-    for doc in _live_decisions(client, run_id, steps):
-        if doc["action"] == "scale":  # an elastic job resized: no metric, the lrs moved
-            series.marks.append((doc["step"], doc["action"]))
-            continue
-        value = parse_float(doc["value"])
-        series.evaluations.append((doc["step"], value))
-        if changes_lrs(doc["action"], doc["previous_lrs"], doc["lrs"], last_action):
-            series.marks.append((doc["step"], doc["action"]))
-        last_action = doc["action"]
-    wanted = plotted_steps(steps, every, [s for s, _ in series.evaluations])
-    by_step = _served_lrs(client, run_id, wanted)
+    with _service_errors(lrpilot, run_id):
+        run = lrpilot.get_run(run_id)
+        if steps is None:
+            if run.last_step is None:
+                raise PlotError(f"run {run_id!r} has no decision yet: give --steps")
+            steps = run.last_step
+        policy = run.policy
+        series = Series(
+            title=f"run {run_id}: {policy.ref} {canonical_json(dict(policy.params))}",
+            metric=run.metric or "metric",
+        )
+        last_action = ""
+        live = lrpilot.iter_decisions(run_id, limit=DECISIONS_PAGE, to_step=steps, superseded=False)
+        for d in live:
+            if d.action == "rewind":
+                continue
+            if d.action == "scale":  # an elastic job resized: no metric, the lrs moved
+                series.marks.append((d.step, d.action))
+                continue
+            assert d.value is not None  # a decision's: only rewind and scale entries have none
+            series.evaluations.append((d.step, d.value))
+            if changes_lrs(d.action, d.previous_lrs, d.lrs, last_action):
+                series.marks.append((d.step, d.action))
+            last_action = d.action
+        wanted = plotted_steps(steps, every, [s for s, _ in series.evaluations])
+        by_step = _served_lrs(lrpilot, run_id, wanted)
     series.steps = wanted
     series.lrs = [by_step[s] for s in wanted]
     return series
 
 
-def _get(client: httpx.Client, path: str, what: str, **params: Any) -> Any:
+@contextlib.contextmanager
+def _service_errors(lrpilot: Client, run_id: str) -> Iterator[None]:
+    """The client's errors as a `PlotError`: one line for the user."""
     try:
-        response = client.get(path, params=params)
-    except httpx.HTTPError as exc:
-        raise PlotError(f"cannot reach {client.base_url}: {exc}") from None
-    if response.status_code == 404:
-        raise PlotError(f"{what} not found at {client.base_url}")
-    if response.status_code != 200:
-        raise PlotError(f"GET {path} failed ({response.status_code}): {response.text[:300]}")
-    return response.json()
+        yield
+    except NotFoundError:
+        raise PlotError(f"run {run_id!r} not found at {lrpilot.base_url}") from None
+    except ServiceUnavailableError as exc:
+        if exc.status_code is None:
+            raise PlotError(f"cannot reach {lrpilot.base_url}: {exc}") from None
+        raise PlotError(str(exc)) from None
+    except LrpilotError as exc:
+        raise PlotError(str(exc)) from None
 
 
-def _live_decisions(client: httpx.Client, run_id: str, steps: int) -> Iterator[dict[str, Any]]:
-    after = 0
-    while True:
-        page = _get(
-            client,
-            f"/v1/runs/{run_id}/decisions",
-            what=f"run {run_id!r}",
-            after=after,
-            limit=DECISIONS_PAGE,
-            to_step=steps,
-            superseded="false",
-        )
-        for doc in page["items"]:
-            if doc["action"] != "rewind":
-                yield doc
-        if page.get("next") is None:
-            return
-        after = page["next"]
-
-
-def _served_lrs(
-    client: httpx.Client, run_id: str, wanted: list[int]
-) -> dict[int, tuple[float, ...]]:
-    """The lrs of the ``wanted`` steps, read a page of consecutive steps at a time (pages
+def _served_lrs(lrpilot: Client, run_id: str, wanted: list[int]) -> dict[int, tuple[float, ...]]:
+    """The lrs of the ``wanted`` steps, read a range of consecutive steps at a time (ranges
     holding none of them are not asked for)."""
     out: dict[int, tuple[float, ...]] = {}
     i = 0
     while i < len(wanted):
         first = wanted[i]
-        query: dict[str, Any] = {"from": first, "count": LRS_PAGE}
-        page = _get(client, f"/v1/runs/{run_id}/lrs", what=f"run {run_id!r}", **query)
-        rows = page["lrs"]
+        rows = lrpilot.lrs_range(run_id, first, LRS_PAGE).lrs
         while i < len(wanted) and wanted[i] < first + len(rows):
-            out[wanted[i]] = tuple(parse_float(x) for x in rows[wanted[i] - first])
+            out[wanted[i]] = rows[wanted[i] - first]
             i += 1
     return out
 
@@ -416,11 +399,6 @@ def _read_json(path: Path) -> Any:
 # -- the command ---------------------------------------------------------------------------------
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"lrpilot: {message}", err=True)
-    raise typer.Exit(1)
-
-
 def register(app: typer.Typer) -> None:
     app.command("plot")(plot)
 
@@ -463,7 +441,7 @@ def plot(
     url: Annotated[
         str,
         typer.Option("--url", envvar="LRPILOT_URL", help="the service, for --from-run"),
-    ] = "http://127.0.0.1:8000",
+    ] = DEFAULT_URL,
 ) -> None:
     """Draw lr against training step to a PNG: from a run spec (offline, with an optional
     metric stream replayed through the policy), or from a live run (--from-run)."""
@@ -472,8 +450,8 @@ def plot(
         if from_run is not None:
             if spec is not None or values is not None:
                 raise PlotError("--from-run plots a live run: give no SPEC.json and no --values")
-            with httpx.Client(base_url=url, timeout=TIMEOUT) as client:
-                series = run_series(client, from_run, steps, every)
+            with client(url) as lrpilot:
+                series = run_series(lrpilot, from_run, steps, every)
         else:
             if spec is None:
                 raise PlotError("give SPEC.json (a run spec), or --from-run RUN_ID")
@@ -484,9 +462,9 @@ def plot(
             series = spec_series(setup, steps, stream, every, given)
         draw(series, output, linear)
     except PlotError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:  # the PNG could not be written
-        _fail(f"{output}: cannot write: {exc}")
+        fail(f"{output}: cannot write: {exc}")
     typer.echo(
         f"wrote {output}: {len(series.steps)} steps, {len(series.evaluations)} evaluations, "
         f"{len(series.marks)} marks"

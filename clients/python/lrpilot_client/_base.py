@@ -1,0 +1,281 @@
+"""What `Client` and `AsyncClient` share: their arguments and state, their properties, every
+decision about a call that is not I/O, and the making of their API methods from `_calls`.
+
+An API method is its `_calls` function (signature, docstring, request, reading of the answer)
+turned into a method by `sending` (sync) or `awaiting` (async): the two clients differ only in
+how they send (`_call`, `_send`, and the few methods that stream or iterate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import inspect
+import logging
+import os
+import random
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, Concatenate, Generic, ParamSpec, TypeVar, cast
+
+import httpx
+
+from . import _calls
+from ._calls import Call
+from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, probe_timeout
+from ._retry import Attempts, RetryPolicy
+from .errors import LrpilotError, ResponseError, ServiceUnavailableError
+from .models import Page, PendingObservation
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_FLUSH_TIMEOUT",
+    "USER_AGENT",
+    "ClientBase",
+    "awaiting",
+    "next_cursor",
+    "sending",
+]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+H = TypeVar("H", httpx.Client, httpx.AsyncClient)  # the httpx client
+X = TypeVar("X", httpx.BaseTransport, httpx.AsyncBaseTransport)  # and its transport
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+USER_AGENT = "lrpilot-client/0.1.0"
+DEFAULT_FLUSH_TIMEOUT = 30.0
+DEFAULT_CLOSE_TIMEOUT = 10.0
+
+log = logging.getLogger("lrpilot_client")
+
+# where `export` writes: a path, or a file open for writing bytes (sys.stdout.buffer)
+Destination = str | os.PathLike[str] | IO[bytes]
+
+
+class Retry:
+    """`ClientBase._settle`'s answer for an attempt that failed in a way worth retrying."""
+
+
+RETRY = Retry()
+
+
+def next_cursor(page: Page[Any], after: int) -> int | None:
+    """The `after` for the page following `page`, None when `page` was the last.
+
+    A cursor that does not move forward would make the iteration loop forever, so it is
+    treated as a broken answer rather than followed.
+    """
+    if page.next is None:
+        return None
+    if page.next <= after:
+        raise ResponseError(f"pagination did not advance: after={after}, next={page.next}")
+    return page.next
+
+
+def next_run_cursor(page: Any, after: str | None) -> str | None:
+    """`next_cursor` for runs, whose cursor is a run_id (pages come in run_id order)."""
+    if page.next is None:
+        return None
+    if after is not None and page.next <= after:
+        raise ResponseError(f"pagination did not advance: after={after!r}, next={page.next!r}")
+    return cast(str, page.next)
+
+
+def broken(call: Call[Any], exc: httpx.TransportError) -> ServiceUnavailableError:
+    """A streamed answer that broke off midway (it cannot be resumed: the call is not retried)."""
+    return ServiceUnavailableError(
+        f"{type(exc).__name__}: {exc}",
+        attempts=1,
+        message=f"{call.describe()}: the answer broke off: {type(exc).__name__}: {exc}",
+    )
+
+
+@contextlib.contextmanager
+def sink(to: Destination) -> Iterator[IO[bytes]]:
+    """`to` open for writing bytes; a file `export` created is removed if the export fails."""
+    if not isinstance(to, str | os.PathLike):
+        yield to
+        return
+    path = Path(to)
+    try:
+        with path.open("wb") as out:
+            yield out
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _method_like(build: Callable[..., Any], method: Callable[..., Any]) -> None:
+    """Give `method` the name, docstring and signature (with `self`) of `build`."""
+    sig = inspect.signature(build)
+    returns = str(sig.return_annotation)
+    if returns.startswith("Call[") and returns.endswith("]"):
+        returns = returns[5:-1]
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    method.__signature__ = sig.replace(  # type: ignore[attr-defined]
+        parameters=[self_param, *sig.parameters.values()], return_annotation=returns
+    )
+    method.__name__ = build.__name__
+    method.__qualname__ = build.__name__
+    method.__doc__ = build.__doc__
+
+
+def sending(build: Callable[P, Call[T]]) -> Callable[Concatenate[Any, P], T]:
+    """The `Client` method that sends the call `build` makes."""
+
+    def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return cast(T, self._call(build(*args, **kwargs)))
+
+    _method_like(build, method)
+    return method
+
+
+def awaiting(build: Callable[P, Call[T]]) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]:
+    """The `AsyncClient` coroutine method that sends the call `build` makes."""
+
+    async def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return cast(T, await self._call(build(*args, **kwargs)))
+
+    _method_like(build, method)
+    return method
+
+
+class ClientBase(Generic[H, X]):
+    """The state and the I/O-free behaviour of a client; see `Client` for the arguments."""
+
+    _http: H
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float | httpx.Timeout = 10.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        *,
+        rng: random.Random | None = None,
+        identity: Mapping[str, Any] | None = None,
+        transport: X | None = None,
+        on_unavailable: Mode = "buffer",
+        outbox_size: int = DEFAULT_OUTBOX_SIZE,
+        outbox_path: str | os.PathLike[str] | None = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
+        self._retry = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
+        self._res = Resilience(self._retry, on_unavailable, outbox_size, outbox_path)
+        self.close_timeout = close_timeout
+        # declared with every observation and rewind; {} declares nothing
+        self.identity: dict[str, Any] = (
+            _calls.default_identity() if identity is None else dict(identity)
+        )
+        self._closed = False
+        options = {"base_url": base_url, "timeout": timeout, "headers": {"User-Agent": USER_AGENT}}
+        self._http = self._open(options, transport)
+        self._probe_timeout = probe_timeout(self._http.timeout)
+
+    def _open(self, options: dict[str, Any], transport: X | None) -> H:
+        """The httpx client (and the lock that makes one sender of the outbox at a time)."""
+        raise NotImplementedError
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url)
+
+    @property
+    def on_unavailable(self) -> Mode:
+        """What happens when the service cannot be reached: "buffer" or "raise"."""
+        return "buffer" if self._res.buffering else "raise"
+
+    @property
+    def pending(self) -> tuple[PendingObservation, ...]:
+        """The buffered observations not sent yet, oldest first."""
+        return self._res.outbox.items()
+
+    @property
+    def dropped(self) -> int:
+        """How many observations were dropped because the outbox was full."""
+        return self._res.outbox.dropped
+
+    @property
+    def offline(self) -> bool:
+        """True while the service is known to be unreachable (the last try failed)."""
+        return self._res.outage.down
+
+    def head_hash(self, run_id: str) -> str | None:
+        """The hash of the last decision of `run_id` this client received (None before any):
+        record it in a checkpoint or a log, and `verify(run_id, head=...)` later proves that the
+        service's log still ends there (a hash chain alone proves only that it is consistent).
+        A provisional decision changes nothing here."""
+        return self._res.heads.get(run_id)
+
+    # --- the I/O-free part of sending ------------------------------------------------------------
+
+    def _plan(
+        self, call: Call[T]
+    ) -> tuple[Call[T], Callable[[], T] | None, PendingObservation | None]:
+        """After the buffered observations were sent: the call to send, its stand-in answer
+        while the service is away (None: it raises), and the observation it sends, if any."""
+        res = self._res
+        if call.pending is not None:
+            obs = dataclasses.replace(call.pending, client=dict(self.identity))
+            stand_in = cast(Callable[[], T], functools.partial(res.hold, obs))
+            return cast(Call[T], res.observe_call(obs)), stand_in, obs
+        if call.offline is not None:
+            return call, functools.partial(call.offline, res), None
+        if call.ordered is not None:
+            res.check_sent(*call.ordered)
+        if call.identified and self.identity:
+            call = dataclasses.replace(call, body={**(call.body or {}), "client": self.identity})
+        return call, None, None
+
+    def _attempts(self, call: Call[Any], attempts: Attempts | None) -> tuple[Attempts, Any]:
+        """The attempts (the policy's unless given) and the timeout of one call: a probe
+        connects briefly, and reads as long as the call may wait (a rank's report)."""
+        if attempts is None:
+            attempts = self._retry.attempts()
+        timeout = call.timeout(self._probe_timeout if attempts.probe else self._http.timeout)
+        return attempts, timeout
+
+    def _request_of(self, call: Call[Any], timeout: Any, content: Any) -> httpx.Request:
+        return self._http.build_request(
+            call.method, call.path, params=call.params, json=call.body, content=content,
+            headers=call.headers(), timeout=timeout,
+        )  # fmt: skip
+
+    @staticmethod
+    def _settle(call: Call[T], attempts: Attempts, response: httpx.Response) -> T | Retry:
+        """The result of an answer, or RETRY when it is a failure worth another attempt."""
+        if attempts.server_failed(response):
+            return RETRY
+        try:
+            return call.result(response)
+        except LrpilotError as exc:
+            if attempts.foreign_failed(response, exc):
+                return RETRY
+            raise
+
+    def _lost(self, exc: ServiceUnavailableError) -> None:
+        """A call with no stand-in failed: in "buffer" mode the outage schedule takes note."""
+        if self._res.buffering:
+            self._res.outage.failed(exc)
+
+    def _due(self, obs: PendingObservation | None) -> bool:
+        """May the call be sent now? An observation not while older ones are buffered."""
+        return self._res.due() and (obs is None or not len(self._res.outbox))
+
+
+def report_left(res: Resilience) -> None:
+    """At close: say what could not be sent (kept in the outbox file, or lost)."""
+    left = len(res.outbox)
+    if not left:
+        return
+    if res.outbox.path is not None:
+        log.warning(
+            "lrpilot: %d observations not sent, kept in %s for the next client", left,
+            res.outbox.path,
+        )  # fmt: skip
+    else:
+        log.error("lrpilot: %d observations could not be sent and are lost", left)

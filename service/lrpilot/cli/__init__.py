@@ -1,0 +1,23 @@
+"""The ``lrpilot`` command: serve the API and migrate its database (``serve``), export, import,
+verify and simulate runs (``audit``), plot schedules (``plot``). The commands that talk to a
+running service go through ``lrpilot_client``."""
+
+from __future__ import annotations
+
+import typer
+
+from lrpilot.cli import audit, plot, serve
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="lrpilot: a deterministic learning-rate schedule service.", no_args_is_help=True
+)
+serve.register(app)
+audit.register(app)
+plot.register(app)
+
+
+def main() -> None:
+    """The console script's entry point."""
+    app()
