@@ -20,18 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lrpilot.bundle import (
-    Mismatch,
-    bundle_run,
-    check_bundle,
-    live_branch,
-    read_lines,
-    read_raw,
-)
+from lrpilot.audit.bundle import Mismatch, bundle_run, live_branch, read_lines, read_raw
+from lrpilot.audit.signing import SigningKeyError, keygen, load_public_key
+from lrpilot.audit.verify import check_bundle
+from lrpilot.audit.whatif import Comparison, Setup, compare, run_setup
 from lrpilot.cli._common import DEFAULT_URL, Url, client, detail_text, fail, service_errors
 from lrpilot.policies import PolicyError
-from lrpilot.signing import SigningKeyError, keygen, load_public_key
-from lrpilot.whatif import Comparison, Setup, compare, run_setup
+from lrpilot.spec import RunStored
 from lrpilot_client import LrpilotError
 
 T = TypeVar("T", str, bytes)
@@ -242,11 +237,11 @@ def _assignment(item: str) -> tuple[str, Any]:
 
 
 def _print_comparison(
-    run: dict[str, Any], setup: Setup, overrides: dict[str, Any], result: Comparison, rows: int
+    run: RunStored, setup: Setup, overrides: dict[str, Any], result: Comparison, rows: int
 ) -> None:
     changed = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "no param changed"
     out.print(
-        f"run {run['run_id']}: {result.count} observations replayed under {setup.policy_id} "
+        f"run {run.run_id}: {result.count} observations replayed under {setup.policy_id} "
         f"({changed})",
         markup=False,
     )
@@ -282,7 +277,7 @@ def _decision(action: str, lrs: tuple[float, ...]) -> str:
 
 
 def _plot(
-    run: dict[str, Any], setup: Setup, overrides: dict[str, Any], result: Comparison, path: Path
+    run: RunStored, setup: Setup, overrides: dict[str, Any], result: Comparison, path: Path
 ) -> None:
     try:
         import matplotlib
@@ -312,13 +307,13 @@ def _plot(
         color="grey",
         alpha=0.5,
         linewidth=1,
-        label=run.get("metric") or "metric",
+        label=run.metric or "metric",
     )
-    metric_ax.set_ylabel(run.get("metric") or "metric")
+    metric_ax.set_ylabel(run.metric or "metric")
     handles = ax.get_legend_handles_labels()
     metric_handles = metric_ax.get_legend_handles_labels()
     ax.legend(handles[0] + metric_handles[0], handles[1] + metric_handles[1], loc="best")
-    ax.set_title(f"run {run['run_id']}: recorded vs what-if")
+    ax.set_title(f"run {run.run_id}: recorded vs what-if")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

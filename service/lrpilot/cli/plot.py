@@ -4,7 +4,7 @@
     lrpilot plot --from-run RUN_ID [--url URL] [--steps N] [--every K] -o FILE.png
 
 From a spec (what ``PUT /v1/runs/{id}`` takes), offline: the metric stream, if any, is
-replayed through the policy's stepper (as ``lrpilot.replay`` does; no server), and every
+replayed through the one replay loop (``lrpilot.replay``; no server), and every
 plotted step ``s`` gets ``lrs_at(s)`` from the state in force at ``s`` (the state after the last
 evaluation at or before ``s``; the initial state before the first), exactly as
 ``GET lr?step=N`` answers. From a live run: the lrs from ``GET /v1/runs/{id}/lrs``, the metric
@@ -32,11 +32,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from lrpilot.audit.whatif import Setup
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.cli._common import DEFAULT_URL, client, fail
 from lrpilot.policies import PolicyError
 from lrpilot.policies.base import MAX_STEP
-from lrpilot.whatif import Setup
 from lrpilot_client import Client, LrpilotError, NotFoundError, ServiceUnavailableError
 
 PLOT_EXTRA = "pip install 'lrpilot[plot]'"
@@ -97,7 +97,7 @@ def plotted_steps(steps: int, every: int, extra: Sequence[int] = ()) -> list[int
 def read_spec(path: Path) -> tuple[Setup, dict[str, Any]]:
     """The spec in ``path`` (a run spec as PUT /v1/runs/{id} takes it), validated as the service
     validates it: (setup, the params as given)."""
-    from lrpilot.api.models import RunIn
+    from lrpilot.spec import RunSpec as RunIn
 
     doc = _read_json(path)
     try:
@@ -209,18 +209,18 @@ def spec_series(
         metric=setup.metric,
     )
     evaluations = [(s, v) for s, v in stream if s <= steps]
-    state = policy.init(resolved, setup.base_lrs)
-    stepper = policy.stepper(resolved, state, setup.metric)
+    replay = setup.replay()  # the one replay loop, as the service's what-if runs
+    state = replay.state()
     pending = iter(evaluations)
     upcoming = next(pending, None)
     for s in plotted_steps(steps, every, [e for e, _ in evaluations]):
         while upcoming is not None and upcoming[0] <= s:
             step, value = upcoming
-            before, last_action = stepper.lrs, stepper.action
-            action = stepper.advance(step, value)
-            state = stepper.state()
+            before, last_action = replay.stepper.lrs, replay.stepper.action
+            action = replay.observe(step, value)
+            state = replay.state()
             series.evaluations.append((step, value))
-            if changes_lrs(action, before, stepper.lrs, last_action):
+            if changes_lrs(action, before, replay.stepper.lrs, last_action):
                 series.marks.append((step, action))
             upcoming = next(pending, None)
         series.steps.append(s)

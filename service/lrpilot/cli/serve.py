@@ -72,7 +72,7 @@ def serve(
     import uvicorn
 
     from lrpilot.app import create_app
-    from lrpilot.signing import SigningKeyError
+    from lrpilot.audit.signing import SigningKeyError
 
     settings = _settings(database_url)
     check_database(settings.database_url)
