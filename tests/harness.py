@@ -30,6 +30,7 @@ from types import TracebackType
 import httpx
 
 REPO_DIR = Path(__file__).resolve().parent.parent
+GOLDEN_DIR = REPO_DIR / "tests" / "golden"  # frozen forever: see its README.md
 # One worker (one process: its pid is the server's for CPU/RSS sampling), no access log (its
 # formatting is work the trivial app would not pay for), warnings only.
 UVICORN_SETTINGS = ("--workers", "1", "--no-access-log", "--log-level", "warning")

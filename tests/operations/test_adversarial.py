@@ -26,7 +26,15 @@ from lrpilot.chain import verify_chain
 from tests.conftest import BACKENDS, POSTGRES_URL, empty_database
 from tests.harness import LiveServer
 from tests.helpers import run_spec, strict_json
-from tests.test_races import RANKS, STEPS, VALUES, ProcessFleet, _post_steps, logs, servers
+from tests.operations.test_races import (
+    RANKS,
+    STEPS,
+    VALUES,
+    ProcessFleet,
+    _post_steps,
+    logs,
+    servers,
+)
 
 DB_TIMEOUT_S = 1.0
 

@@ -27,7 +27,7 @@ from lrpilot.bundle import check_bundle
 from lrpilot.canonical import float_token
 from tests.harness import LiveServer
 from tests.helpers import plateau_stream, raw_items, run_spec, strict_json
-from tests.test_races import TOPOLOGIES, ProcessFleet, database, logs, servers
+from tests.operations.test_races import TOPOLOGIES, ProcessFleet, database, logs, servers
 
 # one thing a worker did: (kind, step, sent_at, answered_at, status, body); kind is "report"
 # (a rank's report, or a leader-mode post), "duplicate" (the same, sent concurrently), "twin"

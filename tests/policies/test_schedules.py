@@ -1,7 +1,7 @@
 """The schedule families (lrpilot.policies.schedules): params, the policy contract, the
 deterministic arithmetic, and runs of every family through the service.
 
-tests/test_schedules_torch.py checks the lrs against the real torch schedulers; this file checks
+test_schedules_torch.py checks the lrs against the real torch schedulers; this file checks
 everything else: torch's names and defaults, what resolve refuses (and where it says so), that
 step() and the stepper log the curve, and that GET lr, GET lrs and POST /v1/simulate answer it.
 """

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +19,12 @@ from lrpilot.policies import Observation, PolicyError, get_policy
 from lrpilot.policies.range_test import RangeTestParams, RangeTestState
 from lrpilot.replay import replay
 from lrpilot.whatif import Setup
+from tests.harness import GOLDEN_DIR
 from tests.helpers import strict_json
 
 POLICY = get_policy("range_test", 1)
 NAN, INF = math.nan, math.inf
-GOLDEN = Path(__file__).resolve().parent / "golden" / "range_test@1.jsonl"
+GOLDEN = GOLDEN_DIR / "range_test@1.jsonl"
 
 
 def setup(params: dict[str, Any], base_lrs: tuple[float, ...] = (0.1,)) -> tuple[Any, Any]:

@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.harness import REPO_DIR
 from tests.helpers import strict_json
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO_DIR / "README.md"
 README_URL = "http://127.0.0.1:8000"  # where `lrpilot serve` listens by default
 
 

@@ -21,9 +21,9 @@ from lrpilot.settings import Settings
 from lrpilot.store.db import upgrade
 from lrpilot_client import Client
 from tests.conftest import BACKENDS, empty_database
-from tests.harness import LiveServer
+from tests.domain.test_aggregate import aggregated, post_all
+from tests.harness import GOLDEN_DIR, LiveServer
 from tests.helpers import bundle_text, lrpilot_cli, one_line, rechained, run_spec, strict_json
-from tests.test_aggregate import aggregated, post_all
 
 WORLD = {"rule": "linear", "by": "world_size", "base": 8}
 
@@ -433,7 +433,7 @@ def test_a_resize_past_a_waiting_step_refuses_it_and_the_log_stays_true(
     assert httpx.post(f"{url}/v1/runs/p/verify", timeout=30).json()["ok"]
 
 
-GOLDEN_BUNDLE = Path(__file__).parent / "golden" / "bundles" / "elastic.ndjson"
+GOLDEN_BUNDLE = GOLDEN_DIR / "bundles" / "elastic.ndjson"
 
 
 def test_the_frozen_elastic_bundle_verifies_and_round_trips_byte_for_byte(

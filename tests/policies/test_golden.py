@@ -16,9 +16,9 @@ import pytest
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.policies import Observation, get_policy
 from lrpilot.policies.base import MAX_STEP
+from tests.harness import REPO_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden"
+GOLDEN = REPO_DIR / "tests" / "golden"
 FILES = sorted(GOLDEN.glob("*.jsonl"))
 # Schedule families (lrpilot.policies.schedules): one file each, every line with "lrs_at".
 SCHEDULES = (
@@ -136,7 +136,7 @@ def test_make_golden_schedules_refuses_to_overwrite(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "make_golden_schedules.py"),
+            str(REPO_DIR / "scripts" / "make_golden_schedules.py"),
             "--out-dir",
             str(tmp_path),
             "--family",
@@ -157,7 +157,7 @@ def test_make_golden_refuses_to_overwrite(tmp_path: Path) -> None:
     shutil.copyfile(frozen, target)
     before = target.read_bytes()
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make_golden.py"), "--out", str(target)],
+        [sys.executable, str(REPO_DIR / "scripts" / "make_golden.py"), "--out", str(target)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -186,7 +186,7 @@ def test_each_generator_writes_its_golden_files_byte_for_byte(script: str, tmp_p
         ["--out-dir", str(tmp_path)] if family else ["--out", str(tmp_path / f"{names[0]}.jsonl")]
     )
     done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / script), *where],
+        [sys.executable, str(REPO_DIR / "scripts" / script), *where],
         capture_output=True,
         text=True,
         timeout=300,

@@ -15,16 +15,16 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "Dockerfile"
+from tests.harness import REPO_DIR
+
+COMPOSE_FILE = REPO_DIR / "docker-compose.yml"
+DOCKERFILE = REPO_DIR / "Dockerfile"
 
 APP_SERVICES = ("migrate", "service")  # the services that run the lrpilot image
 
@@ -188,7 +188,7 @@ def test_migrate_and_service_run_the_image_built_from_the_dockerfile(
             dockerfile = (
                 "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
             )
-            assert (ROOT / context / dockerfile).resolve() == DOCKERFILE
+            assert (REPO_DIR / context / dockerfile).resolve() == DOCKERFILE
         images.add(svc.get("image"))
     assert len(images) == 1, f"migrate and service run different images: {images}"
 

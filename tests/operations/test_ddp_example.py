@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.harness import REPO_DIR
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ddp_digits.py"
+EXAMPLE = REPO_DIR / "examples" / "ddp_digits.py"
 RUN_ID = "ddp-test"
 EPOCHS = 16  # the example's default: its plateau@1 run reduces the lr at epochs 10 and 15
 

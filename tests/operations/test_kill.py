@@ -23,7 +23,7 @@ from lrpilot.chain import verify_chain
 from tests.conftest import BACKENDS, empty_database
 from tests.harness import LiveServer
 from tests.helpers import run_spec, strict_json
-from tests.test_races import CTX, ProcessFleet
+from tests.operations.test_races import CTX, ProcessFleet
 
 CLIENTS = 4
 RUNS_PER_CLIENT = 5

@@ -3,14 +3,12 @@ example that the policy itself takes, a golden file, and a run the service creat
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
 from lrpilot.policies import POLICIES
+from tests.harness import GOLDEN_DIR
 
-GOLDEN = Path(__file__).resolve().parent / "golden"
 BASE_LRS = (0.1, 0.01)
 
 
@@ -22,7 +20,7 @@ def test_every_version_has_an_example_it_takes_and_a_golden_file(key: str) -> No
     assert examples, f"{key}: its params schema shows no example"
     for example in examples:
         policy.resolve(example, BASE_LRS)  # raises PolicyError if the example is refused
-    assert (GOLDEN / f"{key}.jsonl").is_file(), f"{key} has no golden file"
+    assert (GOLDEN_DIR / f"{key}.jsonl").is_file(), f"{key} has no golden file"
     assert policy.description and policy.open_loop in (True, False)
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "schedules"
+from tests.harness import REPO_DIR
+
+DOCS = REPO_DIR / "docs" / "schedules"
 
 
 def make_module() -> Any:

@@ -18,7 +18,6 @@ import json
 import math
 import re
 import struct
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +32,7 @@ from lrpilot.policies import Observation, PolicyError, get_policy
 from lrpilot.policies.plateau import to_f32
 from lrpilot.policies.plateau2 import Plateau2, Plateau2State, remaining
 from lrpilot.replay import replay
+from tests.harness import GOLDEN_DIR
 from tests.helpers import strict_json
 from tests.streams import Stream, make_stream
 
@@ -587,7 +587,7 @@ def test_a_state_reads_back_from_json_with_non_finite_numbers() -> None:
 
 # --------------------------------------------------------------------- the golden file
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "plateau@2.jsonl"
+GOLDEN = GOLDEN_DIR / "plateau@2.jsonl"
 
 
 def golden_lines() -> list[dict[str, Any]]:

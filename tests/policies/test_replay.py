@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +19,10 @@ from hypothesis import strategies as st
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.policies import Frozen, Observation, State, get_policy
 from lrpilot.replay import replay, trace
+from tests.harness import GOLDEN_DIR
 from tests.streams import make_stream
 
-GOLDEN = Path(__file__).resolve().parent / "golden" / "plateau@1.jsonl"
+GOLDEN = GOLDEN_DIR / "plateau@1.jsonl"
 POLICY = get_policy("plateau", 1)
 
 

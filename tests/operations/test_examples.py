@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from tests.conftest import LiveServer
+from tests.harness import REPO_DIR
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.py"))
+EXAMPLES = sorted((REPO_DIR / "examples").glob("*.py"))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])

@@ -3,7 +3,8 @@
 Everything here runs against the real service under uvicorn (`LiveServer`), never a mock of it.
 The service goes away in two real ways: the server process is killed with SIGKILL (and started
 again on the same database file), or an sqlite3 connection holds the database's write lock so
-that every write is answered 503 with `Retry-After: 1` (as in tests/test_adversarial.py). To see
+that every write is answered 503 with `Retry-After: 1` (as in operations/test_adversarial.py).
+To see
 which requests the client made, some tests give it `Recording`: httpx's own network transport,
 noting each request before sending it.
 
