@@ -4,9 +4,8 @@ Everything here runs against the real service under uvicorn (`LiveServer`), neve
 The service goes away in two real ways: the server process is killed with SIGKILL (and started
 again on the same database file), or an sqlite3 connection holds the database's write lock so
 that every write is answered 503 with `Retry-After: 1` (as in operations/test_adversarial.py).
-To see
-which requests the client made, some tests give it `Recording`: httpx's own network transport,
-noting each request before sending it.
+To see which requests the client made, some tests give it `Recording`: httpx's own network
+transport, noting each request before sending it.
 
 The rule under test: in "buffer" mode an observation that cannot be sent is buffered and
 answered provisionally with the last decided rates; the buffered observations go out in order
