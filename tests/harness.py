@@ -19,13 +19,13 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
@@ -181,10 +181,29 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         return self if self.running else self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class DatabaseLock:
+    """An sqlite3 connection holding the write lock of the service's database (BEGIN
+    IMMEDIATE), as an sqlite3 shell or a backup does: every write of the service waits its
+    LRPILOT_DB_TIMEOUT_S, then is answered 503 with Retry-After."""
+
+    def __init__(self, path: Path) -> None:
+        self._shell: sqlite3.Connection | None = sqlite3.connect(
+            path, isolation_level=None, timeout=0
+        )
+        self._shell.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        if self._shell is not None:
+            self._shell.execute("ROLLBACK")
+            self._shell.close()
+            self._shell = None
+
+    def __enter__(self) -> DatabaseLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

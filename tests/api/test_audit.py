@@ -21,10 +21,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from lrpilot.app import create_app
-from lrpilot.settings import Settings
-from lrpilot.store.db import upgrade
-from tests.conftest import empty_database
+from tests.conftest import app_client, empty_database
 from tests.helpers import (
     bundle_text,
     canonical,
@@ -53,11 +50,8 @@ def app_on(backend: str, tmp_path: Path, raise_errors: bool = True) -> Iterator[
     ``raise_errors`` False, an exception in the app is the 500 a client would get."""
     where = tmp_path / backend
     where.mkdir(parents=True, exist_ok=True)
-    url = empty_database(backend, where)
-    upgrade(url)
-    app = create_app(Settings(database_url=url))
-    with TestClient(app, raise_server_exceptions=raise_errors) as client:
-        yield client
+    with app_client(empty_database(backend, where), raise_server_exceptions=raise_errors) as api:
+        yield api
 
 
 def create(api: TestClient, run_id: str, params: dict[str, Any] | None = None, **spec: Any) -> dict:
@@ -469,14 +463,10 @@ def test_a_bundle_the_service_could_not_have_written_fails_offline_verify(
     pristine: str, ends_high: str, tmp_path: Path, case: str
 ) -> None:
     """Exit 1 naming the line, not a traceback and not OK."""
-    from typer.testing import CliRunner
-
-    from lrpilot.cli import app
-
     text, line = hostile_bundle(case, pristine, ends_high)
     path = tmp_path / "hostile.ndjson"
     path.write_text(text)
-    result = CliRunner().invoke(app, ["verify", str(path)])
+    result = lrpilot_cli("verify", str(path), catch_exceptions=True)
     assert result.exception is None or isinstance(result.exception, SystemExit), (
         f"lrpilot verify crashed: {result.exception!r}"
     )

@@ -11,7 +11,7 @@ import httpx
 import torch
 
 from lrpilot.canonical import float_token
-from tests.conftest import LiveServer
+from tests.harness import LiveServer
 from tests.helpers import run_spec, strict_json
 
 PARAMS = {"mode": "min", "factor": 0.5, "patience": 3, "threshold": 1e-3, "cooldown": 2,

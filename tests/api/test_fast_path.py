@@ -16,18 +16,16 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from lrpilot.api.models import ObservationIn
-from lrpilot.app import create_app
-from lrpilot.settings import Settings
+from tests.conftest import app_client
 from tests.helpers import run_spec, strict_json
 
 
 @pytest.fixture
 def both(database_url: str) -> Iterator[tuple[TestClient, TestClient]]:
     """Two apps on one database: one with the fast path, one through FastAPI alone."""
-    settings = Settings(database_url=database_url)
     with (
-        TestClient(create_app(settings)) as fast,
-        TestClient(create_app(settings, fast_path=False)) as route,
+        app_client(database_url, migrate=False) as fast,
+        app_client(database_url, migrate=False, fast_path=False) as route,
     ):
         yield fast, route
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import schemathesis
-from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import (
@@ -26,6 +25,7 @@ from schemathesis.schemas import APIOperation, BaseSchema
 
 from lrpilot.app import create_app
 from lrpilot.settings import Settings
+from tests.conftest import app_client
 from tests.helpers import run_spec, strict_json
 
 # POST /v1/runs/import takes an NDJSON bundle: schemathesis sends the generated string as is.
@@ -43,14 +43,13 @@ EXAMPLES = 150  # per operation and backend: ~15 s each; CI must stay under 15 m
 
 @pytest.fixture
 def fuzz_schema(database_url: str) -> Iterator[BaseSchema]:
-    app = create_app(Settings(database_url=database_url))
-    with TestClient(app) as client:  # runs the lifespan: the app as it serves
+    with app_client(database_url, migrate=False) as client:  # the lifespan run: as it serves
         # A run with decisions, so that fuzzed requests reach the decision path, not only 404s.
         assert client.put("/v1/runs/fuzz", json=run_spec({"patience": 1})).status_code == 201
         for step in range(5):
             r = client.post("/v1/runs/fuzz/observations", json={"step": step, "value": 1.0})
             assert r.status_code == 200, r.text
-        yield schemathesis.openapi.from_asgi("/openapi.json", app)
+        yield schemathesis.openapi.from_asgi("/openapi.json", client.app)
 
 
 def _fuzz(operation: APIOperation) -> None:
@@ -178,15 +177,14 @@ def test_with_the_database_gone_every_operation_answers_only_what_it_documents(
 ) -> None:
     # A file that was never migrated: the store opens it read-write and never creates it, so
     # every query fails as with an unreachable database.
-    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'gone.db'}"))
     failures: list[str] = []
-    with TestClient(app) as client:
+    with app_client(f"sqlite:///{tmp_path / 'gone.db'}", migrate=False) as client:
         for path in sorted(NO_DATABASE):
             for method in ("GET", "HEAD"):
                 r = client.request(method, path)
                 if r.status_code != 200:
                     failures.append(f"{method} {path} needs the database: {r.status_code}")
-        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
         for result in schema.get_all_operations():
             operation = result.ok()
             try:

@@ -214,14 +214,10 @@ def test_a_streamed_body_over_the_limit_is_413(api: TestClient) -> None:
     assert strict_json(api.get("/v1/runs/h").text)["counts"]["decisions"] == 0
 
 
-@pytest.fixture
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(database_url).start() as live:
-        yield live
-
-
-def test_the_real_server_refuses_large_bodies_declared_or_streamed(server: LiveServer) -> None:
-    with httpx.Client(base_url=server.url, timeout=30.0) as client:
+def test_the_real_server_refuses_large_bodies_declared_or_streamed(
+    backend_server: LiveServer,
+) -> None:
+    with httpx.Client(base_url=backend_server.url, timeout=30.0) as client:
         assert client.put("/v1/runs/h", json=run_spec()).status_code == 201
         url = "/v1/runs/h/observations"
         declared = b'{"step": 1, "value": "' + b"x" * (2 * LIMIT) + b'"}'

@@ -18,18 +18,15 @@ import math
 import statistics
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
-from lrpilot.app import create_app
-from lrpilot.cli import app as cli_app
-from lrpilot.settings import Settings
-from lrpilot.store.db import upgrade
-from tests.helpers import strict_json
+from tests.conftest import app_client
+from tests.helpers import lrpilot_cli, strict_json
 
 B = 2**62  # the largest step anything holds
 SLOW_S = 2.0  # a request that takes longer than this is a finding
@@ -41,12 +38,10 @@ BASE3 = [1e-320, 0.1, 1e308]  # a subnormal, an ordinary and a huge base lr
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def sqlite_client(path: Path) -> TestClient:
+def sqlite_client(path: Path) -> AbstractContextManager[TestClient]:
     """The app on a fresh, migrated SQLite file; a 500 comes back as a response, not raised."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{path}"
-    upgrade(url)
-    return TestClient(create_app(Settings(database_url=url)), raise_server_exceptions=False)
+    return app_client(f"sqlite:///{path}", raise_server_exceptions=False)
 
 
 def send(client: TestClient, method: str, url: str, body: Any = None) -> tuple[Any, float]:
@@ -831,7 +826,7 @@ def test_simulate_through_a_composite_costs_what_its_parts_cost(solo: TestClient
 
 
 def plot(args: list[str]) -> Any:
-    return CliRunner().invoke(cli_app, ["plot", *args])
+    return lrpilot_cli("plot", *args, catch_exceptions=True)
 
 
 def refused_badly(what: str, res: Any) -> list[str]:

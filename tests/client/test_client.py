@@ -28,7 +28,7 @@ from lrpilot_client import (
     ServiceUnavailableError,
     ValidationError,
 )
-from tests.conftest import LiveServer, free_port
+from tests.harness import LiveServer, free_port
 
 
 @pytest.fixture

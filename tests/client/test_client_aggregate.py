@@ -3,13 +3,12 @@ every rank gets the one decision taken from their weighted mean (a real server).
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 from lrpilot_client import Client, Decision
-from tests.harness import LiveServer
+from tests.harness import DatabaseLock, LiveServer
 
 
 def test_ranks_get_one_decision_from_their_weighted_mean(live_server: LiveServer) -> None:
@@ -64,13 +63,11 @@ def test_a_rank_whose_report_meets_a_locked_database_waits_it_out_and_gets_the_d
         first = threading.Thread(target=rank, args=(0,))
         first.start()
         time.sleep(3.0)  # rank 0 waits for rank 1, longer than its client's timeout
-        holder = sqlite3.connect(db, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")  # a backup, a migration, another writer
+        holder = DatabaseLock(db)  # a backup, a migration, another writer
         second = threading.Thread(target=rank, args=(1,))
         second.start()
         time.sleep(1.5)  # rank 1's first tries get 503 with Retry-After
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.release()
         first.join(timeout=60)
         second.join(timeout=60)
         d0, d1 = answers[0], answers[1]

@@ -114,18 +114,9 @@ class Proxy:
                 conn.sendall(answer(up.status_code, up.content, "application/json"))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """One real service for the module (each test uses its own runs)."""
-    db = tmp_path_factory.mktemp("hostile") / "lrpilot.db"
-    live = LiveServer(f"sqlite:///{db}").start()
-    yield live
-    live.stop()
-
-
 @pytest.fixture
-def proxy(server: LiveServer) -> Iterator[Proxy]:
-    front = Proxy(server.url)
+def proxy(module_server: LiveServer) -> Iterator[Proxy]:
+    front = Proxy(module_server.url)
     yield front
     front.close()
 
@@ -153,7 +144,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_a_proxys_answer_is_an_outage_not_a_refusal(
-    server: LiveServer, proxy: Proxy, name: str, caplog: pytest.LogCaptureFixture
+    module_server: LiveServer, proxy: Proxy, name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     hostile = HOSTILE[name]
     run_id = "hostile-" + name.replace(" ", "-")
@@ -176,11 +167,11 @@ def test_a_proxys_answer_is_an_outage_not_a_refusal(
         assert lrpilot.flush(10) == 0
         after = lrpilot.observe(run_id, 2, 3.0)
         assert not after.provisional and after.seq == 3
-    assert logged(server.url, run_id) == [(0, 1.0), (1, 2.0), (2, 3.0)]
+    assert logged(module_server.url, run_id) == [(0, 1.0), (1, 2.0), (2, 3.0)]
 
 
 def test_the_services_own_refusal_through_the_proxy_is_still_raised(
-    server: LiveServer, proxy: Proxy
+    module_server: LiveServer, proxy: Proxy
 ) -> None:
     with quick(proxy.url) as lrpilot:
         lrpilot.create_run("own-refusal", params=PARAMS, base_lrs=BASE_LRS)
@@ -204,7 +195,7 @@ def test_raise_mode_retries_a_429_and_raises_unavailable(proxy: Proxy) -> None:
 
 
 def test_async_client_keeps_training_behind_a_captive_portal(
-    server: LiveServer, proxy: Proxy
+    module_server: LiveServer, proxy: Proxy
 ) -> None:
     async def job() -> None:
         options: dict[str, Any] = {"retries": 2, "backoff": 0.05, "max_backoff": 0.2}
@@ -219,11 +210,11 @@ def test_async_client_keeps_training_behind_a_captive_portal(
             assert await lrpilot.flush(10) == 0
 
     asyncio.run(job())
-    assert logged(server.url, "async-portal") == [(0, 1.0), (1, 2.0)]
+    assert logged(module_server.url, "async-portal") == [(0, 1.0), (1, 2.0)]
 
 
 def test_torch_scheduler_trains_through_a_captive_portal(
-    server: LiveServer, proxy: Proxy, tmp_path: Path
+    module_server: LiveServer, proxy: Proxy, tmp_path: Path
 ) -> None:
     weight = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([weight], lr=0.1)
@@ -245,7 +236,7 @@ def test_torch_scheduler_trains_through_a_captive_portal(
     decision = scheduler.observe(0.5)
     assert not decision.provisional and decision.action == "hold"
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 * 0.1)
-    assert logged(server.url, "torch-portal") == [(0, 1.0), (3, 3.0), (6, 6.0), (7, 0.5)]
+    assert logged(module_server.url, "torch-portal") == [(0, 1.0), (3, 3.0), (6, 6.0), (7, 0.5)]
     lrpilot.close()
     assert not (tmp_path / "outbox.jsonl").exists()
 

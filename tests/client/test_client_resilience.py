@@ -19,7 +19,6 @@ import asyncio
 import inspect
 import json
 import random
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from lrpilot_client import (
     PendingObservation,
     ServiceUnavailableError,
 )
-from tests.harness import LiveServer, free_port
+from tests.harness import DatabaseLock, LiveServer, free_port
 from tests.helpers import strict_json
 
 PARAMS = {"patience": 2, "factor": 0.5}
@@ -104,29 +103,6 @@ class Recording(httpx.HTTPTransport):
     def posted_steps(self, run_id: str, since: int = 0) -> list[int]:
         key = ("POST", f"/v1/runs/{run_id}/observations")
         return [body["step"] for method, path, body in self.sent[since:] if (method, path) == key]
-
-
-class DatabaseLock:
-    """An sqlite3 connection holding the write lock of the service's database (BEGIN
-    IMMEDIATE): every write waits DB_TIMEOUT_S, then is answered 503 with Retry-After."""
-
-    def __init__(self, path: Path) -> None:
-        self._shell: sqlite3.Connection | None = sqlite3.connect(
-            path, isolation_level=None, timeout=0
-        )
-        self._shell.execute("BEGIN IMMEDIATE")
-
-    def release(self) -> None:
-        if self._shell is not None:
-            self._shell.execute("ROLLBACK")
-            self._shell.close()
-            self._shell = None
-
-    def __enter__(self) -> DatabaseLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 @pytest.fixture(scope="module")

@@ -38,16 +38,9 @@ SCALED = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(f"sqlite:///{tmp_path_factory.mktemp('fw') / 'live.db'}").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
-def client(server: LiveServer) -> Iterator[Client]:
-    with Client(server.url) as c:
+def client(module_server: LiveServer) -> Iterator[Client]:
+    with Client(module_server.url) as c:
         yield c
 
 
@@ -70,8 +63,8 @@ def decisions(url: str, run_id: str, superseded: bool) -> list[tuple[int, float]
     return [(d["step"], d["value"]) for d in r.json()["items"] if d["action"] != "rewind"]
 
 
-def superseded(server: LiveServer, run_id: str) -> list[tuple[int, float]]:
-    return decisions(server.url, run_id, superseded=True)
+def superseded(module_server: LiveServer, run_id: str) -> list[tuple[int, float]]:
+    return decisions(module_server.url, run_id, superseded=True)
 
 
 def observations(client: Client, run_id: str) -> list[tuple[int, float]]:
@@ -166,7 +159,7 @@ def test_transformers_callback_sets_every_step_and_posts_evaluations(
 
 
 def test_transformers_trainer_steps_an_lrpilot_scheduler_and_resume_rewinds(
-    client: Client, server: LiveServer, tmp_path: Path
+    client: Client, module_server: LiveServer, tmp_path: Path
 ) -> None:
     from transformers import Trainer
 
@@ -201,7 +194,7 @@ def test_transformers_trainer_steps_an_lrpilot_scheduler_and_resume_rewinds(
     # resume from the checkpoint at step 10: the Trainer loads the scheduler, which rewinds
     second, used2 = trainer(tmp_path)
     second.train(resume_from_checkpoint=str(tmp_path / "checkpoint-10"))
-    assert superseded(server, "hf-own") == [evals[1]]
+    assert superseded(module_server, "hf-own") == [evals[1]]
     assert [s for s, _ in used2] == list(range(10, 20))
     check_used(client, used2, "hf-own")
     assert [s for s, _ in observations(client, "hf-own")] == [10, 20]
@@ -283,7 +276,7 @@ def quiet_lightning() -> Iterator[None]:
 
 
 def test_lightning_callback_with_checkpoint_resume(
-    client: Client, server: LiveServer, tmp_path: Path, quiet_lightning: None
+    client: Client, module_server: LiveServer, tmp_path: Path, quiet_lightning: None
 ) -> None:
     import lightning.pytorch as pl
 
@@ -310,7 +303,7 @@ def test_lightning_callback_with_checkpoint_resume(
     # resume from the end of epoch 1 (step 8): the callback's state rewinds the run
     ckpt = next(tmp_path.glob("epoch=0-step=8*.ckpt"))
     resumed, _ = fit(3, str(ckpt))
-    assert superseded(server, "pl-tiny") == posted[1:]
+    assert superseded(module_server, "pl-tiny") == posted[1:]
     assert [s for s, _ in resumed.recorded] == list(range(8, 24))
     check_used(client, resumed.recorded, "pl-tiny")
     assert [s for s, _ in observations(client, "pl-tiny")] == [8, 16, 24]
@@ -369,7 +362,7 @@ def keras_recorder() -> tuple[Any, list[tuple[int, float]]]:
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 def test_keras_callback_every_step_val_loss_and_resume(
-    client: Client, server: LiveServer, tmp_path: Path
+    client: Client, module_server: LiveServer, tmp_path: Path
 ) -> None:
     import keras
 
@@ -401,7 +394,7 @@ def test_keras_callback_every_step_val_loss_and_resume(
     recorder2, used2 = keras_recorder()
     restored.fit(x, y, batch_size=16, epochs=4, initial_epoch=2, validation_data=val, verbose=0,
                  callbacks=[callback2, recorder2])  # fmt: skip
-    assert superseded(server, "keras-mlp") == posted[2:]
+    assert superseded(module_server, "keras-mlp") == posted[2:]
     assert [s for s, _ in used2] == list(range(8, 16))
     for step, lr in used2:
         assert lr == f32(client.lr("keras-mlp", step)), f"step {step}"

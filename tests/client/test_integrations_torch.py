@@ -48,28 +48,21 @@ class Counting(httpx.HTTPTransport):
         return sum(1 for m, p in self.requests if m == method and p.endswith(suffix))
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer(f"sqlite:///{tmp_path_factory.mktemp('torch') / 'live.db'}").start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def transport() -> Counting:
     return Counting()
 
 
 @pytest.fixture
-def client(server: LiveServer, transport: Counting) -> Iterator[Client]:
-    with Client(server.url, transport=transport) as c:
+def client(module_server: LiveServer, transport: Counting) -> Iterator[Client]:
+    with Client(module_server.url, transport=transport) as c:
         yield c
 
 
 @pytest.fixture
-def reader(server: LiveServer) -> Iterator[Client]:
+def reader(module_server: LiveServer) -> Iterator[Client]:
     """Another client, for the test's own questions (not counted)."""
-    with Client(server.url) as c:
+    with Client(module_server.url) as c:
         yield c
 
 
@@ -132,8 +125,8 @@ def check_used(reader: Client, recorder: Recorder, runs: dict[int, str], first: 
         assert used == held, f"step {step}, run {run_id}: used {used}, service {expected}"
 
 
-def superseded(server: LiveServer, run_id: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{server.url}/v1/runs/{run_id}/decisions", params={"superseded": "true"})
+def superseded(module_server: LiveServer, run_id: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{module_server.url}/v1/runs/{run_id}/decisions", params={"superseded": "true"})
     assert r.status_code == 200, r.text
     items: list[dict[str, Any]] = r.json()["items"]
     return items
@@ -261,7 +254,7 @@ def load(data: bytes) -> dict[str, Any]:
 
 
 def test_state_dict_round_trip_and_resume_from_an_older_checkpoint_rewinds(
-    client: Client, reader: Client, server: LiveServer, caplog: pytest.LogCaptureFixture
+    client: Client, reader: Client, module_server: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     run = "resume-me"
@@ -289,7 +282,7 @@ def test_state_dict_round_trip_and_resume_from_an_older_checkpoint_rewinds(
     again.load_state_dict(state)
     assert again.state_dict() == state
     assert [float(g["lr"]) for g in opt2.param_groups] == served(reader, run, 60) == [0.025, 0.0025]
-    assert superseded(server, run) == []  # step 60 is the run's last: nothing to rewind
+    assert superseded(module_server, run) == []  # step 60 is the run's last: nothing to rewind
 
     # resume from the checkpoint at step 30: the run goes back to its state after step 30
     saved = load(checkpoint)
@@ -301,7 +294,7 @@ def test_state_dict_round_trip_and_resume_from_an_older_checkpoint_rewinds(
     resumed.load_state_dict(saved["scheduler"])
     assert resumed.last_epoch == 30
     assert [float(g["lr"]) for g in opt3.param_groups] == [0.1, 0.01]  # as at step 30
-    gone = superseded(server, run)
+    gone = superseded(module_server, run)
     assert [(d["step"], d["value"]) for d in gone] == [(40, 0.9), (50, 0.9), (60, 0.9)]
     rewinds = list(reader.iter_decisions(run, action="rewind"))
     assert len(rewinds) == 1 and rewinds[0].rewind is not None
@@ -324,7 +317,7 @@ def test_state_dict_round_trip_and_resume_from_an_older_checkpoint_rewinds(
 
 
 def test_a_param_group_added_mid_run_continues_on_a_derived_run(
-    client: Client, reader: Client, server: LiveServer, caplog: pytest.LogCaptureFixture
+    client: Client, reader: Client, module_server: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     run, derived = "unfreeze", "unfreeze.g3"
@@ -388,7 +381,7 @@ def test_a_param_group_added_mid_run_continues_on_a_derived_run(
     opt3.load_state_dict(saved["optimizer"])
     resumed.load_state_dict(saved["scheduler"])
     assert resumed.run_id == run and resumed.last_epoch == 20
-    assert [(d["step"], d["value"]) for d in superseded(server, run)] == [(30, 1.0)]
+    assert [(d["step"], d["value"]) for d in superseded(module_server, run)] == [(30, 1.0)]
     rec3 = Recorder(opt3)
     head3 = torch.nn.Linear(4, 4)
     again = [0.8, 0.8, 0.8, 0.8]  # at steps 30..60: this time 30 improves
@@ -426,7 +419,7 @@ def test_a_checkpoint_of_another_run_is_refused(client: Client, tmp_path: Path) 
 
 
 def test_an_elastic_restart_on_fewer_ranks_rescales_from_the_checkpoint_on(
-    client: Client, reader: Client, server: LiveServer
+    client: Client, reader: Client, module_server: LiveServer
 ) -> None:
     run, scaling = "elastic-job", {"rule": "linear", "by": "world_size", "base": 2}
     params = {"T_max": 100, "eta_min": 0.001}
@@ -474,5 +467,5 @@ def test_an_elastic_restart_on_fewer_ranks_rescales_from_the_checkpoint_on(
     used_as(1.5, train(3, range(20, 30), at_20), 20)
     log = [(d.step, d.action, d.scale) for d in reader.iter_decisions(run)]
     assert log[2:] == [(19, "rewind", 2.0), (20, "scale", 1.5)]
-    assert [d["step"] for d in superseded(server, run)] == [20]
+    assert [d["step"] for d in superseded(module_server, run)] == [20]
     assert reader.verify(run).ok

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lrpilot.aggregate import weighted_mean
-from lrpilot.app import create_app
-from lrpilot.settings import Settings
-from lrpilot.store.db import upgrade
-from tests.conftest import BACKENDS, empty_database, reset_postgres
+from tests.conftest import app_client
 from tests.harness import LiveServer
 from tests.helpers import run_spec
 
@@ -31,14 +26,6 @@ def aggregated(timeout_s: float = 30, on_timeout: str = "decide", **kw: Any) -> 
     spec = run_spec(**kw)
     spec["aggregate"] = {"timeout_s": timeout_s, "on_timeout": on_timeout}
     return spec
-
-
-@pytest.fixture(params=BACKENDS)
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
-    """The real service on each backend (a fresh database)."""
-    s = LiveServer(empty_database(request.param, tmp_path)).start()
-    yield s
-    s.stop()
 
 
 async def post_all(
@@ -54,9 +41,9 @@ async def post_all(
 
 
 def test_ranks_get_one_decision_from_their_weighted_mean(
-    server: LiveServer, tmp_path: Path
+    backend_server: LiveServer, tmp_path: Path
 ) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=backend_server.url, timeout=30) as http:
         r = http.put("/v1/runs/agg", json=aggregated(params={"patience": 0}))
         assert r.status_code == 201, r.text
         assert r.json()["aggregate"] == {"timeout_s": 30.0, "on_timeout": "decide"}
@@ -75,7 +62,7 @@ def test_ranks_get_one_decision_from_their_weighted_mean(
             {"step": step, "value": v * scale, "rank": i, "world_size": 4, "weight": w}
             for i, (v, w) in enumerate(zip(values, weights, strict=True))
         ]
-        answers = asyncio.run(post_all(server.url, "agg", reports))
+        answers = asyncio.run(post_all(backend_server.url, "agg", reports))
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
         assert len({a.content for a in answers}) == 1  # every rank the same bytes
         decision = answers[0].json()
@@ -86,7 +73,7 @@ def test_ranks_get_one_decision_from_their_weighted_mean(
             for i, (v, w) in enumerate(zip(values, weights, strict=True))
         ]
         assert "missing_ranks" not in decision
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=backend_server.url, timeout=30) as http:
         log = http.get("/v1/runs/agg/decisions").json()["items"]
         assert [d["step"] for d in log] == [10, 20, 30]  # one decision a step
         assert log[1]["action"] == "reduce"  # the policy saw the means: 20's is no improvement
@@ -115,9 +102,7 @@ def test_ranks_get_one_decision_from_their_weighted_mean(
         assert verified["ok"] is True and verified["count"] == 3, verified
         bundle = http.get("/v1/runs/agg/export").text
     # export, then import into a fresh database: it verifies, and the run is aggregated there
-    fresh = Settings(database_url=f"sqlite:///{tmp_path / 'imported.db'}")
-    upgrade(fresh.database_url)
-    with TestClient(create_app(fresh)) as api:
+    with app_client(f"sqlite:///{tmp_path / 'imported.db'}") as api:
         r = api.post(
             "/v1/runs/import",
             content=bundle.encode(),
@@ -130,15 +115,15 @@ def test_ranks_get_one_decision_from_their_weighted_mean(
         assert api.get("/v1/runs/agg/export").text == bundle
 
 
-def test_a_rank_counts_once_and_may_not_change_its_report(server: LiveServer) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+def test_a_rank_counts_once_and_may_not_change_its_report(backend_server: LiveServer) -> None:
+    with httpx.Client(base_url=backend_server.url, timeout=30) as http:
         assert http.put("/v1/runs/twice", json=aggregated()).status_code == 201
 
     def report(rank: int, value: float, world: int = 3) -> dict[str, Any]:
         return {"step": 5, "value": value, "rank": rank, "world_size": world}
 
     async def scenario() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=backend_server.url, timeout=60) as http:
             path = "/v1/runs/twice/observations"
             first = [asyncio.create_task(http.post(path, json=report(0, 0.5))) for _ in range(2)]
             await asyncio.sleep(0.5)  # rank 0's report is stored, twice asked
@@ -157,16 +142,18 @@ def test_a_rank_counts_once_and_may_not_change_its_report(server: LiveServer) ->
     decision = answers[0].json()
     assert [r["rank"] for r in decision["ranks"]] == [0, 1, 2]
     assert decision["value"] == weighted_mean([(0.5, 1.0), (0.8, 1.0), (0.8, 1.0)])
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(base_url=backend_server.url) as http:
         assert len(http.get("/v1/runs/twice/decisions").json()["items"]) == 1
 
 
-def test_missing_ranks_at_the_timeout_decide_from_the_ranks_present(server: LiveServer) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+def test_missing_ranks_at_the_timeout_decide_from_the_ranks_present(
+    backend_server: LiveServer,
+) -> None:
+    with httpx.Client(base_url=backend_server.url, timeout=30) as http:
         assert http.put("/v1/runs/late", json=aggregated(timeout_s=1)).status_code == 201
     reports = [{"step": 7, "value": v, "rank": r, "world_size": 4} for r, v in ((0, 1.0), (2, 3.0))]
     started = time.monotonic()
-    answers = asyncio.run(post_all(server.url, "late", reports))
+    answers = asyncio.run(post_all(backend_server.url, "late", reports))
     took = time.monotonic() - started
     assert 1.0 <= took < 5.0, took
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
@@ -175,7 +162,7 @@ def test_missing_ranks_at_the_timeout_decide_from_the_ranks_present(server: Live
     assert decision["value"] == 2.0
     assert decision["missing_ranks"] == [1, 3]
     assert "ranks 0, 2 of 4 counted; 1, 3 did not report within 1 s" in decision["reason"]
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=backend_server.url, timeout=30) as http:
         # a rank that reports too late gets the decision it was not counted in
         late = http.post(
             "/v1/runs/late/observations", json={"step": 7, "value": 9.0, "rank": 1, "world_size": 4}
@@ -185,9 +172,9 @@ def test_missing_ranks_at_the_timeout_decide_from_the_ranks_present(server: Live
 
 
 def test_missing_ranks_at_the_timeout_are_refused_when_the_run_says_so(
-    server: LiveServer,
+    backend_server: LiveServer,
 ) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=backend_server.url, timeout=30) as http:
         spec = aggregated(timeout_s=1, on_timeout="refuse")
         assert http.put("/v1/runs/strict", json=spec).status_code == 201
         started = time.monotonic()
@@ -205,13 +192,13 @@ def test_missing_ranks_at_the_timeout_are_refused_when_the_run_says_so(
         assert again.content == done.content
 
 
-def test_waiting_ranks_hold_no_worker_thread(server: LiveServer) -> None:
+def test_waiting_ranks_hold_no_worker_thread(backend_server: LiveServer) -> None:
     ranks = 61  # 60 wait: more than uvicorn's thread pool would let wait on threads (40)
-    with httpx.Client(base_url=server.url, timeout=30) as http:
+    with httpx.Client(base_url=backend_server.url, timeout=30) as http:
         assert http.put("/v1/runs/many", json=aggregated()).status_code == 201
 
     async def scenario() -> tuple[list[httpx.Response], float]:
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=backend_server.url, timeout=60) as http:
             path = "/v1/runs/many/observations"
 
             def report(rank: int) -> dict[str, Any]:
@@ -234,37 +221,30 @@ def test_waiting_ranks_hold_no_worker_thread(server: LiveServer) -> None:
 
 
 @pytest.mark.postgres
-def test_ranks_on_two_replicas_get_the_same_decision() -> None:
-    url = os.environ.get("LRPILOT_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    reset_postgres(url)
-    a = LiveServer(url).start()
-    b = LiveServer(url, migrate=False).start()
-    try:
-        with httpx.Client(base_url=a.url, timeout=30) as http:
-            assert http.put("/v1/runs/spread", json=aggregated()).status_code == 201
+def test_ranks_on_two_replicas_get_the_same_decision(
+    postgres_replicas: tuple[LiveServer, LiveServer],
+) -> None:
+    a, b = postgres_replicas
+    with httpx.Client(base_url=a.url, timeout=30) as http:
+        assert http.put("/v1/runs/spread", json=aggregated()).status_code == 201
 
-        async def scenario() -> list[httpx.Response]:
-            async with httpx.AsyncClient(timeout=60) as http:
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as http:
 
-                async def one(rank: int) -> httpx.Response:
-                    await asyncio.sleep(0.2 * rank)
-                    base = a.url if rank % 2 == 0 else b.url
-                    body = {"step": 4, "value": 0.1 * (rank + 1), "rank": rank, "world_size": 6}
-                    return await http.post(f"{base}/v1/runs/spread/observations", json=body)
+            async def one(rank: int) -> httpx.Response:
+                await asyncio.sleep(0.2 * rank)
+                base = a.url if rank % 2 == 0 else b.url
+                body = {"step": 4, "value": 0.1 * (rank + 1), "rank": rank, "world_size": 6}
+                return await http.post(f"{base}/v1/runs/spread/observations", json=body)
 
-                return await asyncio.gather(*(one(r) for r in range(6)))
+            return await asyncio.gather(*(one(r) for r in range(6)))
 
-        started = time.monotonic()
-        answers = asyncio.run(scenario())
-        assert time.monotonic() - started < 5.0
-        assert all(x.status_code == 200 for x in answers), [x.text for x in answers]
-        assert len({x.content for x in answers}) == 1
-        assert [r["rank"] for r in json.loads(answers[0].content)["ranks"]] == list(range(6))
-    finally:
-        a.stop()
-        b.stop()
+    started = time.monotonic()
+    answers = asyncio.run(scenario())
+    assert time.monotonic() - started < 5.0
+    assert all(x.status_code == 200 for x in answers), [x.text for x in answers]
+    assert len({x.content for x in answers}) == 1
+    assert [r["rank"] for r in json.loads(answers[0].content)["ranks"]] == list(range(6))
 
 
 def test_a_rewind_forgets_the_reports_of_the_later_steps(api: TestClient) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from lrpilot.app import create_app
-from lrpilot.settings import Settings
-from lrpilot.store.db import upgrade
 from lrpilot_client import Client
-from tests.conftest import BACKENDS, empty_database
+from tests.conftest import app_client
 from tests.domain.test_aggregate import aggregated, post_all
 from tests.harness import GOLDEN_DIR, LiveServer
 from tests.helpers import bundle_text, lrpilot_cli, one_line, rechained, run_spec, strict_json
@@ -217,26 +213,19 @@ def test_sqrt_by_global_batch_size_scales_a_schedule_at_every_step(api: TestClie
 # -- aggregated mode: the ranks' world_size ----------------------------------------------------
 
 
-@pytest.fixture(params=BACKENDS)
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
-    s = LiveServer(empty_database(request.param, tmp_path)).start()
-    yield s
-    s.stop()
-
-
 def test_ranks_reporting_a_new_world_size_rescale_and_all_get_one_decision(
-    server: LiveServer,
+    backend_server: LiveServer,
 ) -> None:
     spec = aggregated(params={"patience": 5})
     spec["scaling"] = {"rule": "linear", "by": "world_size", "base": 4}
-    assert httpx.put(f"{server.url}/v1/runs/a", json=spec, timeout=30).status_code == 201
+    assert httpx.put(f"{backend_server.url}/v1/runs/a", json=spec, timeout=30).status_code == 201
 
     def step(step: int, world: int, base: float) -> list[dict[str, Any]]:
         reports = [
             {"step": step, "value": base + r / 100, "rank": r, "world_size": world}
             for r in range(world)
         ]
-        answers = asyncio.run(post_all(server.url, "a", reports))
+        answers = asyncio.run(post_all(backend_server.url, "a", reports))
         assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
         return [strict_json(a.text) for a in answers]
 
@@ -249,7 +238,7 @@ def test_ranks_reporting_a_new_world_size_rescale_and_all_get_one_decision(
     eight = step(30, 8, 0.8)
     assert all(d == eight[0] for d in eight) and eight[0]["lrs"] == [0.2]
 
-    log = httpx.get(f"{server.url}/v1/runs/a/decisions", timeout=30).json()["items"]
+    log = httpx.get(f"{backend_server.url}/v1/runs/a/decisions", timeout=30).json()["items"]
     assert [(d["step"], d["action"]) for d in log] == [
         (10, "hold"),
         (20, "scale"),
@@ -261,7 +250,7 @@ def test_ranks_reporting_a_new_world_size_rescale_and_all_get_one_decision(
         {"by": "world_size", "from": 4, "to": 2},
         {"by": "world_size", "from": 2, "to": 8},
     ]
-    report = httpx.post(f"{server.url}/v1/runs/a/verify", timeout=30).json()
+    report = httpx.post(f"{backend_server.url}/v1/runs/a/verify", timeout=30).json()
     assert report["ok"] and report["count"] == 5, report
 
 
@@ -323,9 +312,7 @@ def test_import_restores_where_the_run_stands(api: TestClient, tmp_path: Path) -
     post(api, "x", 600, 0.98, world_size=4)  # the size in force: no entry
     text = api.get("/v1/runs/x/export").text
     stored = api.get("/v1/runs/x").json()
-    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
-    upgrade(url)
-    with TestClient(create_app(Settings(database_url=url))) as elsewhere:
+    with app_client(f"sqlite:///{tmp_path / 'elsewhere.db'}") as elsewhere:
         created = elsewhere.post("/v1/runs/import", content=text)
         assert created.status_code == 201, created.text
         run = elsewhere.get("/v1/runs/x").json()
@@ -446,9 +433,7 @@ def test_the_frozen_elastic_bundle_verifies_and_round_trips_byte_for_byte(
     assert result.exit_code == 0, result.output
     assert "OK 14 decisions (3 superseded by 1 rewinds)" in one_line(result.output)
     text = GOLDEN_BUNDLE.read_text()
-    url = f"sqlite:///{tmp_path / 'golden.db'}"
-    upgrade(url)
-    with TestClient(create_app(Settings(database_url=url))) as api:
+    with app_client(f"sqlite:///{tmp_path / 'golden.db'}") as api:
         assert api.post("/v1/runs/import", content=text).status_code == 201
         assert api.get("/v1/runs/elastic-golden/export").text == text
         run = api.get("/v1/runs/elastic-golden").json()

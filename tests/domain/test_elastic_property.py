@@ -15,10 +15,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lrpilot.app import create_app
 from lrpilot.bundle import check_bundle
-from lrpilot.settings import Settings
-from lrpilot.store.db import upgrade
+from tests.conftest import app_client
 
 BASE = 4
 SIZES = st.sampled_from([1, 2, 3, 4, 6, 8, 16])
@@ -58,13 +56,8 @@ _ids = itertools.count()
 
 @pytest.fixture(scope="module")
 def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, TestClient]]:
-    here, there = (tmp_path_factory.mktemp(n) / "x.db" for n in ("here", "there"))
-    for path in (here, there):
-        upgrade(f"sqlite:///{path}")
-    with (
-        TestClient(create_app(Settings(database_url=f"sqlite:///{here}"))) as api,
-        TestClient(create_app(Settings(database_url=f"sqlite:///{there}"))) as other,
-    ):
+    here, there = (f"sqlite:///{tmp_path_factory.mktemp(n) / 'x.db'}" for n in ("here", "there"))
+    with app_client(here) as api, app_client(there) as other:
         yield api, other
 
 

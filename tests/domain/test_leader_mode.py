@@ -5,7 +5,6 @@ while it waits; across replicas on one PostgreSQL too."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import httpx
@@ -87,21 +86,12 @@ def test_a_wait_that_runs_out_says_the_lrs_are_not_certain(live_server: LiveServ
 
 
 @pytest.mark.postgres
-def test_a_reader_on_another_replica_sees_the_decision() -> None:
-    url = os.environ.get("LRPILOT_TEST_POSTGRES_URL")
-    if not url:
-        pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    from tests.conftest import reset_postgres
-
-    reset_postgres(url)
-    a = LiveServer(url).start()
-    b = LiveServer(url, migrate=False).start()
-    try:
-        with httpx.Client(base_url=a.url) as http:
-            assert http.put("/v1/runs/rep", json=run_spec()).status_code == 201
-        answers, after_post = asyncio.run(leader_and_readers(a.url, b.url, "rep", 50, delay_s=0.5))
-        assert all(x["certain"] and x["decided_at_step"] == 50 for x in answers)
-        assert after_post < 3.0
-    finally:
-        a.stop()
-        b.stop()
+def test_a_reader_on_another_replica_sees_the_decision(
+    postgres_replicas: tuple[LiveServer, LiveServer],
+) -> None:
+    a, b = postgres_replicas
+    with httpx.Client(base_url=a.url) as http:
+        assert http.put("/v1/runs/rep", json=run_spec()).status_code == 201
+    answers, after_post = asyncio.run(leader_and_readers(a.url, b.url, "rep", 50, delay_s=0.5))
+    assert all(x["certain"] and x["decided_at_step"] == 50 for x in answers)
+    assert after_post < 3.0

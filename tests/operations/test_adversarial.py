@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import socket
-import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,8 +22,8 @@ import pytest
 import sqlalchemy as sa
 
 from lrpilot.chain import verify_chain
-from tests.conftest import BACKENDS, POSTGRES_URL, empty_database
-from tests.harness import LiveServer
+from tests.conftest import BACKENDS, empty_database
+from tests.harness import DatabaseLock, LiveServer
 from tests.helpers import run_spec, strict_json
 from tests.operations.test_races import (
     RANKS,
@@ -138,8 +137,7 @@ def test_writers_waiting_on_a_held_sqlite_lock_answer_in_bound_and_agree_after(
             for run_id in runs:
                 r = await http.put(f"/v1/runs/{run_id}", json=run_spec({"patience": 1}))
                 assert r.status_code == 201
-            shell = sqlite3.connect(path, isolation_level=None, timeout=0)
-            shell.execute("BEGIN IMMEDIATE")
+            lock = DatabaseLock(path)
             answers: list[tuple[str, int, int, float, bytes, str | None]] = []
 
             async def post(run_id: str, step: int) -> int:
@@ -154,8 +152,7 @@ def test_writers_waiting_on_a_held_sqlite_lock_answer_in_bound_and_agree_after(
 
             async def release() -> None:
                 await asyncio.sleep(DB_TIMEOUT_S * 0.6)
-                shell.execute("ROLLBACK")
-                shell.close()
+                lock.release()
 
             async def rank(run_id: str) -> None:
                 # a rank posts its steps in order; the ranks and the runs race each other (all
@@ -235,12 +232,9 @@ def test_stalled_clients_hold_up_no_decision(live_server: LiveServer) -> None:
 
 
 @pytest.mark.postgres
-def test_a_locked_run_on_postgres_does_not_stall_the_other_runs(tmp_path: Path) -> None:
-    if not POSTGRES_URL:
-        pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    url = empty_database("postgres", tmp_path)
-    server = LiveServer(url, env={"LRPILOT_DB_TIMEOUT_S": str(DB_TIMEOUT_S)}).start()
-    holder = sa.create_engine(url)
+def test_a_locked_run_on_postgres_does_not_stall_the_other_runs(postgres_url: str) -> None:
+    server = LiveServer(postgres_url, env={"LRPILOT_DB_TIMEOUT_S": str(DB_TIMEOUT_S)}).start()
+    holder = sa.create_engine(postgres_url)
     others = [f"y{i}" for i in range(4)]
 
     async def load() -> Counter[tuple[str, int]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -17,8 +16,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import POSTGRES_URL, reset_postgres
-from tests.harness import LiveServer
+from tests.harness import DatabaseLock, LiveServer
 from tests.helpers import run_spec, strict_json
 
 DB_TIMEOUT_S = 1.0
@@ -27,11 +25,8 @@ DB_TIMEOUT_S = 1.0
 @pytest.fixture
 def locked_server(tmp_path: Path) -> Iterator[tuple[LiveServer, Path]]:
     path = tmp_path / "locked.db"
-    server = LiveServer(
-        f"sqlite:///{path}", env={"LRPILOT_DB_TIMEOUT_S": str(DB_TIMEOUT_S)}
-    ).start()
-    yield server, path
-    server.stop()
+    with LiveServer(f"sqlite:///{path}", env={"LRPILOT_DB_TIMEOUT_S": str(DB_TIMEOUT_S)}) as server:
+        yield server, path
 
 
 def test_a_write_lock_held_outside_the_server_gives_prompt_503s_and_no_hang(
@@ -43,9 +38,7 @@ def test_a_write_lock_held_outside_the_server_gives_prompt_503s_and_no_hang(
         first = http.post("/v1/runs/held/observations", json={"step": 1, "value": 0.5})
         assert first.status_code == 200
 
-        shell = sqlite3.connect(path, isolation_level=None, timeout=0)
-        shell.execute("BEGIN IMMEDIATE")  # what an sqlite3 shell or a backup does
-        try:
+        with DatabaseLock(path):
 
             def post(step: int) -> tuple[int, float, httpx.Response]:
                 started = time.monotonic()
@@ -71,9 +64,6 @@ def test_a_write_lock_held_outside_the_server_gives_prompt_503s_and_no_hang(
                 assert "retry later" in r.json()["detail"]
                 # bounded: the configured wait, not the 40 s of old, nor forever
                 assert waited < DB_TIMEOUT_S * 5, f"a request waited {waited:.2f} s"
-        finally:
-            shell.execute("ROLLBACK")
-            shell.close()
 
         # the lock is gone: the step is decided once, whoever asks
         again = [http.post("/v1/runs/held/observations", json={"step": 2, "value": 0.4})]
@@ -129,11 +119,10 @@ class Proxy:
 
 
 @pytest.mark.postgres
-def test_a_postgres_that_goes_away_gives_prompt_503s_that_do_not_name_it() -> None:
-    if not POSTGRES_URL:
-        pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    reset_postgres(POSTGRES_URL)
-    real = sa.make_url(POSTGRES_URL)
+def test_a_postgres_that_goes_away_gives_prompt_503s_that_do_not_name_it(
+    postgres_url: str,
+) -> None:
+    real = sa.make_url(postgres_url)
     assert real.host and real.port and real.username
     proxy = Proxy(real.host, real.port)
     url = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
@@ -168,9 +157,7 @@ def test_the_first_observation_of_a_server_waits_for_a_lock_without_stalling_the
     server, path = locked_server
     with httpx.Client(base_url=server.url, timeout=30.0) as http:
         assert http.put("/v1/runs/first", json=run_spec()).status_code == 201
-        shell = sqlite3.connect(path, isolation_level=None, timeout=0)
-        shell.execute("BEGIN IMMEDIATE")
-        try:
+        with DatabaseLock(path):
             with ThreadPoolExecutor(1) as pool:
                 waiting = pool.submit(
                     http.post, "/v1/runs/first/observations", json={"step": 1, "value": 0.5}
@@ -181,8 +168,5 @@ def test_the_first_observation_of_a_server_waits_for_a_lock_without_stalling_the
                 health_s = time.monotonic() - started
                 assert waiting.result().status_code == 503
             assert health_s < DB_TIMEOUT_S / 2, f"/healthz took {health_s:.2f} s"
-        finally:
-            shell.execute("ROLLBACK")
-            shell.close()
         r = http.post("/v1/runs/first/observations", json={"step": 1, "value": 0.5})
         assert r.status_code == 200, r.text

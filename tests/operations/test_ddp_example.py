@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
-from tests.harness import REPO_DIR
+from tests.harness import REPO_DIR, LiveServer
 
 EXAMPLE = REPO_DIR / "examples" / "ddp_digits.py"
 RUN_ID = "ddp-test"

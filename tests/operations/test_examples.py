@@ -10,8 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
-from tests.harness import REPO_DIR
+from tests.harness import REPO_DIR, LiveServer
 
 EXAMPLES = sorted((REPO_DIR / "examples").glob("*.py"))
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
-from tests.harness import REPO_DIR
+from tests.harness import REPO_DIR, LiveServer
 from tests.helpers import strict_json
 
 README = REPO_DIR / "README.md"
