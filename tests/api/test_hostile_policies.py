@@ -500,6 +500,18 @@ P2_F32 = ref(
     2,
 )
 
+
+def parse_script(text: str) -> list[tuple[Any, ...]]:
+    """A scenario's requests, written "kind step [value]" and comma-separated: ``obs`` and
+    ``retry`` (the same step and value again) post, ``back`` (a step below the last) and
+    ``conflict`` (a decided step with another value) expect a 409, ``rewind`` takes a step."""
+    ops: list[tuple[Any, ...]] = []
+    for op in text.split(","):
+        kind, step, *value = op.split()
+        ops.append((kind, int(step), *(float(v) for v in value)))
+    return ops
+
+
 SCENARIOS: dict[str, tuple[str, dict[str, Any], list[tuple[Any, ...]]]] = {
     "seq": (
         "sequence",
@@ -509,62 +521,22 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[tuple[Any, ...]]]] = {
             (ref("cosine", {"T_max": 50}), 90),
             (P2_F32, None),
         ),
-        [
-            ("obs", 5, 1.0),
-            ("obs", 10, NAN),
-            ("obs", 15, INF),
-            ("retry", 15, INF),
-            ("back", 12, 1.0),
-            ("conflict", 15, 2.0),
-            ("obs", 21, 1.0),
-            ("obs", 25, 1.0),
-            ("obs", 30, 1.0),
-            ("obs", 35, NAN),
-            ("obs", 40, 1.0),
-            ("retry", 40, 1.0),
-            ("obs", 95, 0.5),
-            ("obs", 96, -INF),
-            ("obs", 97, 1e308),
-            ("obs", 98, -1e308),
-            ("rewind", 12),
-            ("obs", 13, 1.0),
-            ("obs", 22, 0.5),
-            ("obs", 28, 0.6),
-            ("obs", 31, 0.7),
-            ("obs", 33, 0.8),
-            ("rewind", 32),
-            ("obs", 34, NAN),
-            ("obs", 45, 0.9),
-            ("obs", 70, 1.0),
-            ("retry", 34, NAN),
-            ("obs", 100, 1.0),
-            ("obs", 101, 5e-324),
-        ],
+        parse_script(
+            "obs 5 1.0, obs 10 nan, obs 15 inf, retry 15 inf, back 12 1.0, conflict 15 2.0, "
+            "obs 21 1.0, obs 25 1.0, obs 30 1.0, obs 35 nan, obs 40 1.0, retry 40 1.0, "
+            "obs 95 0.5, obs 96 -inf, obs 97 1e+308, obs 98 -1e+308, rewind 12, obs 13 1.0, "
+            "obs 22 0.5, obs 28 0.6, obs 31 0.7, obs 33 0.8, rewind 32, obs 34 nan, obs 45 0.9, "
+            "obs 70 1.0, retry 34 nan, obs 100 1.0, obs 101 5e-324"
+        ),
     ),
     "scaled": (
         "scaled",
         {"schedule": ref("cosine_restarts", {"T_0": 10, "T_mult": 2}), "plateau": P2_DECAY},
-        [
-            ("obs", 1, 1.0),
-            ("obs", 2, 1.0),
-            ("obs", 3, 1.0),
-            ("obs", 4, 1.0),
-            ("obs", 6, NAN),
-            ("retry", 6, NAN),
-            ("obs", 9, 1.0),
-            ("obs", 12, -INF),
-            ("back", 11, 1.0),
-            ("rewind", 5),
-            ("obs", 7, 0.5),
-            ("obs", 8, 0.6),
-            ("obs", 9, 0.7),
-            ("obs", 30, 0.8),
-            ("obs", 31, 0.9),
-            ("obs", 60, 1.0),
-            ("obs", 61, 1.0),
-            ("obs", 62, 1.0),
-            ("obs", 63, 1.0),
-        ],
+        parse_script(
+            "obs 1 1.0, obs 2 1.0, obs 3 1.0, obs 4 1.0, obs 6 nan, retry 6 nan, obs 9 1.0, "
+            "obs 12 -inf, back 11 1.0, rewind 5, obs 7 0.5, obs 8 0.6, obs 9 0.7, obs 30 0.8, "
+            "obs 31 0.9, obs 60 1.0, obs 61 1.0, obs 62 1.0, obs 63 1.0"
+        ),
     ),
     "scaled-seq": (
         "scaled",
@@ -574,31 +546,17 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[tuple[Any, ...]]]] = {
                 "sequence", phases((ref("plateau", {"patience": 1}), 30), (P2_F32, None))
             ),
         },
-        [
-            ("obs", 5, 1.0),
-            ("obs", 10, 2.0),
-            ("obs", 15, 3.0),
-            ("obs", 29, NAN),
-            ("obs", 30, 1.0),
-            ("obs", 31, 2.0),
-            ("rewind", 20),
-            ("obs", 25, 0.1),
-            ("obs", 35, INF),
-            ("obs", 36, 0.2),
-            ("obs", 37, 0.3),
-            ("obs", 38, 0.4),
-            ("obs", 150, 0.5),
-        ],
+        parse_script(
+            "obs 5 1.0, obs 10 2.0, obs 15 3.0, obs 29 nan, obs 30 1.0, obs 31 2.0, rewind 20, "
+            "obs 25 0.1, obs 35 inf, obs 36 0.2, obs 37 0.3, obs 38 0.4, obs 150 0.5"
+        ),
     ),
     "rt": (
         "range_test",
         {"min_lr": [1e-5, 1e-6], "max_lr": [1.0, 0.1], "num_steps": 80, "skip_start": 0},
         [
             *[("obs", s, 2.0 - s * 0.1) for s in range(10)],
-            ("retry", 5, 1.5),
-            ("obs", 11, NAN),
-            ("obs", 12, 1.0),
-            ("rewind", 8),
+            *parse_script("retry 5 1.5, obs 11 nan, obs 12 1.0, rewind 8"),
             *[("obs", s, 1.0 + (s - 9) ** 2) for s in range(9, 20)],
         ],
     ),
@@ -628,16 +586,10 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any], list[tuple[Any, ...]]]] = {
         ),
         [
             *[("obs", s, 1.0 / (s + 1)) for s in range(0, 12)],
-            ("obs", 13, 1e308),
-            ("obs", 41, 1.0),
-            ("obs", 42, 1.0),
-            ("obs", 43, 1.0),
-            ("obs", 44, NAN),
-            ("rewind", 13),
-            ("obs", 20, 0.5),
-            ("obs", 45, 1.0),
-            ("obs", 46, 1.0),
-            ("obs", 47, 1.0),
+            *parse_script(
+                "obs 13 1e+308, obs 41 1.0, obs 42 1.0, obs 43 1.0, obs 44 nan, rewind 13, "
+                "obs 20 0.5, obs 45 1.0, obs 46 1.0, obs 47 1.0"
+            ),
         ],
     ),
 }

@@ -253,6 +253,33 @@ def load(data: bytes) -> dict[str, Any]:
     return out
 
 
+def train(
+    layers: list[torch.nn.Linear],
+    opt: torch.optim.Optimizer,
+    sched: LrpilotScheduler,
+    steps: range,
+    values: list[float],
+    *,
+    save_at: int | None = None,
+    unfreeze: tuple[int, torch.nn.Linear] | None = None,
+) -> bytes:
+    """Train over ``steps`` with an evaluation every 10 steps, the i-th after ``steps.start``
+    posting ``values[i]``; ``unfreeze`` (step, layer) adds the layer as a new param group (lr 0.2)
+    before that step. Returns the checkpoint saved when the scheduler reached ``save_at``."""
+    checkpoint = b""
+    for k in steps:
+        if unfreeze is not None and k == unfreeze[0]:  # gradual unfreezing: a group between steps
+            opt.add_param_group({"params": unfreeze[1].parameters(), "lr": 0.2})
+            layers.append(unfreeze[1])
+        train_step(layers, opt, k)
+        sched.step()
+        if sched.last_epoch % 10 == 0:
+            sched.observe(values[(sched.last_epoch - steps.start) // 10 - 1])
+        if sched.last_epoch == save_at:
+            checkpoint = save(sched, opt, layers)
+    return checkpoint
+
+
 def test_state_dict_round_trip_and_resume_from_an_older_checkpoint_rewinds(
     client: Client, reader: Client, module_server: LiveServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -262,14 +289,7 @@ def test_state_dict_round_trip_and_resume_from_an_older_checkpoint_rewinds(
     layers, opt = model_and_optimizer([0.1, torch.tensor(0.01, dtype=torch.float64)])
     sched = LrpilotScheduler(opt, client, run, params=params, metric="val_loss", ahead=50)
     first = [1.0, 0.9, 0.9, 0.9, 0.9, 0.9]  # at steps 10..60: reduces at 40 and 60
-    checkpoint = b""
-    for k in range(60):
-        train_step(layers, opt, k)
-        sched.step()
-        if sched.last_epoch % 10 == 0:
-            sched.observe(first[sched.last_epoch // 10 - 1])
-        if sched.last_epoch == 30:
-            checkpoint = save(sched, opt, layers)
+    checkpoint = train(layers, opt, sched, range(60), first, save_at=30)
     at_30 = load(checkpoint)["scheduler"]
     assert at_30["run_id"] == run and at_30["last_epoch"] == 30 and at_30["observed_step"] == 30
     assert at_30["head_hash"] == next(d.hash for d in reader.iter_decisions(run) if d.step == 30)
@@ -304,11 +324,7 @@ def test_state_dict_round_trip_and_resume_from_an_older_checkpoint_rewinds(
     # the resumed job sees other values this time: no conflict, and its own lrs
     rec = Recorder(opt3)
     second = [0.8, 0.7, 0.7, 0.7]  # at steps 40..70
-    for k in range(30, 70):
-        train_step(layers3, opt3, k)
-        resumed.step()
-        if resumed.last_epoch % 10 == 0:
-            resumed.observe(second[resumed.last_epoch // 10 - 4])
+    train(layers3, opt3, resumed, range(30, 70), second)
     check_used(reader, rec, {0: run}, first=30)
     assert [float(g["lr"]) for g in opt3.param_groups] == [0.05, 0.005]  # reduced at 70 only
     live = [(d.step, d.value) for d in reader.iter_decisions(run) if d.action != "rewind"]
@@ -329,17 +345,7 @@ def test_a_param_group_added_mid_run_continues_on_a_derived_run(
     )
     rec = Recorder(opt)
     values = [1.0, 1.0, 1.0, 0.9, 0.9, 0.9]  # at steps 10..60: reduces at 30 and 60
-    checkpoint = b""
-    for k in range(60):
-        if k == 35:  # gradual unfreezing: a new group between two steps
-            opt.add_param_group({"params": head.parameters(), "lr": 0.2})
-            layers.append(head)
-        train_step(layers, opt, k)
-        sched.step()
-        if sched.last_epoch % 10 == 0:
-            sched.observe(values[sched.last_epoch // 10 - 1])
-        if sched.last_epoch == 20:
-            checkpoint = save(sched, opt, layers)
+    checkpoint = train(layers, opt, sched, range(60), values, save_at=20, unfreeze=(35, head))
     assert sched.run_id == derived and sched.root_run_id == run
     check_used(reader, rec, {0: run, 35: derived})
     assert rec.used[34] == [0.05, 0.005]
@@ -385,14 +391,7 @@ def test_a_param_group_added_mid_run_continues_on_a_derived_run(
     rec3 = Recorder(opt3)
     head3 = torch.nn.Linear(4, 4)
     again = [0.8, 0.8, 0.8, 0.8]  # at steps 30..60: this time 30 improves
-    for k in range(20, 60):
-        if k == 40:
-            opt3.add_param_group({"params": head3.parameters(), "lr": 0.2})
-            layers3.append(head3)
-        train_step(layers3, opt3, k)
-        resumed.step()
-        if resumed.last_epoch % 10 == 0:
-            resumed.observe(again[resumed.last_epoch // 10 - 3])
+    train(layers3, opt3, resumed, range(20, 60), again, unfreeze=(40, head3))
     assert resumed.run_id == derived
     check_used(reader, rec3, {0: run, 40: derived}, first=20)
     live = [(d.step, d.value) for d in reader.iter_decisions(derived) if d.action != "rewind"]

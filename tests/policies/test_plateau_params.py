@@ -8,6 +8,7 @@ import math
 import os
 import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 os.environ["KERAS_BACKEND"] = "torch"
@@ -235,25 +236,24 @@ def replay(
     return out
 
 
-PROPERTY_SETTINGS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+Setup = tuple[dict[str, Any], tuple[float, ...]]  # params and base_lrs
 
 
-@PROPERTY_SETTINGS
-@given(setups(), st.lists(metric_values, min_size=1, max_size=80))
-def test_replay_is_deterministic(
-    setup: tuple[dict[str, Any], tuple[float, ...]], values: list[float]
-) -> None:
+def on_streams(test: Callable[[Setup, list[float]], None]) -> Callable[[], None]:
+    """``test`` as a property of 150 generated setups, each with a stream of metric values."""
+    streams = st.lists(metric_values, min_size=1, max_size=80)
+    limits = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    return limits(given(setups(), streams)(test))
+
+
+@on_streams
+def test_replay_is_deterministic(setup: Setup, values: list[float]) -> None:
     params, base_lrs = setup
     assert replay(params, base_lrs, values) == replay(dict(params), tuple(base_lrs), values)
 
 
-@PROPERTY_SETTINGS
-@given(setups(), st.lists(metric_values, min_size=1, max_size=80))
-def test_state_round_trips_through_canonical_json(
-    setup: tuple[dict[str, Any], tuple[float, ...]], values: list[float]
-) -> None:
+@on_streams
+def test_state_round_trips_through_canonical_json(setup: Setup, values: list[float]) -> None:
     """Storing the state as canonical JSON between evaluations changes no decision."""
     params, base_lrs = setup
     resolved = POLICY.resolve(params, base_lrs)
@@ -285,7 +285,7 @@ def f32(x: float) -> float:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(setups(), st.lists(metric_values, min_size=1, max_size=40), st.integers(0, 2**32))
 def test_state_is_bounded_and_lrs_only_fall_to_min_lr(
-    setup: tuple[dict[str, Any], tuple[float, ...]], pattern: list[float], seed: int
+    setup: Setup, pattern: list[float], seed: int
 ) -> None:
     params, base_lrs = setup
     resolved = POLICY.resolve(params, base_lrs)
