@@ -225,8 +225,7 @@ def test_ranks_on_two_replicas_get_the_same_decision(
     postgres_replicas: tuple[LiveServer, LiveServer],
 ) -> None:
     a, b = postgres_replicas
-    with httpx.Client(base_url=a.url, timeout=30) as http:
-        assert http.put("/v1/runs/spread", json=aggregated()).status_code == 201
+    assert httpx.put(f"{a.url}/v1/runs/spread", json=aggregated(), timeout=30).status_code == 201
 
     async def scenario() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as http:
