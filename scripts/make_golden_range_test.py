@@ -11,7 +11,7 @@ linear ramp (the job posting the loss at the lr it trained with, as a real one d
 noise, with several param groups, with a NaN, +inf or -inf loss (divergence), a ramp that ends
 without diverging, steps that skip, negative losses, a smoothed loss that overflows, and
 observations after the stop. Before writing, every stream is checked against a plain
-reference that keeps the whole history (tests/test_range_test.py: ``reference``): the same
+reference that keeps the whole history (tests/policies/test_range_test.py: ``reference``): the same
 actions, stop step and suggestion, and the ramp's lrs in closed form.
 
 A released version's file must never change, so this script refuses to overwrite an existing
@@ -211,7 +211,7 @@ def streams() -> list[Stream]:
 def check(line: dict[str, Any]) -> str | None:
     """What disagrees with the plain reference, or None."""
     sys.path.insert(0, str(ROOT))
-    from tests.test_range_test import reference, reference_lr
+    from tests.policies.test_range_test import reference, reference_lr
 
     params = line["params"]
     stream = [(s, v) for s, v in line["observations"]]

@@ -395,20 +395,10 @@ def exact_lrs(family: str, p: dict[str, Any], base: list[float], k: int) -> list
 def torch_lrs(family: str, line: dict[str, Any], steps: list[int]) -> dict[int, list[float]]:
     """torch's group lrs at ``steps`` (ascending, each within torch's range)."""
     import torch
-    from torch.optim import lr_scheduler
 
-    classes = {
-        "constant": lr_scheduler.ConstantLR,
-        "step": lr_scheduler.StepLR,
-        "multistep": lr_scheduler.MultiStepLR,
-        "exponential": lr_scheduler.ExponentialLR,
-        "linear": lr_scheduler.LinearLR,
-        "cosine": lr_scheduler.CosineAnnealingLR,
-        "polynomial": lr_scheduler.PolynomialLR,
-        "cosine_restarts": lr_scheduler.CosineAnnealingWarmRestarts,
-        "cyclic": lr_scheduler.CyclicLR,
-        "one_cycle": lr_scheduler.OneCycleLR,
-    }
+    sys.path.insert(0, str(ROOT))
+    from tests.policies.test_schedules import TORCH_CLASS  # the one family -> torch class map
+
     base = line["base_lrs"]
     groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base]
     opt = torch.optim.SGD(groups, lr=base[0], momentum=0.9)
@@ -419,7 +409,7 @@ def torch_lrs(family: str, line: dict[str, Any], steps: list[int]) -> dict[int, 
     wanted = set(steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sched = classes[family](opt, **kwargs)
+        sched = TORCH_CLASS[family](opt, **kwargs)
         for k in range(max(steps) + 1):
             if k:
                 sched.step()

@@ -1,10 +1,23 @@
-"""Shared fixtures: databases (SQLite always, PostgreSQL when LRPILOT_TEST_POSTGRES_URL is set),
-the app in-process, and the real service under uvicorn on 127.0.0.1."""
+"""Shared fixtures, one place for each thing a test needs from outside itself:
+
+* databases: ``database_url`` (a migrated, empty database on SQLite and, when
+  LRPILOT_TEST_POSTGRES_URL is set, PostgreSQL), ``postgres_url`` (an empty PostgreSQL database);
+* the app in-process: ``api`` (a TestClient on ``database_url``), and ``app_client`` for a test
+  that needs another app (a second database, a module-scoped app, other options);
+* the real service under uvicorn on 127.0.0.1: ``live_server`` (SQLite), ``backend_server``
+  (each backend), ``module_server`` (one for a module), ``postgres_replicas`` (two replicas on
+  one PostgreSQL database).
+
+The CLI in this process (typer's CliRunner) is ``tests.helpers.lrpilot_cli``; the server
+harness is ``tests.harness.LiveServer``. Helpers a test calls outside a fixture (a backend
+inside a parametrized test, a module-scoped app) are plain functions here: ``empty_database``,
+``reset_postgres``, ``app_client``."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,9 +27,7 @@ from fastapi.testclient import TestClient
 from lrpilot.app import create_app
 from lrpilot.settings import Settings
 from lrpilot.store.db import upgrade
-from tests.harness import LiveServer, free_port
-
-__all__ = ["LiveServer", "free_port"]  # tests import them from here too
+from tests.harness import LiveServer
 
 POSTGRES_URL = os.environ.get("LRPILOT_TEST_POSTGRES_URL")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -32,12 +43,32 @@ def reset_postgres(url: str) -> None:
 
 
 def empty_database(backend: str, tmp_path: Path) -> str:
+    """The URL of an empty, unmigrated database: a new SQLite file in ``tmp_path``, or the test
+    PostgreSQL database emptied (the test is skipped when there is none)."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'lrpilot.db'}"
     if not POSTGRES_URL:
         pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
     reset_postgres(POSTGRES_URL)
     return POSTGRES_URL
+
+
+@contextmanager
+def app_client(
+    database_url: str,
+    *,
+    migrate: bool = True,
+    raise_server_exceptions: bool = True,
+    fast_path: bool = True,
+) -> Iterator[TestClient]:
+    """The app in-process on ``database_url`` (migrated first unless ``migrate=False``), its
+    lifespan run as when it serves. ``raise_server_exceptions=False`` turns a 500 into a
+    response, for tests that count them instead of stopping at the first."""
+    if migrate:
+        upgrade(database_url)
+    app = create_app(Settings(database_url=database_url), fast_path=fast_path)
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+        yield client
 
 
 @pytest.fixture(params=BACKENDS)
@@ -49,15 +80,43 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def postgres_url(tmp_path: Path) -> str:
+    """The test PostgreSQL database, empty and unmigrated (skipped when there is none): for the
+    tests about PostgreSQL alone (replicas, its locks), which carry ``@pytest.mark.postgres``."""
+    return empty_database("postgres", tmp_path)
+
+
+@pytest.fixture
 def api(database_url: str) -> Iterator[TestClient]:
     """The app in-process (real database, real routing), for contract tests."""
-    with TestClient(create_app(Settings(database_url=database_url))) as client:
+    with app_client(database_url, migrate=False) as client:
         yield client
 
 
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """The real service under uvicorn on SQLite (a fresh file), stopped after the test."""
-    server = LiveServer(f"sqlite:///{tmp_path / 'live.db'}").start()
-    yield server
-    server.stop()
+    with LiveServer(f"sqlite:///{tmp_path / 'live.db'}") as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    """The real service on an empty database of each backend, stopped after the test."""
+    with LiveServer(empty_database(request.param, tmp_path)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """One real service on SQLite for a whole module, whose tests each use their own run ids:
+    for slow tests (frameworks training) that need not pay for a server each."""
+    with LiveServer(f"sqlite:///{tmp_path_factory.mktemp('module') / 'live.db'}") as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_replicas(postgres_url: str) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two replicas of the real service on one PostgreSQL database; the first migrates it."""
+    with LiveServer(postgres_url) as first, LiveServer(postgres_url, migrate=False) as second:
+        yield first, second

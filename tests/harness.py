@@ -19,17 +19,18 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import httpx
 
 REPO_DIR = Path(__file__).resolve().parent.parent
+GOLDEN_DIR = REPO_DIR / "tests" / "golden"  # frozen forever: see its README.md
 # One worker (one process: its pid is the server's for CPU/RSS sampling), no access log (its
 # formatting is work the trivial app would not pay for), warnings only.
 UVICORN_SETTINGS = ("--workers", "1", "--no-access-log", "--log-level", "warning")
@@ -180,10 +181,29 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         return self if self.running else self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class DatabaseLock:
+    """An sqlite3 connection holding the write lock of the service's database (BEGIN
+    IMMEDIATE), as an sqlite3 shell or a backup does: every write of the service waits its
+    LRPILOT_DB_TIMEOUT_S, then is answered 503 with Retry-After."""
+
+    def __init__(self, path: Path) -> None:
+        self._shell: sqlite3.Connection | None = sqlite3.connect(
+            path, isolation_level=None, timeout=0
+        )
+        self._shell.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        if self._shell is not None:
+            self._shell.execute("ROLLBACK")
+            self._shell.close()
+            self._shell = None
+
+    def __enter__(self) -> DatabaseLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -124,14 +124,16 @@ def bundle_text(lines: list[str]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
-def lrpilot_cli(*args: str) -> Any:
+def lrpilot_cli(*args: str, catch_exceptions: bool = False) -> Any:
     """``lrpilot ARGS`` in this process (typer's CliRunner): a click Result. An exception the
-    command does not handle propagates (a traceback is a test failure, not an exit code)."""
+    command does not handle propagates (a traceback is a test failure, not an exit code),
+    unless ``catch_exceptions``: then it is the Result's ``exception``, for a test that
+    collects every crash of many invocations before failing."""
     from typer.testing import CliRunner
 
     from lrpilot.cli import app
 
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return CliRunner().invoke(app, list(args), catch_exceptions=catch_exceptions)
 
 
 def one_line(text: str) -> str:

@@ -1,0 +1,1 @@
+"""The lrpilot command: serve, plot, keygen, export, import, verify, replay."""

@@ -1,0 +1,1 @@
+"""The domain layer: aggregated steps, waiting readers (leader mode), elastic scaling."""

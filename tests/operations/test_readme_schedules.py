@@ -1,0 +1,85 @@
+"""The README's three worked schedules (docs/schedules/): each spec is a run the service takes,
+fed the plotted validation loss it decides what the README's plots show, and the command that
+draws them runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.harness import REPO_DIR
+
+DOCS = REPO_DIR / "docs" / "schedules"
+
+
+def make_module() -> Any:
+    spec = importlib.util.spec_from_file_location("make_schedules", DOCS / "make.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(api: TestClient, name: str) -> list[dict[str, Any]]:
+    """Create the run from the spec file, post the plotted loss; the decisions."""
+    make = make_module()
+    spec = json.loads((DOCS / f"{name}.json").read_text())
+    assert api.put(f"/v1/runs/{name}", json=spec).status_code == 201
+    decisions = []
+    for step in range(make.EVERY, make.STEPS + 1, make.EVERY):
+        r = api.post(
+            f"/v1/runs/{name}/observations", json={"step": step, "value": make.val_loss(step)}
+        )
+        assert r.status_code == 200, r.text
+        decisions.append(r.json())
+    assert api.post(f"/v1/runs/{name}/verify").json()["ok"] is True
+    return decisions
+
+
+def lr(api: TestClient, name: str, step: int) -> float:
+    lrs: list[float] = api.get(f"/v1/runs/{name}/lr", params={"step": step}).json()["lrs"]
+    return lrs[0]
+
+
+def test_warmup_then_plateau(api: TestClient) -> None:
+    decisions = run(api, "warmup_then_plateau")
+    assert lr(api, "warmup_then_plateau", 0) == 0.001  # start_factor 0.01 of 0.1
+    assert 0.001 < lr(api, "warmup_then_plateau", 500) < 0.1
+    assert lr(api, "warmup_then_plateau", 1000) == 0.1
+    reduced = [d["step"] for d in decisions if d["action"] == "reduce"]
+    assert reduced == [5500, 6500, 7500, 8500, 9500]  # the stall from step 4,000, patience 3
+    assert decisions[-1]["lrs"] == [0.1 * 0.5**5]
+
+
+def test_cosine_with_plateau_drops(api: TestClient) -> None:
+    decisions = run(api, "cosine_with_plateau_drops")
+    reduced = [d["step"] for d in decisions if d["action"] == "reduce"]
+    assert reduced == [5500, 6500, 7500, 8500, 9500]
+    before, after = (
+        lr(api, "cosine_with_plateau_drops", 5499),
+        lr(api, "cosine_with_plateau_drops", 5500),
+    )
+    assert abs(after / before - 0.5) < 1e-3  # the level halves at the plateau (cosine moves a hair)
+
+
+def test_stall_then_linear_decay_then_stop(api: TestClient) -> None:
+    decisions = run(api, "stall_then_linear_decay")
+    actions = {d["step"]: d["action"] for d in decisions}
+    start = min(step for step, action in actions.items() if action == "decay")
+    assert lr(api, "stall_then_linear_decay", start) == 0.1
+    assert 0.0001 < lr(api, "stall_then_linear_decay", start + 1500) < 0.1
+    assert lr(api, "stall_then_linear_decay", start + 3000) == 0.0001  # the floor after K steps
+    assert "stop" in actions.values() and actions[10_000] == "stop"
+
+
+def test_the_plot_command_draws_all_three(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(DOCS / "make.py"), str(tmp_path)], check=True)
+    for name in ("warmup_then_plateau", "cosine_with_plateau_drops", "stall_then_linear_decay"):
+        png = (tmp_path / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
