@@ -109,9 +109,24 @@ def _common(chain: Chain, step: int, created_at: str) -> dict[str, Any]:
     }
 
 
-def _sealed(kind: Kind, doc: dict[str, Any]) -> Entry:
-    body = seal(doc)
-    return Entry(kind, doc["seq"], doc["step"], doc["action"], doc, body, doc["hash"])
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An entry built but not sealed: the decide path seals it (``seal``); verify compares it
+    with a stored entry whose hash it has checked (``canonical_with``)."""
+
+    kind: Kind
+    doc: dict[str, Any]
+
+    def seal(self) -> Entry:
+        doc = self.doc
+        body = seal(doc)
+        return Entry(self.kind, doc["seq"], doc["step"], doc["action"], doc, body, doc["hash"])
+
+    def canonical_with(self, digest: str) -> str:
+        """The entry's canonical JSON, sealed with ``digest``: equal to a stored entry's text
+        exactly when the stored entry is this one (its hash checked over its own bytes)."""
+        self.doc["hash"] = digest
+        return canonical_json(self.doc)
 
 
 # -- decision ---------------------------------------------------------------------------------
@@ -166,7 +181,7 @@ def decision(
     state: Mapping[str, Any],
     client: Mapping[str, Any] | None = None,
     ranks: Ranks | None = None,
-) -> Entry:
+) -> Draft:
     """The entry of a decided observation. ``action``, ``reason``, ``lrs``, ``previous_lrs``
     and ``state`` are the policy's (its own lrs: the scale in force is applied here);
     ``client`` is who posted the observation, as it declared itself; ``ranks`` (aggregated
@@ -199,7 +214,7 @@ def decision(
         doc["scale"] = by
         doc["reason"] += f"; x {by!r} for {chain.scaling['by']} {chain.force.size}: "
         doc["reason"] += f"{fmt_lrs(tuple(served))} served"
-    return _sealed(Kind.DECISION, doc)
+    return Draft(Kind.DECISION, doc)
 
 
 def _listed(numbers: Iterable[int]) -> str:
@@ -230,7 +245,7 @@ def rewind(
     state: Mapping[str, Any],
     restored_force: InForce | None,
     client: Mapping[str, Any] | None = None,
-) -> Entry:
+) -> Draft:
     """The entry that makes a run's state what it was right after ``to_step``: ``restores_seq``
     is the last live entry at or before it (None: the policy's initial state), ``lrs`` and
     ``state`` what it left (its served lrs), ``previous_lrs`` the lrs served until now,
@@ -255,7 +270,7 @@ def rewind(
         doc["scale"] = restored_force.factor
     if client:
         doc["client"] = client
-    return _sealed(Kind.REWIND, doc)
+    return Draft(Kind.REWIND, doc)
 
 
 def _who(client: Mapping[str, Any]) -> str:
@@ -278,7 +293,7 @@ def scale(
     policy_lrs: Sequence[float],
     state: Mapping[str, Any],
     client: Mapping[str, Any] | None = None,
-) -> Entry:
+) -> Draft:
     """The entry that rescales a run's lrs for a new world or batch ``size`` from ``step`` on:
     the policy's state (and its lrs, ``policy_lrs``) stay as they are, the lrs served change by
     the scaling rule's factor."""
@@ -304,7 +319,7 @@ def scale(
     )
     if client:
         doc["client"] = client
-    return _sealed(Kind.SCALE, doc)
+    return Draft(Kind.SCALE, doc)
 
 
 # -- the hash chain -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from lrpilot.audit.whatif import Setup
 from lrpilot.cli.plot import (
     PlotError,
     changes_lrs,
@@ -25,7 +26,6 @@ from lrpilot.cli.plot import (
     use_log_scale,
 )
 from lrpilot.policies import Observation
-from lrpilot.whatif import Setup
 from lrpilot_client import Client
 from tests.harness import LiveServer
 from tests.helpers import lrpilot_cli, one_line, plateau_stream

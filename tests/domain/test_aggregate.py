@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from lrpilot.aggregate import weighted_mean
+from lrpilot.entries import weighted_mean
 from tests.conftest import app_client
 from tests.harness import LiveServer
 from tests.helpers import run_spec

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lrpilot.bundle import check_bundle
+from lrpilot.audit.verify import check_bundle
 from tests.conftest import app_client
 
 BASE = 4

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from lrpilot.chain import verify_chain
+from lrpilot.entries import verify_chain
 from tests.conftest import BACKENDS, empty_database
 from tests.harness import DatabaseLock, LiveServer
 from tests.helpers import run_spec, strict_json

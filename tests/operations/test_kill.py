@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from lrpilot.canonical import canonical_json
-from lrpilot.chain import verify_chain
+from lrpilot.entries import verify_chain
 from tests.conftest import BACKENDS, empty_database
 from tests.harness import LiveServer
 from tests.helpers import run_spec, strict_json

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lrpilot.bundle import check_bundle
+from lrpilot.audit.verify import check_bundle
 from lrpilot.canonical import float_token
 from tests.harness import LiveServer
 from tests.helpers import plateau_stream, raw_items, run_spec, strict_json

@@ -150,7 +150,7 @@ def test_a_sequence_run_through_the_service_verifies_and_moves(api: TestClient) 
     assert api.post("/v1/runs/seq/verify").json()["ok"] is True
     # the bundle from before the rewind imports elsewhere under another id: refused (spec the
     # same, log different) is a 409 here, so check it offline through the same check instead
-    from lrpilot.bundle import check_bundle
+    from lrpilot.audit.verify import check_bundle
 
     checked = check_bundle(lambda: [line.encode() for line in bundle.splitlines()])
     assert checked.ok, checked.report.mismatch

@@ -15,22 +15,37 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from lrpilot.chain import verify_chain
-from lrpilot.domain import Decisions, Posted, RunSpec
+from lrpilot.app import group_commit
+from lrpilot.domain.aggregated import Posted
+from lrpilot.domain.decisions import Decisions, decide_batch
+from lrpilot.domain.errors import Conflict, RunBusy
+from lrpilot.entries import verify_chain
 from lrpilot.policies.plateau import to_f32
 from lrpilot.settings import Settings
+from lrpilot.spec import RunSpec
 from lrpilot.store.db import upgrade
-from lrpilot.store.errors import Conflict, RunBusy
 from lrpilot.store.runs import Store
 from tests.helpers import strict_json
 
-SPEC = RunSpec("plateau", 1, {"patience": 2}, (0.1,), "val_loss", {})
+
+def _decisions(settings: Settings) -> Decisions:
+    store = Store(settings)
+    return Decisions(store, settings, group_commit(store))
+
+
+SPEC = RunSpec.model_validate(
+    {
+        "policy": {"name": "plateau", "version": 1, "params": {"patience": 2}},
+        "base_lrs": [0.1],
+        "metric": "val_loss",
+    }
+)
 
 
 @pytest.fixture
 def decisions(database_url: str) -> Iterator[Decisions]:
     settings = Settings(database_url=database_url)
-    d = Decisions(Store(settings), settings)
+    d = _decisions(settings)
     yield d
     d.close()
     d.store.close()
@@ -40,7 +55,7 @@ def decide(decisions: Decisions, run_id: str, step: int, value: float) -> str:
     """One observation through decide_batch, tried again while its run is locked by another
     transaction, as the group commit's writer does."""
     while True:
-        (result,) = decisions.decide_batch([Posted(run_id, step, value)])
+        (result,) = decide_batch(decisions.store, [Posted(run_id, step, value)])
         if not isinstance(result, RunBusy):
             break
         time.sleep(0.001)
@@ -60,7 +75,7 @@ def test_a_decision_costs_the_same_queries_whatever_the_run_length(tmp_path: Pat
     url = f"sqlite:///{tmp_path / 'count.db'}"
     upgrade(url)
     settings = Settings(database_url=url)
-    decisions = Decisions(Store(settings), settings)
+    decisions = _decisions(settings)
     statements: list[str] = []
     tracing = False
 
@@ -130,7 +145,7 @@ def test_one_batch_decides_many_runs_and_ranks_and_refuses_only_the_bad_items(
         Posted("a", 2, 0.4),
         Posted("b", 0, 0.7),  # below b's last step, never decided: refused
     ]
-    results = decisions.decide_batch(items)
+    results = decide_batch(decisions.store, items)
     assert isinstance(results[0], str) and results[2] == results[0]
     assert isinstance(results[1], str) and isinstance(results[5], str)
     assert isinstance(results[3], Conflict) and "already decided" in str(results[3])
@@ -202,7 +217,17 @@ def test_racing_creates_of_one_run_all_get_it_and_one_created_it(decisions: Deci
 def test_each_decision_starts_from_the_lrs_the_one_before_left(
     decisions: Decisions, flavor: str
 ) -> None:
-    spec = RunSpec("plateau", 1, {"flavor": flavor, "patience": 1}, (0.1, 0.3), "val", {})
+    spec = RunSpec.model_validate(
+        {
+            "policy": {
+                "name": "plateau",
+                "version": 1,
+                "params": {"flavor": flavor, "patience": 1},
+            },
+            "base_lrs": [0.1, 0.3],
+            "metric": "val",
+        }
+    )
     decisions.create_run("lrs", spec)
     for step in range(12):
         decide(decisions, "lrs", step, 1.0)  # a plateau: a reduction every other evaluation

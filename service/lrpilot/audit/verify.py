@@ -34,7 +34,7 @@ from lrpilot.audit.bundle import (
 from lrpilot.audit.signing import check as check_signature
 from lrpilot.audit.signing import signed_message
 from lrpilot.canonical import NON_FINITE, canonical_json, parse_float, same_float, to_strict
-from lrpilot.entries import GENESIS, Chain, Entry, Kind, Ranks, Rewound, kind_of
+from lrpilot.entries import GENESIS, Chain, Draft, Kind, Ranks, Rewound, kind_of
 from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.replay import Replay
@@ -148,17 +148,14 @@ class LogCheck:
         """Check the next entry, its canonical JSON as stored (text) or as read (UTF-8)."""
         seq = self.count + 1
         raw = body if isinstance(body, bytes) else body.encode()
-        doc = _parse(raw, line if line is not None else seq)
+        try:
+            text = raw.decode() if isinstance(body, bytes) else body
+        except UnicodeDecodeError as exc:
+            raise Mismatch(line, seq, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        doc = _parse(text, line if line is not None else seq)
         if doc.get("seq") != seq or type(doc.get("seq")) is not int:
             raise Mismatch(line, seq, "seq out of order", seq, doc.get("seq"))
         self._check_link(raw, doc, line, seq)
-        for key, want in (
-            ("run_id", self.run_id),
-            ("policy", self.policy_id),
-            ("config_hash", self.config_hash),
-        ):
-            if doc.get(key) != want:
-                raise Mismatch(line, seq, f"{key} is not the run's", want, doc.get(key))
         step = doc.get("step")
         if type(step) is not int or not 0 <= step <= MAX_STEP:
             raise Mismatch(line, seq, f"step is not an integer in [0, {MAX_STEP}]", None, step)
@@ -178,12 +175,14 @@ class LogCheck:
             entry = self._scale(chain, doc, line, seq, step)
         else:
             entry = self._decision(chain, doc, line, seq, step)
-        if entry.body.encode() != raw:
-            _first_difference(entry, doc, line, seq)
+        # the hash is checked over the stored bytes: the entry is proven when the rebuilt one,
+        # sealed with that hash, is those very bytes
+        if entry.canonical_with(doc["hash"]) != text:
+            self._first_difference(entry, doc, line, seq)
         if kind is not Kind.SCALE:
             self.last_step = step
         self.step = step
-        self.prev, self.count = entry.hash, seq
+        self.prev, self.count = doc["hash"], seq
 
     def _check_link(self, raw: bytes, doc: dict[str, Any], line: int | None, seq: int) -> None:
         if doc.get("prev_hash") != self.prev:
@@ -211,7 +210,7 @@ class LogCheck:
 
     def _decision(
         self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Entry:
+    ) -> Draft:
         if self.last_step is not None and step <= self.last_step:
             raise Mismatch(
                 line, seq, f"step {step} is not above the last live step {self.last_step}"
@@ -254,7 +253,7 @@ class LogCheck:
 
     def _scale(
         self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Entry:
+    ) -> Draft:
         """A scale entry: the job reported a new size; the lrs change by the rule's factor,
         the policy's state does not."""
         if self.scaling is None or chain.force is None:
@@ -282,7 +281,7 @@ class LogCheck:
 
     def _rewind(
         self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Entry:
+    ) -> Draft:
         ahead = self.replay.next_rewind()
         if ahead is None or ahead.seq != seq:
             raise Mismatch(line, seq, "a rewind entry the first pass did not see")
@@ -303,6 +302,19 @@ class LogCheck:
             restored_force=restored.force,
             client=doc.get("client"),
         )
+
+    def _first_difference(
+        self, expected: Draft, doc: dict[str, Any], line: int | None, seq: int
+    ) -> NoReturn:
+        """Name the first member where a stored entry is not the one rebuilt from its inputs."""
+        for key, run in (
+            ("run_id", self.run_id),
+            ("policy", self.policy_id),
+            ("config_hash", self.config_hash),
+        ):
+            if doc.get(key) != run:
+                raise Mismatch(line, seq, f"{key} is not the run's", run, doc.get(key))
+        _first_difference(expected, doc, line, seq)
 
     # the end ------------------------------------------------------------------------------
 
@@ -359,11 +371,10 @@ def _ranks(doc: dict[str, Any], line: int | None, seq: int) -> Ranks:
         raise Mismatch(line, seq, "ranks is not a list of rank, value, weight") from None
 
 
-def _first_difference(expected: Entry, doc: dict[str, Any], line: int | None, seq: int) -> NoReturn:
-    """Name the first member where a stored entry is not the one rebuilt from its inputs."""
+def _first_difference(expected: Draft, doc: dict[str, Any], line: int | None, seq: int) -> NoReturn:
     want = expected.doc
     keys = [k for k in _DERIVED if k in want or k in doc]
-    keys += sorted(k for k in set(want) | set(doc) if k not in _DERIVED)
+    keys += sorted(k for k in set(want) | set(doc) if k not in _DERIVED and k != "hash")
     for key in keys:
         if key not in want:
             raise Mismatch(
@@ -378,7 +389,7 @@ def _first_difference(expected: Entry, doc: dict[str, Any], line: int | None, se
                 to_strict(want[key]),
                 found,
             )
-    raise Mismatch(line, seq, "the entry is not in its canonical form", expected.body, None)
+    raise Mismatch(line, seq, "the entry is not in its canonical form")
 
 
 @dataclass

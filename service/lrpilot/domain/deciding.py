@@ -149,7 +149,7 @@ def decide(
         state=state_doc,
         client=client,
         ranks=ranks,
-    )
+    ).seal()
     state_json = canonical_json(state_doc)
     _remember_state(spec.policy.id, state_json, new_state)
     return NewDecision(

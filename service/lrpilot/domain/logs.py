@@ -206,7 +206,7 @@ class Audit:
                 state=state,
                 restored_force=scale,
                 client=client,
-            )
+            ).seal()
             appended = NewDecision(
                 run_id=run_id,
                 seq=entry.seq,

@@ -47,7 +47,7 @@ def scale_entry(
         policy_lrs=state.lrs,
         state=head.state.value,
         client=client,
-    )
+    ).seal()
     return NewDecision(
         run_id=head.run_id,
         seq=entry.seq,
