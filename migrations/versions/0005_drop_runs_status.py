@@ -5,6 +5,8 @@ Revises: 0004
 Create Date: 2026-12-07
 
 API v1 still serves ``"status": "active"`` in a run's document; no column needs to hold it.
+SQLite drops a column in place since 3.35 (Python 3.11 ships a later one), so no batch copy
+of the table is needed on either database.
 """
 
 from __future__ import annotations
@@ -19,12 +21,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.drop_column("status")
+    op.drop_column("runs", "status")
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("status", sa.String(16), nullable=False, server_default="active")
-        )
+    status = sa.Column("status", sa.String(16), nullable=False, server_default="active")
+    op.add_column("runs", status)

@@ -16,7 +16,7 @@ from lrpilot.domain.errors import Conflict
 from lrpilot.entries import Chain, Ranks
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy
 from lrpilot.spec import RunSpec, RunStored
-from lrpilot.store.records import NewDecision, NewRun, RunHead, Stored
+from lrpilot.store.records import NewDecision, NewRun, RunHead, Stored, appended
 
 
 def now() -> str:
@@ -152,20 +152,7 @@ def decide(
     ).seal()
     state_json = canonical_json(state_doc)
     _remember_state(spec.policy.id, state_json, new_state)
-    return NewDecision(
-        run_id=spec.run_id,
-        seq=entry.seq,
-        step=step,
-        action=entry.action,
-        hash=entry.hash,
-        body=entry.body,
-        state=state_json,
-        lrs=canonical_json(entry.doc["lrs"]),
-        last_step=step,
-        reductions=1 if outcome.reduced else 0,
-        scale=head.scale,
-        doc=entry.doc,
-    )
+    return appended(entry, state_json, step, head.scale, 1 if outcome.reduced else 0)
 
 
 def retried(head: RunHead, step: int, value: float, stored: Stored | None) -> str:

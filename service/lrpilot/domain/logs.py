@@ -30,7 +30,7 @@ from lrpilot.domain.errors import Conflict, RunNotFound
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
-from lrpilot.store.records import NewDecision, NewRun, RunHead
+from lrpilot.store.records import NewDecision, NewRun, RunHead, appended
 from lrpilot.store.runs import Store, WriteTx
 
 IMPORT_FLUSH_EVERY = 1000  # decisions a statement when an import writes its log
@@ -207,22 +207,11 @@ class Audit:
                 restored_force=scale,
                 client=client,
             ).seal()
-            appended = NewDecision(
-                run_id=run_id,
-                seq=entry.seq,
-                step=to_step,
-                action=entry.action,
-                hash=entry.hash,
-                body=entry.body,
-                state=canonical_json(state),
-                lrs=canonical_json(lrs),
-                last_step=to_step,
-                reductions=0,
-                scale=scale if scale is not None else _base(head),
-                doc=entry.doc,
+            rewound = appended(
+                entry, canonical_json(state), to_step, scale if scale is not None else _base(head)
             )
-            tx.append_decision(appended)
-            return appended
+            tx.append_decision(rewound)
+            return rewound
 
         entry = self.store.transact(work)
         run = self.store.get_run(run_id)

@@ -13,11 +13,10 @@ import math
 from typing import Any
 
 from lrpilot import entries
-from lrpilot.canonical import canonical_json
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
 from lrpilot.spec import InForce, factor, scaled
-from lrpilot.store.records import NewDecision, RunHead
+from lrpilot.store.records import NewDecision, RunHead, appended
 from lrpilot.store.runs import Store, WriteTx
 
 
@@ -48,20 +47,7 @@ def scale_entry(
         state=head.state.value,
         client=client,
     ).seal()
-    return NewDecision(
-        run_id=head.run_id,
-        seq=entry.seq,
-        step=step,
-        action=entry.action,
-        hash=entry.hash,
-        body=entry.body,
-        state=head.state.text,
-        lrs=canonical_json(entry.doc["lrs"]),
-        last_step=head.last_step,
-        reductions=0,
-        scale=InForce(size, by, step),
-        doc=entry.doc,
-    )
+    return appended(entry, head.state.text, head.last_step, InForce(size, by, step))
 
 
 def unsettled_from(head: RunHead) -> int | None:

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from lrpilot.canonical import canonical_json
+from lrpilot.entries import Entry
 from lrpilot.spec import InForce, RunStored
 
 
@@ -94,6 +96,31 @@ class NewDecision:
     reductions: int  # how many reductions this decision counts (0 or 1), as its policy says
     scale: InForce | None = None  # the run's scale in force after this entry (RunHead.scale)
     doc: dict[str, Any] | None = None  # the entry as built (what a route answers), not stored
+
+
+def appended(
+    entry: Entry,
+    state: str,
+    last_step: int | None,
+    scale: InForce | None,
+    reductions: int = 0,
+) -> NewDecision:
+    """An entry just built, as the store appends it: ``state`` is the canonical JSON of the
+    policy state after it, ``last_step`` the run's last decided step after it."""
+    return NewDecision(
+        run_id=entry.doc["run_id"],
+        seq=entry.seq,
+        step=entry.step,
+        action=entry.action,
+        hash=entry.hash,
+        body=entry.body,
+        state=state,
+        lrs=canonical_json(entry.doc["lrs"]),
+        last_step=last_step,
+        reductions=reductions,
+        scale=scale,
+        doc=entry.doc,
+    )
 
 
 @dataclass(frozen=True, slots=True)

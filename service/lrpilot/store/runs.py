@@ -95,6 +95,15 @@ def _head(row: Sequence[Any]) -> RunHead:
     return RunHead(spec, Stored(state), Stored(lrs), last_seq, last_step, head_hash, force)
 
 
+def _read_head(conn: sa.Connection, run_id: str) -> RunHead:
+    row = conn.exec_driver_sql(
+        _param(conn, f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?"), (run_id,)
+    ).first()
+    if row is None:
+        raise RunNotFound(f"run {run_id!r} not found")
+    return _head(row)
+
+
 def _scale_text(force: InForce | None) -> str | None:
     """The scale column: NULL while the base size is in force since the start."""
     return None if force is None or force.step is None else canonical_json(force.doc())
@@ -594,12 +603,7 @@ class Store:
         """
         with self._read() as s:
             conn = s.connection()
-            row = conn.exec_driver_sql(
-                _param(conn, f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?"), (run_id,)
-            ).first()
-            if row is None:
-                raise RunNotFound(f"run {run_id!r} not found")
-            head = _head(row)
+            head = _read_head(conn, run_id)
             if step is None:
                 return head, None
             found = conn.exec_driver_sql(
@@ -638,11 +642,7 @@ class Store:
         states in force over that range."""
         with self._read() as s:
             conn = s.connection()
-            row = conn.exec_driver_sql(
-                _param(conn, f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?"), (run_id,)
-            ).first()
-            if row is None:
-                raise RunNotFound(f"run {run_id!r} not found")
+            head = _read_head(conn, run_id)
             before = conn.exec_driver_sql(
                 _param(
                     conn,
@@ -660,7 +660,7 @@ class Store:
                 (run_id, False, first, last),
             ).all()
             return (
-                _head(row),
+                head,
                 None if before is None else json.loads(before[0]),
                 [(int(step), json.loads(body)) for step, body in within],
             )
