@@ -9,6 +9,13 @@ For long replays (what-if over a million observations) a policy also hands out a
 the same rule over the same state, held in plain mutable attributes, with the reason text and
 the frozen state built only when asked. A policy's ``step`` goes through its stepper, so there
 is one implementation of each rule, and the golden logs check it.
+
+Every policy derives from ``Policy``, which gives all of them what they do alike and declares
+what the rest of the code may ask of one; a family writes only its rule. What released versions
+share beyond that is frozen and stands in modules no version owns: ``lrpilot.policies.common``
+(param types, float32 rounding, torch's plateau args and their words) and
+``lrpilot.policies.text`` (how a reason writes numbers and lrs). A released version never
+imports another version's module.
 """
 
 from __future__ import annotations
@@ -253,11 +260,10 @@ class FieldStepper(StepperBase):
     _last: Any
 
     def __init__(self, state: State, metric: str) -> None:
-        super().__init__(state.lrs)
-        for name in self.state_model.model_fields:
-            setattr(self, name, getattr(state, name))
-        self._metric = metric
-        self._last = None
+        # StepperBase's lrs is one of the state's fields; a model's __dict__ holds their values
+        for name, value in state.__dict__.items():
+            setattr(self, name, value)
+        self.action, self.reduced, self._metric, self._last = "", False, metric, None
 
     def _advanced(self) -> Any:
         """What the last advance left for reason(); RuntimeError before the first advance."""
@@ -266,8 +272,7 @@ class FieldStepper(StepperBase):
         return self._last
 
     def state(self) -> State:
-        model = self.state_model
-        return model(**{name: getattr(self, name) for name in model.model_fields})
+        return self.state_model.model_validate(self, from_attributes=True)
 
 
 def policy_id(name: str, version: int) -> str:

@@ -21,6 +21,7 @@ filled) into the composite's params, so the config hash covers them.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -158,9 +159,9 @@ class Composite(Policy):
             raise PolicyError([((self.depth_loc,), f"policies nest at most {MAX_DEPTH} deep")])
         return self.bind(self.validate(params), base_lrs)
 
+    @abc.abstractmethod
     def bind(self, raw: Any, base_lrs: tuple[float, ...]) -> Frozen:
         """The validated params with every inner policy's params resolved, and base_lrs."""
-        raise NotImplementedError
 
     def validation_errors(self, exc: ValidationError) -> list[tuple[Loc, str]]:
         errors = exc.errors()
