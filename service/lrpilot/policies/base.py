@@ -9,6 +9,13 @@ For long replays (what-if over a million observations) a policy also hands out a
 the same rule over the same state, held in plain mutable attributes, with the reason text and
 the frozen state built only when asked. A policy's ``step`` goes through its stepper, so there
 is one implementation of each rule, and the golden logs check it.
+
+Every policy derives from ``Policy``, which gives all of them what they do alike and declares
+what the rest of the code may ask of one; a family writes only its rule. What released versions
+share beyond that is frozen and stands in modules no version owns: ``lrpilot.policies.common``
+(param types, float32 rounding, torch's plateau args and their words) and
+``lrpilot.policies.text`` (how a reason writes numbers and lrs). A released version never
+imports another version's module.
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+# The reasons' words and numbers, for the entries the service writes itself (rewind, scale).
+from lrpilot.policies.text import fmt as fmt
+from lrpilot.policies.text import fmt_change as fmt_change
+from lrpilot.policies.text import fmt_lrs as fmt_lrs
 
 Loc = tuple[str | int, ...]
 
@@ -107,9 +119,11 @@ class Policy(abc.ABC):
     changes its state only at evaluations.
     """
 
-    name: ClassVar[str]
-    version: ClassVar[int]
-    description: ClassVar[str]
+    # Identity: class attributes of a policy's class, or set by its constructor (the schedule
+    # families are instances of one class). description is what GET /v1/policies serves.
+    name: str
+    version: int
+    description: str
     actions: ClassVar[tuple[str, ...]]
     # True when observations never change the lrs (a pure schedule): every step's lrs are
     # certain in advance. False when the next evaluation may change them (plateau control).
@@ -118,7 +132,7 @@ class Policy(abc.ABC):
     # test's ramp): in a sequence it can only be the first phase.
     from_step_zero: ClassVar[bool] = False
     # The params, with their defaults (a policy with flavors: its default flavor's).
-    params_model: ClassVar[type[Frozen]]
+    params_model: type[Frozen]
     # What the served params schema describes, when it is not params_model (the union of a
     # policy's flavors).
     schema_type: ClassVar[Any] = None
@@ -220,36 +234,46 @@ class Policy(abc.ABC):
         return {}
 
 
-class StepperState:
-    """Gives a stepper ``state()``: its attributes named as ``state_model``'s fields."""
+class StepperBase:
+    """What every stepper holds: the last advance's action ("" before the first), the lrs in
+    force after it, and whether it counted as a reduction."""
 
-    __slots__ = ()
+    __slots__ = ("action", "lrs", "reduced")
+
+    action: str
+    lrs: tuple[float, ...]
+    reduced: bool
+
+    def __init__(self, lrs: tuple[float, ...]) -> None:
+        self.action, self.lrs, self.reduced = "", lrs, False
+
+
+class FieldStepper(StepperBase):
+    """A stepper that holds its policy's state as attributes named as ``state_model``'s
+    fields: loaded from the state it starts from, and ``state()`` built from them. ``_last``
+    is what the last advance leaves for reason() to write its sentence from (None before the
+    first advance); ``_metric`` the name the reasons give the value."""
+
+    __slots__ = ("_last", "_metric")
 
     state_model: ClassVar[type[State]]
+    _last: Any
+
+    def __init__(self, state: State, metric: str) -> None:
+        # StepperBase's lrs is one of the state's fields; a model's __dict__ holds their values
+        for name, value in state.__dict__.items():
+            setattr(self, name, value)
+        self.action, self.reduced, self._metric, self._last = "", False, metric, None
+
+    def _advanced(self) -> Any:
+        """What the last advance left for reason(); RuntimeError before the first advance."""
+        if self._last is None:
+            raise RuntimeError("no observation advanced yet: there is no reason to give")
+        return self._last
 
     def state(self) -> State:
-        model = self.state_model
-        return model(**{name: getattr(self, name) for name in model.model_fields})
+        return self.state_model.model_validate(self, from_attributes=True)
 
 
 def policy_id(name: str, version: int) -> str:
     return f"{name}@{version}"
-
-
-def fmt(x: float) -> str:
-    """A number in a reason: exact (repr), so a reader can redo the comparison."""
-    return repr(x)
-
-
-def fmt_lrs(lrs: tuple[float, ...]) -> str:
-    if len(lrs) == 1:
-        return f"lr {fmt(lrs[0])}"
-    return "lrs [" + ", ".join(fmt(x) for x in lrs) + "]"
-
-
-def fmt_change(old: tuple[float, ...], new: tuple[float, ...]) -> str:
-    if len(old) == 1:
-        return f"lr {fmt(old[0])} -> {fmt(new[0])}"
-    return (
-        "lrs [" + ", ".join(fmt(x) for x in old) + "] -> [" + ", ".join(fmt(x) for x in new) + "]"
-    )

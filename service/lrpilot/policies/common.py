@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, StrictFloat, StrictInt
 from pydantic_core import PydanticCustomError
 
-from lrpilot.policies.base import Loc
+from lrpilot.policies.base import Frozen, Loc
+from lrpilot.policies.text import fmt, fmt_change, fmt_lrs, plural
 
 LrValues = float | list[float]
 
@@ -47,6 +48,63 @@ Lr = Annotated[StrictFloat | list[StrictFloat], AfterValidator(_finite_lrs("lr",
 Count = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
 
 
+class TorchPlateauArgs(Frozen):
+    """torch.optim.lr_scheduler.ReduceLROnPlateau's arguments, names, defaults and order: the
+    params of plateau@1 flavor torch, and the first params of plateau@2."""
+
+    mode: Literal["min", "max"] = "min"
+    factor: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] = 0.1
+    patience: Count = 10
+    threshold: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-4
+    threshold_mode: Literal["rel", "abs"] = "rel"
+    cooldown: Count = 0
+    min_lr: MinLr = 0.0
+    eps: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-8
+
+    def torch_errors(self, groups: int) -> list[tuple[Loc, str]]:
+        """The rules across these args, and against the number of param groups."""
+        errors: list[tuple[Loc, str]] = []
+        # torch's rel threshold in mode min compares with best * (1 - threshold)
+        if self.threshold_mode == "rel" and self.mode == "min" and self.threshold >= 1.0:
+            errors.append(
+                (
+                    ("threshold",),
+                    f"threshold must be < 1 with threshold_mode 'rel' and mode 'min' "
+                    f"(best * (1 - threshold) must stay positive), got {self.threshold!r}",
+                )
+            )
+        return errors + group_count_errors(("min_lr",), self.min_lr, groups)
+
+    # What torch's rule says of an evaluation after the comparison, in the words of every
+    # version that runs the rule.
+
+    def patience_text(
+        self, improved: bool, cooldown: int, bad: int, lrs: tuple[float, ...], response: str
+    ) -> str:
+        """The cooldown left, the count of bad evaluations against patience and, on a plateau
+        (``bad > patience``), ``response``: what the policy did; else the lrs held.
+        ``cooldown`` is the counter before the evaluation, ``bad`` the count as compared."""
+        text = ""
+        if cooldown > 0:
+            text += f", in cooldown ({plural(cooldown - 1, 'evaluation')} left)"
+        if bad > self.patience:
+            return text + f" for {plural(bad, 'evaluation')} > patience {self.patience}{response}"
+        if not improved and cooldown == 0:
+            text += f" for {plural(bad, 'evaluation')} (patience {self.patience})"
+        return text + f": {fmt_lrs(lrs)} held"
+
+    def reduction_text(
+        self, reduced: bool, before: tuple[float, ...], lrs: tuple[float, ...]
+    ) -> str:
+        """A reduction: the lrs before and after, and the cooldown that follows; or, when no lr
+        moved, that none would change by more than eps."""
+        if not reduced:
+            return f", but no lr would change by more than eps {fmt(self.eps)}: {fmt_lrs(lrs)} held"
+        if self.cooldown:
+            return f": {fmt_change(before, lrs)}, then cooldown {self.cooldown}"
+        return f": {fmt_change(before, lrs)}"
+
+
 _F32 = struct.Struct("<f")
 _pack_f32, _unpack_f32 = _F32.pack, _F32.unpack
 
@@ -58,10 +116,6 @@ def to_f32(x: float) -> float:
     except OverflowError:  # rounds beyond float32's largest finite value
         return math.copysign(math.inf, x)
     return f
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def per_group(v: LrValues, n: int) -> tuple[float, ...]:
@@ -78,21 +132,6 @@ def group_count_errors(loc: Loc, v: LrValues, n: int) -> list[tuple[Loc, str]]:
                 loc,
                 f"{name} has {len(v)} values but there are {n} param groups (base_lrs): "
                 "give one value, or one per param group",
-            )
-        ]
-    return []
-
-
-def torch_threshold_errors(
-    mode: str, threshold_mode: str, threshold: float
-) -> list[tuple[Loc, str]]:
-    """torch's rel threshold in mode min compares with best * (1 - threshold): below 1 only."""
-    if threshold_mode == "rel" and mode == "min" and threshold >= 1.0:
-        return [
-            (
-                ("threshold",),
-                f"threshold must be < 1 with threshold_mode 'rel' and mode 'min' "
-                f"(best * (1 - threshold) must stay positive), got {threshold!r}",
             )
         ]
     return []

@@ -21,6 +21,7 @@ filled) into the composite's params, so the config hash covers them.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, StrictInt, ValidationError
 
 from lrpilot.canonical import canonical_json, to_strict
-from lrpilot.policies.base import Frozen, Loc, Policy, PolicyError, State, fmt_change, fmt_lrs
+from lrpilot.policies.base import Frozen, Loc, Policy, PolicyError, State, StepperBase
+from lrpilot.policies.text import fmt_change, fmt_lrs
 
 MAX_PHASES = 16
 MAX_DEPTH = 3  # a composite inside a composite inside a composite, no deeper
@@ -145,8 +147,7 @@ class Composite(Policy):
     """What sequence@1 and scaled@1 share: inner policies in the params, nested at most
     MAX_DEPTH deep, and the run's base lrs kept in the resolved params (not a knob)."""
 
-    open_loop: ClassVar[bool] = False
-    filled_params: ClassVar[tuple[str, ...]] = ("base_lrs",)
+    filled_params = ("base_lrs",)
     depth_loc: ClassVar[str]  # where an error on nesting too deep is located
 
     def resolve_params(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> Frozen:
@@ -158,9 +159,9 @@ class Composite(Policy):
             raise PolicyError([((self.depth_loc,), f"policies nest at most {MAX_DEPTH} deep")])
         return self.bind(self.validate(params), base_lrs)
 
+    @abc.abstractmethod
     def bind(self, raw: Any, base_lrs: tuple[float, ...]) -> Frozen:
         """The validated params with every inner policy's params resolved, and base_lrs."""
-        raise NotImplementedError
 
     def validation_errors(self, exc: ValidationError) -> list[tuple[Loc, str]]:
         errors = exc.errors()
@@ -186,15 +187,15 @@ def _phase_of(params: SequenceParams, step: int) -> int:
 
 
 class Sequence(Composite):
-    name: ClassVar[str] = "sequence"
-    version: ClassVar[int] = 1
-    description: ClassVar[str] = (
+    name = "sequence"
+    version = 1
+    description = (
         "Phases one after another, each any released policy, from step 0 to its until_step "
         "(the last never ends): e.g. a linear warmup, then plateau control. Every phase starts "
         "from the run's base lrs; a schedule phase counts steps from its own start, a plateau "
         "phase sees the real steps."
     )
-    actions: ClassVar[tuple[str, ...]] = ("warmup", "decay")  # and its phases' actions
+    actions = ("warmup", "decay")  # and its phases' actions
     params_model = SequenceParams
     state_model = SequenceState
     depth_loc = "phases"
@@ -296,25 +297,16 @@ class Sequence(Composite):
         return SequenceStepper(self, params, state, metric)
 
 
-class SequenceStepper:
+class SequenceStepper(StepperBase):
     """sequence@1 advanced in place: the phase's own stepper does the work; a new phase gets a
     new stepper from its initial state."""
 
-    __slots__ = (
-        "_inner",
-        "_lead",
-        "_metric",
-        "_params",
-        "_phase",
-        "_policy",
-        "action",
-        "lrs",
-        "reduced",
-    )
+    __slots__ = ("_inner", "_lead", "_metric", "_params", "_phase", "_policy")
 
     def __init__(
         self, policy: Sequence, params: SequenceParams, state: SequenceState, metric: str
     ) -> None:
+        super().__init__(state.lrs)
         self._policy, self._params, self._metric = policy, params, metric
         self._phase = state.phase
         inner_policy, inner_params, _ = policy._phase(params, state.phase)
@@ -322,7 +314,6 @@ class SequenceStepper:
             inner_params, policy._inner_state(params, state, state.phase), metric
         )
         self._lead = ""
-        self.action, self.lrs, self.reduced = "", state.lrs, False
 
     def advance(self, step: int, value: float) -> str:
         params, policy = self._params, self._policy
@@ -368,14 +359,14 @@ class SequenceStepper:
 
 
 class Scaled(Composite):
-    name: ClassVar[str] = "scaled"
-    version: ClassVar[int] = 1
-    description: ClassVar[str] = (
+    name = "scaled"
+    version = 1
+    description = (
         "A schedule times a scale that plateau control decides (optax's reduce_on_plateau as "
         "a scale): e.g. a cosine decay whose level drops by factor on each plateau. The plateau "
         "policy runs from base lrs of 1.0: its lrs are the scales, its min_lr floors them."
     )
-    actions: ClassVar[tuple[str, ...]] = ("hold", "warmup", "decay")
+    actions = ("hold", "warmup", "decay")
     params_model = ScaledParams
     state_model = ScaledState
     depth_loc = "schedule"
@@ -435,21 +426,21 @@ class Scaled(Composite):
         return ScaledStepper(self, params, state, metric)
 
 
-class ScaledStepper:
+class ScaledStepper(StepperBase):
     """scaled@1 advanced in place: the plateau policy's stepper decides the scale."""
 
-    __slots__ = ("_base", "_inner", "_last_step", "_params", "_parts", "action", "lrs", "reduced")
+    __slots__ = ("_base", "_inner", "_last_step", "_params", "_parts")
 
     def __init__(
         self, policy: Scaled, params: ScaledParams, state: ScaledState, metric: str
     ) -> None:
+        super().__init__(state.lrs)
         self._params = params
         self._parts = policy._parts(params)
         _, _, _, plat, pp, _ = self._parts
         self._inner = plat.stepper(pp, _memo(state, lambda: plat.load_state(state.scale)), metric)
         self._base: tuple[float, ...] = ()
         self._last_step = 0
-        self.action, self.lrs, self.reduced = "", state.lrs, False
 
     def advance(self, step: int, value: float) -> str:
         sched, sp, s0, _, _, _ = self._parts

@@ -17,45 +17,24 @@ which keras takes as ``best`` unconditionally (after which nothing improves on i
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictFloat
 
 from lrpilot.canonical import float_token
-from lrpilot.policies.base import (
-    Frozen,
-    Loc,
-    Policy,
-    PolicyError,
-    State,
-    StepperState,
-    fmt,
-    fmt_change,
-    fmt_lrs,
-)
-from lrpilot.policies.common import (
-    Count,
-    MinLr,
-    group_count_errors,
-    per_group,
-    plural,
-    to_f32,
-    torch_threshold_errors,
-)
+from lrpilot.policies import common
+from lrpilot.policies.base import FieldStepper, Frozen, Loc, Policy, PolicyError, State
+from lrpilot.policies.common import to_f32  # by name: keras' advance() rounds with it each step
+from lrpilot.policies.text import fmt, fmt_change, fmt_lrs, plural
 
 
-class TorchParams(Frozen):
-    """torch.optim.lr_scheduler.ReduceLROnPlateau's arguments, names and defaults."""
-
+class _TorchFlavor(Frozen):
     flavor: Literal["torch"] = "torch"
-    mode: Literal["min", "max"] = "min"
-    factor: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] = 0.1
-    patience: Count = 10
-    threshold: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-4
-    threshold_mode: Literal["rel", "abs"] = "rel"
-    cooldown: Count = 0
-    min_lr: MinLr = 0.0
-    eps: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-8
+
+
+# flavor first, then torch's args: pydantic orders the fields from the last base to the first
+class TorchParams(common.TorchPlateauArgs, _TorchFlavor):
+    """torch.optim.lr_scheduler.ReduceLROnPlateau's arguments, names and defaults."""
 
 
 class KerasParams(Frozen):
@@ -64,10 +43,10 @@ class KerasParams(Frozen):
     flavor: Literal["keras"]
     mode: Literal["min", "max"] = "min"
     factor: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] = 0.1
-    patience: Count = 10
+    patience: common.Count = 10
     min_delta: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-4
-    cooldown: Count = 0
-    min_lr: MinLr = 0.0
+    cooldown: common.Count = 0
+    min_lr: common.MinLr = 0.0
 
 
 Params = TorchParams | KerasParams
@@ -81,15 +60,14 @@ class PlateauState(State):
 
 
 class Plateau(Policy):
-    name: ClassVar[str] = "plateau"
-    version: ClassVar[int] = 1
-    description: ClassVar[str] = (
+    name = "plateau"
+    version = 1
+    description = (
         "Reduce the learning rate by `factor` when the metric has not improved for `patience` "
         "evaluations. flavor 'torch' (default) reproduces torch's ReduceLROnPlateau exactly, "
         "flavor 'keras' reproduces keras' ReduceLROnPlateau exactly."
     )
-    actions: ClassVar[tuple[str, ...]] = ("hold", "reduce", "cooldown")
-    open_loop: ClassVar[bool] = False
+    actions = ("hold", "reduce", "cooldown")
     params_model = TorchParams  # the default flavor
     schema_type = Annotated[TorchParams | KerasParams, Field(discriminator="flavor")]
     examples = (
@@ -107,10 +85,9 @@ class Plateau(Policy):
         raise PolicyError([(("flavor",), f"flavor must be 'torch' or 'keras', got {flavor!r}")])
 
     def check(self, params: Params, base_lrs: tuple[float, ...]) -> list[tuple[Loc, str]]:
-        errors: list[tuple[Loc, str]] = []
         if isinstance(params, TorchParams):
-            errors += torch_threshold_errors(params.mode, params.threshold_mode, params.threshold)
-        return errors + group_count_errors(("min_lr",), params.min_lr, len(base_lrs))
+            return params.torch_errors(len(base_lrs))
+        return common.group_count_errors(("min_lr",), params.min_lr, len(base_lrs))
 
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> PlateauState:
         if isinstance(params, KerasParams):
@@ -166,17 +143,33 @@ def _seen_text(metric: str, value: float, improved: bool, best: float | None, be
 # The params stay in _p for what only reason() and a reduction read.
 
 
-class _PlateauStepper(StepperState):
-    """What both flavors' steppers hold alike: a PlateauState, as plain attributes."""
+class _PlateauStepper(FieldStepper):
+    """What both flavors' steppers hold alike: a PlateauState as plain attributes, and the
+    params the rule reads at every step."""
 
-    __slots__ = ()
+    __slots__ = (
+        "_cooldown",
+        "_min",
+        "_patience",
+        "bad_evaluations",
+        "best",
+        "best_step",
+        "cooldown_counter",
+    )
 
     state_model = PlateauState
-    lrs: tuple[float, ...]
     best: float | None
     best_step: int | None
     bad_evaluations: int
     cooldown_counter: int
+
+    def __init__(
+        self, s: PlateauState, metric: str, mode: str, patience: int, cooldown: int
+    ) -> None:
+        super().__init__(s, metric)
+        self._min = mode == "min"
+        self._patience = patience
+        self._cooldown = cooldown
 
     def state_doc(self) -> dict[str, Any]:
         best = self.best
@@ -192,33 +185,9 @@ class _PlateauStepper(StepperState):
 class TorchStepper(_PlateauStepper):
     """plateau@1 flavor torch: torch's ``ReduceLROnPlateau.step``, in torch's order."""
 
-    __slots__ = (
-        "_abs_shift",
-        "_cooldown",
-        "_held",
-        "_last",
-        "_metric",
-        "_min",
-        "_p",
-        "_patience",
-        "_rel",
-        "_rel_epsilon",
-        "action",
-        "bad_evaluations",
-        "best",
-        "best_step",
-        "cooldown_counter",
-        "lrs",
-        "reduced",
-    )
+    __slots__ = ("_abs_shift", "_held", "_p", "_rel", "_rel_epsilon")
 
-    action: str
-    lrs: tuple[float, ...]
-    reduced: bool
     best: float
-    best_step: int | None
-    bad_evaluations: int
-    cooldown_counter: int
     _held: tuple[float, ...] | None  # lrs that a reduction was found to leave as they are
     # (value, better, best, best_step, cooldown_counter before the step, bad evaluations as
     # compared with patience, lrs before the step): what reason() needs
@@ -226,9 +195,8 @@ class TorchStepper(_PlateauStepper):
 
     def __init__(self, p: TorchParams, s: PlateauState, metric: str) -> None:
         assert s.best is not None, "flavor torch starts from best = +/-inf, never None"
+        super().__init__(s, metric, p.mode, p.patience, p.cooldown)
         self._p = p
-        self._metric = metric
-        self._min = p.mode == "min"
         self._rel = p.threshold_mode == "rel"
         # torch's _is_better computes rel_epsilon = 1.0 - threshold (min) or threshold + 1.0
         # (max) and compares with best * rel_epsilon: that rounding order is part of the
@@ -237,17 +205,7 @@ class TorchStepper(_PlateauStepper):
         # rounded once, so best + (-threshold) is torch's best - threshold to the bit.
         self._rel_epsilon = 1.0 - p.threshold if self._min else p.threshold + 1.0
         self._abs_shift = -p.threshold if self._min else p.threshold
-        self._patience = p.patience
-        self._cooldown = p.cooldown
         self._held = None
-        self.lrs = s.lrs
-        self.best = s.best
-        self.best_step = s.best_step
-        self.bad_evaluations = s.bad_evaluations
-        self.cooldown_counter = s.cooldown_counter
-        self.action = ""
-        self.reduced = False
-        self._last = None
 
     def advance(self, step: int, value: float) -> str:
         best = self.best
@@ -296,67 +254,26 @@ class TorchStepper(_PlateauStepper):
         p = self._p
         factor, eps = p.factor, p.eps
         new = []
-        for lr, floor in zip(lrs, per_group(p.min_lr, len(lrs)), strict=True):
+        for lr, floor in zip(lrs, common.per_group(p.min_lr, len(lrs)), strict=True):
             candidate = max(lr * factor, floor)
             new.append(candidate if lr - candidate > eps else lr)
         return tuple(new)
 
     def reason(self) -> str:
-        if self._last is None:
-            raise RuntimeError("no observation advanced yet: there is no reason to give")
-        value, better, best, best_step, cooldown, bad, before = self._last
-        p = self._p
+        value, better, best, best_step, cooldown, bad, before = self._advanced()
+        p, lrs = self._p, self.lrs
         rule = f"{p.threshold_mode} threshold {fmt(p.threshold)}"
         text = _seen_text(self._metric, value, better, best, best_step, rule)
-        if cooldown > 0:
-            text += f", in cooldown ({plural(cooldown - 1, 'evaluation')} left)"
-        if bad > p.patience:
-            text += f" for {plural(bad, 'evaluation')} > patience {p.patience}"
-            if self.action == "reduce":
-                text += f": {fmt_change(before, self.lrs)}"
-                if p.cooldown:
-                    text += f", then cooldown {p.cooldown}"
-            else:
-                text += (
-                    f", but no lr would change by more than eps {fmt(p.eps)}: "
-                    f"{fmt_lrs(self.lrs)} held"
-                )
-        else:
-            if not better and cooldown == 0:
-                text += f" for {plural(bad, 'evaluation')} (patience {p.patience})"
-            text += f": {fmt_lrs(self.lrs)} held"
-        return text
+        reduced = self.action == "reduce"
+        response = p.reduction_text(reduced, before, lrs) if bad > p.patience else ""
+        return text + p.patience_text(better, cooldown, bad, lrs, response)
 
 
 class KerasStepper(_PlateauStepper):
     """plateau@1 flavor keras: keras' ``ReduceLROnPlateau.on_epoch_end``, in keras' order."""
 
-    __slots__ = (
-        "_best_f32",
-        "_cooldown",
-        "_floored",
-        "_last",
-        "_metric",
-        "_min",
-        "_p",
-        "_patience",
-        "_signed_delta",
-        "action",
-        "bad_evaluations",
-        "best",
-        "best_step",
-        "cooldown_counter",
-        "lrs",
-        "reduced",
-    )
+    __slots__ = ("_best_f32", "_floored", "_p", "_signed_delta")
 
-    action: str
-    lrs: tuple[float, ...]
-    reduced: bool
-    best: float | None
-    best_step: int | None
-    bad_evaluations: int
-    cooldown_counter: int
     _best_f32: float  # to_f32(best), kept with best: keras compares float32 tensors
     _floored: tuple[float, ...] | None  # lrs that a reduction found all at their min_lr
     # (value, improved, best, best_step, cooldown_counter before the step, wait as compared
@@ -364,23 +281,12 @@ class KerasStepper(_PlateauStepper):
     _last: tuple[float, bool, float | None, int | None, int, int, tuple[float, ...]] | None
 
     def __init__(self, p: KerasParams, s: PlateauState, metric: str) -> None:
+        super().__init__(s, metric, p.mode, p.patience, p.cooldown)
         self._p = p
-        self._metric = metric
-        self._min = p.mode == "min"
         # keras: monitor_op(current - min_delta, best), with min_delta negated for mode min
         self._signed_delta = -p.min_delta if self._min else p.min_delta
-        self._patience = p.patience
-        self._cooldown = p.cooldown
         self._floored = None
-        self.lrs = s.lrs
-        self.best = s.best
         self._best_f32 = to_f32(s.best) if s.best is not None else math.nan
-        self.best_step = s.best_step
-        self.bad_evaluations = s.bad_evaluations
-        self.cooldown_counter = s.cooldown_counter
-        self.action = ""
-        self.reduced = False
-        self._last = None
 
     def advance(self, step: int, value: float) -> str:
         best = self.best
@@ -433,7 +339,7 @@ class KerasStepper(_PlateauStepper):
         float32 lr is above float32(min_lr), to max(lr * factor, min_lr) stored in float32
         (which can round back to the same lr: keras still counts it as a reduction)."""
         p = self._p
-        factor, floors = p.factor, per_group(p.min_lr, len(lrs))
+        factor, floors = p.factor, common.per_group(p.min_lr, len(lrs))
         # keras compares the float32 lr with np.float32(min_lr)
         reducible = [lr > to_f32(floor) for lr, floor in zip(lrs, floors, strict=True)]
         if not any(reducible):
@@ -444,9 +350,7 @@ class KerasStepper(_PlateauStepper):
         )
 
     def reason(self) -> str:
-        if self._last is None:
-            raise RuntimeError("no observation advanced yet: there is no reason to give")
-        value, improved, best, best_step, cooldown, wait, before = self._last
+        value, improved, best, best_step, cooldown, wait, before = self._advanced()
         p = self._p
         held = f": {fmt_lrs(self.lrs)} held"
         if best is None:

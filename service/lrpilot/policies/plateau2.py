@@ -70,31 +70,14 @@ from __future__ import annotations
 import math
 from functools import reduce
 from operator import add, itemgetter
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictFloat, StrictInt, ValidationError
 
 from lrpilot.canonical import float_token
-from lrpilot.policies.base import (
-    MAX_STEP,
-    Frozen,
-    Loc,
-    Policy,
-    State,
-    StepperState,
-    fmt,
-    fmt_change,
-    fmt_lrs,
-)
-from lrpilot.policies.common import (
-    Count,
-    MinLr,
-    group_count_errors,
-    per_group,
-    plural,
-    to_f32,
-    torch_threshold_errors,
-)
+from lrpilot.policies import common
+from lrpilot.policies.base import MAX_STEP, FieldStepper, Frozen, Loc, Policy, State
+from lrpilot.policies.text import fmt, fmt_change, fmt_lrs, plural
 
 MAX_WINDOW = 1000  # window and best_of: the state holds that many values
 
@@ -112,25 +95,17 @@ class Decay(Frozen):
     action: Literal["decay"]
     shape: Literal["linear", "cosine"]
     steps: Annotated[StrictInt, Field(ge=1, le=MAX_STEP)]
-    floor: MinLr = 0.0
+    floor: common.MinLr = 0.0
 
 
-class Plateau2Params(Frozen):
+class Plateau2Params(common.TorchPlateauArgs):
     """torch's ReduceLROnPlateau arguments (names and defaults) and plateau@2's own."""
 
-    mode: Literal["min", "max"] = "min"
-    factor: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] = 0.1
-    patience: Count = 10
-    threshold: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-4
-    threshold_mode: Literal["rel", "abs"] = "rel"
-    cooldown: Count = 0
-    min_lr: MinLr = 0.0
-    eps: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1e-8
     window: Annotated[StrictInt, Field(ge=1, le=MAX_WINDOW)] = 1
     ema: Annotated[StrictFloat, Field(ge=0.0, lt=1.0, allow_inf_nan=False)] = 0.0
     best_of: Annotated[StrictInt, Field(ge=1, le=MAX_WINDOW)] | None = None
     on_plateau: Annotated[Multiply | Decay, Field(discriminator="action")] = Multiply()
-    stop_after: Count | None = None
+    stop_after: common.Count | None = None
     lr_dtype: Literal["float64", "float32"] = "float64"
 
 
@@ -191,9 +166,9 @@ def remaining(shape: str, left: int, total: int) -> float:
 
 
 class Plateau2(Policy):
-    name: ClassVar[str] = "plateau"
-    version: ClassVar[int] = 2
-    description: ClassVar[str] = (
+    name = "plateau"
+    version = 2
+    description = (
         "torch's ReduceLROnPlateau rule (its params and names) with what torch lacks: the "
         "metric smoothed (window mean or ema), improvement judged against the best of the last "
         "best_of evaluations rather than the best ever, a non-finite metric reduced at once "
@@ -201,8 +176,7 @@ class Plateau2(Policy):
         "cosine decay to a floor on the first plateau (on_plateau), and a stop signal once "
         "every lr is at its floor and the metric stops improving (stop_after)."
     )
-    actions: ClassVar[tuple[str, ...]] = ("hold", "reduce", "cooldown", "decay", "stop")
-    open_loop: ClassVar[bool] = False
+    actions = ("hold", "reduce", "cooldown", "decay", "stop")
     params_model = Plateau2Params
     examples = (
         {"patience": 5, "window": 3, "best_of": 20},
@@ -233,8 +207,7 @@ class Plateau2(Policy):
 
     def check(self, params: Plateau2Params, base_lrs: tuple[float, ...]) -> list[tuple[Loc, str]]:
         p, n = params, len(base_lrs)
-        errors = torch_threshold_errors(p.mode, p.threshold_mode, p.threshold)
-        errors += group_count_errors(("min_lr",), p.min_lr, n)
+        errors = p.torch_errors(n)
         if p.window > 1 and p.ema > 0.0:
             errors.append(
                 (
@@ -245,11 +218,11 @@ class Plateau2(Policy):
             )
         on = p.on_plateau
         if isinstance(on, Decay):
-            counted = group_count_errors(("on_plateau", "floor"), on.floor, n)
+            counted = common.group_count_errors(("on_plateau", "floor"), on.floor, n)
             errors += counted or _floors_above(on.floor, base_lrs)
         if p.lr_dtype == "float32":
             for i, lr in enumerate(base_lrs):
-                if not math.isfinite(to_f32(lr)):
+                if not math.isfinite(common.to_f32(lr)):
                     errors.append(
                         (
                             ("lr_dtype",),
@@ -261,7 +234,7 @@ class Plateau2(Policy):
 
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> Plateau2State:
         assert isinstance(params, Plateau2Params)
-        dtype = to_f32 if params.lr_dtype == "float32" else _same_dtype
+        dtype = common.to_f32 if params.lr_dtype == "float32" else _same_dtype
         return Plateau2State(
             lrs=tuple(dtype(lr) for lr in base_lrs),
             best=(math.inf if params.mode == "min" else -math.inf)
@@ -287,7 +260,7 @@ class Plateau2(Policy):
         assert state.decay_lrs is not None and state.decay_to is not None
         on = params.on_plateau
         assert isinstance(on, Decay)
-        dtype = to_f32 if params.lr_dtype == "float32" else _same_dtype
+        dtype = common.to_f32 if params.lr_dtype == "float32" else _same_dtype
         targets = _targets(state.decay_lrs, on.floor, dtype)
         return _decay_at(
             on.shape, state.decay_from, state.decay_to, state.decay_lrs, targets, step, dtype
@@ -305,7 +278,9 @@ def _floors_above(
 ) -> list[tuple[Loc, str]]:
     """A decay goes down: its floor may not be above a group's base lr."""
     errors: list[tuple[Loc, str]] = []
-    for i, (floor, lr) in enumerate(zip(per_group(floors, len(base_lrs)), base_lrs, strict=True)):
+    for i, (floor, lr) in enumerate(
+        zip(common.per_group(floors, len(base_lrs)), base_lrs, strict=True)
+    ):
         if floor > lr:
             where: Loc = ("on_plateau", "floor")
             if isinstance(floors, list):
@@ -323,7 +298,7 @@ def _floors_above(
 def _targets(start: tuple[float, ...], floor: float | list[float], dtype: Any) -> tuple[float, ...]:
     """A decay's end lrs: each group's floor, never above where the decay started."""
     return tuple(
-        dtype(min(f, lr)) for f, lr in zip(per_group(floor, len(start)), start, strict=True)
+        dtype(min(f, lr)) for f, lr in zip(common.per_group(floor, len(start)), start, strict=True)
     )
 
 
@@ -354,7 +329,7 @@ _RAW, _WINDOW, _EMA = 0, 1, 2  # smoothing
 _NONE, _REDUCED, _HELD, _DECAY_STARTED = 0, 1, 2, 3
 
 
-class Plateau2Stepper(StepperState):
+class Plateau2Stepper(FieldStepper):
     """plateau@2's rule over plain attributes (see the module's docstring for the rules)."""
 
     __slots__ = (
@@ -364,9 +339,7 @@ class Plateau2Stepper(StepperState):
         "_dtype",
         "_ema",
         "_floored",
-        "_last",
         "_max",
-        "_metric",
         "_min_lrs",
         "_one_minus_ema",
         "_p",
@@ -377,7 +350,6 @@ class Plateau2Stepper(StepperState):
         "_stop_after",
         "_targets",
         "_window",
-        "action",
         "bad_evaluations",
         "best",
         "best_step",
@@ -388,17 +360,12 @@ class Plateau2Stepper(StepperState):
         "ema_value",
         "floor_evaluations",
         "history",
-        "lrs",
         "recent",
-        "reduced",
         "stopped_at",
     )
 
     state_model = Plateau2State
 
-    action: str
-    lrs: tuple[float, ...]
-    reduced: bool
     best: float | None
     best_step: int | None
     bad_evaluations: int
@@ -416,8 +383,8 @@ class Plateau2Stepper(StepperState):
     _last: tuple[Any, ...] | None
 
     def __init__(self, p: Plateau2Params, s: Plateau2State, metric: str) -> None:
+        super().__init__(s, metric)
         self._p = p
-        self._metric = metric
         self._max = p.mode == "max"
         # torch's _is_better: rel compares with best * (1 - threshold) (min) or
         # best * (threshold + 1) (max); abs with best - threshold, i.e. best + (-threshold)
@@ -436,29 +403,13 @@ class Plateau2Stepper(StepperState):
         self._best_of = p.best_of
         self._stop_after = p.stop_after
         self._decay = p.on_plateau if isinstance(p.on_plateau, Decay) else None
-        self._dtype = to_f32 if p.lr_dtype == "float32" else None
+        self._dtype = common.to_f32 if p.lr_dtype == "float32" else None
         self._floored = None
-        self.lrs = s.lrs
-        self._min_lrs = per_group(p.min_lr, len(s.lrs))
-        self.best = s.best
-        self.best_step = s.best_step
-        self.bad_evaluations = s.bad_evaluations
-        self.cooldown_counter = s.cooldown_counter
-        self.recent = s.recent
-        self.ema_value = s.ema_value
-        self.history = s.history
-        self.decay_from = s.decay_from
-        self.decay_lrs = s.decay_lrs
-        self.decay_to = s.decay_to
+        self._min_lrs = common.per_group(p.min_lr, len(s.lrs))
         self._targets = None
         if s.decay_lrs is not None:
             assert self._decay is not None, "a decay in the state of a policy without one"
             self._targets = _targets(s.decay_lrs, self._decay.floor, self._dtype or _same_dtype)
-        self.floor_evaluations = s.floor_evaluations
-        self.stopped_at = s.stopped_at
-        self.action = ""
-        self.reduced = False
-        self._last = None
 
     # -- the rule ---------------------------------------------------------------------------
 
@@ -636,9 +587,7 @@ class Plateau2Stepper(StepperState):
     # -- the reason -------------------------------------------------------------------------
 
     def reason(self) -> str:
-        last = self._last
-        if last is None:
-            raise RuntimeError("no observation advanced yet: there is no reason to give")
+        last = self._advanced()
         p, metric, lrs = self._p, self._metric, self.lrs
         kind, step, value = last[0], last[1], last[2]
         if kind == _STOPPED:
@@ -664,9 +613,7 @@ class Plateau2Stepper(StepperState):
                     text += f", the {span} goes on: " if lrs != before else ": "
                     text += fmt_change(before, lrs) if lrs != before else f"{fmt_lrs(lrs)} held"
             elif self.reduced:
-                text += f": {fmt_change(cur, lrs)}"
-                if p.cooldown:
-                    text += f", then cooldown {p.cooldown}"
+                text += p.reduction_text(True, cur, lrs)
             else:
                 text += (
                     f", but no lr can go lower (each at its min_lr or within eps {fmt(p.eps)} "
@@ -688,30 +635,17 @@ class Plateau2Stepper(StepperState):
                 else:
                     text += f", the {span} has ended: {fmt_lrs(lrs)} held at its floor"
             else:
-                if cooldown > 0:
-                    text += f", in cooldown ({plural(cooldown - 1, 'evaluation')} left)"
-                if bad > p.patience:
-                    text += f" for {plural(bad, 'evaluation')} > patience {p.patience}"
-                    if response == _REDUCED:
-                        text += f": {fmt_change(before, lrs)}"
-                        if p.cooldown:
-                            text += f", then cooldown {p.cooldown}"
-                    elif response == _DECAY_STARTED:
-                        assert decay is not None and self._targets is not None
-                        text += (
-                            f": a {decay.shape} decay over {plural(decay.steps, 'step')} "
-                            f"starts, from {fmt_lrs(lrs)} at step {step} to "
-                            f"{fmt_lrs(self._targets)} at step {self.decay_to}"
-                        )
-                    else:
-                        text += (
-                            f", but no lr would change by more than eps {fmt(p.eps)}: "
-                            f"{fmt_lrs(lrs)} held"
-                        )
-                else:
-                    if not improved and cooldown == 0:
-                        text += f" for {plural(bad, 'evaluation')} (patience {p.patience})"
-                    text += f": {fmt_lrs(lrs)} held"
+                said = ""  # what the plateau response says, if there is a plateau
+                if bad > p.patience and response == _DECAY_STARTED:
+                    assert decay is not None and self._targets is not None
+                    said = (
+                        f": a {decay.shape} decay over {plural(decay.steps, 'step')} "
+                        f"starts, from {fmt_lrs(lrs)} at step {step} to "
+                        f"{fmt_lrs(self._targets)} at step {self.decay_to}"
+                    )
+                elif bad > p.patience:
+                    said = p.reduction_text(response == _REDUCED, before, lrs)
+                text += p.patience_text(improved, cooldown, bad, lrs, said)
         if self._stop_after is not None and self.floor_evaluations:
             n = plural(self.floor_evaluations, "evaluation")
             if self.action == "stop":

@@ -62,22 +62,14 @@ from __future__ import annotations
 import math
 from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt
 
 from lrpilot.canonical import float_token
-from lrpilot.policies.base import (
-    MAX_STEP,
-    Frozen,
-    Loc,
-    Policy,
-    State,
-    StepperState,
-    fmt,
-    fmt_lrs,
-)
-from lrpilot.policies.common import Lr, group_count_errors, per_group
+from lrpilot.policies import common
+from lrpilot.policies.base import MAX_STEP, FieldStepper, Frozen, Loc, Policy, State
+from lrpilot.policies.text import fmt, fmt_lrs
 
 
 class RangeTestParams(Frozen):
@@ -100,8 +92,8 @@ class RangeTestParams(Frozen):
         }
     )
 
-    min_lr: Lr = Field(default=1e-7, description="the lr at step 0 (> 0)")
-    max_lr: Lr = Field(default=10.0, description="the lr at step num_steps - 1 (> min_lr)")
+    min_lr: common.Lr = Field(default=1e-7, description="the lr at step 0 (> 0)")
+    max_lr: common.Lr = Field(default=10.0, description="the lr at step num_steps - 1 (> min_lr)")
     num_steps: Annotated[StrictInt, Field(ge=2, le=MAX_STEP)] = Field(
         default=100, description="training steps of the ramp, >= 2"
     )
@@ -194,7 +186,9 @@ def _ramp_of(mins: tuple[float, ...], maxs: tuple[float, ...], num_steps: int, m
 
 def ramp(p: RangeTestParams, groups: int) -> Ramp:
     """The ramp of resolved params ``p`` for ``groups`` param groups (built once a process)."""
-    return _ramp_of(per_group(p.min_lr, groups), per_group(p.max_lr, groups), p.num_steps, p.mode)
+    return _ramp_of(
+        common.per_group(p.min_lr, groups), common.per_group(p.max_lr, groups), p.num_steps, p.mode
+    )
 
 
 def ln(x: float) -> float:
@@ -206,9 +200,9 @@ def ln(x: float) -> float:
 
 
 class RangeTest(Policy):
-    name: ClassVar[str] = "range_test"
-    version: ClassVar[int] = 1
-    description: ClassVar[str] = (
+    name = "range_test"
+    version = 1
+    description = (
         "Leslie Smith's LR range test: the lr rises from min_lr to max_lr over num_steps "
         "training steps (mode exp or linear) while the job posts its training loss every step; "
         "the test stops (action 'stop') once the smoothed loss exceeds diverge_factor x its "
@@ -216,11 +210,11 @@ class RangeTest(Policy):
         "holds the suggested lrs (steepest descent of the smoothed loss against ln(lr)) and "
         "the min-loss lrs / 10. base_lrs give the number of param groups only."
     )
-    actions: ClassVar[tuple[str, ...]] = ("warmup", "stop")
+    actions = ("warmup", "stop")
     # a stop ends the ramp: the lrs after the next evaluation are not certain in advance
-    open_loop: ClassVar[bool] = False
+    open_loop = False
     # its ramp counts training steps from 0: in a sequence it can only be the first phase
-    from_step_zero: ClassVar[bool] = True
+    from_step_zero = True
     params_model = RangeTestParams
     state_model = RangeTestState
 
@@ -283,10 +277,10 @@ def _suggest(
 
 def _check(p: RangeTestParams, n: int) -> list[tuple[Loc, str]]:
     """The rules across params and against the number of param groups ``n``."""
-    errors = group_count_errors(("min_lr",), p.min_lr, n)
-    errors += group_count_errors(("max_lr",), p.max_lr, n)
+    errors = common.group_count_errors(("min_lr",), p.min_lr, n)
+    errors += common.group_count_errors(("max_lr",), p.max_lr, n)
     if not errors:
-        mins, maxs = per_group(p.min_lr, n), per_group(p.max_lr, n)
+        mins, maxs = common.per_group(p.min_lr, n), common.per_group(p.max_lr, n)
         for i, (lo, hi) in enumerate(zip(mins, maxs, strict=True)):
             if lo >= hi:
                 where = f" (param group {i})" if n > 1 else ""
@@ -318,19 +312,16 @@ def _values(xs: tuple[float, ...]) -> str:
     return fmt(xs[0]) if len(xs) == 1 else "[" + ", ".join(fmt(x) for x in xs) + "]"
 
 
-class RangeTestStepper(StepperState):
+class RangeTestStepper(FieldStepper):
     """range_test@1's rule over plain attributes (see the module's docstring)."""
 
     __slots__ = (
         "_beta",
         "_factor",
-        "_last",
-        "_metric",
         "_p",
         "_ramp",
         "_skip",
         "_stop_at",
-        "action",
         "avg",
         "best",
         "best_step",
@@ -338,9 +329,7 @@ class RangeTestStepper(StepperState):
         "evaluations",
         "last_step",
         "log_lr",
-        "lrs",
         "min_loss_lrs_div_10",
-        "reduced",
         "smoothed",
         "steepest_slope",
         "steepest_step",
@@ -350,9 +339,6 @@ class RangeTestStepper(StepperState):
 
     state_model = RangeTestState
 
-    action: str
-    lrs: tuple[float, ...]
-    reduced: bool
     stop_step: int | None
     evaluations: int
     avg: float
@@ -370,30 +356,13 @@ class RangeTestStepper(StepperState):
     _last: tuple[int, int, float, float, float] | None
 
     def __init__(self, p: RangeTestParams, s: RangeTestState, metric: str) -> None:
+        super().__init__(s, metric)
         self._p = p
-        self._metric = metric
         self._ramp = ramp(p, len(s.lrs))
         self._beta = p.smoothing
         self._factor = p.diverge_factor
         self._skip = p.skip_start
         self._stop_at = p.num_steps - 1
-        self.lrs = s.lrs
-        self.stop_step = s.stop_step
-        self.evaluations = s.evaluations
-        self.avg = s.avg
-        self.beta_power = s.beta_power
-        self.smoothed = s.smoothed
-        self.log_lr = s.log_lr
-        self.last_step = s.last_step
-        self.best = s.best
-        self.best_step = s.best_step
-        self.steepest_slope = s.steepest_slope
-        self.steepest_step = s.steepest_step
-        self.suggested_lrs = s.suggested_lrs
-        self.min_loss_lrs_div_10 = s.min_loss_lrs_div_10
-        self.action = ""
-        self.reduced = False
-        self._last = None
 
     def advance(self, step: int, value: float) -> str:
         if self.stop_step is not None:
@@ -455,9 +424,7 @@ class RangeTestStepper(StepperState):
         return "stop"
 
     def reason(self) -> str:
-        if self._last is None:
-            raise RuntimeError("no observation advanced yet: there is no reason to give")
-        what, step, value, smoothed, limit = self._last
+        what, step, value, smoothed, limit = self._advanced()
         seen = f"{self._metric} {fmt(value)}"
         held = f"{fmt_lrs(self.lrs)} held"
         if what == _AFTER:

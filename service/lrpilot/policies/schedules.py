@@ -57,7 +57,7 @@ from bisect import bisect_right
 from collections.abc import Callable
 from decimal import Decimal
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -72,8 +72,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import float_token
-from lrpilot.policies.base import MAX_STEP, Frozen, Loc, Policy, State, fmt, fmt_change, fmt_lrs
-from lrpilot.policies.common import group_count_errors, per_group
+from lrpilot.policies import common
+from lrpilot.policies.base import MAX_STEP, FieldStepper, Frozen, Loc, Policy, State
+from lrpilot.policies.text import fmt, fmt_change, fmt_lrs
 
 Curve = Callable[[int], tuple[float, ...]]
 
@@ -576,13 +577,13 @@ class CyclicParams(ScheduleParams):
     ] = 1.0
 
     def _check(self, groups: int) -> list[tuple[Loc, str]]:
-        return group_count_errors(("base_lr",), self.base_lr, groups) + group_count_errors(
-            ("max_lr",), self.max_lr, groups
-        )
+        return common.group_count_errors(
+            ("base_lr",), self.base_lr, groups
+        ) + common.group_count_errors(("max_lr",), self.max_lr, groups)
 
     def _curve(self, base: tuple[float, ...]) -> Curve:
-        lows = per_group(self.base_lr, len(base))
-        highs = per_group(self.max_lr, len(base))
+        lows = common.per_group(self.base_lr, len(base))
+        highs = common.per_group(self.max_lr, len(base))
         spans = tuple([m - b for b, m in zip(lows, highs, strict=True)])
         up = self.step_size_up
         down = self.step_size_down if self.step_size_down is not None else up
@@ -644,7 +645,7 @@ class OneCycleParams(ScheduleParams):
     ] = False
 
     def _check(self, groups: int) -> list[tuple[Loc, str]]:
-        errors = group_count_errors(("max_lr",), self.max_lr, groups)
+        errors = common.group_count_errors(("max_lr",), self.max_lr, groups)
         if float(self.pct_start * self.total_steps) - 1 == 0.0:
             errors.append(
                 (
@@ -677,7 +678,7 @@ class OneCycleParams(ScheduleParams):
         return [(float(pct * t) - 1, "initial", "max"), (t - 1, "max", "min")]
 
     def _curve(self, base: tuple[float, ...]) -> Curve:
-        tops = per_group(self.max_lr, len(base))
+        tops = common.per_group(self.max_lr, len(base))
         initial = tuple([m / self.div_factor for m in tops])
         levels = {
             "initial": initial,
@@ -731,10 +732,13 @@ class Schedule(Policy):
     """A family as a released policy: ``lrs_at`` is the family's curve; ``step`` logs what it
     gives at the observation's step (hold, warmup when an lr rose, decay when they fell)."""
 
-    version: ClassVar[int] = 1
-    actions: ClassVar[tuple[str, ...]] = ("hold", "warmup", "decay")
-    open_loop: ClassVar[bool] = True
-    params_model: ClassVar[type[ScheduleParams]]
+    version = 1
+    actions = ("hold", "warmup", "decay")
+    open_loop = True
+    params_model: type[ScheduleParams]
+
+    def __init__(self, name: str, params_model: type[ScheduleParams], description: str) -> None:
+        self.name, self.params_model, self.description = name, params_model, description
 
     def validation_errors(self, exc: ValidationError) -> list[tuple[Loc, str]]:
         out: list[tuple[Loc, str]] = []
@@ -779,27 +783,21 @@ class Schedule(Policy):
         return ScheduleStepper(self.name, params.curve, state, metric)
 
 
-class ScheduleStepper:
+class ScheduleStepper(FieldStepper):
     """A schedule's state (its lrs) as plain attributes: each advance is the curve at the
-    observation's step; the value is logged, never read."""
+    observation's step; the value is logged, never read. A schedule's decay is planned, not a
+    reduction: ``reduced`` stays False."""
 
-    __slots__ = ("_before", "_curve", "_family", "_metric", "_seen", "action", "lrs", "reduced")
+    __slots__ = ("_curve", "_family")
 
-    action: str
-    lrs: tuple[float, ...]
-    reduced: bool
-    _before: tuple[float, ...] | None  # the lrs before the last advance: what reason() needs
-    _seen: tuple[int, float]  # the last advance's step and value
+    state_model = State
+    # (the lrs before, step, value) of the last advance: what reason() needs
+    _last: tuple[tuple[float, ...], int, float] | None
 
     def __init__(self, family: str, curve: Curve, state: State, metric: str) -> None:
+        super().__init__(state, metric)
         self._family = family
         self._curve = curve
-        self._metric = metric
-        self._before = None
-        self._seen = (0, 0.0)
-        self.lrs = state.lrs
-        self.action = ""
-        self.reduced = False  # a schedule's decay is planned, not a reduction
 
     def advance(self, step: int, value: float) -> str:
         before = self.lrs
@@ -809,131 +807,83 @@ class ScheduleStepper:
         else:
             self.lrs = lrs
             action = "warmup" if any(a > b for a, b in zip(lrs, before, strict=True)) else "decay"
-        self._before = before
-        self._seen = (step, value)
+        self._last = (before, step, value)
         self.action = action
         return action
 
     def reason(self) -> str:
-        if self._before is None:
-            raise RuntimeError("no observation advanced yet: there is no reason to give")
-        step, value = self._seen
+        before, step, value = self._advanced()
         change = (
-            f"{fmt_lrs(self.lrs)} held"
-            if self.action == "hold"
-            else fmt_change(self._before, self.lrs)
+            f"{fmt_lrs(self.lrs)} held" if self.action == "hold" else fmt_change(before, self.lrs)
         )
         return (
             f"{self._family} schedule at step {step}: {change} "
             f"({self._metric} {fmt(value)} logged; a schedule does not read it)"
         )
 
-    def state(self) -> State:
-        return State(lrs=self.lrs)
-
     def state_doc(self) -> dict[str, Any]:
         return {"lrs": [float_token(x) for x in self.lrs]}
 
 
-class Constant(Schedule):
-    name = "constant"
-    params_model = ConstantParams
-    description = (
-        "The base lrs times factor until step total_iters, then the base lrs (torch's ConstantLR)."
-    )
-
-
-class Step(Schedule):
-    name = "step"
-    params_model = StepParams
-    description = "The base lrs times gamma every step_size steps (torch's StepLR)."
-
-
-class MultiStep(Schedule):
-    name = "multistep"
-    params_model = MultiStepParams
-    description = "The base lrs times gamma at each milestone step (torch's MultiStepLR)."
-
-
-class Exponential(Schedule):
-    name = "exponential"
-    params_model = ExponentialParams
-    description = "The base lrs times gamma**step (torch's ExponentialLR)."
-
-
-class InverseTime(Schedule):
-    name = "inverse_time"
-    params_model = InverseTimeParams
-    description = (
+# One released policy a family, ``<name>@1``: its name, its params (the rule is their curve)
+# and the description GET /v1/policies serves.
+SCHEDULES: tuple[Schedule, ...] = (
+    Schedule(
+        "constant",
+        ConstantParams,
+        "The base lrs times factor until step total_iters, then the base lrs (torch's ConstantLR).",
+    ),
+    Schedule(
+        "step", StepParams, "The base lrs times gamma every step_size steps (torch's StepLR)."
+    ),
+    Schedule(
+        "multistep",
+        MultiStepParams,
+        "The base lrs times gamma at each milestone step (torch's MultiStepLR).",
+    ),
+    Schedule(
+        "exponential", ExponentialParams, "The base lrs times gamma**step (torch's ExponentialLR)."
+    ),
+    Schedule(
+        "inverse_time",
+        InverseTimeParams,
         "1/t decay: base / (1 + decay_rate * step / decay_steps), the quotient floored with "
-        "staircase (keras' InverseTimeDecay, in double precision)."
-    )
-
-
-class Linear(Schedule):
-    name = "linear"
-    params_model = LinearParams
-    description = (
+        "staircase (keras' InverseTimeDecay, in double precision).",
+    ),
+    Schedule(
+        "linear",
+        LinearParams,
         "The base lrs times a factor going linearly from start_factor to end_factor over "
-        "total_iters steps (torch's LinearLR): a linear warmup or decay."
-    )
-
-
-class Cosine(Schedule):
-    name = "cosine"
-    params_model = CosineParams
-    description = (
+        "total_iters steps (torch's LinearLR): a linear warmup or decay.",
+    ),
+    Schedule(
+        "cosine",
+        CosineParams,
         "Cosine annealing from the base lrs to eta_min over T_max steps (torch's "
-        "CosineAnnealingLR)."
-    )
-
-
-class Polynomial(Schedule):
-    name = "polynomial"
-    params_model = PolynomialParams
-    description = (
-        "The base lrs times (1 - step / total_iters) ** power, then 0 (torch's PolynomialLR)."
-    )
-
-
-class CosineRestarts(Schedule):
-    name = "cosine_restarts"
-    params_model = CosineRestartsParams
-    description = (
+        "CosineAnnealingLR).",
+    ),
+    Schedule(
+        "polynomial",
+        PolynomialParams,
+        "The base lrs times (1 - step / total_iters) ** power, then 0 (torch's PolynomialLR).",
+    ),
+    Schedule(
+        "cosine_restarts",
+        CosineRestartsParams,
         "Cosine annealing to eta_min restarted from the base lrs every cycle, the first T_0 "
-        "steps long, each T_mult times the last (torch's CosineAnnealingWarmRestarts, SGDR)."
-    )
-
-
-class Cyclic(Schedule):
-    name = "cyclic"
-    params_model = CyclicParams
-    description = (
+        "steps long, each T_mult times the last (torch's CosineAnnealingWarmRestarts, SGDR).",
+    ),
+    Schedule(
+        "cyclic",
+        CyclicParams,
         "Cycles between base_lr and max_lr, step_size_up steps up and step_size_down down, "
-        "mode triangular, triangular2 or exp_range (torch's CyclicLR, lrs only)."
-    )
-
-
-class OneCycle(Schedule):
-    name = "one_cycle"
-    params_model = OneCycleParams
-    description = (
+        "mode triangular, triangular2 or exp_range (torch's CyclicLR, lrs only).",
+    ),
+    Schedule(
+        "one_cycle",
+        OneCycleParams,
         "The 1cycle policy: from max_lr / div_factor up to max_lr, then down to "
         "max_lr / div_factor / final_div_factor over total_steps steps (torch's OneCycleLR, lrs "
-        "only; after the cycle its last lrs hold)."
-    )
-
-
-SCHEDULES: tuple[Schedule, ...] = (
-    Constant(),
-    Step(),
-    MultiStep(),
-    Exponential(),
-    InverseTime(),
-    Linear(),
-    Cosine(),
-    Polynomial(),
-    CosineRestarts(),
-    Cyclic(),
-    OneCycle(),
+        "only; after the cycle its last lrs hold).",
+    ),
 )
