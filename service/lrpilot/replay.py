@@ -193,7 +193,7 @@ def trace(
     return [(s.action, s.lrs) for s in replay(policy, params, state, observations, metric)]
 
 
-def lrs_over(
+def lrs_range(
     policy: Policy,
     params: Frozen,
     state: State,

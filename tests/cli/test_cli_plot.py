@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lrpilot.audit.whatif import Setup
+from lrpilot.audit.simulate import Setup
 from lrpilot.cli.plot import (
     PlotError,
     changes_lrs,

@@ -29,7 +29,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.policies import Observation, PolicyError, get_policy
-from lrpilot.policies.plateau import to_f32
+from lrpilot.policies.common import to_f32
 from lrpilot.policies.plateau2 import Plateau2, Plateau2State, remaining
 from lrpilot.replay import replay
 from tests.harness import GOLDEN_DIR

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lrpilot.audit.whatif import Setup
+from lrpilot.audit.simulate import Setup
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.policies import Observation, PolicyError, get_policy
 from lrpilot.policies.range_test import RangeTestParams, RangeTestState

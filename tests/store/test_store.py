@@ -20,7 +20,7 @@ from lrpilot.domain.aggregated import Posted
 from lrpilot.domain.decisions import Decisions, decide_batch
 from lrpilot.domain.errors import Conflict, RunBusy
 from lrpilot.entries import verify_chain
-from lrpilot.policies.plateau import to_f32
+from lrpilot.policies.common import to_f32
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec
 from lrpilot.store.db import upgrade

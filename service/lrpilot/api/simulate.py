@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from lrpilot.api.deps import AuditDep
 from lrpilot.api.models import MAX_SIMULATE, SimulateIn, SimulateOut
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
-from lrpilot.audit.whatif import Setup, run_setup
+from lrpilot.audit.simulate import Setup, run_setup
 from lrpilot.domain.errors import Conflict
 from lrpilot.spec import scaled
 

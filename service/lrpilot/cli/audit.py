@@ -22,8 +22,8 @@ from rich.table import Table
 
 from lrpilot.audit.bundle import Mismatch, bundle_run, live_branch, read_lines, read_raw
 from lrpilot.audit.signing import SigningKeyError, keygen, load_public_key
+from lrpilot.audit.simulate import Comparison, Setup, compare, run_setup
 from lrpilot.audit.verify import check_bundle
-from lrpilot.audit.whatif import Comparison, Setup, compare, run_setup
 from lrpilot.cli._common import DEFAULT_URL, Url, client, detail_text, fail, service_errors
 from lrpilot.policies import PolicyError
 from lrpilot.spec import RunStored

@@ -32,7 +32,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from lrpilot.audit.whatif import Setup
+from lrpilot.audit.simulate import Setup
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.cli._common import DEFAULT_URL, client, fail
 from lrpilot.policies import PolicyError

@@ -3,18 +3,18 @@
 A schedule moves the lrs between evaluations, so the lrs at a step are the policy's
 ``lrs_at(step)`` from the state of the last live entry at or before it (the initial state
 before the first), times the scale in force there. Both reads run the one replay loop's range
-function, ``lrpilot.replay.lrs_over``.
+function, ``lrpilot.replay.lrs_range``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from lrpilot import replay
 from lrpilot.canonical import parse_float
 from lrpilot.domain.deciding import resolved
 from lrpilot.domain.scaling import unsettled_from
 from lrpilot.policies import Frozen, Policy, State
-from lrpilot.replay import lrs_over
 from lrpilot.store.records import RunHead
 from lrpilot.store.runs import Store
 
@@ -43,7 +43,7 @@ def lr_at(store: Store, run_id: str, step: int | None) -> tuple[dict[str, Any], 
     else:
         seq, at, entry = row if row is not None else (None, None, None)
         state, by = _in_force(policy, params, head, entry)
-        lrs = lrs_over(policy, params, state, by, step, 1, ())[0]
+        lrs = replay.lrs_range(policy, params, state, by, step, 1, ())[0]
     decided = step is None or (
         (head.last_step is not None and head.last_step >= step) or policy.open_loop
     )
@@ -71,7 +71,7 @@ def lrs_range(store: Store, run_id: str, first: int, count: int) -> dict[str, An
     policy, params = resolved(head.spec)
     state, by = _in_force(policy, params, head, before)
     changes = ((step, *_in_force(policy, params, head, entry)) for step, entry in within)
-    lrs = lrs_over(policy, params, state, by, first, count, changes)
+    lrs = replay.lrs_range(policy, params, state, by, first, count, changes)
     if policy.open_loop:
         certain: int | None = last
     elif head.last_step is None or head.last_step < first:
