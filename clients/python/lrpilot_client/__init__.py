@@ -9,30 +9,14 @@ keeps the last decided rates, buffers what it could not send and sends it, in or
 service is back (see `Client`).
 """
 
-from . import models
+from . import errors, models
 from .async_client import AsyncClient
 from .client import Client
-from .errors import (
-    ConflictError,
-    LrpilotError,
-    NotFoundError,
-    ResponseError,
-    ServiceUnavailableError,
-    ValidationError,
-)
+from .errors import *  # noqa: F403 - every error is part of the API (errors.__all__)
 from .models import *  # noqa: F403 - every model is part of the API (models.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AsyncClient",
-    "Client",
-    "ConflictError",
-    "LrpilotError",
-    "NotFoundError",
-    "ResponseError",
-    "ServiceUnavailableError",
-    "ValidationError",
-    "__version__",
-]
+__all__ = ["AsyncClient", "Client", "__version__"]
+__all__ += errors.__all__
 __all__ += models.__all__

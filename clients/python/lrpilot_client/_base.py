@@ -15,6 +15,7 @@ import inspect
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import (
@@ -319,8 +320,14 @@ class ClientBase(Generic[H, X]):
         )  # fmt: skip
 
     @staticmethod
-    def _settle(call: Call[T], attempts: Attempts, response: httpx.Response) -> T | Retry:
-        """The result of an answer, or RETRY when it is a failure worth another attempt."""
+    def _settle(
+        call: Call[T], attempts: Attempts, response: httpx.Response | httpx.TransportError
+    ) -> T | Retry:
+        """The result of an answer, or RETRY when it (or no answer) is a failure worth another
+        attempt."""
+        if isinstance(response, httpx.TransportError):
+            attempts.transport_failed(response)
+            return RETRY
         if attempts.server_failed(response):
             return RETRY
         try:
@@ -334,6 +341,34 @@ class ClientBase(Generic[H, X]):
         """A call with no stand-in failed: in "buffer" mode the outage schedule takes note."""
         if self._res.buffering:
             self._res.outage.failed(exc)
+
+    def _stand_in(self, exc: ServiceUnavailableError, offline: Callable[[], T]) -> T:
+        """A call with a stand-in failed: the stand-in ("buffer" mode; "raise" mode raises)."""
+        self._res.unreachable(exc)
+        return offline()
+
+    def _answered(self, result: T) -> T:
+        self._res.answered(result)
+        return result
+
+    def _undelivered(self, obs: PendingObservation, exc: LrpilotError) -> None:
+        """A buffered observation was not delivered: the outage goes on (this returns, or raises
+        in "raise" mode), or the service refused it (raised, out of the outbox)."""
+        if isinstance(exc, ServiceUnavailableError):
+            self._res.unreachable(exc)
+            return
+        raise self._res.refused(obs, exc) from exc
+
+    def _flush_waits(self, timeout: float) -> Iterator[float]:
+        """`flush`'s schedule: the wait before each try, while observations are buffered and
+        the next try is due within `timeout` seconds from now."""
+        res = self._res
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while len(res.outbox):
+            wait = res.outage.wait()
+            if time.monotonic() + wait > deadline:
+                return
+            yield wait
 
     def _report_left(self) -> None:
         """At close: say what could not be sent (kept in the outbox file, or lost)."""

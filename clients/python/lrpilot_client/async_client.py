@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
@@ -68,13 +66,8 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        if exc_info[1] is None:  # (type, exception, traceback): no exception in flight
             await self.close()
             return
         try:
@@ -90,15 +83,15 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
             if wait > 0:
                 await asyncio.sleep(wait)
             content = _file_chunks(call.upload) if call.upload else None
+            answer: httpx.Response | httpx.TransportError
             try:
                 request = self._request_of(call, timeout, content)
-                response = await self._http.send(request, stream=call.stream)
+                answer = response = await self._http.send(request, stream=call.stream)
                 if call.stream and not response.is_success:
                     await response.aread()
             except httpx.TransportError as exc:
-                attempts.transport_failed(exc)
-                continue
-            if (result := self._settle(call, attempts, response)) is not RETRY:
+                answer = exc
+            if (result := self._settle(call, attempts, answer)) is not RETRY:
                 return result  # type: ignore[return-value]
         raise attempts.exhausted(call.describe())
 
@@ -110,13 +103,12 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
             try:
                 while (obs := res.next_to_send()) is not None:
                     try:
-                        decision = await self._send(res.observe_call(obs), res.attempts(obs))
-                    except ServiceUnavailableError as exc:
-                        res.unreachable(exc)
-                        return
+                        res.delivered(
+                            obs, await self._send(res.observe_call(obs), res.attempts(obs))
+                        )
                     except LrpilotError as exc:
-                        raise res.refused(obs, exc) from exc
-                    res.delivered(obs, decision)
+                        self._undelivered(obs, exc)
+                        return  # the outage goes on
             finally:
                 res.outbox.save()
 
@@ -133,25 +125,18 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
             try:
                 result = await self._send(call, self._res.attempts(obs))
             except ServiceUnavailableError as exc:
-                self._res.unreachable(exc)
-                return offline()
+                return self._stand_in(exc, offline)
         else:
             return offline()
-        self._res.answered(result)
-        return result
+        return self._answered(result)
 
     async def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> int:
         """See `Client.flush`."""
-        res = self._res
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while len(res.outbox):
-            wait = res.outage.wait()
-            if time.monotonic() + wait > deadline:
-                break
+        for wait in self._flush_waits(timeout):
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._flush_pending()
-        return len(res.outbox)
+        return len(self._res.outbox)
 
     _asynchronous = True
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
@@ -88,13 +87,8 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[1] is None:  # (type, exception, traceback): no exception in flight
             self.close()
             return
         try:
@@ -111,16 +105,16 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
             if wait > 0:
                 time.sleep(wait)
             content = _calls.file_chunks(call.upload)() if call.upload else None
+            answer: httpx.Response | httpx.TransportError
             try:
-                response = self._http.send(
+                answer = response = self._http.send(
                     self._request_of(call, timeout, content), stream=call.stream
                 )
                 if call.stream and not response.is_success:
                     response.read()  # an error's detail, or a failure to retry
             except httpx.TransportError as exc:
-                attempts.transport_failed(exc)
-                continue
-            if (result := self._settle(call, attempts, response)) is not RETRY:
+                answer = exc
+            if (result := self._settle(call, attempts, answer)) is not RETRY:
                 return result  # type: ignore[return-value]
         raise attempts.exhausted(call.describe())
 
@@ -137,13 +131,10 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
             try:
                 while (obs := res.next_to_send()) is not None:
                     try:
-                        decision = self._send(res.observe_call(obs), res.attempts(obs))
-                    except ServiceUnavailableError as exc:
-                        res.unreachable(exc)
-                        return
+                        res.delivered(obs, self._send(res.observe_call(obs), res.attempts(obs)))
                     except LrpilotError as exc:
-                        raise res.refused(obs, exc) from exc
-                    res.delivered(obs, decision)
+                        self._undelivered(obs, exc)
+                        return  # the outage goes on
             finally:
                 res.outbox.save()
 
@@ -162,12 +153,10 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
             try:
                 result = self._send(call, self._res.attempts(obs))
             except ServiceUnavailableError as exc:
-                self._res.unreachable(exc)
-                return offline()
+                return self._stand_in(exc, offline)
         else:
             return offline()
-        self._res.answered(result)
-        return result
+        return self._answered(result)
 
     def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> int:
         """Send the buffered observations now, oldest first, waiting out the outage schedule
@@ -176,16 +165,11 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
         For the end of training (`close()` does it too), or to check that nothing is left.
         Raises the error of a buffered observation the service refuses, like any call.
         """
-        res = self._res
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while len(res.outbox):
-            wait = res.outage.wait()
-            if time.monotonic() + wait > deadline:
-                break
+        for wait in self._flush_waits(timeout):
             if wait > 0:
                 time.sleep(wait)
             self._flush_pending()
-        return len(res.outbox)
+        return len(self._res.outbox)
 
     def lrs(self, run_id: str, step: int | None = None) -> list[float]:
         """The rates in force at `step`, one per param group (the current ones if None); in
