@@ -9,77 +9,14 @@ keeps the last decided rates, buffers what it could not send and sends it, in or
 service is back (see `Client`).
 """
 
+from . import errors, models
 from .async_client import AsyncClient
 from .client import Client
-from .errors import (
-    ConflictError,
-    LrpilotError,
-    NotFoundError,
-    ResponseError,
-    ServiceUnavailableError,
-    ValidationError,
-)
-from .models import (
-    Best,
-    Counts,
-    Decision,
-    Health,
-    Imported,
-    LrAt,
-    LrChange,
-    LrsAhead,
-    LrsInForce,
-    LrsRange,
-    Page,
-    PendingObservation,
-    Policy,
-    PolicyInfo,
-    Resized,
-    Rewound,
-    Run,
-    RunPage,
-    Simulated,
-    SimulatedDecision,
-    Summary,
-    Verified,
-    decode_float,
-    encode_float,
-)
+from .errors import *  # noqa: F403 - every error is part of the API (errors.__all__)
+from .models import *  # noqa: F403 - every model is part of the API (models.__all__)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AsyncClient",
-    "Best",
-    "Client",
-    "ConflictError",
-    "Counts",
-    "Decision",
-    "Health",
-    "Imported",
-    "LrAt",
-    "LrChange",
-    "LrpilotError",
-    "LrsAhead",
-    "LrsInForce",
-    "LrsRange",
-    "NotFoundError",
-    "Page",
-    "PendingObservation",
-    "Policy",
-    "PolicyInfo",
-    "Resized",
-    "ResponseError",
-    "Rewound",
-    "Run",
-    "RunPage",
-    "ServiceUnavailableError",
-    "Simulated",
-    "SimulatedDecision",
-    "Summary",
-    "ValidationError",
-    "Verified",
-    "__version__",
-    "decode_float",
-    "encode_float",
-]
+__all__ = ["AsyncClient", "Client", "__version__"]
+__all__ += errors.__all__
+__all__ += models.__all__

@@ -15,18 +15,33 @@ import inspect
 import logging
 import os
 import random
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, Concatenate, Generic, ParamSpec, TypeVar, cast
+from typing import (
+    IO,
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    ParamSpec,
+    Self,
+    TypeVar,
+    cast,
+    overload,
+)
 
 import httpx
 
 from . import _calls
-from ._calls import Call
+from ._calls import Call, Pages
 from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, probe_timeout
 from ._retry import Attempts, RetryPolicy
-from .errors import LrpilotError, ResponseError, ServiceUnavailableError
-from .models import Page, PendingObservation
+from .errors import LrpilotError, ServiceUnavailableError
+from .models import PendingObservation
+
+if TYPE_CHECKING:
+    from .async_client import AsyncClient
+    from .client import Client
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -34,9 +49,8 @@ __all__ = [
     "DEFAULT_FLUSH_TIMEOUT",
     "USER_AGENT",
     "ClientBase",
-    "awaiting",
-    "next_cursor",
-    "sending",
+    "listing",
+    "operation",
 ]
 
 T = TypeVar("T")
@@ -60,28 +74,6 @@ class Retry:
 
 
 RETRY = Retry()
-
-
-def next_cursor(page: Page[Any], after: int) -> int | None:
-    """The `after` for the page following `page`, None when `page` was the last.
-
-    A cursor that does not move forward would make the iteration loop forever, so it is
-    treated as a broken answer rather than followed.
-    """
-    if page.next is None:
-        return None
-    if page.next <= after:
-        raise ResponseError(f"pagination did not advance: after={after}, next={page.next}")
-    return page.next
-
-
-def next_run_cursor(page: Any, after: str | None) -> str | None:
-    """`next_cursor` for runs, whose cursor is a run_id (pages come in run_id order)."""
-    if page.next is None:
-        return None
-    if after is not None and page.next <= after:
-        raise ResponseError(f"pagination did not advance: after={after!r}, next={page.next!r}")
-    return cast(str, page.next)
 
 
 def broken(call: Call[Any], exc: httpx.TransportError) -> ServiceUnavailableError:
@@ -108,12 +100,14 @@ def sink(to: Destination) -> Iterator[IO[bytes]]:
         raise
 
 
-def _method_like(build: Callable[..., Any], method: Callable[..., Any]) -> None:
-    """Give `method` the name, docstring and signature (with `self`) of `build`."""
+def _method_like(build: Callable[..., Any], method: Callable[..., T]) -> Callable[..., T]:
+    """`method` with the name, docstring and signature (with `self`) of `build`."""
     sig = inspect.signature(build)
     returns = str(sig.return_annotation)
     if returns.startswith("Call[") and returns.endswith("]"):
         returns = returns[5:-1]
+    elif returns.startswith("Pages[") and returns.endswith("]"):
+        returns = f"Iterator[{returns[6:-1]}]"
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     method.__signature__ = sig.replace(  # type: ignore[attr-defined]
         parameters=[self_param, *sig.parameters.values()], return_annotation=returns
@@ -121,32 +115,112 @@ def _method_like(build: Callable[..., Any], method: Callable[..., Any]) -> None:
     method.__name__ = build.__name__
     method.__qualname__ = build.__name__
     method.__doc__ = build.__doc__
+    return method
 
 
-def sending(build: Callable[P, Call[T]]) -> Callable[Concatenate[Any, P], T]:
-    """The `Client` method that sends the call `build` makes."""
+S = TypeVar("S")  # what an API method returns on `Client`
+A = TypeVar("A")  # and on `AsyncClient`
 
-    def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
+
+class Api(Generic[P, S, A]):
+    """An API method, declared once (in `ClientBase`) with its `_calls` function: `sync` is
+    the method of `Client`, `async_` that of `AsyncClient` (`ClientBase.__init_subclass__`
+    gives each class its own); the overloads say to a type checker what it is on each."""
+
+    def __init__(self, sync: Callable[..., S], async_: Callable[..., A]) -> None:
+        self.sync = sync
+        self.async_ = async_
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(self, obj: AsyncClient, owner: type[Any]) -> Callable[P, A]: ...
+    @overload
+    def __get__(self, obj: Client, owner: type[Any]) -> Callable[P, S]: ...
+    def __get__(self, obj: Any, owner: type[Any]) -> Any:
+        return self  # on ClientBase itself: its subclasses hold the methods
+
+
+def operation(build: Callable[P, Call[T]]) -> Api[P, T, Coroutine[Any, Any, T]]:
+    """The method that sends the call `build` makes: its answer, or a coroutine of it."""
+
+    def sync(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return cast(T, self._call(build(*args, **kwargs)))
 
-    _method_like(build, method)
-    return method
-
-
-def awaiting(build: Callable[P, Call[T]]) -> Callable[Concatenate[Any, P], Coroutine[Any, Any, T]]:
-    """The `AsyncClient` coroutine method that sends the call `build` makes."""
-
-    async def method(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def async_(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> T:
         return cast(T, await self._call(build(*args, **kwargs)))
 
-    _method_like(build, method)
-    return method
+    return Api(_method_like(build, sync), _method_like(build, async_))
+
+
+def listing(build: Callable[P, Pages[T]]) -> Api[P, Iterator[T], AsyncIterator[T]]:
+    """The method that iterates over the pages `build` describes, fetching them as needed."""
+
+    def sync(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        pages = build(*args, **kwargs)
+        cursor = pages.start
+        while True:
+            page = self._call(pages.page(cursor))
+            yield from page.items
+            if (cursor := pages.follow(page, cursor)) is None:
+                return
+
+    async def async_(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> AsyncIterator[T]:
+        pages = build(*args, **kwargs)
+        cursor = pages.start
+        while True:
+            page = await self._call(pages.page(cursor))
+            for item in page.items:
+                yield item
+            if (cursor := pages.follow(page, cursor)) is None:
+                return
+
+    return Api(_method_like(build, sync), _method_like(build, async_))
 
 
 class ClientBase(Generic[H, X]):
-    """The state and the I/O-free behaviour of a client; see `Client` for the arguments."""
+    """The state and the I/O-free behaviour of a client, and its API methods (one an operation
+    of the HTTP API, each made from its `_calls` function); see `Client` for the arguments."""
 
     _http: H
+
+    _asynchronous = False  # which of an `Api`'s methods the class takes
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give the client class its kind of each API method; an alias (a former name) is the
+        very same method."""
+        super().__init_subclass__(**kwargs)
+        for name, member in vars(ClientBase).items():
+            if isinstance(member, Api) and name not in vars(cls):
+                setattr(cls, name, member.async_ if cls._asynchronous else member.sync)
+
+    # --- the API: one method an operation (see _calls for each) --------------------------------
+
+    # runs
+    create_run = operation(_calls.create_run)
+    get_run = operation(_calls.get_run)
+    list_runs = operation(_calls.list_runs)
+    iter_runs = listing(_calls.iter_runs)
+    summary = operation(_calls.summary)
+    # what a training job reports
+    observe = operation(_calls.observe)
+    rewind = operation(_calls.rewind)
+    resize = operation(_calls.resize)
+    # the rates: at one step, over a range (and their former names)
+    lr_at = operation(_calls.lr_at)
+    lrs_in_force = lr_at
+    lrs_range = operation(_calls.lrs_range)
+    lrs_ahead = lrs_range
+    # the log and its audit
+    decisions = operation(_calls.decisions)
+    iter_decisions = listing(_calls.iter_decisions)
+    verify = operation(_calls.verify)
+    import_bundle = operation(_calls.import_bundle)
+    # what-if, policies, probes
+    simulate = operation(_calls.simulate)
+    policies = operation(_calls.policies)
+    health = operation(_calls.health)
+    ready = operation(_calls.ready)
 
     def __init__(
         self,
@@ -246,8 +320,14 @@ class ClientBase(Generic[H, X]):
         )  # fmt: skip
 
     @staticmethod
-    def _settle(call: Call[T], attempts: Attempts, response: httpx.Response) -> T | Retry:
-        """The result of an answer, or RETRY when it is a failure worth another attempt."""
+    def _settle(
+        call: Call[T], attempts: Attempts, response: httpx.Response | httpx.TransportError
+    ) -> T | Retry:
+        """The result of an answer, or RETRY when it (or no answer) is a failure worth another
+        attempt."""
+        if isinstance(response, httpx.TransportError):
+            attempts.transport_failed(response)
+            return RETRY
         if attempts.server_failed(response):
             return RETRY
         try:
@@ -262,20 +342,53 @@ class ClientBase(Generic[H, X]):
         if self._res.buffering:
             self._res.outage.failed(exc)
 
+    def _stand_in(self, exc: ServiceUnavailableError, offline: Callable[[], T]) -> T:
+        """A call with a stand-in failed: the stand-in ("buffer" mode; "raise" mode raises)."""
+        self._res.unreachable(exc)
+        return offline()
+
+    def _answered(self, result: T) -> T:
+        self._res.answered(result)
+        return result
+
+    def _undelivered(self, obs: PendingObservation, exc: LrpilotError) -> None:
+        """A buffered observation was not delivered: the outage goes on (this returns, or raises
+        in "raise" mode), or the service refused it (raised, out of the outbox)."""
+        if isinstance(exc, ServiceUnavailableError):
+            self._res.unreachable(exc)
+            return
+        raise self._res.refused(obs, exc) from exc
+
+    def _flush_waits(self, timeout: float) -> Iterator[float]:
+        """`flush`'s schedule: the wait before each try, while observations are buffered and
+        the next try is due within `timeout` seconds from now."""
+        res = self._res
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while len(res.outbox):
+            wait = res.outage.wait()
+            if time.monotonic() + wait > deadline:
+                return
+            yield wait
+
+    def _report_left(self) -> None:
+        """At close: say what could not be sent (kept in the outbox file, or lost)."""
+        self._closed = True
+        left = len(self._res.outbox)
+        if not left:
+            return
+        if self._res.outbox.path is not None:
+            log.warning(
+                "lrpilot: %d observations not sent, kept in %s for the next client", left,
+                self._res.outbox.path,
+            )  # fmt: skip
+        else:
+            log.error("lrpilot: %d observations could not be sent and are lost", left)
+
+    @staticmethod
+    def _closing_failed(error: LrpilotError) -> None:
+        # the exception in flight matters more than a refusal found while closing
+        log.error("lrpilot: while closing: %s", error)
+
     def _due(self, obs: PendingObservation | None) -> bool:
         """May the call be sent now? An observation not while older ones are buffered."""
         return self._res.due() and (obs is None or not len(self._res.outbox))
-
-
-def report_left(res: Resilience) -> None:
-    """At close: say what could not be sent (kept in the outbox file, or lost)."""
-    left = len(res.outbox)
-    if not left:
-        return
-    if res.outbox.path is not None:
-        log.warning(
-            "lrpilot: %d observations not sent, kept in %s for the next client", left,
-            res.outbox.path,
-        )  # fmt: skip
-    else:
-        log.error("lrpilot: %d observations could not be sent and are lost", left)

@@ -115,6 +115,38 @@ class Call(Generic[T]):
         return {"content-type": NDJSON} if self.upload is not None else None
 
 
+@dataclass(frozen=True)
+class Pages(Generic[T]):
+    """A list read page by page: `page(cursor)` is the call for the page after `cursor`
+    (`start` first), `follow(page, cursor)` the next cursor, None after the last page."""
+
+    start: Any
+    page: Callable[[Any], Call[Any]]
+    follow: Callable[[Any, Any], Any]
+
+
+def next_cursor(page: Page[Any], after: int) -> int | None:
+    """The `after` for the page following `page`, None when `page` was the last.
+
+    A cursor that does not move forward would make the iteration loop forever, so it is
+    treated as a broken answer rather than followed.
+    """
+    if page.next is None:
+        return None
+    if page.next <= after:
+        raise ResponseError(f"pagination did not advance: after={after}, next={page.next}")
+    return page.next
+
+
+def next_run_cursor(page: RunPage, after: str | None) -> str | None:
+    """`next_cursor` for runs, whose cursor is a run_id (pages come in run_id order)."""
+    if page.next is None:
+        return None
+    if after is not None and page.next <= after:
+        raise ResponseError(f"pagination did not advance: after={after!r}, next={page.next!r}")
+    return page.next
+
+
 def json_of(response: httpx.Response, what: str) -> object:
     """The JSON of a 2xx answer; `ResponseError` when it is not JSON."""
     try:
@@ -217,6 +249,12 @@ def list_runs(
     if after is not None:
         params["after"] = after
     return Call("GET", "/v1/runs", RunPage.from_json, params=params)
+
+
+def iter_runs(labels: Mapping[str, str] | None = None, *, limit: int = 100) -> Pages[Run]:
+    """Every run (with `labels`: those carrying all of them), in run_id order, fetching
+    `limit` per request as needed."""
+    return Pages(None, lambda after: list_runs(labels, after, limit), next_run_cursor)
 
 
 def summary(run_id: str) -> Call[Summary]:
@@ -380,6 +418,27 @@ def decisions(
         Page[Decision].parser(Decision.from_json),
         params=params,
     )
+
+
+def iter_decisions(
+    run_id: str,
+    action: str | None = None,
+    *,
+    limit: int = 100,
+    from_step: int | None = None,
+    to_step: int | None = None,
+    superseded: bool | None = None,
+) -> Pages[Decision]:
+    """Every decision of the run (with the filters of `decisions`), oldest first, fetching
+    `limit` per request as needed; `superseded=False` is the live branch."""
+
+    def page(after: int) -> Call[Page[Decision]]:
+        return decisions(
+            run_id, after, limit, action, from_step=from_step, to_step=to_step,
+            superseded=superseded,
+        )  # fmt: skip
+
+    return Pages(0, page, next_cursor)
 
 
 def verify(run_id: str, head: str | None = None) -> Call[Verified]:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
@@ -17,18 +15,12 @@ from ._base import (
     RETRY,
     ClientBase,
     Destination,
-    awaiting,
     broken,
-    log,
-    next_cursor,
-    next_run_cursor,
-    report_left,
     sink,
 )
 from ._calls import Call
 from ._retry import Attempts
 from .errors import LrpilotError, ServiceUnavailableError
-from .models import Decision, Run
 
 __all__ = ["AsyncClient"]
 
@@ -66,8 +58,7 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
             if len(self._res.outbox) and self.close_timeout > 0:
                 await self.flush(self.close_timeout)
         finally:
-            self._closed = True
-            report_left(self._res)
+            self._report_left()
             await self._http.aclose()
 
     aclose = close
@@ -75,19 +66,14 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
+    async def __aexit__(self, *exc_info: object) -> None:
+        if exc_info[1] is None:  # (type, exception, traceback): no exception in flight
             await self.close()
             return
-        try:  # the exception in flight matters more than a refusal found while closing
+        try:
             await self.close()
         except LrpilotError as error:
-            log.error("lrpilot: while closing: %s", error)
+            self._closing_failed(error)
 
     # --- sending (see Client's) ---------------------------------------------------------------
 
@@ -97,15 +83,15 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
             if wait > 0:
                 await asyncio.sleep(wait)
             content = _file_chunks(call.upload) if call.upload else None
+            answer: httpx.Response | httpx.TransportError
             try:
                 request = self._request_of(call, timeout, content)
-                response = await self._http.send(request, stream=call.stream)
+                answer = response = await self._http.send(request, stream=call.stream)
                 if call.stream and not response.is_success:
                     await response.aread()
             except httpx.TransportError as exc:
-                attempts.transport_failed(exc)
-                continue
-            if (result := self._settle(call, attempts, response)) is not RETRY:
+                answer = exc
+            if (result := self._settle(call, attempts, answer)) is not RETRY:
                 return result  # type: ignore[return-value]
         raise attempts.exhausted(call.describe())
 
@@ -117,13 +103,12 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
             try:
                 while (obs := res.next_to_send()) is not None:
                     try:
-                        decision = await self._send(res.observe_call(obs), res.attempts(obs))
-                    except ServiceUnavailableError as exc:
-                        res.unreachable(exc)
-                        return
+                        res.delivered(
+                            obs, await self._send(res.observe_call(obs), res.attempts(obs))
+                        )
                     except LrpilotError as exc:
-                        raise res.refused(obs, exc) from exc
-                    res.delivered(obs, decision)
+                        self._undelivered(obs, exc)
+                        return  # the outage goes on
             finally:
                 res.outbox.save()
 
@@ -140,46 +125,20 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
             try:
                 result = await self._send(call, self._res.attempts(obs))
             except ServiceUnavailableError as exc:
-                self._res.unreachable(exc)
-                return offline()
+                return self._stand_in(exc, offline)
         else:
             return offline()
-        self._res.answered(result)
-        return result
+        return self._answered(result)
 
     async def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> int:
         """See `Client.flush`."""
-        res = self._res
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while len(res.outbox):
-            wait = res.outage.wait()
-            if time.monotonic() + wait > deadline:
-                break
+        for wait in self._flush_waits(timeout):
             if wait > 0:
                 await asyncio.sleep(wait)
             await self._flush_pending()
-        return len(res.outbox)
+        return len(self._res.outbox)
 
-    # --- the API (see Client) -----------------------------------------------------------------
-
-    create_run = awaiting(_calls.create_run)
-    get_run = awaiting(_calls.get_run)
-    list_runs = awaiting(_calls.list_runs)
-    summary = awaiting(_calls.summary)
-    observe = awaiting(_calls.observe)
-    rewind = awaiting(_calls.rewind)
-    resize = awaiting(_calls.resize)
-    lr_at = awaiting(_calls.lr_at)
-    lrs_in_force = lr_at  # the former name of lr_at
-    lrs_range = awaiting(_calls.lrs_range)
-    lrs_ahead = lrs_range  # the former name of lrs_range
-    decisions = awaiting(_calls.decisions)
-    verify = awaiting(_calls.verify)
-    import_bundle = awaiting(_calls.import_bundle)
-    simulate = awaiting(_calls.simulate)
-    policies = awaiting(_calls.policies)
-    health = awaiting(_calls.health)
-    ready = awaiting(_calls.ready)
+    _asynchronous = True
 
     async def lrs(self, run_id: str, step: int | None = None) -> list[float]:
         """See `Client.lrs`."""
@@ -188,39 +147,6 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
     async def lr(self, run_id: str, step: int | None = None) -> float:
         """See `Client.lr`."""
         return _calls.first_lr((await self.lr_at(run_id, step)).lrs)
-
-    async def iter_decisions(
-        self,
-        run_id: str,
-        action: str | None = None,
-        *,
-        limit: int = 100,
-        from_step: int | None = None,
-        to_step: int | None = None,
-        superseded: bool | None = None,
-    ) -> AsyncIterator[Decision]:
-        """See `Client.iter_decisions`."""
-        after: int | None = 0
-        while after is not None:
-            page = await self.decisions(
-                run_id, after, limit, action, from_step=from_step, to_step=to_step,
-                superseded=superseded,
-            )  # fmt: skip
-            for decision in page.items:
-                yield decision
-            after = next_cursor(page, after)
-
-    async def iter_runs(
-        self, labels: Mapping[str, str] | None = None, *, limit: int = 100
-    ) -> AsyncIterator[Run]:
-        """See `Client.iter_runs`."""
-        after: str | None = None
-        while True:
-            page = await self.list_runs(labels, after, limit)
-            for run in page.items:
-                yield run
-            if (after := next_run_cursor(page, after)) is None:
-                return
 
     async def export(self, run_id: str, to: Destination) -> int:
         """See `Client.export` (the file is written on the event loop's thread)."""

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from types import TracebackType
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import httpx
@@ -19,17 +18,11 @@ from ._base import (
     ClientBase,
     Destination,
     broken,
-    log,
-    next_cursor,
-    next_run_cursor,
-    report_left,
-    sending,
     sink,
 )
 from ._calls import Call
 from ._retry import Attempts
 from .errors import LrpilotError, ServiceUnavailableError
-from .models import Decision, Run
 
 __all__ = ["DEFAULT_BASE_URL", "USER_AGENT", "Client"]
 
@@ -88,26 +81,20 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
             if len(self._res.outbox) and self.close_timeout > 0:
                 self.flush(self.close_timeout)
         finally:
-            self._closed = True
-            report_left(self._res)
+            self._report_left()
             self._http.close()
 
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[1] is None:  # (type, exception, traceback): no exception in flight
             self.close()
             return
-        try:  # the exception in flight matters more than a refusal found while closing
+        try:
             self.close()
         except LrpilotError as error:
-            log.error("lrpilot: while closing: %s", error)
+            self._closing_failed(error)
 
     # --- sending -------------------------------------------------------------------------------
 
@@ -118,16 +105,16 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
             if wait > 0:
                 time.sleep(wait)
             content = _calls.file_chunks(call.upload)() if call.upload else None
+            answer: httpx.Response | httpx.TransportError
             try:
-                response = self._http.send(
+                answer = response = self._http.send(
                     self._request_of(call, timeout, content), stream=call.stream
                 )
                 if call.stream and not response.is_success:
                     response.read()  # an error's detail, or a failure to retry
             except httpx.TransportError as exc:
-                attempts.transport_failed(exc)
-                continue
-            if (result := self._settle(call, attempts, response)) is not RETRY:
+                answer = exc
+            if (result := self._settle(call, attempts, answer)) is not RETRY:
                 return result  # type: ignore[return-value]
         raise attempts.exhausted(call.describe())
 
@@ -144,13 +131,10 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
             try:
                 while (obs := res.next_to_send()) is not None:
                     try:
-                        decision = self._send(res.observe_call(obs), res.attempts(obs))
-                    except ServiceUnavailableError as exc:
-                        res.unreachable(exc)
-                        return
+                        res.delivered(obs, self._send(res.observe_call(obs), res.attempts(obs)))
                     except LrpilotError as exc:
-                        raise res.refused(obs, exc) from exc
-                    res.delivered(obs, decision)
+                        self._undelivered(obs, exc)
+                        return  # the outage goes on
             finally:
                 res.outbox.save()
 
@@ -169,12 +153,10 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
             try:
                 result = self._send(call, self._res.attempts(obs))
             except ServiceUnavailableError as exc:
-                self._res.unreachable(exc)
-                return offline()
+                return self._stand_in(exc, offline)
         else:
             return offline()
-        self._res.answered(result)
-        return result
+        return self._answered(result)
 
     def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT) -> int:
         """Send the buffered observations now, oldest first, waiting out the outage schedule
@@ -183,37 +165,11 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
         For the end of training (`close()` does it too), or to check that nothing is left.
         Raises the error of a buffered observation the service refuses, like any call.
         """
-        res = self._res
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while len(res.outbox):
-            wait = res.outage.wait()
-            if time.monotonic() + wait > deadline:
-                break
+        for wait in self._flush_waits(timeout):
             if wait > 0:
                 time.sleep(wait)
             self._flush_pending()
-        return len(res.outbox)
-
-    # --- the API: one method an operation (see _calls for each) ---------------------------------
-
-    create_run = sending(_calls.create_run)
-    get_run = sending(_calls.get_run)
-    list_runs = sending(_calls.list_runs)
-    summary = sending(_calls.summary)
-    observe = sending(_calls.observe)
-    rewind = sending(_calls.rewind)
-    resize = sending(_calls.resize)
-    lr_at = sending(_calls.lr_at)
-    lrs_in_force = lr_at  # the former name of lr_at
-    lrs_range = sending(_calls.lrs_range)
-    lrs_ahead = lrs_range  # the former name of lrs_range
-    decisions = sending(_calls.decisions)
-    verify = sending(_calls.verify)
-    import_bundle = sending(_calls.import_bundle)
-    simulate = sending(_calls.simulate)
-    policies = sending(_calls.policies)
-    health = sending(_calls.health)
-    ready = sending(_calls.ready)
+        return len(self._res.outbox)
 
     def lrs(self, run_id: str, step: int | None = None) -> list[float]:
         """The rates in force at `step`, one per param group (the current ones if None); in
@@ -223,39 +179,6 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
     def lr(self, run_id: str, step: int | None = None) -> float:
         """The first param group's rate in force at `step`: enough for a one-group optimizer."""
         return _calls.first_lr(self.lr_at(run_id, step).lrs)
-
-    def iter_decisions(
-        self,
-        run_id: str,
-        action: str | None = None,
-        *,
-        limit: int = 100,
-        from_step: int | None = None,
-        to_step: int | None = None,
-        superseded: bool | None = None,
-    ) -> Iterator[Decision]:
-        """Every decision of the run (with the filters of `decisions`), oldest first, fetching
-        `limit` per request as needed; `superseded=False` is the live branch."""
-        after: int | None = 0
-        while after is not None:
-            page = self.decisions(
-                run_id, after, limit, action, from_step=from_step, to_step=to_step,
-                superseded=superseded,
-            )  # fmt: skip
-            yield from page.items
-            after = next_cursor(page, after)
-
-    def iter_runs(
-        self, labels: Mapping[str, str] | None = None, *, limit: int = 100
-    ) -> Iterator[Run]:
-        """Every run (with `labels`: those carrying all of them), in run_id order, fetching
-        `limit` per request as needed."""
-        after: str | None = None
-        while True:
-            page = self.list_runs(labels, after, limit)
-            yield from page.items
-            if (after := next_run_cursor(page, after)) is None:
-                return
 
     def export(self, run_id: str, to: Destination) -> int:
         """Stream the run's bundle (NDJSON: its spec, every decision of both branches of a

@@ -39,6 +39,7 @@ __all__ = [
     "Resized",
     "Rewound",
     "Run",
+    "RunPage",
     "Simulated",
     "SimulatedDecision",
     "Summary",
@@ -249,19 +250,24 @@ class _Model:
         return cls(**read)
 
 
+class _Versioned:
+    name: str
+    version: int
+
+    @property
+    def ref(self) -> str:
+        """The `name@version` form decisions carry, e.g. "plateau@1"."""
+        return f"{self.name}@{self.version}"
+
+
 @dataclass(frozen=True)
-class Policy(_Model):
+class Policy(_Model, _Versioned):
     """A run's resolved policy: every default filled in by the service, so this is exactly
     what decides (e.g. name "plateau", version 1)."""
 
     name: str
     version: int
     params: Mapping[str, Any]
-
-    @property
-    def ref(self) -> str:
-        """The `name@version` form decisions carry, e.g. "plateau@1"."""
-        return f"{self.name}@{self.version}"
 
 
 @dataclass(frozen=True)
@@ -560,7 +566,7 @@ class Simulated(_Model):
 
 
 @dataclass(frozen=True)
-class PolicyInfo(_Model):
+class PolicyInfo(_Model, _Versioned):
     """A served policy version (GET /v1/policies): its params' JSON schema, their defaults, a
     description and the actions its decisions may take."""
 
@@ -570,11 +576,6 @@ class PolicyInfo(_Model):
     defaults: Mapping[str, Any]
     description: str
     actions: tuple[str, ...] = ()
-
-    @property
-    def ref(self) -> str:
-        """`name@version`, e.g. "plateau@1"."""
-        return f"{self.name}@{self.version}"
 
 
 @dataclass(frozen=True)

@@ -124,12 +124,7 @@ def read_values(path: Path) -> list[tuple[int, float]]:
     """A metric stream: lines ``step value`` (blank lines and ``#`` comments skipped; a value
     may be nan, inf, -inf), or JSON ``[[step, value], ...]`` (a value may be a number or one
     of "NaN", "Infinity", "-Infinity"). Steps are integers >= 0, strictly increasing."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PlotError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlotError(f"{path}: cannot read: {exc}") from None
+    text = _read_text(path)
     stream = _json_stream(path, text) if text.lstrip().startswith("[") else _line_stream(path, text)
     for n, ((before, _), (step, _)) in enumerate(itertools.pairwise(stream), start=2):
         if step <= before:
@@ -383,13 +378,17 @@ def _pyplot() -> Any:
     return plt
 
 
-def _read_json(path: Path) -> Any:
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PlotError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PlotError(f"{path}: cannot read: {exc}") from None
+
+
+def _read_json(path: Path) -> Any:
+    text = _read_text(path)
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
