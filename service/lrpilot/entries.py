@@ -23,7 +23,7 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.policies.base import fmt_change, fmt_lrs
@@ -62,8 +62,7 @@ def config_hash(policy_id: str, params: Mapping[str, Any], base_lrs: Sequence[fl
     return sha256_hex(canonical_json(doc))
 
 
-@dataclass(frozen=True, slots=True)
-class Chain:
+class Chain(NamedTuple):  # a tuple: one is made for every entry built or verified
     """Where a run's log stands: the next entry is ``seq + 1`` and links to ``head_hash``.
 
     ``scaling`` is the run's scaling rule (None: none) and ``force`` the scale in force, what a
@@ -83,8 +82,7 @@ class Chain:
         return 1.0 if self.force is None else self.force.factor
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A sealed entry: its document (hash included), its canonical JSON (what is stored, served
     and hashed) and its hash."""
 
@@ -109,8 +107,7 @@ def _common(chain: Chain, step: int, created_at: str) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Draft:
+class Draft(NamedTuple):
     """An entry built but not sealed: the decide path seals it (``seal``); verify compares it
     with a stored entry whose hash it has checked (``canonical_with``)."""
 
