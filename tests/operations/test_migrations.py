@@ -17,8 +17,7 @@ from alembic.script import ScriptDirectory
 from lrpilot.store.db import alembic_config, upgrade
 from lrpilot.store.tables import SQLModel
 from tests.conftest import BACKENDS, empty_database
-
-REPO_DIR = Path(__file__).resolve().parent.parent
+from tests.harness import REPO_DIR
 
 
 def alembic_by_hand(*args: str, database_url: str) -> None:
