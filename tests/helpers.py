@@ -32,7 +32,7 @@ def run_spec(
     return spec
 
 
-# -- audit: metric streams, list pages and bundles (tests/test_audit*.py) ----------------------
+# -- audit: metric streams, list pages and bundles (tests/api/, tests/cli/) -----------------------
 
 
 def plateau_stream(

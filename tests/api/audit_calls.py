@@ -1,6 +1,6 @@
 """The audit routes as the tests call them (create, observe, feed, the decision log, export,
-import, verify, rewind), each asserting the status it expects, for tests/api/test_audit*.py,
-test_rewind.py, test_decision_queries.py and test_simulate.py."""
+import, verify, rewind), each asserting the status it expects: for test_audit.py,
+test_decision_queries.py and test_simulate.py."""
 
 from __future__ import annotations
 

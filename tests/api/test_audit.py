@@ -1,5 +1,6 @@
-"""Audit (project issue 6): export and import across databases, and tampering refused at the
-right line (by import and by offline ``lrpilot verify``).
+"""Audit (project issue 6): export and import across databases, tampering refused at the right
+line (by import and by offline ``lrpilot verify``), verify against edits made in the database,
+and rewinds. The decision log's queries and POST /v1/simulate have their own files.
 
 Every test runs the real app (TestClient) on real databases, SQLite and PostgreSQL; offline
 checks run the real ``lrpilot`` command in this process.
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from tests.api.audit_calls import (
@@ -29,15 +31,19 @@ from tests.api.audit_calls import (
     essence,
     export,
     feed,
+    fresh_run_equals,
     get_run,
     import_,
+    live,
+    log,
     log_raw,
+    observe,
     offline_verify,
     rewind,
     verify,
 )
 from tests.conftest import app_client, empty_database
-from tests.helpers import bundle_text, lrpilot_cli, one_line, plateau_stream, rechained
+from tests.helpers import bundle_text, canonical, lrpilot_cli, one_line, plateau_stream, rechained
 
 
 @contextmanager
@@ -378,3 +384,302 @@ def test_online_verify_with_the_recorded_head(api: TestClient) -> None:
     assert report["ok"] is False, report
     assert api.post("/v1/runs/headed/verify", json={"head": "nothex"}).status_code == 422
     assert api.post("/v1/runs/nosuch/verify").status_code == 404
+
+
+# -- verify catches edits made in the database ------------------------------------------------
+
+
+def sql(database_url: str, statement: str, **params: Any) -> int:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            return int(conn.execute(sa.text(statement), params).rowcount)
+    finally:
+        engine.dispose()
+
+
+def body_of(database_url: str, run_id: str, seq: int) -> str:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return str(
+                conn.execute(
+                    sa.text("SELECT body FROM decisions WHERE run_id = :r AND seq = :s"),
+                    {"r": run_id, "s": seq},
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def set_decision(database_url: str, run_id: str, seq: int, **columns: Any) -> None:
+    """Set ``columns`` of one stored decision, as whoever can write the database does."""
+    sets = ", ".join(f"{name} = :{name}" for name in columns)
+    where = "run_id = :run_id AND seq = :seq"
+    statement = f"UPDATE decisions SET {sets} WHERE {where}"
+    assert sql(database_url, statement, run_id=run_id, seq=seq, **columns) == 1
+
+
+def mismatch_at(api: TestClient, run_id: str) -> int:
+    """The seq verify names; it must refuse the run."""
+    report = verify(api, run_id)
+    assert report["ok"] is False, report
+    return int(report["mismatch"]["seq"])
+
+
+def test_verify_catches_an_edited_decision_body(api: TestClient, database_url: str) -> None:
+    create(api, "edited")
+    feed(api, "edited", plateau_stream(20))
+    assert verify(api, "edited")["ok"] is True
+    set_decision(database_url, "edited", 7, body=edit_value(body_of(database_url, "edited", 7)))
+    assert mismatch_at(api, "edited") == 7
+
+
+def test_verify_catches_an_edited_decision_rechained_in_the_database(
+    api: TestClient, database_url: str
+) -> None:
+    """Whoever writes the database recomputes every hash after the edit (and the run's head):
+    the chain holds, the replay through the policy does not."""
+    create(api, "rewritten")
+    feed(api, "rewritten", plateau_stream(12))
+    lines = export(api, "rewritten").splitlines()
+    redone = rechained(at(lines, 7, edit_value))
+    for seq in range(7, 13):
+        set_decision(
+            database_url, "rewritten", seq, body=redone[seq], hash=json.loads(redone[seq])["hash"]
+        )
+    sql(
+        database_url,
+        "UPDATE runs SET head_hash = :h WHERE run_id = 'rewritten'",
+        h=json.loads(redone[-1])["end"]["head_hash"],
+    )
+    assert mismatch_at(api, "rewritten") == 7
+
+
+@pytest.mark.parametrize("column", ["state", "lrs", "head_hash"])
+def test_verify_catches_an_edited_run_row(api: TestClient, database_url: str, column: str) -> None:
+    create(api, "row")
+    feed(api, "row", plateau_stream(15))
+    run = get_run(api, "row")
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        state = conn.execute(sa.text("SELECT state FROM runs WHERE run_id = 'row'")).scalar_one()
+    engine.dispose()
+    doc = json.loads(state)
+    doc["bad_evaluations"] += 1
+    edits = {"state": canonical(doc), "lrs": "[0.5]", "head_hash": "ab" * 32}
+    assert sql(database_url, f"UPDATE runs SET {column} = :v WHERE run_id = 'row'", v=edits[column])
+    report = verify(api, "row")
+    assert report["ok"] is False, report
+    assert report["mismatch"]["seq"] == run["last_seq"], report
+    assert column in report["mismatch"]["message"], report
+
+
+def test_verify_catches_a_decision_flagged_superseded(api: TestClient, database_url: str) -> None:
+    create(api, "flagged")
+    feed(api, "flagged", plateau_stream(15))
+    set_decision(database_url, "flagged", 9, superseded=True)
+    assert mismatch_at(api, "flagged") == 9
+
+
+def test_verify_catches_a_superseded_decision_flagged_live(
+    api: TestClient, database_url: str
+) -> None:
+    create(api, "unflagged")
+    feed(api, "unflagged", plateau_stream(15))
+    rewind(api, "unflagged", 100)  # seqs 11..15 superseded
+    set_decision(database_url, "unflagged", 12, superseded=False)
+    assert mismatch_at(api, "unflagged") == 12
+
+
+def test_verify_catches_superseded_flags_swapped(api: TestClient, database_url: str) -> None:
+    """One live decision flagged superseded and one superseded flagged live: the number of
+    flags is right, the flags are not."""
+    create(api, "swapped")
+    feed(api, "swapped", plateau_stream(15))
+    rewind(api, "swapped", 100)  # seqs 11..15 superseded, 1..10 live
+    assert verify(api, "swapped")["ok"] is True
+    set_decision(database_url, "swapped", 4, superseded=True)
+    set_decision(database_url, "swapped", 13, superseded=False)
+    assert mismatch_at(api, "swapped") in (4, 13)
+
+
+# -- rewind -------------------------------------------------------------------------------
+
+
+def test_rewind_then_continue_equals_a_fresh_run(api: TestClient) -> None:
+    create(api, "resumed")
+    first = plateau_stream(30)  # steps 10..300
+    before = feed(api, "resumed", first)
+    head = get_run(api, "resumed")["head_hash"]
+    old_tail = log_raw(api, "resumed")[15:]  # seqs 16..30, steps 160..300
+
+    out = rewind(api, "resumed", 150, CLIENT)
+    assert out["rewound"] is True and out["to_step"] == 150
+    assert out["lrs"] == before[14]["lrs"]
+    entry = out["decision"]
+    assert entry["action"] == "rewind"
+    assert entry["client"] == CLIENT
+    assert entry["rewind"] == {"to_step": 150, "restores_seq": 15, "superseded": 15}
+    assert (entry["seq"], entry["step"], entry["prev_hash"]) == (31, 150, head)
+    assert entry["state"] == before[14]["state"]
+    assert entry["lrs"] == before[14]["lrs"] and entry["previous_lrs"] == before[-1]["lrs"]
+    run = get_run(api, "resumed")
+    assert run["lrs"] == before[14]["lrs"]
+    assert run["head_hash"] == entry["hash"]
+    assert log(api, "resumed")[-1] == entry  # the rewind is an entry of the chain
+
+    # a retry of a step at or below to_step that the live branch decided: the same decision
+    raw = log_raw(api, "resumed")
+    r = observe(api, "resumed", 100, first[9][1])
+    assert r.status_code == 200 and r.text == raw[9], r.text
+    r = observe(api, "resumed", 150, first[14][1])  # the decision, not the rewind entry
+    assert r.status_code == 200 and r.text == raw[14], r.text
+    assert observe(api, "resumed", 100, first[9][1] + 1.0).status_code == 409
+
+    branch = plateau_stream(25, seed=3, start_step=160)  # steps 160..400, other values
+    new = feed(api, "resumed", branch)
+    assert [d["seq"] for d in new] == list(range(32, 57))
+    assert new[0]["previous_lrs"] == before[14]["lrs"]
+    fresh_run_equals(api, "resumed", "fresh", first[:15] + branch)
+
+    # the superseded decisions are kept, untouched
+    assert log_raw(api, "resumed", superseded="true") == old_tail
+    # retries on the new branch answer the new branch's decision; the old value is refused
+    r = observe(api, "resumed", 200, branch[4][1])
+    assert r.status_code == 200 and r.json() == new[4]
+    assert observe(api, "resumed", 200, first[19][1]).status_code == 409
+    r = observe(api, "resumed", 100, first[9][1])
+    assert r.status_code == 200 and r.text == raw[9]
+
+    # verify and export cover both branches
+    report = verify(api, "resumed")
+    assert report["ok"] is True, report
+    assert (report["count"], report["superseded"], report["rewinds"]) == (56, 15, 1)
+    lines = export(api, "resumed").splitlines()
+    assert len(lines) == 56 + 2
+    assert lines[1:-1] == log_raw(api, "resumed")
+    assert json.loads(lines[-1])["end"]["count"] == 56
+
+
+def test_rewind_to_or_past_the_last_step_changes_nothing(api: TestClient) -> None:
+    create(api, "still")
+    feed(api, "still", plateau_stream(10))  # last step 100
+    run = get_run(api, "still")
+    for to_step in (100, 101, 10**9):
+        out = rewind(api, "still", to_step)
+        assert out["rewound"] is False, out
+        assert out["decision"] is None
+        assert out["lrs"] == run["lrs"]
+        assert get_run(api, "still") == run
+    assert len(log(api, "still")) == 10
+
+
+def test_rewind_of_an_unknown_run_is_404(api: TestClient) -> None:
+    r = api.post("/v1/runs/nosuch/rewind", json={"to_step": 3})
+    assert r.status_code == 404, r.text
+    assert api.get("/v1/runs/nosuch").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"to_step": -1},
+        {"to_step": "3"},
+        {"to_step": 3, "client": {"host": "a\u0000b"}},
+        {"to_step": 3, "client": {"pid": 1}},
+        {"to_step": 3, "extra": 1},
+    ],
+)
+def test_rewind_refuses_a_bad_body(api: TestClient, body: dict) -> None:
+    create(api, "strict")
+    feed(api, "strict", plateau_stream(5))
+    r = api.post("/v1/runs/strict/rewind", json=body)
+    assert r.status_code == 422, r.text
+    assert len(log(api, "strict")) == 5
+
+
+def test_rewind_before_the_first_decision_restores_the_initial_lrs(api: TestClient) -> None:
+    create(api, "restart", base_lrs=[0.1, 0.01])
+    first = plateau_stream(20)  # steps 10..200
+    feed(api, "restart", first)
+    assert get_run(api, "restart")["lrs"] != [0.1, 0.01]
+    out = rewind(api, "restart", 5)
+    assert out["rewound"] is True
+    assert out["lrs"] == [0.1, 0.01]
+    assert out["decision"]["rewind"] == {"to_step": 5, "restores_seq": None, "superseded": 20}
+    assert get_run(api, "restart")["lrs"] == [0.1, 0.01]
+    lr = api.get("/v1/runs/restart/lr", params={"step": 50}).json()
+    assert lr["lrs"] == [0.1, 0.01], lr
+    again = plateau_stream(15, seed=4)
+    feed(api, "restart", again)
+    create(api, "restart-fresh", base_lrs=[0.1, 0.01])
+    feed(api, "restart-fresh", again)
+    assert essence(live(api, "restart")) == essence(log(api, "restart-fresh"))
+    report = verify(api, "restart")
+    assert report["ok"] is True and report["superseded"] == 20, report
+
+
+def test_two_rewinds_in_a_row_verify_online_and_offline(api: TestClient, tmp_path: Path) -> None:
+    create(api, "twice")
+    first = plateau_stream(30)  # steps 10..300
+    feed(api, "twice", first)
+    one = rewind(api, "twice", 250)
+    two = rewind(api, "twice", 120)  # below the first rewind: supersedes 130..250 too
+    assert one["decision"]["rewind"] == {"to_step": 250, "restores_seq": 25, "superseded": 5}
+    assert two["lrs"] == log(api, "twice")[11]["lrs"]
+    # the second supersedes steps 130..250 of the first branch (seqs 13..25) and, with them,
+    # the first rewind's entry (seq 31, at step 250): it is of the branch it abandons
+    superseded = {d["seq"] for d in log(api, "twice", superseded="true")}
+    assert set(range(13, 31)) <= superseded <= set(range(13, 32)), sorted(superseded)
+    assert two["decision"]["rewind"] == {
+        "to_step": 120,
+        "restores_seq": 12,
+        "superseded": len(superseded) - 5,
+    }
+    report = verify(api, "twice")
+    assert report["ok"] is True, report
+    assert (report["count"], report["superseded"], report["rewinds"]) == (32, len(superseded), 2)
+    branch = plateau_stream(20, seed=6, start_step=130)
+    feed(api, "twice", branch)
+    fresh_run_equals(api, "twice", "twice-fresh", first[:12] + branch)
+    # and a third, on the new branch, to a step above the second
+    rewind(api, "twice", 200)
+    more = plateau_stream(8, seed=8, start_step=210)
+    feed(api, "twice", more)
+    report = verify(api, "twice")
+    assert report["ok"] is True, report
+    assert report["rewinds"] == 3
+    live_steps = [d["step"] for d in live(api, "twice")]
+    assert live_steps == [s for s, _ in first[:12] + branch[:8] + more]
+
+    bundle = export(api, "twice")
+    code, out = offline_verify(tmp_path, bundle)
+    assert code == 0, out
+    assert f"OK {report['count']} decisions" in out
+    assert f"{report['superseded']} superseded by 3 rewinds" in out
+    head = get_run(api, "twice")["head_hash"]
+    code, out = offline_verify(tmp_path, bundle, "--head", head)
+    assert code == 0, out
+
+
+def test_a_rewound_bundle_with_an_edited_rewind_entry_is_refused(
+    api: TestClient, tmp_path: Path
+) -> None:
+    create(api, "rw")
+    feed(api, "rw", plateau_stream(20))
+    rewind(api, "rw", 120)
+    feed(api, "rw", plateau_stream(5, seed=2, start_step=130))
+    lines = export(api, "rw").splitlines()
+    assert json.loads(lines[21])["action"] == "rewind"
+
+    def claims_less(line: str) -> str:
+        return line.replace('"superseded":8', '"superseded":7')
+
+    tampered = bundle_text(rechained(at(lines, 21, claims_less)))
+    code, out = offline_verify(tmp_path, tampered)
+    assert code == 1, out
+    assert "line 22" in out, out
+    r = import_(api, tampered.replace('"run_id":"rw"', '"run_id":"rw2"'))
+    assert r.status_code == 422, r.text
