@@ -6,10 +6,12 @@ import inspect
 import json
 import math
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from lrpilot.canonical import canonical_json, sha256_hex
+from lrpilot.policies import POLICIES
 from tests.helpers import run_spec, strict_json
 
 
@@ -39,6 +41,25 @@ def test_put_run_creates_then_returns_same_spec_and_refuses_another(api: TestCli
     assert other.status_code == 409
     assert "exp-1" in other.json()["detail"] and "another spec" in other.json()["detail"]
     assert api.get("/v1/runs/exp-1").json()["policy"]["params"]["patience"] == 3
+
+
+@pytest.mark.parametrize("policy_id", sorted(POLICIES))
+def test_every_policys_example_run_created_again_is_the_same_run(
+    api: TestClient, policy_id: str
+) -> None:
+    """Creating a run again with its spec answers the stored run (200), for every released
+    policy: resolved params hold tuples and nested specs where the stored ones are JSON."""
+    policy = POLICIES[policy_id]
+    params = policy.params_schema()["examples"][0]
+    spec = {
+        "policy": {"name": policy.name, "version": policy.version, "params": params},
+        "base_lrs": [0.1],
+    }
+    first = api.put(f"/v1/runs/again-{policy.name}", json=spec)
+    assert first.status_code == 201, first.text
+    again = api.put(f"/v1/runs/again-{policy.name}", json=spec)
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
 
 
 def test_unknown_run_is_404_everywhere(api: TestClient) -> None:

@@ -7,7 +7,7 @@ model (``ObservationIn``, parsed by pydantic straight from the bytes), the same 
 the same error answers (``errors.store_error_response``). Anything else, and anything this
 path would refuse, goes on to the FastAPI route, which alone writes validation errors: so
 there is one validation model and one way to fail, and the OpenAPI document describes both
-paths. tests/test_fast_path.py checks that both give the same bytes.
+paths. tests/api/test_fast_path.py checks that both give the same bytes.
 """
 
 from __future__ import annotations

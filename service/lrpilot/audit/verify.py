@@ -46,7 +46,17 @@ if TYPE_CHECKING:
 _HASH_MEMBER_LEN = len(',"hash":""') + 64
 _LARGEST_INT_FLOAT = int(sys.float_info.max)  # a JSON integer beyond it is no float at all
 # What the policy decides (or a rewind or resize implies), in the order a mismatch names them.
-_DERIVED = ("value", "action", "scale", "resize", "lrs", "previous_lrs", "reason", "state", "rewind")
+_DERIVED = (
+    "value",
+    "action",
+    "scale",
+    "resize",
+    "lrs",
+    "previous_lrs",
+    "reason",
+    "state",
+    "rewind",
+)
 
 
 @dataclass

@@ -70,7 +70,10 @@ def new_run(run_id: str, spec: RunSpec, created_at: str) -> NewRun:
 def check_same_spec(stored: RunStored, run: NewRun) -> None:
     """A run's spec never changes: creating it again must ask for the same one."""
     asked = run.spec
-    if stored.header_doc() | {"created_at": ""} != asked.header_doc() | {"created_at": ""}:
+    # compared as canonical JSON: resolved params may hold tuples where the stored ones are lists
+    if canonical_json(stored.header_doc() | {"created_at": ""}) != canonical_json(
+        asked.header_doc() | {"created_at": ""}
+    ):
         aggregate = None if stored.aggregate is None else stored.aggregate.model_dump()
         scaling = None if stored.scaling is None else stored.scaling.model_dump()
         raise Conflict(

@@ -326,7 +326,7 @@ def _same_log(store: Store, run: NewRun, checked: BundleCheck) -> dict[str, Any]
     stored, head = store.head(run.run_id)
     same = (
         checked.run is not None
-        and head.spec.header_doc() == checked.run.header_doc()
+        and canonical_json(head.spec.header_doc()) == canonical_json(checked.run.header_doc())
         and stored["head_hash"] == checked.report.head_hash
         and stored["counts"]["decisions"] == checked.report.count
     )

@@ -1,5 +1,5 @@
 """The schema. Alembic migrations in migrations/ are the only way it changes in a database;
-tests/test_migrations.py checks that they and these models agree."""
+tests/operations/test_migrations.py checks that they and these models agree."""
 
 from __future__ import annotations
 
