@@ -159,11 +159,11 @@ class Replay:
 
     def run(self, observations: Iterable[tuple[int, float]]) -> Iterator[Stepper]:
         """Feed (step, value) pairs through the policy; yield the stepper after each one (the
-        same object each time: read what you need before the next)."""
+        same object each time: read what you need before the next; ``previous`` is not kept
+        up to date here)."""
         stepper = self.stepper
         advance = stepper.advance
-        for step, value in observations:
-            self.previous = stepper.lrs
+        for step, value in observations:  # the hot loop of a what-if: nothing else in it
             advance(step, value)
             yield stepper
 
