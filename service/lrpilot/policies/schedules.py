@@ -26,10 +26,10 @@ The lrs at training step ``k`` are torch's ``group["lr"]`` after ``k`` calls of
 ``scheduler.step()`` (step 0: right after the scheduler is built), computed in closed form: any
 step costs the same, so a rank that only reads gets each step's lrs exactly and cheaply. torch
 computes most of these recursively (each step multiplies the previous lr), so its lrs and these
-differ by rounding, a few ulps over thousands of steps (tests/policies/test_schedules_torch.py bounds it
-at 1e-10 relative). Where torch's own arithmetic loses digits, these do not: a cosine is computed
-as ``cos(x / 2) ** 2`` rather than ``(1 + cos(x)) / 2``, which near the end of an annealing keeps
-every digit that torch's ``1 + cos`` cancels away.
+differ by rounding, a few ulps over thousands of steps (tests/policies/test_schedules_torch.py
+bounds it at 1e-10 relative). Where torch's own arithmetic loses digits, these do not: a cosine
+is computed as ``cos(x / 2) ** 2`` rather than ``(1 + cos(x)) / 2``, which near the end of an
+annealing keeps every digit that torch's ``1 + cos`` cancels away.
 
 Determinism: a schedule's lrs are logged in decisions and verified bit for bit on any machine, so
 they use only IEEE double arithmetic (+ - * /, correctly rounded everywhere), exact operations
