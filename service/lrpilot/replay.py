@@ -100,11 +100,6 @@ class Replay:
     def state(self) -> State:
         return self.stepper.state()
 
-    def lrs_at(self, step: int) -> list[float]:
-        """The lrs served at training ``step`` from the state in force (schedules move between
-        evaluations)."""
-        return scaled(self.policy.lrs_at(self.params, self.stepper.state(), step), self.factor)
-
     # -- one entry ------------------------------------------------------------------------
 
     def observe(self, step: int, value: float, seq: int | None = None) -> str:
