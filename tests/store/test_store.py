@@ -237,3 +237,32 @@ def test_each_decision_starts_from_the_lrs_the_one_before_left(
     for before, after in itertools.pairwise(log):
         assert after["previous_lrs"] == before["lrs"]
     assert sum(d["action"] == "reduce" for d in log) >= 3
+
+
+def test_a_row_stored_beyond_todays_rules_is_still_read_and_decided(tmp_path: Path) -> None:
+    """The store parses its own rows without validating them again: a run an older version
+    stored with a created_at longer than a new run may have (SQLite kept it; PostgreSQL's
+    VARCHAR(40) never could) is still served, decided on and verified, not a 500 on every read."""
+    from fastapi.testclient import TestClient
+
+    from lrpilot.app import create_app
+
+    database_url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(database_url)
+    old = "2026-11-26T10:00:00.000000+00:00 (import)"  # 41 characters: refused today
+    with TestClient(create_app(Settings(database_url=database_url))) as api:
+        assert api.put("/v1/runs/old", json=_spec_doc()).status_code == 201
+        engine = sa.create_engine(database_url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE runs SET created_at = :c"), {"c": old})
+        engine.dispose()
+        fresh = TestClient(create_app(Settings(database_url=database_url)))
+        with fresh:  # a new process: nothing of the run cached
+            assert fresh.get("/v1/runs/old").json()["created_at"] == old
+            r = fresh.post("/v1/runs/old/observations", json={"step": 1, "value": 0.5})
+            assert r.status_code == 200, r.text
+            assert fresh.post("/v1/runs/old/verify").json()["ok"]
+
+
+def _spec_doc() -> dict[str, Any]:
+    return {"policy": {"name": "plateau", "version": 1}, "base_lrs": [0.1], "metric": "val_loss"}

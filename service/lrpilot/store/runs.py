@@ -29,7 +29,14 @@ from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.domain.errors import Busy, RunNotFound, Unavailable
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
 from lrpilot.settings import Settings
-from lrpilot.spec import PUBLIC_ORDER, InForce, RunStored
+from lrpilot.spec import (
+    PUBLIC_ORDER,
+    AggregateSpec,
+    InForce,
+    PolicyRef,
+    RunStored,
+    ScalingSpec,
+)
 from lrpilot.store.db import make_engine, same_file, sqlite_path, writer
 from lrpilot.store.records import NewDecision, NewRun, Page, Report, RunHead, Stored
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
@@ -67,22 +74,24 @@ def _spec(
     scaling: str | None,
 ) -> RunStored:
     """A stored run's spec, parsed once a process (a run's spec never changes)."""
+    # Written by this service, so not validated again: a row an older version stored beyond
+    # today's rules (a longer created_at, say) must still be readable, never a 500.
     name, version = policy.split("@")
-    doc: dict[str, Any] = {
-        "run_id": run_id,
-        "policy": {"name": name, "version": int(version), "params": json.loads(params)},
-        "base_lrs": json.loads(base_lrs),
-        "metric": metric,
-        "labels": json.loads(labels),
-        "config_hash": config_hash,
-        "created_at": created_at,
-    }
-    if aggregate is not None:
-        doc["aggregate"] = json.loads(aggregate)
-    if scaling is not None:
-        doc["scaling"] = json.loads(scaling)
-    # stored by this service: already valid (construct skips a validation a process)
-    return RunStored.model_validate(doc)
+    return RunStored.model_construct(
+        run_id=run_id,
+        policy=PolicyRef.model_construct(
+            name=name, version=int(version), params=json.loads(params)
+        ),
+        base_lrs=json.loads(base_lrs),
+        metric=metric,
+        labels=json.loads(labels),
+        config_hash=config_hash,
+        created_at=created_at,
+        aggregate=None
+        if aggregate is None
+        else AggregateSpec.model_construct(**json.loads(aggregate)),
+        scaling=None if scaling is None else ScalingSpec.model_construct(**json.loads(scaling)),
+    )
 
 
 def _head(row: Sequence[Any]) -> RunHead:
