@@ -12,9 +12,13 @@ import json
 import re
 from collections.abc import Iterable
 
+import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lrpilot import entries
+from lrpilot.audit import verify
 from lrpilot.audit.verify import BundleCheck, check_bundle
 from lrpilot.entries import Kind
 from tests.helpers import canonical, rechained, sealed
@@ -60,7 +64,8 @@ def rehashed(line: str) -> str:
 
 def with_trailer(lines: list[str]) -> list[str]:
     """The bundle's trailer made to match its (last) entries again."""
-    head = json.loads(lines[-2])["hash"]
+    found = _HASH.search(lines[-2])
+    head = found[1] if found else ""
     header_hash = hashlib.sha256(lines[0].encode()).hexdigest()
     end = {"count": len(lines) - 2, "head_hash": head, "header_hash": header_hash}
     return [*lines[:-1], canonical({"end": end})]
@@ -139,3 +144,58 @@ def test_a_reworded_reason_rechained_is_refused_by_name(api: TestClient) -> None
         mismatch = result.report.mismatch
         assert not result.ok and mismatch is not None, doc["action"]
         assert mismatch.seq == doc["seq"] and "reason" in str(mismatch), doc["action"]
+
+
+def relinked(lines: list[str], index: int, edited: str) -> list[str]:
+    """The bundle with line ``index`` replaced by ``edited`` (its hash recomputed over its own
+    bytes, if it still has one) and every later entry linked to it again, their bytes otherwise
+    as they were."""
+    out, line = lines[:index], edited
+    for original, after in zip(lines[index:-1], [*lines[index + 1 : -1], ""], strict=True):
+        line = rehashed(line) if _HASH.search(line) else line
+        out.append(line)
+        was, now = _HASH.search(original), _HASH.search(line)
+        assert was is not None
+        line = after.replace(
+            was[0][1:].replace("hash", "prev_hash", 1), f'"prev_hash":"{now[1] if now else ""}"'
+        )
+    return with_trailer([*out, lines[-1]])
+
+
+def test_reading_a_decision_off_its_bytes_never_changes_a_verdict(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verify reads a plain decision's inputs off its bytes instead of parsing it (the rebuilt
+    entry must be those bytes anyway). Edited anywhere, with the hashes recomputed, every such
+    line gets the verdict the parsing path gives it, at the same entry, and the same words
+    unless the bytes are not canonical JSON."""
+    lines = exported(api)
+    plain = [
+        i for i, line in enumerate(lines[1:-1], start=1) if verify._plain_decision(line) is not None
+    ]
+    assert len(plain) >= 6  # with and without a client, scaled, NaN
+
+    def verdict(bundle: list[str], reading: bool) -> tuple[bool, int | None, str]:
+        with monkeypatch.context() as patch:
+            if not reading:
+                patch.setattr(verify, "_plain_decision", lambda text: None)
+            report = checked(bundle).report
+        found = report.mismatch
+        return report.ok, found.seq if found else None, found.what if found else ""
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(
+        index=st.sampled_from(plain),
+        at=st.floats(0, 1),
+        cut=st.integers(0, 3),
+        put=st.text(alphabet='"{}[],:\\0123456789.eE-+ NaInfityhlodrucsp_', max_size=4),
+    )
+    def edited_anywhere(index: int, at: float, cut: int, put: str) -> None:
+        line = lines[index]
+        pos = int(at * len(line))
+        bundle = relinked(lines, index, line[:pos] + put + line[pos + cut :])
+        read, parsed = verdict(bundle, True), verdict(bundle, False)
+        assert read[:2] == parsed[:2]
+        assert read[2] in (parsed[2], "the entry is not in its canonical form")
+
+    edited_anywhere()
