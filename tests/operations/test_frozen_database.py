@@ -164,9 +164,10 @@ def test_every_route_is_bounded_while_postgres_is_frozen(
 ) -> None:
     pg = frozen_postgres
     env = {"LRPILOT_DB_TIMEOUT_S": str(DB_TIMEOUT_S)}
-    with LiveServer(pg.url, env=env) as server, httpx.Client(
-        base_url=server.url, timeout=BOUND_S * 4
-    ) as http:
+    with (
+        LiveServer(pg.url, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=BOUND_S * 4) as http,
+    ):
         bundle, acknowledged, usual = prepare(http)
         pg.freeze()
         try:
@@ -185,9 +186,10 @@ def test_every_route_is_bounded_while_postgres_is_frozen(
 def test_every_route_is_bounded_while_sqlite_is_locked_outside(tmp_path: Path) -> None:
     path = tmp_path / "locked.db"
     env = {"LRPILOT_DB_TIMEOUT_S": str(DB_TIMEOUT_S)}
-    with LiveServer(f"sqlite:///{path}", env=env) as server, httpx.Client(
-        base_url=server.url, timeout=BOUND_S * 4
-    ) as http:
+    with (
+        LiveServer(f"sqlite:///{path}", env=env) as server,
+        httpx.Client(base_url=server.url, timeout=BOUND_S * 4) as http,
+    ):
         bundle, acknowledged, usual = prepare(http)
         with DatabaseLock(path):
             answers = ask_all(http, bundle)
