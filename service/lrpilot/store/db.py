@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import select
 import socket
@@ -96,13 +97,20 @@ def _wait_for_postgres(conn: Any, _cursor: Any = None) -> None:
             raise _PostgresTimeout(
                 f"the database did not answer within {getattr(_call, 'timeout_s', 0):g} s"
             )
-        fd = conn.fileno()
-        if state == extensions.POLL_READ:
-            select.select([fd], [], [], left)
-        elif state == extensions.POLL_WRITE:
-            select.select([], [fd], [], left)
-        else:  # pragma: no cover - psycopg2 raises rather than return another state
+        if state not in (extensions.POLL_READ, extensions.POLL_WRITE):  # pragma: no cover
             raise _psycopg2.OperationalError(f"unexpected poll state {state}")
+        _ready(conn.fileno(), state == extensions.POLL_WRITE, left)
+
+
+def _ready(fd: int, write: bool, timeout_s: float | None) -> None:
+    """Wait until ``fd`` can be read (written), or ``timeout_s`` passed (None: no limit).
+    poll(), not select(): a busy replica's sockets may be numbered beyond select's 1024."""
+    if not hasattr(select, "poll"):  # Windows
+        select.select([] if write else [fd], [fd] if write else [], [], timeout_s)
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    poller.poll(None if timeout_s is None else max(0, math.ceil(timeout_s * 1000)))
 
 
 def _abandon(conn: Any) -> None:
