@@ -17,6 +17,7 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -236,7 +237,7 @@ class ThrowawayPostgres:
 
     def start(self) -> ThrowawayPostgres:
         if not (PG_BIN / "initdb").exists():
-            import pytest
+            import pytest  # here: bench/ imports this module without pytest installed
 
             pytest.skip(f"no PostgreSQL server binaries in {PG_BIN}")
         os.chmod(self.dir, 0o755)
@@ -253,22 +254,27 @@ class ThrowawayPostgres:
         self._started = True
         return self
 
-    def _pids(self) -> list[int]:
-        """The postmaster and its children (backends, background workers)."""
-        first = (self.data / "postmaster.pid").read_text().split("\n", 1)[0]
-        postmaster = int(first)
-        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
-        return [postmaster, *map(int, children)]
+    def _postmaster(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def _children(self, postmaster: int) -> list[int]:
+        """The postmaster's children: backends, background workers (Linux's /proc)."""
+        path = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+        return [int(pid) for pid in path.read_text().split()]
+
+    def _signal(self, pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
 
     def freeze(self) -> None:
-        for pid in self._pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        postmaster = self._postmaster()
+        self._signal([postmaster], signal.SIGSTOP)  # first: it forks no backend after this
+        self._signal(self._children(postmaster), signal.SIGSTOP)
 
     def thaw(self) -> None:
-        for pid in self._pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+        postmaster = self._postmaster()
+        self._signal([*self._children(postmaster), postmaster], signal.SIGCONT)
 
     def stop(self) -> None:
         if self._started:
@@ -277,7 +283,7 @@ class ThrowawayPostgres:
                 self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
                           "-w", "stop")  # fmt: skip
             self._started = False
-        subprocess.run(["rm", "-rf", str(self.dir)], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ThrowawayPostgres:
         return self.start()
