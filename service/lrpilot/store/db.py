@@ -39,7 +39,9 @@ def is_sqlite(url: str) -> bool:
 # * PostgreSQL: libpq runs non-blocking and ``_wait_for_postgres`` (psycopg2's wait callback)
 #   does each wait, connect included, with a select() that ends at the deadline; past it, the
 #   socket is shut down (libpq marks the connection broken, the pool discards it, and the
-#   server rolls back whatever it had begun when it wakes up) and the call fails;
+#   server rolls back what it had begun when it wakes up, unless a COMMIT had reached it: a
+#   503 on a write means "not known", as with any database, and retrying it is safe) and the
+#   call fails;
 # * SQLite: the busy timeout of each transaction is what is left of the deadline, and the
 #   progress handler interrupts a statement that runs past it;
 # * the store's own waits (its in-process write lock) take what is left of it too.
