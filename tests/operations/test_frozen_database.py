@@ -21,9 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from lrpilot.app import create_app
 from lrpilot.settings import Settings
+from lrpilot.store.db import upgrade
 from tests.harness import DatabaseLock, LiveServer, ThrowawayPostgres
 from tests.helpers import run_spec, strict_json
 
@@ -196,3 +198,36 @@ def test_every_route_is_bounded_while_sqlite_is_locked_outside(tmp_path: Path) -
         # WAL: the reads go on beside the lock holder; every write waits its bound, then 503
         check_bounded(answers, lambda route: route.uses == "write", usual)
         check_recovered(http, bundle, acknowledged, usual)
+
+
+def test_a_frozen_postgres_leaves_no_connection_behind(
+    frozen_postgres: ThrowawayPostgres,
+) -> None:
+    """In process, with the store in view: the calls that met the freeze gave their connections
+    up (none stays checked out, none comes back broken), the write that got its 503 left
+    nothing, and once the server runs again the same calls work at the first try."""
+    pg = frozen_postgres
+    upgrade(pg.url)
+    settings = Settings(database_url=pg.url, db_timeout_s=DB_TIMEOUT_S, pool_size=2)
+    with TestClient(create_app(settings)) as api:
+        pool = api.app.state.store.engine.pool
+        assert api.put("/v1/runs/before", json=run_spec()).status_code == 201
+        with ThreadPoolExecutor(6) as threads:  # more callers than the pool holds
+            pg.freeze()
+            try:
+                calls = [
+                    threads.submit(api.put, f"/v1/runs/during-{i}", json=run_spec())
+                    if i % 2
+                    else threads.submit(api.get, "/v1/runs/before")
+                    for i in range(6)
+                ]
+                # a call that waited for the freeze would wait until the thaw below: a failure
+                answers = [call.result(timeout=BOUND_S) for call in calls]
+            finally:
+                pg.thaw()  # before the threads are joined: a hung call ends, the test fails
+        assert [r.status_code for r in answers] == [503] * 6, [r.text for r in answers]
+        assert pool.checkedout() == 0
+        assert api.get("/v1/runs/before").status_code == 200
+        assert api.get("/v1/runs/during-1").status_code == 404  # the 503 stored nothing
+        assert api.put("/v1/runs/during-1", json=run_spec()).status_code == 201
+        assert pool.checkedout() == 0
