@@ -17,6 +17,7 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -207,3 +208,85 @@ class DatabaseLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+PG_BIN = Path(os.environ.get("LRPILOT_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class ThrowawayPostgres:
+    """A PostgreSQL server of the test's own (initdb in a temp dir, its own port, trust auth on
+    127.0.0.1), for the tests that must freeze or stop the database: never the shared one that
+    other tests use at the same time. ``freeze`` stops the postmaster and every backend
+    (SIGSTOP: the kernel still accepts connections and acknowledges bytes, nobody answers),
+    ``thaw`` lets them go on. Skips the test when there is no PostgreSQL installed."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="lrpilot-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+        self._started = False
+
+    def _run(self, *cmd: str) -> None:
+        # initdb and pg_ctl refuse to run as root: as the postgres user, then
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run(
+            [*prefix, *cmd], check=True, capture_output=True, timeout=120, cwd="/",
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def start(self) -> ThrowawayPostgres:
+        if not (PG_BIN / "initdb").exists():
+            import pytest  # here: bench/ imports this module without pytest installed
+
+            pytest.skip(f"no PostgreSQL server binaries in {PG_BIN}")
+        os.chmod(self.dir, 0o755)
+        if os.geteuid() == 0:
+            import pwd
+
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.dir, owner.pw_uid, owner.pw_gid)
+        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
+                  "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8")  # fmt: skip
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "pg.log"),
+                  "-w", "-t", "60", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.dir}",
+                  "start")  # fmt: skip
+        self._started = True
+        return self
+
+    def _postmaster(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
+    def _children(self, postmaster: int) -> list[int]:
+        """The postmaster's children: backends, background workers (Linux's /proc)."""
+        path = Path(f"/proc/{postmaster}/task/{postmaster}/children")
+        return [int(pid) for pid in path.read_text().split()]
+
+    def _signal(self, pids: list[int], sig: signal.Signals) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def freeze(self) -> None:
+        postmaster = self._postmaster()
+        self._signal([postmaster], signal.SIGSTOP)  # first: it forks no backend after this
+        self._signal(self._children(postmaster), signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        postmaster = self._postmaster()
+        self._signal([*self._children(postmaster), postmaster], signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self._started:
+            self.thaw()
+            with contextlib.suppress(subprocess.SubprocessError):
+                self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                          "-w", "stop")  # fmt: skip
+            self._started = False
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ThrowawayPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -2,7 +2,10 @@
 hostile or careless use, through the HTTP API and ``lrpilot plot``.
 
 The standard every test holds the service to: bad input is a 4xx with a precise message; no
-request is a 500 or takes long (over ``SLOW_S`` is a failure); responses are strict JSON, with
+request is a 500 or hangs (over ``HANG_S``, a bound only a hang breaks, is a failure); what a
+request costs is counted (the work it does per step or per group, never seconds: speed is
+measured in bench/, not asserted here, where a loaded machine would fail it); responses are
+strict JSON, with
 an lr that is not finite written as a string; every decision verifies, and a run exported and
 imported into another database verifies and answers the same lrs; ``GET /lrs`` says what
 ``GET /lr`` says, step by step.
@@ -13,11 +16,12 @@ database (simulate, the cost of ``GET /lrs`` over a composite), use one SQLite a
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
-import statistics
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -25,11 +29,13 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from lrpilot.audit.simulate import Setup
+from lrpilot.policies import compose, range_test
 from tests.conftest import app_client
 from tests.helpers import lrpilot_cli, strict_json
 
 B = 2**62  # the largest step anything holds
-SLOW_S = 2.0  # a request that takes longer than this is a finding
+HANG_S = 60.0  # a request that takes longer than this hangs (generous: a loaded CI machine)
 NAMED = {"NaN", "Infinity", "-Infinity"}  # how a response writes a number that is not finite
 NAN, INF = math.nan, math.inf
 BASE3 = [1e-320, 0.1, 1e308]  # a subnormal, an ordinary and a huge base lr
@@ -57,13 +63,33 @@ def send(client: TestClient, method: str, url: str, body: Any = None) -> tuple[A
 
 
 def ok(client: TestClient, method: str, url: str, body: Any = None, status: int = 200) -> Any:
-    """The strict-JSON document of a request that must succeed, and fast."""
+    """The strict-JSON document of a request that must succeed, and not hang."""
     response, took = send(client, method, url, body)
     assert response.status_code == status, (
         f"{method} {url}: {response.status_code} {response.text[:500]}"
     )
-    assert took < SLOW_S, f"{method} {url} took {took:.2f} s (> {SLOW_S} s)"
+    assert took < HANG_S, f"{method} {url} took {took:.2f} s (> {HANG_S} s)"
     return strict_json(response.text)
+
+
+def python_lines(work: Callable[[], object]) -> int:
+    """How many lines of Python ``work()`` runs (in this thread): a cost that is the same on
+    every machine, however loaded, where seconds are not."""
+    count = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        work()
+    finally:
+        sys.settrace(previous)
+    return count
 
 
 def spec(
@@ -262,7 +288,7 @@ def test_extreme_params_of_every_family_are_taken_or_refused_precisely(api: Test
         run = f"ok-{i}"
         where = f"{name}@{version} {json.dumps(params)[:80]}"
         response, took = send(api, "PUT", f"/v1/runs/{run}", spec(name, params, BASE3, version))
-        if response.status_code != 201 or took > SLOW_S:
+        if response.status_code != 201 or took > HANG_S:
             problems.append(
                 f"{where}: PUT {response.status_code} in {took:.2f} s {response.text[:200]}"
             )
@@ -306,10 +332,31 @@ def test_lrs_answer_stays_bounded_with_many_param_groups(solo: TestClient) -> No
         )
 
 
-def test_range_test_lrs_over_many_groups_answers_fast(solo: TestClient) -> None:
-    """range_test@1 works its exp ramp out in 40-digit decimal for every group at every step,
-    even when every group has the same min_lr and max_lr: 500 steps of 1024 groups must not
-    take seconds (count=10000 would take ~90 s)."""
+class CountingContext(decimal.Context):
+    """range_test's decimal context, its exps counted (each one the real, 40-digit exp)."""
+
+    exps = 0
+
+    def exp(self, x: Any, context: Any = None) -> decimal.Decimal:
+        CountingContext.exps += 1
+        return super().exp(x)
+
+
+def test_range_test_lrs_over_many_groups_costs_one_exp_a_step(
+    solo: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """range_test@1 works its exp ramp out in 40-digit decimal; groups that share min_lr and
+    max_lr share that work: 500 steps of 1024 such groups cost 500 exps, not 512,000 (which
+    took seconds; count=10000 took ~90 s)."""
+    real = range_test._CTX
+    counting = CountingContext(
+        prec=real.prec,
+        rounding=real.rounding,
+        Emin=real.Emin,
+        Emax=real.Emax,
+        traps=[signal for signal, on in real.traps.items() if on],
+    )
+    monkeypatch.setattr(range_test, "_CTX", counting)
     ok(
         solo,
         "PUT",
@@ -317,24 +364,32 @@ def test_range_test_lrs_over_many_groups_answers_fast(solo: TestClient) -> None:
         spec("range_test", {"num_steps": 100_000}, [0.1] * 1024),
         201,
     )
-    response, took = send(solo, "GET", "/v1/runs/wide-rt/lrs?from=0&count=500")
+    CountingContext.exps = 0
+    response, _ = send(solo, "GET", "/v1/runs/wide-rt/lrs?from=0&count=500")
     assert response.status_code == 200, response.text[:300]
-    assert took < SLOW_S, f"GET /lrs?count=500 of a 1024-group range test took {took:.1f} s"
+    assert 0 < CountingContext.exps <= 500, f"{CountingContext.exps} exps for 500 steps"
 
 
-def test_lrs_of_a_composite_costs_what_its_parts_cost(solo: TestClient) -> None:
-    """A multistep of 10,000 milestones answers 10,000 steps of /lrs in milliseconds; as a
-    phase of sequence@1 (or the schedule of scaled@1), every step's lrs_at re-serialises and
-    re-hashes the whole phase (canonical JSON of its params) to find it in a cache."""
+def test_lrs_of_a_composite_costs_what_its_parts_cost(
+    solo: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multistep of 10,000 milestones answers 10,000 steps of /lrs cheaply; as a phase of
+    sequence@1 (or the schedule of scaled@1), every step's lrs_at re-serialised the whole phase
+    (canonical JSON of its params, 10,000 milestones) to find it in a cache: the serialisations
+    of a request are counted, and do not grow with its steps."""
     milestones = ref("multistep", {"milestones": [B] * 10_000, "gamma": 0.5})
     ok(solo, "PUT", "/v1/runs/ms", spec("multistep", milestones["params"], [0.1]), 201)
-    ok(solo, "GET", "/v1/runs/ms/lrs?from=0&count=10000")  # fast: the family itself is cheap
+    ok(solo, "GET", "/v1/runs/ms/lrs?from=0&count=10000")
     seq = phases((ref("constant"), 10), (milestones, None))
     ok(solo, "PUT", "/v1/runs/ms-seq", spec("sequence", seq, [0.1]), 201)
-    response, took = send(solo, "GET", "/v1/runs/ms-seq/lrs?from=0&count=2000")
+    serialised = []
+    real = compose.canonical_json
+    monkeypatch.setattr(compose, "canonical_json", lambda doc: serialised.append(1) or real(doc))
+    response, _ = send(solo, "GET", "/v1/runs/ms-seq/lrs?from=0&count=2000")
     assert response.status_code == 200, response.text[:300]
-    assert took < SLOW_S, (
-        f"GET /lrs?count=2000 of sequence@1[constant, multistep] took {took:.1f} s"
+    assert len(serialised) <= 2 * 2, (
+        f"GET /lrs?count=2000 of sequence@1[constant, multistep] serialised a phase "
+        f"{len(serialised)} times"
     )
 
 
@@ -616,7 +671,7 @@ def test_nan_retries_rewinds_then_every_invariant_holds(
         response, took = send(
             api, "POST", f"/v1/runs/{name}/observations", {"step": step, "value": value}
         )
-        assert took < SLOW_S, f"{op} took {took:.2f} s"
+        assert took < HANG_S, f"{op} took {took:.2f} s"
         if kind in ("back", "conflict"):
             assert response.status_code == 409, (
                 f"{op}: {response.status_code} {response.text[:300]}"
@@ -634,25 +689,20 @@ def test_nan_retries_rewinds_then_every_invariant_holds(
 
 def test_plateau2_largest_window_keeps_state_bounded_and_posts_flat(api: TestClient) -> None:
     """window 1000 and best_of 1000 (the largest): the state holds 1000 values and 1000 (step, m)
-    pairs, so once both are full a decision stops growing, and posting stays as fast."""
+    pairs, so once both are full a decision stops growing (and with it the work of a post)."""
     params = {"window": 1000, "best_of": 1000, "patience": 5}
     ok(api, "PUT", "/v1/runs/big-window", spec("plateau", params, [0.1], 2), 201)
-    sizes, times = [], []
+    sizes = []
     for i in range(1, 1151):
         value = [1.0, 1.25, 1.5, 1.375, 1.125, 2.0, 1.75][i % 7] if i % 97 else NAN
-        response, took = send(
+        response, _ = send(
             api, "POST", "/v1/runs/big-window/observations", {"step": 10 * i, "value": value}
         )
         assert response.status_code == 200, response.text[:300]
         sizes.append(len(response.content))
-        times.append(took)
     assert max(sizes) < 128 * 1024, f"a decision of plateau@2 grew to {max(sizes)} bytes"
     assert sizes[-1] <= sizes[1049] * 1.01 + 256, (
         f"still growing past a full window: {sizes[1049]} -> {sizes[-1]}"
-    )
-    full, later = statistics.median(times[1000:1050]), statistics.median(times[-100:])
-    assert later <= 2 * full + 0.005, (
-        f"posting slows down: median {full * 1000:.1f} ms -> {later * 1000:.1f} ms"
     )
     ok(api, "GET", "/v1/runs/big-window/lrs?from=0&count=10000")
     assert ok(api, "POST", "/v1/runs/big-window/verify", {})["ok"]
@@ -736,41 +786,61 @@ def test_simulate_a_composite_run_with_other_base_lrs(solo: TestClient) -> None:
     assert not refused, "\n".join(refused)
 
 
-def test_simulate_100k_values_through_plateau2_window_1000_is_fast(solo: TestClient) -> None:
+def simulated(policy: dict[str, Any], values: list[float]) -> Callable[[], object]:
+    """What POST /v1/simulate computes for ``policy`` over ``values``, in this thread."""
+    setup = Setup.of(policy["name"], policy["version"], policy["params"], [0.1], "metric")
+    stream = list(enumerate(values, start=1))
+    return lambda: list(setup.decisions(stream))
+
+
+def test_simulate_through_plateau2_window_1000_costs_about_window_1(solo: TestClient) -> None:
     """100,000 values (the most simulate takes) through plateau@2 with window 1000 and best_of
-    1000. The mean is the window summed oldest first, one addition at a time (the same float
-    on every Python: not sum(), whose rounding changed in 3.12), so a value costs O(window):
-    ~0.1 ms at 1000, done in C (a left fold, and min/max for best_of). It must stay within
-    SLOW_S, or 6x the same stream with window 1 (it was 20x, Python loops, before)."""
-    values = [(i % 7) + 1 for i in range(100_000)]
-    base = {"policy": ref("plateau", {"patience": 5}, 2), "base_lrs": [0.1], "values": values}
-    _, cheap = send(solo, "POST", "/v1/simulate", base)
-    big = {**base, "policy": ref("plateau", {"patience": 5, "window": 1000, "best_of": 1000}, 2)}
-    response, took = send(solo, "POST", "/v1/simulate", big)
+    1000 answer. The mean is the window summed oldest first, one addition at a time (the same
+    float on every Python: not sum(), whose rounding changed in 3.12), so a value costs
+    O(window), done in C (a left fold, and min/max for best_of): in lines of Python, about what
+    window 1 costs (Python loops of up to 1,000 a value made it 20x, before)."""
+    values = [(i % 7) + 1.0 for i in range(100_000)]
+    cheap = ref("plateau", {"patience": 5}, 2)
+    big = ref("plateau", {"patience": 5, "window": 1000, "best_of": 1000}, 2)
+    response, _ = send(solo, "POST", "/v1/simulate", {"policy": big, "base_lrs": [0.1],
+                                                      "values": values})  # fmt: skip
     assert response.status_code == 200, response.text[:300]
-    limit = max(SLOW_S, 6 * cheap)
-    assert took < limit, (
-        f"simulate 100k values, window 1000: {took:.1f} s (window 1: {cheap:.1f} s)"
+    assert strict_json(response.text)["count"] == len(values)
+    few = values[:3000]  # the window full for two thirds of them
+    cheap_lines = python_lines(simulated(cheap, few))
+    big_lines = python_lines(simulated(big, few))
+    assert big_lines < 2 * cheap_lines, (
+        f"3,000 values: window 1000 runs {big_lines} lines of Python, window 1 {cheap_lines}"
     )
 
 
-def test_simulate_through_a_composite_costs_what_its_parts_cost(solo: TestClient) -> None:
+def test_simulate_through_a_composite_costs_what_its_parts_cost(
+    solo: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same 8,000 values through plateau@2 (window 1000, best_of 1000) alone and as the
-    plateau phase of sequence@1 (or the plateau of scaled@1): the composite steps through the
-    inner policy's frozen state (validated and dumped again at every value), ~10x the cost."""
-    values = [(i % 7) + 1 for i in range(8000)]
+    plateau phase of sequence@1: the composite advances the inner policy's own stepper (made
+    once a phase), where it stepped through a frozen state built, validated and dumped again
+    at every value (~10x the cost): the inner steppers made are counted."""
+    values = [(i % 7) + 1.0 for i in range(8000)]
     p2 = ref("plateau", {"patience": 5, "window": 1000, "best_of": 1000}, 2)
-    _, alone = send(
-        solo, "POST", "/v1/simulate", {"policy": p2, "base_lrs": [0.1], "values": values}
-    )
     seq = ref("sequence", phases((ref("linear"), 5), (p2, None)))
-    response, took = send(
-        solo, "POST", "/v1/simulate", {"policy": seq, "base_lrs": [0.1], "values": values}
+    plateau2 = type(compose._registry("plateau", 2))
+    made = []
+    real = plateau2.stepper
+    monkeypatch.setattr(
+        plateau2, "stepper", lambda self, *args: made.append(1) or real(self, *args)
     )
-    assert response.status_code == 200, response.text[:300]
-    limit = max(SLOW_S, 3 * alone)
-    assert took < limit, (
-        f"8k values: plateau@2 alone {alone:.2f} s, as a sequence@1 phase {took:.2f} s"
+    made_by = {}
+    for name, policy in (("alone", p2), ("sequence@1", seq)):
+        made.clear()
+        response, _ = send(
+            solo, "POST", "/v1/simulate", {"policy": policy, "base_lrs": [0.1], "values": values}
+        )
+        assert response.status_code == 200, response.text[:300]
+        assert strict_json(response.text)["count"] == len(values)
+        made_by[name] = len(made)
+    assert 1 <= made_by["alone"] <= 2 and 1 <= made_by["sequence@1"] <= 2, (
+        f"8k values: plateau@2 steppers made {made_by}"
     )
 
 

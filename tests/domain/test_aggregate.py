@@ -21,6 +21,10 @@ from tests.conftest import app_client
 from tests.harness import LiveServer
 from tests.helpers import run_spec
 
+# Generous bounds, far above what an answer takes, far below the 30 s a rank waits by default:
+# only a rank (or a read) left waiting for a whole timeout fails them, never a loaded machine.
+HANG_S = 15.0
+
 
 def aggregated(timeout_s: float = 30, on_timeout: str = "decide", **kw: Any) -> dict[str, Any]:
     spec = run_spec(**kw)
@@ -155,7 +159,7 @@ def test_missing_ranks_at_the_timeout_decide_from_the_ranks_present(
     started = time.monotonic()
     answers = asyncio.run(post_all(backend_server.url, "late", reports))
     took = time.monotonic() - started
-    assert 1.0 <= took < 5.0, took
+    assert 1.0 <= took < HANG_S, took
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
     assert len({a.content for a in answers}) == 1
     decision = answers[0].json()
@@ -180,7 +184,7 @@ def test_missing_ranks_at_the_timeout_are_refused_when_the_run_says_so(
         started = time.monotonic()
         path = "/v1/runs/strict/observations"
         r = http.post(path, json={"step": 3, "value": 1.0, "rank": 0, "world_size": 2})
-        assert 1.0 <= time.monotonic() - started < 5.0
+        assert 1.0 <= time.monotonic() - started < HANG_S
         assert r.status_code == 409, r.text
         assert "ranks 1 of 2 did not report within 1 s" in r.json()["detail"]
         assert http.get("/v1/runs/strict/decisions").json()["items"] == []
@@ -214,7 +218,7 @@ def test_waiting_ranks_hold_no_worker_thread(backend_server: LiveServer) -> None
             return [*await asyncio.gather(*waiting), last], probe
 
     answers, probe = asyncio.run(scenario())
-    assert probe < 2.0, f"plain reads took {probe:.2f} s while 60 ranks waited"
+    assert probe < HANG_S, f"plain reads took {probe:.2f} s while 60 ranks waited"
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers][:3]
     assert len({a.content for a in answers}) == 1
     assert answers[0].json()["value"] == weighted_mean((float(r), 1.0) for r in range(ranks))
@@ -240,7 +244,7 @@ def test_ranks_on_two_replicas_get_the_same_decision(
 
     started = time.monotonic()
     answers = asyncio.run(scenario())
-    assert time.monotonic() - started < 5.0
+    assert time.monotonic() - started < HANG_S
     assert all(x.status_code == 200 for x in answers), [x.text for x in answers]
     assert len({x.content for x in answers}) == 1
     assert [r["rank"] for r in json.loads(answers[0].content)["ranks"]] == list(range(6))

@@ -36,6 +36,9 @@ from tests.operations.test_races import (
 )
 
 DB_TIMEOUT_S = 1.0
+# A request held up by stalled connections would wait as long as they stall (the whole test):
+# a generous bound fails on that, never on a loaded machine (speed is measured in bench/).
+HANG_S = 10.0
 
 
 def decisions_of(url: str, run_id: str) -> list[dict[str, Any]]:
@@ -197,7 +200,7 @@ def test_writers_waiting_on_a_held_sqlite_lock_answer_in_bound_and_agree_after(
 
 def test_stalled_clients_hold_up_no_decision(live_server: LiveServer) -> None:
     """200 connections that send half a request and stall (slowloris, declared and chunked
-    bodies): decisions and probes are answered as fast as ever meanwhile."""
+    bodies): decisions and probes are answered meanwhile, not held up by them."""
     stalled: list[socket.socket] = []
     head = (
         b"POST /v1/runs/slow/observations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -217,11 +220,11 @@ def test_stalled_clients_hold_up_no_decision(live_server: LiveServer) -> None:
                 started = time.monotonic()
                 r = http.post("/v1/runs/slow/observations", json={"step": step, "value": 0.5})
                 assert r.status_code == 200, r.text
-                assert time.monotonic() - started < 1.0
+                assert time.monotonic() - started < HANG_S
             started = time.monotonic()
             assert http.get("/healthz").status_code == 200
             assert http.get("/readyz").status_code == 200
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < HANG_S
     finally:
         for s in stalled:
             s.close()

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import math
 import os
+import select
+import socket
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,18 +28,135 @@ def is_sqlite(url: str) -> bool:
     return sa.make_url(url).get_backend_name() == "sqlite"
 
 
+# -- bounded calls ---------------------------------------------------------------------------
+#
+# A database that does not answer at all (a frozen or partitioned PostgreSQL: the kernel still
+# accepts the connection and acknowledges every byte, so neither statement_timeout, keepalives
+# nor tcp_user_timeout ever fire) or a lock held outside the service must cost a request a
+# bounded wait, never the whole freeze. So every call of the store runs inside ``bounded``: a
+# deadline for this thread that each wait for the database obeys, whatever it waits on:
+#
+# * PostgreSQL: libpq runs non-blocking and ``_wait_for_postgres`` (psycopg2's wait callback)
+#   does each wait, connect included, with a select() that ends at the deadline; past it, the
+#   socket is shut down (libpq marks the connection broken, the pool discards it, and the
+#   server rolls back what it had begun when it wakes up, unless a COMMIT had reached it: a
+#   503 on a write means "not known", as with any database, and retrying it is safe) and the
+#   call fails;
+# * SQLite: the busy timeout of each transaction is what is left of the deadline, and the
+#   progress handler interrupts a statement that runs past it;
+# * the store's own waits (its in-process write lock) take what is left of it too.
+
+_call = threading.local()
+
+
+class DatabaseTimeout(Exception):
+    """The database did not answer before the call's deadline (PostgreSQL: see
+    ``_wait_for_postgres``, which raises it as a psycopg2 OperationalError)."""
+
+
+@contextlib.contextmanager
+def bounded(timeout_s: float) -> Iterator[None]:
+    """Every wait for the database in this thread, inside the block, ends ``timeout_s`` from
+    now at the latest (or at an enclosing block's deadline, if that comes first)."""
+    outer = getattr(_call, "deadline", None)
+    outer_timeout = getattr(_call, "timeout_s", None)
+    deadline = time.monotonic() + timeout_s
+    _call.deadline = deadline if outer is None else min(outer, deadline)
+    _call.timeout_s = timeout_s
+    try:
+        yield
+    finally:
+        _call.deadline = outer
+        _call.timeout_s = outer_timeout
+
+
+def renew() -> None:
+    """The database answered and the call makes progress (a long import that writes batch
+    after batch): its deadline starts again from now. Outside a call, nothing."""
+    timeout_s = getattr(_call, "timeout_s", None)
+    if timeout_s is not None:
+        _call.deadline = time.monotonic() + timeout_s
+
+
+def remaining() -> float | None:
+    """Seconds left before this thread's call deadline (0 when passed); None outside a call."""
+    deadline: float | None = getattr(_call, "deadline", None)
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _wait_for_postgres(conn: Any, _cursor: Any = None) -> None:
+    """psycopg2's wait callback: libpq's waits (connect, send, receive), each ending at the
+    calling thread's deadline. Outside a bounded call, it waits as long as libpq would."""
+    extensions = _psycopg2.extensions
+    while True:
+        state = conn.poll()
+        if state == extensions.POLL_OK:
+            return
+        deadline: float | None = getattr(_call, "deadline", None)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            _abandon(conn)
+            raise _PostgresTimeout(
+                f"the database did not answer within {getattr(_call, 'timeout_s', 0):g} s"
+            )
+        if state not in (extensions.POLL_READ, extensions.POLL_WRITE):  # pragma: no cover
+            raise _psycopg2.OperationalError(f"unexpected poll state {state}")
+        _ready(conn.fileno(), state == extensions.POLL_WRITE, left)
+
+
+def _ready(fd: int, write: bool, timeout_s: float | None) -> None:
+    """Wait until ``fd`` can be read (written), or ``timeout_s`` passed (None: no limit).
+    poll(), not select(): a busy replica's sockets may be numbered beyond select's 1024."""
+    if not hasattr(select, "poll"):  # Windows
+        select.select([] if write else [fd], [fd] if write else [], [], timeout_s)
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    poller.poll(None if timeout_s is None else max(0, math.ceil(timeout_s * 1000)))
+
+
+def _abandon(conn: Any) -> None:
+    """Shut the connection's socket down: libpq sees it closed and marks the connection broken
+    (psycopg2's ``closed`` 2, which SQLAlchemy takes for a disconnect: the pool discards it,
+    never hands it out again), and the server, once it runs again, rolls back."""
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(conn.fileno())) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(_psycopg2.Error):
+        conn.poll()  # reads the end of the stream: the connection is marked broken now
+
+
+_psycopg2: Any = None  # the driver, imported with the first PostgreSQL engine
+_PostgresTimeout: Any = None
+
+
+def _bound_postgres_waits() -> None:
+    """Install the wait callback (once a process: psycopg2 has one for all connections)."""
+    global _psycopg2, _PostgresTimeout
+    if _psycopg2 is None:
+        _psycopg2 = importlib.import_module("psycopg2")
+        importlib.import_module("psycopg2.extensions")
+        # an OperationalError, so that SQLAlchemy wraps it as every other driver error
+        _PostgresTimeout = type(
+            "DatabaseTimeout", (_psycopg2.OperationalError, DatabaseTimeout), {}
+        )
+    _psycopg2.extensions.set_wait_callback(_wait_for_postgres)
+
+
 def make_engine(settings: Settings) -> Engine:
     """An engine whose write transactions serialise per run, and whose waits are bounded.
 
     PostgreSQL: the run's row lock (SELECT ... FOR UPDATE) serialises; statement_timeout and
-    lock_timeout bound every statement. SQLite has one writer per file, so a write transaction
-    starts with BEGIN IMMEDIATE (see ``writer``): it takes the write lock before it reads the
-    run's state, and no two decisions can ever be made from the same state; busy_timeout bounds
-    the wait for that lock and a progress handler bounds every statement.
+    lock_timeout bound every statement on the server, and ``bounded`` every wait of the client
+    (a server that does not answer at all). SQLite has one writer per file, so a write
+    transaction starts with BEGIN IMMEDIATE (see ``writer``): it takes the write lock before it
+    reads the run's state, and no two decisions can ever be made from the same state;
+    busy_timeout bounds the wait for that lock and a progress handler bounds every statement
+    (to the call's deadline inside ``bounded``, to ``db_timeout_s`` a statement outside).
     """
     url = settings.database_url
     timeout_ms = int(settings.db_timeout_s * 1000)
     if not is_sqlite(url):
+        _bound_postgres_waits()
         return sa.create_engine(
             url,
             pool_pre_ping=True,
@@ -42,6 +166,13 @@ def make_engine(settings: Settings) -> Engine:
             connect_args={
                 "connect_timeout": max(1, round(settings.db_timeout_s)),
                 "options": f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}",
+                # a peer that is gone for good (a host down) is noticed on idle pooled
+                # connections too, not only by the next call that waits on one
+                "keepalives": 1,
+                "keepalives_idle": 30,
+                "keepalives_interval": 10,
+                "keepalives_count": 3,
+                "tcp_user_timeout": timeout_ms,
             },
         )
 
@@ -84,8 +215,14 @@ def make_engine(settings: Settings) -> Engine:
         deadline = [float("inf")]
         record.info["deadline"] = deadline
         record.info["timeout_s"] = settings.db_timeout_s
-        # SQLite has no statement timeout: interrupt a statement that runs past its deadline.
-        dbapi_conn.set_progress_handler(lambda: time.monotonic() > deadline[0], 10_000)
+
+        def expired() -> bool:
+            # SQLite has no statement timeout: interrupt a statement that runs past the call's
+            # deadline (outside a call: the statement's own, armed by _arm)
+            call: float | None = getattr(_call, "deadline", None)
+            return time.monotonic() > (deadline[0] if call is None else call)
+
+        dbapi_conn.set_progress_handler(expired, 10_000)
 
     @sa.event.listens_for(engine, "before_cursor_execute")
     def _arm(conn: sa.Connection, *_: Any) -> None:
@@ -93,6 +230,16 @@ def make_engine(settings: Settings) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
+        # a lock held elsewhere is waited for until the call's deadline (outside a call: for
+        # db_timeout_s, as a new connection does)
+        left = remaining()
+        busy_ms = timeout_ms if left is None else int(left * 1000)
+        info = conn.connection.info
+        if info.get("busy_ms", timeout_ms) != busy_ms:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            driver.execute(f"PRAGMA busy_timeout={busy_ms}")
+            info["busy_ms"] = busy_ms
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
 

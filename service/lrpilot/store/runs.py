@@ -4,7 +4,9 @@ The store owns transactions and locks, and nothing else: it hands the domain lay
 head (its spec and latest state, O(1) whatever the run's length) under the run's lock, and
 appends the decisions the domain made. Write transactions retry a bounded number of times when
 another writer won a race (a unique violation, a deadlock, a serialization failure), then give
-up with ``Unavailable``; every wait for the database is bounded by ``Settings.db_timeout_s``.
+up with ``Unavailable``; every wait for the database is bounded by ``Settings.db_timeout_s``:
+each call of the store runs inside ``db.bounded`` (see there), and a call that passes its
+deadline is ``Unavailable``, whatever the database did (a lock held elsewhere, no answer at all).
 """
 
 from __future__ import annotations
@@ -37,7 +39,16 @@ from lrpilot.spec import (
     RunStored,
     ScalingSpec,
 )
-from lrpilot.store.db import make_engine, same_file, sqlite_path, writer
+from lrpilot.store.db import (
+    DatabaseTimeout,
+    bounded,
+    make_engine,
+    remaining,
+    renew,
+    same_file,
+    sqlite_path,
+    writer,
+)
 from lrpilot.store.records import NewDecision, NewRun, Page, Report, RunHead, Stored
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
@@ -345,6 +356,7 @@ class WriteTx:
     def flush(self) -> None:
         """Write the reports added (one statement) and the appended decisions (one
         statement), then move each run's head to its last decision (one UPDATE a run)."""
+        renew()  # the database answered so far: a long transaction (an import) goes on
         if self._new_reports:
             self._cursor.executemany(
                 _param(
@@ -423,18 +435,19 @@ class Store:
         times, when another writer won a race; ``Unavailable`` when the database is not there
         or stays locked past the timeout."""
         retries = self.settings.db_retries
-        for attempt in range(retries + 1):
-            try:
-                with self._write_lock(), self._db_errors(), self._writer.connect() as conn:
-                    return _commit(conn, work)
-            except _LostRace as exc:
-                if attempt == retries:
-                    log.warning("write failed after %d attempts: %s", attempt + 1, exc)
-                    raise Unavailable(
-                        "the database could not complete the write (another writer kept "
-                        "winning); retry later"
-                    ) from exc
-                time.sleep(random.uniform(0.0, 0.01 * 2**attempt))  # let the winner finish
+        with bounded(self.settings.db_timeout_s):  # the retries included
+            for attempt in range(retries + 1):
+                try:
+                    with self._write_lock(), self._db_errors(), self._writer.connect() as conn:
+                        return _commit(conn, work)
+                except _LostRace as exc:
+                    if attempt == retries:
+                        log.warning("write failed after %d attempts: %s", attempt + 1, exc)
+                        raise Unavailable(
+                            "the database could not complete the write (another writer kept "
+                            "winning); retry later"
+                        ) from exc
+                    time.sleep(random.uniform(0.0, 0.01 * 2**attempt))  # let the winner finish
         raise AssertionError("unreachable")
 
     def begin_now(self, work: Callable[[WriteTx], T]) -> tuple[T, Callable[[], None]]:
@@ -530,7 +543,8 @@ class Store:
         if self._lock is None:
             yield
             return
-        if not self._lock.acquire(timeout=self.settings.db_timeout_s):
+        left = remaining()
+        if not self._lock.acquire(timeout=self.settings.db_timeout_s if left is None else left):
             raise Unavailable(
                 f"the database stayed locked for {self.settings.db_timeout_s} s; retry later"
             )
@@ -540,13 +554,21 @@ class Store:
             self._lock.release()
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Session]:
-        with self._db_errors(), Session(self.engine) as session:
+    def _read(self, timeout_s: float | None = None) -> Iterator[Session]:
+        """A session for one read call, every wait of which ends within ``timeout_s``
+        (``db_timeout_s`` by default): pool checkout, connect, lock, statement, answer."""
+        with (
+            bounded(self.settings.db_timeout_s if timeout_s is None else timeout_s),
+            self._db_errors(),
+            Session(self.engine) as session,
+        ):
             yield session
 
     def ping(self) -> None:
-        """The database answers, and holds lrpilot's schema."""
-        with self._read() as s:
+        """The database answers, and holds lrpilot's schema, within ``ready_timeout_s`` (the
+        probe gives up then: its thread must not stay behind on a frozen database) or
+        ``db_timeout_s``, whichever is shorter (no route waits longer than that)."""
+        with self._read(min(self.settings.ready_timeout_s, self.settings.db_timeout_s)) as s:
             s.connection().exec_driver_sql("SELECT version_num FROM alembic_version").all()
 
     # -- runs ------------------------------------------------------------------------------
@@ -838,7 +860,9 @@ def _unavailable(orig: BaseException) -> Unavailable:
         reason = "the database's disk is full"
     elif "locked" in text or "busy" in text or "lock timeout" in text:
         reason = "the database is locked by another writer"
-    elif "interrupted" in text or "statement timeout" in text or "canceling statement" in text:
+    elif isinstance(orig, DatabaseTimeout) or any(
+        what in text for what in ("interrupted", "statement timeout", "canceling statement")
+    ):
         reason = "the database did not answer in time"
     else:
         reason = "the database is unreachable"
