@@ -144,6 +144,7 @@ class LogCheck:
         self.count = 0
         self.last_step: int | None = None  # the last decided step (a scale entry decides none)
         self.step: int | None = None  # the step of the last entry checked, of any kind
+        self.action: str | None = None  # the action of the last entry checked
         self.superseded = 0
         self._rewinds_seen = 0
         self.reduced: list[int] = []
@@ -192,7 +193,7 @@ class LogCheck:
         # sealed with that hash, is those very bytes
         if entry.canonical_with(doc["hash"]) != text:
             self._first_difference(entry, doc, line, seq)
-        self._checked(kind, step, doc["hash"], seq)
+        self._checked(kind, step, doc["hash"], seq, entry.doc["action"])
 
     def _chain(self, seq: int) -> Chain:
         return Chain(
@@ -205,10 +206,10 @@ class LogCheck:
             self.replay.force,
         )
 
-    def _checked(self, kind: Kind, step: int, digest: str, seq: int) -> None:
+    def _checked(self, kind: Kind, step: int, digest: str, seq: int, action: str) -> None:
         if kind is not Kind.SCALE:
             self.last_step = step
-        self.step = step
+        self.step, self.action = step, action
         self.prev, self.count = digest, seq
 
     def _check_plain(
@@ -234,7 +235,7 @@ class LogCheck:
         at = raw.find(b',"hash":"' + plain.hash.encode())
         if hashlib.sha256(raw[:at] + raw[at + _HASH_MEMBER_LEN :]).hexdigest() != plain.hash:
             self._check_link(raw, {"prev_hash": self.prev, "hash": plain.hash}, line, seq)
-        self._checked(Kind.DECISION, plain.step, plain.hash, seq)
+        self._checked(Kind.DECISION, plain.step, plain.hash, seq, entry.doc["action"])
 
     def _check_link(self, raw: bytes, doc: dict[str, Any], line: int | None, seq: int) -> None:
         if doc.get("prev_hash") != self.prev:

@@ -30,7 +30,7 @@ from lrpilot.domain.errors import Conflict, RunNotFound
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
-from lrpilot.store.records import NewDecision, NewRun, RunHead, appended
+from lrpilot.store.records import LogRow, NewDecision, NewRun, RunHead, RunRowRead, appended
 from lrpilot.store.runs import Store, WriteTx
 
 IMPORT_FLUSH_EVERY = 1000  # decisions a statement when an import writes its log
@@ -70,46 +70,26 @@ class Audit:
     # -- verify ----------------------------------------------------------------------------
 
     def verify(self, run_id: str, head: str | None = None) -> Report:
-        """Replay the stored log through the pinned policy and check every link and every
-        superseded flag; then check that the run's row (its head, state and lrs, what the next
-        decision starts from) is where the log ends."""
-        _, row = self.store.head(run_id)
-        rewinds = rewinds_of(self.store.bodies(run_id, row.last_seq, action=Kind.REWIND))
-        check: LogCheck | None = None
-        try:
-            check = LogCheck(row.spec, rewinds)
-            for body, flagged in self.store.flagged(run_id, row.last_seq):
-                check.check(body)
-                assert check.step is not None
-                if flagged != check.superseded_at(check.count, check.step):
-                    raise Mismatch(
-                        None,
-                        check.count,
-                        "its superseded flag is not what the rewinds in the log say (edited)",
-                        not flagged,
-                        flagged,
-                    )
-            report = check.report(head)
-            for what, stored, logged in (
-                ("head_hash", row.head_hash, report.head_hash),
-                ("state", row.state.text, report.state),
-                ("lrs", row.lrs.text, report.lrs),
-                ("scale", _scale_json(row.scale), report.scale),
-                ("last_step", row.last_step, report.last_step),
-            ):
-                if stored != logged:
-                    raise Mismatch(
-                        None,
-                        row.last_seq,
-                        f"the run's {what} is not where its log ends (the run row was edited)",
-                        logged,
-                        stored,
-                    )
-            return report
-        except Mismatch as exc:
-            count = check.count if check is not None else 0
-            prev = check.prev if check is not None else GENESIS
-            return Report(ok=False, count=count, head_hash=prev, mismatch=exc)
+        """Replay the stored log through the pinned policy and check every link; check every
+        column served beside an entry (its seq, step, action, hash, superseded flag) against
+        the entry; then check that the run's row (its head, state, lrs and counters, what the
+        next decision starts from and what GET /v1/runs/{id} serves) is where the log ends.
+        All of it read in one snapshot: what commits meanwhile is not seen, half or whole."""
+        with self.store.snapshot() as snapshot:
+            run = snapshot.run(run_id)
+            check: LogCheck | None = None
+            try:
+                rewinds = rewinds_of(r.body for r in snapshot.log(run_id, action=Kind.REWIND))
+                check = LogCheck(run.head.spec, rewinds)
+                for row in snapshot.log(run_id):
+                    _check_row(check, row)
+                report = check.report(head)
+                _check_run(run, report)
+                return report
+            except Mismatch as exc:
+                count = check.count if check is not None else 0
+                prev = check.prev if check is not None else GENESIS
+                return Report(ok=False, count=count, head_hash=prev, mismatch=exc)
 
     # -- import ----------------------------------------------------------------------------
 
@@ -291,6 +271,68 @@ class Audit:
         policy, params = resolved(head.spec)
         summary.update(policy.summary_fields(params, load_state(policy, head)))
         return summary
+
+
+def _check_row(check: LogCheck, row: LogRow) -> None:
+    """Check the next stored row: its body as the next entry of the log, then each column
+    served beside the body against it (they are not hashed: an edit of one would change what
+    the reads serve and filter on, and only this check sees it)."""
+    seq = check.count + 1
+    if row.seq != seq:
+        raise Mismatch(
+            None,
+            min(row.seq, seq),
+            f"the decision row of seq {row.seq} comes where seq {seq} must be (a row was "
+            "deleted, or its seq edited)",
+            seq,
+            row.seq,
+        )
+    check.check(row.body)
+    assert check.step is not None and check.action is not None
+    for column, stored, logged in (
+        ("step", row.step, check.step),
+        ("action", row.action, check.action),
+        ("hash", row.hash, check.prev),
+        ("superseded", row.superseded, check.superseded_at(seq, check.step)),
+    ):
+        if stored != logged:
+            raise Mismatch(
+                None,
+                seq,
+                f"the decision row's {column} column is not what its entry says (edited)",
+                logged,
+                stored,
+            )
+
+
+def _check_run(run: RunRowRead, report: Report) -> None:
+    """The run's row is where its log ends: its head, and what GET /v1/runs/{id} serves."""
+    row = run.head
+    for what, stored, logged in (
+        ("last_seq", row.last_seq, report.count),
+        ("head_hash", row.head_hash, report.head_hash),
+        ("state", row.state.text, report.state),
+        ("lrs", row.lrs.text, report.lrs),
+        ("scale", _scale_json(row.scale), report.scale),
+        ("last_step", row.last_step, report.last_step),
+        ("reductions", run.reductions, len(report.reduced)),
+    ):
+        if stored != logged:
+            raise Mismatch(
+                None,
+                report.count,
+                f"the run's {what} is not where its log ends (the run row was edited)",
+                logged,
+                stored,
+            )
+    if run.labels != row.spec.labels:
+        raise Mismatch(
+            None,
+            report.count,
+            "the run's label rows (what GET /v1/runs filters on) are not its labels (edited)",
+            row.spec.labels,
+            run.labels,
+        )
 
 
 def _base(head: RunHead) -> InForce | None:

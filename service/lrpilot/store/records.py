@@ -141,3 +141,25 @@ class Report:
     weight: float
     created_at: str
     client: dict[str, Any] | None = None  # who posted it, as it declared itself
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """A decision row as stored: its body (the hashed entry) and every column beside it that a
+    read serves or filters on, which verify checks against the body."""
+
+    seq: int
+    step: int
+    action: str
+    superseded: bool
+    hash: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRowRead:
+    """A run's row as verify reads it: its head and the columns served beside it."""
+
+    head: RunHead
+    reductions: int
+    labels: dict[str, str]  # the rows GET /v1/runs filters on (run_labels)

@@ -38,7 +38,16 @@ from lrpilot.spec import (
     ScalingSpec,
 )
 from lrpilot.store.db import make_engine, same_file, sqlite_path, writer
-from lrpilot.store.records import NewDecision, NewRun, Page, Report, RunHead, Stored
+from lrpilot.store.records import (
+    LogRow,
+    NewDecision,
+    NewRun,
+    Page,
+    Report,
+    RunHead,
+    RunRowRead,
+    Stored,
+)
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
 T = TypeVar("T")
@@ -395,6 +404,47 @@ class WriteTx:
         self._decided.clear()
 
 
+class Snapshot:
+    """Reads that all see one state of the database, whatever commits meanwhile: one read
+    transaction (SQLite: one BEGIN, whose first read fixes what the WAL shows it; PostgreSQL:
+    REPEATABLE READ). Verify reads through it, so that a rewind or a decision committed halfway
+    through a check can never look like tampering."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def _rows(self, statement: str, params: tuple[Any, ...]) -> Sequence[Any]:
+        return self._conn.exec_driver_sql(_param(self._conn, statement), params).all()
+
+    def run(self, run_id: str) -> RunRowRead:
+        found = self._rows(
+            f"SELECT {_HEAD_COLUMNS}, reductions FROM runs WHERE run_id = ?", (run_id,)
+        )
+        if not found:
+            raise RunNotFound(f"run {run_id!r} not found")
+        labels = self._rows("SELECT key, value FROM run_labels WHERE run_id = ?", (run_id,))
+        return RunRowRead(
+            _head(found[0][:-1]), int(found[0][-1]), {str(k): str(v) for k, v in labels}
+        )
+
+    def log(self, run_id: str, action: str | None = None, page: int = 1000) -> Iterator[LogRow]:
+        """Every decision row of the run (none left out: not only those up to its last_seq),
+        in seq order, a page at a time: constant memory, every statement short."""
+        where = "" if action is None else " AND action = ?"
+        after = 0
+        while True:
+            rows = self._rows(
+                "SELECT seq, step, action, superseded, hash, body FROM decisions "
+                f"WHERE run_id = ? AND seq > ?{where} ORDER BY seq LIMIT {int(page)}",
+                (run_id, after) if action is None else (run_id, after, action),
+            )
+            for seq, step, act, flag, digest, body in rows:
+                yield LogRow(int(seq), int(step), str(act), bool(flag), str(digest), str(body))
+            if len(rows) < page:
+                return
+            after = int(rows[-1][0])
+
+
 class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -548,6 +598,17 @@ class Store:
         """The database answers, and holds lrpilot's schema."""
         with self._read() as s:
             s.connection().exec_driver_sql("SELECT version_num FROM alembic_version").all()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """One read transaction (``Snapshot``), ended when the block ends."""
+        engine = self.engine
+        if not self.is_sqlite:
+            engine = engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        with self._db_errors(), engine.connect() as conn, conn.begin():
+            yield Snapshot(conn)
 
     # -- runs ------------------------------------------------------------------------------
 
