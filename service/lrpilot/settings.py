@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     # POST /v1/runs/import takes a whole exported run: its own, larger limit.
     max_import_bytes: int = Field(default=1 << 30, ge=1024)
+    # A bundle line (an entry, the header, the trailer) longer than this is refused by import,
+    # naming its line, with no more than this much of it read (`lrpilot verify` too).
+    max_bundle_line_bytes: int = Field(default=16 << 20, ge=1024)
     # An Ed25519 private key (a PEM file, or the PEM text) that signs every export's head;
     # `lrpilot keygen` writes one. Without it exports are unsigned.
     signing_key: str | None = None

@@ -33,6 +33,7 @@ from lrpilot import entries
 from lrpilot.audit.bundle import (
     Mismatch,
     _parse,
+    check_line,
     numbered_raw,
     parse_header,
     parse_trailer,
@@ -569,6 +570,7 @@ def check_bundle(
     try:
         rewinds = rewinds_of(open_lines())
         for number, text in numbered_raw(open_lines()):
+            check_line(text, number)
             if end is not None:
                 raise Mismatch(number, None, "a line after the trailer")
             if check is None:

@@ -26,6 +26,7 @@ from lrpilot.audit.simulate import Comparison, Setup, compare, run_setup
 from lrpilot.audit.verify import check_bundle
 from lrpilot.cli._common import DEFAULT_URL, Url, client, detail_text, fail, service_errors
 from lrpilot.policies import PolicyError
+from lrpilot.settings import Settings
 from lrpilot.spec import RunStored
 from lrpilot_client import LrpilotError
 
@@ -144,7 +145,10 @@ def verify(
         fail(str(exc))
     progress = _progress(bundle)
     with progress or contextlib.nullcontext():
-        lines = _lines_with_progress(bundle, progress, "verifying", read_raw)
+        max_line = Settings().max_bundle_line_bytes  # LRPILOT_MAX_BUNDLE_LINE_BYTES, as serve
+        lines = _lines_with_progress(
+            bundle, progress, "verifying", lambda path: read_raw(path, max_line)
+        )
         checked = check_bundle(lines, head, key)
     report = checked.report
     if as_json:

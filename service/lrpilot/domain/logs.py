@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from lrpilot import entries
@@ -18,6 +19,8 @@ from lrpilot.audit.bundle import (
     Recorded,
     header_line,
     numbered_raw,
+    read_header,
+    read_raw,
     recorded_of,
     rewinds_of,
     trailer_line,
@@ -48,6 +51,7 @@ class Audit:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self._key = load_private_key(settings.signing_key) if settings.signing_key else None
+        self._max_line = settings.max_bundle_line_bytes
 
     # -- export ----------------------------------------------------------------------------
 
@@ -93,13 +97,16 @@ class Audit:
 
     # -- import ----------------------------------------------------------------------------
 
-    def import_bundle(
-        self, open_lines: Callable[[], Iterable[bytes]]
-    ) -> tuple[dict[str, Any], bool]:
-        """Check the bundle (every link, every decision replayed), then store it in one
-        transaction: (the run, True); (the stored run, False) when it holds this very log.
-        A bundle that does not check is refused whole; another log under the same run_id is
-        a Conflict."""
+    def import_bundle(self, path: Path) -> tuple[dict[str, Any], bool]:
+        """Check the bundle file (every line, every link, every decision replayed), then store
+        it in one transaction: (the run, True); (the stored run, False) when it holds this very
+        log. A bundle that does not check is refused whole; another log under the same run_id
+        is a Conflict."""
+
+        def open_lines() -> Iterator[bytes]:
+            return read_raw(path, self._max_line)
+
+        read_header(path, self._max_line)  # a bundle of another kind: refused at once
         checked = check_bundle(open_lines)
         if not checked.ok or checked.run is None:
             assert checked.report.mismatch is not None
