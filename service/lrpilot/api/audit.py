@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
@@ -70,8 +68,7 @@ def export_run(run_id: RunId, audit: AuditDep) -> StreamingResponse:
     },
 )
 async def import_run(request: Request, audit: AuditDep) -> Response:
-    with tempfile.TemporaryDirectory(prefix="lrpilot-import-") as tmp:
-        path = Path(tmp) / "bundle.ndjson"
+    with audit.spool() as path:
         with path.open("wb") as out:  # spooled to disk: a bundle may be far larger than memory
             async for chunk in request.stream():
                 out.write(chunk)

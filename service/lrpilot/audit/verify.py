@@ -80,7 +80,7 @@ class Report:
     state: str | None = None  # canonical JSON of the policy state after the last entry
     lrs: str | None = None  # canonical JSON of the lrs in force after it
     scale: str | None = None  # canonical JSON of the scale in force (None: the base, or no rule)
-    reduced: list[int] = field(default_factory=list)  # seqs the policy counts as reductions
+    reductions: int = 0  # decisions the policy counts as reductions (the run's counter)
 
     def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -148,7 +148,7 @@ class LogCheck:
         self.action: str | None = None  # the action of the last entry checked
         self.superseded = 0
         self._rewinds_seen = 0
-        self.reduced: list[int] = []
+        self.reductions = 0
 
     def scale_json(self) -> str | None:
         """The scale in force as the run row stores it (None: the base size, from the start)."""
@@ -303,7 +303,7 @@ class LogCheck:
         action = replay.observe(step, value, seq)
         stepper = replay.stepper
         if stepper.reduced:
-            self.reduced.append(seq)
+            self.reductions += 1
         return entries.decision(
             chain,
             step,
@@ -416,7 +416,7 @@ class LogCheck:
             state=canonical_json(self.replay.state().model_dump()),
             lrs=canonical_json(self.replay.lrs),
             scale=self.scale_json(),
-            reduced=self.reduced,
+            reductions=self.reductions,
         )
 
 
@@ -548,6 +548,7 @@ class BundleCheck:
     report: Report
     end: dict[str, Any] | None = None
     lines: int = 0
+    rewinds: list[Rewound] = field(default_factory=list)  # what decides the superseded flags
 
     @property
     def ok(self) -> bool:
@@ -609,7 +610,7 @@ def check_bundle(
                 f"signed by key {end['signature'].get('key_id')!r}; not checked (no public key "
                 "given)"
             )
-        return BundleCheck(run, report, end, number)
+        return BundleCheck(run, report, end, number, rewinds)
     except Mismatch as exc:
         count = check.count if check is not None else 0
         prev = check.prev if check is not None else GENESIS

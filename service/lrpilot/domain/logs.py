@@ -7,8 +7,13 @@ writes what they accepted.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +34,14 @@ from lrpilot.audit.signing import load_private_key, sign, signed_message
 from lrpilot.audit.verify import BundleCheck, LogCheck, Report, check_bundle
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.domain.deciding import chain_of, load_state, new_run, now, resolved
-from lrpilot.domain.errors import Conflict, RunNotFound
-from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
+from lrpilot.domain.errors import Conflict, RunNotFound, Unavailable
+from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind, is_superseded
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
-from lrpilot.store.records import LogRow, NewDecision, NewRun, RunHead, RunRowRead, appended
+from lrpilot.store.records import LogEnd, LogRow, NewDecision, NewRun, RunHead, RunRowRead, appended
 from lrpilot.store.runs import Store, WriteTx
 
-IMPORT_FLUSH_EVERY = 1000  # decisions a statement when an import writes its log
+log = logging.getLogger("lrpilot.audit")
 
 
 class BundleRefused(ValueError):
@@ -52,6 +57,7 @@ class Audit:
         self.store = store
         self._key = load_private_key(settings.signing_key) if settings.signing_key else None
         self._max_line = settings.max_bundle_line_bytes
+        self._spool_dir = spool_dir(settings, store.database_file)
 
     # -- export ----------------------------------------------------------------------------
 
@@ -97,11 +103,42 @@ class Audit:
 
     # -- import ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def spool(self) -> Iterator[Path]:
+        """A file to spool an imported bundle to (a bundle may be far larger than memory),
+        removed when the block ends, with its import's journal; named by this process's id, so
+        that the next start of the service can tell it from another process's and remove it
+        (``clean_spool``) when this one was killed."""
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        path = self._spool_dir / f"import-{os.getpid()}-{uuid.uuid4().hex}.ndjson"
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+            _journal(path).unlink(missing_ok=True)
+
+    def clean_spool(self) -> None:
+        """What imports of processes no longer running left: the rows of an import killed
+        halfway (its journal names the run) and the spooled files. At startup."""
+        if not self._spool_dir.is_dir():
+            return
+        for path in sorted(self._spool_dir.glob("import-*")):
+            pid = path.name.split("-")[1]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue  # another service process's import, under way
+            try:
+                if path.suffix == ".run":
+                    dropped = self.store.drop_import(path.read_text())
+                    log.warning("removed %d rows of an unfinished import (%s)", dropped, path)
+                path.unlink(missing_ok=True)
+            except (OSError, Unavailable) as exc:  # kept for the next start
+                log.warning("could not clean %s: %s", path, exc)
+
     def import_bundle(self, path: Path) -> tuple[dict[str, Any], bool]:
         """Check the bundle file (every line, every link, every decision replayed), then store
-        it in one transaction: (the run, True); (the stored run, False) when it holds this very
-        log. A bundle that does not check is refused whole; another log under the same run_id
-        is a Conflict."""
+        it: (the run, True); (the stored run, False) when it holds this very log. A bundle
+        that does not check is refused whole; another log under the same run_id is a
+        Conflict. Nothing of it is seen before all of it is stored (``Store.import_run``)."""
 
         def open_lines() -> Iterator[bytes]:
             return read_raw(path, self._max_line)
@@ -112,41 +149,36 @@ class Audit:
             assert checked.report.mismatch is not None
             raise BundleRefused(checked.report.mismatch)
         run = _new_run(checked)
-        reduced = set(checked.report.reduced)
+        report = checked.report
+        assert report.state is not None and report.lrs is not None
+        end = LogEnd(
+            report.count,
+            report.head_hash,
+            report.state,
+            report.lrs,
+            report.last_step,
+            report.scale,
+            report.reductions,
+        )
 
-        def work(tx: WriteTx) -> tuple[dict[str, Any], bool]:
-            if tx.lock_run(run.run_id) is not None:
-                return _same_log(self.store, run, checked), False
-            tx.insert_run(run)
+        def rows() -> Iterator[LogRow]:
             for number, raw in numbered_raw(open_lines()):
                 if number == 1 or number == checked.lines:
                     continue  # the header and the trailer
                 text = raw.decode()  # checked: UTF-8 JSON
                 doc = json.loads(text)
-                seq, step, action = doc["seq"], doc["step"], doc["action"]
-                if action == Kind.REWIND:
-                    tx.supersede_after(run.run_id, step)
-                decision = NewDecision(
-                    run_id=run.run_id,
-                    seq=seq,
-                    step=step,
-                    action=action,
-                    hash=doc["hash"],
-                    body=text,
-                    state=canonical_json(doc["state"]),
-                    lrs=canonical_json(doc["lrs"]),
-                    last_step=step,  # where the run stands is set at the end, from the check
-                    reductions=1 if seq in reduced else 0,
-                )
-                tx.append_decision(decision)
-                if seq % IMPORT_FLUSH_EVERY == 0:
-                    tx.flush()
-            tx.set_position(run.run_id, checked.report.last_step, checked.report.scale)
-            return {}, True
+                seq, step = doc["seq"], doc["step"]
+                superseded = is_superseded(seq, step, checked.rewinds)
+                yield LogRow(seq, step, doc["action"], superseded, doc["hash"], text)
 
-        result, created = self.store.transact(work)
+        journal = _journal(path)
+        journal.write_text(run.run_id)  # what a restart removes, if this process is killed
+        try:
+            created = self.store.import_run(run, rows, end)
+        finally:
+            journal.unlink(missing_ok=True)
         if not created:
-            return result, False
+            return _same_log(self.store, run, checked), False
         return self.store.get_run(run.run_id), True
 
     # -- rewind ----------------------------------------------------------------------------
@@ -322,7 +354,7 @@ def _check_run(run: RunRowRead, report: Report) -> None:
         ("lrs", row.lrs.text, report.lrs),
         ("scale", _scale_json(row.scale), report.scale),
         ("last_step", row.last_step, report.last_step),
-        ("reductions", run.reductions, len(report.reduced)),
+        ("reductions", run.reductions, report.reductions),
     ):
         if stored != logged:
             raise Mismatch(
@@ -340,6 +372,32 @@ def _check_run(run: RunRowRead, report: Report) -> None:
             row.spec.labels,
             run.labels,
         )
+
+
+def spool_dir(settings: Settings, database_file: str | None) -> Path:
+    """Where imports spool (``LRPILOT_SPOOL_DIR``): by default beside the SQLite database
+    file, else a directory of the temporary one named after the database, so that a service
+    cleans only what an import into its own database left."""
+    if settings.spool_dir is not None:
+        return Path(settings.spool_dir)
+    if database_file is not None:
+        return Path(database_file).resolve().with_name(Path(database_file).name + ".spool")
+    digest = sha256_hex(settings.database_url)[:16]
+    return Path(tempfile.gettempdir()) / f"lrpilot-spool-{digest}"
+
+
+def _journal(spooled: Path) -> Path:
+    return spooled.with_suffix(".run")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _base(head: RunHead) -> InForce | None:

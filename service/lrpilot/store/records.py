@@ -163,3 +163,16 @@ class RunRowRead:
     head: RunHead
     reductions: int
     labels: dict[str, str]  # the rows GET /v1/runs filters on (run_labels)
+
+
+@dataclass(frozen=True, slots=True)
+class LogEnd:
+    """Where an imported log ends: its run row's head and counters, as verify proved them."""
+
+    last_seq: int
+    head_hash: str
+    state: str  # canonical JSON of the policy state after the last entry
+    lrs: str  # canonical JSON of the lrs in force after it
+    last_step: int | None
+    scale: str | None  # canonical JSON of the scale in force (None: the base, or no rule)
+    reductions: int
