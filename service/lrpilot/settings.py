@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # An Ed25519 private key (a PEM file, or the PEM text) that signs every export's head;
     # `lrpilot keygen` writes one. Without it exports are unsigned.
     signing_key: str | None = None
+    # Ed25519 public keys (PEM files separated by commas, or PEM text): when set, an import
+    # must be signed by one of them, every entry of it; an unsigned bundle is refused.
+    trusted_keys: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:

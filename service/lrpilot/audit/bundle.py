@@ -123,15 +123,23 @@ def header_line(run: RunStored) -> str:
 
 
 def trailer_line(
-    header: str, count: int, head_hash: str, signature: dict[str, str] | None = None
+    header: str,
+    count: int,
+    head_hash: str,
+    signature: dict[str, str] | None = None,
+    imported: dict[str, Any] | None = None,
 ) -> str:
     """The last line: the count, the head, the hash of the header line (which no decision's
-    hash covers), and the signature over those three when the service has a key."""
+    hash covers), for a run that began as an import the trailer it was imported with
+    (``imported``, its signature included), and the signature over all of that when the
+    service has a key and decided some of the log."""
     end: dict[str, Any] = {
         "count": count,
         "head_hash": head_hash,
         "header_hash": sha256_hex(header),
     }
+    if imported is not None:
+        end["imported"] = imported
     if signature is not None:
         end["signature"] = signature
     return canonical_json({"end": end})
@@ -173,26 +181,43 @@ def parse_trailer(text: str | bytes, line: int) -> dict[str, Any] | None:
     return end
 
 
-_TRAILER_FIELDS = ("count", "head_hash", "header_hash", "signature")
+_TRAILER_FIELDS = ("count", "head_hash", "header_hash", "imported", "signature")
+# A log imported, continued, exported and imported again: each hop nests the trailer before.
+MAX_IMPORT_HOPS = 16
 
 
-def _check_trailer(end: dict[str, Any], line: int) -> None:
-    """Every member of a trailer, like the API's own fields: its type and its length."""
+def _check_trailer(end: dict[str, Any], line: int, what: str = "the trailer's") -> None:
+    """Every member of a trailer, like the API's own fields: its type and its length; and
+    the trailers it records as imported (``imported``, nested a hop each), alike."""
+    for _ in range(MAX_IMPORT_HOPS + 1):
+        _check_end_members(end, line, what)
+        inner = end.get("imported")
+        if inner is None:
+            return
+        if not isinstance(inner, dict) or type(inner.get("count")) is not int:
+            raise Mismatch(line, None, f"{what} imported must be a trailer, as bundles have")
+        if inner["count"] > end["count"]:
+            raise Mismatch(line, None, f"{what} imported count is beyond its own count")
+        end, what = inner, f"{what} imported"
+    raise Mismatch(line, None, f"more than {MAX_IMPORT_HOPS} imports nested in the trailer")
+
+
+def _check_end_members(end: dict[str, Any], line: int, what: str) -> None:
     for key in end:
         if key not in _TRAILER_FIELDS:
             raise Mismatch(
                 line,
                 None,
-                f"the trailer has a member {key!r:.60} that bundles do not have (they have "
+                f"{what} member {key!r:.60} is not one that bundles have (they have "
                 f"{', '.join(_TRAILER_FIELDS)})",
             )
     count = end.get("count")
     if type(count) is not int or not 0 <= count <= _MAX_COUNT:
-        raise Mismatch(line, None, "the trailer's count must be an integer in [0, 2**63)")
+        raise Mismatch(line, None, f"{what} count must be an integer in [0, 2**63)")
     for key in ("head_hash", "header_hash"):
         digest = end.get(key)
         if not isinstance(digest, str) or _HEX64.fullmatch(digest) is None:
-            raise Mismatch(line, None, f"the trailer's {key} must be 64 lowercase hex digits")
+            raise Mismatch(line, None, f"{what} {key} must be 64 lowercase hex digits")
     signature = end.get("signature")
     if signature is None and "signature" not in end:
         return
@@ -207,7 +232,7 @@ def _check_trailer(end: dict[str, Any], line: int) -> None:
         raise Mismatch(
             line,
             None,
-            "the trailer's signature must be {algorithm, key_id (16 hex digits), value "
+            f"{what} signature must be {{algorithm, key_id (16 hex digits), value "
             "(base64)}, as the service writes it",
         )
 

@@ -24,13 +24,14 @@ from lrpilot.audit.bundle import (
     Recorded,
     header_line,
     numbered_raw,
+    parse_header,
     read_header,
     read_raw,
     recorded_of,
     rewinds_of,
     trailer_line,
 )
-from lrpilot.audit.signing import load_private_key, sign, signed_message
+from lrpilot.audit.signing import load_private_key, load_trusted_keys, sign, signed_message
 from lrpilot.audit.verify import BundleCheck, LogCheck, Report, check_bundle
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.domain.deciding import chain_of, load_state, new_run, now, resolved
@@ -38,7 +39,16 @@ from lrpilot.domain.errors import Conflict, RunNotFound, Unavailable
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind, is_superseded
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
-from lrpilot.store.records import LogEnd, LogRow, NewDecision, NewRun, RunHead, RunRowRead, appended
+from lrpilot.store.records import (
+    Imported,
+    LogEnd,
+    LogRow,
+    NewDecision,
+    NewRun,
+    RunHead,
+    RunRowRead,
+    appended,
+)
 from lrpilot.store.runs import Store, WriteTx
 
 log = logging.getLogger("lrpilot.audit")
@@ -58,6 +68,8 @@ class Audit:
         self._key = load_private_key(settings.signing_key) if settings.signing_key else None
         self._max_line = settings.max_bundle_line_bytes
         self._spool_dir = spool_dir(settings, store.database_file)
+        # with trusted keys, an import must be signed, every entry, by one of them
+        self._trusted = load_trusted_keys(settings.trusted_keys) if settings.trusted_keys else []
 
     # -- export ----------------------------------------------------------------------------
 
@@ -66,16 +78,32 @@ class Audit:
         run is looked up now (RunNotFound before anything is streamed); the log is the one up
         to the head at that moment, whatever is decided meanwhile."""
         _, head = self.store.head(run_id)
-        return self._lines(head.spec, head.last_seq, head.head_hash)
+        imported = self.store.imported(run_id)
+        return self._lines(head.spec, head.last_seq, head.head_hash, imported)
 
-    def _lines(self, run: RunStored, count: int, head_hash: str) -> Iterator[str]:
-        header = header_line(run)
+    def _lines(
+        self, run: RunStored, count: int, head_hash: str, imported: Imported | None
+    ) -> Iterator[str]:
+        """The service signs only what it decided. An imported run is exported with the
+        header line it came with, and, as long as nothing was decided after the import, with
+        the trailer it came with (the bundle imported, as it was: its signature is its
+        signer's). Once the service decided more, the trailer records the imported one
+        (``imported``: its signature, and so on back) and the service's signature, when it has
+        a key, covers that record: it signs the entries after it, and says they are the
+        ones it decided."""
+        header = header_line(run) if imported is None else imported.header
         yield header
         yield from self.store.bodies(run.run_id, count)
+        record = None if imported is None else imported.end
+        if record is not None and count == record["count"]:
+            yield canonical_json({"end": record})
+            return
         signature = None
         if self._key is not None:
-            signature = sign(self._key, signed_message(sha256_hex(header), count, head_hash))
-        yield trailer_line(header, count, head_hash, signature)
+            signature = sign(
+                self._key, signed_message(sha256_hex(header), count, head_hash, record)
+            )
+        yield trailer_line(header, count, head_hash, signature, record)
 
     # -- verify ----------------------------------------------------------------------------
 
@@ -90,11 +118,15 @@ class Audit:
             check: LogCheck | None = None
             try:
                 rewinds = rewinds_of(r.body for r in snapshot.log(run_id, action=Kind.REWIND))
-                check = LogCheck(run.head.spec, rewinds)
+                imported = run.imported
+                watch = None if imported is None else {imported.end["count"]}
+                check = LogCheck(run.head.spec, rewinds, watch)
                 for row in snapshot.log(run_id):
                     _check_row(check, row)
                 report = check.report(head)
                 _check_run(run, report)
+                if imported is not None:
+                    _check_import(run.head.spec, imported, check.watched)
                 return report
             except Mismatch as exc:
                 count = check.count if check is not None else 0
@@ -144,7 +176,7 @@ class Audit:
             return read_raw(path, self._max_line)
 
         read_header(path, self._max_line)  # a bundle of another kind: refused at once
-        checked = check_bundle(open_lines)
+        checked = check_bundle(open_lines, None, self._trusted, "a key of LRPILOT_TRUSTED_KEYS")
         if not checked.ok or checked.run is None:
             assert checked.report.mismatch is not None
             raise BundleRefused(checked.report.mismatch)
@@ -159,6 +191,7 @@ class Audit:
             report.last_step,
             report.scale,
             report.reductions,
+            Imported(checked.header.decode(), checked.end or {}),
         )
 
         def rows() -> Iterator[LogRow]:
@@ -398,6 +431,32 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's process
         return True
     return True
+
+
+def _check_import(run: RunStored, imported: Imported, hashes: dict[int, str]) -> None:
+    """What an imported run came with (what its export carries) is a prefix of its log: the
+    trailer's head is the hash of the entry at its count, its header is this run's."""
+    end, count = imported.end, imported.end["count"]
+    logged = GENESIS if count == 0 else hashes.get(count)
+    if end.get("head_hash") != logged:
+        raise Mismatch(
+            None,
+            count,
+            "the run's imported trailer does not end at its log's entry (the run row was edited)",
+            logged,
+            end.get("head_hash"),
+        )
+    header = parse_header(imported.header)
+    if (
+        sha256_hex(imported.header) != end.get("header_hash")
+        or header.header_doc() != run.header_doc()
+    ):
+        raise Mismatch(
+            None,
+            None,
+            "the run's imported header is not its run, or not its trailer's (the run row was "
+            "edited)",
+        )
 
 
 def _base(head: RunHead) -> InForce | None:

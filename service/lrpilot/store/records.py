@@ -163,6 +163,26 @@ class RunRowRead:
     head: RunHead
     reductions: int
     labels: dict[str, str]  # the rows GET /v1/runs filters on (run_labels)
+    imported: Imported | None  # an imported run: what it came with
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What an imported run came with: its bundle's header line and trailer (the signature it
+    was imported with, and what that one recorded as imported before it)."""
+
+    header: str
+    end: dict[str, Any]
+
+    def text(self) -> str:
+        return canonical_json({"end": self.end, "header": self.header})
+
+    @classmethod
+    def of(cls, text: str | None) -> Imported | None:
+        if text is None:
+            return None
+        doc = json.loads(text)
+        return cls(doc["header"], doc["end"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,3 +196,4 @@ class LogEnd:
     last_step: int | None
     scale: str | None  # canonical JSON of the scale in force (None: the base, or no rule)
     reductions: int
+    imported: Imported

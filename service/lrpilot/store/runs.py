@@ -40,6 +40,7 @@ from lrpilot.spec import (
 )
 from lrpilot.store.db import make_engine, same_file, sqlite_path, writer
 from lrpilot.store.records import (
+    Imported,
     LogEnd,
     LogRow,
     NewDecision,
@@ -355,7 +356,7 @@ class WriteTx:
         """An imported run's head: where its log ends."""
         self._execute(
             "UPDATE runs SET last_seq = ?, head_hash = ?, state = ?, lrs = ?, last_step = ?, "
-            "scale = ?, reductions = ? WHERE run_id = ?",
+            "scale = ?, reductions = ?, imported = ? WHERE run_id = ?",
             (
                 end.last_seq,
                 end.head_hash,
@@ -364,6 +365,7 @@ class WriteTx:
                 end.last_step,
                 end.scale,
                 end.reductions,
+                end.imported.text(),
                 run_id,
             ),
         )
@@ -469,13 +471,17 @@ class Snapshot:
 
     def run(self, run_id: str) -> RunRowRead:
         found = self._rows(
-            f"SELECT {_HEAD_COLUMNS}, reductions FROM runs WHERE run_id = ?", (run_id,)
+            f"SELECT {_HEAD_COLUMNS}, reductions, imported FROM runs WHERE run_id = ?", (run_id,)
         )
         if not found:
             raise RunNotFound(f"run {run_id!r} not found")
         labels = self._rows("SELECT key, value FROM run_labels WHERE run_id = ?", (run_id,))
+        *head, reductions, imported = found[0]
         return RunRowRead(
-            _head(found[0][:-1]), int(found[0][-1]), {str(k): str(v) for k, v in labels}
+            _head(head),
+            int(reductions),
+            {str(k): str(v) for k, v in labels},
+            Imported.of(imported),
         )
 
     def log(self, run_id: str, action: str | None = None, page: int = 1000) -> Iterator[LogRow]:
@@ -921,6 +927,15 @@ class Store:
                 raise RunNotFound(f"run {run_id!r} not found")
             columns = [c.strip() for c in _HEAD_COLUMNS.split(",")]
             return run_document(row), _head([getattr(row, c) for c in columns])
+
+    def imported(self, run_id: str) -> Imported | None:
+        """What an imported run came with (None: a run this service created)."""
+        with self._read() as s:
+            conn = s.connection()
+            text = conn.exec_driver_sql(
+                _param(conn, "SELECT imported FROM runs WHERE run_id = ?"), (run_id,)
+            ).scalar()
+            return Imported.of(text)
 
     def entries(
         self, run_id: str, up_to_seq: int, superseded: bool | None = None
