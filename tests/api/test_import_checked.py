@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.audit_calls import create, export, feed, import_, offline_verify
+from tests.api.audit_calls import create, export, feed, import_, offline_verify, sql
 from tests.conftest import app_client
-from tests.helpers import bundle_text, plateau_stream, rechained
+from tests.helpers import bundle_text, plateau_stream, rechained, run_spec
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,20 @@ def test_a_line_longer_than_the_bound_is_refused_naming_it(
         assert import_(api, bundle_text(pristine)).status_code == 201  # lines within the bound
     code, out = offline_verify(tmp_path, text)
     assert code == 1 and "line 4" in out and "4096" in out, out
+
+
+def test_a_run_id_being_imported_cannot_be_created_meanwhile(tmp_path: Path) -> None:
+    """On SQLite a large import writes its log before its run row: meanwhile, a PUT of that
+    run id is a 409, not a run that would find the import's rows as its own."""
+    url = f"sqlite:///{tmp_path / 'importing.db'}"
+    with app_client(url) as api:
+        sql(
+            url,  # an import's first slice, as it stands committed (no run row yet)
+            "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
+            "VALUES ('busy', 1, 10, 'hold', 0, :h, '{}')",
+            h="ab" * 32,
+        )
+        r = api.put("/v1/runs/busy", json=run_spec())
+        assert r.status_code == 409 and "being imported" in r.text, r.text
+        assert api.get("/v1/runs/busy").status_code == 404
+        assert api.get("/v1/runs/busy/decisions").status_code == 404

@@ -26,6 +26,12 @@ ALGORITHM = "ed25519"
 class SigningKeyError(ValueError):
     """A key file that is missing, unreadable or not an Ed25519 key."""
 
+    trusted = False  # one of LRPILOT_TRUSTED_KEYS (else the signing key, or a given one)
+
+
+class TrustedKeyError(SigningKeyError):
+    trusted = True
+
 
 def signed_message(
     header_hash: str, count: int, head_hash: str, imported: dict[str, Any] | None = None
@@ -116,15 +122,18 @@ def load_trusted_keys(source: str) -> list[Ed25519PublicKey]:
                 try:
                     parts.append((name, Path(name).read_bytes()))
                 except OSError as exc:
-                    raise SigningKeyError(f"cannot read the trusted key {name}: {exc}") from None
+                    raise TrustedKeyError(f"cannot read the trusted key {name}: {exc}") from None
     keys = []
-    for where, pem in parts:
-        blocks = _PEM_BLOCK.findall(pem)
-        if not blocks:
-            raise SigningKeyError(f"{where} holds no PEM public key")
-        keys += [_public_key(block, where) for block in blocks]
+    try:
+        for where, pem in parts:
+            blocks = _PEM_BLOCK.findall(pem)
+            if not blocks:
+                raise SigningKeyError(f"{where} holds no PEM public key")
+            keys += [_public_key(block, where) for block in blocks]
+    except SigningKeyError as exc:
+        raise TrustedKeyError(str(exc)) from None
     if not keys:
-        raise SigningKeyError("LRPILOT_TRUSTED_KEYS names no key")
+        raise TrustedKeyError("LRPILOT_TRUSTED_KEYS names no key")
     return keys
 
 
