@@ -134,12 +134,12 @@ def test_verify_catches_an_edited_import_record(
 
 
 def test_trusted_keys_refuse_what_they_did_not_sign(
-    database_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     keys: dict[str, tuple[Path, Path]],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
-    origin_pub, service_pub = keys["origin"][1], keys["service"][1]
+    (_, origin_pub), (_, service_pub) = keys["origin"], keys["service"]
     unsigned = origin_bundle(tmp_path, monkeypatch, None, "unsigned")
     by_other = origin_bundle(tmp_path, monkeypatch, keys["other"][0], "by-other")
     by_origin = origin_bundle(tmp_path, monkeypatch, keys["origin"][0], "by-origin")
