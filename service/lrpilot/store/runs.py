@@ -486,20 +486,29 @@ class Snapshot:
 
     def log(self, run_id: str, action: str | None = None, page: int = 1000) -> Iterator[LogRow]:
         """Every decision row of the run (none left out: not only those up to its last_seq),
-        in seq order, a page at a time: constant memory, every statement short."""
-        where = "" if action is None else " AND action = ?"
+        or those of one action, in seq order, a page at a time: constant memory, and every
+        statement short (one action's rows are looked for ``page`` x 10 seqs a statement, not
+        across a whole log that may have none)."""
+        select = "SELECT seq, step, action, superseded, hash, body FROM decisions "
         after = 0
-        while True:
+        if action is None:
+            while True:
+                rows = self._rows(
+                    f"{select} WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT {int(page)}",
+                    (run_id, after),
+                )
+                yield from _log_rows(rows)
+                if len(rows) < page:
+                    return
+                after = int(rows[-1][0])
+        last = self._rows("SELECT max(seq) FROM decisions WHERE run_id = ?", (run_id,))[0][0]
+        while last is not None and after < last:
             rows = self._rows(
-                "SELECT seq, step, action, superseded, hash, body FROM decisions "
-                f"WHERE run_id = ? AND seq > ?{where} ORDER BY seq LIMIT {int(page)}",
-                (run_id, after) if action is None else (run_id, after, action),
+                f"{select} WHERE run_id = ? AND seq > ? AND seq <= ? AND action = ? ORDER BY seq",
+                (run_id, after, after + 10 * page, action),
             )
-            for seq, step, act, flag, digest, body in rows:
-                yield LogRow(int(seq), int(step), str(act), bool(flag), str(digest), str(body))
-            if len(rows) < page:
-                return
-            after = int(rows[-1][0])
+            yield from _log_rows(rows)
+            after += 10 * page
 
 
 class Store:
@@ -1015,6 +1024,11 @@ def _run_row(run: NewRun) -> RunRow:
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
         scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
     )
+
+
+def _log_rows(rows: Sequence[Any]) -> Iterator[LogRow]:
+    for seq, step, action, flag, digest, body in rows:
+        yield LogRow(int(seq), int(step), str(action), bool(flag), str(digest), str(body))
 
 
 def _batches(rows: Iterator[LogRow]) -> Iterator[list[LogRow]]:
