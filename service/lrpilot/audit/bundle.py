@@ -275,17 +275,14 @@ def _maybe_json(text: str | bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def read_lines(path: Path) -> Iterator[str]:
-    """A bundle file's lines, each decoded on its own: bytes that are not UTF-8 are a Mismatch
-    naming the line, not a crash in the middle of a check."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise Mismatch(
-                    number, None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
-                ) from None
+def read_lines(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[str]:
+    """A bundle file's lines (``read_raw``'s), each decoded on its own: bytes that are not
+    UTF-8 are a Mismatch naming the line, not a crash in the middle of a check."""
+    for number, raw in enumerate(read_raw(path, max_line), start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Mismatch(number, None, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def read_raw(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:
