@@ -98,7 +98,7 @@ def check_line(raw: bytes, line: int) -> None:
         )
     if b"\x00" in raw:
         raise Mismatch(line, None, "holds a NUL byte")
-    if _SUSPECT_ESCAPE.search(raw) is None:
+    if b"\\u" not in raw or _SUSPECT_ESCAPE.search(raw) is None:  # the scan first: cheaper
         return
     stack: list[tuple[str, Any]] = [("", _parse(raw, line))]
     while stack:
