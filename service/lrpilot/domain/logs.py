@@ -149,15 +149,18 @@ class Audit:
             path.unlink(missing_ok=True)
             _journal(path).unlink(missing_ok=True)
 
-    def clean_spool(self) -> None:
+    def clean_spool(self, starting: bool = True) -> None:
         """What imports of processes no longer running left: the rows of an import killed
-        halfway (its journal names the run) and the spooled files. At startup."""
+        halfway (its journal names the run) and the spooled files. At startup (this process's
+        id on a file is then another, older process's), and before each import (another
+        process on the same SQLite file may have been killed since)."""
         if not self._spool_dir.is_dir():
             return
         for path in sorted(self._spool_dir.glob("import-*")):
             pid = path.name.split("-")[1]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-                continue  # another service process's import, under way
+            mine = pid.isdigit() and int(pid) == os.getpid()
+            if pid.isdigit() and (_alive(int(pid)) and not (mine and starting)):
+                continue  # an import under way, in this process or another
             try:
                 if path.suffix == ".run":
                     dropped = self.store.drop_import(path.read_text())
@@ -204,6 +207,7 @@ class Audit:
                 superseded = is_superseded(seq, step, checked.rewinds)
                 yield LogRow(seq, step, doc["action"], superseded, doc["hash"], text)
 
+        self.clean_spool(starting=False)
         journal = _journal(path)
         journal.write_text(run.run_id)  # what a restart removes, if this process is killed
         try:
