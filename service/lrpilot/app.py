@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         # 5 ms switch interval a finished commit could wait that long for a busy loop to let
         # go, and every request of its batch with it.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        auditor.clean_spool()  # what an import killed halfway left
         yield
         decisions.close()  # after uvicorn drained the requests: what is in flight commits
         store.close()

@@ -26,9 +26,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     # POST /v1/runs/import takes a whole exported run: its own, larger limit.
     max_import_bytes: int = Field(default=1 << 30, ge=1024)
+    # A bundle line (an entry, the header, the trailer) longer than this is refused by import,
+    # naming its line, with no more than this much of it read (`lrpilot verify` too).
+    max_bundle_line_bytes: int = Field(default=16 << 20, ge=1024)
+    # Where imports spool the bundles they check (default: beside an SQLite database file, or
+    # in the temporary directory); what a killed import left there is removed at startup.
+    spool_dir: str | None = None
     # An Ed25519 private key (a PEM file, or the PEM text) that signs every export's head;
     # `lrpilot keygen` writes one. Without it exports are unsigned.
     signing_key: str | None = None
+    # Ed25519 public keys (PEM files separated by commas, or PEM text): when set, an import
+    # must be signed by one of them, every entry of it; an unsigned bundle is refused.
+    trusted_keys: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from tests.helpers import lrpilot_cli, one_line, raw_items, run_spec
@@ -147,3 +148,37 @@ def at(lines: list[str], seq: int, edit: Any) -> list[str]:
     out = list(lines)
     out[seq] = edit(out[seq])
     return out
+
+
+# -- edits made in the database, as whoever can write it makes them ----------------------------
+
+
+def sql(database_url: str, statement: str, **params: Any) -> int:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            return int(conn.execute(sa.text(statement), params).rowcount)
+    finally:
+        engine.dispose()
+
+
+def body_of(database_url: str, run_id: str, seq: int) -> str:
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return str(
+                conn.execute(
+                    sa.text("SELECT body FROM decisions WHERE run_id = :r AND seq = :s"),
+                    {"r": run_id, "s": seq},
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def set_decision(database_url: str, run_id: str, seq: int, **columns: Any) -> None:
+    """Set ``columns`` of one stored decision, as whoever can write the database does."""
+    sets = ", ".join(f"{name} = :{name}" for name in columns)
+    where = "run_id = :run_id AND seq = :seq"
+    statement = f"UPDATE decisions SET {sets} WHERE {where}"
+    assert sql(database_url, statement, run_id=run_id, seq=seq, **columns) == 1

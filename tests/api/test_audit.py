@@ -25,6 +25,7 @@ from tests.api.audit_calls import (
     ESSENCE,
     Stream,
     at,
+    body_of,
     create,
     edit_reason,
     edit_value,
@@ -40,6 +41,8 @@ from tests.api.audit_calls import (
     observe,
     offline_verify,
     rewind,
+    set_decision,
+    sql,
     verify,
 )
 from tests.conftest import app_client, empty_database
@@ -387,37 +390,6 @@ def test_online_verify_with_the_recorded_head(api: TestClient) -> None:
 
 
 # -- verify catches edits made in the database ------------------------------------------------
-
-
-def sql(database_url: str, statement: str, **params: Any) -> int:
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.begin() as conn:
-            return int(conn.execute(sa.text(statement), params).rowcount)
-    finally:
-        engine.dispose()
-
-
-def body_of(database_url: str, run_id: str, seq: int) -> str:
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            return str(
-                conn.execute(
-                    sa.text("SELECT body FROM decisions WHERE run_id = :r AND seq = :s"),
-                    {"r": run_id, "s": seq},
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()
-
-
-def set_decision(database_url: str, run_id: str, seq: int, **columns: Any) -> None:
-    """Set ``columns`` of one stored decision, as whoever can write the database does."""
-    sets = ", ".join(f"{name} = :{name}" for name in columns)
-    where = "run_id = :run_id AND seq = :seq"
-    statement = f"UPDATE decisions SET {sets} WHERE {where}"
-    assert sql(database_url, statement, run_id=run_id, seq=seq, **columns) == 1
 
 
 def mismatch_at(api: TestClient, run_id: str) -> int:

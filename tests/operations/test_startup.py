@@ -95,3 +95,14 @@ def test_serve_no_migrate_refuses_an_unmigrated_database_then_serves_after_db_up
             timeout=10,
         )
         assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("value", ["{missing}", "-----BEGIN PUBLIC KEY-----\nnot a key\n"])
+def test_unreadable_trusted_keys_are_named(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LRPILOT_TRUSTED_KEYS", value.format(missing=tmp_path / "none.pub.pem"))
+    url = f"sqlite:///{tmp_path / 'lrpilot.db'}"
+    done = lrpilot("serve", "--database-url", url, "--port", str(free_port()))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "LRPILOT_TRUSTED_KEYS" in done.stderr.splitlines()[-1], done.stderr

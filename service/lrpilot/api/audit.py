@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
@@ -20,7 +18,7 @@ from lrpilot.api.models import (
     VerifyOut,
 )
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse, conflict
-from lrpilot.audit.bundle import Mismatch, parse_header, read_lines, read_raw
+from lrpilot.audit.bundle import Mismatch
 from lrpilot.domain.logs import BundleRefused
 
 router = APIRouter(prefix="/v1/runs", tags=["audit"])
@@ -70,26 +68,17 @@ def export_run(run_id: RunId, audit: AuditDep) -> StreamingResponse:
     },
 )
 async def import_run(request: Request, audit: AuditDep) -> Response:
-    with tempfile.TemporaryDirectory(prefix="lrpilot-import-") as tmp:
-        path = Path(tmp) / "bundle.ndjson"
+    with audit.spool() as path:
         with path.open("wb") as out:  # spooled to disk: a bundle may be far larger than memory
             async for chunk in request.stream():
                 out.write(chunk)
         try:
-            _check_header(path)
-            run, created = await run_in_threadpool(audit.import_bundle, lambda: read_raw(path))
+            run, created = await run_in_threadpool(audit.import_bundle, path)
         except BundleRefused as exc:
             return _refused(exc.mismatch.line, str(exc))
         except Mismatch as exc:
             return _refused(exc.line, f"the bundle was refused, nothing of it was stored: {exc}")
     return StrictJSONResponse(run, status_code=201 if created else 200)
-
-
-def _check_header(path: Path) -> None:
-    """The header's run must be one the service stores (the run spec's own validation: run_id,
-    policy, lrs, metric and labels that every database can hold): Mismatch on line 1
-    otherwise, before the whole bundle is read."""
-    parse_header(next(read_lines(path), "").rstrip("\r\n"), 1)
 
 
 def _refused(line: int | None, message: str) -> Response:

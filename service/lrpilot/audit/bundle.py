@@ -13,6 +13,7 @@ The header's run is a ``lrpilot.spec.RunStored``; the check that proves a bundle
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,20 @@ from pydantic import ValidationError
 
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex, to_strict
 from lrpilot.entries import NOT_DECISIONS, Kind, Rewound, is_superseded
-from lrpilot.spec import RunStored
+from lrpilot.spec import UNSTORABLE_MSG, RunStored, is_storable
 
 BUNDLE_FORMAT = "lrpilot/1"
+# The longest line a bundle may have (its line end aside): a line is refused once this much is
+# read, never read whole. An entry of many ranks is the longest a service writes.
+MAX_LINE_BYTES = 16 << 20
+_MAX_ECHO = 200  # characters of a found or expected string that a Mismatch keeps
+_BOM = b"\xef\xbb\xbf"
+# the escapes that may spell a NUL or a lone surrogate: only a line with one is parsed to look
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]{1,256}={0,2}")
+_MAX_COUNT = 2**63 - 1  # what a BIGINT seq holds
 _REWIND_MARK = '"action":"rewind"'
 _REWIND_MARK_RAW = _REWIND_MARK.encode()
 
@@ -36,7 +48,7 @@ class Mismatch(Exception):
         self, line: int | None, seq: int | None, what: str, expected: Any = None, found: Any = None
     ) -> None:
         self.line, self.seq, self.what = line, seq, what
-        self.expected, self.found = expected, found
+        self.expected, self.found = _echo(expected), _echo(found)
         where = ", ".join(
             part
             for part in (
@@ -60,6 +72,49 @@ class Mismatch(Exception):
         return doc
 
 
+def _echo(value: Any) -> Any:
+    """A value a Mismatch quotes, as a report can print it: a string cut short and with no
+    NUL or lone surrogate left raw (they are what some bundles are refused for)."""
+    if not isinstance(value, str):
+        return value
+    if len(value) > _MAX_ECHO:
+        value = value[:_MAX_ECHO] + "…"
+    if not is_storable(value):
+        value = value.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+    return value
+
+
+# -- one line's encoding: every line of a bundle, header and trailer included ------------------
+
+
+def check_line(raw: bytes, line: int) -> None:
+    """Refuse a line that no database can store or no report can print: a byte-order mark, a
+    NUL (a byte, or the escape ``\\u0000``) or a lone surrogate (an escape of one half of a
+    pair without the other). The one encoding check of a bundle, for verify and import alike;
+    UTF-8 itself is checked as each line is read."""
+    if raw.startswith(_BOM):
+        raise Mismatch(
+            line, None, "starts with a byte-order mark (U+FEFF): a bundle is UTF-8 without one"
+        )
+    if b"\x00" in raw:
+        raise Mismatch(line, None, "holds a NUL byte")
+    if b"\\u" not in raw or _SUSPECT_ESCAPE.search(raw) is None:  # the scan first: cheaper
+        return
+    stack: list[tuple[str, Any]] = [("", _parse(raw, line))]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if not is_storable(item):
+                raise Mismatch(line, None, f"{where or 'a string'} {UNSTORABLE_MSG}")
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                if not is_storable(key):
+                    raise Mismatch(line, None, f"a member name {UNSTORABLE_MSG}")
+                stack.append((f"{where}.{key}" if where else key, value))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", value) for i, value in enumerate(item))
+
+
 # -- the bundle's own lines -------------------------------------------------------------------
 
 
@@ -68,15 +123,23 @@ def header_line(run: RunStored) -> str:
 
 
 def trailer_line(
-    header: str, count: int, head_hash: str, signature: dict[str, str] | None = None
+    header: str,
+    count: int,
+    head_hash: str,
+    signature: dict[str, str] | None = None,
+    imported: dict[str, Any] | None = None,
 ) -> str:
     """The last line: the count, the head, the hash of the header line (which no decision's
-    hash covers), and the signature over those three when the service has a key."""
+    hash covers), for a run that began as an import the trailer it was imported with
+    (``imported``, its signature included), and the signature over all of that when the
+    service has a key and decided some of the log."""
     end: dict[str, Any] = {
         "count": count,
         "head_hash": head_hash,
         "header_hash": sha256_hex(header),
     }
+    if imported is not None:
+        end["imported"] = imported
     if signature is not None:
         end["signature"] = signature
     return canonical_json({"end": end})
@@ -86,7 +149,11 @@ def parse_header(text: str | bytes, line: int = 1) -> RunStored:
     """The run a header line describes: a run as the service stores it (one model checks a
     header and a created run alike), or a Mismatch naming the line."""
     doc = _parse(text, line)
-    if doc.get("bundle") != BUNDLE_FORMAT or not isinstance(doc.get("run"), dict):
+    if (
+        doc.get("bundle") != BUNDLE_FORMAT
+        or not isinstance(doc.get("run"), dict)
+        or set(doc) != {"bundle", "run"}
+    ):
         raise Mismatch(
             line,
             None,
@@ -106,10 +173,68 @@ def parse_trailer(text: str | bytes, line: int) -> dict[str, Any] | None:
     """The trailer's ``end`` object, or None when the line is not a trailer."""
     if not (text.startswith(b'{"end":') if isinstance(text, bytes) else text.startswith('{"end":')):
         return None
-    end = _parse(text, line).get("end")
-    if not isinstance(end, dict) or not isinstance(end.get("count"), int):
+    doc = _parse(text, line)
+    end = doc.get("end")
+    if set(doc) != {"end"} or not isinstance(end, dict):
         raise Mismatch(line, None, 'the trailer must be {"end": {"count": n, "head_hash": ...}}')
+    _check_trailer(end, line)
     return end
+
+
+_TRAILER_FIELDS = ("count", "head_hash", "header_hash", "imported", "signature")
+# A log imported, continued, exported and imported again: each hop nests the trailer before.
+MAX_IMPORT_HOPS = 16
+
+
+def _check_trailer(end: dict[str, Any], line: int, what: str = "the trailer's") -> None:
+    """Every member of a trailer, like the API's own fields: its type and its length; and
+    the trailers it records as imported (``imported``, nested a hop each), alike."""
+    for _ in range(MAX_IMPORT_HOPS + 1):
+        _check_end_members(end, line, what)
+        inner = end.get("imported")
+        if inner is None:
+            return
+        if not isinstance(inner, dict) or type(inner.get("count")) is not int:
+            raise Mismatch(line, None, f"{what} imported must be a trailer, as bundles have")
+        if inner["count"] > end["count"]:
+            raise Mismatch(line, None, f"{what} imported count is beyond its own count")
+        end, what = inner, f"{what} imported"
+    raise Mismatch(line, None, f"more than {MAX_IMPORT_HOPS} imports nested in the trailer")
+
+
+def _check_end_members(end: dict[str, Any], line: int, what: str) -> None:
+    for key in end:
+        if key not in _TRAILER_FIELDS:
+            raise Mismatch(
+                line,
+                None,
+                f"{what} member {key!r:.60} is not one that bundles have (they have "
+                f"{', '.join(_TRAILER_FIELDS)})",
+            )
+    count = end.get("count")
+    if type(count) is not int or not 0 <= count <= _MAX_COUNT:
+        raise Mismatch(line, None, f"{what} count must be an integer in [0, 2**63)")
+    for key in ("head_hash", "header_hash"):
+        digest = end.get(key)
+        if not isinstance(digest, str) or _HEX64.fullmatch(digest) is None:
+            raise Mismatch(line, None, f"{what} {key} must be 64 lowercase hex digits")
+    signature = end.get("signature")
+    if signature is None and "signature" not in end:
+        return
+    if (
+        not isinstance(signature, dict)
+        or set(signature) != {"algorithm", "key_id", "value"}
+        or not all(isinstance(v, str) for v in signature.values())
+        or len(signature["algorithm"]) > 32
+        or _KEY_ID.fullmatch(signature["key_id"]) is None
+        or _BASE64.fullmatch(signature["value"]) is None
+    ):
+        raise Mismatch(
+            line,
+            None,
+            f"{what} signature must be {{algorithm, key_id (16 hex digits), value "
+            "(base64)}, as the service writes it",
+        )
 
 
 def _parse(text: str | bytes, line: int) -> dict[str, Any]:
@@ -150,24 +275,31 @@ def _maybe_json(text: str | bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def read_lines(path: Path) -> Iterator[str]:
-    """A bundle file's lines, each decoded on its own: bytes that are not UTF-8 are a Mismatch
-    naming the line, not a crash in the middle of a check."""
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise Mismatch(
-                    number, None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
-                ) from None
+def read_lines(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[str]:
+    """A bundle file's lines (``read_raw``'s), each decoded on its own: bytes that are not
+    UTF-8 are a Mismatch naming the line, not a crash in the middle of a check."""
+    for number, raw in enumerate(read_raw(path, max_line), start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Mismatch(number, None, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
-def read_raw(path: Path) -> Iterator[bytes]:
+def read_raw(path: Path, max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:
     """A bundle file's lines as bytes: what ``check_bundle`` reads (UTF-8 is checked as each
-    line is parsed, the hash is of the bytes)."""
+    line is parsed, the hash is of the bytes). A line longer than ``max_line`` bytes is a
+    Mismatch naming it, found with at most that much of it read."""
     with path.open("rb") as f:
-        yield from f
+        number = 0
+        while raw := f.readline(max_line + 2):  # room for the line end, "\r\n"
+            number += 1
+            if len(raw) - len(b"\r\n") >= max_line and len(raw.rstrip(b"\r\n")) > max_line:
+                raise Mismatch(
+                    number,
+                    None,
+                    f"the line is longer than {max_line} bytes (LRPILOT_MAX_BUNDLE_LINE_BYTES)",
+                )
+            yield raw
 
 
 def numbered(lines: Iterable[str], start: int = 1) -> Iterator[tuple[int, str]]:
@@ -184,6 +316,15 @@ def numbered_raw(lines: Iterable[bytes], start: int = 1) -> Iterator[tuple[int, 
         raw = raw.rstrip(b"\r\n")
         if raw:
             yield number, raw
+
+
+def read_header(path: Path, max_line: int = MAX_LINE_BYTES) -> RunStored:
+    """The run a bundle file's header describes, checked as ``check_bundle`` checks it, with
+    no more than its first line read."""
+    for number, raw in numbered_raw(read_raw(path, max_line)):
+        check_line(raw, number)
+        return parse_header(raw, number)
+    raise Mismatch(None, None, "the bundle is empty")
 
 
 def bundle_run(open_lines: Callable[[], Iterable[str]]) -> RunStored:

@@ -10,7 +10,9 @@ and ``cryptography`` write them.
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -24,12 +26,24 @@ ALGORITHM = "ed25519"
 class SigningKeyError(ValueError):
     """A key file that is missing, unreadable or not an Ed25519 key."""
 
+    trusted = False  # one of LRPILOT_TRUSTED_KEYS (else the signing key, or a given one)
 
-def signed_message(header_hash: str, count: int, head_hash: str) -> bytes:
+
+class TrustedKeyError(SigningKeyError):
+    trusted = True
+
+
+def signed_message(
+    header_hash: str, count: int, head_hash: str, imported: dict[str, Any] | None = None
+) -> bytes:
     """What is signed: the head with what it is the head of, the bundle's header (the run's
     id, spec, labels and creation time) by its hash, and the count (a signature cannot be
-    moved to another run, or to a prefix of this one)."""
-    doc = {"count": count, "head_hash": head_hash, "header_hash": header_hash}
+    moved to another run, or to a prefix of this one). For a log that began as an import,
+    also the trailer it was imported with (``imported``, its own signature included): the
+    signer says which entries it took from elsewhere, and so which ones it decided."""
+    doc: dict[str, Any] = {"count": count, "head_hash": head_hash, "header_hash": header_hash}
+    if imported is not None:  # absent otherwise: what every other signature covers, unchanged
+        doc["imported"] = imported
     return canonical_json(doc).encode()
 
 
@@ -79,12 +93,48 @@ def load_private_key(source: str | Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError, TypeError) as exc:
+        return _public_key(Path(path).read_bytes(), str(path))
+    except OSError as exc:
         raise SigningKeyError(f"cannot read the public key {path}: {exc}") from None
+
+
+def _public_key(pem: bytes, where: str) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise SigningKeyError(f"cannot read the public key {where}: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise SigningKeyError(f"{path} is not an Ed25519 public key (`lrpilot keygen` writes one)")
+        raise SigningKeyError(f"{where} is not an Ed25519 public key (`lrpilot keygen` writes one)")
     return key
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN [A-Z ]+-----.+?-----END [A-Z ]+-----", re.DOTALL)
+
+
+def load_trusted_keys(source: str) -> list[Ed25519PublicKey]:
+    """The public keys of ``LRPILOT_TRUSTED_KEYS``: PEM text (one block a key, as many as
+    given), or PEM files separated by commas (each may hold several blocks)."""
+    inline = "-----BEGIN" in source
+    parts = [("LRPILOT_TRUSTED_KEYS's PEM text", source.encode())] if inline else []
+    if not inline:
+        for name in (p.strip() for p in source.split(",")):
+            if name:
+                try:
+                    parts.append((name, Path(name).read_bytes()))
+                except OSError as exc:
+                    raise TrustedKeyError(f"cannot read the trusted key {name}: {exc}") from None
+    keys = []
+    try:
+        for where, pem in parts:
+            blocks = _PEM_BLOCK.findall(pem)
+            if not blocks:
+                raise SigningKeyError(f"{where} holds no PEM public key")
+            keys += [_public_key(block, where) for block in blocks]
+    except SigningKeyError as exc:
+        raise TrustedKeyError(str(exc)) from None
+    if not keys:
+        raise TrustedKeyError("LRPILOT_TRUSTED_KEYS names no key")
+    return keys
 
 
 def sign(key: Ed25519PrivateKey, message: bytes) -> dict[str, str]:

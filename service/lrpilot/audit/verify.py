@@ -25,21 +25,23 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from lrpilot import entries
 from lrpilot.audit.bundle import (
+    MAX_IMPORT_HOPS,
     Mismatch,
     _parse,
+    check_line,
     numbered_raw,
     parse_header,
     parse_trailer,
     rewinds_of,
 )
 from lrpilot.audit.signing import check as check_signature
-from lrpilot.audit.signing import signed_message
+from lrpilot.audit.signing import key_id, signed_message
 from lrpilot.canonical import NON_FINITE, canonical_json, parse_float, same_float, to_strict
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Chain, Draft, Kind, Ranks, Rewound, kind_of
 from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
@@ -79,7 +81,7 @@ class Report:
     state: str | None = None  # canonical JSON of the policy state after the last entry
     lrs: str | None = None  # canonical JSON of the lrs in force after it
     scale: str | None = None  # canonical JSON of the scale in force (None: the base, or no rule)
-    reduced: list[int] = field(default_factory=list)  # seqs the policy counts as reductions
+    reductions: int = 0  # decisions the policy counts as reductions (the run's counter)
 
     def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -125,7 +127,9 @@ class LogCheck:
     link, its seq) or not the one the service writes from the entries before it.
     """
 
-    def __init__(self, run: RunStored, rewinds: list[Rewound] | None = None) -> None:
+    def __init__(
+        self, run: RunStored, rewinds: list[Rewound] | None = None, watch: set[int] | None = None
+    ) -> None:
         policy, params, base_lrs = resolve_run(run)
         self.run_id = run.run_id
         self.policy_id = run.policy.id
@@ -144,9 +148,12 @@ class LogCheck:
         self.count = 0
         self.last_step: int | None = None  # the last decided step (a scale entry decides none)
         self.step: int | None = None  # the step of the last entry checked, of any kind
+        self.action: str | None = None  # the action of the last entry checked
         self.superseded = 0
         self._rewinds_seen = 0
-        self.reduced: list[int] = []
+        self.reductions = 0
+        self._watch = watch or set()  # seqs whose hashes a bundle's trailer names
+        self.watched: dict[int, str] = {}
 
     def scale_json(self) -> str | None:
         """The scale in force as the run row stores it (None: the base size, from the start)."""
@@ -192,7 +199,7 @@ class LogCheck:
         # sealed with that hash, is those very bytes
         if entry.canonical_with(doc["hash"]) != text:
             self._first_difference(entry, doc, line, seq)
-        self._checked(kind, step, doc["hash"], seq)
+        self._checked(kind, step, doc["hash"], seq, entry.doc["action"])
 
     def _chain(self, seq: int) -> Chain:
         return Chain(
@@ -205,11 +212,13 @@ class LogCheck:
             self.replay.force,
         )
 
-    def _checked(self, kind: Kind, step: int, digest: str, seq: int) -> None:
+    def _checked(self, kind: Kind, step: int, digest: str, seq: int, action: str) -> None:
         if kind is not Kind.SCALE:
             self.last_step = step
-        self.step = step
+        self.step, self.action = step, action
         self.prev, self.count = digest, seq
+        if seq in self._watch:
+            self.watched[seq] = digest
 
     def _check_plain(
         self, plain: _Plain, raw: bytes, text: str, line: int | None, seq: int
@@ -234,7 +243,7 @@ class LogCheck:
         at = raw.find(b',"hash":"' + plain.hash.encode())
         if hashlib.sha256(raw[:at] + raw[at + _HASH_MEMBER_LEN :]).hexdigest() != plain.hash:
             self._check_link(raw, {"prev_hash": self.prev, "hash": plain.hash}, line, seq)
-        self._checked(Kind.DECISION, plain.step, plain.hash, seq)
+        self._checked(Kind.DECISION, plain.step, plain.hash, seq, entry.doc["action"])
 
     def _check_link(self, raw: bytes, doc: dict[str, Any], line: int | None, seq: int) -> None:
         if doc.get("prev_hash") != self.prev:
@@ -301,7 +310,7 @@ class LogCheck:
         action = replay.observe(step, value, seq)
         stepper = replay.stepper
         if stepper.reduced:
-            self.reduced.append(seq)
+            self.reductions += 1
         return entries.decision(
             chain,
             step,
@@ -414,7 +423,7 @@ class LogCheck:
             state=canonical_json(self.replay.state().model_dump()),
             lrs=canonical_json(self.replay.lrs),
             scale=self.scale_json(),
-            reduced=self.reduced,
+            reductions=self.reductions,
         )
 
 
@@ -546,6 +555,8 @@ class BundleCheck:
     report: Report
     end: dict[str, Any] | None = None
     lines: int = 0
+    rewinds: list[Rewound] = field(default_factory=list)  # what decides the superseded flags
+    header: bytes = b""  # the header line, as read
 
     @property
     def ok(self) -> bool:
@@ -555,25 +566,29 @@ class BundleCheck:
 def check_bundle(
     open_lines: Callable[[], Iterable[bytes]],
     head: str | None = None,
-    public_key: Ed25519PublicKey | None = None,
+    public_keys: Sequence[Ed25519PublicKey] = (),
+    whose: str = "",
 ) -> BundleCheck:
     """Check a bundle read twice through ``open_lines`` (``read_raw``; a first pass finds the
-    rewinds): its header, every entry, and its trailer (count, head, and the signature when a
-    public key is given). Constant memory; the first problem found is the report's mismatch."""
+    rewinds and the trailer): its header, every entry, and its trailer (count, head, what it
+    records as imported, and with ``public_keys`` the signatures: every entry must be signed
+    by one of them). Constant memory; the first problem found is the report's mismatch."""
     run: RunStored | None = None
     check: LogCheck | None = None
     end: dict[str, Any] | None = None
     header = b""
     number = 0
     try:
-        rewinds = rewinds_of(open_lines())
+        last: list[bytes] = [b""]
+        rewinds = rewinds_of(_keeping_last(open_lines(), last))
         for number, text in numbered_raw(open_lines()):
+            check_line(text, number)
             if end is not None:
                 raise Mismatch(number, None, "a line after the trailer")
             if check is None:
                 run, header = parse_header(text, number), text
                 try:
-                    check = LogCheck(run, rewinds)
+                    check = LogCheck(run, rewinds, watch=_imported_counts(last[0]))
                 except Mismatch as exc:  # the header's spec: name its line
                     raise Mismatch(number, None, exc.what, exc.expected, exc.found) from None
                 continue
@@ -595,22 +610,110 @@ def check_bundle(
                 end.get("header_hash"),
                 header_hash,
             )
-        if public_key is not None:
-            message = signed_message(header_hash, report.count, report.head_hash)
-            problem = check_signature(public_key, message, end.get("signature"))
-            if problem is not None:
-                raise Mismatch(number, None, problem)
-            report.notes.append("the head's signature is valid")
-        elif isinstance(end.get("signature"), dict):
-            report.notes.append(
-                f"signed by key {end['signature'].get('key_id')!r}; not checked (no public key "
-                "given)"
-            )
-        return BundleCheck(run, report, end, number)
+        _check_imported(end, check.watched, header_hash, number)
+        report.notes += signature_notes(end, header_hash, public_keys, number, whose)
+        return BundleCheck(run, report, end, number, rewinds, header)
     except Mismatch as exc:
         count = check.count if check is not None else 0
         prev = check.prev if check is not None else GENESIS
         return BundleCheck(run, Report(False, count, prev, mismatch=exc), end, number)
+
+
+def _keeping_last(lines: Iterable[bytes], last: list[bytes]) -> Iterator[bytes]:
+    """``lines``, the last one that is not blank kept in ``last[0]`` (the trailer)."""
+    for raw in lines:
+        if raw.strip():
+            last[0] = raw
+        yield raw
+
+
+def _imported_counts(trailer: bytes) -> set[int]:
+    """The seqs whose hashes the trailer's imported records name (a first reading: the
+    trailer is checked in its turn)."""
+    counts: set[int] = set()
+    try:
+        doc = json.loads(trailer)
+        record = doc["end"]["imported"] if isinstance(doc, dict) and "end" in doc else None
+        for _ in range(MAX_IMPORT_HOPS + 1):
+            if not isinstance(record, dict) or type(record.get("count")) is not int:
+                break
+            counts.add(record["count"])
+            record = record.get("imported")
+    except (ValueError, RecursionError, KeyError, TypeError):
+        pass
+    return counts
+
+
+def _check_imported(
+    end: dict[str, Any], hashes: dict[int, str], header_hash: str, line: int
+) -> None:
+    """Each trailer recorded as imported names a prefix of this very log: its head is the hash
+    of the entry at its count, its header this bundle's."""
+    record = end.get("imported")
+    while isinstance(record, dict):
+        count = record["count"]
+        logged = GENESIS if count == 0 else hashes.get(count)
+        if record["head_hash"] != logged:
+            raise Mismatch(
+                line,
+                count,
+                "the imported trailer's head_hash is not the hash of the entry at its count",
+                logged,
+                record["head_hash"],
+            )
+        if record["header_hash"] != header_hash:
+            raise Mismatch(
+                line,
+                None,
+                "the imported trailer's header_hash is not this bundle's header",
+                header_hash,
+                record["header_hash"],
+            )
+        record = record.get("imported")
+
+
+def signature_notes(
+    end: dict[str, Any],
+    header_hash: str,
+    public_keys: Sequence[Ed25519PublicKey],
+    line: int,
+    whose: str = "",
+) -> list[str]:
+    """Who signed which entries: each trailer of the chain (this one, then the one it records
+    as imported, and so on) covers the entries after its imported one, up to its count, and
+    only those: a service signs what it decided. With ``public_keys``, every entry must be
+    covered by a valid signature of one of them; else a Mismatch saying which are not."""
+    notes: list[str] = []
+    record: dict[str, Any] | None = end
+    while record is not None:
+        inner = record.get("imported")
+        first, last = (inner["count"] if inner else 0) + 1, record["count"]
+        signature = record.get("signature")
+        key_id_ = signature.get("key_id") if isinstance(signature, dict) else None
+        span = f"entries {first} to {last}" + (" (imported)" if record is not end else "")
+        if first > last and inner is not None:
+            pass  # nothing decided here: an imported log exported again, as it was
+        elif public_keys:
+            key = next((k for k in public_keys if key_id(k) == key_id_), None)
+            if key is None:
+                given = whose or (
+                    "the given public key" if len(public_keys) == 1 else "any given key"
+                )
+                signed = f"signed by key {key_id_!r}" if key_id_ else "not signed at all"
+                raise Mismatch(line, None, f"{span} are not signed by {given} ({signed})")
+            message = signed_message(header_hash, last, record["head_hash"], inner)
+            problem = check_signature(key, message, signature)
+            if problem is not None:
+                raise Mismatch(line, None, f"{span}: {problem}")
+            notes.append(f"{span}: the signature by key {key_id_} is valid")
+        elif key_id_ is not None:
+            notes.append(f"{span}: signed by key {key_id_!r}; not checked (no public key given)")
+        elif inner is not None or record is not end:
+            notes.append(f"{span}: not signed")
+        record = inner
+    if public_keys and "imported" not in end:  # the common case, said as it always was
+        notes = ["the head's signature is valid"]
+    return notes
 
 
 def _check_end(end: dict[str, Any], report: Report, line: int) -> None:

@@ -26,6 +26,7 @@ from lrpilot.audit.simulate import Comparison, Setup, compare, run_setup
 from lrpilot.audit.verify import check_bundle
 from lrpilot.cli._common import DEFAULT_URL, Url, client, detail_text, fail, service_errors
 from lrpilot.policies import PolicyError
+from lrpilot.settings import Settings
 from lrpilot.spec import RunStored
 from lrpilot_client import LrpilotError
 
@@ -130,8 +131,12 @@ def verify(
         typer.Option(help="the head hash you recorded: the log must end exactly there"),
     ] = None,
     public_key: Annotated[
-        Path | None,
-        typer.Option("--public-key", help="the service's public key: the head must be signed"),
+        list[Path] | None,
+        typer.Option(
+            "--public-key",
+            help="a public key (repeat for several): every decision must be signed by one of "
+            "them (the service's that decided it, or the one it was imported with)",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
@@ -139,13 +144,16 @@ def verify(
     its pinned policy version, both branches of a rewound run; exit 1 at the first mismatch."""
     _readable(bundle)
     try:
-        key = load_public_key(public_key) if public_key else None
+        keys = [load_public_key(path) for path in public_key or ()]
     except SigningKeyError as exc:
         fail(str(exc))
     progress = _progress(bundle)
     with progress or contextlib.nullcontext():
-        lines = _lines_with_progress(bundle, progress, "verifying", read_raw)
-        checked = check_bundle(lines, head, key)
+        max_line = Settings().max_bundle_line_bytes  # LRPILOT_MAX_BUNDLE_LINE_BYTES, as serve
+        lines = _lines_with_progress(
+            bundle, progress, "verifying", lambda path: read_raw(path, max_line)
+        )
+        checked = check_bundle(lines, head, keys)
     report = checked.report
     if as_json:
         out.print_json(json.dumps(report.as_dict()))

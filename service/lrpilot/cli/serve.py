@@ -88,7 +88,8 @@ def serve(
     try:
         service = create_app(settings)
     except SigningKeyError as exc:
-        fail(f"{exc}; LRPILOT_SIGNING_KEY must name an Ed25519 key (`lrpilot keygen` writes one)")
+        which = "LRPILOT_TRUSTED_KEYS" if exc.trusted else "LRPILOT_SIGNING_KEY"
+        fail(f"{exc}; {which} must name Ed25519 keys (`lrpilot keygen` writes a pair)")
     uvicorn.run(service, host=host, port=port, log_level=log_level)
 
 

@@ -7,9 +7,15 @@ writes what they accepted.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from lrpilot import entries
@@ -18,22 +24,34 @@ from lrpilot.audit.bundle import (
     Recorded,
     header_line,
     numbered_raw,
+    parse_header,
+    read_header,
+    read_raw,
     recorded_of,
     rewinds_of,
     trailer_line,
 )
-from lrpilot.audit.signing import load_private_key, sign, signed_message
+from lrpilot.audit.signing import load_private_key, load_trusted_keys, sign, signed_message
 from lrpilot.audit.verify import BundleCheck, LogCheck, Report, check_bundle
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.domain.deciding import chain_of, load_state, new_run, now, resolved
-from lrpilot.domain.errors import Conflict, RunNotFound
-from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
+from lrpilot.domain.errors import Conflict, RunNotFound, Unavailable
+from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind, is_superseded
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
-from lrpilot.store.records import NewDecision, NewRun, RunHead, appended
+from lrpilot.store.records import (
+    Imported,
+    LogEnd,
+    LogRow,
+    NewDecision,
+    NewRun,
+    RunHead,
+    RunRowRead,
+    appended,
+)
 from lrpilot.store.runs import Store, WriteTx
 
-IMPORT_FLUSH_EVERY = 1000  # decisions a statement when an import writes its log
+log = logging.getLogger("lrpilot.audit")
 
 
 class BundleRefused(ValueError):
@@ -48,6 +66,10 @@ class Audit:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self._key = load_private_key(settings.signing_key) if settings.signing_key else None
+        self._max_line = settings.max_bundle_line_bytes
+        self._spool_dir = spool_dir(settings, store.database_file)
+        # with trusted keys, an import must be signed, every entry, by one of them
+        self._trusted = load_trusted_keys(settings.trusted_keys) if settings.trusted_keys else []
 
     # -- export ----------------------------------------------------------------------------
 
@@ -56,110 +78,144 @@ class Audit:
         run is looked up now (RunNotFound before anything is streamed); the log is the one up
         to the head at that moment, whatever is decided meanwhile."""
         _, head = self.store.head(run_id)
-        return self._lines(head.spec, head.last_seq, head.head_hash)
+        imported = self.store.imported(run_id)
+        return self._lines(head.spec, head.last_seq, head.head_hash, imported)
 
-    def _lines(self, run: RunStored, count: int, head_hash: str) -> Iterator[str]:
-        header = header_line(run)
+    def _lines(
+        self, run: RunStored, count: int, head_hash: str, imported: Imported | None
+    ) -> Iterator[str]:
+        """The service signs only what it decided. An imported run is exported with the
+        header line it came with, and, as long as nothing was decided after the import, with
+        the trailer it came with (the bundle imported, as it was: its signature is its
+        signer's). Once the service decided more, the trailer records the imported one
+        (``imported``: its signature, and so on back) and the service's signature, when it has
+        a key, covers that record: it signs the entries after it, and says they are the
+        ones it decided."""
+        header = header_line(run) if imported is None else imported.header
         yield header
         yield from self.store.bodies(run.run_id, count)
+        record = None if imported is None else imported.end
+        if record is not None and count == record["count"]:
+            yield canonical_json({"end": record})
+            return
         signature = None
         if self._key is not None:
-            signature = sign(self._key, signed_message(sha256_hex(header), count, head_hash))
-        yield trailer_line(header, count, head_hash, signature)
+            signature = sign(
+                self._key, signed_message(sha256_hex(header), count, head_hash, record)
+            )
+        yield trailer_line(header, count, head_hash, signature, record)
 
     # -- verify ----------------------------------------------------------------------------
 
     def verify(self, run_id: str, head: str | None = None) -> Report:
-        """Replay the stored log through the pinned policy and check every link and every
-        superseded flag; then check that the run's row (its head, state and lrs, what the next
-        decision starts from) is where the log ends."""
-        _, row = self.store.head(run_id)
-        rewinds = rewinds_of(self.store.bodies(run_id, row.last_seq, action=Kind.REWIND))
-        check: LogCheck | None = None
-        try:
-            check = LogCheck(row.spec, rewinds)
-            for body, flagged in self.store.flagged(run_id, row.last_seq):
-                check.check(body)
-                assert check.step is not None
-                if flagged != check.superseded_at(check.count, check.step):
-                    raise Mismatch(
-                        None,
-                        check.count,
-                        "its superseded flag is not what the rewinds in the log say (edited)",
-                        not flagged,
-                        flagged,
-                    )
-            report = check.report(head)
-            for what, stored, logged in (
-                ("head_hash", row.head_hash, report.head_hash),
-                ("state", row.state.text, report.state),
-                ("lrs", row.lrs.text, report.lrs),
-                ("scale", _scale_json(row.scale), report.scale),
-                ("last_step", row.last_step, report.last_step),
-            ):
-                if stored != logged:
-                    raise Mismatch(
-                        None,
-                        row.last_seq,
-                        f"the run's {what} is not where its log ends (the run row was edited)",
-                        logged,
-                        stored,
-                    )
-            return report
-        except Mismatch as exc:
-            count = check.count if check is not None else 0
-            prev = check.prev if check is not None else GENESIS
-            return Report(ok=False, count=count, head_hash=prev, mismatch=exc)
+        """Replay the stored log through the pinned policy and check every link; check every
+        column served beside an entry (its seq, step, action, hash, superseded flag) against
+        the entry; then check that the run's row (its head, state, lrs and counters, what the
+        next decision starts from and what GET /v1/runs/{id} serves) is where the log ends.
+        All of it read in one snapshot: what commits meanwhile is not seen, half or whole."""
+        with self.store.snapshot() as snapshot:
+            run = snapshot.run(run_id)
+            check: LogCheck | None = None
+            try:
+                rewinds = rewinds_of(r.body for r in snapshot.log(run_id, action=Kind.REWIND))
+                imported = run.imported
+                watch = None if imported is None else {imported.end["count"]}
+                check = LogCheck(run.head.spec, rewinds, watch)
+                for row in snapshot.log(run_id):
+                    _check_row(check, row)
+                report = check.report(head)
+                _check_run(run, report)
+                if imported is not None:
+                    _check_import(run.head.spec, imported, check.watched)
+                return report
+            except Mismatch as exc:
+                count = check.count if check is not None else 0
+                prev = check.prev if check is not None else GENESIS
+                return Report(ok=False, count=count, head_hash=prev, mismatch=exc)
 
     # -- import ----------------------------------------------------------------------------
 
-    def import_bundle(
-        self, open_lines: Callable[[], Iterable[bytes]]
-    ) -> tuple[dict[str, Any], bool]:
-        """Check the bundle (every link, every decision replayed), then store it in one
-        transaction: (the run, True); (the stored run, False) when it holds this very log.
-        A bundle that does not check is refused whole; another log under the same run_id is
-        a Conflict."""
-        checked = check_bundle(open_lines)
+    @contextlib.contextmanager
+    def spool(self) -> Iterator[Path]:
+        """A file to spool an imported bundle to (a bundle may be far larger than memory),
+        removed when the block ends, with its import's journal; named by this process's id, so
+        that the next start of the service can tell it from another process's and remove it
+        (``clean_spool``) when this one was killed."""
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        path = self._spool_dir / f"import-{os.getpid()}-{uuid.uuid4().hex}.ndjson"
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+            _journal(path).unlink(missing_ok=True)
+
+    def clean_spool(self, starting: bool = True) -> None:
+        """What imports of processes no longer running left: the rows of an import killed
+        halfway (its journal names the run) and the spooled files. At startup (this process's
+        id on a file is then another, older process's), and before each import (another
+        process on the same SQLite file may have been killed since)."""
+        if not self._spool_dir.is_dir():
+            return
+        for path in sorted(self._spool_dir.glob("import-*")):
+            pid = path.name.split("-")[1]
+            mine = pid.isdigit() and int(pid) == os.getpid()
+            if pid.isdigit() and (_alive(int(pid)) and not (mine and starting)):
+                continue  # an import under way, in this process or another
+            try:
+                if path.suffix == ".run":
+                    dropped = self.store.drop_import(path.read_text())
+                    log.warning("removed %d rows of an unfinished import (%s)", dropped, path)
+                path.unlink(missing_ok=True)
+            except (OSError, Unavailable) as exc:  # kept for the next start
+                log.warning("could not clean %s: %s", path, exc)
+
+    def import_bundle(self, path: Path) -> tuple[dict[str, Any], bool]:
+        """Check the bundle file (every line, every link, every decision replayed), then store
+        it: (the run, True); (the stored run, False) when it holds this very log. A bundle
+        that does not check is refused whole; another log under the same run_id is a
+        Conflict. Nothing of it is seen before all of it is stored (``Store.import_run``)."""
+
+        def open_lines() -> Iterator[bytes]:
+            return read_raw(path, self._max_line)
+
+        read_header(path, self._max_line)  # a bundle of another kind: refused at once
+        checked = check_bundle(open_lines, None, self._trusted, "a key of LRPILOT_TRUSTED_KEYS")
         if not checked.ok or checked.run is None:
             assert checked.report.mismatch is not None
             raise BundleRefused(checked.report.mismatch)
         run = _new_run(checked)
-        reduced = set(checked.report.reduced)
+        report = checked.report
+        assert report.state is not None and report.lrs is not None
+        end = LogEnd(
+            report.count,
+            report.head_hash,
+            report.state,
+            report.lrs,
+            report.last_step,
+            report.scale,
+            report.reductions,
+            Imported(checked.header.decode(), checked.end or {}),
+        )
 
-        def work(tx: WriteTx) -> tuple[dict[str, Any], bool]:
-            if tx.lock_run(run.run_id) is not None:
-                return _same_log(self.store, run, checked), False
-            tx.insert_run(run)
+        def rows() -> Iterator[LogRow]:
             for number, raw in numbered_raw(open_lines()):
                 if number == 1 or number == checked.lines:
                     continue  # the header and the trailer
                 text = raw.decode()  # checked: UTF-8 JSON
                 doc = json.loads(text)
-                seq, step, action = doc["seq"], doc["step"], doc["action"]
-                if action == Kind.REWIND:
-                    tx.supersede_after(run.run_id, step)
-                decision = NewDecision(
-                    run_id=run.run_id,
-                    seq=seq,
-                    step=step,
-                    action=action,
-                    hash=doc["hash"],
-                    body=text,
-                    state=canonical_json(doc["state"]),
-                    lrs=canonical_json(doc["lrs"]),
-                    last_step=step,  # where the run stands is set at the end, from the check
-                    reductions=1 if seq in reduced else 0,
-                )
-                tx.append_decision(decision)
-                if seq % IMPORT_FLUSH_EVERY == 0:
-                    tx.flush()
-            tx.set_position(run.run_id, checked.report.last_step, checked.report.scale)
-            return {}, True
+                seq, step = doc["seq"], doc["step"]
+                superseded = is_superseded(seq, step, checked.rewinds)
+                yield LogRow(seq, step, doc["action"], superseded, doc["hash"], text)
 
-        result, created = self.store.transact(work)
+        self.clean_spool(starting=False)
+        journal = _journal(path)
+        journal.write_text(run.run_id)  # what a restart removes, if this process is killed
+        try:
+            created = self.store.import_run(run, rows, end)
+        finally:
+            journal.unlink(missing_ok=True)
         if not created:
-            return result, False
+            return _same_log(self.store, run, checked), False
         return self.store.get_run(run.run_id), True
 
     # -- rewind ----------------------------------------------------------------------------
@@ -291,6 +347,120 @@ class Audit:
         policy, params = resolved(head.spec)
         summary.update(policy.summary_fields(params, load_state(policy, head)))
         return summary
+
+
+def _check_row(check: LogCheck, row: LogRow) -> None:
+    """Check the next stored row: its body as the next entry of the log, then each column
+    served beside the body against it (they are not hashed: an edit of one would change what
+    the reads serve and filter on, and only this check sees it)."""
+    seq = check.count + 1
+    if row.seq != seq:
+        raise Mismatch(
+            None,
+            min(row.seq, seq),
+            f"the decision row of seq {row.seq} comes where seq {seq} must be (a row was "
+            "deleted, or its seq edited)",
+            seq,
+            row.seq,
+        )
+    check.check(row.body)
+    assert check.step is not None and check.action is not None
+    for column, stored, logged in (
+        ("step", row.step, check.step),
+        ("action", row.action, check.action),
+        ("hash", row.hash, check.prev),
+        ("superseded", row.superseded, check.superseded_at(seq, check.step)),
+    ):
+        if stored != logged:
+            raise Mismatch(
+                None,
+                seq,
+                f"the decision row's {column} column is not what its entry says (edited)",
+                logged,
+                stored,
+            )
+
+
+def _check_run(run: RunRowRead, report: Report) -> None:
+    """The run's row is where its log ends: its head, and what GET /v1/runs/{id} serves."""
+    row = run.head
+    for what, stored, logged in (
+        ("last_seq", row.last_seq, report.count),
+        ("head_hash", row.head_hash, report.head_hash),
+        ("state", row.state.text, report.state),
+        ("lrs", row.lrs.text, report.lrs),
+        ("scale", _scale_json(row.scale), report.scale),
+        ("last_step", row.last_step, report.last_step),
+        ("reductions", run.reductions, report.reductions),
+    ):
+        if stored != logged:
+            raise Mismatch(
+                None,
+                report.count,
+                f"the run's {what} is not where its log ends (the run row was edited)",
+                logged,
+                stored,
+            )
+    if run.labels != row.spec.labels:
+        raise Mismatch(
+            None,
+            report.count,
+            "the run's label rows (what GET /v1/runs filters on) are not its labels (edited)",
+            row.spec.labels,
+            run.labels,
+        )
+
+
+def spool_dir(settings: Settings, database_file: str | None) -> Path:
+    """Where imports spool (``LRPILOT_SPOOL_DIR``): by default beside the SQLite database
+    file, else a directory of the temporary one named after the database, so that a service
+    cleans only what an import into its own database left."""
+    if settings.spool_dir is not None:
+        return Path(settings.spool_dir)
+    if database_file is not None:
+        return Path(database_file).resolve().with_name(Path(database_file).name + ".spool")
+    digest = sha256_hex(settings.database_url)[:16]
+    return Path(tempfile.gettempdir()) / f"lrpilot-spool-{digest}"
+
+
+def _journal(spooled: Path) -> Path:
+    return spooled.with_suffix(".run")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _check_import(run: RunStored, imported: Imported, hashes: dict[int, str]) -> None:
+    """What an imported run came with (what its export carries) is a prefix of its log: the
+    trailer's head is the hash of the entry at its count, its header is this run's."""
+    end, count = imported.end, imported.end["count"]
+    logged = GENESIS if count == 0 else hashes.get(count)
+    if end.get("head_hash") != logged:
+        raise Mismatch(
+            None,
+            count,
+            "the run's imported trailer does not end at its log's entry (the run row was edited)",
+            logged,
+            end.get("head_hash"),
+        )
+    header = parse_header(imported.header)
+    if (
+        sha256_hex(imported.header) != end.get("header_hash")
+        or header.header_doc() != run.header_doc()
+    ):
+        raise Mismatch(
+            None,
+            None,
+            "the run's imported header is not its run, or not its trailer's (the run row was "
+            "edited)",
+        )
 
 
 def _base(head: RunHead) -> InForce | None:

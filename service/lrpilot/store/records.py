@@ -141,3 +141,59 @@ class Report:
     weight: float
     created_at: str
     client: dict[str, Any] | None = None  # who posted it, as it declared itself
+
+
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """A decision row as stored: its body (the hashed entry) and every column beside it that a
+    read serves or filters on, which verify checks against the body."""
+
+    seq: int
+    step: int
+    action: str
+    superseded: bool
+    hash: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunRowRead:
+    """A run's row as verify reads it: its head and the columns served beside it."""
+
+    head: RunHead
+    reductions: int
+    labels: dict[str, str]  # the rows GET /v1/runs filters on (run_labels)
+    imported: Imported | None  # an imported run: what it came with
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What an imported run came with: its bundle's header line and trailer (the signature it
+    was imported with, and what that one recorded as imported before it)."""
+
+    header: str
+    end: dict[str, Any]
+
+    def text(self) -> str:
+        return canonical_json({"end": self.end, "header": self.header})
+
+    @classmethod
+    def of(cls, text: str | None) -> Imported | None:
+        if text is None:
+            return None
+        doc = json.loads(text)
+        return cls(doc["header"], doc["end"])
+
+
+@dataclass(frozen=True, slots=True)
+class LogEnd:
+    """Where an imported log ends: its run row's head and counters, as verify proved them."""
+
+    last_seq: int
+    head_hash: str
+    state: str  # canonical JSON of the policy state after the last entry
+    lrs: str  # canonical JSON of the lrs in force after it
+    last_step: int | None
+    scale: str | None  # canonical JSON of the scale in force (None: the base, or no rule)
+    reductions: int
+    imported: Imported

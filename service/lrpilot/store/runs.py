@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import random
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from lrpilot.canonical import canonical_json, parse_float
-from lrpilot.domain.errors import Busy, RunNotFound, Unavailable
+from lrpilot.domain.errors import Busy, Conflict, RunNotFound, Unavailable
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
 from lrpilot.settings import Settings
 from lrpilot.spec import (
@@ -49,7 +50,18 @@ from lrpilot.store.db import (
     sqlite_path,
     writer,
 )
-from lrpilot.store.records import NewDecision, NewRun, Page, Report, RunHead, Stored
+from lrpilot.store.records import (
+    Imported,
+    LogEnd,
+    LogRow,
+    NewDecision,
+    NewRun,
+    Page,
+    Report,
+    RunHead,
+    RunRowRead,
+    Stored,
+)
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
 T = TypeVar("T")
@@ -62,6 +74,15 @@ _HEAD_COLUMNS = (
 # "the live entry of step N" is a decision's: a rewind entry shares the step it rewound to, a
 # scale entry the step it applies from
 _DECISIONS_ONLY = "AND action NOT IN (" + ", ".join(f"'{a}'" for a in NOT_DECISIONS) + ")"
+# An import writes its log this many rows a statement; on SQLite, in transactions of at most
+# IMPORT_SLICE_S each (or a quarter of the timeout, if less), so that every other writer gets
+# the database between two of them well within its own timeout.
+IMPORT_BATCH = 500
+IMPORT_SLICE_S = 0.2
+# ... and leaves the database free this long after each: the other writers of this process
+# poll for it (the observation path every 50 ms at most, never waiting), SQLite's busy handler
+# of other processes every 100 ms at most. Without the gap the import takes it back at once.
+IMPORT_GAP_S = 0.1
 # How long a PostgreSQL batch waits in line for its runs' row locks before it leaves the held
 # ones for later: far longer than a batch holds them, far shorter than a request may wait.
 LOCK_WAIT_MS = 100
@@ -321,13 +342,54 @@ class WriteTx:
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    def set_position(self, run_id: str, last_step: int | None, scale: str | None) -> None:
-        """Where an imported run stands: its last decided step and the scale in force (the
-        last entry appended need not say: a scale entry decides no step)."""
-        self.flush()
-        self._execute(
-            "UPDATE runs SET last_step = ?, scale = ? WHERE run_id = ?", (last_step, scale, run_id)
+    def run_exists(self, run_id: str) -> bool:
+        return (
+            self._execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
         )
+
+    def has_log(self, run_id: str) -> bool:
+        """Whether decision rows of ``run_id`` exist (without a run row: an import under way)."""
+        found = self._execute("SELECT 1 FROM decisions WHERE run_id = ? LIMIT 1", (run_id,))
+        return found.fetchone() is not None
+
+    def insert_log(self, run_id: str, rows: Sequence[LogRow]) -> None:
+        """Rows of an imported log, as they are (one statement)."""
+        self._cursor.executemany(
+            _param(
+                self._conn,
+                "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ),
+            [(run_id, r.seq, r.step, r.action, r.superseded, r.hash, r.body) for r in rows],
+        )
+
+    def set_end(self, run_id: str, end: LogEnd) -> None:
+        """An imported run's head: where its log ends."""
+        self._execute(
+            "UPDATE runs SET last_seq = ?, head_hash = ?, state = ?, lrs = ?, last_step = ?, "
+            "scale = ?, reductions = ?, imported = ? WHERE run_id = ?",
+            (
+                end.last_seq,
+                end.head_hash,
+                end.state,
+                end.lrs,
+                end.last_step,
+                end.scale,
+                end.reductions,
+                end.imported.text(),
+                run_id,
+            ),
+        )
+
+    def drop_orphans(self, run_id: str, limit: int) -> int:
+        """Delete up to ``limit`` decision rows of ``run_id`` if it has no run row (what an
+        import that did not finish left); how many."""
+        cursor = self._execute(
+            "DELETE FROM decisions WHERE run_id = ? AND seq IN (SELECT seq FROM decisions "
+            "WHERE run_id = ? LIMIT ?) AND NOT EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
+            (run_id, run_id, limit, run_id),
+        )
+        return int(cursor.rowcount)
 
     def supersede_after(self, run_id: str, step: int) -> int:
         """Mark the run's live entries above ``step`` superseded (never deleted); how many."""
@@ -407,6 +469,62 @@ class WriteTx:
         self._decided.clear()
 
 
+class Snapshot:
+    """Reads that all see one state of the database, whatever commits meanwhile: one read
+    transaction (SQLite: one BEGIN, whose first read fixes what the WAL shows it; PostgreSQL:
+    REPEATABLE READ). Verify reads through it, so that a rewind or a decision committed halfway
+    through a check can never look like tampering."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    def _rows(self, statement: str, params: tuple[Any, ...]) -> Sequence[Any]:
+        rows = self._conn.exec_driver_sql(_param(self._conn, statement), params).all()
+        renew()
+        return rows
+
+    def run(self, run_id: str) -> RunRowRead:
+        found = self._rows(
+            f"SELECT {_HEAD_COLUMNS}, reductions, imported FROM runs WHERE run_id = ?", (run_id,)
+        )
+        if not found:
+            raise RunNotFound(f"run {run_id!r} not found")
+        labels = self._rows("SELECT key, value FROM run_labels WHERE run_id = ?", (run_id,))
+        *head, reductions, imported = found[0]
+        return RunRowRead(
+            _head(head),
+            int(reductions),
+            {str(k): str(v) for k, v in labels},
+            Imported.of(imported),
+        )
+
+    def log(self, run_id: str, action: str | None = None, page: int = 1000) -> Iterator[LogRow]:
+        """Every decision row of the run (none left out: not only those up to its last_seq),
+        or those of one action, in seq order, a page at a time: constant memory, and every
+        statement short (one action's rows are looked for ``page`` x 10 seqs a statement, not
+        across a whole log that may have none)."""
+        select = "SELECT seq, step, action, superseded, hash, body FROM decisions "
+        after = 0
+        if action is None:
+            while True:
+                rows = self._rows(
+                    f"{select} WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT {int(page)}",
+                    (run_id, after),
+                )
+                yield from _log_rows(rows)
+                if len(rows) < page:
+                    return
+                after = int(rows[-1][0])
+        last = self._rows("SELECT max(seq) FROM decisions WHERE run_id = ?", (run_id,))[0][0]
+        while last is not None and after < last:
+            rows = self._rows(
+                f"{select} WHERE run_id = ? AND seq > ? AND seq <= ? AND action = ? ORDER BY seq",
+                (run_id, after, after + 10 * page, action),
+            )
+            yield from _log_rows(rows)
+            after += 10 * page
+
+
 class Store:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -425,6 +543,11 @@ class Store:
         self.engine.dispose()
 
     # -- transactions ----------------------------------------------------------------------
+
+    @property
+    def database_file(self) -> str | None:
+        """The SQLite database's file (None for memory or PostgreSQL)."""
+        return self._path
 
     @property
     def is_sqlite(self) -> bool:
@@ -571,6 +694,24 @@ class Store:
         with self._read(min(self.settings.ready_timeout_s, self.settings.db_timeout_s)) as s:
             s.connection().exec_driver_sql("SELECT version_num FROM alembic_version").all()
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """One read transaction (``Snapshot``), ended when the block ends."""
+        engine = self.engine
+        if not self.is_sqlite:
+            engine = engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        # bounded like every call; each page read renews the deadline (Snapshot._rows), so a
+        # long log is read as long as the database keeps answering
+        with (
+            bounded(self.settings.db_timeout_s),
+            self._db_errors(),
+            engine.connect() as conn,
+            conn.begin(),
+        ):
+            yield Snapshot(conn)
+
     # -- runs ------------------------------------------------------------------------------
 
     def create_run(self, run: NewRun) -> tuple[dict[str, Any], bool]:
@@ -585,6 +726,9 @@ class Store:
             existing = session.get(RunRow, run.run_id)
             if existing is not None:
                 return run_document(existing), False
+            imported = select(DecisionRow.seq).where(DecisionRow.run_id == run.run_id).limit(1)
+            if session.exec(imported).first() is not None:  # its log, before its run row
+                raise Conflict(f"run {run.run_id!r} is being imported; retry when it ends")
             row = _run_row(run)
             session.add(row)
             session.flush()  # the run before its labels: the foreign key needs it
@@ -619,6 +763,92 @@ class Store:
                 items=[canonical_json(run_document(r)) for r in rows],
                 next=rows[-1].run_id if more else None,
             )
+
+    # -- imports ---------------------------------------------------------------------------
+
+    def import_run(self, run: NewRun, rows: Callable[[], Iterator[LogRow]], end: LogEnd) -> bool:
+        """Store an imported run and its log (True); False, with nothing written, when a run
+        of that id exists. ``rows`` gives the log afresh at each call (a retry reads it again).
+
+        PostgreSQL: one transaction (it locks the new run's row alone). SQLite has one writer
+        for the whole database, so the log is written in slices of at most ``IMPORT_SLICE_S``,
+        other writers going between them, before the run row, which is written last, in a
+        short transaction of its own: until then every read (they all look the run up first)
+        sees nothing of the import, and creating a run of that id is refused. An import that
+        fails removes what it wrote; one killed halfway leaves rows without a run row, which
+        ``drop_import`` removes (the service does at startup).
+        """
+        if not self.is_sqlite:
+
+            def work(tx: WriteTx) -> bool:
+                if tx.lock_run(run.run_id) is not None:
+                    return False
+                tx.insert_run(run)
+                for batch in _batches(rows()):
+                    tx.insert_log(run.run_id, batch)
+                tx.set_end(run.run_id, end)
+                return True
+
+            return self.transact(work)
+        return self._import_sqlite(run, rows(), end)
+
+    def _import_sqlite(self, run: NewRun, rows: Iterator[LogRow], end: LogEnd) -> bool:
+        slice_s = min(IMPORT_SLICE_S, self.settings.db_timeout_s / 4)
+        with self._db_errors():
+            conn = self._writer.connect()
+        wrote = False
+        try:
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            # the log goes in before its run row (see import_run); this connection is
+            # discarded afterwards, never pooled with the check off
+            driver.execute("PRAGMA foreign_keys=OFF")
+            batches = _batches(rows)
+            left = True
+            while left:
+                with self._write_lock(), self._db_errors(), conn.begin():
+                    tx = WriteTx(conn)
+                    if not wrote:
+                        if tx.run_exists(run.run_id):
+                            return False
+                        if tx.has_log(run.run_id):
+                            raise Conflict(
+                                f"run {run.run_id!r} is being imported by another request; "
+                                "retry when it ends"
+                            )
+                    wrote = True
+                    until = time.monotonic() + slice_s
+                    while time.monotonic() < until:
+                        batch = next(batches, None)
+                        if batch is None:
+                            left = False
+                            break
+                        tx.insert_log(run.run_id, batch)
+                time.sleep(IMPORT_GAP_S)
+            with self._write_lock(), self._db_errors(), conn.begin():
+                tx = WriteTx(conn)
+                tx.insert_run(run)
+                tx.set_end(run.run_id, end)
+            return True
+        except BaseException:
+            if wrote:
+                with contextlib.suppress(Unavailable):
+                    self.drop_import(run.run_id)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+                conn.close()
+
+    def drop_import(self, run_id: str, limit: int = 5000) -> int:
+        """Remove what an unfinished import of ``run_id`` wrote: its rows, while it has no run
+        row (a short transaction a slice); how many."""
+        dropped = 0
+        while True:
+            n = self.transact(lambda tx: tx.drop_orphans(run_id, limit))
+            dropped += n
+            if n < limit:
+                return dropped
 
     # -- decisions -------------------------------------------------------------------------
 
@@ -738,6 +968,15 @@ class Store:
             columns = [c.strip() for c in _HEAD_COLUMNS.split(",")]
             return run_document(row), _head([getattr(row, c) for c in columns])
 
+    def imported(self, run_id: str) -> Imported | None:
+        """What an imported run came with (None: a run this service created)."""
+        with self._read() as s:
+            conn = s.connection()
+            text = conn.exec_driver_sql(
+                _param(conn, "SELECT imported FROM runs WHERE run_id = ?"), (run_id,)
+            ).scalar()
+            return Imported.of(text)
+
     def entries(
         self, run_id: str, up_to_seq: int, superseded: bool | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -816,6 +1055,16 @@ def _run_row(run: NewRun) -> RunRow:
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
         scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
     )
+
+
+def _log_rows(rows: Sequence[Any]) -> Iterator[LogRow]:
+    for seq, step, action, flag, digest, body in rows:
+        yield LogRow(int(seq), int(step), str(action), bool(flag), str(digest), str(body))
+
+
+def _batches(rows: Iterator[LogRow]) -> Iterator[list[LogRow]]:
+    while batch := list(itertools.islice(rows, IMPORT_BATCH)):
+        yield batch
 
 
 def _token(text: str) -> float | str:

@@ -32,6 +32,10 @@ class RunRow(SQLModel, table=True):
     scaling: str | None = Field(default=None, sa_type=sa.Text)
     # the size in force: canonical JSON {"size", "factor", "step"}; None: the base, as created
     scale: str | None = Field(default=None, sa_type=sa.Text)
+    # an imported run: canonical JSON {"header": the bundle's header line, "end": its trailer}
+    # (what its export carries, so that the signature it came with still verifies); None for
+    # a run this service created
+    imported: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class RunLabelRow(SQLModel, table=True):
