@@ -362,6 +362,7 @@ class WriteTx:
             ),
             [(run_id, r.seq, r.step, r.action, r.superseded, r.hash, r.body) for r in rows],
         )
+        renew()  # a batch written: a long import goes on while the database keeps answering
 
     def set_end(self, run_id: str, end: LogEnd) -> None:
         """An imported run's head: where its log ends."""
