@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     # POST /v1/runs/import takes a whole exported run: its own, larger limit.
     max_import_bytes: int = Field(default=1 << 30, ge=1024)
+    # The largest world_size (and so rank + 1) an observation or a resize may declare: an
+    # aggregated step stores a report a rank and waits for all of them.
+    max_world_size: int = Field(default=65_536, ge=1, le=2**31 - 1)
     # An Ed25519 private key (a PEM file, or the PEM text) that signs every export's head;
     # `lrpilot keygen` writes one. Without it exports are unsigned.
     signing_key: str | None = None

@@ -162,10 +162,16 @@ class DecisionOut(BaseModel):
     missing_ranks: list[int] | None = Field(
         default=None,
         description="aggregated mode, a step decided at the timeout: the ranks that did not "
-        "report (with `timeout_s`)",
+        "report (with `timeout_s`), when they are at most 64",
+    )
+    missing_ranges: list[list[int]] | None = Field(
+        default=None,
+        description="instead of `missing_ranks` when more than 64 ranks did not report: "
+        "them as inclusive [first, last] ranges (at most one more than the ranks counted)",
     )
     timeout_s: float | None = Field(
-        default=None, description="with `missing_ranks`: the run's timeout that ran out"
+        default=None,
+        description="with `missing_ranks` or `missing_ranges`: the run's timeout that ran out",
     )
     scale: float | None = Field(
         default=None,
