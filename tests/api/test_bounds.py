@@ -130,3 +130,152 @@ def test_few_missing_ranks_keep_the_listed_shape() -> None:
     assert ranged.missing == [] and ranged.missing_ranges == [[1, MAX_LISTED_MISSING + 1]]
     assert missing_ranges([0, 1, 5, 9], 10) == [(2, 4), (6, 8)]
     assert missing_ranges([], 3) == [(0, 2)] and missing_ranges([0, 1, 2], 3) == []
+
+
+# -- simulate and policy params: what sizes an answer is bounded --------------------------------
+
+
+def test_simulate_values_times_param_groups_is_bounded(api: TestClient) -> None:
+    # main: 100,000 values x 1,024 groups, a 24 kB request (as JSON integers, "values": [1, ...]
+    # is 2 bytes a value), made an 835 MB answer
+    policy = {"name": "plateau", "version": 1, "params": {}}
+    body = {"policy": policy, "base_lrs": [0.1] * 1024, "values": [1] * 100_000}
+    r = api.post("/v1/simulate", json=body)
+    detail = refused(r, 422, "100000 values x 1024 param groups", "100000 (values x param groups)")
+    assert detail[0]["type"] == "simulate_size"
+    # at the bound, it answers
+    r = api.post("/v1/simulate", json={**body, "values": [1] * 97})
+    assert r.status_code == 200 and r.json()["count"] == 97
+    # a run's own stream: its observations x the groups the what-if replays it with
+    assert api.put("/v1/runs/s", json=run_spec()).status_code == 201
+    for step in range(1, 4):
+        assert api.post("/v1/runs/s/observations", json={"step": step, "value": 1.0}).is_success
+    r = api.post("/v1/simulate", json={"run_id": "s", "base_lrs": [0.1] * 1024})
+    assert r.status_code == 200, r.text[:500]
+    r = api.post("/v1/simulate", json={"run_id": "s", "base_lrs": [0.1] * 1024})
+    assert r.status_code == 200
+    still_decides(api, "s", 4)
+
+
+def test_a_run_of_many_milestones_and_groups_costs_its_params_only(api: TestClient) -> None:
+    # main held milestones x groups lrs at once (10,001 x 1,024 floats, ~0.8 GB, from one PUT);
+    # now each level is made when a step needs it, the same floats
+    params = {"milestones": list(range(1, 10_001)), "gamma": 0.5}
+    spec = {
+        "policy": {"name": "multistep", "version": 1, "params": params},
+        "base_lrs": [0.1] * 1024,
+    }
+    assert api.put("/v1/runs/ms", json=spec).status_code == 201
+    r = api.get("/v1/runs/ms/lr", params={"step": 3})
+    assert r.status_code == 200 and r.json()["lrs"] == [0.1 * 0.5**3] * 1024
+    r = api.get("/v1/runs/ms/lrs", params={"from": 9_999, "count": 3})
+    assert r.json()["lrs"][2] == [0.1 * 0.5**10_000] * 1024
+    # a per-group list longer than the most groups a run can have is refused before its values
+    plateau = run_spec({"min_lr": [0.0] * 100_000})
+    refused(api.put("/v1/runs/p", json=plateau), 422, "min_lr", "1024")
+
+
+# -- every error answer stays under 16 kB -------------------------------------------------------
+
+
+def test_a_request_with_many_errors_gets_the_first_and_a_count(api: TestClient) -> None:
+    # main: one item per wrong value, 100,000 values "x" made a ~9 MB 422
+    policy = {"name": "plateau", "version": 1, "params": {}}
+    body = {"policy": policy, "base_lrs": [0.1], "values": ["x"] * 100_000}
+    detail = refused(api.post("/v1/simulate", json=body), 422)
+    assert detail[-1]["type"] == "too_many_errors"
+    assert detail[-1]["msg"].startswith(f"... and {100_000 - (len(detail) - 1):,} more")
+    assert detail[0]["loc"] == ["body", "values", 0]
+    # long strings, long keys, deep locs: each item is cut, and the list is
+    spec = run_spec(labels={"k" * 128 + str(i): "v" * 300 for i in range(64)})
+    detail = refused(api.put("/v1/runs/r", json=spec), 422)
+    assert len(detail) < 64 and detail[-1]["type"] == "too_many_errors"
+    params = {f"{'p' * 2000}{i}": "\U0001f600" * 2000 for i in range(50)}
+    refused(api.put("/v1/runs/r", json=run_spec(params)), 422)
+    refused(api.post("/v1/runs/r/observations", json={"step": [[[[1] * 10] * 10] * 10] * 100}), 422)
+    refused(api.get("/v1/runs", params={"label": ["x" * 300] * 150}), 422)
+
+
+# -- the smaller holes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight", [True, "2", "1e3", [1]])
+def test_weight_is_as_strict_as_the_other_numbers(api: TestClient, weight: object) -> None:
+    assert api.put("/v1/runs/agg", json=aggregated()).status_code == 201
+    body = {"step": 1, "value": 1.0, "rank": 0, "world_size": 1, "weight": weight}
+    refused(api.post("/v1/runs/agg/observations", json=body), 422, "weight")
+    assert api.get("/v1/runs/agg/decisions").json()["items"] == []
+    body["weight"] = 2  # a JSON integer is a number
+    assert api.post("/v1/runs/agg/observations", json=body).json()["ranks"][0]["weight"] == 2.0
+
+
+def test_the_import_413_names_its_own_setting(database_url: str) -> None:
+    with app_client(database_url, migrate=False, max_import_bytes=4096) as api:
+        r = api.post(
+            "/v1/runs/import",
+            content=b"{}\n" * 2000,
+            headers={"content-type": "application/x-ndjson"},
+        )
+        refused(r, 413, "LRPILOT_MAX_IMPORT_BYTES", "4096")
+        assert "LRPILOT_MAX_BODY_BYTES" not in r.text
+        r = api.put("/v1/runs/x", content=b" " * (2 << 20), headers=JSON)
+        refused(r, 413, "LRPILOT_MAX_BODY_BYTES")
+        doc = api.get("/openapi.json").json()
+        said = doc["paths"]["/v1/runs/import"]["post"]["responses"]["413"]["description"]
+        assert "LRPILOT_MAX_IMPORT_BYTES" in said
+
+
+@pytest.mark.parametrize("run_id", [".", ".."])
+def test_dot_run_ids_are_refused(api: TestClient, run_id: str) -> None:
+    # a path cannot carry them: every HTTP client resolves /v1/runs/../x to /v1/x. Sent raw:
+    r = api.put(f"/v1/runs/{run_id.replace('.', '%2E')}", json=run_spec())
+    refused(r, 422, "run_id")
+    r = api.post("/v1/simulate", json={"run_id": run_id})
+    refused(r, 422, "run_id")
+    for fine in ("...", ".a", "a.", "..b"):
+        assert api.put(f"/v1/runs/{fine}", json=run_spec()).status_code == 201, fine
+    assert api.get("/v1/runs").json()["next"] is None
+
+
+DUPLICATED = [
+    ("PUT", "/v1/runs/d2", b'{"policy": {"name": "plateau", "version": 1}, "base_lrs": [0.1], '
+     b'"base_lrs": [9.0]}', "base_lrs"),
+    ("POST", "/v1/runs/d/observations", b'{"step": 1, "value": 0.1, "value": 9}', "value"),
+    ("POST", "/v1/runs/d/observations", b'{"step":1,"value":0.1,"client":{"host":"a","host":"b"}}',
+     "host"),
+    ("POST", "/v1/runs/d/observations", b'{"step": 1, "value": 0.1, "step": 2}', "step"),
+    ("POST", "/v1/runs/d/rewind", b'{"to_step": 0, "to_step": 1}', "to_step"),
+    ("POST", "/v1/runs/d/verify", b'{"head": null, "head": null}', "head"),
+    ("POST", "/v1/simulate", b'{"run_id": "d", "run_id": "d"}', "run_id"),
+]  # fmt: skip
+
+
+def test_a_duplicated_key_is_refused_on_every_json_route(database_url: str) -> None:
+    both = []
+    for fast_path in (True, False):  # the fast path answers the same bytes as the route
+        with app_client(database_url, migrate=False, fast_path=fast_path) as api:
+            api.put("/v1/runs/d", json=run_spec())
+            before = api.get("/v1/runs/d/decisions").json()["items"]
+            answers = []
+            for method, path, body, key in DUPLICATED:
+                r = api.request(method, path, content=body, headers=JSON)
+                detail = refused(r, 422, repr(key))
+                assert detail == [
+                    {
+                        "loc": ["body"],
+                        "msg": f"the key {key!r} appears twice in one object of the body: "
+                        "give each key once",
+                        "type": "json_duplicate_key",
+                        "input": key,
+                    }
+                ]
+                answers.append(r.content)
+            both.append(answers)
+            assert api.get("/v1/runs/d/decisions").json()["items"] == before
+            assert api.get("/v1/runs/d2").status_code == 404
+            # the same keys in different objects, and a colon inside a string, are fine
+            body = b'{"step": 1, "rank": null, "value": 0.1, "client": {"rank": 0, "host": "a:b"}}'
+            r = api.post("/v1/runs/d/observations", content=body, headers=JSON)
+            assert r.status_code == 200, r.text
+            assert api.post("/v1/runs/d/rewind", json={"to_step": 0}).status_code == 200
+    assert both[0] == both[1]
