@@ -8,11 +8,15 @@ both databases, and the run it aimed at still decides afterwards.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lrpilot.entries import MAX_LISTED_MISSING, Ranks, missing_ranges
 from tests.conftest import app_client
@@ -279,3 +283,72 @@ def test_a_duplicated_key_is_refused_on_every_json_route(database_url: str) -> N
             assert r.status_code == 200, r.text
             assert api.post("/v1/runs/d/rewind", json={"to_step": 0}).status_code == 200
     assert both[0] == both[1]
+
+
+# A JSON value whose errors are many and long: lists of thousands of wrong items, long strings
+# (keys too), non-ASCII, nesting. Whatever of it lands in a field, the answer stays small.
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=3000),
+    st.text(alphabet="\U0001f600é\u200b", min_size=500, max_size=1500),
+)
+_HOSTILE = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.builds(lambda x, n: [x] * n, inner, st.integers(0, 3000)),
+        st.dictionaries(st.text(max_size=600), inner, max_size=4),
+    ),
+    max_leaves=8,
+)
+_FIELDS = {
+    ("PUT", "/v1/runs/h"): ["policy", "base_lrs", "metric", "labels", "aggregate", "scaling"],
+    ("POST", "/v1/runs/h/observations"): [
+        "step",
+        "value",
+        "rank",
+        "world_size",
+        "weight",
+        "client",
+    ],
+    ("POST", "/v1/simulate"): ["policy", "base_lrs", "values", "steps", "run_id", "metric"],
+    ("POST", "/v1/runs/h/rewind"): ["to_step", "client"],
+    ("POST", "/v1/runs/h/resize"): ["step", "world_size", "batch_size"],
+}
+
+
+@pytest.fixture(scope="module")
+def hostile_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'h.db'}"
+    with app_client(url, raise_server_exceptions=False) as api:
+        spec = run_spec()
+        spec["scaling"] = {"rule": "linear", "by": "world_size", "base": 8}
+        assert api.put("/v1/runs/h", json=spec).status_code == 201
+        yield api
+
+
+@given(
+    route=st.sampled_from(sorted(_FIELDS)),
+    data=st.data(),
+)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_error_answer_exceeds_16_kb(
+    hostile_api: TestClient, route: tuple[str, str], data: st.DataObject
+) -> None:
+    method, path = route
+    fields = data.draw(st.lists(st.sampled_from(_FIELDS[route]), unique=True, max_size=4))
+    body = {field: data.draw(_HOSTILE) for field in fields}
+    for name, value in data.draw(
+        st.dictionaries(st.text(max_size=300), _HOSTILE, max_size=2)
+    ).items():
+        body.setdefault(name, value)
+    content = json.dumps(body).encode()
+    if len(content) > 1 << 20:
+        return  # a 413, tested elsewhere
+    r = hostile_api.request(method, path, content=content, headers=JSON)
+    assert r.status_code < 500, r.text[:2000]
+    if r.status_code >= 400:
+        assert len(r.content) < MAX_ERROR, (r.status_code, len(r.content))
