@@ -44,7 +44,7 @@ RUN_ID_PATTERN = (
     r"|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}"  # a dot, then not a dot
     r"|\.\.[A-Za-z0-9._-]{1,126})$"  # two dots, then anything
 )
-RUN_ID_RULE = '[A-Za-z0-9._-]{1,128}, not "." or ".."'
+RUN_ID_RULE = "[A-Za-z0-9._-]{1,128}, not '.' or '..'"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
 MAX_LABEL_VALUE = 256
 MAX_SIZE = 2**31 - 1  # the largest world or batch size a scaling rule takes

@@ -14,7 +14,7 @@ from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.canonical import to_strict
 from lrpilot.domain.errors import Conflict, DomainError, Invalid, RunNotFound, Unavailable
 from lrpilot.policies import PolicyError
-from lrpilot.spec import is_storable
+from lrpilot.spec import RUN_ID_PATTERN, RUN_ID_RULE, is_storable
 
 _STATUS: dict[type[DomainError], int] = {
     RunNotFound: 404,
@@ -86,6 +86,8 @@ def _validation_item(err: Any) -> dict[str, Any]:
     ]
     msg = str(err.get("msg", ""))
     ctx = err.get("ctx")
+    if isinstance(ctx, dict) and ctx.get("pattern") == RUN_ID_PATTERN:
+        msg = f"a run id must be {RUN_ID_RULE}"  # the pattern itself reads badly
     if err.get("type") == "json_invalid" and isinstance(ctx, dict) and "error" in ctx:
         msg = f"{msg}: {ctx['error']}"  # which JSON error, not only where
     item = {"loc": loc, "msg": printable(msg, MAX_MSG), "type": str(err.get("type"))}
