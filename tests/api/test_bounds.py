@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lrpilot.api.responses import MAX_PAGE_CHARS
 from lrpilot.entries import MAX_LISTED_MISSING, Ranks, missing_ranges
 from tests.conftest import app_client
 from tests.helpers import run_spec, strict_json
@@ -177,6 +178,38 @@ def test_a_run_of_many_milestones_and_groups_costs_its_params_only(api: TestClie
     # a per-group list longer than the most groups a run can have is refused before its values
     plateau = run_spec({"min_lr": [0.0] * 100_000})
     refused(api.put("/v1/runs/p", json=plateau), 422, "min_lr", "1024")
+
+
+def test_a_page_of_large_items_is_cut_and_next_goes_on_from_it(api: TestClient) -> None:
+    # main: limit=1000 decisions of 1,024 param groups made a ~90 MB page; now a page answers
+    # what fits in MAX_PAGE_CHARS (at least one item), and `next` reads on without a gap
+    spec = run_spec({"patience": 0}, base_lrs=[0.1 * (i + 1) for i in range(1024)])
+    assert api.put("/v1/runs/wide", json=spec).status_code == 201
+    for step in range(1, 61):
+        value = 1.0 / step if step % 2 else 2.0
+        assert api.post(
+            "/v1/runs/wide/observations", json={"step": step, "value": value}
+        ).is_success
+    seen: list[int] = []
+    after, pages = 0, 0
+    while after is not None:
+        r = api.get("/v1/runs/wide/decisions", params={"after": after, "limit": 1000})
+        assert r.status_code == 200 and len(r.content) <= MAX_PAGE_CHARS + 100_000
+        page = r.json()
+        seen += [d["seq"] for d in page["items"]]
+        after, pages = page["next"], pages + 1
+    assert seen == list(range(1, 61)) and pages == 2
+    # the runs list likewise (a run's document carries its base lrs)
+    for i in range(60):
+        assert api.put(f"/v1/runs/w{i:02}", json=spec).status_code == 201
+    runs: list[str] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        params = {"limit": 1000, **({"after": cursor} if cursor else {})}
+        page = api.get("/v1/runs", params=params).json()
+        runs += [run["run_id"] for run in page["items"]]
+        cursor = page["next"]
+    assert runs == [f"w{i:02}" for i in range(60)] + ["wide"]
 
 
 # -- every error answer stays under 16 kB -------------------------------------------------------
