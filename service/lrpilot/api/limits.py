@@ -10,7 +10,7 @@ the document covers every route, whoever adds it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -119,11 +119,16 @@ class DuplicateKeys:
     before a route parses it, keeping the last silently. Inside the observation fast path,
     which checks the bodies it answers itself (``api/fast_path.py``)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, streamed: frozenset[str]) -> None:
         self.app = app
+        self.streamed = streamed  # routes that stream their body (an import): never held whole
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in _WITH_BODY
+            or scope["path"] in self.streamed
+        ):
             await self.app(scope, receive, send)
             return
         if not is_json(scope["headers"]):
@@ -218,9 +223,10 @@ def _document(app: FastAPI, per_path: dict[str, Limit]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def install_json_check(app: FastAPI) -> None:
-    """The duplicate-key check in front of the routes (added before the fast path: inside it)."""
-    app.add_middleware(DuplicateKeys)
+def install_json_check(app: FastAPI, streamed: Iterable[str]) -> None:
+    """The duplicate-key check in front of the routes (added before the fast path: inside it);
+    ``streamed``: the routes that stream their body to disk, which it leaves alone."""
+    app.add_middleware(DuplicateKeys, streamed=frozenset(streamed))
 
 
 def install(app: FastAPI, max_body_bytes: int, per_path: dict[str, Limit] | None = None) -> None:
