@@ -244,15 +244,16 @@ def decision(
         doc["client"] = client
     if ranks is not None:
         doc["ranks"] = ranks.ranks
-        counted = [int(r["rank"]) for r in ranks.ranks]
         if ranks.missing:
             doc["missing_ranks"] = ranks.missing
             doc["timeout_s"] = ranks.timeout_s
+            counted = [int(r["rank"]) for r in ranks.ranks]
             assert ranks.timeout_s is not None
             doc["reason"] = f"{reason}; {timeout_note(counted, ranks.missing, ranks.timeout_s)}"
         elif ranks.missing_ranges:
             doc["missing_ranges"] = ranks.missing_ranges
             doc["timeout_s"] = ranks.timeout_s
+            counted = [int(r["rank"]) for r in ranks.ranks]
             assert ranks.timeout_s is not None
             doc["reason"] = f"{reason}; {timeout_ranges_note(counted, ranks, ranks.timeout_s)}"
     if by != 1.0:
