@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lrpilot.api.errors import _validation_item, bounded
 from lrpilot.api.responses import MAX_PAGE_CHARS
 from lrpilot.entries import MAX_LISTED_MISSING, Ranks, missing_ranges
 from tests.conftest import app_client
@@ -231,6 +232,17 @@ def test_a_request_with_many_errors_gets_the_first_and_a_count(api: TestClient) 
     refused(api.put("/v1/runs/r", json=run_spec(params)), 422)
     refused(api.post("/v1/runs/r/observations", json={"step": [[[[1] * 10] * 10] * 10] * 100}), 422)
     refused(api.get("/v1/runs", params={"label": ["x" * 300] * 150}), 422)
+
+
+def test_error_items_of_control_characters_are_cut_to_fit() -> None:
+    # JSON writes a control character as 6 bytes: 1,000 of them in a message, 16 locs of 128
+    bad = "\x01" * 5000
+    errors = [
+        {"loc": ("body", *[bad] * 30), "msg": bad, "type": "t", "input": bad} for _ in range(9)
+    ]
+    detail = bounded((_validation_item(e) for e in errors), len(errors))
+    assert len(json.dumps({"detail": detail}, ensure_ascii=False).encode()) < MAX_ERROR
+    assert detail[0]["loc"][0] == "body" and detail[-1]["type"] == "too_many_errors"
 
 
 # -- the smaller holes ----------------------------------------------------------------------------

@@ -31,9 +31,11 @@ MAX_LOC = 128  # characters of one loc element (a label key, a params key)
 MAX_LOC_DEPTH = 16  # elements of one loc
 MAX_MSG = 1000  # characters of a message (some messages quote the input)
 # A 422 lists its items while they fit in this many bytes; the rest are counted in one last
-# item. One item is at most ~7 kB (MAX_MSG characters of up to 4 bytes, MAX_LOC_DEPTH locs of
-# MAX_LOC), so the first always fits and the answer stays under MAX_ERROR_BYTES.
+# item. An item larger than _ITEM_BYTES (a control character is written as 6 bytes, so a
+# message of MAX_MSG characters can be 6 kB) is cut further, to at most ~6.2 kB: the first item
+# always fits, and the answer, with its last item and envelope, stays under MAX_ERROR_BYTES.
 _ITEMS_BYTES = MAX_ERROR_BYTES - 4 * 1024
+_ITEM_BYTES = 4 * 1024
 
 
 def printable(text: str, limit: int) -> str:
@@ -67,7 +69,11 @@ def bounded(items: Iterable[dict[str, Any]], total: int) -> list[dict[str, Any]]
     kept: list[dict[str, Any]] = []
     used = 0
     for item in items:
-        used += _size(item)
+        size = _size(item)
+        if size > _ITEM_BYTES:
+            item = _shrunk(item)
+            size = _size(item)
+        used += size
         if kept and used > _ITEMS_BYTES:
             rest = total - len(kept)
             loc = item["loc"][:1] if item.get("loc") else []
@@ -77,6 +83,11 @@ def bounded(items: Iterable[dict[str, Any]], total: int) -> list[dict[str, Any]]
             break
         kept.append(item)
     return kept
+
+
+def _shrunk(item: dict[str, Any]) -> dict[str, Any]:
+    loc = [x if isinstance(x, int) else printable(x, 32) for x in item["loc"]]
+    return {"loc": loc, "msg": printable(item["msg"], 500), "type": item["type"]}
 
 
 def _validation_item(err: Any) -> dict[str, Any]:
