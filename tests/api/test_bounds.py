@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lrpilot.api.errors import _validation_item, bounded
+from lrpilot.api.errors import validation_item, bounded
 from lrpilot.api.responses import MAX_PAGE_CHARS
 from lrpilot.entries import MAX_LISTED_MISSING, Ranks, missing_ranges
 from tests.conftest import app_client
@@ -154,13 +154,14 @@ def test_simulate_values_times_param_groups_is_bounded(api: TestClient) -> None:
     assert r.status_code == 200 and r.json()["count"] == 97
     # a run's own stream: its observations x the groups the what-if replays it with
     assert api.put("/v1/runs/s", json=run_spec()).status_code == 201
-    for step in range(1, 4):
+    for step in range(1, 98):
         assert api.post("/v1/runs/s/observations", json={"step": step, "value": 1.0}).is_success
     r = api.post("/v1/simulate", json={"run_id": "s", "base_lrs": [0.1] * 1024})
-    assert r.status_code == 200, r.text[:500]
+    assert r.status_code == 200 and r.json()["count"] == 97, r.text[:500]  # 99,328 values
+    still_decides(api, "s", 98)
     r = api.post("/v1/simulate", json={"run_id": "s", "base_lrs": [0.1] * 1024})
-    assert r.status_code == 200
-    still_decides(api, "s", 4)
+    refused(r, 409, "98 observations x 1024 param groups", "bound of 100000")
+    assert api.post("/v1/simulate", json={"run_id": "s"}).json()["count"] == 98
 
 
 def test_a_run_of_many_milestones_and_groups_costs_its_params_only(api: TestClient) -> None:
@@ -240,7 +241,7 @@ def test_error_items_of_control_characters_are_cut_to_fit() -> None:
     errors = [
         {"loc": ("body", *[bad] * 30), "msg": bad, "type": "t", "input": bad} for _ in range(9)
     ]
-    detail = bounded((_validation_item(e) for e in errors), len(errors))
+    detail = bounded((validation_item(e) for e in errors), len(errors))
     assert len(json.dumps({"detail": detail}, ensure_ascii=False).encode()) < MAX_ERROR
     assert detail[0]["loc"][0] == "body" and detail[-1]["type"] == "too_many_errors"
 

@@ -90,7 +90,9 @@ def _shrunk(item: dict[str, Any]) -> dict[str, Any]:
     return {"loc": loc, "msg": printable(item["msg"], 500), "type": item["type"]}
 
 
-def _validation_item(err: Any) -> dict[str, Any]:
+def validation_item(err: Any) -> dict[str, Any]:
+    """One of pydantic's errors as a 422 item: loc, msg and type, each cut to size, and the
+    input when it is small (a number, a boolean, null or a short string)."""
     loc = [
         x if isinstance(x, int) else printable(str(x), MAX_LOC)
         for x in tuple(err.get("loc", ()))[:MAX_LOC_DEPTH]
@@ -172,7 +174,7 @@ def duplicate_key_response(key: str) -> StrictJSONResponse:
 def policy_error_detail(exc: PolicyError, prefix: tuple[str, ...]) -> list[dict[str, Any]]:
     # A policy's message may quote the input (e.g. an unknown flavor): cap it like any other.
     items = (
-        _validation_item({"loc": (*prefix, *loc), "msg": msg, "type": "policy_params"})
+        validation_item({"loc": (*prefix, *loc), "msg": msg, "type": "policy_params"})
         for loc, msg in exc.errors
     )
     return bounded(items, len(exc.errors))
@@ -202,7 +204,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> StrictJSONResponse:
         errors = exc.errors()
-        detail = bounded((_validation_item(e) for e in errors), len(errors))
+        detail = bounded((validation_item(e) for e in errors), len(errors))
         content_type = request.headers.get("content-type", "")
         if "json" not in content_type and any(d["loc"] == ["body"] for d in detail):
             # FastAPI reads a body as JSON only when the request says it is (curl -d does not)
