@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lrpilot.api.errors import validation_item, bounded
+from lrpilot.api.errors import bounded, validation_item
 from lrpilot.api.responses import MAX_PAGE_CHARS
 from lrpilot.entries import MAX_LISTED_MISSING, Ranks, missing_ranges
 from tests.conftest import app_client
