@@ -244,18 +244,17 @@ def decision(
         doc["client"] = client
     if ranks is not None:
         doc["ranks"] = ranks.ranks
-        if ranks.missing:
-            doc["missing_ranks"] = ranks.missing
-            doc["timeout_s"] = ranks.timeout_s
-            counted = [int(r["rank"]) for r in ranks.ranks]
+        if ranks.missing or ranks.missing_ranges:
             assert ranks.timeout_s is not None
-            doc["reason"] = f"{reason}; {timeout_note(counted, ranks.missing, ranks.timeout_s)}"
-        elif ranks.missing_ranges:
-            doc["missing_ranges"] = ranks.missing_ranges
-            doc["timeout_s"] = ranks.timeout_s
             counted = [int(r["rank"]) for r in ranks.ranks]
-            assert ranks.timeout_s is not None
-            doc["reason"] = f"{reason}; {timeout_ranges_note(counted, ranks, ranks.timeout_s)}"
+            if ranks.missing:
+                doc["missing_ranks"] = ranks.missing
+                note = timeout_note(counted, ranks.missing, ranks.timeout_s)
+            else:
+                doc["missing_ranges"] = ranks.missing_ranges
+                note = timeout_ranges_note(counted, ranks, ranks.timeout_s)
+            doc["timeout_s"] = ranks.timeout_s
+            doc["reason"] = f"{reason}; {note}"
     if by != 1.0:
         assert chain.scaling is not None and chain.force is not None
         doc["scale"] = by
