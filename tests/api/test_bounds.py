@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,8 +22,9 @@ from hypothesis import strategies as st
 from lrpilot.api.errors import bounded, validation_item
 from lrpilot.api.responses import MAX_PAGE_CHARS
 from lrpilot.entries import MAX_LISTED_MISSING, Ranks, missing_ranges
+from tests.api.audit_calls import import_
 from tests.conftest import app_client
-from tests.helpers import run_spec, strict_json
+from tests.helpers import lrpilot_cli, run_spec, strict_json
 
 MAX_ERROR = 16 * 1024  # the largest error answer, whatever the request
 JSON = {"content-type": "application/json"}
@@ -83,7 +85,9 @@ def test_a_resize_past_the_world_bound_is_refused(api: TestClient) -> None:
     assert api.get("/v1/runs/elastic").json()["scale"]["size"] == 16
 
 
-def test_one_rank_of_the_largest_world_decides_a_small_entry(api: TestClient) -> None:
+def test_one_rank_of_the_largest_world_decides_a_small_entry(
+    api: TestClient, tmp_path: Path
+) -> None:
     # at the bound itself, one report and the timeout: the missing ranks are one range
     assert api.put("/v1/runs/lone", json=aggregated()).status_code == 201
     r = api.post(
@@ -101,6 +105,18 @@ def test_one_rank_of_the_largest_world_decides_a_small_entry(api: TestClient) ->
     assert api.post("/v1/runs/lone/verify", json={}).json()["ok"] is True
     exported = api.get("/v1/runs/lone/export")
     assert exported.status_code == 200 and len(exported.content) < 8192
+    # the ranges shape is checked by import as by verify, and `lrpilot verify` offline
+    with app_client(f"sqlite:///{tmp_path / 'copy.db'}") as copy:
+        assert import_(copy, exported.text).status_code == 201
+        assert copy.post("/v1/runs/lone/verify", json={}).json()["ok"] is True
+    bundle = tmp_path / "lone.ndjson"
+    bundle.write_bytes(exported.content)
+    assert lrpilot_cli("verify", str(bundle)).exit_code == 0
+    # an edit of the ranges is found
+    edited = exported.text.replace("[4,65535]", "[4,65534]")
+    assert edited != exported.text
+    with app_client(f"sqlite:///{tmp_path / 'edited.db'}") as copy:
+        assert import_(copy, edited).status_code == 422
     still_decides(api, "lone", 6, rank=0, world_size=1)
 
 
