@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -60,13 +61,15 @@ def app_client(
     migrate: bool = True,
     raise_server_exceptions: bool = True,
     fast_path: bool = True,
+    **settings: Any,
 ) -> Iterator[TestClient]:
     """The app in-process on ``database_url`` (migrated first unless ``migrate=False``), its
     lifespan run as when it serves. ``raise_server_exceptions=False`` turns a 500 into a
-    response, for tests that count them instead of stopping at the first."""
+    response, for tests that count them instead of stopping at the first; ``settings`` are
+    Settings fields other than the database's (e.g. ``max_world_size=8``)."""
     if migrate:
         upgrade(database_url)
-    app = create_app(Settings(database_url=database_url), fast_path=fast_path)
+    app = create_app(Settings(database_url=database_url, **settings), fast_path=fast_path)
     with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
         yield client
 

@@ -75,9 +75,10 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     errors.install(app)
     for module in (runs, audit, simulate, policies, health):
         app.include_router(module.router)
+    # the import streams its body to disk, under its own limit
+    streamed = {"/v1/runs/import": (settings.max_import_bytes, "LRPILOT_MAX_IMPORT_BYTES")}
+    limits.install_json_check(app, streamed)  # before the fast path: inside it, by the routes
     if fast_path:
         app.add_middleware(ObservationFastPath, decisions=decisions)
-    limits.install(
-        app, settings.max_body_bytes, {"/v1/runs/import": settings.max_import_bytes}
-    )  # added last: the outermost, before all
+    limits.install(app, settings.max_body_bytes, streamed)  # added last: the outermost
     return app

@@ -129,19 +129,63 @@ class Draft(NamedTuple):
 # -- decision ---------------------------------------------------------------------------------
 
 
+# A step decided at the timeout lists its missing ranks one by one (the shape such entries
+# always had) while there are at most this many; beyond, as ranges of ranks, so that the entry's
+# size follows the ranks that reported, never the world size they declared.
+MAX_LISTED_MISSING = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Ranks:
     """Aggregated mode: the ranks whose reports a decision's value is the weighted mean of, and
-    for a step decided at the timeout without some ranks, which and after how long."""
+    for a step decided at the timeout without some ranks, which and after how long: ``missing``
+    one by one, or ``missing_ranges`` (inclusive ``[first, last]`` pairs) when there are more
+    than ``MAX_LISTED_MISSING`` (``Ranks.at_timeout`` chooses; verify rebuilds what it reads)."""
 
     ranks: list[dict[str, Any]]  # each {"rank", "value", "weight", "client"?}, in rank order
     missing: list[int]
     timeout_s: float | None = None
+    missing_ranges: list[list[int]] | None = None
 
     def mean(self) -> float:
         return weighted_mean(
             (parse_float(r["value"]), parse_float(r["weight"])) for r in self.ranks
         )
+
+    @staticmethod
+    def at_timeout(ranks: list[dict[str, Any]], world: int, timeout_s: float) -> Ranks:
+        """The counted ``ranks`` (in rank order) of a step decided at the timeout, of ``world``
+        ranks: the missing ones listed, or as ranges when there are many. Costs the counted
+        ranks, not ``world``."""
+        gaps = missing_ranges([int(r["rank"]) for r in ranks], world)
+        if sum(last - first + 1 for first, last in gaps) <= MAX_LISTED_MISSING:
+            listed = [n for first, last in gaps for n in range(first, last + 1)]
+            return Ranks(ranks, listed, timeout_s)
+        return Ranks(ranks, [], timeout_s, [[first, last] for first, last in gaps])
+
+    def missing_count(self) -> int:
+        if self.missing_ranges is not None:
+            return sum(last - first + 1 for first, last in self.missing_ranges)
+        return len(self.missing)
+
+
+def missing_ranges(counted: Sequence[int], world: int) -> list[tuple[int, int]]:
+    """The ranks of ``range(world)`` not in ``counted`` (increasing), as inclusive ranges:
+    at most one more range than ranks counted, whatever ``world`` is."""
+    gaps = []
+    expected = 0
+    for rank in counted:
+        if rank > expected:
+            gaps.append((expected, rank - 1))
+        expected = rank + 1
+    if expected < world:
+        gaps.append((expected, world - 1))
+    return gaps
+
+
+def ranges_text(ranges: Iterable[Sequence[int]]) -> str:
+    """``[[0, 0], [2, 9]]`` as "0, 2-9"."""
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
 def rank_report(
@@ -200,12 +244,17 @@ def decision(
         doc["client"] = client
     if ranks is not None:
         doc["ranks"] = ranks.ranks
-        if ranks.missing:
-            doc["missing_ranks"] = ranks.missing
-            doc["timeout_s"] = ranks.timeout_s
-            counted = [int(r["rank"]) for r in ranks.ranks]
+        if ranks.missing or ranks.missing_ranges:
             assert ranks.timeout_s is not None
-            doc["reason"] = f"{reason}; {timeout_note(counted, ranks.missing, ranks.timeout_s)}"
+            counted = [int(r["rank"]) for r in ranks.ranks]
+            if ranks.missing:
+                doc["missing_ranks"] = ranks.missing
+                note = timeout_note(counted, ranks.missing, ranks.timeout_s)
+            else:
+                doc["missing_ranges"] = ranks.missing_ranges
+                note = timeout_ranges_note(counted, ranks, ranks.timeout_s)
+            doc["timeout_s"] = ranks.timeout_s
+            doc["reason"] = f"{reason}; {note}"
     if by != 1.0:
         assert chain.scaling is not None and chain.force is not None
         doc["scale"] = by
@@ -224,6 +273,16 @@ def timeout_note(counted: Sequence[int], missing: Sequence[int], timeout_s: floa
     return (
         f"ranks {_listed(counted)} of {world} counted; {_listed(missing)} did not report "
         f"within {timeout_s:g} s"
+    )
+
+
+def timeout_ranges_note(counted: Sequence[int], ranks: Ranks, timeout_s: float) -> str:
+    """``timeout_note`` for many missing ranks: they are named as ranges, with their count."""
+    assert ranks.missing_ranges is not None
+    count = ranks.missing_count()
+    return (
+        f"ranks {_listed(counted)} of {len(counted) + count} counted; {count} ranks "
+        f"({ranges_text(ranks.missing_ranges)}) did not report within {timeout_s:g} s"
     )
 
 

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # Where imports spool the bundles they check (default: beside an SQLite database file, or
     # in the temporary directory); what a killed import left there is removed at startup.
     spool_dir: str | None = None
+    # The largest world_size (and so rank + 1) an observation or a resize may declare: an
+    # aggregated step stores a report a rank and waits for all of them.
+    max_world_size: int = Field(default=65_536, ge=1, le=2**31 - 1)
     # An Ed25519 private key (a PEM file, or the PEM text) that signs every export's head;
     # `lrpilot keygen` writes one. Without it exports are unsigned.
     signing_key: str | None = None

@@ -36,7 +36,15 @@ from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import NON_FINITE
 
-RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# [A-Za-z0-9._-]{1,128} but "." and "..", which a URL's path cannot carry as a segment (every
+# client resolves /v1/runs/../x to /v1/x). Written without a lookahead: pydantic's regex engine
+# has none, and the fast path embeds the pattern in its own.
+RUN_ID_PATTERN = (
+    r"^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"  # not starting with a dot
+    r"|\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,126}"  # a dot, then not a dot
+    r"|\.\.[A-Za-z0-9._-]{1,126})$"  # two dots, then anything
+)
+RUN_ID_RULE = "[A-Za-z0-9._-]{1,128}, not '.' or '..'"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
 MAX_LABEL_VALUE = 256
 MAX_SIZE = 2**31 - 1  # the largest world or batch size a scaling rule takes

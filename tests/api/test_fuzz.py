@@ -23,6 +23,7 @@ from schemathesis.checks import (
 )
 from schemathesis.schemas import APIOperation, BaseSchema
 
+from lrpilot.api.errors import MAX_ERROR_BYTES
 from lrpilot.app import create_app
 from lrpilot.settings import Settings
 from tests.conftest import app_client
@@ -63,6 +64,8 @@ def _fuzz(operation: APIOperation) -> None:
             case.query["wait"] = 0.1  # a long-poll answers as one that ran out: keep it short
         response = case.call()
         case.validate_response(response, checks=CHECKS)
+        if response.status_code >= 400:  # api/errors.py: an error answer stays small
+            assert len(response.content) < MAX_ERROR_BYTES, (response.status_code, case)
         content_type = (response.headers.get("content-type") or [""])[0]  # a list a header
         if content_type.startswith("application/x-ndjson"):
             for line in response.text.splitlines():  # an export: every line is strict JSON

@@ -446,7 +446,7 @@ def test_the_frozen_elastic_bundle_verifies_and_round_trips_byte_for_byte(
 
 def test_sizes_beyond_the_limits_are_refused_and_nothing_changes(api: TestClient) -> None:
     api.put("/v1/runs/h", json=elastic(base_lrs=[1e300]))
-    api.put("/v1/runs/base1", json=elastic({**WORLD, "base": 1}, base_lrs=[1e300]))
+    api.put("/v1/runs/base1", json=elastic({**WORLD, "base": 1}, base_lrs=[1e305]))
     for world_size in (2**31, 2**63, 10**400):
         r = api.post(
             "/v1/runs/h/observations", json={"step": 1, "value": 1.0, "world_size": world_size}
@@ -454,16 +454,17 @@ def test_sizes_beyond_the_limits_are_refused_and_nothing_changes(api: TestClient
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "world_size"]
         r = resize(api, "h", step=1, world_size=world_size)
         assert r.status_code == 422, r.text
-    # 1e300 x 2**31 - 1 is past the largest float: refused, by request or by observation
-    huge = resize(api, "base1", step=1, world_size=2**31 - 1)
+    # 1e305 x 65,536 (LRPILOT_MAX_WORLD_SIZE) is past the largest float: refused, by request
+    # or by observation
+    huge = resize(api, "base1", step=1, world_size=65_536)
     assert huge.status_code == 409 and "past the largest float" in huge.json()["detail"]
     by_obs = api.post(
-        "/v1/runs/base1/observations", json={"step": 1, "value": 1.0, "world_size": 2**31 - 1}
+        "/v1/runs/base1/observations", json={"step": 1, "value": 1.0, "world_size": 65_536}
     )
     assert by_obs.status_code == 409, by_obs.text
-    for run_id in ("h", "base1"):
+    for run_id, lrs in (("h", [1e300]), ("base1", [1e305])):
         run = api.get(f"/v1/runs/{run_id}").json()
-        assert run["last_seq"] == 0 and run["lrs"] == [1e300]
+        assert run["last_seq"] == 0 and run["lrs"] == lrs
         verified(api, run_id)
 
 

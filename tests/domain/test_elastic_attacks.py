@@ -113,9 +113,10 @@ def test_a_resize_that_takes_a_schedule_past_the_largest_float_is_refused(api: T
     one_cycle, cyclic) is accepted and then serves "Infinity" as an lr from GET lrs and in
     its decisions."""
     params = {"start_factor": 0.001, "end_factor": 1.0, "total_iters": 10}
-    run = spec("linear", params, [1e300], scaling={"rule": "linear", "by": "world_size", "base": 1})
+    # (1e305 x 65,536, the largest world size: in force at step 0, past the largest float at 10)
+    run = spec("linear", params, [1e305], scaling={"rule": "linear", "by": "world_size", "base": 1})
     assert api.put("/v1/runs/big", json=run).status_code == 201
-    r = api.post("/v1/runs/big/resize", json={"step": 0, "world_size": 2**31 - 1})
+    r = api.post("/v1/runs/big/resize", json={"step": 0, "world_size": 65_536})
     if r.status_code == 409:
         return
     assert r.status_code == 200, r.text

@@ -13,7 +13,7 @@ from fastapi import Depends, Path, Request
 from lrpilot.domain.decisions import Decisions
 from lrpilot.domain.logs import Audit
 from lrpilot.settings import Settings
-from lrpilot.spec import RUN_ID_PATTERN
+from lrpilot.spec import RUN_ID_PATTERN, RUN_ID_RULE
 from lrpilot.store.runs import Store
 
 
@@ -42,5 +42,5 @@ DecisionsDep = Annotated[Decisions, Depends(get_decisions)]
 AuditDep = Annotated[Audit, Depends(get_audit)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RunId = Annotated[
-    str, Path(pattern=RUN_ID_PATTERN, description="[A-Za-z0-9._-]{1,128}", examples=["resnet50-a"])
+    str, Path(pattern=RUN_ID_PATTERN, description=RUN_ID_RULE, examples=["resnet50-a"])
 ]

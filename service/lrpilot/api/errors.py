@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,7 +14,7 @@ from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.canonical import to_strict
 from lrpilot.domain.errors import Conflict, DomainError, Invalid, RunNotFound, Unavailable
 from lrpilot.policies import PolicyError
-from lrpilot.spec import is_storable
+from lrpilot.spec import RUN_ID_PATTERN, RUN_ID_RULE, is_storable
 
 _STATUS: dict[type[DomainError], int] = {
     RunNotFound: 404,
@@ -21,10 +23,19 @@ _STATUS: dict[type[DomainError], int] = {
     Unavailable: 503,
 }
 
-# An error answer stays small whatever the request was: a 100 MB string is not sent back.
+# An error answer stays small whatever the request was: a 100 MB string is not sent back,
+# nor one item for each of 100,000 wrong values.
+MAX_ERROR_BYTES = 16 * 1024  # the largest error answer (docs/limits.md)
 MAX_ECHO = 200  # characters of an input echoed in a 422
 MAX_LOC = 128  # characters of one loc element (a label key, a params key)
+MAX_LOC_DEPTH = 16  # elements of one loc
 MAX_MSG = 1000  # characters of a message (some messages quote the input)
+# A 422 lists its items while they fit in this many bytes; the rest are counted in one last
+# item. An item larger than _ITEM_BYTES (a control character is written as 6 bytes, so a
+# message of MAX_MSG characters can be 6 kB) is cut further, to at most ~6.2 kB: the first item
+# always fits, and the answer, with its last item and envelope, stays under MAX_ERROR_BYTES.
+_ITEMS_BYTES = MAX_ERROR_BYTES - 4 * 1024
+_ITEM_BYTES = 4 * 1024
 
 
 def printable(text: str, limit: int) -> str:
@@ -47,10 +58,49 @@ def _echo(value: Any) -> tuple[bool, Any]:
     return False, None  # objects and arrays: bodies can be large
 
 
-def _validation_item(err: Any) -> dict[str, Any]:
-    loc = [x if isinstance(x, int) else printable(str(x), MAX_LOC) for x in err.get("loc", ())]
+def _size(item: Any) -> int:
+    return len(json.dumps(to_strict(item), ensure_ascii=False).encode("utf-8"))
+
+
+def bounded(items: Iterable[dict[str, Any]], total: int) -> list[dict[str, Any]]:
+    """The first of ``total`` 422 items while they fit in the answer's bound, then one item
+    that counts the rest ("... and 1,234 more"). ``items`` is consumed lazily: the cut ones
+    are never built."""
+    kept: list[dict[str, Any]] = []
+    used = 0
+    for item in items:
+        size = _size(item)
+        if size > _ITEM_BYTES:
+            item = _shrunk(item)
+            size = _size(item)
+        used += size
+        if kept and used > _ITEMS_BYTES:
+            rest = total - len(kept)
+            loc = item["loc"][:1] if item.get("loc") else []
+            msg = f"... and {rest:,} more (an error answer lists what fits in {MAX_ERROR_BYTES:,} "
+            msg += "bytes)"
+            kept.append({"loc": loc, "msg": msg, "type": "too_many_errors"})
+            break
+        kept.append(item)
+    return kept
+
+
+def _shrunk(item: dict[str, Any]) -> dict[str, Any]:
+    loc = [x if isinstance(x, int) else printable(x, 32) for x in item["loc"]]
+    return {"loc": loc, "msg": printable(item["msg"], 500), "type": item["type"]}
+
+
+def validation_item(err: Any) -> dict[str, Any]:
+    """One of pydantic's errors as a 422 item: loc, msg and type, each cut to size, and the
+    input when it is small (a number, a boolean, null or a short string)."""
+    loc = [
+        x if isinstance(x, int) else printable(str(x), MAX_LOC)
+        for x in tuple(err.get("loc", ()))[:MAX_LOC_DEPTH]
+    ]
     msg = str(err.get("msg", ""))
     ctx = err.get("ctx")
+    if isinstance(ctx, dict) and ctx.get("pattern") == RUN_ID_PATTERN:
+        msg = f"a run id must be {RUN_ID_RULE}"  # the pattern itself reads badly
     if err.get("type") == "json_invalid" and isinstance(ctx, dict) and "error" in ctx:
         msg = f"{msg}: {ctx['error']}"  # which JSON error, not only where
     item = {"loc": loc, "msg": printable(msg, MAX_MSG), "type": str(err.get("type"))}
@@ -76,12 +126,58 @@ def _undecodable_body(exc: HTTPException) -> list[dict[str, Any]]:
     return [{"loc": ["body"], "msg": printable(why, MAX_MSG), "type": "json_invalid"}]
 
 
+class _Duplicate(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_pairs)
+
+
+def first_duplicate(body: bytes) -> str | None:
+    """A key that some object of the JSON ``body`` names twice, or None. Every JSON parser
+    this service uses keeps the last silently, so that ``{"value": 0.1, "value": 9}`` would
+    be decided as 9 while a proxy or a log read it as 0.1. A body that is not JSON is None
+    here: the route says what is wrong with it."""
+    try:
+        _DECODER.decode(body.decode("utf-8"))
+    except _Duplicate as duplicate:
+        return duplicate.key
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
+def duplicate_key_response(key: str) -> StrictJSONResponse:
+    """The 422 of a body with a duplicated key (the same bytes on every route)."""
+    item = {
+        "loc": ["body"],
+        "msg": f"the key {printable(repr(key), MAX_LOC)} appears twice in one object of the "
+        "body: give each key once",
+        "type": "json_duplicate_key",
+        "input": printable(key, MAX_ECHO),
+    }
+    return StrictJSONResponse({"detail": [item]}, 422)
+
+
 def policy_error_detail(exc: PolicyError, prefix: tuple[str, ...]) -> list[dict[str, Any]]:
     # A policy's message may quote the input (e.g. an unknown flavor): cap it like any other.
-    return [
-        _validation_item({"loc": (*prefix, *loc), "msg": msg, "type": "policy_params"})
+    items = (
+        validation_item({"loc": (*prefix, *loc), "msg": msg, "type": "policy_params"})
         for loc, msg in exc.errors
-    ]
+    )
+    return bounded(items, len(exc.errors))
 
 
 def store_error_response(exc: DomainError) -> StrictJSONResponse:
@@ -91,13 +187,24 @@ def store_error_response(exc: DomainError) -> StrictJSONResponse:
     if isinstance(exc, Invalid):  # a 422's detail is a list of items, as validation's
         item = {"loc": exc.loc, "msg": printable(exc.message, MAX_MSG), "type": exc.kind}
         return StrictJSONResponse({"detail": [item]}, status)
-    return StrictJSONResponse({"detail": exc.message}, status, headers=headers)
+    return StrictJSONResponse({"detail": printable(exc.message, MAX_MSG)}, status, headers=headers)
+
+
+def _bounded_detail(detail: Any) -> Any:
+    """An HTTPException's detail, cut as any other: a string to MAX_MSG, anything else kept
+    only while it is small."""
+    if isinstance(detail, str):
+        return printable(detail, MAX_MSG)
+    if _size(detail) <= MAX_MSG:
+        return detail
+    return printable(json.dumps(to_strict(detail), ensure_ascii=False), MAX_MSG)
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> StrictJSONResponse:
-        detail = [_validation_item(e) for e in exc.errors()]
+        errors = exc.errors()
+        detail = bounded((validation_item(e) for e in errors), len(errors))
         content_type = request.headers.get("content-type", "")
         if "json" not in content_type and any(d["loc"] == ["body"] for d in detail):
             # FastAPI reads a body as JSON only when the request says it is (curl -d does not)
@@ -117,5 +224,5 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: HTTPException) -> StrictJSONResponse:
         if exc.status_code == 400:
             return StrictJSONResponse({"detail": _undecodable_body(exc)}, 422)
-        detail = printable(exc.detail, MAX_MSG) if isinstance(exc.detail, str) else exc.detail
+        detail = _bounded_detail(exc.detail)
         return StrictJSONResponse({"detail": detail}, exc.status_code, headers=exc.headers)

@@ -17,7 +17,8 @@ import re
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lrpilot.api.errors import store_error_response
+from lrpilot.api.errors import duplicate_key_response, first_duplicate, store_error_response
+from lrpilot.api.limits import replayed
 from lrpilot.api.models import ObservationIn
 from lrpilot.api.responses import raw_json
 from lrpilot.domain.decisions import Decisions
@@ -52,7 +53,7 @@ class ObservationFastPath:
         while True:  # the body limit was enforced outside (limits.HttpLimits)
             message = await receive()
             if message["type"] != "http.request":  # the client left: FastAPI's business
-                await self.app(scope, _replay([message], receive), send)
+                await self.app(scope, replayed([message], receive), send)
                 return
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
@@ -61,8 +62,14 @@ class ObservationFastPath:
         try:
             observation = ObservationIn.model_validate_json(body)
         except ValidationError:  # the route says precisely what is wrong
-            replayed: Message = {"type": "http.request", "body": body, "more_body": False}
-            await self.app(scope, _replay([replayed], receive), send)
+            whole: Message = {"type": "http.request", "body": body, "more_body": False}
+            await self.app(scope, replayed([whole], receive), send)
+            return
+        # A key given twice is refused as the route refuses it (limits.DuplicateKeys). Every
+        # key is followed by one colon, and there are at least as many keys as the model got
+        # distinct ones: as many colons as that proves no key repeats, without a second parse.
+        if body.count(b":") != _keys(observation) and (key := first_duplicate(body)):
+            await duplicate_key_response(key)(scope, receive, send)
             return
         try:
             decision = await self.decisions.observe(
@@ -80,10 +87,8 @@ class ObservationFastPath:
         await raw_json(decision)(scope, receive, send)
 
 
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` that first gives back what was already read."""
-
-    async def replay() -> Message:
-        return messages.pop(0) if messages else await receive()
-
-    return replay
+def _keys(observation: ObservationIn) -> int:
+    """The distinct keys of the body ``observation`` was parsed from (extra keys are refused)."""
+    client = observation.client
+    inner = 0 if client is None else len(client.model_fields_set)
+    return len(observation.model_fields_set) + inner

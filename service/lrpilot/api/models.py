@@ -9,6 +9,7 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     Field,
+    StrictFloat,
     StrictInt,
     model_validator,
 )
@@ -104,7 +105,8 @@ class ObservationIn(Strict):
     value: MetricValue
     rank: Annotated[StrictInt, Field(ge=0, le=MAX_SIZE - 1)] | None = None
     world_size: Annotated[StrictInt, Field(ge=1, le=MAX_SIZE)] | None = None
-    weight: Annotated[float, Field(gt=0.0, le=1e15, allow_inf_nan=False)] | None = Field(
+    # strict, as every other number: true and "2" are client bugs, not weights; ints are fine
+    weight: Annotated[StrictFloat, Field(gt=0.0, le=1e15, allow_inf_nan=False)] | None = Field(
         default=None,
         description="aggregated mode: this rank's weight in the mean (e.g. its number of "
         "validation samples); 1 when omitted",
@@ -162,10 +164,16 @@ class DecisionOut(BaseModel):
     missing_ranks: list[int] | None = Field(
         default=None,
         description="aggregated mode, a step decided at the timeout: the ranks that did not "
-        "report (with `timeout_s`)",
+        "report (with `timeout_s`), when they are at most 64",
+    )
+    missing_ranges: list[list[int]] | None = Field(
+        default=None,
+        description="instead of `missing_ranks` when more than 64 ranks did not report: "
+        "them as inclusive [first, last] ranges (at most one more than the ranks counted)",
     )
     timeout_s: float | None = Field(
-        default=None, description="with `missing_ranks`: the run's timeout that ran out"
+        default=None,
+        description="with `missing_ranks` or `missing_ranges`: the run's timeout that ran out",
     )
     scale: float | None = Field(
         default=None,
@@ -376,7 +384,20 @@ class SummaryOut(BaseModel):
     )
 
 
-MAX_SIMULATE = 100_000  # observations a simulate request replays (lrpilot replay has no cap)
+# Observations a simulate request replays, times its param groups: each answers its lrs and
+# previous lrs, so it is what sizes the answer (lrpilot replay, offline, has no cap).
+MAX_SIMULATE = 100_000
+
+
+def check_simulate_size(values: int, groups: int) -> None:
+    if values * groups > MAX_SIMULATE:
+        raise PydanticCustomError(
+            "simulate_size",
+            "{values} values x {groups} param groups is {product}, above the bound of "
+            "{bound} (values x param groups) a simulate request answers: send fewer values, "
+            "or replay offline with `lrpilot simulate`",
+            {"values": values, "groups": groups, "product": values * groups, "bound": MAX_SIMULATE},
+        )
 
 
 class SimulateIn(Strict):
@@ -404,6 +425,8 @@ class SimulateIn(Strict):
             )
         if self.run_id is None and (self.policy is None or self.base_lrs is None):
             raise PydanticCustomError("policy", "values need a policy and base_lrs")
+        if self.values is not None and self.base_lrs is not None:
+            check_simulate_size(len(self.values), len(self.base_lrs))
         if self.steps is not None:
             if self.values is None or len(self.steps) != len(self.values):
                 raise PydanticCustomError("steps", "steps must have one step a value")

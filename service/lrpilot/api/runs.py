@@ -102,7 +102,7 @@ def list_runs(
 ) -> Response:
     labels = {k: v for k, _, v in (item.partition(":") for item in label)}  # checked
     page = store.list_runs(labels, after, limit)
-    return page_json(page.items, page.next)
+    return page_json(page.items, page.next, "run_id")
 
 
 @router.get("/{run_id}", response_model=RunOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
@@ -177,7 +177,7 @@ def list_decisions(
     ] = None,
 ) -> Response:
     page = store.list_decisions(run_id, after, limit, action, from_step, to_step, superseded)
-    return page_json(page.items, page.next)
+    return page_json(page.items, page.next, "seq")
 
 
 @router.post(

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/simulate", tags=["audit"])
     response_model=SimulateOut,
     responses={
         **NOT_FOUND,
-        409: {"description": f"the run has more than {MAX_SIMULATE} observations"},
+        409: {"description": f"the run's observations x param groups are more than {MAX_SIMULATE}"},
         **INVALID,
         **UNAVAILABLE,
     },
@@ -31,13 +31,17 @@ def simulate(body: SimulateIn, audit: AuditDep) -> Response:
     recorded = None
     if body.run_id is not None:
         run, recorded = audit.recorded(body.run_id, MAX_SIMULATE)
-        if recorded is None:
-            raise Conflict(
-                f"run {body.run_id!r} has more than {MAX_SIMULATE} observations: replay its "
-                "export offline with `lrpilot simulate`"
-            )
         if body.base_lrs is not None:
             run = run.model_copy(update={"base_lrs": body.base_lrs})
+        groups = len(run.base_lrs)
+        if recorded is None or len(recorded) * groups > MAX_SIMULATE:
+            many = "more than " if recorded is None else ""
+            count = MAX_SIMULATE if recorded is None else len(recorded)
+            raise Conflict(
+                f"run {body.run_id!r} has {many}{count} observations x {groups} param groups, "
+                f"above the bound of {MAX_SIMULATE} (observations x param groups) a simulate "
+                "request answers: replay its export offline with `lrpilot simulate`"
+            )
         # the run's own params with the given ones on top (what `lrpilot replay --set` does);
         # another policy version starts from its own defaults
         policy = body.policy

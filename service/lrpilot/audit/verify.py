@@ -513,12 +513,22 @@ def _value(value: Any, line: int | None, seq: int) -> float:
 
 def _ranks(doc: dict[str, Any], line: int | None, seq: int) -> Ranks:
     ranks, missing = doc.get("ranks"), doc.get("missing_ranks")
+    gaps = doc.get("missing_ranges")
     try:
         assert isinstance(ranks, list) and all(isinstance(r, dict) for r in ranks)
         timeout = doc.get("timeout_s")
-        found = Ranks(ranks, list(missing or ()), None if timeout is None else parse_float(timeout))
+        if gaps is not None:  # rebuilt as read: the comparison of bytes judges it
+            assert isinstance(gaps, list) and all(
+                isinstance(g, list) and len(g) == 2 and all(type(n) is int for n in g) for g in gaps
+            )
+        found = Ranks(
+            ranks,
+            list(missing or ()),
+            None if timeout is None else parse_float(timeout),
+            gaps,
+        )
         found.mean()
-        if found.missing:
+        if found.missing or found.missing_ranges:
             assert found.timeout_s is not None
             [int(r["rank"]) for r in ranks]
         return found

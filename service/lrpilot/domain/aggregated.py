@@ -17,7 +17,7 @@ from lrpilot.canonical import parse_float, same_float
 from lrpilot.domain.deciding import decide, now
 from lrpilot.domain.errors import Conflict, Invalid
 from lrpilot.domain.scaling import check_resize_step, resized, resized_on_retry
-from lrpilot.entries import Ranks, rank_report, weighted_mean
+from lrpilot.entries import Ranks, missing_ranges, ranges_text, rank_report, weighted_mean
 from lrpilot.store.records import Report, RunHead
 from lrpilot.store.runs import WriteTx
 
@@ -45,14 +45,34 @@ class Pending(Exception):
         self.deadline = deadline
 
 
+def check_world(rank: int | None, world_size: int | None, most: int) -> None:
+    """A rank or world_size above the service's bound (``LRPILOT_MAX_WORLD_SIZE``) refused
+    before any work: what a step stores and waits for follows the world it declares."""
+    if world_size is not None and world_size > most:
+        raise Invalid(
+            ["body", "world_size"],
+            f"world_size {world_size} is above this service's largest world size {most} "
+            "(the server's LRPILOT_MAX_WORLD_SIZE)",
+            kind="world_size_bound",
+        )
+    if rank is not None and rank >= most:
+        raise Invalid(
+            ["body", "rank"],
+            f"rank {rank} is not below this service's largest world size {most} "
+            "(the server's LRPILOT_MAX_WORLD_SIZE)",
+            kind="world_size_bound",
+        )
+
+
 def _deadline(reports: Sequence[Report], timeout_s: float) -> float:
     """When a step's wait ends: its first report's time plus the run's timeout (epoch s)."""
     first = min(r.created_at for r in reports)
     return datetime.fromisoformat(first.replace("Z", "+00:00")).timestamp() + timeout_s
 
 
-def _listed(numbers: Sequence[int]) -> str:
-    return ", ".join(str(n) for n in numbers)
+def _listed(numbers: Sequence[int], most: int = 64) -> str:
+    shown = ", ".join(str(n) for n in numbers[:most])
+    return shown if len(numbers) <= most else f"{shown} and {len(numbers) - most} more"
 
 
 def aggregate_in(
@@ -95,16 +115,17 @@ def aggregate_in(
         if time.time() < deadline:
             return Pending(deadline)
         world = reports[0].world_size
-        counted = [r.rank for r in reports]
-        missing = [r for r in range(world) if r not in set(counted)]
         if spec.on_timeout == "refuse":
+            # ranges, and the counted ranks cut: an answer's size must not follow the world size
+            counted = [r.rank for r in reports]
+            missing = ranges_text(missing_ranges(counted, world))
             return Conflict(
-                f"step {step} of run {run_id!r} is not decided: ranks {_listed(missing)} of "
+                f"step {step} of run {run_id!r} is not decided: ranks {missing} of "
                 f"{world} did not report within {timeout_s:g} s (ranks {_listed(counted)} did), "
                 'and the run refuses to decide without them (aggregate.on_timeout "refuse"); '
                 "the step is decided once every rank has reported"
             )
-        return _decide_reports(tx, head, step, reports, missing, timeout_s, heads)
+        return _decide_reports(tx, head, step, reports, world, timeout_s, heads)
     if item.rank is None or item.world_size is None:
         return Invalid(
             ["body", "rank" if item.rank is None else "world_size"],
@@ -130,7 +151,7 @@ def aggregate_in(
         tx.add_report(run_id, step, mine)
         reports = sorted([*reports, mine], key=lambda r: r.rank)
     if len(reports) == item.world_size:
-        return _decide_reports(tx, head, step, reports, [], timeout_s, heads)
+        return _decide_reports(tx, head, step, reports, None, timeout_s, heads)
     return Pending(_deadline(reports, timeout_s))
 
 
@@ -139,18 +160,19 @@ def _decide_reports(
     head: RunHead,
     step: int,
     reports: Sequence[Report],
-    missing: Sequence[int],
+    world: int | None,
     timeout_s: float,
     heads: dict[str, RunHead],
 ) -> str:
-    """The step's decision from the weighted mean of ``reports`` (in rank order); when the
+    """The step's decision from the weighted mean of ``reports`` (in rank order), every rank
+    counted (``world`` None) or those present at the timeout of a ``world`` of ranks; when the
     ranks report a new world_size and the run scales by it, a scale entry first."""
     head, _ = resized(tx, head, step, "world_size", reports[0].world_size, heads)
-    ranks = Ranks(
-        [rank_report(r.rank, r.value, r.weight, r.client) for r in reports],
-        list(missing),
-        timeout_s if missing else None,
-    )
+    counted = [rank_report(r.rank, r.value, r.weight, r.client) for r in reports]
+    if world is None or len(reports) == world:
+        ranks = Ranks(counted, [])
+    else:
+        ranks = Ranks.at_timeout(counted, world, timeout_s)
     mean = weighted_mean((r.value, r.weight) for r in reports)
     decision = decide(head, step, mean, now(), ranks=ranks)
     tx.append_decision(decision)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from lrpilot.domain import ranges, scaling, waiting
-from lrpilot.domain.aggregated import Pending, Posted, aggregate_in
+from lrpilot.domain.aggregated import Pending, Posted, aggregate_in, check_world
 from lrpilot.domain.commit import GroupCommit, WaitTimeout
 from lrpilot.domain.deciding import check_same_spec, decide, new_run, now, retried
 from lrpilot.domain.errors import Conflict, RunBusy, RunNotFound, Unavailable
@@ -29,6 +29,7 @@ class Decisions:
         self.store = store
         # however long the database is locked or slow, a request waits this long at the most
         self._timeout = settings.db_timeout_s
+        self._max_world = settings.max_world_size
         self._writer = writer
         self.waiters = waiting.Waiters()
 
@@ -48,6 +49,7 @@ class Decisions:
         """The decision's canonical JSON, acknowledged only once it is committed. In an
         aggregated run, a rank whose report does not complete its step waits (holding no
         thread and no connection) for the step's decision, which every rank gets alike."""
+        check_world(rank, world_size, self._max_world)
         posted = Posted(run_id, step, value, client, rank, world_size, weight)
         try:
             body = await self._submit(posted)
@@ -96,6 +98,8 @@ class Decisions:
         self, run_id: str, step: int, by: str, size: int, client: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         # (runs on a worker thread: waiting readers are not woken from here, they poll)
+        if by == "world_size":
+            check_world(None, size, self._max_world)
         return scaling.resize(self.store, run_id, step, by, size, client)
 
 

@@ -43,8 +43,11 @@ def _finite_lrs(error_type: str, positive: bool) -> Callable[[LrValues], LrValue
 
 
 # Strict floats: true and "0.2" are refused, JSON ints are taken (as floats).
-MinLr = Annotated[StrictFloat | list[StrictFloat], AfterValidator(_finite_lrs("min_lr", False))]
-Lr = Annotated[StrictFloat | list[StrictFloat], AfterValidator(_finite_lrs("lr", True))]
+# A list has one per param group: longer than the most groups a run has, it is refused before
+# its values are checked (it could only fail the count check after them).
+_PerGroup = Annotated[list[StrictFloat], Field(max_length=1024)]  # spec.MAX_PARAM_GROUPS
+MinLr = Annotated[StrictFloat | _PerGroup, AfterValidator(_finite_lrs("min_lr", False))]
+Lr = Annotated[StrictFloat | _PerGroup, AfterValidator(_finite_lrs("lr", True))]
 Count = Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]
 
 

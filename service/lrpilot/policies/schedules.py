@@ -56,7 +56,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable
 from decimal import Decimal
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -366,8 +366,10 @@ class MultiStepParams(ScheduleParams):
     def _curve(self, base: tuple[float, ...]) -> Curve:
         marks = sorted(self.milestones)
         power = _powers(self.gamma)
-        levels = [_times(base, power(n)) for n in range(len(marks) + 1)]
-        return lambda step: levels[bisect_right(marks, step)]
+        # Each level on first use, and only the recent ones kept: 10,000 milestones of 1,024
+        # param groups held at once would be ten million floats, from one PUT.
+        level = lru_cache(maxsize=64)(lambda n: _times(base, power(n)))
+        return lambda step: level(bisect_right(marks, step))
 
 
 class ExponentialParams(ScheduleParams):
