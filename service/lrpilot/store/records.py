@@ -7,8 +7,10 @@ stored column. What it writes is canonical JSON text, encoded once by the code t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from lrpilot.canonical import canonical_json
@@ -141,3 +143,49 @@ class Report:
     weight: float
     created_at: str
     client: dict[str, Any] | None = None  # who posted it, as it declared itself
+
+
+ROLES = ("reader", "writer", "admin")  # each may do what the ones before it may
+
+
+def secret_hash(secret: str) -> str:
+    """What the tokens table keeps of a token: its SHA-256 (a token is 256 random bits, so a
+    plain hash, unsalted, is as strong as the token)."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An API token as stored: never its secret."""
+
+    id: int
+    name: str
+    project: str
+    role: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+    def may(self, role: str) -> bool:
+        """Whether this token's role includes ``role``."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    def refused(self, at: datetime) -> str | None:
+        """Why the token is not valid at ``at`` (None when it is)."""
+        if self.revoked_at is not None:
+            return "the token was revoked"
+        if self.expires_at is not None and datetime.fromisoformat(self.expires_at) <= at:
+            return "the token has expired"
+        return None
+
+    def doc(self) -> dict[str, Any]:
+        """As `lrpilot token list` shows it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "project": self.project,
+            "role": self.role,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+        }

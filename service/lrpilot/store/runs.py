@@ -544,6 +544,12 @@ class Store:
         with self._db_errors(), Session(self.engine) as session:
             yield session
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session for the tables that are not runs' (tokens): the same bounded waits."""
+        with self._read() as session:
+            yield session
+
     def ping(self) -> None:
         """The database answers, and holds lrpilot's schema."""
         with self._read() as s:
