@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lrpilot import __version__
-from lrpilot.api import audit, errors, health, limits, policies, runs, simulate
+from lrpilot.api import audit, auth, errors, health, limits, policies, runs, simulate
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain.aggregated import Posted
@@ -23,6 +24,7 @@ from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
 
 SWITCH_INTERVAL_S = 0.0005
+log = logging.getLogger("lrpilot")
 
 
 def group_commit(store: Store) -> GroupCommit[Posted, str]:
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     store = Store(settings)
     decisions = Decisions(store, settings, group_commit(store))
     auditor = Audit(store, settings)
+    authenticator = auth.Authenticator(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +59,11 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         # 5 ms switch interval a finished commit could wait that long for a busy loop to let
         # go, and every request of its batch with it.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if not authenticator.tokens_exist():
+            log.warning(
+                "no API token in the database: serving WITHOUT authentication (open mode, "
+                "project default); the first `lrpilot token create` turns it on"
+            )
         yield
         decisions.close()  # after uvicorn drained the requests: what is in flight commits
         store.close()
@@ -71,11 +79,13 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.store = store
     app.state.decisions = decisions
     app.state.audit = auditor
+    app.state.auth = authenticator
     errors.install(app)
+    auth.install(app)
     for module in (runs, audit, simulate, policies, health):
         app.include_router(module.router)
     if fast_path:
-        app.add_middleware(ObservationFastPath, decisions=decisions)
+        app.add_middleware(ObservationFastPath, decisions=decisions, auth=authenticator)
     limits.install(
         app, settings.max_body_bytes, {"/v1/runs/import": settings.max_import_bytes}
     )  # added last: the outermost, before all

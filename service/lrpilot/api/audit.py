@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
+from lrpilot.api.auth import Admin, Reader
 from lrpilot.api.deps import AuditDep, RunId
 from lrpilot.api.models import (
     RewindIn,
@@ -43,7 +44,7 @@ NDJSON = "application/x-ndjson"
         **UNAVAILABLE,
     },
 )
-def export_run(run_id: RunId, audit: AuditDep) -> StreamingResponse:
+def export_run(run_id: RunId, audit: AuditDep, _: Reader) -> StreamingResponse:
     lines = audit.export(run_id)  # a 404 now, before the first byte is sent
     return StreamingResponse(
         (line + "\n" for line in lines),
@@ -69,7 +70,7 @@ def export_run(run_id: RunId, audit: AuditDep) -> StreamingResponse:
         }
     },
 )
-async def import_run(request: Request, audit: AuditDep) -> Response:
+async def import_run(request: Request, audit: AuditDep, caller: Admin) -> Response:
     with tempfile.TemporaryDirectory(prefix="lrpilot-import-") as tmp:
         path = Path(tmp) / "bundle.ndjson"
         with path.open("wb") as out:  # spooled to disk: a bundle may be far larger than memory
@@ -77,7 +78,9 @@ async def import_run(request: Request, audit: AuditDep) -> Response:
                 out.write(chunk)
         try:
             _check_header(path)
-            run, created = await run_in_threadpool(audit.import_bundle, lambda: read_raw(path))
+            run, created = await run_in_threadpool(
+                audit.import_bundle, lambda: read_raw(path), caller.project
+            )
         except BundleRefused as exc:
             return _refused(exc.mismatch.line, str(exc))
         except Mismatch as exc:
@@ -104,7 +107,10 @@ def _refused(line: int | None, message: str) -> Response:
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def verify_run(
-    run_id: RunId, audit: AuditDep, body: Annotated[VerifyIn | None, Body()] = None
+    run_id: RunId,
+    audit: AuditDep,
+    _: Reader,
+    body: Annotated[VerifyIn | None, Body()] = None,
 ) -> Response:
     report = audit.verify(run_id, body.head if body else None)
     return StrictJSONResponse(report.as_dict())
@@ -115,7 +121,7 @@ def verify_run(
     response_model=RewindOut,
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep) -> Response:
+def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) -> Response:
     client = body.client.declared() if body.client else None
     return StrictJSONResponse(audit.rewind(run_id, body.to_step, client))
 
@@ -125,5 +131,5 @@ def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep) -> Response:
     response_model=SummaryOut,
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def run_summary(run_id: RunId, audit: AuditDep) -> Response:
+def run_summary(run_id: RunId, audit: AuditDep, _: Reader) -> Response:
     return StrictJSONResponse(audit.summary(run_id))

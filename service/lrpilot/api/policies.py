@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from lrpilot.api.auth import Reader
 from lrpilot.api.models import PolicyList
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.policies import POLICIES
@@ -13,7 +14,7 @@ router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 
 @router.get("", response_model=PolicyList)
-def list_policies() -> Response:
+def list_policies(_: Reader) -> Response:
     items = [
         {
             "name": p.name,

@@ -41,8 +41,9 @@ def resolved(spec: RunStored) -> tuple[Policy, Frozen]:
     return policy, params
 
 
-def new_run(run_id: str, spec: RunSpec, created_at: str) -> NewRun:
-    """The run to store: params resolved (PolicyError if invalid), initial state, config hash."""
+def new_run(run_id: str, spec: RunSpec, created_at: str, project: str = "default") -> NewRun:
+    """The run to store in ``project``: params resolved (PolicyError if invalid), initial
+    state, config hash."""
     policy = get_policy(spec.policy.name, spec.policy.version)
     base_lrs = tuple(spec.base_lrs)
     params = policy.resolve(dict(spec.policy.params), base_lrs)
@@ -64,6 +65,7 @@ def new_run(run_id: str, spec: RunSpec, created_at: str) -> NewRun:
         spec=stored,
         state=canonical_json(initial.model_dump()),
         lrs=canonical_json(list(initial.lrs)),
+        project=project,
     )
 
 

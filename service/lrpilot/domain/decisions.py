@@ -70,9 +70,12 @@ class Decisions:
                 "the database did not answer in time; retry later (a retry never counts twice)"
             ) from None
 
-    def create_run(self, run_id: str, spec: RunSpec) -> tuple[dict[str, Any], bool]:
-        """The run created (True), or the stored one if it has the same spec (False)."""
-        run = new_run(run_id, spec, now())
+    def create_run(
+        self, run_id: str, spec: RunSpec, project: str = "default"
+    ) -> tuple[dict[str, Any], bool]:
+        """The run created in ``project`` (True), or the stored one if it has the same spec
+        (False); another project's run of that id is not found."""
+        run = new_run(run_id, spec, now(), project)
         stored, created = self.store.create_run(run)
         if not created:
             check_same_spec(RunStored.model_validate(_stored_fields(stored)), run)

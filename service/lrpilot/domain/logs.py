@@ -114,21 +114,24 @@ class Audit:
     # -- import ----------------------------------------------------------------------------
 
     def import_bundle(
-        self, open_lines: Callable[[], Iterable[bytes]]
+        self, open_lines: Callable[[], Iterable[bytes]], project: str = "default"
     ) -> tuple[dict[str, Any], bool]:
-        """Check the bundle (every link, every decision replayed), then store it in one
-        transaction: (the run, True); (the stored run, False) when it holds this very log.
-        A bundle that does not check is refused whole; another log under the same run_id is
-        a Conflict."""
+        """Check the bundle (every link, every decision replayed), then store it in
+        ``project``, in one transaction: (the run, True); (the stored run, False) when it
+        holds this very log. A bundle that does not check is refused whole; another log under
+        the same run_id, or a run of that id in another project, is a Conflict."""
         checked = check_bundle(open_lines)
         if not checked.ok or checked.run is None:
             assert checked.report.mismatch is not None
             raise BundleRefused(checked.report.mismatch)
-        run = _new_run(checked)
+        run = _new_run(checked, project)
         reduced = set(checked.report.reduced)
 
         def work(tx: WriteTx) -> tuple[dict[str, Any], bool]:
             if tx.lock_run(run.run_id) is not None:
+                if self.store.run_project(run.run_id) != project:
+                    # run ids are one namespace: say no more than that this one is taken
+                    raise Conflict(f"run id {run.run_id!r} is taken: import it under another")
                 return _same_log(self.store, run, checked), False
             tx.insert_run(run)
             for number, raw in numbered_raw(open_lines()):
@@ -314,11 +317,11 @@ def _scale_at(tx: WriteTx, head: RunHead, step: int) -> InForce | None:
     return InForce(int(doc["resize"]["to"]), parse_float(doc["scale"]), int(doc["step"]))
 
 
-def _new_run(checked: BundleCheck) -> NewRun:
+def _new_run(checked: BundleCheck, project: str) -> NewRun:
     """The run a checked bundle describes, at the end of its log."""
     assert checked.run is not None
     spec = checked.run
-    return new_run(spec.run_id, spec, spec.created_at or now())
+    return new_run(spec.run_id, spec, spec.created_at or now(), project)
 
 
 def _same_log(store: Store, run: NewRun, checked: BundleCheck) -> dict[str, Any]:

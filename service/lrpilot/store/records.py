@@ -76,6 +76,7 @@ class NewRun:
     spec: RunStored
     state: str  # canonical JSON of the policy's initial state
     lrs: str  # canonical JSON list: the initial lrs
+    project: str = "default"  # whose tokens see it
 
     @property
     def run_id(self) -> str:

@@ -568,6 +568,8 @@ class Store:
         def insert(session: Session) -> tuple[dict[str, Any], bool]:
             existing = session.get(RunRow, run.run_id)
             if existing is not None:
+                if existing.project != run.project:  # another project's: it is not there
+                    raise RunNotFound(f"run {run.run_id!r} not found")
                 return run_document(existing), False
             row = _run_row(run)
             session.add(row)
@@ -586,9 +588,22 @@ class Store:
                 raise RunNotFound(f"run {run_id!r} not found")
             return run_document(row)
 
-    def list_runs(self, labels: dict[str, str], after: str | None, limit: int) -> Page:
+    def run_project(self, run_id: str) -> str | None:
+        """The project of the run, None if there is no such run."""
         with self._read() as s:
-            q = select(RunRow).order_by(col(RunRow.run_id)).limit(limit + 1)
+            q = select(RunRow.project).where(RunRow.run_id == run_id)
+            return s.exec(q).first()
+
+    def list_runs(
+        self, labels: dict[str, str], after: str | None, limit: int, project: str = "default"
+    ) -> Page:
+        with self._read() as s:
+            q = (
+                select(RunRow)
+                .where(RunRow.project == project)
+                .order_by(col(RunRow.run_id))
+                .limit(limit + 1)
+            )
             if after is not None:
                 q = q.where(col(RunRow.run_id) > after)
             for key, value in sorted(labels.items()):
@@ -787,6 +802,7 @@ def _run_row(run: NewRun) -> RunRow:
     spec = run.spec
     return RunRow(
         run_id=spec.run_id,
+        project=run.project,
         policy=spec.policy.id,
         params=canonical_json(spec.policy.params),
         base_lrs=canonical_json(list(spec.base_lrs)),
