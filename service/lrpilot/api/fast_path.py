@@ -58,9 +58,7 @@ class ObservationFastPath:
             await self.app(scope, receive, send)
             return
         try:  # the route's own check (api/auth.py), before the body is read
-            await self.auth.authorize(
-                _authorization(scope["headers"]), "writer", match.group(1)
-            )
+            await self.auth.authorize(_authorization(scope["headers"]), "writer", match.group(1))
         except Refused as exc:
             await exc.response()(scope, receive, send)
             return
