@@ -1,4 +1,4 @@
-"""tokens, and the project a run belongs to
+"""tokens, the project a run belongs to, and whose token posted a rank's report
 
 Revision ID: 0006
 Revises: 0005
@@ -36,9 +36,13 @@ def upgrade() -> None:
     )
     project = sa.Column("project", sa.String(length=128), nullable=False, server_default="default")
     op.add_column("runs", project)
+    # whose token posted a rank's report, until its step's decision records it
+    op.add_column("reports", sa.Column("by", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("reports") as batch_op:
+        batch_op.drop_column("by")
     with op.batch_alter_table("runs") as batch_op:
         batch_op.drop_column("project")
     op.drop_table("tokens")

@@ -123,7 +123,7 @@ def verify_run(
 )
 def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) -> Response:
     client = body.client.declared() if body.client else None
-    return StrictJSONResponse(audit.rewind(run_id, body.to_step, client))
+    return StrictJSONResponse(audit.rewind(run_id, body.to_step, client, caller.by()))
 
 
 @router.get(

@@ -58,7 +58,9 @@ class ObservationFastPath:
             await self.app(scope, receive, send)
             return
         try:  # the route's own check (api/auth.py), before the body is read
-            await self.auth.authorize(_authorization(scope["headers"]), "writer", match.group(1))
+            caller = await self.auth.authorize(
+                _authorization(scope["headers"]), "writer", match.group(1)
+            )
         except Refused as exc:
             await exc.response()(scope, receive, send)
             return
@@ -90,6 +92,7 @@ class ObservationFastPath:
                 observation.rank,
                 observation.world_size,
                 observation.weight,
+                caller.by(),
             )
         except DomainError as exc:
             await store_error_response(exc)(scope, receive, send)

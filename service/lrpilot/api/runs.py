@@ -67,7 +67,14 @@ async def post_observation(
     client = body.client.declared() if body.client else None
     return raw_json(
         await request.app.state.decisions.observe(
-            run_id, body.step, body.value, client, body.rank, body.world_size, body.weight
+            run_id,
+            body.step,
+            body.value,
+            client,
+            body.rank,
+            body.world_size,
+            body.weight,
+            caller.by(),
         )
     )
 
@@ -205,4 +212,4 @@ def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: W
     its lrs from `step` on, as a scale entry in the log."""
     by, size = body.measure()
     client = body.client.declared() if body.client else None
-    return StrictJSONResponse(decisions.resize(run_id, body.step, by, size, client))
+    return StrictJSONResponse(decisions.resize(run_id, body.step, by, size, client, caller.by()))

@@ -284,7 +284,8 @@ class LogCheck:
                     line, seq, "value is not the weighted mean of the ranks' values", mean, value
                 )
         created_at = doc.get("created_at")  # an input: compared as bytes
-        return self._decide(chain, step, value, created_at, doc.get("client"), ranks, seq)  # type: ignore[arg-type]
+        client, who = doc.get("client"), _who(doc, line, seq)
+        return self._decide(chain, step, value, created_at, client, ranks, seq, who)  # type: ignore[arg-type]
 
     def _decide(
         self,
@@ -295,6 +296,7 @@ class LogCheck:
         client: dict[str, Any] | None,
         ranks: Ranks | None,
         seq: int,
+        who: dict[str, str] | None = None,
     ) -> Draft:
         """Replay the observation and build its entry, as the decide path does."""
         replay = self.replay
@@ -314,6 +316,7 @@ class LogCheck:
             state=stepper.state_doc(),
             client=client,
             ranks=ranks,
+            who=who,
         )
 
     def _not_below_resize(self, line: int | None, seq: int, step: int) -> None:
@@ -349,6 +352,7 @@ class LogCheck:
             policy_lrs=stepper.lrs,
             state=stepper.state_doc(),
             client=doc.get("client"),
+            who=_who(doc, line, seq),
         )
 
     def _rewind(
@@ -373,6 +377,7 @@ class LogCheck:
             state=restored.state.model_dump(),
             restored_force=restored.force,
             client=doc.get("client"),
+            who=_who(doc, line, seq),
         )
 
     def _first_difference(
@@ -422,6 +427,7 @@ class LogCheck:
 # last two, "step" and "value", hold everything that was seen (the rest is the policy's and the
 # run's). Members sort, so the last ',"step":' is the entry's own, not one inside its state.
 _ACTION = '{"action":"'
+_BY = ',"by":{'
 _CLIENT = ',"client":{'
 _CREATED_AT = len(',"config_hash":"') + 64 + len('","created_at":"')
 _HASH = '","hash":"'
@@ -463,8 +469,8 @@ def _plain_decision(text: str) -> _Plain | None:
     if not text.startswith(_ACTION) or '"ranks":' in text:
         return None
     at = text.find('"', len(_ACTION))
-    if text[len(_ACTION) : at] in NOT_DECISIONS:
-        return None
+    if text[len(_ACTION) : at] in NOT_DECISIONS or text.startswith(_BY, at + 1):
+        return None  # a decision that records who caused it is read by the parsing path
     client = None
     if text.startswith(_CLIENT, at + 1):
         end = text.find("}", at) + 1
@@ -500,6 +506,20 @@ def _value(value: Any, line: int | None, seq: int) -> float:
     if type(value) is int and abs(value) <= _LARGEST_INT_FLOAT:
         return float(value)
     raise Mismatch(line, seq, "value is not a number", None, value)
+
+
+def _who(doc: dict[str, Any], line: int | None, seq: int) -> dict[str, str] | None:
+    """An entry's "by" (whose token caused it), as the service writes it, or None."""
+    who = doc.get("by")
+    if who is None:
+        return None
+    if (
+        not isinstance(who, dict)
+        or set(who) != {"token", "project"}
+        or not all(isinstance(v, str) for v in who.values())
+    ):
+        raise Mismatch(line, seq, 'by is not {"token": ..., "project": ...}', None, to_strict(who))
+    return who
 
 
 def _ranks(doc: dict[str, Any], line: int | None, seq: int) -> Ranks:

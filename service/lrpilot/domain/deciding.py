@@ -131,9 +131,11 @@ def decide(
     created_at: str,
     client: dict[str, Any] | None = None,
     ranks: Ranks | None = None,
+    who: dict[str, str] | None = None,
 ) -> NewDecision:
     """The decision for a new step (above ``head.last_step``), sealed onto the chain;
-    ``client`` is who posted the observation, as it declared itself (host, process, rank);
+    ``client`` is who posted the observation, as it declared itself (host, process, rank),
+    ``who`` whose token posted it;
     ``ranks`` (aggregated mode) the reports ``value`` is the weighted mean of."""
     spec = head.spec
     policy, params = resolved(spec)
@@ -154,6 +156,7 @@ def decide(
         state=state_doc,
         client=client,
         ranks=ranks,
+        who=who,
     ).seal()
     state_json = canonical_json(state_doc)
     _remember_state(spec.policy.id, state_json, new_state)

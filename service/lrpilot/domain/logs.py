@@ -168,7 +168,11 @@ class Audit:
     # -- rewind ----------------------------------------------------------------------------
 
     def rewind(
-        self, run_id: str, to_step: int, client: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        to_step: int,
+        client: dict[str, Any] | None = None,
+        who: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Make the run's state what it was right after ``to_step``: the later decisions are
         kept, marked superseded, and the rewind is itself an entry of the chain (who asked, to
@@ -209,6 +213,7 @@ class Audit:
                 state=state,
                 restored_force=scale,
                 client=client,
+                who=who,
             ).seal()
             rewound = appended(
                 entry, canonical_json(state), to_step, scale if scale is not None else _base(head)

@@ -144,6 +144,7 @@ class Report:
     weight: float
     created_at: str
     client: dict[str, Any] | None = None  # who posted it, as it declared itself
+    by: dict[str, str] | None = None  # whose token posted it (None in open mode)
 
 
 ROLES = ("reader", "writer", "admin")  # each may do what the ones before it may

@@ -240,7 +240,7 @@ class WriteTx:
         known = self._reports.get((run_id, step))
         if known is None:
             rows = self._execute(
-                "SELECT rank, world_size, value, weight, created_at, client FROM reports "
+                "SELECT rank, world_size, value, weight, created_at, client, by FROM reports "
                 "WHERE run_id = ? AND step = ? ORDER BY rank",
                 (run_id, step),
             ).fetchall()
@@ -252,6 +252,7 @@ class WriteTx:
                     float(r[3]),
                     str(r[4]),
                     None if r[5] is None else json.loads(r[5]),
+                    None if r[6] is None else json.loads(r[6]),
                 )
                 for r in rows
             ]
@@ -276,6 +277,7 @@ class WriteTx:
                 report.weight,
                 None if report.client is None else canonical_json(report.client),
                 report.created_at,
+                None if report.by is None else canonical_json(report.by),
             )
         )
 
@@ -350,7 +352,7 @@ class WriteTx:
                 _param(
                     self._conn,
                     "INSERT INTO reports (run_id, step, rank, world_size, value, weight, client, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "created_at, by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ),
                 self._new_reports,
             )

@@ -86,6 +86,9 @@ class ReportRow(SQLModel, table=True):
     value: str = Field(sa_type=sa.String(40))  # the float's canonical token (repr, or "NaN")
     weight: float = Field(sa_type=sa.Float)
     client: str | None = Field(default=None, sa_type=sa.Text)  # canonical JSON, as declared
+    by: str | None = Field(
+        default=None, sa_type=sa.Text
+    )  # canonical JSON: the token's name, project
     created_at: str = Field(sa_type=sa.String(40))
 
 
