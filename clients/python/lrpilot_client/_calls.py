@@ -20,9 +20,11 @@ from urllib.parse import quote
 import httpx
 
 from .errors import (
+    AuthenticationError,
     ConflictError,
     LrpilotError,
     NotFoundError,
+    PermissionDeniedError,
     ResponseError,
     ValidationError,
     detail_of,
@@ -57,6 +59,8 @@ UPLOAD_CHUNK = 1 << 20  # a bundle is sent a MiB at a time: it may be far larger
 MAX_LRS_COUNT = 10_000  # steps one GET /lrs answers at the most
 
 _ERRORS: dict[int, type[LrpilotError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
     422: ValidationError,

@@ -311,18 +311,19 @@ class Run(_Model):
 class Decision(_Model):
     """One entry of a run's decision log: what was observed, what the policy did, and why.
 
-    `value` may be NaN or ±inf (a diverged loss is a legitimate observation); it is None in a
-    rewind entry (`action` "rewind", with `rewind` saying to which step, what it restored and
-    how many decisions it superseded). `client` is who posted the observation, as it declared
-    itself (host, process, rank), empty when it did not. `state` is the
-    policy's state after this decision, as the service wrote it: its non-finite numbers are
-    still the strings "NaN"/"Infinity"/"-Infinity", because which of its strings are numbers
-    depends on the policy. `hash` chains to `prev_hash`, so a log can be verified end to end.
+        `value` may be NaN or ±inf (a diverged loss is a legitimate observation); it is None in a
+        rewind entry (`action` "rewind", with `rewind` saying to which step, what it restored and
+        how many decisions it superseded). `client` is who posted the observation, as it declared
+        itself (host, process, rank), empty when it did not; `by` whose token caused it (recorded by
+    the service, not declared; None when the service runs without tokens). `state` is the
+        policy's state after this decision, as the service wrote it: its non-finite numbers are
+        still the strings "NaN"/"Infinity"/"-Infinity", because which of its strings are numbers
+        depends on the policy. `hash` chains to `prev_hash`, so a log can be verified end to end.
 
-    `provisional` is True for the client's stand-in while the service cannot be reached (see
-    `Client`'s `on_unavailable`): action "hold", `lrs` and `previous_lrs` the last rates the
-    service decided, a `reason` that says so; it is in no log (`seq` 0, `hash` ""), and the
-    observation it answers is buffered and sent when the service is back.
+        `provisional` is True for the client's stand-in while the service cannot be reached (see
+        `Client`'s `on_unavailable`): action "hold", `lrs` and `previous_lrs` the last rates the
+        service decided, a `reason` that says so; it is in no log (`seq` 0, `hash` ""), and the
+        observation it answers is buffered and sent when the service is back.
     """
 
     run_id: str
@@ -340,6 +341,8 @@ class Decision(_Model):
     prev_hash: str | None
     created_at: datetime
     client: Mapping[str, Any] = field(default_factory=dict)
+    # whose token caused the entry, {"token": name, "project": ...} (None in open mode)
+    by: Mapping[str, Any] | None = None
     rewind: Mapping[str, Any] | None = None
     provisional: bool = field(default=False, metadata=LOCAL)
     # elastic jobs: the scaling rule's factor on the policy's lrs (None: 1); in a scale
