@@ -33,13 +33,20 @@ class Served:
 
 
 @pytest.fixture(params=BACKENDS)
-def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+def served(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Served]:
+    """A server on a database with tokens, holding project p1's run "r" (made by "trainer");
+    LRPILOT_TOKEN unset."""
+    monkeypatch.delenv("LRPILOT_TOKEN", raising=False)
     url = empty_database(request.param, tmp_path)
     upgrade(url)
     tokens = {role: make_token(url, "p1", role) for role in ("reader", "admin")}
     tokens["writer"] = make_token(url, "p1", "writer", name="trainer")
     tokens["other"] = make_token(url, "p2", "admin")
     with LiveServer(url, migrate=False) as server:
+        with quick(server.url, token=tokens["writer"]) as c:
+            c.create_run("r", **SPEC)  # type: ignore[arg-type]
         yield Served(server, tokens)
 
 
@@ -50,9 +57,7 @@ def quick(url: str, **kwargs: object) -> Client:
 def test_token_argument_and_environment_variable(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("LRPILOT_TOKEN", raising=False)
     with quick(served.url, token=served.tokens["writer"]) as c:
-        c.create_run("r", **SPEC)  # type: ignore[arg-type]
         assert c.observe("r", step=1, value=0.5).action == "hold"
     monkeypatch.setenv("LRPILOT_TOKEN", served.tokens["reader"])
     with quick(served.url) as c:
@@ -64,12 +69,7 @@ def test_token_argument_and_environment_variable(
         c.get_run("r")  # another project's run
 
 
-def test_401_and_403_are_raised_at_once_never_buffered(
-    served: Served, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("LRPILOT_TOKEN", raising=False)
-    with quick(served.url, token=served.tokens["writer"]) as c:
-        c.create_run("r", **SPEC)  # type: ignore[arg-type]
+def test_401_and_403_are_raised_at_once_never_buffered(served: Served) -> None:
     for token, error, says in (
         ("lrp_wrong", AuthenticationError, "unknown token"),
         (served.tokens["reader"], PermissionDeniedError, "needs the role writer"),
@@ -96,9 +96,7 @@ def test_async_client_sends_the_token(served: Served) -> None:
 def test_cli_commands_take_token_or_the_environment(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("LRPILOT_TOKEN", raising=False)
     with quick(served.url, token=served.tokens["writer"]) as c:
-        c.create_run("r", **SPEC)  # type: ignore[arg-type]
         c.observe("r", step=1, value=0.5)
     out = tmp_path / "r.ndjson"
     refused = lrpilot_cli("export", "r", "--url", served.url, "-o", str(out))
@@ -115,13 +113,10 @@ def test_cli_commands_take_token_or_the_environment(
     assert admin.exit_code == 0 and "already there, identical" in admin.output, admin.output
 
 
-def test_torch_scheduler_through_a_client_with_a_token(
-    served: Served, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_torch_scheduler_through_a_client_with_a_token(served: Served) -> None:
     torch = pytest.importorskip("torch")
     from lrpilot_client.integrations.torch import LrpilotScheduler
 
-    monkeypatch.delenv("LRPILOT_TOKEN", raising=False)
     opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
     with quick(served.url, token=served.tokens["writer"]) as c:
         sched = LrpilotScheduler(opt, c, "torch-run", params={"patience": 0}, metric="val_loss")
