@@ -150,10 +150,9 @@ def make_token(
 ) -> str:
     """A new API token in the (migrated) database, as `lrpilot token create` stores it: its
     secret. ``expires_at`` may lie in the past (an expired token)."""
-    from lrpilot.cli.token import new_secret
     from lrpilot.domain.deciding import now
     from lrpilot.settings import Settings
-    from lrpilot.store.records import secret_hash
+    from lrpilot.store.records import new_secret, secret_hash
     from lrpilot.store.runs import Store
     from lrpilot.store.tokens import Tokens
 

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lrpilot import __version__
-from lrpilot.api import audit, auth, errors, health, limits, policies, runs, simulate
+from lrpilot.api import audit, auth, errors, health, limits, policies, runs, simulate, tokens
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain.aggregated import Posted
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.auth = authenticator
     errors.install(app)
     auth.install(app)
-    for module in (runs, audit, simulate, policies, health):
+    for module in (runs, audit, simulate, policies, tokens, health):
         app.include_router(module.router)
     if fast_path:
         app.add_middleware(ObservationFastPath, decisions=decisions, auth=authenticator)

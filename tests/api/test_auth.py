@@ -37,6 +37,9 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/runs/{run_id}/resize"): "writer",
     ("POST", "/v1/runs/{run_id}/rewind"): "admin",
     ("POST", "/v1/runs/import"): "admin",
+    ("POST", "/v1/tokens"): "admin",
+    ("GET", "/v1/tokens"): "admin",
+    ("POST", "/v1/tokens/{name}/revoke"): "admin",
 }
 # a request each route can serve (or refuse on its merits, never for who asks)
 REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
@@ -47,6 +50,7 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/runs/{run_id}/resize"): {"json": {"step": 3, "world_size": 2}},
     ("POST", "/v1/runs/{run_id}/rewind"): {"json": {"to_step": 1}},
     ("POST", "/v1/runs/import"): {"content": b"{}\n", "headers": {}},
+    ("POST", "/v1/tokens"): {"json": {"role": "reader"}},
     ("POST", "/v1/simulate"): {
         "json": {"policy": {"name": "plateau", "version": 1}, "base_lrs": [0.1], "values": [1.0]}
     },
@@ -65,7 +69,7 @@ class Setup:
         headers = dict(kwargs.pop("headers", {}))
         if secret is not None:
             headers.update(bearer(secret))
-        url = path.replace("{run_id}", run_id)
+        url = path.replace("{run_id}", run_id).replace("{name}", "nobody")
         return self.client.request(method, url, headers=headers, **kwargs)
 
 
@@ -225,3 +229,30 @@ def test_open_mode_without_tokens_and_closed_with_the_first(database_url: str) -
         assert client.get("/v1/runs").status_code == 401
         for path in ("/healthz", "/readyz"):
             assert client.get(path).status_code == 200
+
+
+def test_an_admin_manages_its_projects_tokens_over_http(setup: Setup) -> None:
+    admin, other = bearer(setup.tokens["admin"]), bearer(setup.other)
+    r = setup.client.post("/v1/tokens", json={"role": "writer", "name": "job-7"}, headers=admin)
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert made["project"] == "p1" and made["role"] == "writer" and made["token"].startswith("lrp_")
+    job = bearer(made["token"])
+    assert setup.client.put("/v1/runs/j", json=run_spec(), headers=job).status_code == 201
+    listed = setup.client.get("/v1/tokens", headers=admin).json()["items"]
+    assert {t["name"] for t in listed} >= {"job-7"} and all(t["project"] == "p1" for t in listed)
+    assert all("token" not in t and "token_hash" not in t for t in listed)
+    assert "job-7" not in setup.client.get("/v1/tokens", headers=other).text
+    taken = setup.client.post("/v1/tokens", json={"role": "reader", "name": "job-7"}, headers=admin)
+    assert taken.status_code == 409
+    bad = setup.client.post("/v1/tokens", json={"role": "root"}, headers=admin)
+    assert bad.status_code == 422
+    # another project's admin cannot revoke it, nor learn that it exists
+    theirs = setup.client.post("/v1/tokens/job-7/revoke", headers=other)
+    missing = setup.client.post("/v1/tokens/job-9/revoke", headers=other)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["detail"] == missing.json()["detail"].replace("job-9", "job-7")
+    r = setup.client.post("/v1/tokens/job-7/revoke", headers=admin)
+    assert r.status_code == 200 and r.json()["revoked_at"] is not None
+    time.sleep(CACHE_S + 0.1)  # the lookup cache's bound
+    assert setup.client.get("/v1/runs/j", headers=job).status_code == 401

@@ -127,3 +127,25 @@ def test_torch_scheduler_through_a_client_with_a_token(served: Served) -> None:
         assert run.last_step is not None and run.lrs[0] < 0.1
         logged = list(c.iter_decisions("torch-run"))
         assert logged and all(d.by == {"token": "trainer", "project": "p1"} for d in logged)
+
+
+def test_an_admin_client_creates_lists_and_revokes_tokens(served: Served) -> None:
+    with quick(served.url, token=served.tokens["admin"]) as admin:
+        made = admin.create_token("writer", name="job-1", expires_days=30)
+        assert made.project == "p1" and made.token.startswith("lrp_") and made.expires_at
+        assert "job-1" in {t.name for t in admin.list_tokens()}
+        with quick(served.url, token=made.token) as job:
+            assert job.observe("r", step=5, value=0.5).by == {"token": "job-1", "project": "p1"}
+        revoked = admin.revoke_token("job-1")
+        assert revoked.revoked_at is not None
+        with pytest.raises(NotFoundError):
+            admin.revoke_token("no-such-token")
+    writer = quick(served.url, token=served.tokens["writer"])
+    with writer, pytest.raises(PermissionDeniedError, match="needs the role admin"):
+        writer.list_tokens()
+
+    async def listed() -> list[str]:
+        async with AsyncClient(served.url, token=served.tokens["admin"]) as c:
+            return [t.name for t in await c.list_tokens()]
+
+    assert "job-1" in asyncio.run(listed())

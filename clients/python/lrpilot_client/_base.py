@@ -220,6 +220,10 @@ class ClientBase(Generic[H, X]):
     # what-if, policies, probes
     simulate = operation(_calls.simulate)
     policies = operation(_calls.policies)
+    # an admin's tokens
+    create_token = operation(_calls.create_token)
+    list_tokens = operation(_calls.list_tokens)
+    revoke_token = operation(_calls.revoke_token)
     health = operation(_calls.health)
     ready = operation(_calls.ready)
 

@@ -32,6 +32,7 @@ __all__ = [
     "LrsAhead",
     "LrsInForce",
     "LrsRange",
+    "NewToken",
     "Page",
     "PendingObservation",
     "Policy",
@@ -43,6 +44,7 @@ __all__ = [
     "Simulated",
     "SimulatedDecision",
     "Summary",
+    "TokenInfo",
     "Verified",
     "decode_float",
     "encode_float",
@@ -579,6 +581,27 @@ class PolicyInfo(_Model, _Versioned):
     defaults: Mapping[str, Any]
     description: str
     actions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenInfo(_Model):
+    """An API token of the caller's project, as the service keeps it (never its secret):
+    times are ISO 8601 UTC; `expires_at` None: never; `revoked_at` None: not revoked."""
+
+    id: int
+    name: str
+    project: str
+    role: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+
+@dataclass(frozen=True)
+class NewToken(TokenInfo):
+    """A token just created: `token` is its secret, shown this once (only its hash is kept)."""
+
+    token: str
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -18,14 +17,13 @@ import typer
 from lrpilot.cli._common import fail
 from lrpilot.cli.serve import DatabaseUrl, _migrate, _settings, check_database
 from lrpilot.domain.deciding import now
-from lrpilot.store.records import ROLES, secret_hash
+from lrpilot.store.records import ROLES, new_secret, secret_hash, token_name
 from lrpilot.store.runs import Store
 from lrpilot.store.tokens import NameTaken, Tokens
 
 token = typer.Typer(help="API tokens: create, list, revoke.", no_args_is_help=True)
 
 NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")  # a project or a token name: as a run id
-PREFIX = "lrp_"
 MIN_SECRET_CHARS = 32  # a secret given by file (docker-compose's bootstrap) is at least this long
 
 
@@ -39,11 +37,6 @@ def _tokens(database_url: str | None) -> tuple[Store, Tokens]:
     _migrate(settings.database_url)  # the tokens table may be newer than the database
     store = Store(settings)
     return store, Tokens(store)
-
-
-def new_secret() -> str:
-    """A new token: 256 random bits, with a prefix that secret scanners can look for."""
-    return PREFIX + secrets.token_urlsafe(32)
 
 
 @token.command("create")
@@ -88,7 +81,7 @@ def create(
         if expires_days is not None:
             at = datetime.now(UTC) + timedelta(days=expires_days)
             expires = at.isoformat(timespec="microseconds").replace("+00:00", "Z")
-        label = name or f"{project}-{role}-{secrets.token_hex(3)}"
+        label = name or token_name(project, role)
         try:
             made = tokens.create(label, project, role, secret_hash(secret), created, expires)
         except NameTaken as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -148,6 +149,19 @@ class Report:
 
 
 ROLES = ("reader", "writer", "admin")  # each may do what the ones before it may
+
+
+TOKEN_PREFIX = "lrp_"  # a prefix that secret scanners can look for
+
+
+def new_secret() -> str:
+    """A new token: 256 random bits."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_name(project: str, role: str) -> str:
+    """A token's name when none is given: PROJECT-ROLE-random."""
+    return f"{project}-{role}-{secrets.token_hex(3)}"
 
 
 def secret_hash(secret: str) -> str:

@@ -81,14 +81,15 @@ class Tokens:
         with self._store.session() as s:
             return s.exec(select(TokenRow.id).limit(1)).first() is not None
 
-    def revoke(self, name_or_id: str, at: str) -> Token | None:
-        """Revoke the token of that name (or, failing that, id); the token as it now stands,
-        None if there is none. A token revoked already keeps its first revocation time."""
+    def revoke(self, name_or_id: str, at: str, project: str | None = None) -> Token | None:
+        """Revoke the token of that name (or, failing that, id) (of ``project``); the token as
+        it now stands, None if there is none. A token revoked already keeps its first
+        revocation time."""
         with self._store.session() as s:
             row = s.exec(select(TokenRow).where(TokenRow.name == name_or_id)).first()
             if row is None and name_or_id.isdigit():
                 row = s.get(TokenRow, int(name_or_id))
-            if row is None:
+            if row is None or (project is not None and row.project != project):
                 return None
             if row.revoked_at is None:
                 row.revoked_at = at
