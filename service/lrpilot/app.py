@@ -18,7 +18,7 @@ from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain.aggregated import Posted
 from lrpilot.domain.commit import GroupCommit, Inline, Threaded
 from lrpilot.domain.decisions import Decisions, decide_batch, prepare_now
-from lrpilot.domain.errors import Busy, RunBusy
+from lrpilot.domain.errors import Busy, RunBusy, Unavailable
 from lrpilot.domain.logs import Audit
 from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
@@ -34,6 +34,15 @@ def group_commit(store: Store) -> GroupCommit[Posted, str]:
     if store.is_sqlite:
         return Inline(functools.partial(prepare_now, store), busy=Busy)
     return Threaded(functools.partial(decide_batch, store), busy=RunBusy, name="decisions-")
+
+
+def _tokens_exist(authenticator: auth.Authenticator) -> bool:
+    """Whether tokens exist, at startup; True when the database cannot say (then each request
+    finds out, and nothing claims open mode)."""
+    try:
+        return authenticator.tokens_exist()
+    except Unavailable:
+        return True
 
 
 def create_app(settings: Settings | None = None, fast_path: bool = True) -> FastAPI:
@@ -59,7 +68,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         # 5 ms switch interval a finished commit could wait that long for a busy loop to let
         # go, and every request of its batch with it.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
-        if not authenticator.tokens_exist():
+        if not _tokens_exist(authenticator):
             log.warning(
                 "no API token in the database: serving WITHOUT authentication (open mode, "
                 "project default); the first `lrpilot token create` turns it on"
@@ -82,8 +91,9 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.auth = authenticator
     errors.install(app)
     auth.install(app)
-    for module in (runs, audit, simulate, policies, tokens, health):
-        app.include_router(module.router)
+    for module in (runs, audit, simulate, policies, tokens):  # each route checks its caller
+        app.include_router(module.router, responses=auth.REFUSALS)
+    app.include_router(health.router)
     if fast_path:
         app.add_middleware(ObservationFastPath, decisions=decisions, auth=authenticator)
     limits.install(

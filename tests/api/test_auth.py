@@ -100,12 +100,19 @@ def routes(client: TestClient) -> set[tuple[str, str]]:
 def test_every_route_has_a_rule(setup: Setup) -> None:
     assert routes(setup.client) == set(RULES) | OPEN_ROUTES
     app: Any = setup.client.app
-    for route in app.routes:
+    routers = [
+        app.router,
+        *(r.original_router for r in app.routes if hasattr(r, "original_router")),
+    ]
+    checked = 0
+    for route in (route for router in routers for route in router.routes):
         if not isinstance(route, APIRoute) or route.path in ("/healthz", "/readyz"):
             continue
+        checked += 1
         checks = {d.call.__name__ for d in route.dependant.dependencies if d.call is not None}
         for method in route.methods - {"HEAD"}:
             assert f"require_{RULES[(method, route.path)]}" in checks, (method, route.path)
+    assert checked == len(RULES)
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(RULES))

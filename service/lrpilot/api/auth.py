@@ -25,6 +25,7 @@ from typing import Annotated, Any, NamedTuple
 from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
+from lrpilot.api.models import Message
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain.errors import RunNotFound
 from lrpilot.store.records import ROLES, Token, secret_hash
@@ -181,7 +182,20 @@ Writer = Annotated[Caller, require("writer")]
 Admin = Annotated[Caller, require("admin")]
 
 
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": Message,
+        "description": "no token, or an unknown, expired or revoked one",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+    },
+    403: {"model": Message, "description": "the token's role is below the one this needs"},
+}
+
+
 def install(app: FastAPI) -> None:
+    """The refusals' answer (their documentation: ``REFUSALS``, given to the routers that
+    check their caller, app.py)."""
+
     @app.exception_handler(Refused)
     async def _refused(_: Request, exc: Refused) -> Response:
         return exc.response()
