@@ -3,11 +3,13 @@ network bind without tokens unless --insecure-no-auth, tokens required once one 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from lrpilot.api.auth import CACHE_S
 from lrpilot.cli.serve import is_loopback
 from lrpilot.store.db import upgrade
 from tests.conftest import BACKENDS, empty_database
@@ -66,3 +68,23 @@ def test_loopback_without_tokens_serves_open_and_says_so(live_server: LiveServer
     assert httpx.put(f"{live_server.url}/v1/runs/r", json=run_spec()).status_code == 201
     said = [line for line in live_server.log_tail().splitlines() if "WITHOUT auth" in line]
     assert len(said) == 1, live_server.log_tail()
+
+
+@pytest.mark.postgres
+def test_a_revocation_holds_on_every_replica_within_the_cache_bound(
+    postgres_replicas: tuple[LiveServer, LiveServer],
+) -> None:
+    first, second = postgres_replicas
+    assert first.database_url is not None
+    admin = make_token(first.database_url, "p", "admin", name="ops")
+    job = make_token(first.database_url, "p", "writer", name="job")
+    time.sleep(CACHE_S + 0.1)  # both replicas started in open mode: they see the tokens now
+    for server in (first, second):
+        assert httpx.get(f"{server.url}/v1/runs").status_code == 401
+        assert httpx.get(f"{server.url}/v1/runs", headers=bearer(job)).status_code == 200
+    r = httpx.post(f"{first.url}/v1/tokens/job/revoke", headers=bearer(admin))
+    assert r.status_code == 200, r.text
+    time.sleep(CACHE_S + 0.1)
+    for server in (first, second):
+        r = httpx.get(f"{server.url}/v1/runs", headers=bearer(job))
+        assert r.status_code == 401 and r.json()["detail"] == "the token was revoked"
