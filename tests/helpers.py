@@ -139,3 +139,32 @@ def lrpilot_cli(*args: str, catch_exceptions: bool = False) -> Any:
 def one_line(text: str) -> str:
     """Output with every run of whitespace made one space (Rich wraps long lines)."""
     return " ".join(text.split())
+
+
+def make_token(
+    database_url: str,
+    project: str,
+    role: str,
+    name: str | None = None,
+    expires_at: str | None = None,
+) -> str:
+    """A new API token in the (migrated) database, as `lrpilot token create` stores it: its
+    secret. ``expires_at`` may lie in the past (an expired token)."""
+    from lrpilot.domain.deciding import now
+    from lrpilot.settings import Settings
+    from lrpilot.store.records import new_secret, secret_hash
+    from lrpilot.store.runs import Store
+    from lrpilot.store.tokens import Tokens
+
+    secret = new_secret()
+    store = Store(Settings(database_url=database_url))
+    try:
+        label = name or f"{project}-{role}-{secret[-6:]}"
+        Tokens(store).create(label, project, role, secret_hash(secret), now(), expires_at)
+    finally:
+        store.close()
+    return secret
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}

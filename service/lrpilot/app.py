@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,18 +12,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from lrpilot import __version__
-from lrpilot.api import audit, errors, health, limits, policies, runs, simulate
+from lrpilot.api import audit, auth, errors, health, limits, policies, runs, simulate, tokens
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain.aggregated import Posted
 from lrpilot.domain.commit import GroupCommit, Inline, Threaded
 from lrpilot.domain.decisions import Decisions, decide_batch, prepare_now
-from lrpilot.domain.errors import Busy, RunBusy
+from lrpilot.domain.errors import Busy, RunBusy, Unavailable
 from lrpilot.domain.logs import Audit
 from lrpilot.settings import Settings
 from lrpilot.store.runs import Store
 
 SWITCH_INTERVAL_S = 0.0005
+log = logging.getLogger("lrpilot")
 
 
 def group_commit(store: Store) -> GroupCommit[Posted, str]:
@@ -32,6 +34,15 @@ def group_commit(store: Store) -> GroupCommit[Posted, str]:
     if store.is_sqlite:
         return Inline(functools.partial(prepare_now, store), busy=Busy)
     return Threaded(functools.partial(decide_batch, store), busy=RunBusy, name="decisions-")
+
+
+def _tokens_exist(authenticator: auth.Authenticator) -> bool:
+    """Whether tokens exist, at startup; True when the database cannot say (then each request
+    finds out, and nothing claims open mode)."""
+    try:
+        return authenticator.tokens_exist()
+    except Unavailable:
+        return True
 
 
 def create_app(settings: Settings | None = None, fast_path: bool = True) -> FastAPI:
@@ -44,6 +55,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     store = Store(settings)
     decisions = Decisions(store, settings, group_commit(store))
     auditor = Audit(store, settings)
+    authenticator = auth.Authenticator(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +69,11 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         # go, and every request of its batch with it.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         auditor.clean_spool()  # what an import killed halfway left
+        if not _tokens_exist(authenticator):
+            log.warning(
+                "no API token in the database: serving WITHOUT authentication (open mode, "
+                "project default); the first `lrpilot token create` turns it on"
+            )
         yield
         decisions.close()  # after uvicorn drained the requests: what is in flight commits
         store.close()
@@ -72,13 +89,16 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.store = store
     app.state.decisions = decisions
     app.state.audit = auditor
+    app.state.auth = authenticator
     errors.install(app)
-    for module in (runs, audit, simulate, policies, health):
-        app.include_router(module.router)
+    auth.install(app)
+    for module in (runs, audit, simulate, policies, tokens):  # each route checks its caller
+        app.include_router(module.router, responses=auth.REFUSALS)
+    app.include_router(health.router)
     # the import streams its body to disk, under its own limit
     streamed = {"/v1/runs/import": (settings.max_import_bytes, "LRPILOT_MAX_IMPORT_BYTES")}
     limits.install_json_check(app, streamed)  # before the fast path: inside it, by the routes
     if fast_path:
-        app.add_middleware(ObservationFastPath, decisions=decisions)
+        app.add_middleware(ObservationFastPath, decisions=decisions, auth=authenticator)
     limits.install(app, settings.max_body_bytes, streamed)  # added last: the outermost
     return app

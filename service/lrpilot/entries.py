@@ -189,12 +189,19 @@ def ranges_text(ranges: Iterable[Sequence[int]]) -> str:
 
 
 def rank_report(
-    rank: int, value: float, weight: float, client: Mapping[str, Any] | None
+    rank: int,
+    value: float,
+    weight: float,
+    client: Mapping[str, Any] | None,
+    who: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A counted rank in its step's decision: its report, and who posted it when declared."""
+    """A counted rank in its step's decision: its report, who posted it when declared
+    (``client``) and whose token posted it (``who``: "by")."""
     entry: dict[str, Any] = {"rank": rank, "value": value, "weight": weight}
     if client:
         entry["client"] = dict(client)
+    if who:
+        entry["by"] = dict(who)
     return entry
 
 
@@ -222,11 +229,13 @@ def decision(
     state: Mapping[str, Any],
     client: Mapping[str, Any] | None = None,
     ranks: Ranks | None = None,
+    who: Mapping[str, str] | None = None,
 ) -> Draft:
     """The entry of a decided observation. ``action``, ``reason``, ``lrs``, ``previous_lrs``
     and ``state`` are the policy's (its own lrs: the scale in force is applied here);
-    ``client`` is who posted the observation, as it declared itself; ``ranks`` (aggregated
-    mode) the reports ``value`` is the weighted mean of."""
+    ``client`` is who posted the observation, as it declared itself; ``who`` whose token
+    posted it (its name and project: the "by" member, absent in open mode); ``ranks``
+    (aggregated mode) the reports ``value`` is the weighted mean of."""
     by = chain.factor
     served = scaled(lrs, by)
     doc = _common(chain, step, created_at)
@@ -242,6 +251,8 @@ def decision(
     # shape (and so the hash) they always had.
     if client:
         doc["client"] = client
+    if who:
+        doc["by"] = dict(who)
     if ranks is not None:
         doc["ranks"] = ranks.ranks
         if ranks.missing or ranks.missing_ranges:
@@ -301,6 +312,7 @@ def rewind(
     state: Mapping[str, Any],
     restored_force: InForce | None,
     client: Mapping[str, Any] | None = None,
+    who: Mapping[str, str] | None = None,
 ) -> Draft:
     """The entry that makes a run's state what it was right after ``to_step``: ``restores_seq``
     is the last live entry at or before it (None: the policy's initial state), ``lrs`` and
@@ -326,6 +338,8 @@ def rewind(
         doc["scale"] = restored_force.factor
     if client:
         doc["client"] = client
+    if who:
+        doc["by"] = dict(who)
     return Draft(Kind.REWIND, doc)
 
 
@@ -349,6 +363,7 @@ def scale(
     policy_lrs: Sequence[float],
     state: Mapping[str, Any],
     client: Mapping[str, Any] | None = None,
+    who: Mapping[str, str] | None = None,
 ) -> Draft:
     """The entry that rescales a run's lrs for a new world or batch ``size`` from ``step`` on:
     the policy's state (and its lrs, ``policy_lrs``) stay as they are, the lrs served change by
@@ -375,6 +390,8 @@ def scale(
     )
     if client:
         doc["client"] = client
+    if who:
+        doc["by"] = dict(who)
     return Draft(Kind.SCALE, doc)
 
 

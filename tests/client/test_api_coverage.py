@@ -48,6 +48,9 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/v1/runs/{run_id}/verify"): ("verify", "verify"),
     ("POST", "/v1/simulate"): ("simulate", "simulate"),
     ("GET", "/v1/policies"): ("policies", "policies"),
+    ("POST", "/v1/tokens"): ("create_token", "create_token"),
+    ("GET", "/v1/tokens"): ("list_tokens", "list_tokens"),
+    ("POST", "/v1/tokens/{name}/revoke"): ("revoke_token", "revoke_token"),
     ("GET", "/healthz"): ("health", "health"),
     ("GET", "/readyz"): ("ready", "ready"),
 }

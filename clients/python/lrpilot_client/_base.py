@@ -62,6 +62,7 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 USER_AGENT = "lrpilot-client/0.1.0"
 DEFAULT_FLUSH_TIMEOUT = 30.0
 DEFAULT_CLOSE_TIMEOUT = 10.0
+TOKEN_ENV = "LRPILOT_TOKEN"  # the token, when `token=` is not given
 
 log = logging.getLogger("lrpilot_client")
 
@@ -219,6 +220,10 @@ class ClientBase(Generic[H, X]):
     # what-if, policies, probes
     simulate = operation(_calls.simulate)
     policies = operation(_calls.policies)
+    # an admin's tokens
+    create_token = operation(_calls.create_token)
+    list_tokens = operation(_calls.list_tokens)
+    revoke_token = operation(_calls.revoke_token)
     health = operation(_calls.health)
     ready = operation(_calls.ready)
 
@@ -237,6 +242,7 @@ class ClientBase(Generic[H, X]):
         outbox_size: int = DEFAULT_OUTBOX_SIZE,
         outbox_path: str | os.PathLike[str] | None = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        token: str | None = None,
     ) -> None:
         self._retry = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
         self._res = Resilience(self._retry, on_unavailable, outbox_size, outbox_path)
@@ -246,7 +252,11 @@ class ClientBase(Generic[H, X]):
             _calls.default_identity() if identity is None else dict(identity)
         )
         self._closed = False
-        options = {"base_url": base_url, "timeout": timeout, "headers": {"User-Agent": USER_AGENT}}
+        headers = {"User-Agent": USER_AGENT}
+        token = os.environ.get(TOKEN_ENV) if token is None else token
+        if token:  # sent with every request; never logged, never in an error's message
+            headers["Authorization"] = f"Bearer {token.strip()}"
+        options = {"base_url": base_url, "timeout": timeout, "headers": headers}
         self._http = self._open(options, transport)
         self._probe_timeout = probe_timeout(self._http.timeout)
 

@@ -20,9 +20,11 @@ from urllib.parse import quote
 import httpx
 
 from .errors import (
+    AuthenticationError,
     ConflictError,
     LrpilotError,
     NotFoundError,
+    PermissionDeniedError,
     ResponseError,
     ValidationError,
     detail_of,
@@ -33,6 +35,7 @@ from .models import (
     Imported,
     LrAt,
     LrsRange,
+    NewToken,
     Page,
     PendingObservation,
     PolicyInfo,
@@ -42,6 +45,7 @@ from .models import (
     RunPage,
     Simulated,
     Summary,
+    TokenInfo,
     Verified,
     encode_float,
     encode_floats,
@@ -57,6 +61,8 @@ UPLOAD_CHUNK = 1 << 20  # a bundle is sent a MiB at a time: it may be far larger
 MAX_LRS_COUNT = 10_000  # steps one GET /lrs answers at the most
 
 _ERRORS: dict[int, type[LrpilotError]] = {
+    401: AuthenticationError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     409: ConflictError,
     422: ValidationError,
@@ -516,6 +522,31 @@ def policies() -> Call[tuple[PolicyInfo, ...]]:
         return Page[PolicyInfo].parser(PolicyInfo.from_json)(raw).items
 
     return Call("GET", "/v1/policies", read)
+
+
+def create_token(
+    role: str, name: str | None = None, expires_days: int | None = None
+) -> Call[NewToken]:
+    """A new API token of this client's token's project (an admin's): `role` "reader",
+    "writer" or "admin", `name` unique (default PROJECT-ROLE-random), valid `expires_days`
+    (default: until revoked). Its `token` is shown this once."""
+    body = {"role": role} | _unset_none(name=name, expires_days=expires_days)
+    return Call("POST", "/v1/tokens", NewToken.from_json, body=body)
+
+
+def list_tokens() -> Call[tuple[TokenInfo, ...]]:
+    """The tokens of this client's token's project (an admin's), never their secrets."""
+
+    def read(raw: object) -> tuple[TokenInfo, ...]:
+        return Page[TokenInfo].parser(TokenInfo.from_json)(raw).items
+
+    return Call("GET", "/v1/tokens", read)
+
+
+def revoke_token(name: str) -> Call[TokenInfo]:
+    """Revoke a token of this client's token's project by name (or id): every replica
+    refuses it within a second. Revoking a revoked token changes nothing."""
+    return Call("POST", f"/v1/tokens/{quote(name, safe='')}/revoke", TokenInfo.from_json)
 
 
 def health() -> Call[Health]:

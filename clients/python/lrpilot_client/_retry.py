@@ -120,6 +120,9 @@ class RetryPolicy:
 # 408: the server (often a proxy) gave up waiting for the request; 429: a gateway's rate limit.
 # Both say "send it again", and lrpilot itself answers neither.
 _RETRYABLE_4XX = frozenset({408, 429})
+# 401 and 403 say who may not, whoever writes them (a proxy in front that checks tokens too):
+# an error to raise, never an outage to wait out
+_REFUSALS = frozenset({401, 403})
 
 
 def is_retryable_status(status_code: int) -> bool:
@@ -231,7 +234,7 @@ class Attempts:
         if not self.foreign:
             return False
         ok = 200 <= response.status_code < 300
-        if not ok and is_lrpilots(response):
+        if not ok and (is_lrpilots(response) or response.status_code in _REFUSALS):
             return False
         self.unanswered_for = 0.0
         self._last_status = response.status_code

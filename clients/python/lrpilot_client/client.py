@@ -62,6 +62,11 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
     One method an operation of the HTTP API (see clients/python/README.md for the table);
     `lrs_in_force` and `lrs_ahead` are the former names of `lr_at` and `lrs_range`.
 
+    `token` is the service's API token (`lrpilot token create` prints one), sent as
+    `Authorization: Bearer TOKEN`; None takes it from the LRPILOT_TOKEN environment variable,
+    "" sends none. A 401 (`AuthenticationError`) or 403 (`PermissionDeniedError`) is raised at
+    once, in either mode: it is not an outage, and is never retried or buffered.
+
     `rng` seeds the jitter (for reproducible waits); `transport` replaces httpx's network
     transport (e.g. `httpx.MockTransport`, or an ASGI transport in the service's own tests).
     """

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from .models import PendingObservation
 
 __all__ = [
+    "AuthenticationError",
     "ConflictError",
     "LrpilotError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResponseError",
     "ServiceUnavailableError",
     "ValidationError",
@@ -73,6 +75,16 @@ class LrpilotError(Exception):
 
 class NotFoundError(LrpilotError):
     """404: the run (or the route) does not exist."""
+
+
+class AuthenticationError(LrpilotError):
+    """401: no token, or one the service does not accept (unknown, expired, revoked). Give
+    the client `token=` or set LRPILOT_TOKEN; never retried (another try cannot help)."""
+
+
+class PermissionDeniedError(LrpilotError):
+    """403: the token is valid but its role does not allow this (the detail names the role
+    needed); never retried."""
 
 
 class ConflictError(LrpilotError):

@@ -32,6 +32,7 @@ __all__ = [
     "LrsAhead",
     "LrsInForce",
     "LrsRange",
+    "NewToken",
     "Page",
     "PendingObservation",
     "Policy",
@@ -43,6 +44,7 @@ __all__ = [
     "Simulated",
     "SimulatedDecision",
     "Summary",
+    "TokenInfo",
     "Verified",
     "decode_float",
     "encode_float",
@@ -311,18 +313,19 @@ class Run(_Model):
 class Decision(_Model):
     """One entry of a run's decision log: what was observed, what the policy did, and why.
 
-    `value` may be NaN or ±inf (a diverged loss is a legitimate observation); it is None in a
-    rewind entry (`action` "rewind", with `rewind` saying to which step, what it restored and
-    how many decisions it superseded). `client` is who posted the observation, as it declared
-    itself (host, process, rank), empty when it did not. `state` is the
-    policy's state after this decision, as the service wrote it: its non-finite numbers are
-    still the strings "NaN"/"Infinity"/"-Infinity", because which of its strings are numbers
-    depends on the policy. `hash` chains to `prev_hash`, so a log can be verified end to end.
+        `value` may be NaN or ±inf (a diverged loss is a legitimate observation); it is None in a
+        rewind entry (`action` "rewind", with `rewind` saying to which step, what it restored and
+        how many decisions it superseded). `client` is who posted the observation, as it declared
+        itself (host, process, rank), empty when it did not; `by` whose token caused it (recorded by
+    the service, not declared; None when the service runs without tokens). `state` is the
+        policy's state after this decision, as the service wrote it: its non-finite numbers are
+        still the strings "NaN"/"Infinity"/"-Infinity", because which of its strings are numbers
+        depends on the policy. `hash` chains to `prev_hash`, so a log can be verified end to end.
 
-    `provisional` is True for the client's stand-in while the service cannot be reached (see
-    `Client`'s `on_unavailable`): action "hold", `lrs` and `previous_lrs` the last rates the
-    service decided, a `reason` that says so; it is in no log (`seq` 0, `hash` ""), and the
-    observation it answers is buffered and sent when the service is back.
+        `provisional` is True for the client's stand-in while the service cannot be reached (see
+        `Client`'s `on_unavailable`): action "hold", `lrs` and `previous_lrs` the last rates the
+        service decided, a `reason` that says so; it is in no log (`seq` 0, `hash` ""), and the
+        observation it answers is buffered and sent when the service is back.
     """
 
     run_id: str
@@ -340,6 +343,8 @@ class Decision(_Model):
     prev_hash: str | None
     created_at: datetime
     client: Mapping[str, Any] = field(default_factory=dict)
+    # whose token caused the entry, {"token": name, "project": ...} (None in open mode)
+    by: Mapping[str, Any] | None = None
     rewind: Mapping[str, Any] | None = None
     provisional: bool = field(default=False, metadata=LOCAL)
     # elastic jobs: the scaling rule's factor on the policy's lrs (None: 1); in a scale
@@ -576,6 +581,27 @@ class PolicyInfo(_Model, _Versioned):
     defaults: Mapping[str, Any]
     description: str
     actions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenInfo(_Model):
+    """An API token of the caller's project, as the service keeps it (never its secret):
+    times are ISO 8601 UTC; `expires_at` None: never; `revoked_at` None: not revoked."""
+
+    id: int
+    name: str
+    project: str
+    role: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+
+@dataclass(frozen=True)
+class NewToken(TokenInfo):
+    """A token just created: `token` is its secret, shown this once (only its hash is kept)."""
+
+    token: str
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
+from lrpilot.api.auth import Admin, Reader
 from lrpilot.api.deps import AuditDep, RunId
 from lrpilot.api.models import (
     RewindIn,
@@ -41,7 +42,7 @@ NDJSON = "application/x-ndjson"
         **UNAVAILABLE,
     },
 )
-def export_run(run_id: RunId, audit: AuditDep) -> StreamingResponse:
+def export_run(run_id: RunId, audit: AuditDep, _: Reader) -> StreamingResponse:
     lines = audit.export(run_id)  # a 404 now, before the first byte is sent
     return StreamingResponse(
         (line + "\n" for line in lines),
@@ -67,13 +68,13 @@ def export_run(run_id: RunId, audit: AuditDep) -> StreamingResponse:
         }
     },
 )
-async def import_run(request: Request, audit: AuditDep) -> Response:
+async def import_run(request: Request, audit: AuditDep, caller: Admin) -> Response:
     with audit.spool() as path:
         with path.open("wb") as out:  # spooled to disk: a bundle may be far larger than memory
             async for chunk in request.stream():
                 out.write(chunk)
         try:
-            run, created = await run_in_threadpool(audit.import_bundle, path)
+            run, created = await run_in_threadpool(audit.import_bundle, path, caller.project)
         except BundleRefused as exc:
             return _refused(exc.mismatch.line, str(exc))
         except Mismatch as exc:
@@ -93,7 +94,10 @@ def _refused(line: int | None, message: str) -> Response:
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def verify_run(
-    run_id: RunId, audit: AuditDep, body: Annotated[VerifyIn | None, Body()] = None
+    run_id: RunId,
+    audit: AuditDep,
+    _: Reader,
+    body: Annotated[VerifyIn | None, Body()] = None,
 ) -> Response:
     report = audit.verify(run_id, body.head if body else None)
     return StrictJSONResponse(report.as_dict())
@@ -104,9 +108,9 @@ def verify_run(
     response_model=RewindOut,
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep) -> Response:
+def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) -> Response:
     client = body.client.declared() if body.client else None
-    return StrictJSONResponse(audit.rewind(run_id, body.to_step, client))
+    return StrictJSONResponse(audit.rewind(run_id, body.to_step, client, caller.by()))
 
 
 @router.get(
@@ -114,5 +118,5 @@ def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep) -> Response:
     response_model=SummaryOut,
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def run_summary(run_id: RunId, audit: AuditDep) -> Response:
+def run_summary(run_id: RunId, audit: AuditDep, _: Reader) -> Response:
     return StrictJSONResponse(audit.summary(run_id))

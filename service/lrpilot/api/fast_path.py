@@ -17,6 +17,7 @@ import re
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lrpilot.api.auth import Authenticator, Refused
 from lrpilot.api.errors import duplicate_key_response, first_duplicate, store_error_response
 from lrpilot.api.limits import replayed
 from lrpilot.api.models import ObservationIn
@@ -28,6 +29,13 @@ from lrpilot.spec import RUN_ID_PATTERN
 _PATH = re.compile(rf"^/v1/runs/({RUN_ID_PATTERN.strip('^$')})/observations$")
 
 
+def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
 def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name == b"content-type":
@@ -36,9 +44,10 @@ def _is_json(headers: list[tuple[bytes, bytes]]) -> bool:
 
 
 class ObservationFastPath:
-    def __init__(self, app: ASGIApp, decisions: Decisions) -> None:
+    def __init__(self, app: ASGIApp, decisions: Decisions, auth: Authenticator) -> None:
         self.app = app
         self.decisions = decisions
+        self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -48,6 +57,16 @@ class ObservationFastPath:
             or not _is_json(scope["headers"])
         ):
             await self.app(scope, receive, send)
+            return
+        try:  # the route's own check (api/auth.py), before the body is read
+            caller = await self.auth.authorize(
+                _authorization(scope["headers"]), "writer", match.group(1)
+            )
+        except Refused as exc:
+            await exc.response()(scope, receive, send)
+            return
+        except DomainError as exc:
+            await store_error_response(exc)(scope, receive, send)
             return
         chunks = []
         while True:  # the body limit was enforced outside (limits.HttpLimits)
@@ -80,6 +99,7 @@ class ObservationFastPath:
                 observation.rank,
                 observation.world_size,
                 observation.weight,
+                caller.by(),
             )
         except DomainError as exc:
             await store_error_response(exc)(scope, receive, send)

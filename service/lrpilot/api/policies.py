@@ -5,15 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from lrpilot.api.auth import Reader
 from lrpilot.api.models import PolicyList
-from lrpilot.api.responses import StrictJSONResponse
+from lrpilot.api.responses import UNAVAILABLE, StrictJSONResponse
 from lrpilot.policies import POLICIES
 
 router = APIRouter(prefix="/v1/policies", tags=["policies"])
 
 
-@router.get("", response_model=PolicyList)
-def list_policies() -> Response:
+# 503: the caller's token is looked up (api/auth.py)
+@router.get("", response_model=PolicyList, responses={**UNAVAILABLE})
+def list_policies(_: Reader) -> Response:
     items = [
         {
             "name": p.name,

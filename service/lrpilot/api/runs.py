@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from lrpilot.api.auth import Reader, Writer
 from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
 from lrpilot.api.models import (
     MAX_LABEL_FILTERS,
@@ -59,12 +60,21 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
         **UNAVAILABLE,
     },
 )
-async def post_observation(run_id: RunId, body: ObservationIn, request: Request) -> Response:
+async def post_observation(
+    run_id: RunId, body: ObservationIn, request: Request, caller: Writer
+) -> Response:
     # async: the request waits on the group commit, not on a worker thread of its own
     client = body.client.declared() if body.client else None
     return raw_json(
         await request.app.state.decisions.observe(
-            run_id, body.step, body.value, client, body.rank, body.world_size, body.weight
+            run_id,
+            body.step,
+            body.value,
+            client,
+            body.rank,
+            body.world_size,
+            body.weight,
+            caller.by(),
         )
     )
 
@@ -79,14 +89,15 @@ async def post_observation(run_id: RunId, body: ObservationIn, request: Request)
         **UNAVAILABLE,
     },
 )
-def put_run(run_id: RunId, body: RunIn, decisions: DecisionsDep) -> Response:
-    run, created = decisions.create_run(run_id, body)
+def put_run(run_id: RunId, body: RunIn, decisions: DecisionsDep, caller: Writer) -> Response:
+    run, created = decisions.create_run(run_id, body, caller.project)
     return StrictJSONResponse(run, status_code=201 if created else 200)
 
 
 @router.get("", response_model=RunPage, responses={**INVALID, **UNAVAILABLE})
 def list_runs(
     store: StoreDep,
+    caller: Reader,
     label: Annotated[
         list[LabelFilter],
         Query(
@@ -101,12 +112,12 @@ def list_runs(
     limit: Limit = 100,
 ) -> Response:
     labels = {k: v for k, _, v in (item.partition(":") for item in label)}  # checked
-    page = store.list_runs(labels, after, limit)
+    page = store.list_runs(labels, after, limit, caller.project)
     return page_json(page.items, page.next, "run_id")
 
 
 @router.get("/{run_id}", response_model=RunOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
-def get_run(run_id: RunId, store: StoreDep) -> Response:
+def get_run(run_id: RunId, store: StoreDep, _: Reader) -> Response:
     return StrictJSONResponse(store.get_run(run_id))
 
 
@@ -114,6 +125,7 @@ def get_run(run_id: RunId, store: StoreDep) -> Response:
 async def get_lr(
     run_id: RunId,
     decisions: DecisionsDep,
+    _: Reader,
     step: Annotated[
         int | None, Query(ge=0, le=MAX_STEP, description="training step; omit for the latest")
     ] = None,
@@ -139,6 +151,7 @@ async def get_lr(
 def get_lrs(
     run_id: RunId,
     decisions: DecisionsDep,
+    _: Reader,
     first: Annotated[
         int, Query(alias="from", ge=0, le=MAX_STEP, description="the first training step")
     ],
@@ -159,6 +172,7 @@ def get_lrs(
 def list_decisions(
     run_id: RunId,
     store: StoreDep,
+    _: Reader,
     after: Annotated[int, Query(ge=0, le=MAX_STEP, description="seq to start after")] = 0,
     limit: Limit = 100,
     action: Annotated[ActionFilter | None, Query(description="only this action")] = None,
@@ -193,9 +207,9 @@ def list_decisions(
         **UNAVAILABLE,
     },
 )
-def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep) -> Response:
+def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: Writer) -> Response:
     """An elastic job's new world_size or global batch size: the run's scaling rule rescales
     its lrs from `step` on, as a scale entry in the log."""
     by, size = body.measure()
     client = body.client.declared() if body.client else None
-    return StrictJSONResponse(decisions.resize(run_id, body.step, by, size, client))
+    return StrictJSONResponse(decisions.resize(run_id, body.step, by, size, client, caller.by()))

@@ -227,7 +227,14 @@ class LogCheck:
         rebuilt entry must be those bytes, so a misread input can only fail the check, never
         pass one. Most of a log is such decisions; parsing each would cost as much again."""
         entry = self._decide(
-            self._chain(seq), plain.step, plain.value, plain.created_at, plain.client, None, seq
+            self._chain(seq),
+            plain.step,
+            plain.value,
+            plain.created_at,
+            plain.client,
+            None,
+            seq,
+            plain.by,
         )
         if entry.canonical_with(plain.hash) != text:
             # Find what the parsing path finds first; read so, the entry differs only when its
@@ -293,7 +300,8 @@ class LogCheck:
                     line, seq, "value is not the weighted mean of the ranks' values", mean, value
                 )
         created_at = doc.get("created_at")  # an input: compared as bytes
-        return self._decide(chain, step, value, created_at, doc.get("client"), ranks, seq)  # type: ignore[arg-type]
+        client, who = doc.get("client"), _who(doc, line, seq)
+        return self._decide(chain, step, value, created_at, client, ranks, seq, who)  # type: ignore[arg-type]
 
     def _decide(
         self,
@@ -304,6 +312,7 @@ class LogCheck:
         client: dict[str, Any] | None,
         ranks: Ranks | None,
         seq: int,
+        who: dict[str, str] | None = None,
     ) -> Draft:
         """Replay the observation and build its entry, as the decide path does."""
         replay = self.replay
@@ -323,6 +332,7 @@ class LogCheck:
             state=stepper.state_doc(),
             client=client,
             ranks=ranks,
+            who=who,
         )
 
     def _not_below_resize(self, line: int | None, seq: int, step: int) -> None:
@@ -358,6 +368,7 @@ class LogCheck:
             policy_lrs=stepper.lrs,
             state=stepper.state_doc(),
             client=doc.get("client"),
+            who=_who(doc, line, seq),
         )
 
     def _rewind(
@@ -382,6 +393,7 @@ class LogCheck:
             state=restored.state.model_dump(),
             restored_force=restored.force,
             client=doc.get("client"),
+            who=_who(doc, line, seq),
         )
 
     def _first_difference(
@@ -431,6 +443,7 @@ class LogCheck:
 # last two, "step" and "value", hold everything that was seen (the rest is the policy's and the
 # run's). Members sort, so the last ',"step":' is the entry's own, not one inside its state.
 _ACTION = '{"action":"'
+_BY = ',"by":{'
 _CLIENT = ',"client":{'
 _CREATED_AT = len(',"config_hash":"') + 64 + len('","created_at":"')
 _HASH = '","hash":"'
@@ -445,6 +458,7 @@ class _Plain(NamedTuple):
     created_at: str
     client: dict[str, Any] | None
     hash: str
+    by: dict[str, str] | None
 
     def read_as(self, doc: dict[str, Any]) -> bool:
         """Whether ``doc``, the entry parsed, says the same: if not, its bytes are not
@@ -461,6 +475,7 @@ class _Plain(NamedTuple):
             and same_float(value, self.value)
             and doc.get("created_at") == self.created_at
             and doc.get("client") == self.client
+            and doc.get("by") == self.by
         )
 
 
@@ -474,11 +489,20 @@ def _plain_decision(text: str) -> _Plain | None:
     at = text.find('"', len(_ACTION))
     if text[len(_ACTION) : at] in NOT_DECISIONS:
         return None
-    client = None
+    by = client = None
+    if text.startswith(_BY, at + 1):  # whose token caused it: two strings, or the parsing path
+        end = text.find("}", at) + 1
+        try:
+            by = json.loads(text[at + len(_BY) : end])
+        except ValueError:
+            return None
+        if set(by) != {"token", "project"} or not all(isinstance(v, str) for v in by.values()):
+            return None
+        at = end - 1
     if text.startswith(_CLIENT, at + 1):
         end = text.find("}", at) + 1
         try:
-            client = json.loads(text[at + len(',"client":') + 1 : end])
+            client = json.loads(text[at + len(_CLIENT) : end])
         except ValueError:
             return None
         at = end - 1
@@ -498,7 +522,7 @@ def _plain_decision(text: str) -> _Plain | None:
         return None
     if not 0 <= step <= MAX_STEP or not isinstance(client, dict | None):
         return None
-    return _Plain(step, value, created_at, client, digest)
+    return _Plain(step, value, created_at, client, digest, by)
 
 
 def _value(value: Any, line: int | None, seq: int) -> float:
@@ -509,6 +533,20 @@ def _value(value: Any, line: int | None, seq: int) -> float:
     if type(value) is int and abs(value) <= _LARGEST_INT_FLOAT:
         return float(value)
     raise Mismatch(line, seq, "value is not a number", None, value)
+
+
+def _who(doc: dict[str, Any], line: int | None, seq: int) -> dict[str, str] | None:
+    """An entry's "by" (whose token caused it), as the service writes it, or None."""
+    who = doc.get("by")
+    if who is None:
+        return None
+    if (
+        not isinstance(who, dict)
+        or set(who) != {"token", "project"}
+        or not all(isinstance(v, str) for v in who.values())
+    ):
+        raise Mismatch(line, seq, 'by is not {"token": ..., "project": ...}', None, to_strict(who))
+    return who
 
 
 def _ranks(doc: dict[str, Any], line: int | None, seq: int) -> Ranks:

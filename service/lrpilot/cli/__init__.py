@@ -1,12 +1,12 @@
 """The ``lrpilot`` command: serve the API and migrate its database (``serve``), export, import,
-verify and simulate runs (``audit``), plot schedules (``plot``). The commands that talk to a
-running service go through ``lrpilot_client``."""
+verify and simulate runs (``audit``), plot schedules (``plot``), manage API tokens
+(``token``). The commands that talk to a running service go through ``lrpilot_client``."""
 
 from __future__ import annotations
 
 import typer
 
-from lrpilot.cli import audit, plot, serve
+from lrpilot.cli import audit, plot, serve, token
 
 __all__ = ["app", "main"]
 
@@ -16,6 +16,7 @@ app = typer.Typer(
 serve.register(app)
 audit.register(app)
 plot.register(app)
+token.register(app)
 
 
 def main() -> None:

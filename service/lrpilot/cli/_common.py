@@ -16,6 +16,15 @@ Url = Annotated[
     str,
     typer.Option("--url", envvar="LRPILOT_URL", help="the service, e.g. http://127.0.0.1:8000"),
 ]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="LRPILOT_TOKEN",
+        help="the service's API token (`lrpilot token create` prints one)",
+        show_default=False,
+    ),
+]
 # connect briefly; read long: the service checks a whole bundle before it answers an import
 TIMEOUT = httpx.Timeout(30.0, read=300.0)
 
@@ -26,10 +35,17 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
-def client(url: str) -> Client:
-    """A client for a command: a few quick retries, errors raised (nothing to buffer)."""
+def client(url: str, token: str | None = None) -> Client:
+    """A client for a command: a few quick retries, errors raised (nothing to buffer); the
+    token given, else LRPILOT_TOKEN's."""
     return Client(
-        url, timeout=TIMEOUT, retries=2, max_backoff=1.0, on_unavailable="raise", identity={}
+        url,
+        timeout=TIMEOUT,
+        retries=2,
+        max_backoff=1.0,
+        on_unavailable="raise",
+        identity={},
+        token=token,
     )
 
 

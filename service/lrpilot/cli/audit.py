@@ -24,7 +24,15 @@ from lrpilot.audit.bundle import Mismatch, bundle_run, live_branch, read_lines, 
 from lrpilot.audit.signing import SigningKeyError, keygen, load_public_key
 from lrpilot.audit.simulate import Comparison, Setup, compare, run_setup
 from lrpilot.audit.verify import check_bundle
-from lrpilot.cli._common import DEFAULT_URL, Url, client, detail_text, fail, service_errors
+from lrpilot.cli._common import (
+    DEFAULT_URL,
+    Token,
+    Url,
+    client,
+    detail_text,
+    fail,
+    service_errors,
+)
 from lrpilot.policies import PolicyError
 from lrpilot.settings import Settings
 from lrpilot.spec import RunStored
@@ -90,6 +98,7 @@ def export(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="the file to write (default: stdout)")
     ] = None,
+    token: Token = None,
 ) -> None:
     """Download a run as a bundle: its spec, every decision (both branches of a rewound run),
     and a trailer with the head hash (signed when the service has a signing key)."""
@@ -97,7 +106,7 @@ def export(
     def failed(exc: LrpilotError) -> str:
         return f"export of {run_id!r} failed ({exc.status_code}): {detail_text(exc)}"
 
-    with service_errors(url, failed), client(url) as lrpilot:
+    with service_errors(url, failed), client(url, token) as lrpilot:
         lrpilot.export(run_id, output if output else sys.stdout.buffer)
     if output:
         err.print(f"wrote {output}", markup=False)
@@ -106,6 +115,7 @@ def export(
 def import_(
     bundle: BundleFile,
     url: Url = DEFAULT_URL,
+    token: Token = None,
 ) -> None:
     """Upload a bundle to a service: it is checked whole (every link, every decision replayed
     through its policy version) before anything is stored."""
@@ -114,7 +124,7 @@ def import_(
     def failed(exc: LrpilotError) -> str:
         return f"import refused ({exc.status_code}): {detail_text(exc)}"
 
-    with service_errors(url, failed), client(url) as lrpilot:
+    with service_errors(url, failed), client(url, token) as lrpilot:
         imported = lrpilot.import_bundle(bundle)
     run = imported.run
     what = "imported" if imported.created else "already there, identical:"

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from lrpilot.audit.simulate import Setup
 from lrpilot.canonical import canonical_json, parse_float
-from lrpilot.cli._common import DEFAULT_URL, client, fail
+from lrpilot.cli._common import DEFAULT_URL, Token, client, fail
 from lrpilot.policies import PolicyError
 from lrpilot.policies.base import MAX_STEP
 from lrpilot_client import Client, LrpilotError, NotFoundError, ServiceUnavailableError
@@ -441,6 +441,7 @@ def plot(
         str,
         typer.Option("--url", envvar="LRPILOT_URL", help="the service, for --from-run"),
     ] = DEFAULT_URL,
+    token: Token = None,
 ) -> None:
     """Draw lr against training step to a PNG: from a run spec (offline, with an optional
     metric stream replayed through the policy), or from a live run (--from-run)."""
@@ -449,7 +450,7 @@ def plot(
         if from_run is not None:
             if spec is not None or values is not None:
                 raise PlotError("--from-run plots a live run: give no SPEC.json and no --values")
-            with client(url) as lrpilot:
+            with client(url, token) as lrpilot:
                 series = run_series(lrpilot, from_run, steps, every)
         else:
             if spec is None:

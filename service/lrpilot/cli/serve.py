@@ -4,6 +4,7 @@ that turn a misconfigured deployment into one line saying what to do."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import re
 from collections.abc import Iterator
 from typing import Annotated
@@ -67,6 +68,14 @@ def serve(
             "latest revision (for deployments that run `lrpilot db upgrade` as their own step).",
         ),
     ] = False,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            help="Serve a non-loopback --host although the database holds no API token: anyone "
+            "who can reach the port may read, write, rewind and import every run.",
+        ),
+    ] = False,
 ) -> None:
     """Apply migrations (unless --no-migrate), then serve the HTTP API."""
     import uvicorn
@@ -80,6 +89,8 @@ def serve(
         _check_schema_is_current(settings.database_url)
     else:
         _migrate(settings.database_url)
+    if not is_loopback(host) and not insecure_no_auth:
+        _require_tokens(settings, host)
     console.print(
         f"lrpilot on http://{host}:{port} , database {_safe(settings.database_url)}",
         soft_wrap=True,
@@ -91,6 +102,40 @@ def serve(
         which = "LRPILOT_TRUSTED_KEYS" if exc.trusted else "LRPILOT_SIGNING_KEY"
         fail(f"{exc}; {which} must name Ed25519 keys (`lrpilot keygen` writes a pair)")
     uvicorn.run(service, host=host, port=port, log_level=log_level)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (a name other than localhost is
+    taken as reachable from elsewhere)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_tokens(settings: Settings, host: str) -> None:
+    """A bind reachable from the network serves nobody's runs without tokens (open mode is for
+    loopback): refuse to start while the database holds none."""
+    from lrpilot.domain.errors import Unavailable
+    from lrpilot.store.runs import Store
+    from lrpilot.store.tokens import Tokens
+
+    store = Store(settings)
+    try:
+        exist = Tokens(store).exist()
+    except Unavailable as exc:
+        fail(f"reading the tokens of {_where(sa.make_url(settings.database_url))} failed: {exc}")
+    finally:
+        store.close()
+    if not exist:
+        fail(
+            f"--host {host} is reachable from the network and the database holds no API token, "
+            "so anyone could read, write and rewind every run: create one first with `lrpilot "
+            "token create --project default --role admin --database-url URL` (or serve on "
+            "127.0.0.1, or pass --insecure-no-auth to serve without authentication anyway)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

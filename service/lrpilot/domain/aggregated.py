@@ -34,6 +34,7 @@ class Posted:
     world_size: int | None = None
     weight: float | None = None
     timed_out: bool = False  # aggregated mode: decide (or refuse) the step with the ranks present
+    who: dict[str, str] | None = None  # whose token posted it (None in open mode)
 
 
 class Pending(Exception):
@@ -104,7 +105,7 @@ def aggregate_in(
                         f"{stored.value['seq']}); this request says {item.value!r} "
                         f"(weight {weight!r}): a rank's report of a step cannot change"
                     )
-        resized_on_retry(tx, head, step, item.world_size, heads, item.client)
+        resized_on_retry(tx, head, step, item.world_size, heads, item.client, item.who)
         return stored.text  # a retry, or a rank that reported too late to count: the same one
     check_resize_step(head, step, "step")  # a resize since the first report: never decided
     if item.timed_out:
@@ -147,7 +148,7 @@ def aggregate_in(
                 f"{weight!r}): a rank's report of a step cannot change"
             )
     else:
-        mine = Report(item.rank, item.world_size, item.value, weight, now(), item.client)
+        mine = Report(item.rank, item.world_size, item.value, weight, now(), item.client, item.who)
         tx.add_report(run_id, step, mine)
         reports = sorted([*reports, mine], key=lambda r: r.rank)
     if len(reports) == item.world_size:
@@ -168,7 +169,7 @@ def _decide_reports(
     counted (``world`` None) or those present at the timeout of a ``world`` of ranks; when the
     ranks report a new world_size and the run scales by it, a scale entry first."""
     head, _ = resized(tx, head, step, "world_size", reports[0].world_size, heads)
-    counted = [rank_report(r.rank, r.value, r.weight, r.client) for r in reports]
+    counted = [rank_report(r.rank, r.value, r.weight, r.client, r.by) for r in reports]
     if world is None or len(reports) == world:
         ranks = Ranks(counted, [])
     else:

@@ -41,8 +41,9 @@ def resolved(spec: RunStored) -> tuple[Policy, Frozen]:
     return policy, params
 
 
-def new_run(run_id: str, spec: RunSpec, created_at: str) -> NewRun:
-    """The run to store: params resolved (PolicyError if invalid), initial state, config hash."""
+def new_run(run_id: str, spec: RunSpec, created_at: str, project: str = "default") -> NewRun:
+    """The run to store in ``project``: params resolved (PolicyError if invalid), initial
+    state, config hash."""
     policy = get_policy(spec.policy.name, spec.policy.version)
     base_lrs = tuple(spec.base_lrs)
     params = policy.resolve(dict(spec.policy.params), base_lrs)
@@ -64,6 +65,7 @@ def new_run(run_id: str, spec: RunSpec, created_at: str) -> NewRun:
         spec=stored,
         state=canonical_json(initial.model_dump()),
         lrs=canonical_json(list(initial.lrs)),
+        project=project,
     )
 
 
@@ -129,9 +131,11 @@ def decide(
     created_at: str,
     client: dict[str, Any] | None = None,
     ranks: Ranks | None = None,
+    who: dict[str, str] | None = None,
 ) -> NewDecision:
     """The decision for a new step (above ``head.last_step``), sealed onto the chain;
-    ``client`` is who posted the observation, as it declared itself (host, process, rank);
+    ``client`` is who posted the observation, as it declared itself (host, process, rank),
+    ``who`` whose token posted it;
     ``ranks`` (aggregated mode) the reports ``value`` is the weighted mean of."""
     spec = head.spec
     policy, params = resolved(spec)
@@ -152,6 +156,7 @@ def decide(
         state=state_doc,
         client=client,
         ranks=ranks,
+        who=who,
     ).seal()
     state_json = canonical_json(state_doc)
     _remember_state(spec.policy.id, state_json, new_state)

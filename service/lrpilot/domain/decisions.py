@@ -45,12 +45,13 @@ class Decisions:
         rank: int | None = None,
         world_size: int | None = None,
         weight: float | None = None,
+        who: dict[str, str] | None = None,
     ) -> str:
         """The decision's canonical JSON, acknowledged only once it is committed. In an
         aggregated run, a rank whose report does not complete its step waits (holding no
         thread and no connection) for the step's decision, which every rank gets alike."""
         check_world(rank, world_size, self._max_world)
-        posted = Posted(run_id, step, value, client, rank, world_size, weight)
+        posted = Posted(run_id, step, value, client, rank, world_size, weight, who=who)
         try:
             body = await self._submit(posted)
         except Pending as pending:
@@ -72,9 +73,12 @@ class Decisions:
                 "the database did not answer in time; retry later (a retry never counts twice)"
             ) from None
 
-    def create_run(self, run_id: str, spec: RunSpec) -> tuple[dict[str, Any], bool]:
-        """The run created (True), or the stored one if it has the same spec (False)."""
-        run = new_run(run_id, spec, now())
+    def create_run(
+        self, run_id: str, spec: RunSpec, project: str = "default"
+    ) -> tuple[dict[str, Any], bool]:
+        """The run created in ``project`` (True), or the stored one if it has the same spec
+        (False); another project's run of that id is not found."""
+        run = new_run(run_id, spec, now(), project)
         stored, created = self.store.create_run(run)
         if not created:
             check_same_spec(RunStored.model_validate(_stored_fields(stored)), run)
@@ -95,12 +99,18 @@ class Decisions:
         return ranges.lrs_range(self.store, run_id, first, count)
 
     def resize(
-        self, run_id: str, step: int, by: str, size: int, client: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        step: int,
+        by: str,
+        size: int,
+        client: dict[str, Any] | None = None,
+        who: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         # (runs on a worker thread: waiting readers are not woken from here, they poll)
         if by == "world_size":
             check_world(None, size, self._max_world)
-        return scaling.resize(self.store, run_id, step, by, size, client)
+        return scaling.resize(self.store, run_id, step, by, size, client, who)
 
 
 def _stored_fields(document: dict[str, Any]) -> dict[str, Any]:
@@ -148,12 +158,14 @@ def _decide_one(
     if head.last_step is not None and item.step <= head.last_step:
         stored = tx.decision_at_step(item.run_id, item.step)
         answer = retried(head, item.step, item.value, stored)
-        scaling.resized_on_retry(tx, head, item.step, item.world_size, heads, item.client)
+        scaling.resized_on_retry(tx, head, item.step, item.world_size, heads, item.client, item.who)
         return answer
     scaling.check_resize_step(head, item.step, "step")
     if item.world_size is not None:
-        head, _ = scaling.resized(tx, head, item.step, "world_size", item.world_size, heads)
-    decision = decide(head, item.step, item.value, now(), item.client)
+        head, _ = scaling.resized(
+            tx, head, item.step, "world_size", item.world_size, heads, who=item.who
+        )
+    decision = decide(head, item.step, item.value, now(), item.client, who=item.who)
     tx.append_decision(decision)
     heads[item.run_id] = head.after(decision)
     return decision.body

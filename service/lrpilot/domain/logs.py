@@ -169,11 +169,12 @@ class Audit:
             except (OSError, Unavailable) as exc:  # kept for the next start
                 log.warning("could not clean %s: %s", path, exc)
 
-    def import_bundle(self, path: Path) -> tuple[dict[str, Any], bool]:
+    def import_bundle(self, path: Path, project: str = "default") -> tuple[dict[str, Any], bool]:
         """Check the bundle file (every line, every link, every decision replayed), then store
-        it: (the run, True); (the stored run, False) when it holds this very log. A bundle
-        that does not check is refused whole; another log under the same run_id is a
-        Conflict. Nothing of it is seen before all of it is stored (``Store.import_run``)."""
+        it in ``project``: (the run, True); (the stored run, False) when it holds this very
+        log. A bundle that does not check is refused whole; another log under the same run_id,
+        or a run of that id in another project, is a Conflict. Nothing of it is seen before all
+        of it is stored (``Store.import_run``)."""
 
         def open_lines() -> Iterator[bytes]:
             return read_raw(path, self._max_line)
@@ -183,7 +184,7 @@ class Audit:
         if not checked.ok or checked.run is None:
             assert checked.report.mismatch is not None
             raise BundleRefused(checked.report.mismatch)
-        run = _new_run(checked)
+        run = _new_run(checked, project)
         report = checked.report
         assert report.state is not None and report.lrs is not None
         end = LogEnd(
@@ -215,13 +216,20 @@ class Audit:
         finally:
             journal.unlink(missing_ok=True)
         if not created:
+            if self.store.run_project(run.run_id) != project:
+                # run ids are one namespace: say no more than that this one is taken
+                raise Conflict(f"run id {run.run_id!r} is taken: import it under another")
             return _same_log(self.store, run, checked), False
         return self.store.get_run(run.run_id), True
 
     # -- rewind ----------------------------------------------------------------------------
 
     def rewind(
-        self, run_id: str, to_step: int, client: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        to_step: int,
+        client: dict[str, Any] | None = None,
+        who: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Make the run's state what it was right after ``to_step``: the later decisions are
         kept, marked superseded, and the rewind is itself an entry of the chain (who asked, to
@@ -262,6 +270,7 @@ class Audit:
                 state=state,
                 restored_force=scale,
                 client=client,
+                who=who,
             ).seal()
             rewound = appended(
                 entry, canonical_json(state), to_step, scale if scale is not None else _base(head)
@@ -484,11 +493,11 @@ def _scale_at(tx: WriteTx, head: RunHead, step: int) -> InForce | None:
     return InForce(int(doc["resize"]["to"]), parse_float(doc["scale"]), int(doc["step"]))
 
 
-def _new_run(checked: BundleCheck) -> NewRun:
+def _new_run(checked: BundleCheck, project: str) -> NewRun:
     """The run a checked bundle describes, at the end of its log."""
     assert checked.run is not None
     spec = checked.run
-    return new_run(spec.run_id, spec, spec.created_at or now())
+    return new_run(spec.run_id, spec, spec.created_at or now(), project)
 
 
 def _same_log(store: Store, run: NewRun, checked: BundleCheck) -> dict[str, Any]:

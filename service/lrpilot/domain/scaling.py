@@ -21,7 +21,12 @@ from lrpilot.store.runs import Store, WriteTx
 
 
 def scale_entry(
-    head: RunHead, step: int, size: int, created_at: str, client: dict[str, Any] | None = None
+    head: RunHead,
+    step: int,
+    size: int,
+    created_at: str,
+    client: dict[str, Any] | None = None,
+    who: dict[str, str] | None = None,
 ) -> NewDecision:
     """The entry that rescales the run's lrs for a new ``size`` from ``step`` on: the policy's
     state stays as it is, the lrs it serves change by the scaling rule's factor."""
@@ -46,6 +51,7 @@ def scale_entry(
         policy_lrs=state.lrs,
         state=head.state.value,
         client=client,
+        who=who,
     ).seal()
     return appended(entry, head.state.text, head.last_step, InForce(size, by, step))
 
@@ -78,13 +84,14 @@ def resized(
     size: int,
     heads: dict[str, RunHead],
     client: dict[str, Any] | None = None,
+    who: dict[str, str] | None = None,
 ) -> tuple[RunHead, NewDecision | None]:
     """The head after a scale entry for ``size`` at ``step`` and the entry, appended when the
     run scales by ``by`` and ``size`` is not the size in force (else the head, and None)."""
     force, spec = head.scale, head.spec.scaling
     if force is None or spec is None or size == force.size or spec.by != by:
         return head, None
-    entry = scale_entry(head, step, size, now(), client)
+    entry = scale_entry(head, step, size, now(), client, who)
     tx.append_decision(entry)
     heads[head.run_id] = head = head.after(entry)
     return head, entry
@@ -97,6 +104,7 @@ def resized_on_retry(
     world_size: int | None,
     heads: dict[str, RunHead],
     client: dict[str, Any] | None,
+    who: dict[str, str] | None = None,
 ) -> None:
     """A retry of the last decided step that says another world_size: the job resumed from
     the checkpoint of its last evaluation on another number of ranks (a resize may apply from
@@ -109,11 +117,17 @@ def resized_on_retry(
         or (force.step is not None and step < force.step)
     ):
         return
-    resized(tx, head, step, "world_size", world_size, heads, client)
+    resized(tx, head, step, "world_size", world_size, heads, client, who)
 
 
 def resize(
-    store: Store, run_id: str, step: int, by: str, size: int, client: dict[str, Any] | None
+    store: Store,
+    run_id: str,
+    step: int,
+    by: str,
+    size: int,
+    client: dict[str, Any] | None,
+    who: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """An elastic job's new world_size or global batch size from training step ``step`` on: a
     scale entry rescales the lrs by the run's scaling rule (none when ``size`` is already in
@@ -144,7 +158,7 @@ def resize(
                 "from an older checkpoint should rewind the run first)"
             )
         check_resize_step(head, step, "step")
-        return resized(tx, head, step, by, size, {}, client)[1]
+        return resized(tx, head, step, by, size, {}, client, who)[1]
 
     entry = store.transact(work)
     run = store.get_run(run_id)

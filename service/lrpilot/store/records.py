@@ -7,8 +7,11 @@ stored column. What it writes is canonical JSON text, encoded once by the code t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from lrpilot.canonical import canonical_json
@@ -74,6 +77,7 @@ class NewRun:
     spec: RunStored
     state: str  # canonical JSON of the policy's initial state
     lrs: str  # canonical JSON list: the initial lrs
+    project: str = "default"  # whose tokens see it
 
     @property
     def run_id(self) -> str:
@@ -141,6 +145,7 @@ class Report:
     weight: float
     created_at: str
     client: dict[str, Any] | None = None  # who posted it, as it declared itself
+    by: dict[str, str] | None = None  # whose token posted it (None in open mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,3 +202,62 @@ class LogEnd:
     scale: str | None  # canonical JSON of the scale in force (None: the base, or no rule)
     reductions: int
     imported: Imported
+
+
+ROLES = ("reader", "writer", "admin")  # each may do what the ones before it may
+
+
+TOKEN_PREFIX = "lrp_"  # a prefix that secret scanners can look for
+
+
+def new_secret() -> str:
+    """A new token: 256 random bits."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_name(project: str, role: str) -> str:
+    """A token's name when none is given: PROJECT-ROLE-random."""
+    return f"{project}-{role}-{secrets.token_hex(3)}"
+
+
+def secret_hash(secret: str) -> str:
+    """What the tokens table keeps of a token: its SHA-256 (a token is 256 random bits, so a
+    plain hash, unsalted, is as strong as the token)."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An API token as stored: never its secret."""
+
+    id: int
+    name: str
+    project: str
+    role: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+
+    def may(self, role: str) -> bool:
+        """Whether this token's role includes ``role``."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+    def refused(self, at: datetime) -> str | None:
+        """Why the token is not valid at ``at`` (None when it is)."""
+        if self.revoked_at is not None:
+            return "the token was revoked"
+        if self.expires_at is not None and datetime.fromisoformat(self.expires_at) <= at:
+            return "the token has expired"
+        return None
+
+    def doc(self) -> dict[str, Any]:
+        """As `lrpilot token list` shows it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "project": self.project,
+            "role": self.role,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+        }

@@ -272,7 +272,7 @@ class WriteTx:
         known = self._reports.get((run_id, step))
         if known is None:
             rows = self._execute(
-                "SELECT rank, world_size, value, weight, created_at, client FROM reports "
+                "SELECT rank, world_size, value, weight, created_at, client, by FROM reports "
                 "WHERE run_id = ? AND step = ? ORDER BY rank",
                 (run_id, step),
             ).fetchall()
@@ -284,6 +284,7 @@ class WriteTx:
                     float(r[3]),
                     str(r[4]),
                     None if r[5] is None else json.loads(r[5]),
+                    None if r[6] is None else json.loads(r[6]),
                 )
                 for r in rows
             ]
@@ -308,6 +309,7 @@ class WriteTx:
                 report.weight,
                 None if report.client is None else canonical_json(report.client),
                 report.created_at,
+                None if report.by is None else canonical_json(report.by),
             )
         )
 
@@ -425,7 +427,7 @@ class WriteTx:
                 _param(
                     self._conn,
                     "INSERT INTO reports (run_id, step, rank, world_size, value, weight, client, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "created_at, by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ),
                 self._new_reports,
             )
@@ -688,6 +690,12 @@ class Store:
         ):
             yield session
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session for the tables that are not runs' (tokens): the same bounded waits."""
+        with self._read() as session:
+            yield session
+
     def ping(self) -> None:
         """The database answers, and holds lrpilot's schema, within ``ready_timeout_s`` (the
         probe gives up then: its thread must not stay behind on a frozen database) or
@@ -726,6 +734,8 @@ class Store:
         def insert(session: Session) -> tuple[dict[str, Any], bool]:
             existing = session.get(RunRow, run.run_id)
             if existing is not None:
+                if existing.project != run.project:  # another project's: it is not there
+                    raise RunNotFound(f"run {run.run_id!r} not found")
                 return run_document(existing), False
             imported = select(DecisionRow.seq).where(DecisionRow.run_id == run.run_id).limit(1)
             if session.exec(imported).first() is not None:  # its log, before its run row
@@ -747,9 +757,22 @@ class Store:
                 raise RunNotFound(f"run {run_id!r} not found")
             return run_document(row)
 
-    def list_runs(self, labels: dict[str, str], after: str | None, limit: int) -> Page:
+    def run_project(self, run_id: str) -> str | None:
+        """The project of the run, None if there is no such run."""
         with self._read() as s:
-            q = select(RunRow).order_by(col(RunRow.run_id)).limit(limit + 1)
+            q = select(RunRow.project).where(RunRow.run_id == run_id)
+            return s.exec(q).first()
+
+    def list_runs(
+        self, labels: dict[str, str], after: str | None, limit: int, project: str = "default"
+    ) -> Page:
+        with self._read() as s:
+            q = (
+                select(RunRow)
+                .where(RunRow.project == project)
+                .order_by(col(RunRow.run_id))
+                .limit(limit + 1)
+            )
             if after is not None:
                 q = q.where(col(RunRow.run_id) > after)
             for key, value in sorted(labels.items()):
@@ -1043,6 +1066,7 @@ def _run_row(run: NewRun) -> RunRow:
     spec = run.spec
     return RunRow(
         run_id=spec.run_id,
+        project=run.project,
         policy=spec.policy.id,
         params=canonical_json(spec.policy.params),
         base_lrs=canonical_json(list(spec.base_lrs)),

@@ -13,6 +13,11 @@ class RunRow(SQLModel, table=True):
     __tablename__ = "runs"
 
     run_id: str = Field(primary_key=True, sa_type=sa.String(128))
+    # the project whose tokens see the run; "default" in open mode and for runs made before
+    # projects existed
+    project: str = Field(
+        default="default", sa_type=sa.String(128), sa_column_kwargs={"server_default": "default"}
+    )
     policy: str = Field(sa_type=sa.String(64))  # "plateau@1"
     params: str = Field(sa_type=sa.Text)  # canonical JSON, every default filled
     base_lrs: str = Field(sa_type=sa.Text)  # canonical JSON list
@@ -85,4 +90,23 @@ class ReportRow(SQLModel, table=True):
     value: str = Field(sa_type=sa.String(40))  # the float's canonical token (repr, or "NaN")
     weight: float = Field(sa_type=sa.Float)
     client: str | None = Field(default=None, sa_type=sa.Text)  # canonical JSON, as declared
+    by: str | None = Field(
+        default=None, sa_type=sa.Text
+    )  # canonical JSON: the token's name, project
     created_at: str = Field(sa_type=sa.String(40))
+
+
+class TokenRow(SQLModel, table=True):
+    """An API token: who it is (name), what it may do (project, role), and only the SHA-256 of
+    its secret: a copy of the database gives no one a usable token."""
+
+    __tablename__ = "tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_type=sa.String(128), unique=True)
+    project: str = Field(sa_type=sa.String(128))
+    role: str = Field(sa_type=sa.String(16))  # reader | writer | admin
+    token_hash: str = Field(sa_type=sa.String(64), unique=True)  # hex SHA-256 of the secret
+    created_at: str = Field(sa_type=sa.String(40))
+    expires_at: str | None = Field(default=None, sa_type=sa.String(40))
+    revoked_at: str | None = Field(default=None, sa_type=sa.String(40))

@@ -1,0 +1,201 @@
+"""Who is asking, and may they: the one check every route and the observation fast path run.
+
+A request carries ``Authorization: Bearer TOKEN``. The token is looked up by its SHA-256 in the
+tokens table (``store.tokens``); its role must include the route's (reader < writer < admin),
+and a run it names must be in the token's project, else the run is "not found", exactly as a
+run that does not exist: a token learns nothing of other projects.
+
+Open mode: while the database holds no token at all (a revoked one counts), every request is
+served as project "default" with every role: the local quick start. ``lrpilot serve`` refuses
+a non-loopback bind in that state (cli/serve.py).
+
+Lookups are cached for ``CACHE_S`` at most, so that a revocation, an expiry or the first token
+holds on every replica within that time, while a busy run costs the database one token lookup
+a second, not one a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, NamedTuple
+
+from fastapi import Depends, FastAPI, Request
+from starlette.responses import Response
+
+from lrpilot.api.models import Message
+from lrpilot.api.responses import StrictJSONResponse
+from lrpilot.domain.errors import RunNotFound
+from lrpilot.store.records import ROLES, Token, secret_hash
+from lrpilot.store.runs import Store
+from lrpilot.store.tokens import Tokens
+
+DEFAULT_PROJECT = "default"  # open mode's project, and that of runs made before projects
+CACHE_S = 1.0
+MAX_CACHED = 10_000  # tokens remembered at once; beyond, the cache starts again
+MAX_TOKEN_CHARS = 512  # longer is no token of ours: refused without a lookup
+
+
+class Caller(NamedTuple):
+    """Who a request comes from: a token's name, project and role (name None in open mode)."""
+
+    name: str | None
+    project: str
+    role: str
+
+    def by(self) -> dict[str, str] | None:
+        """What an entry this request causes records of who caused it (None in open mode:
+        such entries keep the bytes they always had)."""
+        return None if self.name is None else {"token": self.name, "project": self.project}
+
+
+OPEN = Caller(None, DEFAULT_PROJECT, ROLES[-1])
+
+
+class Refused(Exception):
+    """401 (no valid token) or 403 (a valid token without the role the route needs)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+    def response(self) -> Response:
+        headers = {}
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="lrpilot"'
+        return StrictJSONResponse({"detail": self.detail}, self.status, headers=headers)
+
+
+class Authenticator:
+    """The tokens and runs' projects a replica has looked up lately (see ``CACHE_S``)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._tokens = Tokens(store)
+        self._clock = clock
+        self._exist: tuple[float, bool] | None = None
+        self._found: dict[str, tuple[float, Token | None]] = {}
+        self._projects: dict[str, str] = {}  # a run's project never changes
+
+    def tokens_exist(self) -> bool:
+        """Whether any token exists (a blocking read, cached ``CACHE_S``)."""
+        at = self._clock()
+        if self._exist is None or at - self._exist[0] > CACHE_S:
+            self._exist = (at, self._tokens.exist())
+        return self._exist[1]
+
+    def _token(self, hashed: str) -> Token | None:
+        at = self._clock()
+        known = self._found.get(hashed)
+        if known is None or at - known[0] > CACHE_S:
+            if len(self._found) >= MAX_CACHED:
+                self._found.clear()
+            known = self._found[hashed] = (at, self._tokens.find(hashed))
+        return known[1]
+
+    def _project_of(self, run_id: str) -> str | None:
+        project = self._projects.get(run_id)
+        if project is None:
+            project = self._store.run_project(run_id)
+            if project is not None:
+                if len(self._projects) >= MAX_CACHED:
+                    self._projects.clear()
+                self._projects[run_id] = project
+        return project
+
+    def check(self, authorization: str | None, role: str, run_id: str | None) -> Caller:
+        """The caller, or ``Refused`` (401, 403) or ``RunNotFound`` (a run of another
+        project). Blocking: it may read the database (``authorize`` is the async form)."""
+        if not self.tokens_exist():
+            return OPEN
+        scheme, _, secret = (authorization or "").strip().partition(" ")
+        secret = secret.strip()
+        if not authorization:
+            raise Refused(401, "authentication required: send 'Authorization: Bearer TOKEN'")
+        if scheme.lower() != "bearer" or not secret:
+            raise Refused(401, "the Authorization header must be 'Bearer TOKEN'")
+        token = None if len(secret) > MAX_TOKEN_CHARS else self._token(secret_hash(secret))
+        if token is None:
+            raise Refused(401, "unknown token")
+        refused = token.refused(datetime.now(UTC))
+        if refused is not None:
+            raise Refused(401, refused)
+        if not token.may(role):
+            raise Refused(
+                403,
+                f"this needs the role {role} (or above); token {token.name!r} has the role "
+                f"{token.role}",
+            )
+        if run_id is not None:
+            project = self._project_of(run_id)
+            if project is not None and project != token.project:
+                raise RunNotFound(f"run {run_id!r} not found")  # as if it did not exist
+        return Caller(token.name, token.project, token.role)
+
+    async def authorize(self, authorization: str | None, role: str, run_id: str | None) -> Caller:
+        """``check``, off the event loop when it must read the database."""
+        if self._exist is not None and self._clock() - self._exist[0] <= CACHE_S:
+            if not self._exist[1]:
+                return OPEN
+            try:  # the common case, every lookup cached: no thread hop
+                return self._check_cached(authorization, role, run_id)
+            except _NotCached:
+                pass
+        return await asyncio.to_thread(self.check, authorization, role, run_id)
+
+    def _check_cached(self, authorization: str | None, role: str, run_id: str | None) -> Caller:
+        secret = (authorization or "").strip().partition(" ")[2].strip()
+        if secret and len(secret) <= MAX_TOKEN_CHARS:
+            known = self._found.get(secret_hash(secret))
+            if known is None or self._clock() - known[0] > CACHE_S:
+                raise _NotCached
+        if run_id is not None and run_id not in self._projects:
+            raise _NotCached
+        return self.check(authorization, role, run_id)
+
+
+class _NotCached(Exception):
+    pass
+
+
+def _header(request: Request) -> str | None:
+    return request.headers.get("authorization")
+
+
+def require(role: str) -> Any:
+    """The dependency of a route that needs ``role``: the caller, checked."""
+
+    async def caller(request: Request) -> Caller:
+        auth: Authenticator = request.app.state.auth
+        run_id = request.path_params.get("run_id")
+        return await auth.authorize(_header(request), role, run_id)
+
+    caller.__name__ = f"require_{role}"
+    return Depends(caller)
+
+
+Reader = Annotated[Caller, require("reader")]
+Writer = Annotated[Caller, require("writer")]
+Admin = Annotated[Caller, require("admin")]
+
+
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": Message,
+        "description": "no token, or an unknown, expired or revoked one",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+    },
+    403: {"model": Message, "description": "the token's role is below the one this needs"},
+}
+
+
+def install(app: FastAPI) -> None:
+    """The refusals' answer (their documentation: ``REFUSALS``, given to the routers that
+    check their caller, app.py)."""
+
+    @app.exception_handler(Refused)
+    async def _refused(_: Request, exc: Refused) -> Response:
+        return exc.response()

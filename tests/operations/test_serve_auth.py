@@ -1,0 +1,90 @@
+"""``lrpilot serve`` and authentication: open mode on loopback (said at startup), refusal of a
+network bind without tokens unless --insecure-no-auth, tokens required once one exists."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lrpilot.api.auth import CACHE_S
+from lrpilot.cli.serve import is_loopback
+from lrpilot.store.db import upgrade
+from tests.conftest import BACKENDS, empty_database
+from tests.harness import LiveServer
+from tests.helpers import bearer, make_token, run_spec
+from tests.operations.test_startup import lrpilot, one_line_failure
+
+
+class OnAllInterfaces(LiveServer):
+    """``lrpilot serve --host 0.0.0.0`` (reached on 127.0.0.1), with more options."""
+
+    def __init__(self, database_url: str, *extra: str) -> None:
+        super().__init__(database_url)
+        self.extra = list(extra)
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        cmd[cmd.index("--host") + 1] = "0.0.0.0"
+        return cmd + self.extra
+
+
+def test_loopback_addresses() -> None:
+    assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.7", "gpu-node-3", "192.168.1.2"]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_network_bind_without_tokens_refuses_to_start(backend: str, tmp_path: Path) -> None:
+    url = empty_database(backend, tmp_path)
+    done = lrpilot("serve", "--host", "0.0.0.0", "--port", "1", "--database-url", url)
+    line = one_line_failure(done)
+    assert "holds no API token" in line and "lrpilot token create" in line, line
+    assert "--insecure-no-auth" in line
+
+
+def test_insecure_no_auth_serves_open_on_the_network(tmp_path: Path) -> None:
+    with OnAllInterfaces(f"sqlite:///{tmp_path / 'x.db'}", "--insecure-no-auth") as server:
+        r = httpx.put(f"{server.url}/v1/runs/r", json=run_spec())
+        assert r.status_code == 201, r.text
+        assert "WITHOUT authentication" in server.log_tail()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_network_bind_with_a_token_starts_and_requires_it(backend: str, tmp_path: Path) -> None:
+    url = empty_database(backend, tmp_path)
+    upgrade(url)
+    secret = make_token(url, "default", "writer")
+    with OnAllInterfaces(url) as server:
+        assert httpx.get(f"{server.url}/v1/runs").status_code == 401
+        r = httpx.put(f"{server.url}/v1/runs/r", json=run_spec(), headers=bearer(secret))
+        assert r.status_code == 201, r.text
+        assert "WITHOUT authentication" not in server.log_tail()
+
+
+def test_loopback_without_tokens_serves_open_and_says_so(live_server: LiveServer) -> None:
+    assert httpx.put(f"{live_server.url}/v1/runs/r", json=run_spec()).status_code == 201
+    said = [line for line in live_server.log_tail().splitlines() if "WITHOUT auth" in line]
+    assert len(said) == 1, live_server.log_tail()
+
+
+@pytest.mark.postgres
+def test_a_revocation_holds_on_every_replica_within_the_cache_bound(
+    postgres_replicas: tuple[LiveServer, LiveServer],
+) -> None:
+    first, second = postgres_replicas
+    assert first.database_url is not None
+    admin = make_token(first.database_url, "p", "admin", name="ops")
+    job = make_token(first.database_url, "p", "writer", name="job")
+    time.sleep(CACHE_S + 0.1)  # both replicas started in open mode: they see the tokens now
+    for server in (first, second):
+        assert httpx.get(f"{server.url}/v1/runs").status_code == 401
+        assert httpx.get(f"{server.url}/v1/runs", headers=bearer(job)).status_code == 200
+    r = httpx.post(f"{first.url}/v1/tokens/job/revoke", headers=bearer(admin))
+    assert r.status_code == 200, r.text
+    time.sleep(CACHE_S + 0.1)
+    for server in (first, second):
+        r = httpx.get(f"{server.url}/v1/runs", headers=bearer(job))
+        assert r.status_code == 401 and r.json()["detail"] == "the token was revoked"
