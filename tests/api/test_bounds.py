@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from lrpilot.api.errors import bounded, validation_item
 from lrpilot.api.responses import MAX_PAGE_CHARS
 from lrpilot.entries import MAX_LISTED_MISSING, Ranks, missing_ranges
+from lrpilot_client.models import Decision
 from tests.api.audit_calls import import_
 from tests.conftest import app_client
 from tests.helpers import lrpilot_cli, run_spec, strict_json
@@ -98,6 +99,8 @@ def test_one_rank_of_the_largest_world_decides_a_small_entry(
     assert len(r.content) < 4096, len(r.content)
     decision = r.json()
     assert decision["missing_ranges"] == [[0, 2], [4, 65_535]]
+    read = Decision.from_json(decision)  # as the client reads it
+    assert read.missing_ranges == ((0, 2), (4, 65_535)) and read.missing == 65_535
     assert "missing_ranks" not in decision and decision["timeout_s"] == 1.0
     assert (
         "ranks 3 of 65536 counted; 65535 ranks (0-2, 4-65535) did not report" in decision["reason"]

@@ -182,6 +182,15 @@ class _Fields:
     def opt_obj_or_none(self, key: str) -> dict[str, Any] | None:
         return self.opt_obj(key) or None
 
+    def ranges(self, key: str) -> tuple[tuple[int, int], ...]:
+        """A list of [first, last] pairs of integers that may be absent or null (then empty)."""
+        pairs = self.opt_array(key)
+        if not all(
+            isinstance(p, list) and len(p) == 2 and all(type(n) is int for n in p) for p in pairs
+        ):
+            raise ResponseError(f"{self._where(key)}: expected [first, last] pairs of integers")
+        return tuple((p[0], p[1]) for p in pairs)
+
 
 # How a field is read, by its annotation: one reader for every model, so that a model is its
 # fields and nothing else (a field of another model's type is read by that model).
@@ -200,6 +209,7 @@ _READERS: dict[str, Callable[[_Fields, str], Any]] = {
     "tuple[int, ...]": _Fields.opt_array,
     "tuple[str, ...]": _Fields.opt_array,
     "tuple[Mapping[str, Any], ...]": _Fields.opt_array,
+    "tuple[tuple[int, int], ...]": _Fields.ranges,
     "Mapping[str, Any]": _Fields.opt_obj,
     "Mapping[str, Any] | None": _Fields.opt_obj_or_none,
 }
@@ -355,6 +365,9 @@ class Decision(_Model):
     # client), and for a step decided at the timeout the ranks missing and that timeout
     ranks: tuple[Mapping[str, Any], ...] = ()
     missing_ranks: tuple[int, ...] = ()
+    # the missing ranks as [first, last] ranges instead, when there are many of them (a step of
+    # a large world decided at the timeout): a decision's size follows the ranks that reported
+    missing_ranges: tuple[tuple[int, int], ...] = ()
     timeout_s: float | None = None
 
     @property
@@ -368,6 +381,11 @@ class Decision(_Model):
         metric stalled, or an LR range test is over). An early-stopping signal: acting on it is
         the job's choice."""
         return self.action == "stop"
+
+    @property
+    def missing(self) -> int:
+        """How many ranks a step decided at the timeout did without (aggregated runs)."""
+        return len(self.missing_ranks) + sum(b - a + 1 for a, b in self.missing_ranges)
 
     @property
     def counted(self) -> tuple[int, ...]:
