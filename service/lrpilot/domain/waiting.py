@@ -3,7 +3,10 @@
 Two kinds wait: in leader mode, readers of ``GET /lr?step=N&wait=...`` until the run is decided
 through step N; in aggregated mode, the ranks that reported a step until its decision (or its
 timeout). A decision committed in this process wakes them at once; decisions that other
-replicas made are found by polling every ``WAIT_POLL_S``.
+replicas made are found by polling every ``WAIT_POLL_S``. When the process shuts down
+(``drain``) every wait ends at once: a reader gets its current answer (not ``certain``), a rank
+a 503 (its report is stored: posted again, after the restart or to another replica, it counts
+once).
 """
 
 from __future__ import annotations
@@ -16,8 +19,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lrpilot.domain.aggregated import Pending, Posted
+from lrpilot.domain.errors import Unavailable
 
 WAIT_POLL_S = 0.2  # how often a waiting reader looks for other replicas' decisions
+
+
+def _shutting_down(run_id: str, step: int) -> Unavailable:
+    return Unavailable(
+        f"the service is shutting down before step {step} of run {run_id!r} was decided; this "
+        "rank's report is stored and counts once: post it again (to another replica, or once "
+        "this one is back) for the decision"
+    )
 
 
 class _StepWait:
@@ -46,6 +58,18 @@ class Waiters:
     def __init__(self) -> None:
         self._runs: dict[str, asyncio.Event] = {}  # runs readers wait on (leader mode)
         self._steps: dict[tuple[str, int], _StepWait] = {}  # steps ranks wait on (aggregated)
+        self.draining = False  # shutting down: no wait starts, every wait ends
+
+    def drain(self) -> None:
+        """End every wait now (the process is shutting down), and every wait to come."""
+        self.draining = True
+        for event in self._runs.values():
+            event.set()
+        self._runs.clear()
+        for (run_id, step), wait in self._steps.items():
+            if not wait.decided.done():
+                wait.decided.set_exception(_shutting_down(run_id, step))
+                wait.decided.exception()  # its waiters raise it; none left is no error to log
 
     def decided(self, run_id: str, step: int | None = None, body: str | None = None) -> None:
         """Wake the readers waiting on this run (in this process: others poll), and hand the
@@ -75,6 +99,8 @@ class Waiters:
         handed to all of them as it is committed, and they share one read a poll for the
         decisions of other replicas (with hundreds of ranks, a read each was most of a step's
         time)."""
+        if self.draining:
+            raise _shutting_down(run_id, step)
         key = (run_id, step)
         wait = self._steps.get(key)
         if wait is None:
@@ -110,15 +136,18 @@ class Waiters:
     ) -> dict[str, Any]:
         """``read()``'s answer once it says the run is decided far enough, waiting up to
         ``wait_s``: a decision in this process wakes the wait, and it reads again every
-        ``WAIT_POLL_S`` for decisions that other replicas made."""
+        ``WAIT_POLL_S`` for decisions that other replicas made. Shutting down, the answer of
+        the last read (not ``certain``: the reader asks again, elsewhere or later)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
             answer, decided = await asyncio.to_thread(read)
             left = deadline - loop.time()
-            if decided or left <= 0:
+            if decided or left <= 0 or self.draining:
                 return answer
             event = self._runs.setdefault(run_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(left, WAIT_POLL_S)):
                     await event.wait()
+            if self.draining:
+                return answer
