@@ -12,8 +12,9 @@ h11 protocol:
   complete), else the connection is closed. While the server itself stops reading (the app has
   not consumed what came), the client is not to blame and the timer waits;
 * beyond ``max_connections`` open connections a new one is answered 503 at once and closed, and
-  the cap is kept below the process's file descriptor limit (raised to its hard limit first), so
-  that ``accept`` never fails for want of a descriptor;
+  the cap is kept below the process's file descriptor limit (raised to its hard limit first),
+  with room for what asyncio accepts in one go before the protocol can refuse any (the listen
+  backlog, sized to the limit), so that ``accept`` never fails for want of a descriptor;
 * asyncio's own error reports (a failing ``accept`` among them) are rate-limited: one line a
   second for each kind, with the count of those left out.
 
@@ -213,11 +214,19 @@ def raise_file_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+def listen_backlog(file_limit: int) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts in one go, before
+    the protocol sees any of them (and can refuse them): uvicorn's 2048, or fewer for a small
+    file limit."""
+    return max(16, min(2048, file_limit // 8))
+
+
 def connection_cap(setting: int, file_limit: int) -> int:
     """The connection cap: the setting, or fewer, so that every connection, plus what the
-    process holds besides, fits in its file descriptors."""
+    process holds besides, plus two bursts of accepted connections not yet refused, fits in
+    its file descriptors: ``accept`` then never fails for want of one."""
     reserve = min(FD_RESERVE, file_limit // 4)
-    return max(1, min(setting, file_limit - reserve))
+    return max(1, min(setting, file_limit - reserve - 2 * listen_backlog(file_limit)))
 
 
 class RateLimitedReports:
@@ -278,7 +287,8 @@ def build(
     drain: Callable[[], None] = lambda: None,
 ) -> Server:
     """The server ``lrpilot serve`` runs: ``app`` on host:port under ``settings``' limits."""
-    cap = connection_cap(settings.max_connections, raise_file_limit())
+    file_limit = raise_file_limit()
+    cap = connection_cap(settings.max_connections, file_limit)
     limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, cap)
     config = uvicorn.Config(
         app,
@@ -287,6 +297,7 @@ def build(
         log_level=log_level,
         access_log=access_log,
         http=protocol_class(limits),
+        backlog=listen_backlog(file_limit),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         lifespan="on",
