@@ -33,6 +33,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, ClassVar
 
 import h11
@@ -263,16 +264,33 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self._drain = drain
         self._drain_s = drain_s
+        self._drained_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        asyncio.get_running_loop().set_exception_handler(RateLimitedReports())
+        self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(RateLimitedReports())
         await super().startup(sockets)
 
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn notices the signal at its next tick (up to 0.1 s); the drain starts now, on
+        # the loop (a signal handler must not touch the app's futures in the middle of a step)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._begin_drain)
+
+    def _begin_drain(self) -> None:
+        if self._drained_at is None:
+            self._drained_at = time.monotonic()
+            logger.info("draining: waiting requests answered, /readyz says so")
+            self._drain()
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        logger.info("draining: waiting requests answered, /readyz says so")
-        self._drain()
-        if self._drain_s > 0:  # still serving: a load balancer's probe sees the 503
-            await asyncio.sleep(self._drain_s)
+        self._begin_drain()
+        assert self._drained_at is not None
+        left = self._drained_at + self._drain_s - time.monotonic()
+        if left > 0:  # still serving: a load balancer's probe sees the 503
+            await asyncio.sleep(left)
         await super().shutdown(sockets)
 
 
