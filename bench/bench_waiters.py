@@ -1,0 +1,260 @@
+"""Thousands of requests waiting on one replica for one decision: long-poll readers, and the
+ranks of one aggregated step.
+
+    python bench/bench_waiters.py [--waiters 4096] [--mode longpoll,aggregated]
+        [--postgres-url URL] [--out FILE]
+
+Issue 14: 4,096 long-poll waiters on one replica, and 4,096 ranks reporting one aggregated
+step, on each database: no errors, the decision reaches every waiter within a second of its
+commit, and ``/healthz`` p99 stays within 2x of idle.
+
+One server, ``lrpilot serve`` under tests.harness.LiveServer (default settings), on a fresh
+database (a new SQLite file; with ``--postgres-url``, that database's public schema DROPPED and
+migrated again). A thread probes ``GET /healthz`` on a kept connection every 10 ms throughout;
+its p99 is reported for the idle phase (before any waiter) and the loaded one (from the first
+waiter's request to the last answer).
+
+longpoll     a run in leader mode holds a decision at step 10; W connections each send
+             ``GET /v1/runs/lp/lr?step=20&wait=60`` and wait; after ``--settle`` seconds one
+             more connection posts the observation of step 20. Latency: from the moment that
+             POST was written (before its commit: an upper bound) to each waiter's answer.
+             Checked: every answer a 200, ``certain`` true, the seq of the decision posted.
+aggregated   a run in aggregated mode; W connections, one a rank, post step 1 with
+             ``world_size`` W, all written at once. The last report in decides. Latency: from
+             the first answer read (the decision is committed by then) to each other answer.
+             Checked: every answer a 200, all W the same bytes, W ranks in the decision.
+
+The load generator is this process (asyncio streams, requests pre-built as bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common import (
+    RUN_SPEC,
+    command_line,
+    console,
+    cpu_seconds,
+    figures_table,
+    fresh_database,
+    machine_info,
+    print_header,
+    write_result,
+)
+from tests.harness import LiveServer
+
+LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class HealthProbe:
+    """``GET /healthz`` on a kept connection every ``every_s``, on a thread: (when, seconds)."""
+
+    def __init__(self, url: str, every_s: float = 0.01) -> None:
+        self.url, self.every_s = url, every_s
+        self.samples: list[tuple[float, float]] = []
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30.0) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    ok = http.get("/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                self.samples.append((started, time.monotonic() - started))
+                self.failures += not ok
+                time.sleep(self.every_s)
+
+    def start(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def p99_ms(self, start: float, end: float) -> float:
+        return 1e3 * percentile([s for at, s in self.samples if start <= at <= end], 0.99)
+
+
+def request(method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+    data = json.dumps(body).encode() if body is not None else b""
+    head = f"{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {len(data)}\r\n"
+    if body is not None:
+        head += "content-type: application/json\r\n"
+    return (head + "\r\n").encode() + data
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[int, bytes, float]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    match = LENGTH.search(head)
+    body = await reader.readexactly(int(match.group(1)) if match else 0)
+    return int(head[9:12]), body, time.monotonic()
+
+
+async def connect(n: int, port: int) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    conns = []
+    for at in range(0, n, 512):  # in batches: the listen backlog is finite
+        conns += await asyncio.gather(
+            *(asyncio.open_connection("127.0.0.1", port) for _ in range(min(512, n - at)))
+        )
+    return conns
+
+
+async def longpoll(port: int, waiters: int, settle_s: float) -> dict[str, Any]:
+    conns = await connect(waiters + 1, port)
+    (poster_r, poster_w), readers = conns[0], conns[1:]
+    ask = request("GET", "/v1/runs/lp/lr?step=20&wait=60")
+    started = time.monotonic()
+    for _, writer in readers:
+        writer.write(ask)
+    pending = [asyncio.ensure_future(answer(reader)) for reader, _ in readers]
+    await asyncio.sleep(settle_s)
+    early = sum(p.done() for p in pending)
+    posted_at = time.monotonic()
+    poster_w.write(request("POST", "/v1/runs/lp/observations", {"step": 20, "value": 0.4}))
+    status, body, _ = await answer(poster_r)
+    assert status == 200, body
+    seq = json.loads(body)["seq"]
+    answers = await asyncio.gather(*pending)
+    ended = time.monotonic()
+    errors = [
+        (s, b[:200])
+        for s, b, _ in answers
+        if s != 200 or not json.loads(b)["certain"] or json.loads(b)["seq"] != seq
+    ]
+    for _, writer in conns:
+        writer.close()
+    return {
+        "started": started,
+        "ended": ended,
+        "answered_before_the_decision": early,
+        "errors": len(errors) + early,
+        "error_samples": [repr(e) for e in errors[:3]],
+        "latencies": [at - posted_at for _, _, at in answers],
+    }
+
+
+async def aggregated(port: int, ranks: int) -> dict[str, Any]:
+    conns = await connect(ranks, port)
+    posts = [
+        request(
+            "POST",
+            "/v1/runs/agg/observations",
+            {"step": 1, "value": 1.0 + r / ranks, "rank": r, "world_size": ranks},
+        )
+        for r in range(ranks)
+    ]
+    started = time.monotonic()
+    for (_, writer), post in zip(conns, posts, strict=True):
+        writer.write(post)
+    answers = await asyncio.gather(*(answer(reader) for reader, _ in conns))
+    ended = time.monotonic()
+    first = min(at for _, _, at in answers)
+    bodies = {b for _, b, _ in answers}
+    errors = [(s, b[:200]) for s, b, _ in answers if s != 200]
+    if not errors and (len(bodies) != 1 or len(json.loads(answers[0][1])["ranks"]) != ranks):
+        errors.append((0, b"the ranks got different answers, or not every rank counted"))
+    for _, writer in conns:
+        writer.close()
+    return {
+        "started": started,
+        "ended": ended,
+        "errors": len(errors),
+        "error_samples": [repr(e) for e in errors[:3]],
+        "latencies": [at - first for _, _, at in answers],
+        "answer_bytes": len(answers[0][1]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--waiters", type=int, default=4096)
+    parser.add_argument("--mode", default="longpoll,aggregated")
+    parser.add_argument("--settle", type=float, default=3.0, help="s before the decision")
+    parser.add_argument("--idle", type=float, default=5.0, help="s of idle /healthz probes")
+    parser.add_argument("--postgres-url", default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    info = machine_info()
+    print_header(info, "server: lrpilot serve (default settings)")
+    database = "PostgreSQL" if args.postgres_url else "SQLite"
+    table = figures_table(
+        f"{args.waiters} waiters, one decision ({database})",
+        ["mode", "errors", "p50 ms", "p99 ms", "max ms", "healthz p99 idle", "loaded", "x"],
+    )
+    results: dict[str, Any] = {}
+    for mode in args.mode.split(","):
+        url = fresh_database(args.postgres_url, Path(tempfile.mkdtemp()) / "bench.db")
+        with LiveServer(url) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+            if mode == "longpoll":
+                assert http.put("/v1/runs/lp", json=RUN_SPEC).status_code == 201
+                first = http.post("/v1/runs/lp/observations", json={"step": 10, "value": 0.5})
+                assert first.status_code == 200
+                work = longpoll(server.port, args.waiters, args.settle)
+            else:
+                spec = {**RUN_SPEC, "aggregate": {"timeout_s": 600, "on_timeout": "refuse"}}
+                assert http.put("/v1/runs/agg", json=spec).status_code == 201
+                work = aggregated(server.port, args.waiters)
+            probe = HealthProbe(server.url).start()
+            time.sleep(args.idle)
+            idle_end = time.monotonic()
+            cpu0 = cpu_seconds(server.pid)
+            figures = asyncio.run(work)
+            cpu1 = cpu_seconds(server.pid)
+            probe.stop()
+        lat = figures.pop("latencies")
+        idle_p99 = probe.p99_ms(0.0, idle_end)
+        loaded_p99 = probe.p99_ms(figures.pop("started"), figures.pop("ended"))
+        figures.update(
+            p50_ms=1e3 * statistics.median(lat),
+            p99_ms=1e3 * percentile(lat, 0.99),
+            max_ms=1e3 * max(lat),
+            healthz_idle_p99_ms=idle_p99,
+            healthz_loaded_p99_ms=loaded_p99,
+            healthz_failures=probe.failures,
+            server_cpu_s=(cpu1 or 0) - (cpu0 or 0),
+        )
+        results[mode] = figures
+        table.add_row(
+            mode, str(figures["errors"]), f"{figures['p50_ms']:.0f}", f"{figures['p99_ms']:.0f}",
+            f"{figures['max_ms']:.0f}", f"{idle_p99:.2f}", f"{loaded_p99:.2f}",
+            f"{loaded_p99 / idle_p99:.2f}",
+        )  # fmt: skip
+        console.print(mode, figures)
+    console.print(table)
+    result = {
+        "command": command_line("bench_waiters.py", argv, args.postgres_url),
+        "machine": info,
+        "database": database,
+        "waiters": args.waiters,
+        "results": results,
+    }
+    write_result(args.out, "waiters", result)
+    failed = any(r["errors"] or r["healthz_failures"] for r in results.values())
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
