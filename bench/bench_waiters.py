@@ -11,17 +11,21 @@ commit, and ``/healthz`` p99 stays within 2x of idle.
 One server, ``lrpilot serve`` under tests.harness.LiveServer (default settings), on a fresh
 database (a new SQLite file; with ``--postgres-url``, that database's public schema DROPPED and
 migrated again). A thread probes ``GET /healthz`` on a kept connection every 10 ms throughout;
-its p99 is reported for the idle phase (before any waiter) and the loaded one (from the first
-waiter's request to the last answer).
+its p99 is reported for each phase: idle (``--idle`` s before any waiter), then the phases of
+the mode.
 
 longpoll     a run in leader mode holds a decision at step 10; W connections each send
-             ``GET /v1/runs/lp/lr?step=20&wait=60`` and wait; after ``--settle`` seconds one
-             more connection posts the observation of step 20. Latency: from the moment that
-             POST was written (before its commit: an upper bound) to each waiter's answer.
-             Checked: every answer a 200, ``certain`` true, the seq of the decision posted.
+             ``GET /v1/runs/lp/lr?step=20&wait=60``. Phases: arrival (from the first request
+             written until the server's CPU is quiet: every request parsed, routed and
+             waiting), waiting (``--hold`` s of W waiters), wake (one more connection posts the
+             observation of step 20; until the last waiter's answer). Latency: from the moment
+             that POST was written (before its commit: an upper bound) to each waiter's answer;
+             the server's CPU time of the wake phase. Checked: every answer a 200, ``certain``
+             true, the seq of the decision posted, none answered before it.
 aggregated   a run in aggregated mode; W connections, one a rank, post step 1 with
-             ``world_size`` W, all written at once. The last report in decides. Latency: from
-             the first answer read (the decision is committed by then) to each other answer.
+             ``world_size`` W, all written at once; the last report in decides. One phase,
+             reporting, from the first request written to the last answer. Latency: from the
+             first answer read (the decision is committed by then) to each other answer.
              Checked: every answer a 200, all W the same bytes, W ranks in the decision.
 
 The load generator is this process (asyncio streams, requests pre-built as bytes).
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import statistics
@@ -121,34 +126,48 @@ async def connect(n: int, port: int) -> list[tuple[asyncio.StreamReader, asyncio
     return conns
 
 
-async def longpoll(port: int, waiters: int, settle_s: float) -> dict[str, Any]:
-    conns = await connect(waiters + 1, port)
-    (poster_r, poster_w), readers = conns[0], conns[1:]
+async def quiet(pid: int) -> None:
+    """Until the server's CPU rests (under 10 % over half a second): every request is in."""
+    for _ in range(240):
+        before = cpu_seconds(pid) or 0.0
+        await asyncio.sleep(0.5)
+        if (cpu_seconds(pid) or 0.0) - before < 0.05:
+            return
+
+
+async def longpoll(port: int, pid: int, waiters: int, hold_s: float) -> dict[str, Any]:
+    readers = await connect(waiters, port)
     ask = request("GET", "/v1/runs/lp/lr?step=20&wait=60")
-    started = time.monotonic()
+    phases = {"arrival": time.monotonic()}
     for _, writer in readers:
         writer.write(ask)
     pending = [asyncio.ensure_future(answer(reader)) for reader, _ in readers]
-    await asyncio.sleep(settle_s)
+    await quiet(pid)
+    phases["waiting"] = time.monotonic()
+    await asyncio.sleep(hold_s)
     early = sum(p.done() for p in pending)
-    posted_at = time.monotonic()
+    cpu_at_decision = cpu_seconds(pid)
+    # (connected now: a connection silent for the header timeout is closed)
+    poster_r, poster_w = await asyncio.open_connection("127.0.0.1", port)
+    phases["wake"] = posted_at = time.monotonic()
     poster_w.write(request("POST", "/v1/runs/lp/observations", {"step": 20, "value": 0.4}))
     status, body, _ = await answer(poster_r)
     assert status == 200, body
     seq = json.loads(body)["seq"]
     answers = await asyncio.gather(*pending)
-    ended = time.monotonic()
+    phases["end"] = time.monotonic()
+    cpu_waking = (cpu_seconds(pid) or 0) - (cpu_at_decision or 0)
     errors = [
         (s, b[:200])
         for s, b, _ in answers
         if s != 200 or not json.loads(b)["certain"] or json.loads(b)["seq"] != seq
     ]
-    for _, writer in conns:
+    for _, writer in [*readers, (poster_r, poster_w)]:
         writer.close()
     return {
-        "started": started,
-        "ended": ended,
+        "phases": phases,
         "answered_before_the_decision": early,
+        "server_cpu_wake_s": cpu_waking,
         "errors": len(errors) + early,
         "error_samples": [repr(e) for e in errors[:3]],
         "latencies": [at - posted_at for _, _, at in answers],
@@ -165,11 +184,11 @@ async def aggregated(port: int, ranks: int) -> dict[str, Any]:
         )
         for r in range(ranks)
     ]
-    started = time.monotonic()
+    phases = {"reporting": time.monotonic()}
     for (_, writer), post in zip(conns, posts, strict=True):
         writer.write(post)
     answers = await asyncio.gather(*(answer(reader) for reader, _ in conns))
-    ended = time.monotonic()
+    phases["end"] = time.monotonic()
     first = min(at for _, _, at in answers)
     bodies = {b for _, b, _ in answers}
     errors = [(s, b[:200]) for s, b, _ in answers if s != 200]
@@ -178,8 +197,7 @@ async def aggregated(port: int, ranks: int) -> dict[str, Any]:
     for _, writer in conns:
         writer.close()
     return {
-        "started": started,
-        "ended": ended,
+        "phases": phases,
         "errors": len(errors),
         "error_samples": [repr(e) for e in errors[:3]],
         "latencies": [at - first for _, _, at in answers],
@@ -191,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waiters", type=int, default=4096)
     parser.add_argument("--mode", default="longpoll,aggregated")
-    parser.add_argument("--settle", type=float, default=3.0, help="s before the decision")
+    parser.add_argument("--hold", type=float, default=5.0, help="s of waiting waiters")
     parser.add_argument("--idle", type=float, default=5.0, help="s of idle /healthz probes")
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -201,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     print_header(info, "server: lrpilot serve (default settings)")
     database = "PostgreSQL" if args.postgres_url else "SQLite"
     table = figures_table(
-        f"{args.waiters} waiters, one decision ({database})",
-        ["mode", "errors", "p50 ms", "p99 ms", "max ms", "healthz p99 idle", "loaded", "x"],
+        f"{args.waiters} waiters, one decision ({database}): latency to every waiter; "
+        "/healthz p99 by phase, and its ratio to idle",
+        ["mode", "errors", "p50 ms", "p99 ms", "max ms", "healthz p99 ms by phase"],
     )
     results: dict[str, Any] = {}
     for mode in args.mode.split(","):
@@ -212,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert http.put("/v1/runs/lp", json=RUN_SPEC).status_code == 201
                 first = http.post("/v1/runs/lp/observations", json={"step": 10, "value": 0.5})
                 assert first.status_code == 200
-                work = longpoll(server.port, args.waiters, args.settle)
+                work = longpoll(server.port, server.pid, args.waiters, args.hold)
             else:
                 spec = {**RUN_SPEC, "aggregate": {"timeout_s": 600, "on_timeout": "refuse"}}
                 assert http.put("/v1/runs/agg", json=spec).status_code == 201
@@ -225,22 +244,25 @@ def main(argv: list[str] | None = None) -> int:
             cpu1 = cpu_seconds(server.pid)
             probe.stop()
         lat = figures.pop("latencies")
-        idle_p99 = probe.p99_ms(0.0, idle_end)
-        loaded_p99 = probe.p99_ms(figures.pop("started"), figures.pop("ended"))
+        marks = sorted(figures.pop("phases").items(), key=lambda item: item[1])
+        healthz = {"idle": probe.p99_ms(0.0, idle_end)}
+        for (phase, start), (_, end) in itertools.pairwise(marks):
+            healthz[phase] = probe.p99_ms(start, end)
         figures.update(
             p50_ms=1e3 * statistics.median(lat),
             p99_ms=1e3 * percentile(lat, 0.99),
             max_ms=1e3 * max(lat),
-            healthz_idle_p99_ms=idle_p99,
-            healthz_loaded_p99_ms=loaded_p99,
+            healthz_p99_ms=healthz,
             healthz_failures=probe.failures,
             server_cpu_s=(cpu1 or 0) - (cpu0 or 0),
         )
         results[mode] = figures
+        by_phase = ", ".join(
+            f"{phase} {ms:.0f} ({ms / healthz['idle']:.1f}x)" for phase, ms in healthz.items()
+        )
         table.add_row(
             mode, str(figures["errors"]), f"{figures['p50_ms']:.0f}", f"{figures['p99_ms']:.0f}",
-            f"{figures['max_ms']:.0f}", f"{idle_p99:.2f}", f"{loaded_p99:.2f}",
-            f"{loaded_p99 / idle_p99:.2f}",
+            f"{figures['max_ms']:.0f}", by_phase,
         )  # fmt: skip
         console.print(mode, figures)
     console.print(table)

@@ -27,6 +27,7 @@ from lrpilot.domain.aggregated import Pending, Posted
 from lrpilot.domain.errors import Unavailable
 
 WAIT_POLL_S = 0.2  # how often a waiting reader looks for other replicas' decisions
+RELEASE_BATCH = 256  # waiters woken in one turn of the event loop
 
 T = TypeVar("T")
 Answer = dict[str, Any]
@@ -43,7 +44,11 @@ def _shutting_down(run_id: str, step: int) -> Unavailable:
 class _Watch(Generic[T]):
     """The waiters of this process for one step: ``done`` is the answer once decided (None
     when they are to stop waiting: the drain), or the error the reads met; ``latest`` is the
-    newest answer read (None before the first read ends, which ``read_once`` signals)."""
+    newest answer read (None before the first read ends, which ``read_once`` signals).
+
+    Once ``done``, its waiters are woken ``RELEASE_BATCH`` at a time, one batch a turn of the
+    event loop: thousands woken in one turn answered thousands of requests before the loop
+    looked at its sockets again, and a /healthz waited behind all of them."""
 
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
@@ -52,6 +57,34 @@ class _Watch(Generic[T]):
         self.read_once = asyncio.Event()
         self.waiters = 0
         self.task: asyncio.Task[None] | None = None
+        self._queue: list[asyncio.Future[T | None]] = []
+        self._releasing: asyncio.Task[None] | None = None
+        self.done.add_done_callback(self._release)
+
+    async def wait(self) -> T | None:
+        """``done``'s answer (or error), in this waiter's batch."""
+        if self.done.done():
+            return self.done.result()
+        mine: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(mine)
+        return await mine
+
+    def _release(self, done: asyncio.Future[T | None]) -> None:
+        self._releasing = asyncio.ensure_future(self._release_all())
+
+    async def _release_all(self) -> None:
+        queue, self._queue = self._queue, []
+        error = self.done.exception()
+        for at in range(0, len(queue), RELEASE_BATCH):
+            if at:
+                await asyncio.sleep(0)  # a turn of the loop: its sockets, then the next batch
+            for mine in queue[at : at + RELEASE_BATCH]:
+                if mine.done():  # its waiter gave up (its deadline)
+                    continue
+                if error is None:
+                    mine.set_result(self.done.result())
+                else:
+                    mine.set_exception(error)
 
     def end(self, result: T | None = None, error: BaseException | None = None) -> None:
         if self.done.done():
@@ -142,7 +175,7 @@ class Waiters:
                     return body
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(left):
-                        decided = await asyncio.shield(ranks.done)
+                        decided = await ranks.wait()
                         assert decided is not None  # the drain ends a rank's wait with an error
                         return decided
         finally:
@@ -183,7 +216,7 @@ class Waiters:
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait_s):
-                    decided = await asyncio.shield(readers.done)
+                    decided = await readers.wait()
                     if decided is not None:
                         return decided
             if readers.done.done():
