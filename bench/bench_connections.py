@@ -42,6 +42,7 @@ from common import (
     figures_table,
     fresh_database,
     machine_info,
+    percentile,
     print_header,
     write_result,
 )
@@ -55,11 +56,6 @@ def open_fds(pid: int) -> int | None:
         return len(list(Path(f"/proc/{pid}/fd").iterdir()))
     except OSError:
         return None
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 class Probes:

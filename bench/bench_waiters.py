@@ -55,17 +55,13 @@ from common import (
     figures_table,
     fresh_database,
     machine_info,
+    percentile,
     print_header,
     write_result,
 )
 from tests.harness import LiveServer
 
 LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 class HealthProbe:

@@ -238,6 +238,12 @@ def per_call_us(seconds: list[float], calls: int) -> tuple[float, float, float]:
     return 1e6 * median / calls, 1e6 * low / calls, 1e6 * high / calls
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank; NaN for none)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
 def spread_cell(low: float, high: float, passes: int) -> str:
     """The range over the passes ("-" for one pass)."""
     return f"{low:.3f}-{high:.3f}" if passes > 1 else "-"

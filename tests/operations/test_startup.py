@@ -95,3 +95,16 @@ def test_serve_no_migrate_refuses_an_unmigrated_database_then_serves_after_db_up
             timeout=10,
         )
         assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "name"),
+    [("--header-timeout", "0", "header_timeout_s"), ("--max-connections", "0", "max_connections")],
+)
+def test_a_bad_connection_setting_is_one_line_naming_it(
+    flag: str, value: str, name: str, tmp_path: Path
+) -> None:
+    done = lrpilot("serve", flag, value, "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
+    line = one_line_failure(done)
+    assert f"{name} (LRPILOT_{name.upper()})" in line and "greater than" in line, line
+    assert not (tmp_path / "x.db").exists()  # refused before anything was opened
