@@ -17,8 +17,10 @@ the mode.
 longpoll     a run in leader mode holds a decision at step 10; W connections each send
              ``GET /v1/runs/lp/lr?step=20&wait=60``. Phases: arrival (from the first request
              written until the server's CPU is quiet: every request parsed, routed and
-             waiting), waiting (``--hold`` s of W waiters), wake (one more connection posts the
-             observation of step 20; until the last waiter's answer). Latency: from the moment
+             waiting; or ``--settle`` s, for a server whose waiters never let it rest),
+             waiting (``--hold`` s of W waiters; the server's CPU share then is reported),
+             wake (one more connection posts the observation of step 20; until the last
+             waiter's answer). Latency: from the moment
              that POST was written (before its commit: an upper bound) to each waiter's answer;
              the server's CPU time of the wake phase. Checked: every answer a 200, ``certain``
              true, the seq of the decision posted, none answered before it.
@@ -134,15 +136,21 @@ async def quiet(pid: int) -> None:
             return
 
 
-async def longpoll(port: int, pid: int, waiters: int, hold_s: float) -> dict[str, Any]:
+async def longpoll(
+    port: int, pid: int, waiters: int, hold_s: float, settle_s: float | None
+) -> dict[str, Any]:
     readers = await connect(waiters, port)
     ask = request("GET", "/v1/runs/lp/lr?step=20&wait=60")
     phases = {"arrival": time.monotonic()}
     for _, writer in readers:
         writer.write(ask)
     pending = [asyncio.ensure_future(answer(reader)) for reader, _ in readers]
-    await quiet(pid)
+    if settle_s is None:
+        await quiet(pid)
+    else:
+        await asyncio.sleep(settle_s)
     phases["waiting"] = time.monotonic()
+    cpu_waiting = cpu_seconds(pid)
     await asyncio.sleep(hold_s)
     early = sum(p.done() for p in pending)
     cpu_at_decision = cpu_seconds(pid)
@@ -167,6 +175,7 @@ async def longpoll(port: int, pid: int, waiters: int, hold_s: float) -> dict[str
         "phases": phases,
         "answered_before_the_decision": early,
         "server_cpu_wake_s": cpu_waking,
+        "server_cpu_share_waiting": ((cpu_at_decision or 0) - (cpu_waiting or 0)) / hold_s,
         "errors": len(errors) + early,
         "error_samples": [repr(e) for e in errors[:3]],
         "latencies": [at - posted_at for _, _, at in answers],
@@ -225,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waiters", type=int, default=4096)
     parser.add_argument("--mode", default="longpoll,aggregated")
     parser.add_argument("--hold", type=float, default=5.0, help="s of waiting waiters")
+    parser.add_argument(
+        "--settle", type=float, default=None, help="s of arrival (default: until CPU rests)"
+    )
     parser.add_argument("--idle", type=float, default=5.0, help="s of idle /healthz probes")
     parser.add_argument("--postgres-url", default=None)
     parser.add_argument("--out", type=Path, default=None)
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert http.put("/v1/runs/lp", json=RUN_SPEC).status_code == 201
                 first = http.post("/v1/runs/lp/observations", json={"step": 10, "value": 0.5})
                 assert first.status_code == 200
-                work = longpoll(server.port, server.pid, args.waiters, args.hold)
+                work = longpoll(server.port, server.pid, args.waiters, args.hold, args.settle)
             else:
                 spec = {**RUN_SPEC, "aggregate": {"timeout_s": 600, "on_timeout": "refuse"}}
                 assert http.put("/v1/runs/agg", json=spec).status_code == 201
