@@ -53,6 +53,7 @@ import httpx
 
 from common import (
     RUN_SPEC,
+    all_descriptors,
     command_line,
     console,
     cpu_seconds,
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
+    all_descriptors()  # this process holds every connection of the load it makes
     info = machine_info()
     print_header(info, "server: lrpilot serve (default settings)")
     database = "PostgreSQL" if args.postgres_url else "SQLite"

@@ -124,6 +124,16 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def all_descriptors() -> None:
+    """This process may open as many files as its hard limit allows (a load generator holds
+    thousands of sockets). Not lrpilot.server's: the bench also runs against older trees."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds all cores have spent busy since boot."""
     try:
