@@ -11,8 +11,8 @@ commit, and ``/healthz`` p99 stays within 2x of idle.
 One server, ``lrpilot serve`` under tests.harness.LiveServer (default settings), on a fresh
 database (a new SQLite file; with ``--postgres-url``, that database's public schema DROPPED and
 migrated again). A thread probes ``GET /healthz`` on a kept connection every 10 ms throughout;
-its p99 is reported for each phase: idle (``--idle`` s before any waiter), then the phases of
-the mode.
+its p99 and max are reported for each phase: idle (``--idle`` s before any waiter), then the
+phases of the mode.
 
 longpoll     a run in leader mode holds a decision at step 10; W connections each send
              ``GET /v1/runs/lp/lr?step=20&wait=60``. Phases: arrival (from the first request
@@ -101,7 +101,15 @@ class HealthProbe:
         self._thread.join()
 
     def p99_ms(self, start: float, end: float) -> float:
-        return 1e3 * percentile([s for at, s in self.samples if start <= at <= end], 0.99)
+        return 1e3 * percentile(self._within(start, end), 0.99)
+
+    def max_ms(self, start: float, end: float) -> float:
+        """The longest probe: a stall of the loop is one probe however long it lasts (the
+        probes are sequential), so a short stall in a long phase is in the max, not the p99."""
+        return 1e3 * max(self._within(start, end), default=float("nan"))
+
+    def _within(self, start: float, end: float) -> list[float]:
+        return [s for at, s in self.samples if start <= at <= end]
 
 
 def request(method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     database = "PostgreSQL" if args.postgres_url else "SQLite"
     table = figures_table(
         f"{args.waiters} waiters, one decision ({database}): latency to every waiter; "
-        "/healthz p99 by phase, and its ratio to idle",
+        "/healthz p99 by phase, its ratio to idle, and the longest probe",
         ["mode", "errors", "p50 ms", "p99 ms", "max ms", "healthz p99 ms by phase"],
     )
     results: dict[str, Any] = {}
@@ -274,20 +282,23 @@ def main(argv: list[str] | None = None) -> int:
             probe.stop()
         lat = figures.pop("latencies")
         marks = sorted(figures.pop("phases").items(), key=lambda item: item[1])
-        healthz = {"idle": probe.p99_ms(0.0, idle_end)}
-        for (phase, start), (_, end) in itertools.pairwise(marks):
-            healthz[phase] = probe.p99_ms(start, end)
+        spans = [("idle", 0.0, idle_end)]
+        spans += [(phase, start, end) for (phase, start), (_, end) in itertools.pairwise(marks)]
+        healthz = {phase: probe.p99_ms(start, end) for phase, start, end in spans}
+        longest = {phase: probe.max_ms(start, end) for phase, start, end in spans}
         figures.update(
             p50_ms=1e3 * statistics.median(lat),
             p99_ms=1e3 * percentile(lat, 0.99),
             max_ms=1e3 * max(lat),
             healthz_p99_ms=healthz,
+            healthz_max_ms=longest,
             healthz_failures=probe.failures,
             server_cpu_s=(cpu1 or 0) - (cpu0 or 0),
         )
         results[mode] = figures
         by_phase = ", ".join(
-            f"{phase} {ms:.0f} ({ms / healthz['idle']:.1f}x)" for phase, ms in healthz.items()
+            f"{phase} {ms:.0f} ({ms / healthz['idle']:.1f}x; max {longest[phase]:.0f})"
+            for phase, ms in healthz.items()
         )
         table.add_row(
             mode, f"{figures['errors']} ({figures.get('retried_503', 0)} 503 retried)",
