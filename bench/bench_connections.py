@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 n = open_fds(server.pid)
                 if n is not None:
                     fds.append(n)
-                if last_trickling_closed is None and flood.closed["trickling"] == args.trickling:
+                done = flood.closed["trickling"] == args.trickling > 0
+                if last_trickling_closed is None and done:
                     last_trickling_closed = time.monotonic() - opening
                 time.sleep(0.2)
 
