@@ -36,6 +36,9 @@ GOLDEN_DIR = REPO_DIR / "tests" / "golden"  # frozen forever: see its README.md
 # One worker (one process: its pid is the server's for CPU/RSS sampling), no access log (its
 # formatting is work the trivial app would not pay for), warnings only.
 UVICORN_SETTINGS = ("--workers", "1", "--no-access-log", "--log-level", "warning")
+# A stopped server exits at once, without serving on for a load balancer to see it draining (a
+# test that wants the drain says how long in ``env``): a second a stop, over the suite, adds up.
+QUICK_STOP = {"LRPILOT_SHUTDOWN_DRAIN_S": "0"}
 
 
 def free_port() -> int:
@@ -117,7 +120,7 @@ class LiveServer:
         return cmd
 
     def start(self, timeout: float = 30.0) -> LiveServer:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**QUICK_STOP, **os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.target is not None and self.database_url is not None:
             env["LRPILOT_DATABASE_URL"] = self.database_url
         self.log.parent.mkdir(parents=True, exist_ok=True)
