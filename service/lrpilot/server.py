@@ -47,7 +47,8 @@ try:
 except ImportError:  # pragma: no cover - not on Windows: the cap is then the setting alone
     resource = None  # type: ignore[assignment]
 
-logger = logging.getLogger("lrpilot.server")
+# under uvicorn's error logger: its handler, its format, and the level --log-level sets
+logger = logging.getLogger("uvicorn.error.lrpilot")
 
 # A body must bring this many bytes per body timeout: a trickle of a few bytes a second is an
 # attack, a slow network is not (64 KiB every 30 s is 2 KiB/s).
@@ -84,7 +85,8 @@ class GuardedH11(H11Protocol):
     (``limits`` is set on the subclass that ``protocol_class`` makes)."""
 
     limits: ClassVar[ConnectionLimits]
-    refused: ClassVar[int] = 0  # connections refused over the cap (a figure for the logs)
+    refused: ClassVar[int] = 0  # connections refused over the cap since the last log line
+    refused_logged_at: ClassVar[float] = -math.inf
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -101,7 +103,7 @@ class GuardedH11(H11Protocol):
             # it sends, and the descriptor is free again at once.
             self._refusing = True
             self.transport = transport  # type: ignore[assignment]
-            type(self).refused += 1
+            self._count_refusal()
             text = (
                 f"the server has {self.limits.max_connections} connections open, its limit "
                 "(LRPILOT_MAX_CONNECTIONS); retry later\n"
@@ -111,6 +113,20 @@ class GuardedH11(H11Protocol):
             return
         super().connection_made(transport)  # type: ignore[arg-type]
         self._arm_header_timer()
+
+    @classmethod
+    def _count_refusal(cls) -> None:
+        """An operator hears of refusals, once a second at most, however many there are."""
+        cls.refused += 1
+        now = time.monotonic()
+        if now - cls.refused_logged_at >= REPORT_EVERY_S:
+            logger.warning(
+                "%d connection(s) refused with a 503 since the last such line: %d open, the "
+                "limit (LRPILOT_MAX_CONNECTIONS)",
+                cls.refused,
+                cls.limits.max_connections,
+            )
+            cls.refused, cls.refused_logged_at = 0, now
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refusing:
@@ -198,7 +214,7 @@ class GuardedH11(H11Protocol):
 
 def protocol_class(limits: ConnectionLimits) -> type[GuardedH11]:
     """A ``GuardedH11`` with these limits (uvicorn makes a protocol from a class alone)."""
-    return type("LrpilotH11", (GuardedH11,), {"limits": limits, "refused": 0})
+    return type("LrpilotH11", (GuardedH11,), {"limits": limits})
 
 
 def raise_file_limit() -> int:
