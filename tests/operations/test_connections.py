@@ -116,11 +116,12 @@ def test_the_connection_cap_stays_below_the_file_limit_and_refuses_with_503(
     with LiveServer(url, env=SHORT, nofile=512) as server:
         with ConnectionFlood(server.port, idle=1000) as flood:
             assert flood.failed == 0
-            # (a few may stay in the kernel's full accept queue, which the client cannot tell
-            # from open: not the server's descriptors)
-            wait_for(lambda: flood.refused + flood.closed["idle"] >= 900, "answered")
-            # how many: those beyond 256 open at once (the silent ones close after 2 s)
-            assert 0 < flood.refused < 1000, vars(flood)
+            # some refused at once, some accepted and closed by the header timeout (how many
+            # of each depends on the pace: the silent ones close after 2 s; and some wait in
+            # the kernel's full accept queue, up to a minute, which the client cannot tell from
+            # open: not the server's descriptors)
+            wait_for(lambda: flood.refused > 0 and flood.closed["idle"] > 0, "refused, closed")
+            assert flood.refused < 1000, vars(flood)
         wait_for(lambda: fresh_get(server.url, "/healthz").status_code == 200, "healthy")
         refusal = None
         with ConnectionFlood(server.port, idle=300) as full:  # fills the cap again...
