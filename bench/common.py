@@ -124,6 +124,16 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def all_descriptors() -> None:
+    """This process may open as many files as its hard limit allows (a load generator holds
+    thousands of sockets). Not lrpilot.server's: the bench also runs against older trees."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds all cores have spent busy since boot."""
     try:
@@ -236,6 +246,12 @@ def per_call_us(seconds: list[float], calls: int) -> tuple[float, float, float]:
     fastest's and the slowest's."""
     median, low, high = statistics.median(seconds), min(seconds), max(seconds)
     return 1e6 * median / calls, 1e6 * low / calls, 1e6 * high / calls
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank; NaN for none)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def spread_cell(low: float, high: float, passes: int) -> str:

@@ -13,6 +13,7 @@ The server writes to a log file, never a pipe: a chatty server must not block on
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -24,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +37,9 @@ GOLDEN_DIR = REPO_DIR / "tests" / "golden"  # frozen forever: see its README.md
 # One worker (one process: its pid is the server's for CPU/RSS sampling), no access log (its
 # formatting is work the trivial app would not pay for), warnings only.
 UVICORN_SETTINGS = ("--workers", "1", "--no-access-log", "--log-level", "warning")
+# A stopped server exits at once, without serving on for a load balancer to see it draining (a
+# test that wants the drain says how long in ``env``): a second a stop, over the suite, adds up.
+QUICK_STOP = {"LRPILOT_SHUTDOWN_DRAIN_S": "0"}
 
 
 def free_port() -> int:
@@ -76,6 +81,7 @@ class LiveServer:
         migrate: bool = True,
         ready_path: str = "/readyz",
         log: Path | None = None,
+        nofile: int | None = None,
     ) -> None:
         if target is None and database_url is None:
             raise ValueError("lrpilot serve needs a database_url")
@@ -87,6 +93,7 @@ class LiveServer:
         self.migrate = migrate
         self.ready_path = ready_path
         self.log = log or Path(tempfile.mkdtemp(prefix="lrpilot-serve-")) / "serve.log"
+        self.nofile = nofile  # the server's file descriptor limit, soft and hard (None: ours)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -114,7 +121,7 @@ class LiveServer:
         return cmd
 
     def start(self, timeout: float = 30.0) -> LiveServer:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**QUICK_STOP, **os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if self.target is not None and self.database_url is not None:
             env["LRPILOT_DATABASE_URL"] = self.database_url
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +134,7 @@ class LiveServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopped with any children
+                preexec_fn=self._limit_files if self.nofile is not None else None,
             )
         deadline = time.monotonic() + timeout
         with httpx.Client(base_url=self.url, timeout=1.0) as client:
@@ -140,6 +148,12 @@ class LiveServer:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"server not ready within {timeout} s:\n{self.log_tail()}")
+
+    def _limit_files(self) -> None:  # in the child, before exec
+        import resource
+
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None
@@ -290,3 +304,86 @@ class ThrowawayPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ConnectionFlood:
+    """Connections that hold a server's descriptors, as an attacker's would: ``idle`` ones
+    connect and say nothing, ``trickling`` ones send a request's headers a line every
+    ``every_s`` and never finish them. They run on a thread of their own (an event loop: ten
+    thousand sockets, no thread each) from ``start`` (which returns once all are open) to
+    ``stop``; the counters say what the server did with them."""
+
+    def __init__(self, port: int, idle: int = 0, trickling: int = 0, every_s: float = 0.5) -> None:
+        self.port, self.idle, self.trickling, self.every_s = port, idle, trickling, every_s
+        self.closed = {"idle": 0, "trickling": 0}  # closed by the server (a 408 or nothing)
+        self.timed_out = 0  # ... with a 408 first
+        self.refused = 0  # answered 503 at once (the connection cap)
+        self.failed = 0  # could not connect at all
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._writers: list[asyncio.StreamWriter] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def open(self) -> int:
+        gone = sum(self.closed.values()) + self.refused + self.failed
+        return self.idle + self.trickling - gone
+
+    def start(self) -> ConnectionFlood:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._open_all(), self._loop).result(timeout=300)
+        return self
+
+    def stop(self) -> None:
+        async def close_all() -> None:
+            for task in self._tasks:
+                task.cancel()
+            for writer in self._writers:
+                writer.transport.abort()
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=60)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=60)
+
+    def __enter__(self) -> ConnectionFlood:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _open_all(self) -> None:
+        kinds = ["trickling"] * self.trickling + ["idle"] * self.idle
+        for at in range(0, len(kinds), 500):  # in batches: the listen backlog is finite
+            await asyncio.gather(*(self._open(kind) for kind in kinds[at : at + 500]))
+
+    async def _open(self, kind: str) -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            self.failed += 1
+            return
+        self._writers.append(writer)
+        self._tasks.append(asyncio.create_task(self._watch(kind, reader)))
+        if kind == "trickling":
+            self._tasks.append(asyncio.create_task(self._trickle(writer)))
+
+    async def _watch(self, kind: str, reader: asyncio.StreamReader) -> None:
+        try:
+            answer = await reader.read(4096)
+        except OSError:
+            answer = b""
+        if answer.startswith(b"HTTP/1.1 503"):
+            self.refused += 1
+            return
+        self.timed_out += answer.startswith(b"HTTP/1.1 408")
+        self.closed[kind] += 1
+
+    async def _trickle(self, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            writer.write(b"GET /healthz HTTP/1.1\r\nhost: flood\r\n")
+            for n in range(1 << 30):
+                await asyncio.sleep(self.every_s)
+                if writer.transport.is_closing():
+                    return
+                writer.write(b"x-trickle-%d: 1\r\n" % n)

@@ -90,6 +90,15 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.decisions = decisions
     app.state.audit = auditor
     app.state.auth = authenticator
+    app.state.draining = False
+
+    def drain() -> None:
+        """SIGTERM (``lrpilot.server`` calls it on the loop): /readyz says draining, and every
+        waiting request is answered now rather than when the wait would end."""
+        app.state.draining = True
+        decisions.waiters.drain()
+
+    app.state.drain = drain
     errors.install(app)
     auth.install(app)
     for module in (runs, audit, simulate, policies, tokens):  # each route checks its caller

@@ -42,6 +42,23 @@ class Settings(BaseSettings):
     # must be signed by one of them, every entry of it; an unsigned bundle is refused.
     trusted_keys: str | None = None
 
+    # Connections (``lrpilot serve``; see lrpilot.server). A request's headers must arrive
+    # within this of its first byte (of the connection, for the first request): trickled
+    # headers hold a connection no longer.
+    header_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    # A request body must bring 64 KiB (or its end) within each such interval.
+    body_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    # An idle connection between two requests is closed after this (uvicorn counts seconds).
+    keep_alive_timeout_s: int = Field(default=5, ge=1, le=3600)
+    # Open connections per replica; beyond it a new one is answered 503 and closed. Lowered at
+    # start to fit the process's file descriptor limit (raised to its hard limit first).
+    max_connections: int = Field(default=16384, ge=1, le=1_000_000)
+    # On SIGTERM: /readyz answers 503 and waiting requests are answered at once; the service
+    # serves on this long (a load balancer sees it leave), then stops taking connections...
+    shutdown_drain_s: float = Field(default=1.0, ge=0.0, le=600.0)
+    # ... and gives the requests in flight this long to finish before cancelling them.
+    shutdown_timeout_s: int = Field(default=5, ge=1, le=600)
+
     @classmethod
     def from_env(cls) -> Settings:
         return cls()

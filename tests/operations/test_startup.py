@@ -106,3 +106,16 @@ def test_unreadable_trusted_keys_are_named(
     done = lrpilot("serve", "--database-url", url, "--port", str(free_port()))
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "LRPILOT_TRUSTED_KEYS" in done.stderr.splitlines()[-1], done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "name"),
+    [("--header-timeout", "0", "header_timeout_s"), ("--max-connections", "0", "max_connections")],
+)
+def test_a_bad_connection_setting_is_one_line_naming_it(
+    flag: str, value: str, name: str, tmp_path: Path
+) -> None:
+    done = lrpilot("serve", flag, value, "--database-url", f"sqlite:///{tmp_path / 'x.db'}")
+    line = one_line_failure(done)
+    assert f"{name} (LRPILOT_{name.upper()})" in line and "greater than" in line, line
+    assert not (tmp_path / "x.db").exists()  # refused before anything was opened

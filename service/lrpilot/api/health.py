@@ -2,7 +2,8 @@
 
 ``/healthz`` touches nothing but the event loop, so it never waits behind writes. ``/readyz``
 asks the database on a thread of its own (never the request thread pool, which slow requests
-may have filled) and gives up after ``Settings.ready_timeout_s``.
+may have filled) and gives up after ``Settings.ready_timeout_s``; once the process is shutting
+down (SIGTERM) it answers 503 "draining" without asking, so that a load balancer stops sending.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 from typing import Literal
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
@@ -27,7 +28,7 @@ _probe_threads = anyio.CapacityLimiter(4)
 
 
 class Probe(BaseModel):
-    status: Literal["ok", "ready", "unavailable"]
+    status: Literal["ok", "ready", "unavailable", "draining"]
     detail: str | None = None
 
 
@@ -42,12 +43,16 @@ async def healthz() -> Response:
     responses={
         503: {
             "model": Probe,
-            "description": "the database is not answering; ask again later",
+            "description": "the database is not answering, or the service is shutting down "
+            '("draining"); ask again later',
             "headers": RETRY_AFTER,
         }
     },
 )
-async def readyz(store: StoreDep, settings: SettingsDep) -> Response:
+async def readyz(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+    if request.app.state.draining:
+        detail = "the service is shutting down; another replica, or this one restarted, answers"
+        return _unavailable(detail, "draining")
     try:
         async with asyncio.timeout(settings.ready_timeout_s):
             await anyio.to_thread.run_sync(store.ping, limiter=_probe_threads)
@@ -59,7 +64,7 @@ async def readyz(store: StoreDep, settings: SettingsDep) -> Response:
     return StrictJSONResponse({"status": "ready"})
 
 
-def _unavailable(detail: str) -> Response:
+def _unavailable(detail: str, status: str = "unavailable") -> Response:
     # like every other 503 of the service: it says when to ask again
-    body = {"status": "unavailable", "detail": detail}
+    body = {"status": status, "detail": detail}
     return StrictJSONResponse(body, 503, headers={"Retry-After": "1"})

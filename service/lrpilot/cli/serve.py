@@ -11,6 +11,7 @@ from typing import Annotated
 
 import sqlalchemy as sa
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from lrpilot.cli._common import fail
@@ -76,14 +77,63 @@ def serve(
             "who can reach the port may read, write, rewind and import every run.",
         ),
     ] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="log every request")
+    ] = True,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(help="seconds a request's headers may take [LRPILOT_HEADER_TIMEOUT_S: 10]"),
+    ] = None,
+    body_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds a request body may go without bringing 64 KiB "
+            "[LRPILOT_BODY_TIMEOUT_S: 30]"
+        ),
+    ] = None,
+    keep_alive_timeout: Annotated[
+        int | None,
+        typer.Option(
+            help="seconds an idle connection stays open between requests "
+            "[LRPILOT_KEEP_ALIVE_TIMEOUT_S: 5]"
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="open connections at most; more are answered 503 (kept below the file "
+            "descriptor limit) [LRPILOT_MAX_CONNECTIONS: 16384]"
+        ),
+    ] = None,
+    shutdown_drain: Annotated[
+        float | None,
+        typer.Option(
+            help="on SIGTERM, seconds to serve on with /readyz saying draining "
+            "[LRPILOT_SHUTDOWN_DRAIN_S: 1]"
+        ),
+    ] = None,
+    shutdown_timeout: Annotated[
+        int | None,
+        typer.Option(
+            help="then, seconds the requests in flight get to finish "
+            "[LRPILOT_SHUTDOWN_TIMEOUT_S: 5]"
+        ),
+    ] = None,
 ) -> None:
     """Apply migrations (unless --no-migrate), then serve the HTTP API."""
-    import uvicorn
-
+    from lrpilot import server
     from lrpilot.app import create_app
     from lrpilot.audit.signing import SigningKeyError
 
-    settings = _settings(database_url)
+    settings = _serve_settings(
+        database_url,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        keep_alive_timeout_s=keep_alive_timeout,
+        max_connections=max_connections,
+        shutdown_drain_s=shutdown_drain,
+        shutdown_timeout_s=shutdown_timeout,
+    )
     check_database(settings.database_url)
     if no_migrate:
         _check_schema_is_current(settings.database_url)
@@ -101,7 +151,28 @@ def serve(
     except SigningKeyError as exc:
         which = "LRPILOT_TRUSTED_KEYS" if exc.trusted else "LRPILOT_SIGNING_KEY"
         fail(f"{exc}; {which} must name Ed25519 keys (`lrpilot keygen` writes a pair)")
-    uvicorn.run(service, host=host, port=port, log_level=log_level)
+    server.build(
+        service,
+        settings,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        drain=service.state.drain,
+    ).run()
+
+
+def _serve_settings(database_url: str | None, **flags: float | None) -> Settings:
+    """The settings from the environment, with the flags given on top of them."""
+    given: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
+    if database_url:
+        given["database_url"] = database_url
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        fail(f"{name} (LRPILOT_{name.upper()}): {error['msg']}")
 
 
 def is_loopback(host: str) -> bool:

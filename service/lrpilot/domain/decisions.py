@@ -93,7 +93,7 @@ class Decisions:
         exists: the lrs at ``step`` are then certain), waiting up to ``wait_s``: leader mode,
         where one rank posts and the others read."""
         read = functools.partial(ranges.lr_at, self.store, run_id, step)
-        return await self.waiters.run_decided(run_id, wait_s, read)
+        return await self.waiters.run_decided(run_id, step, wait_s, read)
 
     def lrs_range(self, run_id: str, first: int, count: int) -> dict[str, Any]:
         return ranges.lrs_range(self.store, run_id, first, count)

@@ -3,7 +3,15 @@
 Two kinds wait: in leader mode, readers of ``GET /lr?step=N&wait=...`` until the run is decided
 through step N; in aggregated mode, the ranks that reported a step until its decision (or its
 timeout). A decision committed in this process wakes them at once; decisions that other
-replicas made are found by polling every ``WAIT_POLL_S``.
+replicas made are found by polling every ``WAIT_POLL_S``. When the process shuts down
+(``drain``) every wait ends at once: a reader gets its current answer (not ``certain``), a rank
+a 503 (its report is stored: posted again, after the restart or to another replica, it counts
+once).
+
+However many wait for one step, one task (a ``_Watch``) polls and is woken for all of them, and
+they wait on one future: thousands of waiters cost one read a poll and one read a decision,
+and no timer each but their own deadline (a read and a wake-up each every poll left the
+decision waiting behind the reads, and /healthz with it).
 """
 
 from __future__ import annotations
@@ -12,40 +20,110 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 from lrpilot.domain.aggregated import Pending, Posted
+from lrpilot.domain.errors import Unavailable
 
 WAIT_POLL_S = 0.2  # how often a waiting reader looks for other replicas' decisions
+RELEASE_BATCH = 256  # waiters woken in one turn of the event loop
+
+T = TypeVar("T")
+Answer = dict[str, Any]
 
 
-class _StepWait:
-    """The ranks of this process waiting for one step of an aggregated run: the decision, once
-    this process commits it, and the one read of the database a poll that they share."""
+def _shutting_down(run_id: str, step: int) -> Unavailable:
+    return Unavailable(
+        f"the service is shutting down before step {step} of run {run_id!r} was decided; this "
+        "rank's report is stored and counts once: post it again (to another replica, or once "
+        "this one is back) for the decision"
+    )
 
-    def __init__(self, decided: asyncio.Future[str]) -> None:
-        self.decided = decided
+
+class _Watch(Generic[T]):
+    """The waiters of this process for one step: ``done`` is the answer once decided (None
+    when they are to stop waiting: the drain), or the error the reads met; ``latest`` is the
+    newest answer read (None before the first read ends, which ``read_once`` signals).
+
+    Once ``done``, its waiters are woken ``RELEASE_BATCH`` at a time, one batch a turn of the
+    event loop: thousands woken in one turn answered thousands of requests before the loop
+    looked at its sockets again, and a /healthz waited behind all of them."""
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[T | None] = loop.create_future()
+        self.latest: Answer | None = None
+        self.read_once = asyncio.Event()
         self.waiters = 0
-        self._read: asyncio.Future[str | None] | None = None
-        self._read_at = 0.0
+        self.task: asyncio.Task[None] | None = None
+        self._queue: list[asyncio.Future[T | None]] = []
+        self._releasing: asyncio.Task[None] | None = None
+        self.done.add_done_callback(self._release)
 
-    async def poll(self, read: Callable[[], str | None]) -> str | None:
-        """``read()`` on a thread, or the answer of the one a waiter started less than half a
-        poll ago (the waiters' polls are staggered: they would read one after the other)."""
-        fresh = time.monotonic() - self._read_at < WAIT_POLL_S / 2
-        if self._read is None or (self._read.done() and not fresh):
-            self._read = asyncio.ensure_future(asyncio.to_thread(read))
-            self._read_at = time.monotonic()
-        return await asyncio.shield(self._read)
+    async def wait(self) -> T | None:
+        """``done``'s answer (or error), in this waiter's batch."""
+        if self.done.done():
+            return self.done.result()
+        mine: asyncio.Future[T | None] = asyncio.get_running_loop().create_future()
+        self._queue.append(mine)
+        return await mine
+
+    def _release(self, done: asyncio.Future[T | None]) -> None:
+        self._releasing = asyncio.ensure_future(self._release_all())
+
+    async def _release_all(self) -> None:
+        queue, self._queue = self._queue, []
+        error = self.done.exception()
+        for at in range(0, len(queue), RELEASE_BATCH):
+            if at:
+                await asyncio.sleep(0)  # a turn of the loop: its sockets, then the next batch
+            for mine in queue[at : at + RELEASE_BATCH]:
+                if mine.done():  # its waiter gave up (its deadline)
+                    continue
+                if error is None:
+                    mine.set_result(self.done.result())
+                else:
+                    mine.set_exception(error)
+
+    def end(self, result: T | None = None, error: BaseException | None = None) -> None:
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(result)
+        else:
+            self.done.set_exception(error)
+            self.done.exception()  # its waiters raise it; none left is no error to log
+
+    def start(self, poll: Coroutine[Any, Any, None]) -> None:
+        self.task = asyncio.ensure_future(poll)
+
+    def leave(self) -> bool:
+        """One waiter fewer; True when it was the last (its poll then stops)."""
+        self.waiters -= 1
+        if self.waiters:
+            return False
+        if self.task is not None:
+            self.task.cancel()
+        return True
 
 
 class Waiters:
     """Who waits in this process, and the wake-up a committed decision gives them."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, asyncio.Event] = {}  # runs readers wait on (leader mode)
-        self._steps: dict[tuple[str, int], _StepWait] = {}  # steps ranks wait on (aggregated)
+        self._runs: dict[str, asyncio.Event] = {}  # set when this process decides the run
+        self._reads: dict[tuple[str, int], _Watch[Answer]] = {}  # readers (leader mode)
+        self._steps: dict[tuple[str, int], _Watch[str]] = {}  # ranks (aggregated)
+        self.draining = False  # shutting down: no wait starts, every wait ends
+
+    def drain(self) -> None:
+        """End every wait now (the process is shutting down), and every wait to come."""
+        self.draining = True
+        for read in self._reads.values():
+            read.end(None)
+        for (run_id, step), ranks in self._steps.items():
+            ranks.end(error=_shutting_down(run_id, step))
 
     def decided(self, run_id: str, step: int | None = None, body: str | None = None) -> None:
         """Wake the readers waiting on this run (in this process: others poll), and hand the
@@ -54,9 +132,12 @@ class Waiters:
         if waiting is not None:
             waiting.set()
         if step is not None and body is not None:
-            wait = self._steps.pop((run_id, step), None)
-            if wait is not None and not wait.decided.done():
-                wait.decided.set_result(body)
+            ranks = self._steps.get((run_id, step))
+            if ranks is not None:
+                ranks.end(body)
+
+    def _decision_event(self, run_id: str) -> asyncio.Event:
+        return self._runs.setdefault(run_id, asyncio.Event())
 
     async def step_decided(
         self,
@@ -67,19 +148,20 @@ class Waiters:
         read: Callable[[], str | None],
     ) -> str:
         """The decision of ``step`` once the other ranks have reported (a decision in this
-        process wakes the wait; ``read`` looks every ``WAIT_POLL_S`` for other replicas'), or
+        process ends the wait; ``read`` looks every ``WAIT_POLL_S`` for other replicas'), or
         at ``deadline`` what the run's ``on_timeout`` says: ``submit`` the timeout (whoever
         locks the run first decides; the others find that decision), which decides or refuses.
 
         The ranks of one step in this process share their wait: the decision made here is
-        handed to all of them as it is committed, and they share one read a poll for the
-        decisions of other replicas (with hundreds of ranks, a read each was most of a step's
-        time)."""
+        handed to all of them as it is committed, and one poll reads for all of them."""
+        if self.draining:
+            raise _shutting_down(run_id, step)
         key = (run_id, step)
-        wait = self._steps.get(key)
-        if wait is None:
-            wait = self._steps[key] = _StepWait(asyncio.get_running_loop().create_future())
-        wait.waiters += 1
+        ranks = self._steps.get(key)
+        if ranks is None:
+            ranks = self._steps[key] = _Watch()
+            ranks.start(self._poll_step(ranks, read))
+        ranks.waiters += 1
         try:
             while True:
                 left = deadline - time.time()
@@ -92,33 +174,77 @@ class Waiters:
                     self.decided(run_id, step, body)
                     return body
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(left, WAIT_POLL_S)):
-                        return await asyncio.shield(wait.decided)
-                decided = await wait.poll(read)
-                if decided is not None:
-                    return decided
+                    async with asyncio.timeout(left):
+                        decided = await ranks.wait()
+                        assert decided is not None  # the drain ends a rank's wait with an error
+                        return decided
         finally:
-            wait.waiters -= 1
-            if not wait.waiters and self._steps.get(key) is wait:
+            if ranks.leave() and self._steps.get(key) is ranks:
                 del self._steps[key]
+
+    async def _poll_step(self, ranks: _Watch[str], read: Callable[[], str | None]) -> None:
+        """Other replicas' decision of a step, for the ranks waiting here."""
+        while not ranks.done.done():
+            await asyncio.sleep(WAIT_POLL_S)
+            try:
+                body = await asyncio.to_thread(read)
+            except Exception as exc:  # the database is gone: the waiters get the 503
+                ranks.end(error=exc)
+                return
+            if body is not None:
+                ranks.end(body)
 
     async def run_decided(
         self,
         run_id: str,
+        step: int,
         wait_s: float,
-        read: Callable[[], tuple[dict[str, Any], bool]],
-    ) -> dict[str, Any]:
-        """``read()``'s answer once it says the run is decided far enough, waiting up to
+        read: Callable[[], tuple[Answer, bool]],
+    ) -> Answer:
+        """``read()``'s answer once it says the run is decided through ``step``, waiting up to
         ``wait_s``: a decision in this process wakes the wait, and it reads again every
-        ``WAIT_POLL_S`` for decisions that other replicas made."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_s
-        while True:
-            answer, decided = await asyncio.to_thread(read)
-            left = deadline - loop.time()
-            if decided or left <= 0:
-                return answer
-            event = self._runs.setdefault(run_id, asyncio.Event())
+        ``WAIT_POLL_S`` for decisions that other replicas made. At the deadline, or shutting
+        down, the answer of the latest read (not ``certain``: the reader asks again)."""
+        if self.draining:
+            return (await asyncio.to_thread(read))[0]
+        key = (run_id, step)
+        readers = self._reads.get(key)
+        if readers is None:
+            readers = self._reads[key] = _Watch()
+            readers.start(self._poll_run(run_id, readers, read))
+        readers.waiters += 1
+        try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, WAIT_POLL_S)):
-                    await event.wait()
+                async with asyncio.timeout(wait_s):
+                    decided = await readers.wait()
+                    if decided is not None:
+                        return decided
+            if readers.done.done():
+                readers.done.result()  # the reads' error, if they met one
+            await readers.read_once.wait()
+            assert readers.latest is not None
+            return readers.latest
+        finally:
+            if readers.leave() and self._reads.get(key) is readers:
+                del self._reads[key]
+
+    async def _poll_run(
+        self, run_id: str, readers: _Watch[Answer], read: Callable[[], tuple[Answer, bool]]
+    ) -> None:
+        """Reads for the readers of one step until it is decided: at once, on each decision of
+        the run in this process, and every ``WAIT_POLL_S``."""
+        try:
+            while True:
+                # taken before the read: a decision committed during it still wakes the next
+                woken = self._decision_event(run_id)
+                readers.latest, decided = await asyncio.to_thread(read)
+                readers.read_once.set()
+                if decided:
+                    readers.end(readers.latest)
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(WAIT_POLL_S):
+                        await woken.wait()
+        except Exception as exc:  # the run is gone, the database is: the readers get it
+            readers.end(error=exc)
+            readers.read_once.set()
