@@ -87,6 +87,10 @@ def test_a_wait_that_runs_out_says_the_lrs_are_not_certain(live_server: LiveServ
         assert r.json()["certain"] is True and time.monotonic() - started < HANG_S
         assert http.get("/v1/runs/idle/lr", params={"step": 5, "wait": 61}).status_code == 422
         assert http.get("/v1/runs/nope/lr", params={"step": 5, "wait": 1}).status_code == 404
+        # a wait that runs out before the first read ends still answers that read's 404
+        for wait in (1e-9, 1e-6, 1e-3):
+            r = http.get("/v1/runs/nope/lr", params={"step": 5, "wait": wait})
+            assert r.status_code == 404, (wait, r.text)
 
 
 @pytest.mark.postgres

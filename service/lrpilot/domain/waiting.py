@@ -219,9 +219,9 @@ class Waiters:
                     decided = await readers.wait()
                     if decided is not None:
                         return decided
-            if readers.done.done():
-                readers.done.result()  # the reads' error, if they met one
             await readers.read_once.wait()
+            if readers.done.done():
+                readers.done.result()  # the reads' error, if they met one (even the first)
             assert readers.latest is not None
             return readers.latest
         finally:
