@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from lrpilot.domain.aggregated import Pending, Posted
+from lrpilot.store.records import RunKey
 
 WAIT_POLL_S = 0.2  # how often a waiting reader looks for other replicas' decisions
 
@@ -44,23 +45,24 @@ class Waiters:
     """Who waits in this process, and the wake-up a committed decision gives them."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, asyncio.Event] = {}  # runs readers wait on (leader mode)
-        self._steps: dict[tuple[str, int], _StepWait] = {}  # steps ranks wait on (aggregated)
+        # keyed by (project, run_id): another project's run of the same id is another run
+        self._runs: dict[RunKey, asyncio.Event] = {}  # runs readers wait on (leader mode)
+        self._steps: dict[tuple[RunKey, int], _StepWait] = {}  # steps ranks wait on (aggregated)
 
-    def decided(self, run_id: str, step: int | None = None, body: str | None = None) -> None:
+    def decided(self, run: RunKey, step: int | None = None, body: str | None = None) -> None:
         """Wake the readers waiting on this run (in this process: others poll), and hand the
         decision of ``step`` (just committed, so live) to the ranks waiting for it."""
-        waiting = self._runs.pop(run_id, None)
+        waiting = self._runs.pop(run, None)
         if waiting is not None:
             waiting.set()
         if step is not None and body is not None:
-            wait = self._steps.pop((run_id, step), None)
+            wait = self._steps.pop((run, step), None)
             if wait is not None and not wait.decided.done():
                 wait.decided.set_result(body)
 
     async def step_decided(
         self,
-        run_id: str,
+        run: RunKey,
         step: int,
         deadline: float,
         submit: Callable[[Posted], Awaitable[str]],
@@ -75,7 +77,7 @@ class Waiters:
         handed to all of them as it is committed, and they share one read a poll for the
         decisions of other replicas (with hundreds of ranks, a read each was most of a step's
         time)."""
-        key = (run_id, step)
+        key = (run, step)
         wait = self._steps.get(key)
         if wait is None:
             wait = self._steps[key] = _StepWait(asyncio.get_running_loop().create_future())
@@ -85,11 +87,11 @@ class Waiters:
                 left = deadline - time.time()
                 if left <= 0:
                     try:
-                        body = await submit(Posted(run_id, step, math.nan, timed_out=True))
+                        body = await submit(Posted(run, step, math.nan, timed_out=True))
                     except Pending as later:  # another replica's clock: wait on
                         deadline = max(later.deadline, time.time() + WAIT_POLL_S)
                         continue
-                    self.decided(run_id, step, body)
+                    self.decided(run, step, body)
                     return body
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(left, WAIT_POLL_S)):
@@ -104,7 +106,7 @@ class Waiters:
 
     async def run_decided(
         self,
-        run_id: str,
+        run: RunKey,
         wait_s: float,
         read: Callable[[], tuple[dict[str, Any], bool]],
     ) -> dict[str, Any]:
@@ -118,7 +120,7 @@ class Waiters:
             left = deadline - loop.time()
             if decided or left <= 0:
                 return answer
-            event = self._runs.setdefault(run_id, asyncio.Event())
+            event = self._runs.setdefault(run, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(left, WAIT_POLL_S)):
                     await event.wait()
