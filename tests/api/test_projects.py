@@ -26,8 +26,8 @@ GIVE_UP_S = 60.0  # only a hang takes this long
 class Project:
     """One project's tokens (writer and admin), and its requests to the shared app."""
 
-    def __init__(self, client: TestClient, database_url: str, name: str) -> None:
-        self.client = client
+    def __init__(self, database_url: str, name: str) -> None:
+        self.client: TestClient
         self.name = name
         self.writer = bearer(make_token(database_url, name, "writer"))
         self.admin = bearer(make_token(database_url, name, "admin"))
@@ -54,8 +54,10 @@ class Project:
 
 @pytest.fixture
 def projects(database_url: str) -> Iterator[tuple[Project, Project]]:
-    with app_client(database_url, migrate=False) as client:
-        yield Project(client, database_url, "p1"), Project(client, database_url, "p2")
+    p1, p2 = Project(database_url, "p1"), Project(database_url, "p2")
+    with app_client(database_url, migrate=False) as client:  # tokens first: no open mode
+        p1.client = p2.client = client
+        yield p1, p2
 
 
 def test_one_run_id_in_two_projects_is_two_runs(projects: tuple[Project, Project]) -> None:
@@ -80,9 +82,9 @@ def test_one_run_id_in_two_projects_is_two_runs(projects: tuple[Project, Project
     assert one["lrs"] != [0.1] and two["lrs"] == [0.5, 0.25]  # p1 reduced, p2 did not
     assert [d["step"] for d in p1.log("shared")] == [1, 2, 3]
     assert [d["step"] for d in p2.log("shared")] == [10, 20]
-    assert [r["run_id"] for r in p1.get("/v1/runs", params={"label": "team:one"}).json()["items"]] == [
-        "shared"
-    ]
+    assert [
+        r["run_id"] for r in p1.get("/v1/runs", params={"label": "team:one"}).json()["items"]
+    ] == ["shared"]
     assert p1.get("/v1/runs", params={"label": "team:two"}).json()["items"] == []
     assert p2.get("/v1/runs/shared/lr", params={"step": 15}).json()["lrs"] == [0.5, 0.25]
     assert p2.get("/v1/runs/shared/lrs", params={"from": 0, "count": 2}).json()["lrs"][0] == [
