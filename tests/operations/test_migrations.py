@@ -98,8 +98,10 @@ def test_an_explicit_url_wins_over_the_settings(
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_0008_keys_existing_rows_by_the_project_of_their_run(backend: str, tmp_path: Path) -> None:
     """Runs made before 0008 keep everything through it: their decisions, labels and a rank's
-    pending report go to their run's project (what an unfinished import left, to "default"),
-    and the same run id becomes free for another project. Down to 0007 and up again too."""
+    pending report go to their run's project, and the same run id becomes free for another
+    project. Down to 0007 and up again too. On SQLite (the only database where an import
+    writes a log before its run row), what an import killed before 0008 left goes to
+    "default", where its journal, a bare run id, has the startup look for it."""
     from lrpilot.domain.deciding import now
     from tests.conftest import app_client
     from tests.helpers import bearer, make_token, run_spec
@@ -126,26 +128,34 @@ def test_0008_keys_existing_rows_by_the_project_of_their_run(backend: str, tmp_p
             ),
             {"at": now()},
         )
-        conn.execute(
-            sa.text(
-                "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
-                "VALUES ('ghost', 1, 1, 'hold', :no, 'h', '{}')"
-            ),
-            {"no": False},
-        )
+        if backend == "sqlite":
+            conn.execute(
+                sa.text(
+                    "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
+                    "VALUES ('ghost', 1, 1, 'hold', :no, 'h', '{}')"
+                ),
+                {"no": False},
+            )
     upgrade(url)
     with engine.connect() as conn:
         keyed = {
             table: set(conn.execute(sa.text(f"SELECT DISTINCT project, run_id FROM {table}")))
             for table in ("decisions", "run_labels", "reports")
         }
-    engine.dispose()
+    ghost = {("default", "ghost")} if backend == "sqlite" else set()
     assert keyed == {
-        "decisions": {("p1", "a"), ("default", "ghost")},
+        "decisions": {("p1", "a"), *ghost},
         "run_labels": {("p1", "a")},
         "reports": {("p1", "agg")},
     }
-    with app_client(url, migrate=False) as client:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "import-4194303-0.run").write_text("ghost")  # a dead process's, before 0008
+    with app_client(url, migrate=False, spool_dir=str(spool)) as client:
+        with engine.connect() as conn:
+            left = conn.execute(sa.text("SELECT count(*) FROM decisions WHERE run_id = 'ghost'"))
+            assert left.scalar() == 0
+        engine.dispose()
         verified = client.post("/v1/runs/a/verify", headers=mine).json()
         assert verified["ok"] and verified["head_hash"] == head, verified
         assert client.get("/v1/runs/a", headers=theirs).status_code == 404

@@ -77,7 +77,7 @@ class Decisions:
         self, run_id: str, spec: RunSpec, project: str = "default"
     ) -> tuple[dict[str, Any], bool]:
         """The run created in ``project`` (True), or the stored one if it has the same spec
-        (False); another project's run of that id is not found."""
+        (False); another project's run of that id is another run, never looked at."""
         run = new_run(run_id, spec, now(), project)
         stored, created = self.store.create_run(run)
         if not created:
