@@ -57,8 +57,9 @@ def start(database: Path) -> tuple[dict[str, Any], RunHead]:
     document, as an export's header takes it, and the head its first decision starts from."""
     store = Store(Settings(database_url=fresh_database(None, database)))
     try:
-        store.create_run(new_run("bench-verify", run_spec(), now()))
-        return store.head("bench-verify")
+        run = new_run("bench-verify", run_spec(), now())
+        store.create_run(run)
+        return store.head(run.key)
     finally:
         store.close()
 

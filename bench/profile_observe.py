@@ -26,6 +26,7 @@ from lrpilot.domain.aggregated import Posted
 from lrpilot.domain.decisions import Decisions, decide_batch
 from lrpilot.settings import Settings
 from lrpilot.store.db import upgrade
+from lrpilot.store.records import RunKey
 from lrpilot.store.runs import Store
 
 
@@ -33,7 +34,8 @@ def timed(decisions: Decisions, steps: range, batch: int) -> tuple[float, float]
     """Wall and CPU µs a decision over ``steps``, ``batch`` steps a transaction."""
     w0, c0 = time.perf_counter(), time.process_time()
     for first in range(steps.start, steps.stop, batch):
-        items = [Posted("bench", s, metric_value(0, s)) for s in range(first, first + batch)]
+        run = RunKey("default", "bench")
+        items = [Posted(run, s, metric_value(0, s)) for s in range(first, first + batch)]
         for result in decide_batch(decisions.store, items):
             if isinstance(result, Exception):
                 raise result

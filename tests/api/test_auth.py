@@ -149,12 +149,13 @@ def test_another_projects_run_is_not_found_exactly_as_a_missing_one(
 ) -> None:
     theirs = setup.call(method, path, setup.other, run_id="r1")
     missing = setup.call(method, path, setup.tokens["admin"], run_id="r9")
-    assert theirs.status_code == 404 or (method, path) == ("PUT", "/v1/runs/{run_id}")
-    if (method, path) != ("PUT", "/v1/runs/{run_id}"):  # PUT of a missing run creates it
+    if (method, path) != ("PUT", "/v1/runs/{run_id}"):
         assert missing.status_code == 404
+        assert theirs.status_code == 404, theirs.text
         assert theirs.json()["detail"] == missing.json()["detail"].replace("r9", "r1")
-    else:
-        assert theirs.status_code == 404, theirs.text  # the id is taken: never its content
+    else:  # PUT of a missing run creates it: p2's own run r1, as p1's own r9
+        assert (theirs.status_code, missing.status_code) == (201, 201), theirs.text
+        assert theirs.json()["last_seq"] == 0
     mine = setup.client.get("/v1/runs/r1", headers=bearer(setup.tokens["reader"])).json()
     assert mine["last_step"] == 2  # nothing of p2's requests reached it
 
@@ -180,11 +181,15 @@ def test_import_goes_to_the_callers_project(setup: Setup) -> None:
     theirs = setup.client.post(
         "/v1/runs/import", content=bundle.content, headers=bearer(setup.other)
     )
-    assert theirs.status_code == 409 and "is taken" in theirs.json()["detail"]
+    assert theirs.status_code == 201, theirs.text  # p2's own run r1, under the same id
     mine = setup.client.post(
         "/v1/runs/import", content=bundle.content, headers=bearer(setup.tokens["admin"])
     )
     assert mine.status_code == 200, mine.text  # the very log it holds
+    again = setup.client.post(
+        "/v1/runs/import", content=bundle.content, headers=bearer(setup.other)
+    )
+    assert again.status_code == 200, again.text  # p2's copy, which now holds that log too
 
 
 def test_revoked_and_expired_tokens_are_401(setup: Setup, database_url: str) -> None:

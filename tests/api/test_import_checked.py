@@ -145,11 +145,21 @@ def test_a_run_id_being_imported_cannot_be_created_meanwhile(tmp_path: Path) -> 
     with app_client(url) as api:
         sql(
             url,  # an import's first slice, as it stands committed (no run row yet)
-            "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
-            "VALUES ('busy', 1, 10, 'hold', 0, :h, '{}')",
+            "INSERT INTO decisions (project, run_id, seq, step, action, superseded, hash, body) "
+            "VALUES ('default', 'busy', 1, 10, 'hold', 0, :h, '{}')",
             h="ab" * 32,
         )
         r = api.put("/v1/runs/busy", json=run_spec())
         assert r.status_code == 409 and "being imported" in r.text, r.text
         assert api.get("/v1/runs/busy").status_code == 404
         assert api.get("/v1/runs/busy/decisions").status_code == 404
+        # another project's import of that id holds nothing of this project's
+        sql(
+            url,
+            "INSERT INTO decisions (project, run_id, seq, step, action, superseded, hash, body) "
+            "VALUES ('p2', 'free', 1, 10, 'hold', 0, :h, '{}')",
+            h="ab" * 32,
+        )
+        r = api.put("/v1/runs/free", json=run_spec())
+        assert r.status_code == 201, r.text
+        assert api.get("/v1/runs/free/decisions").json()["items"] == []

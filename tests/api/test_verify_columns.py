@@ -77,8 +77,8 @@ def test_a_row_beyond_the_runs_last_seq_fails_verify(api: TestClient, database_u
     body = body_of(database_url, "extra", 15)
     sql(
         database_url,
-        "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
-        "VALUES ('extra', 16, 160, 'hold', :f, :h, :b)",
+        "INSERT INTO decisions (project, run_id, seq, step, action, superseded, hash, body) "
+        "VALUES ('default', 'extra', 16, 160, 'hold', :f, :h, :b)",
         f=False,
         h=json.loads(body)["hash"],
         b=body,

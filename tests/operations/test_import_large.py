@@ -42,7 +42,9 @@ def build_bundle(path: Path, run_id: str, count: int) -> str:
     head hash."""
     spec = RunSpec.model_validate(run_spec({"patience": 5}))
     run = new_run(run_id, spec, now())
-    head = RunHead(run.spec, Stored(run.state), Stored(run.lrs), 0, None, GENESIS, None)
+    head = RunHead(
+        run.spec, Stored(run.state), Stored(run.lrs), 0, None, GENESIS, None, run.project
+    )
     header = header_line(run.spec)
     created_at = now()
     with path.open("w") as out:

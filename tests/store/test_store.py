@@ -24,8 +24,14 @@ from lrpilot.policies.common import to_f32
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec
 from lrpilot.store.db import upgrade
+from lrpilot.store.records import RunKey
 from lrpilot.store.runs import Store
 from tests.helpers import strict_json
+
+
+def key(run_id: str) -> RunKey:
+    """A run of open mode's project, where the routes put the runs of a service without tokens."""
+    return RunKey("default", run_id)
 
 
 def _decisions(settings: Settings) -> Decisions:
@@ -55,7 +61,7 @@ def decide(decisions: Decisions, run_id: str, step: int, value: float) -> str:
     """One observation through decide_batch, tried again while its run is locked by another
     transaction, as the group commit's writer does."""
     while True:
-        (result,) = decide_batch(decisions.store, [Posted(run_id, step, value)])
+        (result,) = decide_batch(decisions.store, [Posted(key(run_id), step, value)])
         if not isinstance(result, RunBusy):
             break
         time.sleep(0.001)
@@ -65,7 +71,7 @@ def decide(decisions: Decisions, run_id: str, step: int, value: float) -> str:
 
 
 def log_of(decisions: Decisions, run_id: str) -> list[dict[str, object]]:
-    page = decisions.store.list_decisions(run_id, after=0, limit=1000)
+    page = decisions.store.list_decisions(key(run_id), after=0, limit=1000)
     return [strict_json(body) for body in page.items]
 
 
@@ -128,7 +134,7 @@ def test_concurrent_posts_to_one_run_never_decide_twice_from_one_state(
     log = log_of(decisions, "race")
     assert len(log) == 30
     assert verify_chain(log).ok
-    assert decisions.store.get_run("race")["last_seq"] == 30
+    assert decisions.store.get_run(key("race"))["last_seq"] == 30
 
 
 def test_one_batch_decides_many_runs_and_ranks_and_refuses_only_the_bad_items(
@@ -137,13 +143,13 @@ def test_one_batch_decides_many_runs_and_ranks_and_refuses_only_the_bad_items(
     for run_id in ("a", "b"):
         decisions.create_run(run_id, SPEC)
     items = [
-        Posted("a", 1, 0.5),
-        Posted("b", 1, 0.7),
-        Posted("a", 1, 0.5),  # another rank, same step and value: the same decision
-        Posted("a", 1, 0.6),  # same step, another value: refused
-        Posted("missing", 1, 0.5),
-        Posted("a", 2, 0.4),
-        Posted("b", 0, 0.7),  # below b's last step, never decided: refused
+        Posted(key("a"), 1, 0.5),
+        Posted(key("b"), 1, 0.7),
+        Posted(key("a"), 1, 0.5),  # another rank, same step and value: the same decision
+        Posted(key("a"), 1, 0.6),  # same step, another value: refused
+        Posted(key("missing"), 1, 0.5),
+        Posted(key("a"), 2, 0.4),
+        Posted(key("b"), 0, 0.7),  # below b's last step, never decided: refused
     ]
     results = decide_batch(decisions.store, items)
     assert isinstance(results[0], str) and results[2] == results[0]
@@ -153,7 +159,7 @@ def test_one_batch_decides_many_runs_and_ranks_and_refuses_only_the_bad_items(
     assert isinstance(results[6], Conflict) and "never decided" in str(results[6])
     assert [d["step"] for d in log_of(decisions, "a")] == [1, 2]
     assert [d["step"] for d in log_of(decisions, "b")] == [1]
-    assert decisions.store.get_run("a")["last_seq"] == 2
+    assert decisions.store.get_run(key("a"))["last_seq"] == 2
 
 
 def test_concurrent_observations_are_group_committed_and_all_acknowledged(
@@ -179,7 +185,7 @@ def test_concurrent_observations_are_group_committed_and_all_acknowledged(
 
     async def post_all() -> list[str]:
         return await asyncio.gather(
-            *(decisions.observe(r, step, 1.0 / (1 + step)) for step in range(20) for r in runs)
+            *(decisions.observe(key(r), step, 1.0 / (1 + step)) for step in range(20) for r in runs)
         )
 
     bodies = asyncio.run(post_all())

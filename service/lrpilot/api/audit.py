@@ -42,8 +42,8 @@ NDJSON = "application/x-ndjson"
         **UNAVAILABLE,
     },
 )
-def export_run(run_id: RunId, audit: AuditDep, _: Reader) -> StreamingResponse:
-    lines = audit.export(run_id)  # a 404 now, before the first byte is sent
+def export_run(run_id: RunId, audit: AuditDep, caller: Reader) -> StreamingResponse:
+    lines = audit.export(caller.run(run_id))  # a 404 now, before the first byte is sent
     return StreamingResponse(
         (line + "\n" for line in lines),
         media_type=NDJSON,
@@ -96,10 +96,10 @@ def _refused(line: int | None, message: str) -> Response:
 def verify_run(
     run_id: RunId,
     audit: AuditDep,
-    _: Reader,
+    caller: Reader,
     body: Annotated[VerifyIn | None, Body()] = None,
 ) -> Response:
-    report = audit.verify(run_id, body.head if body else None)
+    report = audit.verify(caller.run(run_id), body.head if body else None)
     return StrictJSONResponse(report.as_dict())
 
 
@@ -110,7 +110,8 @@ def verify_run(
 )
 def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) -> Response:
     client = body.client.declared() if body.client else None
-    return StrictJSONResponse(audit.rewind(run_id, body.to_step, client, caller.by()))
+    run = caller.run(run_id)
+    return StrictJSONResponse(audit.rewind(run, body.to_step, client, caller.by()))
 
 
 @router.get(
@@ -118,5 +119,5 @@ def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) ->
     response_model=SummaryOut,
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
-def run_summary(run_id: RunId, audit: AuditDep, _: Reader) -> Response:
-    return StrictJSONResponse(audit.summary(run_id))
+def run_summary(run_id: RunId, audit: AuditDep, caller: Reader) -> Response:
+    return StrictJSONResponse(audit.summary(caller.run(run_id)))

@@ -1,17 +1,18 @@
 """Who is asking, and may they: the one check every route and the observation fast path run.
 
 A request carries ``Authorization: Bearer TOKEN``. The token is looked up by its SHA-256 in the
-tokens table (``store.tokens``); its role must include the route's (reader < writer < admin),
-and a run it names must be in the token's project, else the run is "not found", exactly as a
-run that does not exist: a token learns nothing of other projects.
+tokens table (``store.tokens``); its role must include the route's (reader < writer < admin).
+A run is named by the caller's project and the run_id of the path (``Caller.run``): another
+project's run of that id is another run, and not one the caller can see; a token learns nothing
+of other projects.
 
 Open mode: while the database holds no token at all (a revoked one counts), every request is
 served as project "default" with every role: the local quick start. ``lrpilot serve`` refuses
 a non-loopback bind in that state (cli/serve.py).
 
 Lookups are cached for ``CACHE_S`` at most, so that a revocation, an expiry or the first token
-holds on every replica within that time, while a busy run costs the database one token lookup
-a second, not one a request.
+holds on every replica within that time, while a busy token costs the database one lookup a
+second, not one a request.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from starlette.responses import Response
 
 from lrpilot.api.models import Message
 from lrpilot.api.responses import StrictJSONResponse
-from lrpilot.domain.errors import RunNotFound
-from lrpilot.store.records import ROLES, Token, secret_hash
+from lrpilot.store.records import ROLES, RunKey, Token, secret_hash
 from lrpilot.store.runs import Store
 from lrpilot.store.tokens import Tokens
 
@@ -50,6 +50,10 @@ class Caller(NamedTuple):
         such entries keep the bytes they always had)."""
         return None if self.name is None else {"token": self.name, "project": self.project}
 
+    def run(self, run_id: str) -> RunKey:
+        """The run ``run_id`` names for this caller: its project's (the only one it sees)."""
+        return RunKey(self.project, run_id)
+
 
 OPEN = Caller(None, DEFAULT_PROJECT, ROLES[-1])
 
@@ -70,15 +74,13 @@ class Refused(Exception):
 
 
 class Authenticator:
-    """The tokens and runs' projects a replica has looked up lately (see ``CACHE_S``)."""
+    """The tokens a replica has looked up lately (see ``CACHE_S``)."""
 
     def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
-        self._store = store
         self._tokens = Tokens(store)
         self._clock = clock
         self._exist: tuple[float, bool] | None = None
         self._found: dict[str, tuple[float, Token | None]] = {}
-        self._projects: dict[str, str] = {}  # a run's project never changes
 
     def tokens_exist(self) -> bool:
         """Whether any token exists (a blocking read, cached ``CACHE_S``)."""
@@ -96,19 +98,9 @@ class Authenticator:
             known = self._found[hashed] = (at, self._tokens.find(hashed))
         return known[1]
 
-    def _project_of(self, run_id: str) -> str | None:
-        project = self._projects.get(run_id)
-        if project is None:
-            project = self._store.run_project(run_id)
-            if project is not None:
-                if len(self._projects) >= MAX_CACHED:
-                    self._projects.clear()
-                self._projects[run_id] = project
-        return project
-
-    def check(self, authorization: str | None, role: str, run_id: str | None) -> Caller:
-        """The caller, or ``Refused`` (401, 403) or ``RunNotFound`` (a run of another
-        project). Blocking: it may read the database (``authorize`` is the async form)."""
+    def check(self, authorization: str | None, role: str) -> Caller:
+        """The caller, or ``Refused`` (401, 403). Blocking: it may read the database
+        (``authorize`` is the async form)."""
         if not self.tokens_exist():
             return OPEN
         scheme, _, secret = (authorization or "").strip().partition(" ")
@@ -129,32 +121,26 @@ class Authenticator:
                 f"this needs the role {role} (or above); token {token.name!r} has the role "
                 f"{token.role}",
             )
-        if run_id is not None:
-            project = self._project_of(run_id)
-            if project is not None and project != token.project:
-                raise RunNotFound(f"run {run_id!r} not found")  # as if it did not exist
         return Caller(token.name, token.project, token.role)
 
-    async def authorize(self, authorization: str | None, role: str, run_id: str | None) -> Caller:
+    async def authorize(self, authorization: str | None, role: str) -> Caller:
         """``check``, off the event loop when it must read the database."""
         if self._exist is not None and self._clock() - self._exist[0] <= CACHE_S:
             if not self._exist[1]:
                 return OPEN
             try:  # the common case, every lookup cached: no thread hop
-                return self._check_cached(authorization, role, run_id)
+                return self._check_cached(authorization, role)
             except _NotCached:
                 pass
-        return await asyncio.to_thread(self.check, authorization, role, run_id)
+        return await asyncio.to_thread(self.check, authorization, role)
 
-    def _check_cached(self, authorization: str | None, role: str, run_id: str | None) -> Caller:
+    def _check_cached(self, authorization: str | None, role: str) -> Caller:
         secret = (authorization or "").strip().partition(" ")[2].strip()
         if secret and len(secret) <= MAX_TOKEN_CHARS:
             known = self._found.get(secret_hash(secret))
             if known is None or self._clock() - known[0] > CACHE_S:
                 raise _NotCached
-        if run_id is not None and run_id not in self._projects:
-            raise _NotCached
-        return self.check(authorization, role, run_id)
+        return self.check(authorization, role)
 
 
 class _NotCached(Exception):
@@ -170,8 +156,7 @@ def require(role: str) -> Any:
 
     async def caller(request: Request) -> Caller:
         auth: Authenticator = request.app.state.auth
-        run_id = request.path_params.get("run_id")
-        return await auth.authorize(_header(request), role, run_id)
+        return await auth.authorize(_header(request), role)
 
     caller.__name__ = f"require_{role}"
     return Depends(caller)

@@ -59,9 +59,7 @@ class ObservationFastPath:
             await self.app(scope, receive, send)
             return
         try:  # the route's own check (api/auth.py), before the body is read
-            caller = await self.auth.authorize(
-                _authorization(scope["headers"]), "writer", match.group(1)
-            )
+            caller = await self.auth.authorize(_authorization(scope["headers"]), "writer")
         except Refused as exc:
             await exc.response()(scope, receive, send)
             return
@@ -92,7 +90,7 @@ class ObservationFastPath:
             return
         try:
             decision = await self.decisions.observe(
-                match.group(1),
+                caller.run(match.group(1)),
                 observation.step,
                 observation.value,
                 observation.client.declared() if observation.client else None,

@@ -67,7 +67,7 @@ async def post_observation(
     client = body.client.declared() if body.client else None
     return raw_json(
         await request.app.state.decisions.observe(
-            run_id,
+            caller.run(run_id),
             body.step,
             body.value,
             client,
@@ -117,15 +117,15 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
-def get_run(run_id: RunId, store: StoreDep, _: Reader) -> Response:
-    return StrictJSONResponse(store.get_run(run_id))
+def get_run(run_id: RunId, store: StoreDep, caller: Reader) -> Response:
+    return StrictJSONResponse(store.get_run(caller.run(run_id)))
 
 
 @router.get("/{run_id}/lr", response_model=LrOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
 async def get_lr(
     run_id: RunId,
     decisions: DecisionsDep,
-    _: Reader,
+    caller: Reader,
     step: Annotated[
         int | None, Query(ge=0, le=MAX_STEP, description="training step; omit for the latest")
     ] = None,
@@ -140,9 +140,10 @@ async def get_lr(
     ] = 0.0,
 ) -> Response:
     # async: a waiting reader holds no worker thread (the reads themselves run on threads)
+    run = caller.run(run_id)
     if step is None or wait == 0:
-        return StrictJSONResponse(await asyncio.to_thread(decisions.lr_at, run_id, step))
-    return StrictJSONResponse(await decisions.lr_when_decided(run_id, step, wait))
+        return StrictJSONResponse(await asyncio.to_thread(decisions.lr_at, run, step))
+    return StrictJSONResponse(await decisions.lr_when_decided(run, step, wait))
 
 
 @router.get(
@@ -151,7 +152,7 @@ async def get_lr(
 def get_lrs(
     run_id: RunId,
     decisions: DecisionsDep,
-    _: Reader,
+    caller: Reader,
     first: Annotated[
         int, Query(alias="from", ge=0, le=MAX_STEP, description="the first training step")
     ],
@@ -161,7 +162,7 @@ def get_lrs(
 ) -> Response:
     if first + count - 1 > MAX_STEP:
         count = MAX_STEP - first + 1
-    return StrictJSONResponse(decisions.lrs_range(run_id, first, count))
+    return StrictJSONResponse(decisions.lrs_range(caller.run(run_id), first, count))
 
 
 @router.get(
@@ -172,7 +173,7 @@ def get_lrs(
 def list_decisions(
     run_id: RunId,
     store: StoreDep,
-    _: Reader,
+    caller: Reader,
     after: Annotated[int, Query(ge=0, le=MAX_STEP, description="seq to start after")] = 0,
     limit: Limit = 100,
     action: Annotated[ActionFilter | None, Query(description="only this action")] = None,
@@ -190,7 +191,8 @@ def list_decisions(
         ),
     ] = None,
 ) -> Response:
-    page = store.list_decisions(run_id, after, limit, action, from_step, to_step, superseded)
+    run = caller.run(run_id)
+    page = store.list_decisions(run, after, limit, action, from_step, to_step, superseded)
     return page_json(page.items, page.next, "seq")
 
 
@@ -212,4 +214,5 @@ def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: W
     its lrs from `step` on, as a scale entry in the log."""
     by, size = body.measure()
     client = body.client.declared() if body.client else None
-    return StrictJSONResponse(decisions.resize(run_id, body.step, by, size, client, caller.by()))
+    run = caller.run(run_id)
+    return StrictJSONResponse(decisions.resize(run, body.step, by, size, client, caller.by()))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
-from lrpilot.api.auth import Authenticator, Reader
+from lrpilot.api.auth import Reader
 from lrpilot.api.deps import AuditDep
 from lrpilot.api.models import MAX_SIMULATE, SimulateIn, SimulateOut
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
@@ -28,13 +28,11 @@ router = APIRouter(prefix="/v1/simulate", tags=["audit"])
         **UNAVAILABLE,
     },
 )
-def simulate(body: SimulateIn, audit: AuditDep, caller: Reader, request: Request) -> Response:
+def simulate(body: SimulateIn, audit: AuditDep, caller: Reader) -> Response:
     recorded = None
     if body.run_id is not None:
-        # the run named in the body must be the caller's, as one named in a path
-        auth: Authenticator = request.app.state.auth
-        auth.check(request.headers.get("authorization"), "reader", body.run_id)
-        run, recorded = audit.recorded(body.run_id, MAX_SIMULATE)
+        # the run named in the body is the caller's project's, as one named in a path
+        run, recorded = audit.recorded(caller.run(body.run_id), MAX_SIMULATE)
         if body.base_lrs is not None:
             run = run.model_copy(update={"base_lrs": body.base_lrs})
         groups = len(run.base_lrs)

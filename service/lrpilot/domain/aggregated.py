@@ -18,7 +18,7 @@ from lrpilot.domain.deciding import decide, now
 from lrpilot.domain.errors import Conflict, Invalid
 from lrpilot.domain.scaling import check_resize_step, resized, resized_on_retry
 from lrpilot.entries import Ranks, missing_ranges, ranges_text, rank_report, weighted_mean
-from lrpilot.store.records import Report, RunHead
+from lrpilot.store.records import Report, RunHead, RunKey
 from lrpilot.store.runs import WriteTx
 
 
@@ -26,7 +26,7 @@ from lrpilot.store.runs import WriteTx
 class Posted:
     """One observation as posted to a run."""
 
-    run_id: str
+    run: RunKey  # the run's project and id: two projects' runs of one id never share a batch
     step: int
     value: float
     client: dict[str, Any] | None = None  # who posted it, as it declared itself
@@ -35,6 +35,10 @@ class Posted:
     weight: float | None = None
     timed_out: bool = False  # aggregated mode: decide (or refuse) the step with the ranks present
     who: dict[str, str] | None = None  # whose token posted it (None in open mode)
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
 
 
 class Pending(Exception):
@@ -77,16 +81,16 @@ def _listed(numbers: Sequence[int], most: int = 64) -> str:
 
 
 def aggregate_in(
-    tx: WriteTx, head: RunHead, item: Posted, heads: dict[str, RunHead]
+    tx: WriteTx, head: RunHead, item: Posted, heads: dict[RunKey, RunHead]
 ) -> str | Exception:
     """An aggregated run's report (or its timeout): the step's decision, ``Pending`` while
     ranks are missing, or the refusal. The run is locked: one writer at a time."""
     spec = head.spec.aggregate
     assert spec is not None
     timeout_s = spec.timeout_s
-    run_id, step = item.run_id, item.step
+    run, run_id, step = item.run, item.run_id, item.step
     if head.last_step is not None and step <= head.last_step:
-        stored = tx.decision_at_step(run_id, step)
+        stored = tx.decision_at_step(run, step)
         if stored is None:
             return Conflict(
                 f"step {step} is below the last decided step {head.last_step} of run "
@@ -109,7 +113,7 @@ def aggregate_in(
         return stored.text  # a retry, or a rank that reported too late to count: the same one
     check_resize_step(head, step, "step")  # a resize since the first report: never decided
     if item.timed_out:
-        reports = tx.reports_at(run_id, step)
+        reports = tx.reports_at(run, step)
         if not reports:
             return Conflict(f"step {step} of run {run_id!r} has no report to decide from")
         deadline = _deadline(reports, timeout_s)
@@ -132,7 +136,7 @@ def aggregate_in(
             ["body", "rank" if item.rank is None else "world_size"],
             f"run {run_id!r} is aggregated: every observation must say its rank and world_size",
         )
-    reports = tx.reports_at(run_id, step)
+    reports = tx.reports_at(run, step)
     if reports and reports[0].world_size != item.world_size:
         return Conflict(
             f"world_size {item.world_size} differs from the world_size {reports[0].world_size} "
@@ -149,7 +153,7 @@ def aggregate_in(
             )
     else:
         mine = Report(item.rank, item.world_size, item.value, weight, now(), item.client, item.who)
-        tx.add_report(run_id, step, mine)
+        tx.add_report(run, step, mine)
         reports = sorted([*reports, mine], key=lambda r: r.rank)
     if len(reports) == item.world_size:
         return _decide_reports(tx, head, step, reports, None, timeout_s, heads)
@@ -163,7 +167,7 @@ def _decide_reports(
     reports: Sequence[Report],
     world: int | None,
     timeout_s: float,
-    heads: dict[str, RunHead],
+    heads: dict[RunKey, RunHead],
 ) -> str:
     """The step's decision from the weighted mean of ``reports`` (in rank order), every rank
     counted (``world`` None) or those present at the timeout of a ``world`` of ranks; when the
@@ -177,6 +181,6 @@ def _decide_reports(
     mean = weighted_mean((r.value, r.weight) for r in reports)
     decision = decide(head, step, mean, now(), ranks=ranks)
     tx.append_decision(decision)
-    tx.drop_reports(head.run_id, step)
-    heads[head.run_id] = head.after(decision)
+    tx.drop_reports(head.key, step)
+    heads[head.key] = head.after(decision)
     return decision.body

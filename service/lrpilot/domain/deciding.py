@@ -160,7 +160,7 @@ def decide(
     ).seal()
     state_json = canonical_json(state_doc)
     _remember_state(spec.policy.id, state_json, new_state)
-    return appended(entry, state_json, step, head.scale, 1 if outcome.reduced else 0)
+    return appended(head.key, entry, state_json, step, head.scale, 1 if outcome.reduced else 0)
 
 
 def retried(head: RunHead, step: int, value: float, stored: Stored | None) -> str:

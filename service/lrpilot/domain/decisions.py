@@ -18,7 +18,7 @@ from lrpilot.domain.deciding import check_same_spec, decide, new_run, now, retri
 from lrpilot.domain.errors import Conflict, RunBusy, RunNotFound, Unavailable
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec, RunStored
-from lrpilot.store.records import RunHead
+from lrpilot.store.records import RunHead, RunKey
 from lrpilot.store.runs import Store, WriteTx
 
 
@@ -38,7 +38,7 @@ class Decisions:
 
     async def observe(
         self,
-        run_id: str,
+        run: RunKey,
         step: int,
         value: float,
         client: dict[str, Any] | None = None,
@@ -51,18 +51,18 @@ class Decisions:
         aggregated run, a rank whose report does not complete its step waits (holding no
         thread and no connection) for the step's decision, which every rank gets alike."""
         check_world(rank, world_size, self._max_world)
-        posted = Posted(run_id, step, value, client, rank, world_size, weight, who=who)
+        posted = Posted(run, step, value, client, rank, world_size, weight, who=who)
         try:
             body = await self._submit(posted)
         except Pending as pending:
             return await self.waiters.step_decided(
-                run_id,
+                run,
                 step,
                 pending.deadline,
                 self._submit,
-                functools.partial(self.store.decided_step, run_id, step),
+                functools.partial(self.store.decided_step, run, step),
             )
-        self.waiters.decided(run_id, step, body)
+        self.waiters.decided(run, step, body)
         return body
 
     async def _submit(self, posted: Posted) -> str:
@@ -77,30 +77,30 @@ class Decisions:
         self, run_id: str, spec: RunSpec, project: str = "default"
     ) -> tuple[dict[str, Any], bool]:
         """The run created in ``project`` (True), or the stored one if it has the same spec
-        (False); another project's run of that id is not found."""
+        (False); another project's run of that id is another run, never looked at."""
         run = new_run(run_id, spec, now(), project)
         stored, created = self.store.create_run(run)
         if not created:
             check_same_spec(RunStored.model_validate(_stored_fields(stored)), run)
         return stored, created
 
-    def lr_at(self, run_id: str, step: int | None) -> dict[str, Any]:
+    def lr_at(self, run: RunKey, step: int | None) -> dict[str, Any]:
         """The lrs in force at training step ``step``."""
-        return ranges.lr_at(self.store, run_id, step)[0]
+        return ranges.lr_at(self.store, run, step)[0]
 
-    async def lr_when_decided(self, run_id: str, step: int, wait_s: float) -> dict[str, Any]:
+    async def lr_when_decided(self, run: RunKey, step: int, wait_s: float) -> dict[str, Any]:
         """``lr_at(step)`` once the run is decided through ``step`` (a decision at or after it
         exists: the lrs at ``step`` are then certain), waiting up to ``wait_s``: leader mode,
         where one rank posts and the others read."""
-        read = functools.partial(ranges.lr_at, self.store, run_id, step)
-        return await self.waiters.run_decided(run_id, step, wait_s, read)
+        read = functools.partial(ranges.lr_at, self.store, run, step)
+        return await self.waiters.run_decided(run, step, wait_s, read)
 
-    def lrs_range(self, run_id: str, first: int, count: int) -> dict[str, Any]:
-        return ranges.lrs_range(self.store, run_id, first, count)
+    def lrs_range(self, run: RunKey, first: int, count: int) -> dict[str, Any]:
+        return ranges.lrs_range(self.store, run, first, count)
 
     def resize(
         self,
-        run_id: str,
+        run: RunKey,
         step: int,
         by: str,
         size: int,
@@ -110,7 +110,7 @@ class Decisions:
         # (runs on a worker thread: waiting readers are not woken from here, they poll)
         if by == "world_size":
             check_world(None, size, self._max_world)
-        return scaling.resize(self.store, run_id, step, by, size, client, who)
+        return scaling.resize(self.store, run, step, by, size, client, who)
 
 
 def _stored_fields(document: dict[str, Any]) -> dict[str, Any]:
@@ -133,12 +133,12 @@ def prepare_now(
 
 def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
     """Decide every item in one transaction; one item's refusal does not abort the others."""
-    heads, busy = tx.lock_runs({item.run_id for item in items})
+    heads, busy = tx.lock_runs({item.run for item in items})
     results: list[str | Exception] = []
     for item in items:
-        head = heads.get(item.run_id)
+        head = heads.get(item.run)
         if head is None:
-            if item.run_id in busy:
+            if item.run in busy:
                 results.append(RunBusy(f"run {item.run_id!r} is locked by another writer"))
             else:
                 results.append(RunNotFound(f"run {item.run_id!r} not found"))
@@ -151,12 +151,12 @@ def _decide_in(tx: WriteTx, items: Sequence[Posted]) -> list[str | Exception]:
 
 
 def _decide_one(
-    tx: WriteTx, head: RunHead, item: Posted, heads: dict[str, RunHead]
+    tx: WriteTx, head: RunHead, item: Posted, heads: dict[RunKey, RunHead]
 ) -> str | Exception:
     if head.spec.aggregate is not None:
         return aggregate_in(tx, head, item, heads)
     if head.last_step is not None and item.step <= head.last_step:
-        stored = tx.decision_at_step(item.run_id, item.step)
+        stored = tx.decision_at_step(item.run, item.step)
         answer = retried(head, item.step, item.value, stored)
         scaling.resized_on_retry(tx, head, item.step, item.world_size, heads, item.client, item.who)
         return answer
@@ -167,5 +167,5 @@ def _decide_one(
         )
     decision = decide(head, item.step, item.value, now(), item.client, who=item.who)
     tx.append_decision(decision)
-    heads[item.run_id] = head.after(decision)
+    heads[item.run] = head.after(decision)
     return decision.body

@@ -46,6 +46,7 @@ from lrpilot.store.records import (
     NewDecision,
     NewRun,
     RunHead,
+    RunKey,
     RunRowRead,
     appended,
 )
@@ -73,17 +74,15 @@ class Audit:
 
     # -- export ----------------------------------------------------------------------------
 
-    def export(self, run_id: str) -> Iterator[str]:
+    def export(self, run: RunKey) -> Iterator[str]:
         """The run as bundle lines (header, decisions, trailer), read a page at a time. The
         run is looked up now (RunNotFound before anything is streamed); the log is the one up
         to the head at that moment, whatever is decided meanwhile."""
-        _, head = self.store.head(run_id)
-        imported = self.store.imported(run_id)
-        return self._lines(head.spec, head.last_seq, head.head_hash, imported)
+        _, head = self.store.head(run)
+        imported = self.store.imported(run)
+        return self._lines(head, imported)
 
-    def _lines(
-        self, run: RunStored, count: int, head_hash: str, imported: Imported | None
-    ) -> Iterator[str]:
+    def _lines(self, head: RunHead, imported: Imported | None) -> Iterator[str]:
         """The service signs only what it decided. An imported run is exported with the
         header line it came with, and, as long as nothing was decided after the import, with
         the trailer it came with (the bundle imported, as it was: its signature is its
@@ -91,9 +90,10 @@ class Audit:
         (``imported``: its signature, and so on back) and the service's signature, when it has
         a key, covers that record: it signs the entries after it, and says they are the
         ones it decided."""
-        header = header_line(run) if imported is None else imported.header
+        count, head_hash = head.last_seq, head.head_hash
+        header = header_line(head.spec) if imported is None else imported.header
         yield header
-        yield from self.store.bodies(run.run_id, count)
+        yield from self.store.bodies(head.key, count)
         record = None if imported is None else imported.end
         if record is not None and count == record["count"]:
             yield canonical_json({"end": record})
@@ -107,21 +107,21 @@ class Audit:
 
     # -- verify ----------------------------------------------------------------------------
 
-    def verify(self, run_id: str, head: str | None = None) -> Report:
+    def verify(self, key: RunKey, head: str | None = None) -> Report:
         """Replay the stored log through the pinned policy and check every link; check every
         column served beside an entry (its seq, step, action, hash, superseded flag) against
         the entry; then check that the run's row (its head, state, lrs and counters, what the
         next decision starts from and what GET /v1/runs/{id} serves) is where the log ends.
         All of it read in one snapshot: what commits meanwhile is not seen, half or whole."""
         with self.store.snapshot() as snapshot:
-            run = snapshot.run(run_id)
+            run = snapshot.run(key)
             check: LogCheck | None = None
             try:
-                rewinds = rewinds_of(r.body for r in snapshot.log(run_id, action=Kind.REWIND))
+                rewinds = rewinds_of(r.body for r in snapshot.log(key, action=Kind.REWIND))
                 imported = run.imported
                 watch = None if imported is None else {imported.end["count"]}
                 check = LogCheck(run.head.spec, rewinds, watch)
-                for row in snapshot.log(run_id):
+                for row in snapshot.log(key):
                     _check_row(check, row)
                 report = check.report(head)
                 _check_run(run, report)
@@ -163,7 +163,7 @@ class Audit:
                 continue  # an import under way, in this process or another
             try:
                 if path.suffix == ".run":
-                    dropped = self.store.drop_import(path.read_text())
+                    dropped = self.store.drop_import(_journaled(path.read_text()))
                     log.warning("removed %d rows of an unfinished import (%s)", dropped, path)
                 path.unlink(missing_ok=True)
             except (OSError, Unavailable) as exc:  # kept for the next start
@@ -172,9 +172,10 @@ class Audit:
     def import_bundle(self, path: Path, project: str = "default") -> tuple[dict[str, Any], bool]:
         """Check the bundle file (every line, every link, every decision replayed), then store
         it in ``project``: (the run, True); (the stored run, False) when it holds this very
-        log. A bundle that does not check is refused whole; another log under the same run_id,
-        or a run of that id in another project, is a Conflict. Nothing of it is seen before all
-        of it is stored (``Store.import_run``)."""
+        log. A bundle that does not check is refused whole; another log under the same run_id
+        in ``project`` is a Conflict (another project's run of that id is another run: it
+        does not matter here). Nothing of it is seen before all of it is stored
+        (``Store.import_run``)."""
 
         def open_lines() -> Iterator[bytes]:
             return read_raw(path, self._max_line)
@@ -210,23 +211,21 @@ class Audit:
 
         self.clean_spool(starting=False)
         journal = _journal(path)
-        journal.write_text(run.run_id)  # what a restart removes, if this process is killed
+        # what a restart removes, if this process is killed
+        journal.write_text(canonical_json(list(run.key)))
         try:
             created = self.store.import_run(run, rows, end)
         finally:
             journal.unlink(missing_ok=True)
         if not created:
-            if self.store.run_project(run.run_id) != project:
-                # run ids are one namespace: say no more than that this one is taken
-                raise Conflict(f"run id {run.run_id!r} is taken: import it under another")
             return _same_log(self.store, run, checked), False
-        return self.store.get_run(run.run_id), True
+        return self.store.get_run(run.key), True
 
     # -- rewind ----------------------------------------------------------------------------
 
     def rewind(
         self,
-        run_id: str,
+        key: RunKey,
         to_step: int,
         client: dict[str, Any] | None = None,
         who: dict[str, str] | None = None,
@@ -236,11 +235,11 @@ class Audit:
         which step, what it restored). A rewind to or past the last step changes nothing."""
 
         def work(tx: WriteTx) -> NewDecision | None:
-            head = tx.lock_run(run_id)
+            head = tx.lock_run(key)
             if head is None:
-                raise RunNotFound(f"run {run_id!r} not found")
+                raise RunNotFound(f"run {key.run_id!r} not found")
             if head.spec.aggregate is not None:  # the ranks will report those steps again
-                tx.drop_reports_after(run_id, to_step)
+                tx.drop_reports_after(key, to_step)
             # past the last entry: nothing to supersede (a resize may come after the last step)
             force = head.scale
             latest = max(
@@ -249,7 +248,7 @@ class Audit:
             )
             if to_step >= latest:
                 return None
-            target = tx.live_at_or_before(run_id, to_step)
+            target = tx.live_at_or_before(key, to_step)
             if target is None:  # before the first decision: the policy's initial state
                 policy, params = resolved(head.spec)
                 initial = policy.init(params, tuple(head.spec.base_lrs))
@@ -258,7 +257,7 @@ class Audit:
                 restores, doc = target
                 state, lrs = doc["state"], doc["lrs"]
             scale = _scale_at(tx, head, to_step)
-            superseded = tx.supersede_after(run_id, to_step)
+            superseded = tx.supersede_after(key, to_step)
             entry = entries.rewind(
                 chain_of(head),
                 to_step,
@@ -273,15 +272,19 @@ class Audit:
                 who=who,
             ).seal()
             rewound = appended(
-                entry, canonical_json(state), to_step, scale if scale is not None else _base(head)
+                head.key,
+                entry,
+                canonical_json(state),
+                to_step,
+                scale if scale is not None else _base(head),
             )
             tx.append_decision(rewound)
             return rewound
 
         entry = self.store.transact(work)
-        run = self.store.get_run(run_id)
+        run = self.store.get_run(key)
         return {
-            "run_id": run_id,
+            "run_id": key.run_id,
             "to_step": to_step,
             "rewound": entry is not None,
             "lrs": run["lrs"],
@@ -290,12 +293,12 @@ class Audit:
 
     # -- what-if ---------------------------------------------------------------------------
 
-    def recorded(self, run_id: str, limit: int) -> tuple[RunStored, list[Recorded] | None]:
+    def recorded(self, key: RunKey, limit: int) -> tuple[RunStored, list[Recorded] | None]:
         """The run and its live branch's observations with their decisions; None past
         ``limit`` of them."""
-        _, head = self.store.head(run_id)
+        _, head = self.store.head(key)
         kept: list[Recorded] = []
-        for doc in self.store.entries(run_id, head.last_seq, superseded=False):
+        for doc in self.store.entries(key, head.last_seq, superseded=False):
             if doc["action"] in NOT_DECISIONS:
                 continue
             if len(kept) == limit:
@@ -305,9 +308,9 @@ class Audit:
 
     # -- summary ---------------------------------------------------------------------------
 
-    def summary(self, run_id: str) -> dict[str, Any]:
+    def summary(self, key: RunKey) -> dict[str, Any]:
         """What an auditor asks first, over the live branch (one pass over the log)."""
-        run, head = self.store.head(run_id)
+        run, head = self.store.head(key)
         maximize = head.spec.policy.params.get("mode") == "max"
         best: float | None = None
         best_step: int | None = None
@@ -315,7 +318,7 @@ class Audit:
         reductions: list[dict[str, Any]] = []
         live = 0
         previous_action = ""
-        for doc in self.store.entries(run_id, head.last_seq, superseded=False):
+        for doc in self.store.entries(key, head.last_seq, superseded=False):
             action = doc["action"]
             kind = entries.kind_of(action)
             if kind is Kind.REWIND:
@@ -342,13 +345,13 @@ class Audit:
                 )
             previous_action = action
         summary: dict[str, Any] = {
-            "run_id": run_id,
+            "run_id": key.run_id,
             "decisions": live,
             "first_step": first,
             "last_step": head.last_step,
             "best": {"value": best, "step": best_step, "mode": "max" if maximize else "min"},
             "lr_changes": reductions,
-            "superseded": self.store.superseded_count(run_id),
+            "superseded": self.store.superseded_count(key),
             "head_hash": head.head_hash,
             "lrs": run["lrs"],
         }
@@ -436,6 +439,15 @@ def _journal(spooled: Path) -> Path:
     return spooled.with_suffix(".run")
 
 
+def _journaled(text: str) -> RunKey:
+    """The run a journal names: [project, run_id]; a bare run_id (written before runs had
+    their project in the key) is project "default"'s, where migration 0008 put its rows."""
+    if text.startswith("["):
+        project, run_id = json.loads(text)
+        return RunKey(str(project), str(run_id))
+    return RunKey("default", text)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -487,7 +499,7 @@ def _scale_at(tx: WriteTx, head: RunHead, step: int) -> InForce | None:
     size, from the start, or no scaling rule)."""
     if head.spec.scaling is None:
         return None
-    doc = tx.live_scale_at_or_before(head.run_id, step)
+    doc = tx.live_scale_at_or_before(head.key, step)
     if doc is None:
         return None
     return InForce(int(doc["resize"]["to"]), parse_float(doc["scale"]), int(doc["step"]))
@@ -502,7 +514,7 @@ def _new_run(checked: BundleCheck, project: str) -> NewRun:
 
 def _same_log(store: Store, run: NewRun, checked: BundleCheck) -> dict[str, Any]:
     """The stored run, when it is the bundle's run with the bundle's log; else a Conflict."""
-    stored, head = store.head(run.run_id)
+    stored, head = store.head(run.key)
     same = (
         checked.run is not None
         and canonical_json(head.spec.header_doc()) == canonical_json(checked.run.header_doc())

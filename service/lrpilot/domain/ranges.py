@@ -15,7 +15,7 @@ from lrpilot.canonical import parse_float
 from lrpilot.domain.deciding import resolved
 from lrpilot.domain.scaling import unsettled_from
 from lrpilot.policies import Frozen, Policy, State
-from lrpilot.store.records import RunHead
+from lrpilot.store.records import RunHead, RunKey
 from lrpilot.store.runs import Store
 
 MAX_LRS_VALUES = 200_000  # numbers in one GET /lrs answer (steps x param groups): ~4 MiB
@@ -31,11 +31,11 @@ def _in_force(
     return policy.load_state(entry["state"]), parse_float(entry.get("scale", 1.0))
 
 
-def lr_at(store: Store, run_id: str, step: int | None) -> tuple[dict[str, Any], bool]:
+def lr_at(store: Store, run: RunKey, step: int | None) -> tuple[dict[str, Any], bool]:
     """The lrs in force at training step ``step`` (the latest when None), and whether the run
     is decided through ``step`` (a resize may still change lrs that are decided: then they are
     not ``certain``)."""
-    head, row = store.decision_at_or_before(run_id, step)
+    head, row = store.decision_at_or_before(run, step)
     policy, params = resolved(head.spec)
     if step is None:
         lrs = head.lrs.value
@@ -49,7 +49,7 @@ def lr_at(store: Store, run_id: str, step: int | None) -> tuple[dict[str, Any], 
     )
     settled = unsettled_from(head)
     return {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "step": step,
         "lrs": lrs,
         "seq": seq,
@@ -59,12 +59,12 @@ def lr_at(store: Store, run_id: str, step: int | None) -> tuple[dict[str, Any], 
     }, decided
 
 
-def lrs_range(store: Store, run_id: str, first: int, count: int) -> dict[str, Any]:
+def lrs_range(store: Store, run: RunKey, first: int, count: int) -> dict[str, Any]:
     """The lrs of ``count`` consecutive training steps from ``first``, and the last of them
     that no later evaluation can change (None when none is certain yet). An answer holds at
     most ``MAX_LRS_VALUES`` numbers: with many param groups, fewer steps (``count`` says how
     many; ask again from there)."""
-    head, before, within = store.decisions_between(run_id, first, first + count - 1)
+    head, before, within = store.decisions_between(run, first, first + count - 1)
     groups = len(head.spec.base_lrs)
     count = max(1, min(count, MAX_LRS_VALUES // max(1, groups)))
     last = first + count - 1
@@ -82,7 +82,7 @@ def lrs_range(store: Store, run_id: str, first: int, count: int) -> dict[str, An
     if certain is not None and settled is not None:  # a resize may still change the rest
         certain = min(certain, settled - 1) if settled > first else None
     return {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "from": first,
         "count": count,
         "lrs": lrs,

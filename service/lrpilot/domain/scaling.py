@@ -16,7 +16,7 @@ from lrpilot import entries
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
 from lrpilot.spec import InForce, factor, scaled
-from lrpilot.store.records import NewDecision, RunHead, appended
+from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
 from lrpilot.store.runs import Store, WriteTx
 
 
@@ -53,7 +53,7 @@ def scale_entry(
         client=client,
         who=who,
     ).seal()
-    return appended(entry, head.state.text, head.last_step, InForce(size, by, step))
+    return appended(head.key, entry, head.state.text, head.last_step, InForce(size, by, step))
 
 
 def unsettled_from(head: RunHead) -> int | None:
@@ -82,7 +82,7 @@ def resized(
     step: int,
     by: str,
     size: int,
-    heads: dict[str, RunHead],
+    heads: dict[RunKey, RunHead],
     client: dict[str, Any] | None = None,
     who: dict[str, str] | None = None,
 ) -> tuple[RunHead, NewDecision | None]:
@@ -93,7 +93,7 @@ def resized(
         return head, None
     entry = scale_entry(head, step, size, now(), client, who)
     tx.append_decision(entry)
-    heads[head.run_id] = head = head.after(entry)
+    heads[head.key] = head = head.after(entry)
     return head, entry
 
 
@@ -102,7 +102,7 @@ def resized_on_retry(
     head: RunHead,
     step: int,
     world_size: int | None,
-    heads: dict[str, RunHead],
+    heads: dict[RunKey, RunHead],
     client: dict[str, Any] | None,
     who: dict[str, str] | None = None,
 ) -> None:
@@ -122,7 +122,7 @@ def resized_on_retry(
 
 def resize(
     store: Store,
-    run_id: str,
+    run: RunKey,
     step: int,
     by: str,
     size: int,
@@ -135,38 +135,38 @@ def resize(
     last evaluation), never below it."""
 
     def work(tx: WriteTx) -> NewDecision | None:
-        head = tx.lock_run(run_id)
+        head = tx.lock_run(run)
         if head is None:
-            raise RunNotFound(f"run {run_id!r} not found")
+            raise RunNotFound(f"run {run.run_id!r} not found")
         spec = head.spec.scaling
         if spec is None:
             raise Conflict(
-                f"run {run_id!r} has no scaling rule: create the run with "
+                f"run {run.run_id!r} has no scaling rule: create the run with "
                 '"scaling": {"rule": "linear", "by": "world_size", "base": N} to rescale '
                 "its lrs when the job resizes"
             )
         if by != spec.by:
             raise Invalid(
                 ["body", by],
-                f"run {run_id!r} scales by {spec.by}: the resize must give {spec.by}",
+                f"run {run.run_id!r} scales by {spec.by}: the resize must give {spec.by}",
                 kind="scaling",
             )
         if head.last_step is not None and step < head.last_step:
             raise Conflict(
                 f"step {step} is below the last decided step {head.last_step} of run "
-                f"{run_id!r}: a resize applies from a step not yet decided (a job resumed "
+                f"{run.run_id!r}: a resize applies from a step not yet decided (a job resumed "
                 "from an older checkpoint should rewind the run first)"
             )
         check_resize_step(head, step, "step")
         return resized(tx, head, step, by, size, {}, client, who)[1]
 
     entry = store.transact(work)
-    run = store.get_run(run_id)
+    doc = store.get_run(run)
     return {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "step": step,
         "resized": entry is not None,
-        "lrs": run["lrs"],
-        "scale": run["scale"],
+        "lrs": doc["lrs"],
+        "scale": doc["scale"],
         "decision": None if entry is None else entry.doc,
     }

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 from lrpilot.domain.aggregated import Pending, Posted
 from lrpilot.domain.errors import Unavailable
+from lrpilot.store.records import RunKey
 
 WAIT_POLL_S = 0.2  # how often a waiting reader looks for other replicas' decisions
 RELEASE_BATCH = 256  # waiters woken in one turn of the event loop
@@ -33,9 +34,9 @@ T = TypeVar("T")
 Answer = dict[str, Any]
 
 
-def _shutting_down(run_id: str, step: int) -> Unavailable:
+def _shutting_down(run: RunKey, step: int) -> Unavailable:
     return Unavailable(
-        f"the service is shutting down before step {step} of run {run_id!r} was decided; this "
+        f"the service is shutting down before step {step} of run {run.run_id!r} was decided; this "
         "rank's report is stored and counts once: post it again (to another replica, or once "
         "this one is back) for the decision"
     )
@@ -112,9 +113,10 @@ class Waiters:
     """Who waits in this process, and the wake-up a committed decision gives them."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, asyncio.Event] = {}  # set when this process decides the run
-        self._reads: dict[tuple[str, int], _Watch[Answer]] = {}  # readers (leader mode)
-        self._steps: dict[tuple[str, int], _Watch[str]] = {}  # ranks (aggregated)
+        # keyed by (project, run_id): another project's run of the same id is another run
+        self._runs: dict[RunKey, asyncio.Event] = {}  # set when this process decides the run
+        self._reads: dict[tuple[RunKey, int], _Watch[Answer]] = {}  # readers (leader mode)
+        self._steps: dict[tuple[RunKey, int], _Watch[str]] = {}  # ranks (aggregated)
         self.draining = False  # shutting down: no wait starts, every wait ends
 
     def drain(self) -> None:
@@ -122,26 +124,26 @@ class Waiters:
         self.draining = True
         for read in self._reads.values():
             read.end(None)
-        for (run_id, step), ranks in self._steps.items():
-            ranks.end(error=_shutting_down(run_id, step))
+        for (run, step), ranks in self._steps.items():
+            ranks.end(error=_shutting_down(run, step))
 
-    def decided(self, run_id: str, step: int | None = None, body: str | None = None) -> None:
+    def decided(self, run: RunKey, step: int | None = None, body: str | None = None) -> None:
         """Wake the readers waiting on this run (in this process: others poll), and hand the
         decision of ``step`` (just committed, so live) to the ranks waiting for it."""
-        waiting = self._runs.pop(run_id, None)
+        waiting = self._runs.pop(run, None)
         if waiting is not None:
             waiting.set()
         if step is not None and body is not None:
-            ranks = self._steps.get((run_id, step))
+            ranks = self._steps.get((run, step))
             if ranks is not None:
                 ranks.end(body)
 
-    def _decision_event(self, run_id: str) -> asyncio.Event:
-        return self._runs.setdefault(run_id, asyncio.Event())
+    def _decision_event(self, run: RunKey) -> asyncio.Event:
+        return self._runs.setdefault(run, asyncio.Event())
 
     async def step_decided(
         self,
-        run_id: str,
+        run: RunKey,
         step: int,
         deadline: float,
         submit: Callable[[Posted], Awaitable[str]],
@@ -155,8 +157,8 @@ class Waiters:
         The ranks of one step in this process share their wait: the decision made here is
         handed to all of them as it is committed, and one poll reads for all of them."""
         if self.draining:
-            raise _shutting_down(run_id, step)
-        key = (run_id, step)
+            raise _shutting_down(run, step)
+        key = (run, step)
         ranks = self._steps.get(key)
         if ranks is None:
             ranks = self._steps[key] = _Watch()
@@ -167,11 +169,11 @@ class Waiters:
                 left = deadline - time.time()
                 if left <= 0:
                     try:
-                        body = await submit(Posted(run_id, step, math.nan, timed_out=True))
+                        body = await submit(Posted(run, step, math.nan, timed_out=True))
                     except Pending as later:  # another replica's clock: wait on
                         deadline = max(later.deadline, time.time() + WAIT_POLL_S)
                         continue
-                    self.decided(run_id, step, body)
+                    self.decided(run, step, body)
                     return body
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(left):
@@ -196,7 +198,7 @@ class Waiters:
 
     async def run_decided(
         self,
-        run_id: str,
+        run: RunKey,
         step: int,
         wait_s: float,
         read: Callable[[], tuple[Answer, bool]],
@@ -207,11 +209,11 @@ class Waiters:
         down, the answer of the latest read (not ``certain``: the reader asks again)."""
         if self.draining:
             return (await asyncio.to_thread(read))[0]
-        key = (run_id, step)
+        key = (run, step)
         readers = self._reads.get(key)
         if readers is None:
             readers = self._reads[key] = _Watch()
-            readers.start(self._poll_run(run_id, readers, read))
+            readers.start(self._poll_run(run, readers, read))
         readers.waiters += 1
         try:
             with contextlib.suppress(TimeoutError):
@@ -229,14 +231,14 @@ class Waiters:
                 del self._reads[key]
 
     async def _poll_run(
-        self, run_id: str, readers: _Watch[Answer], read: Callable[[], tuple[Answer, bool]]
+        self, run: RunKey, readers: _Watch[Answer], read: Callable[[], tuple[Answer, bool]]
     ) -> None:
         """Reads for the readers of one step until it is decided: at once, on each decision of
         the run in this process, and every ``WAIT_POLL_S``."""
         try:
             while True:
                 # taken before the read: a decision committed during it still wakes the next
-                woken = self._decision_event(run_id)
+                woken = self._decision_event(run)
                 readers.latest, decided = await asyncio.to_thread(read)
                 readers.read_once.set()
                 if decided:

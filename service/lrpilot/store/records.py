@@ -12,7 +12,7 @@ import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from lrpilot.canonical import canonical_json
 from lrpilot.entries import Entry
@@ -39,6 +39,14 @@ class Stored:
 _UNPARSED = object()
 
 
+class RunKey(NamedTuple):
+    """A run's identity: the same run_id in two projects is two runs. The store scopes every
+    statement that names a run by both (in this order: the tables' key)."""
+
+    project: str
+    run_id: str
+
+
 @dataclass(frozen=True, slots=True)
 class RunHead:
     """A run's spec and where its log stands: everything needed to decide its next step
@@ -51,10 +59,15 @@ class RunHead:
     last_step: int | None
     head_hash: str  # hash of entry last_seq (the chain's tip)
     scale: InForce | None  # a run with a scaling rule: the size in force; None without a rule
+    project: str  # whose tokens see the run
 
     @property
     def run_id(self) -> str:
         return self.spec.run_id
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.project, self.spec.run_id)
 
     def after(self, decision: NewDecision) -> RunHead:
         """The head once ``decision`` is appended."""
@@ -67,6 +80,7 @@ class RunHead:
             last_step=decision.last_step,
             head_hash=decision.hash,
             scale=decision.scale,
+            project=self.project,
         )
 
 
@@ -83,12 +97,17 @@ class NewRun:
     def run_id(self) -> str:
         return self.spec.run_id
 
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.project, self.spec.run_id)
+
 
 @dataclass(frozen=True, slots=True)
 class NewDecision:
-    """A sealed decision to append to its run's log; ``body`` is what was hashed and is served."""
+    """A sealed decision to append to its run's log; ``body`` is what was hashed and is served
+    (its ``run_id`` is the user's, without the project: an export imports into any project)."""
 
-    run_id: str
+    key: RunKey
     seq: int
     step: int
     action: str
@@ -103,16 +122,18 @@ class NewDecision:
 
 
 def appended(
+    key: RunKey,
     entry: Entry,
     state: str,
     last_step: int | None,
     scale: InForce | None,
     reductions: int = 0,
 ) -> NewDecision:
-    """An entry just built, as the store appends it: ``state`` is the canonical JSON of the
-    policy state after it, ``last_step`` the run's last decided step after it."""
+    """An entry just built for the run ``key``, as the store appends it: ``state`` is the
+    canonical JSON of the policy state after it, ``last_step`` the run's last decided step
+    after it."""
     return NewDecision(
-        run_id=entry.doc["run_id"],
+        key=key,
         seq=entry.seq,
         step=entry.step,
         action=entry.action,

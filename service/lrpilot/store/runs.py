@@ -59,6 +59,7 @@ from lrpilot.store.records import (
     Page,
     Report,
     RunHead,
+    RunKey,
     RunRowRead,
     Stored,
 )
@@ -69,10 +70,16 @@ log = logging.getLogger("lrpilot.store")
 
 _HEAD_COLUMNS = (
     "run_id, policy, params, base_lrs, metric, labels, config_hash, created_at, aggregate, "
-    "scaling, state, lrs, last_seq, last_step, head_hash, scale"
+    "scaling, state, lrs, last_seq, last_step, head_hash, scale, project"
 )
+# every statement that names a run names it by its key (RunKey: project, then run_id)
+_RUN = "project = ? AND run_id = ?"
 # "the live entry of step N" is a decision's: a rewind entry shares the step it rewound to, a
 # scale entry the step it applies from
+_INSERT_DECISION = (
+    "INSERT INTO decisions (project, run_id, seq, step, action, superseded, hash, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _DECISIONS_ONLY = "AND action NOT IN (" + ", ".join(f"'{a}'" for a in NOT_DECISIONS) + ")"
 # An import writes its log this many rows a statement; on SQLite, in transactions of at most
 # IMPORT_SLICE_S each (or a quarter of the timeout, if less), so that every other writer gets
@@ -129,19 +136,24 @@ def _spec(
 def _head(row: Sequence[Any]) -> RunHead:
     """A run's head from its row's ``_HEAD_COLUMNS``."""
     spec = _spec(*row[:10])
-    state, lrs, last_seq, last_step, head_hash, scale = row[10:]
+    state, lrs, last_seq, last_step, head_hash, scale, project = row[10:]
     force = None
     if spec.scaling is not None:
         force = InForce.of(spec.scaling.model_dump(), None if scale is None else json.loads(scale))
-    return RunHead(spec, Stored(state), Stored(lrs), last_seq, last_step, head_hash, force)
+    return RunHead(spec, Stored(state), Stored(lrs), last_seq, last_step, head_hash, force, project)
 
 
-def _read_head(conn: sa.Connection, run_id: str) -> RunHead:
+def _not_found(run: RunKey) -> RunNotFound:
+    """Another project's run of that id is exactly as missing as no run at all."""
+    return RunNotFound(f"run {run.run_id!r} not found")
+
+
+def _read_head(conn: sa.Connection, run: RunKey) -> RunHead:
     row = conn.exec_driver_sql(
-        _param(conn, f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?"), (run_id,)
+        _param(conn, f"SELECT {_HEAD_COLUMNS} FROM runs WHERE {_RUN}"), run
     ).first()
     if row is None:
-        raise RunNotFound(f"run {run_id!r} not found")
+        raise _not_found(run)
     return _head(row)
 
 
@@ -199,10 +211,10 @@ class WriteTx:
         # entries appended in this transaction, written at once by flush(), and the decisions
         # among them by step (a scale entry may share its step with the decision after it)
         self._appended: list[NewDecision] = []
-        self._decided: dict[tuple[str, int], NewDecision] = {}
+        self._decided: dict[tuple[RunKey, int], NewDecision] = {}
         # the reports of the steps read in this transaction (the run is locked: only this
         # transaction adds any), so that each report of a batch does not read them all again
-        self._reports: dict[tuple[str, int], list[Report]] = {}
+        self._reports: dict[tuple[RunKey, int], list[Report]] = {}
         self._new_reports: list[tuple[Any, ...]] = []  # rows written at once by flush()
 
     def session(self) -> Session:
@@ -213,70 +225,71 @@ class WriteTx:
         self._cursor.execute(_param(self._conn, statement), params)
         return self._cursor
 
-    def lock_runs(self, run_ids: set[str]) -> tuple[dict[str, RunHead], set[str]]:
+    def lock_runs(self, runs: set[RunKey]) -> tuple[dict[RunKey, RunHead], set[RunKey]]:
         """The heads of these runs, locked until the transaction ends, and the runs that
         another transaction holds locked (missing runs are in neither).
 
         SQLite's BEGIN IMMEDIATE holds the database's write lock already. PostgreSQL locks the
-        rows in run_id order (no deadlock between batches), waiting in line behind other
+        rows in key order (no deadlock between batches), waiting in line behind other
         writers of the same runs, as a lock does, but only for ``LOCK_WAIT``: a run held longer
         (a stuck client, a frozen replica) must not stall the other runs of the batch, so then
         the batch takes the rows it can and leaves the held ones for the caller to try again.
         """
-        ordered = tuple(sorted(run_ids))
-        marks = ",".join("?" * len(ordered))
-        select = f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id IN ({marks})"
+        ordered = sorted(runs)
+        select = f"SELECT {_HEAD_COLUMNS} FROM runs WHERE {_keys_in(len(ordered))}"
+        keys = _flat(ordered)
         if not self._postgres:
-            rows = self._execute(select, ordered).fetchall()
-            return {row[0]: _head(row) for row in rows}, set()
+            rows = self._execute(select, keys).fetchall()
+            return _by_key(rows), set()
         self._execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'; SAVEPOINT lock_runs")
         try:
-            rows = self._execute(f"{select} ORDER BY run_id FOR UPDATE", ordered).fetchall()
-            return {row[0]: _head(row) for row in rows}, set()
+            rows = self._execute(f"{select} ORDER BY project, run_id FOR UPDATE", keys).fetchall()
+            return _by_key(rows), set()
         except Exception as exc:
             if getattr(exc, "pgcode", None) != _LOCK_NOT_AVAILABLE:
                 raise
             self._execute("ROLLBACK TO SAVEPOINT lock_runs")
-        rows = self._execute(f"{select} FOR UPDATE SKIP LOCKED", ordered).fetchall()
-        heads = {row[0]: _head(row) for row in rows}
-        skipped = tuple(r for r in ordered if r not in heads)
+        rows = self._execute(f"{select} FOR UPDATE SKIP LOCKED", keys).fetchall()
+        heads = _by_key(rows)
+        skipped = [r for r in ordered if r not in heads]
         if not skipped:
             return heads, set()
-        marks = ",".join("?" * len(skipped))
-        exist = self._execute(f"SELECT run_id FROM runs WHERE run_id IN ({marks})", skipped)
-        return heads, {row[0] for row in exist.fetchall()}
+        exist = self._execute(
+            f"SELECT project, run_id FROM runs WHERE {_keys_in(len(skipped))}", _flat(skipped)
+        )
+        return heads, {RunKey(*row) for row in exist.fetchall()}
 
-    def lock_run(self, run_id: str) -> RunHead | None:
+    def lock_run(self, run: RunKey) -> RunHead | None:
         """One run's head, locked until the transaction ends, waiting for the lock as long as
         the statement may (the paths that are not hot: rewind, import); None if no such run."""
-        select = f"SELECT {_HEAD_COLUMNS} FROM runs WHERE run_id = ?"
+        select = f"SELECT {_HEAD_COLUMNS} FROM runs WHERE {_RUN}"
         if self._postgres:
             select += " FOR UPDATE"
-        row = self._execute(select, (run_id,)).fetchone()
+        row = self._execute(select, run).fetchone()
         return None if row is None else _head(row)
 
-    def decision_at_step(self, run_id: str, step: int) -> Stored | None:
+    def decision_at_step(self, run: RunKey, step: int) -> Stored | None:
         """The run's live (not superseded) decision for ``step``, if any."""
-        pending = self._decided.get((run_id, step))
+        pending = self._decided.get((run, step))
         if pending is not None:
             return Stored(pending.body)
         row = self._execute(
-            "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ? "
+            f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step = ? "
             + _DECISIONS_ONLY,
-            (run_id, False, step),
+            (*run, False, step),
         ).fetchone()
         return None if row is None else Stored(str(row[0]))
 
-    def reports_at(self, run_id: str, step: int) -> list[Report]:
+    def reports_at(self, run: RunKey, step: int) -> list[Report]:
         """The ranks' reports of the run's ``step`` (aggregated mode), in rank order."""
-        known = self._reports.get((run_id, step))
+        known = self._reports.get((run, step))
         if known is None:
             rows = self._execute(
                 "SELECT rank, world_size, value, weight, created_at, client, by FROM reports "
-                "WHERE run_id = ? AND step = ? ORDER BY rank",
-                (run_id, step),
+                f"WHERE {_RUN} AND step = ? ORDER BY rank",
+                (*run, step),
             ).fetchall()
-            known = self._reports[(run_id, step)] = [
+            known = self._reports[(run, step)] = [
                 Report(
                     int(r[0]),
                     int(r[1]),
@@ -290,18 +303,18 @@ class WriteTx:
             ]
         return list(known)
 
-    def add_report(self, run_id: str, step: int, report: Report) -> None:
+    def add_report(self, run: RunKey, step: int, report: Report) -> None:
         """Store a rank's report of a step (the run is locked: no other writer adds it). It
         is written by ``flush``, with the batch's others; a step decided in this transaction
         never writes its reports at all."""
-        known = self._reports.get((run_id, step))
+        known = self._reports.get((run, step))
         if known is None:
-            self.reports_at(run_id, step)
-            known = self._reports[(run_id, step)]
+            self.reports_at(run, step)
+            known = self._reports[(run, step)]
         bisect.insort(known, report, key=lambda r: r.rank)
         self._new_reports.append(
             (
-                run_id,
+                *run,
                 step,
                 report.rank,
                 report.world_size,
@@ -313,64 +326,58 @@ class WriteTx:
             )
         )
 
-    def drop_reports(self, run_id: str, step: int) -> None:
+    def drop_reports(self, run: RunKey, step: int) -> None:
         """Forget a decided step's reports: its decision lists them."""
-        self._execute("DELETE FROM reports WHERE run_id = ? AND step = ?", (run_id, step))
-        self._reports.pop((run_id, step), None)
-        self._new_reports = [r for r in self._new_reports if r[:2] != (run_id, step)]
+        self._execute(f"DELETE FROM reports WHERE {_RUN} AND step = ?", (*run, step))
+        self._reports.pop((run, step), None)
+        self._new_reports = [r for r in self._new_reports if r[:3] != (*run, step)]
 
-    def drop_reports_after(self, run_id: str, step: int) -> None:
+    def drop_reports_after(self, run: RunKey, step: int) -> None:
         """Forget the reports of the steps after ``step`` (a rewind: they will come again)."""
-        self._execute("DELETE FROM reports WHERE run_id = ? AND step > ?", (run_id, step))
-        for key in [k for k in self._reports if k[0] == run_id and k[1] > step]:
+        self._execute(f"DELETE FROM reports WHERE {_RUN} AND step > ?", (*run, step))
+        for key in [k for k in self._reports if k[0] == run and k[1] > step]:
             del self._reports[key]
-        self._new_reports = [r for r in self._new_reports if r[0] != run_id or r[1] <= step]
+        self._new_reports = [r for r in self._new_reports if r[:2] != run or r[2] <= step]
 
-    def live_at_or_before(self, run_id: str, step: int) -> tuple[int, dict[str, Any]] | None:
+    def live_at_or_before(self, run: RunKey, step: int) -> tuple[int, dict[str, Any]] | None:
         """(seq, entry) of the run's last live entry at or before ``step``, if any."""
         row = self._execute(
-            "SELECT seq, body FROM decisions WHERE run_id = ? AND superseded = ? AND step <= ? "
+            f"SELECT seq, body FROM decisions WHERE {_RUN} AND superseded = ? AND step <= ? "
             "ORDER BY step DESC, seq DESC LIMIT 1",
-            (run_id, False, step),
+            (*run, False, step),
         ).fetchone()
         return None if row is None else (int(row[0]), json.loads(row[1]))
 
-    def live_scale_at_or_before(self, run_id: str, step: int) -> dict[str, Any] | None:
+    def live_scale_at_or_before(self, run: RunKey, step: int) -> dict[str, Any] | None:
         """The run's last live scale entry at or before ``step``, if any."""
         row = self._execute(
-            "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step <= ? "
+            f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step <= ? "
             f"AND action = '{Kind.SCALE.value}' ORDER BY step DESC, seq DESC LIMIT 1",
-            (run_id, False, step),
+            (*run, False, step),
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    def run_exists(self, run_id: str) -> bool:
-        return (
-            self._execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is not None
-        )
+    def run_exists(self, run: RunKey) -> bool:
+        return self._execute(f"SELECT 1 FROM runs WHERE {_RUN}", run).fetchone() is not None
 
-    def has_log(self, run_id: str) -> bool:
-        """Whether decision rows of ``run_id`` exist (without a run row: an import under way)."""
-        found = self._execute("SELECT 1 FROM decisions WHERE run_id = ? LIMIT 1", (run_id,))
+    def has_log(self, run: RunKey) -> bool:
+        """Whether decision rows of the run exist (without a run row: an import under way)."""
+        found = self._execute(f"SELECT 1 FROM decisions WHERE {_RUN} LIMIT 1", run)
         return found.fetchone() is not None
 
-    def insert_log(self, run_id: str, rows: Sequence[LogRow]) -> None:
+    def insert_log(self, run: RunKey, rows: Sequence[LogRow]) -> None:
         """Rows of an imported log, as they are (one statement)."""
         self._cursor.executemany(
-            _param(
-                self._conn,
-                "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ),
-            [(run_id, r.seq, r.step, r.action, r.superseded, r.hash, r.body) for r in rows],
+            _param(self._conn, _INSERT_DECISION),
+            [(*run, r.seq, r.step, r.action, r.superseded, r.hash, r.body) for r in rows],
         )
         renew()  # a batch written: a long import goes on while the database keeps answering
 
-    def set_end(self, run_id: str, end: LogEnd) -> None:
+    def set_end(self, run: RunKey, end: LogEnd) -> None:
         """An imported run's head: where its log ends."""
         self._execute(
             "UPDATE runs SET last_seq = ?, head_hash = ?, state = ?, lrs = ?, last_step = ?, "
-            "scale = ?, reductions = ?, imported = ? WHERE run_id = ?",
+            f"scale = ?, reductions = ?, imported = ? WHERE {_RUN}",
             (
                 end.last_seq,
                 end.head_hash,
@@ -380,26 +387,26 @@ class WriteTx:
                 end.scale,
                 end.reductions,
                 end.imported.text(),
-                run_id,
+                *run,
             ),
         )
 
-    def drop_orphans(self, run_id: str, limit: int) -> int:
-        """Delete up to ``limit`` decision rows of ``run_id`` if it has no run row (what an
+    def drop_orphans(self, run: RunKey, limit: int) -> int:
+        """Delete up to ``limit`` decision rows of the run if it has no run row (what an
         import that did not finish left); how many."""
         cursor = self._execute(
-            "DELETE FROM decisions WHERE run_id = ? AND seq IN (SELECT seq FROM decisions "
-            "WHERE run_id = ? LIMIT ?) AND NOT EXISTS (SELECT 1 FROM runs WHERE run_id = ?)",
-            (run_id, run_id, limit, run_id),
+            f"DELETE FROM decisions WHERE {_RUN} AND seq IN (SELECT seq FROM decisions "
+            f"WHERE {_RUN} LIMIT ?) AND NOT EXISTS (SELECT 1 FROM runs WHERE {_RUN})",
+            (*run, *run, limit, *run),
         )
         return int(cursor.rowcount)
 
-    def supersede_after(self, run_id: str, step: int) -> int:
+    def supersede_after(self, run: RunKey, step: int) -> int:
         """Mark the run's live entries above ``step`` superseded (never deleted); how many."""
         self.flush()  # entries appended in this transaction are in the table first
         cursor = self._execute(
-            "UPDATE decisions SET superseded = ? WHERE run_id = ? AND superseded = ? AND step > ?",
-            (True, run_id, False, step),
+            f"UPDATE decisions SET superseded = ? WHERE {_RUN} AND superseded = ? AND step > ?",
+            (True, *run, False, step),
         )
         return int(cursor.rowcount)
 
@@ -408,15 +415,14 @@ class WriteTx:
         with self.session() as session:
             session.add(_run_row(run))
             session.flush()  # the run before its labels: the foreign key needs it
-            for key, value in run.spec.labels.items():
-                session.add(RunLabelRow(run_id=run.run_id, key=key, value=value))
+            session.add_all(_label_rows(run))
             session.flush()
 
     def append_decision(self, decision: NewDecision) -> None:
         """Append the decision; it is written, with its run's new head, by ``flush``."""
         self._appended.append(decision)
         if decision.action not in NOT_DECISIONS:
-            self._decided[(decision.run_id, decision.step)] = decision
+            self._decided[(decision.key, decision.step)] = decision
 
     def flush(self) -> None:
         """Write the reports added (one statement) and the appended decisions (one
@@ -426,8 +432,8 @@ class WriteTx:
             self._cursor.executemany(
                 _param(
                     self._conn,
-                    "INSERT INTO reports (run_id, step, rank, world_size, value, weight, client, "
-                    "created_at, by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO reports (project, run_id, step, rank, world_size, value, weight, "
+                    "client, created_at, by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ),
                 self._new_reports,
             )
@@ -436,23 +442,19 @@ class WriteTx:
             return
         decisions = self._appended
         self._cursor.executemany(
-            _param(
-                self._conn,
-                "INSERT INTO decisions (run_id, seq, step, action, superseded, hash, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ),
-            [(d.run_id, d.seq, d.step, d.action, False, d.hash, d.body) for d in decisions],
+            _param(self._conn, _INSERT_DECISION),
+            [(*d.key, d.seq, d.step, d.action, False, d.hash, d.body) for d in decisions],
         )
-        heads: dict[str, NewDecision] = {}
-        reductions: dict[str, int] = {}
+        heads: dict[RunKey, NewDecision] = {}
+        reductions: dict[RunKey, int] = {}
         for d in decisions:  # in the order they were decided: the last one is the head
-            heads[d.run_id] = d
-            reductions[d.run_id] = reductions.get(d.run_id, 0) + d.reductions
+            heads[d.key] = d
+            reductions[d.key] = reductions.get(d.key, 0) + d.reductions
         self._cursor.executemany(
             _param(
                 self._conn,
                 "UPDATE runs SET last_seq = ?, last_step = ?, head_hash = ?, state = ?, lrs = ?, "
-                "scale = ?, reductions = reductions + ? WHERE run_id = ?",
+                f"scale = ?, reductions = reductions + ? WHERE {_RUN}",
             ),
             [
                 (
@@ -462,10 +464,10 @@ class WriteTx:
                     d.state,
                     d.lrs,
                     _scale_text(d.scale),
-                    reductions[run_id],
-                    run_id,
+                    reductions[run],
+                    *run,
                 )
-                for run_id, d in heads.items()
+                for run, d in heads.items()
             ],
         )
         self._appended = []
@@ -486,13 +488,13 @@ class Snapshot:
         renew()
         return rows
 
-    def run(self, run_id: str) -> RunRowRead:
+    def run(self, run: RunKey) -> RunRowRead:
         found = self._rows(
-            f"SELECT {_HEAD_COLUMNS}, reductions, imported FROM runs WHERE run_id = ?", (run_id,)
+            f"SELECT {_HEAD_COLUMNS}, reductions, imported FROM runs WHERE {_RUN}", run
         )
         if not found:
-            raise RunNotFound(f"run {run_id!r} not found")
-        labels = self._rows("SELECT key, value FROM run_labels WHERE run_id = ?", (run_id,))
+            raise _not_found(run)
+        labels = self._rows(f"SELECT key, value FROM run_labels WHERE {_RUN}", run)
         *head, reductions, imported = found[0]
         return RunRowRead(
             _head(head),
@@ -501,7 +503,7 @@ class Snapshot:
             Imported.of(imported),
         )
 
-    def log(self, run_id: str, action: str | None = None, page: int = 1000) -> Iterator[LogRow]:
+    def log(self, run: RunKey, action: str | None = None, page: int = 1000) -> Iterator[LogRow]:
         """Every decision row of the run (none left out: not only those up to its last_seq),
         or those of one action, in seq order, a page at a time: constant memory, and every
         statement short (one action's rows are looked for ``page`` x 10 seqs a statement, not
@@ -511,18 +513,18 @@ class Snapshot:
         if action is None:
             while True:
                 rows = self._rows(
-                    f"{select} WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT {int(page)}",
-                    (run_id, after),
+                    f"{select} WHERE {_RUN} AND seq > ? ORDER BY seq LIMIT {int(page)}",
+                    (*run, after),
                 )
                 yield from _log_rows(rows)
                 if len(rows) < page:
                     return
                 after = int(rows[-1][0])
-        last = self._rows("SELECT max(seq) FROM decisions WHERE run_id = ?", (run_id,))[0][0]
+        last = self._rows(f"SELECT max(seq) FROM decisions WHERE {_RUN}", run)[0][0]
         while last is not None and after < last:
             rows = self._rows(
-                f"{select} WHERE run_id = ? AND seq > ? AND seq <= ? AND action = ? ORDER BY seq",
-                (run_id, after, after + 10 * page, action),
+                f"{select} WHERE {_RUN} AND seq > ? AND seq <= ? AND action = ? ORDER BY seq",
+                (*run, after, after + 10 * page, action),
             )
             yield from _log_rows(rows)
             after += 10 * page
@@ -732,36 +734,27 @@ class Store:
                 return insert(session)
 
         def insert(session: Session) -> tuple[dict[str, Any], bool]:
-            existing = session.get(RunRow, run.run_id)
+            existing = session.get(RunRow, _pk(run.key))
             if existing is not None:
-                if existing.project != run.project:  # another project's: it is not there
-                    raise RunNotFound(f"run {run.run_id!r} not found")
                 return run_document(existing), False
-            imported = select(DecisionRow.seq).where(DecisionRow.run_id == run.run_id).limit(1)
+            imported = select(DecisionRow.seq).where(*_is(DecisionRow, run.key)).limit(1)
             if session.exec(imported).first() is not None:  # its log, before its run row
                 raise Conflict(f"run {run.run_id!r} is being imported; retry when it ends")
             row = _run_row(run)
             session.add(row)
             session.flush()  # the run before its labels: the foreign key needs it
-            for key, value in run.spec.labels.items():
-                session.add(RunLabelRow(run_id=run.run_id, key=key, value=value))
+            session.add_all(_label_rows(run))
             session.flush()
             return run_document(row), True
 
         return self.transact(work)
 
-    def get_run(self, run_id: str) -> dict[str, Any]:
+    def get_run(self, run: RunKey) -> dict[str, Any]:
         with self._read() as s:
-            row = s.get(RunRow, run_id)
+            row = s.get(RunRow, _pk(run))
             if row is None:
-                raise RunNotFound(f"run {run_id!r} not found")
+                raise _not_found(run)
             return run_document(row)
-
-    def run_project(self, run_id: str) -> str | None:
-        """The project of the run, None if there is no such run."""
-        with self._read() as s:
-            q = select(RunRow.project).where(RunRow.run_id == run_id)
-            return s.exec(q).first()
 
     def list_runs(
         self, labels: dict[str, str], after: str | None, limit: int, project: str = "default"
@@ -777,7 +770,9 @@ class Store:
                 q = q.where(col(RunRow.run_id) > after)
             for key, value in sorted(labels.items()):
                 labelled = select(RunLabelRow.run_id).where(
-                    RunLabelRow.key == key, RunLabelRow.value == value
+                    RunLabelRow.project == project,
+                    RunLabelRow.key == key,
+                    RunLabelRow.value == value,
                 )
                 q = q.where(col(RunRow.run_id).in_(labelled))
             rows = list(s.exec(q))
@@ -792,25 +787,26 @@ class Store:
 
     def import_run(self, run: NewRun, rows: Callable[[], Iterator[LogRow]], end: LogEnd) -> bool:
         """Store an imported run and its log (True); False, with nothing written, when a run
-        of that id exists. ``rows`` gives the log afresh at each call (a retry reads it again).
+        of that id exists in its project (another project's run of that id is another run).
+        ``rows`` gives the log afresh at each call (a retry reads it again).
 
         PostgreSQL: one transaction (it locks the new run's row alone). SQLite has one writer
         for the whole database, so the log is written in slices of at most ``IMPORT_SLICE_S``,
         other writers going between them, before the run row, which is written last, in a
         short transaction of its own: until then every read (they all look the run up first)
-        sees nothing of the import, and creating a run of that id is refused. An import that
-        fails removes what it wrote; one killed halfway leaves rows without a run row, which
-        ``drop_import`` removes (the service does at startup).
+        sees nothing of the import, and creating a run of that id in that project is refused.
+        An import that fails removes what it wrote; one killed halfway leaves rows without a
+        run row, which ``drop_import`` removes (the service does at startup).
         """
         if not self.is_sqlite:
 
             def work(tx: WriteTx) -> bool:
-                if tx.lock_run(run.run_id) is not None:
+                if tx.lock_run(run.key) is not None:
                     return False
                 tx.insert_run(run)
                 for batch in _batches(rows()):
-                    tx.insert_log(run.run_id, batch)
-                tx.set_end(run.run_id, end)
+                    tx.insert_log(run.key, batch)
+                tx.set_end(run.key, end)
                 return True
 
             return self.transact(work)
@@ -833,9 +829,9 @@ class Store:
                 with self._write_lock(), self._db_errors(), conn.begin():
                     tx = WriteTx(conn)
                     if not wrote:
-                        if tx.run_exists(run.run_id):
+                        if tx.run_exists(run.key):
                             return False
-                        if tx.has_log(run.run_id):
+                        if tx.has_log(run.key):
                             raise Conflict(
                                 f"run {run.run_id!r} is being imported by another request; "
                                 "retry when it ends"
@@ -847,29 +843,29 @@ class Store:
                         if batch is None:
                             left = False
                             break
-                        tx.insert_log(run.run_id, batch)
+                        tx.insert_log(run.key, batch)
                 time.sleep(IMPORT_GAP_S)
             with self._write_lock(), self._db_errors(), conn.begin():
                 tx = WriteTx(conn)
                 tx.insert_run(run)
-                tx.set_end(run.run_id, end)
+                tx.set_end(run.key, end)
             return True
         except BaseException:
             if wrote:
                 with contextlib.suppress(Unavailable):
-                    self.drop_import(run.run_id)
+                    self.drop_import(run.key)
             raise
         finally:
             with contextlib.suppress(Exception):
                 conn.invalidate()
                 conn.close()
 
-    def drop_import(self, run_id: str, limit: int = 5000) -> int:
-        """Remove what an unfinished import of ``run_id`` wrote: its rows, while it has no run
+    def drop_import(self, run: RunKey, limit: int = 5000) -> int:
+        """Remove what an unfinished import of the run wrote: its rows, while it has no run
         row (a short transaction a slice); how many."""
         dropped = 0
         while True:
-            n = self.transact(lambda tx: tx.drop_orphans(run_id, limit))
+            n = self.transact(lambda tx: tx.drop_orphans(run, limit))
             dropped += n
             if n < limit:
                 return dropped
@@ -877,34 +873,34 @@ class Store:
     # -- decisions -------------------------------------------------------------------------
 
     def decision_at_or_before(
-        self, run_id: str, step: int | None
+        self, run: RunKey, step: int | None
     ) -> tuple[RunHead, tuple[int, int, dict[str, Any]] | None]:
         """The run's head, and (seq, step, entry) of its last live entry at or before
         ``step`` (None when there is none, or when ``step`` is None).
 
         Live decisions have increasing steps, so the last one at or before ``step`` is the one
-        with the largest step: one descent of the (run_id, superseded, step) index, whatever
-        the run's length.
+        with the largest step: one descent of the (project, run_id, superseded, step) index,
+        whatever the run's length.
         """
         with self._read() as s:
             conn = s.connection()
-            head = _read_head(conn, run_id)
+            head = _read_head(conn, run)
             if step is None:
                 return head, None
             found = conn.exec_driver_sql(
                 _param(
                     conn,
-                    "SELECT seq, step, body FROM decisions WHERE run_id = ? AND superseded = ? "
+                    f"SELECT seq, step, body FROM decisions WHERE {_RUN} AND superseded = ? "
                     # a scale entry may share its step with a decision: the later one holds
                     "AND step <= ? ORDER BY step DESC, seq DESC LIMIT 1",
                 ),
-                (run_id, False, step),
+                (*run, False, step),
             ).first()
             if found is None:
                 return head, None
             return head, (int(found[0]), int(found[1]), json.loads(found[2]))
 
-    def decided_step(self, run_id: str, step: int) -> str | None:
+    def decided_step(self, run: RunKey, step: int) -> str | None:
         """The body of the run's live decision of ``step``, if any (a short read: aggregated
         ranks waiting for a step look for it with this)."""
         with self._read() as s:
@@ -912,37 +908,37 @@ class Store:
             row = conn.exec_driver_sql(
                 _param(
                     conn,
-                    "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step = ? "
+                    f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step = ? "
                     + _DECISIONS_ONLY,
                 ),
-                (run_id, False, step),
+                (*run, False, step),
             ).first()
             return None if row is None else str(row[0])
 
     def decisions_between(
-        self, run_id: str, first: int, last: int
+        self, run: RunKey, first: int, last: int
     ) -> tuple[RunHead, dict[str, Any] | None, list[tuple[int, dict[str, Any]]]]:
         """The run's head, its last live entry before step ``first`` (None if none), and
         (step, entry) of its live entries from ``first`` to ``last``, in step order: the
         states in force over that range."""
         with self._read() as s:
             conn = s.connection()
-            head = _read_head(conn, run_id)
+            head = _read_head(conn, run)
             before = conn.exec_driver_sql(
                 _param(
                     conn,
-                    "SELECT body FROM decisions WHERE run_id = ? AND superseded = ? AND step < ? "
+                    f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step < ? "
                     "ORDER BY step DESC, seq DESC LIMIT 1",
                 ),
-                (run_id, False, first),
+                (*run, False, first),
             ).first()
             within = conn.exec_driver_sql(
                 _param(
                     conn,
-                    "SELECT step, body FROM decisions WHERE run_id = ? AND superseded = ? "
+                    f"SELECT step, body FROM decisions WHERE {_RUN} AND superseded = ? "
                     "AND step >= ? AND step <= ? ORDER BY step, seq",
                 ),
-                (run_id, False, first, last),
+                (*run, False, first, last),
             ).all()
             return (
                 head,
@@ -952,7 +948,7 @@ class Store:
 
     def list_decisions(
         self,
-        run_id: str,
+        run: RunKey,
         after: int,
         limit: int,
         action: str | None = None,
@@ -962,11 +958,11 @@ class Store:
     ) -> Page:
         """A page of the run's log in seq order; ``superseded`` None means both branches."""
         with self._read() as s:
-            if s.get(RunRow, run_id) is None:
-                raise RunNotFound(f"run {run_id!r} not found")
+            if s.get(RunRow, _pk(run)) is None:
+                raise _not_found(run)
             q = (
                 select(DecisionRow.seq, DecisionRow.body)
-                .where(DecisionRow.run_id == run_id, DecisionRow.seq > after)
+                .where(*_is(DecisionRow, run), DecisionRow.seq > after)
                 .order_by(col(DecisionRow.seq))
                 .limit(limit + 1)
             )
@@ -983,34 +979,34 @@ class Store:
             rows = rows[:limit]
             return Page(items=[body for _, body in rows], next=rows[-1][0] if more else None)
 
-    def head(self, run_id: str) -> tuple[dict[str, Any], RunHead]:
+    def head(self, run: RunKey) -> tuple[dict[str, Any], RunHead]:
         """The run's document and its head, read together."""
         with self._read() as s:
-            row = s.get(RunRow, run_id)
+            row = s.get(RunRow, _pk(run))
             if row is None:
-                raise RunNotFound(f"run {run_id!r} not found")
+                raise _not_found(run)
             columns = [c.strip() for c in _HEAD_COLUMNS.split(",")]
             return run_document(row), _head([getattr(row, c) for c in columns])
 
-    def imported(self, run_id: str) -> Imported | None:
+    def imported(self, run: RunKey) -> Imported | None:
         """What an imported run came with (None: a run this service created)."""
         with self._read() as s:
             conn = s.connection()
             text = conn.exec_driver_sql(
-                _param(conn, "SELECT imported FROM runs WHERE run_id = ?"), (run_id,)
+                _param(conn, f"SELECT imported FROM runs WHERE {_RUN}"), run
             ).scalar()
             return Imported.of(text)
 
     def entries(
-        self, run_id: str, up_to_seq: int, superseded: bool | None = None
+        self, run: RunKey, up_to_seq: int, superseded: bool | None = None
     ) -> Iterator[dict[str, Any]]:
         """``bodies``, parsed."""
-        for body in self.bodies(run_id, up_to_seq, superseded=superseded):
+        for body in self.bodies(run, up_to_seq, superseded=superseded):
             yield json.loads(body)
 
     def bodies(
         self,
-        run_id: str,
+        run: RunKey,
         up_to_seq: int,
         action: str | None = None,
         superseded: bool | None = None,
@@ -1018,12 +1014,12 @@ class Store:
     ) -> Iterator[str]:
         """The run's decisions up to ``up_to_seq``, in seq order, a page of short statements at
         a time: constant memory, and no statement runs long enough to meet the timeout."""
-        for body, _ in self.flagged(run_id, up_to_seq, action, superseded, page):
+        for body, _ in self.flagged(run, up_to_seq, action, superseded, page):
             yield body
 
     def flagged(
         self,
-        run_id: str,
+        run: RunKey,
         up_to_seq: int,
         action: str | None = None,
         superseded: bool | None = None,
@@ -1036,7 +1032,7 @@ class Store:
                 q = (
                     select(DecisionRow.seq, DecisionRow.body, DecisionRow.superseded)
                     .where(
-                        DecisionRow.run_id == run_id,
+                        *_is(DecisionRow, run),
                         DecisionRow.seq > after,
                         DecisionRow.seq <= up_to_seq,
                     )
@@ -1053,10 +1049,10 @@ class Store:
                 return
             after = rows[-1][0]
 
-    def superseded_count(self, run_id: str) -> int:
+    def superseded_count(self, run: RunKey) -> int:
         with self._read() as s:
             q = select(sa.func.count()).where(
-                DecisionRow.run_id == run_id,
+                *_is(DecisionRow, run),
                 DecisionRow.superseded == True,  # noqa: E712
             )
             return int(s.exec(q).one())
@@ -1080,6 +1076,38 @@ def _run_row(run: NewRun) -> RunRow:
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
         scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
     )
+
+
+def _label_rows(run: NewRun) -> list[RunLabelRow]:
+    return [
+        RunLabelRow(project=run.project, run_id=run.run_id, key=key, value=value)
+        for key, value in run.spec.labels.items()
+    ]
+
+
+def _pk(run: RunKey) -> dict[str, str]:
+    """The run's primary key as ``Session.get`` takes it (by name: no column order assumed)."""
+    return run._asdict()
+
+
+def _is(table: type[DecisionRow], run: RunKey) -> tuple[Any, ...]:
+    """The ORM's ``_RUN``: the rows of this run of this project."""
+    return (col(table.project) == run.project, col(table.run_id) == run.run_id)
+
+
+def _keys_in(count: int) -> str:
+    """``count`` runs' keys (``_flat`` gives their parameters): row values, which SQLite and
+    PostgreSQL both compare with the (project, run_id) primary key's index."""
+    return "(project, run_id) IN (" + ", ".join(["(?, ?)"] * count) + ")"
+
+
+def _flat(runs: Sequence[RunKey]) -> tuple[str, ...]:
+    return tuple(part for run in runs for part in run)
+
+
+def _by_key(rows: Sequence[Any]) -> dict[RunKey, RunHead]:
+    heads = (_head(row) for row in rows)
+    return {head.key: head for head in heads}
 
 
 def _log_rows(rows: Sequence[Any]) -> Iterator[LogRow]:

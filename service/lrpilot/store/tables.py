@@ -7,12 +7,24 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 
+def _of_run(*columns: str) -> tuple[sa.PrimaryKeyConstraint, sa.ForeignKeyConstraint]:
+    """A run's rows: keyed by its key and theirs, gone with it."""
+    return (
+        sa.PrimaryKeyConstraint("project", "run_id", *columns),
+        sa.ForeignKeyConstraint(
+            ["project", "run_id"], ["runs.project", "runs.run_id"], ondelete="CASCADE"
+        ),
+    )
+
+
 class RunRow(SQLModel, table=True):
-    """A run, its resolved spec and its latest policy state: read and written once a decision."""
+    """A run, its resolved spec and its latest policy state: read and written once a decision.
+    Its key is (project, run_id): the same run_id in two projects is two runs."""
 
     __tablename__ = "runs"
+    __table_args__ = (sa.PrimaryKeyConstraint("project", "run_id"),)
 
-    run_id: str = Field(primary_key=True, sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
     # the project whose tokens see the run; "default" in open mode and for runs made before
     # projects existed
     project: str = Field(
@@ -47,12 +59,11 @@ class RunLabelRow(SQLModel, table=True):
     """One row a label, so that runs can be filtered by label with an index on any database."""
 
     __tablename__ = "run_labels"
-    __table_args__ = (sa.Index("ix_run_labels_key_value", "key", "value"),)
+    __table_args__ = (*_of_run("key"), sa.Index("ix_run_labels_key_value", "key", "value"))
 
-    run_id: str = Field(
-        primary_key=True, sa_type=sa.String(128), foreign_key="runs.run_id", ondelete="CASCADE"
-    )
-    key: str = Field(primary_key=True, sa_type=sa.String(128))
+    project: str = Field(sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
+    key: str = Field(sa_type=sa.String(128))
     value: str = Field(sa_type=sa.String(256))
 
 
@@ -62,12 +73,14 @@ class DecisionRow(SQLModel, table=True):
     __tablename__ = "decisions"
     # Serves both "the live decision of this step" (a retry) and "the last live decision at or
     # before this step" (GET lr) with one index descent, whatever the run's length.
-    __table_args__ = (sa.Index("ix_decisions_run_live_step", "run_id", "superseded", "step"),)
-
-    run_id: str = Field(
-        primary_key=True, sa_type=sa.String(128), foreign_key="runs.run_id", ondelete="CASCADE"
+    __table_args__ = (
+        *_of_run("seq"),
+        sa.Index("ix_decisions_run_live_step", "project", "run_id", "superseded", "step"),
     )
-    seq: int = Field(primary_key=True, sa_type=sa.BigInteger)
+
+    project: str = Field(sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
+    seq: int = Field(sa_type=sa.BigInteger)
     step: int = Field(sa_type=sa.BigInteger)
     action: str = Field(sa_type=sa.String(32))
     superseded: bool = Field(default=False)
@@ -80,12 +93,12 @@ class ReportRow(SQLModel, table=True):
     weighted mean of the reports once every rank has reported, or at the run's timeout)."""
 
     __tablename__ = "reports"
+    __table_args__ = _of_run("step", "rank")
 
-    run_id: str = Field(
-        primary_key=True, sa_type=sa.String(128), foreign_key="runs.run_id", ondelete="CASCADE"
-    )
-    step: int = Field(primary_key=True, sa_type=sa.BigInteger)
-    rank: int = Field(primary_key=True, sa_type=sa.Integer)
+    project: str = Field(sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
+    step: int = Field(sa_type=sa.BigInteger)
+    rank: int = Field(sa_type=sa.Integer)
     world_size: int = Field(sa_type=sa.Integer)
     value: str = Field(sa_type=sa.String(40))  # the float's canonical token (repr, or "NaN")
     weight: float = Field(sa_type=sa.Float)
