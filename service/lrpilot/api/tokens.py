@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -15,7 +16,7 @@ from lrpilot.api.auth import Admin
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse, conflict
 from lrpilot.domain.deciding import now
 from lrpilot.domain.errors import Conflict, RunNotFound
-from lrpilot.store.records import new_secret, secret_hash, token_name
+from lrpilot.store.records import Token, new_secret, secret_hash, token_name
 from lrpilot.store.tokens import NameTaken, Tokens
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
@@ -31,22 +32,15 @@ class TokenIn(BaseModel):
     expires_days: Annotated[int | None, Field(ge=1, le=36500, strict=True)] = None
 
 
-class TokenOut(BaseModel):
-    id: int
-    name: str
-    project: str
-    role: str
-    created_at: str
-    expires_at: str | None
-    revoked_at: str | None
+@dataclass(frozen=True)
+class NewTokenOut(Token):
+    """A token just made: as listed (the store's ``Token``), and its secret, shown once."""
 
-
-class NewTokenOut(TokenOut):
-    token: str = Field(description="the secret: shown once, only its hash is kept")
+    token: str = field(metadata={"description": "the secret: shown once, only its hash is kept"})
 
 
 class TokenList(BaseModel):
-    items: list[TokenOut]
+    items: list[Token]  # the store's record: what is kept of a token, never its secret
     next: None = None
 
 
@@ -92,7 +86,7 @@ def list_tokens(caller: Admin, request: Request) -> Response:
 
 @router.post(
     "/{name}/revoke",
-    response_model=TokenOut,
+    response_model=Token,
     responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def revoke_token(
