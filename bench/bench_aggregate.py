@@ -60,9 +60,9 @@ from rich.table import Table
 
 import lrpilot
 from common import (
-    BENCH_DIR,
     RUN_SPEC,
     SERVICE_TARGET,
+    TRIVIAL_TARGET,
     command_line,
     console,
     cpu_seconds,
@@ -78,7 +78,6 @@ from common import (
 from lrpilot.entries import weighted_mean
 from tests.harness import LiveServer
 
-TRIVIAL_TARGET = ("--app-dir", str(BENCH_DIR), "trivial_app:app")
 AGGREGATE = {"timeout_s": 60, "on_timeout": "decide"}
 SIDES = ("aggregated", "trivial", "trivial-get")
 REFERENCE = "trivial"  # the ratio's denominator

@@ -1,7 +1,7 @@
 """Thousands of requests waiting on one replica for one decision: long-poll readers, and the
 ranks of one aggregated step.
 
-    python bench/bench_waiters.py [--waiters 4096] [--mode longpoll,aggregated]
+    python bench/bench_waiters.py [--waiters 4096] [--mode reference,longpoll,aggregated]
         [--postgres-url URL] [--out FILE]
 
 Issue 14: 4,096 long-poll waiters on one replica, and 4,096 ranks reporting one aggregated
@@ -24,13 +24,22 @@ longpoll     a run in leader mode holds a decision at step 10; W connections eac
              that POST was written (before its commit: an upper bound) to each waiter's answer;
              the server's CPU time of the wake phase. Checked: every answer a 200, ``certain``
              true, the seq of the decision posted, none answered before it.
-aggregated   a run in aggregated mode; W connections, one a rank, post step 1 with
-             ``world_size`` W, all written at once; the last report in decides. One phase,
-             reporting, from the first request written to the last answer. Latency: from the
-             first answer read (the decision is committed by then) to each other answer.
-             A 503 (a bounded wait for the database ran out) is posted again after its
-             Retry-After, at most 10 times, as lrpilot_client does; the retries are counted.
-             Checked: every answer a 200, all W the same bytes, W ranks in the decision.
+reference    the reference, measured in the same run: the same shape as longpoll against
+             bench/trivial_app.py (HTTP, FastAPI and uvicorn alone): W connections send
+             ``GET /hold``, which waits until one more connection posts ``/release``. What
+             the service adds to the arrival and the wake of W requests is the difference.
+aggregated   a run in aggregated mode; W connections, one a rank, report step 1 with
+             ``world_size`` W. Phases as for longpoll: arrival (W-1 ranks post at once,
+             until the server's CPU is quiet), waiting (``--hold`` s of W-1 ranks waiting),
+             wake (the last rank posts: its report decides the step; until the last rank's
+             answer). Latency: from the moment the last report was written (before the
+             commit: an upper bound) to each rank's answer; the CPU time of the server and
+             of this process from the first answer to the last. Each rank asks for gzip, as
+             httpx does: all W get the same compressed bytes, which are checked equal, and
+             one is decompressed to check the decision. A 503 (a bounded wait for the
+             database ran out) is posted again after its Retry-After, at most 10 times, as
+             lrpilot_client does; the retries are counted. Checked: every answer a 200, none
+             before the last report, all W the same bytes, W ranks in the decision.
 
 The load generator is this process (asyncio streams, requests pre-built as bytes).
 """
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import itertools
 import json
 import re
@@ -53,6 +63,7 @@ import httpx
 
 from common import (
     RUN_SPEC,
+    TRIVIAL_TARGET,
     all_descriptors,
     command_line,
     console,
@@ -66,6 +77,7 @@ from common import (
 )
 from tests.harness import LiveServer
 
+PHASES = ("idle", "arrival", "waiting", "wake")  # the /healthz columns
 LENGTH = re.compile(rb"content-length:\s*(\d+)", re.IGNORECASE)
 MAX_RETRIES = 10  # a rank posts again at most this often after a 503
 
@@ -112,9 +124,13 @@ class HealthProbe:
         return [s for at, s in self.samples if start <= at <= end]
 
 
-def request(method: str, path: str, body: dict[str, Any] | None = None) -> bytes:
+def request(
+    method: str, path: str, body: dict[str, Any] | None = None, gzip_ok: bool = False
+) -> bytes:
     data = json.dumps(body).encode() if body is not None else b""
     head = f"{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {len(data)}\r\n"
+    if gzip_ok:  # as httpx (and so lrpilot_client) asks by default
+        head += "accept-encoding: gzip, deflate\r\n"
     if body is not None:
         head += "content-type: application/json\r\n"
     return (head + "\r\n").encode() + data
@@ -146,10 +162,11 @@ async def quiet(pid: int) -> None:
 
 
 async def longpoll(
-    port: int, pid: int, waiters: int, hold_s: float, settle_s: float | None
+    port: int, pid: int, waiters: int, hold_s: float, settle_s: float | None, reference: bool
 ) -> dict[str, Any]:
+    """The long-poll mode; ``reference``: the same shape against the trivial app."""
     readers = await connect(waiters, port)
-    ask = request("GET", "/v1/runs/lp/lr?step=20&wait=60")
+    ask = request("GET", "/hold" if reference else "/v1/runs/lp/lr?step=20&wait=60")
     phases = {"arrival": time.monotonic()}
     for _, writer in readers:
         writer.write(ask)
@@ -166,17 +183,21 @@ async def longpoll(
     # (connected now: a connection silent for the header timeout is closed)
     poster_r, poster_w = await asyncio.open_connection("127.0.0.1", port)
     phases["wake"] = posted_at = time.monotonic()
-    poster_w.write(request("POST", "/v1/runs/lp/observations", {"step": 20, "value": 0.4}))
+    if reference:
+        poster_w.write(request("POST", "/release", {}))
+    else:
+        poster_w.write(request("POST", "/v1/runs/lp/observations", {"step": 20, "value": 0.4}))
     status, body, _ = await answer(poster_r)
     assert status == 200, body
-    seq = json.loads(body)["seq"]
+    seq = None if reference else json.loads(body)["seq"]
     answers = await asyncio.gather(*pending)
     phases["end"] = time.monotonic()
     cpu_waking = (cpu_seconds(pid) or 0) - (cpu_at_decision or 0)
     errors = [
         (s, b[:200])
         for s, b, _ in answers
-        if s != 200 or not json.loads(b)["certain"] or json.loads(b)["seq"] != seq
+        if s != 200
+        or (not reference and (not json.loads(b)["certain"] or json.loads(b)["seq"] != seq))
     ]
     for _, writer in [*readers, (poster_r, poster_w)]:
         writer.close()
@@ -191,57 +212,78 @@ async def longpoll(
     }
 
 
-async def aggregated(port: int, ranks: int) -> dict[str, Any]:
+async def aggregated(
+    port: int, pid: int, ranks: int, hold_s: float, settle_s: float | None
+) -> dict[str, Any]:
     conns = await connect(ranks, port)
     posts = [
         request(
             "POST",
             "/v1/runs/agg/observations",
             {"step": 1, "value": 1.0 + r / ranks, "rank": r, "world_size": ranks},
+            gzip_ok=True,
         )
         for r in range(ranks)
     ]
-    phases = {"reporting": time.monotonic()}
-    for (_, writer), post in zip(conns, posts, strict=True):
-        writer.write(post)
+    last = ranks - 1  # the rank whose report decides the step, posted after the others wait
     retried = [0] * ranks
+    woke: list[float] = []  # at the first answer: the server's CPU time, then this process's
 
     async def rank(r: int) -> tuple[int, bytes, float]:
         """Rank r's answer; a 503 (a bounded wait ran out) is posted again after its
         Retry-After, as lrpilot_client does: the report counts once."""
         reader, writer = conns[r]
+        writer.write(posts[r])
         while True:
             status, body, at = await answer(reader)
+            if not woke:
+                woke.extend((cpu_seconds(pid) or 0.0, time.process_time()))
             if status != 503 or retried[r] == MAX_RETRIES:
                 return status, body, at
             retried[r] += 1
             await asyncio.sleep(1.0)
             writer.write(posts[r])
 
-    answers = await asyncio.gather(*(rank(r) for r in range(ranks)))
+    phases = {"arrival": time.monotonic()}
+    pending = [asyncio.ensure_future(rank(r)) for r in range(last)]
+    if settle_s is None:
+        await quiet(pid)
+    else:
+        await asyncio.sleep(settle_s)
+    phases["waiting"] = time.monotonic()
+    await asyncio.sleep(hold_s)
+    early = sum(p.done() for p in pending)
+    phases["wake"] = posted_at = time.monotonic()
+    answers = await asyncio.gather(rank(last), *pending)
     phases["end"] = time.monotonic()
-    first = min(at for _, _, at in answers)
+    woken = ((cpu_seconds(pid) or 0.0) - woke[0], time.process_time() - woke[1])
     bodies = {b for _, b, _ in answers}
     errors = [(s, b[:200]) for s, b, _ in answers if s != 200]
-    if not errors and (len(bodies) != 1 or len(json.loads(answers[0][1])["ranks"]) != ranks):
+    decision = json.loads(gzip.decompress(answers[0][1])) if not errors else {}
+    if not errors and (len(bodies) != 1 or len(decision["ranks"]) != ranks):
         errors.append((0, b"the ranks got different answers, or not every rank counted"))
     for _, writer in conns:
         writer.close()
     return {
         "phases": phases,
+        "answered_before_the_decision": early,
         "retried_503": sum(retried),
         "ranks_retried": sum(n > 0 for n in retried),
-        "errors": len(errors),
+        "errors": len(errors) + early,
         "error_samples": [repr(e) for e in errors[:3]],
-        "latencies": [at - first for _, _, at in answers],
-        "answer_bytes": len(answers[0][1]),
+        "latencies": [at - posted_at for _, _, at in answers],
+        "answer_bytes": len(answers[0][1]),  # as sent: gzipped
+        "decision_bytes": len(json.dumps(decision, separators=(",", ":"))),
+        # from the first answer to the last: what answering them cost each side
+        "wake_server_cpu_s": woken[0],
+        "wake_bench_cpu_s": woken[1],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waiters", type=int, default=4096)
-    parser.add_argument("--mode", default="longpoll,aggregated")
+    parser.add_argument("--mode", default="reference,longpoll,aggregated")
     parser.add_argument("--hold", type=float, default=5.0, help="s of waiting waiters")
     parser.add_argument(
         "--settle", type=float, default=None, help="s of arrival (default: until CPU rests)"
@@ -257,22 +299,31 @@ def main(argv: list[str] | None = None) -> int:
     database = "PostgreSQL" if args.postgres_url else "SQLite"
     table = figures_table(
         f"{args.waiters} waiters, one decision ({database}): latency to every waiter; "
-        "/healthz p99 by phase, its ratio to idle, and the longest probe",
-        ["mode", "errors", "p50 ms", "p99 ms", "max ms", "healthz p99 ms by phase"],
+        "/healthz p99 and longest probe (ms) by phase",
+        ["mode", "errors", "p50 ms", "p99 ms", "max ms", *(f"{p} p99/max" for p in PHASES)],
     )
     results: dict[str, Any] = {}
     for mode in args.mode.split(","):
-        url = fresh_database(args.postgres_url, Path(tempfile.mkdtemp()) / "bench.db")
-        with LiveServer(url) as server, httpx.Client(base_url=server.url, timeout=60) as http:
-            if mode == "longpoll":
+        target = TRIVIAL_TARGET if mode == "reference" else None
+        db_file = Path(tempfile.mkdtemp()) / "bench.db"
+        url = None if target else fresh_database(args.postgres_url, db_file)
+        with (
+            LiveServer(url, target=target) as server,
+            httpx.Client(base_url=server.url, timeout=60) as http,
+        ):
+            if mode == "reference":
+                work = longpoll(server.port, server.pid, args.waiters, args.hold, args.settle, True)
+            elif mode == "longpoll":
                 assert http.put("/v1/runs/lp", json=RUN_SPEC).status_code == 201
                 first = http.post("/v1/runs/lp/observations", json={"step": 10, "value": 0.5})
                 assert first.status_code == 200
-                work = longpoll(server.port, server.pid, args.waiters, args.hold, args.settle)
+                work = longpoll(
+                    server.port, server.pid, args.waiters, args.hold, args.settle, False
+                )
             else:
                 spec = {**RUN_SPEC, "aggregate": {"timeout_s": 600, "on_timeout": "refuse"}}
                 assert http.put("/v1/runs/agg", json=spec).status_code == 201
-                work = aggregated(server.port, args.waiters)
+                work = aggregated(server.port, server.pid, args.waiters, args.hold, args.settle)
             probe = HealthProbe(server.url).start()
             time.sleep(args.idle)
             idle_end = time.monotonic()
@@ -296,14 +347,11 @@ def main(argv: list[str] | None = None) -> int:
             server_cpu_s=(cpu1 or 0) - (cpu0 or 0),
         )
         results[mode] = figures
-        by_phase = ", ".join(
-            f"{phase} {ms:.0f} ({ms / healthz['idle']:.1f}x; max {longest[phase]:.0f})"
-            for phase, ms in healthz.items()
-        )
+        by_phase = [f"{healthz[p]:.0f}/{longest[p]:.0f}" if p in healthz else "-" for p in PHASES]
         table.add_row(
             mode, f"{figures['errors']} ({figures.get('retried_503', 0)} 503 retried)",
             f"{figures['p50_ms']:.0f}", f"{figures['p99_ms']:.0f}",
-            f"{figures['max_ms']:.0f}", by_phase,
+            f"{figures['max_ms']:.0f}", *by_phase,
         )  # fmt: skip
         console.print(mode, figures)
     console.print(table)

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
+# the reference server: HTTP, FastAPI, pydantic and uvicorn alone (bench/trivial_app.py)
+TRIVIAL_TARGET = ("--app-dir", str(BENCH_DIR), "trivial_app:app")
 if str(REPO_DIR) not in sys.path:
     sys.path.insert(0, str(REPO_DIR))
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -43,6 +45,17 @@ def _tokens_exist(authenticator: auth.Authenticator) -> bool:
         return authenticator.tokens_exist()
     except Unavailable:
         return True
+
+
+# FastAPI 0.16x asks OpenTelemetry's global providers on every request (an environment read
+# each) even when none is configured: a quarter of a request's framework time, measured in
+# bench/bench_waiters.py. lrpilot's operators scrape its own metrics; older FastAPIs have no
+# such argument.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(settings: Settings | None = None, fast_path: bool = True) -> FastAPI:
@@ -84,6 +97,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         summary="Post validation metrics, get the next learning rate; every decision logged.",
         default_response_class=StrictJSONResponse,
         lifespan=lifespan,
+        **_NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.store = store

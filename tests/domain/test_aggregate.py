@@ -35,7 +35,9 @@ def aggregated(timeout_s: float = 30, on_timeout: str = "decide", **kw: Any) -> 
 async def post_all(
     url: str, run_id: str, reports: list[dict[str, Any]], delay_s: float = 0.0
 ) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+    # one connection a rank, as ranks are (httpx's pool holds 100 by default)
+    limits = httpx.Limits(max_connections=len(reports))
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
 
         async def one(i: int, body: dict[str, Any]) -> httpx.Response:
             await asyncio.sleep(delay_s * i)
@@ -222,6 +224,43 @@ def test_waiting_ranks_hold_no_worker_thread(backend_server: LiveServer) -> None
     assert all(a.status_code == 200 for a in answers), [a.text for a in answers][:3]
     assert len({a.content for a in answers}) == 1
     assert answers[0].json()["value"] == weighted_mean((float(r), 1.0) for r in range(ranks))
+
+
+def test_a_large_decision_is_sent_gzipped_to_the_ranks_that_accept_it(
+    backend_server: LiveServer,
+) -> None:
+    """400 ranks: a 20 kB decision. Each rank (httpx asks for gzip by default) gets it
+    gzipped, and the same decision whole; a client that does not accept gzip gets it plain,
+    byte for byte what the log holds. A small answer is never compressed."""
+    ranks = 400
+    with httpx.Client(base_url=backend_server.url, timeout=30) as http:
+        assert http.put("/v1/runs/wide", json=aggregated()).status_code == 201
+        reports = [
+            {"step": 1, "value": 1.0 + r / ranks, "rank": r, "world_size": ranks}
+            for r in range(ranks)
+        ]
+        answers = asyncio.run(post_all(backend_server.url, "wide", reports))
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers][:3]
+        assert {a.headers.get("content-encoding") for a in answers} == {"gzip"}
+        assert {a.headers.get("vary") for a in answers} == {"Accept-Encoding"}
+        assert len({a.content for a in answers}) == 1
+        logged = http.get("/v1/runs/wide/decisions").json()["items"][0]
+        assert json.loads(answers[0].content) == logged and len(answers[0].content) > 16 << 10
+        plain = http.post(
+            "/v1/runs/wide/observations",
+            json=reports[7],
+            headers={"accept-encoding": "identity"},
+        )  # a retry: the same decision, not compressed
+        assert plain.status_code == 200 and "content-encoding" not in plain.headers
+        assert plain.content == answers[0].content
+        refused = http.post(
+            "/v1/runs/wide/observations", json=reports[8], headers={"accept-encoding": "gzip;q=0"}
+        )
+        assert "content-encoding" not in refused.headers and refused.content == plain.content
+        assert http.put("/v1/runs/narrow", json=aggregated()).status_code == 201
+        small = {"step": 1, "value": 1.0, "rank": 0, "world_size": 1}
+        one = http.post("/v1/runs/narrow/observations", json=small)
+        assert one.status_code == 200 and "content-encoding" not in one.headers
 
 
 @pytest.mark.postgres

@@ -163,6 +163,7 @@ def test_0008_keys_existing_rows_by_the_project_of_their_run(backend: str, tmp_p
         assert client.get("/v1/runs?label=team:x", headers=mine).json()["items"][0]["run_id"] == "a"
         obs = {"step": 1, "value": 1.5, "rank": 1, "world_size": 2}
         decided = client.post("/v1/runs/agg/observations", json=obs, headers=mine)
-        assert decided.status_code == 200, decided.text  # the report kept through 0008 counted
+        # the report kept through 0008 counted, in the tally 0009 made of the reports it found
+        assert decided.status_code == 200, decided.text
         assert [r["rank"] for r in decided.json()["ranks"]] == [0, 1]
         assert decided.json()["value"] == 1.0  # the mean of 0.5 and 1.5

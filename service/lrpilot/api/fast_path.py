@@ -21,7 +21,7 @@ from lrpilot.api.auth import Authenticator, Refused
 from lrpilot.api.errors import duplicate_key_response, first_duplicate, store_error_response
 from lrpilot.api.limits import replayed
 from lrpilot.api.models import ObservationIn
-from lrpilot.api.responses import raw_json
+from lrpilot.api.responses import decision_json
 from lrpilot.domain.decisions import Decisions
 from lrpilot.domain.errors import DomainError
 from lrpilot.spec import RUN_ID_PATTERN
@@ -29,9 +29,9 @@ from lrpilot.spec import RUN_ID_PATTERN
 _PATH = re.compile(rf"^/v1/runs/({RUN_ID_PATTERN.strip('^$')})/observations$")
 
 
-def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
+def _header(headers: list[tuple[bytes, bytes]], wanted: bytes) -> str | None:
     for name, value in headers:
-        if name == b"authorization":
+        if name == wanted:
             return value.decode("latin-1")
     return None
 
@@ -59,7 +59,9 @@ class ObservationFastPath:
             await self.app(scope, receive, send)
             return
         try:  # the route's own check (api/auth.py), before the body is read
-            caller = await self.auth.authorize(_authorization(scope["headers"]), "writer")
+            caller = await self.auth.authorize(
+                _header(scope["headers"], b"authorization"), "writer"
+            )
         except Refused as exc:
             await exc.response()(scope, receive, send)
             return
@@ -102,7 +104,9 @@ class ObservationFastPath:
         except DomainError as exc:
             await store_error_response(exc)(scope, receive, send)
             return
-        await raw_json(decision)(scope, receive, send)
+        await decision_json(decision, _header(scope["headers"], b"accept-encoding"))(
+            scope, receive, send
+        )
 
 
 def _keys(observation: ObservationIn) -> int:

@@ -33,8 +33,8 @@ from lrpilot.api.responses import (
     UNAVAILABLE,
     StrictJSONResponse,
     conflict,
+    decision_json,
     page_json,
-    raw_json,
 )
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.spec import RUN_ID_PATTERN
@@ -65,18 +65,17 @@ async def post_observation(
 ) -> Response:
     # async: the request waits on the group commit, not on a worker thread of its own
     client = body.client.declared() if body.client else None
-    return raw_json(
-        await request.app.state.decisions.observe(
-            caller.run(run_id),
-            body.step,
-            body.value,
-            client,
-            body.rank,
-            body.world_size,
-            body.weight,
-            caller.by(),
-        )
+    decision = await request.app.state.decisions.observe(
+        caller.run(run_id),
+        body.step,
+        body.value,
+        client,
+        body.rank,
+        body.world_size,
+        body.weight,
+        caller.by(),
     )
+    return decision_json(decision, request.headers.get("accept-encoding"))
 
 
 @router.put(

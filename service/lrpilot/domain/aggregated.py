@@ -18,7 +18,7 @@ from lrpilot.domain.deciding import decide, now
 from lrpilot.domain.errors import Conflict, Invalid
 from lrpilot.domain.scaling import check_resize_step, resized, resized_on_retry
 from lrpilot.entries import Ranks, missing_ranges, ranges_text, rank_report, weighted_mean
-from lrpilot.store.records import Report, RunHead, RunKey
+from lrpilot.store.records import Report, RunHead, RunKey, Tally
 from lrpilot.store.runs import WriteTx
 
 
@@ -69,10 +69,10 @@ def check_world(rank: int | None, world_size: int | None, most: int) -> None:
         )
 
 
-def _deadline(reports: Sequence[Report], timeout_s: float) -> float:
+def _deadline(tally: Tally, timeout_s: float) -> float:
     """When a step's wait ends: its first report's time plus the run's timeout (epoch s)."""
-    first = min(r.created_at for r in reports)
-    return datetime.fromisoformat(first.replace("Z", "+00:00")).timestamp() + timeout_s
+    first = datetime.fromisoformat(tally.first_at.replace("Z", "+00:00"))
+    return first.timestamp() + timeout_s
 
 
 def _listed(numbers: Sequence[int], most: int = 64) -> str:
@@ -113,13 +113,14 @@ def aggregate_in(
         return stored.text  # a retry, or a rank that reported too late to count: the same one
     check_resize_step(head, step, "step")  # a resize since the first report: never decided
     if item.timed_out:
-        reports = tx.reports_at(run, step)
-        if not reports:
+        tally = tx.tally(run, step)
+        if tally is None:
             return Conflict(f"step {step} of run {run_id!r} has no report to decide from")
-        deadline = _deadline(reports, timeout_s)
+        deadline = _deadline(tally, timeout_s)
         if time.time() < deadline:
             return Pending(deadline)
-        world = reports[0].world_size
+        reports = tx.reports_at(run, step)
+        world = tally.world_size
         if spec.on_timeout == "refuse":
             # ranges, and the counted ranks cut: an answer's size must not follow the world size
             counted = [r.rank for r in reports]
@@ -136,14 +137,16 @@ def aggregate_in(
             ["body", "rank" if item.rank is None else "world_size"],
             f"run {run_id!r} is aggregated: every observation must say its rank and world_size",
         )
-    reports = tx.reports_at(run, step)
-    if reports and reports[0].world_size != item.world_size:
+    # a report reads and writes O(1) rows, whatever the world size: the step's tally and its
+    # own report; every report is read once, when the last one decides the step
+    tally = tx.tally(run, step)
+    if tally is not None and tally.world_size != item.world_size:
         return Conflict(
-            f"world_size {item.world_size} differs from the world_size {reports[0].world_size} "
+            f"world_size {item.world_size} differs from the world_size {tally.world_size} "
             f"the other ranks reported for step {step} of run {run_id!r}"
         )
     weight = 1.0 if item.weight is None else item.weight
-    mine = next((r for r in reports if r.rank == item.rank), None)
+    mine = tx.report_of(run, step, item.rank)
     if mine is not None:
         if not same_float(mine.value, item.value) or not same_float(mine.weight, weight):
             return Conflict(
@@ -153,11 +156,12 @@ def aggregate_in(
             )
     else:
         mine = Report(item.rank, item.world_size, item.value, weight, now(), item.client, item.who)
-        tx.add_report(run, step, mine)
-        reports = sorted([*reports, mine], key=lambda r: r.rank)
-    if len(reports) == item.world_size:
+        tally = tx.add_report(run, step, mine)
+    assert tally is not None  # a rank's report exists only with its step's tally
+    if tally.reported == item.world_size:
+        reports = tx.reports_at(run, step)
         return _decide_reports(tx, head, step, reports, None, timeout_s, heads)
-    return Pending(_deadline(reports, timeout_s))
+    return Pending(_deadline(tally, timeout_s))
 
 
 def _decide_reports(

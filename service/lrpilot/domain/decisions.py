@@ -46,8 +46,8 @@ class Decisions:
         world_size: int | None = None,
         weight: float | None = None,
         who: dict[str, str] | None = None,
-    ) -> str:
-        """The decision's canonical JSON, acknowledged only once it is committed. In an
+    ) -> bytes:
+        """The decision's canonical JSON (UTF-8), acknowledged only once it is committed. In an
         aggregated run, a rank whose report does not complete its step waits (holding no
         thread and no connection) for the step's decision, which every rank gets alike."""
         check_world(rank, world_size, self._max_world)
@@ -62,8 +62,9 @@ class Decisions:
                 self._submit,
                 functools.partial(self.store.decided_step, run, step),
             )
-        self.waiters.decided(run, step, body)
-        return body
+        answer = body.encode()
+        self.waiters.decided(run, step, answer)
+        return answer
 
     async def _submit(self, posted: Posted) -> str:
         try:

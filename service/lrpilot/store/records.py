@@ -170,6 +170,20 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
+class Tally:
+    """What a step's reports add up to so far, kept beside them so that a report costs the same
+    whatever the world size: the world size they declare, how many ranks reported, and when the
+    first did (the step's wait runs from it)."""
+
+    world_size: int
+    reported: int
+    first_at: str
+
+    def plus(self, report: Report) -> Tally:
+        return Tally(self.world_size, self.reported + 1, min(self.first_at, report.created_at))
+
+
+@dataclass(frozen=True, slots=True)
 class LogRow:
     """A decision row as stored: its body (the hashed entry) and every column beside it that a
     read serves or filters on, which verify checks against the body."""

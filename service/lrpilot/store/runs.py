@@ -11,7 +11,6 @@ deadline is ``Unavailable``, whatever the database did (a lock held elsewhere, n
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import functools
 import itertools
@@ -62,6 +61,7 @@ from lrpilot.store.records import (
     RunKey,
     RunRowRead,
     Stored,
+    Tally,
 )
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
@@ -74,6 +74,13 @@ _HEAD_COLUMNS = (
 )
 # every statement that names a run names it by its key (RunKey: project, then run_id)
 _RUN = "project = ? AND run_id = ?"
+_REPORT_COLUMNS = "rank, world_size, value, weight, created_at, client, by"
+# the run is locked while its tallies change: the values written are the step's whole tally
+_UPSERT_TALLY = (
+    "INSERT INTO report_tallies (project, run_id, step, world_size, reported, first_at) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, run_id, step) "
+    "DO UPDATE SET reported = excluded.reported, first_at = excluded.first_at"
+)
 # "the live entry of step N" is a decision's: a rewind entry shares the step it rewound to, a
 # scale entry the step it applies from
 _INSERT_DECISION = (
@@ -212,10 +219,13 @@ class WriteTx:
         # among them by step (a scale entry may share its step with the decision after it)
         self._appended: list[NewDecision] = []
         self._decided: dict[tuple[RunKey, int], NewDecision] = {}
-        # the reports of the steps read in this transaction (the run is locked: only this
-        # transaction adds any), so that each report of a batch does not read them all again
-        self._reports: dict[tuple[RunKey, int], list[Report]] = {}
-        self._new_reports: list[tuple[Any, ...]] = []  # rows written at once by flush()
+        # aggregated steps: the tallies read or changed in this transaction (the run is locked:
+        # only this transaction changes them), the reports it added, and the rows and tallies
+        # that flush() writes at once
+        self._tallies: dict[tuple[RunKey, int], Tally | None] = {}
+        self._added: dict[tuple[RunKey, int], dict[int, Report]] = {}
+        self._new_reports: list[tuple[Any, ...]] = []
+        self._changed_tallies: set[tuple[RunKey, int]] = set()
 
     def session(self) -> Session:
         """An ORM session inside this transaction, for the paths that are not hot."""
@@ -280,38 +290,53 @@ class WriteTx:
         ).fetchone()
         return None if row is None else Stored(str(row[0]))
 
-    def reports_at(self, run: RunKey, step: int) -> list[Report]:
-        """The ranks' reports of the run's ``step`` (aggregated mode), in rank order."""
-        known = self._reports.get((run, step))
-        if known is None:
-            rows = self._execute(
-                "SELECT rank, world_size, value, weight, created_at, client, by FROM reports "
-                f"WHERE {_RUN} AND step = ? ORDER BY rank",
+    def tally(self, run: RunKey, step: int) -> Tally | None:
+        """What the reports of the run's ``step`` add up to (aggregated mode); None before the
+        first. One row, whatever the world size: a report costs O(1)."""
+        key = (run, step)
+        if key not in self._tallies:
+            row = self._execute(
+                "SELECT world_size, reported, first_at FROM report_tallies "
+                f"WHERE {_RUN} AND step = ?",
                 (*run, step),
-            ).fetchall()
-            known = self._reports[(run, step)] = [
-                Report(
-                    int(r[0]),
-                    int(r[1]),
-                    parse_float(_token(r[2])),
-                    float(r[3]),
-                    str(r[4]),
-                    None if r[5] is None else json.loads(r[5]),
-                    None if r[6] is None else json.loads(r[6]),
-                )
-                for r in rows
-            ]
-        return list(known)
+            ).fetchone()
+            self._tallies[key] = None if row is None else Tally(int(row[0]), int(row[1]), row[2])
+        return self._tallies[key]
 
-    def add_report(self, run: RunKey, step: int, report: Report) -> None:
-        """Store a rank's report of a step (the run is locked: no other writer adds it). It
-        is written by ``flush``, with the batch's others; a step decided in this transaction
-        never writes its reports at all."""
-        known = self._reports.get((run, step))
-        if known is None:
-            self.reports_at(run, step)
-            known = self._reports[(run, step)]
-        bisect.insort(known, report, key=lambda r: r.rank)
+    def report_of(self, run: RunKey, step: int, rank: int) -> Report | None:
+        """The report of ``rank`` for the run's ``step``, if it reported (aggregated mode)."""
+        added = self._added.get((run, step))
+        if added is not None and rank in added:
+            return added[rank]
+        row = self._execute(
+            f"SELECT {_REPORT_COLUMNS} FROM reports WHERE {_RUN} AND step = ? AND rank = ?",
+            (*run, step, rank),
+        ).fetchone()
+        return None if row is None else _report(row)
+
+    def reports_at(self, run: RunKey, step: int) -> list[Report]:
+        """Every report of the run's ``step`` (aggregated mode), in rank order: read once, when
+        the step is decided or refused."""
+        rows = self._execute(
+            f"SELECT {_REPORT_COLUMNS} FROM reports WHERE {_RUN} AND step = ? ORDER BY rank",
+            (*run, step),
+        ).fetchall()
+        reports = [_report(r) for r in rows]
+        added = self._added.get((run, step))
+        if added:
+            reports = sorted([*reports, *added.values()], key=lambda r: r.rank)
+        return reports
+
+    def add_report(self, run: RunKey, step: int, report: Report) -> Tally:
+        """Store a rank's report of a step (the run is locked: no other writer adds it) and
+        answer the step's new tally. Both are written by ``flush``, with the batch's others; a
+        step decided in this transaction never writes its reports at all."""
+        key = (run, step)
+        was = self.tally(run, step)
+        tally = Tally(report.world_size, 1, report.created_at) if was is None else was.plus(report)
+        self._tallies[key] = tally
+        self._changed_tallies.add(key)
+        self._added.setdefault(key, {})[report.rank] = report
         self._new_reports.append(
             (
                 *run,
@@ -325,19 +350,26 @@ class WriteTx:
                 None if report.by is None else canonical_json(report.by),
             )
         )
+        return tally
 
     def drop_reports(self, run: RunKey, step: int) -> None:
         """Forget a decided step's reports: its decision lists them."""
-        self._execute(f"DELETE FROM reports WHERE {_RUN} AND step = ?", (*run, step))
-        self._reports.pop((run, step), None)
-        self._new_reports = [r for r in self._new_reports if r[:3] != (*run, step)]
+        self._drop_reports(run, "step = ?", step, lambda s: s == step)
 
     def drop_reports_after(self, run: RunKey, step: int) -> None:
         """Forget the reports of the steps after ``step`` (a rewind: they will come again)."""
-        self._execute(f"DELETE FROM reports WHERE {_RUN} AND step > ?", (*run, step))
-        for key in [k for k in self._reports if k[0] == run and k[1] > step]:
-            del self._reports[key]
-        self._new_reports = [r for r in self._new_reports if r[:2] != run or r[2] <= step]
+        self._drop_reports(run, "step > ?", step, lambda s: s > step)
+
+    def _drop_reports(
+        self, run: RunKey, where: str, step: int, dropped: Callable[[int], bool]
+    ) -> None:
+        for table in ("reports", "report_tallies"):
+            self._execute(f"DELETE FROM {table} WHERE {_RUN} AND {where}", (*run, step))
+        for key in [k for k in self._tallies if k[0] == run and dropped(k[1])]:
+            self._tallies[key] = None
+            self._added.pop(key, None)
+            self._changed_tallies.discard(key)
+        self._new_reports = [r for r in self._new_reports if r[:2] != run or not dropped(r[2])]
 
     def live_at_or_before(self, run: RunKey, step: int) -> tuple[int, dict[str, Any]] | None:
         """(seq, entry) of the run's last live entry at or before ``step``, if any."""
@@ -438,6 +470,16 @@ class WriteTx:
                 self._new_reports,
             )
             self._new_reports = []
+        if self._changed_tallies:
+            self._cursor.executemany(
+                _param(self._conn, _UPSERT_TALLY),
+                [
+                    (*run, step, t.world_size, t.reported, t.first_at)
+                    for (run, step) in self._changed_tallies
+                    if (t := self._tallies[(run, step)]) is not None
+                ],
+            )
+            self._changed_tallies = set()
         if not self._appended:
             return
         decisions = self._appended
@@ -1118,6 +1160,18 @@ def _log_rows(rows: Sequence[Any]) -> Iterator[LogRow]:
 def _batches(rows: Iterator[LogRow]) -> Iterator[list[LogRow]]:
     while batch := list(itertools.islice(rows, IMPORT_BATCH)):
         yield batch
+
+
+def _report(row: Sequence[Any]) -> Report:
+    return Report(
+        int(row[0]),
+        int(row[1]),
+        parse_float(_token(row[2])),
+        float(row[3]),
+        str(row[4]),
+        None if row[5] is None else json.loads(row[5]),
+        None if row[6] is None else json.loads(row[6]),
+    )
 
 
 def _token(text: str) -> float | str:

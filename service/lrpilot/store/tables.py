@@ -109,6 +109,21 @@ class ReportRow(SQLModel, table=True):
     created_at: str = Field(sa_type=sa.String(40))
 
 
+class TallyRow(SQLModel, table=True):
+    """What the reports of a step not yet decided add up to: one row a step, written with each
+    report, so that a report reads and writes O(1) rows whatever the world size."""
+
+    __tablename__ = "report_tallies"
+    __table_args__ = _of_run("step")
+
+    project: str = Field(sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
+    step: int = Field(sa_type=sa.BigInteger)
+    world_size: int = Field(sa_type=sa.Integer)
+    reported: int = Field(sa_type=sa.Integer)
+    first_at: str = Field(sa_type=sa.String(40))  # the first report's created_at
+
+
 class TokenRow(SQLModel, table=True):
     """An API token: who it is (name), what it may do (project, role), and only the SHA-256 of
     its secret: a copy of the database gives no one a usable token."""
