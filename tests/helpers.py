@@ -106,8 +106,14 @@ def rechained(lines: list[str]) -> list[str]:
     """A bundle's lines (header, decisions, trailer) with every decision's prev_hash and hash
     and the trailer's count, head_hash and header_hash recomputed: what whoever can write the
     file can do after an edit. The trailer loses its signature (only the key's holder can
-    sign)."""
-    prev, out = "0" * 64, [lines[0]]
+    sign). The first decision links to the header's run, as the service links it."""
+    from lrpilot.entries import run_genesis
+
+    try:
+        prev = run_genesis(json.loads(lines[0])["run"])
+    except (UnicodeEncodeError, KeyError, TypeError):  # a header no hash can be taken of
+        prev = "0" * 64
+    out = [lines[0]]
     for line in lines[1:-1]:
         doc = json.loads(line)
         doc["prev_hash"] = prev

@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     store = Store(settings)
     decisions = Decisions(store, settings, group_commit(store))
     auditor = Audit(store, settings)
-    authenticator = auth.Authenticator(store)
+    authenticator = auth.Authenticator(store, open_to_all=settings.insecure_no_auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -29,7 +29,20 @@ from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.policies.base import fmt_change, fmt_lrs
 from lrpilot.spec import InForce, factor, scaled
 
-GENESIS = "0" * 64  # prev_hash of a run's first entry
+GENESIS = "0" * 64  # prev_hash of the first entry of a log begun before runs were pinned
+UNPINNED = (
+    "this log began before lrpilot linked a run's first entry to the run: its policy, params "
+    "and base lrs are pinned (config_hash), its metric, labels, created_at, aggregate and "
+    "scaling are not"
+)
+
+
+def run_genesis(header: Mapping[str, Any]) -> str:
+    """What a run's first entry links to (its prev_hash): the hash of the run as created, its
+    ``RunStored.header_doc()`` (id, policy, params, base lrs, metric, labels, creation time,
+    aggregate, scaling), so that the chain pins every field of the run that a read serves.
+    Logs begun before this link to ``GENESIS`` instead, and verify says so."""
+    return sha256_hex(canonical_json({"run": dict(header)}))
 
 
 class Kind(StrEnum):
@@ -439,12 +452,16 @@ class ChainReport:
 
 
 def verify_chain(
-    decisions: Iterable[Mapping[str, Any]], head: str | None = None, start: str = GENESIS
+    decisions: Iterable[Mapping[str, Any]], head: str | None = None, start: str | None = None
 ) -> ChainReport:
     """Check every link: seq counts 1, 2, 3, ..., each prev_hash is the hash before it, each hash
     is its decision's hash; with ``head``, the last hash must be it (a chain alone only proves
-    that it is consistent: whoever can write the database can recompute it)."""
+    that it is consistent: whoever can write the database can recompute it). The first entry
+    links to ``start`` (its run's ``run_genesis``), or to what it says when None."""
+    decisions = list(decisions)
     prev, count = start, 0
+    if prev is None:
+        prev = str(decisions[0].get("prev_hash")) if decisions else GENESIS
     for count, decision in enumerate(decisions, start=1):
         seq = decision.get("seq")
         if seq != count:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     shutdown_drain_s: float = Field(default=1.0, ge=0.0, le=600.0)
     # ... and gives the requests in flight this long to finish before cancelling them.
     shutdown_timeout_s: int = Field(default=5, ge=1, le=600)
+    # Open mode (no token in the database) serves requests from this machine only, however the
+    # server was started (`lrpilot serve`, `uvicorn --factory`, gunicorn); this serves everyone.
+    insecure_no_auth: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:

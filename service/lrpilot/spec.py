@@ -292,7 +292,10 @@ class RunPublic(RunStored):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    head_hash: str = Field(description="the hash of the run's last decision (64 zeros before any)")
+    head_hash: str = Field(
+        description="the hash of the run's last entry (before any: the hash of the run itself, "
+        "which its first entry links to)"
+    )
     lrs: list[float]
     last_step: int | None
     last_seq: int

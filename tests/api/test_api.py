@@ -11,6 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from lrpilot.canonical import canonical_json, sha256_hex
+from lrpilot.entries import run_genesis
 from lrpilot.policies import POLICIES
 from tests.helpers import run_spec, strict_json
 
@@ -200,7 +201,10 @@ def test_decisions_form_a_hash_chain(api: TestClient) -> None:
     for step, value in enumerate([3.0, 2.0, 2.5, "NaN", 2.0, 1.0]):
         assert post(api, "h", step, value).status_code == 200
     items = strict_json(api.get("/v1/runs/h/decisions").text)["items"]
-    prev = "0" * 64
+    # the first links to the run itself: the chain pins every field of it that a read serves
+    header = strict_json(api.get("/v1/runs/h/export").text.splitlines()[0])
+    prev = run_genesis(header["run"])
+    assert api.get("/v1/runs/h").json()["created_at"] == header["run"]["created_at"]
     for seq, d in enumerate(items, start=1):
         assert d["seq"] == seq and d["prev_hash"] == prev
         body = {k: v for k, v in d.items() if k != "hash"}

@@ -129,3 +129,35 @@ def test_an_edited_label_row_fails_verify(api: TestClient, database_url: str) ->
     assert [r["run_id"] for r in api.get("/v1/runs", params={"label": "team:b"}).json()["items"]]
     mismatch = refused(api, "labelled")
     assert "label" in mismatch["message"], mismatch
+
+
+RUN_EDITS = {
+    # column: (its new value, what verify's message says)
+    "metric": ("val_acc", "not the one its log began with"),
+    "labels": ('{"team":"b"}', "not the one its log began with"),
+    "created_at": ("2020-01-01T00:00:00.000000Z", "not the one its log began with"),
+    "aggregate": ('{"on_timeout":"refuse","timeout_s":5.0}', "not the one its log began with"),
+    "base_lrs": ("[0.2]", "config_hash"),  # pinned by the config_hash every entry repeats
+}
+
+
+@pytest.mark.parametrize("column", list(RUN_EDITS))
+@pytest.mark.parametrize("decided", [0, 5], ids=["empty", "decided"])
+def test_an_edited_run_field_fails_verify(
+    api: TestClient, database_url: str, column: str, decided: int
+) -> None:
+    """The run itself is in the chain: its first entry links to the hash of the run as created
+    (before any entry, its head is that hash). An edit of a field GET /v1/runs/{id} serves, with
+    or without entries, fails verify, saying the run is not the one its log began with."""
+    run_id = f"{column}-{decided}"
+    create(api, run_id, labels={"team": "a"})
+    feed(api, run_id, plateau_stream(decided))
+    report = verify(api, run_id)
+    assert report["ok"] is True and "notes" not in report, report
+    value, message = RUN_EDITS[column]
+    before = get_run(api, run_id)
+    sql(database_url, f"UPDATE runs SET {column} = :v WHERE run_id = :r", v=value, r=run_id)
+    sql(database_url, "UPDATE run_labels SET value = 'b' WHERE run_id = :r", r=run_id)
+    assert get_run(api, run_id).get(column) != before.get(column)  # the edit is served
+    mismatch = refused(api, run_id)
+    assert message in mismatch["message"], mismatch

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from lrpilot.audit.bundle import header_line, trailer_line
 from lrpilot.domain.deciding import decide, new_run, now
 from lrpilot.domain.logs import spool_dir
-from lrpilot.entries import GENESIS
+from lrpilot.entries import run_genesis
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec
 from lrpilot.store.records import RunHead, Stored
@@ -43,7 +43,14 @@ def build_bundle(path: Path, run_id: str, count: int) -> str:
     spec = RunSpec.model_validate(run_spec({"patience": 5}))
     run = new_run(run_id, spec, now())
     head = RunHead(
-        run.spec, Stored(run.state), Stored(run.lrs), 0, None, GENESIS, None, run.project
+        run.spec,
+        Stored(run.state),
+        Stored(run.lrs),
+        0,
+        None,
+        run_genesis(run.spec.header_doc()),
+        None,
+        run.project,
     )
     header = header_line(run.spec)
     created_at = now()

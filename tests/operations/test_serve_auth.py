@@ -3,6 +3,7 @@ network bind without tokens unless --insecure-no-auth, tokens required once one 
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -62,6 +63,59 @@ def test_a_network_bind_with_a_token_starts_and_requires_it(backend: str, tmp_pa
         r = httpx.put(f"{server.url}/v1/runs/r", json=run_spec(), headers=bearer(secret))
         assert r.status_code == 201, r.text
         assert "WITHOUT authentication" not in server.log_tail()
+
+
+def network_address() -> str:
+    """An address of this machine that is not loopback (the one its default route leaves by)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.123", 9))  # UDP: no packet is sent, a route is chosen
+        address = str(probe.getsockname()[0])
+    assert not is_loopback(address), "this machine has no network address to test from"
+    return address
+
+
+class FactoryOnAllInterfaces(LiveServer):
+    """``uvicorn --factory lrpilot.app:create_app --host 0.0.0.0``: no ``lrpilot serve`` and
+    so none of its start-up checks."""
+
+    def __init__(self, database_url: str, **env: str) -> None:
+        super().__init__(database_url, target=["--factory", "lrpilot.app:create_app"], env=env)
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        cmd[cmd.index("--host") + 1] = "0.0.0.0"
+        return cmd
+
+
+def test_open_mode_serves_this_machine_only_however_the_server_was_started(
+    tmp_path: Path,
+) -> None:
+    """Open mode (no token) refuses a request from the network with a 401 that says how to
+    create a token, on every route and the observation fast path, even behind a bind that
+    ``lrpilot serve`` would have refused; from loopback, it serves as ever. The insecure
+    setting serves the network too."""
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    upgrade(url)
+    host = network_address()
+    with FactoryOnAllInterfaces(url) as server:
+        outside = f"http://{host}:{server.port}"
+        assert httpx.put(f"{server.url}/v1/runs/r", json=run_spec()).status_code == 201
+        for method, path, body in (
+            ("GET", "/v1/runs", None),
+            ("GET", "/v1/runs/r", None),
+            ("POST", "/v1/runs/r/observations", {"step": 1, "value": 0.5}),  # the fast path
+            ("PUT", "/v1/runs/s", run_spec()),
+        ):
+            r = httpx.request(method, f"{outside}{path}", json=body)
+            assert r.status_code == 401, (path, r.text)
+            assert "lrpilot token create" in r.json()["detail"], r.text
+        assert httpx.get(f"{server.url}/v1/runs/r").json()["last_seq"] == 0  # nothing changed
+        assert httpx.get(f"{outside}/healthz").status_code == 200  # probes need no token
+    with FactoryOnAllInterfaces(url, LRPILOT_INSECURE_NO_AUTH="1") as server:
+        r = httpx.post(
+            f"http://{host}:{server.port}/v1/runs/r/observations", json={"step": 1, "value": 0.5}
+        )
+        assert r.status_code == 200, r.text
 
 
 def test_loopback_without_tokens_serves_open_and_says_so(live_server: LiveServer) -> None:

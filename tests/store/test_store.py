@@ -19,7 +19,7 @@ from lrpilot.app import group_commit
 from lrpilot.domain.aggregated import Posted
 from lrpilot.domain.decisions import Decisions, decide_batch
 from lrpilot.domain.errors import Conflict, RunBusy
-from lrpilot.entries import verify_chain
+from lrpilot.entries import GENESIS, UNPINNED, verify_chain
 from lrpilot.policies.common import to_f32
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec
@@ -260,14 +260,18 @@ def test_a_row_stored_beyond_todays_rules_is_still_read_and_decided(tmp_path: Pa
         assert api.put("/v1/runs/old", json=_spec_doc()).status_code == 201
         engine = sa.create_engine(database_url)
         with engine.begin() as conn:
-            conn.execute(sa.text("UPDATE runs SET created_at = :c"), {"c": old})
+            # as an older version wrote it: its log began from GENESIS, not from the run
+            conn.execute(
+                sa.text("UPDATE runs SET created_at = :c, head_hash = :g"), {"c": old, "g": GENESIS}
+            )
         engine.dispose()
         fresh = TestClient(create_app(Settings(database_url=database_url)))
         with fresh:  # a new process: nothing of the run cached
             assert fresh.get("/v1/runs/old").json()["created_at"] == old
             r = fresh.post("/v1/runs/old/observations", json={"step": 1, "value": 0.5})
             assert r.status_code == 200, r.text
-            assert fresh.post("/v1/runs/old/verify").json()["ok"]
+            verified = fresh.post("/v1/runs/old/verify").json()
+            assert verified["ok"] and verified["notes"] == [UNPINNED], verified
 
 
 def _spec_doc() -> dict[str, Any]:

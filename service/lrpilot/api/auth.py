@@ -6,9 +6,10 @@ A run is named by the caller's project and the run_id of the path (``Caller.run`
 project's run of that id is another run, and not one the caller can see; a token learns nothing
 of other projects.
 
-Open mode: while the database holds no token at all (a revoked one counts), every request is
-served as project "default" with every role: the local quick start. ``lrpilot serve`` refuses
-a non-loopback bind in that state (cli/serve.py).
+Open mode: while the database holds no token at all (a revoked one counts), every request from
+this machine is served as project "default" with every role: the local quick start. A request
+from another address is refused (401) whatever bound the server (``lrpilot serve`` also refuses
+a non-loopback bind in that state, cli/serve.py), unless ``Settings.insecure_no_auth``.
 
 Lookups are cached for ``CACHE_S`` at most, so that a revocation, an expiry or the first token
 holds on every replica within that time, while a busy token costs the database one lookup a
@@ -18,6 +19,7 @@ second, not one a request.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -76,8 +78,14 @@ class Refused(Exception):
 class Authenticator:
     """The tokens a replica has looked up lately (see ``CACHE_S``)."""
 
-    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+        open_to_all: bool = False,
+    ) -> None:
         self._tokens = Tokens(store)
+        self._open_to_all = open_to_all  # open mode serves other machines too (insecure)
         self._clock = clock
         self._exist: tuple[float, bool] | None = None
         self._found: dict[str, tuple[float, Token | None]] = {}
@@ -98,11 +106,11 @@ class Authenticator:
             known = self._found[hashed] = (at, self._tokens.find(hashed))
         return known[1]
 
-    def check(self, authorization: str | None, role: str) -> Caller:
-        """The caller, or ``Refused`` (401, 403). Blocking: it may read the database
-        (``authorize`` is the async form)."""
+    def check(self, authorization: str | None, role: str, peer: str | None = None) -> Caller:
+        """The caller, or ``Refused`` (401, 403), of a request from the address ``peer``.
+        Blocking: it may read the database (``authorize`` is the async form)."""
         if not self.tokens_exist():
-            return OPEN
+            return self._open(peer)
         scheme, _, secret = (authorization or "").strip().partition(" ")
         secret = secret.strip()
         if not authorization:
@@ -123,16 +131,29 @@ class Authenticator:
             )
         return Caller(token.name, token.project, token.role)
 
-    async def authorize(self, authorization: str | None, role: str) -> Caller:
+    async def authorize(
+        self, authorization: str | None, role: str, peer: str | None = None
+    ) -> Caller:
         """``check``, off the event loop when it must read the database."""
         if self._exist is not None and self._clock() - self._exist[0] <= CACHE_S:
             if not self._exist[1]:
-                return OPEN
+                return self._open(peer)
             try:  # the common case, every lookup cached: no thread hop
                 return self._check_cached(authorization, role)
             except _NotCached:
                 pass
-        return await asyncio.to_thread(self.check, authorization, role)
+        return await asyncio.to_thread(self.check, authorization, role, peer)
+
+    def _open(self, peer: str | None) -> Caller:
+        """Open mode's caller, for a request from this machine (or from anywhere, insecure)."""
+        if self._open_to_all or is_local(peer):
+            return OPEN
+        raise Refused(
+            401,
+            "this service holds no API token, so it serves requests from its own machine only: "
+            "create a token (`lrpilot token create --project default --role admin`) and send "
+            "'Authorization: Bearer TOKEN'",
+        )
 
     def _check_cached(self, authorization: str | None, role: str) -> Caller:
         secret = (authorization or "").strip().partition(" ")[2].strip()
@@ -147,6 +168,17 @@ class _NotCached(Exception):
     pass
 
 
+def is_local(peer: str | None) -> bool:
+    """Whether a request's peer address is this machine's: a loopback address, or no network
+    address at all (a Unix socket, an in-process client); a network peer always has one."""
+    if peer is None:
+        return True
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return True
+
+
 def _header(request: Request) -> str | None:
     return request.headers.get("authorization")
 
@@ -156,7 +188,8 @@ def require(role: str) -> Any:
 
     async def caller(request: Request) -> Caller:
         auth: Authenticator = request.app.state.auth
-        return await auth.authorize(_header(request), role)
+        peer = None if request.client is None else request.client.host
+        return await auth.authorize(_header(request), role, peer)
 
     caller.__name__ = f"require_{role}"
     return Depends(caller)

@@ -59,9 +59,9 @@ class ObservationFastPath:
             await self.app(scope, receive, send)
             return
         try:  # the route's own check (api/auth.py), before the body is read
-            caller = await self.auth.authorize(
-                _header(scope["headers"], b"authorization"), "writer"
-            )
+            token = _header(scope["headers"], b"authorization")
+            peer = scope["client"][0] if scope.get("client") else None
+            caller = await self.auth.authorize(token, "writer", peer)
         except Refused as exc:
             await exc.response()(scope, receive, send)
             return

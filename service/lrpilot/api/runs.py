@@ -29,6 +29,7 @@ from lrpilot.api.models import (
 )
 from lrpilot.api.responses import (
     INVALID,
+    MAX_PAGE_CHARS,
     NOT_FOUND,
     UNAVAILABLE,
     StrictJSONResponse,
@@ -191,7 +192,9 @@ def list_decisions(
     ] = None,
 ) -> Response:
     run = caller.run(run_id)
-    page = store.list_decisions(run, after, limit, action, from_step, to_step, superseded)
+    page = store.list_decisions(
+        run, after, limit, action, from_step, to_step, superseded, MAX_PAGE_CHARS
+    )
     return page_json(page.items, page.next, "seq")
 
 

@@ -43,7 +43,18 @@ from lrpilot.audit.bundle import (
 from lrpilot.audit.signing import check as check_signature
 from lrpilot.audit.signing import key_id, signed_message
 from lrpilot.canonical import NON_FINITE, canonical_json, parse_float, same_float, to_strict
-from lrpilot.entries import GENESIS, NOT_DECISIONS, Chain, Draft, Kind, Ranks, Rewound, kind_of
+from lrpilot.entries import (
+    GENESIS,
+    NOT_DECISIONS,
+    UNPINNED,
+    Chain,
+    Draft,
+    Kind,
+    Ranks,
+    Rewound,
+    kind_of,
+    run_genesis,
+)
 from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.replay import Replay
@@ -144,7 +155,9 @@ class LogCheck:
             scaling=self.scaling,
             rewinds=self._rewinds,
         )
-        self.prev = GENESIS
+        # the hash the log begins from: the run's own (its first entry pins the run), or
+        # GENESIS for a log begun before that (``UNPINNED``), told by its first link
+        self.start = self.prev = run_genesis(run.header_doc())
         self.count = 0
         self.last_step: int | None = None  # the last decided step (a scale entry decides none)
         self.step: int | None = None  # the step of the last entry checked, of any kind
@@ -176,6 +189,8 @@ class LogCheck:
             text = raw.decode() if isinstance(body, bytes) else body
         except UnicodeDecodeError as exc:
             raise Mismatch(line, seq, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        if seq == 1 and _UNPINNED_LINK in text:  # a JSON string cannot hold this unescaped
+            self.start = self.prev = GENESIS
         plain = _plain_decision(text)
         if plain is not None and self._decision_in_order(plain.step):
             self._check_plain(plain, raw, text, line, seq)
@@ -253,6 +268,8 @@ class LogCheck:
         self._checked(Kind.DECISION, plain.step, plain.hash, seq, entry.doc["action"])
 
     def _check_link(self, raw: bytes, doc: dict[str, Any], line: int | None, seq: int) -> None:
+        if doc.get("prev_hash") != self.prev and seq == 1:
+            raise Mismatch(line, seq, _NOT_ITS_RUN, self.prev, doc.get("prev_hash"))
         if doc.get("prev_hash") != self.prev:
             raise Mismatch(
                 line,
@@ -411,6 +428,14 @@ class LogCheck:
 
     # the end ------------------------------------------------------------------------------
 
+    def begins(self, head: str) -> None:
+        """A log without entries: the run's ``head`` (as stored, or a trailer's) must be the
+        hash of the run, or GENESIS for a run created before runs were pinned."""
+        if self.count == 0 and head == GENESIS:
+            self.start = self.prev = GENESIS
+        elif self.count == 0 and head != self.start:
+            raise Mismatch(None, 0, _NOT_ITS_RUN, self.start, head)
+
     def report(self, head: str | None = None) -> Report:
         """After the last entry: a report; with ``head``, the log must end at that hash."""
         ahead = self.replay.next_rewind()
@@ -436,7 +461,15 @@ class LogCheck:
             lrs=canonical_json(self.replay.lrs),
             scale=self.scale_json(),
             reductions=self.reductions,
+            notes=[UNPINNED] if self.start == GENESIS else [],
         )
+
+
+_UNPINNED_LINK = f'"prev_hash":"{GENESIS}"'
+_NOT_ITS_RUN = (
+    "the log does not begin from its run: the run (its policy, params, base lrs, metric, "
+    "labels, created_at, aggregate or scaling) is not the one its log began with (edited)"
+)
 
 
 # A plain decision (no ranks) as the service writes it: its first members up to "hash" and its
@@ -647,6 +680,10 @@ def check_bundle(
             raise Mismatch(None, None, "the bundle is empty")
         if end is None:
             raise Mismatch(number, None, "no trailer: the bundle is truncated")
+        try:
+            check.begins(str(end.get("head_hash")))
+        except Mismatch as exc:  # an empty log: its trailer's head is not its run's
+            raise Mismatch(number, 0, exc.what, exc.expected, exc.found) from None
         report = check.report(head)
         _check_end(end, report, number)
         header_hash = hashlib.sha256(header).hexdigest()
@@ -658,7 +695,7 @@ def check_bundle(
                 end.get("header_hash"),
                 header_hash,
             )
-        _check_imported(end, check.watched, header_hash, number)
+        _check_imported(end, check.watched, check.start, header_hash, number)
         report.notes += signature_notes(end, header_hash, public_keys, number, whose)
         return BundleCheck(run, report, end, number, rewinds, header)
     except Mismatch as exc:
@@ -693,14 +730,14 @@ def _imported_counts(trailer: bytes) -> set[int]:
 
 
 def _check_imported(
-    end: dict[str, Any], hashes: dict[int, str], header_hash: str, line: int
+    end: dict[str, Any], hashes: dict[int, str], start: str, header_hash: str, line: int
 ) -> None:
     """Each trailer recorded as imported names a prefix of this very log: its head is the hash
     of the entry at its count, its header this bundle's."""
     record = end.get("imported")
     while isinstance(record, dict):
         count = record["count"]
-        logged = GENESIS if count == 0 else hashes.get(count)
+        logged = start if count == 0 else hashes.get(count)
         if record["head_hash"] != logged:
             raise Mismatch(
                 line,

@@ -74,7 +74,8 @@ def serve(
         typer.Option(
             "--insecure-no-auth",
             help="Serve a non-loopback --host although the database holds no API token: anyone "
-            "who can reach the port may read, write, rewind and import every run.",
+            "who can reach the port may read, write, rewind and import every run "
+            "[LRPILOT_INSECURE_NO_AUTH]",
         ),
     ] = False,
     access_log: Annotated[
@@ -133,13 +134,14 @@ def serve(
         max_connections=max_connections,
         shutdown_drain_s=shutdown_drain,
         shutdown_timeout_s=shutdown_timeout,
+        insecure_no_auth=insecure_no_auth or None,
     )
     check_database(settings.database_url)
     if no_migrate:
         _check_schema_is_current(settings.database_url)
     else:
         _migrate(settings.database_url)
-    if not is_loopback(host) and not insecure_no_auth:
+    if not is_loopback(host) and not settings.insecure_no_auth:
         _require_tokens(settings, host)
     console.print(
         f"lrpilot on http://{host}:{port} , database {_safe(settings.database_url)}",

@@ -123,10 +123,11 @@ class Audit:
                 check = LogCheck(run.head.spec, rewinds, watch)
                 for row in snapshot.log(key):
                     _check_row(check, row)
+                check.begins(run.head.head_hash)
                 report = check.report(head)
                 _check_run(run, report)
                 if imported is not None:
-                    _check_import(run.head.spec, imported, check.watched)
+                    _check_import(run.head.spec, imported, check.watched, check.start)
                 return report
             except Mismatch as exc:
                 count = check.count if check is not None else 0
@@ -458,11 +459,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _check_import(run: RunStored, imported: Imported, hashes: dict[int, str]) -> None:
+def _check_import(run: RunStored, imported: Imported, hashes: dict[int, str], start: str) -> None:
     """What an imported run came with (what its export carries) is a prefix of its log: the
     trailer's head is the hash of the entry at its count, its header is this run's."""
     end, count = imported.end, imported.end["count"]
-    logged = GENESIS if count == 0 else hashes.get(count)
+    logged = start if count == 0 else hashes.get(count)
     if end.get("head_hash") != logged:
         raise Mismatch(
             None,

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.domain.errors import Busy, Conflict, RunNotFound, Unavailable
-from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind
+from lrpilot.entries import NOT_DECISIONS, Kind, run_genesis
 from lrpilot.settings import Settings
 from lrpilot.spec import (
     PUBLIC_ORDER,
@@ -997,29 +997,40 @@ class Store:
         from_step: int | None = None,
         to_step: int | None = None,
         superseded: bool | None = None,
+        max_chars: int | None = None,
     ) -> Page:
-        """A page of the run's log in seq order; ``superseded`` None means both branches."""
+        """A page of the run's log in seq order; ``superseded`` None means both branches. With
+        ``max_chars``, the page ends before the entry that would take it past that many
+        characters (it holds one entry at least): the sizes are read first, so that no more
+        than the page is ever loaded (1,000 entries of a 65,536-rank step would be 6 GB)."""
         with self._read() as s:
             if s.get(RunRow, _pk(run)) is None:
                 raise _not_found(run)
-            q = (
-                select(DecisionRow.seq, DecisionRow.body)
-                .where(*_is(DecisionRow, run), DecisionRow.seq > after)
-                .order_by(col(DecisionRow.seq))
-                .limit(limit + 1)
-            )
+            where = [*_is(DecisionRow, run), DecisionRow.seq > after]
             if action is not None:
-                q = q.where(DecisionRow.action == action)
+                where.append(DecisionRow.action == action)
             if from_step is not None:
-                q = q.where(DecisionRow.step >= from_step)
+                where.append(DecisionRow.step >= from_step)
             if to_step is not None:
-                q = q.where(DecisionRow.step <= to_step)
+                where.append(DecisionRow.step <= to_step)
             if superseded is not None:
-                q = q.where(DecisionRow.superseded == superseded)
-            rows = list(s.exec(q))
-            more = len(rows) > limit
-            rows = rows[:limit]
-            return Page(items=[body for _, body in rows], next=rows[-1][0] if more else None)
+                where.append(DecisionRow.superseded == superseded)
+            sizes = list(
+                s.exec(
+                    select(DecisionRow.seq, sa.func.length(DecisionRow.body))
+                    .where(*where)
+                    .order_by(col(DecisionRow.seq))
+                    .limit(limit + 1)
+                )
+            )
+            seqs = _within(sizes[:limit], max_chars)
+            bodies = s.exec(
+                select(DecisionRow.body)
+                .where(*_is(DecisionRow, run), col(DecisionRow.seq).in_(seqs))
+                .order_by(col(DecisionRow.seq))
+            )
+            more = len(sizes) > len(seqs)
+            return Page(items=list(bodies), next=seqs[-1] if more else None)
 
     def head(self, run: RunKey) -> tuple[dict[str, Any], RunHead]:
         """The run's document and its head, read together."""
@@ -1113,7 +1124,7 @@ def _run_row(run: NewRun) -> RunRow:
         config_hash=spec.config_hash,
         state=run.state,
         lrs=run.lrs,
-        head_hash=GENESIS,
+        head_hash=run_genesis(spec.header_doc()),
         created_at=spec.created_at,
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
         scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
@@ -1172,6 +1183,19 @@ def _report(row: Sequence[Any]) -> Report:
         None if row[5] is None else json.loads(row[5]),
         None if row[6] is None else json.loads(row[6]),
     )
+
+
+def _within(sizes: Sequence[tuple[int, int]], max_chars: int | None) -> list[int]:
+    """The seqs of the first (seq, size) pairs whose sizes add up to ``max_chars`` at most
+    (one at least)."""
+    seqs: list[int] = []
+    used = 0
+    for seq, size in sizes:
+        used += size + 1
+        if seqs and max_chars is not None and used > max_chars:
+            break
+        seqs.append(seq)
+    return seqs
 
 
 def _token(text: str) -> float | str:
