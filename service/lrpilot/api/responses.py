@@ -31,7 +31,7 @@ def raw_json(body: str | bytes, status_code: int = 200) -> Response:
 GZIP_FROM_BYTES = 16 << 10
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)  # the steps being answered now; a body may be megabytes
 def _gzipped(body: bytes) -> bytes:
     # the ranks of a step hand in the same bytes object: its hash is computed once, and the
     # cache's equality check is an identity check
