@@ -2,8 +2,9 @@
 
 No Docker engine is needed: docker-compose.yml is parsed with PyYAML, validated against the
 Compose specification's JSON Schema, and the Dockerfile is read as text. The entrypoint that
-builds the database URL from the password secret is run for real. The healthcheck commands (python one-liners, slim images have no curl) are run for real
-against a local HTTP server, to show they pass on 200 and fail on 503.
+builds the database URL from the password secret is run for real, and so are the healthcheck
+commands (python one-liners, slim images have no curl), against a local HTTP server, to show
+they pass on 200 and fail on 503.
 """
 
 from __future__ import annotations
