@@ -1,13 +1,18 @@
 """`lrpilot db backup FILE`: a consistent copy of a SQLite database while the real service
-writes it, and the refusals (PostgreSQL, an existing FILE, a missing directory) in one line."""
+writes it, and the refusals (PostgreSQL, an existing FILE, a missing directory) in one line;
+and the PostgreSQL backup that docs/operations.md gives (pg_dump, pg_restore), run."""
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
 import httpx
+import pytest
+import sqlalchemy as sa
 
 from lrpilot.store.db import upgrade
 from tests.harness import LiveServer
@@ -121,3 +126,32 @@ def test_backup_refuses_postgres_an_existing_file_and_a_missing_directory(
     assert code == 1 and "the database itself" in out, out
     assert "Traceback" not in out
     assert not list(tmp_path.glob(".*.partial")), "a backup left its partial copy behind"
+
+
+@pytest.mark.postgres
+def test_the_documented_pg_dump_and_pg_restore_round_trip(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """docs/operations.md, "Backup": pg_dump -Fc while the service serves, pg_restore --clean
+    --if-exists --single-transaction onto the database, and the service serves it again."""
+    for tool in ("pg_dump", "pg_restore"):
+        assert shutil.which(tool), f"{tool} is not installed (postgresql-client)"
+    libpq_url = sa.make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+    dump = tmp_path / "lrpilot.dump"
+    with LiveServer(postgres_url) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.put("/v1/runs/r1", json=run_spec()).status_code in (200, 201)
+            for step in range(1, 6):
+                body = {"step": step, "value": 1.0 / step}
+                assert http.post("/v1/runs/r1/observations", json=body).status_code == 200
+            subprocess.run(["pg_dump", "-Fc", "-d", libpq_url, "-f", str(dump)],
+                           check=True, timeout=120)  # fmt: skip
+            body = {"step": 6, "value": 0.1}  # after the dump: gone once restored
+            assert http.post("/v1/runs/r1/observations", json=body).status_code == 200
+        before = decision_log(server, "r1")[0]
+    restore = ["pg_restore", "-d", libpq_url, "--clean", "--if-exists", "--single-transaction"]
+    subprocess.run([*restore, str(dump)], check=True, timeout=120, capture_output=True)
+    with LiveServer(postgres_url, migrate=False) as restored:
+        with httpx.Client(base_url=restored.url, timeout=30) as http:
+            assert http.post("/v1/runs/r1/verify", json={}).json()["ok"] is True
+        assert decision_log(restored, "r1")[0] == before[:5]
