@@ -57,7 +57,9 @@ def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None
 
 @db.command("backup")
 def db_backup(
-    file: Annotated[Path, typer.Argument(help="where to write the copy", show_default=False)],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="where to write the copy", show_default=False)
+    ],
     database_url: DatabaseUrl = None,
     force: Annotated[bool, typer.Option("--force", help="replace FILE if it exists")] = False,
 ) -> None:
