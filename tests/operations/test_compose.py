@@ -1,8 +1,10 @@
 """What a user of `docker compose up` and of the Dockerfile relies on, checked statically.
 
-No Docker engine is needed: docker-compose.yml is parsed with PyYAML and the Dockerfile is read
-as text. The healthcheck commands (python one-liners, slim images have no curl) are run for real
-against a local HTTP server, to show they pass on 200 and fail on 503.
+No Docker engine is needed: docker-compose.yml is parsed with PyYAML, validated against the
+Compose specification's JSON Schema, and the Dockerfile is read as text. The entrypoint that
+builds the database URL from the password secret is run for real, and so are the healthcheck
+commands (python one-liners, slim images have no curl), against a local HTTP server, to show
+they pass on 200 and fail on 503.
 """
 
 from __future__ import annotations
@@ -15,16 +17,21 @@ import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from tests.harness import REPO_DIR
 
 COMPOSE_FILE = REPO_DIR / "docker-compose.yml"
 DOCKERFILE = REPO_DIR / "Dockerfile"
+# The Compose specification's JSON Schema, vendored: where from and how to update it,
+# docs/operations.md ("Deployment").
+COMPOSE_SCHEMA = REPO_DIR / "deploy" / "compose-spec.json"
 
 APP_SERVICES = ("migrate", "service")  # the services that run the lrpilot image
 
@@ -69,20 +76,6 @@ def depends_on(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(deps, list):
         return {name: "service_started" for name in deps}
     return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
-
-
-def published_ports(service: dict[str, Any]) -> set[tuple[int, int]]:
-    """(host port, container port) pairs, from the short or the long syntax."""
-    result: set[tuple[int, int]] = set()
-    for port in service.get("ports") or []:
-        if isinstance(port, dict):
-            result.add((int(port["published"]), int(port["target"])))
-            continue
-        spec = str(port).split("/", 1)[0]
-        parts = spec.rsplit(":", 2)
-        if len(parts) >= 2:
-            result.add((int(parts[-2]), int(parts[-1])))
-    return result
 
 
 def healthcheck_argv(service: dict[str, Any]) -> list[str]:
@@ -193,30 +186,89 @@ def test_migrate_and_service_run_the_image_built_from_the_dockerfile(
     assert len(images) == 1, f"migrate and service run different images: {images}"
 
 
-def test_every_app_service_gets_the_same_database_url_matching_the_db_service(
-    services: dict[str, dict[str, Any]],
-) -> None:
-    urls = {name: environment(services[name]).get("LRPILOT_DATABASE_URL") for name in APP_SERVICES}
-    assert all(urls.values()), f"LRPILOT_DATABASE_URL missing: {urls}"
-    assert len(set(urls.values())) == 1, f"different database URLs: {urls}"
+def entrypoint_environment(service: dict[str, Any], secrets_dir: Path) -> dict[str, str]:
+    """The environment a command of the lrpilot image gets from the service's entrypoint, run
+    for real with the secrets read from ``secrets_dir`` instead of /run/secrets."""
+    entrypoint = argv(service["entrypoint"])
+    assert entrypoint[:2] == ["python", "-c"], f"not a python -c entrypoint: {entrypoint}"
+    code = entrypoint[2].replace("/run/secrets/", f"{secrets_dir}/")
+    assert code != entrypoint[2], "the entrypoint reads no secret"
+    shown = "import json, os; print(json.dumps(dict(os.environ)))"
+    done = subprocess.run(
+        [sys.executable, "-c", code, sys.executable, "-c", shown],
+        capture_output=True, text=True, timeout=60, env={"PATH": os.environ.get("PATH", "")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    env: dict[str, str] = json.loads(done.stdout)
+    return env
 
-    url = urlsplit(next(iter(urls.values())))
+
+def test_every_app_service_builds_the_database_url_from_the_db_password_secret(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    password = "p@ss:w/rd with spaces%"  # every character a URL would otherwise misread
+    (tmp_path / "postgres_password").write_text(password + "\n")
     db_env = environment(services["db"])
-    assert url.scheme == "postgresql+psycopg2"
-    assert url.hostname == "db"
-    assert (url.port or 5432) == 5432
-    assert url.username == db_env.get("POSTGRES_USER", "postgres")
-    assert url.password == db_env["POSTGRES_PASSWORD"]
-    assert url.path.lstrip("/") == db_env.get("POSTGRES_DB", url.username)
+    assert "POSTGRES_PASSWORD" not in db_env, "the password must come from the secret"
+    assert db_env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+    assert "postgres_password" in services["db"]["secrets"]
+    assert compose["secrets"]["postgres_password"]["file"] == "./secrets/postgres_password"
+    for name in (*APP_SERVICES, "bootstrap"):
+        assert "postgres_password" in services[name]["secrets"], name
+        assert "LRPILOT_DATABASE_URL" not in environment(services[name]), name
+        url = sa.make_url(entrypoint_environment(services[name], tmp_path)["LRPILOT_DATABASE_URL"])
+        assert url.drivername == "postgresql+psycopg2"
+        assert url.host == "db" and (url.port or 5432) == 5432
+        assert url.username == db_env.get("POSTGRES_USER", "postgres")
+        assert url.password == password
+        assert url.database == db_env.get("POSTGRES_DB", url.username)
 
 
-def test_service_publishes_port_8000_and_has_a_readyz_healthcheck(
+def test_only_the_proxy_is_published_and_the_rest_is_internal(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    published = {name for name, svc in services.items() if svc.get("ports")}
+    assert published == {"proxy"}, published
+    (port,) = services["proxy"]["ports"]
+    # the default of ${LRPILOT_PUBLISH:-...}: loopback, until TLS is put in front
+    assert str(port) == "${LRPILOT_PUBLISH:-127.0.0.1:8000}:8080"
+    networks = compose["networks"]
+    internal = {name for name, net in networks.items() if (net or {}).get("internal")}
+    for name, svc in services.items():
+        joined = set(svc.get("networks") or ["default"])
+        if name == "proxy":
+            assert joined - internal, "the proxy has no network to publish on"
+            continue
+        assert joined <= internal, f"{name} is on a network that reaches outside: {joined}"
+    # the proxy reaches the service, never the database
+    db_networks = set(services["db"]["networks"])
+    assert set(services["proxy"]["networks"]) & set(services["service"]["networks"])
+    assert not set(services["proxy"]["networks"]) & db_networks
+    assert set(services["service"]["networks"]) & db_networks
+
+
+def test_the_compose_file_is_valid_by_the_compose_specification_schema(
+    compose: dict[str, Any],
+) -> None:
+    schema = json.loads(COMPOSE_SCHEMA.read_text(encoding="utf-8"))
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator_class.check_schema(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, "\n".join(errors)
+    # the schema does refuse what Compose refuses
+    broken = {**compose, "services": {**compose["services"], "db": {"image": 16, "bogus": 1}}}
+    assert len(list(validator.iter_errors(broken))) == 2
+
+
+def test_service_has_a_readyz_healthcheck_and_the_proxy_waits_for_it(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    service = services["service"]
-    assert (8000, 8000) in published_ports(service)
-    test = healthcheck_argv(service)
+    test = healthcheck_argv(services["service"])
     assert "/readyz" in " ".join(test)
+    depends = services["proxy"]["depends_on"]["service"]
+    assert depends == {"condition": "service_healthy", "restart": True}
+    assert "/healthz" in " ".join(healthcheck_argv(services["proxy"]))
 
 
 def test_service_serves_on_0_0_0_0_without_migrating(

@@ -1,5 +1,6 @@
-"""``lrpilot serve | db upgrade``: serve the API, migrate the database, and the start-up checks
-that turn a misconfigured deployment into one line saying what to do."""
+"""``lrpilot serve | db upgrade | db backup``: serve the API, migrate the database, copy a
+SQLite database while it serves, and the start-up checks that turn a misconfigured deployment
+into one line saying what to do."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -17,7 +19,9 @@ from rich.console import Console
 from lrpilot.cli._common import fail
 from lrpilot.settings import Settings
 
-db = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+db = typer.Typer(
+    help="The database: its schema (Alembic migrations) and backups.", no_args_is_help=True
+)
 console = Console(stderr=True)
 
 DatabaseUrl = Annotated[
@@ -48,6 +52,45 @@ def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None
     _migrate(settings.database_url, revision)
     console.print(
         f"[green]database at {_safe(settings.database_url)} is at {revision}[/]", soft_wrap=True
+    )
+
+
+@db.command("backup")
+def db_backup(
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="where to write the copy", show_default=False)
+    ],
+    database_url: DatabaseUrl = None,
+    force: Annotated[bool, typer.Option("--force", help="replace FILE if it exists")] = False,
+) -> None:
+    """Copy a SQLite database to FILE, consistently, while the service serves it."""
+    from lrpilot.store.db import BackupError, backup_sqlite
+
+    settings = _settings(database_url)
+    url = _parse(settings.database_url)
+    if url.get_backend_name() != "sqlite":
+        fail(
+            f"{_where(url)} is backed up with PostgreSQL's own tools: pg_dump (or a base "
+            "backup with pg_basebackup); see docs/operations.md, Backup"
+        )
+    source = url.database or ""
+    if source in ("", ":memory:") or source.startswith("file:"):
+        fail(f"the database URL names no SQLite file ({settings.database_url})")
+    if file.is_dir():
+        fail(f"{file} is a directory; name the file to write")
+    if not file.parent.is_dir():
+        fail(f"the directory {file.parent} does not exist")
+    if file.exists() and not force:
+        fail(f"{file} exists; pass --force to replace it")
+    try:
+        size = backup_sqlite(source, file, settings.db_timeout_s)
+    except BackupError as exc:
+        fail(f"backing up {_where(url)} failed: {exc}")
+    console.print(
+        f"{_where(url)} copied to {file} ({size} bytes)",
+        style="green",
+        soft_wrap=True,
+        markup=False,
     )
 
 

@@ -268,6 +268,63 @@ def same_file(path: str, known: tuple[int, int] | None) -> bool:
     return known is not None and file_id(path) == known
 
 
+class BackupError(Exception):
+    """A backup that could not be made; the message says why, for an operator."""
+
+
+def backup_sqlite(path: str, dest: Path, timeout_s: float) -> int:
+    """Copy the SQLite database at ``path`` to ``dest`` while the service goes on writing it;
+    returns the copy's size in bytes.
+
+    SQLite's online backup, in one step: it reads one snapshot of the database, so the copy is
+    consistent, and in WAL mode the service's writers go on meanwhile. (A backup in several
+    steps restarts whenever another connection writes, and on a busy service might never
+    finish.) The copy is written beside ``dest``, checked (``PRAGMA integrity_check``), synced
+    and only then renamed onto ``dest``: ``dest`` is never half a copy, even after a crash."""
+    source_file = file_id(path)
+    if source_file is None:
+        raise BackupError(f"there is no database file at {path}")
+    if file_id(str(dest)) == source_file:
+        raise BackupError(f"{dest} is the database itself")
+    partial = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
+    try:
+        partial.unlink(missing_ok=True)  # left by a killed backup of this pid
+        source = _read_write_opener(path, timeout_s)()
+        try:
+            copy = sqlite3.connect(partial, timeout=timeout_s)
+            try:
+                source.backup(copy)  # pages=-1: every page in one step, one snapshot
+                (verdict,) = copy.execute("PRAGMA integrity_check").fetchone()
+                if verdict != "ok":
+                    raise BackupError(f"the copy fails PRAGMA integrity_check: {verdict}")
+            finally:
+                copy.close()
+        finally:
+            source.close()
+        with partial.open("rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, dest)
+        _fsync_dir(dest.parent)
+        return dest.stat().st_size
+    except sqlite3.Error as exc:
+        raise BackupError(f"SQLite: {exc}") from exc
+    except OSError as exc:
+        raise BackupError(f"{exc.strerror or exc}: {exc.filename or dest}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (where the platform allows opening a directory)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def sqlite_path(engine: Engine) -> str | None:
     """The database file of an SQLite engine on disk (None for memory or other databases)."""
     if engine.dialect.name != "sqlite":
