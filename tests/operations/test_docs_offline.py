@@ -26,6 +26,16 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
 RENDER_TIMEOUT_S = 30  # a bound on a hang, not a claim about speed
+# Each page's script listing the operations it shows, as [method, path] pairs: Swagger UI's
+# operation blocks; ReDoc's endpoint boxes (an HTTP verb, then the path)
+LISTED = {
+    "/docs": "return Array.from(document.querySelectorAll('.opblock-summary')).map(e => ["
+    "e.querySelector('.opblock-summary-method').textContent,"
+    "e.querySelector('.opblock-summary-path').dataset.path])",
+    "/redoc": "return Array.from(document.querySelectorAll('.http-verb')).map(e => ["
+    "e.textContent, e.nextElementSibling ? e.nextElementSibling.textContent : ''])"
+    ".filter(([m, p]) => p.startsWith('/'))",
+}
 
 
 @pytest.fixture(scope="module")
@@ -66,37 +76,16 @@ def test_the_browser_reaches_nothing_but_loopback(browser: Any, module_server: L
     assert outcome.startswith("failed"), outcome
 
 
-def test_swagger_ui_lists_every_operation_offline(
-    browser: Any, module_server: LiveServer, operations: set[tuple[str, str]]
+@pytest.mark.parametrize("page", sorted(LISTED))
+def test_the_page_lists_every_operation_offline(
+    browser: Any, module_server: LiveServer, operations: set[tuple[str, str]], page: str
 ) -> None:
-    _open(browser, f"{module_server.url}/docs")
-    listed = _wait_for(
-        browser,
-        "return Array.from(document.querySelectorAll('.opblock-summary')).map(e => ["
-        "e.querySelector('.opblock-summary-method').textContent,"
-        "e.querySelector('.opblock-summary-path').dataset.path])",
-        len(operations),
-    )
-    assert {(method, path) for method, path in listed} == operations
-    assert ("PUT", "/v1/runs/{run_id}") in operations
-    _assert_loaded_from(browser, module_server.url)
-
-
-def test_redoc_lists_every_operation_offline(
-    browser: Any, module_server: LiveServer, operations: set[tuple[str, str]]
-) -> None:
-    _open(browser, f"{module_server.url}/redoc")
-    # each operation's endpoint box: its method and its path
-    listed = _wait_for(
-        browser,
-        "return Array.from(document.querySelectorAll('.http-verb')).map(e => ["
-        "e.textContent, e.nextElementSibling ? e.nextElementSibling.textContent : ''])"
-        ".filter(([m, p]) => p.startsWith('/'))",
-        len(operations),
-    )
-    assert {(method.upper(), path) for method, path in listed} == operations
-    text = browser.find_element("tag name", "body").text
-    assert "/v1/runs/{run_id}" in text and "Put Run" in text
+    _open(browser, f"{module_server.url}{page}")
+    listed = {
+        (method.upper(), path) for method, path in _wait_for(browser, LISTED[page], len(operations))
+    }
+    assert ("PUT", "/v1/runs/{run_id}") in listed
+    assert listed == operations
     _assert_loaded_from(browser, module_server.url)
 
 
@@ -111,7 +100,7 @@ def _open(browser: Any, url: str) -> None:
 
 
 def _wait_for(browser: Any, script: str, count: int) -> list[list[str]]:
-    """What ``script`` returns once it lists ``count`` items (the page renders after load)."""
+    """What ``script`` lists once it lists ``count`` items (the page renders after load)."""
     seen: list[list[str]] = []
 
     def rendered(driver: Any) -> bool:
@@ -123,7 +112,7 @@ def _wait_for(browser: Any, script: str, count: int) -> list[list[str]]:
         WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.1).until(rendered)
     except Exception:
         pytest.fail(
-            f"rendered {len(seen)} of {count} operations; log: {browser.get_log('browser')}"
+            f"listed {len(seen)} of {count}; the browser's log: {browser.get_log('browser')}"
         )
     return seen
 

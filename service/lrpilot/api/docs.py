@@ -11,6 +11,8 @@ document and need no token (the document itself, ``/openapi.json``, is open too)
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
@@ -38,6 +40,13 @@ ASSETS_PATH = "/docs/assets"
 ASSETS = ("fastapi_offline", "static")
 
 
+class Document(TypedDict):
+    """What both pages are given: the document they show, and their title."""
+
+    openapi_url: str
+    title: str
+
+
 def install(app: FastAPI) -> None:
     """``/docs``, ``/redoc``, their assets under ``/docs/assets``, and ``/`` sending a person
     to ``/docs``. ``app`` must be made with ``docs_url=None, redoc_url=None`` (no CDN pages)."""
@@ -49,30 +58,32 @@ def install(app: FastAPI) -> None:
         # behind a proxy that mounts the service under a prefix, links must carry it
         return f"{request.scope.get('root_path', '')}{path}"
 
+    def asset(request: Request, name: str) -> str:
+        return prefixed(request, f"{ASSETS_PATH}/{name}")
+
+    def document(request: Request, viewer: str) -> Document:
+        return {"openapi_url": prefixed(request, openapi_url), "title": f"{title} - {viewer}"}
+
     async def swagger_ui(request: Request) -> Response:
-        return _offline(
-            get_swagger_ui_html(
-                openapi_url=prefixed(request, openapi_url),
-                title=f"{title} - Swagger UI",
-                swagger_js_url=prefixed(request, f"{ASSETS_PATH}/swagger-ui-bundle.js"),
-                swagger_css_url=prefixed(request, f"{ASSETS_PATH}/swagger-ui.css"),
-                swagger_favicon_url=prefixed(request, f"{ASSETS_PATH}/favicon.png"),
-                # lrpilot's tokens are bearer tokens (Authorize: paste one), not an OAuth2 flow
-                oauth2_redirect_url=None,
-                swagger_ui_parameters=app.swagger_ui_parameters,
-            )
+        page = get_swagger_ui_html(
+            **document(request, "Swagger UI"),
+            swagger_js_url=asset(request, "swagger-ui-bundle.js"),
+            swagger_css_url=asset(request, "swagger-ui.css"),
+            swagger_favicon_url=asset(request, "favicon.png"),
+            # lrpilot's tokens are bearer tokens, not an OAuth2 flow: no redirect page
+            oauth2_redirect_url=None,
+            swagger_ui_parameters=app.swagger_ui_parameters,
         )
+        return _offline(page)
 
     async def redoc(request: Request) -> Response:
-        return _offline(
-            get_redoc_html(
-                openapi_url=prefixed(request, openapi_url),
-                title=f"{title} - ReDoc",
-                redoc_js_url=prefixed(request, f"{ASSETS_PATH}/redoc.standalone.js"),
-                redoc_favicon_url=prefixed(request, f"{ASSETS_PATH}/favicon.png"),
-                with_google_fonts=False,  # fonts from Google are a CDN too: the system's serve
-            )
+        page = get_redoc_html(
+            **document(request, "ReDoc"),
+            redoc_js_url=asset(request, "redoc.standalone.js"),
+            redoc_favicon_url=asset(request, "favicon.png"),
+            with_google_fonts=False,  # fonts from Google are a CDN too: the system's serve
         )
+        return _offline(page)
 
     async def home(request: Request) -> Response:
         # until the dashboard exists, the API's pages are what a person opening the URL wants
