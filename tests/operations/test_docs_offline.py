@@ -3,7 +3,8 @@
 OpenAPI document, and nothing it loads may come from elsewhere (or else be refused by the
 page's own Content-Security-Policy before any request leaves).
 
-CI installs chromium and chromium-driver (.ci/run); elsewhere the test is skipped without them.
+CI installs chromium and chromium-driver (.ci/run) and fails without them; elsewhere the tests
+are skipped without them.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness import LiveServer
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -39,13 +39,14 @@ LISTED = {
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[WebDriver]:
     if CHROMIUM is None or CHROMEDRIVER is None:
         if os.environ.get("CI"):
             pytest.fail("CI must install chromium and chromium-driver (.ci/run)")
         pytest.skip("Debian's chromium and chromium-driver are not installed")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # root (CI) gets no sandbox; a container's small /dev/shm must not crash the renderer
     for argument in ("--headless", "--no-sandbox", "--disable-dev-shm-usage", OFFLINE):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -64,7 +65,9 @@ def operations(module_server: LiveServer) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, ops in paths.items() for method in ops}
 
 
-def test_the_browser_reaches_nothing_but_loopback(browser: Any, module_server: LiveServer) -> None:
+def test_the_browser_reaches_nothing_but_loopback(
+    browser: WebDriver, module_server: LiveServer
+) -> None:
     """The premise: from this browser a CDN is unreachable (else the other tests prove
     nothing)."""
     browser.get(f"{module_server.url}/healthz")
@@ -78,7 +81,7 @@ def test_the_browser_reaches_nothing_but_loopback(browser: Any, module_server: L
 
 @pytest.mark.parametrize("page", sorted(LISTED))
 def test_the_page_lists_every_operation_offline(
-    browser: Any, module_server: LiveServer, operations: set[tuple[str, str]], page: str
+    browser: WebDriver, module_server: LiveServer, operations: set[tuple[str, str]], page: str
 ) -> None:
     _open(browser, f"{module_server.url}{page}")
     listed = {
@@ -89,21 +92,21 @@ def test_the_page_lists_every_operation_offline(
     _assert_loaded_from(browser, module_server.url)
 
 
-def test_root_sends_a_person_to_the_docs(browser: Any, module_server: LiveServer) -> None:
+def test_root_sends_a_person_to_the_docs(browser: WebDriver, module_server: LiveServer) -> None:
     browser.get(f"{module_server.url}/")
     assert browser.current_url == f"{module_server.url}/docs"
 
 
-def _open(browser: Any, url: str) -> None:
+def _open(browser: WebDriver, url: str) -> None:
     browser.get_log("browser")  # what earlier pages logged is read and gone
     browser.get(url)
 
 
-def _wait_for(browser: Any, script: str, count: int) -> list[list[str]]:
+def _wait_for(browser: WebDriver, script: str, count: int) -> list[list[str]]:
     """What ``script`` lists once it lists ``count`` items (the page renders after load)."""
     seen: list[list[str]] = []
 
-    def rendered(driver: Any) -> bool:
+    def rendered(driver: WebDriver) -> bool:
         nonlocal seen
         seen = driver.execute_script(script)
         return len(seen) >= count
@@ -117,7 +120,7 @@ def _wait_for(browser: Any, script: str, count: int) -> list[list[str]]:
     return seen
 
 
-def _assert_loaded_from(browser: Any, origin: str) -> None:
+def _assert_loaded_from(browser: WebDriver, origin: str) -> None:
     """Every resource the page asked for is the server's, except those its policy blocked
     before a request (ReDoc's sidebar logo); and the page logged no other error."""
     resources = browser.execute_script(
