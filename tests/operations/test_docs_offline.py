@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -113,7 +114,7 @@ def _wait_for(browser: WebDriver, script: str, count: int) -> list[list[str]]:
 
     try:
         WebDriverWait(browser, RENDER_TIMEOUT_S, poll_frequency=0.1).until(rendered)
-    except Exception:
+    except TimeoutException:
         pytest.fail(
             f"listed {len(seen)} of {count}; the browser's log: {browser.get_log('browser')}"
         )
