@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from lrpilot import __version__
-from lrpilot.api import audit, auth, errors, health, limits, policies, runs, simulate, tokens
+from lrpilot.api import audit, auth, docs, errors, health, limits, policies, runs, simulate, tokens
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain.aggregated import Posted
@@ -97,6 +97,8 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         summary="Post validation metrics, get the next learning rate; every decision logged.",
         default_response_class=StrictJSONResponse,
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves them without a CDN
+        redoc_url=None,
         **_NO_TELEMETRY,
     )
     app.state.settings = settings
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     for module in (runs, audit, simulate, policies, tokens):  # each route checks its caller
         app.include_router(module.router, responses=auth.REFUSALS)
     app.include_router(health.router)
+    docs.install(app)
     # the import streams its body to disk, under its own limit
     streamed = {"/v1/runs/import": (settings.max_import_bytes, "LRPILOT_MAX_IMPORT_BYTES")}
     limits.install_json_check(app, streamed)  # before the fast path: inside it, by the routes
