@@ -1,6 +1,7 @@
-"""Every code block of README.md runs as written, in the order a new user meets them, against one
-real server started as the README starts it (`lrpilot serve` on the SQLite file `lrpilot.db` of
-the working directory, which also holds the checkout's docs/ and examples/):
+"""Every code block of README.md runs as written, in the order a new user meets them (the console
+blocks between two python blocks run while the python ones do), against one real server started
+as the README starts it (`lrpilot serve` on the SQLite file `lrpilot.db` of the working
+directory, which also holds the checkout's docs/ and examples/):
 
 - a `console` block: its `$ ` commands run one by one in bash (curl, the venv's `lrpilot`) and
   each prints what the README shows below it. In a shown line `...` and `…` stand for anything,
@@ -172,8 +173,8 @@ for n, path in enumerate(sys.argv[1:]):
 """
 
 
-def run_python(scripts: list[Block], server: LiveServer, cwd: Path) -> list[str]:
-    """Run the python blocks in one interpreter, in order; what each printed."""
+def start_python(scripts: list[Block], server: LiveServer, cwd: Path) -> subprocess.Popen[str]:
+    """Start the python blocks in one interpreter, in order (`printed` reads what they print)."""
     paths = []
     for n, block in enumerate(scripts):
         assert README_URL in block.body, f"README.md line {block.line}: which service?"
@@ -182,19 +183,24 @@ def run_python(scripts: list[Block], server: LiveServer, cwd: Path) -> list[str]
         paths.append(str(path))
     (cwd / "readme_runner.py").write_text(RUNNER)
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}  # the snippet says it
-    done = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "readme_runner.py", *paths],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         cwd=cwd,
         env=env,
     )
-    printed = re.split(r"^==> readme block \d+\n", done.stdout, flags=re.M)[1:]
-    failed = scripts[len(printed) - 1] if printed else scripts[0]
-    assert done.returncode == 0, f"README.md line {failed.line}:\n{done.stderr[-4000:]}"
-    assert len(printed) == len(scripts)
-    return printed
+
+
+def outputs(python: subprocess.Popen[str], scripts: list[Block]) -> list[str]:
+    """What each python block printed, once they all ran."""
+    stdout, stderr = python.communicate(timeout=300)
+    each = re.split(r"^==> readme block \d+\n", stdout, flags=re.M)[1:]
+    failed = scripts[len(each) - 1] if each else scripts[0]
+    assert python.returncode == 0, f"README.md line {failed.line}:\n{stderr[-4000:]}"
+    assert len(each) == len(scripts)
+    return each
 
 
 # -- the tests -----------------------------------------------------------------------------------
@@ -230,20 +236,30 @@ def test_every_block_runs_as_written(tmp_path: Path) -> None:
     for name in ("docs", "examples"):
         (work / name).symlink_to(REPO_DIR / name)
     found = [b for b in blocks() if b.skip is None]
-    first_python = next(i for i, b in enumerate(found) if b.language == "python")
-    python = [b for b in found if b.language == "python"]
+    at = [i for i, b in enumerate(found) if b.language == "python"]
+    python = [found[i] for i in at]
     (loop,) = blocks(section("From a training loop"))
-    # the python blocks in one interpreter, where the first of them stands (the console blocks
-    # after it use runs of their own); the training loop twice: a restart of the job
+    # the python blocks in one interpreter, the training loop twice (a restart of the job); the
+    # console blocks between the first and the last python block run meanwhile (runs of their
+    # own, the frameworks' imports take a while), those after it once the python ones are done
     scripts = [python[0], *python]
     assert scripts[0].body == loop.body
     with LiveServer(f"sqlite:///{work / 'lrpilot.db'}") as server:
-        for block in found[:first_python]:
+        for block in found[: at[0]]:
             run_console(block, server, work)
-        printed = run_python(scripts, server, work)
+        running = start_python(scripts, server, work)
+        try:
+            for block in found[at[0] : at[-1]]:
+                if block.language == "console":
+                    run_console(block, server, work)
+            each = outputs(running, scripts)
+        finally:
+            if running.poll() is None:  # a console block failed: stop the scripts too
+                running.kill()
+                running.communicate()
         with httpx.Client(base_url=server.url, timeout=30.0) as http:
-            check_python(http, loop, python, printed)
-        for block in found[first_python:]:
+            check_python(http, loop, python, each)
+        for block in found[at[-1] :]:
             if block.language == "console":
                 run_console(block, server, work)
     assert (work / "whatif.png").read_bytes().startswith(b"\x89PNG")  # the audit's --plot
