@@ -18,6 +18,7 @@ from lrpilot.audit.simulate import Setup
 from lrpilot.cli.plot import (
     PlotError,
     changes_lrs,
+    describe,
     plotted_steps,
     read_spec,
     read_values,
@@ -112,7 +113,25 @@ def test_plateau_series_is_lrs_at_from_the_state_in_force() -> None:
             reductions.append((step, "reduce"))
     assert reductions and series.marks == reductions
     assert series.lrs[0] == (0.1, 0.01) and series.lrs[-1] == state.lrs
-    assert series.title.startswith("plateau@1 ") and '"patience":2' in series.title
+    assert series.title.startswith("plateau@1 with ") and "patience 2" in series.title
+
+
+def test_the_title_is_a_sentence_of_the_policy_and_its_params() -> None:
+    phases = {
+        "phases": [
+            {"policy": {"name": "linear", "version": 1, "params": {"total_iters": 1000}},
+             "until_step": 1000},
+            {"policy": {"name": "plateau", "version": 1, "params": {"min_lr": [0.0, 1e-05]}}},
+        ]
+    }  # fmt: skip
+    assert describe("sequence@1", phases) == (
+        "sequence@1 with phases linear@1 (total_iters 1000) until_step 1000, then plateau@1 "
+        "(min_lr [0.0, 1e-05])"
+    )
+    assert describe("plateau@2", {"on_plateau": {"action": "decay", "steps": 3}, "x": True}) == (
+        "plateau@2 with on_plateau (action decay, steps 3), x true"
+    )
+    assert describe("cosine@1", {}) == "cosine@1 (its defaults)"
 
 
 def test_range_test_series_is_the_ramp_then_held_at_the_stop() -> None:

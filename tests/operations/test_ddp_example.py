@@ -1,11 +1,13 @@
 """examples/ddp_digits.py, a real 2-process DistributedDataParallel training (gloo, CPU), against
 the real service in aggregated mode: both ranks train with the same lr at every step, that lr is
-the decision's, every decision counts both ranks with their weights, and the model learns."""
+the decision's, every decision counts both ranks with their weights, the model learns, and it
+prints what the README shows (test_readme leaves that block to this test: one run of it)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from itertools import pairwise
@@ -16,6 +18,7 @@ import httpx
 import pytest
 
 from tests.harness import REPO_DIR, LiveServer
+from tests.operations.test_readme import console_commands, ddp_block
 
 EXAMPLE = REPO_DIR / "examples" / "ddp_digits.py"
 RUN_ID = "ddp-test"
@@ -42,6 +45,7 @@ def run_example(server: LiveServer, out: Path) -> tuple[list[dict[str, Any]], st
 def test_both_ranks_train_with_the_decided_lrs(live_server: LiveServer, tmp_path: Path) -> None:
     records, printed = run_example(live_server, tmp_path)
     rank0, rank1 = records
+    readme_shows(printed.splitlines()[:EPOCHS])
     log = httpx.get(f"{live_server.url}/v1/runs/{RUN_ID}/decisions?limit=1000").json()["items"]
 
     # (1) the ranks' lrs are identical at every training step (exactly: the same floats)
@@ -75,3 +79,19 @@ def test_both_ranks_train_with_the_decided_lrs(live_server: LiveServer, tmp_path
     for d, following in pairwise(log):
         assert set(lrs[d["step"] : following["step"]]) == {d["lrs"][0]}, d
     assert len(lrs) == log[-1]["step"]  # the last evaluation ends the training
+
+
+LOSS = re.compile(r"\d+\.\d+")
+
+
+def readme_shows(printed: list[str]) -> None:
+    """The README's lines of the example's output are what it printed: the same epochs, steps,
+    actions and lrs; the losses to the README's 4 decimals, give or take 2 in the third (the
+    example is seeded, but float sums may round otherwise on another CPU)."""
+    (shown,) = [lines for command, lines in console_commands(ddp_block().body) if "ddp" in command]
+    by_epoch = {line.split()[1]: line for line in printed}
+    for want in (line for line in shown if line != "..."):
+        got = by_epoch.get(want.split()[1], "(no such epoch)")
+        assert LOSS.sub("#", got) == LOSS.sub("#", want), f"README: {want}\nprinted: {got}"
+        for a, b in zip(LOSS.findall(want), LOSS.findall(got), strict=True):
+            assert abs(float(a) - float(b)) <= 0.002, f"README: {want}\nprinted: {got}"

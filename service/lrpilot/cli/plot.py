@@ -14,7 +14,8 @@ One curve a param group; a log y axis when the lrs span more than a decade (``--
 it linear); the metric on a second y axis (log when it is positive and spans more than three
 decades: a loss that explodes, as in a range test); a vertical mark at each decision that
 changed the lrs on its own (the first stop, or new lrs from any action but a schedule's own
-ramp, "warmup" and "decay": a reduction); the policy id and params as the title.
+ramp, "warmup" and "decay": a reduction); the policy and its params as the title, a sentence
+(``describe``), wrapped between words.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import typer
 from pydantic import ValidationError
 
 from lrpilot.audit.simulate import Setup
-from lrpilot.canonical import canonical_json, parse_float
+from lrpilot.canonical import parse_float
 from lrpilot.cli._common import DEFAULT_URL, Token, client, fail
 from lrpilot.policies import PolicyError
 from lrpilot.policies.base import MAX_STEP
@@ -89,6 +90,37 @@ def plotted_steps(steps: int, every: int, extra: Sequence[int] = ()) -> list[int
     chosen.add(steps)
     chosen.update(s for s in extra if 0 <= s <= steps)
     return sorted(chosen)
+
+
+def describe(policy_id: str, params: dict[str, Any]) -> str:
+    """A policy and its params as a person reads them, e.g. "plateau@1 with factor 0.5, patience
+    3" or "sequence@1 with phases linear@1 (start_factor 0.01, total_iters 1000) until_step
+    1000, then plateau@1 (patience 3)": the names the spec uses, its numbers as it wrote them."""
+    return f"{policy_id} with {_params(params)}" if params else f"{policy_id} (its defaults)"
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{key} {_value(key, value)}" for key, value in params.items())
+
+
+def _value(key: str, value: Any) -> str:
+    if isinstance(value, dict):
+        if {"name", "version"} <= value.keys():  # a nested policy (sequence, scaled)
+            inner = value.get("params") or {}
+            ref = f"{value['name']}@{value['version']}"
+            return f"{ref} ({_params(inner)})" if inner else ref
+        if "policy" in value:  # a phase: its policy, then when it ends
+            rest = {k: v for k, v in value.items() if k != "policy"}
+            policy = _value("policy", value["policy"])
+            return f"{policy} {_params(rest)}" if rest else policy
+        return f"({_params(value)})"
+    if isinstance(value, list):
+        if key == "phases":  # they follow one another
+            return ", then ".join(_value(key, v) for v in value)
+        return f"[{', '.join(_value(key, v) for v in value)}]"  # min_lr per group, say
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return str(value)
 
 
 # -- offline, from a spec ------------------------------------------------------------------------
@@ -200,7 +232,7 @@ def spec_series(
     policy, resolved = setup.policy, setup.params
     shown = params if params is not None else resolved.model_dump()
     series = Series(
-        title=f"{setup.policy_id} {canonical_json(shown) if shown else '(defaults)'}",
+        title=describe(setup.policy_id, shown),
         metric=setup.metric,
     )
     evaluations = [(s, v) for s, v in stream if s <= steps]
@@ -237,7 +269,7 @@ def run_series(lrpilot: Client, run_id: str, steps: int | None, every: int = 1) 
             steps = run.last_step
         policy = run.policy
         series = Series(
-            title=f"run {run_id}: {policy.ref} {canonical_json(dict(policy.params))}",
+            title=f"run {run_id}: {describe(policy.ref, dict(policy.params))}",
             metric=run.metric or "metric",
         )
         last_action = ""
@@ -360,7 +392,9 @@ def draw(series: Series, path: Path, linear: bool = False) -> None:
             more_handles, more_labels = metric_ax.get_legend_handles_labels()
             handles, labels = handles + more_handles, labels + more_labels
         ax.legend(handles, labels, loc="best", fontsize="small")
-        ax.set_title("\n".join(textwrap.wrap(series.title, 110)), fontsize="medium")
+        # between words only: a long value stays whole on its line
+        lines = textwrap.wrap(series.title, 110, break_long_words=False, break_on_hyphens=False)
+        ax.set_title("\n".join(lines), fontsize="medium")
         fig.tight_layout()
         fig.savefig(path, format="png")
     finally:
