@@ -382,6 +382,7 @@ class Resilience:
         if not self.buffering:
             raise exc
         self.outage.failed(exc)
+        self.outage.announce()
 
     # --- the outbox --------------------------------------------------------------------------
 
