@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from . import _calls
+from . import _calls, _deadline
 from ._base import (
     DEFAULT_BASE_URL,
     DEFAULT_FLUSH_TIMEOUT,
@@ -21,6 +21,7 @@ from ._base import (
     sink,
 )
 from ._calls import Call
+from ._deadline import bounded
 from ._retry import Attempts
 from .errors import LrpilotError, ServiceUnavailableError
 
@@ -73,7 +74,7 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
 
     def _open(self, options: dict[str, Any], transport: httpx.BaseTransport | None) -> httpx.Client:
         self._flushing = threading.Lock()  # one sender of the outbox at a time
-        return httpx.Client(**options, transport=transport)
+        return httpx.Client(**options, transport=transport or _deadline.transport())
 
     def close(self) -> None:
         """Try to send what is buffered (for at most `close_timeout` seconds), then close the
@@ -106,7 +107,13 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
     def _send(self, call: Call[T], attempts: Attempts | None = None) -> T:
         """Send `call` with its retries (the policy's unless given); no outage handling."""
         attempts, timeout = self._attempts(call, attempts)
+        with bounded(self._deadline_of(call)) as deadline:
+            return self._attempt(call, attempts, timeout, deadline)
+
+    def _attempt(self, call: Call[T], attempts: Attempts, timeout: Any, deadline: float) -> T:
         for wait in attempts:
+            if time.monotonic() + wait >= deadline:
+                break  # no time left for another try
             if wait > 0:
                 time.sleep(wait)
             content = _calls.file_chunks(call.upload)() if call.upload else None

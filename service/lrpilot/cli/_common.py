@@ -33,6 +33,7 @@ Token = Annotated[
 ]
 # connect briefly; read long: the service checks a whole bundle before it answers an import
 TIMEOUT = httpx.Timeout(30.0, read=300.0)
+DEADLINE = 600.0  # a command's call in all: an import's check, with room; Ctrl-C ends it sooner
 
 
 def fail(message: str) -> NoReturn:
@@ -53,6 +54,7 @@ def client(url: str, token: str | None = None) -> Client:
             on_unavailable="raise",
             identity={},
             token=token,
+            deadline=DEADLINE,
         )
     except ValueError as exc:  # the client's check of the URL: nothing was sent
         fail(f"--url: {exc}")
