@@ -156,6 +156,7 @@ def show(
         ("lrs", _lrs(summary.lrs)),
         ("base lrs", _lrs(run.base_lrs)),
         ("steps", _steps(summary.first_step, summary.last_step)),
+        ("last step", "none yet" if summary.last_step is None else str(summary.last_step)),
         ("decisions", f"{summary.decisions} ({summary.superseded} superseded by rewinds)"),
         ("best", f"{run.metric or 'metric'} {best_text}"),
         ("head", summary.head_hash),
@@ -178,7 +179,7 @@ def show(
 
 
 def _steps(first: int | None, last: int | None) -> str:
-    return "none yet" if last is None else f"{first} to {last} (last step {last})"
+    return "none yet" if last is None else f"{first} to {last}"
 
 
 def decisions(
