@@ -103,14 +103,22 @@ def _clean_metavars(params: list[Any], ctx: Any) -> list[Any]:
     """A flag shows no metavar, an option its value's kind in capitals (TEXT, PATH, INTEGER)
     rather than a Python type (`<bool>`, `<list[Path]>`), an argument its name in capitals."""
     for param in params:
+        kind = param.display_type(ctx).strip("<>").removeprefix("list[").rstrip("]")
+        kind = _KINDS.get(kind.lower(), kind.upper())
+        if isinstance(param, TyperArgument):
+            # (typer shows an argument's type apart from its metavar, as a Python type)
+            param.display_type_rich = functools.partial(_kind, kind)  # type: ignore[method-assign]
         if param.metavar is not None:
             continue
         if isinstance(param, TyperOption):
-            kind = param.display_type(ctx).strip("<>").removeprefix("list[").rstrip("]")
-            param.metavar = "" if param.is_flag else _KINDS.get(kind.lower(), kind.upper())
+            param.metavar = "" if param.is_flag else kind
         elif isinstance(param, TyperArgument) and param.name:
             param.metavar = param.name.upper()
     return params
+
+
+def _kind(kind: str, ctx: Any) -> str:
+    return kind
 
 
 class Command(TyperCommand):

@@ -196,6 +196,8 @@ def keygen_(
 ) -> None:
     """Write an Ed25519 key pair for signed heads: the service signs with the private key
     (LRPILOT_SIGNING_KEY=PREFIX.pem), auditors check with the public one."""
+    if prefix.is_dir():
+        fail(f"{prefix} is a directory; give a prefix in it, e.g. {prefix / 'lrpilot-signing'}")
     private, public = Path(f"{prefix}.pem"), Path(f"{prefix}.pub.pem")
     for path in (private, public):
         writable(path, "PREFIX")
@@ -242,6 +244,8 @@ def simulate(
     try:
         run = bundle_run(lambda: read_lines(bundle))
         setup = run_setup(run, overrides, policy)
+    except Mismatch as exc:
+        fail(f"{bundle}: {exc}")
     except (PolicyError, ValueError) as exc:
         fail(str(exc))
     progress = _progress(bundle)
