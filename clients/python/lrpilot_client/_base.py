@@ -370,6 +370,16 @@ class ClientBase(Generic[H, X]):
             return None
         return self.deadline + (call.read_timeout or 0.0)
 
+    @staticmethod
+    def _past_deadline(
+        exc: ServiceUnavailableError, total: float | None, deadline: float
+    ) -> ServiceUnavailableError:
+        """`exc`, saying so when it is the call's deadline that ended it."""
+        if total is None or time.monotonic() < deadline:
+            return exc
+        exc.args = (f"{exc} (the call's deadline of {total:g} s passed)",)
+        return exc
+
     def _request_of(self, call: Call[Any], timeout: Any, content: Any) -> httpx.Request:
         return self._http.build_request(
             call.method, call.path, params=call.params, json=call.body, content=content,
@@ -402,7 +412,9 @@ class ClientBase(Generic[H, X]):
     def _stand_in(self, exc: ServiceUnavailableError, offline: Callable[[], T]) -> T:
         """A call with a stand-in failed: the stand-in ("buffer" mode; "raise" mode raises)."""
         self._res.unreachable(exc)
-        return offline()
+        answer = offline()  # (raises when the client knows no rates of the run)
+        self._res.outage.announce()
+        return answer
 
     def _answered(self, result: T) -> T:
         self._res.answered(result)
@@ -413,6 +425,7 @@ class ClientBase(Generic[H, X]):
         in "raise" mode), or the service refused it (raised, out of the outbox)."""
         if isinstance(exc, ServiceUnavailableError):
             self._res.unreachable(exc)
+            self._res.outage.announce()  # it stays buffered
             return
         raise self._res.refused(obs, exc) from exc
 

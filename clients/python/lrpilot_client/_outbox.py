@@ -382,7 +382,6 @@ class Resilience:
         if not self.buffering:
             raise exc
         self.outage.failed(exc)
-        self.outage.announce()
 
     # --- the outbox --------------------------------------------------------------------------
 

@@ -104,7 +104,7 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
                 answer = httpx.ReadTimeout("the call's deadline passed")
             if (result := self._settle(call, attempts, answer)) is not RETRY:
                 return result  # type: ignore[return-value]
-        raise attempts.exhausted(call.describe())
+        raise self._past_deadline(attempts.exhausted(call.describe()), total, deadline)
 
     async def _flush_pending(self) -> None:
         res = self._res

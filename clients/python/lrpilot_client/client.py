@@ -107,8 +107,12 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
     def _send(self, call: Call[T], attempts: Attempts | None = None) -> T:
         """Send `call` with its retries (the policy's unless given); no outage handling."""
         attempts, timeout = self._attempts(call, attempts)
-        with bounded(self._deadline_of(call)) as deadline:
-            return self._attempt(call, attempts, timeout, deadline)
+        total = self._deadline_of(call)
+        with bounded(total) as deadline:
+            try:
+                return self._attempt(call, attempts, timeout, deadline)
+            except ServiceUnavailableError as exc:
+                raise self._past_deadline(exc, total, deadline) from None
 
     def _attempt(self, call: Call[T], attempts: Attempts, timeout: Any, deadline: float) -> T:
         for wait in attempts:
