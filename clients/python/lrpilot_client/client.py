@@ -68,6 +68,11 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
     "" sends none. A 401 (`AuthenticationError`) or 403 (`PermissionDeniedError`) is raised at
     once, in either mode: it is not an outage, and is never retried or buffered.
 
+    `base_url` must be an http(s) URL with a host (else a ValueError at once). `deadline`
+    (seconds, default 60; None: none) bounds each call in all, its retries and every byte of
+    its answer included, so that a server trickling bytes cannot hold a step; a call that
+    waits on the service by design (a long poll, a rank's report) gets that wait on top.
+
     `rng` seeds the jitter (for reproducible waits); `transport` replaces httpx's network
     transport (e.g. `httpx.MockTransport`, or an ASGI transport in the service's own tests).
     """
