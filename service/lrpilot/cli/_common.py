@@ -64,10 +64,10 @@ def writable(path: Path, option: str) -> None:
     """Refuse at once, before any work, a file to write that cannot be: its folder missing,
     or a folder in its place."""
     if path.is_dir():
-        fail(f"{option} {path}: is a directory; give a file name")
+        fail(f"{option} {path}: cannot write: it is a directory; give a file name")
     folder = path.parent
     if not folder.is_dir():
-        fail(f"{option} {path}: no such directory {folder}")
+        fail(f"{option} {path}: cannot write: no such directory {folder}")
 
 
 def readable(path: Path) -> None:

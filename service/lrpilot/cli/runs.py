@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
     app.command("watch")(watch)
 
 
-def _failed(what: str) -> Any:
+def _failed(what: str) -> Callable[[LrpilotError], str]:
     def failed(exc: LrpilotError) -> str:
         status = f" ({exc.status_code})" if exc.status_code is not None else ""
         return f"{what} failed{status}: {exc}"
