@@ -149,11 +149,11 @@ def _one_clear_line(output: str) -> bool:
     return any("Error" in line for line in lines) and "Usage:" in output
 
 
-def lrpilot(*args: str) -> subprocess.CompletedProcess[str]:
+def lrpilot(*args: str, columns: int = 100) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lrpilot.cli", *args],
         capture_output=True, text=True, timeout=120,
-        env={**os.environ, "COLUMNS": "100", "NO_COLOR": "1"},
+        env={**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"},
     )  # fmt: skip
 
 
@@ -178,7 +178,8 @@ def test_help_reads_cleanly() -> None:
             assert python_type not in text, f"lrpilot {command} --help:\n{text}"
     # a command's sentence in the list wraps at the panel's width, not where the source broke
     # it: no line of it ends short while the same sentence goes on on the next line
-    rows = lrpilot("--help").stdout.split("Commands")[1].splitlines()[1:-1]
+    # (narrower than the source's lines, which would otherwise break where they happen to)
+    rows = lrpilot("--help", columns=90).stdout.split("Commands")[1].splitlines()[1:-1]
     texts = [row.strip("│").rstrip() for row in rows]
     width = max(len(row) for row in rows) - 2
     for text, after in itertools.pairwise(texts):
