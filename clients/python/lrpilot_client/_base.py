@@ -12,9 +12,11 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import ipaddress
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
@@ -34,6 +36,7 @@ import httpx
 
 from . import _calls
 from ._calls import Call, Pages
+from ._deadline import DEFAULT_DEADLINE
 from ._outbox import DEFAULT_OUTBOX_SIZE, Mode, Resilience, probe_timeout
 from ._retry import Attempts, RetryPolicy
 from .errors import LrpilotError, ServiceUnavailableError
@@ -99,6 +102,36 @@ def sink(to: Destination) -> Iterator[IO[bytes]]:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def checked_base_url(base_url: str) -> str:
+    """`base_url` if it is an http(s) URL with a host; else a ValueError at once. Without
+    this, "127.0.0.1:8000" (no scheme) failed only when sent, and was retried as an outage."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ValueError(f"base_url {base_url!r} is not a URL: {exc}") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(
+            f"base_url {base_url!r} must start with http:// or https://, e.g. http://127.0.0.1:8000"
+        )
+    if not url.host:
+        raise ValueError(f"base_url {base_url!r} has no host, e.g. http://127.0.0.1:8000")
+    host = url.raw_host.decode("ascii", "replace")  # IDNA-encoded; %-escapes left as such
+    if not (_HOST.fullmatch(host) or _ip6(host)):
+        raise ValueError(f"base_url {base_url!r}: {url.host!r} is not a host name")
+    return base_url
+
+
+_HOST = re.compile(r"[A-Za-z0-9._-]+")  # a name (IDNA-encoded) or an IPv4 address
+
+
+def _ip6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _method_like(build: Callable[..., Any], method: Callable[..., T]) -> Callable[..., T]:
@@ -243,7 +276,14 @@ class ClientBase(Generic[H, X]):
         outbox_path: str | os.PathLike[str] | None = None,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         token: str | None = None,
+        deadline: float | None = DEFAULT_DEADLINE,
     ) -> None:
+        base_url = checked_base_url(base_url)
+        if deadline is not None and not deadline > 0:
+            raise ValueError(
+                f"deadline must be a positive number of seconds or None, not {deadline!r}"
+            )
+        self.deadline = deadline
         self._retry = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
         self._res = Resilience(self._retry, on_unavailable, outbox_size, outbox_path)
         self.close_timeout = close_timeout
@@ -323,6 +363,23 @@ class ClientBase(Generic[H, X]):
         timeout = call.timeout(self._probe_timeout if attempts.probe else self._http.timeout)
         return attempts, timeout
 
+    def _deadline_of(self, call: Call[Any]) -> float | None:
+        """Seconds the call may take in all, its retries included: the client's `deadline`,
+        plus what the call may wait on the service by design (a long poll, a rank's report)."""
+        if self.deadline is None:
+            return None
+        return self.deadline + (call.read_timeout or 0.0)
+
+    @staticmethod
+    def _past_deadline(
+        exc: ServiceUnavailableError, total: float | None, deadline: float
+    ) -> ServiceUnavailableError:
+        """`exc`, saying so when it is the call's deadline that ended it."""
+        if total is None or time.monotonic() < deadline:
+            return exc
+        exc.args = (f"{exc} (the call's deadline of {total:g} s passed)",)
+        return exc
+
     def _request_of(self, call: Call[Any], timeout: Any, content: Any) -> httpx.Request:
         return self._http.build_request(
             call.method, call.path, params=call.params, json=call.body, content=content,
@@ -355,7 +412,9 @@ class ClientBase(Generic[H, X]):
     def _stand_in(self, exc: ServiceUnavailableError, offline: Callable[[], T]) -> T:
         """A call with a stand-in failed: the stand-in ("buffer" mode; "raise" mode raises)."""
         self._res.unreachable(exc)
-        return offline()
+        answer = offline()  # (raises when the client knows no rates of the run)
+        self._res.outage.announce()
+        return answer
 
     def _answered(self, result: T) -> T:
         self._res.answered(result)
@@ -366,6 +425,7 @@ class ClientBase(Generic[H, X]):
         in "raise" mode), or the service refused it (raised, out of the outbox)."""
         if isinstance(exc, ServiceUnavailableError):
             self._res.unreachable(exc)
+            self._res.outage.announce()  # it stays buffered
             return
         raise self._res.refused(obs, exc) from exc
 

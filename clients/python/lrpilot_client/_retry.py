@@ -285,6 +285,9 @@ class Outage:
         self.next_try = 0.0
         self.cause = ""
         self.last_error: ServiceUnavailableError | None = None
+        # said that the client is buffering: only a stand-in answer says so, since a call
+        # without one (create_run) raises, and its error is the report of the outage
+        self.announced = False
 
     @property
     def down(self) -> bool:
@@ -316,13 +319,21 @@ class Outage:
         self.next_try = now + wait
         if self.down_since is None:
             self.down_since = now
-            log.warning("lrpilot unreachable, keeping the last lrs and buffering: %s", exc)
+
+    def announce(self) -> None:
+        """A stand-in answered for the service: say once an outage that the client buffers."""
+        if not self.announced and self.last_error is not None:
+            self.announced = True
+            log.warning(
+                "lrpilot unreachable, keeping the last lrs and buffering: %s", self.last_error
+            )
 
     def recovered(self, now: float | None = None) -> None:
         """The service answered: the outage, if any, is over."""
-        if self.down_since is not None:
+        if self.announced and self.down_since is not None:
             away = (time.monotonic() if now is None else now) - self.down_since
             log.warning("lrpilot reachable again after %.1f s", away)
+        self.announced = False
         self.down_since = None
         self.failures = 0
         self.next_try = 0.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,21 +81,30 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
 
     async def _send(self, call: Call[T], attempts: Attempts | None = None) -> T:
         attempts, timeout = self._attempts(call, attempts)
+        total = self._deadline_of(call)
+        deadline = math.inf if total is None else time.monotonic() + total
         for wait in attempts:
+            if time.monotonic() + wait >= deadline:
+                break  # no time left for another try
             if wait > 0:
                 await asyncio.sleep(wait)
             content = _file_chunks(call.upload) if call.upload else None
             answer: httpx.Response | httpx.TransportError
+            left = None if total is None else deadline - time.monotonic()
             try:
-                request = self._request_of(call, timeout, content)
-                answer = response = await self._http.send(request, stream=call.stream)
-                if call.stream and not response.is_success:
-                    await response.aread()
+                # the whole attempt, every byte of the answer included, within the deadline
+                async with asyncio.timeout(left):
+                    request = self._request_of(call, timeout, content)
+                    answer = response = await self._http.send(request, stream=call.stream)
+                    if call.stream and not response.is_success:
+                        await response.aread()
             except httpx.TransportError as exc:
                 answer = exc
+            except TimeoutError:
+                answer = httpx.ReadTimeout("the call's deadline passed")
             if (result := self._settle(call, attempts, answer)) is not RETRY:
                 return result  # type: ignore[return-value]
-        raise attempts.exhausted(call.describe())
+        raise self._past_deadline(attempts.exhausted(call.describe()), total, deadline)
 
     async def _flush_pending(self) -> None:
         res = self._res

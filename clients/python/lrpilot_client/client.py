@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from . import _calls
+from . import _calls, _deadline
 from ._base import (
     DEFAULT_BASE_URL,
     DEFAULT_FLUSH_TIMEOUT,
@@ -21,6 +21,7 @@ from ._base import (
     sink,
 )
 from ._calls import Call
+from ._deadline import bounded
 from ._retry import Attempts
 from .errors import LrpilotError, ServiceUnavailableError
 
@@ -67,13 +68,18 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
     "" sends none. A 401 (`AuthenticationError`) or 403 (`PermissionDeniedError`) is raised at
     once, in either mode: it is not an outage, and is never retried or buffered.
 
+    `base_url` must be an http(s) URL with a host (else a ValueError at once). `deadline`
+    (seconds, default 60; None: none) bounds each call in all, its retries and every byte of
+    its answer included, so that a server trickling bytes cannot hold a step; a call that
+    waits on the service by design (a long poll, a rank's report) gets that wait on top.
+
     `rng` seeds the jitter (for reproducible waits); `transport` replaces httpx's network
     transport (e.g. `httpx.MockTransport`, or an ASGI transport in the service's own tests).
     """
 
     def _open(self, options: dict[str, Any], transport: httpx.BaseTransport | None) -> httpx.Client:
         self._flushing = threading.Lock()  # one sender of the outbox at a time
-        return httpx.Client(**options, transport=transport)
+        return httpx.Client(**options, transport=transport or _deadline.transport())
 
     def close(self) -> None:
         """Try to send what is buffered (for at most `close_timeout` seconds), then close the
@@ -106,7 +112,17 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
     def _send(self, call: Call[T], attempts: Attempts | None = None) -> T:
         """Send `call` with its retries (the policy's unless given); no outage handling."""
         attempts, timeout = self._attempts(call, attempts)
+        total = self._deadline_of(call)
+        with bounded(total) as deadline:
+            try:
+                return self._attempt(call, attempts, timeout, deadline)
+            except ServiceUnavailableError as exc:
+                raise self._past_deadline(exc, total, deadline) from None
+
+    def _attempt(self, call: Call[T], attempts: Attempts, timeout: Any, deadline: float) -> T:
         for wait in attempts:
+            if time.monotonic() + wait >= deadline:
+                break  # no time left for another try
             if wait > 0:
                 time.sleep(wait)
             content = _calls.file_chunks(call.upload)() if call.upload else None

@@ -31,7 +31,9 @@ from lrpilot.cli._common import (
     client,
     detail_text,
     fail,
+    readable,
     service_errors,
+    writable,
 )
 from lrpilot.policies import PolicyError
 from lrpilot.settings import Settings
@@ -65,6 +67,13 @@ def _lines_with_progress(
     return open_lines
 
 
+def _raw_lines(bundle: Path, progress: Progress | None) -> Callable[[], Iterator[bytes]]:
+    """The bundle's lines as verify reads them, no longer than LRPILOT_MAX_BUNDLE_LINE_BYTES
+    (as `serve` reads an import)."""
+    max_line = Settings().max_bundle_line_bytes
+    return _lines_with_progress(bundle, progress, "verifying", lambda p: read_raw(p, max_line))
+
+
 def _progress(path: Path) -> Progress | None:
     if path.stat().st_size < PROGRESS_FROM_BYTES or not err.is_terminal:
         return None
@@ -76,11 +85,6 @@ def _progress(path: Path) -> Progress | None:
         console=err,
         transient=True,
     )
-
-
-def _readable(path: Path) -> None:
-    if not path.is_file():
-        fail(f"{path}: no such file")
 
 
 def register(app: typer.Typer) -> None:
@@ -102,6 +106,8 @@ def export(
 ) -> None:
     """Download a run as a bundle: its spec, every decision (both branches of a rewound run),
     and a trailer with the head hash (signed when the service has a signing key)."""
+    if output:
+        writable(output, "-o")
 
     def failed(exc: LrpilotError) -> str:
         return f"export of {run_id!r} failed ({exc.status_code}): {detail_text(exc)}"
@@ -119,7 +125,7 @@ def import_(
 ) -> None:
     """Upload a bundle to a service: it is checked whole (every link, every decision replayed
     through its policy version) before anything is stored."""
-    _readable(bundle)
+    readable(bundle)
 
     def failed(exc: LrpilotError) -> str:
         return f"import refused ({exc.status_code}): {detail_text(exc)}"
@@ -152,18 +158,14 @@ def verify(
 ) -> None:
     """Check a bundle offline: every link of the hash chain, every decision replayed through
     its pinned policy version, both branches of a rewound run; exit 1 at the first mismatch."""
-    _readable(bundle)
+    readable(bundle)
     try:
         keys = [load_public_key(path) for path in public_key or ()]
     except SigningKeyError as exc:
         fail(str(exc))
     progress = _progress(bundle)
     with progress or contextlib.nullcontext():
-        max_line = Settings().max_bundle_line_bytes  # LRPILOT_MAX_BUNDLE_LINE_BYTES, as serve
-        lines = _lines_with_progress(
-            bundle, progress, "verifying", lambda path: read_raw(path, max_line)
-        )
-        checked = check_bundle(lines, head, keys)
+        checked = check_bundle(_raw_lines(bundle, progress), head, keys)
     report = checked.report
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
@@ -194,8 +196,11 @@ def keygen_(
 ) -> None:
     """Write an Ed25519 key pair for signed heads: the service signs with the private key
     (LRPILOT_SIGNING_KEY=PREFIX.pem), auditors check with the public one."""
+    if prefix.is_dir():
+        fail(f"{prefix} is a directory; give a prefix in it, e.g. {prefix / 'lrpilot-signing'}")
     private, public = Path(f"{prefix}.pem"), Path(f"{prefix}.pub.pem")
     for path in (private, public):
+        writable(path, "PREFIX")
         if path.exists():
             fail(f"{path} exists; not overwriting a key")
     key_id = keygen(private, public)
@@ -219,15 +224,28 @@ def simulate(
         typer.Option(help="draw both lr curves and the metric against step to this PNG"),
     ] = None,
     rows: Annotated[int, typer.Option(help="differences to list at most")] = 30,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify",
+            help="replay without checking the bundle first (a broken or tampered one too)",
+        ),
+    ] = False,
 ) -> None:
     """What if: replay a recorded run's metric stream under other params and show, side by
     side, where the decisions would differ. Offline: the bundle is all it needs (`lrpilot
     replay` is the same command under its former name)."""
-    _readable(bundle)
+    readable(bundle)
+    if plot is not None:
+        writable(plot, "--plot")
     overrides = dict(_assignment(item) for item in set_ or [])
+    if not no_verify:
+        _refuse_broken(bundle)
     try:
         run = bundle_run(lambda: read_lines(bundle))
         setup = run_setup(run, overrides, policy)
+    except Mismatch as exc:
+        fail(f"{bundle}: {exc}")
     except (PolicyError, ValueError) as exc:
         fail(str(exc))
     progress = _progress(bundle)
@@ -241,6 +259,19 @@ def simulate(
     if plot is not None:
         _plot(run, setup, overrides, result, plot)
         out.print(f"plot: {plot}", markup=False)
+
+
+def _refuse_broken(bundle: Path) -> None:
+    """A what-if of a log that does not verify would compare against decisions the policy
+    never made: refuse it, with what `lrpilot verify` says."""
+    progress = _progress(bundle)
+    with progress or contextlib.nullcontext():
+        report = check_bundle(_raw_lines(bundle, progress)).report
+    if report.mismatch is not None:
+        fail(
+            f"{bundle} does not verify: {report.mismatch} "
+            "(see `lrpilot verify`; --no-verify replays it anyway)"
+        )
 
 
 def _assignment(item: str) -> tuple[str, Any]:

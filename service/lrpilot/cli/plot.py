@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from lrpilot.audit.simulate import Setup
 from lrpilot.canonical import parse_float
-from lrpilot.cli._common import DEFAULT_URL, Token, client, fail
+from lrpilot.cli._common import DEFAULT_URL, Token, client, fail, writable
 from lrpilot.policies import PolicyError
 from lrpilot.policies.base import MAX_STEP
 from lrpilot_client import Client, LrpilotError, NotFoundError, ServiceUnavailableError
@@ -479,6 +479,7 @@ def plot(
 ) -> None:
     """Draw lr against training step to a PNG: from a run spec (offline, with an optional
     metric stream replayed through the policy), or from a live run (--from-run)."""
+    writable(output, "-o")
     try:
         _pyplot()  # before any work: say now that matplotlib is missing
         if from_run is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..client import Client
+from ..errors import ResponseError
 from ..models import LrsRange, Run
 
 __all__ = [
@@ -54,15 +55,36 @@ class LrsCursor:
         self.fetches = 0
         self._block: LrsRange | None = None
         self._observed = False
+        self._last: tuple[float, ...] | None = None  # the last rates `at` gave: all finite
+        self._warned: LrsRange | None = None  # the block a non-finite rate was logged for
 
     def at(self, step: int) -> tuple[float, ...]:
-        """The rates in force at training `step` (one per param group)."""
+        """The rates in force at training `step` (one per param group).
+
+        A rate that is not a finite number (NaN, ±inf: a bug of the service, or of what stands
+        between it and the job) is never applied: the last rates stand, with a warning (once a
+        block); before any rate was given, it is a `ResponseError`."""
         block = self._block
         if block is None or not self._serves(block, step):
             block = self._block = self.client.lrs_range(self.run_id, step, self.ahead)
             self._observed = False
             self.fetches += 1
-        return block.at(step)
+        lrs = block.at(step)
+        if all(math.isfinite(lr) for lr in lrs):
+            self._last = lrs
+            return lrs
+        if self._last is None:
+            raise ResponseError(
+                f"run {self.run_id!r}: the service answered the lrs {list(lrs)} for step {step}, "
+                "not finite numbers, and there are no earlier lrs to keep"
+            )
+        if self._warned is not block:
+            self._warned = block
+            logger.warning(
+                "run %r: the service answered the lrs %s for step %d, not finite numbers; "
+                "keeping the last lrs %s", self.run_id, list(lrs), step, list(self._last),
+            )  # fmt: skip
+        return self._last
 
     def _serves(self, block: LrsRange, step: int) -> bool:
         if getattr(block, "provisional", False):
