@@ -109,6 +109,12 @@ def mistakes(f: dict[str, str], served: str) -> dict[str, list[list[str]]]:
         "decisions": [[*run, *u] for u in urls],
         "watch": [[*run, *u] for u in urls],
         "db upgrade": [["--database-url", missing_db]],
+        "db backup": [
+            [f["missing_dir_file"], "--database-url", missing_db],
+            [f["dir"], "--database-url", missing_db],
+            [f"{f['dir']}/copy.db", "--database-url", "postgresql://u:p@127.0.0.1:1/x"],
+            [f"{f['dir']}/copy.db", "--database-url", f"sqlite:///{f['not_json']}"],
+        ],
         "token create": [
             ["--project", "p", "--role", "admin", "--database-url", missing_db],
             ["--project", "p", "--role", "admin", "--secret-file", f["missing"]],
