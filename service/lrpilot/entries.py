@@ -108,7 +108,18 @@ class Entry(NamedTuple):
     hash: str
 
 
-def _common(chain: Chain, step: int, created_at: str) -> dict[str, Any]:
+def _common(
+    chain: Chain,
+    step: int,
+    created_at: str,
+    value: float | None,
+    lrs: list[float],
+    previous_lrs: list[float],
+    action: str,
+    reason: str,
+    state: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The members every kind has, in one literal (an entry is built for every one verified)."""
     return {
         "run_id": chain.run_id,
         "seq": chain.seq + 1,
@@ -117,6 +128,12 @@ def _common(chain: Chain, step: int, created_at: str) -> dict[str, Any]:
         "config_hash": chain.config_hash,
         "prev_hash": chain.head_hash,
         "created_at": created_at,
+        "value": value,
+        "lrs": lrs,
+        "previous_lrs": previous_lrs,
+        "action": action,
+        "reason": reason,
+        "state": state,
     }
 
 
@@ -251,14 +268,8 @@ def decision(
     (aggregated mode) the reports ``value`` is the weighted mean of."""
     by = chain.factor
     served = scaled(lrs, by)
-    doc = _common(chain, step, created_at)
-    doc.update(
-        value=value,
-        lrs=served,
-        previous_lrs=scaled(previous_lrs, by),
-        action=action,
-        reason=reason,
-        state=state,
+    doc = _common(
+        chain, step, created_at, value, served, scaled(previous_lrs, by), action, reason, state
     )
     # Optional members appear only when they say something: decisions without them keep the
     # shape (and so the hash) they always had.
@@ -333,20 +344,23 @@ def rewind(
     ``restored_force`` the scale in force again, ``superseded`` how many entries it superseded."""
     by = f" at the request of {_who(client)}" if client else ""
     since = f"step {to_step}" if restores_seq is not None else "the start"
-    doc = _common(chain, to_step, created_at)
-    doc.update(
-        value=None,
-        lrs=list(lrs),
-        previous_lrs=list(previous_lrs),
-        action=Kind.REWIND.value,
-        reason=(
-            f"rewound to step {to_step}{by}: {_plural(superseded, 'decision')} after it "
-            f"superseded (kept in the log); {fmt_lrs(tuple(parse_float(x) for x in lrs))} in "
-            f"force again, the state as of {since}"
-        ),
-        state=state,
-        rewind={"to_step": to_step, "restores_seq": restores_seq, "superseded": superseded},
+    reason = (
+        f"rewound to step {to_step}{by}: {_plural(superseded, 'decision')} after it "
+        f"superseded (kept in the log); {fmt_lrs(tuple(parse_float(x) for x in lrs))} in "
+        f"force again, the state as of {since}"
     )
+    doc = _common(
+        chain,
+        to_step,
+        created_at,
+        None,
+        list(lrs),
+        list(previous_lrs),
+        Kind.REWIND.value,
+        reason,
+        state,
+    )
+    doc["rewind"] = {"to_step": to_step, "restores_seq": restores_seq, "superseded": superseded}
     if restored_force is not None and restored_force.factor != 1.0:  # the lrs stay scaled
         doc["scale"] = restored_force.factor
     if client:
@@ -387,20 +401,13 @@ def scale(
     previous = scaled(policy_lrs, was.factor)
     lrs = scaled(policy_lrs, by)
     rule = "linear scaling rule" if spec["rule"] == "linear" else "square-root scaling rule"
-    doc = _common(chain, step, created_at)
-    doc.update(
-        value=None,
-        lrs=lrs,
-        previous_lrs=previous,
-        action=Kind.SCALE.value,
-        reason=(
-            f"{spec['by']} {was.size} -> {size}: {rule}, base_lrs are for {spec['by']} "
-            f"{spec['base']}: {fmt_change(tuple(previous), tuple(lrs))} ({by!r} x the policy's)"
-        ),
-        state=state,
-        scale=by,
-        resize={"by": spec["by"], "from": was.size, "to": size},
+    reason = (
+        f"{spec['by']} {was.size} -> {size}: {rule}, base_lrs are for {spec['by']} "
+        f"{spec['base']}: {fmt_change(tuple(previous), tuple(lrs))} ({by!r} x the policy's)"
     )
+    doc = _common(chain, step, created_at, None, lrs, previous, Kind.SCALE.value, reason, state)
+    doc["scale"] = by
+    doc["resize"] = {"by": spec["by"], "from": was.size, "to": size}
     if client:
         doc["client"] = client
     if who:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from lrpilot import entries
 from lrpilot.audit.bundle import (
+    _REWIND_MARK_RAW,
     MAX_IMPORT_HOPS,
     Mismatch,
     _parse,
@@ -263,7 +264,9 @@ class LogCheck:
             raise Mismatch(line, seq, "the entry is not in its canonical form")
         # its bytes are the rebuilt ones: only the hash is left to check (over those bytes)
         at = raw.find(b',"hash":"' + plain.hash.encode())
-        if hashlib.sha256(raw[:at] + raw[at + _HASH_MEMBER_LEN :]).hexdigest() != plain.hash:
+        hashed = hashlib.sha256(raw[:at])
+        hashed.update(raw[at + _HASH_MEMBER_LEN :])
+        if hashed.hexdigest() != plain.hash:
             self._check_link(raw, {"prev_hash": self.prev, "hash": plain.hash}, line, seq)
         self._checked(Kind.DECISION, plain.step, plain.hash, seq, entry.doc["action"])
 
@@ -673,7 +676,8 @@ def check_bundle(
                 except Mismatch as exc:  # the header's spec: name its line
                     raise Mismatch(number, None, exc.what, exc.expected, exc.found) from None
                 continue
-            end = parse_trailer(text, number)
+            if text.startswith(_TRAILER):
+                end = parse_trailer(text, number)
             if end is None:
                 check.check(text, number)
         if check is None or run is None:
@@ -704,12 +708,18 @@ def check_bundle(
         return BundleCheck(run, Report(False, count, prev, mismatch=exc), end, number)
 
 
+_TRAILER = b'{"end":'  # what parse_trailer reads as a trailer: no other line is one
+
+
 def _keeping_last(lines: Iterable[bytes], last: list[bytes]) -> Iterator[bytes]:
-    """``lines``, the last one that is not blank kept in ``last[0]`` (the trailer)."""
+    """The lines of ``lines`` that may be rewinds (``rewinds_of`` reads them), the last one that
+    is not blank kept in ``last[0]`` (the trailer). The first pass reads every line: it looks
+    at each only this much (no copy of it, no call), most lines being decisions."""
     for raw in lines:
-        if raw.strip():
+        if raw and not raw.isspace():
             last[0] = raw
-        yield raw
+            if _REWIND_MARK_RAW in raw:
+                yield raw
 
 
 def _imported_counts(trailer: bytes) -> set[int]:
