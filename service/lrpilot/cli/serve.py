@@ -159,11 +159,12 @@ def serve(
         _migrate(settings.database_url)
     if not is_loopback(host) and not settings.insecure_no_auth:
         _require_tokens(settings, host)
-    console.print(
-        f"lrpilot on http://{host}:{port} , database {safe_url(settings.database_url)}",
-        soft_wrap=True,
-        markup=False,
-    )
+    if settings.log_format == "text":  # in json, every line of the log is JSON
+        console.print(
+            f"lrpilot on http://{host}:{port} , database {safe_url(settings.database_url)}",
+            soft_wrap=True,
+            markup=False,
+        )
     try:
         service = create_app(settings)
     except SigningKeyError as exc:

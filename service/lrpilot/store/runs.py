@@ -250,7 +250,10 @@ class WriteTx:
         # entries appended in this transaction, written at once by flush(), and the decisions
         # among them by step (a scale entry may share its step with the decision after it)
         self._appended: list[NewDecision] = []
-        self.policies: dict[RunKey, str] = {}  # the policy of each run locked (for the metrics)
+        # the metrics' view: the policy of each run locked, and every entry appended (flush()
+        # empties the list of those still to write)
+        self.policies: dict[RunKey, str] = {}
+        self.appended: list[NewDecision] = []
         self._decided: dict[tuple[RunKey, int], NewDecision] = {}
         # aggregated steps: the tallies read or changed in this transaction (the run is locked:
         # only this transaction changes them), the reports it added, and the rows and tallies
@@ -259,10 +262,6 @@ class WriteTx:
         self._added: dict[tuple[RunKey, int], dict[int, Report]] = {}
         self._new_reports: list[tuple[Any, ...]] = []
         self._changed_tallies: set[tuple[RunKey, int]] = set()
-
-    @property
-    def appended(self) -> list[NewDecision]:
-        return self._appended
 
     def _locked(self, heads: dict[RunKey, RunHead]) -> dict[RunKey, RunHead]:
         for key, head in heads.items():
@@ -500,6 +499,7 @@ class WriteTx:
     def append_decision(self, decision: NewDecision) -> None:
         """Append the decision; it is written, with its run's new head, by ``flush``."""
         self._appended.append(decision)
+        self.appended.append(decision)
         if decision.action not in NOT_DECISIONS:
             self._decided[(decision.key, decision.step)] = decision
 
