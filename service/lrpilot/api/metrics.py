@@ -45,7 +45,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, INF)
 
 # No ``_created`` series: a timestamp beside each counter, twice the lines of a scrape for what
 # the counters' resets already tell (prometheus-client's switch is per process).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 router = APIRouter(tags=["health"])
 
