@@ -31,7 +31,7 @@ from lrpilot.api.metrics import Metrics
 from lrpilot.api.observe import Observed
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain.aggregated import Posted
-from lrpilot.domain.commit import GroupCommit, Inline, Threaded
+from lrpilot.domain.commit import GroupCommit, Inline, Threaded, ignore_size
 from lrpilot.domain.decisions import Decisions, decide_batch, prepare_now
 from lrpilot.domain.errors import Busy, RunBusy, Unavailable
 from lrpilot.domain.logs import Audit
@@ -42,7 +42,9 @@ SWITCH_INTERVAL_S = 0.0005
 log = logging.getLogger("lrpilot")
 
 
-def group_commit(store: Store, batched: Callable[[int], None]) -> GroupCommit[Posted, str]:
+def group_commit(
+    store: Store, batched: Callable[[int], None] = ignore_size
+) -> GroupCommit[Posted, str]:
     """How observations are committed, by the database's nature: a database whose statements
     never wait on the network (SQLite) prepares batches on the event loop and commits them on a
     thread; one behind a network round trip (PostgreSQL) runs them on a writer thread.

@@ -76,8 +76,8 @@ def _run_batch(process: Process[T, R], items: list[T]) -> Sequence[R | BaseExcep
         return [exc] * len(items)
 
 
-def _ignore(size: int) -> None:
-    pass
+def ignore_size(size: int) -> None:
+    """A group commit's default listener of batch sizes: nobody listens."""
 
 
 class Backoff:
@@ -107,7 +107,7 @@ class Inline(Generic[T, R]):
         prepare: Prepare[T, R],
         busy: type[Exception],
         max_batch: int = 512,
-        batched: Callable[[int], None] = _ignore,
+        batched: Callable[[int], None] = ignore_size,
     ):
         self._prepare = prepare
         self._batched = batched  # told each batch's size as it is committed (the metrics)
@@ -212,7 +212,7 @@ class Threaded(Generic[T, R]):
         busy: type[Exception],
         max_batch: int = 512,
         name: str = "",
-        batched: Callable[[int], None] = _ignore,
+        batched: Callable[[int], None] = ignore_size,
     ) -> None:
         self._process = process
         self._batched = batched  # told each batch's size as it is run (the metrics)
