@@ -17,6 +17,7 @@ import lrpilot
 from lrpilot.api.observe import JsonFormatter, TextFormatter
 from lrpilot.store.db import upgrade
 from tests.conftest import app_client
+from tests.harness import DatabaseLock
 from tests.helpers import bearer, lrpilot_cli, make_token, one_line, run_spec
 
 ELSEWHERE = "192.0.2.7"  # an address of another machine (TEST-NET-1)
@@ -131,3 +132,21 @@ def test_an_unknown_log_format_is_one_line() -> None:
     result = lrpilot_cli("serve", "--log-format", "xml")
     assert result.exit_code != 0
     assert "log_format (LRPILOT_LOG_FORMAT)" in one_line(result.output)
+
+
+def test_a_locked_database_is_counted(database_url: str) -> None:
+    path = Path(database_url.removeprefix("sqlite:///"))
+    with app_client(database_url, migrate=False, db_timeout_s=0.3) as api:
+        assert api.put("/v1/runs/a", json=run_spec()).status_code == 201
+        with DatabaseLock(path):  # as an sqlite3 shell holding the write lock would
+            observed = api.post("/v1/runs/a/observations", json={"step": 1, "value": 1.0})
+            created = api.put("/v1/runs/b", json=run_spec())
+        assert (observed.status_code, created.status_code) == (503, 503)
+        text = api.get("/metrics").text
+    (family,) = [
+        f for f in text_string_to_metric_families(text) if f.name == "lrpilot_db_unavailable"
+    ]
+    counted = {s.labels["cause"]: s.value for s in family.samples}
+    # the observation waited its bound in the group commit's queue; the run's creation in
+    # SQLite's busy wait
+    assert counted == {"timeout": 1.0, "locked": 1.0}
