@@ -23,8 +23,8 @@ from tests.helpers import bearer, lrpilot_cli, make_token, one_line, run_spec
 ELSEWHERE = "192.0.2.7"  # an address of another machine (TEST-NET-1)
 
 
-# Nothing here depends on the database's kind (the store's counters are checked on PostgreSQL
-# by nothing more than on SQLite): SQLite alone keeps these fast.
+# Nothing here depends on the database's kind (test_observability.py scrapes both): SQLite
+# alone keeps these fast.
 @pytest.fixture
 def database_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'observe.db'}"
