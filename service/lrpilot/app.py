@@ -150,7 +150,9 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         app.add_middleware(ObservationFastPath, decisions=decisions, auth=authenticator)
     limits.install(app, settings.max_body_bytes, streamed)
     # added last, the outermost: it sees every request, refused or not, and times all of it
-    app.add_middleware(Observed, metrics=measured, log_requests=settings.access_log)
+    app.add_middleware(
+        Observed, metrics=measured, log_requests=settings.access_log, routes=app.router.routes
+    )
     return app
 
 

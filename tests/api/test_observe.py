@@ -77,6 +77,8 @@ def test_routes_are_templates_and_methods_bounded(api: TestClient) -> None:
         api.get(f"/v1/runs/{run}")
         api.post(f"/v1/runs/{run}/observations", json={"step": 1, "value": 1.0})
     api.get("/no/such/path")
+    api.head("/healthz")  # served as a GET on a copy of the request's scope (api/limits.py)
+    api.head("/v1/runs/a1")
     api.request("BREW", "/v1/runs")
     counted = routes_counted(api.get("/metrics").text)
     assert counted == {
@@ -86,6 +88,8 @@ def test_routes_are_templates_and_methods_bounded(api: TestClient) -> None:
         ("POST", "/v1/runs/{run_id}/observations", "200"),
         ("POST", "/v1/runs/{run_id}/observations", "404"),
         ("GET", "unmatched", "404"),
+        ("HEAD", "/healthz", "200"),
+        ("HEAD", "/v1/runs/{run_id}", "200"),
         ("OTHER", "/v1/runs", "405"),
     }
 

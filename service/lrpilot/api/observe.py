@@ -23,10 +23,12 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:  # the metrics' module imports auth, which imports this one
@@ -64,10 +66,13 @@ def noted(scope: Scope, token: str | None, project: str) -> None:
 
 
 class Observed:
-    def __init__(self, app: ASGIApp, metrics: Metrics, log_requests: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, log_requests: bool, routes: Sequence[BaseRoute]
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        self.routes = routes  # the app's, for a HEAD's route (see _route)
         # A new id is this process's random prefix and a count: unique across replicas and
         # restarts, and a fraction of a uuid4's cost (the observation path pays it each time).
         self._prefix = secrets.token_hex(8)
@@ -95,7 +100,7 @@ class Observed:
             await self.app(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
-            route = info.route or _route(scope)
+            route = info.route or _route(scope, self.routes)
             self.metrics.request(scope["method"], route, status, seconds)
             if self.log_requests and access_log.isEnabledFor(logging.INFO):
                 _log_request(scope, info, route, status, seconds)
@@ -109,10 +114,23 @@ def _given_id(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def _route(scope: Scope) -> str:
+def _route(scope: Scope, routes: Sequence[BaseRoute]) -> str:
+    """The path template of the route that served the request (the router notes it in the
+    scope). A HEAD is served as a GET on a copy of the scope (api/limits.py), so its route is
+    looked up again here: rare, and only for HEAD."""
     route = scope.get("route")
+    if route is None and scope["method"] == "HEAD":
+        route = _matching(routes, {**scope, "method": "GET"})
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else UNMATCHED
+
+
+def _matching(routes: Sequence[BaseRoute], scope: Scope) -> BaseRoute | None:
+    for route in routes:
+        if route.matches(scope)[0] is Match.FULL:
+            inner = getattr(route, "original_router", None)  # FastAPI's included router
+            return route if inner is None else _matching(inner.routes, scope)
+    return None
 
 
 def _log_request(scope: Scope, info: RequestInfo, route: str, status: int, seconds: float) -> None:
