@@ -31,6 +31,7 @@ from prometheus_client.utils import INF
 
 from lrpilot import __version__
 from lrpilot.api.auth import Authenticator, Refused, is_local
+from lrpilot.api.observe import noted
 from lrpilot.domain.logs import Audit
 from lrpilot.domain.waiting import Waiters
 from lrpilot.store.runs import Store
@@ -192,7 +193,8 @@ async def metrics(request: Request) -> Response:
     peer = None if request.client is None else request.client.host
     if request.app.state.settings.metrics_access == "reader":
         auth: Authenticator = request.app.state.auth
-        await auth.authorize(request.headers.get("authorization"), "reader", peer)
+        caller = await auth.authorize(request.headers.get("authorization"), "reader", peer)
+        noted(request.scope, caller.name, caller.project)
     elif not is_local(peer):
         raise Refused(
             403,
