@@ -154,3 +154,22 @@ def test_a_locked_database_is_counted(database_url: str) -> None:
     # the observation waited its bound in the group commit's queue; the run's creation in
     # SQLite's busy wait
     assert counted == {"timeout": 1.0, "locked": 1.0}
+
+
+def value_of(text: str, name: str) -> float:
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == name]
+    (sample,) = family.samples
+    return sample.value
+
+
+def test_export_and_import_bytes(api: TestClient) -> None:
+    assert api.put("/v1/runs/a", json=run_spec()).status_code == 201
+    assert api.post("/v1/runs/a/observations", json={"step": 1, "value": 1.0}).status_code == 200
+    bundle = api.get("/v1/runs/a/export").content
+    again = api.post(
+        "/v1/runs/import", content=bundle, headers={"content-type": "application/x-ndjson"}
+    )
+    assert again.status_code == 200, again.text  # this very log is stored already
+    text = api.get("/metrics").text
+    assert value_of(text, "lrpilot_export_bytes") == len(bundle)
+    assert value_of(text, "lrpilot_import_bytes") == len(bundle)
