@@ -17,6 +17,7 @@ and lrpilot's alike by ``logging_config``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -35,6 +36,7 @@ if TYPE_CHECKING:  # the metrics' module imports auth, which imports this one
     from lrpilot.api.metrics import Metrics
 
 INFO = "lrpilot.request"  # the scope's key of the RequestInfo
+CLIENT_LEFT = 499  # the status noted of a request cancelled before it was answered
 UNMATCHED = "unmatched"  # the route of a request no route took (a 404, a refusal before one)
 access_log = logging.getLogger("lrpilot.access")
 # A request id the client chose is kept when it looks like one (a UUID, a trace id): anything
@@ -87,17 +89,25 @@ class Observed:
             _given_id(scope["headers"]) or f"{self._prefix}-{next(self._count):x}"
         )
         header = (b"x-request-id", info.id.encode())
-        status = 500  # what the server answers when the app fails before it answered
+        # unanswered: 500 (what the server answers when the app failed), or 499 (nginx's
+        # "client closed request") when it was cancelled (the shutdown's timeout ended it, or
+        # its client went away): no server error
+        status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if not started:
+                status = CLIENT_LEFT
+            raise
         finally:
             seconds = time.perf_counter() - start
             route = info.route or _route(scope, self.routes)
