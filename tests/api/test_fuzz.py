@@ -14,6 +14,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -70,8 +71,10 @@ def _fuzz(operation: APIOperation) -> None:
         if content_type.startswith("application/x-ndjson"):
             for line in response.text.splitlines():  # an export: every line is strict JSON
                 strict_json(line)
+        elif content_type.startswith("text/plain") and response.content:  # GET /metrics
+            assert list(text_string_to_metric_families(response.text))  # Prometheus' format
         elif response.content:
-            strict_json(response.text)  # every body is strict JSON
+            strict_json(response.text)  # every other body is strict JSON
 
     fuzz()
 

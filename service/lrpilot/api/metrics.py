@@ -30,8 +30,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import INF
 
 from lrpilot import __version__
-from lrpilot.api.auth import Authenticator, Refused, is_local
+from lrpilot.api.auth import REFUSALS, Authenticator, Refused, is_local
+from lrpilot.api.models import Message
 from lrpilot.api.observe import noted
+from lrpilot.api.responses import UNAVAILABLE
 from lrpilot.domain.logs import Audit
 from lrpilot.domain.waiting import Waiters
 from lrpilot.store.runs import Store
@@ -181,8 +183,12 @@ class _Counts(Collector):
     response_class=Response,
     responses={
         200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus' text format"},
-        401: {"description": "LRPILOT_METRICS_ACCESS=reader: no valid token"},
-        403: {"description": "not from this machine (LRPILOT_METRICS_ACCESS=loopback)"},
+        401: REFUSALS[401],  # reader
+        403: {
+            "model": Message,
+            "description": "loopback: not from this machine; reader: a token below reader",
+        },
+        **UNAVAILABLE,  # reader: the token is looked up
     },
 )
 async def metrics(request: Request) -> Response:
