@@ -18,6 +18,7 @@ from sqlalchemy import make_url
 
 from lrpilot.settings import safe_url
 from lrpilot.store.db import upgrade
+from lrpilot_client import Client
 from tests.conftest import BACKENDS, empty_database
 from tests.harness import LiveServer
 from tests.helpers import bearer, make_token, run_spec
@@ -118,6 +119,8 @@ def test_a_scrape_counts_what_the_logs_say(backend: str, tmp_path: Path) -> None
         assert scrape.headers["x-request-id"] == "scrape-1"
         until(lambda: '"scrape-1"' in server.log.read_text(), "the scrape's line never came")
         lines = log_lines(server.log)
+        with Client(server.url) as client:  # the Python client scrapes too (after the count)
+            assert client.metrics().startswith("# HELP lrpilot_requests_total")
     got = samples(scrape.text)
 
     # every request before the scrape: one line each, with its fields, and counted
