@@ -61,16 +61,20 @@ def app_client(
     migrate: bool = True,
     raise_server_exceptions: bool = True,
     fast_path: bool = True,
+    peer: str = "testclient",
     **settings: Any,
 ) -> Iterator[TestClient]:
     """The app in-process on ``database_url`` (migrated first unless ``migrate=False``), its
     lifespan run as when it serves. ``raise_server_exceptions=False`` turns a 500 into a
     response, for tests that count them instead of stopping at the first; ``settings`` are
-    Settings fields other than the database's (e.g. ``max_world_size=8``)."""
+    Settings fields other than the database's (e.g. ``max_world_size=8``); ``peer`` is the
+    address requests come from (an IP of another machine, for the rules about those)."""
     if migrate:
         upgrade(database_url)
     app = create_app(Settings(database_url=database_url, **settings), fast_path=fast_path)
-    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
+    with TestClient(
+        app, raise_server_exceptions=raise_server_exceptions, client=(peer, 50000)
+    ) as client:
         yield client
 
 

@@ -82,6 +82,7 @@ class LiveServer:
         ready_path: str = "/readyz",
         log: Path | None = None,
         nofile: int | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         if target is None and database_url is None:
             raise ValueError("lrpilot serve needs a database_url")
@@ -94,6 +95,7 @@ class LiveServer:
         self.ready_path = ready_path
         self.log = log or Path(tempfile.mkdtemp(prefix="lrpilot-serve-")) / "serve.log"
         self.nofile = nofile  # the server's file descriptor limit, soft and hard (None: ours)
+        self.args = list(args)  # more options of lrpilot serve, after the defaults: they win
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -118,7 +120,7 @@ class LiveServer:
                 cmd += [name, *value]
         if not self.migrate and "--no-migrate" in options:
             cmd.append("--no-migrate")
-        return cmd
+        return cmd + self.args
 
     def start(self, timeout: float = 30.0) -> LiveServer:
         env = {**QUICK_STOP, **os.environ, "PYTHONUNBUFFERED": "1", **self.env}

@@ -7,35 +7,54 @@ import gc
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
 from lrpilot import __version__
-from lrpilot.api import audit, auth, docs, errors, health, limits, policies, runs, simulate, tokens
+from lrpilot.api import (
+    audit,
+    auth,
+    docs,
+    errors,
+    health,
+    limits,
+    metrics,
+    policies,
+    runs,
+    simulate,
+    tokens,
+)
 from lrpilot.api.fast_path import ObservationFastPath
+from lrpilot.api.metrics import Metrics
+from lrpilot.api.observe import Observed
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.domain.aggregated import Posted
-from lrpilot.domain.commit import GroupCommit, Inline, Threaded
+from lrpilot.domain.commit import GroupCommit, Inline, Threaded, ignore_size
 from lrpilot.domain.decisions import Decisions, decide_batch, prepare_now
 from lrpilot.domain.errors import Busy, RunBusy, Unavailable
 from lrpilot.domain.logs import Audit
-from lrpilot.settings import Settings
+from lrpilot.settings import Settings, safe_url
 from lrpilot.store.runs import Store
 
 SWITCH_INTERVAL_S = 0.0005
 log = logging.getLogger("lrpilot")
 
 
-def group_commit(store: Store) -> GroupCommit[Posted, str]:
+def group_commit(
+    store: Store, batched: Callable[[int], None] = ignore_size
+) -> GroupCommit[Posted, str]:
     """How observations are committed, by the database's nature: a database whose statements
     never wait on the network (SQLite) prepares batches on the event loop and commits them on a
-    thread; one behind a network round trip (PostgreSQL) runs them on a writer thread."""
+    thread; one behind a network round trip (PostgreSQL) runs them on a writer thread.
+    ``batched`` is told each batch's size."""
     if store.is_sqlite:
-        return Inline(functools.partial(prepare_now, store), busy=Busy)
-    return Threaded(functools.partial(decide_batch, store), busy=RunBusy, name="decisions-")
+        return Inline(functools.partial(prepare_now, store), busy=Busy, batched=batched)
+    return Threaded(
+        functools.partial(decide_batch, store), busy=RunBusy, name="decisions-", batched=batched
+    )
 
 
 def _tokens_exist(authenticator: auth.Authenticator) -> bool:
@@ -66,9 +85,11 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     """
     settings = settings or Settings.from_env()
     store = Store(settings)
-    decisions = Decisions(store, settings, group_commit(store))
+    measured = Metrics()
+    decisions = Decisions(store, settings, group_commit(store, measured.batch))
     auditor = Audit(store, settings)
     authenticator = auth.Authenticator(store, open_to_all=settings.insecure_no_auth)
+    measured.read_from(store, decisions.waiters, auditor, authenticator)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -82,7 +103,9 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         # go, and every request of its batch with it.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         auditor.clean_spool()  # what an import killed halfway left
-        if not _tokens_exist(authenticator):
+        tokens = _tokens_exist(authenticator)
+        _log_start(settings, tokens)
+        if not tokens:
             log.warning(
                 "no API token in the database: serving WITHOUT authentication (open mode, "
                 "project default); the first `lrpilot token create` turns it on"
@@ -90,6 +113,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         yield
         decisions.close()  # after uvicorn drained the requests: what is in flight commits
         store.close()
+        log.info("lrpilot %s stopped", __version__, extra={"fields": {"version": __version__}})
 
     app = FastAPI(
         title="lrpilot",
@@ -106,6 +130,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.decisions = decisions
     app.state.audit = auditor
     app.state.auth = authenticator
+    app.state.metrics = measured
     app.state.draining = False
 
     def drain() -> None:
@@ -121,10 +146,38 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         app.include_router(module.router, responses=auth.REFUSALS)
     app.include_router(health.router)
     docs.install(app)
+    app.include_router(metrics.router)
     # the import streams its body to disk, under its own limit
     streamed = {"/v1/runs/import": (settings.max_import_bytes, "LRPILOT_MAX_IMPORT_BYTES")}
     limits.install_json_check(app, streamed)  # before the fast path: inside it, by the routes
     if fast_path:
         app.add_middleware(ObservationFastPath, decisions=decisions, auth=authenticator)
-    limits.install(app, settings.max_body_bytes, streamed)  # added last: the outermost
+    limits.install(app, settings.max_body_bytes, streamed)
+    # added last, the outermost: it sees every request, refused or not, and times all of it
+    app.add_middleware(
+        Observed, metrics=measured, log_requests=settings.access_log, routes=app.router.routes
+    )
     return app
+
+
+def _log_start(settings: Settings, tokens: bool) -> None:
+    """The startup line: what an operator checks first (never the database's password)."""
+    fields: dict[str, Any] = {
+        "version": __version__,
+        "database": safe_url(settings.database_url),
+        "auth": "tokens" if tokens else "open",
+        "db_timeout_s": settings.db_timeout_s,
+        "max_body_bytes": settings.max_body_bytes,
+        "max_import_bytes": settings.max_import_bytes,
+        "max_world_size": settings.max_world_size,
+        "max_connections": settings.max_connections,
+        "metrics_access": settings.metrics_access,
+    }
+    log.info(
+        "lrpilot %s starting: database %s, auth %s, limits %s",
+        __version__,
+        fields["database"],
+        fields["auth"],
+        ", ".join(f"{k}={v}" for k, v in fields.items() if k.startswith("max_") or "_s" in k),
+        extra={"fields": fields},
+    )

@@ -40,6 +40,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from lrpilot.api.observe import logging_config
 from lrpilot.settings import Settings
 
 try:
@@ -317,10 +318,11 @@ def build(
     host: str,
     port: int,
     log_level: str = "info",
-    access_log: bool = True,
     drain: Callable[[], None] = lambda: None,
 ) -> Server:
-    """The server ``lrpilot serve`` runs: ``app`` on host:port under ``settings``' limits."""
+    """The server ``lrpilot serve`` runs: ``app`` on host:port under ``settings``' limits,
+    logging in ``settings.log_format`` (the app writes the request lines: uvicorn's access
+    log is off)."""
     file_limit = raise_file_limit()
     cap = connection_cap(settings.max_connections, file_limit)
     limits = ConnectionLimits(settings.header_timeout_s, settings.body_timeout_s, cap)
@@ -329,7 +331,8 @@ def build(
         host=host,
         port=port,
         log_level=log_level,
-        access_log=access_log,
+        log_config=logging_config(settings.log_format, log_level),
+        access_log=False,
         http=protocol_class(limits),
         backlog=listen_backlog(file_limit),
         timeout_keep_alive=settings.keep_alive_timeout_s,

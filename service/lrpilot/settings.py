@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+import sqlalchemy as sa
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -62,6 +65,20 @@ class Settings(BaseSettings):
     # server was started (`lrpilot serve`, `uvicorn --factory`, gunicorn); this serves everyone.
     insecure_no_auth: bool = False
 
+    # Observability (docs/operations.md, "Metrics and logs"). The log's format: uvicorn's text
+    # lines, or one JSON object a line.
+    log_format: Literal["text", "json"] = "text"
+    # One line per request (request id, caller, run, status, duration); off: none.
+    access_log: bool = True
+    # Who may scrape GET /metrics: requests from this machine (loopback), or any token of role
+    # reader or above (reader).
+    metrics_access: Literal["loopback", "reader"] = "loopback"
+
     @classmethod
     def from_env(cls) -> Settings:
         return cls()
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password, for logs and messages."""
+    return sa.make_url(url).render_as_string(hide_password=True)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+import lrpilot
 from lrpilot.canonical import canonical_json, sha256_hex
 from lrpilot.entries import run_genesis
 from lrpilot.policies import POLICIES
@@ -278,7 +279,7 @@ def test_policies_list_schema_and_torch_defaults(api: TestClient) -> None:
 
 
 def test_health_and_readiness(api: TestClient) -> None:
-    assert api.get("/healthz").json() == {"status": "ok"}
+    assert api.get("/healthz").json() == {"status": "ok", "version": lrpilot.__version__}
     assert api.get("/readyz").json() == {"status": "ready"}
 
 

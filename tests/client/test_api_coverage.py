@@ -53,6 +53,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/v1/tokens/{name}/revoke"): ("revoke_token", "revoke_token"),
     ("GET", "/healthz"): ("health", "health"),
     ("GET", "/readyz"): ("ready", "ready"),
+    ("GET", "/metrics"): ("metrics", "metrics"),
 }
 # a query parameter whose client argument has another name (a Python keyword, a plural)
 ARGUMENT_OF = {"from": "first", "label": "labels"}

@@ -102,7 +102,7 @@ def test_a_trickled_body_is_cut_off_and_an_idle_keep_alive_connection_closed(
         answer = b""
         while chunk := sock.recv(4096):  # b"" once closed: after the keep-alive timeout
             answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'{"status":"ok"}')
+        assert answer.startswith(b"HTTP/1.1 200") and b'\r\n\r\n{"status":"ok",' in answer
     with httpx.Client(base_url=server.url, timeout=HANG_S) as http:
         assert http.get("/v1/runs/slow").json()["last_step"] is None  # nothing was decided
     assert "Traceback" not in server.log.read_text()

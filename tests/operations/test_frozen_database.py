@@ -77,6 +77,7 @@ ROUTES = [
     Route("GET", "/v1/tokens", "/v1/tokens"),
     Route("POST", "/v1/tokens/{name}/revoke", "/v1/tokens/nosuch/revoke", {}),
     Route("GET", "/healthz", "/healthz", uses="none"),
+    Route("GET", "/metrics", "/metrics", uses="none"),  # LRPILOT_METRICS_ACCESS=loopback
     Route("GET", "/readyz", "/readyz"),
 ]  # fmt: skip
 ROUTES += [

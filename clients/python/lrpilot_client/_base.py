@@ -259,6 +259,7 @@ class ClientBase(Generic[H, X]):
     revoke_token = operation(_calls.revoke_token)
     health = operation(_calls.health)
     ready = operation(_calls.ready)
+    metrics = operation(_calls.metrics)
 
     def __init__(
         self,

@@ -560,6 +560,16 @@ def ready() -> Call[Health]:
     return Call("GET", "/readyz", Health.from_json)
 
 
+def metrics() -> Call[str]:
+    """The service's metrics (GET /metrics), in Prometheus' text format: served to the
+    service's own machine, or to reader tokens when it says LRPILOT_METRICS_ACCESS=reader."""
+    return Call("GET", "/metrics", _unread, read_answer=_text)
+
+
+def _text(response: httpx.Response) -> str:
+    return response.text
+
+
 def first_lr(lrs: Sequence[float]) -> float:
     """The first param group's rate; a run always has at least one group."""
     if not lrs:

@@ -29,6 +29,7 @@ from fastapi import Depends, FastAPI, Request
 from starlette.responses import Response
 
 from lrpilot.api.models import Message
+from lrpilot.api.observe import noted
 from lrpilot.api.responses import StrictJSONResponse
 from lrpilot.store.records import ROLES, RunKey, Token, secret_hash
 from lrpilot.store.runs import Store
@@ -60,13 +61,18 @@ class Caller(NamedTuple):
 OPEN = Caller(None, DEFAULT_PROJECT, ROLES[-1])
 
 
+# Why a request was refused, as the metrics count it (lrpilot_auth_failures_total's reason).
+REASONS = ("missing", "malformed", "unknown", "revoked", "expired", "role", "remote")
+
+
 class Refused(Exception):
     """401 (no valid token) or 403 (a valid token without the role the route needs)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, reason: str) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.reason = reason  # one of REASONS: a bounded label for the metrics
 
     def response(self) -> Response:
         headers = {}
@@ -89,6 +95,12 @@ class Authenticator:
         self._clock = clock
         self._exist: tuple[float, bool] | None = None
         self._found: dict[str, tuple[float, Token | None]] = {}
+        self.refusals: dict[tuple[int, str], int] = {}  # (status, reason): count (the metrics)
+
+    def _refuse(self, status: int, detail: str, reason: str) -> Refused:
+        key = (status, reason)
+        self.refusals[key] = self.refusals.get(key, 0) + 1
+        return Refused(status, detail, reason)
 
     def tokens_exist(self) -> bool:
         """Whether any token exists (a blocking read, cached ``CACHE_S``)."""
@@ -114,20 +126,23 @@ class Authenticator:
         scheme, _, secret = (authorization or "").strip().partition(" ")
         secret = secret.strip()
         if not authorization:
-            raise Refused(401, "authentication required: send 'Authorization: Bearer TOKEN'")
+            raise self._refuse(
+                401, "authentication required: send 'Authorization: Bearer TOKEN'", "missing"
+            )
         if scheme.lower() != "bearer" or not secret:
-            raise Refused(401, "the Authorization header must be 'Bearer TOKEN'")
+            raise self._refuse(401, "the Authorization header must be 'Bearer TOKEN'", "malformed")
         token = None if len(secret) > MAX_TOKEN_CHARS else self._token(secret_hash(secret))
         if token is None:
-            raise Refused(401, "unknown token")
+            raise self._refuse(401, "unknown token", "unknown")
         refused = token.refused(datetime.now(UTC))
         if refused is not None:
-            raise Refused(401, refused)
+            raise self._refuse(401, refused, "revoked" if token.revoked_at else "expired")
         if not token.may(role):
-            raise Refused(
+            raise self._refuse(
                 403,
                 f"this needs the role {role} (or above); token {token.name!r} has the role "
                 f"{token.role}",
+                "role",
             )
         return Caller(token.name, token.project, token.role)
 
@@ -148,11 +163,12 @@ class Authenticator:
         """Open mode's caller, for a request from this machine (or from anywhere, insecure)."""
         if self._open_to_all or is_local(peer):
             return OPEN
-        raise Refused(
+        raise self._refuse(
             401,
             "this service holds no API token, so it serves requests from its own machine only: "
             "create a token (`lrpilot token create --project default --role admin`) and send "
             "'Authorization: Bearer TOKEN'",
+            "remote",
         )
 
     def _check_cached(self, authorization: str | None, role: str) -> Caller:
@@ -189,7 +205,9 @@ def require(role: str) -> Any:
     async def caller(request: Request) -> Caller:
         auth: Authenticator = request.app.state.auth
         peer = None if request.client is None else request.client.host
-        return await auth.authorize(_header(request), role, peer)
+        who = await auth.authorize(_header(request), role, peer)
+        noted(request.scope, who.name, who.project)
+        return who
 
     caller.__name__ = f"require_{role}"
     return Depends(caller)

@@ -21,11 +21,13 @@ from lrpilot.api.auth import Authenticator, Refused
 from lrpilot.api.errors import duplicate_key_response, first_duplicate, store_error_response
 from lrpilot.api.limits import replayed
 from lrpilot.api.models import ObservationIn
+from lrpilot.api.observe import info_of, noted
 from lrpilot.api.responses import decision_json
 from lrpilot.domain.decisions import Decisions
 from lrpilot.domain.errors import DomainError
 from lrpilot.spec import RUN_ID_PATTERN
 
+ROUTE = "/v1/runs/{run_id}/observations"  # the route's path template (the metrics' label)
 _PATH = re.compile(rf"^/v1/runs/({RUN_ID_PATTERN.strip('^$')})/observations$")
 
 
@@ -58,6 +60,9 @@ class ObservationFastPath:
         ):
             await self.app(scope, receive, send)
             return
+        info = info_of(scope)  # what the request's log line says (api/observe.py)
+        if info is not None:
+            info.route, info.run_id = ROUTE, match.group(1)
         try:  # the route's own check (api/auth.py), before the body is read
             token = _header(scope["headers"], b"authorization")
             peer = scope["client"][0] if scope.get("client") else None
@@ -68,6 +73,7 @@ class ObservationFastPath:
         except DomainError as exc:
             await store_error_response(exc)(scope, receive, send)
             return
+        noted(scope, caller.name, caller.project)
         chunks = []
         while True:  # the body limit was enforced outside (limits.HttpLimits)
             message = await receive()

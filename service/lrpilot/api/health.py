@@ -14,8 +14,9 @@ from typing import Literal
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from lrpilot import __version__
 from lrpilot.api.deps import SettingsDep, StoreDep
 from lrpilot.api.responses import RETRY_AFTER, StrictJSONResponse
 from lrpilot.domain.errors import Unavailable
@@ -32,9 +33,13 @@ class Probe(BaseModel):
     detail: str | None = None
 
 
-@router.get("/healthz", response_model=Probe)
+class Health(Probe):
+    version: str = Field(description="the service's version (lrpilot.__version__)")
+
+
+@router.get("/healthz", response_model=Health)
 async def healthz() -> Response:
-    return StrictJSONResponse({"status": "ok"})
+    return StrictJSONResponse({"status": "ok", "version": __version__})
 
 
 @router.get(

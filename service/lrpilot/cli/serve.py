@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from lrpilot.cli._common import fail
-from lrpilot.settings import Settings
+from lrpilot.settings import Settings, safe_url
 
 db = typer.Typer(
     help="The database: its schema (Alembic migrations) and backups.", no_args_is_help=True
@@ -51,7 +51,7 @@ def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None
     check_database(settings.database_url)
     _migrate(settings.database_url, revision)
     console.print(
-        f"[green]database at {_safe(settings.database_url)} is at {revision}[/]", soft_wrap=True
+        f"[green]database at {safe_url(settings.database_url)} is at {revision}[/]", soft_wrap=True
     )
 
 
@@ -122,8 +122,22 @@ def serve(
         ),
     ] = False,
     access_log: Annotated[
-        bool, typer.Option("--access-log/--no-access-log", help="log every request")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="one log line per request (request id, caller, run, status, duration) "
+            "[LRPILOT_ACCESS_LOG: on]",
+            show_default=False,
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            metavar="text|json",
+            help="log lines as uvicorn's text, or one JSON object a line "
+            "[LRPILOT_LOG_FORMAT: text]",
+        ),
+    ] = None,
     header_timeout: Annotated[
         float | None,
         typer.Option(help="seconds a request's headers may take [LRPILOT_HEADER_TIMEOUT_S: 10]"),
@@ -178,6 +192,8 @@ def serve(
         shutdown_drain_s=shutdown_drain,
         shutdown_timeout_s=shutdown_timeout,
         insecure_no_auth=insecure_no_auth or None,
+        access_log=access_log,
+        log_format=log_format,
     )
     check_database(settings.database_url)
     if no_migrate:
@@ -186,11 +202,12 @@ def serve(
         _migrate(settings.database_url)
     if not is_loopback(host) and not settings.insecure_no_auth:
         _require_tokens(settings, host)
-    console.print(
-        f"lrpilot on http://{host}:{port} , database {_safe(settings.database_url)}",
-        soft_wrap=True,
-        markup=False,
-    )
+    if settings.log_format == "text":  # in json, every line of the log is JSON
+        console.print(
+            f"lrpilot on http://{host}:{port} , database {safe_url(settings.database_url)}",
+            soft_wrap=True,
+            markup=False,
+        )
     try:
         service = create_app(settings)
     except SigningKeyError as exc:
@@ -202,12 +219,11 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
-        access_log=access_log,
         drain=service.state.drain,
     ).run()
 
 
-def _serve_settings(database_url: str | None, **flags: float | None) -> Settings:
+def _serve_settings(database_url: str | None, **flags: float | str | None) -> Settings:
     """The settings from the environment, with the flags given on top of them."""
     given: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
     if database_url:
@@ -386,8 +402,3 @@ def _check_schema_is_current(raw_url: str) -> None:
             f"{', '.join(sorted(heads))}: run `lrpilot db upgrade` first (or serve without "
             "--no-migrate)"
         )
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for logs."""
-    return sa.make_url(url).render_as_string(hide_password=True)

@@ -76,6 +76,10 @@ def _run_batch(process: Process[T, R], items: list[T]) -> Sequence[R | BaseExcep
         return [exc] * len(items)
 
 
+def ignore_size(size: int) -> None:
+    """A group commit's default listener of batch sizes: nobody listens."""
+
+
 class Backoff:
     """How long to wait before trying a busy batch again: doubling, capped, reset on success."""
 
@@ -98,8 +102,15 @@ class Inline(Generic[T, R]):
     """Batches prepared on the event loop, committed on a thread: every item submitted while
     the previous batch was committing forms the next batch."""
 
-    def __init__(self, prepare: Prepare[T, R], busy: type[Exception], max_batch: int = 512):
+    def __init__(
+        self,
+        prepare: Prepare[T, R],
+        busy: type[Exception],
+        max_batch: int = 512,
+        batched: Callable[[int], None] = ignore_size,
+    ):
         self._prepare = prepare
+        self._batched = batched  # told each batch's size as it is committed (the metrics)
         self._busy = busy
         self._max_batch = max_batch
         self._backoff = Backoff()
@@ -149,6 +160,7 @@ class Inline(Generic[T, R]):
             self._settle(batch, [exc] * len(batch))
             return
         self._backoff.reset()
+        self._batched(len(batch))
         if not self._pending and len(batch) == 1:
             # Nobody else is waiting: handing the commit to the thread and back would only
             # add two thread wake-ups to this request's latency.
@@ -195,9 +207,15 @@ class Threaded(Generic[T, R]):
     """
 
     def __init__(
-        self, process: Process[T, R], busy: type[Exception], max_batch: int = 512, name: str = ""
+        self,
+        process: Process[T, R],
+        busy: type[Exception],
+        max_batch: int = 512,
+        name: str = "",
+        batched: Callable[[int], None] = ignore_size,
     ) -> None:
         self._process = process
+        self._batched = batched  # told each batch's size as it is run (the metrics)
         self._busy = busy
         self._max_batch = max_batch
         self._backoff = Backoff()
@@ -248,6 +266,7 @@ class Threaded(Generic[T, R]):
             batch = [entry for entry in batch if not entry[1].done()]
             if not batch:
                 continue
+            self._batched(len(batch))
             results = _run_batch(self._process, [item for item, _, _ in batch])
             by_loop: dict[
                 asyncio.AbstractEventLoop, list[tuple[asyncio.Future[R], R | BaseException]]

@@ -70,6 +70,7 @@ class Decisions:
         try:
             return await self._writer.submit(posted, self._timeout)
         except WaitTimeout:
+            self.store.stats.refused("timeout")  # the bounded wait, spent in the commit's queue
             raise Unavailable(
                 "the database did not answer in time; retry later (a retry never counts twice)"
             ) from None

@@ -57,6 +57,7 @@ class _Watch(Generic[T]):
         self.latest: Answer | None = None
         self.read_once = asyncio.Event()
         self.waiters = 0
+        self.timed_out = False  # its step was decided at its deadline, by a rank waiting here
         self.task: asyncio.Task[None] | None = None
         self._queue: list[asyncio.Future[T | None]] = []
         self._releasing: asyncio.Task[None] | None = None
@@ -120,6 +121,13 @@ class Waiters:
         # get a 200 kB decision each: encoding it for each was a quarter of their wake-up)
         self._steps: dict[tuple[RunKey, int], _Watch[bytes]] = {}
         self.draining = False  # shutting down: no wait starts, every wait ends
+        self.steps_timed_out = 0  # aggregated steps a rank of this process decided at deadline
+
+    def waiting(self) -> tuple[int, int, int]:
+        """Who waits now (for the metrics): long-poll readers, aggregated steps, their ranks."""
+        readers = sum(watch.waiters for watch in self._reads.values())
+        ranks = sum(watch.waiters for watch in self._steps.values())
+        return readers, len(self._steps), ranks
 
     def drain(self) -> None:
         """End every wait now (the process is shutting down), and every wait to come."""
@@ -177,6 +185,9 @@ class Waiters:
                         deadline = max(later.deadline, time.time() + WAIT_POLL_S)
                         continue
                     answer = body.encode()
+                    if not ranks.timed_out:
+                        ranks.timed_out = True
+                        self.steps_timed_out += 1
                     self.decided(run, step, answer)
                     return answer
                 with contextlib.suppress(TimeoutError):
