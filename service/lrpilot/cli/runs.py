@@ -15,7 +15,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lrpilot.cli._common import DEFAULT_URL, Token, Url, client, fail, service_errors
+from lrpilot.cli._common import (
+    DEFAULT_URL,
+    Token,
+    Url,
+    client,
+    detail_text,
+    fail,
+    service_errors,
+)
 from lrpilot_client import Client, Decision, LrpilotError, Run
 
 out = Console(soft_wrap=True)  # a hash or a run id never breaks across lines
@@ -39,7 +47,7 @@ def register(app: typer.Typer) -> None:
 def _failed(what: str) -> Callable[[LrpilotError], str]:
     def failed(exc: LrpilotError) -> str:
         status = f" ({exc.status_code})" if exc.status_code is not None else ""
-        return f"{what} failed{status}: {exc}"
+        return f"{what} failed{status}: {detail_text(exc)}"
 
     return failed
 
