@@ -25,7 +25,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
 from lrpilot.api.models import Message
@@ -199,10 +200,22 @@ def _header(request: Request) -> str | None:
     return request.headers.get("authorization")
 
 
+# Declares the scheme in the OpenAPI document (so /docs offers "Authorize" and sends the token);
+# the header is read and checked by ``Authenticator``, not by it (auto_error off).
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="an API token: `lrpilot token create --project P --role reader|writer|admin`",
+)
+
+
 def require(role: str) -> Any:
     """The dependency of a route that needs ``role``: the caller, checked."""
 
-    async def caller(request: Request) -> Caller:
+    async def caller(
+        request: Request,
+        _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
+    ) -> Caller:
         auth: Authenticator = request.app.state.auth
         peer = None if request.client is None else request.client.host
         who = await auth.authorize(_header(request), role, peer)
