@@ -62,6 +62,7 @@ def test_both_ranks_train_with_the_decided_lrs(live_server: LiveServer, tmp_path
 
     # (3) one decision an evaluation, each from both ranks' local losses weighted by shard size
     assert [d["step"] for d in log] == [e["step"] for e in evaluations], printed
+    assert any(d["action"] == "reduce" for d in log), "the example never reached a plateau"
     for i, d in enumerate(log):
         ranks = sorted(d["ranks"], key=lambda r: r["rank"])
         reports = [(rec["evaluations"][i]["local_val_loss"], rec["val_size"]) for rec in records]
