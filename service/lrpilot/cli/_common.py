@@ -172,6 +172,16 @@ def detail_text(error: LrpilotError) -> str:
     return str(detail)
 
 
+def failed_as(what: str) -> Callable[[LrpilotError], str]:
+    """A service's refusal of ``what`` as one line: "WHAT failed (STATUS): detail"."""
+
+    def failed(exc: LrpilotError) -> str:
+        status = f" ({exc.status_code})" if exc.status_code is not None else ""
+        return f"{what} failed{status}: {detail_text(exc)}"
+
+    return failed
+
+
 @contextlib.contextmanager
 def service_errors(url: str, failed: Callable[[LrpilotError], str]) -> Iterator[None]:
     """A client error as one line: "cannot reach URL" when no answer came, else `failed`'s."""

@@ -31,6 +31,7 @@ from lrpilot.cli._common import (
     client,
     detail_text,
     fail,
+    failed_as,
     readable,
     service_errors,
     writable,
@@ -109,10 +110,7 @@ def export(
     if output:
         writable(output, "-o")
 
-    def failed(exc: LrpilotError) -> str:
-        return f"export of {run_id!r} failed ({exc.status_code}): {detail_text(exc)}"
-
-    with service_errors(url, failed), client(url, token) as lrpilot:
+    with service_errors(url, failed_as(f"export of {run_id!r}")), client(url, token) as lrpilot:
         lrpilot.export(run_id, output if output else sys.stdout.buffer)
     if output:
         err.print(f"wrote {output}", markup=False)

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -20,11 +20,11 @@ from lrpilot.cli._common import (
     Token,
     Url,
     client,
-    detail_text,
     fail,
+    failed_as,
     service_errors,
 )
-from lrpilot_client import Client, Decision, LrpilotError, Run
+from lrpilot_client import Client, Decision, Run
 
 out = Console(soft_wrap=True)  # a hash or a run id never breaks across lines
 
@@ -42,14 +42,6 @@ def register(app: typer.Typer) -> None:
     app.command("show")(show)
     app.command("decisions")(decisions)
     app.command("watch")(watch)
-
-
-def _failed(what: str) -> Callable[[LrpilotError], str]:
-    def failed(exc: LrpilotError) -> str:
-        status = f" ({exc.status_code})" if exc.status_code is not None else ""
-        return f"{what} failed{status}: {detail_text(exc)}"
-
-    return failed
 
 
 def jsonable(value: Any) -> Any:
@@ -111,7 +103,7 @@ def runs(
     every label given)."""
     labels = _label_filter(label)
     found: list[Run] = []
-    with service_errors(url, _failed("listing the runs")), client(url, token) as lrpilot:
+    with service_errors(url, failed_as("listing the runs")), client(url, token) as lrpilot:
         for run in lrpilot.iter_runs(labels, limit=min(limit or 1000, 1000)):
             found.append(run)
             if limit is not None and len(found) >= limit:
@@ -141,7 +133,7 @@ def show(
 ) -> None:
     """A run's summary: its policy and lrs now, its last step, every change of the lrs, and
     its best metric."""
-    with service_errors(url, _failed(f"show {run_id!r}")), client(url, token) as lrpilot:
+    with service_errors(url, failed_as(f"show {run_id!r}")), client(url, token) as lrpilot:
         run = lrpilot.get_run(run_id)
         summary = lrpilot.summary(run_id)
     if as_json:
@@ -207,7 +199,7 @@ def decisions(
     token: Token = None,
 ) -> None:
     """A run's decision log, oldest first, page after page (superseded entries marked)."""
-    with service_errors(url, _failed(f"decisions of {run_id!r}")), client(url, token) as lrpilot:
+    with service_errors(url, failed_as(f"decisions of {run_id!r}")), client(url, token) as lrpilot:
         found = list(
             lrpilot.iter_decisions(run_id, action, limit=1000, from_step=from_step, to_step=to_step)
         )
@@ -250,7 +242,7 @@ def watch(
     """Print each new decision of a run as it is made, until Ctrl-C (one line each; with
     --json, one JSON object a line). Waits on the service (long polls), never spins."""
     try:
-        with service_errors(url, _failed(f"watch {run_id!r}")), client(url, token) as lrpilot:
+        with service_errors(url, failed_as(f"watch {run_id!r}")), client(url, token) as lrpilot:
             seen = lrpilot.get_run(run_id).last_seq
             if not as_json:
                 out.print(f"watching {run_id} after seq {seen} (Ctrl-C to stop)", markup=False)
