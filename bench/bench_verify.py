@@ -9,8 +9,11 @@ service's own ``domain.decide``, so every line is what the service would have st
 
   floor   for each line: read it, ``json.loads`` it, SHA-256 of its bytes (the least any check
           that reads every decision must do)
-  verify  ``lrpilot.audit.verify.check_bundle``: what ``lrpilot verify BUNDLE`` runs (both passes:
-          the rewinds, then every link and every decision replayed through the policy)
+  verify  ``lrpilot.audit.verify.check_bundle``: ``lrpilot verify -j 1 BUNDLE``, one process
+          (both passes: the rewinds, then every link and every decision replayed through the
+          policy)
+  verify -j  ``lrpilot.audit.parallel.check_bundle_file`` with ``--workers`` processes (default:
+          what ``lrpilot verify BUNDLE`` uses, this machine's cores), each checking a region
 
 and reports decisions a second, the median of the passes, and verify's rate against the
 floor's (issue 6 asks for >= 0.5). Peak memory: ``lrpilot verify`` is run as a child process on
@@ -42,8 +45,8 @@ from common import (
     timed_bench_parser,
     write_result,
 )
-from lrpilot.audit.bundle import header_line, read_raw, trailer_line
-from lrpilot.audit.verify import check_bundle
+from lrpilot.audit.bundle import header_line, trailer_line
+from lrpilot.audit.parallel import check_bundle_file, default_workers
 from lrpilot.domain.deciding import decide, new_run, now
 from lrpilot.settings import Settings
 from lrpilot.store.records import RunHead
@@ -91,8 +94,8 @@ def floor(path: Path) -> int:
     return n
 
 
-def verify(path: Path, head: str) -> int:
-    checked = check_bundle(lambda: read_raw(path), head)
+def verify(path: Path, head: str, workers: int = 1) -> int:
+    checked = check_bundle_file(path, head, workers=workers)
     if not checked.ok:
         raise SystemExit(f"the bench bundle does not verify: {checked.report.mismatch}")
     return checked.report.count
@@ -113,6 +116,12 @@ def peak_rss_mib(path: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = timed_bench_parser(__doc__, repeat=3)
     parser.add_argument("--decisions", type=int, default=1_000_000)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="processes of the `verify -j` pass (default: lrpilot verify's, this machine's cores)",
+    )
     args = parser.parse_args(argv)
     console.print(machine_info())
 
@@ -128,11 +137,15 @@ def main(argv: list[str] | None = None) -> int:
             f"bundle: {args.decisions:,} decisions, {size_mib:,.0f} MiB, built in {build_s:.0f} s"
         )
 
-        rates: dict[str, list[float]] = {"floor": [], "verify": []}
+        passes = ("floor", "verify", "verify -j")
+        rates: dict[str, list[float]] = {name: [] for name in passes}
         for i in range(args.repeat):
-            for name in ("floor", "verify") if i % 2 == 0 else ("verify", "floor"):
+            for name in passes if i % 2 == 0 else passes[::-1]:
                 t0 = time.perf_counter()
-                n = floor(big) - 2 if name == "floor" else verify(big, head)
+                if name == "floor":
+                    n = floor(big) - 2
+                else:
+                    n = verify(big, head, args.workers if name == "verify -j" else 1)
                 seconds = time.perf_counter() - t0
                 rates[name].append(n / seconds)
                 console.print(
@@ -147,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     for column in ("pass", "decisions/s", "µs/decision", "ratio to floor"):
         table.add_column(column, justify="right")
     median = {k: statistics.median(v) for k, v in rates.items()}
-    for name in ("floor", "verify"):
+    for name in passes:
         table.add_row(
-            name,
+            name if name != "verify -j" else f"verify -j {args.workers}",
             f"{median[name]:,.0f}",
             f"{1e6 / median[name]:.1f}",
             f"{median[name] / median['floor']:.2f}",
@@ -166,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         "rates": rates,
         "median": median,
         "ratio": median["verify"] / median["floor"],
+        "workers": args.workers,
+        "ratio_workers": median["verify -j"] / median["floor"],
         "peak_rss_mib": {"tenth": rss_small, "whole": rss_big},
     }
     write_result(args.out, "verify", result)

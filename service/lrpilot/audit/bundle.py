@@ -59,6 +59,10 @@ class Mismatch(Exception):
         )
         super().__init__(f"{where}: {what}" if where else what)
 
+    def __reduce__(self) -> tuple[type[Mismatch], tuple[Any, ...]]:
+        # from a verifying process to its parent (lrpilot.audit.parallel): made again whole
+        return (Mismatch, (self.line, self.seq, self.what, self.expected, self.found))
+
     def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = to_strict(
             {

@@ -169,6 +169,28 @@ class LogCheck:
         self._watch = watch or set()  # seqs whose hashes a bundle's trailer names
         self.watched: dict[int, str] = {}
 
+    def resume(
+        self, seq: int, digest: str, step: int | None, action: str | None, state: dict[str, Any]
+    ) -> None:
+        """Go on after the decision ``seq`` (its hash, step, action and the policy state it
+        left), as if every entry up to it had been checked here: for a log checked in regions
+        (``lrpilot.audit.parallel``), the region before proves that entry. A run without a
+        scaling rule and a log without rewinds: nothing else carries over."""
+        assert self.scaling is None and not self._rewinds
+        if type(seq) is not int or not isinstance(digest, str) or not isinstance(state, dict):
+            raise TypeError("seq, hash or state of another type")
+        replay = self.replay
+        self.replay = Replay(
+            replay.policy,
+            replay.params,
+            replay.base_lrs,
+            replay.metric,
+            state=replay.policy.load_state(state),
+        )
+        self.count, self.prev = seq, digest
+        self.last_step = self.step = step
+        self.action = action
+
     def scale_json(self) -> str | None:
         """The scale in force as the run row stores it (None: the base size, from the start)."""
         force = self.replay.force
@@ -641,6 +663,7 @@ class BundleCheck:
     lines: int = 0
     rewinds: list[Rewound] = field(default_factory=list)  # what decides the superseded flags
     header: bytes = b""  # the header line, as read
+    regions: int = 1  # processes that checked it, a region each (lrpilot.audit.parallel)
 
     @property
     def ok(self) -> bool:
@@ -682,6 +705,27 @@ def check_bundle(
                 check.check(text, number)
         if check is None or run is None:
             raise Mismatch(None, None, "the bundle is empty")
+        return finish_bundle(check, run, end, header, number, head, public_keys, whose, rewinds)
+    except Mismatch as exc:
+        count = check.count if check is not None else 0
+        prev = check.prev if check is not None else GENESIS
+        return BundleCheck(run, Report(False, count, prev, mismatch=exc), end, number)
+
+
+def finish_bundle(
+    check: LogCheck,
+    run: RunStored,
+    end: dict[str, Any] | None,
+    header: bytes,
+    number: int,
+    head: str | None = None,
+    public_keys: Sequence[Ed25519PublicKey] = (),
+    whose: str = "",
+    rewinds: list[Rewound] | None = None,
+) -> BundleCheck:
+    """After a bundle's last entry (``number`` the last line read): its trailer, the head
+    asked for, the header the trailer names, what it records as imported, its signatures."""
+    try:
         if end is None:
             raise Mismatch(number, None, "no trailer: the bundle is truncated")
         try:
@@ -701,11 +745,9 @@ def check_bundle(
             )
         _check_imported(end, check.watched, check.start, header_hash, number)
         report.notes += signature_notes(end, header_hash, public_keys, number, whose)
-        return BundleCheck(run, report, end, number, rewinds, header)
+        return BundleCheck(run, report, end, number, rewinds or [], header)
     except Mismatch as exc:
-        count = check.count if check is not None else 0
-        prev = check.prev if check is not None else GENESIS
-        return BundleCheck(run, Report(False, count, prev, mismatch=exc), end, number)
+        return BundleCheck(run, Report(False, check.count, check.prev, mismatch=exc), end, number)
 
 
 _TRAILER = b'{"end":'  # what parse_trailer reads as a trailer: no other line is one

@@ -9,9 +9,10 @@ service, through ``lrpilot_client``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,10 +21,11 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lrpilot.audit.bundle import Mismatch, bundle_run, live_branch, read_lines, read_raw
+from lrpilot.audit.bundle import Mismatch, bundle_run, live_branch, read_lines
+from lrpilot.audit.parallel import check_bundle_file, default_workers
 from lrpilot.audit.signing import SigningKeyError, keygen, load_public_key
 from lrpilot.audit.simulate import Comparison, Setup, compare, run_setup
-from lrpilot.audit.verify import check_bundle
+from lrpilot.audit.verify import BundleCheck
 from lrpilot.cli._common import (
     DEFAULT_URL,
     Token,
@@ -68,11 +70,25 @@ def _lines_with_progress(
     return open_lines
 
 
-def _raw_lines(bundle: Path, progress: Progress | None) -> Callable[[], Iterator[bytes]]:
-    """The bundle's lines as verify reads them, no longer than LRPILOT_MAX_BUNDLE_LINE_BYTES
-    (as `serve` reads an import)."""
-    max_line = Settings().max_bundle_line_bytes
-    return _lines_with_progress(bundle, progress, "verifying", lambda p: read_raw(p, max_line))
+def _checked(
+    bundle: Path, head: str | None = None, keys: Sequence[Any] = (), workers: int = 1
+) -> BundleCheck:
+    """The bundle checked as `lrpilot verify` checks it, its lines no longer than
+    LRPILOT_MAX_BUNDLE_LINE_BYTES (as `serve` reads an import); a bar on a large file."""
+    progress = _progress(bundle)
+    with progress or contextlib.nullcontext():
+        advance = None
+        if progress is not None:
+            task = progress.add_task("verifying", total=bundle.stat().st_size)
+            advance = functools.partial(progress.advance, task)
+        return check_bundle_file(
+            bundle,
+            head,
+            keys,
+            workers=workers,
+            max_line=Settings().max_bundle_line_bytes,
+            progress=advance,
+        )
 
 
 def _progress(path: Path) -> Progress | None:
@@ -153,6 +169,17 @@ def verify(
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            "-j",
+            min=1,
+            max=64,
+            help="processes that check a long log's regions side by side (default: the "
+            "cores this process may use; 1: one process)",
+        ),
+    ] = None,
 ) -> None:
     """Check a bundle offline: every link of the hash chain, every decision replayed through
     its pinned policy version, both branches of a rewound run; exit 1 at the first mismatch."""
@@ -161,10 +188,7 @@ def verify(
         keys = [load_public_key(path) for path in public_key or ()]
     except SigningKeyError as exc:
         fail(str(exc))
-    progress = _progress(bundle)
-    with progress or contextlib.nullcontext():
-        checked = check_bundle(_raw_lines(bundle, progress), head, keys)
-    report = checked.report
+    report = _checked(bundle, head, keys, workers or default_workers()).report
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
     elif report.ok:
@@ -262,9 +286,7 @@ def simulate(
 def _refuse_broken(bundle: Path) -> None:
     """A what-if of a log that does not verify would compare against decisions the policy
     never made: refuse it, with what `lrpilot verify` says."""
-    progress = _progress(bundle)
-    with progress or contextlib.nullcontext():
-        report = check_bundle(_raw_lines(bundle, progress)).report
+    report = _checked(bundle, workers=default_workers()).report
     if report.mismatch is not None:
         fail(
             f"{bundle} does not verify: {report.mismatch} "
