@@ -118,9 +118,14 @@ def _common(
     action: str,
     reason: str,
     state: Mapping[str, Any],
+    client: Mapping[str, Any] | None,
+    who: Mapping[str, str] | None,
 ) -> dict[str, Any]:
-    """The members every kind has, in one literal (an entry is built for every one verified)."""
-    return {
+    """The members every kind has, in one literal (an entry is built for every one verified),
+    and who asked: ``client`` as it declared itself, ``who`` whose token ("by"). Those appear
+    only when they say something: entries without them keep the shape (and so the hash) they
+    always had."""
+    doc = {
         "run_id": chain.run_id,
         "seq": chain.seq + 1,
         "step": step,
@@ -135,6 +140,11 @@ def _common(
         "reason": reason,
         "state": state,
     }
+    if client:
+        doc["client"] = client
+    if who:
+        doc["by"] = dict(who)
+    return doc
 
 
 class Draft(NamedTuple):
@@ -268,15 +278,10 @@ def decision(
     (aggregated mode) the reports ``value`` is the weighted mean of."""
     by = chain.factor
     served = scaled(lrs, by)
+    previous = scaled(previous_lrs, by)
     doc = _common(
-        chain, step, created_at, value, served, scaled(previous_lrs, by), action, reason, state
+        chain, step, created_at, value, served, previous, action, reason, state, client, who
     )
-    # Optional members appear only when they say something: decisions without them keep the
-    # shape (and so the hash) they always had.
-    if client:
-        doc["client"] = client
-    if who:
-        doc["by"] = dict(who)
     if ranks is not None:
         doc["ranks"] = ranks.ranks
         if ranks.missing or ranks.missing_ranges:
@@ -359,14 +364,12 @@ def rewind(
         Kind.REWIND.value,
         reason,
         state,
+        client,
+        who,
     )
     doc["rewind"] = {"to_step": to_step, "restores_seq": restores_seq, "superseded": superseded}
     if restored_force is not None and restored_force.factor != 1.0:  # the lrs stay scaled
         doc["scale"] = restored_force.factor
-    if client:
-        doc["client"] = client
-    if who:
-        doc["by"] = dict(who)
     return Draft(Kind.REWIND, doc)
 
 
@@ -405,13 +408,11 @@ def scale(
         f"{spec['by']} {was.size} -> {size}: {rule}, base_lrs are for {spec['by']} "
         f"{spec['base']}: {fmt_change(tuple(previous), tuple(lrs))} ({by!r} x the policy's)"
     )
-    doc = _common(chain, step, created_at, None, lrs, previous, Kind.SCALE.value, reason, state)
+    doc = _common(
+        chain, step, created_at, None, lrs, previous, Kind.SCALE.value, reason, state, client, who
+    )
     doc["scale"] = by
     doc["resize"] = {"by": spec["by"], "from": was.size, "to": size}
-    if client:
-        doc["client"] = client
-    if who:
-        doc["by"] = dict(who)
     return Draft(Kind.SCALE, doc)
 
 

@@ -6,7 +6,8 @@ every request for a one-line lookup.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 
@@ -17,30 +18,21 @@ from lrpilot.spec import RUN_ID_PATTERN, RUN_ID_RULE
 from lrpilot.store.runs import Store
 
 
-async def get_store(request: Request) -> Store:
-    store: Store = request.app.state.store
-    return store
+def _held(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency: what the app holds as ``app.state.<name>`` (made where it is assembled,
+    app.py)."""
+
+    async def held(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    held.__name__ = f"get_{name}"
+    return held
 
 
-async def get_decisions(request: Request) -> Decisions:
-    decisions: Decisions = request.app.state.decisions
-    return decisions
-
-
-async def get_audit(request: Request) -> Audit:
-    audit: Audit = request.app.state.audit
-    return audit
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-StoreDep = Annotated[Store, Depends(get_store)]
-DecisionsDep = Annotated[Decisions, Depends(get_decisions)]
-AuditDep = Annotated[Audit, Depends(get_audit)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(_held("store"))]
+DecisionsDep = Annotated[Decisions, Depends(_held("decisions"))]
+AuditDep = Annotated[Audit, Depends(_held("audit"))]
+SettingsDep = Annotated[Settings, Depends(_held("settings"))]
 RunId = Annotated[
     str, Path(pattern=RUN_ID_PATTERN, description=RUN_ID_RULE, examples=["resnet50-a"])
 ]

@@ -47,8 +47,24 @@ class RunKey(NamedTuple):
     run_id: str
 
 
+class _Keyed:
+    """A run's id and key, from its ``spec`` and ``project`` (RunHead and NewRun have both)."""
+
+    __slots__ = ()
+    spec: RunStored
+    project: str
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.project, self.spec.run_id)
+
+
 @dataclass(frozen=True, slots=True)
-class RunHead:
+class RunHead(_Keyed):
     """A run's spec and where its log stands: everything needed to decide its next step
     (O(1), whatever the log's length)."""
 
@@ -60,14 +76,6 @@ class RunHead:
     head_hash: str  # hash of entry last_seq (the chain's tip)
     scale: InForce | None  # a run with a scaling rule: the size in force; None without a rule
     project: str  # whose tokens see the run
-
-    @property
-    def run_id(self) -> str:
-        return self.spec.run_id
-
-    @property
-    def key(self) -> RunKey:
-        return RunKey(self.project, self.spec.run_id)
 
     def after(self, decision: NewDecision) -> RunHead:
         """The head once ``decision`` is appended."""
@@ -85,21 +93,13 @@ class RunHead:
 
 
 @dataclass(frozen=True, slots=True)
-class NewRun:
+class NewRun(_Keyed):
     """A run to create: its spec (params resolved) and its initial state."""
 
     spec: RunStored
     state: str  # canonical JSON of the policy's initial state
     lrs: str  # canonical JSON list: the initial lrs
     project: str = "default"  # whose tokens see it
-
-    @property
-    def run_id(self) -> str:
-        return self.spec.run_id
-
-    @property
-    def key(self) -> RunKey:
-        return RunKey(self.project, self.spec.run_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1116,17 +1116,11 @@ class Store:
         for body in self.bodies(run, up_to_seq, superseded=superseded):
             yield json.loads(body)
 
-    def bodies(
-        self,
-        run: RunKey,
-        up_to_seq: int,
-        action: str | None = None,
-        superseded: bool | None = None,
-        page: int = 1000,
-    ) -> Iterator[str]:
+    def bodies(self, run: RunKey, up_to_seq: int, superseded: bool | None = None) -> Iterator[str]:
         """The run's decisions up to ``up_to_seq``, in seq order, a page of short statements at
-        a time: constant memory, and no statement runs long enough to meet the timeout."""
-        for body, _ in self.flagged(run, up_to_seq, action, superseded, page):
+        a time (``flagged``): constant memory, and no statement runs long enough to meet the
+        timeout."""
+        for body, _ in self.flagged(run, up_to_seq, superseded=superseded):
             yield body
 
     def flagged(
