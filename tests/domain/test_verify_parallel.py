@@ -79,7 +79,8 @@ def written(tmp_path: Path, lines: list[str], name: str = "bundle.ndjson") -> Pa
 
 def both(path: Path, workers: int) -> tuple[BundleCheck, BundleCheck]:
     one = check_bundle_file(path, workers=1)
-    split = check_bundle_file(path, workers=workers, parallel_from=0)
+    # fork asked for: pytest -n runs a thread beside the tests, where regions would not fork
+    split = check_bundle_file(path, workers=workers, parallel_from=0, method="fork")
     return one, split
 
 
@@ -169,7 +170,9 @@ def test_the_trailer_edited_or_an_entry_signed_off_are_found_alike(
     same(one, split)
     one, split = both(written(tmp_path, lines, "good.ndjson"), 3)
     assert one.ok
-    wrong_head = check_bundle_file(path, head="0" * 64, workers=3, parallel_from=0)
+    wrong_head = check_bundle_file(
+        path, head="0" * 64, workers=3, parallel_from=0, method="fork"
+    )
     assert not wrong_head.ok
 
 

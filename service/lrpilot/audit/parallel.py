@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
@@ -52,7 +53,9 @@ from lrpilot.spec import RunStored
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-PARALLEL_FROM_BYTES = 8 << 20  # below this a file is checked faster than processes start
+# Below this (about 80,000 decisions, a second or two of checking) starting the processes
+# costs more than they save.
+PARALLEL_FROM_BYTES = 64 << 20
 _PROGRESS_EVERY = 4096  # lines between two reports of the bytes read (a call costs)
 _TAIL_BYTES = 1 << 16  # read from the end to find the trailer; a longer one: one process
 
@@ -77,12 +80,16 @@ def check_bundle_file(
     max_line: int = MAX_LINE_BYTES,
     progress: Progress | None = None,
     parallel_from: int = PARALLEL_FROM_BYTES,
+    method: str | None = None,
 ) -> BundleCheck:
-    """``check_bundle`` of the file ``path``, by up to ``workers`` processes: the same report."""
+    """``check_bundle`` of the file ``path``, by up to ``workers`` processes (started by
+    ``multiprocessing``'s ``method``; by default forked, and only from a process that runs no
+    other thread): the same report. A file smaller than ``parallel_from`` bytes is checked in
+    this process, as is one whose regions' processes cannot start or die."""
     size = path.stat().st_size
     plan = _plan(path, size, workers, max_line) if workers > 1 and size >= parallel_from else None
     if plan is not None:
-        checked = _in_regions(plan, path, head, public_keys, whose, max_line, progress)
+        checked = _in_regions(plan, path, head, public_keys, whose, max_line, progress, method)
         if checked is not None:
             return checked
     return check_bundle(_reading(path, max_line, progress), head, public_keys, whose)
@@ -287,12 +294,13 @@ def _in_regions(
     whose: str,
     max_line: int,
     progress: Progress | None,
+    method: str | None,
 ) -> BundleCheck | None:
     """The regions' verdict, or None when a region found a rewind (the log is not one to
-    split)."""
-    # fork is cheap and this process is ours; a process with threads forks unsafely: spawn
-    method = "fork" if threading.active_count() == 1 and os.name == "posix" else "spawn"
-    context = multiprocessing.get_context(method)
+    split), or processes cannot be started here or died (``check_bundle`` then)."""
+    context = _processes(method)
+    if context is None:
+        return None
     counter: Synchronized[int] = context.Value("q", 0)
     watch = _imported_counts(plan.trailer)
     stops: list[int | None] = [*plan.starts[1:], None]
@@ -312,17 +320,30 @@ def _in_regions(
                 told = now
             if not pending:
                 break
-        regions = [_result(future) for future in futures]
-    if any(region.rewound for region in regions):
+        found = [_result(future) for future in futures]
+    regions = [region for region in found if region is not None]
+    if len(regions) < len(found) or any(region.rewound for region in regions):
         return None
     return _verdict(plan, regions, head, public_keys, whose)
 
 
-def _result(future: Future[_Region]) -> _Region:
+def _processes(method: str | None) -> multiprocessing.context.BaseContext | None:
+    """How the regions' processes start: by ``method`` if given; else forked from this
+    process when it runs no other thread (the CLI: the cheapest way), and not at all when it
+    does (a fork may inherit a lock some thread held; a spawned process imports the caller's
+    main module again, which a script without a ``__main__`` guard does not survive)."""
+    if method is not None:
+        return multiprocessing.get_context(method)
+    if os.name == "posix" and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return None
+
+
+def _result(future: Future[_Region]) -> _Region | None:
     try:
         return future.result()
-    except Exception as exc:  # a process that died (killed, out of memory): say so, not raise
-        return _Region(mismatch=Mismatch(None, None, f"a verifying process failed: {exc!r}"))
+    except BrokenProcessPool:  # a process that died (killed, out of memory): one process then
+        return None
 
 
 def _verdict(
