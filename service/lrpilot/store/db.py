@@ -13,15 +13,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 from lrpilot.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def is_sqlite(url: str) -> bool:
@@ -350,6 +351,10 @@ def migrations_dir() -> Path:
 
 
 def alembic_config(url: str) -> Config:
+    # Alembic is imported here, not with the module: it is 0.4 s of every CLI command's start
+    # (lrpilot --version included), and only migrations need it.
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     cfg.attributes["url"] = url
@@ -358,4 +363,6 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` to ``revision`` (creating a SQLite file if needed)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url), revision)
