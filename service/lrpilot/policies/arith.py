@@ -190,3 +190,19 @@ def pow01(x: float, p: float) -> float:
     if p.is_integer() and p <= 64.0:
         return ipow(x, int(p))
     return exp(p * log(x))
+
+
+def sin2_frac(p: float) -> float:
+    """sin(pi * p / 2) ** 2 for 0 <= p <= 1, i.e. (1 - cos(pi * p)) / 2 without its
+    cancellation near p = 0 (1 - p is exact for p >= 0.5)."""
+    s = ksin(p * _HALF_PI) if p <= 0.5 else kcos((1.0 - p) * _HALF_PI)
+    return s * s
+
+
+def cos2_turns(x: float) -> float:
+    """cos(pi * x) ** 2 for a finite x >= 0, i.e. (1 + cos(2 pi x)) / 2: x reduced exactly to
+    [0, 1/2] (cos ** 2 has period 1 and is even about 1/2), then ``cos2_frac``."""
+    r = x - _floor(x)  # the fraction of a double is a double: exact
+    if r > 0.5:
+        r = 1.0 - r  # exact for r >= 0.5
+    return cos2_frac(r + r)

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import float_token
-from lrpilot.policies.base import MAX_STEP, FieldStepper, Frozen, Loc, Policy, State
+from lrpilot.policies.base import MAX_STEP, FieldStepper, Frozen, Loc, Policy, State, Stepper
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs
 
 Curve = Callable[[int], tuple[float, ...]]
@@ -164,7 +164,7 @@ class Schedule(Policy):
             raise ValueError(f"steps start at 0, got {step}")
         return params.curve(step)
 
-    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> ScheduleStepper:
+    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
         assert isinstance(params, ScheduleParams)
         return ScheduleStepper(self.name, params.curve, state, metric)
 
