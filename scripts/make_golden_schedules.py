@@ -443,11 +443,18 @@ def torch_lrs(family: str, line: dict[str, Any], steps: list[int]) -> dict[int, 
     kwargs = dict(line["params"])
     if family in ("cyclic", "one_cycle"):
         kwargs["cycle_momentum"] = False
-    out: dict[int, list[float]] = {}
-    wanted = set(steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sched = TORCH_CLASS[family](opt, **kwargs)
+    return stepped(sched, opt, steps)
+
+
+def stepped(sched: Any, opt: Any, steps: list[int]) -> dict[int, list[float]]:
+    """The group lrs of ``opt`` at ``steps`` (ascending), ``sched`` stepped there from step 0."""
+    out: dict[int, list[float]] = {}
+    wanted = set(steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepped without an optimizer step: lrs only
         for k in range(max(steps) + 1):
             if k:
                 sched.step()
@@ -489,16 +496,7 @@ def inverse_sqrt_reference(line: dict[str, Any], steps: list[int]) -> dict[int, 
         sched: Any = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     else:
         sched = get_inverse_sqrt_schedule(opt, w, p["timescale"])
-    out = {}
-    wanted = set(steps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # stepped without an optimizer step: lrs only
-        for k in range(max(steps) + 1):
-            if k:
-                sched.step()
-            if k in wanted:
-                out[k] = [float(g["lr"]) for g in opt.param_groups]
-    return out
+    return stepped(sched, opt, steps)
 
 
 def keras_inverse_time(line: dict[str, Any], steps: list[int]) -> dict[int, list[float]]:

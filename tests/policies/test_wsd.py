@@ -18,6 +18,7 @@ from transformers.optimization import get_wsd_schedule
 from lrpilot.policies import Observation, PolicyError
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.policies.wsd import WSD, WsdParams, WsdState
+from tests.helpers import refusal_names
 
 ULP = 2.0**-52
 BASE = (0.1, 0.003)
@@ -252,12 +253,7 @@ def test_the_plateau_trigger_starts_the_decay_once() -> None:
 def test_resolve_refuses_and_names_the_field(
     params: dict[str, Any], field: str, words: str
 ) -> None:
-    with pytest.raises(PolicyError) as info:
-        WSD.resolve(params, BASE)
-    assert any(
-        ".".join(map(str, loc)) == f"params.{field}" and words in msg
-        for loc, msg in info.value.errors
-    ), info.value.errors
+    assert refusal_names(WSD, params, BASE, field, words)
 
 
 def test_a_run_through_the_service(api: TestClient) -> None:
