@@ -13,8 +13,9 @@ is written only if all of them agree:
 
 * torch's scheduler (keras' InverseTimeDecay for inverse_time, fed a float64 initial lr;
   transformers' get_inverse_sqrt_schedule, fairseq's formula or The Annotated Transformer's rate
-  for inverse_sqrt, by its form) stepped to that step, for steps up to --torch-steps: within
-  1e-10 relative;
+  for inverse_sqrt, by its form; transformers' get_cosine_with_min_lr_schedule_with_warmup for
+  cosine_with_min_lr, after the warmup when its shape is not linear) stepped to that step, for
+  steps up to --torch-steps: within 1e-10 relative;
 * the exact value of the family's formula (mpmath, 200 bits), at every step: within 1e-12
   relative. Both plus 1e-15 times the largest lr, for lrs at zero.
 
@@ -151,6 +152,39 @@ HAND_WRITTEN: dict[str, list[Case]] = {
         ({"num_warmup_steps": 10, "form": "fairseq", "warmup_init_lr": 1e-7}, (5e-4, 1e-3)),
         ({"num_warmup_steps": MAX_STEP}, (1.0,)),
     ],
+    "cosine_with_min_lr": [
+        ({"num_warmup_steps": 100, "num_training_steps": 1000, "min_lr_rate": 0.1}, (0.1,)),
+        ({"num_warmup_steps": 0, "num_training_steps": 300, "min_lr_rate": 0.0}, (0.1, 0.01)),
+        (
+            {
+                "num_warmup_steps": 50,
+                "num_training_steps": 500,
+                "min_lr_rate": 0.05,
+                "num_cycles": 1.25,
+                "warmup_type": "cosine",
+            },
+            (0.3,),
+        ),
+        (
+            {
+                "num_warmup_steps": 200,
+                "num_training_steps": 2000,
+                "min_lr_rate": 0.01,
+                "warmup_type": "exponential",
+            },
+            (0.1, 0.001),
+        ),
+        (
+            {
+                "num_warmup_steps": 20,
+                "num_training_steps": 20,
+                "min_lr_rate": 0.5,
+                "warmup_type": "1-sqrt",
+            },
+            (1.0,),
+        ),
+        ({"num_warmup_steps": 10, "num_training_steps": MAX_STEP, "min_lr_rate": 0.1}, (1.0,)),
+    ],
 }
 
 
@@ -219,6 +253,15 @@ def random_case(family: str, rng: random.Random) -> Case:
             }
             if float(params["pct_start"] * params["total_steps"]) - 1 != 0.0:
                 break
+    elif family == "cosine_with_min_lr":
+        w = rng.randint(0, 500)
+        params = {
+            "num_warmup_steps": w,
+            "num_training_steps": w + rng.randint(1, 3000),
+            "min_lr_rate": rng.choice((0.0, rng.uniform(0.0, 0.5))),
+            "num_cycles": rng.choice((0.5, rng.uniform(0.0, 2.0))),
+            "warmup_type": rng.choice(("linear", "linear", "cosine", "1-sqrt")),
+        }
     elif family == "inverse_sqrt":
         form = rng.choice(("transformers", "fairseq", "noam"))
         params = {"num_warmup_steps": rng.randint(1, 2000), "form": form}
@@ -261,6 +304,9 @@ def boundaries(family: str, p: dict[str, Any]) -> list[int]:
         return [math.floor(pct * t) - 1, math.floor(2 * pct * t) - 2, t - 1, t]
     if family == "inverse_sqrt":
         return [p["num_warmup_steps"], p["timescale"] or 0]
+    if family == "cosine_with_min_lr":
+        w, t = p["num_warmup_steps"], p["num_training_steps"]
+        return [w, (w + t) // 2, t, 2 * t - w]
     return []
 
 
@@ -413,6 +459,23 @@ def exact_lrs(family: str, p: dict[str, Any], base: list[float], k: int) -> list
                     ]
                 return [(b - a) * frac + a for a, b in zip(firsts, lasts, strict=True)]
             start = end
+    if family == "cosine_with_min_lr":
+        w, t, m = p["num_warmup_steps"], p["num_training_steps"], mpf(p["min_lr_rate"])
+        if k < w:
+            x = mpf(k) / w
+            kind = p["warmup_type"]
+            if kind == "exponential":
+                f = m ** (1 - x)
+            else:
+                f = {
+                    "linear": x,
+                    "cosine": (1 - cos(pi * x)) / 2,
+                    "1-sqrt": 1 - mpmath.sqrt(1 - x),
+                }[kind]
+        else:
+            x = mpf(k - w) / max(1, t - w)
+            f = (1 + cos(2 * pi * mpf(p["num_cycles"]) * x)) / 2 * (1 - m) + m
+        return [mpf(b) * f for b in base]
     if family == "inverse_sqrt":
         w = p["num_warmup_steps"]
         if p["form"] == "noam":
@@ -461,6 +524,23 @@ def stepped(sched: Any, opt: Any, steps: list[int]) -> dict[int, list[float]]:
             if k in wanted:
                 out[k] = [float(g["lr"]) for g in opt.param_groups]
     return out
+
+
+def cosine_with_min_lr_reference(line: dict[str, Any], steps: list[int]) -> dict[int, list[float]]:
+    """transformers' get_cosine_with_min_lr_schedule_with_warmup, stepped: at every step with
+    its linear warmup, after the warmup with another shape (transformers has only linear)."""
+    import torch
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    p, base = line["params"], line["base_lrs"]
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base]
+    opt = torch.optim.SGD(groups, lr=base[0])
+    w = p["num_warmup_steps"]
+    sched = get_cosine_with_min_lr_schedule_with_warmup(
+        opt, w, p["num_training_steps"], p["num_cycles"], min_lr_rate=p["min_lr_rate"]
+    )
+    out = stepped(sched, opt, steps)
+    return {k: v for k, v in out.items() if p["warmup_type"] == "linear" or k >= w}
 
 
 def inverse_sqrt_reference(line: dict[str, Any], steps: list[int]) -> dict[int, list[float]]:
@@ -555,10 +635,13 @@ def verify(family: str, line: dict[str, Any], torch_steps: int) -> list[str]:
             reference = keras_inverse_time(line, near)
         elif family == "inverse_sqrt":
             reference = inverse_sqrt_reference(line, near)
+        elif family == "cosine_with_min_lr":
+            reference = cosine_with_min_lr_reference(line, near)
         else:
             reference = torch_lrs(family, line, near)
-        for k in near:
-            what = {"inverse_time": "keras", "inverse_sqrt": "library"}.get(family, "torch")
+        for k in (k for k in near if k in reference):
+            what = {"inverse_time": "keras"}.get(family, "torch")
+            what = "library" if family in ("inverse_sqrt", "cosine_with_min_lr") else what
             check(what, k, ours[k], reference[k], 1e-10)
     return problems
 
@@ -580,6 +663,7 @@ FAMILIES = (
     "cyclic",
     "one_cycle",
     "inverse_sqrt",
+    "cosine_with_min_lr",
 )
 
 

@@ -12,6 +12,7 @@ from lrpilot.policies.base import (
     policy_id,
 )
 from lrpilot.policies.compose import Scaled, Sequence
+from lrpilot.policies.cosine_with_min_lr import COSINE_WITH_MIN_LR
 from lrpilot.policies.inverse_sqrt import INVERSE_SQRT
 from lrpilot.policies.plateau import Plateau
 from lrpilot.policies.plateau2 import Plateau2
@@ -30,6 +31,7 @@ POLICIES: dict[str, Policy] = {
         RangeTest(),
         INVERSE_SQRT,
         WSD,
+        COSINE_WITH_MIN_LR,
     )
 }
 

@@ -206,3 +206,12 @@ def cos2_turns(x: float) -> float:
     if r > 0.5:
         r = 1.0 - r  # exact for r >= 0.5
     return cos2_frac(r + r)
+
+
+def cos2_turns_ratio(n: int, d: int) -> float:
+    """cos(pi * n / d) ** 2 for integers n >= 0, d >= 1, reduced exactly (integers: any n,
+    however large, keeps every digit), then ``cos2_ratio``."""
+    r = n % d
+    if r + r > d:
+        r = d - r
+    return cos2_ratio(r + r, d)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import cached_property
-from typing import Annotated, Any
+from math import sqrt
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -25,6 +26,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import float_token
+from lrpilot.policies.arith import exp, log, sin2_frac
 from lrpilot.policies.base import MAX_STEP, FieldStepper, Frozen, Loc, Policy, State, Stepper
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs
 
@@ -209,3 +211,24 @@ class ScheduleStepper(FieldStepper):
 
     def state_doc(self) -> dict[str, Any]:
         return {"lrs": [float_token(x) for x in self.lrs]}
+
+
+# -- warmups ------------------------------------------------------------------------------------
+
+WarmupType = Literal["linear", "cosine", "1-sqrt", "exponential"]
+
+
+def warmup_ramp(kind: str, low: float) -> Callable[[float], float]:
+    """p in [0, 1) (the fraction of the warmup done) -> the factor on the base lrs, from ``low``
+    to 1: linear (p), cosine ((1 - cos(pi p)) / 2) and 1-sqrt (1 - sqrt(1 - p)) mapped as
+    transformers' get_wsd_schedule maps them, ``max(0.0, shape * (1.0 - low) + low)``; or
+    exponential, ``low ** (1 - p)``: geometrically (``low`` > 0)."""
+    keep = 1.0 - low
+    if kind == "exponential":
+        log_low = log(low)
+        return lambda p: exp((1.0 - p) * log_low)
+    if kind == "linear":
+        return lambda p: max(0.0, p * keep + low)
+    if kind == "cosine":
+        return lambda p: max(0.0, sin2_frac(p) * keep + low)
+    return lambda p: max(0.0, (1.0 - sqrt(1.0 - p)) * keep + low)

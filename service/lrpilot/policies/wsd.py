@@ -49,12 +49,11 @@ from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat
 
 from lrpilot.canonical import float_token
 from lrpilot.policies import common
-from lrpilot.policies.arith import cos2_frac, cos2_turns, exp, ipow, log, sin2_frac
+from lrpilot.policies.arith import cos2_frac, cos2_turns, exp, ipow, log
 from lrpilot.policies.base import FieldStepper, Frozen, Loc, PolicyError, State
-from lrpilot.policies.curve import Curve, Schedule, ScheduleParams, Steps
+from lrpilot.policies.curve import Curve, Schedule, ScheduleParams, Steps, WarmupType, warmup_ramp
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs, plural
 
-WarmupType = Literal["linear", "cosine", "1-sqrt", "exponential"]
 DecayType = Literal["linear", "cosine", "1-sqrt", "exponential", "step"]
 Ratio = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]
 
@@ -231,22 +230,15 @@ class WsdParams(ScheduleParams):
         of ``shape``."""
         w, m = self.num_warmup_steps, self.min_lr_ratio
         warm, keep, log_m = float(max(1, w)), 1.0 - m, log(m) if m > 0.0 else -inf
-        warmup_type, cycles = self.warmup_type, self.num_cycles
+        cycles = self.num_cycles
         drops, drop = sorted(self.drop_at), self.drop_factor
         floor_lrs = tuple([b * m for b in base])
         span = float(max(1, length or 0))
 
+        ramp = warmup_ramp(self.warmup_type, m)
+
         def warmup(k: int) -> float:
-            p = float(k) / warm
-            if warmup_type == "exponential":
-                return exp((1.0 - p) * log_m)
-            if warmup_type == "linear":
-                f = p
-            elif warmup_type == "cosine":
-                f = sin2_frac(p)
-            else:
-                f = 1.0 - sqrt(1.0 - p)
-            return max(0.0, f * keep + m)
+            return ramp(float(k) / warm)
 
         def decay(p: float) -> float:
             if shape == "exponential":
