@@ -10,8 +10,9 @@ groups (base lrs 0.1, 0.01, 0.001, ...), in each of ``--repeat`` passes:
                  before the clock starts, then ``sched.step()`` ``--steps`` times: the reference
                  (inverse_time has no torch scheduler: the reference is torch's LambdaLR with
                  keras' 1/t formula as its lambda, what a torch user writes for it;
-                 inverse_sqrt and wsd: transformers' get_inverse_sqrt_schedule and
-                 get_wsd_schedule, LambdaLRs)
+                 inverse_sqrt, wsd and cosine_with_min_lr: transformers' LambdaLRs,
+                 get_inverse_sqrt_schedule, get_wsd_schedule and
+                 get_cosine_with_min_lr_schedule_with_warmup)
   lrs_at         ``policy.lrs_at(params, state, k)`` for k = 0 .. ``--steps`` - 1 (what a rank
                  that only reads asks, and what GET lr?step=k answers)
 
@@ -34,7 +35,11 @@ from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
-from transformers.optimization import get_inverse_sqrt_schedule, get_wsd_schedule
+from transformers.optimization import (
+    get_cosine_with_min_lr_schedule_with_warmup,
+    get_inverse_sqrt_schedule,
+    get_wsd_schedule,
+)
 
 import common
 from common import console
@@ -97,6 +102,10 @@ def cases(n: int) -> dict[str, tuple[dict[str, Any], Callable[..., Any]]]:
                 "min_lr_ratio": 0.01,
             },
             transformers(get_wsd_schedule),
+        ),
+        "cosine_with_min_lr": (
+            {"num_warmup_steps": n // 10, "num_training_steps": n, "min_lr_rate": 0.1},
+            transformers(get_cosine_with_min_lr_schedule_with_warmup),
         ),
     }
 
@@ -209,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "inverse_time": "LambdaLR (1/t)",
             "inverse_sqrt": "transformers LambdaLR",
             "wsd": "transformers LambdaLR",
+            "cosine_with_min_lr": "transformers LambdaLR",
         }.get(family) or type(torch_scheduler(make, params, 1)).__name__
         row = Row(family, reference)
         row.max_rel_diff = differential(family, make, params, args.groups, n)
