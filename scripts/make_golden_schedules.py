@@ -12,10 +12,11 @@ lr in a file (each lrs_at entry and each decision) is checked against two refere
 is written only if all of them agree:
 
 * torch's scheduler (keras' InverseTimeDecay for inverse_time, fed a float64 initial lr;
-  transformers' get_inverse_sqrt_schedule, fairseq's formula or The Annotated Transformer's rate
-  for inverse_sqrt, by its form; transformers' get_cosine_with_min_lr_schedule_with_warmup for
-  cosine_with_min_lr, after the warmup when its shape is not linear) stepped to that step, for
-  steps up to --torch-steps: within 1e-10 relative;
+  transformers' get_inverse_sqrt_schedule, fairseq's or T5's formula or The Annotated
+  Transformer's rate for inverse_sqrt, by its form; transformers'
+  get_cosine_with_min_lr_schedule_with_warmup for cosine_with_min_lr, after the warmup when its
+  shape is not linear) stepped to that step, for steps up to --torch-steps: within 1e-10
+  relative;
 * the exact value of the family's formula (mpmath, 200 bits), at every step: within 1e-12
   relative. Both plus 1e-15 times the largest lr, for lrs at zero.
 
@@ -151,6 +152,8 @@ HAND_WRITTEN: dict[str, list[Case]] = {
         ({"num_warmup_steps": 4000, "form": "fairseq"}, (5e-4,)),
         ({"num_warmup_steps": 10, "form": "fairseq", "warmup_init_lr": 1e-7}, (5e-4, 1e-3)),
         ({"num_warmup_steps": MAX_STEP}, (1.0,)),
+        ({"num_warmup_steps": 10000, "form": "t5"}, (1.0,)),
+        ({"num_warmup_steps": 1, "form": "t5"}, (0.01, 0.001)),
     ],
     "cosine_with_min_lr": [
         ({"num_warmup_steps": 100, "num_training_steps": 1000, "min_lr_rate": 0.1}, (0.1,)),
@@ -263,7 +266,7 @@ def random_case(family: str, rng: random.Random) -> Case:
             "warmup_type": rng.choice(("linear", "linear", "cosine", "1-sqrt")),
         }
     elif family == "inverse_sqrt":
-        form = rng.choice(("transformers", "fairseq", "noam"))
+        form = rng.choice(("transformers", "fairseq", "noam", "t5"))
         params = {"num_warmup_steps": rng.randint(1, 2000), "form": form}
         if form == "transformers" and rng.random() < 0.5:
             params["timescale"] = rng.randint(1, 3000)
@@ -482,6 +485,8 @@ def exact_lrs(family: str, p: dict[str, Any], base: list[float], k: int) -> list
             j = mpf(max(k, 1))
             f = mpf(p["d_model"]) ** mpf(-0.5) * min(j ** mpf(-0.5), j * mpf(w) ** mpf(-1.5))
             return [mpf(b) * f for b in base]
+        if p["form"] == "t5":
+            return [mpf(b) / mpmath.sqrt(max(k, w)) for b in base]
         if p["form"] == "fairseq":
             init = mpf(p["warmup_init_lr"] or 0.0)
             if k < w:
@@ -545,13 +550,16 @@ def cosine_with_min_lr_reference(line: dict[str, Any], steps: list[int]) -> dict
 
 def inverse_sqrt_reference(line: dict[str, Any], steps: list[int]) -> dict[int, list[float]]:
     """The libraries' own lrs: transformers' get_inverse_sqrt_schedule (its LambdaLR stepped),
-    The Annotated Transformer's rate through a LambdaLR (noam), and fairseq's
-    InverseSquareRootSchedule.step_update, transcribed (fairseq is not a dependency)."""
+    The Annotated Transformer's rate through a LambdaLR (noam), fairseq's
+    InverseSquareRootSchedule.step_update and T5's rsqrt, transcribed (fairseq and Mesh
+    TensorFlow are not dependencies)."""
     import torch
     from transformers.optimization import get_inverse_sqrt_schedule
 
     p, base = line["params"], line["base_lrs"]
     w = p["num_warmup_steps"]
+    if p["form"] == "t5":  # T5's rsqrt (Mesh TensorFlow, not a dependency), transcribed
+        return {k: [lr * (1.0 / math.sqrt(max(k, w))) for lr in base] for k in steps}
     if p["form"] == "fairseq":
         init = p["warmup_init_lr"] or 0.0
         out: dict[int, list[float]] = {}

@@ -6,6 +6,7 @@ through a LambdaLR (a few ulps: their powers are libm's pow); its refusals; a ru
 from __future__ import annotations
 
 import inspect
+import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -102,6 +103,13 @@ def test_form_noam_is_the_annotated_transformers_rate_within_four_ulps() -> None
                     assert abs(x - y) <= 4 * ULP * y, (params, k, x, y)
 
 
+def test_form_t5_is_t5s_rsqrt() -> None:
+    """T5's 1 / sqrt(max(step, warmup)): 0.01 through 10,000 warmup steps, then the decay."""
+    lrs = [x for (x,) in ours({"form": "t5", "num_warmup_steps": 10_000}, (1.0,), range(40_001))]
+    assert lrs[:10_001] == [0.01] * 10_001 and lrs[40_000] == 0.005
+    assert all(a > b for a, b in itertools.pairwise(lrs[10_000:]))
+
+
 def test_params_are_transformers_arguments_with_its_defaults() -> None:
     sig = inspect.signature(get_inverse_sqrt_schedule).parameters
     schema = POLICY.params_schema()
@@ -135,7 +143,7 @@ def test_large_steps_and_the_ends() -> None:
         ),
         ({"num_warmup_steps": 1, "warmup_init_lr": 0.1}, "warmup_init_lr", "form fairseq's"),
         ({"num_warmup_steps": 1, "d_model": 512}, "d_model", "form noam's"),
-        ({"num_warmup_steps": 1, "form": "t5"}, "form", "Input should be"),
+        ({"num_warmup_steps": 1, "form": "rsqrt"}, "form", "Input should be"),
         ({"num_warmup_steps": 1, "last_epoch": 0}, "last_epoch", "not a param here"),
     ],
 )

@@ -1,6 +1,6 @@
-"""``inverse_sqrt@1``: a linear warmup, then the lrs fall as the inverse square root of the step.
+"""``inverse_sqrt@1``: a warmup, then the lrs fall as the inverse square root of the step.
 
-Three forms of one curve, each computed in its library's float operations (``math.sqrt`` is
+Four forms of one curve, each computed in its library's float operations (``math.sqrt`` is
 IEEE's correctly rounded square root: the same bits on every machine):
 
 * ``transformers`` (the default): transformers' ``get_inverse_sqrt_schedule(optimizer,
@@ -13,6 +13,9 @@ IEEE's correctly rounded square root: the same bits on every machine):
   ``lr_step = (lr - warmup_init_lr) / num_warmup_steps`` below ``num_warmup_steps``, then
   ``lr * sqrt(num_warmup_steps) * (1.0 / sqrt(k))``. fairseq writes ``k ** -0.5`` (libm's pow,
   not correctly rounded everywhere): the two differ by at most an ulp or two.
+* ``t5``: T5's (Raffel et al. 2020, Mesh TensorFlow's ``rsqrt_decay``): the base lrs times
+  ``1.0 / sqrt(max(k, num_warmup_steps))``: constant through the warmup (T5: 0.01 for 10,000
+  steps), then the inverse square root.
 * ``noam``: the Transformer paper's (Vaswani et al. 2017, as The Annotated Transformer runs it
   through LambdaLR): the base lrs are its ``factor``, times ``d_model ** -0.5 * min(k ** -0.5,
   k * num_warmup_steps ** -1.5)``, step 0 counted as step 1; the powers as ``1.0 / sqrt(x)``
@@ -40,6 +43,7 @@ class InverseSqrtParams(ScheduleParams):
                 {"num_warmup_steps": 4000},
                 {"form": "noam", "num_warmup_steps": 4000, "d_model": 512},
                 {"form": "fairseq", "num_warmup_steps": 4000, "warmup_init_lr": 1e-7},
+                {"form": "t5", "num_warmup_steps": 10000},
             ]
         }
     )
@@ -55,8 +59,11 @@ class InverseSqrtParams(ScheduleParams):
         ),
     ] = None
     form: Annotated[
-        Literal["transformers", "fairseq", "noam"],
-        Field(description="whose arithmetic: transformers', fairseq's or the Transformer paper's"),
+        Literal["transformers", "fairseq", "noam", "t5"],
+        Field(
+            description="whose formula: transformers', fairseq's, the Transformer paper's (noam) "
+            "or T5's (1 / sqrt(max(step, num_warmup_steps)))"
+        ),
     ] = "transformers"
     warmup_init_lr: Annotated[
         MinLr | None, Field(description="form fairseq: the lr at step 0 (null: 0)")
@@ -102,6 +109,13 @@ class InverseSqrtParams(ScheduleParams):
                 return tuple([d * r for d in decay])
 
             return fairseq
+        if self.form == "t5":
+
+            def t5(k: int) -> tuple[float, ...]:
+                f = 1.0 / sqrt(max(k, w))
+                return tuple([b * f for b in base])
+
+            return t5
         if self.form == "noam":
             assert self.d_model is not None  # _check
             width = 1.0 / sqrt(self.d_model)
@@ -127,8 +141,8 @@ class InverseSqrtParams(ScheduleParams):
 INVERSE_SQRT = Schedule(
     "inverse_sqrt",
     InverseSqrtParams,
-    "A linear warmup over num_warmup_steps, then the lrs fall as 1 / sqrt(step) "
+    "A warmup over num_warmup_steps (linear from 0), then the lrs fall as 1 / sqrt(step) "
     "(transformers' get_inverse_sqrt_schedule; form fairseq: fairseq's inverse_sqrt with "
     "warmup_init_lr; form noam: the Transformer paper's d_model ** -0.5 * "
-    "min(step ** -0.5, step * warmup ** -1.5)).",
+    "min(step ** -0.5, step * warmup ** -1.5); form t5: T5's 1 / sqrt(max(step, warmup))).",
 )
