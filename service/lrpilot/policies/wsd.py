@@ -278,17 +278,17 @@ class WsdState(State):
     bad_evaluations: int = 0
 
 
-def _curve_of(p: WsdParams, s: WsdState) -> Curve:
-    if s.decay_start is None:
+def _curve_for(p: WsdParams, start: int | None, steps: int | None, shape: str | None) -> Curve:
+    """The curve with the decay a run decided (``start`` None: the params' own)."""
+    if start is None:
         return p.curve
-    key = (s.decay_start, s.decay_steps, s.decay_type)
-    cache = p._decided
-    if key not in cache:
-        cache.clear()  # one decided decay in force at a time
-        cache[key] = p.curve_with(
-            p._base_lrs, s.decay_start, s.decay_steps, s.decay_type or p.decay_type
-        )
-    return cache[key]
+    key = (start, steps, shape)
+    curve = p._decided.get(key)
+    if curve is None:
+        curve = p.curve_with(p._base_lrs, start, steps, shape or p.decay_type)
+        p._decided.clear()  # one decided decay in force at a time
+        p._decided[key] = curve
+    return curve
 
 
 class Wsd(Schedule):
@@ -318,7 +318,7 @@ class Wsd(Schedule):
         assert isinstance(params, WsdParams) and isinstance(state, WsdState)
         if step < 0:
             raise ValueError(f"steps start at 0, got {step}")
-        return _curve_of(params, state)(step)
+        return _curve_for(params, state.decay_start, state.decay_steps, state.decay_type)(step)
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> WsdStepper:
         assert isinstance(params, WsdParams) and isinstance(state, WsdState)
@@ -423,9 +423,7 @@ class WsdStepper(FieldStepper):
     def advance(self, step: int, value: float) -> str:
         before = self.lrs
         trigger, fired = self._trigger(step, value)
-        key = (self.decay_start, self.decay_steps, self.decay_type)
-        state = WsdState(lrs=before, decay_start=key[0], decay_steps=key[1], decay_type=key[2])
-        lrs = _curve_of(self._p, state)(step)
+        lrs = _curve_for(self._p, self.decay_start, self.decay_steps, self.decay_type)(step)
         if fired:
             action = "decay"
         elif lrs == before:
