@@ -18,7 +18,7 @@ from transformers.optimization import get_wsd_schedule
 from lrpilot.policies import Observation, PolicyError
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.policies.wsd import WSD, WsdParams, WsdState
-from tests.helpers import refusal_names
+from tests.helpers import plateau_stream, refusal_names
 
 ULP = 2.0**-52
 BASE = (0.1, 0.003)
@@ -285,3 +285,41 @@ def test_a_run_through_the_service(api: TestClient) -> None:
            "base_lrs": [0.1]}  # fmt: skip
     r = api.put("/v1/runs/wsd-bad", json=bad)
     assert r.status_code == 422 and "num_warmup_steps" in r.text
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"patience": 3},
+        {"patience": 0, "threshold": 0.0},
+        {"mode": "max", "patience": 2, "threshold": 0.01, "threshold_mode": "abs"},
+        {"patience": 5, "threshold": 0.05},
+    ],
+)
+def test_the_trigger_fires_where_torchs_plateau_first_reduces(rule: dict[str, Any]) -> None:
+    """torch's ReduceLROnPlateau fed the same evaluations (the stable phase's: the trigger
+    counts no other) first reduces at the very evaluation where the trigger starts the decay,
+    on 30 streams with NaN among their values."""
+    params = {"num_warmup_steps": 0, "num_decay_steps": 100, "plateau": rule}
+    p, _ = resolved(params, (1.0,))
+    fired = 0
+    for seed in range(30):
+        stream = plateau_stream(60, seed + 1)
+        if seed % 3 == 0:  # a NaN now and then: never an improvement, in torch as here
+            stream = [(s, math.nan if i % 7 == 3 else v) for i, (s, v) in enumerate(stream)]
+        if rule.get("mode") == "max":
+            stream = [(s, -v) for s, v in stream]
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, **rule)
+        state = WSD.init(p, (1.0,))
+        theirs = None
+        for step, value in stream:
+            sched.step(value)
+            if theirs is None and opt.param_groups[0]["lr"] < 1.0:
+                theirs = step
+            state = WSD.step(p, state, Observation(step, value))[1]
+        assert isinstance(state, WsdState)
+        ours = state.decay_start
+        assert ours == theirs, (seed, rule)
+        fired += ours is not None
+    assert fired >= 20  # the streams stall: most of them reach a plateau
