@@ -358,6 +358,7 @@ class WsdStepper(FieldStepper):
 
     __slots__ = (
         "_p",
+        "_planned",
         "bad_evaluations",
         "best",
         "decay_start",
@@ -371,19 +372,18 @@ class WsdStepper(FieldStepper):
     decay_type: DecayType | None
     best: float
     bad_evaluations: int
-    # (lrs before, step, value, phase words, the trigger's words or "")
-    _last: tuple[tuple[float, ...], int, float, str, str] | None
+    # (lrs before, step, value, the trigger's words or ""): what reason() needs with the state
+    _last: tuple[tuple[float, ...], int, float, str] | None
 
     def __init__(self, p: WsdParams, s: WsdState, metric: str) -> None:
         super().__init__(s, metric)
-        self._p = p
+        self._p, self._planned = p, p.decay_start()
 
     def _trigger(self, step: int, value: float) -> tuple[str, bool]:
         """The plateau trigger on one evaluation: its words for the reason ("" if it did not
         look: no trigger, not the stable phase, the decay already decided), and whether it
         started the decay."""
-        p, rule = self._p, self._p.plateau
-        planned = p.decay_start()
+        p, rule, planned = self._p, self._p.plateau, self._planned
         if (
             rule is None
             or self.decay_start is not None
@@ -408,7 +408,7 @@ class WsdStepper(FieldStepper):
 
     def _phase(self, step: int) -> str:
         p = self._p
-        start = self.decay_start if self.decay_start is not None else p.decay_start()
+        start = self.decay_start if self.decay_start is not None else self._planned
         length = self.decay_steps if self.decay_start is not None else p.decay_length(start)
         if step < p.num_warmup_steps:
             return f"{p.warmup_type} warmup to step {p.num_warmup_steps}"
@@ -433,12 +433,13 @@ class WsdStepper(FieldStepper):
         if lrs != before:
             self.lrs = lrs
         self.reduced = fired
-        self._last = (before, step, value, self._phase(step), trigger)
+        self._last = (before, step, value, trigger)
         self.action = action
         return action
 
     def reason(self) -> str:
-        before, step, value, phase, trigger = self._advanced()
+        before, step, value, trigger = self._advanced()
+        phase = self._phase(step)
         change = f"{fmt_lrs(self.lrs)} held" if self.lrs == before else fmt_change(before, self.lrs)
         logged = trigger or f" ({self._metric} {fmt(value)} logged)"
         return f"wsd at step {step}, {phase}: {change}{logged}"
