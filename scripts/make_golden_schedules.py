@@ -465,16 +465,8 @@ def exact_lrs(family: str, p: dict[str, Any], base: list[float], k: int) -> list
     if family == "cosine_with_min_lr":
         w, t, m = p["num_warmup_steps"], p["num_training_steps"], mpf(p["min_lr_rate"])
         if k < w:
-            x = mpf(k) / w
             kind = p["warmup_type"]
-            if kind == "exponential":
-                f = m ** (1 - x)
-            else:
-                f = {
-                    "linear": x,
-                    "cosine": (1 - cos(pi * x)) / 2,
-                    "1-sqrt": 1 - mpmath.sqrt(1 - x),
-                }[kind]
+            f = golden_lines.exact_ramp(kind, mpf(k) / w, m if kind == "exponential" else mpf(0))
         else:
             x = mpf(k - w) / max(1, t - w)
             f = (1 + cos(2 * pi * mpf(p["num_cycles"]) * x)) / 2 * (1 - m) + m

@@ -250,17 +250,7 @@ def exact(p: dict[str, Any], base: list[float], k: int, start: int | None) -> li
     mpf, pi = mpmath.mpf, mpmath.pi
     w, m = p["num_warmup_steps"], mpf(p["min_lr_ratio"])
     if k < w:
-        x = mpf(k) / w
-        kind = p["warmup_type"]
-        if kind == "exponential":
-            f = m ** (1 - x)
-        else:
-            f = {
-                "linear": x,
-                "cosine": (1 - mpmath.cos(pi * x)) / 2,
-                "1-sqrt": 1 - mpmath.sqrt(1 - x),
-            }[kind]
-            f = f * (1 - m) + m
+        f = golden_lines.exact_ramp(p["warmup_type"], mpf(k) / w, m)
     elif start is None or k < start:
         f = mpf(1)
     else:
