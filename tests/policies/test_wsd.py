@@ -183,6 +183,16 @@ def test_a_cooldown_is_refused_when_its_step_is_past_or_there_is_no_stable_phase
         WSD.cooldown(p, s, at_step, 100, None, last_step)
 
 
+
+def test_an_exponential_cooldown_needs_a_floor_above_0() -> None:
+    p, s = resolved({"num_warmup_steps": 10})
+    with pytest.raises(PolicyError, match="needs one > 0"):
+        WSD.cooldown(p, s, 500, 100, "exponential", last_step=None)
+    p, s = resolved({"num_warmup_steps": 10, "min_lr_ratio": 0.01})
+    cooled = WSD.cooldown(p, s, 500, 100, "exponential", last_step=None)
+    assert cooled.decay_type == "exponential" and WSD.lrs_at(p, cooled, 600) == (0.001, 0.00003)
+
+
 def test_the_plateau_trigger_starts_the_decay_once() -> None:
     params = {"num_warmup_steps": 10, "num_decay_steps": 100, "plateau": {"patience": 2}}
     p, state = resolved(params)
