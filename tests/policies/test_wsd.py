@@ -183,7 +183,6 @@ def test_a_cooldown_is_refused_when_its_step_is_past_or_there_is_no_stable_phase
         WSD.cooldown(p, s, at_step, 100, None, last_step)
 
 
-
 def test_an_exponential_cooldown_needs_a_floor_above_0() -> None:
     p, s = resolved({"num_warmup_steps": 10})
     with pytest.raises(PolicyError, match="needs one > 0"):
