@@ -9,7 +9,10 @@ groups (base lrs 0.1, 0.01, 0.001, ...), in each of ``--repeat`` passes:
   torch step()   the torch scheduler over an SGD optimizer with one group a base lr, built
                  before the clock starts, then ``sched.step()`` ``--steps`` times: the reference
                  (inverse_time has no torch scheduler: the reference is torch's LambdaLR with
-                 keras' 1/t formula as its lambda, what a torch user writes for it)
+                 keras' 1/t formula as its lambda, what a torch user writes for it;
+                 inverse_sqrt, wsd and cosine_with_min_lr: transformers' LambdaLRs,
+                 get_inverse_sqrt_schedule, get_wsd_schedule and
+                 get_cosine_with_min_lr_schedule_with_warmup)
   lrs_at         ``policy.lrs_at(params, state, k)`` for k = 0 .. ``--steps`` - 1 (what a rank
                  that only reads asks, and what GET lr?step=k answers)
 
@@ -32,6 +35,11 @@ from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
+from transformers.optimization import (
+    get_cosine_with_min_lr_schedule_with_warmup,
+    get_inverse_sqrt_schedule,
+    get_wsd_schedule,
+)
 
 import common
 from common import console
@@ -46,6 +54,9 @@ def cases(n: int) -> dict[str, tuple[dict[str, Any], Callable[..., Any]]]:
 
     def torch_class(cls: type[Any], **kwargs: Any) -> Callable[..., Any]:
         return lambda opt, params: cls(opt, **params, **kwargs)
+
+    def transformers(make: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda opt, params: make(opt, **params)
 
     def inverse_time(opt: torch.optim.Optimizer, params: dict[str, Any]) -> Any:
         steps, rate = params["decay_steps"], params["decay_rate"]
@@ -80,6 +91,21 @@ def cases(n: int) -> dict[str, tuple[dict[str, Any], Callable[..., Any]]]:
         "one_cycle": (
             {"max_lr": 0.1, "total_steps": n + 1},
             torch_class(lr_scheduler.OneCycleLR, cycle_momentum=False),
+        ),
+        "inverse_sqrt": ({"num_warmup_steps": n // 10}, transformers(get_inverse_sqrt_schedule)),
+        "wsd": (
+            {
+                "num_warmup_steps": n // 10,
+                "num_decay_steps": n // 5,
+                "num_training_steps": n,
+                "decay_type": "cosine",
+                "min_lr_ratio": 0.01,
+            },
+            transformers(get_wsd_schedule),
+        ),
+        "cosine_with_min_lr": (
+            {"num_warmup_steps": n // 10, "num_training_steps": n, "min_lr_rate": 0.1},
+            transformers(get_cosine_with_min_lr_schedule_with_warmup),
         ),
     }
 
@@ -188,11 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     families = cases(n)
     rows = []
     for family, (params, make) in families.items():
-        reference = (
-            "LambdaLR (1/t)"
-            if family == "inverse_time"
-            else type(torch_scheduler(make, params, 1)).__name__
-        )
+        reference = {
+            "inverse_time": "LambdaLR (1/t)",
+            "inverse_sqrt": "transformers LambdaLR",
+            "wsd": "transformers LambdaLR",
+            "cosine_with_min_lr": "transformers LambdaLR",
+        }.get(family) or type(torch_scheduler(make, params, 1)).__name__
         row = Row(family, reference)
         row.max_rel_diff = differential(family, make, params, args.groups, n)
         rows.append(row)

@@ -162,3 +162,19 @@ def generate(
     counted = "" if checks is None else f" ({checked} checked against {against})"
     print(f"wrote {len(made)} streams to {out}{counted}")
     return 0
+
+
+def exact_ramp(kind: str, x: Any, low: Any) -> Any:
+    """A warmup's factor in mpmath (the caller sets its precision) at the fraction ``x`` of it
+    done, from ``low`` to 1: linear, cosine, 1-sqrt shapes times (1 - low) plus low, or
+    exponential, low ** (1 - x) (lrpilot.policies.curve.warmup_ramp's formula)."""
+    import mpmath
+
+    if kind == "exponential":
+        return low ** (1 - x)
+    shape = {
+        "linear": x,
+        "cosine": (1 - mpmath.cos(mpmath.pi * x)) / 2,
+        "1-sqrt": 1 - mpmath.sqrt(1 - x),
+    }[kind]
+    return shape * (1 - low) + low

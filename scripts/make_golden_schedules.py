@@ -11,8 +11,12 @@ file unless --force (use it only for a version that has not been released). Befo
 lr in a file (each lrs_at entry and each decision) is checked against two references, and a file
 is written only if all of them agree:
 
-* torch's scheduler (keras' InverseTimeDecay for inverse_time, fed a float64 initial lr) stepped
-  to that step, for steps up to --torch-steps: within 1e-10 relative;
+* torch's scheduler (keras' InverseTimeDecay for inverse_time, fed a float64 initial lr;
+  transformers' get_inverse_sqrt_schedule, fairseq's or T5's formula or The Annotated
+  Transformer's rate for inverse_sqrt, by its form; transformers'
+  get_cosine_with_min_lr_schedule_with_warmup for cosine_with_min_lr, after the warmup when its
+  shape is not linear) stepped to that step, for steps up to --torch-steps: within 1e-10
+  relative;
 * the exact value of the family's formula (mpmath, 200 bits), at every step: within 1e-12
   relative. Both plus 1e-15 times the largest lr, for lrs at zero.
 
@@ -138,6 +142,52 @@ HAND_WRITTEN: dict[str, list[Case]] = {
         ({"max_lr": 1.0, "total_steps": 50, "pct_start": 1.0, "div_factor": 10.0}, (0.1,)),
         ({"max_lr": 0.5, "total_steps": 1}, (0.1,)),
     ],
+    "inverse_sqrt": [
+        ({"num_warmup_steps": 100}, (0.1,)),
+        ({"num_warmup_steps": 0}, (0.1, 0.01)),  # timescale 10000, no warmup
+        ({"num_warmup_steps": 50, "timescale": 300}, (0.1, 0.01)),
+        ({"num_warmup_steps": 400, "timescale": 20}, (1.0,)),  # shift below 0
+        ({"num_warmup_steps": 4000, "form": "noam", "d_model": 512}, (2.0,)),
+        ({"num_warmup_steps": 1, "form": "noam", "d_model": 1}, (1.0, 0.5)),
+        ({"num_warmup_steps": 4000, "form": "fairseq"}, (5e-4,)),
+        ({"num_warmup_steps": 10, "form": "fairseq", "warmup_init_lr": 1e-7}, (5e-4, 1e-3)),
+        ({"num_warmup_steps": MAX_STEP}, (1.0,)),
+        ({"num_warmup_steps": 10000, "form": "t5"}, (1.0,)),
+        ({"num_warmup_steps": 1, "form": "t5"}, (0.01, 0.001)),
+    ],
+    "cosine_with_min_lr": [
+        ({"num_warmup_steps": 100, "num_training_steps": 1000, "min_lr_rate": 0.1}, (0.1,)),
+        ({"num_warmup_steps": 0, "num_training_steps": 300, "min_lr_rate": 0.0}, (0.1, 0.01)),
+        (
+            {
+                "num_warmup_steps": 50,
+                "num_training_steps": 500,
+                "min_lr_rate": 0.05,
+                "num_cycles": 1.25,
+                "warmup_type": "cosine",
+            },
+            (0.3,),
+        ),
+        (
+            {
+                "num_warmup_steps": 200,
+                "num_training_steps": 2000,
+                "min_lr_rate": 0.01,
+                "warmup_type": "exponential",
+            },
+            (0.1, 0.001),
+        ),
+        (
+            {
+                "num_warmup_steps": 20,
+                "num_training_steps": 20,
+                "min_lr_rate": 0.5,
+                "warmup_type": "1-sqrt",
+            },
+            (1.0,),
+        ),
+        ({"num_warmup_steps": 10, "num_training_steps": MAX_STEP, "min_lr_rate": 0.1}, (1.0,)),
+    ],
 }
 
 
@@ -206,6 +256,24 @@ def random_case(family: str, rng: random.Random) -> Case:
             }
             if float(params["pct_start"] * params["total_steps"]) - 1 != 0.0:
                 break
+    elif family == "cosine_with_min_lr":
+        w = rng.randint(0, 500)
+        params = {
+            "num_warmup_steps": w,
+            "num_training_steps": w + rng.randint(1, 3000),
+            "min_lr_rate": rng.choice((0.0, rng.uniform(0.0, 0.5))),
+            "num_cycles": rng.choice((0.5, rng.uniform(0.0, 2.0))),
+            "warmup_type": rng.choice(("linear", "linear", "cosine", "1-sqrt")),
+        }
+    elif family == "inverse_sqrt":
+        form = rng.choice(("transformers", "fairseq", "noam", "t5"))
+        params = {"num_warmup_steps": rng.randint(1, 2000), "form": form}
+        if form == "transformers" and rng.random() < 0.5:
+            params["timescale"] = rng.randint(1, 3000)
+        if form == "fairseq" and rng.random() < 0.5:
+            params["warmup_init_lr"] = rng.uniform(0.0, 1e-4)
+        if form == "noam":
+            params["d_model"] = rng.choice((64, 512, 1024, 4096))
     else:
         raise ValueError(family)
     return params, base
@@ -237,6 +305,11 @@ def boundaries(family: str, p: dict[str, Any]) -> list[int]:
     if family == "one_cycle":
         t, pct = p["total_steps"], p["pct_start"]
         return [math.floor(pct * t) - 1, math.floor(2 * pct * t) - 2, t - 1, t]
+    if family == "inverse_sqrt":
+        return [p["num_warmup_steps"], p["timescale"] or 0]
+    if family == "cosine_with_min_lr":
+        w, t = p["num_warmup_steps"], p["num_training_steps"]
+        return [w, (w + t) // 2, t, 2 * t - w]
     return []
 
 
@@ -389,6 +462,31 @@ def exact_lrs(family: str, p: dict[str, Any], base: list[float], k: int) -> list
                     ]
                 return [(b - a) * frac + a for a, b in zip(firsts, lasts, strict=True)]
             start = end
+    if family == "cosine_with_min_lr":
+        w, t, m = p["num_warmup_steps"], p["num_training_steps"], mpf(p["min_lr_rate"])
+        if k < w:
+            kind = p["warmup_type"]
+            f = golden_lines.exact_ramp(kind, mpf(k) / w, m if kind == "exponential" else mpf(0))
+        else:
+            x = mpf(k - w) / max(1, t - w)
+            f = (1 + cos(2 * pi * mpf(p["num_cycles"]) * x)) / 2 * (1 - m) + m
+        return [mpf(b) * f for b in base]
+    if family == "inverse_sqrt":
+        w = p["num_warmup_steps"]
+        if p["form"] == "noam":
+            j = mpf(max(k, 1))
+            f = mpf(p["d_model"]) ** mpf(-0.5) * min(j ** mpf(-0.5), j * mpf(w) ** mpf(-1.5))
+            return [mpf(b) * f for b in base]
+        if p["form"] == "t5":
+            return [mpf(b) / mpmath.sqrt(max(k, w)) for b in base]
+        if p["form"] == "fairseq":
+            init = mpf(p["warmup_init_lr"] or 0.0)
+            if k < w:
+                return [init + k * (mpf(b) - init) / w for b in base]
+            return [mpf(b) * mpmath.sqrt(mpf(w) / k) for b in base]
+        scale = p["timescale"] or (w or 10_000)
+        f = mpf(k) / w if k < w else 1 / mpmath.sqrt(mpf(k + scale - w) / scale)
+        return [mpf(b) * f for b in base]
     raise ValueError(family)
 
 
@@ -405,17 +503,80 @@ def torch_lrs(family: str, line: dict[str, Any], steps: list[int]) -> dict[int, 
     kwargs = dict(line["params"])
     if family in ("cyclic", "one_cycle"):
         kwargs["cycle_momentum"] = False
-    out: dict[int, list[float]] = {}
-    wanted = set(steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sched = TORCH_CLASS[family](opt, **kwargs)
+    return stepped(sched, opt, steps)
+
+
+def stepped(sched: Any, opt: Any, steps: list[int]) -> dict[int, list[float]]:
+    """The group lrs of ``opt`` at ``steps`` (ascending), ``sched`` stepped there from step 0."""
+    out: dict[int, list[float]] = {}
+    wanted = set(steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stepped without an optimizer step: lrs only
         for k in range(max(steps) + 1):
             if k:
                 sched.step()
             if k in wanted:
                 out[k] = [float(g["lr"]) for g in opt.param_groups]
     return out
+
+
+def cosine_with_min_lr_reference(line: dict[str, Any], steps: list[int]) -> dict[int, list[float]]:
+    """transformers' get_cosine_with_min_lr_schedule_with_warmup, stepped: at every step with
+    its linear warmup, after the warmup with another shape (transformers has only linear)."""
+    import torch
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    p, base = line["params"], line["base_lrs"]
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base]
+    opt = torch.optim.SGD(groups, lr=base[0])
+    w = p["num_warmup_steps"]
+    sched = get_cosine_with_min_lr_schedule_with_warmup(
+        opt, w, p["num_training_steps"], p["num_cycles"], min_lr_rate=p["min_lr_rate"]
+    )
+    out = stepped(sched, opt, steps)
+    return {k: v for k, v in out.items() if p["warmup_type"] == "linear" or k >= w}
+
+
+def inverse_sqrt_reference(line: dict[str, Any], steps: list[int]) -> dict[int, list[float]]:
+    """The libraries' own lrs: transformers' get_inverse_sqrt_schedule (its LambdaLR stepped),
+    The Annotated Transformer's rate through a LambdaLR (noam), fairseq's
+    InverseSquareRootSchedule.step_update and T5's rsqrt, transcribed (fairseq and Mesh
+    TensorFlow are not dependencies)."""
+    import torch
+    from transformers.optimization import get_inverse_sqrt_schedule
+
+    p, base = line["params"], line["base_lrs"]
+    w = p["num_warmup_steps"]
+    if p["form"] == "t5":  # T5's rsqrt (Mesh TensorFlow, not a dependency), transcribed
+        return {k: [lr * (1.0 / math.sqrt(max(k, w))) for lr in base] for k in steps}
+    if p["form"] == "fairseq":
+        init = p["warmup_init_lr"] or 0.0
+        out: dict[int, list[float]] = {}
+        for k in steps:
+            lrs = []
+            for lr in base:
+                lr_step = (lr - init) / w
+                decay_factor = lr * w**0.5
+                lrs.append(init + k * lr_step if k < w else decay_factor * k**-0.5)
+            out[k] = lrs
+        return out
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base]
+    opt = torch.optim.SGD(groups, lr=base[0])
+    if p["form"] == "noam":
+        d = p["d_model"]
+
+        def rate(step: int) -> float:  # The Annotated Transformer's, factor 1: the base lrs
+            if step == 0:
+                step = 1
+            return d ** (-0.5) * min(step ** (-0.5), step * w ** (-1.5))
+
+        sched: Any = torch.optim.lr_scheduler.LambdaLR(opt, rate)
+    else:
+        sched = get_inverse_sqrt_schedule(opt, w, p["timescale"])
+    return stepped(sched, opt, steps)
 
 
 def keras_inverse_time(line: dict[str, Any], steps: list[int]) -> dict[int, list[float]]:
@@ -472,10 +633,16 @@ def verify(family: str, line: dict[str, Any], torch_steps: int) -> list[str]:
     if near:
         if family == "inverse_time":
             reference = keras_inverse_time(line, near)
+        elif family == "inverse_sqrt":
+            reference = inverse_sqrt_reference(line, near)
+        elif family == "cosine_with_min_lr":
+            reference = cosine_with_min_lr_reference(line, near)
         else:
             reference = torch_lrs(family, line, near)
-        for k in near:
-            check("torch" if family != "inverse_time" else "keras", k, ours[k], reference[k], 1e-10)
+        for k in (k for k in near if k in reference):
+            what = {"inverse_time": "keras"}.get(family, "torch")
+            what = "library" if family in ("inverse_sqrt", "cosine_with_min_lr") else what
+            check(what, k, ours[k], reference[k], 1e-10)
     return problems
 
 
@@ -495,6 +662,8 @@ FAMILIES = (
     "cosine_restarts",
     "cyclic",
     "one_cycle",
+    "inverse_sqrt",
+    "cosine_with_min_lr",
 )
 
 

@@ -174,3 +174,18 @@ def make_token(
 
 def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
+
+
+def refusal_names(policy: Any, params: dict[str, Any], base_lrs: tuple[float, ...], field: str,
+                  words: str) -> bool:  # fmt: skip
+    """``policy.resolve(params, base_lrs)`` refuses, with an error located at ``params.<field>``
+    whose message says ``words``: True, or AssertionError listing the errors it gave."""
+    from lrpilot.policies import PolicyError
+
+    try:
+        policy.resolve(params, base_lrs)
+    except PolicyError as exc:
+        located = [(".".join(map(str, loc)), msg) for loc, msg in exc.errors]
+        assert any(at == f"params.{field}" and words in msg for at, msg in located), located
+        return True
+    raise AssertionError(f"{params} was taken")

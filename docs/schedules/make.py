@@ -1,5 +1,6 @@
-"""Draw the README's three worked schedules: ``python docs/schedules/make.py [DIR]`` (DIR: where
-to write them, by default next to this file, over the committed PNGs). Needs matplotlib
+"""Draw the worked schedules of the README and docs/policies.md: ``python
+docs/schedules/make.py [DIR]`` (DIR: where to write them, by default next to this file, over the
+committed PNGs). Needs matplotlib
 (``pip install '.[plot]'``).
 
 Each ``<name>.json`` is a run spec exactly as ``PUT /v1/runs/{run_id}`` takes it (the README's
@@ -19,7 +20,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SPECS = ("warmup_then_plateau", "cosine_with_plateau_drops", "stall_then_linear_decay")
+SPECS = (
+    "warmup_then_plateau",
+    "cosine_with_plateau_drops",
+    "stall_then_linear_decay",
+    "wsd_cooldown_on_a_plateau",
+    "wsd_deepseek_steps",
+    "inverse_sqrt_noam",
+)
 STEPS = 10_000
 EVERY = 250
 

@@ -1,6 +1,7 @@
-"""The README's three worked schedules (docs/schedules/): each spec is a run the service takes,
-fed the plotted validation loss it decides what the README's plots show, and the committed PNGs
-are what docs/schedules/make.py draws today (pixels compared, within a small tolerance)."""
+"""The worked schedules of the README and docs/policies.md (docs/schedules/): each spec is a run
+the service takes, fed the plotted validation loss it decides what the plots show, and the
+committed PNGs are what docs/schedules/make.py draws today (pixels compared, within a small
+tolerance)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,22 @@ def test_stall_then_linear_decay_then_stop(api: TestClient) -> None:
     assert 0.0001 < lr(api, "stall_then_linear_decay", start + 1500) < 0.1
     assert lr(api, "stall_then_linear_decay", start + 3000) == 0.0001  # the floor after K steps
     assert "stop" in actions.values() and actions[10_000] == "stop"
+
+
+def test_wsd_cooldown_on_a_plateau(api: TestClient) -> None:
+    decisions = run(api, "wsd_cooldown_on_a_plateau")
+    started = [d for d in decisions if d["action"] == "decay"]
+    assert started[0]["step"] == 5500 and started[0]["reason"].endswith("the decay starts here")
+    assert lr(api, "wsd_cooldown_on_a_plateau", 5500) == 0.1  # the stable phase's, until then
+    assert 0.001 < lr(api, "wsd_cooldown_on_a_plateau", 6500) < 0.1
+    assert lr(api, "wsd_cooldown_on_a_plateau", 7500) == 0.1 * 0.01  # min_lr_ratio, after 2000
+
+
+def test_wsd_deepseek_steps(api: TestClient) -> None:
+    run(api, "wsd_deepseek_steps")
+    at = {k: lr(api, "wsd_deepseek_steps", k) for k in (7999, 8000, 8999, 9000, 10_000)}
+    assert at == {7999: 0.1, 8000: 0.1 * 0.316, 8999: 0.1 * 0.316, 9000: 0.1 * 0.316 * 0.316,
+                  10_000: 0.1 * 0.099856}  # fmt: skip
 
 
 # RMS of the pixel difference (0..255) allowed between a committed PNG and a fresh drawing: the

@@ -20,18 +20,16 @@ from torch.optim import lr_scheduler
 
 from lrpilot.canonical import canonical_json, to_strict
 from lrpilot.policies import POLICIES, Observation, PolicyError, get_policy
+from lrpilot.policies.arith import cos2_frac as _cos2_frac
+from lrpilot.policies.arith import cos2_ratio as _cos2_ratio
+from lrpilot.policies.arith import exp as _exp
+from lrpilot.policies.arith import ipow as _ipow
+from lrpilot.policies.arith import kcos as _kcos
+from lrpilot.policies.arith import ksin as _ksin
+from lrpilot.policies.arith import log as _log
+from lrpilot.policies.arith import powers as _powers
 from lrpilot.policies.base import MAX_STEP
-from lrpilot.policies.schedules import (
-    SCHEDULES,
-    _cos2_frac,
-    _cos2_ratio,
-    _exp,
-    _ipow,
-    _kcos,
-    _ksin,
-    _log,
-    _powers,
-)
+from lrpilot.policies.schedules import SCHEDULES
 from lrpilot.replay import replay
 
 FAMILIES = sorted(s.name for s in SCHEDULES)

@@ -12,14 +12,27 @@ from lrpilot.policies.base import (
     policy_id,
 )
 from lrpilot.policies.compose import Scaled, Sequence
+from lrpilot.policies.cosine_with_min_lr import COSINE_WITH_MIN_LR
+from lrpilot.policies.inverse_sqrt import INVERSE_SQRT
 from lrpilot.policies.plateau import Plateau
 from lrpilot.policies.plateau2 import Plateau2
 from lrpilot.policies.range_test import RangeTest
 from lrpilot.policies.schedules import SCHEDULES
+from lrpilot.policies.wsd import WSD
 
 POLICIES: dict[str, Policy] = {
     policy_id(p.name, p.version): p
-    for p in (Plateau(), Plateau2(), Sequence(), Scaled(), *SCHEDULES, RangeTest())
+    for p in (
+        Plateau(),
+        Plateau2(),
+        Sequence(),
+        Scaled(),
+        *SCHEDULES,
+        RangeTest(),
+        INVERSE_SQRT,
+        WSD,
+        COSINE_WITH_MIN_LR,
+    )
 }
 
 
