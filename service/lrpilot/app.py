@@ -26,6 +26,7 @@ from lrpilot.api import (
     runs,
     simulate,
     tokens,
+    ui,
 )
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.metrics import Metrics
@@ -146,6 +147,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
         app.include_router(module.router, responses=auth.REFUSALS)
     app.include_router(health.router)
     docs.install(app)
+    ui.install(app)  # the dashboard, /ui/; / leads there
     app.include_router(metrics.router)
     # the import streams its body to disk, under its own limit
     streamed = {"/v1/runs/import": (settings.max_import_bytes, "LRPILOT_MAX_IMPORT_BYTES")}
