@@ -194,7 +194,8 @@ async function runPage(runId) {
   function showFacts() {
     const counts = run.counts ? Object.entries(run.counts).map(([k, v]) => `${k} ${v}`).join(", ") : "";
     facts.replaceChildren(
-      h("span", {}, h("b", {}, "policy "), `${run.policy.name}@${run.policy.version} ${JSON.stringify(run.policy.params)}`),
+      h("details", {}, h("summary", {}, h("b", {}, "policy "), `${run.policy.name}@${run.policy.version}`),
+        h("pre", {}, JSON.stringify(run.policy.params, null, 2))),
       h("span", {}, h("b", {}, "base lrs "), lrs(run.base_lrs)),
       h("span", { id: "current-lrs" }, h("b", {}, "lrs "), lrs(run.lrs)),
       h("span", { id: "last-step" }, h("b", {}, "last step "), run.last_step ?? "–"),
@@ -366,8 +367,8 @@ async function policiesPage() {
   });
   show(h("h1", {}, "Policies"), ...sections.map((s) => s.section));
   // each example through simulate, on a made-up loss that improves then stalls
-  const steps = Array.from({ length: 300 }, (_, i) => i + 1);
-  const values = steps.map((s) => 1 / Math.sqrt(Math.min(s, 100)) + 0.0001 * (s % 3));
+  const steps = Array.from({ length: 1000 }, (_, i) => i + 1);
+  const values = steps.map((s) => 1 / Math.sqrt(Math.min(s, 400)) + 0.0001 * (s % 3));
   for (const { chartBox, example } of sections) {
     const body = { policy: example.policy, base_lrs: example.base_lrs, steps, values };
     post("/v1/simulate", body).then((result) => {

@@ -21,7 +21,8 @@ function input(name, schema, value) {
       value: value ?? "", min: schema.minimum ?? schema.exclusiveMinimum, max: schema.maximum });
   }
   if (type === "string") return h("input", { name, "data-kind": "string", value: value ?? "" });
-  return h("input", { name, "data-kind": "json", value: value === undefined ? "" : JSON.stringify(value), size: 24 });
+  return h("textarea", { name, "data-kind": "json", rows: 3, cols: 60 },
+    value === undefined ? "" : JSON.stringify(value));
 }
 
 function read(el) {
