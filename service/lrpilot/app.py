@@ -24,6 +24,7 @@ from lrpilot.api import (
     metrics,
     policies,
     runs,
+    session,
     simulate,
     tokens,
     ui,
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.drain = drain
     errors.install(app)
     auth.install(app)
+    session.install(app)  # the dashboard's login: /ui/login, /ui/logout, /ui/whoami
     for module in (runs, audit, simulate, policies, tokens):  # each route checks its caller
         app.include_router(module.router, responses=auth.REFUSALS)
     app.include_router(health.router)
