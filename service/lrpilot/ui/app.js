@@ -38,8 +38,9 @@ function failure(error) {
 async function whoami() {
   try {
     me = await get("/ui/whoami");
-  } catch {
-    me = null;
+  } catch (error) {
+    // 401: nobody logged in (and not open mode): the login form
+    me = error instanceof ApiError && error.status === 401 ? { token: null, open_mode: false } : null;
   }
   const who = document.getElementById("who");
   const logout = document.getElementById("logout");
