@@ -1,0 +1,87 @@
+"""The dashboard's run page in chromium: does a run of 1,000,000 decisions load as fast as one of
+1,000 (issue 16 asks within 2x)?
+
+    python bench/bench_ui.py [--small 1000] [--big 1000000] [--repeat 7] [--out FILE.json]
+
+Builds both runs in one SQLite database with bench/bench_plot.py's run maker (the same runs its
+endpoint bench measures: not a copy), serves it (tests.harness.LiveServer, ``lrpilot serve``,
+open mode on loopback), and loads ``/ui/#/runs/RUN`` in Debian's headless chromium (offline:
+tests/chromium.py), alternating the two runs load by load so that drift falls on both alike.
+A load is timed from navigation start to ``window.lrpilotReady`` (the chart drawn with the
+service's plot: its first draw with data), read in the page as ``performance.now()``. Reports
+each run's median and the ratio big / small. Needs chromium and chromium-driver.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_plot import make_run
+from common import console, machine_info, print_header, timed_bench_parser, write_result
+from selenium.webdriver.support.ui import WebDriverWait
+
+from lrpilot.store.db import upgrade
+from tests.chromium import chromium
+from tests.harness import LiveServer
+
+WAIT_S = 120  # a bound on a hang
+# the page sets lrpilotReady once the plot is drawn; its time since the navigation began
+READY = "return window.lrpilotReady === true ? performance.now() : null"
+
+
+def load_ms(browser: Any, url: str) -> float:
+    """One cold load of ``url`` (a new document: about:blank first, so nothing is reused but
+    the HTTP cache, which the pages' no-cache revalidates) until the plot is drawn."""
+    browser.get("about:blank")
+    browser.get(url)
+    ready = WebDriverWait(browser, WAIT_S, poll_frequency=0.01).until(
+        lambda d: d.execute_script(READY)
+    )
+    return float(ready)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = timed_bench_parser(__doc__ or "", repeat=7)
+    parser.add_argument("--small", type=int, default=1000, help="decisions of the small run")
+    parser.add_argument("--big", type=int, default=1_000_000, help="decisions of the big run")
+    args = parser.parse_args(argv)
+    info = machine_info()
+    print_header(info, "chromium (headless, offline), lrpilot serve on SQLite")
+    runs = {"small": ("ui-small", args.small), "big": ("ui-big", args.big)}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'ui.db'}"
+        upgrade(url)
+        for run_id, count in runs.values():
+            started = time.perf_counter()
+            make_run(url, run_id, count)
+            console.print(f"built {run_id}: {count:,} decisions in {time.perf_counter() - started:.0f} s")
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        with LiveServer(url) as server, chromium() as browser:
+            for name, (run_id, _) in runs.items():  # a first load each, not counted: warm-up
+                load_ms(browser, f"{server.url}/ui/#/runs/{run_id}")
+            for _ in range(args.repeat):
+                for name, (run_id, _) in runs.items():
+                    times[name].append(load_ms(browser, f"{server.url}/ui/#/runs/{run_id}"))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ratio = medians["big"] / medians["small"]
+    for name, (run_id, count) in runs.items():
+        console.print(f"{name:5} {count:>9,} decisions: median {medians[name]:7.1f} ms "
+                      f"(loads: {', '.join(f'{t:.0f}' for t in times[name])})")  # fmt: skip
+    console.print(f"ratio big / small: [bold]{ratio:.2f}[/] (issue 16 asks <= 2)")
+    result = {
+        "machine": info,
+        "args": vars(args) | {"out": str(args.out) if args.out else None},
+        "runs": {name: {"run_id": r, "decisions": c, "load_ms": times[name],
+                        "median_ms": medians[name]} for name, (r, c) in runs.items()},  # fmt: skip
+        "ratio": ratio,
+    }
+    write_result(args.out, "bench_ui", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
