@@ -13,6 +13,8 @@ from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
 from lrpilot.api.models import (
     MAX_LABEL_FILTERS,
     MAX_LRS_COUNT,
+    MAX_PLOT_EVENTS,
+    MAX_PLOT_POINTS,
     MAX_WAIT_S,
     ActionFilter,
     DecisionOut,
@@ -21,6 +23,7 @@ from lrpilot.api.models import (
     LrOut,
     LrsOut,
     ObservationIn,
+    PlotOut,
     ResizeIn,
     ResizeOut,
     RunIn,
@@ -37,6 +40,7 @@ from lrpilot.api.responses import (
     decision_json,
     page_json,
 )
+from lrpilot.domain.errors import Invalid
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.spec import RUN_ID_PATTERN
 
@@ -163,6 +167,40 @@ def get_lrs(
     if first + count - 1 > MAX_STEP:
         count = MAX_STEP - first + 1
     return StrictJSONResponse(decisions.lrs_range(caller.run(run_id), first, count))
+
+
+@router.get(
+    "/{run_id}/plot", response_model=PlotOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE}
+)
+def get_plot(
+    run_id: RunId,
+    store: StoreDep,
+    caller: Reader,
+    points: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_PLOT_POINTS,
+            description="buckets of steps, at most (a screen's width in pixels, say)",
+        ),
+    ] = 1000,
+    from_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="the first step; omitted: the log's")
+    ] = None,
+    to_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="the last step; omitted: the log's")
+    ] = None,
+) -> Response:
+    """The run's lr (each param group) and metric at a screen's resolution: per bucket of
+    steps their min and max, over the live branch and each superseded branch, and every entry
+    that changed something whole (the markers). Its size depends on `points`, not on the
+    run's length."""
+    if from_step is not None and to_step is not None and to_step < from_step:
+        raise Invalid(
+            ["query", "to_step"], f"to_step {to_step} is below from_step {from_step}", "range"
+        )
+    plot = store.plot(caller.run(run_id), points, from_step, to_step, MAX_PLOT_EVENTS)
+    return StrictJSONResponse(plot)
 
 
 @router.get(

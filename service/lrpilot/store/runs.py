@@ -1169,6 +1169,30 @@ class Store:
             )
             return int(s.exec(q).one())
 
+    def plot(
+        self,
+        run: RunKey,
+        points: int,
+        first: int | None,
+        last: int | None,
+        max_events: int,
+    ) -> dict[str, Any]:
+        """The run's plot over steps ``first``..``last`` (omitted: where its log begins, ends)
+        in at most ``points`` buckets a branch (``store.plots``), in one session (on
+        PostgreSQL a decision committed meanwhile may show in a later statement only: a plot
+        is a picture of a log that may be growing, never a proof)."""
+        from lrpilot.store import plots  # it builds on this module's statement helpers
+
+        with self._read() as s:
+            conn = s.connection()
+            head = _read_head(conn, run)
+            low, high = plots.extent(conn, run)
+            first = (low or 0) if first is None else first
+            last = (high if high is not None else first) if last is None else last
+            return plots.plot(
+                conn, run, len(head.spec.base_lrs), points, first, max(first, last), max_events
+            )
+
 
 def _run_row(run: NewRun) -> RunRow:
     spec = run.spec
