@@ -100,9 +100,10 @@ def text_of(browser: WebDriver, selector: str) -> str:
 
 
 def open_run(browser: WebDriver, site: Site, run_id: str) -> dict[str, Any]:
-    """The run page, once its plot is drawn with the run's data: what the chart shows."""
+    """The run page, once its plot is drawn with the run's data: what the chart shows. A new
+    document each time (a URL that differs only by its fragment would keep the old one)."""
+    browser.get("about:blank")
     browser.get(f"{site.url}/ui/#/runs/{run_id}")
-    browser.execute_script("window.lrpilotReady = false")  # a page is a fresh document
     until(browser, "return window.lrpilotReady === true", f"drew {run_id}")
     return dict(browser.execute_script("return window.lrpilotPlot"))
 

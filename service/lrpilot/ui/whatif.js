@@ -9,7 +9,28 @@ import { field, h, lrs } from "./dom.js";
 const MAX_OVERLAY = 4000; // points drawn: a long run's what-if is thinned evenly
 const MAX_LISTED = 200;
 
+// "#/$defs/X" within the policy's schema; anything else is taken as it is
+function resolve(schema, root) {
+  const ref = schema && schema.$ref;
+  if (typeof ref !== "string" || !ref.startsWith("#/")) return schema || {};
+  return ref.slice(2).split("/").reduce((node, key) => (node || {})[key], root) || {};
+}
+
+// The object schema the params follow: a union (plateau@1's flavors) gives the variant whose
+// discriminating const the run's params match, else its first
+function variant(root, current) {
+  const options = root.oneOf || root.anyOf;
+  if (root.properties || !options) return root;
+  const resolved = options.map((o) => resolve(o, root));
+  const key = root.discriminator && root.discriminator.propertyName;
+  return resolved.find((o) => key && (o.properties || {})[key] && o.properties[key].const === current[key])
+    || resolved[0];
+}
+
 function input(name, schema, value) {
+  if (schema.const !== undefined) {
+    return h("input", { name, "data-kind": "json", value: JSON.stringify(schema.const), readonly: true });
+  }
   const type = Array.isArray(schema.type) ? schema.type.find((t) => t !== "null") : schema.type;
   if (schema.enum) {
     return h("select", { name, "data-kind": "enum" },
@@ -57,8 +78,9 @@ export async function whatIfForm(box, run, overlay) {
     return;
   }
   const current = { ...(policy.defaults || {}), ...(run.policy.params || {}) };
-  const properties = (policy.params_schema && policy.params_schema.properties) || {};
-  const inputs = Object.entries(properties).map(([name, schema]) => input(name, schema, current[name]));
+  const root = policy.params_schema || {};
+  const properties = variant(root, current).properties || {};
+  const inputs = Object.entries(properties).map(([name, schema]) => input(name, resolve(schema, root), current[name]));
   const result = h("div", { id: "whatif-result" });
   const form = h("form", { class: "whatif", id: "whatif-form" },
     ...inputs.map((el) => field(el.name, el)),
