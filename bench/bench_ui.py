@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench_plot import make_run
-from common import console, machine_info, print_header, timed_bench_parser, write_result
 from selenium.webdriver.support.ui import WebDriverWait
 
+from common import console, machine_info, print_header, timed_bench_parser, write_result
 from lrpilot.store.db import upgrade
 from tests.chromium import chromium
 from tests.harness import LiveServer
@@ -58,25 +58,31 @@ def main(argv: list[str] | None = None) -> int:
         for run_id, count in runs.values():
             started = time.perf_counter()
             make_run(url, run_id, count)
-            console.print(f"built {run_id}: {count:,} decisions in {time.perf_counter() - started:.0f} s")
+            console.print(
+                f"built {run_id}: {count:,} decisions in {time.perf_counter() - started:.0f} s"
+            )
         times: dict[str, list[float]] = {name: [] for name in runs}
         with LiveServer(url) as server, chromium() as browser:
-            for name, (run_id, _) in runs.items():  # a first load each, not counted: warm-up
+            for run_id, _ in runs.values():  # a first load each, not counted: warm-up
                 load_ms(browser, f"{server.url}/ui/#/runs/{run_id}")
             for _ in range(args.repeat):
                 for name, (run_id, _) in runs.items():
                     times[name].append(load_ms(browser, f"{server.url}/ui/#/runs/{run_id}"))
     medians = {name: statistics.median(t) for name, t in times.items()}
     ratio = medians["big"] / medians["small"]
-    for name, (run_id, count) in runs.items():
-        console.print(f"{name:5} {count:>9,} decisions: median {medians[name]:7.1f} ms "
-                      f"(loads: {', '.join(f'{t:.0f}' for t in times[name])})")  # fmt: skip
+    for name, (_, count) in runs.items():
+        console.print(
+            f"{name:5} {count:>9,} decisions: median {medians[name]:7.1f} ms "
+            f"(loads: {', '.join(f'{t:.0f}' for t in times[name])})"
+        )
     console.print(f"ratio big / small: [bold]{ratio:.2f}[/] (issue 16 asks <= 2)")
     result = {
         "machine": info,
         "args": vars(args) | {"out": str(args.out) if args.out else None},
-        "runs": {name: {"run_id": r, "decisions": c, "load_ms": times[name],
-                        "median_ms": medians[name]} for name, (r, c) in runs.items()},  # fmt: skip
+        "runs": {
+            name: {"run_id": r, "decisions": c, "load_ms": times[name], "median_ms": medians[name]}
+            for name, (r, c) in runs.items()
+        },
         "ratio": ratio,
     }
     write_result(args.out, "bench_ui", result)

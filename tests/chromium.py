@@ -32,8 +32,13 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     # root (CI) gets no sandbox; a container's small /dev/shm must not crash the renderer
-    for argument in ("--headless", "--no-sandbox", "--disable-dev-shm-usage", OFFLINE,
-                     f"--window-size={width},{height}"):  # fmt: skip
+    for argument in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        OFFLINE,
+        f"--window-size={width},{height}",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # the driver named, so that selenium never looks for (downloads) one of its own

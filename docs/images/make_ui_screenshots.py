@@ -60,17 +60,23 @@ def shoot(url: str, out: Path) -> None:
     with chromium(width=1280, height=1000) as browser:
         wait = WebDriverWait(browser, WAIT_S, poll_frequency=0.05)
         browser.get(f"{url}/ui/#/runs")
-        wait.until(lambda d: d.execute_script(
-            "const c = document.querySelectorAll('canvas.spark');"
-            "return c.length === 3 && Array.from(c).every(x => x.getContext('2d')"
-            ".getImageData(0, 0, x.width, x.height).data.some(v => v))"))  # fmt: skip
+        wait.until(
+            lambda d: d.execute_script(
+                "const c = document.querySelectorAll('canvas.spark');"
+                "return c.length === 3 && Array.from(c).every(x => x.getContext('2d')"
+                ".getImageData(0, 0, x.width, x.height).data.some(v => v))"
+            )
+        )
         browser.set_window_size(1280, 420)
         browser.save_screenshot(str(out / "ui-runs.png"))
         browser.set_window_size(1280, 1000)
         browser.get(f"{url}/ui/#/runs/{SHOWN}")
         wait.until(lambda d: d.execute_script("return window.lrpilotReady === true"))
-        wait.until(lambda d: d.execute_script(
-            "return document.querySelector('#whatif-form [name=phases]')"))  # fmt: skip
+        wait.until(
+            lambda d: d.execute_script(
+                "return document.querySelector('#whatif-form [name=phases]')"
+            )
+        )
         # the what-if: the plateau phase reduces after 1 bad evaluation instead of 3
         browser.execute_script(
             "const f = document.querySelector('#whatif-form [name=phases]');"
@@ -79,8 +85,11 @@ def shoot(url: str, out: Path) -> None:
             "f.value = JSON.stringify(phases);"
             "document.querySelector('#whatif-form button[type=submit]').click();"
         )
-        wait.until(lambda d: d.execute_script(
-            "return window.lrpilotPlot.whatif && document.getElementById('whatif-summary')"))  # fmt: skip
+        wait.until(
+            lambda d: d.execute_script(
+                "return window.lrpilotPlot.whatif && document.getElementById('whatif-summary')"
+            )
+        )
         time.sleep(0.2)  # the overlay's redraw
         browser.save_screenshot(str(out / "ui-run.png"))
 
@@ -93,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(REPO))
     from tests.harness import LiveServer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        with LiveServer(f"sqlite:///{Path(tmp) / 'screenshots.db'}") as server:
-            make_runs(server.url)
-            shoot(server.url, out)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LiveServer(f"sqlite:///{Path(tmp) / 'screenshots.db'}") as server,
+    ):
+        make_runs(server.url)
+        shoot(server.url, out)
     print(f"wrote {out / 'ui-runs.png'} and {out / 'ui-run.png'}")
     return 0
 

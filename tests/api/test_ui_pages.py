@@ -49,8 +49,10 @@ def test_the_page_and_its_files_are_served_under_a_strict_policy(client: TestCli
         asset = client.get(f"/ui/{name}")
         assert asset.status_code == 200, name
         assert asset.headers["content-security-policy"] == policy, name
-    assert client.get("/ui/assets/app.js").headers["content-type"].startswith(
-        ("text/javascript", "application/javascript")
+    assert (
+        client.get("/ui/assets/app.js")
+        .headers["content-type"]
+        .startswith(("text/javascript", "application/javascript"))
     )
 
 
@@ -64,7 +66,9 @@ def test_nothing_names_another_host(client: TestClient) -> None:
 def test_service_data_is_never_inserted_as_html() -> None:
     """Labels, reasons and run ids are text: no innerHTML, outerHTML or insertAdjacentHTML."""
     for path in UI_DIR.glob("*.js"):
-        assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", path.read_text()), path
+        assert not re.search(
+            r"innerHTML|outerHTML|insertAdjacentHTML|document\.write", path.read_text()
+        ), path
 
 
 def test_root_and_ui_without_slash_lead_to_the_page(client: TestClient) -> None:

@@ -67,9 +67,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     upgrade(url)
     admin = make_token(url, "alpha", "admin", name="alice")
     stranger = make_token(url, "beta", "reader", name="bob")
-    with LiveServer(url) as server, httpx.Client(
-        base_url=server.url, headers=bearer(admin), timeout=30
-    ) as api:
+    with (
+        LiveServer(url) as server,
+        httpx.Client(base_url=server.url, headers=bearer(admin), timeout=30) as api,
+    ):
         for run_id in RUNS:
             labels = {"team": "vision"} if run_id == "labelled" else {}
             spec = run_spec(params={"patience": 2, "factor": 0.5}, labels=labels)
@@ -134,8 +135,11 @@ def test_an_unauthenticated_visitor_sees_the_login_and_no_runs(
 def test_log_in_and_list_the_runs_by_activity(browser: WebDriver, site: Site) -> None:
     browser.find_element(By.NAME, "token").send_keys(site.admin)
     browser.find_element(By.CSS_SELECTOR, "form#login button[type=submit]").click()
-    until(browser, "return document.querySelectorAll('#runs tr[data-run]').length === 4",
-          "listed the runs")  # fmt: skip
+    until(
+        browser,
+        "return document.querySelectorAll('#runs tr[data-run]').length === 4",
+        "listed the runs",
+    )
     listed = browser.execute_script(
         "return Array.from(document.querySelectorAll('#runs tr[data-run]'), r => r.dataset.run)"
     )
@@ -145,12 +149,18 @@ def test_log_in_and_list_the_runs_by_activity(browser: WebDriver, site: Site) ->
     run = site.api.get("/v1/runs/plain").json()
     assert str(run["last_step"]) in row and f"{run['lrs'][0]:.4g}"[:5] in row
     # a sparkline drawn for each run: its canvas has ink
-    until(browser, "return Array.from(document.querySelectorAll('canvas.spark')).every(c => "
-          "c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v))",
-          "drew every sparkline")  # fmt: skip
+    until(
+        browser,
+        "return Array.from(document.querySelectorAll('canvas.spark')).every(c => "
+        "c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v))",
+        "drew every sparkline",
+    )
     browser.get(f"{site.url}/ui/#/runs?label=team:vision")
-    until(browser, "return document.querySelectorAll('#runs tr[data-run]').length === 1",
-          "filtered by label")  # fmt: skip
+    until(
+        browser,
+        "return document.querySelectorAll('#runs tr[data-run]').length === 1",
+        "filtered by label",
+    )
     assert text_of(browser, "#runs tbody").startswith("labelled")
 
 
@@ -188,8 +198,8 @@ def test_verify_a_good_run_then_one_whose_row_was_edited(browser: WebDriver, sit
         if not good:  # an entry's stored bytes changed behind the service's back
             with sqlite3.connect(site.database) as db:
                 db.execute(
-                    "UPDATE decisions SET body = replace(body, '\"reason\":\"', "
-                    "'\"reason\":\"edited: ') WHERE run_id = ? AND seq = 7",
+                    'UPDATE decisions SET body = replace(body, \'"reason":"\', '
+                    '\'"reason":"edited: \') WHERE run_id = ? AND seq = 7',
                     (run_id,),
                 )
         open_run(browser, site, run_id)
@@ -214,7 +224,9 @@ def test_what_if_overlays_its_lr_and_lists_where_decisions_differ(
     browser: WebDriver, site: Site
 ) -> None:
     open_run(browser, site, "plain")
-    until(browser, "return document.querySelector('#whatif-form [name=patience]')", "built the form")
+    until(
+        browser, "return document.querySelector('#whatif-form [name=patience]')", "built the form"
+    )
     patience = browser.find_element(By.CSS_SELECTOR, "#whatif-form [name=patience]")
     assert patience.get_attribute("value") == "2"  # the run's own value
     patience.clear()
@@ -223,9 +235,17 @@ def test_what_if_overlays_its_lr_and_lists_where_decisions_differ(
     overlay = until(browser, "return window.lrpilotPlot.whatif", "overlaid the what-if")
     expected = site.api.post(
         "/v1/simulate",
-        json={"run_id": "plain", "policy": {"name": "plateau", "version": 1,
-              "params": {**site.api.get("/v1/runs/plain").json()["policy"]["params"],
-                         "patience": 0}}},  # fmt: skip
+        json={
+            "run_id": "plain",
+            "policy": {
+                "name": "plateau",
+                "version": 1,
+                "params": {
+                    **site.api.get("/v1/runs/plain").json()["policy"]["params"],
+                    "patience": 0,
+                },
+            },
+        },
     ).json()
     assert overlay["x"] == [i["step"] for i in expected["items"]]
     assert overlay["lr"][0] == [i["lrs"][0] for i in expected["items"]]
@@ -259,8 +279,11 @@ def test_another_projects_token_sees_none_of_the_runs(browser: WebDriver, site: 
     until(browser, "return document.querySelector('form#login')", "showed the login")
     browser.find_element(By.NAME, "token").send_keys(site.stranger)
     browser.find_element(By.CSS_SELECTOR, "form#login button[type=submit]").click()
-    until(browser, "return document.querySelector('#runs tbody')?.textContent === 'No runs.'",
-          "listed no runs")  # fmt: skip
+    until(
+        browser,
+        "return document.querySelector('#runs tbody')?.textContent === 'No runs.'",
+        "listed no runs",
+    )
     assert "bob" in text_of(browser, "#who")
     assert fetch_status(browser, "../v1/runs/plain") == 404
     logged = errors(browser)  # whoami's 401 once logged out, and the refused fetch above

@@ -48,8 +48,8 @@ class Document(TypedDict):
 
 
 def install(app: FastAPI) -> None:
-    """``/docs``, ``/redoc`` and their assets under ``/docs/assets`` (``/`` is the
-    dashboard's: api/ui.py). ``app`` must be made with ``docs_url=None, redoc_url=None`` (no CDN pages)."""
+    """``/docs``, ``/redoc`` and their assets under ``/docs/assets`` (``/`` is the dashboard's:
+    api/ui.py). ``app`` must be made with ``docs_url=None, redoc_url=None`` (no CDN pages)."""
     assert app.openapi_url is not None, "the docs pages show the OpenAPI document"
     openapi_url = app.openapi_url
     title = app.title
