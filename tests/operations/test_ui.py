@@ -133,6 +133,9 @@ def test_an_unauthenticated_visitor_sees_the_login_and_no_runs(
 
 
 def test_log_in_and_list_the_runs_by_activity(browser: WebDriver, site: Site) -> None:
+    browser.get(f"{site.url}/ui/#/login")
+    until(browser, "return document.querySelector('form#login')", "showed the login")
+    errors(browser)  # whoami's 401: nobody is logged in yet
     browser.find_element(By.NAME, "token").send_keys(site.admin)
     browser.find_element(By.CSS_SELECTOR, "form#login button[type=submit]").click()
     until(
@@ -270,6 +273,55 @@ def test_a_live_run_gains_decisions_without_a_reload(browser: WebDriver, site: S
     )
     assert browser.execute_script("return window.notReloaded") is True
     assert len(browser.execute_script("return window.lrpilotPlot.x")) > len(shown["x"])
+
+
+def test_zoom_asks_for_the_range_and_a_double_click_for_the_whole_run(
+    browser: WebDriver, site: Site
+) -> None:
+    whole = open_run(browser, site, "plain")
+    over = browser.find_element(By.CSS_SELECTOR, "#chart .u-over")
+    width = over.size["width"]
+    # drag across the second quarter of the plot: uPlot's drag-zoom
+    drag = ActionChains(browser).move_to_element_with_offset(over, -width // 4, 0)
+    drag.click_and_hold().move_by_offset(width // 4, 0).release().perform()
+    zoomed = until(
+        browser,
+        f"const p = window.lrpilotPlot; return p.range.from > {whole['range']['from']} && p",
+        "asked for the zoomed range",
+    )
+    lo, hi = zoomed["range"]["from"], zoomed["range"]["to"]
+    assert whole["x"][0] < lo < hi < whole["x"][-1]
+    inside = [d for d in site.decisions("plain", superseded="false") if lo <= d["step"] <= hi]
+    assert zoomed["x"] == [d["step"] for d in inside]
+    ActionChains(browser).double_click(over).perform()
+    until(
+        browser,
+        f"return window.lrpilotPlot.range.from === {whole['range']['from']}",
+        "asked for the whole run again",
+    )
+    assert browser.execute_script("return window.lrpilotPlot.x") == whole["x"]
+
+
+def test_an_admin_rewinds_after_confirming_and_the_old_branch_is_drawn_faded(
+    browser: WebDriver, site: Site
+) -> None:
+    open_run(browser, site, "live")
+    steps = [d["step"] for d in site.decisions("live", superseded="false")]
+    to_step = steps[len(steps) // 2]
+    browser.find_element(By.ID, "rewind-step").send_keys(str(to_step))
+    browser.find_element(By.ID, "rewind").click()
+    alert = WebDriverWait(browser, WAIT_S).until(lambda d: d.switch_to.alert)
+    assert f"to step {to_step}" in alert.text
+    alert.accept()
+    shown = until(
+        browser,
+        "const p = window.lrpilotPlot; return p.superseded.length && p",
+        "drew the superseded branch",
+    )
+    assert max(shown["x"]) == to_step  # the live branch ends where the job resumes
+    rewinds = [d for d in site.decisions("live") if d["action"] == "rewind"]
+    assert len(rewinds) == 1 and rewinds[0]["rewind"]["to_step"] == to_step
+    assert rewinds[0]["seq"] in [m["seq"] for m in shown["markers"]]
 
 
 def test_another_projects_token_sees_none_of_the_runs(browser: WebDriver, site: Site) -> None:

@@ -8,6 +8,7 @@ import { whatIfForm } from "./whatif.js";
 
 const LIVE_MS = 1500; // a training run's new decisions appear within 2 s
 const PAGE = 50;
+const MAX_GROUPS = 64; // the plot endpoint draws the first 64 param groups of a run
 const main = document.getElementById("main");
 const tip = document.getElementById("tip");
 let me = null; // GET /ui/whoami
@@ -164,7 +165,7 @@ async function runPage(runId) {
   } catch (error) {
     return show(h("h1", {}, runId), failure(error));
   }
-  const groups = run.base_lrs.length;
+  const groups = Math.min(run.base_lrs.length, MAX_GROUPS);
   const facts = h("div", { class: "facts", id: "facts" });
   const badge = h("span", { id: "verify-badge" });
   const detail = h("div", { id: "decision", class: "panel", hidden: true });

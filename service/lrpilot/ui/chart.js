@@ -209,7 +209,8 @@ export class RunChart {
         ctx.stroke();
         ctx.setLineDash([]);
         py = top + 14 * ratio;
-        const label = event.action === "scale" && event.world_size ? `world ${event.world_size}` : event.action;
+        const resize = event.resize;
+        const label = resize ? `${resize.by === "world_size" ? "world" : resize.by} ${resize.to}` : event.action;
         ctx.fillText(label, px + 4 * ratio, py);
       } else {
         const lr = num((event.lrs || [])[0]);
