@@ -43,6 +43,7 @@ ACTIONS = POLICY_ACTIONS | set(NOT_DECISIONS)
 
 # -- query parameters ---------------------------------------------------------------------
 
+POLICY_FILTER = r"^[a-z][a-z0-9_]{0,63}(@[0-9]{1,9})?$"  # a family, or family@version
 MAX_LABEL_FILTERS = 16  # each is a subquery: the cap bounds a list query's cost
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -16,6 +16,7 @@ from lrpilot.api.models import (
     MAX_PLOT_EVENTS,
     MAX_PLOT_POINTS,
     MAX_WAIT_S,
+    POLICY_FILTER,
     ActionFilter,
     DecisionOut,
     DecisionPage,
@@ -114,9 +115,28 @@ def list_runs(
         str | None, Query(pattern=RUN_ID_PATTERN, description="the `next` of the previous page")
     ] = None,
     limit: Limit = 100,
+    policy: Annotated[
+        str | None,
+        Query(
+            pattern=POLICY_FILTER,
+            description="only this policy family (`plateau`) or version (`plateau@2`)",
+        ),
+    ] = None,
+    state: Annotated[
+        Literal["active", "stopped"] | None,
+        Query(description="stopped: the runs whose last entry is a `stop`; active: the others"),
+    ] = None,
+    sort: Annotated[
+        Literal["run_id", "activity"],
+        Query(description="run_id (the default), or activity: the last entry's time, newest first"),
+    ] = "run_id",
 ) -> Response:
+    """The token's project's runs (a token sees one project), a page at a time."""
     labels = {k: v for k, _, v in (item.partition(":") for item in label)}  # checked
-    page = store.list_runs(labels, after, limit, caller.project)
+    stopped = None if state is None else state == "stopped"
+    page = store.list_runs(
+        labels, after, limit, caller.project, policy, stopped, by_activity=sort == "activity"
+    )
     return page_json(page.items, page.next, "run_id")
 
 
