@@ -24,6 +24,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from lrpilot.api.auth import COOKIE
 from lrpilot.store.db import upgrade
 from tests.chromium import errors
 from tests.harness import LiveServer
@@ -84,6 +85,16 @@ def console_clean(browser: WebDriver) -> Iterator[None]:
     errors(browser)  # what an earlier module's pages logged is read and gone
     yield
     assert not errors(browser), "the page logged errors"
+
+
+@pytest.fixture
+def as_admin(browser: WebDriver, site: Site) -> None:
+    """The browser holds project alpha's admin cookie (as the login test leaves it), so that a
+    test also runs alone (``-k``)."""
+    if browser.get_cookie(COOKIE) is None or not browser.current_url.startswith(site.url):
+        browser.get(f"{site.url}/healthz")  # a cookie is set on the site it belongs to
+        browser.add_cookie({"name": COOKIE, "value": site.admin, "path": "/", "httpOnly": True})
+        errors(browser)  # that page's missing favicon
 
 
 def until(browser: WebDriver, script: str, what: str) -> Any:
@@ -167,7 +178,7 @@ def test_log_in_and_list_the_runs_by_activity(browser: WebDriver, site: Site) ->
     assert text_of(browser, "#runs tbody").startswith("labelled")
 
 
-def test_the_plot_is_the_decision_log(browser: WebDriver, site: Site) -> None:
+def test_the_plot_is_the_decision_log(browser: WebDriver, site: Site, as_admin: None) -> None:
     shown = open_run(browser, site, "plain")
     log = site.decisions("plain", superseded="false")
     assert shown["x"] == [d["step"] for d in log]  # fewer decisions than points: one each
@@ -178,7 +189,7 @@ def test_the_plot_is_the_decision_log(browser: WebDriver, site: Site) -> None:
 
 
 def test_hovering_a_marker_reads_its_reason_and_a_click_opens_the_decision(
-    browser: WebDriver, site: Site
+    browser: WebDriver, site: Site, as_admin: None
 ) -> None:
     shown = open_run(browser, site, "plain")
     marker = shown["markers"][0]
@@ -196,7 +207,9 @@ def test_hovering_a_marker_reads_its_reason_and_a_click_opens_the_decision(
     assert decision["hash"] in whole and decision["prev_hash"] in whole
 
 
-def test_verify_a_good_run_then_one_whose_row_was_edited(browser: WebDriver, site: Site) -> None:
+def test_verify_a_good_run_then_one_whose_row_was_edited(
+    browser: WebDriver, site: Site, as_admin: None
+) -> None:
     for run_id, good in (("tampered", True), ("tampered", False)):
         if not good:  # an entry's stored bytes changed behind the service's back
             with sqlite3.connect(site.database) as db:
@@ -224,7 +237,7 @@ def test_verify_a_good_run_then_one_whose_row_was_edited(browser: WebDriver, sit
 
 
 def test_what_if_overlays_its_lr_and_lists_where_decisions_differ(
-    browser: WebDriver, site: Site
+    browser: WebDriver, site: Site, as_admin: None
 ) -> None:
     open_run(browser, site, "plain")
     until(
@@ -259,7 +272,9 @@ def test_what_if_overlays_its_lr_and_lists_where_decisions_differ(
     )
 
 
-def test_a_live_run_gains_decisions_without_a_reload(browser: WebDriver, site: Site) -> None:
+def test_a_live_run_gains_decisions_without_a_reload(
+    browser: WebDriver, site: Site, as_admin: None
+) -> None:
     shown = open_run(browser, site, "live")
     browser.execute_script("window.notReloaded = true")
     more = plateau_stream(20)[12:]
@@ -276,7 +291,7 @@ def test_a_live_run_gains_decisions_without_a_reload(browser: WebDriver, site: S
 
 
 def test_zoom_asks_for_the_range_and_a_double_click_for_the_whole_run(
-    browser: WebDriver, site: Site
+    browser: WebDriver, site: Site, as_admin: None
 ) -> None:
     whole = open_run(browser, site, "plain")
     over = browser.find_element(By.CSS_SELECTOR, "#chart .u-over")
@@ -303,7 +318,7 @@ def test_zoom_asks_for_the_range_and_a_double_click_for_the_whole_run(
 
 
 def test_an_admin_rewinds_after_confirming_and_the_old_branch_is_drawn_faded(
-    browser: WebDriver, site: Site
+    browser: WebDriver, site: Site, as_admin: None
 ) -> None:
     open_run(browser, site, "live")
     steps = [d["step"] for d in site.decisions("live", superseded="false")]
@@ -324,9 +339,12 @@ def test_an_admin_rewinds_after_confirming_and_the_old_branch_is_drawn_faded(
     assert rewinds[0]["seq"] in [m["seq"] for m in shown["markers"]]
 
 
-def test_another_projects_token_sees_none_of_the_runs(browser: WebDriver, site: Site) -> None:
+def test_another_projects_token_sees_none_of_the_runs(
+    browser: WebDriver, site: Site, as_admin: None
+) -> None:
     browser.get(f"{site.url}/ui/#/runs")
     until(browser, "return !document.getElementById('logout').hidden", "offered the logout")
+    until(browser, "return document.querySelectorAll('#runs tr[data-run]').length", "listed runs")
     browser.find_element(By.ID, "logout").click()
     until(browser, "return document.querySelector('form#login')", "showed the login")
     browser.find_element(By.NAME, "token").send_keys(site.stranger)
@@ -341,4 +359,4 @@ def test_another_projects_token_sees_none_of_the_runs(browser: WebDriver, site: 
     logged = errors(browser)  # whoami's 401 once logged out, and the refused fetch above
     assert logged and all(
         "status of 404" in e["message"] or "whoami" in e["message"] for e in logged
-    ), logged
+    ), [e["message"] for e in logged]
