@@ -3,10 +3,11 @@
 
     python bench/bench_ui.py [--small 1000] [--big 1000000] [--repeat 7] [--out FILE.json]
 
-Builds both runs in one SQLite database with bench/bench_plot.py's run maker (the same runs its
-endpoint bench measures: not a copy), serves it (tests.harness.LiveServer, ``lrpilot serve``,
-open mode on loopback), and loads ``/ui/#/runs/RUN`` in Debian's headless chromium (offline:
-tests/chromium.py), alternating the two runs load by load so that drift falls on both alike.
+Builds both runs in one SQLite database with bench/bench_plot.py's ``make_runs`` (the runs its
+endpoint bench measures, built the same way: not a copy), serves it (tests.harness.LiveServer,
+``lrpilot serve``, open mode on loopback), and loads ``/ui/#/runs/RUN`` in Debian's headless
+chromium (offline: tests/chromium.py), alternating the two runs load by load so that drift falls
+on both alike.
 A load is timed from navigation start to ``window.lrpilotReady`` (the chart drawn with the
 service's plot: its first draw with data), read in the page as ``performance.now()``. Reports
 each run's median and the ratio big / small. Needs chromium and chromium-driver.
@@ -20,11 +21,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_plot import make_run
+from bench_plot import make_runs
 from selenium.webdriver.support.ui import WebDriverWait
 
-from common import console, machine_info, print_header, timed_bench_parser, write_result
-from lrpilot.store.db import upgrade
+from common import (
+    console,
+    fresh_database,
+    machine_info,
+    print_header,
+    timed_bench_parser,
+    write_result,
+)
 from tests.chromium import chromium
 from tests.harness import LiveServer
 
@@ -53,14 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     print_header(info, "chromium (headless, offline), lrpilot serve on SQLite")
     runs = {"small": ("ui-small", args.small), "big": ("ui-big", args.big)}
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'ui.db'}"
-        upgrade(url)
-        for run_id, count in runs.values():
-            started = time.perf_counter()
-            make_run(url, run_id, count)
-            console.print(
-                f"built {run_id}: {count:,} decisions in {time.perf_counter() - started:.0f} s"
-            )
+        url = fresh_database(None, Path(tmp) / "ui.db")
+        started = time.perf_counter()
+        make_runs(url, dict(runs.values()))
+        console.print(f"built both runs in {time.perf_counter() - started:.0f} s")
         times: dict[str, list[float]] = {name: [] for name in runs}
         with LiveServer(url) as server, chromium() as browser:
             for run_id, _ in runs.values():  # a first load each, not counted: warm-up
