@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             spec = run_spec(params={"patience": 2, "factor": 0.5}, labels=labels)
             assert api.put(f"/v1/runs/{run_id}", json=spec).status_code == 201
             observe(api, run_id, plateau_stream(12 if run_id == "live" else 40))
+        aggregated = run_spec() | {"aggregate": {"timeout_s": 30, "on_timeout": "decide"}}
+        assert api.put("/v1/runs/ranks", json=aggregated).status_code == 201
+        with ThreadPoolExecutor(2) as pool:  # a step is decided once both ranks reported
+            reports = [
+                {"step": 10, "value": 0.5 + rank, "rank": rank, "world_size": 2, "weight": 1 + rank}
+                for rank in (0, 1)
+            ]
+            posted = pool.map(lambda r: api.post("/v1/runs/ranks/observations", json=r), reports)
+            assert all(r.status_code == 200 for r in posted)
         yield Site(server.url, database, admin, stranger, api)
 
 
@@ -151,13 +161,13 @@ def test_log_in_and_list_the_runs_by_activity(browser: WebDriver, site: Site) ->
     browser.find_element(By.CSS_SELECTOR, "form#login button[type=submit]").click()
     until(
         browser,
-        "return document.querySelectorAll('#runs tr[data-run]').length === 4",
+        "return document.querySelectorAll('#runs tr[data-run]').length === 5",
         "listed the runs",
     )
     listed = browser.execute_script(
         "return Array.from(document.querySelectorAll('#runs tr[data-run]'), r => r.dataset.run)"
     )
-    assert listed == ["labelled", "live", "tampered", "plain"]  # the last one active first
+    assert listed == ["ranks", "labelled", "live", "tampered", "plain"]  # the last active first
     assert "alice" in text_of(browser, "#who") and "alpha" in text_of(browser, "#who")
     row = text_of(browser, "#runs tr[data-run=plain]")
     run = site.api.get("/v1/runs/plain").json()
@@ -288,6 +298,40 @@ def test_a_live_run_gains_decisions_without_a_reload(
     )
     assert browser.execute_script("return window.notReloaded") is True
     assert len(browser.execute_script("return window.lrpilotPlot.x")) > len(shown["x"])
+
+
+def test_an_aggregated_step_lists_each_ranks_report_and_weight(
+    browser: WebDriver, site: Site, as_admin: None
+) -> None:
+    open_run(browser, site, "ranks")
+    row = until(browser, "return document.querySelector('#decisions tr[data-seq]')", "listed it")
+    row.click()
+    until(browser, "return document.getElementById('decision-ranks')", "listed the ranks")
+    cells = browser.execute_script(
+        "const t = document.getElementById('decision-ranks');"
+        "const keys = Array.from(t.querySelectorAll('th'), th => th.textContent);"
+        "return Array.from(t.querySelectorAll('tbody tr'), tr => Object.fromEntries("
+        "Array.from(tr.children, (td, i) => [keys[i], td.textContent])));"
+    )
+    assert [(c["rank"], c["value"], c["weight"]) for c in cells] == [
+        ("0", "0.5", "1"),
+        ("1", "1.5", "2"),
+    ]
+
+
+def test_the_policies_page_shows_and_plots_each_version(
+    browser: WebDriver, site: Site, as_admin: None
+) -> None:
+    versions = site.api.get("/v1/policies").json()["items"]
+    browser.get(f"{site.url}/ui/#/policies")
+    until(
+        browser,
+        f"return document.querySelectorAll('section.policy .uplot').length === {len(versions)}",
+        "plotted every example",
+    )
+    for p in versions:
+        section = text_of(browser, f"#policy-{p['name']}-{p['version']}")
+        assert p["description"][:40] in section
 
 
 def test_zoom_asks_for_the_range_and_a_double_click_for_the_whole_run(

@@ -12,6 +12,12 @@ const MAX_GROUPS = 64; // the plot endpoint draws the first 64 param groups of a
 const main = document.getElementById("main");
 const tip = document.getElementById("tip");
 let me = null; // GET /ui/whoami
+let policyList = null; // GET /v1/policies, once: released versions never change
+
+function policies() {
+  if (!policyList) policyList = get("/v1/policies").catch((error) => { policyList = null; throw error; });
+  return policyList;
+}
 let leave = () => {}; // what the current page stops (its timers) when another opens
 
 function go(hash) {
@@ -180,7 +186,7 @@ async function runPage(runId) {
     h("label", {}, logScale, " log-scale lr"),
     canRewind() ? h("span", {}, rewindStep, h("button", { type: "button", id: "rewind", onclick: () => rewind() }, "Rewind")) : null,
     live);
-  const table = decisionTable(path, (d) => showDecision(d));
+  const table = decisionTable(path, (d) => showDecision(d), run);
   const whatIfBox = h("div", { id: "whatif" });
   show(h("h1", {}, run.run_id), facts, toolbar, chartBox, detail,
     h("h2", {}, "What if"), whatIfBox, h("h2", {}, "Decisions"), table.element);
@@ -224,6 +230,7 @@ async function runPage(runId) {
     detail.replaceChildren(
       h("div", { class: "toolbar" }, h("b", {}, `seq ${decision.seq} · step ${decision.step} · ${decision.action}`),
         h("button", { type: "button", onclick: () => { detail.hidden = true; } }, "Close")),
+      decision.ranks ? ranksTable(decision.ranks) : null,
       h("pre", { id: "decision-json" }, JSON.stringify(decision, null, 2)));
   }
 
@@ -304,12 +311,29 @@ async function runPage(runId) {
   await refresh();
   timer = setTimeout(tick, LIVE_MS);
   table.refresh();
-  whatIfForm(whatIfBox, run, (whatif) => chart.setWhatIf(whatif)).catch((error) => whatIfBox.replaceChildren(failure(error)));
+  policies().then((list) => {
+    table.actions(list.items.find((p) => p.name === run.policy.name && p.version === run.policy.version));
+    whatIfForm(whatIfBox, run, list.items, (whatif) => chart.setWhatIf(whatif));
+  }).catch((error) => whatIfBox.replaceChildren(failure(error)));
+}
+
+// an aggregated step: each rank's report and its weight in the mean
+function ranksTable(ranks) {
+  const keys = Array.from(new Set(ranks.flatMap((r) => Object.keys(r))));
+  return h("table", { id: "decision-ranks" },
+    h("thead", {}, h("tr", {}, ...keys.map((k) => h("th", {}, k)))),
+    h("tbody", {}, ...ranks.map((r) => h("tr", {}, ...keys.map((k) => h("td", { class: "num" },
+      typeof r[k] === "object" && r[k] !== null ? JSON.stringify(r[k]) : r[k] ?? "–"))))));
 }
 
 function decisionTable(path, onOpen) {
-  const action = h("select", { name: "action" },
-    ...["", "hold", "reduce", "decay", "warmup", "phase", "stop", "rewind", "scale"].map((a) => h("option", { value: a }, a || "any")));
+  // the run's policy's actions, once the policies are read, and the log's own entries
+  const action = h("select", { name: "action" }, h("option", { value: "" }, "any"));
+  const actions = (policy) => {
+    for (const a of [...((policy && policy.actions) || []), "rewind", "scale"]) {
+      action.append(h("option", { value: a }, a));
+    }
+  };
   const from = h("input", { type: "number", name: "from_step", min: 0, placeholder: "from step" });
   const to = h("input", { type: "number", name: "to_step", min: 0, placeholder: "to step" });
   const form = h("form", { class: "filters", id: "decision-filters" },
@@ -340,7 +364,7 @@ function decisionTable(path, onOpen) {
     h("table", { id: "decisions" }, h("thead", {}, h("tr", {},
       ...["seq", "step", "value", "action", "lrs", "reason", "time"].map((t) => h("th", {}, t)))), body), pager);
   // live updates refresh the first page only: a reader paging back is not moved
-  return { element, refresh: () => { if (pages.length === 1) load(); } };
+  return { element, actions, refresh: () => { if (pages.length === 1) load(); } };
 }
 
 // ---------------------------------------------------------------- policies
@@ -349,7 +373,7 @@ async function policiesPage() {
   show(h("h1", {}, "Policies"), h("p", { class: "muted" }, "Loading…"));
   let list;
   try {
-    list = await get("/v1/policies");
+    list = await policies();
   } catch (error) {
     return show(h("h1", {}, "Policies"), failure(error));
   }

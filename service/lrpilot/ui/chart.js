@@ -294,12 +294,18 @@ export function sparkline(canvas, plot) {
   ctx.strokeStyle = COLORS[0];
   ctx.lineWidth = 1.5;
   ctx.beginPath();
+  if (x1 === x0) { // one step so far: a level line
+    ctx.moveTo(1, h / 2);
+    ctx.lineTo(w - 1, h / 2);
+  }
+  let started = false;
   x.forEach((s, i) => {
     const v = lr[0][i];
-    if (v === null) return;
-    const px = x1 > x0 ? ((s - x0) / (x1 - x0)) * (w - 2) + 1 : w / 2;
+    if (v === null || x1 === x0) return;
+    const px = ((s - x0) / (x1 - x0)) * (w - 2) + 1;
     const py = y1 > y0 ? h - 2 - ((v - y0) / (y1 - y0)) * (h - 4) : h / 2;
-    if (i === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
+    if (started) ctx.lineTo(px, py); else ctx.moveTo(px, py);
+    started = true;
   });
   ctx.stroke();
 }

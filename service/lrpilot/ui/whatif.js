@@ -3,7 +3,7 @@
 // stream through those params (POST /v1/simulate with run_id), overlays the lrs on the plot
 // and lists the steps where the decisions differ from the recorded ones.
 
-import { get, post } from "./api.js";
+import { post } from "./api.js";
 import { field, h, lrs } from "./dom.js";
 
 const MAX_OVERLAY = 4000; // points drawn: a long run's what-if is thinned evenly
@@ -70,8 +70,7 @@ function differs(item) {
   return r.action !== item.action || JSON.stringify(r.lrs) !== JSON.stringify(item.lrs);
 }
 
-export async function whatIfForm(box, run, overlay) {
-  const { items } = await get("/v1/policies");
+export function whatIfForm(box, run, items, overlay) {
   const policy = items.find((p) => p.name === run.policy.name && p.version === run.policy.version);
   if (!policy) {
     box.replaceChildren(h("p", { class: "muted" }, "This run's policy version is not served here."));
