@@ -10,7 +10,6 @@ drawn, and saves both pages. Needs chromium, chromium-driver and selenium (the t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tempfile
@@ -32,11 +31,11 @@ WAIT_S = 30
 
 def schedules() -> Any:
     """docs/schedules/make.py: the README's worked schedules and their validation loss."""
-    spec = importlib.util.spec_from_file_location("make_schedules", SCHEDULES / "make.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    if str(SCHEDULES) not in sys.path:
+        sys.path.insert(0, str(SCHEDULES))
+    import make  # type: ignore[import-not-found]
+
+    return make
 
 
 def make_runs(url: str) -> None:

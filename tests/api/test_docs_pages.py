@@ -5,7 +5,6 @@ tests/operations/test_docs_offline.py.)"""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,9 @@ from tests.conftest import app_client
 PAGES = ("/docs", "/redoc")
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    database = tmp_path_factory.mktemp("docs") / "docs.db"
-    with app_client(f"sqlite:///{database}") as client:
-        yield client
+@pytest.fixture
+def client(module_api: TestClient) -> TestClient:
+    return module_api
 
 
 def linked(html: str) -> set[str]:

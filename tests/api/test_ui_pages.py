@@ -5,23 +5,19 @@ test_ui.py.)"""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 import lrpilot
-from tests.conftest import app_client
 
 UI_DIR = Path(lrpilot.__file__).parent / "ui"
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    database = tmp_path_factory.mktemp("ui") / "ui.db"
-    with app_client(f"sqlite:///{database}") as client:
-        yield client
+@pytest.fixture
+def client(module_api: TestClient) -> TestClient:
+    return module_api
 
 
 def loaded(client: TestClient) -> set[str]:

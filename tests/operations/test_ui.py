@@ -130,6 +130,12 @@ def open_run(browser: WebDriver, site: Site, run_id: str) -> dict[str, Any]:
     return dict(browser.execute_script("return window.lrpilotPlot"))
 
 
+def log_in(browser: WebDriver, secret: str) -> None:
+    """The login form (shown) filled with ``secret`` and sent."""
+    browser.find_element(By.NAME, "token").send_keys(secret)
+    browser.find_element(By.CSS_SELECTOR, "form#login button[type=submit]").click()
+
+
 def fetch_status(browser: WebDriver, path: str) -> int:
     """The status the page's own fetch of ``path`` gets (with whatever cookie it holds)."""
     return int(
@@ -157,8 +163,7 @@ def test_log_in_and_list_the_runs_by_activity(browser: WebDriver, site: Site) ->
     browser.get(f"{site.url}/ui/#/login")
     until(browser, "return document.querySelector('form#login')", "showed the login")
     errors(browser)  # whoami's 401: nobody is logged in yet
-    browser.find_element(By.NAME, "token").send_keys(site.admin)
-    browser.find_element(By.CSS_SELECTOR, "form#login button[type=submit]").click()
+    log_in(browser, site.admin)
     until(
         browser,
         "return document.querySelectorAll('#runs tr[data-run]').length === 5",
@@ -391,8 +396,7 @@ def test_another_projects_token_sees_none_of_the_runs(
     until(browser, "return document.querySelectorAll('#runs tr[data-run]').length", "listed runs")
     browser.find_element(By.ID, "logout").click()
     until(browser, "return document.querySelector('form#login')", "showed the login")
-    browser.find_element(By.NAME, "token").send_keys(site.stranger)
-    browser.find_element(By.CSS_SELECTOR, "form#login button[type=submit]").click()
+    log_in(browser, site.stranger)
     until(
         browser,
         "return document.querySelector('#runs tbody')?.textContent === 'No runs.'",

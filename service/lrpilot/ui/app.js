@@ -128,7 +128,7 @@ async function runsPage(query) {
   const pager = h("div", { class: "toolbar" });
   show(h("h1", {}, "Runs"), form,
     h("table", { id: "runs" }, h("thead", {}, h("tr", {},
-      ...["run", "policy", "labels", "current lrs", "last step", "last decision", "lr"].map((t) => h("th", {}, t)))), body),
+      ...["run", "policy", "labels", "state", "current lrs", "last step", "last decision", "lr"].map((t) => h("th", {}, t)))), body),
     pager);
   let page;
   try {
@@ -136,7 +136,7 @@ async function runsPage(query) {
   } catch (error) {
     return show(h("h1", {}, "Runs"), form, failure(error));
   }
-  if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No runs.")));
+  if (!page.items.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "No runs.")));
   for (const run of page.items) {
     const canvas = h("canvas", { class: "spark", width: 120, height: 28 });
     const labels = Object.entries(run.labels || {}).map(([k, v]) => `${k}:${v}`).join(" ");
@@ -145,6 +145,7 @@ async function runsPage(query) {
       h("td", {}, h("a", { href: `#/runs/${encodeURIComponent(run.run_id)}` }, run.run_id)),
       h("td", {}, `${run.policy.name}@${run.policy.version}`),
       h("td", {}, labels),
+      h("td", {}, run.last_action === "stop" ? "stopped" : "active"),
       h("td", { class: "num" }, lrs(run.lrs)),
       h("td", { class: "num" }, run.last_step ?? "–"),
       h("td", {}, when(run.last_decision_at)),
