@@ -76,12 +76,12 @@ async function route() {
 // ---------------------------------------------------------------- login
 
 function loginPage() {
-  const token = h("input", { type: "password", name: "token", autocomplete: "current-password", required: true });
+  const token = h("input", { type: "password", name: "token", id: "token", autocomplete: "current-password", required: true });
   const message = h("p", { class: "error" });
   const form = h("form", { class: "login", id: "login" },
     h("h1", {}, "Log in"),
     h("p", { class: "muted" }, "Your lrpilot token (lrpilot token create). It is kept in an HttpOnly cookie."),
-    token, h("button", { type: "submit" }, "Log in"), message);
+    h("label", { for: "token" }, "token"), token, h("button", { type: "submit" }, "Log in"), message);
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     try {
