@@ -55,8 +55,10 @@ from common import (
     run_spec,
     write_result,
 )
+from lrpilot.api.auth import DEFAULT_PROJECT
 from lrpilot.domain.deciding import decide, new_run, now
 from lrpilot.settings import Settings
+from lrpilot.store.records import RunKey
 from lrpilot.store.runs import Store, WriteTx
 from tests.harness import LiveServer
 
@@ -90,7 +92,8 @@ def append(store: Store, run_id: str, seed: int, count: int, advance: Callable[[
         n = min(BATCH, count - done)
 
         def work(tx: WriteTx, n: int = n) -> None:
-            head = tx.lock_runs({run_id})[0][run_id]
+            key = RunKey(DEFAULT_PROJECT, run_id)  # the runs are made in open mode's project
+            head = tx.lock_runs({key})[0][key]
             created_at = now()
             for _ in range(n):
                 k = head.last_seq + 1

@@ -18,12 +18,15 @@ reading of the stored numbers; the markers are the entries themselves, parsed he
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import sqlalchemy as sa
 
 from lrpilot.canonical import parse_float
 from lrpilot.entries import NOT_DECISIONS
+from lrpilot.policies.base import MAX_STEP
+from lrpilot.store.db import renew
 from lrpilot.store.records import RunKey
 from lrpilot.store.runs import _RUN, _param
 
@@ -35,18 +38,23 @@ _ALWAYS = ("reduce", *NOT_DECISIONS)
 
 def _columns(conn: sa.Connection, groups: int) -> tuple[str, str]:
     """The per-entry select list (each group's lr as lr0.., the metric as metric) and the
-    source it reads (a WHERE clause to fill in)."""
+    source it reads (a WHERE clause to fill in). Each entry's body is parsed once: into jsonb
+    (PostgreSQL), or by one json_extract of the lrs and the value together (SQLite, whose
+    json functions parse their argument at each call); OFFSET 0 keeps the planner from
+    pulling the parse up into every expression that uses it."""
     if conn.dialect.name == "postgresql":
         lrs = [f"(j -> 'lrs' ->> {i})::float8" for i in range(groups)]
         metric = "CASE WHEN jsonb_typeof(j -> 'value') = 'number' THEN (j ->> 'value')::float8 END"
-        source = "(SELECT seq, step, superseded, body::jsonb AS j FROM decisions WHERE {where}) e"
+        source = "(SELECT seq, step, body::jsonb AS j FROM decisions WHERE {where} OFFSET 0) e"
     else:
-        lrs = [f"json_extract(body, '$.lrs[{i}]')" for i in range(groups)]
+        lrs = [f"json_extract(x, '$[0][{i}]')" for i in range(groups)]
         metric = (
-            "CASE WHEN json_type(body, '$.value') IN ('real', 'integer') "
-            "THEN json_extract(body, '$.value') END"
+            "CASE WHEN json_type(x, '$[1]') IN ('real', 'integer') THEN json_extract(x, '$[1]') END"
         )
-        source = "(SELECT seq, step, superseded, body FROM decisions WHERE {where}) e"
+        source = (
+            "(SELECT seq, step, json_extract(body, '$.lrs', '$.value') AS x FROM decisions "
+            "WHERE {where} LIMIT -1 OFFSET 0) e"
+        )
     named = [f"{e} AS lr{i}" for i, e in enumerate(lrs)]
     return ", ".join([*named, f"{metric} AS metric"]), source
 
@@ -78,20 +86,17 @@ def extent(conn: sa.Connection, run: RunKey) -> tuple[int | None, int | None]:
     return (min(lows) if lows else None, max(highs) if highs else None)
 
 
-def plot(
-    conn: sa.Connection,
-    run: RunKey,
-    groups: int,
-    points: int,
-    first: int,
-    last: int,
-    max_events: int,
-) -> dict[str, Any]:
-    """The plot of steps ``first``..``last`` in at most ``points`` buckets a branch."""
-    groups = min(groups, MAX_GROUPS)
-    width = max(1, -(-(last - first + 1) // points))  # ceil: at most ``points`` buckets
-    values, source = _columns(conn, groups)
-    aggregates = ", ".join(
+def aligned_width(first: int, last: int, points: int, at_least: int = 1) -> int:
+    """The narrowest bucket width (``at_least`` or more) whose buckets, aligned on its
+    multiples, cover ``first``..``last`` in at most ``points`` buckets."""
+    width = max(at_least, -(-(last - first + 1) // points))
+    while last // width - first // width + 1 > points:
+        width += max(1, width // 64)
+    return width
+
+
+def _aggregates(groups: int) -> str:
+    return ", ".join(
         [
             "min(step)",
             "max(step)",
@@ -102,74 +107,146 @@ def plot(
             "max(metric)",
         ]
     )
+
+
+def live_buckets(
+    conn: sa.Connection,
+    run: RunKey,
+    groups: int,
+    width: int,
+    first: int,
+    last: int,
+    through: int = MAX_STEP,
+) -> list[dict[str, Any]]:
+    """The live branch's entries of steps ``first``..``last`` (and seqs through ``through``)
+    in buckets of ``width`` steps aligned on its multiples (bucket k: steps k*width ..), each
+    with its index ``k``."""
+    values, source = _columns(conn, groups)
     names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
-    where = f"{_RUN} AND superseded = ? AND step >= ? AND step <= ?"
-    inner = source.format(where=where)
-    live = conn.exec_driver_sql(
+    inner = source.format(
+        where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ? AND seq <= {int(through)}"
+    )
+    rows = conn.exec_driver_sql(
         _param(
             conn,
-            f"SELECT b, {aggregates} FROM (SELECT (step - ?) / ? AS b, step, {names} FROM "
-            f"(SELECT step, {values} FROM {inner}) v) w "
-            "GROUP BY b ORDER BY b",
+            f"SELECT b, {_aggregates(groups)} FROM (SELECT step / ? AS b, step, {names} FROM "
+            f"(SELECT step, {values} FROM {inner}) v) w GROUP BY b ORDER BY b",
         ),
-        (first, width, *run, False, first, last),
+        (width, *run, False, first, last),
     ).all()
-    # superseded branches: runs of consecutive seqs (seq - its rank among them is constant)
-    branches = conn.exec_driver_sql(
+    return [{"k": int(row[0]), **_bucket_doc(row, groups, 1)} for row in rows]
+
+
+def superseded_branches(
+    conn: sa.Connection, run: RunKey, groups: int, width: int, first: int, last: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """What rewinds superseded, in steps ``first``..``last``: each run of consecutive seqs
+    (seq minus its rank among them is constant) in its own buckets; the newest
+    ``MAX_BRANCHES``, and whether there were more."""
+    values, source = _columns(conn, groups)
+    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
+    inner = source.format(where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ?")
+    rows = conn.exec_driver_sql(
         _param(
             conn,
-            f"SELECT island, b, {aggregates}, min(seq), max(seq) FROM (SELECT seq - "
-            "ROW_NUMBER() OVER (ORDER BY seq) AS island, (step - ?) / ? AS b, seq, step, "
+            f"SELECT island, b, {_aggregates(groups)}, min(seq), max(seq) FROM (SELECT seq - "
+            "ROW_NUMBER() OVER (ORDER BY seq) AS island, step / ? AS b, seq, step, "
             f"{names} FROM (SELECT seq, step, {values} FROM {inner}) v) w "
             "GROUP BY island, b ORDER BY island, b",
         ),
-        (first, width, *run, True, first, last),
+        (width, *run, True, first, last),
     ).all()
-    superseded: dict[int, dict[str, Any]] = {}
-    for row in branches:
-        branch = superseded.setdefault(
+    branches: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        branch = branches.setdefault(
             int(row[0]), {"from_seq": int(row[-2]), "to_seq": int(row[-1]), "buckets": []}
         )
         branch["from_seq"] = min(branch["from_seq"], int(row[-2]))
         branch["to_seq"] = max(branch["to_seq"], int(row[-1]))
         branch["buckets"].append(_bucket_doc(row[:-2], groups, 2))
-    kept = sorted(superseded.values(), key=lambda b: b["from_seq"])
-    events, truncated = _events(conn, run, first, last, max_events)
+    kept = sorted(branches.values(), key=lambda b: b["from_seq"])
+    return kept[-MAX_BRANCHES:], len(kept) > MAX_BRANCHES
+
+
+def plot(
+    conn: sa.Connection,
+    run: RunKey,
+    groups: int,
+    points: int,
+    first: int,
+    last: int,
+    max_events: int,
+) -> dict[str, Any]:
+    """The plot of steps ``first``..``last`` in at most ``points`` buckets a branch, all of it
+    reduced by the database (``Tiles`` answers a long run's without reading it again)."""
+    groups = min(groups, MAX_GROUPS)
+    width = aligned_width(first, last, points)
+    buckets = live_buckets(conn, run, groups, width, first, last)
+    events, truncated = events_between(conn, run, first, last, max_events)
+    return answer(run, first, last, width, groups, buckets, events, truncated, conn, points)
+
+
+def answer(
+    run: RunKey,
+    first: int,
+    last: int,
+    width: int,
+    groups: int,
+    buckets: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    truncated: bool,
+    conn: sa.Connection,
+    points: int,
+) -> dict[str, Any]:
+    """The document GET /plot answers (the superseded branches read here)."""
+    superseded, more = superseded_branches(conn, run, groups, width, first, last)
+    for bucket in buckets:
+        bucket.pop("k", None)
     return {
         "run_id": run.run_id,
         "from_step": first,
         "to_step": last,
         "bucket_steps": width,
         "groups": groups,
-        "buckets": [_bucket_doc(row, groups, 1) for row in live],
+        "buckets": buckets,
         "events": events,
         "truncated_events": truncated,
-        "superseded": kept[-MAX_BRANCHES:],
-        "truncated_superseded": len(kept) > MAX_BRANCHES,
+        "superseded": superseded,
+        "truncated_superseded": more,
     }
 
 
-def _events(
-    conn: sa.Connection, run: RunKey, first: int, last: int, max_events: int
+def events_between(
+    conn: sa.Connection,
+    run: RunKey,
+    first: int,
+    last: int,
+    max_events: int,
+    through: int = MAX_STEP,
 ) -> tuple[list[dict[str, Any]], bool]:
-    """The live branch's markers in the range, oldest first, at most ``max_events``."""
+    """The live branch's markers of steps ``first``..``last``, oldest first, at most
+    ``max_events`` (and whether there were more). The entry before the range is read too:
+    whether the first one in it begins a phase or goes on with one."""
     always = ", ".join("?" for _ in _ALWAYS)
+    live = f"{_RUN} AND superseded = ? AND seq <= {int(through)}"
     rows = conn.exec_driver_sql(
         _param(
             conn,
-            "SELECT d.body FROM (SELECT seq, action, LAG(action) OVER (ORDER BY seq) AS prev "
-            f"FROM decisions WHERE {_RUN} AND superseded = ? AND step >= ? AND step <= ?) t "
-            f"JOIN decisions d ON d.project = ? AND d.run_id = ? AND d.seq = t.seq "
-            f"WHERE t.action <> 'hold' AND (t.prev IS NULL OR t.action <> t.prev "
-            f"OR t.action IN ({always})) ORDER BY t.seq LIMIT ?",
+            "SELECT d.body FROM (SELECT seq, step, action, LAG(action) OVER (ORDER BY seq) "
+            f"AS prev FROM decisions WHERE {live} AND step <= ? AND step >= COALESCE(("
+            f"SELECT max(step) FROM decisions WHERE {live} AND step < ?), ?)) t "
+            "JOIN decisions d ON d.project = ? AND d.run_id = ? AND d.seq = t.seq "
+            "WHERE t.step >= ? AND t.action <> 'hold' AND (t.prev IS NULL OR t.action <> "
+            f"t.prev OR t.action IN ({always})) ORDER BY t.seq LIMIT ?",
         ),
-        (*run, False, first, last, *run, *_ALWAYS, max_events + 1),
+        (*run, False, last, *run, False, first, first, *run, first, *_ALWAYS, max_events + 1),
     ).all()
-    events = [_event(json.loads(body)) for (body,) in rows[:max_events]]
+    events = [event_of(json.loads(body)) for (body,) in rows[:max_events]]
     return events, len(rows) > max_events
 
 
-def _event(doc: dict[str, Any]) -> dict[str, Any]:
+def event_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """An entry as a marker."""
     value = doc.get("value")
     event = {
         "seq": doc["seq"],
@@ -184,3 +261,224 @@ def _event(doc: dict[str, Any]) -> dict[str, Any]:
         if extra in doc:
             event[extra] = doc[extra]
     return event
+
+
+def is_marker(action: str, previous: str | None) -> bool:
+    """Whether an entry of ``action`` after one of ``previous`` is a marker (the rule the
+    events' statement applies)."""
+    return action != "hold" and (previous is None or action != previous or action in _ALWAYS)
+
+
+# -- a long run's plot without reading it again ---------------------------------------------
+
+CACHED_FROM = 4096  # entries: a run this long keeps its tiles (shorter ones are read anew)
+MAX_CACHED_RUNS = 32
+MAX_CACHED_EVENTS = 20_000  # a run with more markers reads them anew each time
+MAX_NEW_ROWS = 20_000  # entries appended since the tiles were made: more, they are made again
+TILE_ENTRIES = 16  # entries a finest tile holds, on average, when the tiles are made
+SLICE_TILES_LOG2 = 12  # a first plot reads the log 2**12 finest tiles' steps a statement
+LEVEL_STEP = 2  # each level's tiles are 2**LEVEL_STEP times as wide as the level below's
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Fold bucket ``other`` into bucket ``into`` (min, max, count)."""
+    into["step_lo"] = min(into["step_lo"], other["step_lo"])
+    into["step_hi"] = max(into["step_hi"], other["step_hi"])
+    into["count"] += other["count"]
+    into["lr_min"] = [min(a, b) for a, b in zip(into["lr_min"], other["lr_min"], strict=True)]
+    into["lr_max"] = [max(a, b) for a, b in zip(into["lr_max"], other["lr_max"], strict=True)]
+    for key, pick in (("metric_min", min), ("metric_max", max)):
+        if other[key] is not None:
+            into[key] = other[key] if into[key] is None else pick(into[key], other[key])
+
+
+def _copy(bucket: dict[str, Any]) -> dict[str, Any]:
+    return {**bucket, "lr_min": list(bucket["lr_min"]), "lr_max": list(bucket["lr_max"])}
+
+
+def _entry_bucket(doc: dict[str, Any], groups: int) -> dict[str, Any]:
+    """One entry as a bucket of its own (what the database's reduction makes of it)."""
+    lrs = [float(v) for v in doc["lrs"][:groups]]
+    value = doc.get("value")
+    metric = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        metric = float(value)  # a non-finite metric is a string: no extreme
+    return {"step_lo": doc["step"], "step_hi": doc["step"], "count": 1, "lr_min": lrs,
+            "lr_max": list(lrs), "metric_min": metric, "metric_max": metric}  # fmt: skip
+
+
+class RunTiles:
+    """A run's live branch through ``seq``, in tiles: level ``base`` holds buckets of
+    2**base steps (keyed by step >> base), each level above 2**LEVEL_STEP times wider; and
+    its markers (None: too many to keep). Entries after ``seq`` are folded in as they come;
+    a rewind among them makes the tiles anew (``Tiles``)."""
+
+    def __init__(self, groups: int, base: int, seq: int, last_action: str | None) -> None:
+        self.groups = groups
+        self.base = base
+        self.seq = seq
+        self.last_action = last_action
+        self.levels: dict[int, dict[int, dict[str, Any]]] = {}
+        self.events: list[dict[str, Any]] | None = []
+
+    def add_tile(self, level: int, key: int, bucket: dict[str, Any]) -> None:
+        tiles = self.levels.setdefault(level, {})
+        known = tiles.get(key)
+        if known is None:
+            tiles[key] = _copy(bucket)
+        else:
+            _merge(known, bucket)
+
+    def fold(self, bucket: dict[str, Any], step: int) -> None:
+        """Fold a bucket of one finest tile (its step ``step``) into every level."""
+        for level in range(self.base, 63, LEVEL_STEP):
+            self.add_tile(level, step >> level, bucket)
+
+    def add_entry(self, doc: dict[str, Any]) -> None:
+        self.fold(_entry_bucket(doc, self.groups), doc["step"])
+        if self.events is not None and is_marker(doc["action"], self.last_action):
+            self.events.append(event_of(doc))
+            if len(self.events) > MAX_CACHED_EVENTS:
+                self.events = None
+        self.last_action = doc["action"]
+        self.seq = doc["seq"]
+
+    def buckets(self, width_log2: int, first: int, last: int) -> list[dict[str, Any]]:
+        """Buckets of 2**width_log2 steps aligned on its multiples, wholly inside
+        ``first``..``last`` (the caller reads the partial ones at the edges), from the widest
+        level that fits."""
+        level = self.base + (width_log2 - self.base) // LEVEL_STEP * LEVEL_STEP
+        tiles = self.levels.get(level, {})
+        shift = width_log2 - level
+        out: dict[int, dict[str, Any]] = {}
+        low, high = first >> level, last >> level
+        for key in range(low, high + 1):  # at most 2**LEVEL_STEP tiles a bucket
+            if key not in tiles:
+                continue
+            k = key >> shift
+            if (k << width_log2) < first or ((k + 1) << width_log2) - 1 > last:
+                continue  # a partial bucket: not from the tiles
+            known = out.get(k)
+            if known is None:
+                out[k] = {"k": k, **_copy(tiles[key])}
+            else:
+                _merge(known, tiles[key])
+        return [out[k] for k in sorted(out)]
+
+
+class Tiles:
+    """The tiles of the long runs this process was asked to plot (``MAX_CACHED_RUNS``, the
+    least recently plotted dropped first). A cache: it holds nothing the log does not, is
+    made from it on the first plot of a run (one reduction of the whole live branch in the
+    database) and kept up with it by reading only the entries appended since (their seqs:
+    an index range); a rewind among them makes it anew. Each replica keeps its own."""
+
+    def __init__(self) -> None:
+        self._runs: dict[RunKey, RunTiles] = {}
+        self._lock = threading.Lock()
+
+    def plot(
+        self,
+        conn: sa.Connection,
+        run: RunKey,
+        groups: int,
+        last_seq: int,
+        span: tuple[int, int],
+        points: int,
+        first: int,
+        last: int,
+        max_events: int,
+    ) -> dict[str, Any]:
+        groups = min(groups, MAX_GROUPS)
+        tiles = self._current(conn, run, groups, last_seq, span)
+        width_log2 = max(0, (-(-(last - first + 1) // points) - 1).bit_length())
+        while (last >> width_log2) - (first >> width_log2) + 1 > points:
+            width_log2 += 1
+        if tiles is None or width_log2 < tiles.base:
+            return plot(conn, run, groups, points, first, last, max_events)  # a short range
+        width = 1 << width_log2
+        buckets = {b["k"]: b for b in tiles.buckets(width_log2, first, last)}
+        for k in sorted({first >> width_log2, last >> width_log2}):  # the partial edges
+            lo, hi = max(first, k << width_log2), min(last, ((k + 1) << width_log2) - 1)
+            if (lo, hi) != (k << width_log2, ((k + 1) << width_log2) - 1):
+                for b in live_buckets(conn, run, groups, width, lo, hi):
+                    buckets[b["k"]] = b
+        if tiles.events is None:
+            events, truncated = events_between(conn, run, first, last, max_events)
+        else:
+            inside = [e for e in tiles.events if first <= e["step"] <= last]
+            events, truncated = inside[:max_events], len(inside) > max_events
+        ordered = [buckets[k] for k in sorted(buckets)]
+        return answer(run, first, last, width, groups, ordered, events, truncated, conn, points)
+
+    def _current(
+        self,
+        conn: sa.Connection,
+        run: RunKey,
+        groups: int,
+        last_seq: int,
+        span: tuple[int, int],
+    ) -> RunTiles | None:
+        """The run's tiles through ``last_seq`` (None: a run too short to keep them)."""
+        with self._lock:
+            tiles = self._runs.pop(run, None)
+        if tiles is not None and tiles.groups == groups and tiles.seq < last_seq:
+            tiles = self._caught_up(conn, run, tiles, last_seq)
+        elif tiles is not None and (tiles.groups != groups or tiles.seq > last_seq):
+            tiles = None  # another run of that id (deleted and made again), or moved back
+        if tiles is None:
+            if last_seq < CACHED_FROM:
+                return None
+            tiles = self._made(conn, run, groups, last_seq, span)
+        with self._lock:
+            self._runs[run] = tiles
+            while len(self._runs) > MAX_CACHED_RUNS:
+                self._runs.pop(next(iter(self._runs)))
+        return tiles
+
+    def _caught_up(
+        self, conn: sa.Connection, run: RunKey, tiles: RunTiles, last_seq: int
+    ) -> RunTiles | None:
+        rows = conn.exec_driver_sql(
+            _param(
+                conn,
+                f"SELECT seq, action, superseded, body FROM decisions WHERE {_RUN} AND seq > ? "
+                "AND seq <= ? ORDER BY seq LIMIT ?",
+            ),
+            (*run, tiles.seq, last_seq, MAX_NEW_ROWS + 1),
+        ).all()
+        if len(rows) > MAX_NEW_ROWS or any(r[1] == "rewind" or r[2] for r in rows):
+            return None  # a rewind moved the live branch back: made anew
+        for _, _, _, body in rows:
+            tiles.add_entry(json.loads(body))
+        return tiles
+
+    def _made(
+        self, conn: sa.Connection, run: RunKey, groups: int, last_seq: int, span: tuple[int, int]
+    ) -> RunTiles:
+        low, high = span
+        base = max(0, ((high - low + 1) * TILE_ENTRIES // max(1, last_seq)).bit_length() - 1)
+        tiles = RunTiles(groups, base, last_seq, None)
+        # The log through last_seq (entries committed since are folded in next time), a slice
+        # of steps a statement: each short, and the call's deadline renewed after each (a long
+        # run's first plot reads all of it once; the database keeps answering meanwhile).
+        events: list[dict[str, Any]] | None = []
+        width = 1 << (base + SLICE_TILES_LOG2)
+        for start in range(low - low % width, high + 1, width):
+            end = start + width - 1
+            for bucket in live_buckets(conn, run, groups, 1 << base, start, end, last_seq):
+                tiles.fold(bucket, bucket.pop("k") << base)
+            renew()
+            if events is not None:
+                more, cut = events_between(
+                    conn, run, start, end, MAX_CACHED_EVENTS - len(events), last_seq
+                )
+                events = None if cut else events + more
+                renew()
+        tiles.events = events
+        action = conn.exec_driver_sql(
+            _param(conn, f"SELECT action FROM decisions WHERE {_RUN} AND seq = ?"),
+            (*run, last_seq),
+        ).first()
+        tiles.last_action = None if action is None else str(action[0])
+        return tiles

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -64,6 +64,9 @@ from lrpilot.store.records import (
     Tally,
 )
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
+
+if TYPE_CHECKING:
+    from lrpilot.store import plots
 
 T = TypeVar("T")
 log = logging.getLogger("lrpilot.store")
@@ -645,6 +648,7 @@ class Store:
         self._path = sqlite_path(self.engine)
         self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
         self.stats = StoreStats()
+        self._tiles: plots.Tiles | None = None  # made on the first plot
 
     def close(self) -> None:
         self._drop_own_connection()
@@ -1238,8 +1242,18 @@ class Store:
             low, high = plots.extent(conn, run)
             first = (low or 0) if first is None else first
             last = (high if high is not None else first) if last is None else last
-            return plots.plot(
-                conn, run, len(head.spec.base_lrs), points, first, max(first, last), max_events
+            if self._tiles is None:
+                self._tiles = plots.Tiles()
+            return self._tiles.plot(
+                conn,
+                run,
+                len(head.spec.base_lrs),
+                head.last_seq,
+                (low or 0, high or 0),
+                points,
+                first,
+                max(first, last),
+                max_events,
             )
 
 
