@@ -391,6 +391,7 @@ def test_an_admin_rewinds_after_confirming_and_the_old_branch_is_drawn_faded(
 def test_another_projects_token_sees_none_of_the_runs(
     browser: WebDriver, site: Site, as_admin: None
 ) -> None:
+    browser.get("about:blank")  # a new document: nothing of a run page still polls
     browser.get(f"{site.url}/ui/#/runs")
     until(browser, "return !document.getElementById('logout').hidden", "offered the logout")
     until(browser, "return document.querySelectorAll('#runs tr[data-run]').length", "listed runs")

@@ -277,7 +277,7 @@ async function runPage(runId) {
     if (!confirm(`Rewind ${runId} to step ${step}? Every decision after it is superseded (kept, drawn faded).`)) return;
     try {
       await post(`${path}/rewind`, { to_step: step });
-      await tick(true);
+      await update(true);
     } catch (error) {
       live.textContent = `rewind refused: ${error.message}`;
     }
@@ -286,9 +286,10 @@ async function runPage(runId) {
   // live: the run's head, every LIVE_MS; a new entry redraws the plot and the table's first page
   let timer = null;
   let stopped = false;
-  async function tick(force) {
+  const ticking = new AbortController(); // aborted when the page is left
+  async function update(force) {
     try {
-      const now = await get(path);
+      const now = await get(path, undefined, ticking.signal);
       if (force || now.last_seq !== run.last_seq) {
         run = now;
         showFacts();
@@ -297,13 +298,17 @@ async function runPage(runId) {
       }
       live.textContent = `live · seq ${run.last_seq}`;
     } catch (error) {
-      live.textContent = `not updated: ${error.message}`;
+      if (!stopped) live.textContent = `not updated: ${error.message}`;
     }
+  }
+  async function tick() {
+    await update(false);
     if (!stopped) timer = setTimeout(tick, LIVE_MS);
   }
   leave = () => {
     stopped = true;
     clearTimeout(timer);
+    ticking.abort();
     if (inFlight) inFlight.abort();
     chart.destroy();
   };
