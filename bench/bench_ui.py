@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_plot import make_runs
 from selenium.webdriver.support.ui import WebDriverWait
 
+from bench_plot import make_runs
 from common import (
     console,
     fresh_database,
