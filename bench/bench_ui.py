@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"ratio big / small: [bold]{ratio:.2f}[/] (issue 16 asks <= 2)")
     result = {
         "machine": info,
-        "args": vars(args) | {"out": str(args.out) if args.out else None},
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "runs": {
             name: {
                 "run_id": r,
