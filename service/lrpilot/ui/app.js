@@ -179,7 +179,8 @@ async function runPage(runId) {
   const chartBox = h("div", { class: "chart", id: "chart" });
   const logScale = h("input", { type: "checkbox", id: "log-scale" });
   const live = h("span", { class: "muted", id: "live" });
-  const rewindStep = h("input", { type: "number", min: 0, id: "rewind-step", placeholder: "to step", style: undefined });
+  const rewindStep = h("input", { type: "number", min: 0, id: "rewind-step", placeholder: "to step" });
+  const plotNote = h("p", { class: "muted", id: "plot-note" });
   const toolbar = h("div", { class: "toolbar" },
     h("button", { type: "button", id: "verify", onclick: () => verify() }, "Verify"),
     badge,
@@ -187,9 +188,9 @@ async function runPage(runId) {
     h("label", {}, logScale, " log-scale lr"),
     canRewind() ? h("span", {}, rewindStep, h("button", { type: "button", id: "rewind", onclick: () => rewind() }, "Rewind")) : null,
     live);
-  const table = decisionTable(path, (d) => showDecision(d), run);
+  const table = decisionTable(path, (d) => showDecision(d));
   const whatIfBox = h("div", { id: "whatif" });
-  show(h("h1", {}, run.run_id), facts, toolbar, chartBox, detail,
+  show(h("h1", {}, run.run_id), facts, toolbar, chartBox, plotNote, detail,
     h("h2", {}, "What if"), whatIfBox, h("h2", {}, "Decisions"), table.element);
 
   let range = null; // the zoomed steps, or null: the whole run
@@ -220,9 +221,16 @@ async function runPage(runId) {
     const query = { points: Math.min(4000, Math.max(200, Math.round(chartBox.clientWidth || 1000))) };
     if (range) Object.assign(query, { from_step: range.from, to_step: range.to });
     try {
-      chart.set(await get(`${path}/plot`, query, inFlight.signal));
+      const plot = await get(`${path}/plot`, query, inFlight.signal);
+      chart.set(plot);
+      plotNote.className = "muted";
+      plotNote.textContent = plot.truncated_events
+        ? `More decisions changed something than are marked: the first ${plot.events.length} are; zoom in for the others.`
+        : "";
     } catch (error) {
-      if (error.name !== "AbortError") chartBox.replaceChildren(failure(error));
+      if (error.name === "AbortError") return;
+      plotNote.className = "error";
+      plotNote.textContent = `the plot could not be read: ${error.message}`;
     }
   }
 
@@ -252,8 +260,9 @@ async function runPage(runId) {
       const report = await post(`${path}/verify`);
       if (report.ok) {
         badge.className = "badge good";
+        // whether this service signs the run's exports, and with which key (when it says)
         const signed = report.signed === undefined ? "" :
-          report.signed ? ` · signed by ${report.key_fingerprint || "a key"}` : " · not signed";
+          report.signed ? ` · exports signed, key ${report.key_id || "?"}` : " · exports not signed";
         badge.textContent = `verified through seq ${report.last_seq ?? report.count} · head ${report.head_hash.slice(0, 16)}…${signed}`;
         badge.title = `head hash ${report.head_hash}; ${report.count} decisions checked; ${(report.notes || []).join(" ")}`;
       } else {
