@@ -82,6 +82,9 @@ def measure(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sizes = {BIG: args.big, SMALL: args.small}
     with LiveServer(url, target=SERVICE_TARGET, log=tmp / "server.log") as server:
         http = Http(server)
+        # the first plot of each run since the server started: its tiles are made (a long
+        # run's whole log read once, store.plots.Tiles)
+        first = {run: http("GET", f"/v1/runs/{run}/plot?points=1000") for run in (BIG, SMALL)}
         plots: dict[tuple[str, str], list[float]] = {}
         for i, (what, run, path) in enumerate(plot_requests(sizes, args.samples + 1)):
             elapsed = http("GET", path)
@@ -108,6 +111,8 @@ def measure(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         big, small = (statistics.median(plots[what, run]) for run in (BIG, SMALL))
         rows.append({"what": what, "big_us": big, "small_us": small, "ratio": big / small})
     listed = [{"what": w, "median_us": statistics.median(v)} for w, v in lists.items()]
+    rows.insert(0, {"what": "first plot (cold)", "big_us": first[BIG], "small_us": first[SMALL],
+                    "ratio": first[BIG] / first[SMALL]})  # fmt: skip
     return {"plots": rows, "lists": listed, "server_log": log}
 
 
@@ -146,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         "--postgres", "--database-url", dest="postgres", metavar="URL",
         help="PostgreSQL instead of SQLite (its public schema is DROPPED first)",
     )  # fmt: skip
+    parser.add_argument(
+        "--keep", type=Path, default=None, metavar="FILE",
+        help="SQLite: build the runs into FILE and keep it; an existing FILE is used as it is",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
     if min(args.big, args.small) < 20 or args.runs < 1000 or args.samples < 3:
@@ -154,8 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lrpilot-plot-") as tmp:
-        url = fresh_database(args.postgres, Path(tmp) / "plot.db")
-        make_runs(url, {BIG: args.big, SMALL: args.small}, args.runs - 2, args.filler)
+        if args.keep is not None and args.keep.exists():
+            url = f"sqlite:///{args.keep}"
+        else:
+            url = fresh_database(args.postgres, args.keep or Path(tmp) / "plot.db")
+            make_runs(url, {BIG: args.big, SMALL: args.small}, args.runs - 2, args.filler)
         built = time.monotonic() - t0
         console.print(f"built in {built:.0f} s; measuring ({args.samples} of each request)")
         result = measure(url, args, Path(tmp))

@@ -272,7 +272,8 @@ def is_marker(action: str, previous: str | None) -> bool:
 # -- a long run's plot without reading it again ---------------------------------------------
 
 CACHED_FROM = 4096  # entries: a run this long keeps its tiles (shorter ones are read anew)
-MAX_CACHED_RUNS = 32
+MAX_CACHED_RUNS = 8
+MAX_BASE_TILES = 1 << 16  # finest tiles a run keeps, at most (wider ones when it needs more)
 MAX_CACHED_EVENTS = 20_000  # a run with more markers reads them anew each time
 MAX_NEW_ROWS = 20_000  # entries appended since the tiles were made: more, they are made again
 TILE_ENTRIES = 16  # entries a finest tile holds, on average, when the tiles are made
@@ -458,6 +459,8 @@ class Tiles:
     ) -> RunTiles:
         low, high = span
         base = max(0, ((high - low + 1) * TILE_ENTRIES // max(1, last_seq)).bit_length() - 1)
+        while (high - low + 1) >> base > MAX_BASE_TILES:  # the memory a run's tiles take
+            base += 1
         tiles = RunTiles(groups, base, last_seq, None)
         # The log through last_seq (entries committed since are folded in next time), a slice
         # of steps a statement: each short, and the call's deadline renewed after each (a long
