@@ -35,7 +35,15 @@ from typing import Any
 from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from bench_history import STEP_EVERY, Http, append, build_store
+from bench_history import (
+    STEP_EVERY,
+    Http,
+    append,
+    big_small_table,
+    build_store,
+    long_and_short,
+    print_server_log,
+)
 from common import SERVICE_TARGET, console, fresh_database, machine_info, run_spec, write_result
 from lrpilot.domain.deciding import new_run, now
 from tests.harness import LiveServer
@@ -117,40 +125,20 @@ def measure(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
-    table = Table(title=f"plot: {args.big:,} decisions vs {args.small:,} ({args.samples} each)")
-    for name in ("request", f"{BIG} ms", f"{SMALL} ms", "big / small"):
-        table.add_column(name, justify="left" if name == "request" else "right")
-    for row in result["plots"]:
-        ratio = f"{row['ratio']:.2f}"
-        table.add_row(
-            row["what"],
-            f"{row['big_us'] / 1000:,.1f}",
-            f"{row['small_us'] / 1000:,.1f}",
-            f"[bold red]{ratio}[/]" if row["ratio"] > 2 else ratio,
-        )
-    console.print(table)
+    title = f"plot: {args.big:,} decisions vs {args.small:,} ({args.samples} each)"
+    console.print(big_small_table(title, result["plots"], (BIG, SMALL), ms=True, flag=2.0))
     lists = Table(title=f"the run list among {args.runs:,} runs (a page of 100)")
     lists.add_column("request")
     lists.add_column("median ms", justify="right")
     for row in result["lists"]:
         lists.add_row(row["what"], f"{row['median_us'] / 1000:,.1f}")
     console.print(lists)
-    if result["server_log"]:
-        console.print("[bold yellow]server log:[/]")
-        console.print(result["server_log"], markup=False)
+    print_server_log(result)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--big", type=int, default=1_000_000, help="decisions of the long run")
-    parser.add_argument("--small", type=int, default=1_000, help="decisions of the short run")
-    parser.add_argument("--runs", type=int, default=10_000, help="runs in the database")
-    parser.add_argument("--filler", type=int, default=2, help="decisions of every other run")
-    parser.add_argument("--samples", type=int, default=15, help="requests of each kind a run")
-    parser.add_argument(
-        "--postgres", "--database-url", dest="postgres", metavar="URL",
-        help="PostgreSQL instead of SQLite (its public schema is DROPPED first)",
-    )  # fmt: skip
+    long_and_short(parser, filler=2, samples=15)
     parser.add_argument(
         "--keep", type=Path, default=None, metavar="FILE",
         help="SQLite: build the runs into FILE and keep it; an existing FILE is used as it is",
