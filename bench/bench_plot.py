@@ -92,7 +92,9 @@ def measure(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         http = Http(server)
         # the first plot of each run since the server started: its tiles are made (a long
         # run's whole log read once, store.plots.Tiles)
-        first = {run: http("GET", f"/v1/runs/{run}/plot?points=1000") for run in (BIG, SMALL)}
+        cold = Http(server)
+        cold.conn.timeout = 600  # a long run's whole log read once: far beyond a request's
+        first = {run: cold("GET", f"/v1/runs/{run}/plot?points=1000") for run in (BIG, SMALL)}
         plots: dict[tuple[str, str], list[float]] = {}
         for i, (what, run, path) in enumerate(plot_requests(sizes, args.samples + 1)):
             elapsed = http("GET", path)
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"built in {built:.0f} s; measuring ({args.samples} of each request)")
         result = measure(url, args, Path(tmp))
     print_report(result, args)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "postgres")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "postgres", "keep")}
     settings["database"] = "postgresql" if args.postgres else "sqlite"  # no credentials
     write_result(args.out, "plot", {"settings": settings, "machine": info, "build_seconds": built,
                                     **result})  # fmt: skip
