@@ -35,7 +35,15 @@ from typing import Any
 from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from bench_history import STEP_EVERY, Http, append, build_store
+from bench_history import (
+    STEP_EVERY,
+    Http,
+    append,
+    big_small_table,
+    build_store,
+    long_and_short,
+    print_server_log,
+)
 from common import SERVICE_TARGET, console, fresh_database, machine_info, run_spec, write_result
 from lrpilot.domain.deciding import new_run, now
 from tests.harness import LiveServer
@@ -82,6 +90,11 @@ def measure(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sizes = {BIG: args.big, SMALL: args.small}
     with LiveServer(url, target=SERVICE_TARGET, log=tmp / "server.log") as server:
         http = Http(server)
+        # the first plot of each run since the server started: its tiles are made (a long
+        # run's whole log read once, store.plots.Tiles)
+        cold = Http(server)
+        cold.conn.timeout = 600  # a long run's whole log read once: far beyond a request's
+        first = {run: cold("GET", f"/v1/runs/{run}/plot?points=1000") for run in (BIG, SMALL)}
         plots: dict[tuple[str, str], list[float]] = {}
         for i, (what, run, path) in enumerate(plot_requests(sizes, args.samples + 1)):
             elapsed = http("GET", path)
@@ -108,43 +121,29 @@ def measure(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         big, small = (statistics.median(plots[what, run]) for run in (BIG, SMALL))
         rows.append({"what": what, "big_us": big, "small_us": small, "ratio": big / small})
     listed = [{"what": w, "median_us": statistics.median(v)} for w, v in lists.items()]
+    rows.insert(0, {"what": "first plot (cold)", "big_us": first[BIG], "small_us": first[SMALL],
+                    "ratio": first[BIG] / first[SMALL]})  # fmt: skip
     return {"plots": rows, "lists": listed, "server_log": log}
 
 
 def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
-    table = Table(title=f"plot: {args.big:,} decisions vs {args.small:,} ({args.samples} each)")
-    for name in ("request", f"{BIG} ms", f"{SMALL} ms", "big / small"):
-        table.add_column(name, justify="left" if name == "request" else "right")
-    for row in result["plots"]:
-        ratio = f"{row['ratio']:.2f}"
-        table.add_row(
-            row["what"],
-            f"{row['big_us'] / 1000:,.1f}",
-            f"{row['small_us'] / 1000:,.1f}",
-            f"[bold red]{ratio}[/]" if row["ratio"] > 2 else ratio,
-        )
-    console.print(table)
+    title = f"plot: {args.big:,} decisions vs {args.small:,} ({args.samples} each)"
+    console.print(big_small_table(title, result["plots"], (BIG, SMALL), ms=True, flag=2.0))
     lists = Table(title=f"the run list among {args.runs:,} runs (a page of 100)")
     lists.add_column("request")
     lists.add_column("median ms", justify="right")
     for row in result["lists"]:
         lists.add_row(row["what"], f"{row['median_us'] / 1000:,.1f}")
     console.print(lists)
-    if result["server_log"]:
-        console.print("[bold yellow]server log:[/]")
-        console.print(result["server_log"], markup=False)
+    print_server_log(result)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--big", type=int, default=1_000_000, help="decisions of the long run")
-    parser.add_argument("--small", type=int, default=1_000, help="decisions of the short run")
-    parser.add_argument("--runs", type=int, default=10_000, help="runs in the database")
-    parser.add_argument("--filler", type=int, default=2, help="decisions of every other run")
-    parser.add_argument("--samples", type=int, default=15, help="requests of each kind a run")
+    long_and_short(parser, filler=2, samples=15)
     parser.add_argument(
-        "--postgres", "--database-url", dest="postgres", metavar="URL",
-        help="PostgreSQL instead of SQLite (its public schema is DROPPED first)",
+        "--keep", type=Path, default=None, metavar="FILE",
+        help="SQLite: build the runs into FILE and keep it; an existing FILE is used as it is",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
@@ -154,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lrpilot-plot-") as tmp:
-        url = fresh_database(args.postgres, Path(tmp) / "plot.db")
-        make_runs(url, {BIG: args.big, SMALL: args.small}, args.runs - 2, args.filler)
+        if args.keep is not None and args.keep.exists():
+            url = f"sqlite:///{args.keep}"
+        else:
+            url = fresh_database(args.postgres, args.keep or Path(tmp) / "plot.db")
+            make_runs(url, {BIG: args.big, SMALL: args.small}, args.runs - 2, args.filler)
         built = time.monotonic() - t0
         console.print(f"built in {built:.0f} s; measuring ({args.samples} of each request)")
         result = measure(url, args, Path(tmp))
     print_report(result, args)
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "postgres")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "postgres", "keep")}
     settings["database"] = "postgresql" if args.postgres else "sqlite"  # no credentials
     write_result(args.out, "plot", {"settings": settings, "machine": info, "build_seconds": built,
                                     **result})  # fmt: skip

@@ -272,7 +272,8 @@ def is_marker(action: str, previous: str | None) -> bool:
 # -- a long run's plot without reading it again ---------------------------------------------
 
 CACHED_FROM = 4096  # entries: a run this long keeps its tiles (shorter ones are read anew)
-MAX_CACHED_RUNS = 32
+MAX_CACHED_RUNS = 8
+MAX_BASE_TILES = 1 << 16  # finest tiles a run keeps, at most (wider ones when it needs more)
 MAX_CACHED_EVENTS = 20_000  # a run with more markers reads them anew each time
 MAX_NEW_ROWS = 20_000  # entries appended since the tiles were made: more, they are made again
 TILE_ENTRIES = 16  # entries a finest tile holds, on average, when the tiles are made
@@ -344,25 +345,24 @@ class RunTiles:
         self.seq = doc["seq"]
 
     def buckets(self, width_log2: int, first: int, last: int) -> list[dict[str, Any]]:
-        """Buckets of 2**width_log2 steps aligned on its multiples, wholly inside
-        ``first``..``last`` (the caller reads the partial ones at the edges), from the widest
-        level that fits."""
+        """Buckets of 2**width_log2 steps aligned on its multiples, from ``first >>
+        width_log2`` to ``last >> width_log2``, from the widest level that fits. A bucket at
+        an edge may hold entries outside ``first``..``last`` (its step_lo, step_hi say so:
+        the caller reads those again)."""
         level = self.base + (width_log2 - self.base) // LEVEL_STEP * LEVEL_STEP
         tiles = self.levels.get(level, {})
         shift = width_log2 - level
         out: dict[int, dict[str, Any]] = {}
-        low, high = first >> level, last >> level
-        for key in range(low, high + 1):  # at most 2**LEVEL_STEP tiles a bucket
-            if key not in tiles:
+        for key in range(first >> level, (last >> level) + 1):  # 2**shift tiles a bucket
+            tile = tiles.get(key)
+            if tile is None:
                 continue
             k = key >> shift
-            if (k << width_log2) < first or ((k + 1) << width_log2) - 1 > last:
-                continue  # a partial bucket: not from the tiles
             known = out.get(k)
             if known is None:
-                out[k] = {"k": k, **_copy(tiles[key])}
+                out[k] = {"k": k, **_copy(tile)}
             else:
-                _merge(known, tiles[key])
+                _merge(known, tile)
         return [out[k] for k in sorted(out)]
 
 
@@ -398,9 +398,11 @@ class Tiles:
             return plot(conn, run, groups, points, first, last, max_events)  # a short range
         width = 1 << width_log2
         buckets = {b["k"]: b for b in tiles.buckets(width_log2, first, last)}
-        for k in sorted({first >> width_log2, last >> width_log2}):  # the partial edges
-            lo, hi = max(first, k << width_log2), min(last, ((k + 1) << width_log2) - 1)
-            if (lo, hi) != (k << width_log2, ((k + 1) << width_log2) - 1):
+        for k in sorted({first >> width_log2, last >> width_log2}):  # the edges
+            edge = buckets.get(k)
+            if edge is not None and (edge["step_lo"] < first or edge["step_hi"] > last):
+                del buckets[k]  # entries beyond the range: its part inside read again
+                lo, hi = max(first, k << width_log2), min(last, ((k + 1) << width_log2) - 1)
                 for b in live_buckets(conn, run, groups, width, lo, hi):
                     buckets[b["k"]] = b
         if tiles.events is None:
@@ -458,6 +460,8 @@ class Tiles:
     ) -> RunTiles:
         low, high = span
         base = max(0, ((high - low + 1) * TILE_ENTRIES // max(1, last_seq)).bit_length() - 1)
+        while (high - low + 1) >> base > MAX_BASE_TILES:  # the memory a run's tiles take
+            base += 1
         tiles = RunTiles(groups, base, last_seq, None)
         # The log through last_seq (entries committed since are folded in next time), a slice
         # of steps a statement: each short, and the call's deadline renewed after each (a long
