@@ -76,8 +76,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         for run_id in RUNS:
             labels = {"team": "vision"} if run_id == "labelled" else {}
             spec = run_spec(params={"patience": 2, "factor": 0.5}, labels=labels)
+            stream = plateau_stream(12 if run_id == "live" else 40)
+            if run_id == "labelled":  # an elastic job, resized halfway
+                spec["scaling"] = {"rule": "linear", "by": "world_size", "base": 8}
             assert api.put(f"/v1/runs/{run_id}", json=spec).status_code == 201
-            observe(api, run_id, plateau_stream(12 if run_id == "live" else 40))
+            if run_id == "labelled":
+                observe(api, run_id, stream[:20])
+                resize = {"step": stream[20][0], "world_size": 16}
+                assert api.post(f"/v1/runs/{run_id}/resize", json=resize).status_code == 200
+                stream = stream[20:]
+            observe(api, run_id, stream)
         aggregated = run_spec() | {"aggregate": {"timeout_s": 30, "on_timeout": "decide"}}
         assert api.put("/v1/runs/ranks", json=aggregated).status_code == 201
         with ThreadPoolExecutor(2) as pool:  # a step is decided once both ranks reported
@@ -201,6 +209,16 @@ def test_the_plot_is_the_decision_log(browser: WebDriver, site: Site, as_admin: 
     assert shown["metric"] == [d["value"] for d in log]
     changed = [d["seq"] for d in log if d["action"] != "hold"]
     assert changed and [m["seq"] for m in shown["markers"]] == changed
+
+
+def test_a_resize_is_marked_with_its_world_size(
+    browser: WebDriver, site: Site, as_admin: None
+) -> None:
+    shown = open_run(browser, site, "labelled")
+    scale = next(d for d in site.decisions("labelled") if d["action"] == "scale")
+    event = next(e for e in shown["events"] if e["seq"] == scale["seq"])
+    assert event["resize"]["by"] == "world_size" and event["resize"]["to"] == 16
+    assert scale["seq"] in [m["seq"] for m in shown["markers"]]
 
 
 def test_hovering_a_marker_reads_its_reason_and_a_click_opens_the_decision(
