@@ -62,6 +62,7 @@ function canRewind() {
 }
 
 async function route() {
+  document.title = "lrpilot";
   leave();
   leave = () => {};
   tip.hidden = true;
@@ -165,6 +166,7 @@ async function runsPage(query) {
 // ---------------------------------------------------------------- a run
 
 async function runPage(runId) {
+  document.title = `${runId} · lrpilot`;
   const path = `/v1/runs/${encodeURIComponent(runId)}`;
   let run;
   try {

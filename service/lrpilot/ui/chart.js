@@ -51,6 +51,8 @@ function aligned(main, whatif, groups) {
   return out;
 }
 
+/* global uPlot */
+
 export class RunChart {
   // onPick(event): a marker clicked; onRange({from, to} | null): the user zoomed (null: reset)
   constructor(element, { groups, metricName, onPick, onRange, tip }) {
@@ -100,16 +102,18 @@ export class RunChart {
   }
 
   options() {
+    // an lr holds from its decision to the next: drawn as steps, not slopes
+    const stepped = uPlot.paths.stepped({ align: 1 });
     const series = [{ label: "step" }];
     for (let g = 0; g < this.groups; g++) {
-      series.push({ label: `lr[${g}]`, scale: "lr", stroke: COLORS[g % COLORS.length], width: 2,
+      series.push({ label: `lr[${g}]`, scale: "lr", stroke: COLORS[g % COLORS.length], width: 2, paths: stepped,
         spanGaps: true, value: (u, v) => (v === null ? "–" : v.toPrecision(4)) });
     }
     series.push({ label: this.metricName, scale: "metric", stroke: METRIC, width: 1, spanGaps: true,
       value: (u, v) => (v === null ? "–" : v.toPrecision(4)) });
     if (this.whatif) {
       for (let g = 0; g < this.groups; g++) {
-        series.push({ label: `what-if lr[${g}]`, scale: "lr", stroke: WHATIF, width: 2, dash: [6, 4],
+        series.push({ label: `what-if lr[${g}]`, scale: "lr", stroke: WHATIF, width: 2, dash: [6, 4], paths: stepped,
           spanGaps: true, value: (u, v) => (v === null ? "–" : v.toPrecision(4)) });
       }
     }
@@ -176,14 +180,15 @@ export class RunChart {
         ctx.lineWidth = 2;
         ctx.setLineDash([2, 3]);
         ctx.beginPath();
-        let started = false;
+        let last = null; // the previous point's y: steps, as the live branch is drawn
         part.x.forEach((s, i) => {
           const v = part.lr[g][i];
           if (v === null || (this.log && v <= 0)) return;
           const px = u.valToPos(s, "x", true);
           const py = u.valToPos(v, "lr", true);
-          if (started) ctx.lineTo(px, py); else ctx.moveTo(px, py);
-          started = true;
+          if (last === null) ctx.moveTo(px, py);
+          else { ctx.lineTo(px, last); ctx.lineTo(px, py); }
+          last = py;
         });
         ctx.stroke();
       }
