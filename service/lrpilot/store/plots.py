@@ -376,6 +376,8 @@ class Tiles:
     def __init__(self) -> None:
         self._runs: dict[RunKey, RunTiles] = {}
         self._lock = threading.Lock()
+        # one maker of a run's tiles at a time: two first plots of it read its log once
+        self._making: dict[RunKey, threading.Lock] = {}
 
     def plot(
         self,
@@ -422,15 +424,31 @@ class Tiles:
         span: tuple[int, int],
     ) -> RunTiles | None:
         """The run's tiles through ``last_seq`` (None: a run too short to keep them)."""
+        if last_seq < CACHED_FROM:
+            return None
+        with self._lock:
+            if len(self._making) > 4 * MAX_CACHED_RUNS:
+                self._making = {k: v for k, v in self._making.items() if v.locked()}
+            making = self._making.setdefault(run, threading.Lock())
+        with making:
+            return self._kept(conn, run, groups, last_seq, span)
+
+    def _kept(
+        self,
+        conn: sa.Connection,
+        run: RunKey,
+        groups: int,
+        last_seq: int,
+        span: tuple[int, int],
+    ) -> RunTiles:
         with self._lock:
             tiles = self._runs.pop(run, None)
-        if tiles is not None and tiles.groups == groups and tiles.seq < last_seq:
+        if tiles is not None and tiles.groups != groups:
+            tiles = None  # not this run's
+        elif tiles is not None and tiles.seq < last_seq:
             tiles = self._caught_up(conn, run, tiles, last_seq)
-        elif tiles is not None and (tiles.groups != groups or tiles.seq > last_seq):
-            tiles = None  # another run of that id (deleted and made again), or moved back
+        # (tiles ahead of last_seq: another plot caught them up since this one read the head)
         if tiles is None:
-            if last_seq < CACHED_FROM:
-                return None
             tiles = self._made(conn, run, groups, last_seq, span)
         with self._lock:
             self._runs[run] = tiles
