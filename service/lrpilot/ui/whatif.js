@@ -27,6 +27,17 @@ function variant(root, current) {
     || resolved[0];
 }
 
+// A param that may take several forms (a number or a list of them, a value or null): the form
+// its current value has, when that is one an input can show, else the schema (JSON)
+function formOf(schema, value, root) {
+  const options = schema.anyOf || schema.oneOf;
+  if (!options) return schema;
+  const forms = options.map((o) => resolve(o, root)).filter((o) => o.type !== "null");
+  if (forms.length === 1) return forms[0];
+  const kinds = { number: ["number", "integer"], string: ["string"], boolean: ["boolean"] }[typeof value] || [];
+  return forms.find((o) => kinds.includes(o.type)) || schema;
+}
+
 function input(name, schema, value) {
   if (schema.const !== undefined) {
     return h("input", { name, "data-kind": "json", value: JSON.stringify(schema.const), readonly: true });
@@ -79,7 +90,8 @@ export function whatIfForm(box, run, items, overlay) {
   const current = { ...(policy.defaults || {}), ...(run.policy.params || {}) };
   const root = policy.params_schema || {};
   const properties = variant(root, current).properties || {};
-  const inputs = Object.entries(properties).map(([name, schema]) => input(name, resolve(schema, root), current[name]));
+  const inputs = Object.entries(properties).map(
+    ([name, schema]) => input(name, formOf(resolve(schema, root), current[name], root), current[name]));
   const result = h("div", { id: "whatif-result" });
   const form = h("form", { class: "whatif", id: "whatif-form" },
     ...inputs.map((el) => field(el.name, el)),
