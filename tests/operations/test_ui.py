@@ -256,16 +256,16 @@ def test_verify_a_good_run_then_one_whose_row_was_edited(
         badge = until(
             browser,
             "const b = document.getElementById('verify-badge');"
-            "return /good|bad/.test(b.className) && b",
+            "return (b.classList.contains('good') || b.classList.contains('bad')) && b",
             "showed the badge",
         )
         head = site.api.get(f"/v1/runs/{run_id}").json()
         if good:
-            assert "good" in badge.get_attribute("class")
+            assert "good" in badge.get_attribute("class").split()
             assert f"verified through seq {head['last_seq']}" in badge.text
             assert head["head_hash"][:16] in badge.text
         else:
-            assert "bad" in badge.get_attribute("class")
+            assert "bad" in badge.get_attribute("class").split()
             assert "seq 7" in badge.text, badge.text
 
 
