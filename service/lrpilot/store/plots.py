@@ -10,9 +10,11 @@ marker where it begins. A reduce is a marker each time, and so are rewinds and r
 
 The reduction is SQL over the ``(project, run_id, superseded, step)`` index: it reads each
 entry of the range once, in the database, with its JSON functions (SQLite's json1,
-PostgreSQL's jsonb); its cost grows with the entries in the range (bench/bench_plot.py
-measures it), the answer's with ``points`` alone. The buckets' floats are the database's
-reading of the stored numbers; the markers are the entries themselves, parsed here.
+PostgreSQL's jsonb). A long run (``CACHED_FROM`` entries) is read once a process: its tiles
+(``Tiles``: the same reduction over blocks of steps at a few widths, and its markers) are
+kept, caught up with the entries appended since at each plot, and answer any range from a
+few tiles a bucket (bench/bench_plot.py measures both). The buckets' floats are the
+database's reading of the stored numbers; the markers are the entries themselves.
 """
 
 from __future__ import annotations
