@@ -72,8 +72,9 @@ POSITIONS = {"early": 0.05, "middle": 0.5, "late": 0.95}
 
 
 def build_store(url: str) -> Store:
-    """The service's store, with durability off for the build's connections."""
-    store = Store(Settings(database_url=url))
+    """The service's store, with durability off for the build's connections, and its
+    transactions of BATCH decisions given all the time they need on a loaded machine."""
+    store = Store(Settings(database_url=url, db_timeout_s=600.0))
     pragma = "PRAGMA synchronous=OFF" if url.startswith("sqlite") else "SET synchronous_commit=off"
 
     @sa.event.listens_for(store.engine, "connect")

@@ -10,9 +10,11 @@ marker where it begins. A reduce is a marker each time, and so are rewinds and r
 
 The reduction is SQL over the ``(project, run_id, superseded, step)`` index: it reads each
 entry of the range once, in the database, with its JSON functions (SQLite's json1,
-PostgreSQL's jsonb); its cost grows with the entries in the range (bench/bench_plot.py
-measures it), the answer's with ``points`` alone. The buckets' floats are the database's
-reading of the stored numbers; the markers are the entries themselves, parsed here.
+PostgreSQL's jsonb). A long run (``CACHED_FROM`` entries) is read once a process: its tiles
+(``Tiles``: the same reduction over blocks of steps at a few widths, and its markers) are
+kept, caught up with the entries appended since at each plot, and answer any range from a
+few tiles a bucket (bench/bench_plot.py measures both). The buckets' floats are the
+database's reading of the stored numbers; the markers are the entries themselves.
 """
 
 from __future__ import annotations
@@ -45,14 +47,16 @@ def _columns(conn: sa.Connection, groups: int) -> tuple[str, str]:
     if conn.dialect.name == "postgresql":
         lrs = [f"(j -> 'lrs' ->> {i})::float8" for i in range(groups)]
         metric = "CASE WHEN jsonb_typeof(j -> 'value') = 'number' THEN (j ->> 'value')::float8 END"
-        source = "(SELECT seq, step, body::jsonb AS j FROM decisions WHERE {where} OFFSET 0) e"
+        source = (
+            "(SELECT seq, step, action, body::jsonb AS j FROM decisions WHERE {where} OFFSET 0) e"
+        )
     else:
         lrs = [f"json_extract(x, '$[0][{i}]')" for i in range(groups)]
         metric = (
             "CASE WHEN json_type(x, '$[1]') IN ('real', 'integer') THEN json_extract(x, '$[1]') END"
         )
         source = (
-            "(SELECT seq, step, json_extract(body, '$.lrs', '$.value') AS x FROM decisions "
+            "(SELECT seq, step, action, json_extract(body, '$.lrs', '$.value') AS x FROM decisions "
             "WHERE {where} LIMIT -1 OFFSET 0) e"
         )
     named = [f"{e} AS lr{i}" for i, e in enumerate(lrs)]
@@ -308,15 +312,70 @@ def _entry_bucket(doc: dict[str, Any], groups: int) -> dict[str, Any]:
             "lr_max": list(lrs), "metric_min": metric, "metric_max": metric}  # fmt: skip
 
 
+def _slice(
+    conn: sa.Connection,
+    run: RunKey,
+    groups: int,
+    width: int,
+    first: int,
+    last: int,
+    through: int,
+    before: str | None,
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """``live_buckets`` and the seqs of the markers among the same entries, in one pass over
+    them; ``before``: the action of the live entry before ``first`` (None: none)."""
+    values, source = _columns(conn, groups)
+    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
+    inner = source.format(
+        where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ? AND seq <= {int(through)}"
+    )
+    always = ", ".join("?" for _ in _ALWAYS)
+    seqs = (
+        "string_agg(CAST(mark AS TEXT), ',')"
+        if conn.dialect.name == "postgresql"
+        else "group_concat(mark)"
+    )
+    rows = conn.exec_driver_sql(
+        _param(
+            conn,
+            f"SELECT b, {_aggregates(groups)}, {seqs} FROM (SELECT step / ? AS b, step, "
+            f"{names}, CASE WHEN action <> 'hold' AND (prev IS NULL OR action <> prev OR "
+            f"action IN ({always})) THEN seq END AS mark FROM (SELECT seq, step, action, "
+            "COALESCE(LAG(action) OVER (ORDER BY seq), ?) AS prev, "
+            f"{values} FROM {inner}) v) w GROUP BY b ORDER BY b",
+        ),
+        (width, *_ALWAYS, before, *run, False, first, last),
+    ).all()
+    marks = sorted(int(m) for row in rows if row[-1] for m in str(row[-1]).split(","))
+    return [{"k": int(row[0]), **_bucket_doc(row[:-1], groups, 1)} for row in rows], marks
+
+
+def _bodies(conn: sa.Connection, run: RunKey, seqs: list[int]) -> list[dict[str, Any]]:
+    """The entries of those seqs, parsed, in seq order (a few hundred a statement)."""
+    docs: list[dict[str, Any]] = []
+    for at in range(0, len(seqs), 500):
+        part = seqs[at : at + 500]
+        marks = ", ".join("?" for _ in part)
+        rows = conn.exec_driver_sql(
+            _param(
+                conn, f"SELECT body FROM decisions WHERE {_RUN} AND seq IN ({marks}) ORDER BY seq"
+            ),
+            (*run, *part),
+        ).all()
+        docs += [json.loads(body) for (body,) in rows]
+    return docs
+
+
 class RunTiles:
     """A run's live branch through ``seq``, in tiles: level ``base`` holds buckets of
     2**base steps (keyed by step >> base), each level above 2**LEVEL_STEP times wider; and
     its markers (None: too many to keep). Entries after ``seq`` are folded in as they come;
     a rewind among them makes the tiles anew (``Tiles``)."""
 
-    def __init__(self, groups: int, base: int, seq: int, last_action: str | None) -> None:
+    def __init__(self, groups: int, base: int, top: int, seq: int, last_action: str | None) -> None:
         self.groups = groups
         self.base = base
+        self.top = top  # the widest level kept (a few tiles span the run)
         self.seq = seq
         self.last_action = last_action
         self.levels: dict[int, dict[int, dict[str, Any]]] = {}
@@ -332,8 +391,15 @@ class RunTiles:
 
     def fold(self, bucket: dict[str, Any], step: int) -> None:
         """Fold a bucket of one finest tile (its step ``step``) into every level."""
-        for level in range(self.base, 63, LEVEL_STEP):
+        for level in range(self.base, self.top + 1, LEVEL_STEP):
             self.add_tile(level, step >> level, bucket)
+
+    def build_levels(self) -> None:
+        """Each level above the finest from the one below (its tiles made, the others not)."""
+        for level in range(self.base + LEVEL_STEP, self.top + 1, LEVEL_STEP):
+            self.levels[level] = {}
+            for key, tile in self.levels.get(level - LEVEL_STEP, {}).items():
+                self.add_tile(level, key >> LEVEL_STEP, tile)
 
     def add_entry(self, doc: dict[str, Any]) -> None:
         self.fold(_entry_bucket(doc, self.groups), doc["step"])
@@ -349,7 +415,7 @@ class RunTiles:
         width_log2`` to ``last >> width_log2``, from the widest level that fits. A bucket at
         an edge may hold entries outside ``first``..``last`` (its step_lo, step_hi say so:
         the caller reads those again)."""
-        level = self.base + (width_log2 - self.base) // LEVEL_STEP * LEVEL_STEP
+        level = min(self.top, self.base + (width_log2 - self.base) // LEVEL_STEP * LEVEL_STEP)
         tiles = self.levels.get(level, {})
         shift = width_log2 - level
         out: dict[int, dict[str, Any]] = {}
@@ -480,23 +546,37 @@ class Tiles:
         base = max(0, ((high - low + 1) * TILE_ENTRIES // max(1, last_seq)).bit_length() - 1)
         while (high - low + 1) >> base > MAX_BASE_TILES:  # the memory a run's tiles take
             base += 1
-        tiles = RunTiles(groups, base, last_seq, None)
+        # the widest level: a few tiles span the run, and 16 times its steps still
+        top = base + -(-(max(1, high).bit_length() + 4 - base) // LEVEL_STEP) * LEVEL_STEP
+        tiles = RunTiles(groups, base, top, last_seq, None)
         # The log through last_seq (entries committed since are folded in next time), a slice
         # of steps a statement: each short, and the call's deadline renewed after each (a long
         # run's first plot reads all of it once; the database keeps answering meanwhile).
-        events: list[dict[str, Any]] | None = []
         width = 1 << (base + SLICE_TILES_LOG2)
+        marks: list[int] | None = []
+        before: str | None = None
         for start in range(low - low % width, high + 1, width):
-            end = start + width - 1
-            for bucket in live_buckets(conn, run, groups, 1 << base, start, end, last_seq):
-                tiles.fold(bucket, bucket.pop("k") << base)
+            buckets, more = _slice(
+                conn, run, groups, 1 << base, start, start + width - 1, last_seq, before
+            )
+            for bucket in buckets:
+                tiles.add_tile(base, bucket.pop("k"), bucket)
+            if buckets:  # the last live entry's action so far: the next slice's "before"
+                found = conn.exec_driver_sql(
+                    _param(
+                        conn,
+                        f"SELECT action FROM decisions WHERE {_RUN} AND superseded = ? AND "
+                        f"step <= ? AND seq <= {int(last_seq)} ORDER BY step DESC, seq DESC "
+                        "LIMIT 1",
+                    ),
+                    (*run, False, start + width - 1),
+                ).first()
+                before = None if found is None else str(found[0])
+            if marks is not None:
+                marks = marks + more if len(marks) + len(more) <= MAX_CACHED_EVENTS else None
             renew()
-            if events is not None:
-                more, cut = events_between(
-                    conn, run, start, end, MAX_CACHED_EVENTS - len(events), last_seq
-                )
-                events = None if cut else events + more
-                renew()
+        tiles.build_levels()
+        events = None if marks is None else [event_of(doc) for doc in _bodies(conn, run, marks)]
         tiles.events = events
         action = conn.exec_driver_sql(
             _param(conn, f"SELECT action FROM decisions WHERE {_RUN} AND seq = ?"),
