@@ -209,6 +209,9 @@ def test_the_plot_is_the_decision_log(browser: WebDriver, site: Site, as_admin: 
     assert shown["metric"] == [d["value"] for d in log]
     changed = [d["seq"] for d in log if d["action"] != "hold"]
     assert changed and [m["seq"] for m in shown["markers"]] == changed
+    browser.find_element(By.ID, "log-scale").click()  # the lr axis in log scale: same points
+    logged = until(browser, "const p = window.lrpilotPlot; return p.log && p", "went log scale")
+    assert logged["x"] == shown["x"] and [m["seq"] for m in logged["markers"]] == changed
 
 
 def test_a_resize_is_marked_with_its_world_size(
