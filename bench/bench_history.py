@@ -55,8 +55,10 @@ from common import (
     run_spec,
     write_result,
 )
+from lrpilot.api.auth import DEFAULT_PROJECT
 from lrpilot.domain.deciding import decide, new_run, now
 from lrpilot.settings import Settings
+from lrpilot.store.records import RunKey
 from lrpilot.store.runs import Store, WriteTx
 from tests.harness import LiveServer
 
@@ -70,8 +72,9 @@ POSITIONS = {"early": 0.05, "middle": 0.5, "late": 0.95}
 
 
 def build_store(url: str) -> Store:
-    """The service's store, with durability off for the build's connections."""
-    store = Store(Settings(database_url=url))
+    """The service's store, with durability off for the build's connections, and its
+    transactions of BATCH decisions given all the time they need on a loaded machine."""
+    store = Store(Settings(database_url=url, db_timeout_s=600.0))
     pragma = "PRAGMA synchronous=OFF" if url.startswith("sqlite") else "SET synchronous_commit=off"
 
     @sa.event.listens_for(store.engine, "connect")
@@ -90,7 +93,8 @@ def append(store: Store, run_id: str, seed: int, count: int, advance: Callable[[
         n = min(BATCH, count - done)
 
         def work(tx: WriteTx, n: int = n) -> None:
-            head = tx.lock_runs({run_id})[0][run_id]
+            key = RunKey(DEFAULT_PROJECT, run_id)  # the runs are made in open mode's project
+            head = tx.lock_runs({key})[0][key]
             created_at = now()
             for _ in range(n):
                 k = head.last_seq + 1
@@ -217,19 +221,29 @@ def measure(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "soak": soaked, "server_log": log}  # fmt: skip
 
 
-def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
-    table = Table(title=f"history: {args.big:,} decisions vs {args.small:,}, {args.runs:,} runs")
-    for name in ("request", f"{BIG} µs", f"{SMALL} µs", "big / small"):
+def big_small_table(
+    title: str, rows: list[dict[str, Any]], names: tuple[str, str], ms: bool, flag: float
+) -> Table:
+    """Each request's median on the long and the short run (µs, or ms) and their ratio,
+    flagged above ``flag``."""
+    table = Table(title=title)
+    unit = "ms" if ms else "µs"
+    for name in ("request", f"{names[0]} {unit}", f"{names[1]} {unit}", "big / small"):
         table.add_column(name, justify="left" if name == "request" else "right")
-    for row in result["rows"]:
+    for row in rows:
         ratio = f"{row['ratio']:.2f}"
         table.add_row(
             row["what"],
-            f"{row['big_us']:,.0f}",
-            f"{row['small_us']:,.0f}",
-            f"[bold yellow]{ratio}[/]" if row["ratio"] > 1.2 else ratio,
+            f"{row['big_us'] / 1000:,.1f}" if ms else f"{row['big_us']:,.0f}",
+            f"{row['small_us'] / 1000:,.1f}" if ms else f"{row['small_us']:,.0f}",
+            f"[bold yellow]{ratio}[/]" if row["ratio"] > flag else ratio,
         )
-    console.print(table)
+    return table
+
+
+def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
+    title = f"history: {args.big:,} decisions vs {args.small:,}, {args.runs:,} runs"
+    console.print(big_small_table(title, result["rows"], (BIG, SMALL), ms=False, flag=1.2))
     rss = result["rss_mib"]
     console.print(f"server RSS: {rss['start']:.0f} MiB at start, {rss['after_samples']:.0f} after")
     if soaked := result["soak"]:
@@ -239,24 +253,34 @@ def print_report(result: dict[str, Any], args: argparse.Namespace) -> None:
             f"{soaked['rss_mib_end']:.0f} MiB (peak {soaked['rss_mib_peak']:.0f})"
             + (f" [bold red]{soaked['errors']} ERRORS[/]" if soaked["errors"] else "")
         )
+    print_server_log(result)
+
+
+def print_server_log(result: dict[str, Any]) -> None:
     if result["server_log"]:
         console.print("[bold yellow]server log:[/]")
         console.print(result["server_log"], markup=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def long_and_short(parser: argparse.ArgumentParser, filler: int, samples: int) -> None:
+    """The options of a bench of a long run against a short one among many (bench_plot's too):
+    --runs, --big, --small, --filler, --samples, --postgres."""
     parser.add_argument("--runs", type=int, default=10_000, help="runs in the database")
     parser.add_argument("--big", type=int, default=1_000_000, help="decisions of the long run")
     parser.add_argument("--small", type=int, default=1_000, help="decisions of the short run")
-    parser.add_argument("--filler", type=int, default=10, help="decisions of every other run")
-    parser.add_argument("--samples", type=int, default=300, help="requests of each kind a run")
-    parser.add_argument("--soak", type=int, default=30, help="seconds of load for RSS; 0: none")
-    parser.add_argument("--soak-concurrency", type=int, default=16)
+    parser.add_argument("--filler", type=int, default=filler, help="decisions of every other run")
+    parser.add_argument("--samples", type=int, default=samples, help="requests of each kind a run")
     parser.add_argument(
         "--postgres", "--database-url", dest="postgres", metavar="URL",
         help="PostgreSQL instead of SQLite (its public schema is DROPPED first)",
     )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    long_and_short(parser, filler=10, samples=300)
+    parser.add_argument("--soak", type=int, default=30, help="seconds of load for RSS; 0: none")
+    parser.add_argument("--soak-concurrency", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     args = parser.parse_args(argv)
     if min(args.big, args.small) < 20 or args.runs < 2 or args.samples < 10:

@@ -100,6 +100,14 @@ def api(database_url: str) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.fixture(scope="module")
+def module_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app in-process on one fresh SQLite file for a whole module, whose tests only read
+    what needs no run (the pages it serves: /docs, /ui/)."""
+    with app_client(f"sqlite:///{tmp_path_factory.mktemp('module') / 'api.db'}") as client:
+        yield client
+
+
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     """The real service under uvicorn on SQLite (a fresh file), stopped after the test."""

@@ -24,8 +24,10 @@ from lrpilot.api import (
     metrics,
     policies,
     runs,
+    session,
     simulate,
     tokens,
+    ui,
 )
 from lrpilot.api.fast_path import ObservationFastPath
 from lrpilot.api.metrics import Metrics
@@ -142,10 +144,12 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     app.state.drain = drain
     errors.install(app)
     auth.install(app)
+    session.install(app)  # the dashboard's login: /ui/login, /ui/logout, /ui/whoami
     for module in (runs, audit, simulate, policies, tokens):  # each route checks its caller
         app.include_router(module.router, responses=auth.REFUSALS)
     app.include_router(health.router)
     docs.install(app)
+    ui.install(app)  # the dashboard, /ui/; / leads there
     app.include_router(metrics.router)
     # the import streams its body to disk, under its own limit
     streamed = {"/v1/runs/import": (settings.max_import_bytes, "LRPILOT_MAX_IMPORT_BYTES")}

@@ -299,6 +299,14 @@ class RunPublic(RunStored):
     lrs: list[float]
     last_step: int | None
     last_seq: int
+    last_action: str | None = Field(
+        default=None,
+        description='the action of the run\'s last entry (null before any); "stop": the '
+        "run has stopped (GET /v1/runs?state=stopped)",
+    )
+    last_decision_at: str | None = Field(
+        default=None, description="when the run's last entry was made (null before any)"
+    )
     counts: Counts
     status: Literal["active"] = Field(
         default="active", description="always 'active' in API v1 (kept for compatibility)"
@@ -312,5 +320,6 @@ class RunPublic(RunStored):
 
 PUBLIC_ORDER = (
     "run_id", "policy", "base_lrs", "metric", "labels", "config_hash", "head_hash", "lrs",
-    "last_step", "last_seq", "counts", "status", "created_at", "aggregate", "scaling", "scale",
+    "last_step", "last_seq", "last_action", "last_decision_at", "counts", "status",
+    "created_at", "aggregate", "scaling", "scale",
 )  # fmt: skip

@@ -29,6 +29,7 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/runs/{run_id}/lr"): "reader",
     ("GET", "/v1/runs/{run_id}/lrs"): "reader",
     ("GET", "/v1/runs/{run_id}/decisions"): "reader",
+    ("GET", "/v1/runs/{run_id}/plot"): "reader",
     ("GET", "/v1/runs/{run_id}/export"): "reader",
     ("GET", "/v1/runs/{run_id}/summary"): "reader",
     ("POST", "/v1/runs/{run_id}/verify"): "reader",

@@ -5,7 +5,6 @@ tests/operations/test_docs_offline.py.)"""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,9 @@ from tests.conftest import app_client
 PAGES = ("/docs", "/redoc")
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    database = tmp_path_factory.mktemp("docs") / "docs.db"
-    with app_client(f"sqlite:///{database}") as client:
-        yield client
+@pytest.fixture
+def client(module_api: TestClient) -> TestClient:
+    return module_api
 
 
 def linked(html: str) -> set[str]:
@@ -50,9 +47,9 @@ def test_the_assets_are_those_of_the_package_and_nothing_else(client: TestClient
     assert client.get("/docs/assets/missing.js").status_code == 404
 
 
-def test_root_redirects_to_the_docs(client: TestClient) -> None:
+def test_root_redirects_to_the_ui(client: TestClient) -> None:
     r = client.get("/", follow_redirects=False)
-    assert r.status_code == 307 and r.headers["location"] == "/docs"
+    assert r.status_code == 307 and r.headers["location"] == "/ui/"
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -61,7 +58,7 @@ def test_behind_a_path_prefix_the_links_carry_it(tmp_path: Path, page: str) -> N
         prefixed = TestClient(plain.app, root_path="/lrpilot")
         urls = linked(prefixed.get(page).text)
         assert urls and all(url.startswith("/lrpilot/") for url in urls), urls
-        assert prefixed.get("/", follow_redirects=False).headers["location"] == "/lrpilot/docs"
+        assert prefixed.get("/", follow_redirects=False).headers["location"] == "/lrpilot/ui/"
 
 
 def test_the_pages_are_no_api_operations(client: TestClient) -> None:

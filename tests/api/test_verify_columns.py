@@ -161,3 +161,16 @@ def test_an_edited_run_field_fails_verify(
     assert get_run(api, run_id).get(column) != before.get(column)  # the edit is served
     mismatch = refused(api, run_id)
     assert message in mismatch["message"], mismatch
+
+
+@pytest.mark.parametrize(
+    ("column", "value"), [("last_action", "'stop'"), ("last_at", "'2099-01-01T00:00:00.000000Z'")]
+)
+def test_an_edited_run_list_column_fails_verify_naming_it(
+    api: TestClient, database_url: str, column: str, value: str
+) -> None:
+    """GET /v1/runs filters on last_action (state) and sorts on last_at (activity)."""
+    fed(api, "listed", 5)
+    assert sql(database_url, f"UPDATE runs SET {column} = {value} WHERE run_id = 'listed'")
+    mismatch = refused(api, "listed")
+    assert column in mismatch["message"], mismatch

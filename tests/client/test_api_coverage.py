@@ -43,6 +43,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/v1/runs/{run_id}/resize"): ("resize", "resize"),
     ("POST", "/v1/runs/{run_id}/rewind"): ("rewind", "rewind"),
     ("GET", "/v1/runs/{run_id}/summary"): ("summary", "summary"),
+    ("GET", "/v1/runs/{run_id}/plot"): ("plot", "plot"),
     ("GET", "/v1/runs/{run_id}/export"): ("export", "export"),
     ("POST", "/v1/runs/import"): ("import_bundle", "import_bundle"),
     ("POST", "/v1/runs/{run_id}/verify"): ("verify", "verify"),
@@ -149,6 +150,42 @@ def test_list_runs_filters_by_label_and_pages(server: LiveServer) -> None:
         assert not lrpilot.list_runs({"team": "nobody"}).items
         with pytest.raises(ValidationError):
             lrpilot.list_runs({"": "no key"})
+
+
+def test_plot_and_the_run_list_for_the_dashboard(server: LiveServer) -> None:
+    with client_of(server) as lrpilot:
+        recorded(lrpilot, "plotted")
+        plot = lrpilot.plot("plotted", points=5)
+        live = list(lrpilot.iter_decisions("plotted", superseded=False))
+        assert (plot.from_step, plot.to_step, plot.groups) == (10, 120, 1)
+        assert len(plot.buckets) <= 5 and sum(b.count for b in plot.buckets) == len(live)
+        assert plot.buckets[0].lr_max == (0.1,) and plot.buckets[0].step_lo == 10
+        # a marker: an entry that is no hold, where its action begins (a reduce, a rewind:
+        # every time)
+        actions = [d.action for d in live]
+        assert [e.seq for e in plot.events] == [
+            d.seq
+            for i, d in enumerate(live)
+            if d.action != "hold"
+            and (i == 0 or d.action != actions[i - 1] or d.action in ("reduce", "rewind"))
+        ]
+        rewind = next(e for e in plot.events if e.action == "rewind")
+        assert rewind.metric is None and rewind.rewind and rewind.rewind["to_step"] == 60
+        assert [b.from_seq for b in plot.superseded] == [
+            min(d.seq for d in lrpilot.iter_decisions("plotted", superseded=True))
+        ]
+        zoom = lrpilot.plot("plotted", points=100, from_step=30, to_step=50)
+        assert [b.step_lo for b in zoom.buckets] == [30, 40, 50]
+        run = lrpilot.get_run("plotted")
+        assert run.last_action == live[-1].action
+        assert run.last_decision_at == live[-1].created_at
+        newest = lrpilot.list_runs(sort="activity", limit=1).items[0]
+        assert newest.run_id == "plotted"
+        listed = [r.run_id for r in lrpilot.iter_runs(policy="plateau@1", state="active")]
+        assert "plotted" in listed
+        assert not lrpilot.list_runs(state="stopped").items
+        with pytest.raises(NotFoundError):
+            lrpilot.plot("nosuch")
 
 
 def test_decision_filters_select_the_branch_the_steps_and_the_action(server: LiveServer) -> None:

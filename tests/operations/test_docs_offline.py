@@ -3,29 +3,20 @@
 OpenAPI document, and nothing it loads may come from elsewhere (or else be refused by the
 page's own Content-Security-Policy before any request leaves).
 
-CI installs chromium and chromium-driver (.ci/run) and fails without them; elsewhere the tests
-are skipped without them.
+The browser is tests/operations/conftest.py's (CI fails without chromium; elsewhere the tests
+are skipped without it).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
-
 import httpx
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.harness import LiveServer
 
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
-OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
 RENDER_TIMEOUT_S = 30  # a bound on a hang, not a claim about speed
 # Each page's script listing the operations it shows, as [method, path] pairs: Swagger UI's
 # operation blocks; ReDoc's endpoint boxes (an HTTP verb, then the path)
@@ -37,26 +28,6 @@ LISTED = {
     "e.textContent, e.nextElementSibling ? e.nextElementSibling.textContent : ''])"
     ".filter(([m, p]) => p.startsWith('/'))",
 }
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install chromium and chromium-driver (.ci/run)")
-        pytest.skip("Debian's chromium and chromium-driver are not installed")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # root (CI) gets no sandbox; a container's small /dev/shm must not crash the renderer
-    for argument in ("--headless", "--no-sandbox", "--disable-dev-shm-usage", OFFLINE):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # the driver named, so that selenium never looks for (downloads) one of its own
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +64,11 @@ def test_the_page_lists_every_operation_offline(
     _assert_loaded_from(browser, module_server.url)
 
 
-def test_root_sends_a_person_to_the_docs(browser: WebDriver, module_server: LiveServer) -> None:
+def test_root_sends_a_person_to_the_dashboard(
+    browser: WebDriver, module_server: LiveServer
+) -> None:
     browser.get(f"{module_server.url}/")
-    assert browser.current_url == f"{module_server.url}/docs"
+    assert browser.current_url.startswith(f"{module_server.url}/ui/")
 
 
 def _open(browser: WebDriver, url: str) -> None:

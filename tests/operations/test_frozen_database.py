@@ -68,6 +68,8 @@ ROUTES = [
     Route("POST", "/v1/runs/{run_id}/verify", "/v1/runs/r/verify", {}),
     Route("POST", "/v1/runs/{run_id}/rewind", "/v1/runs/w/rewind", {"to_step": 10}, "write"),
     Route("GET", "/v1/runs/{run_id}/summary", "/v1/runs/r/summary"),
+    Route("GET", "/v1/runs/{run_id}/plot", "/v1/runs/r/plot?points=50"),
+    Route("GET", "/v1/runs", "/v1/runs?sort=activity&state=active"),
     Route("POST", "/v1/simulate", "/v1/simulate",
           {"policy": {"name": "plateau", "version": 1, "params": {"patience": 1}},
            "base_lrs": [0.1], "values": [1.0, 0.9, 0.95, 0.96]}, "auth"),

@@ -236,6 +236,7 @@ class ClientBase(Generic[H, X]):
     list_runs = operation(_calls.list_runs)
     iter_runs = listing(_calls.iter_runs)
     summary = operation(_calls.summary)
+    plot = operation(_calls.plot)
     # what a training job reports
     observe = operation(_calls.observe)
     rewind = operation(_calls.rewind)

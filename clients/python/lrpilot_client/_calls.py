@@ -38,6 +38,7 @@ from .models import (
     NewToken,
     Page,
     PendingObservation,
+    Plot,
     PolicyInfo,
     Resized,
     Rewound,
@@ -245,22 +246,61 @@ def get_run(run_id: str) -> Call[Run]:
 
 
 def list_runs(
-    labels: Mapping[str, str] | None = None, after: str | None = None, limit: int = 100
+    labels: Mapping[str, str] | None = None,
+    after: str | None = None,
+    limit: int = 100,
+    *,
+    policy: str | None = None,
+    state: str | None = None,
+    sort: str | None = None,
 ) -> Call[RunPage]:
-    """One page of the runs (at most `limit`, up to 1000), in run_id order, starting after
-    run_id `after`; with `labels`, only the runs carrying every one of them (at most 16)."""
+    """One page of the runs (at most `limit`, up to 1000), starting after run_id `after` (the
+    previous page's `next`); with `labels`, only the runs carrying every one of them (at most
+    16); `policy` a family ("plateau") or a version ("plateau@2"); `state` "active" or
+    "stopped" (the last entry is a stop); `sort` "run_id" (the default) or "activity" (the
+    last entry's time, newest first)."""
     params: dict[str, Any] = {"limit": limit}
     if labels:
         params["label"] = [f"{k}:{v}" for k, v in labels.items()]
     if after is not None:
         params["after"] = after
+    for name, value in (("policy", policy), ("state", state), ("sort", sort)):
+        if value is not None:
+            params[name] = value
     return Call("GET", "/v1/runs", RunPage.from_json, params=params)
 
 
-def iter_runs(labels: Mapping[str, str] | None = None, *, limit: int = 100) -> Pages[Run]:
-    """Every run (with `labels`: those carrying all of them), in run_id order, fetching
-    `limit` per request as needed."""
-    return Pages(None, lambda after: list_runs(labels, after, limit), next_run_cursor)
+def iter_runs(
+    labels: Mapping[str, str] | None = None,
+    *,
+    limit: int = 100,
+    policy: str | None = None,
+    state: str | None = None,
+) -> Pages[Run]:
+    """Every run (with `labels`: those carrying all of them; `policy`, `state` as
+    `list_runs`), in run_id order, fetching `limit` per request as needed."""
+    return Pages(
+        None,
+        lambda after: list_runs(labels, after, limit, policy=policy, state=state),
+        next_run_cursor,
+    )
+
+
+def plot(
+    run_id: str,
+    points: int = 1000,
+    from_step: int | None = None,
+    to_step: int | None = None,
+) -> Call[Plot]:
+    """The run at a screen's resolution: per bucket of steps (at most `points`, up to 10,000)
+    the min and max of each group's lr and of the metric, live and superseded branches apart,
+    and every entry that changed something (`from_step`..`to_step`; omitted: the whole log)."""
+    params: dict[str, Any] = {"points": points}
+    if from_step is not None:
+        params["from_step"] = from_step
+    if to_step is not None:
+        params["to_step"] = to_step
+    return Call("GET", f"{run_path(run_id)}/plot", Plot.from_json, params=params)
 
 
 def summary(run_id: str) -> Call[Summary]:

@@ -35,6 +35,10 @@ __all__ = [
     "NewToken",
     "Page",
     "PendingObservation",
+    "Plot",
+    "PlotBranch",
+    "PlotBucket",
+    "PlotEvent",
     "Policy",
     "PolicyInfo",
     "Resized",
@@ -165,6 +169,9 @@ class _Fields:
                 f"{self._where(key)}: expected an ISO 8601 time, got {value!r}"
             ) from None
 
+    def opt_timestamp(self, key: str) -> datetime | None:
+        return None if self._raw.get(key) is None else self.timestamp(key)
+
     def opt_boolean(self, key: str) -> bool | None:
         return None if self._raw.get(key) is None else self.boolean(key)
 
@@ -204,6 +211,7 @@ _READERS: dict[str, Callable[[_Fields, str], Any]] = {
     "bool": _Fields.boolean,
     "bool | None": _Fields.opt_boolean,
     "datetime": _Fields.timestamp,
+    "datetime | None": _Fields.opt_timestamp,
     "tuple[float, ...]": _Fields.numbers,
     "tuple[tuple[float, ...], ...]": _Fields.rows,
     "tuple[int, ...]": _Fields.opt_array,
@@ -317,6 +325,9 @@ class Run(_Model):
     scale: Mapping[str, Any] = field(default_factory=dict)
     # aggregated mode: timeout_s and on_timeout; empty for a leader-mode run
     aggregate: Mapping[str, Any] = field(default_factory=dict)
+    # the last entry's action ("stop": the run has stopped) and time; None before any
+    last_action: str | None = None
+    last_decision_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -557,6 +568,62 @@ class Summary(_Model):
     head_hash: str
     lrs: tuple[float, ...]
     range_test: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PlotBucket(_Model):
+    """The entries of a bucket of steps (`step_lo`..`step_hi`, the steps present): each param
+    group's lowest and highest lr, and the lowest and highest finite metric (None: none)."""
+
+    step_lo: int
+    step_hi: int
+    count: int
+    lr_min: tuple[float, ...]
+    lr_max: tuple[float, ...]
+    metric_min: float | None
+    metric_max: float | None
+
+
+@dataclass(frozen=True)
+class PlotEvent(_Model):
+    """An entry that changed something (a marker): `metric` is None in a rewind or scale entry
+    (then `rewind`, or `resize` {by, from, to}, say what it did)."""
+
+    seq: int
+    step: int
+    action: str
+    reason: str
+    lrs: tuple[float, ...]
+    previous_lrs: tuple[float, ...]
+    metric: float | None
+    resize: Mapping[str, Any] | None = None
+    rewind: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PlotBranch(_Model):
+    """Entries a rewind superseded (seqs `from_seq`..`to_seq`), in their own buckets."""
+
+    from_seq: int
+    to_seq: int
+    buckets: tuple[PlotBucket, ...]
+
+
+@dataclass(frozen=True)
+class Plot(_Model):
+    """A run at a screen's resolution (GET /v1/runs/{run_id}/plot): the live branch in
+    buckets of `bucket_steps` steps, the markers, and the superseded branches."""
+
+    run_id: str
+    from_step: int
+    to_step: int
+    bucket_steps: int
+    groups: int
+    buckets: tuple[PlotBucket, ...]
+    events: tuple[PlotEvent, ...]
+    truncated_events: bool
+    superseded: tuple[PlotBranch, ...]
+    truncated_superseded: bool
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Who is asking, and may they: the one check every route and the observation fast path run.
 
-A request carries ``Authorization: Bearer TOKEN``. The token is looked up by its SHA-256 in the
-tokens table (``store.tokens``); its role must include the route's (reader < writer < admin).
-A run is named by the caller's project and the run_id of the path (``Caller.run``): another
-project's run of that id is another run, and not one the caller can see; a token learns nothing
-of other projects.
+A request carries ``Authorization: Bearer TOKEN``, or the dashboard's cookie ``lrpilot_token``
+(set by ``POST /ui/login``, api/session.py; the header wins when both are there). The token
+is looked up by its SHA-256 in the tokens table (``store.tokens``); its role must include the
+route's (reader < writer < admin). A run is named by the caller's project and the run_id of
+the path (``Caller.run``): another project's run of that id is another run, and not one the
+caller can see; a token learns nothing of other projects.
 
 Open mode: while the database holds no token at all (a revoked one counts), every request from
 this machine is served as project "default" with every role: the local quick start. A request
@@ -14,6 +15,14 @@ a non-loopback bind in that state, cli/serve.py), unless ``Settings.insecure_no_
 Lookups are cached for ``CACHE_S`` at most, so that a revocation, an expiry or the first token
 holds on every replica within that time, while a busy token costs the database one lookup a
 second, not one a request.
+
+Cross-site requests: a browser sends the cookie with any request to this host, a forged one
+too, so a request the cookie authenticates that may change something (an unsafe method) must
+carry ``X-LRPilot-CSRF: 1`` (a header no cross-site form can send, and no other origin may add
+one: CORS is not enabled) and, if it says its ``Origin``, come from this very host; else 403
+"cross-site request refused". A bearer token cannot be sent by another site's page, so
+requests with the header are not asked for either. Open mode has no credential at all: an
+unsafe request from a page of another origin is refused (403) there too.
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from lrpilot.api.models import Message
@@ -40,6 +51,10 @@ DEFAULT_PROJECT = "default"  # open mode's project, and that of runs made before
 CACHE_S = 1.0
 MAX_CACHED = 10_000  # tokens remembered at once; beyond, the cache starts again
 MAX_TOKEN_CHARS = 512  # longer is no token of ours: refused without a lookup
+COOKIE = "lrpilot_token"  # the dashboard's login cookie (api/session.py): the token itself
+CSRF_HEADER = "x-lrpilot-csrf"  # what a cookie request that changes something must carry
+UNSAFE = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+CROSS_SITE = "cross-site request refused"
 
 
 class Caller(NamedTuple):
@@ -63,7 +78,9 @@ OPEN = Caller(None, DEFAULT_PROJECT, ROLES[-1])
 
 
 # Why a request was refused, as the metrics count it (lrpilot_auth_failures_total's reason).
-REASONS = ("missing", "malformed", "unknown", "revoked", "expired", "role", "remote")
+REASONS = (
+    "missing", "malformed", "unknown", "revoked", "expired", "role", "remote", "cross-site",
+)  # fmt: skip
 
 
 class Refused(Exception):
@@ -102,6 +119,25 @@ class Authenticator:
         key = (status, reason)
         self.refusals[key] = self.refusals.get(key, 0) + 1
         return Refused(status, detail, reason)
+
+    def presented(self, headers: Headers, method: str) -> tuple[str | None, bool]:
+        """The Authorization a request authenticates with (its header, else its cookie as a
+        bearer token) and whether it came from the cookie; ``Refused`` (403) when the cookie
+        would authenticate a cross-site request (see the module's docstring)."""
+        authorization = headers.get("authorization")
+        if authorization is not None:
+            return authorization, False
+        secret = cookie_of(headers.get("cookie"))
+        if secret is None:
+            return None, False
+        if method in UNSAFE and (headers.get(CSRF_HEADER) != "1" or not same_origin(headers)):
+            raise self._refuse(403, CROSS_SITE, "cross-site")
+        return f"Bearer {secret}", True
+
+    def refuse_cross_site(self, caller: Caller, headers: Headers, method: str) -> None:
+        """Open mode: an unsafe request from another origin's page is refused (403)."""
+        if caller.name is None and method in UNSAFE and not same_origin(headers):
+            raise self._refuse(403, CROSS_SITE, "cross-site")
 
     def tokens_exist(self) -> bool:
         """Whether any token exists (a blocking read, cached ``CACHE_S``)."""
@@ -196,8 +232,25 @@ def is_local(peer: str | None) -> bool:
         return True
 
 
-def _header(request: Request) -> str | None:
-    return request.headers.get("authorization")
+def cookie_of(header: str | None) -> str | None:
+    """The login cookie's value in a ``Cookie`` header, if any (an empty one is none)."""
+    if not header or COOKIE not in header:
+        return None
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == COOKIE:
+            return value.strip().strip('"') or None
+    return None
+
+
+def same_origin(headers: Headers) -> bool:
+    """Whether the request's ``Origin``, if it says one, is its own host (a browser says it on
+    every cross-origin request that may change something; other clients say none)."""
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    host = headers.get("host")
+    return host is not None and origin != "null" and urlsplit(origin).netloc == host
 
 
 # Declares the scheme in the OpenAPI document (so /docs offers "Authorize" and sends the token);
@@ -218,7 +271,9 @@ def require(role: str) -> Any:
     ) -> Caller:
         auth: Authenticator = request.app.state.auth
         peer = None if request.client is None else request.client.host
-        who = await auth.authorize(_header(request), role, peer)
+        authorization = auth.presented(request.headers, request.method)[0]
+        who = await auth.authorize(authorization, role, peer)
+        auth.refuse_cross_site(who, request.headers, request.method)
         noted(request.scope, who.name, who.project)
         return who
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.staticfiles import StaticFiles
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 # Everything the pages load comes from this server, said to the browser too: ReDoc's sidebar
 # shows Redocly's logo from their CDN (an image that hides itself when it fails); the policy
@@ -48,8 +48,8 @@ class Document(TypedDict):
 
 
 def install(app: FastAPI) -> None:
-    """``/docs``, ``/redoc``, their assets under ``/docs/assets``, and ``/`` sending a person
-    to ``/docs``. ``app`` must be made with ``docs_url=None, redoc_url=None`` (no CDN pages)."""
+    """``/docs``, ``/redoc`` and their assets under ``/docs/assets`` (``/`` is the dashboard's:
+    api/ui.py). ``app`` must be made with ``docs_url=None, redoc_url=None`` (no CDN pages)."""
     assert app.openapi_url is not None, "the docs pages show the OpenAPI document"
     openapi_url = app.openapi_url
     title = app.title
@@ -85,13 +85,8 @@ def install(app: FastAPI) -> None:
         )
         return _offline(page)
 
-    async def home(request: Request) -> Response:
-        # until the dashboard exists, the API's pages are what a person opening the URL wants
-        return RedirectResponse(prefixed(request, SWAGGER_PATH))
-
     app.add_route(SWAGGER_PATH, swagger_ui, include_in_schema=False)
     app.add_route(REDOC_PATH, redoc, include_in_schema=False)
-    app.add_route("/", home, include_in_schema=False)
     app.mount(ASSETS_PATH, StaticFiles(packages=[ASSETS]), name="docs-assets")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lrpilot.api.auth import Authenticator, Refused
@@ -66,7 +67,13 @@ class ObservationFastPath:
         try:  # the route's own check (api/auth.py), before the body is read
             token = _header(scope["headers"], b"authorization")
             peer = scope["client"][0] if scope.get("client") else None
-            caller = await self.auth.authorize(token, "writer", peer)
+            if token is None:  # the dashboard's cookie, or open mode: the cross-site rules
+                headers = Headers(scope=scope)
+                token, _ = self.auth.presented(headers, "POST")
+                caller = await self.auth.authorize(token, "writer", peer)
+                self.auth.refuse_cross_site(caller, headers, "POST")
+            else:
+                caller = await self.auth.authorize(token, "writer", peer)
         except Refused as exc:
             await exc.response()(scope, receive, send)
             return

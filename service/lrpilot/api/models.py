@@ -43,6 +43,7 @@ ACTIONS = POLICY_ACTIONS | set(NOT_DECISIONS)
 
 # -- query parameters ---------------------------------------------------------------------
 
+POLICY_FILTER = r"^[a-z][a-z0-9_]{0,63}(@[0-9]{1,9})?$"  # a family, or family@version
 MAX_LABEL_FILTERS = 16  # each is a subquery: the cap bounds a list query's cost
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 
@@ -216,6 +217,58 @@ class LrsOut(BaseModel):
         "decided step and its last resize's step); null when none is certain yet"
     )
     open_loop: bool = Field(description="true for a pure schedule: observations never change it")
+
+
+MAX_PLOT_POINTS = 10_000  # buckets one GET /plot answers, a branch
+MAX_PLOT_EVENTS = 5_000  # markers one GET /plot answers (then truncated_events)
+
+
+class PlotBucket(BaseModel):
+    step_lo: int = Field(description="the lowest step of an entry in the bucket")
+    step_hi: int = Field(description="the highest step of an entry in the bucket")
+    count: int = Field(description="entries in the bucket")
+    lr_min: list[float] = Field(description="each param group's lowest lr in the bucket")
+    lr_max: list[float]
+    metric_min: float | None = Field(description="the lowest finite metric; null: none")
+    metric_max: float | None
+
+
+class PlotEvent(BaseModel):
+    seq: int
+    step: int
+    action: str
+    reason: str
+    lrs: list[float]
+    previous_lrs: list[float]
+    metric: Number | None = Field(description="the metric seen; null in a rewind or scale entry")
+    resize: dict[str, Any] | None = Field(
+        default=None, description="a scale entry's sizes: {by, from, to} (by: world_size...)"
+    )
+    rewind: dict[str, Any] | None = Field(default=None, description="a rewind's target")
+
+
+class PlotBranch(BaseModel):
+    from_seq: int
+    to_seq: int
+    buckets: list[PlotBucket]
+
+
+class PlotOut(BaseModel):
+    run_id: str
+    from_step: int
+    to_step: int
+    bucket_steps: int = Field(description="steps a bucket spans (the last may span fewer)")
+    groups: int = Field(description="param groups drawn (the first 64 of a run that has more)")
+    buckets: list[PlotBucket] = Field(description="the live branch, oldest first")
+    events: list[PlotEvent] = Field(
+        description="the live branch's entries that changed something, oldest first: all but "
+        "hold, a phase that repeats its action (warmup, decay, stop) once where it begins"
+    )
+    truncated_events: bool = Field(description=f"more than {MAX_PLOT_EVENTS} events: the first")
+    superseded: list[PlotBranch] = Field(
+        description="what rewinds superseded: each run of consecutive seqs, its own buckets"
+    )
+    truncated_superseded: bool = Field(description="more than 20 branches: the newest 20")
 
 
 class RunPage(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -13,7 +13,10 @@ from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
 from lrpilot.api.models import (
     MAX_LABEL_FILTERS,
     MAX_LRS_COUNT,
+    MAX_PLOT_EVENTS,
+    MAX_PLOT_POINTS,
     MAX_WAIT_S,
+    POLICY_FILTER,
     ActionFilter,
     DecisionOut,
     DecisionPage,
@@ -21,6 +24,7 @@ from lrpilot.api.models import (
     LrOut,
     LrsOut,
     ObservationIn,
+    PlotOut,
     ResizeIn,
     ResizeOut,
     RunIn,
@@ -37,6 +41,7 @@ from lrpilot.api.responses import (
     decision_json,
     page_json,
 )
+from lrpilot.domain.errors import Invalid
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.spec import RUN_ID_PATTERN
 
@@ -110,9 +115,28 @@ def list_runs(
         str | None, Query(pattern=RUN_ID_PATTERN, description="the `next` of the previous page")
     ] = None,
     limit: Limit = 100,
+    policy: Annotated[
+        str | None,
+        Query(
+            pattern=POLICY_FILTER,
+            description="only this policy family (`plateau`) or version (`plateau@2`)",
+        ),
+    ] = None,
+    state: Annotated[
+        Literal["active", "stopped"] | None,
+        Query(description="stopped: the runs whose last entry is a `stop`; active: the others"),
+    ] = None,
+    sort: Annotated[
+        Literal["run_id", "activity"],
+        Query(description="run_id (the default), or activity: the last entry's time, newest first"),
+    ] = "run_id",
 ) -> Response:
+    """The token's project's runs (a token sees one project), a page at a time."""
     labels = {k: v for k, _, v in (item.partition(":") for item in label)}  # checked
-    page = store.list_runs(labels, after, limit, caller.project)
+    stopped = None if state is None else state == "stopped"
+    page = store.list_runs(
+        labels, after, limit, caller.project, policy, stopped, by_activity=sort == "activity"
+    )
     return page_json(page.items, page.next, "run_id")
 
 
@@ -163,6 +187,40 @@ def get_lrs(
     if first + count - 1 > MAX_STEP:
         count = MAX_STEP - first + 1
     return StrictJSONResponse(decisions.lrs_range(caller.run(run_id), first, count))
+
+
+@router.get(
+    "/{run_id}/plot", response_model=PlotOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE}
+)
+def get_plot(
+    run_id: RunId,
+    store: StoreDep,
+    caller: Reader,
+    points: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_PLOT_POINTS,
+            description="buckets of steps, at most (a screen's width in pixels, say)",
+        ),
+    ] = 1000,
+    from_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="the first step; omitted: the log's")
+    ] = None,
+    to_step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="the last step; omitted: the log's")
+    ] = None,
+) -> Response:
+    """The run's lr (each param group) and metric at a screen's resolution: per bucket of
+    steps their min and max, over the live branch and each superseded branch, and every entry
+    that changed something whole (the markers). Its size depends on `points`, not on the
+    run's length."""
+    if from_step is not None and to_step is not None and to_step < from_step:
+        raise Invalid(
+            ["query", "to_step"], f"to_step {to_step} is below from_step {from_step}", "range"
+        )
+    plot = store.plot(caller.run(run_id), points, from_step, to_step, MAX_PLOT_EVENTS)
+    return StrictJSONResponse(plot)
 
 
 @router.get(

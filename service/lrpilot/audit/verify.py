@@ -94,6 +94,8 @@ class Report:
     lrs: str | None = None  # canonical JSON of the lrs in force after it
     scale: str | None = None  # canonical JSON of the scale in force (None: the base, or no rule)
     reductions: int = 0  # decisions the policy counts as reductions (the run's counter)
+    last_action: str | None = None  # the last entry's action and created_at (None: no entry)
+    last_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -168,6 +170,7 @@ class LogCheck:
         self.reductions = 0
         self._watch = watch or set()  # seqs whose hashes a bundle's trailer names
         self.watched: dict[int, str] = {}
+        self._last_text: str | None = None  # the last entry checked (its created_at: report)
 
     def resume(
         self, seq: int, digest: str, step: int | None, action: str | None, state: dict[str, Any]
@@ -214,6 +217,7 @@ class LogCheck:
             raise Mismatch(line, seq, f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
         if seq == 1 and _UNPINNED_LINK in text:  # a JSON string cannot hold this unescaped
             self.start = self.prev = GENESIS
+        self._last_text = text
         plain = _plain_decision(text)
         if plain is not None and self._decision_in_order(plain.step):
             self._check_plain(plain, raw, text, line, seq)
@@ -487,6 +491,11 @@ class LogCheck:
             scale=self.scale_json(),
             reductions=self.reductions,
             notes=[UNPINNED] if self.start == GENESIS else [],
+            last_action=self.action,
+            # one parse, of the last entry alone (it was checked: JSON with a created_at)
+            last_at=None
+            if self._last_text is None
+            else json.loads(self._last_text).get("created_at"),
         )
 
 

@@ -208,6 +208,8 @@ class Audit:
             report.scale,
             report.reductions,
             Imported(checked.header.decode(), checked.end or {}),
+            report.last_action,
+            report.last_at or run.spec.created_at,
         )
 
         def rows() -> Iterator[LogRow]:
@@ -416,6 +418,8 @@ def _check_run(run: RunRowRead, report: Report) -> None:
         ("scale", _scale_json(row.scale), report.scale),
         ("last_step", row.last_step, report.last_step),
         ("reductions", run.reductions, report.reductions),
+        ("last_action", run.last_action, report.last_action),
+        ("last_at", run.last_at, report.last_at or row.spec.created_at),
     ):
         if stored != logged:
             raise Mismatch(

@@ -119,6 +119,7 @@ class NewDecision:
     reductions: int  # how many reductions this decision counts (0 or 1), as its policy says
     scale: InForce | None = None  # the run's scale in force after this entry (RunHead.scale)
     doc: dict[str, Any] | None = None  # the entry as built (what a route answers), not stored
+    created_at: str | None = None  # the entry's (the run row's last_at once it is the head)
 
 
 def appended(
@@ -145,6 +146,7 @@ def appended(
         reductions=reductions,
         scale=scale,
         doc=entry.doc,
+        created_at=entry.doc["created_at"],
     )
 
 
@@ -204,6 +206,8 @@ class RunRowRead:
     reductions: int
     labels: dict[str, str]  # the rows GET /v1/runs filters on (run_labels)
     imported: Imported | None  # an imported run: what it came with
+    last_action: str | None  # the run list's state and activity (RunRow.last_action, last_at)
+    last_at: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +241,8 @@ class LogEnd:
     scale: str | None  # canonical JSON of the scale in force (None: the base, or no rule)
     reductions: int
     imported: Imported
+    last_action: str | None  # the last entry's action and created_at (None: no entry)
+    last_at: str | None
 
 
 ROLES = ("reader", "writer", "admin")  # each may do what the ones before it may

@@ -21,14 +21,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from lrpilot.canonical import canonical_json, parse_float
-from lrpilot.domain.errors import Busy, Conflict, RunNotFound, Unavailable
+from lrpilot.domain.errors import Busy, Conflict, Invalid, RunNotFound, Unavailable
 from lrpilot.entries import NOT_DECISIONS, Kind, run_genesis
 from lrpilot.settings import Settings
 from lrpilot.spec import (
@@ -65,6 +65,9 @@ from lrpilot.store.records import (
 )
 from lrpilot.store.tables import DecisionRow, RunLabelRow, RunRow
 
+if TYPE_CHECKING:
+    from lrpilot.store import plots
+
 T = TypeVar("T")
 log = logging.getLogger("lrpilot.store")
 
@@ -74,6 +77,7 @@ _HEAD_COLUMNS = (
 )
 # every statement that names a run names it by its key (RunKey: project, then run_id)
 _RUN = "project = ? AND run_id = ?"
+STOP = "stop"  # a run whose last entry is this action has stopped (the run list's state)
 _REPORT_COLUMNS = "rank, world_size, value, weight, created_at, client, by"
 # the run is locked while its tallies change: the values written are the step's whole tally
 _UPSERT_TALLY = (
@@ -189,6 +193,8 @@ def run_document(row: RunRow) -> dict[str, Any]:
         lrs=json.loads(row.lrs),
         last_step=row.last_step,
         last_seq=row.last_seq,
+        last_action=row.last_action,
+        last_decision_at=row.last_at if row.last_seq else None,
         counts={"decisions": row.last_seq, "reductions": row.reductions},
         status="active",
     )
@@ -455,7 +461,8 @@ class WriteTx:
         """An imported run's head: where its log ends."""
         self._execute(
             "UPDATE runs SET last_seq = ?, head_hash = ?, state = ?, lrs = ?, last_step = ?, "
-            f"scale = ?, reductions = ?, imported = ? WHERE {_RUN}",
+            f"scale = ?, reductions = ?, imported = ?, last_action = ?, last_at = ? "
+            f"WHERE {_RUN}",
             (
                 end.last_seq,
                 end.head_hash,
@@ -465,6 +472,8 @@ class WriteTx:
                 end.scale,
                 end.reductions,
                 end.imported.text(),
+                end.last_action,
+                end.last_at,
                 *run,
             ),
         )
@@ -543,7 +552,8 @@ class WriteTx:
             _param(
                 self._conn,
                 "UPDATE runs SET last_seq = ?, last_step = ?, head_hash = ?, state = ?, lrs = ?, "
-                f"scale = ?, reductions = reductions + ? WHERE {_RUN}",
+                f"scale = ?, reductions = reductions + ?, last_action = ?, last_at = ? "
+                f"WHERE {_RUN}",
             ),
             [
                 (
@@ -554,6 +564,8 @@ class WriteTx:
                     d.lrs,
                     _scale_text(d.scale),
                     reductions[run],
+                    d.action,
+                    d.created_at,
                     *run,
                 )
                 for run, d in heads.items()
@@ -579,17 +591,21 @@ class Snapshot:
 
     def run(self, run: RunKey) -> RunRowRead:
         found = self._rows(
-            f"SELECT {_HEAD_COLUMNS}, reductions, imported FROM runs WHERE {_RUN}", run
+            f"SELECT {_HEAD_COLUMNS}, reductions, imported, last_action, last_at FROM runs "
+            f"WHERE {_RUN}",
+            run,
         )
         if not found:
             raise _not_found(run)
         labels = self._rows(f"SELECT key, value FROM run_labels WHERE {_RUN}", run)
-        *head, reductions, imported = found[0]
+        *head, reductions, imported, last_action, last_at = found[0]
         return RunRowRead(
             _head(head),
             int(reductions),
             {str(k): str(v) for k, v in labels},
             Imported.of(imported),
+            last_action,
+            last_at,
         )
 
     def log(self, run: RunKey, action: str | None = None, page: int = 1000) -> Iterator[LogRow]:
@@ -632,6 +648,7 @@ class Store:
         self._path = sqlite_path(self.engine)
         self._driver_error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
         self.stats = StoreStats()
+        self._tiles: plots.Tiles | None = None  # made on the first plot
 
     def close(self) -> None:
         self._drop_own_connection()
@@ -858,17 +875,53 @@ class Store:
             return run_document(row)
 
     def list_runs(
-        self, labels: dict[str, str], after: str | None, limit: int, project: str = "default"
+        self,
+        labels: dict[str, str],
+        after: str | None,
+        limit: int,
+        project: str = "default",
+        policy: str | None = None,
+        stopped: bool | None = None,
+        by_activity: bool = False,
     ) -> Page:
+        """A page of the project's runs: in run_id order, or by last activity (the newest
+        first, ``by_activity``); ``policy`` a family (``plateau``) or a version
+        (``plateau@2``); ``stopped`` True: the runs whose last entry is a stop, False: the
+        others. ``after`` is the last run_id of the previous page, whichever the order."""
         with self._read() as s:
-            q = (
-                select(RunRow)
-                .where(RunRow.project == project)
-                .order_by(col(RunRow.run_id))
-                .limit(limit + 1)
-            )
-            if after is not None:
+            q = select(RunRow).where(RunRow.project == project).limit(limit + 1)
+            if by_activity:  # the index (project, last_at, run_id), walked backwards
+                q = q.order_by(col(RunRow.last_at).desc(), col(RunRow.run_id).desc())
+            else:
+                q = q.order_by(col(RunRow.run_id))
+            if after is not None and by_activity:
+                last_at = s.exec(
+                    select(RunRow.last_at).where(RunRow.project == project, RunRow.run_id == after)
+                ).first()
+                if last_at is None:
+                    raise Invalid(
+                        ["query", "after"], f"after: no run {after!r} (the `next` of a page)"
+                    )
+                q = q.where(
+                    sa.or_(
+                        col(RunRow.last_at) < last_at,
+                        sa.and_(col(RunRow.last_at) == last_at, col(RunRow.run_id) < after),
+                    )
+                )
+            elif after is not None:
                 q = q.where(col(RunRow.run_id) > after)
+            if policy is not None:
+                q = q.where(
+                    col(RunRow.policy) == policy
+                    if "@" in policy
+                    else col(RunRow.policy).startswith(f"{policy}@", autoescape=True)
+                )
+            if stopped is True:
+                q = q.where(col(RunRow.last_action) == STOP)
+            elif stopped is False:
+                q = q.where(
+                    sa.or_(col(RunRow.last_action).is_(None), col(RunRow.last_action) != STOP)
+                )
             for key, value in sorted(labels.items()):
                 labelled = select(RunLabelRow.run_id).where(
                     RunLabelRow.project == project,
@@ -1163,6 +1216,40 @@ class Store:
             )
             return int(s.exec(q).one())
 
+    def plot(
+        self,
+        run: RunKey,
+        points: int,
+        first: int | None,
+        last: int | None,
+        max_events: int,
+    ) -> dict[str, Any]:
+        """The run's plot over steps ``first``..``last`` (omitted: where its log begins, ends)
+        in at most ``points`` buckets a branch (``store.plots``), in one session (on
+        PostgreSQL a decision committed meanwhile may show in a later statement only: a plot
+        is a picture of a log that may be growing, never a proof)."""
+        from lrpilot.store import plots  # it builds on this module's statement helpers
+
+        with self._read() as s:
+            conn = s.connection()
+            head = _read_head(conn, run)
+            low, high = plots.extent(conn, run)
+            first = (low or 0) if first is None else first
+            last = (high if high is not None else first) if last is None else last
+            if self._tiles is None:
+                self._tiles = plots.Tiles()
+            return self._tiles.plot(
+                conn,
+                run,
+                len(head.spec.base_lrs),
+                head.last_seq,
+                (low or 0, high or 0),
+                points,
+                first,
+                max(first, last),
+                max_events,
+            )
+
 
 def _run_row(run: NewRun) -> RunRow:
     spec = run.spec
@@ -1179,6 +1266,7 @@ def _run_row(run: NewRun) -> RunRow:
         lrs=run.lrs,
         head_hash=run_genesis(spec.header_doc()),
         created_at=spec.created_at,
+        last_at=spec.created_at,
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
         scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
     )

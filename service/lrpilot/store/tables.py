@@ -22,7 +22,11 @@ class RunRow(SQLModel, table=True):
     Its key is (project, run_id): the same run_id in two projects is two runs."""
 
     __tablename__ = "runs"
-    __table_args__ = (sa.PrimaryKeyConstraint("project", "run_id"),)
+    # the run list by last activity (GET /v1/runs?sort=activity), a page at a time
+    __table_args__ = (
+        sa.PrimaryKeyConstraint("project", "run_id"),
+        sa.Index("ix_runs_project_activity", "project", "last_at", "run_id"),
+    )
 
     run_id: str = Field(sa_type=sa.String(128))
     # the project whose tokens see the run; "default" in open mode and for runs made before
@@ -43,6 +47,10 @@ class RunRow(SQLModel, table=True):
     head_hash: str = Field(sa_type=sa.String(64))  # hash of decision last_seq (the chain's tip)
     reductions: int = Field(default=0, sa_type=sa.BigInteger)
     created_at: str = Field(sa_type=sa.String(40))
+    # the entry last_seq's action and created_at (the run's created_at before any): what the
+    # run list shows, filters (state) and sorts (activity) on; verify checks both
+    last_action: str | None = Field(default=None, sa_type=sa.String(32))
+    last_at: str | None = Field(default=None, sa_type=sa.String(40))
     # aggregated mode: canonical JSON {"timeout_s", "on_timeout"}; None for a leader-mode run
     aggregate: str | None = Field(default=None, sa_type=sa.Text)
     # elastic jobs: canonical JSON {"rule", "by", "base"}; None for a run without scaling rule

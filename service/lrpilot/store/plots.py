@@ -1,0 +1,586 @@
+"""A run's plot at a screen's resolution (GET /v1/runs/{run_id}/plot): the database reduces the
+log to buckets of steps, so that what leaves it is O(points), never the whole log.
+
+Per bucket of steps of the live branch: the min and max of each param group's lr (the lrs in
+force after each entry) and of the metric (finite values only); per superseded branch (a run
+of consecutive seqs that a rewind superseded), the same over its own steps; and every entry
+that changed something, whole (the markers): every entry but ``hold``, except that a phase
+repeating its action step after step (warmup, decay, a stopped run's every stop) is one
+marker where it begins. A reduce is a marker each time, and so are rewinds and resizes.
+
+The reduction is SQL over the ``(project, run_id, superseded, step)`` index: it reads each
+entry of the range once, in the database, with its JSON functions (SQLite's json1,
+PostgreSQL's jsonb). A long run (``CACHED_FROM`` entries) is read once a process: its tiles
+(``Tiles``: the same reduction over blocks of steps at a few widths, and its markers) are
+kept, caught up with the entries appended since at each plot, and answer any range from a
+few tiles a bucket (bench/bench_plot.py measures both). The buckets' floats are the
+database's reading of the stored numbers; the markers are the entries themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+
+from lrpilot.canonical import parse_float
+from lrpilot.entries import NOT_DECISIONS
+from lrpilot.policies.base import MAX_STEP
+from lrpilot.store.db import renew
+from lrpilot.store.records import RunKey
+from lrpilot.store.runs import _RUN, _param
+
+MAX_GROUPS = 64  # param groups a plot draws (a run may have up to 1,024: the first 64)
+MAX_BRANCHES = 20  # superseded branches drawn (the newest)
+# an action that is a marker every time it comes, even twice in a row
+_ALWAYS = ("reduce", *NOT_DECISIONS)
+
+
+def _columns(conn: sa.Connection, groups: int) -> tuple[str, str]:
+    """The per-entry select list (each group's lr as lr0.., the metric as metric) and the
+    source it reads (a WHERE clause to fill in). Each entry's body is parsed once: into jsonb
+    (PostgreSQL), or by one json_extract of the lrs and the value together (SQLite, whose
+    json functions parse their argument at each call); OFFSET 0 keeps the planner from
+    pulling the parse up into every expression that uses it."""
+    if conn.dialect.name == "postgresql":
+        lrs = [f"(j -> 'lrs' ->> {i})::float8" for i in range(groups)]
+        metric = "CASE WHEN jsonb_typeof(j -> 'value') = 'number' THEN (j ->> 'value')::float8 END"
+        source = (
+            "(SELECT seq, step, action, body::jsonb AS j FROM decisions WHERE {where} OFFSET 0) e"
+        )
+    else:
+        lrs = [f"json_extract(x, '$[0][{i}]')" for i in range(groups)]
+        metric = (
+            "CASE WHEN json_type(x, '$[1]') IN ('real', 'integer') THEN json_extract(x, '$[1]') END"
+        )
+        source = (
+            "(SELECT seq, step, action, json_extract(body, '$.lrs', '$.value') AS x FROM decisions "
+            "WHERE {where} LIMIT -1 OFFSET 0) e"
+        )
+    named = [f"{e} AS lr{i}" for i, e in enumerate(lrs)]
+    return ", ".join([*named, f"{metric} AS metric"]), source
+
+
+def _bucket_doc(row: Any, groups: int, first: int) -> dict[str, Any]:
+    # row: (bucket, [island,] step_lo, step_hi, count, lr_min.., lr_max.., metric_min, metric_max)
+    values = row[first:]
+    return {
+        "step_lo": int(values[0]),
+        "step_hi": int(values[1]),
+        "count": int(values[2]),
+        "lr_min": [float(v) for v in values[3 : 3 + groups]],
+        "lr_max": [float(v) for v in values[3 + groups : 3 + 2 * groups]],
+        "metric_min": None if values[3 + 2 * groups] is None else float(values[3 + 2 * groups]),
+        "metric_max": None if values[4 + 2 * groups] is None else float(values[4 + 2 * groups]),
+    }
+
+
+def extent(conn: sa.Connection, run: RunKey) -> tuple[int | None, int | None]:
+    """The lowest and highest step of the run's entries, either branch (four index probes)."""
+    one = "(SELECT {f}(step) FROM decisions WHERE " + _RUN + " AND superseded = ?)"
+    statement = "SELECT " + ", ".join(
+        one.format(f=f) for f in ("min", "min", "max", "max")
+    )  # one aggregate a subquery: each is an index probe on both databases
+    params = (*run, False, *run, True, *run, False, *run, True)
+    row = conn.exec_driver_sql(_param(conn, statement), params).one()
+    lows = [v for v in row[:2] if v is not None]
+    highs = [v for v in row[2:] if v is not None]
+    return (min(lows) if lows else None, max(highs) if highs else None)
+
+
+def aligned_width(first: int, last: int, points: int, at_least: int = 1) -> int:
+    """The narrowest bucket width (``at_least`` or more) whose buckets, aligned on its
+    multiples, cover ``first``..``last`` in at most ``points`` buckets."""
+    width = max(at_least, -(-(last - first + 1) // points))
+    while last // width - first // width + 1 > points:
+        width += max(1, width // 64)
+    return width
+
+
+def _aggregates(groups: int) -> str:
+    return ", ".join(
+        [
+            "min(step)",
+            "max(step)",
+            "count(*)",
+            *(f"min(lr{i})" for i in range(groups)),
+            *(f"max(lr{i})" for i in range(groups)),
+            "min(metric)",
+            "max(metric)",
+        ]
+    )
+
+
+def live_buckets(
+    conn: sa.Connection,
+    run: RunKey,
+    groups: int,
+    width: int,
+    first: int,
+    last: int,
+    through: int = MAX_STEP,
+) -> list[dict[str, Any]]:
+    """The live branch's entries of steps ``first``..``last`` (and seqs through ``through``)
+    in buckets of ``width`` steps aligned on its multiples (bucket k: steps k*width ..), each
+    with its index ``k``."""
+    values, source = _columns(conn, groups)
+    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
+    inner = source.format(
+        where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ? AND seq <= {int(through)}"
+    )
+    rows = conn.exec_driver_sql(
+        _param(
+            conn,
+            f"SELECT b, {_aggregates(groups)} FROM (SELECT step / ? AS b, step, {names} FROM "
+            f"(SELECT step, {values} FROM {inner}) v) w GROUP BY b ORDER BY b",
+        ),
+        (width, *run, False, first, last),
+    ).all()
+    return [{"k": int(row[0]), **_bucket_doc(row, groups, 1)} for row in rows]
+
+
+def superseded_branches(
+    conn: sa.Connection, run: RunKey, groups: int, width: int, first: int, last: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """What rewinds superseded, in steps ``first``..``last``: each run of consecutive seqs
+    (seq minus its rank among them is constant) in its own buckets; the newest
+    ``MAX_BRANCHES``, and whether there were more."""
+    values, source = _columns(conn, groups)
+    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
+    inner = source.format(where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ?")
+    rows = conn.exec_driver_sql(
+        _param(
+            conn,
+            f"SELECT island, b, {_aggregates(groups)}, min(seq), max(seq) FROM (SELECT seq - "
+            "ROW_NUMBER() OVER (ORDER BY seq) AS island, step / ? AS b, seq, step, "
+            f"{names} FROM (SELECT seq, step, {values} FROM {inner}) v) w "
+            "GROUP BY island, b ORDER BY island, b",
+        ),
+        (width, *run, True, first, last),
+    ).all()
+    branches: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        branch = branches.setdefault(
+            int(row[0]), {"from_seq": int(row[-2]), "to_seq": int(row[-1]), "buckets": []}
+        )
+        branch["from_seq"] = min(branch["from_seq"], int(row[-2]))
+        branch["to_seq"] = max(branch["to_seq"], int(row[-1]))
+        branch["buckets"].append(_bucket_doc(row[:-2], groups, 2))
+    kept = sorted(branches.values(), key=lambda b: b["from_seq"])
+    return kept[-MAX_BRANCHES:], len(kept) > MAX_BRANCHES
+
+
+def plot(
+    conn: sa.Connection,
+    run: RunKey,
+    groups: int,
+    points: int,
+    first: int,
+    last: int,
+    max_events: int,
+) -> dict[str, Any]:
+    """The plot of steps ``first``..``last`` in at most ``points`` buckets a branch, all of it
+    reduced by the database (``Tiles`` answers a long run's without reading it again)."""
+    groups = min(groups, MAX_GROUPS)
+    width = aligned_width(first, last, points)
+    buckets = live_buckets(conn, run, groups, width, first, last)
+    events, truncated = events_between(conn, run, first, last, max_events)
+    return answer(run, first, last, width, groups, buckets, events, truncated, conn, points)
+
+
+def answer(
+    run: RunKey,
+    first: int,
+    last: int,
+    width: int,
+    groups: int,
+    buckets: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    truncated: bool,
+    conn: sa.Connection,
+    points: int,
+) -> dict[str, Any]:
+    """The document GET /plot answers (the superseded branches read here)."""
+    superseded, more = superseded_branches(conn, run, groups, width, first, last)
+    for bucket in buckets:
+        bucket.pop("k", None)
+    return {
+        "run_id": run.run_id,
+        "from_step": first,
+        "to_step": last,
+        "bucket_steps": width,
+        "groups": groups,
+        "buckets": buckets,
+        "events": events,
+        "truncated_events": truncated,
+        "superseded": superseded,
+        "truncated_superseded": more,
+    }
+
+
+def events_between(
+    conn: sa.Connection,
+    run: RunKey,
+    first: int,
+    last: int,
+    max_events: int,
+    through: int = MAX_STEP,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The live branch's markers of steps ``first``..``last``, oldest first, at most
+    ``max_events`` (and whether there were more). The entry before the range is read too:
+    whether the first one in it begins a phase or goes on with one."""
+    always = ", ".join("?" for _ in _ALWAYS)
+    live = f"{_RUN} AND superseded = ? AND seq <= {int(through)}"
+    rows = conn.exec_driver_sql(
+        _param(
+            conn,
+            "SELECT d.body FROM (SELECT seq, step, action, LAG(action) OVER (ORDER BY seq) "
+            f"AS prev FROM decisions WHERE {live} AND step <= ? AND step >= COALESCE(("
+            f"SELECT max(step) FROM decisions WHERE {live} AND step < ?), ?)) t "
+            "JOIN decisions d ON d.project = ? AND d.run_id = ? AND d.seq = t.seq "
+            "WHERE t.step >= ? AND t.action <> 'hold' AND (t.prev IS NULL OR t.action <> "
+            f"t.prev OR t.action IN ({always})) ORDER BY t.seq LIMIT ?",
+        ),
+        (*run, False, last, *run, False, first, first, *run, first, *_ALWAYS, max_events + 1),
+    ).all()
+    events = [event_of(json.loads(body)) for (body,) in rows[:max_events]]
+    return events, len(rows) > max_events
+
+
+def event_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """An entry as a marker."""
+    value = doc.get("value")
+    event = {
+        "seq": doc["seq"],
+        "step": doc["step"],
+        "action": doc["action"],
+        "reason": doc["reason"],
+        "lrs": doc["lrs"],
+        "previous_lrs": doc["previous_lrs"],
+        "metric": None if value is None else parse_float(value),
+    }
+    for extra in ("resize", "rewind"):  # a resize's sizes (world size), a rewind's target
+        if extra in doc:
+            event[extra] = doc[extra]
+    return event
+
+
+def is_marker(action: str, previous: str | None) -> bool:
+    """Whether an entry of ``action`` after one of ``previous`` is a marker (the rule the
+    events' statement applies)."""
+    return action != "hold" and (previous is None or action != previous or action in _ALWAYS)
+
+
+# -- a long run's plot without reading it again ---------------------------------------------
+
+CACHED_FROM = 4096  # entries: a run this long keeps its tiles (shorter ones are read anew)
+MAX_CACHED_RUNS = 8
+MAX_BASE_TILES = 1 << 16  # finest tiles a run keeps, at most (wider ones when it needs more)
+MAX_CACHED_EVENTS = 20_000  # a run with more markers reads them anew each time
+MAX_NEW_ROWS = 20_000  # entries appended since the tiles were made: more, they are made again
+TILE_ENTRIES = 16  # entries a finest tile holds, on average, when the tiles are made
+SLICE_TILES_LOG2 = 12  # a first plot reads the log 2**12 finest tiles' steps a statement
+LEVEL_STEP = 2  # each level's tiles are 2**LEVEL_STEP times as wide as the level below's
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
+    """Fold bucket ``other`` into bucket ``into`` (min, max, count)."""
+    into["step_lo"] = min(into["step_lo"], other["step_lo"])
+    into["step_hi"] = max(into["step_hi"], other["step_hi"])
+    into["count"] += other["count"]
+    into["lr_min"] = [min(a, b) for a, b in zip(into["lr_min"], other["lr_min"], strict=True)]
+    into["lr_max"] = [max(a, b) for a, b in zip(into["lr_max"], other["lr_max"], strict=True)]
+    for key, pick in (("metric_min", min), ("metric_max", max)):
+        if other[key] is not None:
+            into[key] = other[key] if into[key] is None else pick(into[key], other[key])
+
+
+def _copy(bucket: dict[str, Any]) -> dict[str, Any]:
+    return {**bucket, "lr_min": list(bucket["lr_min"]), "lr_max": list(bucket["lr_max"])}
+
+
+def _entry_bucket(doc: dict[str, Any], groups: int) -> dict[str, Any]:
+    """One entry as a bucket of its own (what the database's reduction makes of it)."""
+    lrs = [float(v) for v in doc["lrs"][:groups]]
+    value = doc.get("value")
+    metric = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        metric = float(value)  # a non-finite metric is a string: no extreme
+    return {"step_lo": doc["step"], "step_hi": doc["step"], "count": 1, "lr_min": lrs,
+            "lr_max": list(lrs), "metric_min": metric, "metric_max": metric}  # fmt: skip
+
+
+def _slice(
+    conn: sa.Connection,
+    run: RunKey,
+    groups: int,
+    width: int,
+    first: int,
+    last: int,
+    through: int,
+    before: str | None,
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """``live_buckets`` and the seqs of the markers among the same entries, in one pass over
+    them; ``before``: the action of the live entry before ``first`` (None: none)."""
+    values, source = _columns(conn, groups)
+    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
+    inner = source.format(
+        where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ? AND seq <= {int(through)}"
+    )
+    always = ", ".join("?" for _ in _ALWAYS)
+    seqs = (
+        "string_agg(CAST(mark AS TEXT), ',')"
+        if conn.dialect.name == "postgresql"
+        else "group_concat(mark)"
+    )
+    rows = conn.exec_driver_sql(
+        _param(
+            conn,
+            f"SELECT b, {_aggregates(groups)}, {seqs} FROM (SELECT step / ? AS b, step, "
+            f"{names}, CASE WHEN action <> 'hold' AND (prev IS NULL OR action <> prev OR "
+            f"action IN ({always})) THEN seq END AS mark FROM (SELECT seq, step, action, "
+            "COALESCE(LAG(action) OVER (ORDER BY seq), ?) AS prev, "
+            f"{values} FROM {inner}) v) w GROUP BY b ORDER BY b",
+        ),
+        (width, *_ALWAYS, before, *run, False, first, last),
+    ).all()
+    marks = sorted(int(m) for row in rows if row[-1] for m in str(row[-1]).split(","))
+    return [{"k": int(row[0]), **_bucket_doc(row[:-1], groups, 1)} for row in rows], marks
+
+
+def _bodies(conn: sa.Connection, run: RunKey, seqs: list[int]) -> list[dict[str, Any]]:
+    """The entries of those seqs, parsed, in seq order (a few hundred a statement)."""
+    docs: list[dict[str, Any]] = []
+    for at in range(0, len(seqs), 500):
+        part = seqs[at : at + 500]
+        marks = ", ".join("?" for _ in part)
+        rows = conn.exec_driver_sql(
+            _param(
+                conn, f"SELECT body FROM decisions WHERE {_RUN} AND seq IN ({marks}) ORDER BY seq"
+            ),
+            (*run, *part),
+        ).all()
+        docs += [json.loads(body) for (body,) in rows]
+    return docs
+
+
+class RunTiles:
+    """A run's live branch through ``seq``, in tiles: level ``base`` holds buckets of
+    2**base steps (keyed by step >> base), each level above 2**LEVEL_STEP times wider; and
+    its markers (None: too many to keep). Entries after ``seq`` are folded in as they come;
+    a rewind among them makes the tiles anew (``Tiles``)."""
+
+    def __init__(self, groups: int, base: int, top: int, seq: int, last_action: str | None) -> None:
+        self.groups = groups
+        self.base = base
+        self.top = top  # the widest level kept (a few tiles span the run)
+        self.seq = seq
+        self.last_action = last_action
+        self.levels: dict[int, dict[int, dict[str, Any]]] = {}
+        self.events: list[dict[str, Any]] | None = []
+
+    def add_tile(self, level: int, key: int, bucket: dict[str, Any]) -> None:
+        tiles = self.levels.setdefault(level, {})
+        known = tiles.get(key)
+        if known is None:
+            tiles[key] = _copy(bucket)
+        else:
+            _merge(known, bucket)
+
+    def fold(self, bucket: dict[str, Any], step: int) -> None:
+        """Fold a bucket of one finest tile (its step ``step``) into every level."""
+        for level in range(self.base, self.top + 1, LEVEL_STEP):
+            self.add_tile(level, step >> level, bucket)
+
+    def build_levels(self) -> None:
+        """Each level above the finest from the one below (its tiles made, the others not)."""
+        for level in range(self.base + LEVEL_STEP, self.top + 1, LEVEL_STEP):
+            self.levels[level] = {}
+            for key, tile in self.levels.get(level - LEVEL_STEP, {}).items():
+                self.add_tile(level, key >> LEVEL_STEP, tile)
+
+    def add_entry(self, doc: dict[str, Any]) -> None:
+        self.fold(_entry_bucket(doc, self.groups), doc["step"])
+        if self.events is not None and is_marker(doc["action"], self.last_action):
+            self.events.append(event_of(doc))
+            if len(self.events) > MAX_CACHED_EVENTS:
+                self.events = None
+        self.last_action = doc["action"]
+        self.seq = doc["seq"]
+
+    def buckets(self, width_log2: int, first: int, last: int) -> list[dict[str, Any]]:
+        """Buckets of 2**width_log2 steps aligned on its multiples, from ``first >>
+        width_log2`` to ``last >> width_log2``, from the widest level that fits. A bucket at
+        an edge may hold entries outside ``first``..``last`` (its step_lo, step_hi say so:
+        the caller reads those again)."""
+        level = min(self.top, self.base + (width_log2 - self.base) // LEVEL_STEP * LEVEL_STEP)
+        tiles = self.levels.get(level, {})
+        shift = width_log2 - level
+        out: dict[int, dict[str, Any]] = {}
+        for key in range(first >> level, (last >> level) + 1):  # 2**shift tiles a bucket
+            tile = tiles.get(key)
+            if tile is None:
+                continue
+            k = key >> shift
+            known = out.get(k)
+            if known is None:
+                out[k] = {"k": k, **_copy(tile)}
+            else:
+                _merge(known, tile)
+        return [out[k] for k in sorted(out)]
+
+
+class Tiles:
+    """The tiles of the long runs this process was asked to plot (``MAX_CACHED_RUNS``, the
+    least recently plotted dropped first). A cache: it holds nothing the log does not, is
+    made from it on the first plot of a run (one reduction of the whole live branch in the
+    database) and kept up with it by reading only the entries appended since (their seqs:
+    an index range); a rewind among them makes it anew. Each replica keeps its own."""
+
+    def __init__(self) -> None:
+        self._runs: dict[RunKey, RunTiles] = {}
+        self._lock = threading.Lock()
+        # one maker of a run's tiles at a time: two first plots of it read its log once
+        self._making: dict[RunKey, threading.Lock] = {}
+
+    def plot(
+        self,
+        conn: sa.Connection,
+        run: RunKey,
+        groups: int,
+        last_seq: int,
+        span: tuple[int, int],
+        points: int,
+        first: int,
+        last: int,
+        max_events: int,
+    ) -> dict[str, Any]:
+        groups = min(groups, MAX_GROUPS)
+        tiles = self._current(conn, run, groups, last_seq, span)
+        width_log2 = max(0, (-(-(last - first + 1) // points) - 1).bit_length())
+        while (last >> width_log2) - (first >> width_log2) + 1 > points:
+            width_log2 += 1
+        if tiles is None or width_log2 < tiles.base:
+            return plot(conn, run, groups, points, first, last, max_events)  # a short range
+        width = 1 << width_log2
+        buckets = {b["k"]: b for b in tiles.buckets(width_log2, first, last)}
+        for k in sorted({first >> width_log2, last >> width_log2}):  # the edges
+            edge = buckets.get(k)
+            if edge is not None and (edge["step_lo"] < first or edge["step_hi"] > last):
+                del buckets[k]  # entries beyond the range: its part inside read again
+                lo, hi = max(first, k << width_log2), min(last, ((k + 1) << width_log2) - 1)
+                for b in live_buckets(conn, run, groups, width, lo, hi):
+                    buckets[b["k"]] = b
+        if tiles.events is None:
+            events, truncated = events_between(conn, run, first, last, max_events)
+        else:
+            inside = [e for e in tiles.events if first <= e["step"] <= last]
+            events, truncated = inside[:max_events], len(inside) > max_events
+        ordered = [buckets[k] for k in sorted(buckets)]
+        return answer(run, first, last, width, groups, ordered, events, truncated, conn, points)
+
+    def _current(
+        self,
+        conn: sa.Connection,
+        run: RunKey,
+        groups: int,
+        last_seq: int,
+        span: tuple[int, int],
+    ) -> RunTiles | None:
+        """The run's tiles through ``last_seq`` (None: a run too short to keep them)."""
+        if last_seq < CACHED_FROM:
+            return None
+        with self._lock:
+            if len(self._making) > 4 * MAX_CACHED_RUNS:
+                self._making = {k: v for k, v in self._making.items() if v.locked()}
+            making = self._making.setdefault(run, threading.Lock())
+        with making:
+            return self._kept(conn, run, groups, last_seq, span)
+
+    def _kept(
+        self,
+        conn: sa.Connection,
+        run: RunKey,
+        groups: int,
+        last_seq: int,
+        span: tuple[int, int],
+    ) -> RunTiles:
+        with self._lock:
+            tiles = self._runs.pop(run, None)
+        if tiles is not None and tiles.groups != groups:
+            tiles = None  # not this run's
+        elif tiles is not None and tiles.seq < last_seq:
+            tiles = self._caught_up(conn, run, tiles, last_seq)
+        # (tiles ahead of last_seq: another plot caught them up since this one read the head)
+        if tiles is None:
+            tiles = self._made(conn, run, groups, last_seq, span)
+        with self._lock:
+            self._runs[run] = tiles
+            while len(self._runs) > MAX_CACHED_RUNS:
+                self._runs.pop(next(iter(self._runs)))
+        return tiles
+
+    def _caught_up(
+        self, conn: sa.Connection, run: RunKey, tiles: RunTiles, last_seq: int
+    ) -> RunTiles | None:
+        rows = conn.exec_driver_sql(
+            _param(
+                conn,
+                f"SELECT seq, action, superseded, body FROM decisions WHERE {_RUN} AND seq > ? "
+                "AND seq <= ? ORDER BY seq LIMIT ?",
+            ),
+            (*run, tiles.seq, last_seq, MAX_NEW_ROWS + 1),
+        ).all()
+        if len(rows) > MAX_NEW_ROWS or any(r[1] == "rewind" or r[2] for r in rows):
+            return None  # a rewind moved the live branch back: made anew
+        for _, _, _, body in rows:
+            tiles.add_entry(json.loads(body))
+        return tiles
+
+    def _made(
+        self, conn: sa.Connection, run: RunKey, groups: int, last_seq: int, span: tuple[int, int]
+    ) -> RunTiles:
+        low, high = span
+        base = max(0, ((high - low + 1) * TILE_ENTRIES // max(1, last_seq)).bit_length() - 1)
+        while (high - low + 1) >> base > MAX_BASE_TILES:  # the memory a run's tiles take
+            base += 1
+        # the widest level: a few tiles span the run, and 16 times its steps still
+        top = base + -(-(max(1, high).bit_length() + 4 - base) // LEVEL_STEP) * LEVEL_STEP
+        tiles = RunTiles(groups, base, top, last_seq, None)
+        # The log through last_seq (entries committed since are folded in next time), a slice
+        # of steps a statement: each short, and the call's deadline renewed after each (a long
+        # run's first plot reads all of it once; the database keeps answering meanwhile).
+        width = 1 << (base + SLICE_TILES_LOG2)
+        marks: list[int] | None = []
+        before: str | None = None
+        for start in range(low - low % width, high + 1, width):
+            buckets, more = _slice(
+                conn, run, groups, 1 << base, start, start + width - 1, last_seq, before
+            )
+            for bucket in buckets:
+                tiles.add_tile(base, bucket.pop("k"), bucket)
+            if buckets:  # the last live entry's action so far: the next slice's "before"
+                found = conn.exec_driver_sql(
+                    _param(
+                        conn,
+                        f"SELECT action FROM decisions WHERE {_RUN} AND superseded = ? AND "
+                        f"step <= ? AND seq <= {int(last_seq)} ORDER BY step DESC, seq DESC "
+                        "LIMIT 1",
+                    ),
+                    (*run, False, start + width - 1),
+                ).first()
+                before = None if found is None else str(found[0])
+            if marks is not None:
+                marks = marks + more if len(marks) + len(more) <= MAX_CACHED_EVENTS else None
+            renew()
+        tiles.build_levels()
+        events = None if marks is None else [event_of(doc) for doc in _bodies(conn, run, marks)]
+        tiles.events = events
+        action = conn.exec_driver_sql(
+            _param(conn, f"SELECT action FROM decisions WHERE {_RUN} AND seq = ?"),
+            (*run, last_seq),
+        ).first()
+        tiles.last_action = None if action is None else str(action[0])
+        return tiles
