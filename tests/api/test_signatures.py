@@ -169,3 +169,22 @@ def test_trusted_keys_refuse_what_they_did_not_sign(
         r = import_(api, continued)
         # checked and trusted (else a 422): only its run id is taken, by the import above
         assert r.status_code == 409, r.text
+
+
+def test_verify_says_whether_the_service_signs_and_with_which_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: dict[str, tuple[Path, Path]]
+) -> None:
+    private, public = keys["service"]
+    with service(f"sqlite:///{tmp_path / 'signs.db'}", monkeypatch, private) as api:
+        create(api, "signed")
+        feed(api, "signed", plateau_stream(3))
+        answer = verify(api, "signed")
+        bundle = export(api, "signed")
+    assert answer["ok"] and answer["signed"] is True
+    # the fingerprint the service gives is the one its exports' signatures name
+    assert answer["key_id"] == json.loads(bundle.splitlines()[-1])["end"]["signature"]["key_id"]
+    assert offline(tmp_path, bundle, public)[0] == 0
+    with service(f"sqlite:///{tmp_path / 'plain.db'}", monkeypatch) as api:
+        create(api, "plain")
+        answer = verify(api, "plain")
+    assert answer["ok"] and answer["signed"] is False and answer["key_id"] is None

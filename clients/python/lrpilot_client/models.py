@@ -520,7 +520,8 @@ class Resized(_Model):
 class Verified(_Model):
     """The service's check of a run's log: `ok`, how many decisions, the head it ends at, and
     the first mismatch (a mapping with line, seq, message, expected, found) when not ok;
-    `last_step` the last step checked, `notes` what the check found worth saying."""
+    `last_step` the last step checked, `notes` what the check found worth saying; `signed`
+    whether the service signs its exports' heads, and `key_id` its key's fingerprint."""
 
     ok: bool
     count: int
@@ -530,6 +531,8 @@ class Verified(_Model):
     mismatch: Mapping[str, Any] | None
     last_step: int | None = None
     notes: tuple[str, ...] = ()
+    signed: bool = False  # the service signs its exports' heads (LRPILOT_SIGNING_KEY)
+    key_id: str | None = None  # its signing key's fingerprint
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,8 @@ def verify_run(
     body: Annotated[VerifyIn | None, Body()] = None,
 ) -> Response:
     report = audit.verify(caller.run(run_id), body.head if body else None)
-    return StrictJSONResponse(report.as_dict())
+    signer = audit.signer
+    return StrictJSONResponse({**report.as_dict(), "signed": signer is not None, "key_id": signer})
 
 
 @router.post(

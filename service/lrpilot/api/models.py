@@ -405,6 +405,14 @@ class VerifyOut(BaseModel):
     last_step: int | None
     mismatch: MismatchOut | None = None
     notes: list[str] = Field(default_factory=list)
+    signed: bool = Field(
+        False,
+        description="whether this service signs its exports' heads (LRPILOT_SIGNING_KEY): "
+        "`lrpilot verify BUNDLE --public-key` then checks an export of this run offline",
+    )
+    key_id: str | None = Field(
+        None, description="the fingerprint of the service's signing key (what a signature names)"
+    )
 
 
 class BestOut(BaseModel):

@@ -31,7 +31,13 @@ from lrpilot.audit.bundle import (
     rewinds_of,
     trailer_line,
 )
-from lrpilot.audit.signing import load_private_key, load_trusted_keys, sign, signed_message
+from lrpilot.audit.signing import (
+    key_id,
+    load_private_key,
+    load_trusted_keys,
+    sign,
+    signed_message,
+)
 from lrpilot.audit.verify import BundleCheck, LogCheck, Report, check_bundle
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.domain.deciding import chain_of, load_state, new_run, now, resolved
@@ -76,6 +82,11 @@ class Audit:
         # is an undercount of one export, not worth a lock)
         self.exported_bytes = 0
         self.imported_bytes = 0
+
+    @property
+    def signer(self) -> str | None:
+        """The key_id of the key this service signs its exports' heads with, if it has one."""
+        return None if self._key is None else key_id(self._key.public_key())
 
     # -- export ----------------------------------------------------------------------------
 
