@@ -118,6 +118,37 @@ def test_open_mode_serves_this_machine_only_however_the_server_was_started(
         assert r.status_code == 200, r.text
 
 
+def test_open_mode_answers_only_requests_addressed_to_this_machine(
+    live_server: LiveServer,
+) -> None:
+    """DNS rebinding: a page of another site, its name then made to resolve to 127.0.0.1, sends
+    requests from this machine addressed to that name, any header included (it is then the
+    page's own origin). Open mode refuses them on every route, the observation fast path and
+    /metrics, and changes nothing; a request to localhost or an address is served."""
+    base = live_server.url
+    assert httpx.put(f"{base}/v1/runs/r", json=run_spec()).status_code == 201
+    port = live_server.port
+    for method, path, body in (
+        ("GET", "/v1/runs", None),
+        ("GET", "/v1/runs/r", None),
+        ("POST", "/v1/runs/r/observations", {"step": 1, "value": 0.5}),  # the fast path
+        ("PUT", "/v1/runs/s", run_spec()),
+        ("GET", "/metrics", None),
+    ):
+        for host in (f"attacker.example:{port}", "attacker.example", "localhost.attacker.example"):
+            headers = {"Host": host, "Authorization": "Bearer anything", "X-LRPilot-CSRF": "1"}
+            r = httpx.request(method, f"{base}{path}", json=body, headers=headers)
+            assert r.status_code == 403, (path, host, r.text)
+            assert "lrpilot token create" in r.text or "this machine" in r.text, r.text
+    assert httpx.get(f"{base}/v1/runs/r").json()["last_seq"] == 0  # nothing changed
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "app.localhost"):
+        r = httpx.post(
+            f"{base}/v1/runs/r/observations", json={"step": 1, "value": 0.5}, headers={"Host": host}
+        )
+        assert r.status_code == 200, (host, r.text)
+        assert httpx.get(f"{base}/metrics", headers={"Host": host}).status_code == 200
+
+
 def test_loopback_without_tokens_serves_open_and_says_so(live_server: LiveServer) -> None:
     assert httpx.put(f"{live_server.url}/v1/runs/r", json=run_spec()).status_code == 201
     said = [line for line in live_server.log_tail().splitlines() if "WITHOUT auth" in line]

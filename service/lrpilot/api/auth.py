@@ -80,6 +80,7 @@ OPEN = Caller(None, DEFAULT_PROJECT, ROLES[-1])
 # Why a request was refused, as the metrics count it (lrpilot_auth_failures_total's reason).
 REASONS = (
     "missing", "malformed", "unknown", "revoked", "expired", "role", "remote", "cross-site",
+    "host",
 )  # fmt: skip
 
 
@@ -155,11 +156,18 @@ class Authenticator:
             known = self._found[hashed] = (at, self._tokens.find(hashed))
         return known[1]
 
-    def check(self, authorization: str | None, role: str, peer: str | None = None) -> Caller:
-        """The caller, or ``Refused`` (401, 403), of a request from the address ``peer``.
-        Blocking: it may read the database (``authorize`` is the async form)."""
+    def check(
+        self,
+        authorization: str | None,
+        role: str,
+        peer: str | None = None,
+        host: str | None = None,
+    ) -> Caller:
+        """The caller, or ``Refused`` (401, 403), of a request from the address ``peer``,
+        addressed to ``host`` (its Host header). Blocking: it may read the database
+        (``authorize`` is the async form)."""
         if not self.tokens_exist():
-            return self._open(peer)
+            return self._open(peer, host)
         scheme, _, secret = (authorization or "").strip().partition(" ")
         secret = secret.strip()
         if not authorization:
@@ -184,22 +192,40 @@ class Authenticator:
         return Caller(token.name, token.project, token.role)
 
     async def authorize(
-        self, authorization: str | None, role: str, peer: str | None = None
+        self,
+        authorization: str | None,
+        role: str,
+        peer: str | None = None,
+        host: str | None = None,
     ) -> Caller:
         """``check``, off the event loop when it must read the database."""
         if self._exist is not None and self._clock() - self._exist[0] <= CACHE_S:
             if not self._exist[1]:
-                return self._open(peer)
+                return self._open(peer, host)
             try:  # the common case, every lookup cached: no thread hop
                 return self._check_cached(authorization, role)
             except _NotCached:
                 pass
-        return await asyncio.to_thread(self.check, authorization, role, peer)
+        return await asyncio.to_thread(self.check, authorization, role, peer, host)
 
-    def _open(self, peer: str | None) -> Caller:
-        """Open mode's caller, for a request from this machine (or from anywhere, insecure)."""
-        if self._open_to_all or is_local(peer):
+    def _open(self, peer: str | None, host: str | None) -> Caller:
+        """Open mode's caller, for a request from this machine addressed to it (or for any
+        request, insecure). A browser on this machine may be sent to a page of another site
+        whose name was then made to resolve to 127.0.0.1 (DNS rebinding): its requests come
+        from this machine, addressed to that name, and would read and change runs. So a
+        request over the network must name this machine: localhost, or an IP address."""
+        if self._open_to_all:
             return OPEN
+        if is_local(peer):
+            if addressed_here(peer, host):
+                return OPEN
+            raise self._refuse(
+                403,
+                f"this service holds no API token, so it answers requests addressed to this "
+                f"machine only (localhost, 127.0.0.1, [::1]), not to {host!r}: create a token "
+                "(`lrpilot token create --project default --role admin`) to serve other names",
+                "host",
+            )
         raise self._refuse(
             401,
             "this service holds no API token, so it serves requests from its own machine only: "
@@ -219,6 +245,37 @@ class Authenticator:
 
 class _NotCached(Exception):
     pass
+
+
+def _is_address(peer: str | None) -> bool:
+    try:
+        ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False
+    return True
+
+
+def addressed_here(peer: str | None, host: str | None) -> bool:
+    """Whether a request from this machine names this machine: one over the network (from a
+    loopback address) must say localhost or an address in its Host header (not a name another
+    site could point at 127.0.0.1); one from no network address (in-process) is."""
+    return not _is_address(peer) or names_this_machine(host)
+
+
+def names_this_machine(host: str | None) -> bool:
+    """Whether a Host header names this machine by a name no other site can take: localhost
+    (or a name under it) or an IP address. None: a client that says no host (HTTP/1.0; every
+    browser says one)."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):  # an IPv6 address, with or without a port
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name.rstrip(".") == "localhost" or name.rstrip(".").endswith(".localhost"):
+        return True
+    return _is_address(name)
 
 
 def is_local(peer: str | None) -> bool:
@@ -272,7 +329,7 @@ def require(role: str) -> Any:
         auth: Authenticator = request.app.state.auth
         peer = None if request.client is None else request.client.host
         authorization = auth.presented(request.headers, request.method)[0]
-        who = await auth.authorize(authorization, role, peer)
+        who = await auth.authorize(authorization, role, peer, request.headers.get("host"))
         auth.refuse_cross_site(who, request.headers, request.method)
         noted(request.scope, who.name, who.project)
         return who

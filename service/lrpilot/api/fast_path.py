@@ -67,13 +67,14 @@ class ObservationFastPath:
         try:  # the route's own check (api/auth.py), before the body is read
             token = _header(scope["headers"], b"authorization")
             peer = scope["client"][0] if scope.get("client") else None
+            host = _header(scope["headers"], b"host")
             if token is None:  # the dashboard's cookie, or open mode: the cross-site rules
                 headers = Headers(scope=scope)
                 token, _ = self.auth.presented(headers, "POST")
-                caller = await self.auth.authorize(token, "writer", peer)
+                caller = await self.auth.authorize(token, "writer", peer, host)
                 self.auth.refuse_cross_site(caller, headers, "POST")
             else:
-                caller = await self.auth.authorize(token, "writer", peer)
+                caller = await self.auth.authorize(token, "writer", peer, host)
         except Refused as exc:
             await exc.response()(scope, receive, send)
             return

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import INF
 
 from lrpilot import __version__
-from lrpilot.api.auth import REFUSALS, Authenticator, Refused, is_local
+from lrpilot.api.auth import REFUSALS, Authenticator, Refused, addressed_here, is_local
 from lrpilot.api.models import Message
 from lrpilot.api.observe import noted
 from lrpilot.api.responses import UNAVAILABLE
@@ -199,13 +199,16 @@ async def metrics(request: Request) -> Response:
     peer = None if request.client is None else request.client.host
     if request.app.state.settings.metrics_access == "reader":
         auth: Authenticator = request.app.state.auth
-        caller = await auth.authorize(request.headers.get("authorization"), "reader", peer)
+        caller = await auth.authorize(
+            request.headers.get("authorization"), "reader", peer, request.headers.get("host")
+        )
         noted(request.scope, caller.name, caller.project)
-    elif not is_local(peer):
+    elif not is_local(peer) or not addressed_here(peer, request.headers.get("host")):
         raise Refused(
             403,
-            "the metrics are served to this machine only (LRPILOT_METRICS_ACCESS=loopback; "
-            "set it to reader to let reader tokens scrape from elsewhere)",
+            "the metrics are served to this machine only, addressed to it (localhost or an "
+            "address; LRPILOT_METRICS_ACCESS=loopback: set it to reader to let reader tokens "
+            "scrape from elsewhere)",
             "remote",
         )
     body = request.app.state.metrics.exposition()

@@ -94,7 +94,9 @@ def install(app: FastAPI) -> None:
                 401, "no token given: send the form field 'token' or the JSON {\"token\": ...}"
             )
         try:
-            caller = await auth_of(request).authorize(f"Bearer {token}", "reader", peer_of(request))
+            caller = await auth_of(request).authorize(
+                f"Bearer {token}", "reader", peer_of(request), request.headers.get("host")
+            )
         except Refused as exc:
             return _refused(exc.status, exc.detail)
         if form:
@@ -127,7 +129,9 @@ def install(app: FastAPI) -> None:
         auth = auth_of(request)
         try:
             authorization, _ = auth.presented(request.headers, request.method)
-            caller = await auth.authorize(authorization, "reader", peer_of(request))
+            caller = await auth.authorize(
+                authorization, "reader", peer_of(request), request.headers.get("host")
+            )
         except Refused as exc:
             return exc.response()
         return StrictJSONResponse(_caller_doc(caller), headers={"Cache-Control": "no-store"})
