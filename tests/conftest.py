@@ -2,6 +2,7 @@
 
 * databases: ``database_url`` (a migrated, empty database on SQLite and, when
   LRPILOT_TEST_POSTGRES_URL is set, PostgreSQL), ``postgres_url`` (an empty PostgreSQL database);
+  under pytest-xdist each worker has a PostgreSQL database of its own (``POSTGRES_URL``);
 * the app in-process: ``api`` (a TestClient on ``database_url``), and ``app_client`` for a test
   that needs another app (a second database, a module-scoped app, other options);
 * the real service under uvicorn on 127.0.0.1: ``live_server`` (SQLite), ``backend_server``
@@ -15,6 +16,7 @@ inside a parametrized test, a module-scoped app) are plain functions here: ``emp
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,8 +32,47 @@ from lrpilot.settings import Settings
 from lrpilot.store.db import upgrade
 from tests.harness import LiveServer
 
-POSTGRES_URL = os.environ.get("LRPILOT_TEST_POSTGRES_URL")
+
+def worker_database(url: str | None, worker: str | None) -> str | None:
+    """The PostgreSQL URL a test process uses: ``url`` itself, or under pytest-xdist (worker
+    ``gwN``) the database ``<name>_gwN`` on the same server, since every test empties the public
+    schema of the database it uses and two workers on one would empty each other's."""
+    if not url or not worker:
+        return url
+    parsed = sa.make_url(url)
+    return parsed.set(database=f"{parsed.database}_{worker}").render_as_string(False)
+
+
+# The one place the tests read LRPILOT_TEST_POSTGRES_URL. Written back, so that a subprocess a
+# test starts (a script given the variable) uses this worker's database too.
+GIVEN_POSTGRES_URL = os.environ.get("LRPILOT_TEST_POSTGRES_URL")
+POSTGRES_URL = worker_database(GIVEN_POSTGRES_URL, os.environ.get("PYTEST_XDIST_WORKER"))
+if POSTGRES_URL:
+    os.environ["LRPILOT_TEST_POSTGRES_URL"] = POSTGRES_URL
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@functools.cache
+def postgres_test_url() -> str:
+    """``POSTGRES_URL``, its database created first when missing (a worker's, the first time:
+    the role needs CREATEDB, as .ci/run's has); the test is skipped when there is none."""
+    if not POSTGRES_URL or not GIVEN_POSTGRES_URL:
+        pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
+    if POSTGRES_URL != GIVEN_POSTGRES_URL:
+        name = sa.make_url(POSTGRES_URL).database
+        # from the database the variable names, which exists
+        engine = sa.create_engine(GIVEN_POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as conn:
+                query = "SELECT 1 FROM pg_database WHERE datname = %(name)s"
+                if conn.exec_driver_sql(query, {"name": name}).first() is None:
+                    conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        except sa.exc.ProgrammingError as exc:
+            pytest.fail(f"cannot create the test database {name} (create it for the test role, "
+                        f"or grant that role CREATEDB): {exc.orig}", pytrace=False)  # fmt: skip
+        finally:
+            engine.dispose()
+    return POSTGRES_URL
 
 
 def reset_postgres(url: str) -> None:
@@ -48,10 +89,9 @@ def empty_database(backend: str, tmp_path: Path) -> str:
     PostgreSQL database emptied (the test is skipped when there is none)."""
     if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'lrpilot.db'}"
-    if not POSTGRES_URL:
-        pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-    reset_postgres(POSTGRES_URL)
-    return POSTGRES_URL
+    url = postgres_test_url()
+    reset_postgres(url)
+    return url
 
 
 @contextmanager

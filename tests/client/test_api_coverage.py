@@ -27,7 +27,7 @@ from lrpilot_client import (
     NotFoundError,
     ValidationError,
 )
-from tests.conftest import POSTGRES_URL, reset_postgres
+from tests.conftest import BACKENDS, empty_database
 from tests.harness import LiveServer
 from tests.helpers import plateau_stream
 
@@ -100,21 +100,12 @@ def test_the_former_names_stay_aliases() -> None:
 # --- against the real service ---------------------------------------------------------------
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     where = tmp_path_factory.mktemp("coverage")
-    if request.param == "sqlite":
-        url = f"sqlite:///{where / 'live.db'}"
-    else:
-        if not POSTGRES_URL:
-            pytest.skip("LRPILOT_TEST_POSTGRES_URL is not set (.ci/run sets it)")
-        reset_postgres(POSTGRES_URL)
-        url = POSTGRES_URL
-    live = LiveServer(url, log=where / "serve.log").start()
+    live = LiveServer(empty_database(request.param, where), log=where / "serve.log").start()
     try:
         yield live
     finally:

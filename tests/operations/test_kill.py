@@ -27,7 +27,9 @@ from tests.operations.test_races import CTX, ProcessFleet
 
 CLIENTS = 4
 RUNS_PER_CLIENT = 5
-KILLS = 12
+# Each kill costs a server start (~4 s of CI): eight seeded moments still cut requests in every
+# phase (the retried count checks that kills met requests), as twelve did.
+KILLS = 8
 # Reproducible kill moments; set LRPILOT_KILL_SEED to replay another schedule.
 SEED = int(os.environ.get("LRPILOT_KILL_SEED", "20261126"))
 # Up to this long after a server is ready before it is killed: short enough that kills land in

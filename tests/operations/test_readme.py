@@ -47,7 +47,7 @@ SKIPPED = {
     "lrpilot serve": "the install",
     # the whole suite, this test included: .ci/run runs this very command
     "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && "
-    "pip install -e '.[test]' -e ./clients/python && python -m pytest -q": "the test suite",
+    "pip install -e '.[test]' -e ./clients/python && python -m pytest -q -n 2": "the test suite",
     # 2-process DDP training for ~10 s: tests/operations/test_ddp_example.py runs it once and
     # compares what it prints with this block (ddp_block below)
     "$ lrpilot serve &": "examples/ddp_digits.py",
