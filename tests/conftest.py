@@ -108,12 +108,17 @@ def app_client(
     lifespan run as when it serves. ``raise_server_exceptions=False`` turns a 500 into a
     response, for tests that count them instead of stopping at the first; ``settings`` are
     Settings fields other than the database's (e.g. ``max_world_size=8``); ``peer`` is the
-    address requests come from (an IP of another machine, for the rules about those)."""
+    address requests come from (an IP of another machine, for the rules about those; from a
+    loopback address, requests are addressed to http://localhost, as open mode requires)."""
     if migrate:
         upgrade(database_url)
     app = create_app(Settings(database_url=database_url, **settings), fast_path=fast_path)
+    base_url = "http://localhost" if peer in ("127.0.0.1", "::1") else "http://testserver"
     with TestClient(
-        app, raise_server_exceptions=raise_server_exceptions, client=(peer, 50000)
+        app,
+        base_url=base_url,
+        raise_server_exceptions=raise_server_exceptions,
+        client=(peer, 50000),
     ) as client:
         yield client
 

@@ -163,5 +163,5 @@ def test_open_mode_needs_no_login_but_refuses_other_origins(database_url: str) -
         )
         assert r.status_code == 403  # the fast path too
         assert client.put("/v1/runs/r1", json=run_spec()).status_code == 201
-        r = client.put("/v1/runs/r1", json=run_spec(), headers={"Origin": "http://testserver"})
+        r = client.put("/v1/runs/r1", json=run_spec(), headers={"Origin": "http://localhost"})
         assert r.status_code == 200

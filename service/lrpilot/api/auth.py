@@ -57,6 +57,29 @@ UNSAFE = frozenset(("POST", "PUT", "PATCH", "DELETE"))
 CROSS_SITE = "cross-site request refused"
 
 
+class Peer(NamedTuple):
+    """Where a request comes from (its address; None: no network, an in-process client) and
+    the name it was addressed to (its Host header)."""
+
+    address: str | None = None
+    host: str | None = None
+
+    @classmethod
+    def of(cls, request: Request) -> Peer:
+        return cls(
+            None if request.client is None else request.client.host, request.headers.get("host")
+        )
+
+    def addressed_here(self) -> bool:
+        """Whether a request from this machine names this machine: one over the network (from
+        a loopback address) must say localhost or an address in its Host header (not a name
+        another site could point at 127.0.0.1); one from no network address (in-process) is."""
+        return not _is_address(self.address) or names_this_machine(self.host)
+
+
+IN_PROCESS = Peer()
+
+
 class Caller(NamedTuple):
     """Who a request comes from: a token's name, project and role (name None in open mode)."""
 
@@ -156,18 +179,11 @@ class Authenticator:
             known = self._found[hashed] = (at, self._tokens.find(hashed))
         return known[1]
 
-    def check(
-        self,
-        authorization: str | None,
-        role: str,
-        peer: str | None = None,
-        host: str | None = None,
-    ) -> Caller:
-        """The caller, or ``Refused`` (401, 403), of a request from the address ``peer``,
-        addressed to ``host`` (its Host header). Blocking: it may read the database
-        (``authorize`` is the async form)."""
+    def check(self, authorization: str | None, role: str, peer: Peer = IN_PROCESS) -> Caller:
+        """The caller, or ``Refused`` (401, 403), of a request from ``peer``. Blocking: it may
+        read the database (``authorize`` is the async form)."""
         if not self.tokens_exist():
-            return self._open(peer, host)
+            return self._open(peer)
         scheme, _, secret = (authorization or "").strip().partition(" ")
         secret = secret.strip()
         if not authorization:
@@ -192,23 +208,19 @@ class Authenticator:
         return Caller(token.name, token.project, token.role)
 
     async def authorize(
-        self,
-        authorization: str | None,
-        role: str,
-        peer: str | None = None,
-        host: str | None = None,
+        self, authorization: str | None, role: str, peer: Peer = IN_PROCESS
     ) -> Caller:
         """``check``, off the event loop when it must read the database."""
         if self._exist is not None and self._clock() - self._exist[0] <= CACHE_S:
             if not self._exist[1]:
-                return self._open(peer, host)
+                return self._open(peer)
             try:  # the common case, every lookup cached: no thread hop
                 return self._check_cached(authorization, role)
             except _NotCached:
                 pass
-        return await asyncio.to_thread(self.check, authorization, role, peer, host)
+        return await asyncio.to_thread(self.check, authorization, role, peer)
 
-    def _open(self, peer: str | None, host: str | None) -> Caller:
+    def _open(self, peer: Peer) -> Caller:
         """Open mode's caller, for a request from this machine addressed to it (or for any
         request, insecure). A browser on this machine may be sent to a page of another site
         whose name was then made to resolve to 127.0.0.1 (DNS rebinding): its requests come
@@ -216,13 +228,13 @@ class Authenticator:
         request over the network must name this machine: localhost, or an IP address."""
         if self._open_to_all:
             return OPEN
-        if is_local(peer):
-            if addressed_here(peer, host):
+        if is_local(peer.address):
+            if peer.addressed_here():
                 return OPEN
             raise self._refuse(
                 403,
                 f"this service holds no API token, so it answers requests addressed to this "
-                f"machine only (localhost, 127.0.0.1, [::1]), not to {host!r}: create a token "
+                f"machine only (localhost, 127.0.0.1, [::1]), not to {peer.host!r}: create a token "
                 "(`lrpilot token create --project default --role admin`) to serve other names",
                 "host",
             )
@@ -253,13 +265,6 @@ def _is_address(peer: str | None) -> bool:
     except ValueError:
         return False
     return True
-
-
-def addressed_here(peer: str | None, host: str | None) -> bool:
-    """Whether a request from this machine names this machine: one over the network (from a
-    loopback address) must say localhost or an address in its Host header (not a name another
-    site could point at 127.0.0.1); one from no network address (in-process) is."""
-    return not _is_address(peer) or names_this_machine(host)
 
 
 def names_this_machine(host: str | None) -> bool:
@@ -327,9 +332,8 @@ def require(role: str) -> Any:
         _: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
     ) -> Caller:
         auth: Authenticator = request.app.state.auth
-        peer = None if request.client is None else request.client.host
         authorization = auth.presented(request.headers, request.method)[0]
-        who = await auth.authorize(authorization, role, peer, request.headers.get("host"))
+        who = await auth.authorize(authorization, role, Peer.of(request))
         auth.refuse_cross_site(who, request.headers, request.method)
         noted(request.scope, who.name, who.project)
         return who

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lrpilot.api.auth import Authenticator, Refused
+from lrpilot.api.auth import Authenticator, Peer, Refused
 from lrpilot.api.errors import duplicate_key_response, first_duplicate, store_error_response
 from lrpilot.api.limits import replayed
 from lrpilot.api.models import ObservationIn
@@ -67,16 +67,16 @@ class ObservationFastPath:
         try:  # the route's own check (api/auth.py), before the body is read
             raw = scope["headers"]
             token = _header(raw, b"authorization")
-            peer = scope["client"][0] if scope.get("client") else None
-            host = _header(raw, b"host")
+            address = scope["client"][0] if scope.get("client") else None
+            peer = Peer(address, _header(raw, b"host"))
             if token is None and (_header(raw, b"cookie") or _header(raw, b"origin")):
                 # the dashboard's cookie, or a page's request: the cross-site rules
                 headers = Headers(scope=scope)
                 token, _ = self.auth.presented(headers, "POST")
-                caller = await self.auth.authorize(token, "writer", peer, host)
+                caller = await self.auth.authorize(token, "writer", peer)
                 self.auth.refuse_cross_site(caller, headers, "POST")
             else:
-                caller = await self.auth.authorize(token, "writer", peer, host)
+                caller = await self.auth.authorize(token, "writer", peer)
         except Refused as exc:
             await exc.response()(scope, receive, send)
             return

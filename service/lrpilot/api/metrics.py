@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import INF
 
 from lrpilot import __version__
-from lrpilot.api.auth import REFUSALS, Authenticator, Refused, addressed_here, is_local
+from lrpilot.api.auth import REFUSALS, Authenticator, Peer, Refused, is_local
 from lrpilot.api.models import Message
 from lrpilot.api.observe import noted
 from lrpilot.api.responses import UNAVAILABLE
@@ -196,14 +196,12 @@ async def metrics(request: Request) -> Response:
     (requests from this machine, the default) or ``reader`` (any token of role reader or
     above; in open mode, this machine)."""
     # async on purpose: the waiters are read on the event loop, which alone changes them
-    peer = None if request.client is None else request.client.host
+    peer = Peer.of(request)
     if request.app.state.settings.metrics_access == "reader":
         auth: Authenticator = request.app.state.auth
-        caller = await auth.authorize(
-            request.headers.get("authorization"), "reader", peer, request.headers.get("host")
-        )
+        caller = await auth.authorize(request.headers.get("authorization"), "reader", peer)
         noted(request.scope, caller.name, caller.project)
-    elif not is_local(peer) or not addressed_here(peer, request.headers.get("host")):
+    elif not is_local(peer.address) or not peer.addressed_here():
         raise Refused(
             403,
             "the metrics are served to this machine only, addressed to it (localhost or an "

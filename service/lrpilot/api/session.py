@@ -27,6 +27,7 @@ from lrpilot.api.auth import (
     MAX_TOKEN_CHARS,
     Authenticator,
     Caller,
+    Peer,
     Refused,
     same_origin,
 )
@@ -80,9 +81,6 @@ def install(app: FastAPI) -> None:
         authenticator: Authenticator = request.app.state.auth
         return authenticator
 
-    def peer_of(request: Request) -> str | None:
-        return None if request.client is None else request.client.host
-
     async def login(request: Request) -> Response:
         # A login forged by another site would sign the victim in as the attacker: the same
         # origin rule as every unsafe request (the cookie is not there yet to ask more of).
@@ -94,9 +92,7 @@ def install(app: FastAPI) -> None:
                 401, "no token given: send the form field 'token' or the JSON {\"token\": ...}"
             )
         try:
-            caller = await auth_of(request).authorize(
-                f"Bearer {token}", "reader", peer_of(request), request.headers.get("host")
-            )
+            caller = await auth_of(request).authorize(f"Bearer {token}", "reader", Peer.of(request))
         except Refused as exc:
             return _refused(exc.status, exc.detail)
         if form:
@@ -129,9 +125,7 @@ def install(app: FastAPI) -> None:
         auth = auth_of(request)
         try:
             authorization, _ = auth.presented(request.headers, request.method)
-            caller = await auth.authorize(
-                authorization, "reader", peer_of(request), request.headers.get("host")
-            )
+            caller = await auth.authorize(authorization, "reader", Peer.of(request))
         except Refused as exc:
             return exc.response()
         return StrictJSONResponse(_caller_doc(caller), headers={"Cache-Control": "no-store"})
