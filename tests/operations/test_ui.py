@@ -360,7 +360,7 @@ def test_the_policies_page_shows_and_plots_each_version(
         assert p["description"][:40] in section
 
 
-def test_zoom_asks_for_the_range_and_a_double_click_for_the_whole_run(
+def test_zoom_asks_for_the_range_pan_moves_it_and_a_double_click_shows_the_whole_run(
     browser: WebDriver, site: Site, as_admin: None
 ) -> None:
     whole = open_run(browser, site, "plain")
@@ -378,6 +378,14 @@ def test_zoom_asks_for_the_range_and_a_double_click_for_the_whole_run(
     assert whole["x"][0] < lo < hi < whole["x"][-1]
     inside = [d for d in site.decisions("plain", superseded="false") if lo <= d["step"] <= hi]
     assert zoomed["x"] == [d["step"] for d in inside]
+    browser.find_element(By.ID, "pan-later").click()  # pan: half a window on, same width
+    panned = until(
+        browser,
+        f"const p = window.lrpilotPlot; return p.range.from > {lo} && p",
+        "asked for the range half a window later",
+    )
+    assert panned["range"]["to"] - panned["range"]["from"] == hi - lo
+    assert panned["range"]["from"] == lo + (hi - lo) // 2
     ActionChains(browser).double_click(over).perform()
     until(
         browser,

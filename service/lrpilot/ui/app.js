@@ -188,6 +188,9 @@ async function runPage(runId) {
     badge,
     h("a", { href: url(`${path}/export`).pathname, download: `${runId}.ndjson`, id: "export" }, "Export bundle"),
     h("label", {}, logScale, " log-scale lr"),
+    h("span", { title: "when zoomed: half a window to earlier or later steps" },
+      h("button", { type: "button", id: "pan-earlier", onclick: () => pan(-1) }, "◀"),
+      h("button", { type: "button", id: "pan-later", onclick: () => pan(1) }, "▶")),
     canRewind() ? h("span", {}, rewindStep, h("button", { type: "button", id: "rewind", onclick: () => rewind() }, "Rewind")) : null,
     live);
   const table = decisionTable(path, (d) => showDecision(d));
@@ -202,6 +205,17 @@ async function runPage(runId) {
     onRange: (r) => { range = r; refresh(); },
   });
   logScale.addEventListener("change", () => chart.setLog(logScale.checked));
+
+  // Pan: the zoomed window moves by half its width, within the run's steps.
+  function pan(direction) {
+    if (!range) return;
+    const width = range.to - range.from;
+    const last = Math.max(run.last_step ?? range.to, range.to);
+    const from = Math.max(0, Math.min(range.from + direction * Math.max(1, Math.floor(width / 2)), last - width));
+    if (from === range.from) return;
+    range = { from, to: from + width };
+    refresh();
+  }
 
   function showFacts() {
     const counts = run.counts ? Object.entries(run.counts).map(([k, v]) => `${k} ${v}`).join(", ") : "";
