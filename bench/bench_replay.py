@@ -11,7 +11,7 @@ other in each of ``--repeat`` passes:
 
   torch step()      torch.optim.lr_scheduler.ReduceLROnPlateau over an SGD optimizer with one
                     param group, ``sched.step(value)`` for every value: the reference
-  <flavor> trace    lrpilot.replay.trace(...): (action, lrs) for every observation, in a list
+  <flavor> trace    lrpilot.replay.trace(replay(...)): (action, lrs) for every observation, a list
   <flavor> replay   a bare loop over lrpilot.replay.replay(...) reading .action and .lrs
 
 Each row reports the median pass (and the range over passes) in µs per observation, and the
@@ -85,7 +85,7 @@ def run_torch(values: list[float]) -> None:
 
 def run_trace(flavor: str, observations: list[tuple[int, float]]) -> None:
     params = POLICY.resolve(PARAMS[flavor], BASE_LRS)
-    trace(POLICY, params, POLICY.init(params, BASE_LRS), observations, "val_loss")
+    trace(replay(POLICY, params, POLICY.init(params, BASE_LRS), observations, "val_loss"))
 
 
 def run_replay(flavor: str, observations: list[tuple[int, float]]) -> None:
@@ -104,7 +104,7 @@ def differential_check(observations: list[tuple[int, float]]) -> tuple[bool, int
     sched = torch_scheduler()
     group = sched.optimizer.param_groups[0]
     params = POLICY.resolve(PARAMS["torch"], BASE_LRS)
-    ours = trace(POLICY, params, POLICY.init(params, BASE_LRS), observations, "val_loss")
+    ours = trace(replay(POLICY, params, POLICY.init(params, BASE_LRS), observations, "val_loss"))
     reductions = 0
     for i, ((_, value), (action, lrs)) in enumerate(zip(observations, ours, strict=True)):
         before = group["lr"]
@@ -182,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Callable[[], None]] = [partial(run_torch, values)]
     for flavor in PARAMS:
         params = POLICY.resolve(PARAMS[flavor], BASE_LRS)
-        actions = trace(POLICY, params, POLICY.init(params, BASE_LRS), observations, "val_loss")
+        actions = trace(
+            replay(POLICY, params, POLICY.init(params, BASE_LRS), observations, "val_loss")
+        )
         reductions = sum(action == "reduce" for action, _ in actions)
         del actions
         rows.append(Row(f"plateau@1 {flavor}: trace()", reductions=reductions))

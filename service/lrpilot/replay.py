@@ -176,16 +176,10 @@ def replay(
     return Replay(policy, params, state.lrs, metric, state=state).run(observations)
 
 
-def trace(
-    policy: Policy,
-    params: Frozen,
-    state: State,
-    observations: Iterable[tuple[int, float]],
-    metric: str = "metric",
-) -> list[tuple[str, tuple[float, ...]]]:
-    """(action, lrs) after each observation, as ``replay`` gives them (what-if). The lrs
-    tuples are the stepper's own: one object as long as no reduction changes them."""
-    return [(s.action, s.lrs) for s in replay(policy, params, state, observations, metric)]
+def trace(steppers: Iterable[Stepper]) -> list[tuple[str, tuple[float, ...]]]:
+    """(action, lrs) after each observation of a ``replay`` (what-if): ``trace(replay(...))``.
+    The lrs tuples are the stepper's own: one object as long as no reduction changes them."""
+    return [(s.action, s.lrs) for s in steppers]
 
 
 def lrs_range(

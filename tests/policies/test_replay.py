@@ -79,7 +79,7 @@ def test_trace_gives_the_golden_actions_and_lrs(n: int) -> None:
     params, state, observations = setup_of(line)
     got = [
         (action, [repr(x) for x in lrs])
-        for action, lrs in trace(POLICY, params, state, observations, line["metric"])
+        for action, lrs in trace(replay(POLICY, params, state, observations, line["metric"]))
     ]
     want = [(w["action"], golden_decision(w)[0]) for w in line["decisions"]]
     assert got == want
@@ -117,7 +117,7 @@ def test_a_fresh_stepper_has_no_reason_and_the_state_it_was_given() -> None:
         with pytest.raises(RuntimeError, match="no observation"):
             stepper.reason()
         assert list(replay(POLICY, params, state, [])) == []
-        assert trace(POLICY, params, state, []) == []
+        assert trace(replay(POLICY, params, state, [])) == []
 
 
 # -- generated streams: trace() and replay() against step() one observation at a time ---------
@@ -168,7 +168,7 @@ def test_trace_and_replay_agree_with_step(
         observations = [(10 * i, value) for i, value in enumerate(values)]
     want = stepwise(params, state, observations)
 
-    traced = trace(POLICY, params, state, observations, "val_loss")
+    traced = trace(replay(POLICY, params, state, observations, "val_loss"))
     assert [(a, [repr(x) for x in lrs]) for a, lrs in traced] == [(w[0], w[1]) for w in want]
 
     got = [

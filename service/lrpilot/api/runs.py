@@ -48,6 +48,12 @@ from lrpilot.spec import RUN_ID_PATTERN
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
+FromStep = Annotated[
+    int | None, Query(ge=0, le=MAX_STEP, description="steps at or above this only (omitted: all)")
+]
+ToStep = Annotated[
+    int | None, Query(ge=0, le=MAX_STEP, description="steps at or below this only (omitted: all)")
+]
 
 
 # First: the hot route, so that routing tries it first.
@@ -204,12 +210,8 @@ def get_plot(
             description="buckets of steps, at most (a screen's width in pixels, say)",
         ),
     ] = 1000,
-    from_step: Annotated[
-        int | None, Query(ge=0, le=MAX_STEP, description="the first step; omitted: the log's")
-    ] = None,
-    to_step: Annotated[
-        int | None, Query(ge=0, le=MAX_STEP, description="the last step; omitted: the log's")
-    ] = None,
+    from_step: FromStep = None,
+    to_step: ToStep = None,
 ) -> Response:
     """The run's lr (each param group) and metric at a screen's resolution: per bucket of
     steps their min and max, over the live branch and each superseded branch, and every entry
@@ -235,12 +237,8 @@ def list_decisions(
     after: Annotated[int, Query(ge=0, le=MAX_STEP, description="seq to start after")] = 0,
     limit: Limit = 100,
     action: Annotated[ActionFilter | None, Query(description="only this action")] = None,
-    from_step: Annotated[
-        int | None, Query(ge=0, le=MAX_STEP, description="only steps at or above this")
-    ] = None,
-    to_step: Annotated[
-        int | None, Query(ge=0, le=MAX_STEP, description="only steps at or below this")
-    ] = None,
+    from_step: FromStep = None,
+    to_step: ToStep = None,
     superseded: Annotated[
         bool | None,
         Query(
