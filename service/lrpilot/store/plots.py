@@ -63,6 +63,18 @@ def _columns(conn: sa.Connection, groups: int) -> tuple[str, str]:
     return ", ".join([*named, f"{metric} AS metric"]), source
 
 
+# a branch's entries (superseded = ?) of a run in a range of steps
+_RANGE = f"{_RUN} AND superseded = ? AND step >= ? AND step <= ?"
+
+
+def _selected(conn: sa.Connection, groups: int, where: str) -> tuple[str, str, str]:
+    """``_columns`` for the entries ``where`` picks: the select list, the names it gives
+    (lr0.., metric) and the source."""
+    values, source = _columns(conn, groups)
+    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
+    return values, names, source.format(where=where)
+
+
 def _bucket_doc(row: Any, groups: int, first: int) -> dict[str, Any]:
     # row: (bucket, [island,] step_lo, step_hi, count, lr_min.., lr_max.., metric_min, metric_max)
     values = row[first:]
@@ -125,11 +137,7 @@ def live_buckets(
     """The live branch's entries of steps ``first``..``last`` (and seqs through ``through``)
     in buckets of ``width`` steps aligned on its multiples (bucket k: steps k*width ..), each
     with its index ``k``."""
-    values, source = _columns(conn, groups)
-    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
-    inner = source.format(
-        where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ? AND seq <= {int(through)}"
-    )
+    values, names, inner = _selected(conn, groups, f"{_RANGE} AND seq <= {int(through)}")
     rows = conn.exec_driver_sql(
         _param(
             conn,
@@ -147,9 +155,7 @@ def superseded_branches(
     """What rewinds superseded, in steps ``first``..``last``: each run of consecutive seqs
     (seq minus its rank among them is constant) in its own buckets; the newest
     ``MAX_BRANCHES``, and whether there were more."""
-    values, source = _columns(conn, groups)
-    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
-    inner = source.format(where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ?")
+    values, names, inner = _selected(conn, groups, _RANGE)
     rows = conn.exec_driver_sql(
         _param(
             conn,
@@ -324,11 +330,7 @@ def _slice(
 ) -> tuple[list[dict[str, Any]], list[int]]:
     """``live_buckets`` and the seqs of the markers among the same entries, in one pass over
     them; ``before``: the action of the live entry before ``first`` (None: none)."""
-    values, source = _columns(conn, groups)
-    names = ", ".join([*(f"lr{i}" for i in range(groups)), "metric"])
-    inner = source.format(
-        where=f"{_RUN} AND superseded = ? AND step >= ? AND step <= ? AND seq <= {int(through)}"
-    )
+    values, names, inner = _selected(conn, groups, f"{_RANGE} AND seq <= {int(through)}")
     always = ", ".join("?" for _ in _ALWAYS)
     seqs = (
         "string_agg(CAST(mark AS TEXT), ',')"
