@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -35,6 +40,7 @@ WATCH_WAIT_S = 25.0
 # a watch asks again no sooner than this after an answer that brought nothing new (a run whose
 # steps are all certain, e.g. a pure schedule, answers a wait at once): never a busy loop
 WATCH_MIN_ROUND_S = 1.0
+STOP_S = 2.0  # after Ctrl-C, the longest a watch takes to end
 
 
 def register(app: typer.Typer) -> None:
@@ -241,6 +247,7 @@ def watch(
 ) -> None:
     """Print each new decision of a run as it is made, until Ctrl-C (one line each; with
     --json, one JSON object a line). Waits on the service (long polls), never spins."""
+    previous = _stop_on_ctrl_c()
     try:
         with service_errors(url, failed_as(f"watch {run_id!r}")), client(url, token) as lrpilot:
             seen = lrpilot.get_run(run_id).last_seq
@@ -250,6 +257,33 @@ def watch(
                 seen = _watch_round(lrpilot, run_id, seen, as_json)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _stop_on_ctrl_c() -> Any:
+    """Ctrl-C ends a watch at once, whatever it was doing: a KeyboardInterrupt, and if closing
+    the connection after it does not end the process within ``STOP_S`` (an interrupt at an
+    unlucky instant can leave a lock of the connection pool held), an exit. Installed even
+    where SIGINT was ignored (a process started in the background inherits that). The
+    handler before, to restore (None: not the main thread, nothing installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def end() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
+
+    def stop(signum: int, frame: Any) -> None:
+        deadline = threading.Timer(STOP_S, end)
+        deadline.daemon = True
+        deadline.start()
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGINT, stop)
 
 
 def _watch_round(lrpilot: Client, run_id: str, seen: int, as_json: bool) -> int:
