@@ -137,6 +137,25 @@ def test_watch_prints_each_new_decision_until_ctrl_c(served: Served) -> None:
     assert "Traceback" not in err
 
 
+def test_ctrl_c_stops_a_watch_started_with_sigint_ignored(served: Served) -> None:
+    """A watch started in the background of a shell (`lrpilot watch RUN &`) inherits SIGINT
+    ignored; brought to the foreground, Ctrl-C must still stop it."""
+    env = {**os.environ, "LRPILOT_TOKEN": served.reader}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lrpilot.cli", "watch", "b1", "--url", served.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert "watching b1" in proc.stdout.readline()  # its handler is in place by then
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)  # a bound on a hang, not a timing assertion
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+
+
 def test_watch_of_a_missing_run_is_one_line(served: Served) -> None:
     result = lrpilot_cli("watch", "nosuch", "--url", served.url, "--token", served.reader)
     assert result.exit_code == 1
