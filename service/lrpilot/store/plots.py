@@ -125,30 +125,6 @@ def _aggregates(groups: int) -> str:
     )
 
 
-def live_buckets(
-    conn: sa.Connection,
-    run: RunKey,
-    groups: int,
-    width: int,
-    first: int,
-    last: int,
-    through: int = MAX_STEP,
-) -> list[dict[str, Any]]:
-    """The live branch's entries of steps ``first``..``last`` (and seqs through ``through``)
-    in buckets of ``width`` steps aligned on its multiples (bucket k: steps k*width ..), each
-    with its index ``k``."""
-    values, names, inner = _selected(conn, groups, f"{_RANGE} AND seq <= {int(through)}")
-    rows = conn.exec_driver_sql(
-        _param(
-            conn,
-            f"SELECT b, {_aggregates(groups)} FROM (SELECT step / ? AS b, step, {names} FROM "
-            f"(SELECT step, {values} FROM {inner}) v) w GROUP BY b ORDER BY b",
-        ),
-        (width, *run, False, first, last),
-    ).all()
-    return [{"k": int(row[0]), **_bucket_doc(row, groups, 1)} for row in rows]
-
-
 def superseded_branches(
     conn: sa.Connection, run: RunKey, groups: int, width: int, first: int, last: int
 ) -> tuple[list[dict[str, Any]], bool]:
@@ -191,7 +167,7 @@ def plot(
     reduced by the database (``Tiles`` answers a long run's without reading it again)."""
     groups = min(groups, MAX_GROUPS)
     width = aligned_width(first, last, points)
-    buckets = live_buckets(conn, run, groups, width, first, last)
+    buckets = live_buckets(conn, run, groups, width, first, last)[0]
     events, truncated = events_between(conn, run, first, last, max_events)
     return answer(run, first, last, width, groups, buckets, events, truncated, conn, points)
 
@@ -318,18 +294,20 @@ def _entry_bucket(doc: dict[str, Any], groups: int) -> dict[str, Any]:
             "lr_max": list(lrs), "metric_min": metric, "metric_max": metric}  # fmt: skip
 
 
-def _slice(
+def live_buckets(
     conn: sa.Connection,
     run: RunKey,
     groups: int,
     width: int,
     first: int,
     last: int,
-    through: int,
-    before: str | None,
+    through: int = MAX_STEP,
+    before: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[int]]:
-    """``live_buckets`` and the seqs of the markers among the same entries, in one pass over
-    them; ``before``: the action of the live entry before ``first`` (None: none)."""
+    """The live branch's entries of steps ``first``..``last`` (and seqs through ``through``)
+    in buckets of ``width`` steps aligned on its multiples (bucket k: steps k*width ..), each
+    with its index ``k``; and the seqs of the markers among them, found in the same pass
+    (``before``: the action of the live entry before ``first``; None: none)."""
     values, names, inner = _selected(conn, groups, f"{_RANGE} AND seq <= {int(through)}")
     always = ", ".join("?" for _ in _ALWAYS)
     seqs = (
@@ -473,7 +451,7 @@ class Tiles:
             if edge is not None and (edge["step_lo"] < first or edge["step_hi"] > last):
                 del buckets[k]  # entries beyond the range: its part inside read again
                 lo, hi = max(first, k << width_log2), min(last, ((k + 1) << width_log2) - 1)
-                for b in live_buckets(conn, run, groups, width, lo, hi):
+                for b in live_buckets(conn, run, groups, width, lo, hi)[0]:
                     buckets[b["k"]] = b
         if tiles.events is None:
             events, truncated = events_between(conn, run, first, last, max_events)
@@ -558,7 +536,7 @@ class Tiles:
         marks: list[int] | None = []
         before: str | None = None
         for start in range(low - low % width, high + 1, width):
-            buckets, more = _slice(
+            buckets, more = live_buckets(
                 conn, run, groups, 1 << base, start, start + width - 1, last_seq, before
             )
             for bucket in buckets:
