@@ -264,7 +264,7 @@ def print_server_log(result: dict[str, Any]) -> None:
 
 def long_and_short(parser: argparse.ArgumentParser, filler: int, samples: int) -> None:
     """The options of a bench of a long run against a short one among many (bench_plot's too):
-    --runs, --big, --small, --filler, --samples, --postgres."""
+    --runs, --big, --small, --filler, --samples, --postgres, --out."""
     parser.add_argument("--runs", type=int, default=10_000, help="runs in the database")
     parser.add_argument("--big", type=int, default=1_000_000, help="decisions of the long run")
     parser.add_argument("--small", type=int, default=1_000, help="decisions of the short run")
@@ -274,6 +274,18 @@ def long_and_short(parser: argparse.ArgumentParser, filler: int, samples: int) -
         "--postgres", "--database-url", dest="postgres", metavar="URL",
         help="PostgreSQL instead of SQLite (its public schema is DROPPED first)",
     )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
+
+
+def checked(
+    parser: argparse.ArgumentParser, argv: list[str] | None, runs: int, samples: int
+) -> argparse.Namespace:
+    """The parsed options of ``long_and_short``, with at least ``runs`` runs and ``samples``
+    samples (a usage error else)."""
+    args = parser.parse_args(argv)
+    if min(args.big, args.small) < 20 or args.runs < runs or args.samples < samples:
+        parser.error(f"--big and --small >= 20, --runs >= {runs}, --samples >= {samples}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,10 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     long_and_short(parser, filler=10, samples=300)
     parser.add_argument("--soak", type=int, default=30, help="seconds of load for RSS; 0: none")
     parser.add_argument("--soak-concurrency", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
-    args = parser.parse_args(argv)
-    if min(args.big, args.small) < 20 or args.runs < 2 or args.samples < 10:
-        parser.error("--big and --small >= 20, --runs >= 2, --samples >= 10")
+    args = checked(parser, argv, runs=2, samples=10)
 
     info = machine_info()
     t0 = time.monotonic()

@@ -41,6 +41,7 @@ from bench_history import (
     append,
     big_small_table,
     build_store,
+    checked,
     long_and_short,
     print_server_log,
 )
@@ -145,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", type=Path, default=None, metavar="FILE",
         help="SQLite: build the runs into FILE and keep it; an existing FILE is used as it is",
     )  # fmt: skip
-    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
-    args = parser.parse_args(argv)
-    if min(args.big, args.small) < 20 or args.runs < 1000 or args.samples < 3:
-        parser.error("--big and --small >= 20, --runs >= 1000, --samples >= 3")
+    args = checked(parser, argv, runs=1000, samples=3)
 
     info = machine_info()
     t0 = time.monotonic()
