@@ -34,19 +34,7 @@ from typing import Any
 
 import httpx
 
-from common import (
-    RUN_SPEC,
-    all_descriptors,
-    command_line,
-    console,
-    cpu_seconds,
-    figures_table,
-    fresh_database,
-    machine_info,
-    percentile,
-    print_header,
-    write_result,
-)
+import common
 from tests.harness import ConnectionFlood, LiveServer
 
 PROBE_TIMEOUT_S = 10.0
@@ -88,7 +76,7 @@ class Probes:
             name: {
                 "probes": len(times[name]),
                 "p50_ms": 1e3 * statistics.median(times[name]),
-                "p99_ms": 1e3 * percentile(times[name], 0.99),
+                "p99_ms": 1e3 * common.percentile(times[name], 0.99),
                 "max_ms": 1e3 * max(times[name]),
                 "over_1s": sum(t > 1.0 for t in times[name]),
                 "failed": len(failed[name]),
@@ -117,13 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    all_descriptors()  # this process holds every connection of the load it makes
-    info = machine_info()
-    print_header(info, "server: lrpilot serve (default settings)")
-    url = fresh_database(args.postgres_url, Path(tempfile.mkdtemp()) / "bench.db")
+    common.all_descriptors()  # this process holds every connection of the load it makes
+    info = common.machine_info()
+    common.print_header(info, "server: lrpilot serve (default settings)")
+    url = common.fresh_database(args.postgres_url, Path(tempfile.mkdtemp()) / "bench.db")
     with LiveServer(url) as server:
         with httpx.Client(base_url=server.url, timeout=PROBE_TIMEOUT_S) as http:
-            assert http.put("/v1/runs/probe", json=RUN_SPEC).status_code == 201
+            assert http.put("/v1/runs/probe", json=common.RUN_SPEC).status_code == 201
         probes = Probes(server.url, "probe", args.probe_every)
         fds: list[int] = []
         sampling = True
@@ -144,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        cpu0 = cpu_seconds(server.pid)
+        cpu0 = common.cpu_seconds(server.pid)
         idle = probes.run(args.seconds)
         opening = time.monotonic()
         flood.start()
@@ -160,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         flood.stop()
         sampling = False
         sampler.join()
-        cpu1 = cpu_seconds(server.pid)
+        cpu1 = common.cpu_seconds(server.pid)
         log_bytes = server.log.stat().st_size
 
-    table = figures_table(
+    table = common.figures_table(
         f"{args.trickling} trickling + {args.idle} idle connections "
         f"({'PostgreSQL' if args.postgres_url else 'SQLite'})",
         ["probe", "phase", "probes", "p50 ms", "p99 ms", "max ms", "> 1 s", "failed"],
@@ -176,15 +164,15 @@ def main(argv: list[str] | None = None) -> int:
                 name, phase, str(f["probes"]), f"{f['p50_ms']:.1f}", f"{f['p99_ms']:.1f}",
                 f"{f['max_ms']:.1f}", str(f["over_1s"]), str(f["failed"]),
             )  # fmt: skip
-    console.print(table)
-    console.print(
+    common.console.print(table)
+    common.console.print(
         f"flood opened in {opened_s:.1f} s; after {args.seconds:g} s: {counts}; the last "
         f"trickling one closed within {last_trickling_closed or float('nan'):.1f} s of the "
         f"flood's start; server: {max(fds or [0])} descriptors at most, "
         f"{(cpu1 or 0) - (cpu0 or 0):.1f} CPU s, log {log_bytes} bytes"
     )
     result = {
-        "command": command_line("bench_connections.py", argv, args.postgres_url),
+        "command": common.command_line("bench_connections.py", argv, args.postgres_url),
         "machine": info,
         "idle": idle,
         "flood": under,
@@ -195,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpu_s": (cpu1 or 0) - (cpu0 or 0),
         "server_log_bytes": log_bytes,
     }
-    write_result(args.out, "connections", result)
+    common.write_result(args.out, "connections", result)
     return 0
 
 

@@ -114,19 +114,20 @@ class RangeTestParams(Frozen):
 
 
 class RangeTestState(State):
-    stop_step: int | None  # the step of the stop decision; None while ramping
-    evaluations: int  # finite losses smoothed so far
-    avg: float  # the EMA before bias correction
-    beta_power: float  # smoothing ** evaluations, as a running product
-    smoothed: float | None  # the last smoothed loss
-    log_lr: float | None  # ln of the first group's lr at the last smoothed loss
-    last_step: int | None  # the step of the last smoothed loss
-    best: float | None  # the lowest smoothed loss so far
-    best_step: int | None
-    steepest_slope: float | None  # the most negative slope so far (per unit ln lr)
-    steepest_step: int | None  # the step of the slope's earlier point
-    suggested_lrs: tuple[float, ...] | None  # set at the stop
-    min_loss_lrs_div_10: tuple[float, ...] | None  # set at the stop
+    # The defaults are a fresh test's: init() names only its lrs.
+    stop_step: int | None = None  # the step of the stop decision; None while ramping
+    evaluations: int = 0  # finite losses smoothed so far
+    avg: float = 0.0  # the EMA before bias correction
+    beta_power: float = 1.0  # smoothing ** evaluations, as a running product
+    smoothed: float | None = None  # the last smoothed loss
+    log_lr: float | None = None  # ln of the first group's lr at the last smoothed loss
+    last_step: int | None = None  # the step of the last smoothed loss
+    best: float | None = None  # the lowest smoothed loss so far
+    best_step: int | None = None
+    steepest_slope: float | None = None  # the most negative slope so far (per unit ln lr)
+    steepest_step: int | None = None  # the step of the slope's earlier point
+    suggested_lrs: tuple[float, ...] | None = None  # set at the stop
+    min_loss_lrs_div_10: tuple[float, ...] | None = None  # set at the stop
 
 
 # -- the ramp ----------------------------------------------------------------------------------
@@ -223,22 +224,7 @@ class RangeTest(Policy):
 
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> RangeTestState:
         assert isinstance(params, RangeTestParams)
-        return RangeTestState(
-            lrs=ramp(params, len(base_lrs)).lrs(0),
-            stop_step=None,
-            evaluations=0,
-            avg=0.0,
-            beta_power=1.0,
-            smoothed=None,
-            log_lr=None,
-            last_step=None,
-            best=None,
-            best_step=None,
-            steepest_slope=None,
-            steepest_step=None,
-            suggested_lrs=None,
-            min_loss_lrs_div_10=None,
-        )
+        return RangeTestState(lrs=ramp(params, len(base_lrs)).lrs(0))
 
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         """The ramp at ``step``; from a stop on, the lrs at the stop."""
