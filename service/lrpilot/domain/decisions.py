@@ -72,7 +72,7 @@ class Decisions:
                 step,
                 pending.deadline,
                 self._submit,
-                functools.partial(self.store.decided_step, run, step),
+                functools.partial(self._decided_step, run, step, applied is not None),
             )
         answer = body.encode()
         if applied is not None:
@@ -80,6 +80,15 @@ class Decisions:
             answer = agreement.flagged(answer, flagged)
         self.waiters.decided(run, step, answer)
         return answer
+
+    def _decided_step(self, run: RunKey, step: int, flag: bool) -> str | None:
+        """The step's decision as another replica (or this one, a moment before its waiters
+        were handed it) committed it; with ``flag``, the run's disagreements added, as the
+        deciding rank's answer has them."""
+        body = self.store.decided_step(run, step)
+        if body is None or not flag:
+            return body
+        return agreement.flagged(body.encode(), self.acks.disagreements(run)).decode()
 
     def _acknowledge_quietly(
         self, run: RunKey, rank: int, world_size: int, step: int, seq: int, got: str

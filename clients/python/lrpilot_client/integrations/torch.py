@@ -34,7 +34,7 @@ from ..errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from ..models import Decision, Run
+from ..models import Acknowledged, Applied, Decision, Run
 from ._common import (
     DEFAULT_AHEAD,
     ROOT_LABEL,
@@ -144,6 +144,14 @@ class LrpilotScheduler(LRScheduler):
     rescales its rates for the job's size at every start and resume (a restart by an elastic
     launcher on fewer or more ranks), from that step on, as a `scale` entry in its log.
     `resize()` does it mid-run.
+
+    **Ranks.** With `as_rank=(rank, world_size)` this process is that rank of a data-parallel
+    job: its `observe` is the rank's report (an aggregated run: each rank posts its local
+    metric, one decision from their mean), and each report acknowledges the lrs the optimizer
+    actually trained with at the step last decided (captured at that step's optimizer step)
+    as a hash; the service flags a rank whose lrs differ in every rank's answer (logged here
+    as a warning) and in the run's summary (docs/agreement.md). `acknowledge()` does it alone,
+    for the ranks of a leader-mode job that only read.
     """
 
     def __init__(
@@ -162,11 +170,17 @@ class LrpilotScheduler(LRScheduler):
         world_size: int | None = None,
         batch_size: int | None = None,
         on_mismatch: OnMismatch = "raise",
+        as_rank: tuple[int, int] | None = None,
     ) -> None:
         if on_mismatch not in ("raise", "warn"):
             raise ValueError(f'on_mismatch must be "raise" or "warn", got {on_mismatch!r}')
+        if as_rank is not None and not 0 <= as_rank[0] < as_rank[1]:
+            raise ValueError(f"as_rank must be (rank, world_size), rank < world_size: {as_rank}")
         self.client = client
         self.on_mismatch = on_mismatch
+        self.as_rank = as_rank
+        self._ack_due: tuple[int, int] | None = None  # (step, seq): its lrs to capture
+        self._ack: Applied | None = None  # what the next observation acknowledges
         self._scaling = dict(scaling) if scaling is not None else None
         self._size = _size(world_size, batch_size)
         self.root_run_id = run_id
@@ -316,9 +330,26 @@ class LrpilotScheduler(LRScheduler):
         if entry is not None and not getattr(entry, "provisional", False):  # (no hash then)
             self._head, self._seq = entry.hash, entry.seq
 
+    def _applied(self) -> list[float]:
+        """The lrs the optimizer holds, as applied: a tensor lr holding the run's rate rounded
+        to its dtype counts as that rate (docs/agreement.md); any other value as itself."""
+        decided = self._cursor.at(self.last_epoch)
+        held = [g["lr"] for g in self.optimizer.param_groups]
+        if len(held) != len(decided):
+            return [_as_float(h) for h in held]
+        return [
+            x if _as_float(h) == _held(x, h) else _as_float(h)
+            for h, x in zip(held, decided, strict=True)
+        ]
+
     def _before_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if self._rewind_due is not None:
             self._rewind(self._rewind_due)
+        if self._ack_due is not None:  # the lrs this step trains with: what was applied
+            step, seq = self._ack_due
+            if self.last_epoch == step:
+                self._ack = Applied.of(step, seq, self._applied())
+            self._ack_due = None
         if self._size_due:  # a restart without a checkpoint: from where the run stands
             try:
                 run = self.client.get_run(self.run_id)
@@ -364,18 +395,50 @@ class LrpilotScheduler(LRScheduler):
         self._check_groups()
         if self._rewind_due is not None:  # before anything the rewind would supersede
             self._rewind(self._rewind_due)
-        decision = self.client.observe(self.run_id, at, float(value))
+        if self.as_rank is None:
+            decision = self.client.observe(self.run_id, at, float(value))
+        else:
+            rank, world = self.as_rank
+            decision = self.client.observe(
+                self.run_id, at, float(value), rank, world, applied=self._ack
+            )
+            if decision.disagreements:
+                logger.warning(
+                    "run %r step %d: ranks apply other lrs than the run's: %s",
+                    self.run_id, at, list(decision.disagreements),
+                )  # fmt: skip
         self.last_decision = decision
         self._observed_step = at
         self._saw(decision)
         self._cursor.observed()
         self._apply()
+        if self.as_rank is not None and not getattr(decision, "provisional", False):
+            self._ack_due, self._ack = (at, decision.seq), None
         logger.info(
             "run %r step %d: %s %r -> %s %s: %s",
             self.run_id, at, self.run.metric or "metric", float(value), decision.action,
             list(decision.lrs), decision.reason,
         )  # fmt: skip
         return decision
+
+    def acknowledge(self) -> Acknowledged:
+        """Acknowledge the lrs the optimizer holds for the current step (POST /applied; needs
+        `as_rank`): for a rank that reads the run's lrs and posts nothing (leader mode). Call
+        it after an optimizer step of a decided step; the answer says whether they agree and
+        lists the run's disagreeing ranks (docs/agreement.md)."""
+        if self.as_rank is None:
+            raise ValueError("acknowledge() needs the scheduler's as_rank=(rank, world_size)")
+        step = self.last_epoch
+        seq = self.client.lr_at(self.run_id, step).seq or 0
+        answer = self.client.acknowledge(
+            self.run_id, *self.as_rank, Applied.of(step, seq, self._applied())
+        )
+        if answer.disagreements:
+            logger.warning(
+                "run %r step %d: ranks apply other lrs than the run's: %s",
+                self.run_id, step, list(answer.disagreements),
+            )  # fmt: skip
+        return answer
 
     @property
     def should_stop(self) -> bool:
