@@ -2,7 +2,7 @@
 ``python -m tests.domain.rank_job RANK WORLD JOBS``, JOBS a JSON list of {"url", "run",
 "tamper": [STEP, WHO] or null}.
 
-For each job's run (an aggregated run that exists) a small torch model trains 40 steps with an
+For each job's run (an aggregated run that exists) a small torch model trains 30 steps with an
 ``LrpilotScheduler(as_rank=(RANK, WORLD))``, posting its local loss every 10 steps. From step
 STEP on, rank WHO doubles its lr after each decision, before the optimizer step: the bug the
 acknowledgements exist to catch. Each answer is printed as a JSON line.
@@ -25,7 +25,7 @@ def train(client: Client, url: str, run_id: str, rank: int, world: int, tamper: 
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = LrpilotScheduler(opt, client, run_id, policy=None, ahead=50, as_rank=(rank, world))
     x, y = torch.randn(16, 4), torch.randn(16, 1)
-    for _ in range(40):
+    for _ in range(30):
         loss = ((model(x) - y) ** 2).mean()
         opt.zero_grad()
         loss.backward()

@@ -90,23 +90,22 @@ def check_agreement(url: str, answers: list[dict[str, Any]]) -> None:
     with httpx.Client(base_url=url, timeout=30) as http:
         agree = http.get("/v1/runs/agree/summary").json()["agreement"]
         drift = http.get("/v1/runs/drift/summary").json()["agreement"]
-        lr_answer = http.get("/v1/runs/drift/lr", params={"step": 40}).json()
+        lr_answer = http.get("/v1/runs/drift/lr", params={"step": 30}).json()
         log = http.get("/v1/runs/drift/decisions").json()["items"]
 
-    # every rank acknowledged steps 10, 20 and 30 (each with the next report): all agree
-    assert agree == {"world_size": 2, "acked_ranks": 2, "agreed_through": 30,
+    # every rank acknowledged steps 10 and 20 (each with the next report): all agree
+    assert agree == {"world_size": 2, "acked_ranks": 2, "agreed_through": 20,
                      "disagreeing": 0, "disagreements": []}  # fmt: skip
     assert all(a["disagreements"] == [] for a in answers if a["run"] == "agree")
 
-    # rank 1 trained step 20 with twice the run's lr: flagged from step 30's answer on, in
-    # both ranks' answers; the run is proved in agreement through step 10 only
+    # rank 1 trained step 20 with twice the run's lr: flagged in step 30's answer to both
+    # ranks; the run is proved in agreement through step 10 only
     assert drift["agreed_through"] == 10 and drift["disagreeing"] == 1, drift
     [flag] = drift["disagreements"]
     assert (flag["rank"], flag["step"]) == (1, 20) and flag["got"] != flag["expected"]
     by_step = {(a["rank"], a["step"]): a["disagreements"] for a in answers if a["run"] == "drift"}
     assert by_step[(0, 20)] == by_step[(1, 20)] == []
-    for step in (30, 40):
-        assert by_step[(0, step)] == by_step[(1, step)] == [flag]
+    assert by_step[(0, 30)] == by_step[(1, 30)] == [flag]
     assert lr_answer["disagreements"] == [flag]  # the readers see it too
     # the hash expected is the hash of the lrs the run decided for step 20, and rank 1's
     # the hash of twice them
@@ -161,3 +160,16 @@ def test_the_acknowledgement_route_checks_and_keeps_a_rank_each(api: TestClient)
     # an observation with `applied` but no rank is refused; without `applied`, as before
     r = api.post("/v1/runs/lead/observations", json={"step": 30, "value": 1.0, "applied": good})
     assert r.status_code == 422 and "rank" in r.text
+    # with rank and world_size it is taken (the fast path and the route alike), and the answer
+    # lists the run's disagreements; a key given twice inside `applied` is refused as anywhere
+    body = {"step": 30, "value": 1.0, "rank": 1, "world_size": 3, "applied": good}
+    r = api.post("/v1/runs/lead/observations", json=body)
+    assert r.status_code == 200 and r.json()["disagreements"] == [flag], r.text
+    twice = (
+        b'{"step": 40, "value": 1.0, "rank": 1, "world_size": 3, "applied": {"step": 15, '
+        b'"step": 15, "seq": 2, "lrs_hash": "' + good["lrs_hash"].encode() + b'"}}'
+    )
+    r = api.post(
+        "/v1/runs/lead/observations", content=twice, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and "step" in r.text
