@@ -3,7 +3,7 @@ at a step as a hash; the service compares it with the hash of the run's lrs at t
 
 The hash is ``applied_hash``: the SHA-256 (hex) of the canonical JSON of
 ``{"lrs": [the lrs, as floats], "seq": the seq of the entry in force (0 before any), "step"}``;
-the client computes the same bytes (lrpilot_client.agreement). The lrs are those GET /lr
+the client computes the same bytes (lrpilot_client.applied_hash). The lrs are those GET /lr
 answers for the step: the entry's, moved by a schedule, times the scaling factor.
 """
 
@@ -51,7 +51,6 @@ def flagged(body: bytes, disagreements: list[dict[str, Any]]) -> bytes:
     when there are any: every rank reading it sees them."""
     if not disagreements:
         return body
-
     doc = json.loads(body)
     doc["disagreements"] = disagreements
     return canonical_json(doc).encode()
