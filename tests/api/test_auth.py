@@ -37,6 +37,7 @@ RULES: dict[tuple[str, str], str] = {
     ("PUT", "/v1/runs/{run_id}"): "writer",
     ("POST", "/v1/runs/{run_id}/observations"): "writer",
     ("POST", "/v1/runs/{run_id}/resize"): "writer",
+    ("POST", "/v1/runs/{run_id}/applied"): "writer",
     ("POST", "/v1/runs/{run_id}/rewind"): "admin",
     ("POST", "/v1/runs/import"): "admin",
     ("POST", "/v1/tokens"): "admin",
@@ -50,6 +51,9 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/v1/runs/{run_id}"): {"json": run_spec()},
     ("POST", "/v1/runs/{run_id}/observations"): {"json": {"step": 3, "value": 0.5}},
     ("POST", "/v1/runs/{run_id}/resize"): {"json": {"step": 3, "world_size": 2}},
+    ("POST", "/v1/runs/{run_id}/applied"): {
+        "json": {"rank": 0, "world_size": 2, "step": 3, "seq": 0, "lrs_hash": "0" * 64}
+    },
     ("POST", "/v1/runs/{run_id}/rewind"): {"json": {"to_step": 1}},
     ("POST", "/v1/runs/import"): {"content": b"{}\n", "headers": {}},
     ("POST", "/v1/tokens"): {"json": {"role": "reader"}},

@@ -389,10 +389,12 @@ _FIELDS = {
         "world_size",
         "weight",
         "client",
+        "applied",
     ],
     ("POST", "/v1/simulate"): ["policy", "base_lrs", "values", "steps", "run_id", "metric"],
     ("POST", "/v1/runs/h/rewind"): ["to_step", "client"],
     ("POST", "/v1/runs/h/resize"): ["step", "world_size", "batch_size"],
+    ("POST", "/v1/runs/h/applied"): ["rank", "world_size", "step", "seq", "lrs_hash"],
 }
 
 

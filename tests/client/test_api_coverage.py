@@ -41,6 +41,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/v1/runs/{run_id}/lrs"): ("lrs_range", "lrs_range"),
     ("GET", "/v1/runs/{run_id}/decisions"): ("decisions", "decisions"),
     ("POST", "/v1/runs/{run_id}/resize"): ("resize", "resize"),
+    ("POST", "/v1/runs/{run_id}/applied"): ("acknowledge", "acknowledge"),
     ("POST", "/v1/runs/{run_id}/rewind"): ("rewind", "rewind"),
     ("GET", "/v1/runs/{run_id}/summary"): ("summary", "summary"),
     ("GET", "/v1/runs/{run_id}/plot"): ("plot", "plot"),

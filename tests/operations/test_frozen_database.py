@@ -67,6 +67,8 @@ ROUTES = [
     Route("POST", "/v1/runs/import", "/v1/runs/import", "bundle", "write"),
     Route("POST", "/v1/runs/{run_id}/verify", "/v1/runs/r/verify", {}),
     Route("POST", "/v1/runs/{run_id}/rewind", "/v1/runs/w/rewind", {"to_step": 10}, "write"),
+    Route("POST", "/v1/runs/{run_id}/applied", "/v1/runs/r/applied",
+          {"rank": 0, "world_size": 2, "step": 15, "seq": 1, "lrs_hash": "0" * 64}, "write"),
     Route("GET", "/v1/runs/{run_id}/summary", "/v1/runs/r/summary"),
     Route("GET", "/v1/runs/{run_id}/plot", "/v1/runs/r/plot?points=50"),
     Route("GET", "/v1/runs", "/v1/runs?sort=activity&state=active"),

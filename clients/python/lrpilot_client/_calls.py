@@ -30,6 +30,8 @@ from .errors import (
     detail_of,
 )
 from .models import (
+    Acknowledged,
+    Applied,
     Decision,
     Health,
     Imported,
@@ -332,6 +334,8 @@ def observation(obs: PendingObservation) -> Call[Decision]:
     body |= _unset_none(rank=obs.rank, world_size=obs.world_size, weight=obs.weight)
     if obs.client:
         body["client"] = dict(obs.client)
+    if obs.applied is not None:
+        body["applied"] = dict(obs.applied)
     return Call("POST", f"{run_path(obs.run_id)}/observations", Decision.from_json, body=body)
 
 
@@ -342,13 +346,16 @@ def observe(
     rank: int | None = None,
     world_size: int | None = None,
     weight: float | None = None,
+    applied: Applied | None = None,
 ) -> Call[Decision]:
     """Report the metric `value` seen at training `step`; return the decision it led to.
 
     `value` may be NaN or ±inf. Sending the same (step, value) again returns the decision
     already made (this is what makes the retries safe); the same step with another value is
     a `ConflictError`. An aggregated run's ranks each give their `rank`, `world_size` and
-    optionally `weight`.
+    optionally `weight`. With `rank` and `world_size`, `applied` (`Applied.of(step, seq,
+    lrs)`) acknowledges the lrs this rank applied at an earlier step (docs/agreement.md); the
+    answer's `disagreements` then lists the run's ranks whose lrs differ.
 
     In "buffer" mode, when the service cannot be reached the observation is buffered and the
     answer is provisional (`decision.provisional`: action "hold", the last decided rates), so
@@ -358,8 +365,18 @@ def observe(
     which). Whenever this raises, the observation was not taken: call again.
     """
     # the client sends it with its identity, through its outbox (`Call.pending`)
-    obs = PendingObservation(run_id, step, value, rank, world_size, {}, weight)
+    done = None if applied is None else applied.to_json()
+    obs = PendingObservation(run_id, step, value, rank, world_size, {}, weight, done)
     return Call("POST", f"{run_path(run_id)}/observations", Decision.from_json, pending=obs)
+
+
+def acknowledge(run_id: str, rank: int, world_size: int, applied: Applied) -> Call[Acknowledged]:
+    """Acknowledge the lrs this rank applied at a step (POST /applied; leader mode: the ranks
+    that read the lrs and post nothing else): the service checks the hash against the run's
+    lrs at that step and answers whether they agree, and the run's disagreeing ranks
+    (docs/agreement.md). The step must be decided (else a `ConflictError`)."""
+    body = {"rank": rank, "world_size": world_size, **applied.to_json()}
+    return Call("POST", f"{run_path(run_id)}/applied", Acknowledged.from_json, body=body)
 
 
 def rewind(run_id: str, to_step: int) -> Call[Rewound]:

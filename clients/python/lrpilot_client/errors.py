@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "CheckpointMismatch",
     "ConflictError",
     "LrpilotError",
     "NotFoundError",
@@ -133,6 +134,21 @@ class ResponseError(LrpilotError):
     "buffer" mode does not raise it from `observe` or the reads that have a stand-in: there it
     counts as the service being away (the last known rates are kept, the observation buffered).
     """
+
+
+class CheckpointMismatch(LrpilotError, ValueError):
+    """A checkpoint that does not belong where it is being loaded (raised by the torch
+    integration's `load_state_dict`, before anything trains on it; docs/client.md).
+
+    `what` says which binding failed: "run" (the checkpoint is of another run), "head" (the
+    decision it was saved under is not in this run's chain, or only on a branch since rewound),
+    or "lrs" (the lrs restored into the optimizer are not the ones the run decided for the
+    checkpoint's step). A `ValueError` too, as a foreign checkpoint always was.
+    """
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(detail, message=f"checkpoint mismatch ({what}): {detail}")
+        self.what = what
 
 
 def is_lrpilots(response: httpx.Response) -> bool:

@@ -13,6 +13,8 @@ refuses to write NaN into a JSON body). `encode_float` and `decode_float` are th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 from .errors import ResponseError
 
 __all__ = [
+    "Acknowledged",
+    "Applied",
     "Best",
     "Counts",
     "Decision",
@@ -50,6 +54,7 @@ __all__ = [
     "Summary",
     "TokenInfo",
     "Verified",
+    "applied_hash",
     "decode_float",
     "encode_float",
 ]
@@ -380,6 +385,9 @@ class Decision(_Model):
     # a large world decided at the timeout): a decision's size follows the ranks that reported
     missing_ranges: tuple[tuple[int, int], ...] = ()
     timeout_s: float | None = None
+    # the run's ranks whose acknowledged lrs differ from the run's (docs/agreement.md), in the
+    # answer to an observation that carried `applied`; empty when none does
+    disagreements: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def lr(self) -> float:
@@ -424,6 +432,7 @@ class LrAt(_Model):
     decided_at_step: int | None
     provisional: bool = field(default=False, metadata=LOCAL)
     certain: bool | None = None
+    disagreements: tuple[Mapping[str, Any], ...] = ()  # as in `Decision`
 
 
 LrsInForce = LrAt  # the name before `LrAt`, kept for existing code
@@ -571,6 +580,9 @@ class Summary(_Model):
     head_hash: str
     lrs: tuple[float, ...]
     range_test: Mapping[str, Any] | None = None
+    # every rank the same lr, proved (docs/agreement.md): world_size, acked_ranks,
+    # agreed_through, disagreeing, disagreements
+    agreement: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -721,6 +733,7 @@ class PendingObservation(_Model):
     world_size: int | None = None
     client: Mapping[str, Any] = field(default_factory=dict)
     weight: float | None = None  # an aggregated run's weight of this rank's value
+    applied: Mapping[str, Any] | None = None  # the rank's acknowledgement (Applied.to_json())
 
     @property
     def key(self) -> tuple[str, int, int | None, float | str]:
@@ -738,4 +751,45 @@ class PendingObservation(_Model):
             "world_size": self.world_size,
             "client": dict(self.client),
             "weight": self.weight,
+            "applied": None if self.applied is None else dict(self.applied),
         }
+
+
+def applied_hash(step: int, seq: int, lrs: Sequence[float]) -> str:
+    """The hash a rank acknowledges the lrs it applied at `step` with (docs/agreement.md): the
+    SHA-256 (hex) of the canonical JSON of {"lrs": [...], "seq": seq, "step": step}, `seq`
+    being the entry the lrs came from (0 before any). The lrs must be finite floats."""
+    doc = {"lrs": [float(x) for x in lrs], "seq": int(seq), "step": int(step)}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Applied(_Model):
+    """What a rank applied at a step: the step, the seq of the entry the lrs came from, and
+    their hash (`Applied.of(step, seq, lrs)` computes it)."""
+
+    step: int
+    seq: int
+    lrs_hash: str
+
+    @classmethod
+    def of(cls, step: int, seq: int, lrs: Sequence[float]) -> Applied:
+        return cls(step, seq, applied_hash(step, seq, lrs))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "seq": self.seq, "lrs_hash": self.lrs_hash}
+
+
+@dataclass(frozen=True)
+class Acknowledged(_Model):
+    """The service's answer to an acknowledgement (POST /v1/runs/{run_id}/applied): whether
+    the rank's lrs agree with the run's at `step`, the hash expected, and the run's
+    disagreeing ranks (each its rank, step, seq, expected and got)."""
+
+    run_id: str
+    rank: int
+    step: int
+    agreed: bool
+    expected: str
+    disagreements: tuple[Mapping[str, Any], ...] = ()

@@ -116,6 +116,7 @@ class ObservationFastPath:
                 observation.world_size,
                 observation.weight,
                 caller.by(),
+                observation.applied_values(),
             )
         except DomainError as exc:
             await store_error_response(exc)(scope, receive, send)
@@ -127,6 +128,9 @@ class ObservationFastPath:
 
 def _keys(observation: ObservationIn) -> int:
     """The distinct keys of the body ``observation`` was parsed from (extra keys are refused)."""
-    client = observation.client
-    inner = 0 if client is None else len(client.model_fields_set)
+    inner = sum(
+        len(part.model_fields_set)
+        for part in (observation.client, observation.applied)
+        if part is not None
+    )
     return len(observation.model_fields_set) + inner

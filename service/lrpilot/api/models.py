@@ -101,6 +101,45 @@ class ClientIn(Strict):
         return doc or None
 
 
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+Step = Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
+LrsHash = Annotated[str, Field(pattern=HASH_PATTERN)]
+
+
+class AppliedIn(Strict):
+    """A rank's acknowledgement of the lrs it applied at an earlier step (docs/agreement.md)."""
+
+    step: Step = Field(description="the training step the lrs were applied at")
+    seq: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the seq of the entry those lrs came from (GET /lr's `seq`; 0 before any)"
+    )
+    lrs_hash: LrsHash = Field(
+        description='sha256 (hex) of the canonical JSON of {"lrs": [the lrs applied, as '
+        'floats], "seq": seq, "step": step}'
+    )
+
+
+class AckIn(AppliedIn):
+    """A rank's acknowledgement on its own (leader mode: the ranks that read, not post)."""
+
+    rank: Annotated[StrictInt, Field(ge=0, le=MAX_SIZE - 1)]
+    world_size: Annotated[StrictInt, Field(ge=1, le=MAX_SIZE)]
+
+    @model_validator(mode="after")
+    def _rank_in_world(self) -> AckIn:
+        _check_rank(self.rank, self.world_size)
+        return self
+
+
+def _check_rank(rank: int | None, world_size: int | None) -> None:
+    if rank is not None and world_size is not None and rank >= world_size:
+        raise PydanticCustomError(
+            "rank_out_of_world",
+            "rank {rank} must be < world_size {world_size}",
+            {"rank": rank, "world_size": world_size},
+        )
+
+
 class ObservationIn(Strict):
     step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)]
     value: MetricValue
@@ -113,16 +152,24 @@ class ObservationIn(Strict):
         "validation samples); 1 when omitted",
     )
     client: ClientIn | None = None
+    applied: AppliedIn | None = Field(
+        default=None,
+        description="this rank's acknowledgement of the lrs it applied at an earlier step "
+        "(needs `rank` and `world_size`; docs/agreement.md); omitted: nothing is acknowledged",
+    )
 
     @model_validator(mode="after")
     def _rank_in_world(self) -> ObservationIn:
-        if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
+        _check_rank(self.rank, self.world_size)
+        if self.applied is not None and (self.rank is None or self.world_size is None):
             raise PydanticCustomError(
-                "rank_out_of_world",
-                "rank {rank} must be < world_size {world_size}",
-                {"rank": self.rank, "world_size": self.world_size},
+                "applied_needs_rank", "`applied` needs the observation's rank and world_size", {}
             )
         return self
+
+    def applied_values(self) -> tuple[int, int, str] | None:
+        a = self.applied
+        return None if a is None else (a.step, a.seq, a.lrs_hash)
 
 
 # -- responses (documentation of what the routes write; non-finite floats are strings) --------
@@ -184,6 +231,23 @@ class DecisionOut(BaseModel):
     resize: dict[str, Any] | None = Field(
         default=None, description="in a scale entry only: by, from (the size before), to"
     )
+    disagreements: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="in the answer to an observation that carried `applied`: the run's ranks "
+        "whose acknowledged lrs differ from the run's (docs/agreement.md), each one's rank and "
+        "first disagreement (step, seq, expected and got hashes), at most 64; absent when none",
+    )
+
+
+class AckOut(BaseModel):
+    run_id: str
+    rank: int
+    step: int
+    agreed: bool = Field(description="the hash sent is the hash of the run's lrs at `step`")
+    expected: str = Field(description="the hash of the run's lrs at `step` (as `lrs_hash`)")
+    disagreements: list[dict[str, Any]] = Field(
+        description="the run's disagreeing ranks (at most 64), this one included if it does"
+    )
 
 
 class LrOut(BaseModel):
@@ -197,6 +261,11 @@ class LrOut(BaseModel):
         "`step` (or its policy is a pure schedule), and, a run with a scaling rule, no resize "
         "can either (`step` is below its last decided step and its last resize's step); with "
         "`wait`, the answer comes once the run is decided through `step`"
+    )
+    disagreements: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the run's ranks whose acknowledged lrs differ from the run's "
+        "(docs/agreement.md), as in a decision; absent when there is none",
     )
 
 
@@ -323,8 +392,6 @@ class Message(BaseModel):
 
 
 # -- audit and replay ---------------------------------------------------------------------------
-
-HASH_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class RewindIn(Strict):

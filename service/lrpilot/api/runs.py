@@ -17,6 +17,8 @@ from lrpilot.api.models import (
     MAX_PLOT_POINTS,
     MAX_WAIT_S,
     POLICY_FILTER,
+    AckIn,
+    AckOut,
     ActionFilter,
     DecisionOut,
     DecisionPage,
@@ -86,6 +88,7 @@ async def post_observation(
         body.world_size,
         body.weight,
         caller.by(),
+        body.applied_values(),
     )
     return decision_json(decision, request.headers.get("accept-encoding"))
 
@@ -274,3 +277,34 @@ def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: W
     client = body.client.declared() if body.client else None
     run = caller.run(run_id)
     return StrictJSONResponse(decisions.resize(run, body.step, by, size, client, caller.by()))
+
+
+@router.post(
+    "/{run_id}/applied",
+    response_model=AckOut,
+    responses={
+        **NOT_FOUND,
+        **conflict("the step is not decided yet: its lrs may still change"),
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def acknowledge(run_id: RunId, body: AckIn, decisions: DecisionsDep, caller: Writer) -> Response:
+    """A rank's acknowledgement of the lrs it applied at `step` (leader mode: the ranks that
+    read the lrs; in aggregated mode a rank sends it with its next observation, `applied`):
+    checked against the run's lrs at that step, kept, and the run's disagreeing ranks
+    answered (docs/agreement.md)."""
+    run = caller.run(run_id)
+    ack, flagged = decisions.acknowledge(
+        run, body.rank, body.world_size, body.step, body.seq, body.lrs_hash
+    )
+    return StrictJSONResponse(
+        {
+            "run_id": run_id,
+            "rank": ack.rank,
+            "step": ack.step,
+            "agreed": ack.agrees,
+            "expected": ack.expected,
+            "disagreements": flagged,
+        }
+    )

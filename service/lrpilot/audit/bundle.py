@@ -377,3 +377,27 @@ def recorded_of(doc: dict[str, Any]) -> Recorded:
         tuple(parse_float(x) for x in doc["lrs"]),
         parse_float(doc.get("scale", 1.0)),
     )
+
+
+def entry_binding(open_lines: Callable[[], Iterable[str]], seq: int, hash_: str) -> str | None:
+    """Whether a checkpoint saved under entry ``seq`` with hash ``hash_`` is bound to this
+    bundle's log: None when the entry is there with that hash and on the live branch, else why
+    not (no such entry, another hash: another run's; superseded: a branch since rewound).
+    Verify the bundle first: this reads it as recorded."""
+    rewinds = rewinds_of(text for _, text in numbered(open_lines()))
+    for number, text in numbered(open_lines()):
+        if number == 1 or text.startswith('{"end":'):
+            continue
+        doc = _parse(text, number)
+        if doc.get("seq") != seq:
+            continue
+        step = doc.get("step")
+        if doc.get("hash") != hash_:
+            return f"entry {seq} of the log has hash {doc.get('hash')}, not {hash_}"
+        if isinstance(step, int) and is_superseded(seq, step, rewinds):
+            return (
+                f"entry {seq} (step {step}) is on a branch since rewound: a later rewind "
+                "superseded it"
+            )
+        return None
+    return f"the log has no entry {seq}"

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from lrpilot.audit.bundle import Mismatch, bundle_run, live_branch, read_lines
+from lrpilot.audit.bundle import Mismatch, bundle_run, entry_binding, live_branch, read_lines
 from lrpilot.audit.parallel import check_bundle_file, default_workers
 from lrpilot.audit.signing import SigningKeyError, keygen, load_public_key
 from lrpilot.audit.simulate import Comparison, Setup, compare, run_setup
@@ -180,15 +180,45 @@ def verify(
             "cores this process may use; 1: one process)",
         ),
     ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="a torch checkpoint (.pt) holding an LrpilotScheduler's state: the entry it "
+            "was saved under must be this log's, on its live branch (needs torch)"
+        ),
+    ] = None,
+    entry: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SEQ:HASH",
+            help="a checkpoint's seq and head_hash, checked as --checkpoint checks them",
+        ),
+    ] = None,
 ) -> None:
     """Check a bundle offline: every link of the hash chain, every decision replayed through
-    its pinned policy version, both branches of a rewound run; exit 1 at the first mismatch."""
+    its pinned policy version, both branches of a rewound run; exit 1 at the first mismatch.
+    With --checkpoint or --entry, also that the checkpoint is bound to this log."""
     readable(bundle)
+    if checkpoint is not None and entry is not None:
+        fail("give --checkpoint or --entry, not both")
+    bound = _parse_entry(entry) if entry is not None else None
+    if checkpoint is not None:
+        readable(checkpoint)
+        bound = _checkpoint_entry(checkpoint, bundle_run(lambda: read_lines(bundle)).run_id)
     try:
         keys = [load_public_key(path) for path in public_key or ()]
     except SigningKeyError as exc:
         fail(str(exc))
     report = _checked(bundle, head, keys, workers or default_workers()).report
+    if report.ok and bound is not None:
+        why = entry_binding(lambda: read_lines(bundle), *bound)
+        if why is not None:
+            report.ok = False
+            report.mismatch = Mismatch(
+                None, bound[0], f"the checkpoint is not bound to this log: {why}"
+            )
+        else:
+            report.notes.append(f"the checkpoint's entry {bound[0]} is on the live branch")
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
     elif report.ok:
@@ -209,6 +239,54 @@ def verify(
             out.print(f"   expected: {_short(m.expected)}", markup=False)
             out.print(f"   found:    {_short(m.found)}", markup=False)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _parse_entry(text: str) -> tuple[int, str]:
+    seq, sep, hash_ = text.partition(":")
+    if not sep or not seq.isdigit() or len(hash_) != 64 or hash_.strip("0123456789abcdef"):
+        fail(f"--entry must be SEQ:HASH (a seq, a colon, a 64-hex-digit hash), got {text!r}")
+    return int(seq), hash_
+
+
+def _checkpoint_entry(path: Path, run_id: str) -> tuple[int, str]:
+    """The (seq, head_hash) of the LrpilotScheduler state of run ``run_id`` in the torch
+    checkpoint ``path``: looked for anywhere in it (a scheduler's own file, Lightning's
+    lr_schedulers or callbacks, a dict of the job's own)."""
+    try:
+        import torch
+    except ImportError:
+        fail("reading a torch checkpoint needs torch; or give --entry SEQ:HASH (its seq and "
+             "head_hash)")  # fmt: skip
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle of anything, or not one: torch's own wording
+        fail(f"{path}: not a torch checkpoint torch.load(weights_only=True) reads: {exc}")
+    states = list(_scheduler_states(saved))
+    if not states:
+        fail(f"{path} holds no LrpilotScheduler state (a dict with 'lrpilot', 'run_id')")
+    ours = [s for s in states if run_id in (s.get("run_id"), s.get("root_run_id"))]
+    if not ours:
+        fail(f"{path} is a checkpoint of run {states[0].get('run_id')!r}; the bundle is of run "
+             f"{run_id!r}")  # fmt: skip
+    seq, head = ours[0].get("seq"), ours[0].get("head_hash")
+    if not isinstance(seq, int) or not isinstance(head, str):
+        fail(f"{path}: its scheduler state has no seq and head_hash (saved before any entry, "
+             "or by a version that did not record them)")  # fmt: skip
+    return seq, head
+
+
+def _scheduler_states(value: Any, depth: int = 0) -> Iterator[dict[str, Any]]:
+    if depth > 8:  # a checkpoint's nesting is shallow; a deeper one is not searched
+        return
+    if isinstance(value, dict):
+        if value.get("lrpilot") == 1 and "run_id" in value:
+            yield value
+            return
+        for item in value.values():
+            yield from _scheduler_states(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _scheduler_states(item, depth + 1)
 
 
 def keygen_(

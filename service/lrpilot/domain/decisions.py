@@ -7,18 +7,21 @@ concurrent observations.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lrpilot.domain import ranges, scaling, waiting
+from lrpilot.domain import agreement, ranges, scaling, waiting
 from lrpilot.domain.aggregated import Pending, Posted, aggregate_in, check_world
 from lrpilot.domain.commit import GroupCommit, WaitTimeout
 from lrpilot.domain.deciding import check_same_spec, decide, new_run, now, retried
 from lrpilot.domain.errors import Conflict, RunBusy, RunNotFound, Unavailable
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec, RunStored
-from lrpilot.store.records import RunHead, RunKey
+from lrpilot.store.acks import Acks
+from lrpilot.store.records import Ack, RunHead, RunKey
 from lrpilot.store.runs import Store, WriteTx
 
 
@@ -32,6 +35,7 @@ class Decisions:
         self._max_world = settings.max_world_size
         self._writer = writer
         self.waiters = waiting.Waiters()
+        self.acks = Acks(store)
 
     def close(self) -> None:
         self._writer.close()
@@ -46,11 +50,19 @@ class Decisions:
         world_size: int | None = None,
         weight: float | None = None,
         who: dict[str, str] | None = None,
+        applied: tuple[int, int, str] | None = None,
     ) -> bytes:
         """The decision's canonical JSON (UTF-8), acknowledged only once it is committed. In an
         aggregated run, a rank whose report does not complete its step waits (holding no
-        thread and no connection) for the step's decision, which every rank gets alike."""
+        thread and no connection) for the step's decision, which every rank gets alike.
+
+        ``applied`` (step, seq, hash): the rank's acknowledgement of the lrs it applied at an
+        earlier step (docs/agreement.md), checked and kept before the observation; then the
+        answer lists the run's disagreeing ranks, if any (and so does every waiting rank's)."""
         check_world(rank, world_size, self._max_world)
+        if applied is not None:
+            assert rank is not None and world_size is not None  # (ObservationIn checks it)
+            await asyncio.to_thread(self._acknowledge_quietly, run, rank, world_size, *applied)
         posted = Posted(run, step, value, client, rank, world_size, weight, who=who)
         try:
             body = await self._submit(posted)
@@ -60,11 +72,41 @@ class Decisions:
                 step,
                 pending.deadline,
                 self._submit,
-                functools.partial(self.store.decided_step, run, step),
+                functools.partial(self._decided_step, run, step, applied is not None),
             )
         answer = body.encode()
+        if applied is not None:
+            flagged = await asyncio.to_thread(self.acks.disagreements, run)
+            answer = agreement.flagged(answer, flagged)
         self.waiters.decided(run, step, answer)
         return answer
+
+    def _decided_step(self, run: RunKey, step: int, flag: bool) -> str | None:
+        """The step's decision as another replica (or this one, a moment before its waiters
+        were handed it) committed it; with ``flag``, the run's disagreements added, as the
+        deciding rank's answer has them."""
+        body = self.store.decided_step(run, step)
+        if body is None or not flag:
+            return body
+        return agreement.flagged(body.encode(), self.acks.disagreements(run)).decode()
+
+    def _acknowledge_quietly(
+        self, run: RunKey, rank: int, world_size: int, step: int, seq: int, got: str
+    ) -> None:
+        """An acknowledgement sent with an observation: one of a step not decided yet proves
+        nothing and is not kept, but the observation goes on (a training loop never fails for
+        its acknowledgement)."""
+        with contextlib.suppress(Conflict):
+            agreement.acknowledge(self.store, self.acks, run, rank, world_size, step, seq, got)
+
+    def acknowledge(
+        self, run: RunKey, rank: int, world_size: int, step: int, seq: int, got: str
+    ) -> tuple[Ack, list[dict[str, Any]]]:
+        """A rank's acknowledgement on its own (leader mode: the ranks that only read), and the
+        run's disagreeing ranks after it."""
+        check_world(rank, world_size, self._max_world)
+        ack = agreement.acknowledge(self.store, self.acks, run, rank, world_size, step, seq, got)
+        return ack, self.acks.disagreements(run)
 
     async def _submit(self, posted: Posted) -> str:
         try:
@@ -87,14 +129,22 @@ class Decisions:
         return stored, created
 
     def lr_at(self, run: RunKey, step: int | None) -> dict[str, Any]:
-        """The lrs in force at training step ``step``."""
-        return ranges.lr_at(self.store, run, step)[0]
+        """The lrs in force at training step ``step`` (and the run's disagreeing ranks, if any:
+        docs/agreement.md)."""
+        return self._read_lr(run, step)[0]
+
+    def _read_lr(self, run: RunKey, step: int | None) -> tuple[dict[str, Any], bool]:
+        doc, decided = ranges.lr_at(self.store, run, step)
+        disagreements = self.acks.disagreements(run)
+        if disagreements:
+            doc["disagreements"] = disagreements
+        return doc, decided
 
     async def lr_when_decided(self, run: RunKey, step: int, wait_s: float) -> dict[str, Any]:
         """``lr_at(step)`` once the run is decided through ``step`` (a decision at or after it
         exists: the lrs at ``step`` are then certain), waiting up to ``wait_s``: leader mode,
         where one rank posts and the others read."""
-        read = functools.partial(ranges.lr_at, self.store, run, step)
+        read = functools.partial(self._read_lr, run, step)
         return await self.waiters.run_decided(run, step, wait_s, read)
 
     def lrs_range(self, run: RunKey, first: int, count: int) -> dict[str, Any]:

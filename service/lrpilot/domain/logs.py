@@ -45,6 +45,7 @@ from lrpilot.domain.errors import Conflict, RunNotFound, Unavailable
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind, is_superseded
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
+from lrpilot.store.acks import Acks
 from lrpilot.store.records import (
     Imported,
     LogEnd,
@@ -380,6 +381,8 @@ class Audit:
             "head_hash": head.head_hash,
             "lrs": run["lrs"],
         }
+        # every rank the same lr, proved: through which step, and who disagrees
+        summary["agreement"] = Acks(self.store).agreement(key)
         # what the policy adds (the range test's suggested lrs), from the state in force
         policy, params = resolved(head.spec)
         summary.update(policy.summary_fields(params, load_state(policy, head)))

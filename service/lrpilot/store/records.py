@@ -302,3 +302,22 @@ class Token:
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """One rank's acknowledgement of the lrs it applied at a step (docs/agreement.md): its
+    rank and world size, the step and the seq of the entry whose lrs it applied, the hash it
+    sent, the hash the run's lrs give, and when it came."""
+
+    rank: int
+    world_size: int
+    step: int
+    seq: int
+    got: str
+    expected: str
+    at: str
+
+    @property
+    def agrees(self) -> bool:
+        return self.got == self.expected

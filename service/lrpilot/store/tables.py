@@ -132,6 +132,29 @@ class TallyRow(SQLModel, table=True):
     first_at: str = Field(sa_type=sa.String(40))  # the first report's created_at
 
 
+class RankAckRow(SQLModel, table=True):
+    """What one rank of a run acknowledged applying (docs/agreement.md): one row a rank, so at
+    most LRPILOT_MAX_WORLD_SIZE a run, whatever its length. Its first disagreement stays."""
+
+    __tablename__ = "rank_acks"
+    __table_args__ = _of_run("rank")
+
+    project: str = Field(sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
+    rank: int = Field(sa_type=sa.Integer)
+    world_size: int = Field(sa_type=sa.Integer)  # as the rank's last acknowledgement said
+    step: int = Field(sa_type=sa.BigInteger)  # the step of its last acknowledgement
+    # the step of its last acknowledgement that agreed, while it had never disagreed
+    agreed_through: int | None = Field(default=None, sa_type=sa.BigInteger)
+    # its first disagreement: the step and seq it acknowledged, the hash the run's lrs give,
+    # the hash it sent
+    bad_step: int | None = Field(default=None, sa_type=sa.BigInteger)
+    bad_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
+    expected: str | None = Field(default=None, sa_type=sa.String(64))
+    got: str | None = Field(default=None, sa_type=sa.String(64))
+    acked_at: str = Field(sa_type=sa.String(40))
+
+
 class TokenRow(SQLModel, table=True):
     """An API token: who it is (name), what it may do (project, role), and only the SHA-256 of
     its secret: a copy of the database gives no one a usable token."""

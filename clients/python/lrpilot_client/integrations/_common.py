@@ -98,6 +98,11 @@ class LrsCursor:
             return True
         return block.certain_through is not None and step <= block.certain_through
 
+    @property
+    def provisional(self) -> bool:
+        """The rates last fetched are the client's stand-in (the service was away)."""
+        return self._block is not None and bool(getattr(self._block, "provisional", False))
+
     def observed(self) -> None:
         """An evaluation was posted: the rates past `certain_through` may have changed."""
         self._observed = True

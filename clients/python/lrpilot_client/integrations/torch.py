@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, SupportsFloat
+from typing import Any, Literal, SupportsFloat
 
 import torch
 from torch.optim import Optimizer
@@ -28,8 +28,13 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.hooks import RemovableHandle
 
 from ..client import Client
-from ..errors import ConflictError, NotFoundError, ServiceUnavailableError
-from ..models import Decision, Run
+from ..errors import (
+    CheckpointMismatch,
+    ConflictError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from ..models import Acknowledged, Applied, Decision, Run
 from ._common import (
     DEFAULT_AHEAD,
     ROOT_LABEL,
@@ -41,7 +46,8 @@ from ._common import (
 
 __all__ = ["LrpilotScheduler"]
 
-STATE_VERSION = 1  # the layout of state_dict()
+STATE_VERSION = 1  # the layout of state_dict() (keys added since, "seq", are optional)
+OnMismatch = Literal["raise", "warn"]
 
 
 def _size(world_size: int | None, batch_size: int | None) -> tuple[str, int] | None:
@@ -56,6 +62,20 @@ def _size(world_size: int | None, batch_size: int | None) -> tuple[str, int] | N
 
 def _as_float(lr: Any) -> float:
     return float(lr.item()) if isinstance(lr, torch.Tensor) else float(lr)
+
+
+def _held(lr: float, like: Any) -> float:
+    """The rate `lr` as a group holding `like` holds it (a float32 tensor rounds it)."""
+    if isinstance(like, torch.Tensor):
+        return float(torch.tensor(lr, dtype=like.dtype))
+    return float(lr)
+
+
+def _same_lrs(held: list[Any], lrs: tuple[float, ...] | list[float]) -> bool:
+    """Whether the groups' `held` lrs are exactly `lrs`, each as its group holds a rate."""
+    if len(held) != len(lrs):
+        return False
+    return all(_as_float(h) == _held(x, h) for h, x in zip(held, lrs, strict=True))
 
 
 class LrpilotScheduler(LRScheduler):
@@ -87,7 +107,10 @@ class LrpilotScheduler(LRScheduler):
     rank's scheduler knows to fetch again.
 
     **Checkpoints.** `state_dict()` is plain data (run ids, the step, the last step observed, the
-    head hash of the log as this job saw it, the base lrs); `load_state_dict()` restores it and
+    seq and hash of the last entry of the log this job applied, the base lrs); `load_state_dict()`
+    first checks that the checkpoint belongs here (the run, its entry in the run's live chain,
+    the lrs the optimizer's state restored; a `CheckpointMismatch` says which, or a warning
+    with `on_mismatch="warn"`; docs/client.md "Checkpoints bound to the log"), then restores it and
     rewinds the run to the checkpoint: the decisions made after it are superseded (kept in the
     log, GET /decisions?superseded=true) and the run's state is what it was when the checkpoint
     was saved. Rewinding to a step the run is not past changes nothing, so it is safe at every
@@ -121,6 +144,14 @@ class LrpilotScheduler(LRScheduler):
     rescales its rates for the job's size at every start and resume (a restart by an elastic
     launcher on fewer or more ranks), from that step on, as a `scale` entry in its log.
     `resize()` does it mid-run.
+
+    **Ranks.** With `as_rank=(rank, world_size)` this process is that rank of a data-parallel
+    job: its `observe` is the rank's report (an aggregated run: each rank posts its local
+    metric, one decision from their mean), and each report acknowledges the lrs the optimizer
+    actually trained with at the step last decided (captured at that step's optimizer step)
+    as a hash; the service flags a rank whose lrs differ in every rank's answer (logged here
+    as a warning) and in the run's summary (docs/agreement.md). `acknowledge()` does it alone,
+    for the ranks of a leader-mode job that only read.
     """
 
     def __init__(
@@ -138,8 +169,18 @@ class LrpilotScheduler(LRScheduler):
         scaling: Mapping[str, Any] | None = None,
         world_size: int | None = None,
         batch_size: int | None = None,
+        on_mismatch: OnMismatch = "raise",
+        as_rank: tuple[int, int] | None = None,
     ) -> None:
+        if on_mismatch not in ("raise", "warn"):
+            raise ValueError(f'on_mismatch must be "raise" or "warn", got {on_mismatch!r}')
+        if as_rank is not None and not 0 <= as_rank[0] < as_rank[1]:
+            raise ValueError(f"as_rank must be (rank, world_size), rank < world_size: {as_rank}")
         self.client = client
+        self.on_mismatch = on_mismatch
+        self.as_rank = as_rank
+        self._ack_due: tuple[int, int] | None = None  # (step, seq): its lrs to capture
+        self._ack: Applied | None = None  # what the next observation acknowledges
         self._scaling = dict(scaling) if scaling is not None else None
         self._size = _size(world_size, batch_size)
         self.root_run_id = run_id
@@ -148,6 +189,8 @@ class LrpilotScheduler(LRScheduler):
         self._labels = dict(labels) if labels is not None else None
         self._observed_step: int | None = None
         self._head: str | None = None
+        self._seq: int | None = None  # the seq of the entry `_head` is the hash of
+        self._rewind_due: int | None = None  # a resume's rewind the service was away for
         self._fetches_before = 0
         base = [_as_float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         self.run = self._open(run_id, policy, version, params, metric, base)
@@ -220,6 +263,7 @@ class LrpilotScheduler(LRScheduler):
         self.run_id = run.run_id
         self._cursor = LrsCursor(self.client, run.run_id, self.ahead)
         self._head = run.head_hash
+        self._seq = run.last_seq if run.head_hash is not None else None
 
     def _check_groups(self) -> None:
         groups = self.optimizer.param_groups
@@ -281,7 +325,31 @@ class LrpilotScheduler(LRScheduler):
             for g in self.optimizer.param_groups
         ]
 
+    def _saw(self, entry: Decision | None) -> None:
+        """`entry` (an answer's entry of the chain) is now the last this job applied."""
+        if entry is not None and not getattr(entry, "provisional", False):  # (no hash then)
+            self._head, self._seq = entry.hash, entry.seq
+
+    def _applied(self) -> list[float]:
+        """The lrs the optimizer holds, as applied: a tensor lr holding the run's rate rounded
+        to its dtype counts as that rate (docs/agreement.md); any other value as itself."""
+        decided = self._cursor.at(self.last_epoch)
+        held = [g["lr"] for g in self.optimizer.param_groups]
+        if len(held) != len(decided):
+            return [_as_float(h) for h in held]
+        return [
+            x if _as_float(h) == _held(x, h) else _as_float(h)
+            for h, x in zip(held, decided, strict=True)
+        ]
+
     def _before_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        if self._rewind_due is not None:
+            self._rewind(self._rewind_due)
+        if self._ack_due is not None:  # the lrs this step trains with: what was applied
+            step, seq = self._ack_due
+            if self.last_epoch == step:
+                self._ack = Applied.of(step, seq, self._applied())
+            self._ack_due = None
         if self._size_due:  # a restart without a checkpoint: from where the run stands
             try:
                 run = self.client.get_run(self.run_id)
@@ -325,19 +393,52 @@ class LrpilotScheduler(LRScheduler):
         current step (or `step`), apply the rates it leads to, and return the decision."""
         at = self.last_epoch if step is None else step
         self._check_groups()
-        decision = self.client.observe(self.run_id, at, float(value))
+        if self._rewind_due is not None:  # before anything the rewind would supersede
+            self._rewind(self._rewind_due)
+        if self.as_rank is None:
+            decision = self.client.observe(self.run_id, at, float(value))
+        else:
+            rank, world = self.as_rank
+            decision = self.client.observe(
+                self.run_id, at, float(value), rank, world, applied=self._ack
+            )
+            if decision.disagreements:
+                logger.warning(
+                    "run %r step %d: ranks apply other lrs than the run's: %s",
+                    self.run_id, at, list(decision.disagreements),
+                )  # fmt: skip
         self.last_decision = decision
         self._observed_step = at
-        if not getattr(decision, "provisional", False):  # (a client's stand-in has no hash)
-            self._head = decision.hash
+        self._saw(decision)
         self._cursor.observed()
         self._apply()
+        if self.as_rank is not None and not getattr(decision, "provisional", False):
+            self._ack_due, self._ack = (at, decision.seq), None
         logger.info(
             "run %r step %d: %s %r -> %s %s: %s",
             self.run_id, at, self.run.metric or "metric", float(value), decision.action,
             list(decision.lrs), decision.reason,
         )  # fmt: skip
         return decision
+
+    def acknowledge(self) -> Acknowledged:
+        """Acknowledge the lrs the optimizer holds for the current step (POST /applied; needs
+        `as_rank`): for a rank that reads the run's lrs and posts nothing (leader mode). Call
+        it after an optimizer step of a decided step; the answer says whether they agree and
+        lists the run's disagreeing ranks (docs/agreement.md)."""
+        if self.as_rank is None:
+            raise ValueError("acknowledge() needs the scheduler's as_rank=(rank, world_size)")
+        step = self.last_epoch
+        seq = self.client.lr_at(self.run_id, step).seq or 0
+        answer = self.client.acknowledge(
+            self.run_id, *self.as_rank, Applied.of(step, seq, self._applied())
+        )
+        if answer.disagreements:
+            logger.warning(
+                "run %r step %d: ranks apply other lrs than the run's: %s",
+                self.run_id, step, list(answer.disagreements),
+            )  # fmt: skip
+        return answer
 
     @property
     def should_stop(self) -> bool:
@@ -353,63 +454,154 @@ class LrpilotScheduler(LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data (torch.load(weights_only=True) reads it): the run, the root run, the
-        step, the last step observed, the head hash, the base lrs."""
+        step, the last step observed, the seq and hash of the last entry of the run's chain
+        this job applied (None before any: its `head_hash` is then the client's), the base
+        lrs."""
         return {
             "lrpilot": STATE_VERSION,
             "run_id": self.run_id,
             "root_run_id": self.root_run_id,
             "last_epoch": self.last_epoch,
             "observed_step": self._observed_step,
-            "head_hash": self.head_hash(),
+            "seq": self._seq,
+            "head_hash": self._head if self._seq is not None else self.head_hash(),
             "base_lrs": [float(x) for x in self.run.base_lrs],
             "_step_count": self._step_count,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from a checkpoint: its run and step, the run rewound to it (see the class
-        docstring), the step's rates applied to the optimizer."""
+        docstring), the step's rates applied to the optimizer. First the checkpoint's binding
+        to the log is checked (`CheckpointMismatch`, or a warning with `on_mismatch="warn"`):
+        its run is this scheduler's, the entry it was saved under is in the run's live chain,
+        and lrs the optimizer's state restored are the ones the run decided for its step."""
         if state_dict.get("lrpilot") != STATE_VERSION:
             raise ValueError("not an LrpilotScheduler state_dict (no 'lrpilot' version 1)")
+        step = int(state_dict["last_epoch"])
+        seq, head = state_dict.get("seq"), state_dict.get("head_hash")
         if state_dict["root_run_id"] != self.root_run_id:
-            raise ValueError(
-                f"the checkpoint is of run {state_dict['root_run_id']!r}, this scheduler's "
-                f"is {self.root_run_id!r}"
+            self._mismatch(
+                "run",
+                f"the checkpoint (step {step}) is of run {state_dict['root_run_id']!r}, this "
+                f"scheduler's is {self.root_run_id!r}",
             )
-        if state_dict["run_id"] != self.run_id:
+            seq = head = None  # warned: resume this run at the checkpoint's step
+        elif state_dict["run_id"] != self.run_id:
             self._switch(self.client.get_run(state_dict["run_id"]))
+        if seq is not None and head is not None:
+            self._check_head(int(seq), str(head), step)
+        # what the optimizer holds now: restored from its own checkpoint, unless it is still
+        # what this scheduler last wrote (the optimizer's state was not loaded: nothing to check)
+        held = [g["lr"] for g in self.optimizer.param_groups]
+        restored = [_as_float(x) for x in held]
+        written = getattr(self, "_last_lr", None)
+        untouched = written is not None and _same_lrs(held, [_as_float(x) for x in written])
         self._step_count = int(state_dict.get("_step_count", self._step_count))
-        self.resume(
-            int(state_dict["last_epoch"]),
-            state_dict.get("observed_step"),
-            head=state_dict.get("head_hash"),
-        )
+        self._resumed(
+            step, state_dict.get("observed_step"), head,
+            int(seq) if seq is not None and head is not None else None,
+        )  # fmt: skip
+        # the lrs of the checkpoint's time: before a resize to the job's size now
+        checkable = self._rewind_due is None and not self._cursor.provisional
+        if not untouched and checkable:
+            decided = self._cursor.at(step)
+            if not _same_lrs(held, decided):
+                self._mismatch(
+                    "lrs",
+                    f"the optimizer's restored lrs {restored} at step {step} are not the lrs "
+                    f"{list(decided)} run {self.run_id!r} decided for that step (an edited "
+                    "checkpoint, or the optimizer of another one); the run's lrs are applied",
+                )
+        if self._size is not None:  # a rewind restores the size of the checkpoint's time
+            self._report_size(step)
+
+    def _mismatch(self, what: str, detail: str) -> None:
+        error = CheckpointMismatch(what, detail)
+        if self.on_mismatch == "raise":
+            raise error
+        logger.warning("run %r: %s (on_mismatch='warn': training goes on)", self.run_id, error)
+
+    def _check_head(self, seq: int, head: str, step: int) -> None:
+        """The checkpoint's entry (seq, hash) is in this run's live chain: one request (GET
+        /decisions from that seq, the live branch), two when it is not. The service away:
+        a warning, and the load goes on (a training loop never dies because lrpilot is away)."""
+        run_id = self.run_id
+        try:
+            live = self.client.decisions(run_id, after=seq - 1, limit=1, superseded=False).items
+            if live and live[0].seq == seq and live[0].hash == head:
+                return
+            anywhere = self.client.decisions(run_id, after=seq - 1, limit=1).items
+        except ServiceUnavailableError as exc:
+            logger.warning(
+                "run %r: the checkpoint's entry (seq %d) was not checked against the log: %s",
+                run_id, seq, exc,
+            )  # fmt: skip
+            return
+        entry = anywhere[0] if anywhere and anywhere[0].seq == seq else None
+        if entry is not None and entry.hash == head:
+            where = (
+                f"is on a branch of run {run_id!r} since rewound (superseded): a later resume "
+                "went back before it"
+            )
+        elif entry is not None:
+            where = f"is not in run {run_id!r}'s chain (its entry {seq} has hash {entry.hash})"
+        else:
+            where = f"is not in run {run_id!r}'s chain (it has no entry {seq})"
+        saved = f"the checkpoint (step {step}) was saved under entry {seq} {head}"
+        self._mismatch("head", f"{saved}, which {where}")
 
     def resume(
-        self, step: int, observed_step: int | None = None, *, head: str | None = None
+        self,
+        step: int,
+        observed_step: int | None = None,
+        *,
+        head: str | None = None,
+        seq: int | None = None,
     ) -> bool:
         """Continue at training `step` of a checkpoint: rewind the run so that its state is
         what it was when the checkpoint was saved, and apply the step's rates. The decisions
         at steps up to `step` are kept, the one at `step` itself only if the checkpoint had
         posted it (`observed_step == step`): an evaluation at `step` made after the checkpoint
         is superseded, so the resumed job can post it again. True if the run was rewound."""
-        to_step = step if observed_step == step else step - 1
-        rewound = False
-        if to_step >= 0:
-            answer = self.client.rewind(self.run_id, to_step)
-            rewound = answer.rewound
-            if rewound and answer.decision is not None:
-                logger.info(
-                    "run %r: resumed at step %d: rewound to step %d (%s)",
-                    self.run_id, step, to_step, answer.decision.reason,
-                )  # fmt: skip
-        self._observed_step = observed_step
-        self._head = head
-        self.last_epoch = step
-        self._cursor.reset()
-        self._apply()
+        rewound = self._resumed(step, observed_step, head, seq)
         if self._size is not None:  # a rewind restores the size of the checkpoint's time
             self._report_size(step)
         return rewound
+
+    def _resumed(
+        self, step: int, observed_step: int | None, head: str | None, seq: int | None
+    ) -> bool:
+        """`resume` but for the job's size, which the caller reports then."""
+        to_step = step if observed_step == step else step - 1
+        self._head, self._seq = head, seq
+        self.last_epoch = step
+        rewound = self._rewind(to_step, apply=False) if to_step >= 0 else False
+        self._observed_step = observed_step
+        self._cursor.reset()
+        self._apply()
+        return rewound
+
+    def _rewind(self, to_step: int, *, apply: bool = True) -> bool:
+        """Rewind the run to `to_step` (and, `apply`, apply the rates it leaves); while the
+        service is away, training goes on and the rewind is done before the next optimizer
+        step or observation."""
+        try:
+            answer = self.client.rewind(self.run_id, to_step)
+        except ServiceUnavailableError as exc:
+            self._rewind_due = to_step
+            logger.warning("run %r: not rewound to step %d yet: %s", self.run_id, to_step, exc)
+            return False
+        self._rewind_due = None
+        if answer.rewound and answer.decision is not None:
+            logger.info(
+                "run %r: resumed at step %d: rewound to step %d (%s)",
+                self.run_id, self.last_epoch, to_step, answer.decision.reason,
+            )  # fmt: skip
+            self._saw(answer.decision)
+            if apply:
+                self._cursor.reset()
+                self._apply()
+        return answer.rewound
 
     # -- elastic jobs -------------------------------------------------------------------------
 
@@ -427,6 +619,7 @@ class LrpilotScheduler(LRScheduler):
             return
         self._size_due = False
         if answer.resized and answer.decision is not None:
+            self._saw(answer.decision)
             logger.info("run %r step %d: %s", self.run_id, step, answer.decision.reason)
             self._cursor.reset()
             self._apply()
