@@ -628,8 +628,8 @@ class Groups(Composite):
                         "name": "cosine_with_min_lr",
                         "version": 1,
                         "params": {
-                            "num_warmup_steps": 1000,
-                            "num_training_steps": 20000,
+                            "num_warmup_steps": 300,
+                            "num_training_steps": 1000,
                             "min_lr_rate": 0.1,
                         },
                     },
@@ -646,9 +646,9 @@ class Groups(Composite):
                                     "policy": {
                                         "name": "linear",
                                         "version": 1,
-                                        "params": {"start_factor": 0.01, "total_iters": 200},
+                                        "params": {"start_factor": 0.01, "total_iters": 100},
                                     },
-                                    "until_step": 200,
+                                    "until_step": 100,
                                 },
                                 {
                                     "policy": {
@@ -662,7 +662,10 @@ class Groups(Composite):
                     },
                     "param_groups": 1,
                 },
-            ]
+            ],
+            # the run's base lrs this example is written for, one a group (a composite's
+            # params carry the run's: resolve fills them in, whatever is given here)
+            "base_lrs": [0.02, 0.1],
         },
     )
 
