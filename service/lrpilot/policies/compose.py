@@ -30,6 +30,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import lru_cache
+from itertools import chain
 from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, StrictInt, ValidationError
@@ -501,11 +502,7 @@ ACTION_ORDER = ("stop", "reduce", "decay", "warmup", "cooldown", "hold")
 _UNLISTED_RANK = 0.5
 
 
-def _rank(action: str) -> float:
-    try:
-        return ACTION_ORDER.index(action)
-    except ValueError:
-        return _UNLISTED_RANK
+_RANKS: dict[str, float] = {action: n for n, action in enumerate(ACTION_ORDER)}
 
 
 ParamGroups = (
@@ -803,22 +800,23 @@ class GroupsStepper(StepperBase):
 
     def advance(self, step: int, value: float) -> str:
         action, best, reduced = "", 99.0, False
+        ranks = _RANKS
         for inner in self._inner:
             a = inner.advance(step, value)
-            rank = _rank(a)
+            rank = ranks.get(a, _UNLISTED_RANK)
             if rank < best:
                 action, best = a, rank
-            reduced = reduced or inner.reduced
-        if self._order is None:
-            if len(self._inner) == 1:
-                self.lrs = self._inner[0].lrs
-            else:
-                self.lrs = tuple(lr for inner in self._inner for lr in inner.lrs)
-        else:
+            if inner.reduced:
+                reduced = True
+        if self._order is not None:
             self.lrs = _in_run_order(
                 self._size,
                 [(inner.lrs, idx) for inner, idx in zip(self._inner, self._order, strict=True)],
             )
+        elif len(self._inner) == 1:
+            self.lrs = self._inner[0].lrs
+        else:
+            self.lrs = tuple(chain.from_iterable([inner.lrs for inner in self._inner]))
         self.action, self.reduced = action, reduced
         return action
 
