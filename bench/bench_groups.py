@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -51,7 +49,7 @@ from common import (
 )
 from lrpilot.policies import Policy, get_policy
 from lrpilot.replay import Replay
-from tests.harness import LiveServer
+from tests.harness import LiveServer, sqlite_server
 
 sys.path.insert(0, str(REPO_DIR / "scripts"))
 from make_golden_groups import EIGHT  # the eight policies, written once
@@ -116,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     stream = [(step, metric_value(1, step)) for step in range(1, args.observations + 1)]
     one, eight = groups_params(ONE), groups_params(EIGHT)
     timed: dict[str, list[float]] = {k: [] for k in ("adv1", "adv8", "alone", "http1", "http8")}
-    with tempfile.TemporaryDirectory() as tmp, LiveServer(f"sqlite:///{Path(tmp) / 'g.db'}") as srv:
+    with sqlite_server("bench-groups") as srv:
         for n in range(args.repeat):
             timed["adv1"].append(advance_seconds(GROUPS, one, BASE_LRS[:1], stream))
             timed["adv8"].append(advance_seconds(GROUPS, eight, BASE_LRS, stream))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from tests.harness import LiveServer
+    from tests.harness import sqlite_server
 
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        LiveServer(f"sqlite:///{Path(tmp) / 'groups.db'}") as server,
-    ):
+    with sqlite_server("groups") as server:
         lrs, decisions = run(server.url)
     draw(lrs, decisions, out / "groups_finetune.png")
     print(f"wrote {out / 'groups_finetune.png'}")

@@ -6,6 +6,7 @@ what-ifs (POST /v1/simulate, lrpilot simulate with one group's params changed) a
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,48 +18,19 @@ from lrpilot.replay import Replay
 from tests.conftest import app_client
 from tests.domain.test_aggregate import post_all
 from tests.domain.test_elastic import WORLD, post, resize, verified
-from tests.harness import LiveServer
+from tests.harness import REPO_DIR, LiveServer
 from tests.helpers import lrpilot_cli, one_line, plateau_stream, strict_json
 
-BASE = [0.01, 0.1]
-HEAD: dict[str, Any] = {  # warmup, then plateau control
-    "name": "sequence",
-    "version": 1,
-    "params": {
-        "phases": [
-            {
-                "policy": {
-                    "name": "linear",
-                    "version": 1,
-                    "params": {"start_factor": 0.1, "total_iters": 100},
-                },
-                "until_step": 100,
-            },
-            {"policy": {"name": "plateau", "version": 1, "params": {"patience": 1}}},
-        ]
-    },
-}
-BACKBONE = {
-    "name": "cosine_with_min_lr",
-    "version": 1,
-    "params": {"num_warmup_steps": 200, "num_training_steps": 1000, "min_lr_rate": 0.1},
-}
-PARAMS = {
-    "groups": [
-        {"name": "backbone", "policy": BACKBONE},
-        {"name": "head", "policy": HEAD},
-    ]
-}
-STREAM = plateau_stream(30, seed=3, start_step=20, every=20)
+# the README's fine-tune (docs/policies.md): the backbone on cosine_with_min_lr after a warmup
+# of 1,000 steps, the head on a warmup of 300 steps then plateau@1
+FINETUNE: dict[str, Any] = json.loads((REPO_DIR / "docs/images/groups_finetune.json").read_text())
+BASE = FINETUNE["base_lrs"]
+PARAMS = FINETUNE["policy"]["params"]
+STREAM = plateau_stream(30, seed=3, start_step=40, every=40)
 
 
 def spec(**extra: Any) -> dict[str, Any]:
-    return {
-        "policy": {"name": "groups", "version": 1, "params": PARAMS},
-        "base_lrs": BASE,
-        "metric": "val_loss",
-        **extra,
-    }
+    return {**FINETUNE, **extra}
 
 
 def offline() -> list[tuple[str, list[float], str]]:
@@ -88,7 +60,10 @@ def test_one_decision_a_step_with_every_groups_lrs_reason_and_state(api: TestCli
     at = api.get("/v1/runs/ft/lr", params={"step": step}).json()["lrs"]
     assert at[1] == last["lrs"][1] and at[0] != last["lrs"][0]
     lrs = api.get("/v1/runs/ft/lrs", params={"from": 0, "count": step + 1}).json()
-    assert lrs["lrs"][0] == [0.0, 0.010000000000000002] and lrs["lrs"][step] == at
+    policy = get_policy("groups", 1)
+    params = policy.resolve(PARAMS, tuple(BASE))
+    assert lrs["lrs"][0] == list(policy.lrs_at(params, policy.init(params, tuple(BASE)), 0))
+    assert lrs["lrs"][step] == at
     assert lrs["open_loop"] is False and lrs["certain_through"] == STREAM[-1][0]
     assert verified(api, "ft")["count"] == len(STREAM)
 
@@ -164,12 +139,8 @@ def test_what_if_with_other_params_for_one_group(api: TestClient, tmp_path: Path
     api.put("/v1/runs/ft", json=spec())
     for step, value in STREAM:
         post(api, "ft", step, value)
-    warmup = HEAD["params"]["phases"][0]
-    patient = {"policy": {"name": "plateau", "version": 1, "params": {"patience": 6}}}
-    head = {**HEAD, "params": {"phases": [warmup, patient]}}
-    slower = {
-        "groups": [{"name": "backbone", "policy": BACKBONE}, {"name": "head", "policy": head}]
-    }
+    slower = json.loads(json.dumps(PARAMS))
+    slower["groups"][1]["policy"]["params"]["phases"][1]["policy"]["params"]["patience"] = 6
     body = {"run_id": "ft", "policy": {"name": "groups", "version": 1, "params": slower}}
     sim = api.post("/v1/simulate", json=body).json()
     assert sim["count"] == len(STREAM) and sim["differing"] > 0

@@ -13,6 +13,7 @@ from lrpilot.canonical import canonical_json
 from lrpilot.policies import Observation, PolicyError, get_policy
 from lrpilot.policies.compose import ACTION_ORDER, MAX_DEPTH, MAX_GROUPS
 from lrpilot.replay import replay
+from tests.policies.test_policies_compose import by_hand
 
 GROUPS = get_policy("groups", 1)
 COSINE = {"name": "cosine", "version": 1, "params": {"T_max": 400, "eta_min": 0.0}}
@@ -23,23 +24,8 @@ STOP = {
     "version": 2,
     "params": {"patience": 0, "factor": 0.5, "min_lr": 0.1, "stop_after": 0},
 }
-WARMUP_THEN_PLATEAU = {
-    "name": "sequence",
-    "version": 1,
-    "params": {
-        "phases": [
-            {
-                "policy": {
-                    "name": "linear",
-                    "version": 1,
-                    "params": {"start_factor": 0.1, "total_iters": 50},
-                },
-                "until_step": 50,
-            },
-            {"policy": HALVE},
-        ]
-    },
-}
+# the example's head: a linear warmup over 100 steps, then plateau@1 (patience 3)
+WARMUP_THEN_PLATEAU = GROUPS.examples[0]["groups"][1]["policy"]
 STREAM = [(10, 1.0), (20, 0.9), (30, 0.9), (40, 0.9), (60, 0.8), (70, 0.8), (80, 0.8), (90, 0.7)]
 
 
@@ -48,14 +34,7 @@ def group(name: str, policy: dict[str, Any], param_groups: Any = 1) -> dict[str,
 
 
 def alone(ref: dict[str, Any], base: tuple[float, ...]) -> list[tuple[str, tuple[float, ...]]]:
-    policy = get_policy(ref["name"], ref["version"])
-    params = policy.resolve(ref["params"], base)
-    state = policy.init(params, base)
-    out = []
-    for step, value in STREAM:
-        outcome, state = policy.step(params, state, Observation(step, value))
-        out.append((outcome.action, outcome.lrs))
-    return out
+    return by_hand(ref, STREAM, base)
 
 
 def test_each_group_is_its_own_policy_from_its_own_base_lrs_placed_back_by_index() -> None:
