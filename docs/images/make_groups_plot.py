@@ -91,17 +91,16 @@ def draw(lrs: list[list[float]], decisions: list[dict[str, Any]], out: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    out = Path(args[0]) if args else HERE
+    out = Path((argv if argv is not None else sys.argv[1:] or [str(HERE)])[0])
     out.mkdir(parents=True, exist_ok=True)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO))  # the tests' harness runs the service
     from tests.harness import sqlite_server
 
     with sqlite_server("groups") as server:
         lrs, decisions = run(server.url)
-    draw(lrs, decisions, out / "groups_finetune.png")
-    print(f"wrote {out / 'groups_finetune.png'}")
+    png = out / "groups_finetune.png"
+    draw(lrs, decisions, png)
+    print(f"wrote {png}")
     return 0
 
 
