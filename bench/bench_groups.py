@@ -3,13 +3,14 @@
     python bench/bench_groups.py [--observations 100000] [--requests 300] [--repeat 5]
         [--out bench/results/<name>.json]
 
-Two runs, the same stream (bench/common.py's ``metric_value``: a loss that falls slowly under
-noise, so the plateau groups reduce now and then):
+Two runs of eight param groups (the same eight base lrs), the same stream (bench/common.py's
+``metric_value``: a loss that falls slowly under noise, so the plateau groups reduce now and
+then):
 
-  1 group     groups@1 with one group: cosine@1 over one base lr
+  1 group     groups@1 with one group: cosine@1 over the eight param groups
   8 groups    groups@1 with eight groups on eight policies (cosine, plateau@1, linear,
               one_cycle, plateau@2, exponential, wsd, step; the golden log's eight-group line,
-              scripts/make_golden_groups.py), one base lr each
+              scripts/make_golden_groups.py), one param group each
 
 Timed, one after the other in each of ``--repeat`` passes:
 
@@ -54,13 +55,14 @@ from tests.harness import LiveServer, sqlite_server
 sys.path.insert(0, str(REPO_DIR / "scripts"))
 from make_golden_groups import EIGHT  # the eight policies, written once
 
-ONE = [EIGHT[0]]
 BASE_LRS = (0.1, 0.05, 0.02, 0.01, 0.1, 0.3, 0.003, 0.2)
 GROUPS = get_policy("groups", 1)
 
 
-def groups_params(policies: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"groups": [{"name": f"g{i}", "policy": p} for i, p in enumerate(policies)]}
+ONE: dict[str, Any] = {"groups": [{"name": "all", "policy": EIGHT[0], "param_groups": 8}]}
+EIGHT_GROUPS: dict[str, Any] = {
+    "groups": [{"name": f"g{i}", "policy": p} for i, p in enumerate(EIGHT)]
+}
 
 
 def advance_seconds(
@@ -84,8 +86,7 @@ def alone_seconds(stream: list[tuple[int, float]]) -> float:
 
 
 def http_seconds(server: LiveServer, run_id: str, params: dict[str, Any], n: int) -> float:
-    base = list(BASE_LRS[: len(params["groups"])])
-    spec = {"policy": {"name": "groups", "version": 1, "params": params}, "base_lrs": base}
+    spec = {"policy": {"name": "groups", "version": 1, "params": params}, "base_lrs": BASE_LRS}
     with httpx.Client(base_url=server.url, timeout=30) as http:
         assert http.put(f"/v1/runs/{run_id}", json=spec).status_code == 201
         url = f"/v1/runs/{run_id}/observations"
@@ -112,11 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print_header(info, servers_line(info))
     stream = [(step, metric_value(1, step)) for step in range(1, args.observations + 1)]
-    one, eight = groups_params(ONE), groups_params(EIGHT)
+    one, eight = ONE, EIGHT_GROUPS
     timed: dict[str, list[float]] = {k: [] for k in ("adv1", "adv8", "alone", "http1", "http8")}
     with sqlite_server("bench-groups") as srv:
         for n in range(args.repeat):
-            timed["adv1"].append(advance_seconds(GROUPS, one, BASE_LRS[:1], stream))
+            timed["adv1"].append(advance_seconds(GROUPS, one, BASE_LRS, stream))
             timed["adv8"].append(advance_seconds(GROUPS, eight, BASE_LRS, stream))
             timed["alone"].append(alone_seconds(stream))
             timed["http1"].append(http_seconds(srv, f"one-{n}", one, args.requests))
