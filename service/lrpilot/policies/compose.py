@@ -777,7 +777,9 @@ def _in_run_order(
 class GroupsStepper(StepperBase):
     """groups@1 advanced in place: each group's own stepper decides; O(1) a group for each
     observation. When the groups cover the run's param groups in order (a count each, the
-    common case) their lrs are joined end to end, else placed by index."""
+    common case) their lrs are joined end to end, else placed by index. Any other output a
+    policy gives a param group (a later momentum or weight decay) is placed the same way:
+    ``_in_run_order`` over the groups' values and ``_order``."""
 
     __slots__ = ("_inner", "_names", "_order", "_size")
 
