@@ -30,7 +30,6 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import lru_cache
-from itertools import chain
 from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, StrictInt, ValidationError
@@ -803,6 +802,8 @@ class GroupsStepper(StepperBase):
     def advance(self, step: int, value: float) -> str:
         action, best, reduced = "", 99.0, False
         ranks = _RANKS
+        joined: list[float] = []
+        extend = joined.extend  # the groups' lrs end to end, gathered as they are decided
         for inner in self._inner:
             a = inner.advance(step, value)
             rank = ranks.get(a, _UNLISTED_RANK)
@@ -810,15 +811,14 @@ class GroupsStepper(StepperBase):
                 action, best = a, rank
             if inner.reduced:
                 reduced = True
-        if self._order is not None:
+            extend(inner.lrs)
+        if self._order is None:
+            self.lrs = tuple(joined)
+        else:
             self.lrs = _in_run_order(
                 self._size,
                 [(inner.lrs, idx) for inner, idx in zip(self._inner, self._order, strict=True)],
             )
-        elif len(self._inner) == 1:
-            self.lrs = self._inner[0].lrs
-        else:
-            self.lrs = tuple(chain.from_iterable([inner.lrs for inner in self._inner]))
         self.action, self.reduced = action, reduced
         return action
 
