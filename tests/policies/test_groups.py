@@ -120,7 +120,7 @@ def refused(params: dict[str, Any], base: tuple[float, ...] = (0.1, 0.2)) -> lis
         (
             {"groups": [group("a", COSINE, [0])]},
             "params.groups",
-            "param groups 1 are in no group",
+            "param group 1 is in no group",
         ),
         (
             {"groups": [group("a", COSINE, [0, 2]), group("b", HALVE, [1])]},

@@ -499,14 +499,14 @@ GROUP_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 # "stop": news the run must see. Frozen with the version.
 ACTION_ORDER = ("stop", "reduce", "decay", "warmup", "cooldown", "hold")
 _UNLISTED_RANK = 0.5
-
-
 _RANKS: dict[str, float] = {action: n for n, action in enumerate(ACTION_ORDER)}
 
 
 ParamGroups = (
     Annotated[StrictInt, Field(ge=1, le=1024)]
-    | Annotated[tuple[Annotated[StrictInt, Field(ge=0, le=1023)], ...], Field(min_length=1)]
+    | Annotated[
+        tuple[Annotated[StrictInt, Field(ge=0, le=1023)], ...], Field(min_length=1, max_length=1024)
+    ]
 )
 
 
@@ -523,7 +523,10 @@ class Group(Frozen):
 
 
 class GroupsParams(Frozen):
-    groups: Annotated[tuple[Group, ...], Field(min_length=1, max_length=MAX_GROUPS)]
+    groups: Annotated[tuple[Group, ...], Field(min_length=1, max_length=MAX_GROUPS)] = Field(
+        description="each group: a name, its policy and the run's param groups it decides; "
+        "every param group in exactly one group"
+    )
     base_lrs: tuple[float, ...] = ()  # filled by resolve, as for sequence@1
 
 
@@ -595,9 +598,8 @@ def _bind_param_groups(
     missing = [k for k in range(size) if k not in owner]
     if missing and not errors:
         listed = ", ".join(map(str, missing[:16])) + (", ..." if len(missing) > 16 else "")
-        errors.append(
-            (("groups",), f"param groups {listed} are in no group: every base lr needs a group")
-        )
+        these = f"param group {listed} is" if len(missing) == 1 else f"param groups {listed} are"
+        errors.append((("groups",), f"{these} in no group: every base lr needs a group"))
     return [_indices(g) for g in groups], errors
 
 
