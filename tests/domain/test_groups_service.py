@@ -114,24 +114,22 @@ def test_a_resize_scales_every_groups_lrs(api: TestClient) -> None:
     verified(api, "el")
 
 
-def test_ranks_of_an_aggregated_groups_run_get_one_decision(live_server: LiveServer) -> None:
-    """On SQLite alone: the ranks' mean reaches the policy as one value whatever the policy,
-    and tests/domain/test_aggregate.py runs the ranks over both databases."""
+def test_ranks_of_an_aggregated_groups_run_get_one_decision(backend_server: LiveServer) -> None:
     body = spec(aggregate={"timeout_s": 30, "on_timeout": "refuse"})
-    assert httpx.put(f"{live_server.url}/v1/runs/ag", json=body, timeout=30).status_code == 201
+    assert httpx.put(f"{backend_server.url}/v1/runs/ag", json=body, timeout=30).status_code == 201
     for step, value in STREAM[:4]:
         # two ranks whose weighted mean is the stream's value
         reports = [
             {"step": step, "value": value + d, "rank": r, "world_size": 2}
             for r, d in enumerate((-0.25, 0.25))
         ]
-        answers = asyncio.run(post_all(live_server.url, "ag", reports))
+        answers = asyncio.run(post_all(backend_server.url, "ag", reports))
         assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
         docs = [strict_json(a.text) for a in answers]
         assert docs[0] == docs[1] and "backbone (" in docs[0]["reason"]
-    decided = httpx.get(f"{live_server.url}/v1/runs/ag/decisions", timeout=30).json()["items"]
+    decided = httpx.get(f"{backend_server.url}/v1/runs/ag/decisions", timeout=30).json()["items"]
     assert [d["lrs"] for d in decided] == [lrs for _, lrs, _ in offline()[:4]]
-    report = httpx.post(f"{live_server.url}/v1/runs/ag/verify", timeout=30).json()
+    report = httpx.post(f"{backend_server.url}/v1/runs/ag/verify", timeout=30).json()
     assert report["ok"] and report["count"] == 4, report
 
 
