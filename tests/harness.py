@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -389,3 +389,14 @@ class ConnectionFlood:
                 if writer.transport.is_closing():
                     return
                 writer.write(b"x-trickle-%d: 1\r\n" % n)
+
+
+@contextlib.contextmanager
+def sqlite_server(name: str = "lrpilot") -> Iterator[LiveServer]:
+    """``lrpilot serve`` on a fresh SQLite file in a temporary directory, both gone after the
+    with block: for the scripts that draw from a real service (docs/images, bench)."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"{name}-") as tmp,
+        LiveServer(f"sqlite:///{Path(tmp) / f'{name}.db'}") as server,
+    ):
+        yield server

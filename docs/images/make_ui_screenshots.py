@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -99,12 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from tests.harness import LiveServer
+    from tests.harness import sqlite_server
 
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        LiveServer(f"sqlite:///{Path(tmp) / 'screenshots.db'}") as server,
-    ):
+    with sqlite_server("screenshots") as server:
         make_runs(server.url)
         shoot(server.url, out)
     print(f"wrote {out / 'ui-runs.png'} and {out / 'ui-run.png'}")

@@ -51,6 +51,7 @@ GENERATORS = {  # each script, and the golden files it writes
     "make_golden_range_test.py": ["range_test@1"],
     "make_golden_compose.py": ["sequence@1", "scaled@1"],
     "make_golden_wsd.py": ["wsd@1"],
+    "make_golden_groups.py": ["groups@1"],
     "make_golden_schedules.py": [f"{name}@1" for name in SCHEDULES],
 }
 

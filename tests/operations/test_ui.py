@@ -10,6 +10,7 @@ browser's session cookie, so they run in this order (pytest keeps a file's order
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -272,6 +273,19 @@ def test_verify_a_good_run_then_one_whose_row_was_edited(
             assert "seq 7" in badge.text, badge.text
 
 
+def submitted(
+    browser: WebDriver, site: Site, run_id: str, params: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The what-if form, as filled, sent: the overlay it drew, and what POST /v1/simulate
+    answers for the run under ``params`` (the params the form should have sent)."""
+    browser.find_element(By.CSS_SELECTOR, "#whatif-form button[type=submit]").click()
+    overlay = until(browser, "return window.lrpilotPlot.whatif", "overlaid the what-if")
+    run = site.api.get(f"/v1/runs/{run_id}").json()["policy"]
+    policy = {"name": run["name"], "version": run["version"], "params": params}
+    expected = site.api.post("/v1/simulate", json={"run_id": run_id, "policy": policy}).json()
+    return overlay, expected
+
+
 def test_what_if_overlays_its_lr_and_lists_where_decisions_differ(
     browser: WebDriver, site: Site, as_admin: None
 ) -> None:
@@ -283,22 +297,8 @@ def test_what_if_overlays_its_lr_and_lists_where_decisions_differ(
     assert patience.get_attribute("value") == "2"  # the run's own value
     patience.clear()
     patience.send_keys("0")
-    browser.find_element(By.CSS_SELECTOR, "#whatif-form button[type=submit]").click()
-    overlay = until(browser, "return window.lrpilotPlot.whatif", "overlaid the what-if")
-    expected = site.api.post(
-        "/v1/simulate",
-        json={
-            "run_id": "plain",
-            "policy": {
-                "name": "plateau",
-                "version": 1,
-                "params": {
-                    **site.api.get("/v1/runs/plain").json()["policy"]["params"],
-                    "patience": 0,
-                },
-            },
-        },
-    ).json()
+    params = {**site.api.get("/v1/runs/plain").json()["policy"]["params"], "patience": 0}
+    overlay, expected = submitted(browser, site, "plain", params)
     assert overlay["x"] == [i["step"] for i in expected["items"]]
     assert overlay["lr"][0] == [i["lrs"][0] for i in expected["items"]]
     assert expected["differing"] > 0
@@ -306,6 +306,35 @@ def test_what_if_overlays_its_lr_and_lists_where_decisions_differ(
     assert len(browser.find_elements(By.CSS_SELECTOR, "#whatif-differ tbody tr")) == min(
         200, expected["differing"]
     )
+
+
+def test_what_if_of_a_groups_run_changes_one_groups_params_in_the_form(
+    browser: WebDriver, site: Site, as_admin: None
+) -> None:
+    """groups@1's params are a list of groups: the form shows it as JSON, filled with the run's
+    resolved groups; one group's params edited there are what the what-if replays."""
+    cosine = {"name": "cosine", "version": 1, "params": {"T_max": 400}}
+    plateau = {"name": "plateau", "version": 1, "params": {"patience": 2, "factor": 0.5}}
+    groups = [{"name": "backbone", "policy": cosine}, {"name": "head", "policy": plateau}]
+    spec = {
+        "policy": {"name": "groups", "version": 1, "params": {"groups": groups}},
+        "base_lrs": [0.01, 0.1],
+        "metric": "val_loss",
+    }
+    if site.api.put("/v1/runs/groups", json=spec).status_code == 201:
+        observe(site.api, "groups", plateau_stream(40))
+    open_run(browser, site, "groups")
+    until(browser, "return document.querySelector('#whatif-form [name=groups]')", "built the form")
+    box = browser.find_element(By.CSS_SELECTOR, "#whatif-form [name=groups]")
+    shown = json.loads(box.get_attribute("value") or "")
+    stored = site.api.get("/v1/runs/groups").json()["policy"]["params"]["groups"]
+    assert shown == stored and [g["name"] for g in shown] == ["backbone", "head"]
+    shown[1]["policy"]["params"]["patience"] = 0
+    browser.execute_script("arguments[0].value = arguments[1]", box, json.dumps(shown))
+    overlay, expected = submitted(browser, site, "groups", {"groups": shown})
+    assert overlay["lr"] == [[i["lrs"][g] for i in expected["items"]] for g in (0, 1)]
+    assert expected["differing"] > 0
+    assert f"differ at {expected['differing']} steps" in text_of(browser, "#whatif-summary")
 
 
 def test_a_live_run_gains_decisions_without_a_reload(

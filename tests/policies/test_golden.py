@@ -26,6 +26,7 @@ MIN_STREAMS = {key: 10 for key in POLICIES} | {
     "plateau@2": 30,
     "sequence@1": 5,
     "scaled@1": 5,
+    "groups@1": 6,
 }
 
 

@@ -29,10 +29,13 @@ BASE = (0.1, 0.2)
 STREAM = [(10, 1.0), (20, 1.0), (30, 0.9), (40, 0.9), (60, 0.8), (70, 0.8), (80, 0.8), (90, 0.7)]
 
 
-def by_hand(ref: dict[str, Any], stream: list[tuple[int, float]]) -> list[tuple[str, Any]]:
+def by_hand(
+    ref: dict[str, Any], stream: list[tuple[int, float]], base: tuple[float, ...] = BASE
+) -> list[tuple[str, Any]]:
+    """The policy ``ref`` run alone from ``base``: (action, lrs) after each observation."""
     policy = get_policy(ref["name"], ref["version"])
-    params = policy.resolve(ref["params"], BASE)
-    state = policy.init(params, BASE)
+    params = policy.resolve(ref["params"], base)
+    state = policy.init(params, base)
     out = []
     for step, value in stream:
         outcome, state = policy.step(params, state, Observation(step, value))

@@ -73,8 +73,40 @@ def run_setup(run: RunStored, overrides: dict[str, Any], policy: str | None) -> 
     spec = run.policy
     name, version = parse_policy(policy) if policy else (spec.name, spec.version)
     params = dict(spec.params) if (name, version) == (spec.name, spec.version) else {}
-    params.update(overrides)
+    for key, value in overrides.items():
+        params = with_param(params, key, value)
     return Setup.of(name, version, params, run.base_lrs, run.metric or "metric")
+
+
+def with_param(params: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """``params`` with ``key`` set to ``value``, the others as they are. A dotted key is a path
+    into nested params, list items by index: ``groups.1.policy.params.patience`` changes one
+    group's policy (no param name has a dot). ValueError naming the first step that is not
+    there."""
+    *path, last = key.split(".")
+    out = dict(params)
+    node: Any = out
+    for i, part in enumerate([*path, last]):
+        where = ".".join([*path, last][:i]) or "the params"
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            index: str | int = int(part)
+        elif isinstance(node, dict) and (part in node or i == len(path)):
+            index = part
+        else:
+            raise ValueError(f"{key}: {where} has no {part!r}")
+        if i == len(path):
+            node[index] = value
+        else:  # copied on the way down: the run's own params are not touched
+            child = node[index]
+            node[index] = (
+                list(child)
+                if isinstance(child, list | tuple)
+                else dict(child)
+                if isinstance(child, dict)
+                else child
+            )
+            node = node[index]
+    return out
 
 
 @dataclass

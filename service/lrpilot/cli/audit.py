@@ -314,7 +314,11 @@ def simulate(
     bundle: BundleFile,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", help="a param to change, name=value (repeat for several)"),
+        typer.Option(
+            "--set",
+            help="a param to change, name=value (repeat for several); a dotted name is a "
+            "path into nested params: groups.1.policy.params.patience=6",
+        ),
     ] = None,
     policy: Annotated[
         str | None, typer.Option(help="replay under another policy version, name@version")

@@ -11,7 +11,7 @@ from lrpilot.policies.base import (
     State,
     policy_id,
 )
-from lrpilot.policies.compose import Scaled, Sequence
+from lrpilot.policies.compose import Groups, Scaled, Sequence
 from lrpilot.policies.cosine_with_min_lr import COSINE_WITH_MIN_LR
 from lrpilot.policies.inverse_sqrt import INVERSE_SQRT
 from lrpilot.policies.plateau import Plateau
@@ -32,6 +32,7 @@ POLICIES: dict[str, Policy] = {
         INVERSE_SQRT,
         WSD,
         COSINE_WITH_MIN_LR,
+        Groups(),
     )
 }
 

@@ -1,5 +1,5 @@
-"""Composition: phases one after another (``sequence@1``), and plateau control as a scale on a
-schedule (``scaled@1``).
+"""Composition: phases one after another (``sequence@1``), plateau control as a scale on a
+schedule (``scaled@1``), and a policy per param group (``groups@1``).
 
 Two clocks: schedules count training steps, plateau control counts evaluations.
 
@@ -14,6 +14,10 @@ Two clocks: schedules count training steps, plateau control counts evaluations.
   decides when run from base lrs of 1.0 (``factor`` multiplies it, ``min_lr`` floors it). A
   cosine decay whose level drops by ``factor`` on each plateau is
   ``{"schedule": cosine@1, "plateau": plateau@1}``.
+* ``groups@1`` gives each group of the run's param groups its own policy (a fine-tune's
+  backbone on a cosine, its head on warmup-then-plateau): every group decides each
+  observation, from its own base lrs, on the real steps; the run's lrs are the groups' lrs in
+  the run's order, one decision a step.
 
 The inner policies are any released versions; their params are resolved (every default
 filled) into the composite's params, so the config hash covers them.
@@ -31,7 +35,15 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, StrictInt, ValidationError
 
 from lrpilot.canonical import canonical_json, to_strict
-from lrpilot.policies.base import Frozen, Loc, Policy, PolicyError, State, StepperBase
+from lrpilot.policies.base import (
+    Frozen,
+    Loc,
+    Policy,
+    PolicyError,
+    State,
+    StepperBase,
+    policy_id,
+)
 from lrpilot.policies.text import fmt_change, fmt_lrs
 
 MAX_PHASES = 16
@@ -88,9 +100,10 @@ def _depth(params: Any, limit: int = MAX_DEPTH + 1) -> int:
     if not isinstance(params, dict) or limit <= 1:
         return 1
     refs: list[Any] = [params.get("schedule"), params.get("plateau")]
-    phases = params.get("phases")
-    if isinstance(phases, list):
-        refs += [phase.get("policy") for phase in phases if isinstance(phase, dict)]
+    for key in ("phases", "groups"):  # sequence@1's phases, groups@1's groups: each a policy
+        items = params.get(key)
+        if isinstance(items, list):
+            refs += [item.get("policy") for item in items if isinstance(item, dict)]
     inner = [_depth(ref.get("params"), limit - 1) for ref in refs if isinstance(ref, dict)]
     return 1 + max(inner, default=0)
 
@@ -475,3 +488,357 @@ class ScaledStepper(StepperBase):
 
 def _times(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(x * y for x, y in zip(a, b, strict=True))
+
+
+# -- groups@1 ------------------------------------------------------------------------------
+
+MAX_GROUPS = 64  # groups of a groups@1 policy (each may cover many of the run's param groups)
+GROUP_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+# How significant a group's action is: the decision's action is its groups' most significant
+# one (the first group's, on a tie). An action not listed (a later policy's) ranks just below
+# "stop": news the run must see. Frozen with the version.
+ACTION_ORDER = ("stop", "reduce", "decay", "warmup", "cooldown", "hold")
+_UNLISTED_RANK = 0.5
+_RANKS: dict[str, float] = {action: n for n, action in enumerate(ACTION_ORDER)}
+
+
+ParamGroups = (
+    Annotated[StrictInt, Field(ge=1, le=1024)]
+    | Annotated[
+        tuple[Annotated[StrictInt, Field(ge=0, le=1023)], ...], Field(min_length=1, max_length=1024)
+    ]
+)
+
+
+class Group(Frozen):
+    name: Annotated[str, Field(pattern=GROUP_NAME_PATTERN)] = Field(
+        description="the group's name, as its reasons give it", examples=["backbone"]
+    )
+    policy: PolicyRef
+    param_groups: ParamGroups = Field(
+        default=1,
+        description="the run's param groups this group decides: their indices in base_lrs "
+        "(from 0), or how many (the next ones in order, after the previous group's)",
+    )
+
+
+class GroupsParams(Frozen):
+    groups: Annotated[tuple[Group, ...], Field(min_length=1, max_length=MAX_GROUPS)] = Field(
+        description="each group: a name, its policy and the run's param groups it decides; "
+        "every param group in exactly one group"
+    )
+    base_lrs: tuple[float, ...] = ()  # filled by resolve, as for sequence@1
+
+
+class GroupsState(State):
+    groups: tuple[dict[str, Any], ...]  # each group's policy state, as its JSON document
+
+
+def _indices(group: Group) -> tuple[int, ...]:
+    """A resolved group's param groups (resolve turns a count into the indices)."""
+    assert isinstance(group.param_groups, tuple)
+    return group.param_groups
+
+
+def _bind_param_groups(
+    groups: tuple[Group, ...], size: int
+) -> tuple[list[tuple[int, ...]], list[tuple[Loc, str]]]:
+    """Each group's indices into the run's base lrs, every one in exactly one group; or the
+    errors (located under the params)."""
+    counts = [isinstance(g.param_groups, int) for g in groups]
+    if any(counts) and not all(counts):
+        return [], [
+            (
+                ("groups", i, "param_groups"),
+                "give every group a count of param groups or every group a list of indices, "
+                "not both (a group without param_groups counts 1)",
+            )
+            for i, g in enumerate(groups)
+            if isinstance(g.param_groups, int)
+        ]
+    if all(counts):
+        total = sum(g.param_groups for g in groups if isinstance(g.param_groups, int))
+        if total != size:
+            return [], [
+                (
+                    ("groups",),
+                    f"the groups' param_groups add up to {total}, the run has {size} base lrs: "
+                    "every param group needs exactly one group",
+                )
+            ]
+        out, start = [], 0
+        for g in groups:
+            assert isinstance(g.param_groups, int)
+            out.append(tuple(range(start, start + g.param_groups)))
+            start += g.param_groups
+        return out, []
+    errors: list[tuple[Loc, str]] = []
+    owner: dict[int, str] = {}
+    for i, g in enumerate(groups):
+        for j, index in enumerate(_indices(g)):
+            loc: Loc = ("groups", i, "param_groups", j)
+            if index >= size:
+                errors.append(
+                    (
+                        loc,
+                        f"param group {index} does not exist: the run has {size} base lrs "
+                        f"(0 to {size - 1})",
+                    )
+                )
+            elif index in owner:
+                errors.append(
+                    (
+                        loc,
+                        f"param group {index} is in group {owner[index]!r} already: every "
+                        "param group needs exactly one group",
+                    )
+                )
+            else:
+                owner[index] = g.name
+    missing = [k for k in range(size) if k not in owner]
+    if missing and not errors:
+        listed = ", ".join(map(str, missing[:16])) + (", ..." if len(missing) > 16 else "")
+        these = f"param group {listed} is" if len(missing) == 1 else f"param groups {listed} are"
+        errors.append((("groups",), f"{these} in no group: every base lr needs a group"))
+    return [_indices(g) for g in groups], errors
+
+
+class Groups(Composite):
+    name = "groups"
+    version = 1
+    description = (
+        "A policy per param group: each group of the run's param groups (a fine-tune's "
+        "backbone, its head) decided by its own released policy from its own base lrs, every "
+        "group at every observation, on the real steps; one decision a step, whose action is "
+        "the groups' most significant (stop, reduce, decay, warmup, cooldown, hold) and whose "
+        "reason gives each group's."
+    )
+    actions = ACTION_ORDER  # and its groups' actions
+    params_model = GroupsParams
+    state_model = GroupsState
+    depth_loc = "groups"
+    examples = (
+        {
+            "groups": [
+                {
+                    "name": "backbone",
+                    "policy": {
+                        "name": "cosine_with_min_lr",
+                        "version": 1,
+                        "params": {
+                            "num_warmup_steps": 300,
+                            "num_training_steps": 1000,
+                            "min_lr_rate": 0.1,
+                        },
+                    },
+                    "param_groups": 1,
+                },
+                {
+                    "name": "head",
+                    "policy": {
+                        "name": "sequence",
+                        "version": 1,
+                        "params": {
+                            "phases": [
+                                {
+                                    "policy": {
+                                        "name": "linear",
+                                        "version": 1,
+                                        "params": {"start_factor": 0.01, "total_iters": 100},
+                                    },
+                                    "until_step": 100,
+                                },
+                                {
+                                    "policy": {
+                                        "name": "plateau",
+                                        "version": 1,
+                                        "params": {"patience": 3, "factor": 0.5},
+                                    }
+                                },
+                            ]
+                        },
+                    },
+                    "param_groups": 1,
+                },
+            ],
+            # the run's base lrs this example is written for, one a group (a composite's
+            # params carry the run's: resolve fills them in, whatever is given here)
+            "base_lrs": [0.02, 0.1],
+        },
+    )
+
+    def bind(self, raw: GroupsParams, base_lrs: tuple[float, ...]) -> GroupsParams:
+        indices, errors = _bind_param_groups(raw.groups, len(base_lrs))
+        seen: dict[str, int] = {}
+        for i, g in enumerate(raw.groups):
+            if g.name in seen:
+                errors.append(
+                    (
+                        ("groups", i, "name"),
+                        f"group {g.name!r} is named twice (groups {seen[g.name]} and {i}): "
+                        "give each group its own name",
+                    )
+                )
+            seen.setdefault(g.name, i)
+        if errors:  # each group's policy is resolved for its own base lrs: known by now
+            raise PolicyError(errors)
+        groups = []
+        for i, (g, idx) in enumerate(zip(raw.groups, indices, strict=True)):
+            loc: Loc = ("groups", i, "policy")
+            if g.policy.id == policy_id(self.name, self.version):
+                errors.append(
+                    (
+                        (*loc, "name"),
+                        f"a group's policy cannot be {g.policy.id}: give its groups here, one list",
+                    )
+                )
+                continue
+            try:
+                inner, resolved = _resolve_ref(g.policy, tuple(base_lrs[k] for k in idx), loc)
+            except PolicyError as exc:
+                errors.extend(exc.errors)
+                continue
+            if inner.from_step_zero:
+                errors.append(
+                    (
+                        (*loc, "name"),
+                        f"{g.policy.id} counts training steps from 0 and decides the run's end: "
+                        "run it alone, not as a group",
+                    )
+                )
+            groups.append(
+                Group(
+                    name=g.name,
+                    policy=g.policy.model_copy(update={"params": resolved}),
+                    param_groups=idx,
+                )
+            )
+        if errors:
+            raise PolicyError(errors)
+        return GroupsParams(groups=tuple(groups), base_lrs=tuple(base_lrs))
+
+    def parts(self, p: GroupsParams) -> list[tuple[Policy, Frozen, State, tuple[int, ...]]]:
+        """Each group's policy, params, initial state and indices: found once a params object."""
+        parts: list[tuple[Policy, Frozen, State, tuple[int, ...]]] = _memo(
+            p,
+            lambda: [
+                (
+                    *_inner(_ref_json(g.policy), tuple(p.base_lrs[k] for k in _indices(g))),
+                    _indices(g),
+                )
+                for g in p.groups
+            ],
+        )
+        return parts
+
+    def _states(self, p: GroupsParams, state: GroupsState) -> list[State]:
+        states: list[State] = _memo(
+            state,
+            lambda: [
+                policy.load_state(doc)
+                for (policy, _, _, _), doc in zip(self.parts(p), state.groups, strict=True)
+            ],
+        )
+        return states
+
+    def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> GroupsState:
+        assert isinstance(params, GroupsParams)
+        parts = self.parts(params)
+        lrs = _in_run_order(len(params.base_lrs), [(s.lrs, idx) for _, _, s, idx in parts])
+        return GroupsState(lrs=lrs, groups=tuple(s.model_dump() for _, _, s, _ in parts))
+
+    def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
+        assert isinstance(params, GroupsParams) and isinstance(state, GroupsState)
+        return _in_run_order(
+            len(params.base_lrs),
+            [
+                (policy.lrs_at(inner_params, inner, step), idx)
+                for (policy, inner_params, _, idx), inner in zip(
+                    self.parts(params), self._states(params, state), strict=True
+                )
+            ],
+        )
+
+    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> GroupsStepper:
+        assert isinstance(params, GroupsParams) and isinstance(state, GroupsState)
+        return GroupsStepper(self, params, state, metric)
+
+
+def _in_run_order(
+    size: int, parts: list[tuple[tuple[float, ...], tuple[int, ...]]]
+) -> tuple[float, ...]:
+    """The run's lrs from each group's lrs and the indices they go to."""
+    out = [0.0] * size
+    for lrs, idx in parts:
+        for k, lr in zip(idx, lrs, strict=True):
+            out[k] = lr
+    return tuple(out)
+
+
+class GroupsStepper(StepperBase):
+    """groups@1 advanced in place: each group's own stepper decides; O(1) a group for each
+    observation. When the groups cover the run's param groups in order (a count each, the
+    common case) their lrs are joined end to end, else placed by index. Any other output a
+    policy gives a param group (a later momentum or weight decay) is placed the same way:
+    ``_in_run_order`` over the groups' values and ``_order``."""
+
+    __slots__ = ("_inner", "_names", "_order", "_size")
+
+    def __init__(
+        self, policy: Groups, params: GroupsParams, state: GroupsState, metric: str
+    ) -> None:
+        super().__init__(state.lrs)
+        parts = policy.parts(params)
+        self._inner = [
+            inner_policy.stepper(inner_params, loaded, metric)
+            for (inner_policy, inner_params, _, _), loaded in zip(
+                parts, policy._states(params, state), strict=True
+            )
+        ]
+        self._names = [f"{g.name} ({g.policy.id})" for g in params.groups]
+        self._size = len(params.base_lrs)
+        flat = [k for _, _, _, idx in parts for k in idx]
+        # None: the groups' lrs joined end to end are the run's (no placing by index)
+        self._order = None if flat == list(range(self._size)) else [idx for *_, idx in parts]
+
+    def advance(self, step: int, value: float) -> str:
+        action, best, reduced = "", 99.0, False
+        ranks = _RANKS
+        joined: list[float] = []
+        extend = joined.extend  # the groups' lrs end to end, gathered as they are decided
+        for inner in self._inner:
+            a = inner.advance(step, value)
+            rank = ranks.get(a, _UNLISTED_RANK)
+            if rank < best:
+                action, best = a, rank
+            if inner.reduced:
+                reduced = True
+            extend(inner.lrs)
+        if self._order is None:
+            self.lrs = tuple(joined)
+        else:
+            self.lrs = _in_run_order(
+                self._size,
+                [(inner.lrs, idx) for inner, idx in zip(self._inner, self._order, strict=True)],
+            )
+        self.action, self.reduced = action, reduced
+        return action
+
+    def reason(self) -> str:
+        if not self.action:
+            raise RuntimeError("no observation advanced yet: there is no reason to give")
+        return "; ".join(
+            f"{name}: {inner.reason()}"
+            for name, inner in zip(self._names, self._inner, strict=True)
+        )
+
+    def state(self) -> GroupsState:
+        return GroupsState(
+            lrs=self.lrs, groups=tuple(inner.state().model_dump() for inner in self._inner)
+        )
+
+    def state_doc(self) -> dict[str, Any]:
+        return {
+            "groups": [inner.state_doc() for inner in self._inner],
+            "lrs": [to_strict(x) for x in self.lrs],
+        }

@@ -412,7 +412,8 @@ async function policiesPage() {
     const chartBox = h("div", { class: "chart" });
     // the schema's first example (every released version has one), else the defaults
     const params = ((p.params_schema || {}).examples || [])[0] || p.defaults || {};
-    const example = { policy: { name: p.name, version: p.version, params }, base_lrs: [0.1] };
+    // a composite's example may carry the base lrs it is written for (groups@1: one a group)
+    const example = { policy: { name: p.name, version: p.version, params }, base_lrs: params.base_lrs || [0.1] };
     const section = h("section", { class: "policy", id: `policy-${p.name}-${p.version}` },
       h("h2", {}, `${p.name}@${p.version}`),
       h("p", {}, p.description),
@@ -430,10 +431,12 @@ async function policiesPage() {
     const body = { policy: example.policy, base_lrs: example.base_lrs, steps, values };
     post("/v1/simulate", body).then((result) => {
       const x = result.items.map((i) => i.step);
-      const y = result.items.map((i) => i.lrs[0]);
+      const ys = example.base_lrs.map((_, g) => result.items.map((i) => i.lrs[g]));
+      const strokes = ["#2457c5", "#c56a24", "#2a9d4b", "#8e44ad"];
       new uPlot({ width: Math.max(280, chartBox.clientWidth || 400), height: 160, legend: { show: false },
-        scales: { x: { time: false } }, series: [{}, { stroke: "#2457c5", width: 2 }],
-        axes: [{}, { size: 60 }] }, [x, y], chartBox);
+        scales: { x: { time: false } },
+        series: [{}, ...ys.map((_, g) => ({ stroke: strokes[g % strokes.length], width: 2 }))],
+        axes: [{}, { size: 60 }] }, [x, ...ys], chartBox);
     }, (error) => chartBox.replaceChildren(h("p", { class: "error" }, error.message)));
   }
 }
