@@ -56,6 +56,31 @@ class State(Frozen):
     lrs: tuple[float, ...]
 
 
+# What a policy may schedule beside the lrs, one value a param group: SGD's momentum (Adam's
+# betas[0]) and the weight decay. A policy that schedules them keeps them in its state (so the
+# chain pins them) as optional tuples named so; every other state keeps the shape it had.
+EXTRAS: tuple[str, ...] = ("momentum", "weight_decay")
+Extras = dict[str, tuple[float, ...]]
+
+
+class ExtrasState(State):
+    """The state of a policy that may schedule momentum and weight decay (None: not scheduled)."""
+
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
+
+
+def extras_of(state: State | Any) -> Extras:
+    """The extras a state (a frozen one, or its document) schedules: only those it has."""
+    get = state.get if isinstance(state, dict) else lambda name: getattr(state, name, None)
+    out: Extras = {}
+    for name in EXTRAS:
+        value = get(name)
+        if value is not None:
+            out[name] = tuple(value)
+    return out
+
+
 MAX_STEP = 2**62  # the largest step (and seq) anything holds: a BIGINT on every database
 
 
@@ -74,6 +99,9 @@ class Outcome:
     action: str
     reason: str
     reduced: bool = False  # counted in the run's reductions (the policy says what counts)
+    # what it schedules beside the lrs (EXTRAS), one value a group; None: not scheduled
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
 
 
 class Stepper(Protocol):
@@ -215,13 +243,21 @@ class Policy(abc.ABC):
         """One decision, through the stepper: the one implementation of the rule."""
         stepper = self.stepper(params, state, obs.metric)
         action = stepper.advance(obs.step, obs.value)
-        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced), stepper.state()
+        state = stepper.state()
+        extras = extras_of(state)
+        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced, **extras), state
 
     @abc.abstractmethod
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         """The lrs in force at training step ``step``, given ``state``: the state after the last
         decision at or before ``step`` (the initial state when there is none). Pure and cheap:
         ranks that only read call it for every step they train."""
+
+    def extras_at(self, params: Frozen, state: State, step: int) -> Extras:
+        """What the policy schedules beside the lrs (``EXTRAS``) at training step ``step``, as
+        ``lrs_at`` answers the lrs; empty when it schedules none (every policy but those whose
+        state is an ``ExtrasState``)."""
+        return {}
 
     @abc.abstractmethod
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
