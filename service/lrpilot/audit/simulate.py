@@ -13,6 +13,7 @@ from typing import Any
 
 from lrpilot.audit.bundle import Recorded
 from lrpilot.policies import Frozen, Policy, get_policy
+from lrpilot.policies.base import extras_of
 from lrpilot.replay import Replay
 from lrpilot.spec import RunStored, scaled
 
@@ -57,7 +58,7 @@ class Setup:
         previous = replay.stepper.lrs
         pairs = list(stream) if not isinstance(stream, list) else stream
         for (step, value), stepper in zip(pairs, replay.run(pairs), strict=True):
-            yield {
+            item: dict[str, Any] = {
                 "step": step,
                 "value": value,
                 "action": stepper.action,
@@ -65,6 +66,9 @@ class Setup:
                 "previous_lrs": list(previous),
                 "reason": stepper.reason(),
             }
+            for name, values in extras_of(stepper).items():  # only what the policy schedules
+                item[name] = list(values)
+            yield item
             previous = stepper.lrs
 
 

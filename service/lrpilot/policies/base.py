@@ -21,6 +21,7 @@ imports another version's module.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -70,12 +71,12 @@ class ExtrasState(State):
     weight_decay: tuple[float, ...] | None = None
 
 
-def extras_of(state: State | Any) -> Extras:
-    """The extras a state (a frozen one, or its document) schedules: only those it has."""
-    get = state.get if isinstance(state, dict) else lambda name: getattr(state, name, None)
+def extras_of(state: object) -> Extras:
+    """The extras a state (a frozen one, its document, or a stepper holding it) schedules:
+    only those it has."""
     out: Extras = {}
     for name in EXTRAS:
-        value = get(name)
+        value = state.get(name) if isinstance(state, Mapping) else getattr(state, name, None)
         if value is not None:
             out[name] = tuple(value)
     return out
