@@ -179,6 +179,14 @@ class _Fields:
         """A list that may be absent or null (then empty)."""
         return () if self._raw.get(key) is None else tuple(self.array(key))
 
+    def opt_numbers(self, key: str) -> tuple[float, ...] | None:
+        """A list of numbers that may be absent or null (then None)."""
+        return None if self._raw.get(key) is None else self.numbers(key)
+
+    def opt_rows(self, key: str) -> tuple[tuple[float, ...], ...] | None:
+        """A list of lists of numbers that may be absent or null (then None)."""
+        return None if self._raw.get(key) is None else self.rows(key)
+
     def rows(self, key: str) -> tuple[tuple[float, ...], ...]:
         """A list of lists of numbers (the lrs of consecutive steps)."""
         return tuple(
@@ -213,7 +221,9 @@ _READERS: dict[str, Callable[[_Fields, str], Any]] = {
     "datetime": _Fields.timestamp,
     "datetime | None": _Fields.opt_timestamp,
     "tuple[float, ...]": _Fields.numbers,
+    "tuple[float, ...] | None": _Fields.opt_numbers,
     "tuple[tuple[float, ...], ...]": _Fields.rows,
+    "tuple[tuple[float, ...], ...] | None": _Fields.opt_rows,
     "tuple[int, ...]": _Fields.opt_array,
     "tuple[str, ...]": _Fields.opt_array,
     "tuple[Mapping[str, Any], ...]": _Fields.opt_array,
@@ -380,6 +390,10 @@ class Decision(_Model):
     # a large world decided at the timeout): a decision's size follows the ranks that reported
     missing_ranges: tuple[tuple[int, int], ...] = ()
     timeout_s: float | None = None
+    # what the run's policy schedules beside the lrs, one value a param group (None: it does
+    # not): the momentum (SGD's momentum, Adam's betas[0]) and the weight decay
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
 
     @property
     def lr(self) -> float:
@@ -424,6 +438,10 @@ class LrAt(_Model):
     decided_at_step: int | None
     provisional: bool = field(default=False, metadata=LOCAL)
     certain: bool | None = None
+    # what the run's policy schedules beside the lrs, one value a param group (None: it does
+    # not): the momentum (SGD's momentum, Adam's betas[0]) and the weight decay
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
 
 
 LrsInForce = LrAt  # the name before `LrAt`, kept for existing code
@@ -444,14 +462,28 @@ class LrsRange(_Model):
     certain_through: int | None
     open_loop: bool
     provisional: bool = field(default=False, metadata=LOCAL)
+    # what the run's policy schedules beside the lrs, one row a step as `lrs` (None: it does
+    # not): the momentum (SGD's momentum, Adam's betas[0]) and the weight decay
+    momentum: tuple[tuple[float, ...], ...] | None = None
+    weight_decay: tuple[tuple[float, ...], ...] | None = None
 
     def at(self, step: int) -> tuple[float, ...]:
         """The rates at `step`, which must be within the fetched range."""
+        return self.lrs[self._index(step)]
+
+    def extras_at(self, step: int) -> dict[str, tuple[float, ...]]:
+        """What the run schedules beside the lrs at `step` (within the fetched range), by
+        name ("momentum", "weight_decay"): only what it schedules."""
+        i = self._index(step)
+        rows = {"momentum": self.momentum, "weight_decay": self.weight_decay}
+        return {name: r[i] for name, r in rows.items() if r is not None and i < len(r)}
+
+    def _index(self, step: int) -> int:
         if not self.first <= step < self.first + len(self.lrs):
             raise IndexError(
                 f"step {step} is outside {self.first}..{self.first + len(self.lrs) - 1}"
             )
-        return self.lrs[step - self.first]
+        return step - self.first
 
 
 LrsAhead = LrsRange  # the name before `LrsRange`, kept for existing code
@@ -642,6 +674,9 @@ class SimulatedDecision(_Model):
     reason: str
     recorded: Mapping[str, Any] | None = None
     scale: float | None = None
+    # what the policy schedules beside the lrs (None: it does not), as in `Decision`
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
