@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from lrpilot.policies import get_policy
 from tests.api.audit_calls import export, feed, import_, log, log_raw, rewind, verify
 from tests.conftest import app_client
+from tests.helpers import lrpilot_cli, one_line
 
 PARAMS = {
     "max_lr": [0.1, 0.01],
@@ -98,6 +99,38 @@ def test_simulate_answers_the_extras(api: TestClient) -> None:
     )
     assert r.status_code == 200, r.text
     assert [extras(i) for i in r.json()["items"]] == [expected(k) for k in (10, 50, 300)]
+
+
+def test_a_what_if_of_other_momentum_levels_differs_where_only_the_momentum_does(
+    api: TestClient, tmp_path: Path
+) -> None:
+    create(api, "wi")
+    feed(api, "wi", STREAM)
+    same = api.post("/v1/simulate", json={"run_id": "wi"}).json()
+    assert same["differing"] == 0
+    assert [extras(i["recorded"]) for i in same["items"]] == [expected(s) for s, _ in STREAM]
+    body = {
+        "run_id": "wi",
+        "policy": {"name": "one_cycle", "version": 2, "params": {"base_momentum": 0.5}},
+    }
+    other = api.post("/v1/simulate", json=body).json()
+    # the lrs are the same; the momentum differs wherever the cycle is off its max
+    assert [i["lrs"] for i in other["items"]] == [i["lrs"] for i in same["items"]]
+    assert (
+        other["differing"]
+        == sum(i["momentum"] != i["recorded"]["momentum"] for i in other["items"])
+        > 0
+    )
+    # offline, from the export: the same count, and the table shows the momentum
+    bundle = tmp_path / "wi.ndjson"
+    bundle.write_text(export(api, "wi"))
+    result = lrpilot_cli("simulate", str(bundle), "--set", "base_momentum=0.5")
+    assert result.exit_code == 0, result.output
+    text = one_line(result.output)
+    assert f"of {other['differing']})" in text and "momentum" in text
+    assert "the same decisions at every step" in one_line(
+        lrpilot_cli("simulate", str(bundle)).output
+    )
 
 
 @pytest.mark.parametrize("version", [1, 2])
