@@ -49,14 +49,27 @@ _CYCLE_MOMENTUM = Field(
 )
 
 
-def _momentum_errors(
-    base: float | list[float], high: float | list[float], groups: int
-) -> list[tuple[Loc, str]]:
-    errors = common.group_count_errors(("base_momentum",), base, groups)
-    return errors + common.group_count_errors(("max_momentum",), high, groups)
+class MomentumAndDecay(WeightDecayRamp, ExtrasParams):
+    """What a cyclic family's second version adds to its first: torch's momentum cycling
+    (``cycle_momentum``, between ``base_momentum`` and ``max_momentum``, whose defaults are
+    the family's) and Megatron's weight decay ramp over ``_wd_horizon()``."""
+
+    cycle_momentum: Annotated[StrictBool, _CYCLE_MOMENTUM] = True
+    base_momentum: PerGroupLr
+    max_momentum: PerGroupLr
+
+    def _wd_horizon(self) -> int | None:
+        """The ramp's length when wd_incr_steps is not given (None: there is none)."""
+        return None
+
+    def _check(self, groups: int) -> list[tuple[Loc, str]]:
+        errors = super()._check(groups)  # the family's own
+        errors += common.group_count_errors(("base_momentum",), self.base_momentum, groups)
+        errors += common.group_count_errors(("max_momentum",), self.max_momentum, groups)
+        return errors + self._wd_check(groups, self._wd_horizon())
 
 
-class OneCycleMomentumParams(OneCycleFields, WeightDecayRamp, ExtrasParams):
+class OneCycleMomentumParams(MomentumAndDecay, OneCycleFields):
     """torch.optim.lr_scheduler.OneCycleLR's arguments, names and defaults, momentum cycling
     included (total_steps, not epochs and steps_per_epoch), and Megatron's weight decay ramp.
     As in torch, the lrs start at max_lr / div_factor whatever the run's base lrs (which give
@@ -79,7 +92,6 @@ class OneCycleMomentumParams(OneCycleFields, WeightDecayRamp, ExtrasParams):
         }
     )
 
-    cycle_momentum: Annotated[StrictBool, _CYCLE_MOMENTUM] = True
     base_momentum: Annotated[
         PerGroupLr,
         Field(description="the momentum at the lr's peak: a number, or one per group"),
@@ -89,10 +101,8 @@ class OneCycleMomentumParams(OneCycleFields, WeightDecayRamp, ExtrasParams):
         Field(description="the momentum at the start and end: a number, or one per group"),
     ] = 0.95
 
-    def _check(self, groups: int) -> list[tuple[Loc, str]]:
-        errors = super()._check(groups)
-        errors += _momentum_errors(self.base_momentum, self.max_momentum, groups)
-        return errors + self._wd_check(groups, self.total_steps)
+    def _wd_horizon(self) -> int:
+        return self.total_steps
 
     def _extras(self, groups: int) -> ExtrasCurve:
         momentum: Curve | None = None
@@ -108,10 +118,10 @@ class OneCycleMomentumParams(OneCycleFields, WeightDecayRamp, ExtrasParams):
                 self.anneal_strategy == "cos",
                 self.total_steps,
             )
-        return _extras_curve(momentum, self._wd_curve(groups, self.total_steps))
+        return _extras_curve(momentum, self._wd_curve(groups, self._wd_horizon()))
 
 
-class CyclicMomentumParams(CyclicFields, WeightDecayRamp, ExtrasParams):
+class CyclicMomentumParams(MomentumAndDecay, CyclicFields):
     """torch.optim.lr_scheduler.CyclicLR's arguments, names and defaults, momentum cycling
     included (no custom scale_fn), and Megatron's weight decay ramp (give wd_incr_steps: a
     cycle has no end). As in torch, base_lr replaces the run's base lrs (which give the number
@@ -135,7 +145,6 @@ class CyclicMomentumParams(CyclicFields, WeightDecayRamp, ExtrasParams):
         }
     )
 
-    cycle_momentum: Annotated[StrictBool, _CYCLE_MOMENTUM] = True
     base_momentum: Annotated[
         PerGroupLr,
         Field(description="the momentum at max_lr: a number, or one per group"),
@@ -144,11 +153,6 @@ class CyclicMomentumParams(CyclicFields, WeightDecayRamp, ExtrasParams):
         PerGroupLr,
         Field(description="the momentum at base_lr: a number, or one per group"),
     ] = 0.9
-
-    def _check(self, groups: int) -> list[tuple[Loc, str]]:
-        errors = super()._check(groups)
-        errors += _momentum_errors(self.base_momentum, self.max_momentum, groups)
-        return errors + self._wd_check(groups, None)
 
     def _extras(self, groups: int) -> ExtrasCurve:
         momentum: Curve | None = None
@@ -167,7 +171,7 @@ class CyclicMomentumParams(CyclicFields, WeightDecayRamp, ExtrasParams):
 
             momentum = cycled
 
-        return _extras_curve(momentum, self._wd_curve(groups, None))
+        return _extras_curve(momentum, self._wd_curve(groups, self._wd_horizon()))
 
 
 def _extras_curve(momentum: Curve | None, weight_decay: Curve | None) -> ExtrasCurve:
