@@ -157,3 +157,14 @@ def test_a_run_that_schedules_no_extras_has_no_such_members(api: TestClient, ver
         assert all("momentum" not in raw and "weight_decay" not in raw for raw in raws)
     else:  # @2's state says what is not scheduled: null
         assert all(json.loads(raw)["state"]["momentum"] is None for raw in raws)
+
+
+def test_a_half_given_ramp_is_a_422_naming_it(api: TestClient) -> None:
+    spec = {
+        "policy": {"name": "one_cycle", "version": 2, "params": {**PARAMS, "end_wd": None}},
+        "base_lrs": BASE,
+    }
+    r = api.put("/v1/runs/half", json=spec)
+    assert r.status_code == 422, r.text
+    assert "start_wd and end_wd schedule the weight decay together" in r.text
+    assert api.get("/v1/runs/half").status_code == 404
