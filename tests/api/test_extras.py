@@ -13,9 +13,18 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lrpilot.policies import get_policy
-from tests.api.audit_calls import export, feed, import_, log, log_raw, rewind, verify
+from tests.api.audit_calls import (
+    export,
+    feed,
+    import_,
+    log,
+    log_raw,
+    offline_verify,
+    rewind,
+    verify,
+)
 from tests.conftest import app_client
-from tests.helpers import lrpilot_cli, one_line
+from tests.helpers import bundle_text, canonical, lrpilot_cli, one_line, rechained
 
 PARAMS = {
     "max_lr": [0.1, 0.01],
@@ -85,6 +94,18 @@ def test_every_answer_carries_the_extras_and_the_log_keeps_them(
         more = feed(other, "oc", [(120, 0.3)])
         assert extras(more[0]) == expected(120)
         assert verify(other, "oc")["ok"] is True
+
+    # offline: the bundle verifies; a momentum edited (the chain recomputed, as whoever can
+    # write the file can) does not, named at its entry, in the state or at the top
+    lines = bundle.splitlines()
+    assert offline_verify(tmp_path, bundle)[0] == 0
+    for where in ("top", "state"):
+        doc = json.loads(lines[2])
+        held = doc if where == "top" else doc["state"]
+        held["momentum"] = [held["momentum"][0] * 0.5, held["momentum"][1]]
+        edited = rechained([*lines[:2], canonical(doc), *lines[3:]])
+        code, said = offline_verify(tmp_path, bundle_text(edited))
+        assert code != 0 and "seq 2" in said and "momentum" in said, said
 
 
 def test_simulate_answers_the_extras(api: TestClient) -> None:
