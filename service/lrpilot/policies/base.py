@@ -16,6 +16,12 @@ share beyond that is frozen and stands in modules no version owns: ``lrpilot.pol
 (param types, float32 rounding, torch's plateau args and their words) and
 ``lrpilot.policies.text`` (how a reason writes numbers and lrs). A released version never
 imports another version's module.
+
+More than the lr: a policy may schedule, per param group, the momentum (Adam's betas[0]) and the
+weight decay (``EXTRAS``). It keeps them in an ``ExtrasState`` (optional tuples: None when the
+run's params schedule them not), answers them at any step with ``extras_at`` beside
+``lrs_at``, and ``step`` returns them on the ``Outcome``. Every other policy's state keeps the
+shape it always had; ``extras_of`` reads what a state, a state's document or a stepper holds.
 """
 
 from __future__ import annotations
