@@ -13,7 +13,7 @@ weight decay equals Megatron-LM's get_wd formula within 1e-12 relative (the same
 constant and linear ramps). A released version's file never changes: the script refuses to
 overwrite one unless --force.
 
-    python scripts/make_golden_extras.py [--out-dir tests/golden] [--force] [--torch-steps 3000]
+    python scripts/make_golden_extras.py [--out-dir tests/golden] [--force] [--torch-steps 1000]
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--out-dir", type=Path, default=ROOT / "tests" / "golden")
     ap.add_argument("--force", action="store_true", help="overwrite (never for a released version)")
-    ap.add_argument("--torch-steps", type=int, default=3000, help="steps torch is stepped to")
+    ap.add_argument("--torch-steps", type=int, default=1000, help="steps torch is stepped to")
     args = ap.parse_args(argv)
     status = 0
     for family in FAMILIES:
