@@ -471,3 +471,25 @@ def test_keras_writes_beta_1_and_weight_decay_when_the_step_runs_eagerly(client:
     assert [(b, w) for _, b, w in seen] == [
         (m[0], wd[0]) for m, wd in zip(block.momentum or (), block.weight_decay or (), strict=True)
     ]
+
+
+def test_the_lightning_callback_writes_the_momentum_of_every_step(
+    client: Client, tmp_path: Path, quiet_lightning: None
+) -> None:
+    import lightning.pytorch as pl
+
+    from lrpilot_client.integrations.lightning import LrpilotCallback
+
+    held: list[list[float]] = []
+
+    class Momentum(pl.Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            held.append([float(g["momentum"]) for g in optimizer.param_groups])
+
+    params = {"max_lr": [0.05, 0.1], "total_steps": 16, "base_momentum": [0.8, 0.85]}
+    callback = LrpilotCallback(client, "pl-one-cycle", "one_cycle", 2, params)
+    trainer = lightning_trainer(tmp_path, [callback, Momentum()], 2)
+    trainer.fit(lightning_module(), lightning_data(64, 1), lightning_data(16, 2))
+    block = client.lrs_range("pl-one-cycle", 0, 16)
+    assert held == [list(m) for m in block.momentum or ()]  # SGD's momentum, each group's
+    assert len({m[0] for m in held}) > 10
