@@ -37,7 +37,8 @@ def decide(
     """The golden line of `observations` run through policy `ref` ("name@version") from its
     initial state: each decision's lrs, action, reason and the state it left. With `lrs_at`
     steps, also the policy's lrs at each, from the state in force there (the last decision's
-    at or before it), or from the initial state with `lrs_at_from_start`."""
+    at or before it), or from the initial state with `lrs_at_from_start`; and, when the policy
+    schedules momentum or weight decay, those at the same steps (`extras_at`)."""
     name, version = ref.split("@")
     policy = get_policy(name, int(version))
     base = tuple(base_lrs)
@@ -67,10 +68,15 @@ def decide(
         "decisions": decisions,
     }
     if lrs_at is not None:
-        line["lrs_at"] = []
+        line["lrs_at"], extras_at = [], []
         for step in lrs_at:
             at = in_force[0][1] if lrs_at_from_start else _in_force_at(in_force, step)
             line["lrs_at"].append([step, list(policy.lrs_at(resolved, at, step))])
+            extras = policy.extras_at(resolved, at, step)
+            if extras:
+                extras_at.append([step, {name: list(v) for name, v in extras.items()}])
+        if extras_at:  # a policy that schedules momentum or weight decay: those too
+            line["extras_at"] = extras_at
     return line
 
 

@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
-from lrpilot.policies.base import fmt_change, fmt_lrs
+from lrpilot.policies.base import extras_of, fmt_change, fmt_lrs
 from lrpilot.spec import InForce, factor, scaled
 
 GENESIS = "0" * 64  # prev_hash of the first entry of a log begun before runs were pinned
@@ -275,13 +275,17 @@ def decision(
     and ``state`` are the policy's (its own lrs: the scale in force is applied here);
     ``client`` is who posted the observation, as it declared itself; ``who`` whose token
     posted it (its name and project: the "by" member, absent in open mode); ``ranks``
-    (aggregated mode) the reports ``value`` is the weighted mean of."""
+    (aggregated mode) the reports ``value`` is the weighted mean of. What the policy
+    schedules beside the lrs (momentum, weight decay: ``EXTRAS``) is read from its ``state``
+    and stands at the top too, only when scheduled (never scaled: a scaling rule is the lrs')."""
     by = chain.factor
     served = scaled(lrs, by)
     previous = scaled(previous_lrs, by)
     doc = _common(
         chain, step, created_at, value, served, previous, action, reason, state, client, who
     )
+    for name, values in extras_of(state).items():
+        doc[name] = list(values)
     if ranks is not None:
         doc["ranks"] = ranks.ranks
         if ranks.missing or ranks.missing_ranges:

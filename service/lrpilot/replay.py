@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lrpilot.entries import Rewound
-from lrpilot.policies.base import Frozen, Policy, State, Stepper
+from lrpilot.policies.base import Frozen, Policy, State, Stepper, extras_of
 from lrpilot.spec import InForce, factor, scaled
 
 
@@ -195,13 +195,42 @@ def lrs_range(
     force before ``first``, its lrs served times ``by``; ``changes`` are (step, state, factor)
     of the live entries from ``first`` on, in step order (each a decision's, a rewind's or a
     resize's: the state it left and the scaling rule's factor on what it served)."""
+    lrs_at = policy.lrs_at
+    return [
+        scaled(lrs_at(params, st, step), f)
+        for step, st, f in _in_force(state, by, first, count, changes)
+    ]
+
+
+def extras_range(
+    policy: Policy,
+    params: Frozen,
+    state: State,
+    first: int,
+    count: int,
+    changes: Iterable[tuple[int, State, float]],
+) -> dict[str, list[list[float]]]:
+    """What the policy schedules beside the lrs (momentum, weight decay) at the steps
+    ``lrs_range`` answers, from the same states: one list a step, by name; empty when the
+    policy schedules none. A scaling rule scales the lrs only."""
+    out: dict[str, list[list[float]]] = {}
+    if not extras_of(state):
+        return out
+    extras_at = policy.extras_at
+    for step, st, _ in _in_force(state, 1.0, first, count, changes):
+        for name, values in extras_at(params, st, step).items():
+            out.setdefault(name, []).append(list(values))
+    return out
+
+
+def _in_force(
+    state: State, by: float, first: int, count: int, changes: Iterable[tuple[int, State, float]]
+) -> Iterator[tuple[int, State, float]]:
+    """(step, the state in force there, its factor) for ``count`` steps from ``first``."""
     upcoming = iter(changes)
     change = next(upcoming, None)
-    lrs: list[list[float]] = []
-    lrs_at = policy.lrs_at
     for step in range(first, first + count):
         while change is not None and change[0] <= step:
             _, state, by = change
             change = next(upcoming, None)
-        lrs.append(scaled(lrs_at(params, state, step), by))
-    return lrs
+        yield step, state, by

@@ -399,3 +399,97 @@ def test_keras_callback_every_step_val_loss_and_resume(
     for step, lr in used2:
         assert lr == f32(client.lr("keras-mlp", step)), f"step {step}"
     assert [s for s, _ in observations(client, "keras-mlp")] == [4, 8, 12, 16]
+
+
+# -- more than the lr: the momentum and weight decay of one_cycle@2 reach the optimizer ----------
+
+
+def test_the_transformers_callback_writes_the_momentum_through_the_scheduler(
+    client: Client, tmp_path: Path
+) -> None:
+    """The transformers and Lightning callbacks go through LrpilotScheduler: the Trainer's
+    AdamW holds the run's betas[0] at every step, over whatever the Trainer's own scheduler
+    wrote."""
+    from transformers import Trainer
+
+    from lrpilot_client.integrations.transformers import LrpilotCallback
+
+    params = {"max_lr": 0.01, "total_steps": 16, "base_momentum": 0.8, "max_momentum": 0.95}
+    callback = LrpilotCallback(client, "hf-one-cycle", "one_cycle", 2, params, "eval_loss")
+    held: list[tuple[int, float]] = []
+
+    class Betas:  # before each optimizer step, what AdamW's first group holds
+        def attach(self, optimizer: torch.optim.Optimizer) -> None:
+            optimizer.register_step_pre_hook(
+                lambda opt, a, k: held.append((len(held), float(opt.param_groups[0]["betas"][0])))
+            )
+
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=hf_args(tmp_path, lr_scheduler_type="constant", max_steps=12, eval_strategy="no"),
+        train_dataset=Tokens(48, 1),
+        callbacks=[callback],
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=12)
+    Betas().attach(trainer.optimizer)
+    trainer.train()
+    assert len(held) == 12
+    block = client.lrs_range("hf-one-cycle", 0, 12)
+    assert [b for _, b in held] == [m[0] for m in block.momentum or ()]
+    assert len({b for _, b in held}) > 8
+
+
+def test_keras_writes_beta_1_and_weight_decay_when_the_step_runs_eagerly(client: Client) -> None:
+    import keras
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras was imported with another backend")
+    from lrpilot_client.integrations.keras import LrpilotCallback
+
+    params = {
+        "max_lr": 0.05,
+        "total_steps": 16,
+        "start_wd": 0.0,
+        "end_wd": 0.01,
+        "wd_incr_style": "linear",
+    }
+    model = keras_model()
+    model.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.0), loss="mse")
+    seen: list[tuple[int, float, float]] = []
+
+    class Seen(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            opt = self.model.optimizer
+            step = int(keras.ops.convert_to_numpy(opt.iterations))
+            seen.append((step, float(opt.beta_1), float(opt.weight_decay)))
+
+    x, y = keras_data(64, 1)
+    callback = LrpilotCallback(client, "keras-one-cycle", "one_cycle", 2, params, "loss")
+    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[callback, Seen()])
+    assert [s for s, _, _ in seen] == list(range(12))
+    block = client.lrs_range("keras-one-cycle", 0, 12)
+    assert [(b, w) for _, b, w in seen] == [
+        (m[0], wd[0]) for m, wd in zip(block.momentum or (), block.weight_decay or (), strict=True)
+    ]
+
+
+def test_the_lightning_callback_writes_the_momentum_of_every_step(
+    client: Client, tmp_path: Path, quiet_lightning: None
+) -> None:
+    import lightning.pytorch as pl
+
+    from lrpilot_client.integrations.lightning import LrpilotCallback
+
+    held: list[list[float]] = []
+
+    class Momentum(pl.Callback):
+        def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+            held.append([float(g["momentum"]) for g in optimizer.param_groups])
+
+    params = {"max_lr": [0.05, 0.1], "total_steps": 16, "base_momentum": [0.8, 0.85]}
+    callback = LrpilotCallback(client, "pl-one-cycle", "one_cycle", 2, params)
+    trainer = lightning_trainer(tmp_path, [callback, Momentum()], 2)
+    trainer.fit(lightning_module(), lightning_data(64, 1), lightning_data(16, 2))
+    block = client.lrs_range("pl-one-cycle", 0, 16)
+    assert held == [list(m) for m in block.momentum or ()]  # SGD's momentum, each group's
+    assert len({m[0] for m in held}) > 10

@@ -53,6 +53,7 @@ GENERATORS = {  # each script, and the golden files it writes
     "make_golden_wsd.py": ["wsd@1"],
     "make_golden_groups.py": ["groups@1"],
     "make_golden_schedules.py": [f"{name}@1" for name in SCHEDULES],
+    "make_golden_extras.py": ["one_cycle@2", "cyclic@2"],
 }
 
 
@@ -61,7 +62,11 @@ def test_each_generator_writes_its_golden_files_byte_for_byte(script: str, tmp_p
     """The frozen files are what their scripts make, reference cross-checks included: a file
     edited by hand, or a script that drifted, fails here."""
     names = GENERATORS[script]
-    family = script in ("make_golden_compose.py", "make_golden_schedules.py")
+    family = script in (
+        "make_golden_compose.py",
+        "make_golden_schedules.py",
+        "make_golden_extras.py",
+    )
     where = (
         ["--out-dir", str(tmp_path)] if family else ["--out", str(tmp_path / f"{names[0]}.jsonl")]
     )

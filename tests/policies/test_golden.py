@@ -18,7 +18,7 @@ from tests.harness import GOLDEN_DIR
 
 FILES = sorted(GOLDEN_DIR.glob("*.jsonl"))
 # Schedule families (the registry's open-loop policies): one file each, every line with "lrs_at".
-SCHEDULES = sorted(policy.name for policy in POLICIES.values() if policy.open_loop)
+SCHEDULES = sorted({policy.name for policy in POLICIES.values() if policy.open_loop})
 # Every released version's file holds at least 10 streams: plateau control more (plateaus come and
 # go), the compositions fewer (each of their streams runs through several phases).
 MIN_STREAMS = {key: 10 for key in POLICIES} | {
@@ -115,3 +115,8 @@ def test_golden_stream_replays_identically(path: Path, n: int) -> None:
         got_lrs = [repr(x) for x in policy.lrs_at(params, state, step)]
         want_lrs = [repr(parse_float(x)) for x in want_lrs]
         assert got_lrs == want_lrs, f"{path.name} line {n}: lrs_at({step}) {got_lrs} != frozen"
+    # and what the policy schedules beside the lrs (momentum, weight decay), at the same steps
+    for step, want_extras in line.get("extras_at", []):
+        state = [s for at, s in in_force if at <= step][-1]
+        got = canonical_json({k: list(v) for k, v in policy.extras_at(params, state, step).items()})
+        assert got == canonical_json(want_extras), f"{path.name} line {n}: extras_at({step})"

@@ -241,7 +241,7 @@ def test_refusals_say_what_to_do() -> None:
         get_policy("one_cycle", 1).resolve(
             {"max_lr": 0.1, "total_steps": 10, "pct_start": 0.1}, BASE
         )
-    with pytest.raises(PolicyError, match="momentum is not cycled"):
+    with pytest.raises(PolicyError, match="cyclic@2 cycle the momentum"):
         get_policy("cyclic", 1).resolve({"base_lr": 0.1, "max_lr": 1.0, "max_momentum": 0.9}, BASE)
     with pytest.raises(PolicyError, match=r"give total_steps \(epochs \* steps_per_epoch\)"):
         get_policy("one_cycle", 1).resolve({"max_lr": 0.1, "steps_per_epoch": 10}, BASE)

@@ -184,6 +184,14 @@ class _Fields:
         """A list that may be absent or null (then empty)."""
         return () if self._raw.get(key) is None else tuple(self.array(key))
 
+    def opt_numbers(self, key: str) -> tuple[float, ...] | None:
+        """A list of numbers that may be absent or null (then None)."""
+        return None if self._raw.get(key) is None else self.numbers(key)
+
+    def opt_rows(self, key: str) -> tuple[tuple[float, ...], ...] | None:
+        """A list of lists of numbers that may be absent or null (then None)."""
+        return None if self._raw.get(key) is None else self.rows(key)
+
     def rows(self, key: str) -> tuple[tuple[float, ...], ...]:
         """A list of lists of numbers (the lrs of consecutive steps)."""
         return tuple(
@@ -218,7 +226,9 @@ _READERS: dict[str, Callable[[_Fields, str], Any]] = {
     "datetime": _Fields.timestamp,
     "datetime | None": _Fields.opt_timestamp,
     "tuple[float, ...]": _Fields.numbers,
+    "tuple[float, ...] | None": _Fields.opt_numbers,
     "tuple[tuple[float, ...], ...]": _Fields.rows,
+    "tuple[tuple[float, ...], ...] | None": _Fields.opt_rows,
     "tuple[int, ...]": _Fields.opt_array,
     "tuple[str, ...]": _Fields.opt_array,
     "tuple[Mapping[str, Any], ...]": _Fields.opt_array,
@@ -388,6 +398,10 @@ class Decision(_Model):
     # the run's ranks whose acknowledged lrs differ from the run's (docs/agreement.md), in the
     # answer to an observation that carried `applied`; empty when none does
     disagreements: tuple[Mapping[str, Any], ...] = ()
+    # what the run's policy schedules beside the lrs, one value a param group (None: it does
+    # not): the momentum (SGD's momentum, Adam's betas[0]) and the weight decay
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
 
     @property
     def lr(self) -> float:
@@ -433,6 +447,10 @@ class LrAt(_Model):
     provisional: bool = field(default=False, metadata=LOCAL)
     certain: bool | None = None
     disagreements: tuple[Mapping[str, Any], ...] = ()  # as in `Decision`
+    # what the run's policy schedules beside the lrs, one value a param group (None: it does
+    # not): the momentum (SGD's momentum, Adam's betas[0]) and the weight decay
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
 
 
 LrsInForce = LrAt  # the name before `LrAt`, kept for existing code
@@ -453,14 +471,28 @@ class LrsRange(_Model):
     certain_through: int | None
     open_loop: bool
     provisional: bool = field(default=False, metadata=LOCAL)
+    # what the run's policy schedules beside the lrs, one row a step as `lrs` (None: it does
+    # not): the momentum (SGD's momentum, Adam's betas[0]) and the weight decay
+    momentum: tuple[tuple[float, ...], ...] | None = None
+    weight_decay: tuple[tuple[float, ...], ...] | None = None
 
     def at(self, step: int) -> tuple[float, ...]:
         """The rates at `step`, which must be within the fetched range."""
+        return self.lrs[self._index(step)]
+
+    def extras_at(self, step: int) -> dict[str, tuple[float, ...]]:
+        """What the run schedules beside the lrs at `step` (within the fetched range), by
+        name ("momentum", "weight_decay"): only what it schedules."""
+        i = self._index(step)
+        rows = {"momentum": self.momentum, "weight_decay": self.weight_decay}
+        return {name: r[i] for name, r in rows.items() if r is not None and i < len(r)}
+
+    def _index(self, step: int) -> int:
         if not self.first <= step < self.first + len(self.lrs):
             raise IndexError(
                 f"step {step} is outside {self.first}..{self.first + len(self.lrs) - 1}"
             )
-        return self.lrs[step - self.first]
+        return step - self.first
 
 
 LrsAhead = LrsRange  # the name before `LrsRange`, kept for existing code
@@ -654,6 +686,9 @@ class SimulatedDecision(_Model):
     reason: str
     recorded: Mapping[str, Any] | None = None
     scale: float | None = None
+    # what the policy schedules beside the lrs (None: it does not), as in `Decision`
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

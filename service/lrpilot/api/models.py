@@ -231,6 +231,16 @@ class DecisionOut(BaseModel):
     resize: dict[str, Any] | None = Field(
         default=None, description="in a scale entry only: by, from (the size before), to"
     )
+    momentum: list[float] | None = Field(
+        default=None,
+        description="in a decision: the momentum (Adam's betas[0]) of each param group, when "
+        "the run's policy schedules it (one_cycle@2, cyclic@2); absent otherwise",
+    )
+    weight_decay: list[float] | None = Field(
+        default=None,
+        description="in a decision: the weight decay of each param group, when the run's policy "
+        "schedules it; absent otherwise",
+    )
     disagreements: list[dict[str, Any]] | None = Field(
         default=None,
         description="in the answer to an observation that carried `applied`: the run's ranks "
@@ -254,6 +264,16 @@ class LrOut(BaseModel):
     run_id: str
     step: int | None
     lrs: list[float]
+    momentum: list[float] | None = Field(
+        default=None,
+        description="at `step`: the momentum (Adam's betas[0]) of each param group, when the "
+        "run's policy schedules it (one_cycle@2, cyclic@2); absent otherwise",
+    )
+    weight_decay: list[float] | None = Field(
+        default=None,
+        description="at `step`: the weight decay of each param group, when the run's policy "
+        "schedules it; absent otherwise",
+    )
     seq: int | None
     decided_at_step: int | None
     certain: bool = Field(
@@ -280,6 +300,16 @@ class LrsOut(BaseModel):
     from_: int = Field(alias="from")
     count: int
     lrs: list[list[float]] = Field(description="one list of lrs a step, from `from` on")
+    momentum: list[list[float]] | None = Field(
+        default=None,
+        description="one list of momentums (Adam's betas[0]) a step, as `lrs`, when the run's "
+        "policy schedules them; absent otherwise",
+    )
+    weight_decay: list[list[float]] | None = Field(
+        default=None,
+        description="one list of weight decays a step, as `lrs`, when the run's policy "
+        "schedules them; absent otherwise",
+    )
     certain_through: int | None = Field(
         description="the last step whose lrs no later evaluation can change (all of them for "
         "a pure schedule), nor a resize (a run with a scaling rule: the steps below its last "
@@ -569,6 +599,16 @@ class SimulatedOut(BaseModel):
     action: str
     lrs: list[float]
     previous_lrs: list[float]
+    momentum: list[float] | None = Field(
+        default=None,
+        description="the momentum (Adam's betas[0]) of each param group, when the run's "
+        "policy schedules it (one_cycle@2, cyclic@2); absent otherwise",
+    )
+    weight_decay: list[float] | None = Field(
+        default=None,
+        description="the weight decay of each param group, when the run's policy "
+        "schedules it; absent otherwise",
+    )
     reason: str
     recorded: dict[str, Any] | None = Field(
         default=None, description="with run_id: the run's own decision (action, lrs)"

@@ -13,6 +13,7 @@ from lrpilot.api.models import MAX_SIMULATE, SimulateIn, SimulateOut
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
 from lrpilot.audit.simulate import Setup, run_setup
 from lrpilot.domain.errors import Conflict
+from lrpilot.policies.base import EXTRAS
 from lrpilot.spec import scaled
 
 router = APIRouter(prefix="/v1/simulate", tags=["audit"])
@@ -70,8 +71,13 @@ def simulate(body: SimulateIn, audit: AuditDep, caller: Reader) -> Response:
                 item["lrs"] = scaled(item["lrs"], rec.scale)
                 item["previous_lrs"] = scaled(item["previous_lrs"], rec.scale)
                 item["scale"] = rec.scale
-            item["recorded"] = {"action": rec.action, "lrs": list(rec.lrs)}
-            differing += item["action"] != rec.action or tuple(item["lrs"]) != rec.lrs
+            extras = {k: list(v) for k, v in rec.extras().items()}
+            item["recorded"] = {"action": rec.action, "lrs": list(rec.lrs), **extras}
+            differing += (
+                item["action"] != rec.action
+                or tuple(item["lrs"]) != rec.lrs
+                or extras != {k: item[k] for k in EXTRAS if k in item}
+            )
     return StrictJSONResponse(
         {
             "policy": setup.policy_id,

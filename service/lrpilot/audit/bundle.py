@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex, to_strict
 from lrpilot.entries import NOT_DECISIONS, Kind, Rewound, is_superseded
+from lrpilot.policies.base import Extras, extras_of
 from lrpilot.spec import UNSTORABLE_MSG, RunStored, is_storable
 
 BUNDLE_FORMAT = "lrpilot/1"
@@ -348,6 +349,13 @@ class Recorded:
     action: str
     lrs: tuple[float, ...]
     scale: float = 1.0  # the scaling rule's factor on the lrs (elastic jobs)
+    # what the policy scheduled beside the lrs (None: nothing), as the decision says
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
+
+    def extras(self) -> Extras:
+        """What was scheduled beside the lrs, by name: only what was."""
+        return extras_of(self)
 
 
 def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
@@ -376,6 +384,7 @@ def recorded_of(doc: dict[str, Any]) -> Recorded:
         str(doc["action"]),
         tuple(parse_float(x) for x in doc["lrs"]),
         parse_float(doc.get("scale", 1.0)),
+        **{k: tuple(parse_float(x) for x in v) for k, v in extras_of(doc).items()},
     )
 
 

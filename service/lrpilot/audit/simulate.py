@@ -13,6 +13,7 @@ from typing import Any
 
 from lrpilot.audit.bundle import Recorded
 from lrpilot.policies import Frozen, Policy, get_policy
+from lrpilot.policies.base import Extras, extras_of
 from lrpilot.replay import Replay
 from lrpilot.spec import RunStored, scaled
 
@@ -57,7 +58,7 @@ class Setup:
         previous = replay.stepper.lrs
         pairs = list(stream) if not isinstance(stream, list) else stream
         for (step, value), stepper in zip(pairs, replay.run(pairs), strict=True):
-            yield {
+            item: dict[str, Any] = {
                 "step": step,
                 "value": value,
                 "action": stepper.action,
@@ -65,6 +66,9 @@ class Setup:
                 "previous_lrs": list(previous),
                 "reason": stepper.reason(),
             }
+            for name, values in extras_of(stepper).items():  # only what the policy schedules
+                item[name] = list(values)
+            yield item
             previous = stepper.lrs
 
 
@@ -116,6 +120,9 @@ class Diff:
     recorded: tuple[str, tuple[float, ...]]
     replayed: tuple[str, tuple[float, ...]]
     reason: str
+    # what each scheduled beside the lrs (momentum, weight decay), when either did
+    recorded_extras: Extras = field(default_factory=dict)
+    replayed_extras: Extras = field(default_factory=dict)
 
 
 @dataclass
@@ -146,11 +153,12 @@ def compare(
     progress: Callable[[int], None] | None = None,
 ) -> Comparison:
     """Replay the recorded observations under ``setup``; note where the decisions differ
-    (action or lrs). ``progress`` is called with the number of observations done, now and
-    then."""
+    (action, lrs, or what they schedule beside the lrs). ``progress`` is called with the
+    number of observations done, now and then."""
     result = Comparison()
     replay = setup.replay()
     last_recorded = last_replayed = replay.stepper.lrs
+    tracked = bool(extras_of(replay.stepper))  # a policy that schedules extras: compare them
     pending: list[Recorded] = []
 
     def stream() -> Iterator[tuple[int, float]]:
@@ -170,7 +178,9 @@ def compare(
         result.recorded_changes += rec.lrs != last_recorded
         result.replayed_changes += lrs != last_replayed
         last_recorded, last_replayed = rec.lrs, lrs
-        if rec.action != stepper.action or rec.lrs != lrs:
+        recorded_extras = rec.extras()
+        replayed_extras = extras_of(stepper) if tracked else {}
+        if rec.action != stepper.action or rec.lrs != lrs or recorded_extras != replayed_extras:
             result.differing += 1
             if len(result.diffs) < keep:
                 result.diffs.append(
@@ -180,6 +190,8 @@ def compare(
                         (rec.action, rec.lrs),
                         (stepper.action, lrs),
                         stepper.reason(),
+                        recorded_extras,
+                        replayed_extras,
                     )
                 )
         if progress is not None and n % 10_000 == 0:

@@ -12,7 +12,7 @@ import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -411,8 +411,8 @@ def _print_comparison(
             table.add_row(
                 str(diff.step),
                 repr(diff.value),
-                _decision(*diff.recorded),
-                _decision(*diff.replayed),
+                _decision(*diff.recorded, diff.recorded_extras),
+                _decision(*diff.replayed, diff.replayed_extras),
             )
         out.print(table)
     out.print(
@@ -423,8 +423,13 @@ def _print_comparison(
     )
 
 
-def _decision(action: str, lrs: tuple[float, ...]) -> str:
-    return f"{action} {', '.join(repr(x) for x in lrs)}"
+def _decision(
+    action: str, lrs: tuple[float, ...], extras: Mapping[str, tuple[float, ...]] | None = None
+) -> str:
+    also = "".join(
+        f"; {name} {', '.join(repr(x) for x in values)}" for name, values in (extras or {}).items()
+    )
+    return f"{action} {', '.join(repr(x) for x in lrs)}{also}"
 
 
 def _plot(

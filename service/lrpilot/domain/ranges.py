@@ -15,6 +15,7 @@ from lrpilot.canonical import parse_float
 from lrpilot.domain.deciding import resolved
 from lrpilot.domain.scaling import unsettled_from
 from lrpilot.policies import Frozen, Policy, State
+from lrpilot.policies.base import extras_of
 from lrpilot.store.records import RunHead, RunKey
 from lrpilot.store.runs import Store
 
@@ -40,15 +41,17 @@ def lr_at(store: Store, run: RunKey, step: int | None) -> tuple[dict[str, Any], 
     if step is None:
         lrs = head.lrs.value
         seq, at = (head.last_seq or None), head.last_step
+        extras = extras_of(head.state.value)
     else:
         seq, at, entry = row if row is not None else (None, None, None)
         state, by = _in_force(policy, params, head, entry)
         lrs = replay.lrs_range(policy, params, state, by, step, 1, ())[0]
+        extras = policy.extras_at(params, state, step)
     decided = step is None or (
         (head.last_step is not None and head.last_step >= step) or policy.open_loop
     )
     settled = unsettled_from(head)
-    return {
+    answer = {
         "run_id": run.run_id,
         "step": step,
         "lrs": lrs,
@@ -56,7 +59,10 @@ def lr_at(store: Store, run: RunKey, step: int | None) -> tuple[dict[str, Any], 
         "decided_at_step": at,
         # no later evaluation can change them, nor (a run with a scaling rule) a resize
         "certain": decided and (step is None or settled is None or step < settled),
-    }, decided
+    }
+    for name, values in extras.items():  # only what the policy schedules
+        answer[name] = list(values)
+    return answer, decided
 
 
 def lrs_range(store: Store, run: RunKey, first: int, count: int) -> dict[str, Any]:
@@ -70,8 +76,9 @@ def lrs_range(store: Store, run: RunKey, first: int, count: int) -> dict[str, An
     last = first + count - 1
     policy, params = resolved(head.spec)
     state, by = _in_force(policy, params, head, before)
-    changes = ((step, *_in_force(policy, params, head, entry)) for step, entry in within)
+    changes = [(step, *_in_force(policy, params, head, entry)) for step, entry in within]
     lrs = replay.lrs_range(policy, params, state, by, first, count, changes)
+    extras = replay.extras_range(policy, params, state, first, count, changes)
     if policy.open_loop:
         certain: int | None = last
     elif head.last_step is None or head.last_step < first:
@@ -88,4 +95,5 @@ def lrs_range(store: Store, run: RunKey, first: int, count: int) -> dict[str, An
         "lrs": lrs,
         "certain_through": certain,
         "open_loop": policy.open_loop,
+        **extras,  # only what the policy schedules
     }

@@ -18,6 +18,7 @@ from lrpilot.policies.plateau import Plateau
 from lrpilot.policies.plateau2 import Plateau2
 from lrpilot.policies.range_test import RangeTest
 from lrpilot.policies.schedules import SCHEDULES
+from lrpilot.policies.schedules2 import SCHEDULES2
 from lrpilot.policies.wsd import WSD
 
 POLICIES: dict[str, Policy] = {
@@ -28,6 +29,7 @@ POLICIES: dict[str, Policy] = {
         Sequence(),
         Scaled(),
         *SCHEDULES,
+        *SCHEDULES2,
         RangeTest(),
         INVERSE_SQRT,
         WSD,

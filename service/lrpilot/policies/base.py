@@ -16,11 +16,18 @@ share beyond that is frozen and stands in modules no version owns: ``lrpilot.pol
 (param types, float32 rounding, torch's plateau args and their words) and
 ``lrpilot.policies.text`` (how a reason writes numbers and lrs). A released version never
 imports another version's module.
+
+More than the lr: a policy may schedule, per param group, the momentum (Adam's betas[0]) and the
+weight decay (``EXTRAS``). It keeps them in an ``ExtrasState`` (optional tuples: None when the
+run's params schedule them not), answers them at any step with ``extras_at`` beside
+``lrs_at``, and ``step`` returns them on the ``Outcome``. Every other policy's state keeps the
+shape it always had; ``extras_of`` reads what a state, a state's document or a stepper holds.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -56,6 +63,31 @@ class State(Frozen):
     lrs: tuple[float, ...]
 
 
+# What a policy may schedule beside the lrs, one value a param group: SGD's momentum (Adam's
+# betas[0]) and the weight decay. A policy that schedules them keeps them in its state (so the
+# chain pins them) as optional tuples named so; every other state keeps the shape it had.
+EXTRAS: tuple[str, ...] = ("momentum", "weight_decay")
+Extras = dict[str, tuple[float, ...]]
+
+
+class ExtrasState(State):
+    """The state of a policy that may schedule momentum and weight decay (None: not scheduled)."""
+
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
+
+
+def extras_of(state: object) -> Extras:
+    """The extras a state (a frozen one, its document, or a stepper holding it) schedules:
+    only those it has."""
+    out: Extras = {}
+    for name in EXTRAS:
+        value = state.get(name) if isinstance(state, Mapping) else getattr(state, name, None)
+        if value is not None:
+            out[name] = tuple(value)
+    return out
+
+
 MAX_STEP = 2**62  # the largest step (and seq) anything holds: a BIGINT on every database
 
 
@@ -74,6 +106,9 @@ class Outcome:
     action: str
     reason: str
     reduced: bool = False  # counted in the run's reductions (the policy says what counts)
+    # what it schedules beside the lrs (EXTRAS), one value a group; None: not scheduled
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
 
 
 class Stepper(Protocol):
@@ -215,13 +250,21 @@ class Policy(abc.ABC):
         """One decision, through the stepper: the one implementation of the rule."""
         stepper = self.stepper(params, state, obs.metric)
         action = stepper.advance(obs.step, obs.value)
-        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced), stepper.state()
+        state = stepper.state()
+        extras = extras_of(state)
+        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced, **extras), state
 
     @abc.abstractmethod
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         """The lrs in force at training step ``step``, given ``state``: the state after the last
         decision at or before ``step`` (the initial state when there is none). Pure and cheap:
         ranks that only read call it for every step they train."""
+
+    def extras_at(self, params: Frozen, state: State, step: int) -> Extras:
+        """What the policy schedules beside the lrs (``EXTRAS``) at training step ``step``, as
+        ``lrs_at`` answers the lrs; empty when it schedules none (every policy but those whose
+        state is an ``ExtrasState``)."""
+        return {}
 
     @abc.abstractmethod
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:

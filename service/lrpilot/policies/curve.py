@@ -26,8 +26,20 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import float_token
+from lrpilot.policies import common
 from lrpilot.policies.arith import exp, log, sin2_frac
-from lrpilot.policies.base import MAX_STEP, FieldStepper, Frozen, Loc, Policy, State, Stepper
+from lrpilot.policies.base import (
+    EXTRAS,
+    MAX_STEP,
+    Extras,
+    ExtrasState,
+    FieldStepper,
+    Frozen,
+    Loc,
+    Policy,
+    State,
+    Stepper,
+)
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs
 
 Curve = Callable[[int], tuple[float, ...]]
@@ -105,9 +117,9 @@ class ScheduleParams(Frozen):
 _NOT_TAKEN = {
     "last_epoch": "a schedule is a function of the step: post the step, not a last_epoch",
     "verbose": "every decision has a reason: there is nothing to print",
-    "cycle_momentum": "lrpilot serves lrs only: momentum is not cycled",
-    "base_momentum": "lrpilot serves lrs only: momentum is not cycled",
-    "max_momentum": "lrpilot serves lrs only: momentum is not cycled",
+    "cycle_momentum": "this version serves lrs only: one_cycle@2 and cyclic@2 cycle the momentum",
+    "base_momentum": "this version serves lrs only: one_cycle@2 and cyclic@2 cycle the momentum",
+    "max_momentum": "this version serves lrs only: one_cycle@2 and cyclic@2 cycle the momentum",
     "scale_fn": "a custom scale_fn is code, not a param: use mode",
     "scale_mode": "scale_mode follows mode (cycle for triangular*, iterations for exp_range)",
     "epochs": "give total_steps (epochs * steps_per_epoch)",
@@ -204,6 +216,7 @@ class ScheduleStepper(FieldStepper):
         change = (
             f"{fmt_lrs(self.lrs)} held" if self.action == "hold" else fmt_change(before, self.lrs)
         )
+        change += self._extras_change()
         return (
             f"{self._family} schedule at step {step}: {change} "
             f"({self._metric} {fmt(value)} logged; a schedule does not read it)"
@@ -211,6 +224,205 @@ class ScheduleStepper(FieldStepper):
 
     def state_doc(self) -> dict[str, Any]:
         return {"lrs": [float_token(x) for x in self.lrs]}
+
+    def _extras_change(self) -> str:
+        """What the reason says of the extras after the lrs (a schedule of lrs only: nothing)."""
+        return ""
+
+
+# -- more than the lr: momentum and weight decay -------------------------------------------------
+
+ExtrasCurve = Callable[[int], Extras]
+
+
+class ExtrasParams(ScheduleParams):
+    """A family's params when its version may schedule momentum and weight decay too."""
+
+    @cached_property
+    def extras_curve(self) -> ExtrasCurve:
+        """step -> what the params schedule beside the lrs (only those), built once."""
+        if not self._base_lrs:
+            raise RuntimeError("schedule params must come from the policy's resolve()")
+        return self._extras(len(self._base_lrs))
+
+    def _extras(self, groups: int) -> ExtrasCurve:
+        raise NotImplementedError
+
+
+class ExtrasSchedule(Schedule):
+    """A family's version that may schedule momentum and weight decay beside the lrs: its state
+    (an ``ExtrasState``) carries them, None when the run's params schedule them not."""
+
+    state_model = ExtrasState
+    params_model: type[ExtrasParams]
+
+    def __init__(
+        self, name: str, version: int, params_model: type[ExtrasParams], description: str
+    ) -> None:
+        super().__init__(name, params_model, description)
+        self.version = version
+
+    def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> State:
+        assert isinstance(params, ExtrasParams)
+        lrs = super().init(params, base_lrs).lrs
+        return ExtrasState(lrs=lrs, **params.extras_curve(0))
+
+    def extras_at(self, params: Frozen, state: State, step: int) -> Extras:
+        assert isinstance(params, ExtrasParams)
+        if step < 0:
+            raise ValueError(f"steps start at 0, got {step}")
+        return params.extras_curve(step)
+
+    def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
+        assert isinstance(params, ExtrasParams)
+        return ExtrasScheduleStepper(self.name, params.curve, params.extras_curve, state, metric)
+
+
+def fmt_values(name: str, old: tuple[float, ...] | None, new: tuple[float, ...]) -> str:
+    """``momentum 0.95 -> 0.9``, ``weight_decay [0.1, 0.0] held``: an extra in a reason."""
+
+    def text(values: tuple[float, ...]) -> str:
+        return fmt(values[0]) if len(values) == 1 else "[" + ", ".join(map(fmt, values)) + "]"
+
+    if old == new:
+        return f"{name} {text(new)} held"
+    return f"{name} {text(old) if old is not None else 'unset'} -> {text(new)}"
+
+
+class ExtrasScheduleStepper(ScheduleStepper):
+    """A schedule's stepper that moves the extras too, each advance the extras' curve at the
+    observation's step; the action is the lrs' (the extras follow the same plan)."""
+
+    __slots__ = ("_extras", "_extras_before", "momentum", "weight_decay")
+
+    state_model = ExtrasState
+    momentum: tuple[float, ...] | None
+    weight_decay: tuple[float, ...] | None
+
+    def __init__(
+        self, family: str, curve: Curve, extras: ExtrasCurve, state: State, metric: str
+    ) -> None:
+        super().__init__(family, curve, state, metric)
+        self._extras = extras
+        self._extras_before: tuple[tuple[float, ...] | None, ...] = ()
+
+    def advance(self, step: int, value: float) -> str:
+        self._extras_before = (self.momentum, self.weight_decay)
+        action = super().advance(step, value)
+        now = self._extras(step)
+        self.momentum, self.weight_decay = now.get("momentum"), now.get("weight_decay")
+        return action
+
+    def _extras_change(self) -> str:
+        parts = [
+            fmt_values(name, was, now)
+            for name, was, now in zip(
+                EXTRAS, self._extras_before, (self.momentum, self.weight_decay), strict=True
+            )
+            if now is not None
+        ]
+        return "".join(f", {p}" for p in parts)
+
+    def state_doc(self) -> dict[str, Any]:
+        doc = super().state_doc()
+        doc["momentum"] = None if self.momentum is None else list(self.momentum)
+        doc["weight_decay"] = None if self.weight_decay is None else list(self.weight_decay)
+        return doc
+
+
+# Megatron's weight decay ramp (OptimizerParamScheduler.get_wd): its argument names
+WdIncrStyle = Literal["constant", "linear", "cosine"]
+
+
+class WeightDecayRamp(Frozen):
+    """Megatron-LM's weight decay ramp from start_wd to end_wd over wd_incr_steps steps
+    (OptimizerParamScheduler's get_wd), one value a group; absent (start_wd null): the weight
+    decay is not scheduled. A params class of a version that takes it derives from this."""
+
+    start_wd: Annotated[
+        PerGroupLr | None,
+        Field(
+            description="the weight decay at step 0: a number, or one per group (null: the "
+            "weight decay is not scheduled)"
+        ),
+    ] = None
+    end_wd: Annotated[
+        PerGroupLr | None,
+        Field(description="the weight decay from wd_incr_steps on: a number, or one per group"),
+    ] = None
+    wd_incr_steps: Annotated[
+        PositiveSteps | None,
+        Field(description="steps from start_wd to end_wd (null: the schedule's own horizon)"),
+    ] = None
+    wd_incr_style: Annotated[
+        WdIncrStyle,
+        Field(
+            description="constant (start_wd equals end_wd), linear, or cosine: "
+            "start + (1 - cos(pi * step / wd_incr_steps)) / 2 * (end - start)"
+        ),
+    ] = "constant"
+
+    def _wd_check(self, groups: int, horizon: int | None) -> list[tuple[Loc, str]]:
+        """The ramp's rules: both ends or neither, one value or one a group, constant only
+        between equal ends, and a length (``horizon``: the family's own, None when it has
+        none)."""
+        if self.start_wd is None or self.end_wd is None:
+            given = [
+                n for n in ("start_wd", "end_wd", "wd_incr_steps") if getattr(self, n) is not None
+            ]
+            if not given:
+                return []
+            return [
+                (
+                    (given[0],),
+                    "start_wd and end_wd schedule the weight decay together: give both (or "
+                    "neither, and no wd_incr_steps)",
+                )
+            ]
+        errors = common.group_count_errors(("start_wd",), self.start_wd, groups)
+        errors += common.group_count_errors(("end_wd",), self.end_wd, groups)
+        if errors:
+            return errors
+        starts = common.per_group(self.start_wd, groups)
+        ends = common.per_group(self.end_wd, groups)
+        if self.wd_incr_style == "constant" and starts != ends:
+            errors.append(
+                (
+                    ("wd_incr_style",),
+                    "wd_incr_style constant keeps the weight decay at end_wd: start_wd must "
+                    "equal it (Megatron asserts so); use linear or cosine for a ramp",
+                )
+            )
+        if self.wd_incr_steps is None and horizon is None:
+            errors.append((("wd_incr_steps",), "required with start_wd: this schedule has no end"))
+        return errors
+
+    def _wd_curve(
+        self, groups: int, horizon: int | None
+    ) -> Callable[[int], tuple[float, ...]] | None:
+        """step -> the weight decay of every group, as Megatron's get_wd computes it at
+        num_steps = step: end_wd past wd_incr_steps, else start + coeff * (end - start) with
+        coeff the fraction done (linear) or (1 - cos(pi * fraction)) / 2 (cosine, as
+        sin(pi * fraction / 2) ** 2 from the deterministic kernels)."""
+        if self.start_wd is None or self.end_wd is None:
+            return None
+        starts = common.per_group(self.start_wd, groups)
+        ends = common.per_group(self.end_wd, groups)
+        steps = self.wd_incr_steps if self.wd_incr_steps is not None else horizon
+        assert steps is not None  # _wd_check
+        if self.wd_incr_style == "constant":
+            return lambda step: ends
+        deltas = tuple([e - s for s, e in zip(starts, ends, strict=True)])
+        cosine = self.wd_incr_style == "cosine"
+
+        def wd(step: int) -> tuple[float, ...]:
+            if step > steps:
+                return ends
+            ratio = float(step) / float(steps)
+            coeff = sin2_frac(ratio) if cosine else ratio
+            return tuple([s + coeff * d for s, d in zip(starts, deltas, strict=True)])
+
+        return wd
 
 
 # -- warmups ------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     ConfigDict,
@@ -60,22 +60,21 @@ from pydantic import (
     StrictInt,
 )
 
-from lrpilot.policies import common
-from lrpilot.policies.arith import cos2_frac, cos2_ratio, pow01, powers
-from lrpilot.policies.base import MAX_STEP, Loc
+from lrpilot.policies.arith import cos2_ratio, pow01, powers
+from lrpilot.policies.base import MAX_STEP
 from lrpilot.policies.curve import (
     Curve,
     Gamma,
     MinLr,
-    PerGroupLr,
     PositiveSteps,
     Schedule,
     ScheduleParams,
     Steps,
     times,
 )
+from lrpilot.policies.cycles import CyclicFields, OneCycleFields
 
-_ldexp, _floor = math.ldexp, math.floor
+_floor = math.floor
 
 
 class ConstantParams(ScheduleParams):
@@ -312,7 +311,7 @@ class CosineRestartsParams(ScheduleParams):
         return growing_cycles
 
 
-class CyclicParams(ScheduleParams):
+class CyclicParams(CyclicFields):
     """torch.optim.lr_scheduler.CyclicLR's arguments, names and defaults (lrs only: no
     momentum cycling; no custom scale_fn). As in torch, base_lr replaces the run's base lrs
     (which give the number of param groups)."""
@@ -325,56 +324,8 @@ class CyclicParams(ScheduleParams):
         }
     )
 
-    base_lr: Annotated[
-        PerGroupLr, Field(description="the low end of the cycle: a number, or one per group")
-    ]
-    max_lr: Annotated[
-        PerGroupLr, Field(description="the high end of the cycle: a number, or one per group")
-    ]
-    step_size_up: Annotated[PositiveSteps, Field(description="steps from base_lr to max_lr")] = 2000
-    step_size_down: Annotated[
-        Steps | None, Field(description="steps from max_lr back to base_lr (null: step_size_up)")
-    ] = None
-    mode: Literal["triangular", "triangular2", "exp_range"] = "triangular"
-    gamma: Annotated[
-        StrictFloat,
-        Field(gt=0.0, le=1.0, description="exp_range scales the cycle by gamma**step"),
-    ] = 1.0
 
-    def _check(self, groups: int) -> list[tuple[Loc, str]]:
-        return common.group_count_errors(
-            ("base_lr",), self.base_lr, groups
-        ) + common.group_count_errors(("max_lr",), self.max_lr, groups)
-
-    def _curve(self, base: tuple[float, ...]) -> Curve:
-        lows = common.per_group(self.base_lr, len(base))
-        highs = common.per_group(self.max_lr, len(base))
-        spans = tuple([m - b for b, m in zip(lows, highs, strict=True)])
-        up = self.step_size_up
-        down = self.step_size_down if self.step_size_down is not None else up
-        total = up + down
-        mode = self.mode
-        power = powers(self.gamma)
-
-        def curve(step: int) -> tuple[float, ...]:
-            # torch's get_lr with the cycle and the place in it as integers: torch's cycle
-            # floor(1 + step / total) is cycle + 1, its x (the fraction of the cycle done) is
-            # r / total, and its factor x / step_ratio (rising) or (x - 1) / (step_ratio - 1)
-            # (falling) is r / up or (total - r) / down: one rounding, exact at any step
-            cycle, r = divmod(step, total)
-            f = r / up if r <= up else (total - r) / down
-            if mode == "triangular":
-                scale = 1.0
-            elif mode == "triangular2":
-                scale = _ldexp(1.0, -cycle)  # torch's 1 / 2.0 ** (cycle - 1), exactly
-            else:
-                scale = power(step)
-            return tuple([b + (d * f) * scale for b, d in zip(lows, spans, strict=True)])
-
-        return curve
-
-
-class OneCycleParams(ScheduleParams):
+class OneCycleParams(OneCycleFields):
     """torch.optim.lr_scheduler.OneCycleLR's arguments, names and defaults (lrs only: no
     momentum cycling; total_steps, not epochs and steps_per_epoch). As in torch, the lrs start
     at max_lr / div_factor whatever the run's base lrs (which give the number of groups)."""
@@ -382,98 +333,6 @@ class OneCycleParams(ScheduleParams):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"max_lr": 0.1, "total_steps": 10000}]}
     )
-
-    max_lr: Annotated[PerGroupLr, Field(description="the peak lr: a number, or one per group")]
-    total_steps: Annotated[
-        PositiveSteps,
-        Field(description="steps in the cycle; from total_steps on, its last lrs hold"),
-    ]
-    pct_start: Annotated[
-        StrictFloat, Field(ge=0.0, le=1.0, description="the fraction of the cycle spent rising")
-    ] = 0.3
-    anneal_strategy: Literal["cos", "linear"] = "cos"
-    div_factor: Annotated[
-        StrictFloat,
-        Field(gt=0.0, allow_inf_nan=False, description="the first lr is max_lr / div_factor"),
-    ] = 25.0
-    final_div_factor: Annotated[
-        StrictFloat,
-        Field(
-            gt=0.0,
-            allow_inf_nan=False,
-            description="the last lr is max_lr / div_factor / final_div_factor",
-        ),
-    ] = 1e4
-    three_phase: Annotated[
-        StrictBool,
-        Field(description="rise, fall back to the first lr, then anneal (the paper's shape)"),
-    ] = False
-
-    def _check(self, groups: int) -> list[tuple[Loc, str]]:
-        errors = common.group_count_errors(("max_lr",), self.max_lr, groups)
-        if float(self.pct_start * self.total_steps) - 1 == 0.0:
-            errors.append(
-                (
-                    ("pct_start",),
-                    f"pct_start * total_steps is 1 ({self.pct_start!r} * {self.total_steps}): "
-                    "the rising phase would last 0 steps (torch divides by zero at step 0)",
-                )
-            )
-        tops = self.max_lr if isinstance(self.max_lr, list) else [self.max_lr]
-        if not all(math.isfinite(m / self.div_factor) for m in tops):
-            errors.append((("div_factor",), "max_lr / div_factor is beyond the largest double"))
-        elif not all(math.isfinite(m / self.div_factor / self.final_div_factor) for m in tops):
-            errors.append(
-                (
-                    ("final_div_factor",),
-                    "max_lr / div_factor / final_div_factor is beyond the largest double",
-                )
-            )
-        return errors
-
-    def _phases(self) -> list[tuple[float, str, str]]:
-        """torch's _schedule_phases: (end_step, start lr, end lr), in its arithmetic."""
-        t, pct = self.total_steps, self.pct_start
-        if self.three_phase:
-            return [
-                (float(pct * t) - 1, "initial", "max"),
-                (float(2 * pct * t) - 2, "max", "initial"),
-                (t - 1, "initial", "min"),
-            ]
-        return [(float(pct * t) - 1, "initial", "max"), (t - 1, "max", "min")]
-
-    def _curve(self, base: tuple[float, ...]) -> Curve:
-        tops = common.per_group(self.max_lr, len(base))
-        initial = tuple([m / self.div_factor for m in tops])
-        levels = {
-            "initial": initial,
-            "max": tops,
-            "min": tuple([i / self.final_div_factor for i in initial]),
-        }
-        phases: list[tuple[float, float, float, tuple[float, ...], tuple[float, ...]]] = []
-        start = 0.0
-        for end, first, last in self._phases():
-            phases.append((end, start, end - start, levels[first], levels[last]))
-            start = end
-        final = len(phases) - 1
-        cos = self.anneal_strategy == "cos"
-        t = self.total_steps
-
-        def at(step: int) -> tuple[float, ...]:
-            # torch's get_lr, in its order: the first phase whose end_step is not passed
-            for i, (end, begin, length, firsts, lasts) in enumerate(phases):
-                if step <= end or i == final:
-                    pct = (step - begin) / length
-                    if cos:  # torch: end + (start - end) / 2 * (cos(pi * pct) + 1)
-                        c2 = cos2_frac(pct)
-                        return tuple([b + (a - b) * c2 for a, b in zip(firsts, lasts, strict=True)])
-                    return tuple([(b - a) * pct + a for a, b in zip(firsts, lasts, strict=True)])
-            raise AssertionError("unreachable: the last phase takes every step")
-
-        # torch raises past total_steps and, at total_steps, extrapolates the last phase (with
-        # anneal_strategy linear, below min lr, even below 0): the cycle's last lrs hold instead
-        held = at(t - 1)
-        return lambda step: at(step) if step < t - 1 else held
 
 
 # One released policy a family, ``<name>@1``: its name, its params (the rule is their curve)

@@ -86,6 +86,19 @@ class LrsCursor:
             )  # fmt: skip
         return self._last
 
+    def extras_at(self, step: int) -> dict[str, tuple[float, ...]]:
+        """What the run schedules beside the lrs at `step` (momentum, weight decay), from the
+        block `at(step)` used: only what it schedules, and only finite values (none while the
+        service is away: the optimizer keeps the last ones applied)."""
+        block = self._block
+        if block is None or getattr(block, "provisional", False):
+            return {}
+        try:
+            extras = block.extras_at(step)
+        except IndexError:
+            return {}
+        return {k: v for k, v in extras.items() if all(math.isfinite(x) for x in v)}
+
     def _serves(self, block: LrsRange, step: int) -> bool:
         if getattr(block, "provisional", False):
             # the client's stand-in while the service is away (the last known rates): good for

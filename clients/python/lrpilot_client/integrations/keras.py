@@ -42,7 +42,10 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
     holds the last rate applied) continues the existing run and rewinds it to that step, so
     decisions made after the checkpoint are superseded; the evaluation at that very step is
     kept. The optimizer's learning rate must be a plain value, not a
-    `LearningRateSchedule` (the run is the schedule). When a decision is `stop` and
+    `LearningRateSchedule` (the run is the schedule). A run that schedules the momentum or the
+    weight decay too (`one_cycle@2`, `cyclic@2`) has them written into the optimizer's
+    `beta_1` or `momentum` and `weight_decay` when the train step runs eagerly (see
+    `_apply_extras`). When a decision is `stop` and
     `stop_training` is true, the callback sets `model.stop_training`.
 
     A fit after the first in the same process (a loop of `fit(epochs=1)`, a second training
@@ -79,6 +82,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self.last_decision: Decision | None = None
         self._assigned: float | None = None
         self._begun: Run | None = None  # the run as the last fit began, in this process
+        self._warned_extras = False  # the run schedules extras a compiled step cannot take
 
     @property
     def fetches(self) -> int:
@@ -108,6 +112,44 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         if lrs[0] != self._assigned:
             self._optimizer().learning_rate = lrs[0]
             self._assigned = lrs[0]
+        extras = self.cursor.extras_at(step)
+        if extras:
+            self._apply_extras(extras)
+
+    def _apply_extras(self, extras: Mapping[str, tuple[float, ...]]) -> None:
+        """What the run schedules beside the lr: the momentum into `beta_1` (Adam, AdamW, ...)
+        or `momentum` (SGD, RMSprop), the weight decay into `weight_decay`. Keras keeps those
+        as plain numbers that a compiled train step reads once, when it is traced: they are
+        written only when the step runs eagerly (`run_eagerly`, or the torch backend without
+        `jit_compile`), else a warning says once that they are not applied."""
+        model = self.model
+        eager = bool(getattr(model, "run_eagerly", False)) or (
+            keras.backend.backend() == "torch" and not getattr(model, "jit_compile", False)
+        )
+        if not eager:
+            if not self._warned_extras:
+                self._warned_extras = True
+                logger.warning(
+                    "run %r schedules %s, which a compiled keras train step cannot change: "
+                    "not applied (compile with run_eagerly=True, or use the torch backend)",
+                    self.run_id, " and ".join(sorted(extras)),
+                )  # fmt: skip
+            return
+        optimizer = self._optimizer()
+        momentum = extras.get("momentum")
+        if momentum is not None:
+            if hasattr(optimizer, "beta_1"):
+                optimizer.beta_1 = momentum[0]
+            elif getattr(optimizer, "momentum", 0.0):  # SGD builds its slots only if > 0
+                optimizer.momentum = momentum[0]
+            else:
+                raise ValueError(
+                    f"run {self.run_id!r} schedules the momentum, and the optimizer has no "
+                    "beta_1 nor a momentum > 0 (give keras.optimizers.SGD momentum=0.9, say)"
+                )
+        weight_decay = extras.get("weight_decay")
+        if weight_decay is not None:
+            optimizer.weight_decay = weight_decay[0]
 
     def _run(self, step: int) -> Run:
         if self.policy is None:

@@ -44,7 +44,7 @@ from ._common import (
     logger,
 )
 
-__all__ = ["LrpilotScheduler"]
+__all__ = ["LrpilotScheduler", "apply_extras"]
 
 STATE_VERSION = 1  # the layout of state_dict() (keys added since, "seq", are optional)
 OnMismatch = Literal["raise", "warn"]
@@ -76,6 +76,36 @@ def _same_lrs(held: list[Any], lrs: tuple[float, ...] | list[float]) -> bool:
     if len(held) != len(lrs):
         return False
     return all(_as_float(h) == _held(x, h) for h, x in zip(held, lrs, strict=True))
+
+
+def apply_extras(optimizer: Optimizer, extras: Mapping[str, Any]) -> None:
+    """Write what a run schedules beside the lrs into the optimizer's groups, as torch's
+    OneCycleLR and CyclicLR do: the momentum into `betas[0]` when the optimizer has betas
+    (Adam, AdamW, ...), else into `momentum` (SGD, RMSprop); the weight decay into
+    `weight_decay`. An optimizer without the hyperparameter is a `ValueError`, as torch's
+    `cycle_momentum` is."""
+    defaults = optimizer.defaults
+    momentum = extras.get("momentum")
+    if momentum is not None:
+        beta1 = "betas" in defaults
+        if not beta1 and "momentum" not in defaults:
+            raise ValueError(
+                f"the run schedules the momentum, and {type(optimizer).__name__} has neither "
+                "momentum nor betas (use an optimizer that has, or cycle_momentum: false)"
+            )
+        for group, m in zip(optimizer.param_groups, momentum, strict=True):
+            if beta1:
+                group["betas"] = (m, *group["betas"][1:])
+            else:
+                group["momentum"] = m
+    weight_decay = extras.get("weight_decay")
+    if weight_decay is not None:
+        if "weight_decay" not in defaults:
+            raise ValueError(
+                f"the run schedules the weight decay, and {type(optimizer).__name__} has none"
+            )
+        for group, wd in zip(optimizer.param_groups, weight_decay, strict=True):
+            group["weight_decay"] = wd
 
 
 class LrpilotScheduler(LRScheduler):
@@ -138,6 +168,13 @@ class LrpilotScheduler(LRScheduler):
     rates to the same run is impossible (the spec is fixed), failing would make gradual
     unfreezing unusable, and a fresh run without the replay would restart plateau control from
     the base lrs.
+
+    **More than the lr.** A run whose policy schedules the momentum or the weight decay too
+    (`one_cycle@2`, `cyclic@2`: torch's `cycle_momentum`, Megatron's weight decay ramp) has
+    them written into the optimizer's groups at every step with the lrs, as torch's OneCycleLR
+    and CyclicLR do: the momentum into `betas[0]` (Adam, AdamW) or `momentum` (SGD), the weight
+    decay into `weight_decay` (see `apply_extras`). While the service is away the last ones
+    applied stand.
 
     **Elastic jobs.** With `scaling={"rule": "linear", "by": "world_size", "base": 8}` (the
     optimizer's lrs are tuned for 8 ranks) and `world_size=dist.get_world_size()`, the run
@@ -310,8 +347,12 @@ class LrpilotScheduler(LRScheduler):
         return list(self._cursor.at(step))
 
     def get_lr(self) -> list[float | torch.Tensor]:
-        """The run's rates at the current step (`last_epoch`), one per param group."""
-        return list(self._lrs(self.last_epoch))
+        """The run's rates at the current step (`last_epoch`), one per param group. Writes
+        what the run schedules beside them (momentum, weight decay) into the optimizer, as
+        torch's CyclicLR.get_lr does: torch's step() writes only the lrs it returns."""
+        lrs = self._lrs(self.last_epoch)
+        self._apply_extras()
+        return list(lrs)
 
     def _apply(self) -> None:
         lrs = self._lrs(self.last_epoch)
@@ -320,6 +361,7 @@ class LrpilotScheduler(LRScheduler):
                 group["lr"].fill_(lr)
             else:
                 group["lr"] = lr
+        self._apply_extras()
         self._last_lr = [
             g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"]
             for g in self.optimizer.param_groups
@@ -341,6 +383,12 @@ class LrpilotScheduler(LRScheduler):
             x if _as_float(h) == _held(x, h) else _as_float(h)
             for h, x in zip(held, decided, strict=True)
         ]
+
+
+    def _apply_extras(self) -> None:
+        extras = self._cursor.extras_at(self.last_epoch)
+        if extras:
+            apply_extras(self.optimizer, extras)
 
     def _before_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         if self._rewind_due is not None:
