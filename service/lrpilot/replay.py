@@ -190,16 +190,17 @@ def lrs_range(
     first: int,
     count: int,
     changes: Iterable[tuple[int, State, float]],
+    every: int = 1,
 ) -> list[list[float]]:
-    """The lrs served at ``count`` consecutive training steps from ``first``: ``state`` is in
-    force before ``first``, its lrs served times ``by``; ``changes`` are (step, state, factor)
-    of the live entries from ``first`` on, in step order (each a decision's, a rewind's or a
-    resize's: the state it left and the scaling rule's factor on what it served)."""
+    """The lrs served at ``count`` training steps from ``first``, ``every`` steps apart:
+    ``state`` is in force before ``first``, its lrs served times ``by``; ``changes`` are (step,
+    state, factor) of the live entries from ``first`` on, in step order (each a decision's, a
+    rewind's or a resize's: the state it left and the scaling rule's factor on what it served)."""
     upcoming = iter(changes)
     change = next(upcoming, None)
     lrs: list[list[float]] = []
     lrs_at = policy.lrs_at
-    for step in range(first, first + count):
+    for step in range(first, first + count * every, every):
         while change is not None and change[0] <= step:
             _, state, by = change
             change = next(upcoming, None)

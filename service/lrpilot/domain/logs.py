@@ -379,6 +379,7 @@ class Audit:
             "superseded": self.store.superseded_count(key),
             "head_hash": head.head_hash,
             "lrs": run["lrs"],
+            "clock": head.spec.clock,
         }
         # what the policy adds (the range test's suggested lrs), from the state in force
         policy, params = resolved(head.spec)

@@ -44,6 +44,12 @@ class LrsCursor:
     only past the block, or past `certain_through` once `observed()` said that an evaluation
     was posted. A pure schedule (cosine, step, ...) is all certain: one request per `ahead`
     steps, whatever is posted. `fetches` counts the blocks asked for.
+
+    A run clocked in samples or tokens is read at each optimizer step's position: `at(step,
+    every)` fetches the block's steps `every` apart (the count of the step just made), so a
+    constant count is one request per `ahead` optimizer steps. Counts that vary (a callable's)
+    miss the block: the next block is then as long as twice the steps the last one served (at
+    least 2), so variable batches cost one small request a step, never `ahead` rates a step.
     """
 
     def __init__(self, client: Client, run_id: str, ahead: int = DEFAULT_AHEAD) -> None:
@@ -54,22 +60,29 @@ class LrsCursor:
         self.ahead = ahead
         self.fetches = 0
         self._block: LrsRange | None = None
+        self._served = 0  # how far into the block a step was read (a strided block's next length)
         self._observed = False
         self._last: tuple[float, ...] | None = None  # the last rates `at` gave: all finite
         self._warned: LrsRange | None = None  # the block a non-finite rate was logged for
 
-    def at(self, step: int) -> tuple[float, ...]:
-        """The rates in force at training `step` (one per param group).
+    def at(self, step: int, every: int = 1) -> tuple[float, ...]:
+        """The rates in force at training `step` (one per param group); a block fetched here
+        holds the steps `every` apart from `step` on.
 
         A rate that is not a finite number (NaN, ±inf: a bug of the service, or of what stands
         between it and the job) is never applied: the last rates stand, with a warning (once a
         block); before any rate was given, it is a `ResponseError`."""
         block = self._block
         if block is None or not self._serves(block, step):
-            block = self._block = self.client.lrs_range(self.run_id, step, self.ahead)
+            count = self.ahead
+            if every > 1 and block is not None and self._served < len(block.lrs):
+                count = min(self.ahead, max(2, 2 * self._served))
+            block = self._block = self.client.lrs_range(self.run_id, step, count, every)
             self._observed = False
+            self._served = 0
             self.fetches += 1
         lrs = block.at(step)
+        self._served = max(self._served, (step - block.first) // block.every + 1)
         if all(math.isfinite(lr) for lr in lrs):
             self._last = lrs
             return lrs
@@ -92,7 +105,7 @@ class LrsCursor:
             # this step only, so the rates are right again as soon as it is back (a client that
             # knows the service is down makes no request until its next try is due)
             return step == block.first and not self._observed
-        if not block.first <= step < block.first + len(block.lrs):
+        if not block.holds(step):
             return False
         if not self._observed:
             return True
@@ -178,7 +191,7 @@ def continue_with_groups(
     lineage = {**(labels or {}), PARENT_LABEL: parent.run_id, ROOT_LABEL: root}
     client.create_run(
         child_id, policy, version, params, list(base_lrs), parent.metric, lineage,
-        scaling=parent.scaling or None,
+        scaling=parent.scaling or None, clock=None if parent.clock == "steps" else parent.clock,
     )  # fmt: skip
     theirs = live_observations(client, parent.run_id)
     ours = live_observations(client, child_id)

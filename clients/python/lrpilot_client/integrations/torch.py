@@ -19,7 +19,8 @@ Needs torch (`pip install 'lrpilot-client[torch]'`); nothing else of the service
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any, SupportsFloat
 
 import torch
@@ -39,9 +40,14 @@ from ._common import (
     logger,
 )
 
-__all__ = ["LrpilotScheduler"]
+__all__ = ["LrpilotScheduler", "PerStep"]
 
 STATE_VERSION = 1  # the layout of state_dict()
+
+# What one optimizer step consumes, in a run clocked in samples or tokens: a number, or a
+# callable asked at each optimizer step (variable-length batches), e.g.
+# `lambda: int(batch["attention_mask"].sum())`.
+PerStep = int | Callable[[], Any]
 
 
 def _size(world_size: int | None, batch_size: int | None) -> tuple[str, int] | None:
@@ -52,6 +58,32 @@ def _size(world_size: int | None, batch_size: int | None) -> tuple[str, int] | N
     if batch_size is not None:
         return "batch_size", batch_size
     return None
+
+
+def _clock(samples_per_step: PerStep | None, tokens_per_step: PerStep | None) -> str:
+    if samples_per_step is not None and tokens_per_step is not None:
+        raise ValueError("give samples_per_step or tokens_per_step (as the run's clock counts)")
+    if tokens_per_step is not None:
+        return "tokens"
+    return "samples" if samples_per_step is not None else "steps"
+
+
+def _count(n: Any, clock: str, given: str) -> int:
+    """A count of samples or tokens: a positive integer (a numpy or 0-dim torch integer too),
+    never a float, a bool or zero: a wrong count would bend the schedule without a word."""
+    try:
+        if isinstance(n, bool):
+            raise TypeError
+        k = operator.index(n)
+    except TypeError:
+        raise ValueError(
+            f"{clock}_per_step{given} must be a positive integer count of {clock}, got {n!r}"
+        ) from None
+    if k <= 0:
+        raise ValueError(
+            f"{clock}_per_step{given} must be a positive integer count of {clock}, got {k}"
+        )
+    return k
 
 
 def _as_float(lr: Any) -> float:
@@ -116,6 +148,18 @@ class LrpilotScheduler(LRScheduler):
     unfreezing unusable, and a fresh run without the replay would restart plateau control from
     the base lrs.
 
+    **Samples or tokens as the clock.** With `tokens_per_step` (or `samples_per_step`) the
+    run is created with `clock="tokens"` (`"samples"`): its steps are the tokens consumed so
+    far, and its policy's horizons are in tokens. Give the tokens of one optimizer step (the
+    global batch: every rank reads the same position), a number or, for variable-length
+    batches, a callable asked once at each `step()` for the step just made (e.g.
+    `lambda: int(batch["attention_mask"].sum())`). `position` is the tokens consumed so far: it
+    is what `observe` posts as the step and where the lrs are read, so a batch-size change does
+    not bend the schedule. `last_epoch` still counts optimizer steps; `state_dict()` carries the
+    position, so a resume continues it. A run whose clock is not the scheduler's is a
+    `ValueError` (e.g. a run counting tokens opened without `tokens_per_step`), and so is a
+    count that is not a positive integer.
+
     **Elastic jobs.** With `scaling={"rule": "linear", "by": "world_size", "base": 8}` (the
     optimizer's lrs are tuned for 8 ranks) and `world_size=dist.get_world_size()`, the run
     rescales its rates for the job's size at every start and resume (a restart by an elastic
@@ -138,7 +182,15 @@ class LrpilotScheduler(LRScheduler):
         scaling: Mapping[str, Any] | None = None,
         world_size: int | None = None,
         batch_size: int | None = None,
+        samples_per_step: PerStep | None = None,
+        tokens_per_step: PerStep | None = None,
     ) -> None:
+        self.clock = _clock(samples_per_step, tokens_per_step)
+        self._per_step = tokens_per_step if tokens_per_step is not None else samples_per_step
+        if self._per_step is not None and not callable(self._per_step):
+            self._per_step = _count(self._per_step, self.clock, "")
+        self._position = 0  # samples or tokens consumed (a clocked run)
+        self._stride = self._per_step if isinstance(self._per_step, int) else 1
         self.client = client
         self._scaling = dict(scaling) if scaling is not None else None
         self._size = _size(world_size, batch_size)
@@ -151,6 +203,7 @@ class LrpilotScheduler(LRScheduler):
         self._fetches_before = 0
         base = [_as_float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         self.run = self._open(run_id, policy, version, params, metric, base)
+        self._check_clock(self.run)
         self._policy = (self.run.policy.name, self.run.policy.version)
         self._params = dict(params) if params is not None else dict(self.run.policy.params)
         self.run_id = self.run.run_id
@@ -182,13 +235,16 @@ class LrpilotScheduler(LRScheduler):
             if len(run.base_lrs) != len(base):
                 run = self._derived(run_id, base, run)
             return run
+        clock = None if self.clock == "steps" else self.clock  # (steps: the body as it was)
         try:
             return self.client.create_run(
-                run_id, policy, version, params, base, metric, self._labels, scaling=self._scaling
-            )
+                run_id, policy, version, params, base, metric, self._labels,
+                scaling=self._scaling, clock=clock,
+            )  # fmt: skip
         except ConflictError:
             # A restart whose optimizer already has the groups added mid-run: the derived run.
             existing = self.client.get_run(run_id)
+            self._check_clock(existing)
             if len(existing.base_lrs) >= len(base):
                 raise
             return self._derived(run_id, base, existing)
@@ -208,6 +264,51 @@ class LrpilotScheduler(LRScheduler):
             )
         logger.info("run %r: the optimizer has %d param groups: using %r", root, len(base), derived)
         return run
+
+    def _check_clock(self, run: Run) -> None:
+        if run.clock == self.clock:
+            return
+        given = {"steps": "neither samples_per_step nor tokens_per_step"}.get(
+            self.clock, f"{self.clock}_per_step"
+        )
+        wants = {"steps": "no samples_per_step or tokens_per_step"}.get(
+            run.clock, f"{run.clock}_per_step"
+        )
+        raise ValueError(
+            f"run {run.run_id!r} counts {run.clock}, the scheduler was given {given}: give it "
+            f"{wants}, or use another run_id"
+        )
+
+    @property
+    def position(self) -> int:
+        """The run's step now: the training step (`last_epoch`) in a run counting steps, the
+        samples or tokens consumed so far in a run counting those."""
+        return self.last_epoch if self._per_step is None else self._position
+
+    def position_of(self, step: int) -> int:
+        """The run's step at training `step`: `step` in a run counting steps, `step` times the
+        count in a run clocked in samples or tokens with a constant count (a callable's steps
+        are not known afterwards: a `ValueError`; the scheduler's `state_dict()` holds them)."""
+        per = self._per_step
+        if per is None:
+            return step
+        if callable(per):
+            raise ValueError(
+                f"run {self.run_id!r} counts {self.clock} with a callable {self.clock}_per_step: "
+                f"the {self.clock} consumed by step {step} are not known; resume from the "
+                "scheduler's state_dict() (or give resume position=)"
+            )
+        return step * per
+
+    def _consumed(self) -> int:
+        """What the optimizer step just made consumed (asks a callable)."""
+        per = self._per_step
+        if callable(per):
+            n = _count(per(), self.clock, " (the callable)")
+            self._stride = n  # the next steps are read this far apart
+            return n
+        assert per is not None
+        return per
 
     @property
     def fetches(self) -> int:
@@ -263,14 +364,14 @@ class LrpilotScheduler(LRScheduler):
 
     def _lrs(self, step: int) -> list[float]:
         self._check_groups()
-        return list(self._cursor.at(step))
+        return list(self._cursor.at(step, self._stride))
 
     def get_lr(self) -> list[float | torch.Tensor]:
-        """The run's rates at the current step (`last_epoch`), one per param group."""
-        return list(self._lrs(self.last_epoch))
+        """The run's rates at the current step (`position`), one per param group."""
+        return list(self._lrs(self.position))
 
     def _apply(self) -> None:
-        lrs = self._lrs(self.last_epoch)
+        lrs = self._lrs(self.position)
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].fill_(lr)
@@ -288,7 +389,7 @@ class LrpilotScheduler(LRScheduler):
             except ServiceUnavailableError as exc:
                 logger.warning("run %r: the job's size is not reported yet: %s", self.run_id, exc)
             else:
-                since = max(self.last_epoch, run.last_step or 0, run.scale.get("step") or 0)
+                since = max(self.position, run.last_step or 0, run.scale.get("step") or 0)
                 self._report_size(since)
         if len(optimizer.param_groups) != len(self.run.base_lrs):
             self._apply()
@@ -302,6 +403,8 @@ class LrpilotScheduler(LRScheduler):
             raise TypeError(
                 "LrpilotScheduler counts steps itself: call step() (or step_to(k) to jump)"
             )
+        if self._per_step is not None and self._step_count > 0:  # (not torch's initial step)
+            self._position += self._consumed()
         super().step()
         if metrics is not None:
             self.observe(metrics)
@@ -316,14 +419,17 @@ class LrpilotScheduler(LRScheduler):
                 "load_state_dict (or resume) rewinds, step_to only goes forward"
             )
         if step != self.last_epoch:
+            if self._per_step is not None:  # each step advanced consumed its count
+                self._position += sum(self._consumed() for _ in range(step - self.last_epoch))
             self._step_count += 1
             self.last_epoch = step
         self._apply()  # again at the same step too: a trainer's own scheduler may have written
 
     def observe(self, value: SupportsFloat, step: int | None = None) -> Decision:
         """Post the metric `value` (a float or a 0-dim tensor; NaN and inf are fine) at the
-        current step (or `step`), apply the rates it leads to, and return the decision."""
-        at = self.last_epoch if step is None else step
+        current step (or `step`; in a run clocked in samples or tokens, the current `position`
+        or a position), apply the rates it leads to, and return the decision."""
+        at = self.position if step is None else step
         self._check_groups()
         decision = self.client.observe(self.run_id, at, float(value))
         self.last_decision = decision
@@ -353,7 +459,8 @@ class LrpilotScheduler(LRScheduler):
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data (torch.load(weights_only=True) reads it): the run, the root run, the
-        step, the last step observed, the head hash, the base lrs."""
+        step, the last step observed, the head hash, the base lrs; the clock and the position
+        (the samples or tokens consumed; the step in a run counting steps)."""
         return {
             "lrpilot": STATE_VERSION,
             "run_id": self.run_id,
@@ -363,6 +470,8 @@ class LrpilotScheduler(LRScheduler):
             "head_hash": self.head_hash(),
             "base_lrs": [float(x) for x in self.run.base_lrs],
             "_step_count": self._step_count,
+            "clock": self.clock,
+            "position": self.position,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -375,23 +484,42 @@ class LrpilotScheduler(LRScheduler):
                 f"the checkpoint is of run {state_dict['root_run_id']!r}, this scheduler's "
                 f"is {self.root_run_id!r}"
             )
+        clock = state_dict.get("clock", "steps")
+        if clock != self.clock:
+            raise ValueError(
+                f"the checkpoint's scheduler counted {clock}, this one counts {self.clock}"
+            )
         if state_dict["run_id"] != self.run_id:
             self._switch(self.client.get_run(state_dict["run_id"]))
         self._step_count = int(state_dict.get("_step_count", self._step_count))
+        position = state_dict.get("position")
         self.resume(
             int(state_dict["last_epoch"]),
             state_dict.get("observed_step"),
             head=state_dict.get("head_hash"),
+            position=None if position is None else int(position),
         )
 
     def resume(
-        self, step: int, observed_step: int | None = None, *, head: str | None = None
+        self,
+        step: int,
+        observed_step: int | None = None,
+        *,
+        head: str | None = None,
+        position: int | None = None,
     ) -> bool:
         """Continue at training `step` of a checkpoint: rewind the run so that its state is
         what it was when the checkpoint was saved, and apply the step's rates. The decisions
         at steps up to `step` are kept, the one at `step` itself only if the checkpoint had
         posted it (`observed_step == step`): an evaluation at `step` made after the checkpoint
-        is superseded, so the resumed job can post it again. True if the run was rewound."""
+        is superseded, so the resumed job can post it again. True if the run was rewound.
+
+        In a run clocked in samples or tokens, `position` is what the checkpoint had consumed
+        (its `state_dict()` says; with a constant count it may be left out: `step` times the
+        count), and `observed_step` a position too."""
+        last_epoch = step
+        if self._per_step is not None:
+            self._position = step = self.position_of(step) if position is None else position
         to_step = step if observed_step == step else step - 1
         rewound = False
         if to_step >= 0:
@@ -404,7 +532,7 @@ class LrpilotScheduler(LRScheduler):
                 )  # fmt: skip
         self._observed_step = observed_step
         self._head = head
-        self.last_epoch = step
+        self.last_epoch = last_epoch
         self._cursor.reset()
         self._apply()
         if self._size is not None:  # a rewind restores the size of the checkpoint's time
@@ -436,9 +564,21 @@ class LrpilotScheduler(LRScheduler):
         run's scaling rule counts) from the current step on: the run rescales its rates (a
         `scale` entry in its log) and the optimizer gets them at once. The constructor's
         `world_size`/`batch_size` does this at every start and resume, which is what an elastic
-        launcher's restart needs."""
+        launcher's restart needs. (A run clocked in tokens: give the scheduler the new
+        `tokens_per_step` too, `set_per_step`; the schedule in tokens does not bend.)"""
         self._size = _size(world_size, batch_size)
-        self._report_size(self.last_epoch)
+        self._report_size(self.position)
+
+    def set_per_step(self, count: PerStep) -> None:
+        """What each optimizer step consumes from now on, in a run clocked in samples or
+        tokens (a batch-size change; a number or a callable, as given to the constructor)."""
+        if self._per_step is None:
+            raise ValueError(
+                f"run {self.run_id!r} counts steps: samples or tokens per step do not apply"
+            )
+        self._per_step = count if callable(count) else _count(count, self.clock, "")
+        if isinstance(self._per_step, int):
+            self._stride = self._per_step
 
     def close(self) -> None:
         """Detach from the optimizer (its step pre-hook)."""
@@ -449,4 +589,8 @@ class LrpilotScheduler(LRScheduler):
     def __repr__(self) -> str:
         lrs = [_as_float(x) for x in self._last_lr] if hasattr(self, "_last_lr") else []
         shown = ", ".join(f"{x:.6g}" if math.isfinite(x) else str(x) for x in lrs)
-        return f"LrpilotScheduler(run_id={self.run_id!r}, step={self.last_epoch}, lrs=[{shown}])"
+        where = "" if self._per_step is None else f", {self.clock}={self._position}"
+        return (
+            f"LrpilotScheduler(run_id={self.run_id!r}, step={self.last_epoch}{where}, "
+            f"lrs=[{shown}])"
+        )
