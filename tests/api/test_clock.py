@@ -75,6 +75,12 @@ def test_a_tokens_run_decides_and_reads_at_token_positions(api: TestClient) -> N
         lr(api, "same-in-steps", p) for p in positions
     ]
     assert lr(api, "llm", TOKENS // 2) == [pytest.approx(0.05), pytest.approx(0.005)]
+    # the plot buckets the positions: as many buckets as asked, never one a token
+    plot = api.get("/v1/runs/llm/plot", params={"points": 100}).json()
+    buckets = [(b["step_lo"], b["step_hi"], b["count"]) for b in plot["buckets"]]
+    assert buckets[3] == (TOKENS - 1, TOKENS, 2) and buckets[-1] == (2 * TOKENS, 2 * TOKENS, 1)
+    assert sum(count for _, _, count in buckets) == 6
+    assert plot["bucket_steps"] >= 2 * TOKENS // 100
     summary = api.get("/v1/runs/llm/summary").json()
     assert summary["clock"] == "tokens" and summary["last_step"] == 2 * TOKENS
     assert api.post("/v1/runs/llm/verify", json={}).json()["ok"] is True
