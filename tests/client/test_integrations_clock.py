@@ -9,7 +9,12 @@ when `optimizer.step()` ran (a step pre-hook), by equality.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +23,17 @@ import torch
 from lrpilot_client import Client
 from lrpilot_client.errors import ValidationError
 from lrpilot_client.integrations.torch import LrpilotScheduler
+from tests.client.test_integrations_frameworks import (
+    Tokens,
+    f32,
+    hf_args,
+    hf_recorder,
+    keras_data,
+    keras_model,
+    keras_recorder,
+    observations,
+    tiny_bert,
+)
 from tests.harness import LiveServer
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*weights_only.*:FutureWarning")
@@ -195,16 +211,16 @@ def test_a_clock_mismatch_is_a_clear_error(client: Client) -> None:
     LrpilotScheduler(optimizer, client, "clock-steps", "cosine", params=COSINE)
     with pytest.raises(
         ValueError,
-        match="run 'clock-tokens' counts tokens, the scheduler was given "
-        "neither samples_per_step nor tokens_per_step: give it tokens_per_step",
+        match="run 'clock-tokens' counts tokens, and "
+        "neither samples_per_step nor tokens_per_step was given: give tokens_per_step, or use",
     ):
         LrpilotScheduler(optimizer, client, "clock-tokens", "cosine", params=COSINE)
-    with pytest.raises(ValueError, match="counts tokens, the scheduler was given samples_per_step"):
+    with pytest.raises(ValueError, match="counts tokens, and samples_per_step was given"):
         LrpilotScheduler(optimizer, client, "clock-tokens", None, samples_per_step=8)
     with pytest.raises(
         ValueError,
-        match="run 'clock-steps' counts steps, the scheduler was given "
-        "tokens_per_step: give it no samples_per_step or tokens_per_step",
+        match="run 'clock-steps' counts steps, and tokens_per_step was given: give no "
+        "samples_per_step or tokens_per_step, or use another run_id",
     ):
         LrpilotScheduler(
             optimizer, client, "clock-steps", "cosine", params=COSINE, tokens_per_step=8
@@ -238,3 +254,57 @@ def test_samples_clock_with_a_constant_count_resumes_from_the_step(client: Clien
     assert optimizer.param_groups[0]["lr"] == client.lr_at("samples-run", 96).lrs[0]
     scheduler.step_to(4)
     assert scheduler.position == 128
+
+
+# -- the callbacks ------------------------------------------------------------------------------
+
+
+def test_transformers_callback_counts_tokens(client: Client, tmp_path: Path) -> None:
+    from transformers import Trainer
+
+    from lrpilot_client.integrations.transformers import LrpilotCallback
+
+    per_step = 4 * 8  # 4 sequences of 8 tokens a step
+    callback = LrpilotCallback(
+        client, "hf-tokens", policy="cosine", params={"T_max": 30 * per_step},
+        metric="eval_loss", tokens_per_step=per_step,
+    )  # fmt: skip
+    recorder, used = hf_recorder()
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=hf_args(tmp_path, lr_scheduler_type="constant"),
+        train_dataset=Tokens(64, 1),
+        eval_dataset=Tokens(16, 2),
+        callbacks=[callback, recorder],
+    )
+    trainer.train()
+    assert client.get_run("hf-tokens").clock == "tokens"
+    assert [s for s, _ in used] == list(range(30))
+    for step, lrs in used:  # each step's lr is the run's at the tokens consumed before it
+        assert lrs == list(client.lrs("hf-tokens", step * per_step)), f"step {step}"
+    assert [s for s, _ in observations(client, "hf-tokens")] == [320, 640, 960]
+
+
+def test_keras_callback_counts_samples(client: Client) -> None:
+    import keras
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras was imported with another backend")
+    from lrpilot_client.integrations.keras import LrpilotCallback
+
+    x, y = keras_data(64, 1)
+    model = keras_model()
+    callback = LrpilotCallback(
+        client, "keras-samples", policy="cosine", params={"T_max": 640}, samples_per_step=16
+    )
+    recorder, used = keras_recorder()
+    model.fit(x, y, batch_size=16, epochs=3, validation_data=keras_data(32, 2), verbose=0,
+              callbacks=[callback, recorder])  # fmt: skip
+    assert [s for s, _ in used] == list(range(12))  # 4 steps of 16 samples an epoch
+    for step, lr in used:
+        assert lr == f32(client.lr("keras-samples", 16 * step)), f"step {step}"
+    assert [s for s, _ in observations(client, "keras-samples")] == [64, 128, 192]
+    assert callback.position == 192
+    mismatched = LrpilotCallback(client, "keras-samples", policy=None)  # no samples_per_step
+    with pytest.raises(ValueError, match="counts samples, and neither"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[mismatched])

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import operator
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,11 @@ __all__ = [
     "ROOT_LABEL",
     "LrsCursor",
     "Observed",
+    "PerStep",
+    "check_clock",
+    "clock_of",
     "continue_with_groups",
+    "count_of",
     "derived_run_id",
     "live_observations",
     "logger",
@@ -33,6 +38,54 @@ DEFAULT_AHEAD = 1000  # steps one GET /lrs fetches: one request per this many tr
 PARENT_LABEL = "lrpilot.parent_run"  # on a run continued with more param groups: where from
 ROOT_LABEL = "lrpilot.root_run"  # and the run the job was started with
 MAX_RUN_ID = 128
+
+# What one optimizer step consumes, in a run clocked in samples or tokens: a number, or a
+# callable asked at each optimizer step (variable-length batches), e.g.
+# `lambda: int(batch["attention_mask"].sum())`.
+PerStep = int | Callable[[], Any]
+
+
+def clock_of(samples_per_step: PerStep | None, tokens_per_step: PerStep | None) -> str:
+    """The clock an integration's arguments ask for."""
+    if samples_per_step is not None and tokens_per_step is not None:
+        raise ValueError("give samples_per_step or tokens_per_step (as the run's clock counts)")
+    if tokens_per_step is not None:
+        return "tokens"
+    return "samples" if samples_per_step is not None else "steps"
+
+
+def count_of(n: Any, clock: str, given: str) -> int:
+    """A count of samples or tokens: a positive integer (a numpy or 0-dim torch integer too),
+    never a float, a bool or zero: a wrong count would bend the schedule without a word."""
+    try:
+        if isinstance(n, bool):
+            raise TypeError
+        k = operator.index(n)
+    except TypeError:
+        raise ValueError(
+            f"{clock}_per_step{given} must be a positive integer count of {clock}, got {n!r}"
+        ) from None
+    if k <= 0:
+        raise ValueError(
+            f"{clock}_per_step{given} must be a positive integer count of {clock}, got {k}"
+        )
+    return k
+
+
+def check_clock(run: Run, clock: str) -> None:
+    """A run counting other than the integration: one clear error, naming what to give."""
+    if run.clock == clock:
+        return
+    given = {"steps": "neither samples_per_step nor tokens_per_step"}.get(
+        clock, f"{clock}_per_step"
+    )
+    wants = {"steps": "no samples_per_step or tokens_per_step"}.get(
+        run.clock, f"{run.clock}_per_step"
+    )
+    raise ValueError(
+        f"run {run.run_id!r} counts {run.clock}, and {given} was given: give {wants}, or use "
+        "another run_id"
+    )
 
 
 class LrsCursor:

@@ -19,8 +19,7 @@ Needs torch (`pip install 'lrpilot-client[torch]'`); nothing else of the service
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, SupportsFloat
 
 import torch
@@ -35,7 +34,11 @@ from ._common import (
     DEFAULT_AHEAD,
     ROOT_LABEL,
     LrsCursor,
+    PerStep,
+    check_clock,
+    clock_of,
     continue_with_groups,
+    count_of,
     derived_run_id,
     logger,
 )
@@ -43,11 +46,6 @@ from ._common import (
 __all__ = ["LrpilotScheduler", "PerStep"]
 
 STATE_VERSION = 1  # the layout of state_dict()
-
-# What one optimizer step consumes, in a run clocked in samples or tokens: a number, or a
-# callable asked at each optimizer step (variable-length batches), e.g.
-# `lambda: int(batch["attention_mask"].sum())`.
-PerStep = int | Callable[[], Any]
 
 
 def _size(world_size: int | None, batch_size: int | None) -> tuple[str, int] | None:
@@ -58,32 +56,6 @@ def _size(world_size: int | None, batch_size: int | None) -> tuple[str, int] | N
     if batch_size is not None:
         return "batch_size", batch_size
     return None
-
-
-def _clock(samples_per_step: PerStep | None, tokens_per_step: PerStep | None) -> str:
-    if samples_per_step is not None and tokens_per_step is not None:
-        raise ValueError("give samples_per_step or tokens_per_step (as the run's clock counts)")
-    if tokens_per_step is not None:
-        return "tokens"
-    return "samples" if samples_per_step is not None else "steps"
-
-
-def _count(n: Any, clock: str, given: str) -> int:
-    """A count of samples or tokens: a positive integer (a numpy or 0-dim torch integer too),
-    never a float, a bool or zero: a wrong count would bend the schedule without a word."""
-    try:
-        if isinstance(n, bool):
-            raise TypeError
-        k = operator.index(n)
-    except TypeError:
-        raise ValueError(
-            f"{clock}_per_step{given} must be a positive integer count of {clock}, got {n!r}"
-        ) from None
-    if k <= 0:
-        raise ValueError(
-            f"{clock}_per_step{given} must be a positive integer count of {clock}, got {k}"
-        )
-    return k
 
 
 def _as_float(lr: Any) -> float:
@@ -185,10 +157,10 @@ class LrpilotScheduler(LRScheduler):
         samples_per_step: PerStep | None = None,
         tokens_per_step: PerStep | None = None,
     ) -> None:
-        self.clock = _clock(samples_per_step, tokens_per_step)
+        self.clock = clock_of(samples_per_step, tokens_per_step)
         self._per_step = tokens_per_step if tokens_per_step is not None else samples_per_step
         if self._per_step is not None and not callable(self._per_step):
-            self._per_step = _count(self._per_step, self.clock, "")
+            self._per_step = count_of(self._per_step, self.clock, "")
         self._position = 0  # samples or tokens consumed (a clocked run)
         self._stride = self._per_step if isinstance(self._per_step, int) else 1
         self.client = client
@@ -266,18 +238,7 @@ class LrpilotScheduler(LRScheduler):
         return run
 
     def _check_clock(self, run: Run) -> None:
-        if run.clock == self.clock:
-            return
-        given = {"steps": "neither samples_per_step nor tokens_per_step"}.get(
-            self.clock, f"{self.clock}_per_step"
-        )
-        wants = {"steps": "no samples_per_step or tokens_per_step"}.get(
-            run.clock, f"{run.clock}_per_step"
-        )
-        raise ValueError(
-            f"run {run.run_id!r} counts {run.clock}, the scheduler was given {given}: give it "
-            f"{wants}, or use another run_id"
-        )
+        check_clock(run, self.clock)
 
     @property
     def position(self) -> int:
@@ -304,7 +265,7 @@ class LrpilotScheduler(LRScheduler):
         """What the optimizer step just made consumed (asks a callable)."""
         per = self._per_step
         if callable(per):
-            n = _count(per(), self.clock, " (the callable)")
+            n = count_of(per(), self.clock, " (the callable)")
             self._stride = n  # the next steps are read this far apart
             return n
         assert per is not None
@@ -576,7 +537,7 @@ class LrpilotScheduler(LRScheduler):
             raise ValueError(
                 f"run {self.run_id!r} counts steps: samples or tokens per step do not apply"
             )
-        self._per_step = count if callable(count) else _count(count, self.clock, "")
+        self._per_step = count if callable(count) else count_of(count, self.clock, "")
         if isinstance(self._per_step, int):
             self._stride = self._per_step
 
