@@ -24,15 +24,12 @@ from lrpilot_client import Client
 from lrpilot_client.errors import ValidationError
 from lrpilot_client.integrations.torch import LrpilotScheduler
 from tests.client.test_integrations_frameworks import (
-    Tokens,
     f32,
-    hf_args,
-    hf_recorder,
+    hf_trained,
     keras_data,
     keras_model,
     keras_recorder,
     observations,
-    tiny_bert,
 )
 from tests.harness import LiveServer
 
@@ -260,8 +257,6 @@ def test_samples_clock_with_a_constant_count_resumes_from_the_step(client: Clien
 
 
 def test_transformers_callback_counts_tokens(client: Client, tmp_path: Path) -> None:
-    from transformers import Trainer
-
     from lrpilot_client.integrations.transformers import LrpilotCallback
 
     per_step = 4 * 8  # 4 sequences of 8 tokens a step
@@ -269,15 +264,7 @@ def test_transformers_callback_counts_tokens(client: Client, tmp_path: Path) -> 
         client, "hf-tokens", policy="cosine", params={"T_max": 30 * per_step},
         metric="eval_loss", tokens_per_step=per_step,
     )  # fmt: skip
-    recorder, used = hf_recorder()
-    trainer = Trainer(
-        model=tiny_bert(),
-        args=hf_args(tmp_path, lr_scheduler_type="constant"),
-        train_dataset=Tokens(64, 1),
-        eval_dataset=Tokens(16, 2),
-        callbacks=[callback, recorder],
-    )
-    trainer.train()
+    _, used = hf_trained(tmp_path, callback)
     assert client.get_run("hf-tokens").clock == "tokens"
     assert [s for s, _ in used] == list(range(30))
     for step, lrs in used:  # each step's lr is the run's at the tokens consumed before it
