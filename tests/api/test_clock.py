@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,8 @@ from fastapi.testclient import TestClient
 
 from lrpilot.api.models import MAX_LRS_COUNT
 from lrpilot.policies.base import MAX_STEP
+from tests.api.audit_calls import import_
+from tests.conftest import app_client
 from tests.helpers import run_spec
 
 TOKENS = 10**12  # a long pre-training run's horizon, in tokens
@@ -60,7 +63,7 @@ def test_a_run_without_a_clock_keeps_its_spec_bytes(api: TestClient) -> None:
     assert api.get("/v1/runs/plain/summary").json()["clock"] == "steps"
 
 
-def test_a_tokens_run_decides_and_reads_at_token_positions(api: TestClient) -> None:
+def test_a_tokens_run_decides_and_reads_at_token_positions(api: TestClient, tmp_path: Path) -> None:
     run = put(api, "llm", cosine("tokens", metric="val_loss"))
     put(api, "same-in-steps", cosine())
     assert run["clock"] == "tokens" and header(api, "llm")["clock"] == "tokens"
@@ -84,6 +87,13 @@ def test_a_tokens_run_decides_and_reads_at_token_positions(api: TestClient) -> N
     summary = api.get("/v1/runs/llm/summary").json()
     assert summary["clock"] == "tokens" and summary["last_step"] == 2 * TOKENS
     assert api.post("/v1/runs/llm/verify", json={}).json()["ok"] is True
+    # exported and imported elsewhere, it is the same run: its clock, its lrs
+    bundle = api.get("/v1/runs/llm/export").text
+    with app_client(f"sqlite:///{tmp_path / 'elsewhere.db'}") as elsewhere:
+        assert import_(elsewhere, bundle).status_code == 201
+        assert elsewhere.get("/v1/runs/llm").json()["clock"] == "tokens"
+        assert lr(elsewhere, "llm", TOKENS // 2) == lr(api, "llm", TOKENS // 2)
+        assert elsewhere.post("/v1/runs/llm/verify", json={}).json()["ok"] is True
     r = api.put("/v1/runs/bad", json=cosine("epochs"))
     assert r.status_code == 422 and "'steps', 'samples' or 'tokens'" in r.text, r.text
 
