@@ -251,6 +251,14 @@ def test_samples_clock_with_a_constant_count_resumes_from_the_step(client: Clien
     assert optimizer.param_groups[0]["lr"] == client.lr_at("samples-run", 96).lrs[0]
     scheduler.step_to(4)
     assert scheduler.position == 128
+    scheduler.set_per_step(64)  # the batch doubled
+    scheduler.step()
+    assert (scheduler.last_epoch, scheduler.position) == (5, 192)
+    with pytest.raises(ValueError, match="samples_per_step must be a positive integer"):
+        scheduler.set_per_step(0)
+    steps = LrpilotScheduler(optimizer, client, "steps-run", "cosine", params={"T_max": 10})
+    with pytest.raises(ValueError, match="counts steps: samples or tokens per step do not apply"):
+        steps.set_per_step(8)
 
 
 # -- the callbacks ------------------------------------------------------------------------------

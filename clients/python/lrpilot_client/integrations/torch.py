@@ -175,7 +175,7 @@ class LrpilotScheduler(LRScheduler):
         self._fetches_before = 0
         base = [_as_float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         self.run = self._open(run_id, policy, version, params, metric, base)
-        self._check_clock(self.run)
+        check_clock(self.run, self.clock)
         self._policy = (self.run.policy.name, self.run.policy.version)
         self._params = dict(params) if params is not None else dict(self.run.policy.params)
         self.run_id = self.run.run_id
@@ -216,7 +216,7 @@ class LrpilotScheduler(LRScheduler):
         except ConflictError:
             # A restart whose optimizer already has the groups added mid-run: the derived run.
             existing = self.client.get_run(run_id)
-            self._check_clock(existing)
+            check_clock(existing, self.clock)
             if len(existing.base_lrs) >= len(base):
                 raise
             return self._derived(run_id, base, existing)
@@ -236,9 +236,6 @@ class LrpilotScheduler(LRScheduler):
             )
         logger.info("run %r: the optimizer has %d param groups: using %r", root, len(base), derived)
         return run
-
-    def _check_clock(self, run: Run) -> None:
-        check_clock(run, self.clock)
 
     @property
     def position(self) -> int:
