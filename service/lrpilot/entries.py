@@ -40,7 +40,7 @@ UNPINNED = (
 def run_genesis(header: Mapping[str, Any]) -> str:
     """What a run's first entry links to (its prev_hash): the hash of the run as created, its
     ``RunStored.header_doc()`` (id, policy, params, base lrs, metric, labels, creation time,
-    aggregate, scaling), so that the chain pins every field of the run that a read serves.
+    aggregate, scaling, clock), so that the chain pins every field of the run that a read serves.
     Logs begun before this link to ``GENESIS`` instead, and verify says so."""
     return sha256_hex(canonical_json({"run": dict(header)}))
 

@@ -190,15 +190,16 @@ def lrs_range(
     first: int,
     count: int,
     changes: Iterable[tuple[int, State, float]],
+    every: int = 1,
 ) -> list[list[float]]:
-    """The lrs served at ``count`` consecutive training steps from ``first``: ``state`` is in
-    force before ``first``, its lrs served times ``by``; ``changes`` are (step, state, factor)
-    of the live entries from ``first`` on, in step order (each a decision's, a rewind's or a
-    resize's: the state it left and the scaling rule's factor on what it served)."""
+    """The lrs served at ``count`` training steps from ``first``, ``every`` steps apart:
+    ``state`` is in force before ``first``, its lrs served times ``by``; ``changes`` are (step,
+    state, factor) of the live entries from ``first`` on, in step order (each a decision's, a
+    rewind's or a resize's: the state it left and the scaling rule's factor on what it served)."""
     lrs_at = policy.lrs_at
     return [
         scaled(lrs_at(params, st, step), f)
-        for step, st, f in _in_force(state, by, first, count, changes)
+        for step, st, f in _in_force(state, by, first, count, changes, every)
     ]
 
 
@@ -209,6 +210,7 @@ def extras_range(
     first: int,
     count: int,
     changes: Iterable[tuple[int, State, float]],
+    every: int = 1,
 ) -> dict[str, list[list[float]]]:
     """What the policy schedules beside the lrs (momentum, weight decay) at the steps
     ``lrs_range`` answers, from the same states: one list a step, by name; empty when the
@@ -217,19 +219,25 @@ def extras_range(
     if not extras_of(state):
         return out
     extras_at = policy.extras_at
-    for step, st, _ in _in_force(state, 1.0, first, count, changes):
+    for step, st, _ in _in_force(state, 1.0, first, count, changes, every):
         for name, values in extras_at(params, st, step).items():
             out.setdefault(name, []).append(list(values))
     return out
 
 
 def _in_force(
-    state: State, by: float, first: int, count: int, changes: Iterable[tuple[int, State, float]]
+    state: State,
+    by: float,
+    first: int,
+    count: int,
+    changes: Iterable[tuple[int, State, float]],
+    every: int = 1,
 ) -> Iterator[tuple[int, State, float]]:
-    """(step, the state in force there, its factor) for ``count`` steps from ``first``."""
+    """(step, the state in force there, its factor) for ``count`` steps from ``first``,
+    ``every`` steps apart."""
     upcoming = iter(changes)
     change = next(upcoming, None)
-    for step in range(first, first + count):
+    for step in range(first, first + count * every, every):
         while change is not None and change[0] <= step:
             _, state, by = change
             change = next(upcoming, None)

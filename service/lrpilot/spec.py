@@ -49,6 +49,10 @@ LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
 MAX_LABEL_VALUE = 256
 MAX_SIZE = 2**31 - 1  # the largest world or batch size a scaling rule takes
 MAX_PARAM_GROUPS = 1024
+# What a run's steps count: optimizer steps, or the samples or tokens consumed so far. In a
+# samples or tokens run an observation's and an lr read's `step` is that position, and the
+# policy's horizons are written in it: the policies never know (docs/schedules.md, Clocks).
+Clock = Literal["steps", "samples", "tokens"]
 
 # A lone surrogate cannot be encoded to UTF-8 (JSON's "\ud800" parses to one), and PostgreSQL
 # text cannot hold NUL: either would fail in the database or in the response, so no string
@@ -247,6 +251,13 @@ class RunSpec(Strict):
         description="elastic jobs: rescale the lrs when the job's world_size or global batch "
         "size changes; omitted: lrs never rescale",
     )
+    clock: Clock = Field(
+        default="steps",
+        description="what the run's steps count: optimizer steps, or the samples or tokens "
+        "consumed so far (observations and lr reads give that position; the policy's horizons "
+        "are written in it, so a batch-size change does not bend the schedule)",
+        examples=["tokens"],
+    )
 
     def spec_doc(self) -> dict[str, Any]:
         """The spec as documents keep it: the optional parts only when the run has them (runs
@@ -261,6 +272,8 @@ class RunSpec(Strict):
             doc["aggregate"] = self.aggregate.model_dump()
         if self.scaling is not None:
             doc["scaling"] = self.scaling.model_dump()
+        if self.clock != "steps":
+            doc["clock"] = self.clock
         return doc
 
 
@@ -321,5 +334,5 @@ class RunPublic(RunStored):
 PUBLIC_ORDER = (
     "run_id", "policy", "base_lrs", "metric", "labels", "config_hash", "head_hash", "lrs",
     "last_step", "last_seq", "last_action", "last_decision_at", "counts", "status",
-    "created_at", "aggregate", "scaling", "scale",
+    "created_at", "aggregate", "scaling", "scale", "clock",
 )  # fmt: skip

@@ -324,3 +324,24 @@ def test_plot_a_live_run_matches_the_offline_replay(
                          "-o", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert png_size(out) == (1200, 600)
+
+
+def test_plot_a_run_clocked_in_tokens_reads_its_positions_with_a_stride(
+    live_server: LiveServer,
+) -> None:
+    steps = plateau_stream(25, start_step=100, every=100)
+    stream = [(step * 2**20, value) for step, value in steps]
+    every = 2**27  # 2,700 steps of 2**20 tokens: 22 points on the grid, and the evaluations
+    with (
+        httpx.Client(base_url=live_server.url, timeout=30) as client,
+        Client(live_server.url) as lrpilot,
+    ):
+        assert client.put("/v1/runs/tok", json=PLATEAU | {"clock": "tokens"}).status_code == 201
+        for step, value in stream:
+            r = client.post("/v1/runs/tok/observations", json={"step": step, "value": value})
+            assert r.status_code == 200, r.text
+        live = run_series(lrpilot, "tok", None, every=every)
+    offline = spec_series(setup_of(PLATEAU), stream[-1][0], stream, every)
+    assert live.unit == "tokens" and offline.unit == "step"
+    assert live.steps == offline.steps and len(live.steps) < 50
+    assert live.lrs == offline.lrs and live.marks == offline.marks

@@ -128,25 +128,33 @@ def hf_recorder() -> tuple[Any, list[tuple[int, list[float]]]]:
     return Recorder(), used
 
 
+def hf_trained(out: Path, callback: Any) -> tuple[Any, list[tuple[int, list[float]]]]:
+    """A tiny BERT trained for 30 steps, an evaluation every 10, with `callback` over the
+    Trainer's constant schedule; the Trainer and the lrs each optimizer step used."""
+    from transformers import Trainer
+
+    recorder, used = hf_recorder()
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=hf_args(out, lr_scheduler_type="constant"),
+        train_dataset=Tokens(64, 1),
+        eval_dataset=Tokens(16, 2),
+        callbacks=[callback, recorder],
+    )
+    trainer.train()
+    return trainer, used
+
+
 def test_transformers_callback_sets_every_step_and_posts_evaluations(
     client: Client, tmp_path: Path
 ) -> None:
-    from transformers import Trainer
 
     from lrpilot_client.integrations.transformers import LrpilotCallback
 
     callback = LrpilotCallback(
         client, "hf-bert", policy="scaled", params=SCALED, metric="eval_loss"
     )
-    recorder, used = hf_recorder()
-    trainer = Trainer(
-        model=tiny_bert(),
-        args=hf_args(tmp_path, lr_scheduler_type="constant"),
-        train_dataset=Tokens(64, 1),
-        eval_dataset=Tokens(16, 2),
-        callbacks=[callback, recorder],
-    )
-    trainer.train()
+    trainer, used = hf_trained(tmp_path, callback)
     assert [s for s, _ in used] == list(range(30))
     check_used(client, used, "hf-bert")
     assert len({lrs[0] for _, lrs in used}) > 20  # the trainer's constant schedule is overridden

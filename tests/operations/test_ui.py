@@ -446,6 +446,26 @@ def test_an_admin_rewinds_after_confirming_and_the_old_branch_is_drawn_faded(
     assert rewinds[0]["seq"] in [m["seq"] for m in shown["markers"]]
 
 
+@pytest.fixture(scope="module")
+def tokens_run(site: Site) -> str:
+    """A run clocked in tokens (made before the test's browser fixtures, as the others are)."""
+    spec = run_spec(params={"patience": 1}) | {"clock": "tokens"}
+    assert site.api.put("/v1/runs/tokens", json=spec).status_code == 201
+    observe(site.api, "tokens", [(k * 2**30, 1.0 + k % 3) for k in range(1, 9)])
+    return "tokens"
+
+
+def test_a_run_clocked_in_tokens_is_plotted_against_tokens(
+    browser: WebDriver, site: Site, tokens_run: str, as_admin: None
+) -> None:
+    shown = open_run(browser, site, tokens_run)
+    assert shown["xLabel"] == "tokens" and shown["x"][-1] == 8 * 2**30
+    legend = text_of(browser, "#chart .u-legend")  # (the axes' labels are drawn, not text)
+    assert legend.startswith("tokens") and "step" not in legend, legend
+    assert text_of(browser, "#last-step").endswith("(tokens)")
+    assert open_run(browser, site, "plain")["xLabel"] == "step"
+
+
 def test_another_projects_token_sees_none_of_the_runs(
     browser: WebDriver, site: Site, as_admin: None
 ) -> None:

@@ -215,6 +215,7 @@ def create_run(
     labels: Mapping[str, str] | None = None,
     aggregate: Mapping[str, Any] | None = None,
     scaling: Mapping[str, Any] | None = None,
+    clock: str | None = None,
 ) -> Call[Run]:
     """Create the run, or get it back if it already exists with the same spec.
 
@@ -227,7 +228,9 @@ def create_run(
     weighted mean, the same for every rank. `scaling` (`{"rule": "linear" | "sqrt",
     "by": "world_size" | "batch_size", "base": N}`, base_lrs being tuned for size N)
     rescales the lrs whenever the job reports another size: the `world_size` of its
-    observations, or `resize`.
+    observations, or `resize`. `clock` ("steps", the default, "samples" or "tokens") is what
+    the run's steps count: in a tokens run, every `step` (observations, lr reads, rewinds,
+    resizes) is the number of tokens consumed so far, and the policy's horizons are in tokens.
     """
     body: dict[str, Any] = {
         "policy": {"name": policy, "version": version, "params": dict(params or {})},
@@ -238,6 +241,7 @@ def create_run(
         labels=None if labels is None else dict(labels),
         aggregate=None if aggregate is None else dict(aggregate),
         scaling=None if scaling is None else dict(scaling),
+        clock=clock,
     )
     return Call("PUT", run_path(run_id), Run.from_json, body=body)
 
@@ -440,17 +444,21 @@ def lr_at(run_id: str, step: int | None = None, wait: float = 0.0) -> Call[LrAt]
     )
 
 
-def lrs_range(run_id: str, first: int, count: int = 1000) -> Call[LrsRange]:
-    """The rates of `count` consecutive steps from `first` (GET /lrs; at most 10,000): a rank
-    that needs an lr every training step fetches once per `count` steps. In "buffer" mode,
-    while the service cannot be reached: the last known ones, with `provisional` True and
-    nothing certain."""
+def lrs_range(run_id: str, first: int, count: int = 1000, every: int = 1) -> Call[LrsRange]:
+    """The rates of `count` steps from `first`, `every` steps apart (GET /lrs; at most 10,000
+    steps; `every` > 1: a run clocked in tokens, read at each optimizer step's position): a
+    rank that needs an lr every training step fetches once per `count` steps. In "buffer"
+    mode, while the service cannot be reached: the last known ones, with `provisional` True
+    and nothing certain."""
+    params: dict[str, int] = {"from": first, "count": count}
+    if every != 1:  # (not sent when 1: a service older than strides answers the same)
+        params["every"] = every
     return Call(
         "GET",
         f"{run_path(run_id)}/lrs",
         LrsRange.from_json,
-        params={"from": first, "count": count},
-        offline=lambda res: res.lrs_ahead(run_id, first, count),
+        params=params,
+        offline=lambda res: res.lrs_ahead(run_id, first, count, every),
     )
 
 

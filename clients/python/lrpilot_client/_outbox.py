@@ -489,15 +489,15 @@ class Resilience:
             provisional=True,
         )
 
-    def lrs_ahead(self, run_id: str, first: int, count: int) -> LrsAhead:
-        """The last known rates of `count` steps from `first`, marked provisional."""
+    def lrs_ahead(self, run_id: str, first: int, count: int, every: int = 1) -> LrsAhead:
+        """The last known rates of `count` steps from `first`, `every` apart, provisional."""
         known = self.memory.get(run_id)
         if known is None:
             raise self._unknown(run_id)
         rows = tuple(self.memory.lrs_at(run_id, step) or known.lrs
-                     for step in range(first, first + max(count, 0)))  # fmt: skip
+                     for step in range(first, first + max(count, 0) * every, every))  # fmt: skip
         open_loop = known.ahead.open_loop if known.ahead is not None else False
-        return LrsAhead(run_id, first, rows, None, open_loop, provisional=True)
+        return LrsAhead(run_id, first, rows, None, open_loop, provisional=True, every=every)
 
     def check_sent(self, run_id: str, what: str) -> None:
         """A rewind or a resize must not overtake the run's buffered observations: raise while

@@ -238,9 +238,11 @@ _READERS: dict[str, Callable[[_Fields, str], Any]] = {
 }
 _MODELS: dict[str, type[_Model]] = {}
 # field metadata: LOCAL, a field the client sets itself (never read); REQUIRED, an object that
-# must be there (not defaulted to {}); and a JSON key other than the field's name
+# must be there (not defaulted to {}); NEWER, a field an older service does not send (then its
+# default); and a JSON key other than the field's name
 LOCAL = {"local": True}
 REQUIRED = {"required": True}
+NEWER = {"newer": True}
 
 
 def _key(name: str) -> dict[str, str]:
@@ -281,6 +283,7 @@ class _Model:
             fld.name: _read_field(f, fld)
             for fld in dataclasses.fields(cls)  # type: ignore[arg-type]
             if not fld.metadata.get("local")
+            and not (fld.metadata.get("newer") and fld.metadata.get("key", fld.name) not in f._raw)
         }
         return cls(**read)
 
@@ -343,6 +346,8 @@ class Run(_Model):
     # the last entry's action ("stop": the run has stopped) and time; None before any
     last_action: str | None = None
     last_decision_at: datetime | None = None
+    # what the run's steps count: "steps", or the "samples" or "tokens" consumed so far
+    clock: str = field(default="steps", metadata=NEWER)
 
 
 @dataclass(frozen=True)
@@ -458,12 +463,12 @@ LrsInForce = LrAt  # the name before `LrAt`, kept for existing code
 
 @dataclass(frozen=True)
 class LrsRange(_Model):
-    """The rates of `count` consecutive training steps from `first` (GET /lrs), fetched ahead so
-    that a rank needs one request per `count` steps. `certain_through` is the last step whose
-    rates no later evaluation can change (all of them for a pure schedule; None when none is
-    certain yet): past it, fetch again after the next evaluation. `provisional` is True when
-    the service could not be reached and the rows are the last rates the client knows (see
-    `Client`): nothing is certain then."""
+    """The rates of `count` training steps from `first`, `every` steps apart (GET /lrs; 1:
+    consecutive), fetched ahead so that a rank needs one request per `count` steps.
+    `certain_through` is the last step whose rates no later evaluation can change (all of them
+    for a pure schedule; None when none is certain yet): past it, fetch again after the next
+    evaluation. `provisional` is True when the service could not be reached and the rows are
+    the last rates the client knows (see `Client`): nothing is certain then."""
 
     run_id: str
     first: int = field(metadata=_key("from"))
@@ -471,28 +476,36 @@ class LrsRange(_Model):
     certain_through: int | None
     open_loop: bool
     provisional: bool = field(default=False, metadata=LOCAL)
+    every: int = field(default=1, metadata=NEWER)
     # what the run's policy schedules beside the lrs, one row a step as `lrs` (None: it does
     # not): the momentum (SGD's momentum, Adam's betas[0]) and the weight decay
     momentum: tuple[tuple[float, ...], ...] | None = None
     weight_decay: tuple[tuple[float, ...], ...] | None = None
 
+    def holds(self, step: int) -> bool:
+        """Whether `step` is one of the steps fetched."""
+        offset = step - self.first
+        return 0 <= offset < len(self.lrs) * self.every and offset % self.every == 0
+
     def at(self, step: int) -> tuple[float, ...]:
-        """The rates at `step`, which must be within the fetched range."""
+        """The rates at `step`, which must be one of the steps fetched."""
         return self.lrs[self._index(step)]
 
     def extras_at(self, step: int) -> dict[str, tuple[float, ...]]:
-        """What the run schedules beside the lrs at `step` (within the fetched range), by
+        """What the run schedules beside the lrs at `step` (one of the steps fetched), by
         name ("momentum", "weight_decay"): only what it schedules."""
         i = self._index(step)
         rows = {"momentum": self.momentum, "weight_decay": self.weight_decay}
         return {name: r[i] for name, r in rows.items() if r is not None and i < len(r)}
 
     def _index(self, step: int) -> int:
-        if not self.first <= step < self.first + len(self.lrs):
+        if not self.holds(step):
+            last = self.first + (len(self.lrs) - 1) * self.every
             raise IndexError(
-                f"step {step} is outside {self.first}..{self.first + len(self.lrs) - 1}"
+                f"step {step} is not one of {self.first}..{last}"
+                + (f" every {self.every}" if self.every != 1 else "")
             )
-        return step - self.first
+        return (step - self.first) // self.every
 
 
 LrsAhead = LrsRange  # the name before `LrsRange`, kept for existing code
@@ -615,6 +628,7 @@ class Summary(_Model):
     # every rank the same lr, proved (docs/agreement.md): world_size, acked_ranks,
     # agreed_through, disagreeing, disagreements
     agreement: Mapping[str, Any] | None = None
+    clock: str = field(default="steps", metadata=NEWER)  # what the steps count
 
 
 @dataclass(frozen=True)

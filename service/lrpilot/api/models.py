@@ -26,6 +26,7 @@ from lrpilot.spec import (
     RUN_ID_PATTERN,
     AggregateSpec,
     BaseLrs,
+    Clock,
     MetricName,
     MetricValue,
     PolicyRef,
@@ -299,7 +300,10 @@ class LrsOut(BaseModel):
     run_id: str
     from_: int = Field(alias="from")
     count: int
-    lrs: list[list[float]] = Field(description="one list of lrs a step, from `from` on")
+    every: int = Field(default=1, description="the stride between two steps answered")
+    lrs: list[list[float]] = Field(
+        description="one list of lrs a step, from `from` on, `every` steps apart"
+    )
     momentum: list[list[float]] | None = Field(
         default=None,
         description="one list of momentums (Adam's betas[0]) a step, as `lrs`, when the run's "
@@ -537,6 +541,10 @@ class SummaryOut(BaseModel):
     superseded: int
     head_hash: str
     lrs: list[float]
+    clock: Clock = Field(
+        default="steps",
+        description="what the steps count (steps, samples or tokens consumed): the run's clock",
+    )
     range_test: dict[str, Any] | None = Field(
         default=None, description="for a range_test run: the suggested lrs and how they were found"
     )

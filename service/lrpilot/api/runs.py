@@ -192,10 +192,20 @@ def get_lrs(
     count: Annotated[
         int, Query(ge=1, le=MAX_LRS_COUNT, description=f"steps, at most {MAX_LRS_COUNT}")
     ] = 1000,
+    every: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_STEP,
+            description="the stride between two of the steps answered (a run clocked in tokens "
+            "or samples: the tokens or samples of one optimizer step, or a plot's resolution); "
+            f"the answer holds `count` steps whatever the stride, at most {MAX_LRS_COUNT}",
+        ),
+    ] = 1,
 ) -> Response:
-    if first + count - 1 > MAX_STEP:
-        count = MAX_STEP - first + 1
-    return StrictJSONResponse(decisions.lrs_range(caller.run(run_id), first, count))
+    if first + (count - 1) * every > MAX_STEP:
+        count = (MAX_STEP - first) // every + 1
+    return StrictJSONResponse(decisions.lrs_range(caller.run(run_id), first, count, every))
 
 
 @router.get(

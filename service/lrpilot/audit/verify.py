@@ -502,7 +502,7 @@ class LogCheck:
 _UNPINNED_LINK = f'"prev_hash":"{GENESIS}"'
 _NOT_ITS_RUN = (
     "the log does not begin from its run: the run (its policy, params, base lrs, metric, "
-    "labels, created_at, aggregate or scaling) is not the one its log began with (edited)"
+    "labels, created_at, aggregate, scaling or clock) is not the one its log began with (edited)"
 )
 
 

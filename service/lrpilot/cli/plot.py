@@ -62,6 +62,7 @@ class Series:
     lrs: list[tuple[float, ...]] = field(default_factory=list)  # one tuple a plotted step
     evaluations: list[tuple[int, float]] = field(default_factory=list)  # (step, value)
     marks: list[tuple[int, str]] = field(default_factory=list)  # (step, action)
+    unit: str = "step"  # what the steps count (a run clocked in samples or tokens: those)
 
 
 def changes_lrs(
@@ -271,6 +272,7 @@ def run_series(lrpilot: Client, run_id: str, steps: int | None, every: int = 1) 
         series = Series(
             title=f"run {run_id}: {describe(policy.ref, dict(policy.params))}",
             metric=run.metric or "metric",
+            unit="step" if run.clock == "steps" else run.clock,
         )
         last_action = ""
         live = lrpilot.iter_decisions(run_id, limit=DECISIONS_PAGE, to_step=steps, superseded=False)
@@ -286,7 +288,7 @@ def run_series(lrpilot: Client, run_id: str, steps: int | None, every: int = 1) 
                 series.marks.append((d.step, d.action))
             last_action = d.action
         wanted = plotted_steps(steps, every, [s for s, _ in series.evaluations])
-        by_step = _served_lrs(lrpilot, run_id, wanted)
+        by_step = _served_lrs(lrpilot, run_id, wanted, every)
     series.steps = wanted
     series.lrs = [by_step[s] for s in wanted]
     return series
@@ -307,17 +309,22 @@ def _service_errors(lrpilot: Client, run_id: str) -> Iterator[None]:
         raise PlotError(str(exc)) from None
 
 
-def _served_lrs(lrpilot: Client, run_id: str, wanted: list[int]) -> dict[int, tuple[float, ...]]:
-    """The lrs of the ``wanted`` steps, read a range of consecutive steps at a time (ranges
-    holding none of them are not asked for)."""
+def _served_lrs(
+    lrpilot: Client, run_id: str, wanted: list[int], every: int = 1
+) -> dict[int, tuple[float, ...]]:
+    """The lrs of the ``wanted`` steps: those on the grid of ``every`` read ``every`` steps
+    apart (a run clocked in tokens: a few points over 10**12 steps), the others (evaluations
+    between) a range of consecutive steps at a time; ranges holding none of them are not
+    asked for."""
     out: dict[int, tuple[float, ...]] = {}
-    i = 0
-    while i < len(wanted):
-        first = wanted[i]
-        rows = lrpilot.lrs_range(run_id, first, LRS_PAGE).lrs
-        while i < len(wanted) and wanted[i] < first + len(rows):
-            out[wanted[i]] = rows[wanted[i] - first]
-            i += 1
+    for stride, steps in ((every, [s for s in wanted if s % every == 0]),
+                          (1, [s for s in wanted if s % every])):  # fmt: skip
+        i = 0
+        while i < len(steps):
+            block = lrpilot.lrs_range(run_id, steps[i], LRS_PAGE, stride)
+            while i < len(steps) and block.holds(steps[i]):
+                out[steps[i]] = block.at(steps[i])
+                i += 1
     return out
 
 
@@ -348,7 +355,7 @@ def draw(series: Series, path: Path, linear: bool = False) -> None:
             )
         if not linear and use_log_scale(series.lrs):
             ax.set_yscale("log")
-        ax.set_xlabel("step")
+        ax.set_xlabel(series.unit)
         ax.set_ylabel("lr")
         seen: set[str] = set()
         for step, action in series.marks:

@@ -83,8 +83,8 @@ def check_same_spec(stored: RunStored, run: NewRun) -> None:
             f"{stored.config_hash[:12]}…, metric {stored.metric!r}, labels "
             f"{canonical_json(stored.labels)}, aggregate "
             f"{canonical_json(aggregate) if aggregate else 'none'}, scaling "
-            f"{canonical_json(scaling) if scaling else 'none'}); a run's spec never changes: "
-            "use a new run_id"
+            f"{canonical_json(scaling) if scaling else 'none'}, clock {stored.clock}); a run's "
+            "spec never changes: use a new run_id"
         )
 
 

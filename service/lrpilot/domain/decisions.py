@@ -147,8 +147,8 @@ class Decisions:
         read = functools.partial(self._read_lr, run, step)
         return await self.waiters.run_decided(run, step, wait_s, read)
 
-    def lrs_range(self, run: RunKey, first: int, count: int) -> dict[str, Any]:
-        return ranges.lrs_range(self.store, run, first, count)
+    def lrs_range(self, run: RunKey, first: int, count: int, every: int = 1) -> dict[str, Any]:
+        return ranges.lrs_range(self.store, run, first, count, every)
 
     def resize(
         self,

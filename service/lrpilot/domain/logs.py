@@ -380,6 +380,7 @@ class Audit:
             "superseded": self.store.superseded_count(key),
             "head_hash": head.head_hash,
             "lrs": run["lrs"],
+            "clock": head.spec.clock,
         }
         # every rank the same lr, proved: through which step, and who disagrees
         summary["agreement"] = Acks(self.store).agreement(key)

@@ -65,20 +65,21 @@ def lr_at(store: Store, run: RunKey, step: int | None) -> tuple[dict[str, Any], 
     return answer, decided
 
 
-def lrs_range(store: Store, run: RunKey, first: int, count: int) -> dict[str, Any]:
-    """The lrs of ``count`` consecutive training steps from ``first``, and the last of them
-    that no later evaluation can change (None when none is certain yet). An answer holds at
-    most ``MAX_LRS_VALUES`` numbers: with many param groups, fewer steps (``count`` says how
+def lrs_range(store: Store, run: RunKey, first: int, count: int, every: int = 1) -> dict[str, Any]:
+    """The lrs of ``count`` training steps from ``first``, ``every`` steps apart (a run clocked
+    in tokens reads a long range in a few points, never one a token), and the last step of the
+    range that no later evaluation can change (None when none is certain yet). An answer holds
+    at most ``MAX_LRS_VALUES`` numbers: with many param groups, fewer steps (``count`` says how
     many; ask again from there)."""
-    head, before, within = store.decisions_between(run, first, first + count - 1)
+    head, before, within = store.decisions_between(run, first, first + (count - 1) * every, every)
     groups = len(head.spec.base_lrs)
     count = max(1, min(count, MAX_LRS_VALUES // max(1, groups)))
-    last = first + count - 1
+    last = first + (count - 1) * every
     policy, params = resolved(head.spec)
     state, by = _in_force(policy, params, head, before)
     changes = [(step, *_in_force(policy, params, head, entry)) for step, entry in within]
-    lrs = replay.lrs_range(policy, params, state, by, first, count, changes)
-    extras = replay.extras_range(policy, params, state, first, count, changes)
+    lrs = replay.lrs_range(policy, params, state, by, first, count, changes, every)
+    extras = replay.extras_range(policy, params, state, first, count, changes, every)
     if policy.open_loop:
         certain: int | None = last
     elif head.last_step is None or head.last_step < first:
@@ -92,6 +93,7 @@ def lrs_range(store: Store, run: RunKey, first: int, count: int) -> dict[str, An
         "run_id": run.run_id,
         "from": first,
         "count": count,
+        "every": every,
         "lrs": lrs,
         "certain_through": certain,
         "open_loop": policy.open_loop,

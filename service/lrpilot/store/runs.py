@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -34,6 +34,7 @@ from lrpilot.settings import Settings
 from lrpilot.spec import (
     PUBLIC_ORDER,
     AggregateSpec,
+    Clock,
     InForce,
     PolicyRef,
     RunStored,
@@ -73,7 +74,7 @@ log = logging.getLogger("lrpilot.store")
 
 _HEAD_COLUMNS = (
     "run_id, policy, params, base_lrs, metric, labels, config_hash, created_at, aggregate, "
-    "scaling, state, lrs, last_seq, last_step, head_hash, scale, project"
+    "scaling, clock, state, lrs, last_seq, last_step, head_hash, scale, project"
 )
 # every statement that names a run names it by its key (RunKey: project, then run_id)
 _RUN = "project = ? AND run_id = ?"
@@ -122,6 +123,7 @@ def _spec(
     created_at: str,
     aggregate: str | None,
     scaling: str | None,
+    clock: str | None,
 ) -> RunStored:
     """A stored run's spec, parsed once a process (a run's spec never changes)."""
     # Written by this service, so not validated again: a row an older version stored beyond
@@ -141,13 +143,14 @@ def _spec(
         if aggregate is None
         else AggregateSpec.model_construct(**json.loads(aggregate)),
         scaling=None if scaling is None else ScalingSpec.model_construct(**json.loads(scaling)),
+        clock=cast(Clock, clock or "steps"),  # NULL: steps (every run made before clocks)
     )
 
 
 def _head(row: Sequence[Any]) -> RunHead:
     """A run's head from its row's ``_HEAD_COLUMNS``."""
-    spec = _spec(*row[:10])
-    state, lrs, last_seq, last_step, head_hash, scale, project = row[10:]
+    spec = _spec(*row[:11])
+    state, lrs, last_seq, last_step, head_hash, scale, project = row[11:]
     force = None
     if spec.scaling is not None:
         force = InForce.of(spec.scaling.model_dump(), None if scale is None else json.loads(scale))
@@ -186,6 +189,7 @@ def run_document(row: RunRow) -> dict[str, Any]:
         row.created_at,
         row.aggregate,
         row.scaling,
+        row.clock,
     )
     doc = spec.header_doc()
     doc.update(
@@ -197,6 +201,7 @@ def run_document(row: RunRow) -> dict[str, Any]:
         last_decision_at=row.last_at if row.last_seq else None,
         counts={"decisions": row.last_seq, "reductions": row.reductions},
         status="active",
+        clock=spec.clock,  # said by every run, "steps" too (its spec documents omit that)
     )
     if spec.scaling is not None:
         # the size in force, its factor and the step it applies from (none: the base size)
@@ -1070,11 +1075,13 @@ class Store:
             return None if row is None else str(row[0])
 
     def decisions_between(
-        self, run: RunKey, first: int, last: int
+        self, run: RunKey, first: int, last: int, every: int = 1
     ) -> tuple[RunHead, dict[str, Any] | None, list[tuple[int, dict[str, Any]]]]:
         """The run's head, its last live entry before step ``first`` (None if none), and
         (step, entry) of its live entries from ``first`` to ``last``, in step order: the
-        states in force over that range."""
+        states in force over that range. With ``every`` > 1 (the range read at every
+        ``every``-th step from ``first``), only the last entry before each step read: a
+        stride over a long range loads as many entries as it reads steps, not the range's."""
         with self._read() as s:
             conn = s.connection()
             head = _read_head(conn, run)
@@ -1086,14 +1093,34 @@ class Store:
                 ),
                 (*run, False, first),
             ).first()
-            within = conn.exec_driver_sql(
-                _param(
-                    conn,
-                    f"SELECT step, body FROM decisions WHERE {_RUN} AND superseded = ? "
-                    "AND step >= ? AND step <= ? ORDER BY step, seq",
-                ),
-                (*run, False, first, last),
-            ).all()
+            between = (
+                f"FROM decisions WHERE {_RUN} AND superseded = ? AND step >= ? AND step <= ? "
+                "ORDER BY step, seq"
+            )
+            if every == 1:
+                within = conn.exec_driver_sql(
+                    _param(conn, f"SELECT step, body {between}"), (*run, False, first, last)
+                ).all()
+            else:
+                keys = conn.exec_driver_sql(
+                    _param(conn, f"SELECT step, seq {between}"), (*run, False, first, last)
+                ).all()
+                # the last entry of each stretch between two steps read is the one in force
+                wanted: dict[int, int] = {}  # stretch -> seq
+                for step, seq in keys:
+                    wanted[-((first - int(step)) // every)] = int(seq)
+                within = []
+                seqs = sorted(wanted.values())
+                for i in range(0, len(seqs), 500):
+                    part = seqs[i : i + 500]
+                    within += conn.exec_driver_sql(
+                        _param(
+                            conn,
+                            f"SELECT step, body FROM decisions WHERE {_RUN} AND seq IN "
+                            f"({', '.join('?' * len(part))}) ORDER BY step, seq",
+                        ),
+                        (*run, *part),
+                    ).all()
             return (
                 head,
                 None if before is None else json.loads(before[0]),
@@ -1269,6 +1296,7 @@ def _run_row(run: NewRun) -> RunRow:
         last_at=spec.created_at,
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
         scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
+        clock=None if spec.clock == "steps" else spec.clock,
     )
 
 

@@ -55,6 +55,8 @@ class RunRow(SQLModel, table=True):
     aggregate: str | None = Field(default=None, sa_type=sa.Text)
     # elastic jobs: canonical JSON {"rule", "by", "base"}; None for a run without scaling rule
     scaling: str | None = Field(default=None, sa_type=sa.Text)
+    # what the run's steps count: "samples" or "tokens"; None: optimizer steps (the default)
+    clock: str | None = Field(default=None, sa_type=sa.String(16))
     # the size in force: canonical JSON {"size", "factor", "step"}; None: the base, as created
     scale: str | None = Field(default=None, sa_type=sa.Text)
     # an imported run: canonical JSON {"header": the bundle's header line, "end": its trailer}

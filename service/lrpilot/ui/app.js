@@ -201,6 +201,7 @@ async function runPage(runId) {
   let range = null; // the zoomed steps, or null: the whole run
   const chart = new RunChart(chartBox, {
     groups, metricName: run.metric, tip,
+    xLabel: run.clock && run.clock !== "steps" ? run.clock : "step", // samples or tokens consumed
     onPick: (event) => pick(event),
     onRange: (r) => { range = r; refresh(); },
   });
@@ -224,7 +225,8 @@ async function runPage(runId) {
         h("pre", {}, JSON.stringify(run.policy.params, null, 2))),
       h("span", {}, h("b", {}, "base lrs "), lrs(run.base_lrs)),
       h("span", { id: "current-lrs" }, h("b", {}, "lrs "), lrs(run.lrs)),
-      h("span", { id: "last-step" }, h("b", {}, "last step "), run.last_step ?? "–"),
+      h("span", { id: "last-step" }, h("b", {}, "last step "), run.last_step ?? "–",
+        run.clock && run.clock !== "steps" ? ` (${run.clock})` : null),
       h("span", {}, h("b", {}, "seq "), run.last_seq),
       counts ? h("span", {}, h("b", {}, "entries "), counts) : null,
       h("span", {}, h("b", {}, "labels "), Object.entries(run.labels || {}).map(([k, v]) => `${k}:${v}`).join(" ") || "–"));

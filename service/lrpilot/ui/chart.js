@@ -55,10 +55,12 @@ function aligned(main, whatif, groups) {
 
 export class RunChart {
   // onPick(event): a marker clicked; onRange({from, to} | null): the user zoomed (null: reset)
-  constructor(element, { groups, metricName, onPick, onRange, tip }) {
+  // xLabel: what the run's steps count ("step", or "samples" / "tokens": the run's clock)
+  constructor(element, { groups, metricName, xLabel, onPick, onRange, tip }) {
     this.element = element;
     this.groups = groups;
     this.metricName = metricName || "metric";
+    this.xLabel = xLabel || "step";
     this.onPick = onPick;
     this.onRange = onRange;
     this.tip = tip;
@@ -104,7 +106,7 @@ export class RunChart {
   options() {
     // an lr holds from its decision to the next: drawn as steps, not slopes
     const stepped = uPlot.paths.stepped({ align: 1 });
-    const series = [{ label: "step" }];
+    const series = [{ label: this.xLabel }];
     for (let g = 0; g < this.groups; g++) {
       series.push({ label: `lr[${g}]`, scale: "lr", stroke: COLORS[g % COLORS.length], width: 2, paths: stepped,
         spanGaps: true, value: (u, v) => (v === null ? "–" : v.toPrecision(4)) });
@@ -122,7 +124,7 @@ export class RunChart {
       series,
       scales: { x: { time: false }, lr: { distr: this.log ? 3 : 1 }, metric: {} },
       axes: [
-        { label: "step" },
+        { label: this.xLabel },
         { scale: "lr", label: this.log ? "lr (log)" : "lr", size: 70 },
         { scale: "metric", side: 1, label: this.metricName, grid: { show: false }, size: 70 },
       ],
@@ -274,6 +276,7 @@ export class RunChart {
       superseded: (this.plot && this.plot.superseded) || [],
       range: this.plot ? { from: this.plot.from_step, to: this.plot.to_step } : null,
       whatif: this.whatif, markers: this.markers.map(({ event, ...m }) => m), log: this.log,
+      xLabel: this.xLabel,
     };
   }
 

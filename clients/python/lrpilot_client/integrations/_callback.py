@@ -11,13 +11,15 @@ import torch
 from ..client import Client
 from ..models import Decision
 from ._common import DEFAULT_AHEAD
-from .torch import LrpilotScheduler, OnMismatch
+from .torch import LrpilotScheduler, OnMismatch, PerStep
 
 
 class SchedulerCallback:
     """A callback's run (`client`, `run_id` and the spec, or none of them: then the trainer's
     own `LrpilotScheduler` is used) and the scheduler in charge (`scheduler`; `owned` when the
-    callback built it)."""
+    callback built it). `samples_per_step` or `tokens_per_step` clock the run in samples or
+    tokens, as for `LrpilotScheduler` (a callable is asked once for each training step the
+    trainer advances, before the next step's batch)."""
 
     owner = "the trainer's scheduler"  # what "neither client nor run_id" means, for the error
     default_metric = "val_loss"  # the framework's name of the validation loss
@@ -35,6 +37,8 @@ class SchedulerCallback:
         ahead: int = DEFAULT_AHEAD,
         stop_training: bool = True,
         on_mismatch: OnMismatch = "raise",
+        samples_per_step: PerStep | None = None,
+        tokens_per_step: PerStep | None = None,
     ) -> None:
         if (client is None) != (run_id is None):
             raise ValueError(f"give both client and run_id, or neither ({self.owner})")
@@ -48,6 +52,8 @@ class SchedulerCallback:
         self.ahead = ahead
         self.stop_training = stop_training
         self.on_mismatch = on_mismatch  # a restored checkpoint not bound to the log: raise, warn
+        self.samples_per_step = samples_per_step
+        self.tokens_per_step = tokens_per_step
         self.scheduler: LrpilotScheduler | None = None
         self.owned = False  # the callback built the scheduler (else it is the trainer's)
 
@@ -62,6 +68,7 @@ class SchedulerCallback:
         self.scheduler = LrpilotScheduler(
             optimizer, self.client, self.run_id, self.policy, self.version, self.params,
             self.metric, self.labels, ahead=self.ahead, on_mismatch=self.on_mismatch,
+            samples_per_step=self.samples_per_step, tokens_per_step=self.tokens_per_step,
         )  # fmt: skip
         self.owned = True
         return self.scheduler

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import operator
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,11 @@ __all__ = [
     "ROOT_LABEL",
     "LrsCursor",
     "Observed",
+    "PerStep",
+    "check_clock",
+    "clock_of",
     "continue_with_groups",
+    "count_of",
     "derived_run_id",
     "live_observations",
     "logger",
@@ -34,6 +39,54 @@ PARENT_LABEL = "lrpilot.parent_run"  # on a run continued with more param groups
 ROOT_LABEL = "lrpilot.root_run"  # and the run the job was started with
 MAX_RUN_ID = 128
 
+# What one optimizer step consumes, in a run clocked in samples or tokens: a number, or a
+# callable asked at each optimizer step (variable-length batches), e.g.
+# `lambda: int(batch["attention_mask"].sum())`.
+PerStep = int | Callable[[], Any]
+
+
+def clock_of(samples_per_step: PerStep | None, tokens_per_step: PerStep | None) -> str:
+    """The clock an integration's arguments ask for."""
+    if samples_per_step is not None and tokens_per_step is not None:
+        raise ValueError("give samples_per_step or tokens_per_step (as the run's clock counts)")
+    if tokens_per_step is not None:
+        return "tokens"
+    return "samples" if samples_per_step is not None else "steps"
+
+
+def count_of(n: Any, clock: str, given: str) -> int:
+    """A count of samples or tokens: a positive integer (a numpy or 0-dim torch integer too),
+    never a float, a bool or zero: a wrong count would bend the schedule without a word."""
+    try:
+        if isinstance(n, bool):
+            raise TypeError
+        k = operator.index(n)
+    except TypeError:
+        raise ValueError(
+            f"{clock}_per_step{given} must be a positive integer count of {clock}, got {n!r}"
+        ) from None
+    if k <= 0:
+        raise ValueError(
+            f"{clock}_per_step{given} must be a positive integer count of {clock}, got {k}"
+        )
+    return k
+
+
+def check_clock(run: Run, clock: str) -> None:
+    """A run counting other than the integration: one clear error, naming what to give."""
+    if run.clock == clock:
+        return
+    given = {"steps": "neither samples_per_step nor tokens_per_step"}.get(
+        clock, f"{clock}_per_step"
+    )
+    wants = {"steps": "no samples_per_step or tokens_per_step"}.get(
+        run.clock, f"{run.clock}_per_step"
+    )
+    raise ValueError(
+        f"run {run.run_id!r} counts {run.clock}, and {given} was given: give {wants}, or use "
+        "another run_id"
+    )
+
 
 class LrsCursor:
     """The lrs of each training step of one run, fetched `ahead` steps at a time.
@@ -44,6 +97,12 @@ class LrsCursor:
     only past the block, or past `certain_through` once `observed()` said that an evaluation
     was posted. A pure schedule (cosine, step, ...) is all certain: one request per `ahead`
     steps, whatever is posted. `fetches` counts the blocks asked for.
+
+    A run clocked in samples or tokens is read at each optimizer step's position: `at(step,
+    every)` fetches the block's steps `every` apart (the count of the step just made), so a
+    constant count is one request per `ahead` optimizer steps. Counts that vary (a callable's)
+    miss the block: the next block is then as long as twice the steps the last one served (at
+    least 2), so variable batches cost one small request a step, never `ahead` rates a step.
     """
 
     def __init__(self, client: Client, run_id: str, ahead: int = DEFAULT_AHEAD) -> None:
@@ -54,22 +113,29 @@ class LrsCursor:
         self.ahead = ahead
         self.fetches = 0
         self._block: LrsRange | None = None
+        self._served = 0  # how far into the block a step was read (a strided block's next length)
         self._observed = False
         self._last: tuple[float, ...] | None = None  # the last rates `at` gave: all finite
         self._warned: LrsRange | None = None  # the block a non-finite rate was logged for
 
-    def at(self, step: int) -> tuple[float, ...]:
-        """The rates in force at training `step` (one per param group).
+    def at(self, step: int, every: int = 1) -> tuple[float, ...]:
+        """The rates in force at training `step` (one per param group); a block fetched here
+        holds the steps `every` apart from `step` on.
 
         A rate that is not a finite number (NaN, ±inf: a bug of the service, or of what stands
         between it and the job) is never applied: the last rates stand, with a warning (once a
         block); before any rate was given, it is a `ResponseError`."""
         block = self._block
         if block is None or not self._serves(block, step):
-            block = self._block = self.client.lrs_range(self.run_id, step, self.ahead)
+            count = self.ahead
+            if every > 1 and block is not None and self._served < len(block.lrs):
+                count = min(self.ahead, max(2, 2 * self._served))
+            block = self._block = self.client.lrs_range(self.run_id, step, count, every)
             self._observed = False
+            self._served = 0
             self.fetches += 1
         lrs = block.at(step)
+        self._served = max(self._served, (step - block.first) // block.every + 1)
         if all(math.isfinite(lr) for lr in lrs):
             self._last = lrs
             return lrs
@@ -105,7 +171,7 @@ class LrsCursor:
             # this step only, so the rates are right again as soon as it is back (a client that
             # knows the service is down makes no request until its next try is due)
             return step == block.first and not self._observed
-        if not block.first <= step < block.first + len(block.lrs):
+        if not block.holds(step):
             return False
         if not self._observed:
             return True
@@ -196,7 +262,7 @@ def continue_with_groups(
     lineage = {**(labels or {}), PARENT_LABEL: parent.run_id, ROOT_LABEL: root}
     client.create_run(
         child_id, policy, version, params, list(base_lrs), parent.metric, lineage,
-        scaling=parent.scaling or None,
+        scaling=parent.scaling or None, clock=None if parent.clock == "steps" else parent.clock,
     )  # fmt: skip
     theirs = live_observations(client, parent.run_id)
     ours = live_observations(client, child_id)

@@ -23,7 +23,15 @@ import keras
 from ..client import Client
 from ..errors import NotFoundError, ServiceUnavailableError
 from ..models import Decision, Run
-from ._common import DEFAULT_AHEAD, LrsCursor, logger
+from ._common import (
+    DEFAULT_AHEAD,
+    LrsCursor,
+    PerStep,
+    check_clock,
+    clock_of,
+    count_of,
+    logger,
+)
 
 __all__ = ["LrpilotCallback"]
 
@@ -54,6 +62,12 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
     nothing. A first fit needs the service (the run is created or found), and so does a fit that
     begins before the last step this callback posted (a restored checkpoint: the run must be
     rewound first).
+
+    With `tokens_per_step` (or `samples_per_step`; a number, or a callable asked once for each
+    optimizer step made, before the next batch) the run counts tokens (samples): `position`
+    is the tokens consumed, what is posted and where the rate is read, as for
+    `LrpilotScheduler`. A fit that starts at iteration k > 0 in a new process takes k times a
+    constant count (a callable's tokens are not known then: a `ValueError`).
     """
 
     def __init__(
@@ -68,8 +82,16 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         *,
         ahead: int = DEFAULT_AHEAD,
         stop_training: bool = True,
+        samples_per_step: PerStep | None = None,
+        tokens_per_step: PerStep | None = None,
     ) -> None:
         super().__init__()
+        self.clock = clock_of(samples_per_step, tokens_per_step)
+        per = tokens_per_step if tokens_per_step is not None else samples_per_step
+        self._per_step = per if per is None or callable(per) else count_of(per, self.clock, "")
+        self._stride = self._per_step if isinstance(self._per_step, int) else 1
+        self.position = 0  # the run's step: the iteration, or the samples or tokens consumed
+        self._iteration: int | None = None  # the optimizer iteration `position` is of
         self.client = client
         self.run_id = run_id
         self.policy = policy
@@ -101,10 +123,32 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         return optimizer
 
     def _step(self) -> int:
-        return int(keras.ops.convert_to_numpy(self._optimizer().iterations))
+        """The run's step at the optimizer's iteration (the samples or tokens consumed, in a
+        run counting those)."""
+        iteration = int(keras.ops.convert_to_numpy(self._optimizer().iterations))
+        per = self._per_step
+        if per is None:
+            self.position = iteration
+        elif self._iteration is not None and iteration >= self._iteration:
+            for _ in range(iteration - self._iteration):  # each optimizer step made
+                if callable(per):
+                    self._stride = count_of(per(), self.clock, " (the callable)")
+                    self.position += self._stride
+                else:
+                    self.position += per
+        elif callable(per) and iteration > 0:
+            raise ValueError(
+                f"run {self.run_id!r} counts {self.clock} with a callable {self.clock}_per_step: "
+                f"the {self.clock} consumed by iteration {iteration} are not known in this "
+                "process; give a constant count to resume"
+            )
+        else:
+            self.position = iteration * per if isinstance(per, int) else 0
+        self._iteration = iteration
+        return self.position
 
     def _apply(self, step: int) -> None:
-        lrs = self.cursor.at(step)
+        lrs = self.cursor.at(step, self._stride)
         if len(lrs) != 1:
             raise ValueError(
                 f"run {self.run_id!r} has {len(lrs)} param groups; a keras optimizer has one lr"
@@ -162,7 +206,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         base = float(keras.ops.convert_to_numpy(self._optimizer().learning_rate))
         return self.client.create_run(
             self.run_id, self.policy, self.version, self.run_params, [base], self.metric,
-            self.labels,
+            self.labels, clock=None if self.clock == "steps" else self.clock,
         )  # fmt: skip
 
     def _run_or_last(self, step: int) -> Run:
@@ -197,6 +241,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
         step = self._step()
         run = self._run_or_last(step)
+        check_clock(run, self.clock)
         if len(run.base_lrs) != 1:
             raise ValueError(
                 f"run {self.run_id!r} has {len(run.base_lrs)} param groups; "

@@ -82,7 +82,9 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
             scheduler.load_state_dict(self._restored)
             self._restored = None
         elif trainer.global_step > 0:
-            scheduler.resume(trainer.global_step, observed_step=trainer.global_step)
+            scheduler.resume(
+                trainer.global_step, observed_step=scheduler.position_of(trainer.global_step)
+            )
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int

@@ -39,12 +39,16 @@ from ._common import (
     DEFAULT_AHEAD,
     ROOT_LABEL,
     LrsCursor,
+    PerStep,
+    check_clock,
+    clock_of,
     continue_with_groups,
+    count_of,
     derived_run_id,
     logger,
 )
 
-__all__ = ["LrpilotScheduler", "apply_extras"]
+__all__ = ["LrpilotScheduler", "PerStep", "apply_extras"]
 
 STATE_VERSION = 1  # the layout of state_dict() (keys added since, "seq", are optional)
 OnMismatch = Literal["raise", "warn"]
@@ -176,6 +180,18 @@ class LrpilotScheduler(LRScheduler):
     decay into `weight_decay` (see `apply_extras`). While the service is away the last ones
     applied stand.
 
+    **Samples or tokens as the clock.** With `tokens_per_step` (or `samples_per_step`) the
+    run is created with `clock="tokens"` (`"samples"`): its steps are the tokens consumed so
+    far, and its policy's horizons are in tokens. Give the tokens of one optimizer step (the
+    global batch: every rank reads the same position), a number or, for variable-length
+    batches, a callable asked once at each `step()` for the step just made (e.g.
+    `lambda: int(batch["attention_mask"].sum())`). `position` is the tokens consumed so far: it
+    is what `observe` posts as the step and where the lrs are read, so a batch-size change does
+    not bend the schedule. `last_epoch` still counts optimizer steps; `state_dict()` carries the
+    position, so a resume continues it. A run whose clock is not the scheduler's is a
+    `ValueError` (e.g. a run counting tokens opened without `tokens_per_step`), and so is a
+    count that is not a positive integer.
+
     **Elastic jobs.** With `scaling={"rule": "linear", "by": "world_size", "base": 8}` (the
     optimizer's lrs are tuned for 8 ranks) and `world_size=dist.get_world_size()`, the run
     rescales its rates for the job's size at every start and resume (a restart by an elastic
@@ -208,11 +224,19 @@ class LrpilotScheduler(LRScheduler):
         batch_size: int | None = None,
         on_mismatch: OnMismatch = "raise",
         as_rank: tuple[int, int] | None = None,
+        samples_per_step: PerStep | None = None,
+        tokens_per_step: PerStep | None = None,
     ) -> None:
         if on_mismatch not in ("raise", "warn"):
             raise ValueError(f'on_mismatch must be "raise" or "warn", got {on_mismatch!r}')
         if as_rank is not None and not 0 <= as_rank[0] < as_rank[1]:
             raise ValueError(f"as_rank must be (rank, world_size), rank < world_size: {as_rank}")
+        self.clock = clock_of(samples_per_step, tokens_per_step)
+        self._per_step = tokens_per_step if tokens_per_step is not None else samples_per_step
+        if self._per_step is not None and not callable(self._per_step):
+            self._per_step = count_of(self._per_step, self.clock, "")
+        self._position = 0  # samples or tokens consumed (a clocked run)
+        self._stride = self._per_step if isinstance(self._per_step, int) else 1
         self.client = client
         self.on_mismatch = on_mismatch
         self.as_rank = as_rank
@@ -231,6 +255,7 @@ class LrpilotScheduler(LRScheduler):
         self._fetches_before = 0
         base = [_as_float(g.get("initial_lr", g["lr"])) for g in optimizer.param_groups]
         self.run = self._open(run_id, policy, version, params, metric, base)
+        check_clock(self.run, self.clock)
         self._policy = (self.run.policy.name, self.run.policy.version)
         self._params = dict(params) if params is not None else dict(self.run.policy.params)
         self.run_id = self.run.run_id
@@ -262,13 +287,16 @@ class LrpilotScheduler(LRScheduler):
             if len(run.base_lrs) != len(base):
                 run = self._derived(run_id, base, run)
             return run
+        clock = None if self.clock == "steps" else self.clock  # (steps: the body as it was)
         try:
             return self.client.create_run(
-                run_id, policy, version, params, base, metric, self._labels, scaling=self._scaling
-            )
+                run_id, policy, version, params, base, metric, self._labels,
+                scaling=self._scaling, clock=clock,
+            )  # fmt: skip
         except ConflictError:
             # A restart whose optimizer already has the groups added mid-run: the derived run.
             existing = self.client.get_run(run_id)
+            check_clock(existing, self.clock)
             if len(existing.base_lrs) >= len(base):
                 raise
             return self._derived(run_id, base, existing)
@@ -288,6 +316,37 @@ class LrpilotScheduler(LRScheduler):
             )
         logger.info("run %r: the optimizer has %d param groups: using %r", root, len(base), derived)
         return run
+
+    @property
+    def position(self) -> int:
+        """The run's step now: the training step (`last_epoch`) in a run counting steps, the
+        samples or tokens consumed so far in a run counting those."""
+        return self.last_epoch if self._per_step is None else self._position
+
+    def position_of(self, step: int) -> int:
+        """The run's step at training `step`: `step` in a run counting steps, `step` times the
+        count in a run clocked in samples or tokens with a constant count (a callable's steps
+        are not known afterwards: a `ValueError`; the scheduler's `state_dict()` holds them)."""
+        per = self._per_step
+        if per is None:
+            return step
+        if callable(per):
+            raise ValueError(
+                f"run {self.run_id!r} counts {self.clock} with a callable {self.clock}_per_step: "
+                f"the {self.clock} consumed by step {step} are not known; resume from the "
+                "scheduler's state_dict() (or give resume position=)"
+            )
+        return step * per
+
+    def _consumed(self) -> int:
+        """What the optimizer step just made consumed (asks a callable)."""
+        per = self._per_step
+        if callable(per):
+            n = count_of(per(), self.clock, " (the callable)")
+            self._stride = n  # the next steps are read this far apart
+            return n
+        assert per is not None
+        return per
 
     @property
     def fetches(self) -> int:
@@ -344,18 +403,18 @@ class LrpilotScheduler(LRScheduler):
 
     def _lrs(self, step: int) -> list[float]:
         self._check_groups()
-        return list(self._cursor.at(step))
+        return list(self._cursor.at(step, self._stride))
 
     def get_lr(self) -> list[float | torch.Tensor]:
-        """The run's rates at the current step (`last_epoch`), one per param group. Writes
+        """The run's rates at the current step (`position`), one per param group. Writes
         what the run schedules beside them (momentum, weight decay) into the optimizer, as
         torch's CyclicLR.get_lr does: torch's step() writes only the lrs it returns."""
-        lrs = self._lrs(self.last_epoch)
+        lrs = self._lrs(self.position)
         self._apply_extras()
         return list(lrs)
 
     def _apply(self) -> None:
-        lrs = self._lrs(self.last_epoch)
+        lrs = self._lrs(self.position)
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             if isinstance(group["lr"], torch.Tensor):
                 group["lr"].fill_(lr)
@@ -375,7 +434,7 @@ class LrpilotScheduler(LRScheduler):
     def _applied(self) -> list[float]:
         """The lrs the optimizer holds, as applied: a tensor lr holding the run's rate rounded
         to its dtype counts as that rate (docs/agreement.md); any other value as itself."""
-        decided = self._cursor.at(self.last_epoch)
+        decided = self._cursor.at(self.position, self._stride)
         held = [g["lr"] for g in self.optimizer.param_groups]
         if len(held) != len(decided):
             return [_as_float(h) for h in held]
@@ -384,9 +443,8 @@ class LrpilotScheduler(LRScheduler):
             for h, x in zip(held, decided, strict=True)
         ]
 
-
     def _apply_extras(self) -> None:
-        extras = self._cursor.extras_at(self.last_epoch)
+        extras = self._cursor.extras_at(self.position)
         if extras:
             apply_extras(self.optimizer, extras)
 
@@ -395,7 +453,7 @@ class LrpilotScheduler(LRScheduler):
             self._rewind(self._rewind_due)
         if self._ack_due is not None:  # the lrs this step trains with: what was applied
             step, seq = self._ack_due
-            if self.last_epoch == step:
+            if self.position == step:
                 self._ack = Applied.of(step, seq, self._applied())
             self._ack_due = None
         if self._size_due:  # a restart without a checkpoint: from where the run stands
@@ -404,7 +462,7 @@ class LrpilotScheduler(LRScheduler):
             except ServiceUnavailableError as exc:
                 logger.warning("run %r: the job's size is not reported yet: %s", self.run_id, exc)
             else:
-                since = max(self.last_epoch, run.last_step or 0, run.scale.get("step") or 0)
+                since = max(self.position, run.last_step or 0, run.scale.get("step") or 0)
                 self._report_size(since)
         if len(optimizer.param_groups) != len(self.run.base_lrs):
             self._apply()
@@ -418,6 +476,8 @@ class LrpilotScheduler(LRScheduler):
             raise TypeError(
                 "LrpilotScheduler counts steps itself: call step() (or step_to(k) to jump)"
             )
+        if self._per_step is not None and self._step_count > 0:  # (not torch's initial step)
+            self._position += self._consumed()
         super().step()
         if metrics is not None:
             self.observe(metrics)
@@ -432,14 +492,17 @@ class LrpilotScheduler(LRScheduler):
                 "load_state_dict (or resume) rewinds, step_to only goes forward"
             )
         if step != self.last_epoch:
+            if self._per_step is not None:  # each step advanced consumed its count
+                self._position += sum(self._consumed() for _ in range(step - self.last_epoch))
             self._step_count += 1
             self.last_epoch = step
         self._apply()  # again at the same step too: a trainer's own scheduler may have written
 
     def observe(self, value: SupportsFloat, step: int | None = None) -> Decision:
         """Post the metric `value` (a float or a 0-dim tensor; NaN and inf are fine) at the
-        current step (or `step`), apply the rates it leads to, and return the decision."""
-        at = self.last_epoch if step is None else step
+        current step (or `step`; in a run clocked in samples or tokens, the current `position`
+        or a position), apply the rates it leads to, and return the decision."""
+        at = self.position if step is None else step
         self._check_groups()
         if self._rewind_due is not None:  # before anything the rewind would supersede
             self._rewind(self._rewind_due)
@@ -476,7 +539,7 @@ class LrpilotScheduler(LRScheduler):
         lists the run's disagreeing ranks (docs/agreement.md)."""
         if self.as_rank is None:
             raise ValueError("acknowledge() needs the scheduler's as_rank=(rank, world_size)")
-        step = self.last_epoch
+        step = self.position
         seq = self.client.lr_at(self.run_id, step).seq or 0
         answer = self.client.acknowledge(
             self.run_id, *self.as_rank, Applied.of(step, seq, self._applied())
@@ -504,7 +567,8 @@ class LrpilotScheduler(LRScheduler):
         """Plain data (torch.load(weights_only=True) reads it): the run, the root run, the
         step, the last step observed, the seq and hash of the last entry of the run's chain
         this job applied (None before any: its `head_hash` is then the client's), the base
-        lrs."""
+        lrs; the clock and the position (the samples or tokens consumed; the step in a run
+        counting steps)."""
         return {
             "lrpilot": STATE_VERSION,
             "run_id": self.run_id,
@@ -515,6 +579,8 @@ class LrpilotScheduler(LRScheduler):
             "head_hash": self._head if self._seq is not None else self.head_hash(),
             "base_lrs": [float(x) for x in self.run.base_lrs],
             "_step_count": self._step_count,
+            "clock": self.clock,
+            "position": self.position,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -534,7 +600,12 @@ class LrpilotScheduler(LRScheduler):
                 f"scheduler's is {self.root_run_id!r}",
             )
             seq = head = None  # warned: resume this run at the checkpoint's step
-        elif state_dict["run_id"] != self.run_id:
+        clock = state_dict.get("clock", "steps")
+        if clock != self.clock:
+            raise ValueError(
+                f"the checkpoint's scheduler counted {clock}, this one counts {self.clock}"
+            )
+        if state_dict["run_id"] != self.run_id:
             self._switch(self.client.get_run(state_dict["run_id"]))
         if seq is not None and head is not None:
             self._check_head(int(seq), str(head), step)
@@ -545,14 +616,16 @@ class LrpilotScheduler(LRScheduler):
         written = getattr(self, "_last_lr", None)
         untouched = written is not None and _same_lrs(held, [_as_float(x) for x in written])
         self._step_count = int(state_dict.get("_step_count", self._step_count))
-        self._resumed(
+        position = state_dict.get("position")
+        at, _ = self._resumed(
             step, state_dict.get("observed_step"), head,
             int(seq) if seq is not None and head is not None else None,
+            None if position is None else int(position),
         )  # fmt: skip
         # the lrs of the checkpoint's time: before a resize to the job's size now
         checkable = self._rewind_due is None and not self._cursor.provisional
         if not untouched and checkable:
-            decided = self._cursor.at(step)
+            decided = self._cursor.at(at, self._stride)
             if not _same_lrs(held, decided):
                 self._mismatch(
                     "lrs",
@@ -561,7 +634,7 @@ class LrpilotScheduler(LRScheduler):
                     "checkpoint, or the optimizer of another one); the run's lrs are applied",
                 )
         if self._size is not None:  # a rewind restores the size of the checkpoint's time
-            self._report_size(step)
+            self._report_size(at)
 
     def _mismatch(self, what: str, detail: str) -> None:
         error = CheckpointMismatch(what, detail)
@@ -605,29 +678,44 @@ class LrpilotScheduler(LRScheduler):
         *,
         head: str | None = None,
         seq: int | None = None,
+        position: int | None = None,
     ) -> bool:
         """Continue at training `step` of a checkpoint: rewind the run so that its state is
         what it was when the checkpoint was saved, and apply the step's rates. The decisions
         at steps up to `step` are kept, the one at `step` itself only if the checkpoint had
         posted it (`observed_step == step`): an evaluation at `step` made after the checkpoint
-        is superseded, so the resumed job can post it again. True if the run was rewound."""
-        rewound = self._resumed(step, observed_step, head, seq)
+        is superseded, so the resumed job can post it again. True if the run was rewound.
+
+        In a run clocked in samples or tokens, `position` is what the checkpoint had consumed
+        (its `state_dict()` says; with a constant count it may be left out: `step` times the
+        count), and `observed_step` a position too."""
+        at, rewound = self._resumed(step, observed_step, head, seq, position)
         if self._size is not None:  # a rewind restores the size of the checkpoint's time
-            self._report_size(step)
+            self._report_size(at)
         return rewound
 
     def _resumed(
-        self, step: int, observed_step: int | None, head: str | None, seq: int | None
-    ) -> bool:
-        """`resume` but for the job's size, which the caller reports then."""
+        self,
+        step: int,
+        observed_step: int | None,
+        head: str | None,
+        seq: int | None,
+        position: int | None = None,
+    ) -> tuple[int, bool]:
+        """`resume` but for the job's size, which the caller reports then: the run's step
+        resumed at (the position, in a run clocked in samples or tokens), and whether the run
+        was rewound."""
+        last_epoch = step
+        if self._per_step is not None:
+            self._position = step = self.position_of(step) if position is None else position
         to_step = step if observed_step == step else step - 1
         self._head, self._seq = head, seq
-        self.last_epoch = step
+        self.last_epoch = last_epoch
         rewound = self._rewind(to_step, apply=False) if to_step >= 0 else False
         self._observed_step = observed_step
         self._cursor.reset()
         self._apply()
-        return rewound
+        return step, rewound
 
     def _rewind(self, to_step: int, *, apply: bool = True) -> bool:
         """Rewind the run to `to_step` (and, `apply`, apply the rates it leaves); while the
@@ -677,9 +765,21 @@ class LrpilotScheduler(LRScheduler):
         run's scaling rule counts) from the current step on: the run rescales its rates (a
         `scale` entry in its log) and the optimizer gets them at once. The constructor's
         `world_size`/`batch_size` does this at every start and resume, which is what an elastic
-        launcher's restart needs."""
+        launcher's restart needs. (A run clocked in tokens: give the scheduler the new
+        `tokens_per_step` too, `set_per_step`; the schedule in tokens does not bend.)"""
         self._size = _size(world_size, batch_size)
-        self._report_size(self.last_epoch)
+        self._report_size(self.position)
+
+    def set_per_step(self, count: PerStep) -> None:
+        """What each optimizer step consumes from now on, in a run clocked in samples or
+        tokens (a batch-size change; a number or a callable, as given to the constructor)."""
+        if self._per_step is None:
+            raise ValueError(
+                f"run {self.run_id!r} counts steps: samples or tokens per step do not apply"
+            )
+        self._per_step = count if callable(count) else count_of(count, self.clock, "")
+        if isinstance(self._per_step, int):
+            self._stride = self._per_step
 
     def close(self) -> None:
         """Detach from the optimizer (its step pre-hook)."""
@@ -690,4 +790,8 @@ class LrpilotScheduler(LRScheduler):
     def __repr__(self) -> str:
         lrs = [_as_float(x) for x in self._last_lr] if hasattr(self, "_last_lr") else []
         shown = ", ".join(f"{x:.6g}" if math.isfinite(x) else str(x) for x in lrs)
-        return f"LrpilotScheduler(run_id={self.run_id!r}, step={self.last_epoch}, lrs=[{shown}])"
+        where = "" if self._per_step is None else f", {self.clock}={self._position}"
+        return (
+            f"LrpilotScheduler(run_id={self.run_id!r}, step={self.last_epoch}{where}, "
+            f"lrs=[{shown}])"
+        )

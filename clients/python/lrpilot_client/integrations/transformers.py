@@ -93,7 +93,9 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
             scheduler = self.build_scheduler(optimizer)
         self.owned = True
         if state.global_step > 0:
-            scheduler.resume(state.global_step, observed_step=state.global_step)
+            scheduler.resume(
+                state.global_step, observed_step=scheduler.position_of(state.global_step)
+            )
 
     def on_step_begin(
         self,
