@@ -593,6 +593,11 @@ class LrpilotScheduler(LRScheduler):
             raise ValueError("not an LrpilotScheduler state_dict (no 'lrpilot' version 1)")
         step = int(state_dict["last_epoch"])
         seq, head = state_dict.get("seq"), state_dict.get("head_hash")
+        clock = state_dict.get("clock", "steps")
+        if clock != self.clock:
+            raise ValueError(
+                f"the checkpoint's scheduler counted {clock}, this one counts {self.clock}"
+            )
         if state_dict["root_run_id"] != self.root_run_id:
             self._mismatch(
                 "run",
@@ -600,12 +605,7 @@ class LrpilotScheduler(LRScheduler):
                 f"scheduler's is {self.root_run_id!r}",
             )
             seq = head = None  # warned: resume this run at the checkpoint's step
-        clock = state_dict.get("clock", "steps")
-        if clock != self.clock:
-            raise ValueError(
-                f"the checkpoint's scheduler counted {clock}, this one counts {self.clock}"
-            )
-        if state_dict["run_id"] != self.run_id:
+        elif state_dict["run_id"] != self.run_id:
             self._switch(self.client.get_run(state_dict["run_id"]))
         if seq is not None and head is not None:
             self._check_head(int(seq), str(head), step)
