@@ -15,7 +15,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from lrpilot.domain.guarding import MAX_REF
 from lrpilot.entries import NOT_DECISIONS
+from lrpilot.guard import Guarded
 from lrpilot.policies import ACTIONS as POLICY_ACTIONS
 from lrpilot.policies import POLICIES
 from lrpilot.policies.base import MAX_STEP
@@ -38,7 +40,7 @@ from lrpilot.spec import (
 
 POLICY_NAMES = sorted({p.name for p in POLICIES.values()})
 # a rewind is an entry of every run's log, a scale one of a run with a scaling rule
-ACTIONS = POLICY_ACTIONS | set(NOT_DECISIONS)
+ACTIONS = POLICY_ACTIONS | set(NOT_DECISIONS) | set(Guarded.actions)
 
 
 # -- query parameters ---------------------------------------------------------------------
@@ -183,6 +185,14 @@ class DecisionOut(BaseModel):
     )
     resize: dict[str, Any] | None = Field(
         default=None, description="in a scale entry only: by, from (the size before), to"
+    )
+    checkpoint: dict[str, Any] | None = Field(
+        default=None, description="in a checkpoint entry only: the job's ref for it"
+    )
+    rollback: dict[str, Any] | None = Field(
+        default=None,
+        description="in a rollback only: trigger (nan, spike), count, and the checkpoint "
+        "(seq, step, ref) to restore; a rewind to its step follows it in the log",
     )
 
 
@@ -369,6 +379,36 @@ class ResizeIn(Strict):
             return "world_size", self.world_size
         assert self.batch_size is not None
         return "batch_size", self.batch_size
+
+
+class CheckpointIn(Strict):
+    step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the training step the checkpoint was saved at", examples=[12000]
+    )
+    ref: Annotated[Text, Field(min_length=1, max_length=MAX_REF)] = Field(
+        description="the job's own name or path for the checkpoint", examples=["ckpt/step-12000.pt"]
+    )
+    client: ClientIn | None = None
+
+
+class CheckpointOut(BaseModel):
+    run_id: str
+    declared: bool = Field(description="false: this step and ref were declared already (a retry)")
+    decision: DecisionOut = Field(description="the checkpoint's entry in the chain")
+
+
+class CheckpointItem(BaseModel):
+    seq: int
+    step: int
+    ref: str
+    created_at: str
+    superseded: bool = Field(description="a rewind (or a rollback) went below its step")
+
+
+class CheckpointList(BaseModel):
+    run_id: str
+    items: list[CheckpointItem]
+    next: None = None
 
 
 class ResizeOut(BaseModel):

@@ -34,6 +34,7 @@ from lrpilot.settings import Settings
 from lrpilot.spec import (
     PUBLIC_ORDER,
     AggregateSpec,
+    GuardSpec,
     InForce,
     PolicyRef,
     RunStored,
@@ -73,7 +74,7 @@ log = logging.getLogger("lrpilot.store")
 
 _HEAD_COLUMNS = (
     "run_id, policy, params, base_lrs, metric, labels, config_hash, created_at, aggregate, "
-    "scaling, state, lrs, last_seq, last_step, head_hash, scale, project"
+    "scaling, guard, state, lrs, last_seq, last_step, head_hash, scale, project"
 )
 # every statement that names a run names it by its key (RunKey: project, then run_id)
 _RUN = "project = ? AND run_id = ?"
@@ -92,6 +93,9 @@ _INSERT_DECISION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DECISIONS_ONLY = "AND action NOT IN (" + ", ".join(f"'{a}'" for a in NOT_DECISIONS) + ")"
+# the entries whose state is the state as of their step: a checkpoint's is the state in force
+# when it was declared, which may be later (a checkpoint declared late)
+_STATES = f"AND action <> '{Kind.CHECKPOINT.value}' "
 # An import writes its log this many rows a statement; on SQLite, in transactions of at most
 # IMPORT_SLICE_S each (or a quarter of the timeout, if less), so that every other writer gets
 # the database between two of them well within its own timeout.
@@ -122,6 +126,7 @@ def _spec(
     created_at: str,
     aggregate: str | None,
     scaling: str | None,
+    guard: str | None = None,
 ) -> RunStored:
     """A stored run's spec, parsed once a process (a run's spec never changes)."""
     # Written by this service, so not validated again: a row an older version stored beyond
@@ -141,13 +146,15 @@ def _spec(
         if aggregate is None
         else AggregateSpec.model_construct(**json.loads(aggregate)),
         scaling=None if scaling is None else ScalingSpec.model_construct(**json.loads(scaling)),
+        # validated again (not constructed): its spike rule is a union, and it is parsed once
+        guard=None if guard is None else GuardSpec.model_validate_json(guard),
     )
 
 
 def _head(row: Sequence[Any]) -> RunHead:
     """A run's head from its row's ``_HEAD_COLUMNS``."""
-    spec = _spec(*row[:10])
-    state, lrs, last_seq, last_step, head_hash, scale, project = row[10:]
+    spec = _spec(*row[:11])
+    state, lrs, last_seq, last_step, head_hash, scale, project = row[11:]
     force = None
     if spec.scaling is not None:
         force = InForce.of(spec.scaling.model_dump(), None if scale is None else json.loads(scale))
@@ -186,6 +193,7 @@ def run_document(row: RunRow) -> dict[str, Any]:
         row.created_at,
         row.aggregate,
         row.scaling,
+        row.guard,
     )
     doc = spec.header_doc()
     doc.update(
@@ -427,10 +435,45 @@ class WriteTx:
         """(seq, entry) of the run's last live entry at or before ``step``, if any."""
         row = self._execute(
             f"SELECT seq, body FROM decisions WHERE {_RUN} AND superseded = ? AND step <= ? "
-            "ORDER BY step DESC, seq DESC LIMIT 1",
+            f"{_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
             (*run, False, step),
         ).fetchone()
         return None if row is None else (int(row[0]), json.loads(row[1]))
+
+    def live_checkpoint_before(
+        self, run: RunKey, step: int
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        """(seq, step, entry) of the run's newest live checkpoint below ``step``, if any (of
+        the largest step; of those, the last declared)."""
+        self.flush()
+        row = self._execute(
+            f"SELECT seq, step, body FROM decisions WHERE {_RUN} AND superseded = ? "
+            f"AND step < ? AND action = '{Kind.CHECKPOINT.value}' "
+            "ORDER BY step DESC, seq DESC LIMIT 1",
+            (*run, False, step),
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), json.loads(row[2]))
+
+    def live_checkpoint(self, run: RunKey, step: int, ref: str) -> Stored | None:
+        """The run's live checkpoint entry of ``step`` whose ref is ``ref``, if any."""
+        rows = self._execute(
+            f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step = ? "
+            f"AND action = '{Kind.CHECKPOINT.value}' ORDER BY seq",
+            (*run, False, step),
+        ).fetchall()
+        for (body,) in rows:
+            stored = Stored(str(body))
+            if stored.value["checkpoint"]["ref"] == ref:
+                return stored
+        return None
+
+    def entry_at_seq(self, run: RunKey, seq: int) -> Stored | None:
+        """The run's entry ``seq``, if any."""
+        self.flush()
+        row = self._execute(
+            f"SELECT body FROM decisions WHERE {_RUN} AND seq = ?", (*run, seq)
+        ).fetchone()
+        return None if row is None else Stored(str(row[0]))
 
     def live_scale_at_or_before(self, run: RunKey, step: int) -> dict[str, Any] | None:
         """The run's last live scale entry at or before ``step``, if any."""
@@ -1046,7 +1089,7 @@ class Store:
                     conn,
                     f"SELECT seq, step, body FROM decisions WHERE {_RUN} AND superseded = ? "
                     # a scale entry may share its step with a decision: the later one holds
-                    "AND step <= ? ORDER BY step DESC, seq DESC LIMIT 1",
+                    f"AND step <= ? {_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
                 ),
                 (*run, False, step),
             ).first()
@@ -1082,7 +1125,7 @@ class Store:
                 _param(
                     conn,
                     f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step < ? "
-                    "ORDER BY step DESC, seq DESC LIMIT 1",
+                    f"{_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
                 ),
                 (*run, False, first),
             ).first()
@@ -1090,7 +1133,7 @@ class Store:
                 _param(
                     conn,
                     f"SELECT step, body FROM decisions WHERE {_RUN} AND superseded = ? "
-                    "AND step >= ? AND step <= ? ORDER BY step, seq",
+                    f"AND step >= ? AND step <= ? {_STATES}ORDER BY step, seq",
                 ),
                 (*run, False, first, last),
             ).all()
@@ -1269,6 +1312,9 @@ def _run_row(run: NewRun) -> RunRow:
         last_at=spec.created_at,
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
         scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
+        guard=None
+        if spec.guard is None
+        else canonical_json(spec.guard.model_dump(exclude_none=True)),
     )
 
 

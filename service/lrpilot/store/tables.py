@@ -55,6 +55,8 @@ class RunRow(SQLModel, table=True):
     aggregate: str | None = Field(default=None, sa_type=sa.Text)
     # elastic jobs: canonical JSON {"rule", "by", "base"}; None for a run without scaling rule
     scaling: str | None = Field(default=None, sa_type=sa.Text)
+    # a guarded run: canonical JSON {"on", "spike"?, "lr_factor", "max_rollbacks"}; None without
+    guard: str | None = Field(default=None, sa_type=sa.Text)
     # the size in force: canonical JSON {"size", "factor", "step"}; None: the base, as created
     scale: str | None = Field(default=None, sa_type=sa.Text)
     # an imported run: canonical JSON {"header": the bundle's header line, "end": its trailer}
