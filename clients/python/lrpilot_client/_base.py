@@ -241,6 +241,8 @@ class ClientBase(Generic[H, X]):
     observe = operation(_calls.observe)
     rewind = operation(_calls.rewind)
     resize = operation(_calls.resize)
+    declare_checkpoint = operation(_calls.declare_checkpoint)
+    checkpoints = operation(_calls.checkpoints)
     # the rates: at one step, over a range (and their former names)
     lr_at = operation(_calls.lr_at)
     lrs_in_force = lr_at

@@ -30,6 +30,8 @@ from .errors import (
     detail_of,
 )
 from .models import (
+    CheckpointDeclared,
+    Checkpoints,
     Decision,
     Health,
     Imported,
@@ -213,6 +215,7 @@ def create_run(
     labels: Mapping[str, str] | None = None,
     aggregate: Mapping[str, Any] | None = None,
     scaling: Mapping[str, Any] | None = None,
+    guard: Mapping[str, Any] | None = None,
 ) -> Call[Run]:
     """Create the run, or get it back if it already exists with the same spec.
 
@@ -225,7 +228,10 @@ def create_run(
     weighted mean, the same for every rank. `scaling` (`{"rule": "linear" | "sqrt",
     "by": "world_size" | "batch_size", "base": N}`, base_lrs being tuned for size N)
     rescales the lrs whenever the job reports another size: the `world_size` of its
-    observations, or `resize`.
+    observations, or `resize`. `guard` (`{"on": ["nan", "spike"], "spike": {"rule": "ratio",
+    "ratio": 2.0}, "lr_factor": 0.5, "max_rollbacks": 3}`) turns a non-finite metric or a
+    spike into a `rollback` to the newest checkpoint declared before it (`declare_checkpoint`),
+    with the lrs cut (the service's docs/guard.md).
     """
     body: dict[str, Any] = {
         "policy": {"name": policy, "version": version, "params": dict(params or {})},
@@ -236,6 +242,7 @@ def create_run(
         labels=None if labels is None else dict(labels),
         aggregate=None if aggregate is None else dict(aggregate),
         scaling=None if scaling is None else dict(scaling),
+        guard=None if guard is None else dict(guard),
     )
     return Call("PUT", run_path(run_id), Run.from_json, body=body)
 
@@ -399,6 +406,27 @@ def resize(
         ordered=(run_id, "resize"),
         identified=True,
     )
+
+
+def declare_checkpoint(run_id: str, step: int, ref: str) -> Call[CheckpointDeclared]:
+    """The job saved a checkpoint at training `step`; `ref` is its own name or path for it
+    (what a rollback hands back). The run logs it as a checkpoint entry; a guarded run rolls
+    back to the newest one before a step in trouble. The same step and ref again is a retry
+    (`declared` False). The run's buffered observations are sent first; while any is left,
+    this raises `ServiceUnavailableError`."""
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/checkpoints",
+        CheckpointDeclared.from_json,
+        body={"step": step, "ref": ref},
+        ordered=(run_id, "checkpoint"),
+        identified=True,
+    )
+
+
+def checkpoints(run_id: str) -> Call[Checkpoints]:
+    """The run's declared checkpoints, oldest first (`superseded`: on a branch the run left)."""
+    return Call("GET", f"{run_path(run_id)}/checkpoints", Checkpoints.from_json)
 
 
 # --- the rates: at one step, over a range --------------------------------------------------------

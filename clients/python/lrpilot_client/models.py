@@ -27,6 +27,9 @@ __all__ = [
     "Decision",
     "Health",
     "Imported",
+    "CheckpointDeclared",
+    "CheckpointInfo",
+    "Checkpoints",
     "LrAt",
     "LrChange",
     "LrsAhead",
@@ -325,6 +328,8 @@ class Run(_Model):
     scale: Mapping[str, Any] = field(default_factory=dict)
     # aggregated mode: timeout_s and on_timeout; empty for a leader-mode run
     aggregate: Mapping[str, Any] = field(default_factory=dict)
+    # a guarded run: on, spike, lr_factor, max_rollbacks; empty for a run without a guard
+    guard: Mapping[str, Any] = field(default_factory=dict)
     # the last entry's action ("stop": the run has stopped) and time; None before any
     last_action: str | None = None
     last_decision_at: datetime | None = None
@@ -380,6 +385,10 @@ class Decision(_Model):
     # a large world decided at the timeout): a decision's size follows the ranks that reported
     missing_ranges: tuple[tuple[int, int], ...] = ()
     timeout_s: float | None = None
+    # a checkpoint entry (`action` "checkpoint"): {"ref"}; a guarded run's rollback (`action`
+    # "rollback"): {"trigger", "count", "checkpoint": {"seq", "step", "ref"}}
+    checkpoint: Mapping[str, Any] | None = None
+    rollback: Mapping[str, Any] | None = None
 
     @property
     def lr(self) -> float:
@@ -500,6 +509,36 @@ class Rewound(_Model):
     rewound: bool
     lrs: tuple[float, ...]
     decision: Decision | None
+
+
+@dataclass(frozen=True)
+class CheckpointDeclared(_Model):
+    """The answer to `declare_checkpoint`: its entry in the chain; `declared` is False when
+    that step and ref were declared already (a retry)."""
+
+    run_id: str
+    declared: bool
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class CheckpointInfo(_Model):
+    """A declared checkpoint: its entry's seq, its step, the job's ref for it, and whether a
+    rewind (or a rollback) went below its step."""
+
+    seq: int
+    step: int
+    ref: str
+    created_at: datetime
+    superseded: bool
+
+
+@dataclass(frozen=True)
+class Checkpoints(_Model):
+    """A run's declared checkpoints, oldest first."""
+
+    run_id: str
+    items: tuple[CheckpointInfo, ...]
 
 
 @dataclass(frozen=True)

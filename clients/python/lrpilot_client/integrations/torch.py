@@ -19,7 +19,7 @@ Needs torch (`pip install 'lrpilot-client[torch]'`); nothing else of the service
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, SupportsFloat
 
 import torch
@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.hooks import RemovableHandle
 
 from ..client import Client
-from ..errors import ConflictError, NotFoundError, ServiceUnavailableError
+from ..errors import ConflictError, NotFoundError, RollbackRequested, ServiceUnavailableError
 from ..models import Decision, Run
 from ._common import (
     DEFAULT_AHEAD,
@@ -39,7 +39,7 @@ from ._common import (
     logger,
 )
 
-__all__ = ["LrpilotScheduler"]
+__all__ = ["LrpilotScheduler", "RollbackRequested"]
 
 STATE_VERSION = 1  # the layout of state_dict()
 
@@ -121,6 +121,14 @@ class LrpilotScheduler(LRScheduler):
     rescales its rates for the job's size at every start and resume (a restart by an elastic
     launcher on fewer or more ranks), from that step on, as a `scale` entry in its log.
     `resize()` does it mid-run.
+
+    **Guarded runs** (docs/guard.md). With `guard={"on": ["nan", "spike"], ...}` the run
+    answers a NaN or a spike with a `rollback` to the newest checkpoint declared before it.
+    Declare each checkpoint you save with `checkpoint(step, ref)` (`ref`: your name or path for
+    it). On a rollback, `observe` moves the scheduler to the checkpoint's step (the run is
+    rewound there already, its rates cut) and then calls `restore(ref)` if you gave one (load
+    the model's and the optimizer's state from it; the scheduler's own state may be loaded too:
+    it is then a no-op), else raises `RollbackRequested(step, ref)` for the loop to do it.
     """
 
     def __init__(
@@ -138,8 +146,12 @@ class LrpilotScheduler(LRScheduler):
         scaling: Mapping[str, Any] | None = None,
         world_size: int | None = None,
         batch_size: int | None = None,
+        guard: Mapping[str, Any] | None = None,
+        restore: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        self._guard = dict(guard) if guard is not None else None
+        self._restore = restore
         self._scaling = dict(scaling) if scaling is not None else None
         self._size = _size(world_size, batch_size)
         self.root_run_id = run_id
@@ -184,7 +196,15 @@ class LrpilotScheduler(LRScheduler):
             return run
         try:
             return self.client.create_run(
-                run_id, policy, version, params, base, metric, self._labels, scaling=self._scaling
+                run_id,
+                policy,
+                version,
+                params,
+                base,
+                metric,
+                self._labels,
+                scaling=self._scaling,
+                guard=self._guard,
             )
         except ConflictError:
             # A restart whose optimizer already has the groups added mid-run: the derived run.
@@ -331,13 +351,37 @@ class LrpilotScheduler(LRScheduler):
         if not getattr(decision, "provisional", False):  # (a client's stand-in has no hash)
             self._head = decision.hash
         self._cursor.observed()
-        self._apply()
         logger.info(
             "run %r step %d: %s %r -> %s %s: %s",
             self.run_id, at, self.run.metric or "metric", float(value), decision.action,
             list(decision.lrs), decision.reason,
         )  # fmt: skip
+        if decision.action == "rollback" and decision.rollback is not None:
+            return self._rolled_back(decision)
+        self._apply()
         return decision
+
+    def _rolled_back(self, decision: Decision) -> Decision:
+        """The run rolled back to a checkpoint (and is rewound to its step): go on from that
+        step with the run's rates, and restore the checkpoint (or ask the loop to)."""
+        assert decision.rollback is not None
+        target = decision.rollback["checkpoint"]
+        step, ref = int(target["step"]), str(target["ref"])
+        self._observed_step = step
+        self._head = None  # the rewind after the rollback is the head: asked for when needed
+        self.last_epoch = step
+        self._cursor.reset()
+        if self._restore is None:
+            self._apply()
+            raise RollbackRequested(step, ref, decision)
+        self._restore(ref)
+        self._apply()  # after: the optimizer's state, restored, holds the rates it had then
+        return decision
+
+    def checkpoint(self, ref: str, step: int | None = None) -> None:
+        """Declare a checkpoint you saved at the current step (or `step`): a guarded run rolls
+        back to the newest one before a step in trouble. `ref` is handed back then."""
+        self.client.declare_checkpoint(self.run_id, self.last_epoch if step is None else step, ref)
 
     @property
     def should_stop(self) -> bool:
