@@ -158,7 +158,7 @@ def detail_of(response: httpx.Response) -> Any:
     return response.text or None
 
 
-class RollbackRequested(Exception):  # noqa: N818 - a request to the job, not a failure of it
+class RollbackRequested(Exception):
     """A guarded run decided `rollback`: restore the checkpoint `ref` (saved at training
     `step`) and train on from there, with the cut rates the run now serves. The run is rewound
     to `step` already; `decision` is the rollback, its reason naming the trigger and values.

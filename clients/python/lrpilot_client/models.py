@@ -23,13 +23,13 @@ from .errors import ResponseError
 
 __all__ = [
     "Best",
+    "CheckpointDeclared",
+    "CheckpointInfo",
+    "Checkpoints",
     "Counts",
     "Decision",
     "Health",
     "Imported",
-    "CheckpointDeclared",
-    "CheckpointInfo",
-    "Checkpoints",
     "LrAt",
     "LrChange",
     "LrsAhead",
@@ -610,6 +610,11 @@ class Summary(_Model):
     head_hash: str
     lrs: tuple[float, ...]
     range_test: Mapping[str, Any] | None = None
+    # the run's declared checkpoints (live branch: seq, step, ref); a guarded run's rollbacks
+    # (each its step, value, trigger, checkpoint, lrs and reason) and its guard's state
+    checkpoints: tuple[Mapping[str, Any], ...] = ()
+    rollbacks: tuple[Mapping[str, Any], ...] = ()
+    guard: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

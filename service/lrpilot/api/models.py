@@ -483,6 +483,19 @@ class SummaryOut(BaseModel):
     range_test: dict[str, Any] | None = Field(
         default=None, description="for a range_test run: the suggested lrs and how they were found"
     )
+    checkpoints: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the live branch's declared checkpoints (seq, step, ref), when the run has "
+        "any or a guard",
+    )
+    rollbacks: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="a guarded run: each rollback's step, value, trigger, checkpoint, lrs and "
+        "reason (each on the branch it left)",
+    )
+    guard: dict[str, Any] | None = Field(
+        default=None, description="a guarded run: its rollbacks so far, the cut on its lrs, stopped"
+    )
 
 
 # Observations a simulate request replays, times its param groups: each answers its lrs and

@@ -345,8 +345,9 @@ class Audit:
             "head_hash": head.head_hash,
             "lrs": run["lrs"],
         }
-        if head.spec.guard is not None:
+        if checkpoints or head.spec.guard is not None:  # (other runs keep the shape they had)
             summary["checkpoints"] = checkpoints
+        if head.spec.guard is not None:
             summary["rollbacks"] = self._rollbacks(key, head.last_seq)
         # what the policy adds (the range test's suggested lrs), from the state in force
         policy, params = resolved(head.spec)
