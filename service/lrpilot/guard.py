@@ -199,7 +199,7 @@ class GuardStepper:
         if std > 0.0 and value > mean + spike.k * std:
             return _Trouble(
                 "spike",
-                f"{name} {fmt(value)} is {fmt((value - mean) / std)} standard deviations above "
+                f"{name} {fmt(value)} is {(value - mean) / std:.3g} standard deviations above "
                 f"the mean {fmt(mean)} of the last {len(window)} values (k {spike.k!r})",
             )
         return None

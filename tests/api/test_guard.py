@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from tests.api.audit_calls import export, get_run, import_, log, observe, offline_verify, verify
 from tests.conftest import app_client, empty_database
-from tests.helpers import run_spec
+from tests.harness import REPO_DIR
+from tests.helpers import bundle_text, lrpilot_cli, one_line, rechained, run_spec
 
 GUARD = {
     "on": ["nan", "spike"],
@@ -192,3 +193,55 @@ def test_checkpoints_refused_clearly(api: TestClient) -> None:
     for body in ({"step": -1, "ref": "x"}, {"step": 1, "ref": ""}, {"step": 1}, {"ref": "x"}):
         assert api.post("/v1/runs/c/checkpoints", json=body).status_code == 422
     assert api.get("/v1/runs/none/checkpoints").status_code == 404
+
+
+GOLDEN_BUNDLE = REPO_DIR / "tests" / "golden" / "bundles" / "guard.ndjson"
+
+
+def test_the_frozen_guard_bundle_verifies_and_round_trips_byte_for_byte(tmp_path: Path) -> None:
+    """A guarded run's log as written when the guard was released (checkpoints, one declared
+    twice and one late, a NaN and a zscore spike rolled back, a rewind by hand, the stop after
+    max_rollbacks) must verify, and import and export unchanged, forever."""
+    result = lrpilot_cli("verify", str(GOLDEN_BUNDLE))
+    assert result.exit_code == 0, result.output
+    assert "OK 22 decisions (7 superseded by 3 rewinds)" in one_line(result.output)
+    text = GOLDEN_BUNDLE.read_text()
+    with app_client(f"sqlite:///{tmp_path / 'golden.db'}") as api:
+        assert import_(api, text).status_code == 201
+        assert api.get("/v1/runs/guard-golden/export").text == text
+        summary = api.get("/v1/runs/guard-golden/summary").json()
+        assert [r["trigger"] for r in summary["rollbacks"]] == ["nan", "spike"]
+        assert summary["guard"] == {"rollbacks": 2, "cut": 0.25, "stopped": True}
+        assert decided(api, "guard-golden", 120, 0.6)["action"] == "stop"
+
+
+def _edited(lines: list[str], seq: int, *changes: tuple[str, str]) -> list[str]:
+    out = list(lines)
+    for old, new in changes:
+        assert old in out[seq]
+        out[seq] = out[seq].replace(old, new)
+    return rechained(out)
+
+
+def test_an_edited_rollback_or_checkpoint_is_found_offline(tmp_path: Path) -> None:
+    lines = GOLDEN_BUNDLE.read_text().splitlines()
+    rollback = next(i for i, line in enumerate(lines) if '"action":"rollback"' in line)
+    target = next(i for i, line in enumerate(lines) if '"ref":"ckpt/step-60"}' in line)
+    cases = {
+        # rolled back to another checkpoint than the newest one before the trouble
+        "target": (
+            _edited(lines, rollback, ('"ref":"ckpt/step-60"', '"ref":"ckpt/step-30"')),
+            "rollback is not what the policy decides",
+        ),  # fmt: skip
+        # the log cut after a rollback: the rewind that must follow it is missing
+        "no rewind": (rechained([*lines[: rollback + 1], lines[-1]]), "without its rewind"),
+        # the checkpoint moved past the trouble: the rollback must have gone to the one before
+        "moved": (
+            _edited(lines, target, ('"step":60', '"step":85'), ("of step 60", "of step 85")),
+            "rollback is not what the policy decides",
+        ),  # fmt: skip
+    }
+    for name, (edited, says) in cases.items():
+        code, output = offline_verify(tmp_path, bundle_text(edited))
+        assert code != 0, name
+        assert says in output, (name, output)

@@ -73,6 +73,7 @@ _DERIVED = (
     "action",
     "scale",
     "resize",
+    "rollback",
     "lrs",
     "previous_lrs",
     "reason",
