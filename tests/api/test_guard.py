@@ -232,14 +232,14 @@ def test_an_edited_rollback_or_checkpoint_is_found_offline(tmp_path: Path) -> No
         "target": (
             _edited(lines, rollback, ('"ref":"ckpt/step-60"', '"ref":"ckpt/step-30"')),
             "rollback is not what the policy decides",
-        ),  # fmt: skip
+        ),
         # the log cut after a rollback: the rewind that must follow it is missing
         "no rewind": (rechained([*lines[: rollback + 1], lines[-1]]), "without its rewind"),
         # the checkpoint moved past the trouble: the rollback must have gone to the one before
         "moved": (
             _edited(lines, target, ('"step":60', '"step":85'), ("of step 60", "of step 85")),
             "rollback is not what the policy decides",
-        ),  # fmt: skip
+        ),
     }
     for name, (edited, says) in cases.items():
         code, output = offline_verify(tmp_path, bundle_text(edited))
