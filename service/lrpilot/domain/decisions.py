@@ -168,12 +168,13 @@ def _decide_one(
         head, _ = scaling.resized(
             tx, head, item.step, "world_size", item.world_size, heads, who=item.who
         )
-    find = None if head.spec.guard is None else guarding.finder(tx, item.run)
-    decision = decide(head, item.step, item.value, now(), item.client, who=item.who, find=find)
-    if decision.action == Kind.ROLLBACK:
+    find = None
+    if head.spec.guard is not None:
         again = guarding.answered_rollback(tx, head, item.step, item.value)
-        if again is not None:  # a retry of the step just rolled back
+        if again is not None:  # a retry of the step just rolled back (the run is below it)
             return again
+        find = guarding.finder(tx, item.run)
+    decision = decide(head, item.step, item.value, now(), item.client, who=item.who, find=find)
     tx.append_decision(decision)
     heads[item.run] = head = head.after(decision)
     if decision.action == Kind.ROLLBACK:

@@ -114,18 +114,15 @@ def finder(tx: WriteTx, run: RunKey) -> Finder:
 
 def answered_rollback(tx: WriteTx, head: RunHead, step: int, value: float) -> str | None:
     """A retry of the step whose rollback is the run's last thing done (the rollback, then its
-    rewind, at the head): that rollback, not a second one."""
-    if head.last_seq < 2:
+    rewind, at the head): that rollback, not a second one. One read by primary key, for a
+    guarded run's observations only."""
+    if head.last_seq < 2 or head.last_step is None or step <= head.last_step:
         return None
-    stored = tx.entry_at_seq(head.key, head.last_seq - 1)
+    stored = tx.entry_at_seq(head.key, head.last_seq - 1, entries.Kind.ROLLBACK)
     if stored is None:
         return None
     doc = stored.value
-    if (
-        doc.get("action") != entries.Kind.ROLLBACK
-        or doc.get("step") != step
-        or not same_float(parse_float(doc["value"]), value)
-    ):
+    if doc["step"] != step or not same_float(parse_float(doc["value"]), value):
         return None
     return stored.text
 

@@ -467,11 +467,12 @@ class WriteTx:
                 return stored
         return None
 
-    def entry_at_seq(self, run: RunKey, seq: int) -> Stored | None:
-        """The run's entry ``seq``, if any."""
+    def entry_at_seq(self, run: RunKey, seq: int, action: str) -> Stored | None:
+        """The run's entry ``seq``, if it is one of ``action``."""
         self.flush()
         row = self._execute(
-            f"SELECT body FROM decisions WHERE {_RUN} AND seq = ?", (*run, seq)
+            f"SELECT body FROM decisions WHERE {_RUN} AND seq = ? AND action = ?",
+            (*run, seq, action),
         ).fetchone()
         return None if row is None else Stored(str(row[0]))
 
