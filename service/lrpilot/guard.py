@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from pydantic import PrivateAttr
 
+from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float
+from lrpilot.entries import Chain, Draft, Kind, Ranks
 from lrpilot.policies.base import Frozen, Policy, State, Stepper, fmt, fmt_change
 from lrpilot.spec import GuardSpec, RunSpec
 
@@ -252,6 +254,48 @@ class GuardStepper:
             "stopped": self.stopped,
             "window": list(self.window),
         }
+
+
+def drafted(
+    chain: Chain,
+    step: int,
+    value: float,
+    created_at: str,
+    stepper: Stepper,
+    previous_lrs: Sequence[float],
+    client: Mapping[str, Any] | None,
+    who: Mapping[str, str] | None,
+    ranks: Ranks | None = None,
+) -> Draft:
+    """The entry of the observation ``stepper`` just advanced on, by the builder of its kind:
+    a rollback's (a guarded run's, naming its checkpoint), or a decision's. The decide path
+    and verify both build it here."""
+    common: dict[str, Any] = {
+        "reason": stepper.reason(),
+        "lrs": stepper.lrs,
+        "previous_lrs": previous_lrs,
+        "state": stepper.state_doc(),
+        "client": client,
+        "who": who,
+    }
+    if stepper.action != Kind.ROLLBACK:
+        action = stepper.action
+        return entries.decision(
+            chain, step, value, created_at, action=action, ranks=ranks, **common
+        )
+    assert isinstance(stepper, GuardStepper)
+    target, trouble = stepper.target, stepper.trouble
+    assert target is not None and trouble is not None
+    return entries.rollback(
+        chain,
+        step,
+        value,
+        created_at,
+        trigger=trouble.trigger,
+        to=target,
+        count=stepper.rollbacks,
+        **common,
+    )
 
 
 def guarded(policy: Policy, guard: GuardSpec | None) -> Policy:

@@ -56,7 +56,7 @@ from lrpilot.entries import (
     kind_of,
     run_genesis,
 )
-from lrpilot.guard import GuardStepper, guard_doc, guarded
+from lrpilot.guard import GuardStepper, drafted, guard_doc, guarded
 from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.replay import Replay
@@ -381,40 +381,10 @@ class LogCheck:
         stepper = replay.stepper
         if stepper.reduced:
             self.reductions += 1
-        if action == Kind.ROLLBACK:
-            assert isinstance(stepper, GuardStepper)
-            target, trouble = stepper.target, stepper.trouble
-            assert target is not None and trouble is not None
-            self._rolled_back = target.step
-            return entries.rollback(
-                chain,
-                step,
-                value,
-                created_at,
-                trigger=trouble.trigger,
-                to=target,
-                count=stepper.rollbacks,
-                reason=stepper.reason(),
-                lrs=stepper.lrs,
-                previous_lrs=replay.previous,
-                state=stepper.state_doc(),
-                client=client,
-                who=who,
-            )
-        return entries.decision(
-            chain,
-            step,
-            value,
-            created_at,
-            action=action,
-            reason=stepper.reason(),
-            lrs=stepper.lrs,
-            previous_lrs=replay.previous,
-            state=stepper.state_doc(),
-            client=client,
-            ranks=ranks,
-            who=who,
-        )
+        if action == Kind.ROLLBACK:  # the rewind to its checkpoint's step comes next
+            assert isinstance(stepper, GuardStepper) and stepper.target is not None
+            self._rolled_back = stepper.target.step
+        return drafted(chain, step, value, created_at, stepper, replay.previous, client, who, ranks)
 
     def _not_below_resize(self, line: int | None, seq: int, step: int) -> None:
         force = self.replay.force

@@ -14,7 +14,7 @@ from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float, same_float
 from lrpilot.domain.errors import Conflict
 from lrpilot.entries import Chain, Ranks
-from lrpilot.guard import Finder, GuardStepper, guard_doc, guarded
+from lrpilot.guard import Finder, GuardStepper, drafted, guard_doc, guarded
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy
 from lrpilot.spec import RunSpec, RunStored
 from lrpilot.store.records import NewDecision, NewRun, RunHead, Stored, appended
@@ -189,35 +189,15 @@ def _guarded(
     stepper = policy.stepper(params, state, head.spec.metric or "metric")
     assert isinstance(stepper, GuardStepper)
     stepper.find = find
-    action = stepper.advance(step, value)
-    state_doc = stepper.state_doc()
-    common: dict[str, Any] = {
-        "reason": stepper.reason(),
-        "lrs": stepper.lrs,
-        "previous_lrs": state.lrs,
-        "state": state_doc,
-        "client": client,
-        "who": who,
-    }
-    if action == entries.Kind.ROLLBACK:
-        assert stepper.target is not None and stepper.trouble is not None
-        draft = entries.rollback(
-            chain_of(head),
-            step,
-            value,
-            created_at,
-            trigger=stepper.trouble.trigger,
-            to=stepper.target,
-            count=stepper.rollbacks,
-            **common,
-        )
-    else:
-        draft = entries.decision(
-            chain_of(head), step, value, created_at, action=action, ranks=ranks, **common
-        )
-    entry = draft.seal()
+    stepper.advance(step, value)
+    entry = drafted(chain_of(head), step, value, created_at, stepper, state.lrs, client, who, ranks)
     return appended(
-        head.key, entry, canonical_json(state_doc), step, head.scale, 1 if stepper.reduced else 0
+        head.key,
+        entry.seal(),
+        canonical_json(entry.doc["state"]),
+        step,
+        head.scale,
+        1 if stepper.reduced else 0,
     )
 
 
