@@ -1,4 +1,4 @@
-"""The guard on a real torch model (issue 18): a small MLP trained with `LrpilotScheduler` on a
+"""The guard on a real torch model (issue 18), and the transformers callback's declared saves: a small MLP trained with `LrpilotScheduler` on a
 guarded run against the real service (uvicorn), a fault injected into its weights so that the
 validation loss spikes; the run rolls back to the declared checkpoint with the lr cut, the
 scheduler restores it, training recovers, and the export verifies offline (`lrpilot verify`).
@@ -120,3 +120,31 @@ def test_without_a_restore_function_the_scheduler_raises_rollback_requested(
     scheduler.step()
     assert scheduler.observe(math.nan).action == "stop" and scheduler.should_stop
     scheduler.close()
+
+
+def test_the_transformers_callback_declares_each_checkpoint_the_trainer_saves(
+    client: Client, tmp_path: Path
+) -> None:
+    from transformers import Trainer
+
+    from lrpilot_client.integrations.transformers import LrpilotCallback
+    from tests.client.test_integrations_frameworks import Tokens, hf_args, tiny_bert
+
+    guard = {"on": ["nan"], "max_rollbacks": 1}
+    callback = LrpilotCallback(client, "hf-guard", metric="eval_loss", guard=guard)
+    args = hf_args(tmp_path, max_steps=10, eval_steps=5, save_strategy="steps", save_steps=5)
+    trainer = Trainer(
+        model=tiny_bert(),
+        args=args,
+        train_dataset=Tokens(40, 1),
+        eval_dataset=Tokens(16, 2),
+        callbacks=[callback],
+    )
+    trainer.train()
+    declared = client.checkpoints("hf-guard").items
+    assert [(c.step, c.ref, c.superseded) for c in declared] == [
+        (5, str(tmp_path / "checkpoint-5"), False),
+        (10, str(tmp_path / "checkpoint-10"), False),
+    ]
+    assert all((tmp_path / f"checkpoint-{s}").is_dir() for s in (5, 10))
+    assert client.get_run("hf-guard").guard["on"] == ["nan"]

@@ -34,6 +34,7 @@ class SchedulerCallback:
         *,
         ahead: int = DEFAULT_AHEAD,
         stop_training: bool = True,
+        guard: Mapping[str, Any] | None = None,
     ) -> None:
         if (client is None) != (run_id is None):
             raise ValueError(f"give both client and run_id, or neither ({self.owner})")
@@ -46,6 +47,7 @@ class SchedulerCallback:
         self.labels = labels
         self.ahead = ahead
         self.stop_training = stop_training
+        self.guard = guard  # a guarded run (docs/guard.md): declared saves, rollbacks
         self.scheduler: LrpilotScheduler | None = None
         self.owned = False  # the callback built the scheduler (else it is the trainer's)
 
@@ -59,7 +61,7 @@ class SchedulerCallback:
         assert self.client is not None and self.run_id is not None
         self.scheduler = LrpilotScheduler(
             optimizer, self.client, self.run_id, self.policy, self.version, self.params,
-            self.metric, self.labels, ahead=self.ahead,
+            self.metric, self.labels, ahead=self.ahead, guard=self.guard,
         )  # fmt: skip
         self.owned = True
         return self.scheduler

@@ -378,10 +378,19 @@ class LrpilotScheduler(LRScheduler):
         self._apply()  # after: the optimizer's state, restored, holds the rates it had then
         return decision
 
-    def checkpoint(self, ref: str, step: int | None = None) -> None:
+    def checkpoint(self, ref: str, step: int | None = None) -> bool:
         """Declare a checkpoint you saved at the current step (or `step`): a guarded run rolls
-        back to the newest one before a step in trouble. `ref` is handed back then."""
-        self.client.declare_checkpoint(self.run_id, self.last_epoch if step is None else step, ref)
+        back to the newest one before a step in trouble, and hands `ref` back then. False when
+        the service could not be reached (training goes on; a rollback would then go to an
+        older checkpoint)."""
+        at = self.last_epoch if step is None else step
+        try:
+            self.client.declare_checkpoint(self.run_id, at, ref)
+        except ServiceUnavailableError as exc:
+            logger.warning("run %r: checkpoint %r of step %d not declared: %s", self.run_id,
+                           ref, at, exc)  # fmt: skip
+            return False
+        return True
 
     @property
     def should_stop(self) -> bool:
