@@ -1,8 +1,9 @@
-"""The guard on a real torch model (issue 18), and the transformers callback's declared saves: a small MLP trained with `LrpilotScheduler` on a
+"""The guard on a real torch model (issue 18): a small MLP trained with `LrpilotScheduler` on a
 guarded run against the real service (uvicorn), a fault injected into its weights so that the
 validation loss spikes; the run rolls back to the declared checkpoint with the lr cut, the
 scheduler restores it, training recovers, and the export verifies offline (`lrpilot verify`).
-The training is docs/images/make_rollback_plot.py's, the one its plot shows.
+The training is docs/images/make_rollback_plot.py's, the one its plot shows. Also: the
+scheduler without a restore function, and the transformers callback declaring its saves.
 """
 
 from __future__ import annotations
