@@ -109,7 +109,7 @@ def train(client: Any, run_id: str, workdir: Path) -> Trace:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
             torch.save(state, workdir / ref)
             trace.weights_at[ref] = flat()
-            scheduler.checkpoint(ref)
+            scheduler.checkpoint(step, ref)
     scheduler.close()
     return trace
 

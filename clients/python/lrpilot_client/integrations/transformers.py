@@ -152,4 +152,4 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
         if self.scheduler is None:
             return
         ref = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        self.scheduler.checkpoint(ref, step=state.global_step)
+        self.scheduler.checkpoint(state.global_step, ref)
