@@ -105,7 +105,7 @@ def test_without_a_restore_function_the_scheduler_raises_rollback_requested(
         optimizer.step()
         scheduler.step()
     scheduler.observe(0.5)
-    scheduler.checkpoint("ckpt-3")
+    scheduler.checkpoint(3, "ckpt-3")
     for _ in range(2):
         optimizer.step()
         scheduler.step()

@@ -378,17 +378,16 @@ class LrpilotScheduler(LRScheduler):
         self._apply()  # after: the optimizer's state, restored, holds the rates it had then
         return decision
 
-    def checkpoint(self, ref: str, step: int | None = None) -> bool:
-        """Declare a checkpoint you saved at the current step (or `step`): a guarded run rolls
-        back to the newest one before a step in trouble, and hands `ref` back then. False when
-        the service could not be reached (training goes on; a rollback would then go to an
-        older checkpoint)."""
-        at = self.last_epoch if step is None else step
+    def checkpoint(self, step: int, ref: str) -> bool:
+        """Declare a checkpoint you saved at training `step` (`last_epoch` when you save it):
+        a guarded run rolls back to the newest one before a step in trouble, and hands `ref`
+        back then. False when the service could not be reached (training goes on; a rollback
+        would then go to an older checkpoint)."""
         try:
-            self.client.declare_checkpoint(self.run_id, at, ref)
+            self.client.declare_checkpoint(self.run_id, step, ref)
         except ServiceUnavailableError as exc:
             logger.warning("run %r: checkpoint %r of step %d not declared: %s", self.run_id,
-                           ref, at, exc)  # fmt: skip
+                           ref, step, exc)  # fmt: skip
             return False
         return True
 
