@@ -151,5 +151,5 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
         run rolls back to it. Every process declares it: the service counts it once."""
         if self.scheduler is None:
             return
-        ref = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        ref = os.path.join(str(args.output_dir), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         self.scheduler.checkpoint(state.global_step, ref)
