@@ -245,3 +245,27 @@ def test_an_edited_rollback_or_checkpoint_is_found_offline(tmp_path: Path) -> No
         code, output = offline_verify(tmp_path, bundle_text(edited))
         assert code != 0, name
         assert says in output, (name, output)
+
+
+def test_a_rollback_in_an_elastic_run_restores_the_size_of_its_checkpoint(
+    api: TestClient,
+) -> None:
+    spec = run_spec({"patience": 100}) | {
+        "guard": {"on": ["nan"]},
+        "scaling": {"rule": "linear", "by": "world_size", "base": 1},
+    }
+    assert api.put("/v1/runs/e", json=spec).status_code == 201
+    for step in (10, 20):
+        r = api.post("/v1/runs/e/observations", json={"step": step, "value": 1.0, "world_size": 2})
+        assert r.status_code == 200 and r.json()["lrs"] == [0.2], r.text
+    checkpoint(api, "e", 20, "c20")
+    assert checkpoint(api, "e", 20, "c20", status=200)["decision"]["scale"] == 2.0
+    r = api.post("/v1/runs/e/resize", json={"step": 25, "world_size": 4})
+    assert r.json()["lrs"] == [0.4], r.text
+    rollback = decided(api, "e", 30, math.nan)
+    assert rollback["action"] == "rollback" and rollback["lrs"] == [0.2]  # 0.1 x 0.5 x 4
+    run = get_run(api, "e")
+    # back at step 20: the size of then (2), the cut kept
+    assert run["scale"] == {"size": 2, "factor": 2.0, "step": 10}
+    assert run["lrs"] == [0.1] and run["last_step"] == 20
+    assert verify(api, "e")["ok"] is True
