@@ -3,10 +3,15 @@ guarded run against the real service (uvicorn), a fault injected into its weight
 validation loss spikes; the run rolls back to the declared checkpoint with the lr cut, the
 scheduler restores it, training recovers, and the export verifies offline (`lrpilot verify`).
 The training is docs/images/make_rollback_plot.py's, the one its plot shows. Also: the
-scheduler without a restore function, and the transformers callback declaring its saves.
+scheduler without a restore function, the transformers callback declaring its saves, and the
+Keras callback restoring the weights it kept on a rollback.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is imported (as the frameworks')
 
 import importlib.util
 import math
@@ -14,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -149,3 +155,55 @@ def test_the_transformers_callback_declares_each_checkpoint_the_trainer_saves(
     ]
     assert all((tmp_path / f"checkpoint-{s}").is_dir() for s in (5, 10))
     assert client.get_run("hf-guard").guard["on"] == ["nan"]
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+def test_the_keras_callback_restores_the_weights_it_saved_on_a_rollback(client: Client) -> None:
+    import keras
+    import numpy as np
+
+    from tests.client.test_integrations_frameworks import (
+        f32,
+        keras_data,
+        keras_model,
+        keras_recorder,
+    )
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("keras was imported with another backend")
+    from lrpilot_client.integrations.keras import LrpilotCallback
+
+    x, y = keras_data(64, 1)
+    val = keras_data(32, 2)
+    model = keras_model()
+    guard = {"on": ["nan", "spike"], "spike": {"rule": "ratio", "ratio": 3.0}, "max_rollbacks": 1}
+    callback = LrpilotCallback(client, "keras-guard", params={"patience": 100}, guard=guard)
+    at_begin: dict[int, list[Any]] = {}
+
+    class Fault(keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            at_begin[epoch] = self.model.get_weights()
+            if epoch == 3:  # noise in the weights, as a bad batch would leave them
+                rng = np.random.default_rng(0)
+                noisy = [w + 1.0 * rng.standard_normal(w.shape) for w in at_begin[3]]
+                self.model.set_weights([w.astype(np.float32) for w in noisy])
+
+    recorder, used = keras_recorder()
+    model.fit(x, y, batch_size=16, epochs=6, validation_data=val, verbose=0,
+              callbacks=[Fault(), callback, recorder])  # fmt: skip
+
+    decisions = list(client.iter_decisions("keras-guard"))
+    rollback = next(d for d in decisions if d.action == "rollback")
+    assert rollback.step == 16 and rollback.rollback is not None
+    assert rollback.rollback["checkpoint"] == {
+        "seq": rollback.rollback["checkpoint"]["seq"],
+        "step": 12,
+        "ref": "keras-memory:step-12",
+    }
+    # restored: the weights of step 12 (the end of epoch 2), and the optimizer back at step 12
+    assert all(np.array_equal(a, b) for a, b in zip(at_begin[4], at_begin[3], strict=True))
+    assert [s for s, _ in used] == [*range(16), *range(12, 20)]
+    assert {lr for _, lr in used[:16]} == {f32(0.05)}
+    assert {lr for _, lr in used[16:]} == {f32(0.05 * 0.5)}
+    assert client.get_run("keras-guard").last_step == 20
+    assert client.verify("keras-guard").ok
