@@ -147,9 +147,10 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
         control: TrainerControl,
         **kwargs: Any,
     ) -> None:
-        """Declare the checkpoint the Trainer just saved (its directory is the ref): a guarded
-        run rolls back to it. Every process declares it: the service counts it once."""
-        if self.scheduler is None:
+        """A guarded run: declare the checkpoint the Trainer just saved (its directory is the
+        ref), which a rollback may go back to. Every process declares it: the service counts
+        it once. (A run without a guard: nothing, its log stays as it was.)"""
+        if self.scheduler is None or not self.scheduler.run.guard:
             return
         ref = os.path.join(str(args.output_dir), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         self.scheduler.checkpoint(state.global_step, ref)
