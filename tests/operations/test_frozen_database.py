@@ -133,6 +133,9 @@ def prepare(http: httpx.Client) -> tuple[bytes, list[bytes], dict[Route, int]]:
         for step in (10, 20):
             r = http.post(f"/v1/runs/{run_id}/observations", json={"step": step, "value": 0.5})
             assert r.status_code == 200, r.text
+    # declared before: the route's usual answer is then the same each time (a retry's 200)
+    r = http.post("/v1/runs/r/checkpoints", json={"step": 20, "ref": "ckpt-20"})
+    assert r.status_code == 201, r.text
     export = http.get("/v1/runs/imp/export")
     assert export.status_code == 200
     acknowledged = [http.get("/v1/runs/r/decisions").content]

@@ -42,7 +42,7 @@ def declare_checkpoint(
 @router.get(
     "/{run_id}/checkpoints",
     response_model=CheckpointList,
-    responses={**NOT_FOUND, **UNAVAILABLE},
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
 )
 def list_checkpoints(run_id: RunId, store: StoreDep, caller: Reader) -> Response:
     """The run's declared checkpoints, oldest first; `superseded`: a rewind or a rollback went
