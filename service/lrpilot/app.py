@@ -17,6 +17,7 @@ from lrpilot import __version__
 from lrpilot.api import (
     audit,
     auth,
+    checkpoints,
     docs,
     errors,
     health,
@@ -145,7 +146,14 @@ def create_app(settings: Settings | None = None, fast_path: bool = True) -> Fast
     errors.install(app)
     auth.install(app)
     session.install(app)  # the dashboard's login: /ui/login, /ui/logout, /ui/whoami
-    for module in (runs, audit, simulate, policies, tokens):  # each route checks its caller
+    for module in (
+        runs,
+        checkpoints,
+        audit,
+        simulate,
+        policies,
+        tokens,
+    ):  # each route checks its caller
         app.include_router(module.router, responses=auth.REFUSALS)
     app.include_router(health.router)
     docs.install(app)

@@ -13,8 +13,11 @@ is one copy of each.
 
 Kinds (``Kind``): a *decision* answers an observation (its ``action`` is the policy's: hold,
 reduce, warmup, ...); a *rewind* restores the state as of an earlier step (a job resumed from a
-checkpoint); a *scale* rescales the served lrs for a new world or batch size (elastic jobs).
-The kinds that are not decisions are named by their ``action`` too, so a log reads as one list.
+checkpoint); a *scale* rescales the served lrs for a new world or batch size (elastic jobs); a
+*checkpoint* records that the job saved one (no decision: nothing changes); a *rollback* is a
+guarded run's decision of a step in trouble (``lrpilot.guard``), followed by a rewind to the
+checkpoint it names. The kinds that are not decisions are named by their ``action`` too, so a
+log reads as one list.
 """
 
 from __future__ import annotations
@@ -46,32 +49,40 @@ def run_genesis(header: Mapping[str, Any]) -> str:
 
 
 class Kind(StrEnum):
-    """What an entry records (the ``action`` of a rewind or scale entry is its kind)."""
+    """What an entry records (the ``action`` of an entry of any kind but a decision is its kind)."""
 
     DECISION = "decision"
     REWIND = "rewind"
     SCALE = "scale"
+    CHECKPOINT = "checkpoint"  # the job saved a checkpoint (its step, its ref)
+    ROLLBACK = "rollback"  # a guarded run's decision of a step in trouble (lrpilot.guard)
 
 
 # The actions that are entry kinds of their own rather than a policy's decision of a step: no
 # observation, no value. The store filters them out of "the decision of step N" by this list.
-NOT_DECISIONS: tuple[str, ...] = (Kind.REWIND.value, Kind.SCALE.value)
+# (A rollback is the decision of its step: it answers an observation.)
+NOT_DECISIONS: tuple[str, ...] = (Kind.REWIND.value, Kind.SCALE.value, Kind.CHECKPOINT.value)
+_KINDS = {k.value: k for k in Kind if k is not Kind.DECISION}
 
 
 def kind_of(action: Any) -> Kind:
-    if action == Kind.REWIND:
-        return Kind.REWIND
-    if action == Kind.SCALE:
-        return Kind.SCALE
-    return Kind.DECISION
+    return _KINDS.get(action, Kind.DECISION) if isinstance(action, str) else Kind.DECISION
 
 
 # -- the run every entry repeats ----------------------------------------------------------------
 
 
-def config_hash(policy_id: str, params: Mapping[str, Any], base_lrs: Sequence[float]) -> str:
-    """What a run's decisions are pinned to: its policy version, resolved params and base lrs."""
-    doc = {"policy": policy_id, "params": params, "base_lrs": list(base_lrs)}
+def config_hash(
+    policy_id: str,
+    params: Mapping[str, Any],
+    base_lrs: Sequence[float],
+    guard: Mapping[str, Any] | None = None,
+) -> str:
+    """What a run's decisions are pinned to: its policy version, resolved params and base lrs,
+    and its guard when it has one (a run without keeps the hash it always had)."""
+    doc: dict[str, Any] = {"policy": policy_id, "params": params, "base_lrs": list(base_lrs)}
+    if guard is not None:
+        doc["guard"] = guard
     return sha256_hex(canonical_json(doc))
 
 
@@ -418,6 +429,86 @@ def scale(
     doc["scale"] = by
     doc["resize"] = {"by": spec["by"], "from": was.size, "to": size}
     return Draft(Kind.SCALE, doc)
+
+
+# -- checkpoint ---------------------------------------------------------------------------------
+
+
+def checkpoint(
+    chain: Chain,
+    step: int,
+    ref: str,
+    created_at: str,
+    *,
+    lrs: Sequence[float],
+    state: Mapping[str, Any],
+    client: Mapping[str, Any] | None = None,
+    who: Mapping[str, str] | None = None,
+) -> Draft:
+    """The entry that records a checkpoint the job saved at ``step`` (``ref``: the job's name
+    or path for it). It changes nothing: ``lrs`` and ``state`` are those in force. It is no
+    decision, never what a rewind restores, and does not move the run's last step; a guarded
+    run rolls back to it."""
+    by = f" by {_who(client)}" if client else ""
+    reason = f"checkpoint {ref!r} of step {step} declared{by}"
+    doc = _common(
+        chain,
+        step,
+        created_at,
+        None,
+        list(lrs),
+        list(lrs),
+        Kind.CHECKPOINT.value,
+        reason,
+        state,
+        client,
+        who,
+    )
+    doc["checkpoint"] = {"ref": ref}
+    if chain.factor != 1.0:  # the lrs in force are scaled
+        doc["scale"] = chain.factor
+    return Draft(Kind.CHECKPOINT, doc)
+
+
+def rollback(
+    chain: Chain,
+    step: int,
+    value: float,
+    created_at: str,
+    *,
+    trigger: str,
+    to: tuple[int, int, str],
+    count: int,
+    reason: str,
+    lrs: Sequence[float],
+    previous_lrs: Sequence[float],
+    state: Mapping[str, Any],
+    client: Mapping[str, Any] | None = None,
+    who: Mapping[str, str] | None = None,
+) -> Draft:
+    """A guarded run's decision of a step in trouble (``trigger``: "nan" or "spike"): roll
+    back to the checkpoint ``to`` (its seq, step, ref), the ``count``-th rollback, with the
+    lrs cut. A rewind to the checkpoint's step follows it in the log."""
+    draft = decision(
+        chain,
+        step,
+        value,
+        created_at,
+        action=Kind.ROLLBACK.value,
+        reason=reason,
+        lrs=lrs,
+        previous_lrs=previous_lrs,
+        state=state,
+        client=client,
+        who=who,
+    )
+    seq, to_step, ref = to
+    draft.doc["rollback"] = {
+        "trigger": trigger,
+        "count": count,
+        "checkpoint": {"seq": seq, "step": to_step, "ref": ref},
+    }
+    return Draft(Kind.ROLLBACK, draft.doc)
 
 
 # -- the hash chain -----------------------------------------------------------------------------

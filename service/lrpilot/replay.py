@@ -12,13 +12,19 @@ reasons and frozen states are built only for the observations a caller asks them
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lrpilot.entries import Rewound
+from lrpilot.guard import Checkpoint, Guarded, GuardStepper
 from lrpilot.policies.base import Frozen, Policy, State, Stepper, extras_of
 from lrpilot.spec import InForce, factor, scaled
+
+
+def _step(checkpoint: Checkpoint) -> int:
+    return checkpoint.step
 
 
 @dataclass
@@ -71,7 +77,9 @@ class Replay:
         self.base_lrs = tuple(base_lrs)
         self._initial: State | None = None
         start = state if state is not None else self.initial
-        self.stepper: Stepper = policy.stepper(params, start, metric)
+        # the live branch's checkpoints, by (step, seq): what a guarded run rolls back to
+        self.checkpoints: list[Checkpoint] = []
+        self.stepper: Stepper = self._stepper(start)
         self.scaling = scaling
         self.base_force = InForce.of(scaling, None)
         self.force = force or self.base_force
@@ -100,6 +108,18 @@ class Replay:
     def state(self) -> State:
         return self.stepper.state()
 
+    def _stepper(self, state: State) -> Stepper:
+        stepper = self.policy.stepper(self.params, state, self.metric)
+        if isinstance(stepper, GuardStepper):
+            stepper.find = self.newest_checkpoint
+        return stepper
+
+    def newest_checkpoint(self, before: int) -> Checkpoint | None:
+        """The live checkpoint of the largest step below ``before`` (the last declared of that
+        step), if any: where a guarded run rolls back to from trouble at ``before``."""
+        at = bisect.bisect_left(self.checkpoints, before, key=_step)
+        return self.checkpoints[at - 1] if at else None
+
     # -- one entry ------------------------------------------------------------------------
 
     def observe(self, step: int, value: float, seq: int | None = None) -> str:
@@ -120,6 +140,15 @@ class Replay:
             self._joined(seq, step)
         return was
 
+    def checkpoint(self, seq: int, step: int, ref: str) -> None:
+        """A checkpoint entry: the state does not change; a later rewind below its step
+        supersedes it, none restores it."""
+        bisect.insort(self.checkpoints, Checkpoint(seq, step, ref), key=_step)  # seqs grow
+        for ahead in self._ahead:
+            if ahead.rewind.to_step < step:
+                ahead.superseded += 1
+                return
+
     def rewind(self, seq: int) -> Restored:
         """A rewind entry (the next one the replay was told of): the state as of its step
         again. AssertionError if ``seq`` is not that rewind (verify checks first)."""
@@ -128,11 +157,15 @@ class Replay:
         restored = ahead.state if ahead.restores is not None else self.initial
         force = ahead.force if ahead.restores is not None else self.base_force
         assert restored is not None
+        if isinstance(self.policy, Guarded):  # the rollbacks and the cut are kept
+            restored = self.policy.carry(restored, self.stepper.state())
+        to_step = ahead.rewind.to_step
+        del self.checkpoints[bisect.bisect_right(self.checkpoints, to_step, key=_step) :]
         self.previous = self.stepper.lrs
-        self.stepper = self.policy.stepper(self.params, restored, self.metric)
+        self.stepper = self._stepper(restored)
         self.force = force
         if self._ahead:
-            self._joined(seq, ahead.rewind.to_step)
+            self._joined(seq, to_step)
         return Restored(ahead.restores, restored, force, ahead.superseded)
 
     def next_rewind(self) -> Rewound | None:

@@ -31,6 +31,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -48,6 +49,7 @@ RUN_ID_RULE = "[A-Za-z0-9._-]{1,128}, not '.' or '..'"
 LABEL_KEY_PATTERN = r"^[A-Za-z0-9._/-]{1,128}$"
 MAX_LABEL_VALUE = 256
 MAX_SIZE = 2**31 - 1  # the largest world or batch size a scaling rule takes
+MAX_GUARD_WINDOW = 1000  # a zscore guard holds this many values at the most (in its state)
 MAX_PARAM_GROUPS = 1024
 # What a run's steps count: optimizer steps, or the samples or tokens consumed so far. In a
 # samples or tokens run an observation's and an lr read's `step` is that position, and the
@@ -194,6 +196,56 @@ class ScalingSpec(Strict):
     )
 
 
+class RatioSpike(Strict):
+    """A spike: the metric above ``ratio`` times the best (lowest) value of the live branch."""
+
+    rule: Literal["ratio"]
+    ratio: Annotated[StrictFloat, Field(gt=1.0, le=1e6)] = Field(
+        description="a value above ratio x the best value so far is a spike", examples=[2.0]
+    )
+
+
+class ZscoreSpike(Strict):
+    """A spike: the metric more than ``k`` standard deviations above the mean of the last
+    ``window`` values of the live branch (checked once the window is full)."""
+
+    rule: Literal["zscore"]
+    k: Annotated[StrictFloat, Field(gt=0.0, le=1e6)] = Field(examples=[4.0])
+    window: Annotated[StrictInt, Field(ge=2, le=MAX_GUARD_WINDOW)] = Field(examples=[50])
+
+
+class GuardSpec(Strict):
+    """A guard around a run's policy: a non-finite metric (``"nan"``) or a spike by the rule
+    (``"spike"``) is decided as a ``rollback`` to the newest checkpoint the job declared before
+    the trouble's step, with the lrs cut by ``lr_factor`` (lrpilot.guard, docs/guard.md).
+    The metric is taken as a loss (lower is better)."""
+
+    on: Annotated[list[Literal["nan", "spike"]], Field(min_length=1, max_length=2)] = Field(
+        description="what is trouble: a non-finite metric, a spike by the rule",
+        examples=[["nan", "spike"]],
+    )
+    spike: Annotated[RatioSpike | ZscoreSpike, Field(discriminator="rule")] | None = Field(
+        default=None, description='the spike rule; required when "on" has "spike"'
+    )
+    lr_factor: Annotated[StrictFloat, Field(gt=0.0, lt=1.0)] = Field(
+        default=0.5, description="each rollback multiplies the lrs by it"
+    )
+    max_rollbacks: Annotated[StrictInt, Field(ge=0, le=1000)] = Field(
+        default=3, description="after this many rollbacks, trouble is decided as stop"
+    )
+
+    @model_validator(mode="after")
+    def _spike_rule(self) -> GuardSpec:
+        if len(set(self.on)) != len(self.on):
+            raise PydanticCustomError("guard", '"on" names a trigger twice')
+        if ("spike" in self.on) != (self.spike is not None):
+            raise PydanticCustomError(
+                "guard",
+                '"spike" (the rule) is required exactly when "on" has "spike"',
+            )
+        return self
+
+
 def factor(spec: Mapping[str, Any], size: int) -> float:
     """What a scaling rule multiplies the base lrs by at ``size`` (1.0 at the base size)."""
     ratio = size / spec["base"]  # two ints: one correctly rounded division
@@ -258,6 +310,11 @@ class RunSpec(Strict):
         "are written in it, so a batch-size change does not bend the schedule)",
         examples=["tokens"],
     )
+    guard: GuardSpec | None = Field(
+        default=None,
+        description="roll back to the newest declared checkpoint on a non-finite metric or a "
+        "spike, with the lrs cut (docs/guard.md); omitted: no guard",
+    )
 
     def spec_doc(self) -> dict[str, Any]:
         """The spec as documents keep it: the optional parts only when the run has them (runs
@@ -274,6 +331,8 @@ class RunSpec(Strict):
             doc["scaling"] = self.scaling.model_dump()
         if self.clock != "steps":
             doc["clock"] = self.clock
+        if self.guard is not None:
+            doc["guard"] = self.guard.model_dump(exclude_none=True)
         return doc
 
 
@@ -334,5 +393,5 @@ class RunPublic(RunStored):
 PUBLIC_ORDER = (
     "run_id", "policy", "base_lrs", "metric", "labels", "config_hash", "head_hash", "lrs",
     "last_step", "last_seq", "last_action", "last_decision_at", "counts", "status",
-    "created_at", "aggregate", "scaling", "scale", "clock",
+    "created_at", "aggregate", "scaling", "scale", "clock", "guard",
 )  # fmt: skip

@@ -38,6 +38,8 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/runs/{run_id}/observations"): "writer",
     ("POST", "/v1/runs/{run_id}/resize"): "writer",
     ("POST", "/v1/runs/{run_id}/applied"): "writer",
+    ("POST", "/v1/runs/{run_id}/checkpoints"): "writer",
+    ("GET", "/v1/runs/{run_id}/checkpoints"): "reader",
     ("POST", "/v1/runs/{run_id}/rewind"): "admin",
     ("POST", "/v1/runs/import"): "admin",
     ("POST", "/v1/tokens"): "admin",
@@ -54,6 +56,7 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/runs/{run_id}/applied"): {
         "json": {"rank": 0, "world_size": 2, "step": 3, "seq": 0, "lrs_hash": "0" * 64}
     },
+    ("POST", "/v1/runs/{run_id}/checkpoints"): {"json": {"step": 3, "ref": "ckpt-3"}},
     ("POST", "/v1/runs/{run_id}/rewind"): {"json": {"to_step": 1}},
     ("POST", "/v1/runs/import"): {"content": b"{}\n", "headers": {}},
     ("POST", "/v1/tokens"): {"json": {"role": "reader"}},

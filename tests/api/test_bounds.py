@@ -381,7 +381,15 @@ _HOSTILE = st.recursive(
     max_leaves=8,
 )
 _FIELDS = {
-    ("PUT", "/v1/runs/h"): ["policy", "base_lrs", "metric", "labels", "aggregate", "scaling"],
+    ("PUT", "/v1/runs/h"): [
+        "policy",
+        "base_lrs",
+        "metric",
+        "labels",
+        "aggregate",
+        "scaling",
+        "guard",
+    ],
     ("POST", "/v1/runs/h/observations"): [
         "step",
         "value",
@@ -395,6 +403,7 @@ _FIELDS = {
     ("POST", "/v1/runs/h/rewind"): ["to_step", "client"],
     ("POST", "/v1/runs/h/resize"): ["step", "world_size", "batch_size"],
     ("POST", "/v1/runs/h/applied"): ["rank", "world_size", "step", "seq", "lrs_hash"],
+    ("POST", "/v1/runs/h/checkpoints"): ["step", "ref", "client"],
 }
 
 

@@ -57,6 +57,16 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
         found["rewound"] = api.get("/v1/runs/rewound/export").text.splitlines()
         scaling = {"rule": "linear", "by": "world_size", "base": 1}
         found["scaled"] = exported(api, "scaled", {**spec, "scaling": scaling}, 20)
+        # decisions, and after every fourth three checkpoints (one declared late)
+        assert api.put("/v1/runs/saved", json=spec).status_code == 201
+        for i in range(1, 41):
+            api.post("/v1/runs/saved/observations", json={"step": 10 * i, "value": 1.0 / i})
+            if i % 4:
+                continue
+            for step, ref in ((10 * i, "a"), (10 * i, "b"), (10 * i - 5, "late")):
+                body = {"step": step, "ref": f"{ref}-{step}"}
+                assert api.post("/v1/runs/saved/checkpoints", json=body).status_code == 201
+        found["checkpointed"] = api.get("/v1/runs/saved/export").text.splitlines()
     with app_client(f"sqlite:///{database.with_name('continued.db')}") as api:
         imported = api.post("/v1/runs/import", content="\n".join(found["plain"]) + "\n")
         assert imported.status_code == 201, imported.text
@@ -170,9 +180,7 @@ def test_the_trailer_edited_or_an_entry_signed_off_are_found_alike(
     same(one, split)
     one, split = both(written(tmp_path, lines, "good.ndjson"), 3)
     assert one.ok
-    wrong_head = check_bundle_file(
-        path, head="0" * 64, workers=3, parallel_from=0, method="fork"
-    )
+    wrong_head = check_bundle_file(path, head="0" * 64, workers=3, parallel_from=0, method="fork")
     assert not wrong_head.ok
 
 
@@ -188,6 +196,39 @@ def test_a_log_with_a_rewind_or_a_scaling_rule_is_checked_in_one_process(
         assert split.regions == 1, name
         bad = written(tmp_path, EDITS["value edited"](log, 5), f"{name}-bad.ndjson")
         same(*both(bad, 3))
+
+
+def test_a_region_is_never_seeded_from_a_checkpoint_nor_a_guarded_log_split(
+    logs: dict[str, list[str]], tmp_path: Path
+) -> None:
+    """A checkpoint entry does not say the run's last decided step: a region that would begin
+    after one makes the log one for a single process (the same verdict, edits included); a
+    region with checkpoints inside it is checked as one process checks it. A guarded run's
+    rollback goes back to a checkpoint far before it: its log is never split."""
+    log = logs["checkpointed"]
+    path = written(tmp_path, log, "checkpointed.ndjson")
+    seeded = split_at = None
+    for workers in range(2, 9):
+        seeds = [log[k] for k in boundaries(path, workers)]
+        if any('"action":"checkpoint"' in line for line in seeds):
+            seeded = workers
+        elif split_at is None:
+            split_at = workers
+    assert seeded is not None and split_at is not None
+    one, split = both(path, seeded)
+    assert one.ok, one.report.mismatch
+    same(one, split)
+    assert split.regions == 1
+    one, split = both(path, split_at)
+    same(one, split)
+    assert split.regions == split_at
+    bad = written(tmp_path, EDITS["value edited"](log, 9), "checkpointed-bad.ndjson")
+    same(*both(bad, seeded))
+
+    golden = Path(__file__).resolve().parents[1] / "golden" / "bundles" / "guard.ndjson"
+    one, split = both(golden, 3)
+    assert one.ok and split.ok and split.regions == 1
+    same(one, split)
 
 
 def test_the_cli_verifies_with_workers_and_says_the_same(lines: list[str], tmp_path: Path) -> None:

@@ -64,6 +64,9 @@ ROUTES = [
     Route("POST", "/v1/runs/{run_id}/resize", "/v1/runs/s/resize",
           {"step": 100, "world_size": 16}, "write"),
     Route("GET", "/v1/runs/{run_id}/export", "/v1/runs/r/export"),
+    Route("POST", "/v1/runs/{run_id}/checkpoints", "/v1/runs/r/checkpoints",
+          {"step": 20, "ref": "ckpt-20"}, "write"),
+    Route("GET", "/v1/runs/{run_id}/checkpoints", "/v1/runs/r/checkpoints"),
     Route("POST", "/v1/runs/import", "/v1/runs/import", "bundle", "write"),
     Route("POST", "/v1/runs/{run_id}/verify", "/v1/runs/r/verify", {}),
     Route("POST", "/v1/runs/{run_id}/rewind", "/v1/runs/w/rewind", {"to_step": 10}, "write"),
@@ -132,6 +135,9 @@ def prepare(http: httpx.Client) -> tuple[bytes, list[bytes], dict[Route, int]]:
         for step in (10, 20):
             r = http.post(f"/v1/runs/{run_id}/observations", json={"step": step, "value": 0.5})
             assert r.status_code == 200, r.text
+    # declared before: the route's usual answer is then the same each time (a retry's 200)
+    r = http.post("/v1/runs/r/checkpoints", json={"step": 20, "ref": "ckpt-20"})
+    assert r.status_code == 201, r.text
     export = http.get("/v1/runs/imp/export")
     assert export.status_code == 200
     acknowledged = [http.get("/v1/runs/r/decisions").content]

@@ -242,6 +242,8 @@ class ClientBase(Generic[H, X]):
     rewind = operation(_calls.rewind)
     resize = operation(_calls.resize)
     acknowledge = operation(_calls.acknowledge)
+    declare_checkpoint = operation(_calls.declare_checkpoint)
+    checkpoints = operation(_calls.checkpoints)
     # the rates: at one step, over a range (and their former names)
     lr_at = operation(_calls.lr_at)
     lrs_in_force = lr_at

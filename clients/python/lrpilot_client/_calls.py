@@ -32,6 +32,8 @@ from .errors import (
 from .models import (
     Acknowledged,
     Applied,
+    CheckpointDeclared,
+    Checkpoints,
     Decision,
     Health,
     Imported,
@@ -216,6 +218,7 @@ def create_run(
     aggregate: Mapping[str, Any] | None = None,
     scaling: Mapping[str, Any] | None = None,
     clock: str | None = None,
+    guard: Mapping[str, Any] | None = None,
 ) -> Call[Run]:
     """Create the run, or get it back if it already exists with the same spec.
 
@@ -231,6 +234,10 @@ def create_run(
     observations, or `resize`. `clock` ("steps", the default, "samples" or "tokens") is what
     the run's steps count: in a tokens run, every `step` (observations, lr reads, rewinds,
     resizes) is the number of tokens consumed so far, and the policy's horizons are in tokens.
+    `guard` (`{"on": ["nan", "spike"], "spike": {"rule": "ratio",
+    "ratio": 2.0}, "lr_factor": 0.5, "max_rollbacks": 3}`) turns a non-finite metric or a
+    spike into a `rollback` to the newest checkpoint declared before it (`declare_checkpoint`),
+    with the lrs cut (the service's docs/guard.md).
     """
     body: dict[str, Any] = {
         "policy": {"name": policy, "version": version, "params": dict(params or {})},
@@ -242,6 +249,7 @@ def create_run(
         aggregate=None if aggregate is None else dict(aggregate),
         scaling=None if scaling is None else dict(scaling),
         clock=clock,
+        guard=None if guard is None else dict(guard),
     )
     return Call("PUT", run_path(run_id), Run.from_json, body=body)
 
@@ -420,6 +428,27 @@ def resize(
         ordered=(run_id, "resize"),
         identified=True,
     )
+
+
+def declare_checkpoint(run_id: str, step: int, ref: str) -> Call[CheckpointDeclared]:
+    """The job saved a checkpoint at training `step`; `ref` is its own name or path for it
+    (what a rollback hands back). The run logs it as a checkpoint entry; a guarded run rolls
+    back to the newest one before a step in trouble. The same step and ref again is a retry
+    (`declared` False). The run's buffered observations are sent first; while any is left,
+    this raises `ServiceUnavailableError`."""
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/checkpoints",
+        CheckpointDeclared.from_json,
+        body={"step": step, "ref": ref},
+        ordered=(run_id, "checkpoint"),
+        identified=True,
+    )
+
+
+def checkpoints(run_id: str) -> Call[Checkpoints]:
+    """The run's declared checkpoints, oldest first (`superseded`: on a branch the run left)."""
+    return Call("GET", f"{run_path(run_id)}/checkpoints", Checkpoints.from_json)
 
 
 # --- the rates: at one step, over a range --------------------------------------------------------

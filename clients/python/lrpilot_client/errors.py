@@ -23,6 +23,7 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "ResponseError",
+    "RollbackRequested",
     "ServiceUnavailableError",
     "ValidationError",
 ]
@@ -171,3 +172,16 @@ def detail_of(response: httpx.Response) -> Any:
     if isinstance(body, dict) and "detail" in body:
         return body["detail"]
     return response.text or None
+
+
+class RollbackRequested(Exception):
+    """A guarded run decided `rollback`: restore the checkpoint `ref` (saved at training
+    `step`) and train on from there, with the cut rates the run now serves. The run is rewound
+    to `step` already; `decision` is the rollback, its reason naming the trigger and values.
+    Raised by `LrpilotScheduler.observe` when it was given no `restore` function."""
+
+    def __init__(self, step: int, ref: str, decision: Any) -> None:
+        super().__init__(
+            f"roll back to checkpoint {ref!r} (step {step}): {getattr(decision, 'reason', '')}"
+        )
+        self.step, self.ref, self.decision = step, ref, decision

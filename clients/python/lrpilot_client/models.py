@@ -27,6 +27,9 @@ __all__ = [
     "Acknowledged",
     "Applied",
     "Best",
+    "CheckpointDeclared",
+    "CheckpointInfo",
+    "Checkpoints",
     "Counts",
     "Decision",
     "Health",
@@ -343,6 +346,8 @@ class Run(_Model):
     scale: Mapping[str, Any] = field(default_factory=dict)
     # aggregated mode: timeout_s and on_timeout; empty for a leader-mode run
     aggregate: Mapping[str, Any] = field(default_factory=dict)
+    # a guarded run: on, spike, lr_factor, max_rollbacks; empty for a run without a guard
+    guard: Mapping[str, Any] = field(default_factory=dict)
     # the last entry's action ("stop": the run has stopped) and time; None before any
     last_action: str | None = None
     last_decision_at: datetime | None = None
@@ -407,6 +412,10 @@ class Decision(_Model):
     # not): the momentum (SGD's momentum, Adam's betas[0]) and the weight decay
     momentum: tuple[float, ...] | None = None
     weight_decay: tuple[float, ...] | None = None
+    # a checkpoint entry (`action` "checkpoint"): {"ref"}; a guarded run's rollback (`action`
+    # "rollback"): {"trigger", "count", "checkpoint": {"seq", "step", "ref"}}
+    checkpoint: Mapping[str, Any] | None = None
+    rollback: Mapping[str, Any] | None = None
 
     @property
     def lr(self) -> float:
@@ -557,6 +566,36 @@ class Rewound(_Model):
 
 
 @dataclass(frozen=True)
+class CheckpointDeclared(_Model):
+    """The answer to `declare_checkpoint`: its entry in the chain; `declared` is False when
+    that step and ref were declared already (a retry)."""
+
+    run_id: str
+    declared: bool
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class CheckpointInfo(_Model):
+    """A declared checkpoint: its entry's seq, its step, the job's ref for it, and whether a
+    rewind (or a rollback) went below its step."""
+
+    seq: int
+    step: int
+    ref: str
+    created_at: datetime
+    superseded: bool
+
+
+@dataclass(frozen=True)
+class Checkpoints(_Model):
+    """A run's declared checkpoints, oldest first."""
+
+    run_id: str
+    items: tuple[CheckpointInfo, ...]
+
+
+@dataclass(frozen=True)
 class Resized(_Model):
     """The answer to a resize: `resized` is False when the size was already in force; else
     `decision` is the scale entry in the chain. `scale` is the size in force, its factor on the
@@ -629,6 +668,11 @@ class Summary(_Model):
     # agreed_through, disagreeing, disagreements
     agreement: Mapping[str, Any] | None = None
     clock: str = field(default="steps", metadata=NEWER)  # what the steps count
+    # the run's declared checkpoints (live branch: seq, step, ref); a guarded run's rollbacks
+    # (each its step, value, trigger, checkpoint, lrs and reason) and its guard's state
+    checkpoints: tuple[Mapping[str, Any], ...] = ()
+    rollbacks: tuple[Mapping[str, Any], ...] = ()
+    guard: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from lrpilot.domain.guarding import MAX_REF
 from lrpilot.entries import NOT_DECISIONS
+from lrpilot.guard import Guarded
 from lrpilot.policies import ACTIONS as POLICY_ACTIONS
 from lrpilot.policies import POLICIES
 from lrpilot.policies.base import MAX_STEP
@@ -39,7 +41,7 @@ from lrpilot.spec import (
 
 POLICY_NAMES = sorted({p.name for p in POLICIES.values()})
 # a rewind is an entry of every run's log, a scale one of a run with a scaling rule
-ACTIONS = POLICY_ACTIONS | set(NOT_DECISIONS)
+ACTIONS = POLICY_ACTIONS | set(NOT_DECISIONS) | set(Guarded.actions)
 
 
 # -- query parameters ---------------------------------------------------------------------
@@ -241,6 +243,14 @@ class DecisionOut(BaseModel):
         default=None,
         description="in a decision: the weight decay of each param group, when the run's policy "
         "schedules it; absent otherwise",
+    )
+    checkpoint: dict[str, Any] | None = Field(
+        default=None, description="in a checkpoint entry only: the job's ref for it"
+    )
+    rollback: dict[str, Any] | None = Field(
+        default=None,
+        description="in a rollback only: trigger (nan, spike), count, and the checkpoint "
+        "(seq, step, ref) to restore; a rewind to its step follows it in the log",
     )
     disagreements: list[dict[str, Any]] | None = Field(
         default=None,
@@ -472,6 +482,36 @@ class ResizeIn(Strict):
         return "batch_size", self.batch_size
 
 
+class CheckpointIn(Strict):
+    step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the training step the checkpoint was saved at", examples=[12000]
+    )
+    ref: Annotated[Text, Field(min_length=1, max_length=MAX_REF)] = Field(
+        description="the job's own name or path for the checkpoint", examples=["ckpt/step-12000.pt"]
+    )
+    client: ClientIn | None = None
+
+
+class CheckpointOut(BaseModel):
+    run_id: str
+    declared: bool = Field(description="false: this step and ref were declared already (a retry)")
+    decision: DecisionOut = Field(description="the checkpoint's entry in the chain")
+
+
+class CheckpointItem(BaseModel):
+    seq: int
+    step: int
+    ref: str
+    created_at: str
+    superseded: bool = Field(description="a rewind (or a rollback) went below its step")
+
+
+class CheckpointList(BaseModel):
+    run_id: str
+    items: list[CheckpointItem]
+    next: None = None
+
+
 class ResizeOut(BaseModel):
     run_id: str
     step: int
@@ -547,6 +587,19 @@ class SummaryOut(BaseModel):
     )
     range_test: dict[str, Any] | None = Field(
         default=None, description="for a range_test run: the suggested lrs and how they were found"
+    )
+    checkpoints: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the live branch's declared checkpoints (seq, step, ref), when the run has "
+        "any or a guard",
+    )
+    rollbacks: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="a guarded run: each rollback's step, value, trigger, checkpoint, lrs and "
+        "reason (each on the branch it left)",
+    )
+    guard: dict[str, Any] | None = Field(
+        default=None, description="a guarded run: its rollbacks so far, the cut on its lrs, stopped"
     )
 
 

@@ -376,16 +376,24 @@ def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
 
 
 def recorded_of(doc: dict[str, Any]) -> Recorded:
-    """A stored decision as the what-if reads it."""
+    """A stored decision as the what-if reads it. A guarded run's cut on the lrs (its
+    rollbacks: ``lrpilot.guard``) stands in the what-if as its resizes do: on ``scale``."""
+    scale = parse_float(doc.get("scale", 1.0))
+    state = doc.get("state")
+    if isinstance(state, dict) and state.keys() >= _GUARDED:
+        scale *= parse_float(state["cut"])
     return Recorded(
         doc["seq"],
         doc["step"],
         parse_float(doc["value"]),
         str(doc["action"]),
         tuple(parse_float(x) for x in doc["lrs"]),
-        parse_float(doc.get("scale", 1.0)),
+        scale,
         **{k: tuple(parse_float(x) for x in v) for k, v in extras_of(doc).items()},
     )
+
+
+_GUARDED = {"policy", "cut", "rollbacks", "stopped"}  # a guarded run's state (lrpilot.guard)
 
 
 def entry_binding(open_lines: Callable[[], Iterable[str]], seq: int, hash_: str) -> str | None:

@@ -10,8 +10,10 @@ and seq it names: what one process finds (``tests/domain/test_verify_parallel.py
 two to the same report, edits anywhere, region boundaries included).
 
 Only what splits cleanly is split: a log without rewinds (a rewind restores a state from far
-before it) of a run without a scaling rule (the scale in force is not in a decision). Such a
-log, a small file or one worker: ``check_bundle``, in this process.
+before it) of a run without a scaling rule (the scale in force is not in a decision) nor a
+guard (a rollback goes to a checkpoint from far before it), no region seeded from a checkpoint
+entry (it does not say the last decided step). Any other log, a small file or one worker:
+``check_bundle``, in this process.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def _plan(path: Path, size: int, workers: int, max_line: int) -> _Plan | None:
             run = parse_header(header, 1)
         except Mismatch:
             return None
-        if run.scaling is not None:
+        if run.scaling is not None or run.guard is not None:  # its regions need what came before
             return None
         tail_at = max(header_end, size - _TAIL_BYTES)
         f.seek(tail_at)
@@ -180,7 +182,7 @@ class _Region:
     watched: dict[int, str] = field(default_factory=dict)
     end: dict[str, Any] | None = None
     final_state: dict[str, Any] | None = None  # the policy state after its last entry
-    rewound: bool = False  # a rewind is in it: the log is one for check_bundle
+    rewound: bool = False  # a rewind is in it, or its seed is a checkpoint: one for check_bundle
     number: int = 0  # the number of the last line read that is not blank
     start: str = GENESIS  # the first region's: the hash its log begins from
 
@@ -232,6 +234,9 @@ def _check_region(
             next(lines)  # the header, read and checked before the regions began
         else:
             number, seed, _ = next(lines)  # the region before proves it
+            if _CHECKPOINT_MARK in seed:  # it does not say the last decided step
+                region.rewound = True
+                return region
             _resume(check, seed, number)
         end: dict[str, Any] | None = None
         for number, raw, before in lines:
@@ -258,6 +263,9 @@ def _check_region(
         region.watched, region.start = check.watched, check.start
     region.number = number
     return region
+
+
+_CHECKPOINT_MARK = b'{"action":"checkpoint"'  # an entry's first member (its keys sort)
 
 
 def _resume(check: LogCheck, seed: bytes, number: int) -> None:

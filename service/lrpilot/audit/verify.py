@@ -56,6 +56,7 @@ from lrpilot.entries import (
     kind_of,
     run_genesis,
 )
+from lrpilot.guard import GuardStepper, drafted, guard_doc, guarded
 from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.replay import Replay
@@ -72,6 +73,7 @@ _DERIVED = (
     "action",
     "scale",
     "resize",
+    "rollback",
     "lrs",
     "previous_lrs",
     "reason",
@@ -117,12 +119,12 @@ def resolve_run(run: RunStored) -> tuple[Policy, Frozen, tuple[float, ...]]:
     """The run's pinned policy, its resolved params and base lrs; a Mismatch when they cannot
     be replayed or are not what its config hash pins."""
     try:
-        policy = get_policy(run.policy.name, run.policy.version)
+        policy = guarded(get_policy(run.policy.name, run.policy.version), run.guard)
         base_lrs = tuple(run.base_lrs)
         params = policy.resolve(dict(run.policy.params), base_lrs)
     except (PolicyError, KeyError, TypeError, ValueError) as exc:
         raise Mismatch(None, None, f"the run's policy cannot be replayed: {exc}") from None
-    expected = entries.config_hash(run.policy.id, params.model_dump(), base_lrs)
+    expected = entries.config_hash(run.policy.id, params.model_dump(), base_lrs, guard_doc(run))
     if run.config_hash != expected:
         raise Mismatch(
             None,
@@ -171,6 +173,7 @@ class LogCheck:
         self._watch = watch or set()  # seqs whose hashes a bundle's trailer names
         self.watched: dict[int, str] = {}
         self._last_text: str | None = None  # the last entry checked (its created_at: report)
+        self._rolled_back: int | None = None  # a rollback's checkpoint step: its rewind is next
 
     def resume(
         self, seq: int, digest: str, step: int | None, action: str | None, state: dict[str, Any]
@@ -231,10 +234,18 @@ class LogCheck:
             raise Mismatch(line, seq, f"step is not an integer in [0, {MAX_STEP}]", None, step)
         chain = self._chain(seq)
         kind = kind_of(doc.get("action"))
+        if self._rolled_back is not None:
+            if kind is not Kind.REWIND or step != self._rolled_back:
+                raise Mismatch(
+                    line, seq, "a rollback is not followed by its rewind to the checkpoint's step"
+                )
+            self._rolled_back = None
         if kind is Kind.REWIND:
             entry = self._rewind(chain, doc, line, seq, step)
         elif kind is Kind.SCALE:
             entry = self._scale(chain, doc, line, seq, step)
+        elif kind is Kind.CHECKPOINT:
+            entry = self._checkpoint(chain, doc, line, seq, step)
         else:
             entry = self._decision(chain, doc, line, seq, step)
         # the hash is checked over the stored bytes: the entry is proven when the rebuilt one,
@@ -255,7 +266,7 @@ class LogCheck:
         )
 
     def _checked(self, kind: Kind, step: int, digest: str, seq: int, action: str) -> None:
-        if kind is not Kind.SCALE:
+        if kind is not Kind.SCALE and kind is not Kind.CHECKPOINT:
             self.last_step = step
         self.step, self.action = step, action
         self.prev, self.count = digest, seq
@@ -268,6 +279,10 @@ class LogCheck:
         """A decision without ranks, its inputs read off its bytes rather than parsed: the
         rebuilt entry must be those bytes, so a misread input can only fail the check, never
         pass one. Most of a log is such decisions; parsing each would cost as much again."""
+        if self._rolled_back is not None:
+            raise Mismatch(
+                line, seq, "a rollback is not followed by its rewind to the checkpoint's step"
+            )
         entry = self._decide(
             self._chain(seq),
             plain.step,
@@ -366,20 +381,10 @@ class LogCheck:
         stepper = replay.stepper
         if stepper.reduced:
             self.reductions += 1
-        return entries.decision(
-            chain,
-            step,
-            value,
-            created_at,
-            action=action,
-            reason=stepper.reason(),
-            lrs=stepper.lrs,
-            previous_lrs=replay.previous,
-            state=stepper.state_doc(),
-            client=client,
-            ranks=ranks,
-            who=who,
-        )
+        if action == Kind.ROLLBACK:  # the rewind to its checkpoint's step comes next
+            assert isinstance(stepper, GuardStepper) and stepper.target is not None
+            self._rolled_back = stepper.target.step
+        return drafted(chain, step, value, created_at, stepper, replay.previous, client, who, ranks)
 
     def _not_below_resize(self, line: int | None, seq: int, step: int) -> None:
         force = self.replay.force
@@ -413,6 +418,28 @@ class LogCheck:
             doc.get("created_at"),  # type: ignore[arg-type]
             policy_lrs=stepper.lrs,
             state=stepper.state_doc(),
+            client=doc.get("client"),
+            who=_who(doc, line, seq),
+        )
+
+    def _checkpoint(
+        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
+    ) -> Draft:
+        """A checkpoint entry: the job saved one; nothing changes."""
+        checkpoint = doc.get("checkpoint")
+        ref = checkpoint.get("ref") if isinstance(checkpoint, dict) else None
+        if not isinstance(ref, str):
+            raise Mismatch(
+                line, seq, "the checkpoint entry names no ref", None, to_strict(checkpoint)
+            )
+        self.replay.checkpoint(seq, step, ref)
+        return entries.checkpoint(
+            chain,
+            step,
+            ref,
+            doc.get("created_at"),  # type: ignore[arg-type]
+            lrs=self.replay.lrs,
+            state=self.replay.stepper.state_doc(),
             client=doc.get("client"),
             who=_who(doc, line, seq),
         )
@@ -470,6 +497,8 @@ class LogCheck:
         ahead = self.replay.next_rewind()
         if ahead is not None:
             raise Mismatch(None, ahead.seq, "a rewind entry is missing")
+        if self._rolled_back is not None:
+            raise Mismatch(None, self.count, "the log ends at a rollback without its rewind")
         if head is not None and head != self.prev:
             raise Mismatch(
                 None,
@@ -510,6 +539,7 @@ _NOT_ITS_RUN = (
 # last two, "step" and "value", hold everything that was seen (the rest is the policy's and the
 # run's). Members sort, so the last ',"step":' is the entry's own, not one inside its state.
 _ACTION = '{"action":"'
+_NOT_PLAIN = (*NOT_DECISIONS, Kind.ROLLBACK.value)  # a rollback names its checkpoint
 _BY = ',"by":{'
 _CLIENT = ',"client":{'
 _CREATED_AT = len(',"config_hash":"') + 64 + len('","created_at":"')
@@ -554,7 +584,7 @@ def _plain_decision(text: str) -> _Plain | None:
     if not text.startswith(_ACTION) or '"ranks":' in text:
         return None
     at = text.find('"', len(_ACTION))
-    if text[len(_ACTION) : at] in NOT_DECISIONS:
+    if text[len(_ACTION) : at] in _NOT_PLAIN:
         return None
     by = client = None
     if text.startswith(_BY, at + 1):  # whose token caused it: two strings, or the parsing path

@@ -14,6 +14,7 @@ from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float, same_float
 from lrpilot.domain.errors import Conflict
 from lrpilot.entries import Chain, Ranks
+from lrpilot.guard import Finder, GuardStepper, drafted, guard_doc, guarded
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy
 from lrpilot.spec import RunSpec, RunStored
 from lrpilot.store.records import NewDecision, NewRun, RunHead, Stored, appended
@@ -33,7 +34,7 @@ def resolved(spec: RunStored) -> tuple[Policy, Frozen]:
     known = _RESOLVED.get(id(spec))
     if known is not None and known[0] is spec:
         return known[1], known[2]
-    policy = get_policy(spec.policy.name, spec.policy.version)
+    policy = guarded(get_policy(spec.policy.name, spec.policy.version), spec.guard)
     params = policy.resolve(dict(spec.policy.params), tuple(spec.base_lrs))
     if len(_RESOLVED) >= _RESOLVED_MAX:
         _RESOLVED.clear()
@@ -44,19 +45,20 @@ def resolved(spec: RunStored) -> tuple[Policy, Frozen]:
 def new_run(run_id: str, spec: RunSpec, created_at: str, project: str = "default") -> NewRun:
     """The run to store in ``project``: params resolved (PolicyError if invalid), initial
     state, config hash."""
-    policy = get_policy(spec.policy.name, spec.policy.version)
+    policy = guarded(get_policy(spec.policy.name, spec.policy.version), spec.guard)
     base_lrs = tuple(spec.base_lrs)
     params = policy.resolve(dict(spec.policy.params), base_lrs)
     params_doc = params.model_dump()
     pid = spec.policy.id
     stored = RunStored.model_construct(
         **{
-            **spec.model_dump(exclude={"policy", "aggregate", "scaling"}),
+            **spec.model_dump(exclude={"policy", "aggregate", "scaling", "guard"}),
             "policy": spec.policy.model_copy(update={"params": params_doc}),
             "aggregate": spec.aggregate,
             "scaling": spec.scaling,
+            "guard": spec.guard,
             "run_id": run_id,
-            "config_hash": entries.config_hash(pid, params_doc, base_lrs),
+            "config_hash": entries.config_hash(pid, params_doc, base_lrs, guard_doc(spec)),
             "created_at": created_at,
         }
     )
@@ -132,14 +134,20 @@ def decide(
     client: dict[str, Any] | None = None,
     ranks: Ranks | None = None,
     who: dict[str, str] | None = None,
+    find: Finder | None = None,
 ) -> NewDecision:
     """The decision for a new step (above ``head.last_step``), sealed onto the chain;
     ``client`` is who posted the observation, as it declared itself (host, process, rank),
     ``who`` whose token posted it;
-    ``ranks`` (aggregated mode) the reports ``value`` is the weighted mean of."""
+    ``ranks`` (aggregated mode) the reports ``value`` is the weighted mean of; ``find`` (a
+    guarded run) the newest live checkpoint before a step, where a rollback goes."""
     spec = head.spec
     policy, params = resolved(spec)
     state = load_state(policy, head)
+    if spec.guard is not None:
+        return _guarded(
+            head, policy, params, state, step, value, created_at, client, ranks, who, find
+        )
     outcome, new_state = policy.step(
         params, state, Observation(step=step, value=value, metric=spec.metric or "metric")
     )
@@ -161,6 +169,36 @@ def decide(
     state_json = canonical_json(state_doc)
     _remember_state(spec.policy.id, state_json, new_state)
     return appended(head.key, entry, state_json, step, head.scale, 1 if outcome.reduced else 0)
+
+
+def _guarded(
+    head: RunHead,
+    policy: Policy,
+    params: Frozen,
+    state: State,
+    step: int,
+    value: float,
+    created_at: str,
+    client: dict[str, Any] | None,
+    ranks: Ranks | None,
+    who: dict[str, str] | None,
+    find: Finder | None,
+) -> NewDecision:
+    """``decide`` for a guarded run: its stepper, which may decide a rollback (to the
+    checkpoint ``find`` names: the caller appends the rewind to it)."""
+    stepper = policy.stepper(params, state, head.spec.metric or "metric")
+    assert isinstance(stepper, GuardStepper)
+    stepper.find = find
+    stepper.advance(step, value)
+    entry = drafted(chain_of(head), step, value, created_at, stepper, state.lrs, client, who, ranks)
+    return appended(
+        head.key,
+        entry.seal(),
+        canonical_json(entry.doc["state"]),
+        step,
+        head.scale,
+        1 if stepper.reduced else 0,
+    )
 
 
 def retried(head: RunHead, step: int, value: float, stored: Stored | None) -> str:

@@ -13,11 +13,12 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lrpilot.domain import agreement, ranges, scaling, waiting
+from lrpilot.domain import agreement, guarding, ranges, scaling, waiting
 from lrpilot.domain.aggregated import Pending, Posted, aggregate_in, check_world
 from lrpilot.domain.commit import GroupCommit, WaitTimeout
 from lrpilot.domain.deciding import check_same_spec, decide, new_run, now, retried
 from lrpilot.domain.errors import Conflict, RunBusy, RunNotFound, Unavailable
+from lrpilot.entries import Kind
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec, RunStored
 from lrpilot.store.acks import Acks
@@ -217,7 +218,15 @@ def _decide_one(
         head, _ = scaling.resized(
             tx, head, item.step, "world_size", item.world_size, heads, who=item.who
         )
-    decision = decide(head, item.step, item.value, now(), item.client, who=item.who)
+    find = None
+    if head.spec.guard is not None:
+        again = guarding.answered_rollback(tx, head, item.step, item.value)
+        if again is not None:  # a retry of the step just rolled back (the run is below it)
+            return again
+        find = guarding.finder(tx, item.run)
+    decision = decide(head, item.step, item.value, now(), item.client, who=item.who, find=find)
     tx.append_decision(decision)
-    heads[item.run] = head.after(decision)
+    heads[item.run] = head = head.after(decision)
+    if decision.action == Kind.ROLLBACK:
+        heads[item.run] = guarding.rolled_back(tx, head, decision, item.who)
     return decision.body

@@ -40,8 +40,9 @@ from lrpilot.audit.signing import (
 )
 from lrpilot.audit.verify import BundleCheck, LogCheck, Report, check_bundle
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
-from lrpilot.domain.deciding import chain_of, load_state, new_run, now, resolved
+from lrpilot.domain.deciding import load_state, new_run, now, resolved
 from lrpilot.domain.errors import Conflict, RunNotFound, Unavailable
+from lrpilot.domain.guarding import rewound
 from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind, is_superseded
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
@@ -55,7 +56,6 @@ from lrpilot.store.records import (
     RunHead,
     RunKey,
     RunRowRead,
-    appended,
 )
 from lrpilot.store.runs import Store, WriteTx
 
@@ -264,48 +264,7 @@ class Audit:
             head = tx.lock_run(key)
             if head is None:
                 raise RunNotFound(f"run {key.run_id!r} not found")
-            if head.spec.aggregate is not None:  # the ranks will report those steps again
-                tx.drop_reports_after(key, to_step)
-            # past the last entry: nothing to supersede (a resize may come after the last step)
-            force = head.scale
-            latest = max(
-                head.last_step if head.last_step is not None else -1,
-                force.step if force is not None and force.step is not None else -1,
-            )
-            if to_step >= latest:
-                return None
-            target = tx.live_at_or_before(key, to_step)
-            if target is None:  # before the first decision: the policy's initial state
-                policy, params = resolved(head.spec)
-                initial = policy.init(params, tuple(head.spec.base_lrs))
-                restores, state, lrs = None, initial.model_dump(), list(initial.lrs)
-            else:
-                restores, doc = target
-                state, lrs = doc["state"], doc["lrs"]
-            scale = _scale_at(tx, head, to_step)
-            superseded = tx.supersede_after(key, to_step)
-            entry = entries.rewind(
-                chain_of(head),
-                to_step,
-                now(),
-                restores_seq=restores,
-                superseded=superseded,
-                lrs=lrs,
-                previous_lrs=head.lrs.value,
-                state=state,
-                restored_force=scale,
-                client=client,
-                who=who,
-            ).seal()
-            rewound = appended(
-                head.key,
-                entry,
-                canonical_json(state),
-                to_step,
-                scale if scale is not None else _base(head),
-            )
-            tx.append_decision(rewound)
-            return rewound
+            return rewound(tx, head, to_step, client, who)
 
         entry = self.store.transact(work)
         run = self.store.get_run(key)
@@ -342,12 +301,18 @@ class Audit:
         best_step: int | None = None
         first: int | None = None
         reductions: list[dict[str, Any]] = []
+        checkpoints: list[dict[str, Any]] = []
         live = 0
         previous_action = ""
         for doc in self.store.entries(key, head.last_seq, superseded=False):
             action = doc["action"]
             kind = entries.kind_of(action)
             if kind is Kind.REWIND:
+                continue
+            if kind is Kind.CHECKPOINT:
+                checkpoints.append(
+                    {"seq": doc["seq"], "step": doc["step"], "ref": doc["checkpoint"]["ref"]}
+                )
                 continue
             if kind is Kind.SCALE:  # an elastic job resized: the lrs changed, no metric was seen
                 reductions.append(
@@ -382,12 +347,35 @@ class Audit:
             "lrs": run["lrs"],
             "clock": head.spec.clock,
         }
+        if checkpoints or head.spec.guard is not None:  # (other runs keep the shape they had)
+            summary["checkpoints"] = checkpoints
+        if head.spec.guard is not None:
+            summary["rollbacks"] = self._rollbacks(key, head.last_seq)
         # every rank the same lr, proved: through which step, and who disagrees
         summary["agreement"] = Acks(self.store).agreement(key)
         # what the policy adds (the range test's suggested lrs), from the state in force
         policy, params = resolved(head.spec)
         summary.update(policy.summary_fields(params, load_state(policy, head)))
         return summary
+
+    def _rollbacks(self, key: RunKey, last_seq: int) -> list[dict[str, Any]]:
+        """A guarded run's rollbacks (each superseded by its own rewind): the step in trouble,
+        the trigger, the value, the checkpoint gone back to, the lrs after the cut."""
+        found = []
+        for body, _ in self.store.flagged(key, last_seq, action=Kind.ROLLBACK):
+            doc = json.loads(body)
+            found.append(
+                {
+                    "seq": doc["seq"],
+                    "step": doc["step"],
+                    "value": doc["value"],
+                    "trigger": doc["rollback"]["trigger"],
+                    "checkpoint": doc["rollback"]["checkpoint"],
+                    "lrs": doc["lrs"],
+                    "reason": doc["reason"],
+                }
+            )
+        return found
 
 
 def _check_row(check: LogCheck, row: LogRow) -> None:
@@ -515,25 +503,9 @@ def _check_import(run: RunStored, imported: Imported, hashes: dict[int, str], st
         )
 
 
-def _base(head: RunHead) -> InForce | None:
-    scaling = head.spec.scaling
-    return InForce.of(None if scaling is None else scaling.model_dump(), None)
-
-
 def _scale_json(force: InForce | None) -> str | None:
     """The scale in force as the run row stores it (None: the base size, from the start)."""
     return None if force is None or force.step is None else canonical_json(force.doc())
-
-
-def _scale_at(tx: WriteTx, head: RunHead, step: int) -> InForce | None:
-    """The scale a rewind to ``step`` restores: its last live scale entry's (None: the base
-    size, from the start, or no scaling rule)."""
-    if head.spec.scaling is None:
-        return None
-    doc = tx.live_scale_at_or_before(head.key, step)
-    if doc is None:
-        return None
-    return InForce(int(doc["resize"]["to"]), parse_float(doc["scale"]), int(doc["step"]))
 
 
 def _new_run(checked: BundleCheck, project: str) -> NewRun:

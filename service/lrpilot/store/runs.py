@@ -35,6 +35,7 @@ from lrpilot.spec import (
     PUBLIC_ORDER,
     AggregateSpec,
     Clock,
+    GuardSpec,
     InForce,
     PolicyRef,
     RunStored,
@@ -74,7 +75,7 @@ log = logging.getLogger("lrpilot.store")
 
 _HEAD_COLUMNS = (
     "run_id, policy, params, base_lrs, metric, labels, config_hash, created_at, aggregate, "
-    "scaling, clock, state, lrs, last_seq, last_step, head_hash, scale, project"
+    "scaling, clock, guard, state, lrs, last_seq, last_step, head_hash, scale, project"
 )
 # every statement that names a run names it by its key (RunKey: project, then run_id)
 _RUN = "project = ? AND run_id = ?"
@@ -93,6 +94,9 @@ _INSERT_DECISION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DECISIONS_ONLY = "AND action NOT IN (" + ", ".join(f"'{a}'" for a in NOT_DECISIONS) + ")"
+# the entries whose state is the state as of their step: a checkpoint's is the state in force
+# when it was declared, which may be later (a checkpoint declared late)
+_STATES = f"AND action <> '{Kind.CHECKPOINT.value}' "
 # An import writes its log this many rows a statement; on SQLite, in transactions of at most
 # IMPORT_SLICE_S each (or a quarter of the timeout, if less), so that every other writer gets
 # the database between two of them well within its own timeout.
@@ -124,6 +128,7 @@ def _spec(
     aggregate: str | None,
     scaling: str | None,
     clock: str | None,
+    guard: str | None = None,
 ) -> RunStored:
     """A stored run's spec, parsed once a process (a run's spec never changes)."""
     # Written by this service, so not validated again: a row an older version stored beyond
@@ -144,6 +149,8 @@ def _spec(
         else AggregateSpec.model_construct(**json.loads(aggregate)),
         scaling=None if scaling is None else ScalingSpec.model_construct(**json.loads(scaling)),
         clock=cast(Clock, clock or "steps"),  # NULL: steps (every run made before clocks)
+        # validated again (not constructed): its spike rule is a union, and it is parsed once
+        guard=None if guard is None else GuardSpec.model_validate_json(guard),
     )
 
 
@@ -190,6 +197,7 @@ def run_document(row: RunRow) -> dict[str, Any]:
         row.aggregate,
         row.scaling,
         row.clock,
+        row.guard,
     )
     doc = spec.header_doc()
     doc.update(
@@ -432,10 +440,46 @@ class WriteTx:
         """(seq, entry) of the run's last live entry at or before ``step``, if any."""
         row = self._execute(
             f"SELECT seq, body FROM decisions WHERE {_RUN} AND superseded = ? AND step <= ? "
-            "ORDER BY step DESC, seq DESC LIMIT 1",
+            f"{_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
             (*run, False, step),
         ).fetchone()
         return None if row is None else (int(row[0]), json.loads(row[1]))
+
+    def live_checkpoint_before(
+        self, run: RunKey, step: int
+    ) -> tuple[int, int, dict[str, Any]] | None:
+        """(seq, step, entry) of the run's newest live checkpoint below ``step``, if any (of
+        the largest step; of those, the last declared)."""
+        self.flush()
+        row = self._execute(
+            f"SELECT seq, step, body FROM decisions WHERE {_RUN} AND superseded = ? "
+            f"AND step < ? AND action = '{Kind.CHECKPOINT.value}' "
+            "ORDER BY step DESC, seq DESC LIMIT 1",
+            (*run, False, step),
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]), json.loads(row[2]))
+
+    def live_checkpoint(self, run: RunKey, step: int, ref: str) -> Stored | None:
+        """The run's live checkpoint entry of ``step`` whose ref is ``ref``, if any."""
+        rows = self._execute(
+            f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step = ? "
+            f"AND action = '{Kind.CHECKPOINT.value}' ORDER BY seq",
+            (*run, False, step),
+        ).fetchall()
+        for (body,) in rows:
+            stored = Stored(str(body))
+            if stored.value["checkpoint"]["ref"] == ref:
+                return stored
+        return None
+
+    def entry_at_seq(self, run: RunKey, seq: int, action: str) -> Stored | None:
+        """The run's entry ``seq``, if it is one of ``action``."""
+        self.flush()
+        row = self._execute(
+            f"SELECT body FROM decisions WHERE {_RUN} AND seq = ? AND action = ?",
+            (*run, seq, action),
+        ).fetchone()
+        return None if row is None else Stored(str(row[0]))
 
     def live_scale_at_or_before(self, run: RunKey, step: int) -> dict[str, Any] | None:
         """The run's last live scale entry at or before ``step``, if any."""
@@ -1051,7 +1095,7 @@ class Store:
                     conn,
                     f"SELECT seq, step, body FROM decisions WHERE {_RUN} AND superseded = ? "
                     # a scale entry may share its step with a decision: the later one holds
-                    "AND step <= ? ORDER BY step DESC, seq DESC LIMIT 1",
+                    f"AND step <= ? {_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
                 ),
                 (*run, False, step),
             ).first()
@@ -1089,13 +1133,13 @@ class Store:
                 _param(
                     conn,
                     f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step < ? "
-                    "ORDER BY step DESC, seq DESC LIMIT 1",
+                    f"{_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
                 ),
                 (*run, False, first),
             ).first()
             between = (
                 f"FROM decisions WHERE {_RUN} AND superseded = ? AND step >= ? AND step <= ? "
-                "ORDER BY step, seq"
+                f"{_STATES}ORDER BY step, seq"
             )
             if every == 1:
                 within = conn.exec_driver_sql(
@@ -1297,6 +1341,9 @@ def _run_row(run: NewRun) -> RunRow:
         aggregate=None if spec.aggregate is None else canonical_json(spec.aggregate.model_dump()),
         scaling=None if spec.scaling is None else canonical_json(spec.scaling.model_dump()),
         clock=None if spec.clock == "steps" else spec.clock,
+        guard=None
+        if spec.guard is None
+        else canonical_json(spec.guard.model_dump(exclude_none=True)),
     )
 
 

@@ -57,6 +57,8 @@ class RunRow(SQLModel, table=True):
     scaling: str | None = Field(default=None, sa_type=sa.Text)
     # what the run's steps count: "samples" or "tokens"; None: optimizer steps (the default)
     clock: str | None = Field(default=None, sa_type=sa.String(16))
+    # a guarded run: canonical JSON {"on", "spike"?, "lr_factor", "max_rollbacks"}; None without
+    guard: str | None = Field(default=None, sa_type=sa.Text)
     # the size in force: canonical JSON {"size", "factor", "step"}; None: the base, as created
     scale: str | None = Field(default=None, sa_type=sa.Text)
     # an imported run: canonical JSON {"header": the bundle's header line, "end": its trailer}

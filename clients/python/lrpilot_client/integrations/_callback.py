@@ -39,6 +39,7 @@ class SchedulerCallback:
         on_mismatch: OnMismatch = "raise",
         samples_per_step: PerStep | None = None,
         tokens_per_step: PerStep | None = None,
+        guard: Mapping[str, Any] | None = None,
     ) -> None:
         if (client is None) != (run_id is None):
             raise ValueError(f"give both client and run_id, or neither ({self.owner})")
@@ -54,6 +55,7 @@ class SchedulerCallback:
         self.on_mismatch = on_mismatch  # a restored checkpoint not bound to the log: raise, warn
         self.samples_per_step = samples_per_step
         self.tokens_per_step = tokens_per_step
+        self.guard = guard  # a guarded run (docs/guard.md): declared saves, rollbacks
         self.scheduler: LrpilotScheduler | None = None
         self.owned = False  # the callback built the scheduler (else it is the trainer's)
 
@@ -69,6 +71,7 @@ class SchedulerCallback:
             optimizer, self.client, self.run_id, self.policy, self.version, self.params,
             self.metric, self.labels, ahead=self.ahead, on_mismatch=self.on_mismatch,
             samples_per_step=self.samples_per_step, tokens_per_step=self.tokens_per_step,
+            guard=self.guard,
         )  # fmt: skip
         self.owned = True
         return self.scheduler

@@ -21,7 +21,7 @@ from typing import Any
 import keras
 
 from ..client import Client
-from ..errors import NotFoundError, ServiceUnavailableError
+from ..errors import NotFoundError, RollbackRequested, ServiceUnavailableError
 from ..models import Decision, Run
 from ._common import (
     DEFAULT_AHEAD,
@@ -68,6 +68,14 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
     is the tokens consumed, what is posted and where the rate is read, as for
     `LrpilotScheduler`. A fit that starts at iteration k > 0 in a new process takes k times a
     constant count (a callable's tokens are not known then: a `ValueError`).
+
+    **Guarded runs** (`guard=`, docs/guard.md). After every `save_every`-th evaluation the
+    callback keeps a copy of the model's weights and the optimizer's variables in memory (the
+    `keep` newest) and declares it as a checkpoint (ref `keras-memory:step-N`). On a rollback it
+    restores the copy the run names (weights, optimizer state, `optimizer.iterations`: the step)
+    and applies the cut rate; the epochs go on counting, the steps go on from the checkpoint's.
+    A rollback to a checkpoint this callback does not hold (declared by another process, or
+    dropped) raises `RollbackRequested(step, ref)`.
     """
 
     def __init__(
@@ -84,14 +92,24 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         stop_training: bool = True,
         samples_per_step: PerStep | None = None,
         tokens_per_step: PerStep | None = None,
+        guard: Mapping[str, Any] | None = None,
+        save_every: int = 1,
+        keep: int = 2,
     ) -> None:
         super().__init__()
+        if save_every < 1 or keep < 1:
+            raise ValueError("save_every and keep must be at least 1")
         self.clock = clock_of(samples_per_step, tokens_per_step)
         per = tokens_per_step if tokens_per_step is not None else samples_per_step
         self._per_step = per if per is None or callable(per) else count_of(per, self.clock, "")
         self._stride = self._per_step if isinstance(self._per_step, int) else 1
         self.position = 0  # the run's step: the iteration, or the samples or tokens consumed
         self._iteration: int | None = None  # the optimizer iteration `position` is of
+        self.guard = dict(guard) if guard is not None else None
+        self.save_every, self.keep = save_every, keep
+        # a guarded run's checkpoints, in memory: ref -> (step, weights, optimizer variables)
+        self._saved: dict[str, tuple[int, list[Any], list[Any]]] = {}
+        self._evaluations = 0
         self.client = client
         self.run_id = run_id
         self.policy = policy
@@ -206,7 +224,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         base = float(keras.ops.convert_to_numpy(self._optimizer().learning_rate))
         return self.client.create_run(
             self.run_id, self.policy, self.version, self.run_params, [base], self.metric,
-            self.labels, clock=None if self.clock == "steps" else self.clock,
+            self.labels, clock=None if self.clock == "steps" else self.clock, guard=self.guard,
         )  # fmt: skip
 
     def _run_or_last(self, step: int) -> Run:
@@ -253,6 +271,39 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
             self._rewind(step)
         self._apply(step)
 
+    def _save(self, step: int) -> None:
+        """Keep the model's weights and the optimizer's state of `step`, and declare them."""
+        ref = f"keras-memory:step-{step}"
+        optimizer = self._optimizer()
+        values = [keras.ops.convert_to_numpy(v).copy() for v in optimizer.variables]
+        self._saved[ref] = (step, self.model.get_weights(), values)
+        while len(self._saved) > self.keep:
+            del self._saved[next(iter(self._saved))]  # the oldest
+        try:
+            self.client.declare_checkpoint(self.run_id, step, ref)
+        except ServiceUnavailableError as exc:
+            logger.warning("run %r: checkpoint %r not declared: %s", self.run_id, ref, exc)
+
+    def _restore(self, decision: Decision) -> int:
+        """Restore the checkpoint a rollback names: the weights, the optimizer's state and its
+        step; the step it is back at."""
+        assert decision.rollback is not None
+        target = decision.rollback["checkpoint"]
+        step, ref = int(target["step"]), str(target["ref"])
+        saved = self._saved.get(ref)
+        if saved is None:
+            raise RollbackRequested(step, ref, decision)
+        _, weights, values = saved
+        self.model.set_weights(weights)
+        for variable, value in zip(self._optimizer().variables, values, strict=True):
+            variable.assign(value)
+        # what the run left behind (a later checkpoint) is of a branch it no longer has
+        self._saved = {r: s for r, s in self._saved.items() if s[0] <= step}
+        self._assigned = None
+        self.cursor.reset()
+        logger.info("run %r: %s: restored %r", self.run_id, decision.reason, ref)
+        return step
+
     def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
         self._apply(self._step())
 
@@ -269,6 +320,12 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         decision = self.client.observe(self.run_id, step, value)
         self.last_decision = decision
         self.cursor.observed()
+        if decision.action == "rollback" and decision.rollback is not None:
+            step = self._restore(decision)
+        elif self.guard is not None:
+            self._evaluations += 1
+            if self._evaluations % self.save_every == 0:
+                self._save(step)
         self._apply(step)
         logger.info(
             "run %r step %d (epoch %d): %s %r -> %s %s: %s",

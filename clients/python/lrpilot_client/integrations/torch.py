@@ -19,7 +19,7 @@ Needs torch (`pip install 'lrpilot-client[torch]'`); nothing else of the service
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, SupportsFloat
 
 import torch
@@ -32,6 +32,7 @@ from ..errors import (
     CheckpointMismatch,
     ConflictError,
     NotFoundError,
+    RollbackRequested,
     ServiceUnavailableError,
 )
 from ..models import Acknowledged, Applied, Decision, Run
@@ -48,7 +49,7 @@ from ._common import (
     logger,
 )
 
-__all__ = ["LrpilotScheduler", "PerStep", "apply_extras"]
+__all__ = ["LrpilotScheduler", "PerStep", "RollbackRequested", "apply_extras"]
 
 STATE_VERSION = 1  # the layout of state_dict() (keys added since, "seq", are optional)
 OnMismatch = Literal["raise", "warn"]
@@ -205,6 +206,14 @@ class LrpilotScheduler(LRScheduler):
     as a hash; the service flags a rank whose lrs differ in every rank's answer (logged here
     as a warning) and in the run's summary (docs/agreement.md). `acknowledge()` does it alone,
     for the ranks of a leader-mode job that only read.
+
+    **Guarded runs** (docs/guard.md). With `guard={"on": ["nan", "spike"], ...}` the run
+    answers a NaN or a spike with a `rollback` to the newest checkpoint declared before it.
+    Declare each checkpoint you save with `checkpoint(step, ref)` (`ref`: your name or path for
+    it). On a rollback, `observe` moves the scheduler to the checkpoint's step (the run is
+    rewound there already, its rates cut) and then calls `restore(ref)` if you gave one (load
+    the model's and the optimizer's state from it; the scheduler's own state may be loaded too:
+    it is then a no-op), else raises `RollbackRequested(step, ref)` for the loop to do it.
     """
 
     def __init__(
@@ -226,6 +235,8 @@ class LrpilotScheduler(LRScheduler):
         as_rank: tuple[int, int] | None = None,
         samples_per_step: PerStep | None = None,
         tokens_per_step: PerStep | None = None,
+        guard: Mapping[str, Any] | None = None,
+        restore: Callable[[str], None] | None = None,
     ) -> None:
         if on_mismatch not in ("raise", "warn"):
             raise ValueError(f'on_mismatch must be "raise" or "warn", got {on_mismatch!r}')
@@ -242,6 +253,8 @@ class LrpilotScheduler(LRScheduler):
         self.as_rank = as_rank
         self._ack_due: tuple[int, int] | None = None  # (step, seq): its lrs to capture
         self._ack: Applied | None = None  # what the next observation acknowledges
+        self._guard = dict(guard) if guard is not None else None
+        self._restore = restore
         self._scaling = dict(scaling) if scaling is not None else None
         self._size = _size(world_size, batch_size)
         self.root_run_id = run_id
@@ -291,7 +304,7 @@ class LrpilotScheduler(LRScheduler):
         try:
             return self.client.create_run(
                 run_id, policy, version, params, base, metric, self._labels,
-                scaling=self._scaling, clock=clock,
+                scaling=self._scaling, clock=clock, guard=self._guard,
             )  # fmt: skip
         except ConflictError:
             # A restart whose optimizer already has the groups added mid-run: the derived run.
@@ -522,14 +535,16 @@ class LrpilotScheduler(LRScheduler):
         self._observed_step = at
         self._saw(decision)
         self._cursor.observed()
-        self._apply()
-        if self.as_rank is not None and not getattr(decision, "provisional", False):
-            self._ack_due, self._ack = (at, decision.seq), None
         logger.info(
             "run %r step %d: %s %r -> %s %s: %s",
             self.run_id, at, self.run.metric or "metric", float(value), decision.action,
             list(decision.lrs), decision.reason,
         )  # fmt: skip
+        if decision.action == "rollback" and decision.rollback is not None:
+            return self._rolled_back(decision)
+        self._apply()
+        if self.as_rank is not None and not getattr(decision, "provisional", False):
+            self._ack_due, self._ack = (at, decision.seq), None
         return decision
 
     def acknowledge(self) -> Acknowledged:
@@ -550,6 +565,40 @@ class LrpilotScheduler(LRScheduler):
                 self.run_id, step, list(answer.disagreements),
             )  # fmt: skip
         return answer
+
+    def _rolled_back(self, decision: Decision) -> Decision:
+        """The run rolled back to a checkpoint (and is rewound to its step): go on from that
+        step with the run's rates, and restore the checkpoint (or ask the loop to)."""
+        assert decision.rollback is not None
+        target = decision.rollback["checkpoint"]
+        step, ref = int(target["step"]), str(target["ref"])
+        self._observed_step = step
+        # the rewind after the rollback is the head: asked for when needed
+        self._head, self._seq = None, None
+        if self._per_step is None:
+            self.last_epoch = step
+        else:  # a position: the optimizer's step count stands until restore() loads its own
+            self._position = step
+        self._cursor.reset()
+        if self._restore is None:
+            self._apply()
+            raise RollbackRequested(step, ref, decision)
+        self._restore(ref)
+        self._apply()  # after: the optimizer's state, restored, holds the rates it had then
+        return decision
+
+    def checkpoint(self, step: int, ref: str) -> bool:
+        """Declare a checkpoint you saved at training `step` (`last_epoch` when you save it):
+        a guarded run rolls back to the newest one before a step in trouble, and hands `ref`
+        back then. False when the service could not be reached (training goes on; a rollback
+        would then go to an older checkpoint)."""
+        try:
+            self.client.declare_checkpoint(self.run_id, step, ref)
+        except ServiceUnavailableError as exc:
+            logger.warning("run %r: checkpoint %r of step %d not declared: %s", self.run_id,
+                           ref, step, exc)  # fmt: skip
+            return False
+        return True
 
     @property
     def should_stop(self) -> bool:

@@ -23,11 +23,13 @@ Needs transformers and torch (`pip install 'lrpilot-client[transformers]'`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ._callback import SchedulerCallback
 from ._common import logger
@@ -53,6 +55,11 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
       and `LrpilotCallback()` with no arguments): the Trainer steps it after every optimizer step,
       saves it in each checkpoint (resuming rewinds the run, see `LrpilotScheduler`) and logs its
       lrs; the callback only posts the evaluations.
+
+    **Guarded runs** (`guard=`, docs/guard.md): each checkpoint the Trainer saves is declared
+    (its directory is the ref). On a rollback the evaluation raises `RollbackRequested(step,
+    ref)` out of `trainer.train()`: resume with `trainer.train(resume_from_checkpoint=ref)` (the
+    run is rewound to that step already, its rates cut).
 
     After each evaluation the decision is `last_decision`; when it is `stop` and `stop_training`
     is true, the callback ends training (`control.should_training_stop`). Every process of a
@@ -134,3 +141,18 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
         decision = self.scheduler.observe(metrics[self.metric])
         if decision.stop and self.stop_training:
             control.should_training_stop = True
+
+    def on_save(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        """A guarded run: declare the checkpoint the Trainer just saved (its directory is the
+        ref), which a rollback may go back to. Every process declares it: the service counts
+        it once. (A run without a guard: nothing, its log stays as it was.)"""
+        if self.scheduler is None or not self.scheduler.run.guard:
+            return
+        ref = os.path.join(str(args.output_dir), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        self.scheduler.checkpoint(state.global_step, ref)

@@ -1,0 +1,50 @@
+"""/v1/runs/{run_id}/checkpoints: the checkpoints a job saved, declared in the run's log."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from lrpilot.api.auth import Reader, Writer
+from lrpilot.api.deps import RunId, StoreDep
+from lrpilot.api.models import CheckpointIn, CheckpointList, CheckpointOut
+from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
+from lrpilot.domain import guarding
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+@router.post(
+    "/{run_id}/checkpoints",
+    response_model=CheckpointOut,
+    status_code=201,
+    responses={
+        200: {"model": CheckpointOut, "description": "declared already (a retry)"},
+        **NOT_FOUND,
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def declare_checkpoint(
+    run_id: RunId, body: CheckpointIn, store: StoreDep, caller: Writer
+) -> Response:
+    """The job saved a checkpoint at `step` (`ref`: its own name or path for it): a checkpoint
+    entry joins the run's log. A guarded run rolls back to the newest one before a step in
+    trouble (docs/guard.md). The same step and ref again: 200 and the entry declared before."""
+    client = body.client.declared() if body.client else None
+    doc, created = guarding.declare(
+        store, caller.run(run_id), body.step, body.ref, client, caller.by()
+    )
+    answer = {"run_id": run_id, "declared": created, "decision": doc}
+    return StrictJSONResponse(answer, status_code=201 if created else 200)
+
+
+@router.get(
+    "/{run_id}/checkpoints",
+    response_model=CheckpointList,
+    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+)
+def list_checkpoints(run_id: RunId, store: StoreDep, caller: Reader) -> Response:
+    """The run's declared checkpoints, oldest first; `superseded`: a rewind or a rollback went
+    below its step (it is on a branch the run left)."""
+    return StrictJSONResponse(guarding.listed(store, caller.run(run_id)))
