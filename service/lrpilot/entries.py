@@ -13,8 +13,10 @@ is one copy of each.
 
 Kinds (``Kind``): a *decision* answers an observation (its ``action`` is the policy's: hold,
 reduce, warmup, ...); a *rewind* restores the state as of an earlier step (a job resumed from a
-checkpoint); a *scale* rescales the served lrs for a new world or batch size (elastic jobs).
-The kinds that are not decisions are named by their ``action`` too, so a log reads as one list.
+checkpoint); a *scale* rescales the served lrs for a new world or batch size (elastic jobs); a
+*cooldown* starts a policy's decay from a later step, at an operator's request (WSD's cooldown
+on demand). The kinds that are not decisions are named by their ``action`` too, so a log reads
+as one list.
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ class Kind(StrEnum):
     DECISION = "decision"
     REWIND = "rewind"
     SCALE = "scale"
+    COOLDOWN = "cooldown"
 
 
 # The actions that are entry kinds of their own rather than a policy's decision of a step: no
 # observation, no value. The store filters them out of "the decision of step N" by this list.
-NOT_DECISIONS: tuple[str, ...] = (Kind.REWIND.value, Kind.SCALE.value)
+NOT_DECISIONS: tuple[str, ...] = (Kind.REWIND.value, Kind.SCALE.value, Kind.COOLDOWN.value)
 
 
 def kind_of(action: Any) -> Kind:
@@ -63,6 +66,8 @@ def kind_of(action: Any) -> Kind:
         return Kind.REWIND
     if action == Kind.SCALE:
         return Kind.SCALE
+    if action == Kind.COOLDOWN:
+        return Kind.COOLDOWN
     return Kind.DECISION
 
 
@@ -414,6 +419,55 @@ def scale(
     doc["scale"] = by
     doc["resize"] = {"by": spec["by"], "from": was.size, "to": size}
     return Draft(Kind.SCALE, doc)
+
+
+# -- cooldown ---------------------------------------------------------------------------------
+
+
+def standing(last_step: int | None, resize_step: int | None) -> int | None:
+    """Where a run's log stands: its last decided step or its last resize's step, whichever is
+    later (None: neither yet). A cooldown entry stands there (step 0 when None), so that a
+    rewind below it supersedes it as it does the decisions after it."""
+    steps = [s for s in (last_step, resize_step) if s is not None]
+    return max(steps) if steps else None
+
+
+def cooldown(
+    chain: Chain,
+    step: int,
+    created_at: str,
+    *,
+    at_step: int,
+    steps: int,
+    shape: str | None,
+    why: str | None,
+    policy_lrs: Sequence[float],
+    state: Mapping[str, Any],
+    client: Mapping[str, Any] | None = None,
+    who: Mapping[str, str] | None = None,
+) -> Draft:
+    """The entry that starts the policy's decay at ``at_step`` (after ``step``, where the log
+    stands), ``steps`` long, of ``shape`` (None: the policy's own), at the request of ``who``
+    (its token) for the reason ``why``: ``state`` is the policy's state with the decay
+    decided (``Policy.cooldown``). The lrs served now do not change; those from ``at_step``
+    on do."""
+    by = chain.factor
+    lrs = scaled(policy_lrs, by)
+    asker = f" by token {who['token']!r}" if who else ""
+    reason = (
+        f"cooldown requested{asker}: the decay starts at step {at_step} and lasts "
+        f"{_plural(steps, 'step')} ({shape or 'the configured'} shape); {fmt_lrs(tuple(lrs))} "
+        "in force until then"
+    )
+    if why:
+        reason += f"; why: {why}"
+    doc = _common(
+        chain, step, created_at, None, lrs, lrs, Kind.COOLDOWN.value, reason, state, client, who
+    )
+    doc["cooldown"] = {"at_step": at_step, "steps": steps, "shape": shape, "why": why}
+    if by != 1.0:  # the lrs stay scaled
+        doc["scale"] = by
+    return Draft(Kind.COOLDOWN, doc)
 
 
 # -- the hash chain -----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The one loop that drives a policy through a run's log: observations, resizes and rewinds.
+"""The one loop that drives a policy through a run's log: observations, resizes, rewinds and
+cooldowns.
 
 Pure, like the policies: no I/O, no SQL, no HTTP, no clock. Everything that replays a policy
 is built on ``Replay``: verify (``lrpilot.audit.verify``, both branches of a rewound log), the
@@ -119,6 +120,24 @@ class Replay:
         if self._ahead and seq is not None:
             self._joined(seq, step)
         return was
+
+    def cooldown(
+        self,
+        step: int,
+        at_step: int,
+        steps: int,
+        shape: str | None,
+        decided: int | None,
+        seq: int | None = None,
+    ) -> None:
+        """A cooldown entry at ``step``: the policy's decay starts at ``at_step``
+        (``Policy.cooldown``, told the log's last step, ``decided``; PolicyError when it
+        refuses). The lrs in force do not change."""
+        state = self.policy.cooldown(self.params, self.state(), at_step, steps, shape, decided)
+        self.previous = self.stepper.lrs
+        self.stepper = self.policy.stepper(self.params, state, self.metric)
+        if self._ahead and seq is not None:
+            self._joined(seq, step)
 
     def rewind(self, seq: int) -> Restored:
         """A rewind entry (the next one the replay was told of): the state as of its step

@@ -184,6 +184,11 @@ class DecisionOut(BaseModel):
     resize: dict[str, Any] | None = Field(
         default=None, description="in a scale entry only: by, from (the size before), to"
     )
+    cooldown: dict[str, Any] | None = Field(
+        default=None,
+        description="in a cooldown entry only: at_step, steps, shape (null: the policy's) "
+        "and why (the operator's reason, or null)",
+    )
 
 
 class LrOut(BaseModel):
@@ -378,6 +383,36 @@ class ResizeOut(BaseModel):
     lrs: list[float]
     scale: dict[str, Any] = Field(description="the size in force, its factor and its step")
     decision: DecisionOut | None = Field(description="the scale entry in the chain")
+
+
+class CooldownIn(Strict):
+    at_step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the training step the decay starts at (above the run's last step, in "
+        "its stable phase)",
+        examples=[12000],
+    )
+    steps: Annotated[StrictInt, Field(ge=1, le=MAX_STEP)] = Field(
+        description="how many steps the decay lasts", examples=[2000]
+    )
+    shape: Annotated[Text, Field(min_length=1, max_length=32)] | None = Field(
+        default=None,
+        description="the decay's shape, one of the policy's (wsd@1: linear, cosine, 1-sqrt, "
+        "exponential, step); omitted: the policy's own decay_type",
+        examples=["1-sqrt"],
+    )
+    reason: Annotated[Text, Field(min_length=1, max_length=500)] | None = Field(
+        default=None,
+        description="why, in the operator's words: logged in the entry",
+        examples=["budget cut: end the run at 14k"],
+    )
+    client: ClientIn | None = None
+
+
+class CooldownOut(BaseModel):
+    run_id: str
+    at_step: int
+    lrs: list[float] = Field(description="the lrs in force now (the decay starts at at_step)")
+    decision: DecisionOut = Field(description="the cooldown entry in the chain")
 
 
 class VerifyIn(Strict):

@@ -18,6 +18,8 @@ from lrpilot.api.models import (
     MAX_WAIT_S,
     POLICY_FILTER,
     ActionFilter,
+    CooldownIn,
+    CooldownOut,
     DecisionOut,
     DecisionPage,
     LabelFilter,
@@ -274,3 +276,29 @@ def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: W
     client = body.client.declared() if body.client else None
     run = caller.run(run_id)
     return StrictJSONResponse(decisions.resize(run, body.step, by, size, client, caller.by()))
+
+
+@router.post(
+    "/{run_id}/cooldown",
+    response_model=CooldownOut,
+    responses={
+        **NOT_FOUND,
+        **conflict(
+            "the run's policy has no cooldown (the detail names it), at_step is already "
+            "decided or in the warmup, or the run has no stable phase left there"
+        ),
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def cooldown_run(
+    run_id: RunId, body: CooldownIn, decisions: DecisionsDep, caller: Writer
+) -> Response:
+    """A cooldown on demand: the run's decay starts at `at_step`, `steps` long, as a cooldown
+    entry in the log with who asked (the token's name) and why (`reason`)."""
+    client = body.client.declared() if body.client else None
+    run = caller.run(run_id)
+    done = decisions.cooldown(
+        run, body.at_step, body.steps, body.shape, body.reason, client, caller.by()
+    )
+    return StrictJSONResponse(done)

@@ -77,6 +77,7 @@ _DERIVED = (
     "reason",
     "state",
     "rewind",
+    "cooldown",
 )
 
 
@@ -235,6 +236,8 @@ class LogCheck:
             entry = self._rewind(chain, doc, line, seq, step)
         elif kind is Kind.SCALE:
             entry = self._scale(chain, doc, line, seq, step)
+        elif kind is Kind.COOLDOWN:
+            entry = self._cooldown(chain, doc, line, seq, step)
         else:
             entry = self._decision(chain, doc, line, seq, step)
         # the hash is checked over the stored bytes: the entry is proven when the rebuilt one,
@@ -255,7 +258,7 @@ class LogCheck:
         )
 
     def _checked(self, kind: Kind, step: int, digest: str, seq: int, action: str) -> None:
-        if kind is not Kind.SCALE:
+        if kind is not Kind.SCALE and kind is not Kind.COOLDOWN:  # they decide no step
             self.last_step = step
         self.step, self.action = step, action
         self.prev, self.count = digest, seq
@@ -411,6 +414,48 @@ class LogCheck:
             step,
             size,
             doc.get("created_at"),  # type: ignore[arg-type]
+            policy_lrs=stepper.lrs,
+            state=stepper.state_doc(),
+            client=doc.get("client"),
+            who=_who(doc, line, seq),
+        )
+
+    def _cooldown(
+        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
+    ) -> Draft:
+        """A cooldown entry: it stands where the log stood, and the policy accepts the decay
+        it asks for from the state there (as the service's ``Policy.cooldown`` did)."""
+        force = self.replay.force
+        at = entries.standing(self.last_step, None if force is None else force.step)
+        if step != (0 if at is None else at):
+            raise Mismatch(line, seq, "the cooldown entry is not where the log stood", at, step)
+        asked = doc.get("cooldown")
+        if not isinstance(asked, dict):
+            raise Mismatch(
+                line, seq, "the cooldown entry names no cooldown", None, to_strict(asked)
+            )
+        at_step, steps = asked.get("at_step"), asked.get("steps")
+        shape, why = asked.get("shape"), asked.get("why")
+        if (
+            type(at_step) is not int
+            or type(steps) is not int
+            or not isinstance(shape, str | None)
+            or not isinstance(why, str | None)
+        ):
+            raise Mismatch(line, seq, "the cooldown is not at_step, steps, shape, why", None, asked)
+        try:
+            self.replay.cooldown(step, at_step, steps, shape, at, seq)
+        except PolicyError as exc:
+            raise Mismatch(line, seq, f"the policy refuses this cooldown: {exc}") from None
+        stepper = self.replay.stepper
+        return entries.cooldown(
+            chain,
+            step,
+            doc.get("created_at"),  # type: ignore[arg-type]
+            at_step=at_step,
+            steps=steps,
+            shape=shape,
+            why=why,
             policy_lrs=stepper.lrs,
             state=stepper.state_doc(),
             client=doc.get("client"),

@@ -277,10 +277,10 @@ def run_series(lrpilot: Client, run_id: str, steps: int | None, every: int = 1) 
         for d in live:
             if d.action == "rewind":
                 continue
-            if d.action == "scale":  # an elastic job resized: no metric, the lrs moved
+            if d.action in ("scale", "cooldown"):  # a resize, a decay asked for: no metric
                 series.marks.append((d.step, d.action))
                 continue
-            assert d.value is not None  # a decision's: only rewind and scale entries have none
+            assert d.value is not None  # a decision's: rewind, scale, cooldown entries have none
             series.evaluations.append((d.step, d.value))
             if changes_lrs(d.action, d.previous_lrs, d.lrs, last_action):
                 series.marks.append((d.step, d.action))

@@ -228,6 +228,33 @@ class Policy(abc.ABC):
         """``state`` in mutable form, to advance observation by observation (``metric`` is the
         name the reasons give the value)."""
 
+    # The decay shapes a cooldown on demand may ask for (``cooldown``): none when the policy
+    # has no cooldown.
+    cooldown_shapes: ClassVar[tuple[str, ...]] = ()
+
+    def cooldown(
+        self,
+        params: Frozen,
+        state: State,
+        at_step: int,
+        steps: int,
+        shape: str | None,
+        last_step: int | None,
+    ) -> State:
+        """``state`` with the policy's decay started at ``at_step``, ``steps`` long, of
+        ``shape`` (None: the policy's own): a cooldown on demand, logged as a cooldown entry.
+        ``last_step`` is where the run's log stands (None: nowhere yet). PolicyError, located
+        at the field to blame, when the policy cannot: by default it has no cooldown."""
+        raise PolicyError(
+            [
+                (
+                    (),
+                    f"policy {policy_id(self.name, self.version)} has no cooldown on demand "
+                    "(a policy with a stable phase to end has one: wsd@1)",
+                )
+            ]
+        )
+
     def summary_fields(self, params: Frozen, state: State) -> dict[str, Any]:
         """What a run's summary reports of this policy beyond what every run's does, from the
         state in force (none by default)."""

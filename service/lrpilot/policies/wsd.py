@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from math import floor, inf, sqrt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat
 
@@ -324,18 +324,24 @@ class Wsd(Schedule):
         assert isinstance(params, WsdParams) and isinstance(state, WsdState)
         return WsdStepper(params, state, metric)
 
+    cooldown_shapes = get_args(DecayType)
+
     def cooldown(
         self,
-        params: WsdParams,
-        state: WsdState,
+        params: Frozen,
+        state: State,
         at_step: int,
         steps: int,
-        shape: DecayType | None,
+        shape: str | None,
         last_step: int | None,
     ) -> WsdState:
         """The state with the decay started at ``at_step`` for ``steps`` steps (``shape``, null:
         the params' decay_type): a cooldown on demand. PolicyError when ``at_step`` is already
         decided (at or before ``last_step``), in the warmup, or once the decay has begun."""
+        assert isinstance(params, WsdParams) and isinstance(state, WsdState)
+        if shape is not None and shape not in self.cooldown_shapes:
+            why = f"shape {shape!r} is not one of {', '.join(self.cooldown_shapes)}"
+            raise PolicyError([(("shape",), why)])
         start = state.decay_start if state.decay_start is not None else params.decay_start()
         if last_step is not None and at_step <= last_step:
             why = f"step {at_step} is already decided (the run's last step is {last_step})"
