@@ -42,6 +42,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/v1/runs/{run_id}/decisions"): ("decisions", "decisions"),
     ("POST", "/v1/runs/{run_id}/resize"): ("resize", "resize"),
     ("POST", "/v1/runs/{run_id}/rewind"): ("rewind", "rewind"),
+    ("POST", "/v1/runs/{run_id}/cooldown"): ("cooldown", "cooldown"),
     ("GET", "/v1/runs/{run_id}/summary"): ("summary", "summary"),
     ("GET", "/v1/runs/{run_id}/plot"): ("plot", "plot"),
     ("GET", "/v1/runs/{run_id}/export"): ("export", "export"),

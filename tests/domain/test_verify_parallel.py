@@ -170,9 +170,7 @@ def test_the_trailer_edited_or_an_entry_signed_off_are_found_alike(
     same(one, split)
     one, split = both(written(tmp_path, lines, "good.ndjson"), 3)
     assert one.ok
-    wrong_head = check_bundle_file(
-        path, head="0" * 64, workers=3, parallel_from=0, method="fork"
-    )
+    wrong_head = check_bundle_file(path, head="0" * 64, workers=3, parallel_from=0, method="fork")
     assert not wrong_head.ok
 
 

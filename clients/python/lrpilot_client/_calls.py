@@ -30,6 +30,7 @@ from .errors import (
     detail_of,
 )
 from .models import (
+    Cooled,
     Decision,
     Health,
     Imported,
@@ -397,6 +398,30 @@ def resize(
         Resized.from_json,
         body=body,
         ordered=(run_id, "resize"),
+        identified=True,
+    )
+
+
+def cooldown(
+    run_id: str,
+    at_step: int,
+    steps: int,
+    shape: str | None = None,
+    reason: str | None = None,
+) -> Call[Cooled]:
+    """Start the run's decay at training step `at_step` (not yet decided), `steps` long, of
+    `shape` (None: the policy's own; wsd@1: "linear", "cosine", "1-sqrt", "exponential",
+    "step"): a cooldown on demand, logged as a cooldown entry with this client's token and
+    `reason`. A `ConflictError` says why when the run cannot (its policy has no cooldown, the
+    step is decided, no stable phase is left). The run's buffered observations are sent
+    first; while any is left, this raises `ServiceUnavailableError`."""
+    body = {"at_step": at_step, "steps": steps} | _unset_none(shape=shape, reason=reason)
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/cooldown",
+        Cooled.from_json,
+        body=body,
+        ordered=(run_id, "cooldown"),
         identified=True,
     )
 

@@ -23,6 +23,7 @@ from .errors import ResponseError
 
 __all__ = [
     "Best",
+    "Cooled",
     "Counts",
     "Decision",
     "Health",
@@ -372,6 +373,8 @@ class Decision(_Model):
     # entry (`action` "scale"), `resize` says by what, from which size, to which
     scale: float | None = None
     resize: Mapping[str, Any] | None = None
+    # a cooldown entry (`action` "cooldown"): at_step, steps, shape (None: the policy's), why
+    cooldown: Mapping[str, Any] | None = None
     # aggregated runs: the ranks counted (each its rank, value, weight and, when declared, the
     # client), and for a step decided at the timeout the ranks missing and that timeout
     ranks: tuple[Mapping[str, Any], ...] = ()
@@ -517,6 +520,18 @@ class Resized(_Model):
 
 
 @dataclass(frozen=True)
+class Cooled(_Model):
+    """The answer to a cooldown: `decision` is the cooldown entry in the chain (who asked,
+    why, `cooldown` its at_step, steps and shape); `lrs` the rates in force now (the decay
+    starts at `at_step`)."""
+
+    run_id: str
+    at_step: int
+    lrs: tuple[float, ...]
+    decision: Decision
+
+
+@dataclass(frozen=True)
 class Verified(_Model):
     """The service's check of a run's log: `ok`, how many decisions, the head it ends at, and
     the first mismatch (a mapping with line, seq, message, expected, found) when not ok;
@@ -589,8 +604,9 @@ class PlotBucket(_Model):
 
 @dataclass(frozen=True)
 class PlotEvent(_Model):
-    """An entry that changed something (a marker): `metric` is None in a rewind or scale entry
-    (then `rewind`, or `resize` {by, from, to}, say what it did)."""
+    """An entry that changed something (a marker): `metric` is None in a rewind, scale or
+    cooldown entry (then `rewind`, `resize` {by, from, to} or `cooldown` {at_step, steps,
+    shape, why} say what it did)."""
 
     seq: int
     step: int
@@ -601,6 +617,7 @@ class PlotEvent(_Model):
     metric: float | None
     resize: Mapping[str, Any] | None = None
     rewind: Mapping[str, Any] | None = None
+    cooldown: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

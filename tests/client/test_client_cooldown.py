@@ -1,0 +1,49 @@
+"""A cooldown on demand through the clients (sync and async) and `lrpilot cooldown`, against a
+real service: the entry comes back as a model, refusals as a ConflictError or one line."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lrpilot_client import AsyncClient, Client, ConflictError, Cooled, ValidationError
+from tests.harness import LiveServer
+from tests.helpers import lrpilot_cli, one_line
+
+
+def test_cooldown_sync_async_and_cli(live_server: LiveServer) -> None:
+    with Client(live_server.url) as lrpilot:
+        for run_id in ("a", "b", "c"):
+            lrpilot.create_run(run_id, "wsd", 1, {"num_warmup_steps": 0}, [0.1])
+            lrpilot.observe(run_id, 10, 1.0)
+        done = lrpilot.cooldown("a", 100, 50, shape="linear", reason="out of budget")
+        assert isinstance(done, Cooled) and done.lrs == (0.1,)
+        assert done.decision.action == "cooldown" and done.decision.step == 10
+        assert done.decision.cooldown == {
+            "at_step": 100, "steps": 50, "shape": "linear", "why": "out of budget"
+        }  # fmt: skip
+        assert lrpilot.lr_at("a", 125).lrs == (0.05,)
+        with pytest.raises(ConflictError, match="no stable phase left"):
+            lrpilot.cooldown("a", 120, 10)
+        with pytest.raises(ValidationError):
+            lrpilot.cooldown("a", 200, 0)
+        plot = lrpilot.plot("a")
+        assert next(e.cooldown for e in plot.events if e.action == "cooldown")["at_step"] == 100
+
+    async def asynchronous() -> Cooled:
+        async with AsyncClient(live_server.url) as ac:
+            return await ac.cooldown("b", 60, 20, "1-sqrt")
+
+    cooled = asyncio.run(asynchronous())
+    assert cooled.decision.cooldown is not None and cooled.decision.cooldown["shape"] == "1-sqrt"
+
+    done = lrpilot_cli("cooldown", "c", "--at-step", "40", "--steps", "10", "--reason", "why not",
+                       "--url", live_server.url)  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "the decay starts at step 40 and lasts 10 steps" in one_line(done.output)
+    again = lrpilot_cli("cooldown", "c", "--at-step", "5", "--steps", "10",
+                        "--url", live_server.url)  # fmt: skip
+    assert again.exit_code == 1
+    assert "cooldown 'c' failed (409)" in one_line(again.output)
+    assert "step 5 is already decided" in one_line(again.output)
