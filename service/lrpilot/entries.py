@@ -15,7 +15,7 @@ Kinds (``Kind``): a *decision* answers an observation (its ``action`` is the pol
 reduce, warmup, ...); a *rewind* restores the state as of an earlier step (a job resumed from a
 checkpoint); a *scale* rescales the served lrs for a new world or batch size (elastic jobs); a
 *cooldown* starts a policy's decay from a later step, at an operator's request (WSD's cooldown
-on demand). The kinds that are not decisions are named by their ``action`` too, so a log reads
+on demand; its action is ``start_cooldown``). The kinds that are not decisions are named by their ``action`` too, so a log reads
 as one list.
 """
 
@@ -53,7 +53,8 @@ class Kind(StrEnum):
     DECISION = "decision"
     REWIND = "rewind"
     SCALE = "scale"
-    COOLDOWN = "cooldown"
+    # (not "cooldown": that is a plateau policy's action, the steps it waits after a reduce)
+    COOLDOWN = "start_cooldown"
 
 
 # The actions that are entry kinds of their own rather than a policy's decision of a step: no

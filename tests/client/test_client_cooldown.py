@@ -19,7 +19,7 @@ def test_cooldown_sync_async_and_cli(live_server: LiveServer) -> None:
             lrpilot.observe(run_id, 10, 1.0)
         done = lrpilot.cooldown("a", 100, 50, shape="linear", reason="out of budget")
         assert isinstance(done, Cooled) and done.lrs == (0.1,)
-        assert done.decision.action == "cooldown" and done.decision.step == 10
+        assert done.decision.action == "start_cooldown" and done.decision.step == 10
         assert done.decision.cooldown == {
             "at_step": 100, "steps": 50, "shape": "linear", "why": "out of budget"
         }  # fmt: skip
@@ -29,7 +29,7 @@ def test_cooldown_sync_async_and_cli(live_server: LiveServer) -> None:
         with pytest.raises(ValidationError):
             lrpilot.cooldown("a", 200, 0)
         plot = lrpilot.plot("a")
-        assert next(e.cooldown for e in plot.events if e.action == "cooldown")["at_step"] == 100
+        assert next(e.cooldown for e in plot.events if e.action == "start_cooldown")["at_step"] == 100
 
     async def asynchronous() -> Cooled:
         async with AsyncClient(live_server.url) as ac:

@@ -59,7 +59,7 @@ def test_a_cooldown_is_a_logged_entry_and_the_lrs_follow_the_decay(api: TestClie
     out = strict_json(r.text)
     entry = out["decision"]
     assert out["at_step"] == 100 and out["lrs"] == [0.1, 0.01]
-    assert entry["action"] == "cooldown" and entry["step"] == 40 and entry["value"] is None
+    assert entry["action"] == "start_cooldown" and entry["step"] == 40 and entry["value"] is None
     assert entry["cooldown"] == {
         "at_step": 100,
         "steps": 100,
@@ -81,13 +81,13 @@ def test_a_cooldown_is_a_logged_entry_and_the_lrs_follow_the_decay(api: TestClie
     assert post(api, "w", 40)["action"] == "hold"  # the retry of step 40: its decision
     assert post(api, "w", 150)["lrs"] == [0.05, 0.005]
     assert post(api, "w", 150)["action"] == "decay"
-    page = api.get("/v1/runs/w/decisions", params={"action": "cooldown"}).json()["items"]
+    page = api.get("/v1/runs/w/decisions", params={"action": "start_cooldown"}).json()["items"]
     assert [d["seq"] for d in page] == [4]
     run = api.get("/v1/runs/w").json()
     assert run["last_step"] == 150 and run["lrs"] == [0.05, 0.005]
     assert verified(api, "w")["count"] == 6
     plot = api.get("/v1/runs/w/plot").json()
-    marks = [e for e in plot["events"] if e["action"] == "cooldown"]
+    marks = [e for e in plot["events"] if e["action"] == "start_cooldown"]
     assert marks and marks[0]["cooldown"]["at_step"] == 100
     summary = api.get("/v1/runs/w/summary").json()
     assert summary["decisions"] == 5
@@ -140,7 +140,7 @@ def test_a_rewind_below_a_cooldown_supersedes_it(api: TestClient) -> None:
     assert out["decision"]["rewind"] == {"to_step": 30, "restores_seq": 1, "superseded": 3}
     assert lr(api, "w", 150) == [0.1, 0.01]
     gone = api.get("/v1/runs/w/decisions", params={"superseded": True}).json()["items"]
-    assert [d["action"] for d in gone] == ["hold", "cooldown", "hold", "rewind"]
+    assert [d["action"] for d in gone] == ["hold", "start_cooldown", "hold", "rewind"]
     assert verified(api, "w")["superseded"] == 4
     # and a cooldown may be asked again from there
     assert api.post("/v1/runs/w/cooldown", json={"at_step": 35, "steps": 10}).status_code == 200
@@ -209,7 +209,7 @@ def test_the_frozen_cooldown_bundle_verifies_and_round_trips_byte_for_byte(
 @pytest.mark.parametrize("edit", ["at_step", "why"])
 def test_an_edited_cooldown_fails_verify(edit: str, tmp_path: Path) -> None:
     lines = GOLDEN_BUNDLE.read_text().splitlines()
-    at = next(i for i, line in enumerate(lines) if '"action":"cooldown"' in line)
+    at = next(i for i, line in enumerate(lines) if '"action":"start_cooldown"' in line)
     doc = json.loads(lines[at])
     doc["cooldown"][edit] = 250 if edit == "at_step" else "another reason"
     lines[at] = json.dumps(doc)

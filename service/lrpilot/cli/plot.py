@@ -277,7 +277,7 @@ def run_series(lrpilot: Client, run_id: str, steps: int | None, every: int = 1) 
         for d in live:
             if d.action == "rewind":
                 continue
-            if d.action in ("scale", "cooldown"):  # a resize, a decay asked for: no metric
+            if d.action in ("scale", "start_cooldown"):  # a resize, a decay asked for: no metric
                 series.marks.append((d.step, d.action))
                 continue
             assert d.value is not None  # a decision's: rewind, scale, cooldown entries have none

@@ -10,8 +10,8 @@ import { num } from "./api.js";
 const COLORS = ["#2457c5", "#d9480f", "#2b8a3e", "#862e9c", "#c2255c", "#0b7285", "#5c940d"];
 const METRIC = "#868e96";
 const WHATIF = "#e8590c";
-const MARK = { reduce: "#c92a2a", stop: "#000000", rewind: "#862e9c", scale: "#0b7285", cooldown: "#1864ab" };
-const VERTICAL = new Set(["rewind", "scale", "cooldown"]);
+const MARK = { reduce: "#c92a2a", stop: "#000000", rewind: "#862e9c", scale: "#0b7285", start_cooldown: "#1864ab" };
+const VERTICAL = new Set(["rewind", "scale", "start_cooldown"]);
 const HIT_PX = 8;
 
 // One bucket becomes one point (a single step, or a flat span) or two: its max where it
