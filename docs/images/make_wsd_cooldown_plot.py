@@ -36,7 +36,8 @@ SPEC = {
 }
 STEPS, EVERY = 4000, 100
 ASKED_AT = 2500  # the last step observed when the operator asks
-COOLDOWN = {"at_step": 2600, "steps": 1400, "reason": "budget: the run ends at step 4000"}
+AT_STEP = 2600
+COOLDOWN = {"at_step": AT_STEP, "steps": 1400, "reason": "budget: the run ends at step 4000"}
 
 
 def val_loss(step: int) -> float:
@@ -51,8 +52,8 @@ def free_port() -> int:
 
 def serve(database: Path, port: int) -> subprocess.Popen[bytes]:
     """``lrpilot serve`` of this checkout (its service/ first on the path)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "service"),
-                                                         str(REPO / "clients" / "python")])}  # fmt: skip
+    path = os.pathsep.join([str(REPO / "service"), str(REPO / "clients" / "python")])
+    env = {**os.environ, "PYTHONPATH": path}
     command = [sys.executable, "-m", "lrpilot.cli", "serve", "--host", "127.0.0.1",
                "--port", str(port), "--database-url", f"sqlite:///{database}"]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -101,8 +102,8 @@ def plot(steps: list[int], lrs: list[float], out: Path) -> None:
     ax.axvline(ASKED_AT, color="#868e96", linestyle=":", linewidth=1)
     ax.annotate("POST /cooldown\n(at step 2,500)", (ASKED_AT, max(lrs) * 0.55), xytext=(-105, 0),
                 textcoords="offset points", fontsize=8, color="#495057")  # fmt: skip
-    ax.axvline(COOLDOWN["at_step"], color="#1864ab", linestyle="--", linewidth=1)
-    ax.annotate("1-sqrt decay from 2,600", (int(COOLDOWN["at_step"]), max(lrs) * 0.9),
+    ax.axvline(AT_STEP, color="#1864ab", linestyle="--", linewidth=1)
+    ax.annotate("1-sqrt decay from 2,600", (AT_STEP, max(lrs) * 0.9),
                 xytext=(6, 0), textcoords="offset points", fontsize=8, color="#1864ab")  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("lr")
