@@ -15,8 +15,9 @@ Kinds (``Kind``): a *decision* answers an observation (its ``action`` is the pol
 reduce, warmup, ...); a *rewind* restores the state as of an earlier step (a job resumed from a
 checkpoint); a *scale* rescales the served lrs for a new world or batch size (elastic jobs); a
 *cooldown* starts a policy's decay from a later step, at an operator's request (WSD's cooldown
-on demand; its action is ``start_cooldown``). The kinds that are not decisions are named by their ``action`` too, so a log reads
-as one list.
+on demand; its action is ``start_cooldown``); a *retime* gives a running schedule a new horizon
+without a jump in lr (``lrpilot.policies.retime``). The kinds that are not decisions are named
+by their ``action`` too, so a log reads as one list.
 """
 
 from __future__ import annotations
@@ -55,11 +56,17 @@ class Kind(StrEnum):
     SCALE = "scale"
     # (not "cooldown": that is a plateau policy's action, the steps it waits after a reduce)
     COOLDOWN = "start_cooldown"
+    RETIME = "retime"
 
 
 # The actions that are entry kinds of their own rather than a policy's decision of a step: no
 # observation, no value. The store filters them out of "the decision of step N" by this list.
-NOT_DECISIONS: tuple[str, ...] = (Kind.REWIND.value, Kind.SCALE.value, Kind.COOLDOWN.value)
+NOT_DECISIONS: tuple[str, ...] = (
+    Kind.REWIND.value,
+    Kind.SCALE.value,
+    Kind.COOLDOWN.value,
+    Kind.RETIME.value,
+)
 
 
 def kind_of(action: Any) -> Kind:
@@ -69,6 +76,8 @@ def kind_of(action: Any) -> Kind:
         return Kind.SCALE
     if action == Kind.COOLDOWN:
         return Kind.COOLDOWN
+    if action == Kind.RETIME:
+        return Kind.RETIME
     return Kind.DECISION
 
 
@@ -469,6 +478,47 @@ def cooldown(
     if by != 1.0:  # the lrs stay scaled
         doc["scale"] = by
     return Draft(Kind.COOLDOWN, doc)
+
+
+# -- retime -----------------------------------------------------------------------------------
+
+
+def retime(
+    chain: Chain,
+    step: int,
+    created_at: str,
+    *,
+    at_step: int,
+    horizon: int,
+    mode: str,
+    param: str,
+    policy_lrs: Sequence[float],
+    state: Mapping[str, Any],
+    client: Mapping[str, Any] | None = None,
+    who: Mapping[str, str] | None = None,
+) -> Draft:
+    """The entry that gives the schedule a new horizon: its end (``param``) is reached at
+    training step ``horizon``, from ``at_step`` on, in ``mode`` (keep_lr, keep_fraction);
+    ``state`` is the retimed state (``lrpilot.policies.retime``). The lrs served now do not
+    change."""
+    lrs = scaled(policy_lrs, chain.factor)
+    asker = f" by token {who['token']!r}" if who else ""
+    how = (
+        "the lr there kept and the schedule's decay fitted from it"
+        if mode == "keep_lr"
+        else "the fraction of the schedule done there kept and the rest stretched"
+    )
+    reason = (
+        f"retimed{asker}: from step {at_step} the schedule ends ({param}) at step {horizon}, "
+        f"{how} ({mode}); {fmt_lrs(tuple(lrs))} in force now"
+    )
+    doc = _common(
+        chain, step, created_at, None, lrs, lrs, Kind.RETIME.value, reason, state, client, who
+    )
+    doc["retime"] = {"at_step": at_step, "horizon": horizon, "mode": mode}
+    if chain.factor != 1.0:
+        doc["scale"] = chain.factor
+    return Draft(Kind.RETIME, doc)
 
 
 # -- the hash chain -----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The one loop that drives a policy through a run's log: observations, resizes, rewinds and
-cooldowns.
+"""The one loop that drives a policy through a run's log: observations, resizes, rewinds,
+cooldowns and retimes.
 
 Pure, like the policies: no I/O, no SQL, no HTTP, no clock. Everything that replays a policy
 is built on ``Replay``: verify (``lrpilot.audit.verify``, both branches of a rewound log), the
@@ -19,6 +19,7 @@ from typing import Any
 
 from lrpilot.entries import Rewound
 from lrpilot.policies.base import Frozen, Policy, State, Stepper
+from lrpilot.policies.retime import retimed
 from lrpilot.spec import InForce, factor, scaled
 
 
@@ -134,6 +135,23 @@ class Replay:
         (``Policy.cooldown``, told the log's last step, ``decided``; PolicyError when it
         refuses). The lrs in force do not change."""
         state = self.policy.cooldown(self.params, self.state(), at_step, steps, shape, decided)
+        self.previous = self.stepper.lrs
+        self.stepper = self.policy.stepper(self.params, state, self.metric)
+        if self._ahead and seq is not None:
+            self._joined(seq, step)
+
+    def retime(
+        self,
+        step: int,
+        at_step: int,
+        horizon: int,
+        mode: str,
+        decided: int | None,
+        seq: int | None = None,
+    ) -> None:
+        """A retime entry at ``step``: the schedule reaches its end at ``horizon`` from
+        ``at_step`` on (``lrpilot.policies.retime``; PolicyError when it cannot)."""
+        state = retimed(self.policy, self.params, self.state(), at_step, horizon, mode, decided)
         self.previous = self.stepper.lrs
         self.stepper = self.policy.stepper(self.params, state, self.metric)
         if self._ahead and seq is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -186,8 +186,11 @@ class DecisionOut(BaseModel):
     )
     cooldown: dict[str, Any] | None = Field(
         default=None,
-        description="in a cooldown entry only: at_step, steps, shape (null: the policy's) "
-        "and why (the operator's reason, or null)",
+        description="in a start_cooldown entry only: at_step, steps, shape (null: the "
+        "policy's) and why (the operator's reason, or null)",
+    )
+    retime: dict[str, Any] | None = Field(
+        default=None, description="in a retime entry only: at_step, horizon, mode"
     )
 
 
@@ -415,6 +418,36 @@ class CooldownOut(BaseModel):
     decision: DecisionOut = Field(description="the cooldown entry in the chain")
 
 
+class RetimeWhatIf(Strict):
+    """A retime (POST /v1/runs/{run_id}/retime), or what one would do (POST /v1/simulate)."""
+
+    at_step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the training step the new timing applies from (above the run's last step)",
+        examples=[12000],
+    )
+    horizon: Annotated[StrictInt, Field(ge=1, le=MAX_STEP)] = Field(
+        description="the training step the schedule now ends at (cosine's T_max, one_cycle's "
+        "total_steps, wsd's decay end, ...), after at_step",
+        examples=[30000],
+    )
+    mode: Literal["keep_lr", "keep_fraction"] = Field(
+        description="keep_lr: keep the lr at at_step and fit the schedule's decay from there "
+        "to the horizon; keep_fraction: keep the fraction of the schedule done at at_step and "
+        "finish the rest by the horizon"
+    )
+
+
+class RetimeIn(RetimeWhatIf):
+    client: ClientIn | None = None
+
+
+class RetimeOut(BaseModel):
+    run_id: str
+    at_step: int
+    lrs: list[float] = Field(description="the lrs in force now")
+    decision: DecisionOut = Field(description="the retime entry in the chain")
+
+
 class VerifyIn(Strict):
     head: Annotated[str, Field(pattern=HASH_PATTERN)] | None = Field(
         default=None,
@@ -512,6 +545,11 @@ class SimulateIn(Strict):
         | None
     ) = None
     run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN)] | None = None
+    retime: RetimeWhatIf | None = Field(
+        default=None,
+        description="what a retime would do: applied before the first observation at or "
+        "after its at_step, as POST /v1/runs/{run_id}/retime would apply it",
+    )
 
     @model_validator(mode="after")
     def _one_stream(self) -> SimulateIn:

@@ -29,6 +29,8 @@ from lrpilot.api.models import (
     PlotOut,
     ResizeIn,
     ResizeOut,
+    RetimeIn,
+    RetimeOut,
     RunIn,
     RunOut,
     RunPage,
@@ -301,4 +303,26 @@ def cooldown_run(
     done = decisions.cooldown(
         run, body.at_step, body.steps, body.shape, body.reason, client, caller.by()
     )
+    return StrictJSONResponse(done)
+
+
+@router.post(
+    "/{run_id}/retime",
+    response_model=RetimeOut,
+    responses={
+        **NOT_FOUND,
+        **conflict(
+            "the run's policy has no horizon (the detail names it), at_step is already "
+            "decided, the schedule has ended there, or keep_lr comes before its peak"
+        ),
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def retime_run(run_id: RunId, body: RetimeIn, decisions: DecisionsDep, caller: Writer) -> Response:
+    """A new horizon for a running schedule, without a jump in lr: from `at_step` on the
+    schedule ends at `horizon`, as a retime entry in the log with who asked."""
+    client = body.client.declared() if body.client else None
+    run = caller.run(run_id)
+    done = decisions.retime(run, body.at_step, body.horizon, body.mode, client, caller.by())
     return StrictJSONResponse(done)

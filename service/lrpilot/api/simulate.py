@@ -11,8 +11,9 @@ from lrpilot.api.auth import Reader
 from lrpilot.api.deps import AuditDep
 from lrpilot.api.models import MAX_SIMULATE, SimulateIn, SimulateOut
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
-from lrpilot.audit.simulate import Setup, run_setup
-from lrpilot.domain.errors import Conflict
+from lrpilot.audit.simulate import Retime, Setup, run_setup
+from lrpilot.domain.errors import Conflict, Invalid
+from lrpilot.policies import PolicyError
 from lrpilot.spec import scaled
 
 router = APIRouter(prefix="/v1/simulate", tags=["audit"])
@@ -61,7 +62,11 @@ def simulate(body: SimulateIn, audit: AuditDep, caller: Reader) -> Response:
         )
         steps = body.steps or list(range(1, len(body.values) + 1))
         stream = list(zip(steps, body.values, strict=True))
-    items: list[dict[str, Any]] = list(setup.decisions(stream))
+    what_if = None if body.retime is None else Retime(**body.retime.model_dump())
+    try:
+        items: list[dict[str, Any]] = list(setup.decisions(stream, what_if))
+    except PolicyError as exc:  # the retime asked for cannot be applied to this run
+        raise Invalid(["body", "retime"], str(exc), kind="retime") from None
     differing = None
     if recorded is not None:
         differing = 0

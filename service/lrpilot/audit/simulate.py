@@ -9,10 +9,13 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from lrpilot.audit.bundle import Recorded
 from lrpilot.policies import Frozen, Policy, get_policy
+from lrpilot.policies.base import Stepper
+from lrpilot.policies.retime import around
 from lrpilot.replay import Replay
 from lrpilot.spec import RunStored, scaled
 
@@ -23,6 +26,54 @@ def parse_policy(text: str) -> tuple[str, int]:
     if not at or not name or not version.isdigit():
         raise ValueError(f"a policy is name@version, e.g. plateau@1; got {text!r}")
     return name, int(version)
+
+
+@dataclass(frozen=True)
+class Retime:
+    """A retime the what-if applies (``POST /v1/runs/{id}/retime``, before it is asked): at the
+    first observation at or after ``at_step``, the schedule's end moves to ``horizon``."""
+
+    at_step: int
+    horizon: int
+    mode: str
+
+    @classmethod
+    def parse(cls, text: str) -> Retime:
+        """``AT:HORIZON:MODE`` (the CLI's --retime); ValueError saying what is expected."""
+        parts = text.split(":")
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            raise ValueError(
+                f"--retime takes AT:HORIZON:MODE, e.g. 5000:20000:keep_lr; got {text!r}"
+            )
+        return cls(int(parts[0]), int(parts[1]), parts[2])
+
+
+def _steppers(
+    replay: Replay, pairs: Iterable[tuple[int, float]], retime: Retime | None
+) -> Iterator[Stepper]:
+    """``replay.run(pairs)``, with ``retime`` applied before the first pair at or after its
+    step (PolicyError, when the policy refuses it, as the route would)."""
+    if retime is None:
+        yield from replay.run(pairs)
+        return
+    rest = iter(pairs)
+    first: list[tuple[int, float]] = []
+    last: int | None = None
+
+    def before() -> Iterator[tuple[int, float]]:
+        nonlocal last
+        for pair in rest:
+            if pair[0] >= retime.at_step:
+                first.append(pair)
+                return
+            last = pair[0]
+            yield pair
+
+    yield from replay.run(before())
+    if first:
+        at = 0 if last is None else last
+        replay.retime(at, retime.at_step, retime.horizon, retime.mode, last)
+        yield from replay.run(chain(first, rest))
 
 
 @dataclass(frozen=True)
@@ -43,7 +94,7 @@ class Setup:
         cls, name: str, version: int, params: dict[str, Any], base_lrs: Iterable[float], metric: str
     ) -> Setup:
         """PolicyError when the policy is unknown or refuses the params."""
-        policy = get_policy(name, version)
+        policy = around(get_policy(name, version))  # a what-if may retime it
         lrs = tuple(base_lrs)
         return cls(policy, policy.resolve(params, lrs), lrs, metric or "metric")
 
@@ -51,12 +102,16 @@ class Setup:
         """The one replay loop, from the policy's initial state."""
         return Replay(self.policy, self.params, self.base_lrs, self.metric)
 
-    def decisions(self, stream: Iterable[tuple[int, float]]) -> Iterator[dict[str, Any]]:
-        """One decision a (step, value), with its reason: what the service would answer."""
+    def decisions(
+        self, stream: Iterable[tuple[int, float]], retime: Retime | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """One decision a (step, value), with its reason: what the service would answer
+        (after ``retime``, when given, as if it had been asked)."""
         replay = self.replay()
         previous = replay.stepper.lrs
         pairs = list(stream) if not isinstance(stream, list) else stream
-        for (step, value), stepper in zip(pairs, replay.run(pairs), strict=True):
+        steppers = _steppers(replay, pairs, retime)
+        for (step, value), stepper in zip(pairs, steppers, strict=True):
             yield {
                 "step": step,
                 "value": value,
@@ -112,10 +167,11 @@ def compare(
     recorded: Iterable[Recorded],
     keep: int = 1000,
     progress: Callable[[int], None] | None = None,
+    retime: Retime | None = None,
 ) -> Comparison:
-    """Replay the recorded observations under ``setup``; note where the decisions differ
-    (action or lrs). ``progress`` is called with the number of observations done, now and
-    then."""
+    """Replay the recorded observations under ``setup`` (and ``retime``, when given); note
+    where the decisions differ (action or lrs). ``progress`` is called with the number of
+    observations done, now and then."""
     result = Comparison()
     replay = setup.replay()
     last_recorded = last_replayed = replay.stepper.lrs
@@ -126,7 +182,7 @@ def compare(
             pending.append(rec)
             yield rec.step, rec.value
 
-    for n, stepper in enumerate(replay.run(stream()), start=1):
+    for n, stepper in enumerate(_steppers(replay, stream(), retime), start=1):
         rec = pending.pop()
         # the recorded run's resizes apply to the what-if too: it asks "other params", not
         # "another world_size"

@@ -58,6 +58,7 @@ from lrpilot.entries import (
 )
 from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
 from lrpilot.policies.base import MAX_STEP
+from lrpilot.policies.retime import around
 from lrpilot.replay import Replay
 from lrpilot.spec import MAX_SIZE, RunStored, scaled
 
@@ -78,6 +79,7 @@ _DERIVED = (
     "state",
     "rewind",
     "cooldown",
+    "retime",
 )
 
 
@@ -118,7 +120,7 @@ def resolve_run(run: RunStored) -> tuple[Policy, Frozen, tuple[float, ...]]:
     """The run's pinned policy, its resolved params and base lrs; a Mismatch when they cannot
     be replayed or are not what its config hash pins."""
     try:
-        policy = get_policy(run.policy.name, run.policy.version)
+        policy = around(get_policy(run.policy.name, run.policy.version))  # (policies.retime)
         base_lrs = tuple(run.base_lrs)
         params = policy.resolve(dict(run.policy.params), base_lrs)
     except (PolicyError, KeyError, TypeError, ValueError) as exc:
@@ -238,6 +240,8 @@ class LogCheck:
             entry = self._scale(chain, doc, line, seq, step)
         elif kind is Kind.COOLDOWN:
             entry = self._cooldown(chain, doc, line, seq, step)
+        elif kind is Kind.RETIME:
+            entry = self._retime(chain, doc, line, seq, step)
         else:
             entry = self._decision(chain, doc, line, seq, step)
         # the hash is checked over the stored bytes: the entry is proven when the rebuilt one,
@@ -258,7 +262,7 @@ class LogCheck:
         )
 
     def _checked(self, kind: Kind, step: int, digest: str, seq: int, action: str) -> None:
-        if kind is not Kind.SCALE and kind is not Kind.COOLDOWN:  # they decide no step
+        if kind not in (Kind.SCALE, Kind.COOLDOWN, Kind.RETIME):  # they decide no step
             self.last_step = step
         self.step, self.action = step, action
         self.prev, self.count = digest, seq
@@ -420,15 +424,53 @@ class LogCheck:
             who=_who(doc, line, seq),
         )
 
+    def _standing(self, line: int | None, seq: int, step: int, what: str) -> int | None:
+        """Where the log stood (``entries.standing``), which the ``what`` entry must be at."""
+        force = self.replay.force
+        at = entries.standing(self.last_step, None if force is None else force.step)
+        if step != (0 if at is None else at):
+            raise Mismatch(line, seq, f"the {what} entry is not where the log stood", at, step)
+        return at
+
+    def _retime(
+        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
+    ) -> Draft:
+        """A retime entry: it stands where the log stood, and the time map it leaves is the
+        one the service computes (``lrpilot.policies.retime``) from the state there."""
+        at = self._standing(line, seq, step, "retime")
+        asked = doc.get("retime")
+        if not isinstance(asked, dict):
+            raise Mismatch(line, seq, "the retime entry names no retime", None, to_strict(asked))
+        at_step, horizon, mode = asked.get("at_step"), asked.get("horizon"), asked.get("mode")
+        if type(at_step) is not int or type(horizon) is not int or not isinstance(mode, str):
+            raise Mismatch(line, seq, "the retime is not at_step, horizon, mode", None, asked)
+        replay = self.replay
+        has = replay.policy.horizon(replay.params, replay.state())
+        try:
+            replay.retime(step, at_step, horizon, mode, at, seq)
+        except PolicyError as exc:
+            raise Mismatch(line, seq, f"the policy cannot be retimed so: {exc}") from None
+        assert has is not None  # or the retime was refused
+        return entries.retime(
+            chain,
+            step,
+            doc.get("created_at"),  # type: ignore[arg-type]
+            at_step=at_step,
+            horizon=horizon,
+            mode=mode,
+            param=has.param,
+            policy_lrs=replay.stepper.lrs,
+            state=replay.stepper.state_doc(),
+            client=doc.get("client"),
+            who=_who(doc, line, seq),
+        )
+
     def _cooldown(
         self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
     ) -> Draft:
         """A cooldown entry: it stands where the log stood, and the policy accepts the decay
         it asks for from the state there (as the service's ``Policy.cooldown`` did)."""
-        force = self.replay.force
-        at = entries.standing(self.last_step, None if force is None else force.step)
-        if step != (0 if at is None else at):
-            raise Mismatch(line, seq, "the cooldown entry is not where the log stood", at, step)
+        at = self._standing(line, seq, step, "cooldown")
         asked = doc.get("cooldown")
         if not isinstance(asked, dict):
             raise Mismatch(

@@ -277,10 +277,14 @@ def run_series(lrpilot: Client, run_id: str, steps: int | None, every: int = 1) 
         for d in live:
             if d.action == "rewind":
                 continue
-            if d.action in ("scale", "start_cooldown"):  # a resize, a decay asked for: no metric
+            if d.action in (
+                "scale",
+                "start_cooldown",
+                "retime",
+            ):  # a resize, a decay asked for: no metric
                 series.marks.append((d.step, d.action))
                 continue
-            assert d.value is not None  # a decision's: rewind, scale, cooldown entries have none
+            assert d.value is not None  # a decision's: the other kinds have none
             series.evaluations.append((d.step, d.value))
             if changes_lrs(d.action, d.previous_lrs, d.lrs, last_action):
                 series.marks.append((d.step, d.action))

@@ -346,7 +346,7 @@ class Audit:
         for doc in self.store.entries(key, head.last_seq, superseded=False):
             action = doc["action"]
             kind = entries.kind_of(action)
-            if kind is Kind.REWIND or kind is Kind.COOLDOWN:  # no metric seen, no lr changed
+            if kind in (Kind.REWIND, Kind.COOLDOWN, Kind.RETIME):  # no metric, no lr changed
                 continue
             if kind is Kind.SCALE:  # an elastic job resized: the lrs changed, no metric was seen
                 reductions.append(

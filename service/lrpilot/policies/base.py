@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -74,6 +74,16 @@ class Outcome:
     action: str
     reason: str
     reduced: bool = False  # counted in the run's reductions (the policy says what counts)
+
+
+class Horizon(NamedTuple):
+    """Where a schedule ends, as a retime moves it (``lrpilot.policies.retime``): the param
+    that says so (for the messages), the schedule step its last decay starts from (its peak)
+    and the schedule step it ends at."""
+
+    param: str
+    peak: int
+    end: int
 
 
 class Stepper(Protocol):
@@ -254,6 +264,11 @@ class Policy(abc.ABC):
                 )
             ]
         )
+
+    def horizon(self, params: Frozen, state: State) -> Horizon | None:
+        """The schedule's horizon given ``state`` (``Horizon``), which a retime may move; None
+        when it has none (a retime is then refused): the default."""
+        return None
 
     def summary_fields(self, params: Frozen, state: State) -> dict[str, Any]:
         """What a run's summary reports of this policy beyond what every run's does, from the

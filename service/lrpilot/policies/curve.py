@@ -27,7 +27,16 @@ from pydantic_core import PydanticCustomError
 
 from lrpilot.canonical import float_token
 from lrpilot.policies.arith import exp, log, sin2_frac
-from lrpilot.policies.base import MAX_STEP, FieldStepper, Frozen, Loc, Policy, State, Stepper
+from lrpilot.policies.base import (
+    MAX_STEP,
+    FieldStepper,
+    Frozen,
+    Horizon,
+    Loc,
+    Policy,
+    State,
+    Stepper,
+)
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs
 
 Curve = Callable[[int], tuple[float, ...]]
@@ -97,6 +106,10 @@ class ScheduleParams(Frozen):
     def _check(self, groups: int) -> list[tuple[Loc, str]]:
         """Rules across fields or against the number of param groups."""
         return []
+
+    def declared_horizon(self) -> Horizon | None:
+        """The family's horizon (``Policy.horizon``): none unless the family declares one."""
+        return None
 
 
 # -- the policies -----------------------------------------------------------------------------
@@ -169,6 +182,10 @@ class Schedule(Policy):
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
         assert isinstance(params, ScheduleParams)
         return ScheduleStepper(self.name, params.curve, state, metric)
+
+    def horizon(self, params: Frozen, state: State) -> Horizon | None:
+        assert isinstance(params, ScheduleParams)
+        return params.declared_horizon()
 
 
 class ScheduleStepper(FieldStepper):

@@ -50,7 +50,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat
 from lrpilot.canonical import float_token
 from lrpilot.policies import common
 from lrpilot.policies.arith import cos2_frac, cos2_turns, exp, ipow, log
-from lrpilot.policies.base import FieldStepper, Frozen, Loc, PolicyError, State
+from lrpilot.policies.base import FieldStepper, Frozen, Horizon, Loc, PolicyError, State
 from lrpilot.policies.curve import Curve, Schedule, ScheduleParams, Steps, WarmupType, warmup_ramp
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs, plural
 
@@ -325,6 +325,17 @@ class Wsd(Schedule):
         return WsdStepper(params, state, metric)
 
     cooldown_shapes = get_args(DecayType)
+
+    def horizon(self, params: Frozen, state: State) -> Horizon | None:
+        """The decay's end (its start is the peak), as the run decided it or as planned;
+        none while the stable phase has no end yet."""
+        assert isinstance(params, WsdParams) and isinstance(state, WsdState)
+        decided = state.decay_start is not None
+        start = state.decay_start if decided else params.decay_start()
+        length = state.decay_steps if decided else params.decay_length(start)
+        if start is None or length is None:
+            return None
+        return Horizon("num_training_steps", start, start + length)
 
     def cooldown(
         self,
