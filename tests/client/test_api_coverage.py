@@ -43,6 +43,7 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/v1/runs/{run_id}/resize"): ("resize", "resize"),
     ("POST", "/v1/runs/{run_id}/rewind"): ("rewind", "rewind"),
     ("POST", "/v1/runs/{run_id}/cooldown"): ("cooldown", "cooldown"),
+    ("POST", "/v1/runs/{run_id}/retime"): ("retime", "retime"),
     ("GET", "/v1/runs/{run_id}/summary"): ("summary", "summary"),
     ("GET", "/v1/runs/{run_id}/plot"): ("plot", "plot"),
     ("GET", "/v1/runs/{run_id}/export"): ("export", "export"),

@@ -29,7 +29,9 @@ def test_cooldown_sync_async_and_cli(live_server: LiveServer) -> None:
         with pytest.raises(ValidationError):
             lrpilot.cooldown("a", 200, 0)
         plot = lrpilot.plot("a")
-        assert next(e.cooldown for e in plot.events if e.action == "start_cooldown")["at_step"] == 100
+        assert (
+            next(e.cooldown for e in plot.events if e.action == "start_cooldown")["at_step"] == 100
+        )
 
     async def asynchronous() -> Cooled:
         async with AsyncClient(live_server.url) as ac:

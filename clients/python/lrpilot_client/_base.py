@@ -242,6 +242,7 @@ class ClientBase(Generic[H, X]):
     rewind = operation(_calls.rewind)
     resize = operation(_calls.resize)
     cooldown = operation(_calls.cooldown)
+    retime = operation(_calls.retime)
     # the rates: at one step, over a range (and their former names)
     lr_at = operation(_calls.lr_at)
     lrs_in_force = lr_at

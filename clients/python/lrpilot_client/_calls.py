@@ -42,6 +42,7 @@ from .models import (
     Plot,
     PolicyInfo,
     Resized,
+    Retimed,
     Rewound,
     Run,
     RunPage,
@@ -426,6 +427,25 @@ def cooldown(
     )
 
 
+def retime(run_id: str, at_step: int, horizon: int, mode: str = "keep_lr") -> Call[Retimed]:
+    """Give the run's schedule a new horizon without a jump in lr: from training step
+    `at_step` (not yet decided) on, it ends at `horizon` (cosine's T_max, one_cycle's
+    total_steps, wsd's decay end, ...). `mode` "keep_lr" keeps the lr at `at_step` and fits
+    the schedule's decay from there; "keep_fraction" keeps the fraction of the schedule done
+    there and stretches the rest. Logged as a retime entry with this client's token. A
+    `ConflictError` says why when the run cannot (no horizon, the step is decided, the
+    schedule has ended). `simulate(run_id=..., retime=...)` shows what it would do first."""
+    body = {"at_step": at_step, "horizon": horizon, "mode": mode}
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/retime",
+        Retimed.from_json,
+        body=body,
+        ordered=(run_id, "retime"),
+        identified=True,
+    )
+
+
 # --- the rates: at one step, over a range --------------------------------------------------------
 
 
@@ -562,18 +582,21 @@ def simulate(
     steps: Sequence[int] | None = None,
     metric: str | None = None,
     run_id: str | None = None,
+    retime: Mapping[str, Any] | None = None,
 ) -> Call[Simulated]:
     """What a policy would decide (what-if), stored nowhere: for a metric stream (`values`,
     at `steps` or steps 1, 2, 3, ...; with `policy`, `version`, `params` and `base_lrs`), or
     for the live branch of run `run_id` (its own policy and base_lrs unless given; `params`
     are laid over the run's own, as `lrpilot simulate --set` does; `differing` counts the
-    decisions unlike the run's own). Values may be NaN or ±inf."""
+    decisions unlike the run's own). Values may be NaN or ±inf. `retime` (`{"at_step",
+    "horizon", "mode"}`) shows what that retime would do, before it is asked."""
     body: dict[str, Any] = _unset_none(
         base_lrs=None if base_lrs is None else encode_floats(base_lrs),
         values=None if values is None else [encode_float(v) for v in values],
         steps=None if steps is None else list(steps),
         metric=metric,
         run_id=run_id,
+        retime=None if retime is None else dict(retime),
     )
     if policy is not None:
         body["policy"] = {"name": policy, "version": version, "params": dict(params or {})}

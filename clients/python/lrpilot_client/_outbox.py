@@ -44,6 +44,7 @@ from .models import (
     LrsInForce,
     PendingObservation,
     Resized,
+    Retimed,
     Rewound,
     Run,
 )
@@ -264,7 +265,9 @@ class Memory:
         elif isinstance(result, Run):
             self._set(result.run_id, result.lrs, result.last_seq, result.last_step,
                       result.policy.ref, result.config_hash)  # fmt: skip
-        elif isinstance(result, Rewound | Resized | Cooled):  # an entry in the chain, or none
+        elif isinstance(
+            result, Rewound | Resized | Cooled | Retimed
+        ):  # an entry in the chain, or none
             if result.decision is not None:
                 self.learn(result.decision)
             else:
@@ -382,7 +385,9 @@ class Resilience:
             self.waits[result.run_id] = float(result.aggregate["timeout_s"])
         if isinstance(result, Decision) and not result.provisional:
             self.heads[result.run_id] = result.hash
-        elif isinstance(result, Rewound | Resized | Cooled) and result.decision is not None:
+        elif (
+            isinstance(result, Rewound | Resized | Cooled | Retimed) and result.decision is not None
+        ):
             self.heads[result.run_id] = result.decision.hash
 
     def unreachable(self, exc: ServiceUnavailableError) -> None:

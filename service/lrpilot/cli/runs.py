@@ -1,6 +1,7 @@
 """``lrpilot runs | show | decisions | watch``: the everyday look at a service's runs, through
 ``lrpilot_client``; a Rich table each, or the service's fields with ``--json``. ``lrpilot
-cooldown``: an operator's decision on a run (its decay started on demand)."""
+cooldown | retime``: an operator's decisions on a run (its decay started on demand, its
+schedule given a new horizon)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def register(app: typer.Typer) -> None:
     app.command("decisions")(decisions)
     app.command("watch")(watch)
     app.command("cooldown")(cooldown)
+    app.command("retime")(retime)
 
 
 def jsonable(value: Any) -> Any:
@@ -210,6 +212,36 @@ def cooldown(
     phase), logged with your token's name and the reason."""
     with service_errors(url, failed_as(f"cooldown {run_id!r}")), client(url, token) as lrpilot:
         done = lrpilot.cooldown(run_id, at_step, steps, shape, reason)
+    if as_json:
+        _print_json(done)
+        return
+    entry = done.decision
+    out.print(f"seq {entry.seq}: {entry.reason}", markup=False)
+
+
+def retime(
+    run_id: RunId,
+    at_step: Annotated[
+        int,
+        typer.Option(
+            "--at-step", min=0, help="the step the new timing applies from", show_default=False
+        ),
+    ],
+    horizon: Annotated[
+        int, typer.Option(min=1, help="the step the schedule now ends at", show_default=False)
+    ],
+    mode: Annotated[
+        str,
+        typer.Option(help="keep_lr (the decay fitted from the lr at --at-step) or keep_fraction"),
+    ] = "keep_lr",
+    as_json: AsJson = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Give a run's schedule a new horizon without a jump in lr (`lrpilot replay BUNDLE
+    --retime AT:HORIZON:MODE` shows what it would do first)."""
+    with service_errors(url, failed_as(f"retime {run_id!r}")), client(url, token) as lrpilot:
+        done = lrpilot.retime(run_id, at_step, horizon, mode)
     if as_json:
         _print_json(done)
         return

@@ -45,12 +45,13 @@ from lrpilot.policies.text import fmt_lrs
 
 Mode = Literal["keep_lr", "keep_fraction"]
 MODES: tuple[str, ...] = ("keep_lr", "keep_fraction")
-MAX_SEGMENTS = 64  # retimes a run's state holds (each one at most two segments)
+MAX_SEGMENTS = 64  # retimes a run's state holds (a segment each)
 
 
 class Segment(Frozen):
-    """From training step ``k0`` (schedule step ``s0``) to ``k1`` (``s1``), linearly; with a
-    value map (``floor``, ``ratio``: one each a group) when it re-fits the curve (keep_lr)."""
+    """From training step ``k0`` (schedule step ``s0``) to ``k1`` (``s1``), linearly, then one
+    schedule step a training step; in force until the next segment's ``k0``. With a value map
+    (``floor``, ``ratio``: one each a group) when it re-fits the curve (keep_lr)."""
 
     k0: StrictInt
     s0: StrictInt
@@ -213,7 +214,7 @@ class Retimed(Policy):
                 [(("horizon",), f"the new horizon {horizon} is not after at_step {at_step}")]
             )
         timemap = list(state.timemap) if isinstance(state, RetimedState) else []
-        if len(timemap) + 2 > MAX_SEGMENTS:
+        if len(timemap) + 1 > MAX_SEGMENTS:
             raise PolicyError([((), f"the run was retimed too often (its map has {len(timemap)} "
                                     "segments)")])  # fmt: skip
         s_a = schedule_step(timemap, at_step)
@@ -227,25 +228,14 @@ class Retimed(Policy):
                     )
                 ]
             )
-        # the map up to at_step stays: the segment in force there is cut at it
-        kept: list[Segment] = []
-        for segment in timemap:
-            if segment.k0 >= at_step:
-                break
-            kept.append(segment)
-        if kept and kept[-1].k1 > at_step:
-            last = kept[-1]
-            kept[-1] = last.model_copy(update={"k1": at_step, "s1": last.at(at_step)})
-        elif kept and kept[-1].k1 < at_step:  # one schedule step a training step, between
-            end = kept[-1]
-            kept.append(Segment(k0=end.k1, s0=end.s1, k1=at_step, s1=end.at(at_step),
-                                floor=end.floor, ratio=end.ratio))  # fmt: skip
+        # the map before at_step stays as it is (a segment holds until the next one begins);
+        # one that began at or after it (a retime not reached yet) is replaced
+        kept = [segment for segment in timemap if segment.k0 < at_step]
         if mode == "keep_fraction":
             segment = Segment(k0=at_step, s0=s_a, k1=horizon, s1=has.end)
-            if kept and kept[-1].floor is not None:  # the value map of a re-fit holds on
-                segment = segment.model_copy(
-                    update={"floor": kept[-1].floor, "ratio": kept[-1].ratio}
-                )
+            held = _segment_at(kept, at_step)
+            if held is not None and held.floor is not None:  # a re-fit's value map holds on
+                segment = segment.model_copy(update={"floor": held.floor, "ratio": held.ratio})
         else:
             if s_a < has.peak:
                 raise PolicyError(
