@@ -1,5 +1,6 @@
-"""A cooldown on demand through the clients (sync and async) and `lrpilot cooldown`, against a
-real service: the entry comes back as a model, refusals as a ConflictError or one line."""
+"""A cooldown on demand and a retime through the clients (sync and async) and `lrpilot
+cooldown` / `lrpilot retime`, against a real service: the entry comes back as a model, refusals
+as a ConflictError or one line."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 import pytest
 
-from lrpilot_client import AsyncClient, Client, ConflictError, Cooled, ValidationError
+from lrpilot_client import AsyncClient, Client, ConflictError, Cooled, Retimed, ValidationError
 from tests.harness import LiveServer
 from tests.helpers import lrpilot_cli, one_line
 
@@ -49,3 +50,36 @@ def test_cooldown_sync_async_and_cli(live_server: LiveServer) -> None:
     assert again.exit_code == 1
     assert "cooldown 'c' failed (409)" in one_line(again.output)
     assert "step 5 is already decided" in one_line(again.output)
+
+
+def test_retime_sync_async_simulate_and_cli(live_server: LiveServer) -> None:
+    with Client(live_server.url) as lrpilot:
+        for run_id in ("a", "b", "c"):
+            lrpilot.create_run(run_id, "cosine", 1, {"T_max": 1000}, [0.1])
+            lrpilot.observe(run_id, 100, 1.0)
+        what_if = lrpilot.simulate(
+            run_id="a", retime={"at_step": 50, "horizon": 2000, "mode": "keep_fraction"}
+        )
+        assert what_if.differing == 1
+        before = lrpilot.lr_at("a", 500).lrs
+        done = lrpilot.retime("a", 500, 2000, "keep_fraction")
+        assert isinstance(done, Retimed) and done.decision.action == "retime"
+        assert done.decision.retime == {"at_step": 500, "horizon": 2000, "mode": "keep_fraction"}
+        assert lrpilot.lr_at("a", 500).lrs == before
+        with pytest.raises(ConflictError, match="already decided"):
+            lrpilot.retime("a", 100, 2000)
+
+    async def asynchronous() -> Retimed:
+        async with AsyncClient(live_server.url) as ac:
+            return await ac.retime("b", 600, 900)
+
+    assert asyncio.run(asynchronous()).decision.retime == {
+        "at_step": 600, "horizon": 900, "mode": "keep_lr"
+    }  # fmt: skip
+    done = lrpilot_cli("retime", "c", "--at-step", "200", "--horizon", "3000",
+                       "--mode", "keep_fraction", "--url", live_server.url)  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "from step 200 the schedule ends (T_max) at step 3000" in one_line(done.output)
+    again = lrpilot_cli("retime", "c", "--at-step", "50", "--horizon", "3000",
+                        "--url", live_server.url)  # fmt: skip
+    assert again.exit_code == 1 and "retime 'c' failed (409)" in one_line(again.output)
