@@ -13,29 +13,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import app_client
+from tests.domain.test_cooldown import lr, post, verified
 from tests.harness import GOLDEN_DIR
 from tests.helpers import bearer, lrpilot_cli, make_token, one_line, rechained, strict_json
 
 COSINE = {"policy": {"name": "cosine", "version": 1, "params": {"T_max": 1000, "eta_min": 0.001}},
           "base_lrs": [0.1, 0.01], "metric": "val_loss"}  # fmt: skip
-
-
-def post(api: TestClient, run_id: str, step: int, value: float = 1.0, **kw: Any) -> dict[str, Any]:
-    r = api.post(f"/v1/runs/{run_id}/observations", json={"step": step, "value": value}, **kw)
-    assert r.status_code == 200, r.text
-    doc: dict[str, Any] = strict_json(r.text)
-    return doc
-
-
-def lr(api: TestClient, run_id: str, step: int) -> list[float]:
-    lrs: list[float] = api.get(f"/v1/runs/{run_id}/lr", params={"step": step}).json()["lrs"]
-    return lrs
-
-
-def verified(api: TestClient, run_id: str) -> dict[str, Any]:
-    report: dict[str, Any] = api.post(f"/v1/runs/{run_id}/verify").json()
-    assert report["ok"], report
-    return report
 
 
 def test_a_retime_is_a_logged_entry_and_the_lrs_follow_the_new_horizon(api: TestClient) -> None:

@@ -45,6 +45,7 @@ from lrpilot.api.responses import (
     decision_json,
     page_json,
 )
+from lrpilot.domain import operating
 from lrpilot.domain.errors import Invalid
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.spec import RUN_ID_PATTERN
@@ -293,15 +294,14 @@ def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: W
         **UNAVAILABLE,
     },
 )
-def cooldown_run(
-    run_id: RunId, body: CooldownIn, decisions: DecisionsDep, caller: Writer
-) -> Response:
+def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Writer) -> Response:
     """A cooldown on demand: the run's decay starts at `at_step`, `steps` long, as a cooldown
     entry in the log with who asked (the token's name) and why (`reason`)."""
     client = body.client.declared() if body.client else None
     run = caller.run(run_id)
-    done = decisions.cooldown(
-        run, body.at_step, body.steps, body.shape, body.reason, client, caller.by()
+    # (a worker thread; the decay starts at a step not yet decided: no waiter is owed it)
+    done = operating.cooldown(
+        store, run, body.at_step, body.steps, body.shape, body.reason, client, caller.by()
     )
     return StrictJSONResponse(done)
 
@@ -319,10 +319,10 @@ def cooldown_run(
         **UNAVAILABLE,
     },
 )
-def retime_run(run_id: RunId, body: RetimeIn, decisions: DecisionsDep, caller: Writer) -> Response:
+def retime_run(run_id: RunId, body: RetimeIn, store: StoreDep, caller: Writer) -> Response:
     """A new horizon for a running schedule, without a jump in lr: from `at_step` on the
     schedule ends at `horizon`, as a retime entry in the log with who asked."""
     client = body.client.declared() if body.client else None
     run = caller.run(run_id)
-    done = decisions.retime(run, body.at_step, body.horizon, body.mode, client, caller.by())
+    done = operating.retime(store, run, body.at_step, body.horizon, body.mode, client, caller.by())
     return StrictJSONResponse(done)

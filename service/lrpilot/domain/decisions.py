@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from lrpilot.domain import cooldown, ranges, retiming, scaling, waiting
+from lrpilot.domain import ranges, scaling, waiting
 from lrpilot.domain.aggregated import Pending, Posted, aggregate_in, check_world
 from lrpilot.domain.commit import GroupCommit, WaitTimeout
 from lrpilot.domain.deciding import check_same_spec, decide, new_run, now, retried
@@ -113,31 +113,6 @@ class Decisions:
         if by == "world_size":
             check_world(None, size, self._max_world)
         return scaling.resize(self.store, run, step, by, size, client, who)
-
-    def cooldown(
-        self,
-        run: RunKey,
-        at_step: int,
-        steps: int,
-        shape: str | None,
-        why: str | None,
-        client: dict[str, Any] | None = None,
-        who: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        # (a worker thread; the decay starts at a step not yet decided: no waiter is owed it)
-        return cooldown.cooldown(self.store, run, at_step, steps, shape, why, client, who)
-
-    def retime(
-        self,
-        run: RunKey,
-        at_step: int,
-        horizon: int,
-        mode: str,
-        client: dict[str, Any] | None = None,
-        who: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        # (a worker thread: as a cooldown, it changes only steps not yet decided)
-        return retiming.retime(self.store, run, at_step, horizon, mode, client, who)
 
 
 def _stored_fields(document: dict[str, Any]) -> dict[str, Any]:

@@ -193,11 +193,10 @@ class Retimed(Policy):
         """``state`` with a time map that reaches the schedule's end at training step
         ``horizon`` from ``at_step`` on (``mode``: keep_lr or keep_fraction; the module's
         docstring). PolicyError, located at the field to blame, when it cannot."""
-        name = f"{self.name}@{self.version}"
         inner = self._inner_state(state)
         has = self.inner.horizon(params, inner)
         if has is None:
-            raise PolicyError([((), f"policy {name} has no horizon to move (or none planned yet)")])
+            raise _no_horizon(self, " (or none planned yet)")
         if mode not in MODES:
             raise PolicyError([(("mode",), f"mode {mode!r} is not one of {', '.join(MODES)}")])
         if last_step is not None and at_step <= last_step:
@@ -308,6 +307,11 @@ class RetimedStepper:
         }
 
 
+def _no_horizon(policy: Policy, more: str) -> PolicyError:
+    name = f"{policy.name}@{policy.version}"
+    return PolicyError([((), f"policy {name} has no horizon to move{more}")])
+
+
 def retimed(
     policy: Policy,
     params: Frozen,
@@ -320,8 +324,7 @@ def retimed(
     """``Retimed.retime`` of a run's policy as ``around`` gave it; PolicyError naming the
     policy when it has no horizon at all."""
     if not isinstance(policy, Retimed):
-        name = f"{policy.name}@{policy.version}"
-        raise PolicyError([((), f"policy {name} has no horizon to move")])
+        raise _no_horizon(policy, "")
     return policy.retime(params, state, at_step, horizon, mode, last_step)
 
 
