@@ -5,7 +5,6 @@ export/import and rewinds follow it; a what-if (POST /v1/simulate's retime, lrpi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import app_client
-from tests.domain.test_cooldown import lr, post, verified
+from tests.domain.test_cooldown import edited_fails_verify, lr, post, verified
 from tests.harness import GOLDEN_DIR
-from tests.helpers import bearer, lrpilot_cli, make_token, one_line, rechained, strict_json
+from tests.helpers import bearer, lrpilot_cli, make_token, one_line, strict_json
 
 COSINE = {"policy": {"name": "cosine", "version": 1, "params": {"T_max": 1000, "eta_min": 0.001}},
           "base_lrs": [0.1, 0.01], "metric": "val_loss"}  # fmt: skip
@@ -160,15 +159,6 @@ def test_the_frozen_retime_bundle_verifies_and_round_trips_byte_for_byte(tmp_pat
         assert lr(api, "retimed", 1250) == [0.02830609982086991, 0.002830609982086991]
 
 
-@pytest.mark.parametrize("edit", ["horizon", "mode"])
-def test_an_edited_retime_fails_verify(edit: str, tmp_path: Path) -> None:
-    lines = GOLDEN_BUNDLE.read_text().splitlines()
-    at = next(i for i, line in enumerate(lines) if '"action":"retime"' in line)
-    doc = json.loads(lines[at])
-    doc["retime"][edit] = 2500 if edit == "horizon" else "keep_lr"
-    lines[at] = json.dumps(doc)
-    edited = tmp_path / "edited.ndjson"
-    edited.write_text("".join(line + "\n" for line in rechained(lines)))
-    result = lrpilot_cli("verify", str(edited))
-    assert result.exit_code != 0
-    assert f"seq {at}" in one_line(result.output), result.output
+@pytest.mark.parametrize("edit", [{"horizon": 2500}, {"mode": "keep_lr"}])
+def test_an_edited_retime_fails_verify(edit: dict[str, Any], tmp_path: Path) -> None:
+    edited_fails_verify(GOLDEN_BUNDLE, "retime", edit, tmp_path)
