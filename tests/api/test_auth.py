@@ -37,6 +37,8 @@ RULES: dict[tuple[str, str], str] = {
     ("PUT", "/v1/runs/{run_id}"): "writer",
     ("POST", "/v1/runs/{run_id}/observations"): "writer",
     ("POST", "/v1/runs/{run_id}/resize"): "writer",
+    ("POST", "/v1/runs/{run_id}/cooldown"): "writer",
+    ("POST", "/v1/runs/{run_id}/retime"): "writer",
     ("POST", "/v1/runs/{run_id}/rewind"): "admin",
     ("POST", "/v1/runs/import"): "admin",
     ("POST", "/v1/tokens"): "admin",
@@ -51,6 +53,10 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/runs/{run_id}/observations"): {"json": {"step": 3, "value": 0.5}},
     ("POST", "/v1/runs/{run_id}/resize"): {"json": {"step": 3, "world_size": 2}},
     ("POST", "/v1/runs/{run_id}/rewind"): {"json": {"to_step": 1}},
+    ("POST", "/v1/runs/{run_id}/cooldown"): {"json": {"at_step": 10, "steps": 5}},
+    ("POST", "/v1/runs/{run_id}/retime"): {
+        "json": {"at_step": 10, "horizon": 20, "mode": "keep_lr"}
+    },
     ("POST", "/v1/runs/import"): {"content": b"{}\n", "headers": {}},
     ("POST", "/v1/tokens"): {"json": {"role": "reader"}},
     ("POST", "/v1/simulate"): {
