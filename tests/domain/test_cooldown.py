@@ -197,10 +197,15 @@ def test_the_frozen_cooldown_bundle_verifies_and_round_trips_byte_for_byte(
     result = lrpilot_cli("verify", str(GOLDEN_BUNDLE))
     assert result.exit_code == 0, result.output
     assert "OK 13 decisions (2 superseded by 1 rewinds)" in one_line(result.output)
+    # a what-if replays the cooldown where it was asked: the same decisions without a change
+    same = lrpilot_cli("replay", str(GOLDEN_BUNDLE))
+    assert "the same decisions at every step" in one_line(same.output), same.output
     text = GOLDEN_BUNDLE.read_text()
     with app_client(f"sqlite:///{tmp_path / 'golden.db'}") as api:
         assert api.post("/v1/runs/import", content=text).status_code == 201
         assert api.get("/v1/runs/wsd-cooldown/export").text == text
+        what_if = api.post("/v1/simulate", json={"run_id": "wsd-cooldown"}).json()
+        assert what_if["count"] == 9 and what_if["differing"] == 0
         assert lr(api, "wsd-cooldown", 250) == [0.1, 0.01]
         assert lr(api, "wsd-cooldown", 400) == [0.03636038969321072, 0.0036360389693210716]
         assert api.get("/v1/runs/wsd-cooldown").json()["lrs"] == [0.010000000000000002, 0.001]

@@ -151,10 +151,13 @@ def test_the_frozen_retime_bundle_verifies_and_round_trips_byte_for_byte(tmp_pat
     result = lrpilot_cli("verify", str(GOLDEN_BUNDLE))
     assert result.exit_code == 0, result.output
     assert "OK 11 decisions (3 superseded by 1 rewinds)" in one_line(result.output)
+    same = lrpilot_cli("replay", str(GOLDEN_BUNDLE))  # its retime replayed where it was asked
+    assert "the same decisions at every step" in one_line(same.output), same.output
     text = GOLDEN_BUNDLE.read_text()
     with app_client(f"sqlite:///{tmp_path / 'golden.db'}") as api:
         assert api.post("/v1/runs/import", content=text).status_code == 201
         assert api.get("/v1/runs/retimed/export").text == text
+        assert api.post("/v1/simulate", json={"run_id": "retimed"}).json()["differing"] == 0
         assert lr(api, "retimed", 2000) == [4e-07, 4e-08]  # the cycle's end, at the new horizon
         assert lr(api, "retimed", 1250) == [0.02830609982086991, 0.002830609982086991]
 

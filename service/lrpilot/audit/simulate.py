@@ -9,11 +9,11 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
-from lrpilot.audit.bundle import Recorded
-from lrpilot.policies import Frozen, Policy, get_policy
+from lrpilot.audit.bundle import Asked, Recorded
+from lrpilot.entries import Kind
+from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
 from lrpilot.policies.base import Stepper
 from lrpilot.policies.retime import around
 from lrpilot.replay import Replay
@@ -48,32 +48,59 @@ class Retime:
         return cls(int(parts[0]), int(parts[1]), parts[2])
 
 
-def _steppers(
-    replay: Replay, pairs: Iterable[tuple[int, float]], retime: Retime | None
-) -> Iterator[Stepper]:
-    """``replay.run(pairs)``, with ``retime`` applied before the first pair at or after its
-    step (PolicyError, when the policy refuses it, as the route would)."""
-    if retime is None:
-        yield from replay.run(pairs)
-        return
-    rest = iter(pairs)
-    first: list[tuple[int, float]] = []
+# what a what-if replays: observations (step, value), and the operators' entries between them
+Item = tuple[int, float] | Asked
+
+
+def with_retime(items: Iterable[Item], retime: Retime | None) -> Iterator[Item]:
+    """``items`` with ``retime`` (when given) before the first observation at or after its
+    step, as the service would apply it there."""
+    pending = retime
+    for item in items:
+        if pending is not None and isinstance(item, tuple) and item[0] >= pending.at_step:
+            args = {"at_step": pending.at_step, "horizon": pending.horizon, "mode": pending.mode}
+            yield Asked(Kind.RETIME.value, args, recorded=False)
+            pending = None
+        yield item
+
+
+def _steppers(replay: Replay, items: Iterable[Item]) -> Iterator[Stepper]:
+    """``replay.run`` over the observations of ``items``, each ``Asked`` applied where it
+    comes, after the observations before it (``_apply``)."""
+    rest = iter(items)
+    asked: list[Asked] = []
     last: int | None = None
 
-    def before() -> Iterator[tuple[int, float]]:
+    def observations() -> Iterator[tuple[int, float]]:
         nonlocal last
-        for pair in rest:
-            if pair[0] >= retime.at_step:
-                first.append(pair)
+        for item in rest:
+            if isinstance(item, Asked):
+                asked.append(item)
                 return
-            last = pair[0]
-            yield pair
+            last = item[0]
+            yield item
 
-    yield from replay.run(before())
-    if first:
-        at = 0 if last is None else last
-        replay.retime(at, retime.at_step, retime.horizon, retime.mode, last)
-        yield from replay.run(chain(first, rest))
+    while True:
+        yield from replay.run(observations())
+        if not asked:
+            return
+        _apply(replay, asked.pop(), last)
+
+
+def _apply(replay: Replay, asked: Asked, last: int | None) -> None:
+    """A cooldown or a retime, where the what-if stands (after the observation of step
+    ``last``). One the run recorded but the what-if's params cannot take is left out (the
+    what-if asks "other params", and under them it could not have been asked); one the what-if
+    adds raises PolicyError, as the route would refuse it."""
+    a, at = asked.args, 0 if last is None else last
+    try:
+        if asked.action == Kind.COOLDOWN:
+            replay.cooldown(at, a["at_step"], a["steps"], a.get("shape"), last)
+        else:
+            replay.retime(at, a["at_step"], a["horizon"], a["mode"], last)
+    except PolicyError:
+        if not asked.recorded:
+            raise
 
 
 @dataclass(frozen=True)
@@ -103,15 +130,16 @@ class Setup:
         return Replay(self.policy, self.params, self.base_lrs, self.metric)
 
     def decisions(
-        self, stream: Iterable[tuple[int, float]], retime: Retime | None = None
+        self, stream: Iterable[Item], retime: Retime | None = None
     ) -> Iterator[dict[str, Any]]:
         """One decision a (step, value), with its reason: what the service would answer
-        (after ``retime``, when given, as if it had been asked)."""
+        (with the cooldowns and retimes of ``stream`` applied where they come, and ``retime``,
+        when given, as if it had been asked)."""
         replay = self.replay()
         previous = replay.stepper.lrs
-        pairs = list(stream) if not isinstance(stream, list) else stream
-        steppers = _steppers(replay, pairs, retime)
-        for (step, value), stepper in zip(pairs, steppers, strict=True):
+        items = list(with_retime(stream, retime))
+        pairs = [item for item in items if isinstance(item, tuple)]
+        for (step, value), stepper in zip(pairs, _steppers(replay, items), strict=True):
             yield {
                 "step": step,
                 "value": value,
@@ -164,7 +192,7 @@ class Comparison:
 
 def compare(
     setup: Setup,
-    recorded: Iterable[Recorded],
+    recorded: Iterable[Recorded | Asked],
     keep: int = 1000,
     progress: Callable[[int], None] | None = None,
     retime: Retime | None = None,
@@ -177,12 +205,15 @@ def compare(
     last_recorded = last_replayed = replay.stepper.lrs
     pending: list[Recorded] = []
 
-    def stream() -> Iterator[tuple[int, float]]:
+    def stream() -> Iterator[Item]:
         for rec in recorded:
+            if isinstance(rec, Asked):  # the run's own cooldowns and retimes stand
+                yield rec
+                continue
             pending.append(rec)
             yield rec.step, rec.value
 
-    for n, stepper in enumerate(_steppers(replay, stream(), retime), start=1):
+    for n, stepper in enumerate(_steppers(replay, with_retime(stream(), retime)), start=1):
         rec = pending.pop()
         # the recorded run's resizes apply to the what-if too: it asks "other params", not
         # "another world_size"
