@@ -19,7 +19,7 @@ def test_cooldown_sync_async_and_cli(live_server: LiveServer) -> None:
             lrpilot.create_run(run_id, "wsd", 1, {"num_warmup_steps": 0}, [0.1])
             lrpilot.observe(run_id, 10, 1.0)
         done = lrpilot.cooldown("a", 100, 50, shape="linear", reason="out of budget")
-        assert isinstance(done, Cooled) and done.lrs == (0.1,)
+        assert isinstance(done, Cooled) and done.lrs == (0.1,) and done.decision is not None
         assert done.decision.action == "start_cooldown" and done.decision.step == 10
         assert done.decision.cooldown == {
             "at_step": 100, "steps": 50, "shape": "linear", "why": "out of budget"
@@ -38,8 +38,9 @@ def test_cooldown_sync_async_and_cli(live_server: LiveServer) -> None:
         async with AsyncClient(live_server.url) as ac:
             return await ac.cooldown("b", 60, 20, "1-sqrt")
 
-    cooled = asyncio.run(asynchronous())
-    assert cooled.decision.cooldown is not None and cooled.decision.cooldown["shape"] == "1-sqrt"
+    cooled = asyncio.run(asynchronous()).decision
+    assert cooled is not None and cooled.cooldown is not None
+    assert cooled.cooldown["shape"] == "1-sqrt"
 
     done = lrpilot_cli("cooldown", "c", "--at-step", "40", "--steps", "10", "--reason", "why not",
                        "--url", live_server.url)  # fmt: skip
@@ -63,7 +64,8 @@ def test_retime_sync_async_simulate_and_cli(live_server: LiveServer) -> None:
         assert what_if.differing == 1
         before = lrpilot.lr_at("a", 500).lrs
         done = lrpilot.retime("a", 500, 2000, "keep_fraction")
-        assert isinstance(done, Retimed) and done.decision.action == "retime"
+        assert isinstance(done, Retimed) and done.decision is not None
+        assert done.decision.action == "retime"
         assert done.decision.retime == {"at_step": 500, "horizon": 2000, "mode": "keep_fraction"}
         assert lrpilot.lr_at("a", 500).lrs == before
         with pytest.raises(ConflictError, match="already decided"):
@@ -73,7 +75,8 @@ def test_retime_sync_async_simulate_and_cli(live_server: LiveServer) -> None:
         async with AsyncClient(live_server.url) as ac:
             return await ac.retime("b", 600, 900)
 
-    assert asyncio.run(asynchronous()).decision.retime == {
+    retimed = asyncio.run(asynchronous()).decision
+    assert retimed is not None and retimed.retime == {
         "at_step": 600, "horizon": 900, "mode": "keep_lr"
     }  # fmt: skip
     done = lrpilot_cli("retime", "c", "--at-step", "200", "--horizon", "3000",

@@ -70,6 +70,10 @@ def test_a_cooldown_is_a_logged_entry_and_the_lrs_follow_the_decay(api: TestClie
     assert "the decay starts at step 100 and lasts 100 steps (linear shape)" in entry["reason"]
     assert entry["reason"].endswith("; why: budget cut")
     assert entry["state"]["decay_start"] == 100
+    # asked again (a retry after a lost answer): in force already, nothing new logged
+    body = {"at_step": 100, "steps": 100, "shape": "linear", "reason": "budget cut"}
+    again = api.post("/v1/runs/w/cooldown", json=body)
+    assert again.status_code == 200 and again.json()["decision"] is None
     # the reads: the lrs before at_step are unchanged, the decay after it
     assert lr(api, "w", 99) == [0.1, 0.01]
     assert lr(api, "w", 150) == [0.05, 0.005]

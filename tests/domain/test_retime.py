@@ -34,6 +34,9 @@ def test_a_retime_is_a_logged_entry_and_the_lrs_follow_the_new_horizon(api: Test
     assert entry["lrs"] == entry["previous_lrs"] == post(api, "c", 400)["lrs"]
     assert "from step 500 the schedule ends (T_max) at step 2000" in entry["reason"]
     assert lr(api, "c", 500) == at_500  # no jump
+    again = api.post("/v1/runs/c/retime", json={"at_step": 500, "horizon": 2000,
+                                                "mode": "keep_fraction"})  # fmt: skip
+    assert again.status_code == 200 and again.json()["decision"] is None  # a retry
     assert lr(api, "c", 2000) == at_1000 == [0.001, 0.001]  # the end, at the new horizon
     decided = post(api, "c", 1250)
     assert decided["lrs"] == lr(api, "c", 1250) and decided["action"] == "decay"

@@ -524,25 +524,26 @@ class Resized(_Model):
 
 @dataclass(frozen=True)
 class Cooled(_Model):
-    """The answer to a cooldown: `decision` is the cooldown entry in the chain (who asked,
-    why, `cooldown` its at_step, steps and shape); `lrs` the rates in force now (the decay
-    starts at `at_step`)."""
+    """The answer to a cooldown: `decision` is the start_cooldown entry in the chain (who
+    asked, why, `cooldown` its at_step, steps and shape), None when this very cooldown was in
+    force already (a retry); `lrs` the rates in force now (the decay starts at `at_step`)."""
 
     run_id: str
     at_step: int
     lrs: tuple[float, ...]
-    decision: Decision
+    decision: Decision | None
 
 
 @dataclass(frozen=True)
 class Retimed(_Model):
     """The answer to a retime: `decision` is the retime entry in the chain (its `retime`:
-    at_step, horizon, mode); `lrs` the rates in force now (they do not jump)."""
+    at_step, horizon, mode), None when this very retime was in force already (a retry);
+    `lrs` the rates in force now (they do not jump)."""
 
     run_id: str
     at_step: int
     lrs: tuple[float, ...]
-    decision: Decision
+    decision: Decision | None
 
 
 @dataclass(frozen=True)

@@ -415,7 +415,10 @@ class CooldownOut(BaseModel):
     run_id: str
     at_step: int
     lrs: list[float] = Field(description="the lrs in force now (the decay starts at at_step)")
-    decision: DecisionOut = Field(description="the cooldown entry in the chain")
+    decision: DecisionOut | None = Field(
+        description="the start_cooldown entry in the chain; null when this very cooldown was "
+        "in force already (a retry: nothing new is logged)"
+    )
 
 
 class RetimeWhatIf(Strict):
@@ -445,7 +448,10 @@ class RetimeOut(BaseModel):
     run_id: str
     at_step: int
     lrs: list[float] = Field(description="the lrs in force now")
-    decision: DecisionOut = Field(description="the retime entry in the chain")
+    decision: DecisionOut | None = Field(
+        description="the retime entry in the chain; null when this very retime was in force "
+        "already (a retry: nothing new is logged)"
+    )
 
 
 class VerifyIn(Strict):

@@ -215,8 +215,7 @@ def cooldown(
     if as_json:
         _print_json(done)
         return
-    entry = done.decision
-    out.print(f"seq {entry.seq}: {entry.reason}", markup=False)
+    _print_asked(done.decision)
 
 
 def retime(
@@ -245,8 +244,15 @@ def retime(
     if as_json:
         _print_json(done)
         return
-    entry = done.decision
-    out.print(f"seq {entry.seq}: {entry.reason}", markup=False)
+    _print_asked(done.decision)
+
+
+def _print_asked(entry: Decision | None) -> None:
+    """An operator's entry, or that it was in force already (a retry logs nothing new)."""
+    if entry is None:
+        out.print("already in force: nothing new logged")
+    else:
+        out.print(f"seq {entry.seq}: {entry.reason}", markup=False)
 
 
 def _steps(first: int | None, last: int | None) -> str:

@@ -32,11 +32,12 @@ Change = Callable[[Policy, Frozen, State, int | None], tuple[State, Any]]
 Build = Callable[[entries.Chain, int, dict[str, Any], tuple[float, ...], Any], entries.Draft]
 
 
-def _entry(head: RunHead, what: str, change: Change, build: Build) -> NewDecision:
+def _entry(head: RunHead, what: str, change: Change, build: Build) -> NewDecision | None:
     """The entry of an operator's decision on the run at ``head``: ``change`` makes the new
     policy state from the state where the log stands (and anything ``build`` needs besides);
-    ``build`` the entry, standing there. The policy's refusal is a Conflict (409), or an
-    Invalid (422) when it blames a field of the body."""
+    ``build`` the entry, standing there; None when the state does not change (the decision is
+    in force already: a retry). The policy's refusal is a Conflict (409), or an Invalid (422)
+    when it blames a field of the body."""
     policy, params = resolved(head.spec)
     at = entries.standing(head.last_step, None if head.scale is None else head.scale.step)
     try:
@@ -48,6 +49,8 @@ def _entry(head: RunHead, what: str, change: Change, build: Build) -> NewDecisio
         verb = "cool down" if what == "cooldown" else "be retimed"
         raise Conflict(f"run {head.run_id!r} cannot {verb}: {message}") from None
     state_doc = state.model_dump()
+    if canonical_json(state_doc) == head.state.text:
+        return None
     entry = build(chain_of(head), 0 if at is None else at, state_doc, state.lrs, extra).seal()
     return appended(head.key, entry, canonical_json(state_doc), head.last_step, head.scale)
 
@@ -61,8 +64,8 @@ def cooldown_entry(
     created_at: str,
     client: dict[str, Any] | None = None,
     who: dict[str, str] | None = None,
-) -> NewDecision:
-    """The start_cooldown entry for the run at ``head``."""
+) -> NewDecision | None:
+    """The start_cooldown entry for the run at ``head`` (None: that cooldown is in force)."""
     return _entry(
         head,
         "cooldown",
@@ -94,8 +97,8 @@ def retime_entry(
     created_at: str,
     client: dict[str, Any] | None = None,
     who: dict[str, str] | None = None,
-) -> NewDecision:
-    """The retime entry for the run at ``head``."""
+) -> NewDecision | None:
+    """The retime entry for the run at ``head`` (None: that retime is in force)."""
     return _entry(
         head,
         "retime",
@@ -120,21 +123,28 @@ def retime_entry(
 
 
 def _append(
-    store: Store, run: RunKey, at_step: int, build: Callable[[RunHead], NewDecision]
+    store: Store, run: RunKey, at_step: int, build: Callable[[RunHead], NewDecision | None]
 ) -> dict[str, Any]:
-    """The entry ``build`` makes of the run's head, appended; the run as it then stands."""
+    """The entry ``build`` makes of the run's head, appended (none when it makes none); the
+    run as it then stands."""
 
-    def work(tx: WriteTx) -> NewDecision:
+    def work(tx: WriteTx) -> NewDecision | None:
         head = tx.lock_run(run)
         if head is None:
             raise RunNotFound(f"run {run.run_id!r} not found")
         entry = build(head)
-        tx.append_decision(entry)
+        if entry is not None:
+            tx.append_decision(entry)
         return entry
 
     entry = store.transact(work)
     doc = store.get_run(run)
-    return {"run_id": run.run_id, "at_step": at_step, "lrs": doc["lrs"], "decision": entry.doc}
+    return {
+        "run_id": run.run_id,
+        "at_step": at_step,
+        "lrs": doc["lrs"],
+        "decision": None if entry is None else entry.doc,
+    }
 
 
 def cooldown(

@@ -57,6 +57,7 @@ class Segment(Frozen):
     s0: StrictInt
     k1: StrictInt
     s1: StrictInt
+    mode: Mode
     floor: list[StrictFloat] | None = None
     ratio: list[StrictFloat] | None = None
 
@@ -213,6 +214,10 @@ class Retimed(Policy):
                 [(("horizon",), f"the new horizon {horizon} is not after at_step {at_step}")]
             )
         timemap = list(state.timemap) if isinstance(state, RetimedState) else []
+        if isinstance(state, RetimedState):
+            last = state.timemap[-1]
+            if (last.k0, last.k1, last.mode) == (at_step, horizon, mode):
+                return state  # this very retime is in force: a retry
         if len(timemap) + 1 > MAX_SEGMENTS:
             raise PolicyError([((), f"the run was retimed too often (its map has {len(timemap)} "
                                     "segments)")])  # fmt: skip
@@ -231,7 +236,7 @@ class Retimed(Policy):
         # one that began at or after it (a retime not reached yet) is replaced
         kept = [segment for segment in timemap if segment.k0 < at_step]
         if mode == "keep_fraction":
-            segment = Segment(k0=at_step, s0=s_a, k1=horizon, s1=has.end)
+            segment = Segment(k0=at_step, s0=s_a, k1=horizon, s1=has.end, mode="keep_fraction")
             held = _segment_at(kept, at_step)
             if held is not None and held.floor is not None:  # a re-fit's value map holds on
                 segment = segment.model_copy(update={"floor": held.floor, "ratio": held.ratio})
@@ -254,9 +259,8 @@ class Retimed(Policy):
                 (x - f) / (t - f) if t != f else 1.0
                 for x, t, f in zip(lr_a, top, floor, strict=True)
             ]
-            segment = Segment(
-                k0=at_step, s0=has.peak, k1=horizon, s1=has.end, floor=list(floor), ratio=ratio
-            )
+            segment = Segment(k0=at_step, s0=has.peak, k1=horizon, s1=has.end, mode="keep_lr",
+                              floor=list(floor), ratio=ratio)  # fmt: skip
         doc = (
             state.inner
             if isinstance(state, RetimedState)

@@ -356,6 +356,8 @@ class Wsd(Schedule):
         start = state.decay_start if state.decay_start is not None else params.decay_start()
         if last_step is not None and at_step <= last_step:
             why = f"step {at_step} is already decided (the run's last step is {last_step})"
+        elif (state.decay_start, state.decay_steps, state.decay_type) == (at_step, steps, shape):
+            return state  # this very cooldown is in force: a retry
         elif at_step < params.num_warmup_steps:
             why = f"step {at_step} is in the warmup (num_warmup_steps {params.num_warmup_steps})"
         elif start is not None and at_step >= start:
