@@ -16,8 +16,10 @@ reduce, warmup, ...); a *rewind* restores the state as of an earlier step (a job
 checkpoint); a *scale* rescales the served lrs for a new world or batch size (elastic jobs); a
 *checkpoint* records that the job saved one (no decision: nothing changes); a *rollback* is a
 guarded run's decision of a step in trouble (``lrpilot.guard``), followed by a rewind to the
-checkpoint it names. The kinds that are not decisions are named by their ``action`` too, so a
-log reads as one list.
+checkpoint it names. A *cooldown* starts a policy's decay from a later step, at an operator's
+request (WSD's cooldown on demand; its action is ``start_cooldown``); a *retime* gives a running
+schedule a new horizon without a jump in lr (``lrpilot.policies.retime``). The kinds that are
+not decisions are named by their ``action`` too, so a log reads as one list.
 """
 
 from __future__ import annotations
@@ -56,12 +58,21 @@ class Kind(StrEnum):
     SCALE = "scale"
     CHECKPOINT = "checkpoint"  # the job saved a checkpoint (its step, its ref)
     ROLLBACK = "rollback"  # a guarded run's decision of a step in trouble (lrpilot.guard)
+    # (not "cooldown": that is a plateau policy's action, the steps it waits after a reduce)
+    COOLDOWN = "start_cooldown"
+    RETIME = "retime"
 
 
 # The actions that are entry kinds of their own rather than a policy's decision of a step: no
 # observation, no value. The store filters them out of "the decision of step N" by this list.
 # (A rollback is the decision of its step: it answers an observation.)
-NOT_DECISIONS: tuple[str, ...] = (Kind.REWIND.value, Kind.SCALE.value, Kind.CHECKPOINT.value)
+NOT_DECISIONS: tuple[str, ...] = (
+    Kind.REWIND.value,
+    Kind.SCALE.value,
+    Kind.CHECKPOINT.value,
+    Kind.COOLDOWN.value,
+    Kind.RETIME.value,
+)
 _KINDS = {k.value: k for k in Kind if k is not Kind.DECISION}
 
 
@@ -509,6 +520,96 @@ def rollback(
         "checkpoint": {"seq": seq, "step": to_step, "ref": ref},
     }
     return Draft(Kind.ROLLBACK, draft.doc)
+
+
+# -- cooldown ---------------------------------------------------------------------------------
+
+
+def standing(last_step: int | None, resize_step: int | None) -> int | None:
+    """Where a run's log stands: its last decided step or its last resize's step, whichever is
+    later (None: neither yet). A cooldown entry stands there (step 0 when None), so that a
+    rewind below it supersedes it as it does the decisions after it."""
+    steps = [s for s in (last_step, resize_step) if s is not None]
+    return max(steps) if steps else None
+
+
+def cooldown(
+    chain: Chain,
+    step: int,
+    created_at: str,
+    *,
+    at_step: int,
+    steps: int,
+    shape: str | None,
+    why: str | None,
+    policy_lrs: Sequence[float],
+    state: Mapping[str, Any],
+    client: Mapping[str, Any] | None = None,
+    who: Mapping[str, str] | None = None,
+) -> Draft:
+    """The entry that starts the policy's decay at ``at_step`` (after ``step``, where the log
+    stands), ``steps`` long, of ``shape`` (None: the policy's own), at the request of ``who``
+    (its token) for the reason ``why``: ``state`` is the policy's state with the decay
+    decided (``Policy.cooldown``). The lrs served now do not change; those from ``at_step``
+    on do."""
+    by = chain.factor
+    lrs = scaled(policy_lrs, by)
+    asker = f" by token {who['token']!r}" if who else ""
+    reason = (
+        f"cooldown requested{asker}: the decay starts at step {at_step} and lasts "
+        f"{_plural(steps, 'step')} ({shape or 'the configured'} shape); {fmt_lrs(tuple(lrs))} "
+        "in force until then"
+    )
+    if why:
+        reason += f"; why: {why}"
+    doc = _common(
+        chain, step, created_at, None, lrs, lrs, Kind.COOLDOWN.value, reason, state, client, who
+    )
+    doc["cooldown"] = {"at_step": at_step, "steps": steps, "shape": shape, "why": why}
+    if by != 1.0:  # the lrs stay scaled
+        doc["scale"] = by
+    return Draft(Kind.COOLDOWN, doc)
+
+
+# -- retime -----------------------------------------------------------------------------------
+
+
+def retime(
+    chain: Chain,
+    step: int,
+    created_at: str,
+    *,
+    at_step: int,
+    horizon: int,
+    mode: str,
+    param: str,
+    policy_lrs: Sequence[float],
+    state: Mapping[str, Any],
+    client: Mapping[str, Any] | None = None,
+    who: Mapping[str, str] | None = None,
+) -> Draft:
+    """The entry that gives the schedule a new horizon: its end (``param``) is reached at
+    training step ``horizon``, from ``at_step`` on, in ``mode`` (keep_lr, keep_fraction);
+    ``state`` is the retimed state (``lrpilot.policies.retime``). The lrs served now do not
+    change."""
+    lrs = scaled(policy_lrs, chain.factor)
+    asker = f" by token {who['token']!r}" if who else ""
+    how = (
+        "the lr there kept and the schedule's decay fitted from it"
+        if mode == "keep_lr"
+        else "the fraction of the schedule done there kept and the rest stretched"
+    )
+    reason = (
+        f"retimed{asker}: from step {at_step} the schedule ends ({param}) at step {horizon}, "
+        f"{how} ({mode}); {fmt_lrs(tuple(lrs))} in force now"
+    )
+    doc = _common(
+        chain, step, created_at, None, lrs, lrs, Kind.RETIME.value, reason, state, client, who
+    )
+    doc["retime"] = {"at_step": at_step, "horizon": horizon, "mode": mode}
+    if chain.factor != 1.0:
+        doc["scale"] = chain.factor
+    return Draft(Kind.RETIME, doc)
 
 
 # -- the hash chain -----------------------------------------------------------------------------

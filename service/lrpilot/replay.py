@@ -1,4 +1,5 @@
-"""The one loop that drives a policy through a run's log: observations, resizes and rewinds.
+"""The one loop that drives a policy through a run's log: observations, resizes, rewinds,
+cooldowns and retimes.
 
 Pure, like the policies: no I/O, no SQL, no HTTP, no clock. Everything that replays a policy
 is built on ``Replay``: verify (``lrpilot.audit.verify``, both branches of a rewound log), the
@@ -20,6 +21,7 @@ from typing import Any
 from lrpilot.entries import Rewound
 from lrpilot.guard import Checkpoint, Guarded, GuardStepper
 from lrpilot.policies.base import Frozen, Policy, State, Stepper, extras_of
+from lrpilot.policies.retime import retimed
 from lrpilot.spec import InForce, factor, scaled
 
 
@@ -148,6 +150,41 @@ class Replay:
             if ahead.rewind.to_step < step:
                 ahead.superseded += 1
                 return
+
+    def cooldown(
+        self,
+        step: int,
+        at_step: int,
+        steps: int,
+        shape: str | None,
+        decided: int | None,
+        seq: int | None = None,
+    ) -> None:
+        """A cooldown entry at ``step``: the policy's decay starts at ``at_step``
+        (``Policy.cooldown``, told the log's last step, ``decided``; PolicyError when it
+        refuses). The lrs in force do not change."""
+        state = self.policy.cooldown(self.params, self.state(), at_step, steps, shape, decided)
+        self.previous = self.stepper.lrs
+        self.stepper = self._stepper(state)
+        if self._ahead and seq is not None:
+            self._joined(seq, step)
+
+    def retime(
+        self,
+        step: int,
+        at_step: int,
+        horizon: int,
+        mode: str,
+        decided: int | None,
+        seq: int | None = None,
+    ) -> None:
+        """A retime entry at ``step``: the schedule reaches its end at ``horizon`` from
+        ``at_step`` on (``lrpilot.policies.retime``; PolicyError when it cannot)."""
+        state = retimed(self.policy, self.params, self.state(), at_step, horizon, mode, decided)
+        self.previous = self.stepper.lrs
+        self.stepper = self._stepper(state)
+        if self._ahead and seq is not None:
+            self._joined(seq, step)
 
     def rewind(self, seq: int) -> Restored:
         """A rewind entry (the next one the replay was told of): the state as of its step

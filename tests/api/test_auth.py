@@ -40,6 +40,8 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/runs/{run_id}/applied"): "writer",
     ("POST", "/v1/runs/{run_id}/checkpoints"): "writer",
     ("GET", "/v1/runs/{run_id}/checkpoints"): "reader",
+    ("POST", "/v1/runs/{run_id}/cooldown"): "writer",
+    ("POST", "/v1/runs/{run_id}/retime"): "writer",
     ("POST", "/v1/runs/{run_id}/rewind"): "admin",
     ("POST", "/v1/runs/import"): "admin",
     ("POST", "/v1/tokens"): "admin",
@@ -58,6 +60,10 @@ REQUESTS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "/v1/runs/{run_id}/checkpoints"): {"json": {"step": 3, "ref": "ckpt-3"}},
     ("POST", "/v1/runs/{run_id}/rewind"): {"json": {"to_step": 1}},
+    ("POST", "/v1/runs/{run_id}/cooldown"): {"json": {"at_step": 10, "steps": 5}},
+    ("POST", "/v1/runs/{run_id}/retime"): {
+        "json": {"at_step": 10, "horizon": 20, "mode": "keep_lr"}
+    },
     ("POST", "/v1/runs/import"): {"content": b"{}\n", "headers": {}},
     ("POST", "/v1/tokens"): {"json": {"role": "reader"}},
     ("POST", "/v1/simulate"): {

@@ -95,7 +95,12 @@ def mistakes(f: dict[str, str], served: str) -> dict[str, list[list[str]]]:
             [f["not_bundle"]],
             [f["not_bundle"], "--plot", f["missing_dir_file"]],
         ],
-        "replay": [[f["missing"]], [f["dir"]], [f["not_bundle"], "--no-verify"]],
+        "replay": [
+            [f["missing"]],
+            [f["dir"]],
+            [f["not_bundle"], "--no-verify"],
+            [f["not_bundle"], "--retime", "5:50"],
+        ],
         "plot": [
             ["-o", f["missing_dir_file"], f["bad_spec"], "--steps", "10"],
             ["-o", f["dir"], f["bad_spec"], "--steps", "10"],
@@ -108,6 +113,10 @@ def mistakes(f: dict[str, str], served: str) -> dict[str, list[list[str]]]:
         "show": [[*run, *u] for u in urls],
         "decisions": [[*run, *u] for u in urls],
         "watch": [[*run, *u] for u in urls],
+        "cooldown": [[*run, "--at-step", "5", "--steps", "5", *u] for u in urls]
+        + [[*run, "--at-step", "-1", "--steps", "5", "--url", served]],
+        "retime": [[*run, "--at-step", "5", "--horizon", "50", *u] for u in urls]
+        + [[*run, "--at-step", "5", "--horizon", "50", "--mode", "sideways", "--url", served]],
         "db upgrade": [["--database-url", missing_db]],
         "db backup": [
             [f["missing_dir_file"], "--database-url", missing_db],

@@ -45,6 +45,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("POST", "/v1/runs/{run_id}/rewind"): ("rewind", "rewind"),
     ("POST", "/v1/runs/{run_id}/checkpoints"): ("declare_checkpoint", "declare_checkpoint"),
     ("GET", "/v1/runs/{run_id}/checkpoints"): ("checkpoints", "checkpoints"),
+    ("POST", "/v1/runs/{run_id}/cooldown"): ("cooldown", "cooldown"),
+    ("POST", "/v1/runs/{run_id}/retime"): ("retime", "retime"),
     ("GET", "/v1/runs/{run_id}/summary"): ("summary", "summary"),
     ("GET", "/v1/runs/{run_id}/plot"): ("plot", "plot"),
     ("GET", "/v1/runs/{run_id}/export"): ("export", "export"),

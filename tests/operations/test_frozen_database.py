@@ -72,6 +72,11 @@ ROUTES = [
     Route("POST", "/v1/runs/{run_id}/rewind", "/v1/runs/w/rewind", {"to_step": 10}, "write"),
     Route("POST", "/v1/runs/{run_id}/applied", "/v1/runs/r/applied",
           {"rank": 0, "world_size": 2, "step": 15, "seq": 1, "lrs_hash": "0" * 64}, "write"),
+    # an operator's decisions: refused on their merits (a plateau run), after locking the run
+    Route("POST", "/v1/runs/{run_id}/cooldown", "/v1/runs/w/cooldown",
+          {"at_step": 100, "steps": 10}, "write"),
+    Route("POST", "/v1/runs/{run_id}/retime", "/v1/runs/w/retime",
+          {"at_step": 100, "horizon": 200, "mode": "keep_lr"}, "write"),
     Route("GET", "/v1/runs/{run_id}/summary", "/v1/runs/r/summary"),
     Route("GET", "/v1/runs/{run_id}/plot", "/v1/runs/r/plot?points=50"),
     Route("GET", "/v1/runs", "/v1/runs?sort=activity&state=active"),

@@ -244,6 +244,8 @@ class ClientBase(Generic[H, X]):
     acknowledge = operation(_calls.acknowledge)
     declare_checkpoint = operation(_calls.declare_checkpoint)
     checkpoints = operation(_calls.checkpoints)
+    cooldown = operation(_calls.cooldown)
+    retime = operation(_calls.retime)
     # the rates: at one step, over a range (and their former names)
     lr_at = operation(_calls.lr_at)
     lrs_in_force = lr_at

@@ -34,6 +34,7 @@ from .models import (
     Applied,
     CheckpointDeclared,
     Checkpoints,
+    Cooled,
     Decision,
     Health,
     Imported,
@@ -45,6 +46,7 @@ from .models import (
     Plot,
     PolicyInfo,
     Resized,
+    Retimed,
     Rewound,
     Run,
     RunPage,
@@ -446,9 +448,52 @@ def declare_checkpoint(run_id: str, step: int, ref: str) -> Call[CheckpointDecla
     )
 
 
+def cooldown(
+    run_id: str,
+    at_step: int,
+    steps: int,
+    shape: str | None = None,
+    reason: str | None = None,
+) -> Call[Cooled]:
+    """Start the run's decay at training step `at_step` (not yet decided), `steps` long, of
+    `shape` (None: the policy's own; wsd@1: "linear", "cosine", "1-sqrt", "exponential",
+    "step"): a cooldown on demand, logged as a cooldown entry with this client's token and
+    `reason`. A `ConflictError` says why when the run cannot (its policy has no cooldown, the
+    step is decided, no stable phase is left). The run's buffered observations are sent
+    first; while any is left, this raises `ServiceUnavailableError`."""
+    body = {"at_step": at_step, "steps": steps} | _unset_none(shape=shape, reason=reason)
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/cooldown",
+        Cooled.from_json,
+        body=body,
+        ordered=(run_id, "cooldown"),
+        identified=True,
+    )
+
+
 def checkpoints(run_id: str) -> Call[Checkpoints]:
     """The run's declared checkpoints, oldest first (`superseded`: on a branch the run left)."""
     return Call("GET", f"{run_path(run_id)}/checkpoints", Checkpoints.from_json)
+
+
+def retime(run_id: str, at_step: int, horizon: int, mode: str = "keep_lr") -> Call[Retimed]:
+    """Give the run's schedule a new horizon without a jump in lr: from training step
+    `at_step` (not yet decided) on, it ends at `horizon` (cosine's T_max, one_cycle's
+    total_steps, wsd's decay end, ...). `mode` "keep_lr" keeps the lr at `at_step` and fits
+    the schedule's decay from there; "keep_fraction" keeps the fraction of the schedule done
+    there and stretches the rest. Logged as a retime entry with this client's token. A
+    `ConflictError` says why when the run cannot (no horizon, the step is decided, the
+    schedule has ended). `simulate(run_id=..., retime=...)` shows what it would do first."""
+    body = {"at_step": at_step, "horizon": horizon, "mode": mode}
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/retime",
+        Retimed.from_json,
+        body=body,
+        ordered=(run_id, "retime"),
+        identified=True,
+    )
 
 
 # --- the rates: at one step, over a range --------------------------------------------------------
@@ -591,18 +636,21 @@ def simulate(
     steps: Sequence[int] | None = None,
     metric: str | None = None,
     run_id: str | None = None,
+    retime: Mapping[str, Any] | None = None,
 ) -> Call[Simulated]:
     """What a policy would decide (what-if), stored nowhere: for a metric stream (`values`,
     at `steps` or steps 1, 2, 3, ...; with `policy`, `version`, `params` and `base_lrs`), or
     for the live branch of run `run_id` (its own policy and base_lrs unless given; `params`
     are laid over the run's own, as `lrpilot simulate --set` does; `differing` counts the
-    decisions unlike the run's own). Values may be NaN or ±inf."""
+    decisions unlike the run's own). Values may be NaN or ±inf. `retime` (`{"at_step",
+    "horizon", "mode"}`) shows what that retime would do, before it is asked."""
     body: dict[str, Any] = _unset_none(
         base_lrs=None if base_lrs is None else encode_floats(base_lrs),
         values=None if values is None else [encode_float(v) for v in values],
         steps=None if steps is None else list(steps),
         metric=metric,
         run_id=run_id,
+        retime=None if retime is None else dict(retime),
     )
     if policy is not None:
         body["policy"] = {"name": policy, "version": version, "params": dict(params or {})}

@@ -37,7 +37,17 @@ from . import _calls
 from ._calls import Call
 from ._retry import Attempts, Outage, RetryPolicy
 from .errors import LrpilotError, ServiceUnavailableError
-from .models import Decision, LrsAhead, LrsInForce, PendingObservation, Resized, Rewound, Run
+from .models import (
+    Cooled,
+    Decision,
+    LrsAhead,
+    LrsInForce,
+    PendingObservation,
+    Resized,
+    Retimed,
+    Rewound,
+    Run,
+)
 
 __all__ = ["DEFAULT_OUTBOX_SIZE", "Mode", "Outbox", "Resilience", "observe_call"]
 
@@ -255,7 +265,9 @@ class Memory:
         elif isinstance(result, Run):
             self._set(result.run_id, result.lrs, result.last_seq, result.last_step,
                       result.policy.ref, result.config_hash)  # fmt: skip
-        elif isinstance(result, Rewound | Resized):  # an entry in the chain, or nothing new
+        elif isinstance(
+            result, Rewound | Resized | Cooled | Retimed
+        ):  # an entry in the chain, or none
             if result.decision is not None:
                 self.learn(result.decision)
             else:
@@ -373,7 +385,9 @@ class Resilience:
             self.waits[result.run_id] = float(result.aggregate["timeout_s"])
         if isinstance(result, Decision) and not result.provisional:
             self.heads[result.run_id] = result.hash
-        elif isinstance(result, Rewound | Resized) and result.decision is not None:
+        elif (
+            isinstance(result, Rewound | Resized | Cooled | Retimed) and result.decision is not None
+        ):
             self.heads[result.run_id] = result.decision.hash
 
     def unreachable(self, exc: ServiceUnavailableError) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "CheckpointDeclared",
     "CheckpointInfo",
     "Checkpoints",
+    "Cooled",
     "Counts",
     "Decision",
     "Health",
@@ -49,6 +50,7 @@ __all__ = [
     "Policy",
     "PolicyInfo",
     "Resized",
+    "Retimed",
     "Rewound",
     "Run",
     "RunPage",
@@ -397,6 +399,10 @@ class Decision(_Model):
     # entry (`action` "scale"), `resize` says by what, from which size, to which
     scale: float | None = None
     resize: Mapping[str, Any] | None = None
+    # a cooldown entry (`action` "start_cooldown"): at_step, steps, shape (None: the
+    # policy's), why; a retime entry (`action` "retime"): at_step, horizon, mode
+    cooldown: Mapping[str, Any] | None = None
+    retime: Mapping[str, Any] | None = None
     # aggregated runs: the ranks counted (each its rank, value, weight and, when declared, the
     # client), and for a step decided at the timeout the ranks missing and that timeout
     ranks: tuple[Mapping[str, Any], ...] = ()
@@ -610,6 +616,30 @@ class Resized(_Model):
 
 
 @dataclass(frozen=True)
+class Cooled(_Model):
+    """The answer to a cooldown: `decision` is the start_cooldown entry in the chain (who
+    asked, why, `cooldown` its at_step, steps and shape), None when this very cooldown was in
+    force already (a retry); `lrs` the rates in force now (the decay starts at `at_step`)."""
+
+    run_id: str
+    at_step: int
+    lrs: tuple[float, ...]
+    decision: Decision | None
+
+
+@dataclass(frozen=True)
+class Retimed(_Model):
+    """The answer to a retime: `decision` is the retime entry in the chain (its `retime`:
+    at_step, horizon, mode), None when this very retime was in force already (a retry);
+    `lrs` the rates in force now (they do not jump)."""
+
+    run_id: str
+    at_step: int
+    lrs: tuple[float, ...]
+    decision: Decision | None
+
+
+@dataclass(frozen=True)
 class Verified(_Model):
     """The service's check of a run's log: `ok`, how many decisions, the head it ends at, and
     the first mismatch (a mapping with line, seq, message, expected, found) when not ok;
@@ -691,8 +721,9 @@ class PlotBucket(_Model):
 
 @dataclass(frozen=True)
 class PlotEvent(_Model):
-    """An entry that changed something (a marker): `metric` is None in a rewind or scale entry
-    (then `rewind`, or `resize` {by, from, to}, say what it did)."""
+    """An entry that changed something (a marker): `metric` is None in a rewind, scale,
+    cooldown or retime entry (then `rewind`, `resize` {by, from, to}, `cooldown` {at_step,
+    steps, shape, why} or `retime` {at_step, horizon, mode} say what it did)."""
 
     seq: int
     step: int
@@ -703,6 +734,8 @@ class PlotEvent(_Model):
     metric: float | None
     resize: Mapping[str, Any] | None = None
     rewind: Mapping[str, Any] | None = None
+    cooldown: Mapping[str, Any] | None = None
+    retime: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -251,6 +251,14 @@ class DecisionOut(BaseModel):
         default=None,
         description="in a rollback only: trigger (nan, spike), count, and the checkpoint "
         "(seq, step, ref) to restore; a rewind to its step follows it in the log",
+    )
+    cooldown: dict[str, Any] | None = Field(
+        default=None,
+        description="in a start_cooldown entry only: at_step, steps, shape (null: the "
+        "policy's) and why (the operator's reason, or null)",
+    )
+    retime: dict[str, Any] | None = Field(
+        default=None, description="in a retime entry only: at_step, horizon, mode"
     )
     disagreements: list[dict[str, Any]] | None = Field(
         default=None,
@@ -521,6 +529,72 @@ class ResizeOut(BaseModel):
     decision: DecisionOut | None = Field(description="the scale entry in the chain")
 
 
+class CooldownIn(Strict):
+    at_step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the training step the decay starts at (above the run's last step, in "
+        "its stable phase)",
+        examples=[12000],
+    )
+    steps: Annotated[StrictInt, Field(ge=1, le=MAX_STEP)] = Field(
+        description="how many steps the decay lasts", examples=[2000]
+    )
+    shape: Annotated[Text, Field(min_length=1, max_length=32)] | None = Field(
+        default=None,
+        description="the decay's shape, one of the policy's (wsd@1: linear, cosine, 1-sqrt, "
+        "exponential, step); omitted: the policy's own decay_type",
+        examples=["1-sqrt"],
+    )
+    reason: Annotated[Text, Field(min_length=1, max_length=500)] | None = Field(
+        default=None,
+        description="why, in the operator's words: logged in the entry",
+        examples=["budget cut: end the run at 14k"],
+    )
+    client: ClientIn | None = None
+
+
+class CooldownOut(BaseModel):
+    run_id: str
+    at_step: int
+    lrs: list[float] = Field(description="the lrs in force now (the decay starts at at_step)")
+    decision: DecisionOut | None = Field(
+        description="the start_cooldown entry in the chain; null when this very cooldown was "
+        "in force already (a retry: nothing new is logged)"
+    )
+
+
+class RetimeWhatIf(Strict):
+    """A retime (POST /v1/runs/{run_id}/retime), or what one would do (POST /v1/simulate)."""
+
+    at_step: Annotated[StrictInt, Field(ge=0, le=MAX_STEP)] = Field(
+        description="the training step the new timing applies from (above the run's last step)",
+        examples=[12000],
+    )
+    horizon: Annotated[StrictInt, Field(ge=1, le=MAX_STEP)] = Field(
+        description="the training step the schedule now ends at (cosine's T_max, one_cycle's "
+        "total_steps, wsd's decay end, ...), after at_step",
+        examples=[30000],
+    )
+    mode: Literal["keep_lr", "keep_fraction"] = Field(
+        description="keep_lr: keep the lr at at_step and fit the schedule's decay from there "
+        "to the horizon; keep_fraction: keep the fraction of the schedule done at at_step and "
+        "finish the rest by the horizon"
+    )
+
+
+class RetimeIn(RetimeWhatIf):
+    client: ClientIn | None = None
+
+
+class RetimeOut(BaseModel):
+    run_id: str
+    at_step: int
+    lrs: list[float] = Field(description="the lrs in force now")
+    decision: DecisionOut | None = Field(
+        description="the retime entry in the chain; null when this very retime was in force "
+        "already (a retry: nothing new is logged)"
+    )
+
+
 class VerifyIn(Strict):
     head: Annotated[str, Field(pattern=HASH_PATTERN)] | None = Field(
         default=None,
@@ -635,6 +709,11 @@ class SimulateIn(Strict):
         | None
     ) = None
     run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN)] | None = None
+    retime: RetimeWhatIf | None = Field(
+        default=None,
+        description="what a retime would do: applied before the first observation at or "
+        "after its at_step, as POST /v1/runs/{run_id}/retime would apply it",
+    )
 
     @model_validator(mode="after")
     def _one_stream(self) -> SimulateIn:

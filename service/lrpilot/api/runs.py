@@ -20,6 +20,8 @@ from lrpilot.api.models import (
     AckIn,
     AckOut,
     ActionFilter,
+    CooldownIn,
+    CooldownOut,
     DecisionOut,
     DecisionPage,
     LabelFilter,
@@ -29,6 +31,8 @@ from lrpilot.api.models import (
     PlotOut,
     ResizeIn,
     ResizeOut,
+    RetimeIn,
+    RetimeOut,
     RunIn,
     RunOut,
     RunPage,
@@ -43,6 +47,7 @@ from lrpilot.api.responses import (
     decision_json,
     page_json,
 )
+from lrpilot.domain import operating
 from lrpilot.domain.errors import Invalid
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.spec import RUN_ID_PATTERN
@@ -318,3 +323,50 @@ def acknowledge(run_id: RunId, body: AckIn, decisions: DecisionsDep, caller: Wri
             "disagreements": flagged,
         }
     )
+
+
+@router.post(
+    "/{run_id}/cooldown",
+    response_model=CooldownOut,
+    responses={
+        **NOT_FOUND,
+        **conflict(
+            "the run's policy has no cooldown (the detail names it), at_step is already "
+            "decided or in the warmup, or the run has no stable phase left there"
+        ),
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Writer) -> Response:
+    """A cooldown on demand: the run's decay starts at `at_step`, `steps` long, as a cooldown
+    entry in the log with who asked (the token's name) and why (`reason`)."""
+    client = body.client.declared() if body.client else None
+    run = caller.run(run_id)
+    # (a worker thread; the decay starts at a step not yet decided: no waiter is owed it)
+    done = operating.cooldown(
+        store, run, body.at_step, body.steps, body.shape, body.reason, client, caller.by()
+    )
+    return StrictJSONResponse(done)
+
+
+@router.post(
+    "/{run_id}/retime",
+    response_model=RetimeOut,
+    responses={
+        **NOT_FOUND,
+        **conflict(
+            "the run's policy has no horizon (the detail names it), at_step is already "
+            "decided, the schedule has ended there, or keep_lr comes before its peak"
+        ),
+        **INVALID,
+        **UNAVAILABLE,
+    },
+)
+def retime_run(run_id: RunId, body: RetimeIn, store: StoreDep, caller: Writer) -> Response:
+    """A new horizon for a running schedule, without a jump in lr: from `at_step` on the
+    schedule ends at `horizon`, as a retime entry in the log with who asked."""
+    client = body.client.declared() if body.client else None
+    run = caller.run(run_id)
+    done = operating.retime(store, run, body.at_step, body.horizon, body.mode, client, caller.by())
+    return StrictJSONResponse(done)

@@ -11,8 +11,10 @@ from lrpilot.api.auth import Reader
 from lrpilot.api.deps import AuditDep
 from lrpilot.api.models import MAX_SIMULATE, SimulateIn, SimulateOut
 from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
-from lrpilot.audit.simulate import Setup, run_setup
-from lrpilot.domain.errors import Conflict
+from lrpilot.audit.bundle import Asked, Recorded
+from lrpilot.audit.simulate import Item, Retime, Setup, run_setup
+from lrpilot.domain.errors import Conflict, Invalid
+from lrpilot.policies import PolicyError
 from lrpilot.policies.base import EXTRAS
 from lrpilot.spec import scaled
 
@@ -30,10 +32,12 @@ router = APIRouter(prefix="/v1/simulate", tags=["audit"])
     },
 )
 def simulate(body: SimulateIn, audit: AuditDep, caller: Reader) -> Response:
-    recorded = None
+    recorded: list[Recorded] | None = None
     if body.run_id is not None:
         # the run named in the body is the caller's project's, as one named in a path
-        run, recorded = audit.recorded(caller.run(body.run_id), MAX_SIMULATE)
+        run, logged = audit.recorded(caller.run(body.run_id), MAX_SIMULATE)
+        # its observations and decisions; its cooldowns and retimes stand in the what-if too
+        recorded = None if logged is None else [r for r in logged if isinstance(r, Recorded)]
         if body.base_lrs is not None:
             run = run.model_copy(update={"base_lrs": body.base_lrs})
         groups = len(run.base_lrs)
@@ -53,7 +57,8 @@ def simulate(body: SimulateIn, audit: AuditDep, caller: Reader) -> Response:
             policy.params if policy else {},
             f"{policy.name}@{policy.version}" if policy else None,
         )
-        stream = [(r.step, r.value) for r in recorded]
+        assert logged is not None
+        stream: list[Item] = [r if isinstance(r, Asked) else (r.step, r.value) for r in logged]
     else:
         assert body.policy is not None and body.base_lrs is not None and body.values is not None
         policy = body.policy
@@ -62,7 +67,11 @@ def simulate(body: SimulateIn, audit: AuditDep, caller: Reader) -> Response:
         )
         steps = body.steps or list(range(1, len(body.values) + 1))
         stream = list(zip(steps, body.values, strict=True))
-    items: list[dict[str, Any]] = list(setup.decisions(stream))
+    what_if = None if body.retime is None else Retime(**body.retime.model_dump())
+    try:
+        items: list[dict[str, Any]] = list(setup.decisions(stream, what_if))
+    except PolicyError as exc:  # the retime asked for cannot be applied to this run
+        raise Invalid(["body", "retime"], str(exc), kind="retime") from None
     differing = None
     if recorded is not None:
         differing = 0

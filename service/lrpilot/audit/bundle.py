@@ -358,10 +358,25 @@ class Recorded:
         return extras_of(self)
 
 
-def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """An operator's entry that changes what the policy decides next: a cooldown on demand
+    (``action`` start_cooldown, ``args`` its ``cooldown`` member) or a retime (its ``retime``);
+    ``recorded`` False for one a what-if adds (what would a retime do?)."""
+
+    action: str
+    args: dict[str, Any]
+    recorded: bool = True
+
+
+# the entries a what-if applies as they come, beside the decisions, and their member
+ASKED = {Kind.COOLDOWN.value: "cooldown", Kind.RETIME.value: "retime"}
+
+
+def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded | Asked]:
     """The decisions of a bundle's live branch (not superseded by a rewind; rewind and scale
-    entries left out), in order: the recorded stream a what-if replays. Not checked:
-    ``lrpilot.audit.verify.check_bundle`` does that."""
+    entries left out) and its cooldowns and retimes (``Asked``), in order: the recorded
+    stream a what-if replays. Not checked: ``lrpilot.audit.verify.check_bundle`` does that."""
     rewinds = rewinds_of(text for _, text in numbered(open_lines()))
     for number, text in numbered(open_lines()):
         if number == 1 or text.startswith('{"end":'):
@@ -370,14 +385,19 @@ def live_branch(open_lines: Callable[[], Iterable[str]]) -> Iterator[Recorded]:
         seq, step = doc.get("seq"), doc.get("step")
         if not isinstance(seq, int) or not isinstance(step, int):
             raise Mismatch(number, None, "a decision without an integer seq and step")
-        if doc.get("action") in NOT_DECISIONS or is_superseded(seq, step, rewinds):
+        if is_superseded(seq, step, rewinds):
             continue
-        yield recorded_of(doc)
+        if doc.get("action") in ASKED or doc.get("action") not in NOT_DECISIONS:
+            yield recorded_of(doc)
 
 
-def recorded_of(doc: dict[str, Any]) -> Recorded:
-    """A stored decision as the what-if reads it. A guarded run's cut on the lrs (its
-    rollbacks: ``lrpilot.guard``) stands in the what-if as its resizes do: on ``scale``."""
+def recorded_of(doc: dict[str, Any]) -> Recorded | Asked:
+    """A stored decision (or cooldown, or retime) as the what-if reads it. A guarded run's cut
+    on the lrs (its rollbacks: ``lrpilot.guard``) stands in the what-if as its resizes do: on
+    ``scale``."""
+    member = ASKED.get(doc["action"])
+    if member is not None:
+        return Asked(doc["action"], dict(doc[member]))
     scale = parse_float(doc.get("scale", 1.0))
     state = doc.get("state")
     if isinstance(state, dict) and state.keys() >= _GUARDED:

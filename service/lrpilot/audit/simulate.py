@@ -11,9 +11,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from lrpilot.audit.bundle import Recorded
-from lrpilot.policies import Frozen, Policy, get_policy
-from lrpilot.policies.base import Extras, extras_of
+from lrpilot.audit.bundle import Asked, Recorded
+from lrpilot.entries import Kind
+from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
+from lrpilot.policies.base import Extras, Stepper, extras_of
+from lrpilot.policies.retime import around
 from lrpilot.replay import Replay
 from lrpilot.spec import RunStored, scaled
 
@@ -24,6 +26,81 @@ def parse_policy(text: str) -> tuple[str, int]:
     if not at or not name or not version.isdigit():
         raise ValueError(f"a policy is name@version, e.g. plateau@1; got {text!r}")
     return name, int(version)
+
+
+@dataclass(frozen=True)
+class Retime:
+    """A retime the what-if applies (``POST /v1/runs/{id}/retime``, before it is asked): at the
+    first observation at or after ``at_step``, the schedule's end moves to ``horizon``."""
+
+    at_step: int
+    horizon: int
+    mode: str
+
+    @classmethod
+    def parse(cls, text: str) -> Retime:
+        """``AT:HORIZON:MODE`` (the CLI's --retime); ValueError saying what is expected."""
+        parts = text.split(":")
+        if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+            raise ValueError(
+                f"--retime takes AT:HORIZON:MODE, e.g. 5000:20000:keep_lr; got {text!r}"
+            )
+        return cls(int(parts[0]), int(parts[1]), parts[2])
+
+
+# what a what-if replays: observations (step, value), and the operators' entries between them
+Item = tuple[int, float] | Asked
+
+
+def with_retime(items: Iterable[Item], retime: Retime | None) -> Iterator[Item]:
+    """``items`` with ``retime`` (when given) before the first observation at or after its
+    step, as the service would apply it there."""
+    pending = retime
+    for item in items:
+        if pending is not None and isinstance(item, tuple) and item[0] >= pending.at_step:
+            args = {"at_step": pending.at_step, "horizon": pending.horizon, "mode": pending.mode}
+            yield Asked(Kind.RETIME.value, args, recorded=False)
+            pending = None
+        yield item
+
+
+def _steppers(replay: Replay, items: Iterable[Item]) -> Iterator[Stepper]:
+    """``replay.run`` over the observations of ``items``, each ``Asked`` applied where it
+    comes, after the observations before it (``_apply``)."""
+    rest = iter(items)
+    asked: list[Asked] = []
+    last: int | None = None
+
+    def observations() -> Iterator[tuple[int, float]]:
+        nonlocal last
+        for item in rest:
+            if isinstance(item, Asked):
+                asked.append(item)
+                return
+            last = item[0]
+            yield item
+
+    while True:
+        yield from replay.run(observations())
+        if not asked:
+            return
+        _apply(replay, asked.pop(), last)
+
+
+def _apply(replay: Replay, asked: Asked, last: int | None) -> None:
+    """A cooldown or a retime, where the what-if stands (after the observation of step
+    ``last``). One the run recorded but the what-if's params cannot take is left out (the
+    what-if asks "other params", and under them it could not have been asked); one the what-if
+    adds raises PolicyError, as the route would refuse it."""
+    a, at = asked.args, 0 if last is None else last
+    try:
+        if asked.action == Kind.COOLDOWN:
+            replay.cooldown(at, a["at_step"], a["steps"], a.get("shape"), last)
+        else:
+            replay.retime(at, a["at_step"], a["horizon"], a["mode"], last)
+    except PolicyError:
+        if not asked.recorded:
+            raise
 
 
 @dataclass(frozen=True)
@@ -44,7 +121,7 @@ class Setup:
         cls, name: str, version: int, params: dict[str, Any], base_lrs: Iterable[float], metric: str
     ) -> Setup:
         """PolicyError when the policy is unknown or refuses the params."""
-        policy = get_policy(name, version)
+        policy = around(get_policy(name, version))  # a what-if may retime it
         lrs = tuple(base_lrs)
         return cls(policy, policy.resolve(params, lrs), lrs, metric or "metric")
 
@@ -52,12 +129,17 @@ class Setup:
         """The one replay loop, from the policy's initial state."""
         return Replay(self.policy, self.params, self.base_lrs, self.metric)
 
-    def decisions(self, stream: Iterable[tuple[int, float]]) -> Iterator[dict[str, Any]]:
-        """One decision a (step, value), with its reason: what the service would answer."""
+    def decisions(
+        self, stream: Iterable[Item], retime: Retime | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """One decision a (step, value), with its reason: what the service would answer
+        (with the cooldowns and retimes of ``stream`` applied where they come, and ``retime``,
+        when given, as if it had been asked)."""
         replay = self.replay()
         previous = replay.stepper.lrs
-        pairs = list(stream) if not isinstance(stream, list) else stream
-        for (step, value), stepper in zip(pairs, replay.run(pairs), strict=True):
+        items = list(with_retime(stream, retime))
+        pairs = [item for item in items if isinstance(item, tuple)]
+        for (step, value), stepper in zip(pairs, _steppers(replay, items), strict=True):
             item: dict[str, Any] = {
                 "step": step,
                 "value": value,
@@ -148,25 +230,29 @@ class Comparison:
 
 def compare(
     setup: Setup,
-    recorded: Iterable[Recorded],
+    recorded: Iterable[Recorded | Asked],
     keep: int = 1000,
     progress: Callable[[int], None] | None = None,
+    retime: Retime | None = None,
 ) -> Comparison:
-    """Replay the recorded observations under ``setup``; note where the decisions differ
-    (action, lrs, or what they schedule beside the lrs). ``progress`` is called with the
-    number of observations done, now and then."""
+    """Replay the recorded observations under ``setup`` (and ``retime``, when given); note
+    where the decisions differ (action, lrs, or what they schedule beside the lrs).
+    ``progress`` is called with the number of observations done, now and then."""
     result = Comparison()
     replay = setup.replay()
     last_recorded = last_replayed = replay.stepper.lrs
     tracked = bool(extras_of(replay.stepper))  # a policy that schedules extras: compare them
     pending: list[Recorded] = []
 
-    def stream() -> Iterator[tuple[int, float]]:
+    def stream() -> Iterator[Item]:
         for rec in recorded:
+            if isinstance(rec, Asked):  # the run's own cooldowns and retimes stand
+                yield rec
+                continue
             pending.append(rec)
             yield rec.step, rec.value
 
-    for n, stepper in enumerate(replay.run(stream()), start=1):
+    for n, stepper in enumerate(_steppers(replay, with_retime(stream(), retime)), start=1):
         rec = pending.pop()
         # the recorded run's resizes apply to the what-if too: it asks "other params", not
         # "another world_size"

@@ -59,6 +59,7 @@ from lrpilot.entries import (
 from lrpilot.guard import GuardStepper, drafted, guard_doc, guarded
 from lrpilot.policies import Frozen, Policy, PolicyError, get_policy
 from lrpilot.policies.base import MAX_STEP
+from lrpilot.policies.retime import around
 from lrpilot.replay import Replay
 from lrpilot.spec import MAX_SIZE, RunStored, scaled
 
@@ -79,6 +80,8 @@ _DERIVED = (
     "reason",
     "state",
     "rewind",
+    "cooldown",
+    "retime",
 )
 
 
@@ -119,7 +122,8 @@ def resolve_run(run: RunStored) -> tuple[Policy, Frozen, tuple[float, ...]]:
     """The run's pinned policy, its resolved params and base lrs; a Mismatch when they cannot
     be replayed or are not what its config hash pins."""
     try:
-        policy = guarded(get_policy(run.policy.name, run.policy.version), run.guard)
+        # the guard around the policy, the time map of a retime (policies.retime) inside it
+        policy = guarded(around(get_policy(run.policy.name, run.policy.version)), run.guard)
         base_lrs = tuple(run.base_lrs)
         params = policy.resolve(dict(run.policy.params), base_lrs)
     except (PolicyError, KeyError, TypeError, ValueError) as exc:
@@ -246,6 +250,10 @@ class LogCheck:
             entry = self._scale(chain, doc, line, seq, step)
         elif kind is Kind.CHECKPOINT:
             entry = self._checkpoint(chain, doc, line, seq, step)
+        elif kind is Kind.COOLDOWN:
+            entry = self._cooldown(chain, doc, line, seq, step)
+        elif kind is Kind.RETIME:
+            entry = self._retime(chain, doc, line, seq, step)
         else:
             entry = self._decision(chain, doc, line, seq, step)
         # the hash is checked over the stored bytes: the entry is proven when the rebuilt one,
@@ -266,7 +274,7 @@ class LogCheck:
         )
 
     def _checked(self, kind: Kind, step: int, digest: str, seq: int, action: str) -> None:
-        if kind is not Kind.SCALE and kind is not Kind.CHECKPOINT:
+        if kind not in (Kind.SCALE, Kind.CHECKPOINT, Kind.COOLDOWN, Kind.RETIME):  # no step decided
             self.last_step = step
         self.step, self.action = step, action
         self.prev, self.count = digest, seq
@@ -440,6 +448,86 @@ class LogCheck:
             doc.get("created_at"),  # type: ignore[arg-type]
             lrs=self.replay.lrs,
             state=self.replay.stepper.state_doc(),
+            client=doc.get("client"),
+            who=_who(doc, line, seq),
+        )
+
+    def _standing(self, line: int | None, seq: int, step: int, what: str) -> int | None:
+        """Where the log stood (``entries.standing``), which the ``what`` entry must be at."""
+        force = self.replay.force
+        at = entries.standing(self.last_step, None if force is None else force.step)
+        if step != (0 if at is None else at):
+            raise Mismatch(line, seq, f"the {what} entry is not where the log stood", at, step)
+        return at
+
+    def _retime(
+        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
+    ) -> Draft:
+        """A retime entry: it stands where the log stood, and the time map it leaves is the
+        one the service computes (``lrpilot.policies.retime``) from the state there."""
+        at = self._standing(line, seq, step, "retime")
+        asked = doc.get("retime")
+        if not isinstance(asked, dict):
+            raise Mismatch(line, seq, "the retime entry names no retime", None, to_strict(asked))
+        at_step, horizon, mode = asked.get("at_step"), asked.get("horizon"), asked.get("mode")
+        if type(at_step) is not int or type(horizon) is not int or not isinstance(mode, str):
+            raise Mismatch(line, seq, "the retime is not at_step, horizon, mode", None, asked)
+        replay = self.replay
+        has = replay.policy.horizon(replay.params, replay.state())
+        try:
+            replay.retime(step, at_step, horizon, mode, at, seq)
+        except PolicyError as exc:
+            raise Mismatch(line, seq, f"the policy cannot be retimed so: {exc}") from None
+        assert has is not None  # or the retime was refused
+        return entries.retime(
+            chain,
+            step,
+            doc.get("created_at"),  # type: ignore[arg-type]
+            at_step=at_step,
+            horizon=horizon,
+            mode=mode,
+            param=has.param,
+            policy_lrs=replay.stepper.lrs,
+            state=replay.stepper.state_doc(),
+            client=doc.get("client"),
+            who=_who(doc, line, seq),
+        )
+
+    def _cooldown(
+        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
+    ) -> Draft:
+        """A cooldown entry: it stands where the log stood, and the policy accepts the decay
+        it asks for from the state there (as the service's ``Policy.cooldown`` did)."""
+        at = self._standing(line, seq, step, "cooldown")
+        asked = doc.get("cooldown")
+        if not isinstance(asked, dict):
+            raise Mismatch(
+                line, seq, "the cooldown entry names no cooldown", None, to_strict(asked)
+            )
+        at_step, steps = asked.get("at_step"), asked.get("steps")
+        shape, why = asked.get("shape"), asked.get("why")
+        if (
+            type(at_step) is not int
+            or type(steps) is not int
+            or not isinstance(shape, str | None)
+            or not isinstance(why, str | None)
+        ):
+            raise Mismatch(line, seq, "the cooldown is not at_step, steps, shape, why", None, asked)
+        try:
+            self.replay.cooldown(step, at_step, steps, shape, at, seq)
+        except PolicyError as exc:
+            raise Mismatch(line, seq, f"the policy refuses this cooldown: {exc}") from None
+        stepper = self.replay.stepper
+        return entries.cooldown(
+            chain,
+            step,
+            doc.get("created_at"),  # type: ignore[arg-type]
+            at_step=at_step,
+            steps=steps,
+            shape=shape,
+            why=why,
+            policy_lrs=stepper.lrs,
+            state=stepper.state_doc(),
             client=doc.get("client"),
             who=_who(doc, line, seq),
         )

@@ -24,7 +24,7 @@ from rich.table import Table
 from lrpilot.audit.bundle import Mismatch, bundle_run, entry_binding, live_branch, read_lines
 from lrpilot.audit.parallel import check_bundle_file, default_workers
 from lrpilot.audit.signing import SigningKeyError, keygen, load_public_key
-from lrpilot.audit.simulate import Comparison, Setup, compare, run_setup
+from lrpilot.audit.simulate import Comparison, Retime, Setup, compare, run_setup
 from lrpilot.audit.verify import BundleCheck
 from lrpilot.cli._common import (
     DEFAULT_URL,
@@ -328,6 +328,14 @@ def simulate(
         typer.Option(help="draw both lr curves and the metric against step to this PNG"),
     ] = None,
     rows: Annotated[int, typer.Option(help="differences to list at most")] = 30,
+    retime: Annotated[
+        str | None,
+        typer.Option(
+            help="what a retime would do: AT:HORIZON:MODE (mode keep_lr or keep_fraction), "
+            "applied before the first observation at or after AT",
+            show_default=False,
+        ),
+    ] = None,
     no_verify: Annotated[
         bool,
         typer.Option(
@@ -343,6 +351,10 @@ def simulate(
     if plot is not None:
         writable(plot, "--plot")
     overrides = dict(_assignment(item) for item in set_ or [])
+    try:
+        what_if = None if retime is None else Retime.parse(retime)
+    except ValueError as exc:
+        fail(str(exc))
     if not no_verify:
         _refuse_broken(bundle)
     try:
@@ -356,12 +368,15 @@ def simulate(
     try:
         with progress or contextlib.nullcontext():
             lines = _lines_with_progress(bundle, progress, "replaying", read_lines)
-            result = compare(setup, live_branch(lines), keep=rows)
+            result = compare(setup, live_branch(lines), keep=rows, retime=what_if)
     except Mismatch as exc:
         fail(f"{bundle}: {exc}")
-    _print_comparison(run, setup, overrides, result, rows)
+    except PolicyError as exc:  # the retime cannot be applied to this run
+        fail(f"--retime {retime}: {exc}")
+    shown = overrides if retime is None else {**overrides, "retime": retime}
+    _print_comparison(run, setup, shown, result, rows)
     if plot is not None:
-        _plot(run, setup, overrides, result, plot)
+        _plot(run, setup, shown, result, plot)
         out.print(f"plot: {plot}", markup=False)
 
 

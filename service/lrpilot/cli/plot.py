@@ -279,10 +279,11 @@ def run_series(lrpilot: Client, run_id: str, steps: int | None, every: int = 1) 
         for d in live:
             if d.action == "rewind":
                 continue
-            if d.action in ("scale", "checkpoint"):  # no metric: a resize, a checkpoint saved
+            if d.action in ("scale", "checkpoint", "start_cooldown", "retime"):
+                # no metric: a resize, a checkpoint saved, a decay or a horizon asked for
                 series.marks.append((d.step, d.action))
                 continue
-            assert d.value is not None  # a decision's: only those entries have none
+            assert d.value is not None  # a decision's: the other kinds have none
             series.evaluations.append((d.step, d.value))
             if changes_lrs(d.action, d.previous_lrs, d.lrs, last_action):
                 series.marks.append((d.step, d.action))

@@ -1,5 +1,7 @@
 """``lrpilot runs | show | decisions | watch``: the everyday look at a service's runs, through
-``lrpilot_client``; a Rich table each, or the service's fields with ``--json``."""
+``lrpilot_client``; a Rich table each, or the service's fields with ``--json``. ``lrpilot
+cooldown | retime``: an operator's decisions on a run (its decay started on demand, its
+schedule given a new horizon)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def register(app: typer.Typer) -> None:
     app.command("show")(show)
     app.command("decisions")(decisions)
     app.command("watch")(watch)
+    app.command("cooldown")(cooldown)
+    app.command("retime")(retime)
 
 
 def jsonable(value: Any) -> Any:
@@ -182,6 +186,73 @@ def show(
     for change in summary.lr_changes:
         table.add_row(str(change.seq), str(change.step), change.action, _lrs(change.lrs))
     out.print(table)
+
+
+def cooldown(
+    run_id: RunId,
+    at_step: Annotated[
+        int,
+        typer.Option("--at-step", min=0, help="the step the decay starts at", show_default=False),
+    ],
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="how many steps it lasts", show_default=False)
+    ],
+    shape: Annotated[
+        str | None,
+        typer.Option(help="the decay's shape (wsd@1: linear, cosine, 1-sqrt, exponential, step)"),
+    ] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="why, logged in the entry", show_default=False)
+    ] = None,
+    as_json: AsJson = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Start a run's decay at a later step (a cooldown on demand: WSD's end of the stable
+    phase), logged with your token's name and the reason."""
+    with service_errors(url, failed_as(f"cooldown {run_id!r}")), client(url, token) as lrpilot:
+        done = lrpilot.cooldown(run_id, at_step, steps, shape, reason)
+    if as_json:
+        _print_json(done)
+        return
+    _print_asked(done.decision)
+
+
+def retime(
+    run_id: RunId,
+    at_step: Annotated[
+        int,
+        typer.Option(
+            "--at-step", min=0, help="the step the new timing applies from", show_default=False
+        ),
+    ],
+    horizon: Annotated[
+        int, typer.Option(min=1, help="the step the schedule now ends at", show_default=False)
+    ],
+    mode: Annotated[
+        str,
+        typer.Option(help="keep_lr (the decay fitted from the lr at --at-step) or keep_fraction"),
+    ] = "keep_lr",
+    as_json: AsJson = False,
+    url: Url = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Give a run's schedule a new horizon without a jump in lr (`lrpilot replay BUNDLE
+    --retime AT:HORIZON:MODE` shows what it would do first)."""
+    with service_errors(url, failed_as(f"retime {run_id!r}")), client(url, token) as lrpilot:
+        done = lrpilot.retime(run_id, at_step, horizon, mode)
+    if as_json:
+        _print_json(done)
+        return
+    _print_asked(done.decision)
+
+
+def _print_asked(entry: Decision | None) -> None:
+    """An operator's entry, or that it was in force already (a retry logs nothing new)."""
+    if entry is None:
+        out.print("already in force: nothing new logged")
+    else:
+        out.print(f"seq {entry.seq}: {entry.reason}", markup=False)
 
 
 def _steps(first: int | None, last: int | None) -> str:

@@ -16,6 +16,7 @@ from lrpilot.domain.errors import Conflict
 from lrpilot.entries import Chain, Ranks
 from lrpilot.guard import Finder, GuardStepper, drafted, guard_doc, guarded
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy
+from lrpilot.policies.retime import around
 from lrpilot.spec import RunSpec, RunStored
 from lrpilot.store.records import NewDecision, NewRun, RunHead, Stored, appended
 
@@ -34,7 +35,8 @@ def resolved(spec: RunStored) -> tuple[Policy, Frozen]:
     known = _RESOLVED.get(id(spec))
     if known is not None and known[0] is spec:
         return known[1], known[2]
-    policy = guarded(get_policy(spec.policy.name, spec.policy.version), spec.guard)
+    # a policy with a horizon may be retimed: its states then carry a time map (policies.retime)
+    policy = guarded(around(get_policy(spec.policy.name, spec.policy.version)), spec.guard)
     params = policy.resolve(dict(spec.policy.params), tuple(spec.base_lrs))
     if len(_RESOLVED) >= _RESOLVED_MAX:
         _RESOLVED.clear()

@@ -20,6 +20,8 @@ from typing import Any
 
 from lrpilot import entries
 from lrpilot.audit.bundle import (
+    ASKED,
+    Asked,
     Mismatch,
     Recorded,
     header_line,
@@ -278,17 +280,21 @@ class Audit:
 
     # -- what-if ---------------------------------------------------------------------------
 
-    def recorded(self, key: RunKey, limit: int) -> tuple[RunStored, list[Recorded] | None]:
-        """The run and its live branch's observations with their decisions; None past
-        ``limit`` of them."""
+    def recorded(self, key: RunKey, limit: int) -> tuple[RunStored, list[Recorded | Asked] | None]:
+        """The run and its live branch's observations with their decisions, and its
+        cooldowns and retimes; None past ``limit`` observations."""
         _, head = self.store.head(key)
-        kept: list[Recorded] = []
+        kept: list[Recorded | Asked] = []
+        count = 0
         for doc in self.store.entries(key, head.last_seq, superseded=False):
-            if doc["action"] in NOT_DECISIONS:
+            if doc["action"] in NOT_DECISIONS and doc["action"] not in ASKED:
                 continue
-            if len(kept) == limit:
-                return head.spec, None
-            kept.append(recorded_of(doc))
+            item = recorded_of(doc)
+            if isinstance(item, Recorded):
+                if count == limit:
+                    return head.spec, None
+                count += 1
+            kept.append(item)
         return head.spec, kept
 
     # -- summary ---------------------------------------------------------------------------
@@ -307,7 +313,7 @@ class Audit:
         for doc in self.store.entries(key, head.last_seq, superseded=False):
             action = doc["action"]
             kind = entries.kind_of(action)
-            if kind is Kind.REWIND:
+            if kind in (Kind.REWIND, Kind.COOLDOWN, Kind.RETIME):  # no metric, no lr changed
                 continue
             if kind is Kind.CHECKPOINT:
                 checkpoints.append(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
@@ -109,6 +109,16 @@ class Outcome:
     # what it schedules beside the lrs (EXTRAS), one value a group; None: not scheduled
     momentum: tuple[float, ...] | None = None
     weight_decay: tuple[float, ...] | None = None
+
+
+class Horizon(NamedTuple):
+    """Where a schedule ends, as a retime moves it (``lrpilot.policies.retime``): the param
+    that says so (for the messages), the schedule step its last decay starts from (its peak)
+    and the schedule step it ends at."""
+
+    param: str
+    peak: int
+    end: int
 
 
 class Stepper(Protocol):
@@ -270,6 +280,38 @@ class Policy(abc.ABC):
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
         """``state`` in mutable form, to advance observation by observation (``metric`` is the
         name the reasons give the value)."""
+
+    # The decay shapes a cooldown on demand may ask for (``cooldown``): none when the policy
+    # has no cooldown.
+    cooldown_shapes: ClassVar[tuple[str, ...]] = ()
+
+    def cooldown(
+        self,
+        params: Frozen,
+        state: State,
+        at_step: int,
+        steps: int,
+        shape: str | None,
+        last_step: int | None,
+    ) -> State:
+        """``state`` with the policy's decay started at ``at_step``, ``steps`` long, of
+        ``shape`` (None: the policy's own): a cooldown on demand, logged as a cooldown entry.
+        ``last_step`` is where the run's log stands (None: nowhere yet). PolicyError, located
+        at the field to blame, when the policy cannot: by default it has no cooldown."""
+        raise PolicyError(
+            [
+                (
+                    (),
+                    f"policy {policy_id(self.name, self.version)} has no cooldown on demand "
+                    "(a policy with a stable phase to end has one: wsd@1)",
+                )
+            ]
+        )
+
+    def horizon(self, params: Frozen, state: State) -> Horizon | None:
+        """The schedule's horizon given ``state`` (``Horizon``), which a retime may move; None
+        when it has none (a retime is then refused): the default."""
+        return None
 
     def summary_fields(self, params: Frozen, state: State) -> dict[str, Any]:
         """What a run's summary reports of this policy beyond what every run's does, from the

@@ -23,7 +23,7 @@ from typing import Annotated
 from pydantic import ConfigDict, Field, StrictFloat
 
 from lrpilot.policies.arith import cos2_turns_ratio
-from lrpilot.policies.base import Loc
+from lrpilot.policies.base import Horizon, Loc
 from lrpilot.policies.curve import (
     Curve,
     PositiveSteps,
@@ -68,6 +68,9 @@ class CosineWithMinLrParams(ScheduleParams):
         WarmupType,
         Field(description="linear from 0 (transformers'), cosine, 1-sqrt, or exponential"),
     ] = "linear"
+
+    def declared_horizon(self) -> Horizon | None:
+        return Horizon("num_training_steps", self.num_warmup_steps, self.num_training_steps)
 
     def _check(self, groups: int) -> list[tuple[Loc, str]]:
         errors: list[tuple[Loc, str]] = []

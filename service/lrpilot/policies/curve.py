@@ -35,6 +35,7 @@ from lrpilot.policies.base import (
     ExtrasState,
     FieldStepper,
     Frozen,
+    Horizon,
     Loc,
     Policy,
     State,
@@ -110,6 +111,10 @@ class ScheduleParams(Frozen):
         """Rules across fields or against the number of param groups."""
         return []
 
+    def declared_horizon(self) -> Horizon | None:
+        """The family's horizon (``Policy.horizon``): none unless the family declares one."""
+        return None
+
 
 # -- the policies -----------------------------------------------------------------------------
 
@@ -181,6 +186,10 @@ class Schedule(Policy):
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
         assert isinstance(params, ScheduleParams)
         return ScheduleStepper(self.name, params.curve, state, metric)
+
+    def horizon(self, params: Frozen, state: State) -> Horizon | None:
+        assert isinstance(params, ScheduleParams)
+        return params.declared_horizon()
 
 
 class ScheduleStepper(FieldStepper):

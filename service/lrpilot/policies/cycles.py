@@ -17,7 +17,7 @@ from pydantic import Field, StrictBool, StrictFloat
 
 from lrpilot.policies import common
 from lrpilot.policies.arith import cos2_frac, powers
-from lrpilot.policies.base import Loc
+from lrpilot.policies.base import Horizon, Loc
 from lrpilot.policies.curve import Curve, PerGroupLr, PositiveSteps, ScheduleParams, Steps
 
 _ldexp = math.ldexp
@@ -190,6 +190,11 @@ class OneCycleFields(ScheduleParams):
                 )
             )
         return errors
+
+    def declared_horizon(self) -> Horizon | None:
+        # the peak: the end of the rise (torch's first phase); the end: the cycle's last step
+        peak = max(0, math.floor(float(self.pct_start * self.total_steps) - 1))
+        return Horizon("total_steps", peak, self.total_steps - 1)
 
     def _curve(self, base: tuple[float, ...]) -> Curve:
         tops = common.per_group(self.max_lr, len(base))

@@ -61,7 +61,7 @@ from pydantic import (
 )
 
 from lrpilot.policies.arith import cos2_ratio, pow01, powers
-from lrpilot.policies.base import MAX_STEP
+from lrpilot.policies.base import MAX_STEP, Horizon
 from lrpilot.policies.curve import (
     Curve,
     Gamma,
@@ -202,6 +202,9 @@ class LinearParams(ScheduleParams):
     ] = 1.0
     total_iters: Annotated[Steps, Field(description="steps from start to end factor")] = 5
 
+    def declared_horizon(self) -> Horizon | None:
+        return Horizon("total_iters", 0, self.total_iters) if self.total_iters else None
+
     def _curve(self, base: tuple[float, ...]) -> Curve:
         start, end, total = self.start_factor, self.end_factor, self.total_iters
         first = tuple([b * start for b in base])
@@ -233,6 +236,9 @@ class CosineParams(ScheduleParams):
     ]
     eta_min: Annotated[MinLr, Field(description="the lowest lr")] = 0.0
 
+    def declared_horizon(self) -> Horizon | None:
+        return Horizon("T_max", 0, self.T_max)
+
     def _curve(self, base: tuple[float, ...]) -> Curve:
         t, eta = self.T_max, self.eta_min
         period = t + t
@@ -260,6 +266,9 @@ class PolynomialParams(ScheduleParams):
         Steps, Field(description="lr = base * (1 - step / total_iters) ** power, then 0")
     ] = 5
     power: Annotated[StrictFloat, Field(ge=0.0, allow_inf_nan=False)] = 1.0
+
+    def declared_horizon(self) -> Horizon | None:
+        return Horizon("total_iters", 0, self.total_iters) if self.total_iters else None
 
     def _curve(self, base: tuple[float, ...]) -> Curve:
         total, power = self.total_iters, self.power

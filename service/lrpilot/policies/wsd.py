@@ -43,14 +43,14 @@ from __future__ import annotations
 
 from fractions import Fraction
 from math import floor, inf, sqrt
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat
 
 from lrpilot.canonical import float_token
 from lrpilot.policies import common
 from lrpilot.policies.arith import cos2_frac, cos2_turns, exp, ipow, log
-from lrpilot.policies.base import FieldStepper, Frozen, Loc, PolicyError, State
+from lrpilot.policies.base import FieldStepper, Frozen, Horizon, Loc, PolicyError, State
 from lrpilot.policies.curve import Curve, Schedule, ScheduleParams, Steps, WarmupType, warmup_ramp
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs, plural
 
@@ -324,21 +324,40 @@ class Wsd(Schedule):
         assert isinstance(params, WsdParams) and isinstance(state, WsdState)
         return WsdStepper(params, state, metric)
 
+    cooldown_shapes = get_args(DecayType)
+
+    def horizon(self, params: Frozen, state: State) -> Horizon | None:
+        """The decay's end (its start is the peak), as the run decided it or as planned;
+        none while the stable phase has no end yet."""
+        assert isinstance(params, WsdParams) and isinstance(state, WsdState)
+        decided = state.decay_start is not None
+        start = state.decay_start if decided else params.decay_start()
+        length = state.decay_steps if decided else params.decay_length(start)
+        if start is None or length is None:
+            return None
+        return Horizon("num_training_steps", start, start + length)
+
     def cooldown(
         self,
-        params: WsdParams,
-        state: WsdState,
+        params: Frozen,
+        state: State,
         at_step: int,
         steps: int,
-        shape: DecayType | None,
+        shape: str | None,
         last_step: int | None,
     ) -> WsdState:
         """The state with the decay started at ``at_step`` for ``steps`` steps (``shape``, null:
         the params' decay_type): a cooldown on demand. PolicyError when ``at_step`` is already
         decided (at or before ``last_step``), in the warmup, or once the decay has begun."""
+        assert isinstance(params, WsdParams) and isinstance(state, WsdState)
+        if shape is not None and shape not in self.cooldown_shapes:
+            why = f"shape {shape!r} is not one of {', '.join(self.cooldown_shapes)}"
+            raise PolicyError([(("shape",), why)])
         start = state.decay_start if state.decay_start is not None else params.decay_start()
         if last_step is not None and at_step <= last_step:
             why = f"step {at_step} is already decided (the run's last step is {last_step})"
+        elif (state.decay_start, state.decay_steps, state.decay_type) == (at_step, steps, shape):
+            return state  # this very cooldown is in force: a retry
         elif at_step < params.num_warmup_steps:
             why = f"step {at_step} is in the warmup (num_warmup_steps {params.num_warmup_steps})"
         elif start is not None and at_step >= start:

@@ -243,7 +243,9 @@ def event_of(doc: dict[str, Any]) -> dict[str, Any]:
         "previous_lrs": doc["previous_lrs"],
         "metric": None if value is None else parse_float(value),
     }
-    for extra in ("resize", "rewind"):  # a resize's sizes (world size), a rewind's target
+    # a resize's sizes (world size), a rewind's target, a cooldown's start and length, a
+    # retime's step, horizon and mode
+    for extra in ("resize", "rewind", "cooldown", "retime"):
         if extra in doc:
             event[extra] = doc[extra]
     return event

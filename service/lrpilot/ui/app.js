@@ -363,7 +363,7 @@ function decisionTable(path, onOpen) {
   // the run's policy's actions, once the policies are read, and the log's own entries
   const action = h("select", { name: "action" }, h("option", { value: "" }, "any"));
   const actions = (policy) => {
-    for (const a of [...((policy && policy.actions) || []), "rewind", "scale"]) {
+    for (const a of [...((policy && policy.actions) || []), "rewind", "scale", "start_cooldown", "retime"]) {
       action.append(h("option", { value: a }, a));
     }
   };

@@ -2,16 +2,16 @@
 // step, drawn by the vendored uPlot (a global, loaded before the modules) from the service's
 // plot at screen resolution (GET /v1/runs/{id}/plot: min and max per bucket of steps, every
 // non-hold decision whole). The decisions are markers (hover: the reason; click: the entry),
-// superseded branches are drawn faded, resizes and rewinds are vertical lines. What the chart
-// shows is also on window.lrpilotPlot, for the tests and anyone curious.
+// superseded branches are drawn faded, resizes, rewinds, cooldowns and retimes are vertical
+// lines. What the chart shows is also on window.lrpilotPlot, for the tests and anyone curious.
 
 import { num } from "./api.js";
 
 const COLORS = ["#2457c5", "#d9480f", "#2b8a3e", "#862e9c", "#c2255c", "#0b7285", "#5c940d"];
 const METRIC = "#868e96";
 const WHATIF = "#e8590c";
-const MARK = { reduce: "#c92a2a", stop: "#000000", rewind: "#862e9c", scale: "#0b7285" };
-const VERTICAL = new Set(["rewind", "scale"]);
+const MARK = { reduce: "#c92a2a", stop: "#000000", rewind: "#862e9c", scale: "#0b7285", start_cooldown: "#1864ab", retime: "#5f3dc4" };
+const VERTICAL = new Set(["rewind", "scale", "start_cooldown", "retime"]);
 const HIT_PX = 8;
 
 // One bucket becomes one point (a single step, or a flat span) or two: its max where it
@@ -197,7 +197,7 @@ export class RunChart {
     }
     ctx.globalAlpha = 1;
     ctx.setLineDash([]);
-    // the decisions: vertical lines for rewinds and resizes, a triangle on the lr otherwise
+    // the decisions: vertical lines for rewinds, resizes, cooldowns, retimes; a triangle on the lr otherwise
     const ratio = devicePixelRatio || 1;
     this.markers = [];
     ctx.font = `${11 * ratio}px system-ui, sans-serif`;
@@ -217,7 +217,10 @@ export class RunChart {
         ctx.setLineDash([]);
         py = top + 14 * ratio;
         const resize = event.resize;
-        const label = resize ? `${resize.by === "world_size" ? "world" : resize.by} ${resize.to}` : event.action;
+        const cooldown = event.cooldown;
+        const label = resize ? `${resize.by === "world_size" ? "world" : resize.by} ${resize.to}`
+          : cooldown ? `cooldown from ${cooldown.at_step}`
+          : event.retime ? `retimed: ends at ${event.retime.horizon}` : event.action;
         ctx.fillText(label, px + 4 * ratio, py);
       } else {
         const lr = num((event.lrs || [])[0]);

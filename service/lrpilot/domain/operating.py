@@ -1,0 +1,184 @@
+"""An operator's decisions on a run's schedule, each an entry of the log of its own kind with
+who asked: a cooldown on demand (``Policy.cooldown``: WSD ends its stable phase; a
+``start_cooldown`` entry) and a retime (``lrpilot.policies.retime``: a new horizon without a
+jump in lr; a ``retime`` entry).
+
+The policy says whether and how; the entries are built by ``lrpilot.entries`` (``cooldown``,
+``retime``), which verify calls too. Each entry stands where the log stood when it was asked
+(the run's last decided step, or its last resize's: ``entries.standing``), so a rewind below
+that step supersedes it as it does the decisions after it; what it changes starts at a later
+step, ``at_step``, not yet decided: the lrs served now, and every waiting reader's answer, stay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lrpilot import entries
+from lrpilot.canonical import canonical_json
+from lrpilot.domain.deciding import chain_of, load_state, now, resolved
+from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
+from lrpilot.policies import Frozen, Policy, PolicyError, State
+from lrpilot.policies.retime import retimed
+from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
+from lrpilot.store.runs import Store, WriteTx
+
+# what the policy refuses because of a field of the body itself (a 422), by operation
+_BODY_FIELDS = {"cooldown": ("shape",), "retime": ("horizon",)}
+
+
+Change = Callable[[Policy, Frozen, State, int | None], tuple[State, Any]]
+Build = Callable[[entries.Chain, int, dict[str, Any], tuple[float, ...], Any], entries.Draft]
+
+
+def _entry(head: RunHead, what: str, change: Change, build: Build) -> NewDecision | None:
+    """The entry of an operator's decision on the run at ``head``: ``change`` makes the new
+    policy state from the state where the log stands (and anything ``build`` needs besides);
+    ``build`` the entry, standing there; None when the state does not change (the decision is
+    in force already: a retry). The policy's refusal is a Conflict (409), or an Invalid (422)
+    when it blames a field of the body."""
+    policy, params = resolved(head.spec)
+    at = entries.standing(head.last_step, None if head.scale is None else head.scale.step)
+    try:
+        state, extra = change(policy, params, load_state(policy, head), at)
+    except PolicyError as exc:
+        loc, message = exc.errors[0]
+        if loc and loc[0] in _BODY_FIELDS[what]:
+            raise Invalid(["body", *map(str, loc)], message, kind=what) from None
+        verb = "cool down" if what == "cooldown" else "be retimed"
+        raise Conflict(f"run {head.run_id!r} cannot {verb}: {message}") from None
+    state_doc = state.model_dump()
+    if canonical_json(state_doc) == head.state.text:
+        return None
+    entry = build(chain_of(head), 0 if at is None else at, state_doc, state.lrs, extra).seal()
+    return appended(head.key, entry, canonical_json(state_doc), head.last_step, head.scale)
+
+
+def cooldown_entry(
+    head: RunHead,
+    at_step: int,
+    steps: int,
+    shape: str | None,
+    why: str | None,
+    created_at: str,
+    client: dict[str, Any] | None = None,
+    who: dict[str, str] | None = None,
+) -> NewDecision | None:
+    """The start_cooldown entry for the run at ``head`` (None: that cooldown is in force)."""
+    return _entry(
+        head,
+        "cooldown",
+        lambda policy, params, state, at: (
+            policy.cooldown(params, state, at_step, steps, shape, at),
+            None,
+        ),
+        lambda chain, step, state, lrs, _: entries.cooldown(
+            chain,
+            step,
+            created_at,
+            at_step=at_step,
+            steps=steps,
+            shape=shape,
+            why=why,
+            policy_lrs=lrs,
+            state=state,
+            client=client,
+            who=who,
+        ),
+    )
+
+
+def retime_entry(
+    head: RunHead,
+    at_step: int,
+    horizon: int,
+    mode: str,
+    created_at: str,
+    client: dict[str, Any] | None = None,
+    who: dict[str, str] | None = None,
+) -> NewDecision | None:
+    """The retime entry for the run at ``head`` (None: that retime is in force)."""
+    return _entry(
+        head,
+        "retime",
+        lambda policy, params, state, at: (
+            retimed(policy, params, state, at_step, horizon, mode, at),
+            policy.horizon(params, state),  # (a policy without one was refused)
+        ),
+        lambda chain, step, state, lrs, has: entries.retime(
+            chain,
+            step,
+            created_at,
+            at_step=at_step,
+            horizon=horizon,
+            mode=mode,
+            param=has.param,
+            policy_lrs=lrs,
+            state=state,
+            client=client,
+            who=who,
+        ),
+    )
+
+
+def _append(
+    store: Store, run: RunKey, at_step: int, build: Callable[[RunHead], NewDecision | None]
+) -> dict[str, Any]:
+    """The entry ``build`` makes of the run's head, appended (none when it makes none); the
+    run as it then stands."""
+
+    def work(tx: WriteTx) -> NewDecision | None:
+        head = tx.lock_run(run)
+        if head is None:
+            raise RunNotFound(f"run {run.run_id!r} not found")
+        entry = build(head)
+        if entry is not None:
+            tx.append_decision(entry)
+        return entry
+
+    entry = store.transact(work)
+    doc = store.get_run(run)
+    return {
+        "run_id": run.run_id,
+        "at_step": at_step,
+        "lrs": doc["lrs"],
+        "decision": None if entry is None else entry.doc,
+    }
+
+
+def cooldown(
+    store: Store,
+    run: RunKey,
+    at_step: int,
+    steps: int,
+    shape: str | None,
+    why: str | None,
+    client: dict[str, Any] | None = None,
+    who: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Start the run's decay at ``at_step``, ``steps`` long (POST /cooldown)."""
+    return _append(
+        store,
+        run,
+        at_step,
+        lambda head: cooldown_entry(head, at_step, steps, shape, why, now(), client, who),
+    )
+
+
+def retime(
+    store: Store,
+    run: RunKey,
+    at_step: int,
+    horizon: int,
+    mode: str,
+    client: dict[str, Any] | None = None,
+    who: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Give the run's schedule the new ``horizon`` from ``at_step`` on (POST /retime)."""
+    return _append(
+        store,
+        run,
+        at_step,
+        lambda head: retime_entry(head, at_step, horizon, mode, now(), client, who),
+    )
