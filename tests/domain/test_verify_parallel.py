@@ -67,6 +67,25 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
                 body = {"step": step, "ref": f"{ref}-{step}"}
                 assert api.post("/v1/runs/saved/checkpoints", json=body).status_code == 201
         found["checkpointed"] = api.get("/v1/runs/saved/export").text.splitlines()
+        # an operator's entries where the log stood, before any decision and between them
+        wsd = {"num_warmup_steps": 20}  # no planned decay: a cooldown ends it
+        cooled = {"policy": {"name": "wsd", "version": 1, "params": wsd}, "base_lrs": [0.1]}
+        assert api.put("/v1/runs/cooled", json=cooled).status_code == 201
+        cosine = {"policy": {"name": "cosine", "version": 1, "params": {"T_max": 400}}}
+        assert api.put("/v1/runs/retimed", json={**cosine, "base_lrs": [0.1]}).status_code == 201
+        asked = {"at_step": 5, "horizon": 600, "mode": "keep_fraction"}
+        assert api.post("/v1/runs/retimed/retime", json=asked).status_code == 200
+        for i in range(1, 41):
+            for run_id in ("cooled", "retimed"):
+                body = {"step": 10 * i, "value": 1.0 / i}
+                api.post(f"/v1/runs/{run_id}/observations", json=body)
+            if i == 20:
+                asked = {"at_step": 205, "horizon": 800, "mode": "keep_lr"}
+                assert api.post("/v1/runs/retimed/retime", json=asked).status_code == 200
+                asked = {"at_step": 300, "steps": 100}
+                assert api.post("/v1/runs/cooled/cooldown", json=asked).status_code == 200
+        for run_id in ("cooled", "retimed"):
+            found[run_id] = api.get(f"/v1/runs/{run_id}/export").text.splitlines()
     with app_client(f"sqlite:///{database.with_name('continued.db')}") as api:
         imported = api.post("/v1/runs/import", content="\n".join(found["plain"]) + "\n")
         assert imported.status_code == 201, imported.text
@@ -229,6 +248,24 @@ def test_a_region_is_never_seeded_from_a_checkpoint_nor_a_guarded_log_split(
     one, split = both(golden, 3)
     assert one.ok and split.ok and split.regions == 1
     same(one, split)
+
+
+def test_a_region_is_never_seeded_from_a_cooldown_or_a_retime(
+    logs: dict[str, list[str]], tmp_path: Path
+) -> None:
+    """A cooldown or a retime stands where the log stood, a step it does not decide (step 0
+    before any decision): a region after one is not seeded from it, and every split of such a
+    log says what one process says."""
+    for name, action in (("cooled", "start_cooldown"), ("retimed", "retime")):
+        log = logs[name]
+        path = written(tmp_path, log, f"{name}.ndjson")
+        seeded = False
+        for workers in range(2, 17):
+            seeded |= any(f'"action":"{action}"' in log[k] for k in boundaries(path, workers))
+            one, split = both(path, workers)
+            assert one.ok, one.report.mismatch
+            same(one, split)
+        assert seeded, f"no split of {name} begins after its {action}"
 
 
 def test_the_cli_verifies_with_workers_and_says_the_same(lines: list[str], tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ from lrpilot.audit.verify import (
     check_bundle,
     finish_bundle,
 )
-from lrpilot.entries import GENESIS
+from lrpilot.entries import GENESIS, Kind
 from lrpilot.spec import RunStored
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ def _check_region(
             next(lines)  # the header, read and checked before the regions began
         else:
             number, seed, _ = next(lines)  # the region before proves it
-            if _CHECKPOINT_MARK in seed:  # it does not say the last decided step
+            if seed.startswith(_UNSEEDED):  # it does not say the last decided step
                 region.rewound = True
                 return region
             _resume(check, seed, number)
@@ -265,7 +265,13 @@ def _check_region(
     return region
 
 
-_CHECKPOINT_MARK = b'{"action":"checkpoint"'  # an entry's first member (its keys sort)
+# The entries a region cannot start after: they stand at a step they do not decide (a
+# checkpoint at its own step, a cooldown or retime where the log stood), so the last decided
+# step before them is not theirs. Matched on an entry's first member (its keys sort).
+_UNSEEDED = tuple(
+    b'{"action":"%s"' % kind.value.encode()
+    for kind in (Kind.CHECKPOINT, Kind.COOLDOWN, Kind.RETIME)
+)
 
 
 def _resume(check: LogCheck, seed: bytes, number: int) -> None:
