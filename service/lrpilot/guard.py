@@ -35,7 +35,16 @@ from pydantic import PrivateAttr
 from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float
 from lrpilot.entries import Chain, Draft, Kind, Ranks
-from lrpilot.policies.base import Frozen, Policy, State, Stepper, fmt, fmt_change
+from lrpilot.policies.base import (
+    Frozen,
+    Policy,
+    PolicyError,
+    State,
+    Stepper,
+    extras_of,
+    fmt,
+    fmt_change,
+)
 from lrpilot.spec import GuardSpec, RunSpec
 
 
@@ -82,7 +91,21 @@ class Guarded(Policy):
         self.params_model = inner.params_model
 
     def resolve(self, params: dict[str, Any], base_lrs: tuple[float, ...]) -> Frozen:
-        return self.inner.resolve(params, base_lrs)
+        resolved = self.inner.resolve(params, base_lrs)
+        scheduled = extras_of(self.inner.init(resolved, base_lrs))
+        if scheduled:  # the guard's cut and rollbacks are on the lrs alone
+            what = " and the ".join(scheduled)
+            raise PolicyError(
+                [
+                    (
+                        ("guard",),
+                        f"{self.inner.name}@{self.inner.version} schedules the {what}, which a "
+                        "guarded run cannot serve (a guard serves the lr only): turn that off "
+                        "in the policy's params, or run it without a guard",
+                    )
+                ]
+            )
+        return resolved
 
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> GuardedState:
         inner = self.inner.init(params, base_lrs)

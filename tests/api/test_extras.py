@@ -189,3 +189,22 @@ def test_a_half_given_ramp_is_a_422_naming_it(api: TestClient) -> None:
     assert r.status_code == 422, r.text
     assert "start_wd and end_wd schedule the weight decay together" in r.text
     assert api.get("/v1/runs/half").status_code == 404
+
+
+def test_a_guard_or_a_retime_around_extras_is_refused_not_dropped(api: TestClient) -> None:
+    """A guard cuts the lrs and a retime remaps them: neither knows the momentum or the weight
+    decay, so a run that schedules them is refused a guard (422, at run creation) and a retime
+    (409), rather than losing its extras silently."""
+    guard = {"on": ["nan"], "lr_factor": 0.5, "max_rollbacks": 2}
+    spec = {"policy": {"name": "one_cycle", "version": 2, "params": PARAMS}, "base_lrs": BASE}
+    r = api.put("/v1/runs/oc-guarded", json={**spec, "guard": guard})
+    assert r.status_code == 422, r.text
+    assert "schedules the momentum and the weight_decay" in r.text and "guard" in r.text
+
+    create(api, "oc-retimed")
+    feed(api, "oc-retimed", STREAM[:2])
+    body = {"at_step": 50, "horizon": 400, "mode": "keep_fraction"}
+    r = api.post("/v1/runs/oc-retimed/retime", json=body)
+    assert r.status_code == 409, r.text
+    assert "a retime moves the lr only" in r.text
+    assert extras(api.get("/v1/runs/oc-retimed/lr", params={"step": 60}).json()) == expected(60)

@@ -32,14 +32,14 @@ from pydantic import Field, PrivateAttr, StrictFloat, StrictInt
 
 from lrpilot.canonical import float_token
 from lrpilot.policies.base import (
+    Extras,
     Frozen,
     Horizon,
-    Observation,
-    Outcome,
     Policy,
     PolicyError,
     State,
     Stepper,
+    extras_of,
 )
 from lrpilot.policies.text import fmt_lrs
 
@@ -175,10 +175,9 @@ class Retimed(Policy):
         inner = self.inner.stepper(params, self._inner_state(state), metric)
         return RetimedStepper(inner, state.timemap, state.lrs)
 
-    def step(self, params: Frozen, state: State, obs: Observation) -> tuple[Outcome, State]:
-        stepper = self.stepper(params, state, obs.metric)
-        action = stepper.advance(obs.step, obs.value)
-        return Outcome(stepper.lrs, action, stepper.reason(), stepper.reduced), stepper.state()
+    def extras_at(self, params: Frozen, state: State, step: int) -> Extras:
+        # (a retimed state schedules none: retime refuses a policy that schedules extras)
+        return {} if isinstance(state, RetimedState) else self.inner.extras_at(params, state, step)
 
     # the retime itself ---------------------------------------------------------------------
 
@@ -198,6 +197,11 @@ class Retimed(Policy):
         has = self.inner.horizon(params, inner)
         if has is None:
             raise _no_horizon(self, " (or none planned yet)")
+        scheduled = extras_of(inner)
+        if scheduled:  # the time map is on the lrs alone
+            what = " and the ".join(scheduled)
+            name = f"{self.name}@{self.version}"
+            raise PolicyError([((), f"{name} schedules the {what}: a retime moves the lr only")])
         if mode not in MODES:
             raise PolicyError([(("mode",), f"mode {mode!r} is not one of {', '.join(MODES)}")])
         if last_step is not None and at_step <= last_step:
