@@ -841,19 +841,17 @@ def _all_or_none(groups: list[Group], base_lrs: tuple[float, ...]) -> list[tuple
     service's to know or to serve."""
     scheduled = [set(_scheduled(g.policy, tuple(base_lrs[k] for k in _indices(g)))) for g in groups]
     errors: list[tuple[Loc, str]] = []
-    for name in EXTRAS:
-        having = [g.name for g, names in zip(groups, scheduled, strict=True) if name in names]
-        if not having:
-            continue
-        errors += [
-            (
-                ("groups", i, "policy"),
-                f"every group schedules the {name} or none: groups.{i} ({g.name}, "
-                f"{g.policy.id}) does not, group {having[0]!r} does",
+    for i, (g, names) in enumerate(zip(groups, scheduled, strict=True)):
+        missing = [n for n in EXTRAS if n not in names and any(n in s for s in scheduled)]
+        if missing:
+            other = next(o for o, s in zip(groups, scheduled, strict=True) if missing[0] in s)
+            errors.append(
+                (
+                    ("groups", i, "policy"),
+                    f"every group schedules the {' and the '.join(missing)} or none: "
+                    f"groups.{i} ({g.name}, {g.policy.id}) does not, group {other.name!r} does",
+                )
             )
-            for i, (g, names) in enumerate(zip(groups, scheduled, strict=True))
-            if name not in names
-        ]
     return errors
 
 
