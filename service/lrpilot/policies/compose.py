@@ -17,7 +17,10 @@ Two clocks: schedules count training steps, plateau control counts evaluations.
 * ``groups@1`` gives each group of the run's param groups its own policy (a fine-tune's
   backbone on a cosine, its head on warmup-then-plateau): every group decides each
   observation, from its own base lrs, on the real steps; the run's lrs are the groups' lrs in
-  the run's order, one decision a step.
+  the run's order, one decision a step. What the groups schedule beside the lrs (momentum,
+  weight decay) is placed the same way; every group schedules each of them or none.
+* ``sequence@1`` and ``scaled@1`` serve their inner policies' lrs only: an inner policy that
+  schedules more is refused rather than its momentum dropped.
 
 The inner policies are any released versions; their params are resolved (every default
 filled) into the composite's params, so the config hash covers them.
