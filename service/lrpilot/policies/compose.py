@@ -175,7 +175,7 @@ def _scheduled(ref: PolicyRef, base_lrs: tuple[float, ...]) -> Extras:
 
 
 def _lr_only(
-    ref: PolicyRef, base_lrs: tuple[float, ...], loc: Loc, composite: str
+    ref: PolicyRef, base_lrs: tuple[float, ...], loc: Loc, composite: Policy
 ) -> list[tuple[Loc, str]]:
     """The error for an inner policy that schedules more than the lr inside a composite that
     serves its inner policies' lrs only (sequence@1, scaled@1): refused rather than dropped
@@ -186,9 +186,9 @@ def _lr_only(
     return [
         (
             loc,
-            f"{ref.id} schedules the {' and the '.join(scheduled)}, which {composite} cannot "
-            "serve (it serves the lr only): turn that off in its params, or run it alone or as "
-            "a group of groups@1",
+            f"{ref.id} schedules the {' and the '.join(scheduled)}, which "
+            f"{policy_id(composite.name, composite.version)} cannot serve (it serves the lr "
+            "only): turn that off in its params, or run it alone or as a group of groups@1",
         )
     ]
 
@@ -310,9 +310,7 @@ class Sequence(Composite):
                     until_step=phase.until_step,
                 )
             )
-            errors += _lr_only(
-                phases[-1].policy, base_lrs, ("phases", i, "policy"), "a sequence's phase"
-            )
+            errors += _lr_only(phases[-1].policy, base_lrs, ("phases", i, "policy"), self)
         if errors:
             raise PolicyError(errors)
         return SequenceParams(phases=tuple(phases), base_lrs=tuple(base_lrs))
@@ -448,7 +446,7 @@ class Scaled(Composite):
             plateau=raw.plateau.model_copy(update={"params": plat_params}),
             base_lrs=tuple(base_lrs),
         )
-        errors += _lr_only(bound.schedule, base_lrs, ("schedule",), "a scaled schedule")
+        errors += _lr_only(bound.schedule, base_lrs, ("schedule",), self)
         if errors:
             raise PolicyError(errors)
         return bound
@@ -584,7 +582,7 @@ class GroupsState(State):
     def _scheduled_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         doc: dict[str, Any] = handler(self)
         for name in EXTRAS:
-            if doc.get(name, 0) is None:
+            if name in doc and doc[name] is None:
                 del doc[name]
         return doc
 
