@@ -10,11 +10,16 @@ marker where it begins. A reduce is a marker each time, and so are rewinds and r
 
 The reduction is SQL over the ``(project, run_id, superseded, step)`` index: it reads each
 entry of the range once, in the database, with its JSON functions (SQLite's json1,
-PostgreSQL's jsonb). A long run (``CACHED_FROM`` entries) is read once a process: its tiles
-(``Tiles``: the same reduction over blocks of steps at a few widths, and its markers) are
-kept, caught up with the entries appended since at each plot, and answer any range from a
-few tiles a bucket (bench/bench_plot.py measures both). The buckets' floats are the
-database's reading of the stored numbers; the markers are the entries themselves.
+PostgreSQL's jsonb). A long run (``CACHED_FROM`` entries) keeps its tiles in the process
+(``Tiles``: the same reduction over blocks of steps at a few widths, and its markers), caught
+up with the entries appended since at each plot, which answer any range from a few tiles a
+bucket (bench/bench_plot.py measures both). Those tiles come from the database's own
+(``fold``, ``cut``: tables plot_tiles and plot_marks, written with the entries a ``CHUNK`` of
+seqs at a time and cut back by a rewind, in the writer's transaction), read a level at a time
+as plots need it, plus the entries after the last chunk: a process's first plot of a long run
+(after a start, after a rewind) never reads its whole log (bench/bench_ui.py, cold). The
+buckets' floats are the database's reading of the stored numbers; the markers are the entries
+themselves.
 """
 
 from __future__ import annotations
@@ -512,9 +517,11 @@ class RunTiles:
 class Tiles:
     """The tiles of the long runs this process was asked to plot (``MAX_CACHED_RUNS``, the
     least recently plotted dropped first). A cache: it holds nothing the log does not, is
-    made from it on the first plot of a run (one reduction of the whole live branch in the
-    database) and kept up with it by reading only the entries appended since (their seqs:
-    an index range); a rewind among them makes it anew. Each replica keeps its own."""
+    made on the first plot of a run from the database's tiles and the entries after them (a
+    run without tiles there, from one reduction of its whole live branch) and kept up with
+    the log by reading only the entries appended since (their seqs: an index range); a rewind
+    among them, or a chunk added to the database's tiles, makes it anew. Each replica keeps
+    its own."""
 
     def __init__(self) -> None:
         self._runs: dict[RunKey, RunTiles] = {}
@@ -805,37 +812,37 @@ def _write_tiles(
 def fold(conn: sa.Connection, run: RunKey, through: int, groups: int) -> None:
     """Fold the live entries of seqs ``through - CHUNK + 1``..``through`` into the run's
     tiles and markers in the database (the writer of seq ``through`` calls it, the run
-    locked, in its transaction): one reduction of those entries by the database, then the
-    tiles they touch at each level read, merged and written."""
+    locked, in its transaction): one reduction of those entries by the database (a range of
+    the primary key; its JSON functions parse them faster than Python would), then the tiles
+    they touch at each level read, merged and written."""
     groups = min(groups, MAX_GROUPS)
     after = through - CHUNK
-    rows = _sql(
-        conn,
-        _param(
-            conn,
-            f"SELECT seq, step, action FROM decisions WHERE {_RUN} AND superseded = ? "
-            "AND seq > ? AND seq <= ? ORDER BY seq",
-        ),
-        (*run, False, after, through),
-    ).all()
-    if not rows:
-        return  # a rewind superseded them all
     base = tile_base(conn, run)
     if base is None:  # the finest level: tiles of TILE_ENTRIES entries, at this density
-        span = int(rows[-1][1]) - int(rows[0][1]) + 1
-        base = max(0, (span * TILE_ENTRIES // len(rows)).bit_length() - 1)
+        count, low, high = _sql(
+            conn,
+            _param(
+                conn,
+                f"SELECT count(*), min(step), max(step) FROM decisions WHERE {_RUN} "
+                "AND superseded = ? AND seq > ? AND seq <= ?",
+            ),
+            (*run, False, after, through),
+        ).one()
+        if not count:
+            return  # a rewind superseded them all
+        base = max(0, ((int(high) - int(low) + 1) * TILE_ENTRIES // int(count)).bit_length() - 1)
     before = action_before(conn, run, after)
     buckets, marks = seq_buckets(conn, run, groups, 1 << base, after, through, before)
+    if not buckets:
+        return  # a rewind superseded them all
+    tiles = {bucket.pop("k"): bucket for bucket in buckets}
     fresh: dict[tuple[int, int], dict[str, Any]] = {}
-    for bucket in buckets:
-        k = bucket.pop("k")
-        for level in range(base, TOP_LEVEL, LEVEL_STEP):
-            key = k >> (level - base)
-            known = fresh.get((level, key))
-            if known is None:
-                fresh[(level, key)] = _copy(bucket)
-            else:
-                _merge(known, bucket)
+    for level in range(base, TOP_LEVEL, LEVEL_STEP):
+        if level > base:  # each level from the one below (a few tiles, not every bucket)
+            below, tiles = tiles, {}
+            for key, tile in below.items():
+                _add(tiles, key >> LEVEL_STEP, tile)
+        fresh.update(((level, key), tile) for key, tile in tiles.items())
     spans: dict[int, tuple[int, int]] = {}
     for level, key in fresh:
         lo, hi = spans.get(level, (key, key))
@@ -852,16 +859,19 @@ def fold(conn: sa.Connection, run: RunKey, through: int, groups: int) -> None:
         (*run, *(v for level, (lo, hi) in ranges for v in (level, lo, hi))),
     ).all()
     for row in known_rows:
-        tile = fresh.get((int(row[0]), int(row[1])))
-        if tile is not None:
-            _merge(tile, _tile_bucket(row[2:]))
+        touched = fresh.get((int(row[0]), int(row[1])))
+        if touched is not None:
+            _merge(touched, _tile_bucket(row[2:]))
     _write_tiles(conn, run, fresh)
-    steps = {int(seq): int(step) for seq, step, _ in rows}
-    if marks:
+    if marks:  # the entries that changed something (a few)
         _sql(
             conn,
-            _param(conn, "INSERT INTO plot_marks (project, run_id, seq, step) VALUES (?, ?, ?, ?)"),
-            [(*run, seq, steps[seq]) for seq in marks],
+            _param(
+                conn,
+                "INSERT INTO plot_marks (project, run_id, seq, step) SELECT project, run_id, "
+                f"seq, step FROM decisions WHERE {_RUN} AND seq IN ({', '.join('?' * len(marks))})",
+            ),
+            (*run, *marks),
         )
 
 

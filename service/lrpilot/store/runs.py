@@ -592,7 +592,7 @@ class WriteTx:
         )
         self._appended = []
         self._decided.clear()
-        for d in decisions:  # after the heads: a fold reads the run's row
+        for d in decisions:  # each CHUNK of seqs completed: into the plot's tiles
             self._fold(d.key, [(d.seq, d.body)])
 
 
