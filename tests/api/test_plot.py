@@ -254,7 +254,8 @@ def test_a_freshly_started_app_plots_a_long_run_as_the_long_lived_one(
         observe_as(client, [(10 * s, 1.0 / s + (0.3 if s % 7 == 0 else 0.0)) for s in range(1, 61)])
         served(client, bearer(mine))  # the long-lived app's tiles made, then caught up
         resize = {"step": 610, "world_size": 4}
-        assert client.post("/v1/runs/t/resize", json=resize, headers=bearer(mine)).status_code == 200
+        r = client.post("/v1/runs/t/resize", json=resize, headers=bearer(mine))
+        assert r.status_code == 200, r.text
         observe_as(client, [(10 * s, 0.5 + 0.01 * (s % 5)) for s in range(61, 101)])
         served(client, bearer(mine))
         for to_step, values in ((800, [(810 + 10 * k, 0.2) for k in range(25)]), (705, [])):

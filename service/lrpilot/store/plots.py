@@ -100,6 +100,8 @@ def _columns(conn: sa.Connection, groups: int) -> tuple[str, str]:
 
 # a branch's entries (superseded = ?) of a run in a range of steps
 _RANGE = f"{_RUN} AND superseded = ? AND step >= ? AND step <= ?"
+# a branch's entries in a range of seqs (after, through]: a range of the primary key
+_SEQS = f"{_RUN} AND superseded = ? AND seq > ? AND seq <= ?"
 
 
 def _selected(conn: sa.Connection, groups: int, where: str) -> tuple[str, str, str]:
@@ -347,21 +349,6 @@ def live_buckets(
     (``before``: the action of the live entry before ``first``; None: none)."""
     where = f"{_RANGE} AND seq <= {int(through)}"
     return _reduced(conn, run, groups, width, where, (False, first, last), before)
-
-
-def seq_buckets(
-    conn: sa.Connection,
-    run: RunKey,
-    groups: int,
-    width: int,
-    after: int,
-    through: int,
-    before: str | None,
-) -> tuple[list[dict[str, Any]], list[int]]:
-    """``live_buckets`` of the live entries of seqs ``after``+1..``through`` (every step: a
-    range of the primary key), ``before`` the action of the live entry before them."""
-    where = f"{_RUN} AND superseded = ? AND seq > ? AND seq <= ?"
-    return _reduced(conn, run, groups, width, where, (False, after, through), before)
 
 
 def _reduced(
@@ -642,8 +629,9 @@ class Tiles:
         top = base + -(-(max(1, high).bit_length() + 4 - base) // LEVEL_STEP) * LEVEL_STEP
         tiles = RunTiles(groups, base, top, last_seq, None, tiled)
         if tiled:  # the database's tiles through tiled; the entries after them read here
-            buckets, more = seq_buckets(
-                conn, run, groups, 1 << base, tiled, last_seq, action_before(conn, run, tiled)
+            before = action_before(conn, run, tiled)
+            buckets, more = _reduced(
+                conn, run, groups, 1 << base, _SEQS, (False, tiled, last_seq), before
             )
             for bucket in buckets:
                 _add(tiles.tail, bucket.pop("k"), bucket)
@@ -821,18 +809,14 @@ def fold(conn: sa.Connection, run: RunKey, through: int, groups: int) -> None:
     if base is None:  # the finest level: tiles of TILE_ENTRIES entries, at this density
         count, low, high = _sql(
             conn,
-            _param(
-                conn,
-                f"SELECT count(*), min(step), max(step) FROM decisions WHERE {_RUN} "
-                "AND superseded = ? AND seq > ? AND seq <= ?",
-            ),
+            _param(conn, f"SELECT count(*), min(step), max(step) FROM decisions WHERE {_SEQS}"),
             (*run, False, after, through),
         ).one()
         if not count:
             return  # a rewind superseded them all
         base = max(0, ((int(high) - int(low) + 1) * TILE_ENTRIES // int(count)).bit_length() - 1)
     before = action_before(conn, run, after)
-    buckets, marks = seq_buckets(conn, run, groups, 1 << base, after, through, before)
+    buckets, marks = _reduced(conn, run, groups, 1 << base, _SEQS, (False, after, through), before)
     if not buckets:
         return  # a rewind superseded them all
     tiles = {bucket.pop("k"): bucket for bucket in buckets}
