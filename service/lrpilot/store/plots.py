@@ -765,36 +765,42 @@ def _tile_rows(
     )
 
 
+_WRITE_ROWS = 500  # tiles a statement
+
+
 def _write_tiles(
     conn: sa.Connection, run: RunKey, tiles: dict[tuple[int, int], dict[str, Any]]
 ) -> None:
-    """Write tiles (level, key) -> bucket, each replacing the one there."""
-    if not tiles:
-        return
-    _sql(
-        conn,
-        _param(
+    """Write tiles (level, key) -> bucket, each replacing the one there: one statement of
+    many rows (an executemany is a round trip a row on PostgreSQL)."""
+    rows = [
+        (
+            *run,
+            level,
+            key,
+            b["step_lo"],
+            b["step_hi"],
+            b["count"],
+            json.dumps(b["lr_min"]),
+            json.dumps(b["lr_max"]),
+            b["metric_min"],
+            b["metric_max"],
+        )
+        for (level, key), b in sorted(tiles.items())
+    ]
+    update = ", ".join(f"{c} = excluded.{c}" for c in _TILE_COLUMNS.split(", "))
+    for at in range(0, len(rows), _WRITE_ROWS):
+        part = rows[at : at + _WRITE_ROWS]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+        _sql(
             conn,
-            f"INSERT INTO plot_tiles (project, run_id, level, key, {_TILE_COLUMNS}) VALUES "
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, run_id, level, key) DO "
-            "UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in _TILE_COLUMNS.split(", ")),
-        ),
-        [
-            (
-                *run,
-                level,
-                key,
-                b["step_lo"],
-                b["step_hi"],
-                b["count"],
-                json.dumps(b["lr_min"]),
-                json.dumps(b["lr_max"]),
-                b["metric_min"],
-                b["metric_max"],
-            )
-            for (level, key), b in sorted(tiles.items())
-        ],
-    )
+            _param(
+                conn,
+                f"INSERT INTO plot_tiles (project, run_id, level, key, {_TILE_COLUMNS}) VALUES "
+                f"{values} ON CONFLICT (project, run_id, level, key) DO UPDATE SET {update}",
+            ),
+            tuple(v for row in part for v in row),
+        )
 
 
 def fold(conn: sa.Connection, run: RunKey, through: int, groups: int) -> None:
