@@ -20,7 +20,7 @@ import json
 import sqlalchemy as sa
 from alembic import op
 
-from lrpilot.store.plots import CHUNK, fold
+from lrpilot.store import plots
 from lrpilot.store.records import RunKey
 
 revision = "0011"
@@ -65,13 +65,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("project", "run_id", "seq"),
     )
     conn = op.get_bind()
+    chunk = plots.CHUNK
     runs = conn.exec_driver_sql(
-        f"SELECT project, run_id, last_seq, base_lrs FROM runs WHERE last_seq >= {CHUNK}"
+        f"SELECT project, run_id, last_seq, base_lrs FROM runs WHERE last_seq >= {chunk}"
     ).all()
     for project, run_id, last_seq, base_lrs in runs:
         groups = len(json.loads(base_lrs))
-        for through in range(CHUNK, int(last_seq) + 1, CHUNK):
-            fold(conn, RunKey(project, run_id), through, groups)
+        for through in range(chunk, int(last_seq) + 1, chunk):
+            plots.fold(conn, RunKey(project, run_id), through, groups)
 
 
 def downgrade() -> None:

@@ -9,10 +9,12 @@ import math
 from typing import Any
 
 import pytest
+from alembic import command
 from fastapi.testclient import TestClient
 
 from lrpilot.canonical import parse_float
 from lrpilot.store import plots
+from lrpilot.store.db import alembic_config, upgrade
 from tests.conftest import app_client
 from tests.helpers import bearer, make_token, run_spec
 
@@ -230,16 +232,6 @@ def test_a_freshly_started_app_plots_a_long_run_as_the_long_lived_one(
     monkeypatch.setattr(plots, "CACHED_FROM", 40)
     monkeypatch.setattr(plots, "CHUNK", 16)
     mine, theirs = make_token(database_url, "p", "admin"), make_token(database_url, "q", "admin")
-    queries: list[dict[str, Any]] = [
-        {"points": 1000},
-        {"points": 7},
-        {"points": 3},
-        {"points": 5, "from_step": 95, "to_step": 777},
-        {"points": 1000, "from_step": 95, "to_step": 777},
-    ]
-
-    def served(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any]]:
-        return [client.get("/v1/runs/t/plot", params=q, headers=headers).json() for q in queries]
 
     def observe_as(client: TestClient, values: list[tuple[int, float]]) -> None:
         for step, value in values:
@@ -280,6 +272,43 @@ def test_a_freshly_started_app_plots_a_long_run_as_the_long_lived_one(
         r = fresh.post("/v1/runs/import", content=bundle, headers=bearer(theirs))
         assert r.status_code == 201, r.text
         assert served(fresh, bearer(theirs)) == watched
+
+
+# the plots of run t compared: the whole run, wide and narrow, and zooms with partial edges
+QUERIES: list[dict[str, Any]] = [
+    {"points": 1000},
+    {"points": 7},
+    {"points": 3},
+    {"points": 5, "from_step": 95, "to_step": 777},
+    {"points": 1000, "from_step": 95, "to_step": 777},
+]
+
+
+def served(client: TestClient, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    return [client.get("/v1/runs/t/plot", params=q, headers=headers).json() for q in QUERIES]
+
+
+def test_migration_0011_makes_the_tiles_of_the_runs_that_exist(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database whose long run was written before the tiles existed (0010: downgraded to
+    it) gets them from migration 0011, and a fresh app plots the run from them as the app
+    that wrote it did."""
+    monkeypatch.setattr(plots, "CACHED_FROM", 40)
+    monkeypatch.setattr(plots, "CHUNK", 16)
+    with app_client(database_url, peer="127.0.0.1") as client:
+        spec = run_spec(params={"patience": 3, "cooldown": 1}, base_lrs=[0.1, 0.02])
+        assert client.put("/v1/runs/t", json=spec).status_code == 201
+        observe(client, "t", [(10 * s, 1.0 / s + 0.3 * (s % 7 == 0)) for s in range(1, 91)])
+        assert client.post("/v1/runs/t/rewind", json={"to_step": 555}).status_code == 200
+        observe(client, "t", [(560 + 10 * k, 0.25) for k in range(20)])
+        watched = served(client)
+    command.downgrade(alembic_config(database_url), "0010")
+    upgrade(database_url)
+    with app_client(database_url, migrate=False, peer="127.0.0.1") as fresh:
+        assert served(fresh) == watched
+        kept = fresh.app.state.store._tiles._runs  # type: ignore[attr-defined]
+        assert kept[("default", "t")].tiled > 0  # read from the tiles the migration made
 
 
 def log_of(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any]]:
