@@ -44,6 +44,8 @@ _ALWAYS = ("reduce", *NOT_DECISIONS)
 
 
 class _Rows(list[Any]):
+    """A statement's rows, read as SQLAlchemy's results are (one, first, all)."""
+
     def one(self) -> Any:
         assert len(self) == 1
         return self[0]
@@ -438,13 +440,14 @@ class RunTiles:
     def fold(self, bucket: dict[str, Any], step: int) -> None:
         """Fold a bucket of one finest tile (its step ``step``) into every level (read from
         the database's tiles: the tail and the levels read so far)."""
-        if self.tiled:
-            _add(self.tail, step >> self.base, bucket)
-            levels: Any = list(self.levels)
-        else:
-            levels = range(self.base, self.top + 1, LEVEL_STEP)
-        for level in levels:
-            self.add_tile(level, step >> level, bucket)
+        with self._loading:  # a level read meanwhile takes it from the tail, or has it
+            if self.tiled:
+                _add(self.tail, step >> self.base, bucket)
+                levels: Any = list(self.levels)
+            else:
+                levels = range(self.base, self.top + 1, LEVEL_STEP)
+            for level in levels:
+                self.add_tile(level, step >> level, bucket)
 
     def level_for(self, width_log2: int) -> int:
         """The widest level whose tiles fit in buckets of 2**width_log2 steps."""
