@@ -91,10 +91,10 @@ def measure(url: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     sizes = {BIG: args.big, SMALL: args.small}
     with LiveServer(url, target=SERVICE_TARGET, log=tmp / "server.log") as server:
         http = Http(server)
-        # the first plot of each run since the server started: its tiles are made (a long
-        # run's whole log read once, store.plots.Tiles)
+        # the first plot of each run since the server started: its tiles are made (from the
+        # database's tiles and the entries after them, store.plots.Tiles)
         cold = Http(server)
-        cold.conn.timeout = 600  # a long run's whole log read once: far beyond a request's
+        cold.conn.timeout = 600  # a run without tiles in the database is read whole
         first = {run: cold("GET", f"/v1/runs/{run}/plot?points=1000") for run in (BIG, SMALL)}
         plots: dict[tuple[str, str], list[float]] = {}
         for i, (what, run, path) in enumerate(plot_requests(sizes, args.samples + 1)):

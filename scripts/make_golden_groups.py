@@ -3,11 +3,13 @@
 One canonical-JSON line a case, in the golden format (tests/golden/README.md), with "lrs_at"
 at a spread of training steps. Groups mix schedules, plateau control (both versions, a stop
 among them), warmup-stable-decay and the composites (a sequence, a scale) as groups; param
-groups given as counts and as indices out of order; eight groups on eight policies; NaN and
+groups given as counts and as indices out of order; eight groups on eight policies; groups
+that schedule the momentum and the weight decay (the last line, with "extras_at"); NaN and
 infinities in every stream. Before writing, every line is checked against its parts run by
-hand: each group its own policy from its own base lrs on the real steps, the run's lrs
-placed back by index, and the decision's action the groups' most significant one. A released
-version's file never changes: the script refuses to overwrite one unless --force.
+hand: each group its own policy from its own base lrs on the real steps, the run's lrs (and
+momentum and weight decay) placed back by index, and the decision's action the groups' most
+significant one. A released version's file never changes: the script refuses to overwrite one
+unless --force.
 
     python scripts/make_golden_groups.py [--out tests/golden/groups@1.jsonl] [--force]
 """
@@ -121,6 +123,44 @@ CASES: list[tuple[dict[str, Any], tuple[float, ...], list[tuple[int, float]]]] =
         (0.1, 0.01),
         stream(20, 10, 100, 5),
     ),
+    (  # more than the lr: each group's momentum and weight decay, placed back by index
+        {
+            "groups": [
+                group(
+                    "head",
+                    ref(
+                        "cyclic",
+                        2,
+                        base_lr=0.001,
+                        max_lr=0.05,
+                        step_size_up=70,
+                        base_momentum=[0.8, 0.7],
+                        start_wd=0.01,
+                        end_wd=0.0,
+                        wd_incr_style="cosine",
+                        wd_incr_steps=600,
+                    ),
+                    [2, 0],
+                ),
+                group(
+                    "backbone",
+                    ref(
+                        "one_cycle",
+                        2,
+                        max_lr=0.01,
+                        total_steps=1000,
+                        start_wd=0.0,
+                        end_wd=0.1,
+                        wd_incr_style="linear",
+                        wd_incr_steps=500,
+                    ),
+                    [1],
+                ),
+            ]
+        },
+        (0.1, 0.01, 0.2),
+        stream(30, 30, 600, 6),
+    ),
 ]
 
 
@@ -144,6 +184,7 @@ def by_hand(line: dict[str, Any]) -> str | None:
         runs.append([policy, params, policy.init(params, own), g["param_groups"]])
     for (step, raw), decision in zip(line["observations"], line["decisions"], strict=True):
         lrs, actions = [0.0] * len(base), []
+        extras: dict[str, list[float]] = {}  # what every group schedules beside the lrs
         for run in runs:
             policy, params, state, indices = run
             outcome, run[2] = policy.step(
@@ -152,11 +193,19 @@ def by_hand(line: dict[str, Any]) -> str | None:
             actions.append(outcome.action)
             for k, lr in zip(indices, outcome.lrs, strict=True):
                 lrs[k] = lr
+            for name in ("momentum", "weight_decay"):
+                values = getattr(outcome, name)
+                if values is not None:
+                    for k, x in zip(indices, values, strict=True):
+                        extras.setdefault(name, [0.0] * len(base))[k] = x
         rank = {a: n for n, a in enumerate(ACTION_ORDER)}
         action = min(actions, key=lambda a: rank.get(a, 0.5))
         got = [repr(parse_float(x)) for x in decision["lrs"]]
         if got != [repr(x) for x in lrs] or decision["action"] != action:
             return f"step {step}: {decision['action']} {got}, by hand {action} {lrs}"
+        logged = {k: v for k, v in decision["state"].items() if k in ("momentum", "weight_decay")}
+        if logged != extras:
+            return f"step {step}: the state's extras {logged}, by hand {extras}"
     return None
 
 

@@ -9,12 +9,14 @@ import math
 from typing import Any
 
 import pytest
+from alembic import command
 from fastapi.testclient import TestClient
 
 from lrpilot.canonical import parse_float
 from lrpilot.store import plots
+from lrpilot.store.db import alembic_config, upgrade
 from tests.conftest import app_client
-from tests.helpers import run_spec
+from tests.helpers import bearer, make_token, run_spec
 
 
 def observe(client: TestClient, run_id: str, values: list[tuple[int, Any]]) -> None:
@@ -218,3 +220,105 @@ def test_a_long_runs_tiles_answer_as_the_log_does(
         assert [(b["from_seq"], b["to_seq"]) for b in plot["superseded"]] == [
             (gone[0]["seq"], gone[-1]["seq"])
         ]
+
+
+def test_a_freshly_started_app_plots_a_long_run_as_the_long_lived_one(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long run's tiles in the database (store.plots: a CHUNK of seqs at a time, written with
+    the entries, cut back by a rewind) give an app that holds none in memory the plot that the
+    app which watched the run grow served: two param groups, a scale entry, two rewinds; and
+    the same run imported (its tiles written by the import)."""
+    monkeypatch.setattr(plots, "CACHED_FROM", 40)
+    monkeypatch.setattr(plots, "CHUNK", 16)
+    mine, theirs = make_token(database_url, "p", "admin"), make_token(database_url, "q", "admin")
+
+    def observe_as(client: TestClient, values: list[tuple[int, float]]) -> None:
+        for step, value in values:
+            obs = {"step": step, "value": value}
+            r = client.post("/v1/runs/t/observations", json=obs, headers=bearer(mine))
+            assert r.status_code == 200, r.text
+
+    spec = run_spec(params={"patience": 3, "cooldown": 1}, base_lrs=[0.1, 0.02])
+    spec["scaling"] = {"rule": "linear", "by": "world_size", "base": 2}
+    with app_client(database_url, migrate=False) as client:
+        assert client.put("/v1/runs/t", json=spec, headers=bearer(mine)).status_code == 201
+        observe_as(client, [(10 * s, 1.0 / s + (0.3 if s % 7 == 0 else 0.0)) for s in range(1, 61)])
+        served(client, bearer(mine))  # the long-lived app's tiles made, then caught up
+        resize = {"step": 610, "world_size": 4}
+        r = client.post("/v1/runs/t/resize", json=resize, headers=bearer(mine))
+        assert r.status_code == 200, r.text
+        observe_as(client, [(10 * s, 0.5 + 0.01 * (s % 5)) for s in range(61, 101)])
+        served(client, bearer(mine))
+        for to_step, values in ((800, [(810 + 10 * k, 0.2) for k in range(25)]), (705, [])):
+            r = client.post("/v1/runs/t/rewind", json={"to_step": to_step}, headers=bearer(mine))
+            assert r.status_code == 200, r.text
+            observe_as(client, values)
+        observe_as(client, [(710 + 10 * k, 0.3 - 0.001 * k) for k in range(37)])
+        watched = served(client, bearer(mine))
+        live = log_of(client, bearer(mine))
+        assert {"scale", "rewind", "reduce"} <= {e["action"] for e in live}
+        for plot in watched:
+            check_buckets(plot["buckets"], live, plot)
+            assert [e["seq"] for e in plot["events"]] == markers(
+                live, plot["from_step"], plot["to_step"]
+            )
+        assert watched[0]["superseded"]  # both rewinds' branches, drawn apart
+        bundle = client.get("/v1/runs/t/export", headers=bearer(mine)).content
+    with app_client(database_url, migrate=False) as fresh:
+        assert served(fresh, bearer(mine)) == watched
+        kept = fresh.app.state.store._tiles._runs  # type: ignore[attr-defined]
+        assert kept[("p", "t")].tiled > 0  # read from the database's tiles, not the log
+        r = fresh.post("/v1/runs/import", content=bundle, headers=bearer(theirs))
+        assert r.status_code == 201, r.text
+        assert served(fresh, bearer(theirs)) == watched
+
+
+# the plots of run t compared: the whole run, wide and narrow, and zooms with partial edges
+QUERIES: list[dict[str, Any]] = [
+    {"points": 1000},
+    {"points": 7},
+    {"points": 3},
+    {"points": 5, "from_step": 95, "to_step": 777},
+    {"points": 1000, "from_step": 95, "to_step": 777},
+]
+
+
+def served(client: TestClient, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    return [client.get("/v1/runs/t/plot", params=q, headers=headers).json() for q in QUERIES]
+
+
+def test_migration_0014_makes_the_tiles_of_the_runs_that_exist(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database whose long run was written before the tiles existed (0013: downgraded to
+    it) gets them from migration 0014, and a fresh app plots the run from them as the app
+    that wrote it did."""
+    monkeypatch.setattr(plots, "CACHED_FROM", 40)
+    monkeypatch.setattr(plots, "CHUNK", 16)
+    with app_client(database_url, peer="127.0.0.1") as client:
+        spec = run_spec(params={"patience": 3, "cooldown": 1}, base_lrs=[0.1, 0.02])
+        assert client.put("/v1/runs/t", json=spec).status_code == 201
+        observe(client, "t", [(10 * s, 1.0 / s + 0.3 * (s % 7 == 0)) for s in range(1, 91)])
+        assert client.post("/v1/runs/t/rewind", json={"to_step": 555}).status_code == 200
+        observe(client, "t", [(560 + 10 * k, 0.25) for k in range(20)])
+        watched = served(client)
+    command.downgrade(alembic_config(database_url), "0013")
+    upgrade(database_url)
+    with app_client(database_url, migrate=False, peer="127.0.0.1") as fresh:
+        assert served(fresh) == watched
+        kept = fresh.app.state.store._tiles._runs  # type: ignore[attr-defined]
+        assert kept[("default", "t")].tiled > 0  # read from the tiles the migration made
+
+
+def log_of(client: TestClient, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """The live branch of run t, oldest first, read with ``headers``."""
+    items: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        params: dict[str, Any] = {"after": after, "limit": 1000, "superseded": False}
+        page = client.get("/v1/runs/t/decisions", params=params, headers=headers).json()
+        items += page["items"]
+        if page["next"] is None:
+            return items
+        after = page["next"]

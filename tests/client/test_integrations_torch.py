@@ -7,7 +7,8 @@ step, GET /v1/runs/{run_id}/lr?step=k, by equality: a float group holds the serv
 float64 tensor the same value, a float32 tensor the service's value rounded to float32.
 Requests are counted by the client's transport. A run of one_cycle@2 or cyclic@2 also writes
 the momentum (SGD's `momentum`, Adam's `betas[0]`) and weight decay into the optimizer: the
-same, at every step, as torch's OneCycleLR and CyclicLR write.
+same, at every step, as torch's OneCycleLR and CyclicLR write, and under groups@1 each param
+group gets its own group's.
 """
 
 from __future__ import annotations
@@ -589,6 +590,40 @@ def test_weight_decay_ramp_reaches_the_optimizer_and_every_answer(client: Client
     assert last.weight_decay == decision.weight_decay
     simulated = client.simulate("one_cycle", 2, params, [0.1], [1.0, 2.0])
     assert [d.weight_decay for d in simulated.items] == [(wd(1),), (wd(2),)]
+
+
+def test_under_groups_each_param_group_gets_its_own_policys_momentum(client: Client) -> None:
+    """groups@1 with the backbone on cyclic@2 and the head on one_cycle@2: each param group's
+    lr and momentum are what torch's CyclicLR and OneCycleLR give that group alone."""
+    backbone = CYCLIC | {"max_lr": 0.1}
+    head = ONE_CYCLE | {"max_lr": 0.05}
+    params = {
+        "groups": [
+            {"name": "backbone", "policy": {"name": "cyclic", "version": 2, "params": backbone}},
+            {"name": "head", "policy": {"name": "one_cycle", "version": 2, "params": head}},
+        ]
+    }
+    run_id = "extras-groups"
+    sgd = torch.optim.SGD
+    ours = trained(
+        lambda opt: LrpilotScheduler(opt, client, run_id, "groups", 1, params, "val_loss"),
+        sgd,
+        [0.1, 0.1],
+    )
+    alone = [
+        trained(lambda opt: lr_scheduler.CyclicLR(opt, **backbone), sgd, [0.1]),
+        trained(lambda opt: lr_scheduler.OneCycleLR(opt, **head), sgd, [0.1]),
+    ]
+    assert len(ours.rows) == EXTRAS_STEPS
+    for k, row in enumerate(ours.rows):
+        for g, (lr, m, wd) in enumerate(row):
+            t_lr, t_m, t_wd = alone[g].rows[k][0]
+            assert m == pytest.approx(t_m, rel=1e-12, abs=0.0), f"step {k} group {g}: momentum"
+            assert lr == pytest.approx(t_lr, rel=1e-12, abs=0.0), f"step {k} group {g}: lr"
+            assert wd == t_wd, f"step {k} group {g}: weight decay"  # not scheduled: untouched
+    assert ours.rows[20][0][1] != ours.rows[20][1][1]  # two policies, two momenta
+    at = client.lr_at(run_id, 20)
+    assert at.momentum == tuple(m for _, m, _ in ours.rows[20]) and at.weight_decay is None
 
 
 def test_an_optimizer_without_momentum_is_refused_as_torch_refuses_it(client: Client) -> None:

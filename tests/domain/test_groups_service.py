@@ -174,3 +174,85 @@ def test_plot_of_a_groups_spec_draws_each_group(tmp_path: Path) -> None:
     done = lrpilot_cli("plot", str(path), "--steps", "700", "--values", str(values), "-o", str(png))
     assert done.exit_code == 0, done.output
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+# -- more than the lr: a head on one_cycle@2 cycling the momentum, a backbone on cyclic@2 --------
+
+MOMENTUM_SPEC: dict[str, Any] = {
+    "policy": {
+        "name": "groups",
+        "version": 1,
+        "params": {
+            "groups": [
+                {
+                    "name": "backbone",
+                    "policy": {
+                        "name": "cyclic",
+                        "version": 2,
+                        "params": {"base_lr": 0.0001, "max_lr": 0.001, "step_size_up": 50},
+                    },
+                },
+                {
+                    "name": "head",
+                    "policy": {
+                        "name": "one_cycle",
+                        "version": 2,
+                        "params": {"max_lr": 0.1, "total_steps": 1000, "cycle_momentum": True},
+                    },
+                },
+            ]
+        },
+    },
+    "base_lrs": [0.001, 0.01],
+    "metric": "val_loss",
+}
+MOMENTUM_STREAM = STREAM[:8]
+
+
+def momentum_at(step: int) -> list[float]:
+    """Each group's policy alone: the backbone's momentum, then the head's."""
+    out = []
+    groups = MOMENTUM_SPEC["policy"]["params"]["groups"]
+    for group, base in zip(groups, MOMENTUM_SPEC["base_lrs"], strict=True):
+        policy = get_policy(group["policy"]["name"], 2)
+        params = policy.resolve(group["policy"]["params"], (base,))
+        out += policy.extras_at(params, policy.init(params, (base,)), step)["momentum"]
+    return out
+
+
+def test_the_groups_momentum_is_in_every_answer_and_the_run_verifies(api: TestClient) -> None:
+    assert api.put("/v1/runs/mo", json=MOMENTUM_SPEC).status_code == 201
+    decided = [post(api, "mo", step, value) for step, value in MOMENTUM_STREAM]
+    for (step, _), d in zip(MOMENTUM_STREAM, decided, strict=True):
+        assert d["momentum"] == d["state"]["momentum"] == momentum_at(step)
+        assert "weight_decay" not in d and "weight_decay" not in d["state"]  # not scheduled
+        assert "head (one_cycle@2): " in d["reason"] and ", momentum " in d["reason"]
+    logged = api.get("/v1/runs/mo/decisions").json()["items"]
+    assert [d["momentum"] for d in logged] == [d["momentum"] for d in decided]
+    last = MOMENTUM_STREAM[-1][0]
+    assert api.get("/v1/runs/mo/lr").json()["momentum"] == momentum_at(last)
+    between = api.get("/v1/runs/mo/lr", params={"step": 25}).json()
+    assert between["momentum"] == momentum_at(25) != momentum_at(MOMENTUM_STREAM[0][0])
+    lrs = api.get("/v1/runs/mo/lrs", params={"from": 30, "count": 5}).json()
+    assert lrs["momentum"] == [momentum_at(k) for k in range(30, 35)]
+    assert verified(api, "mo")["count"] == len(MOMENTUM_STREAM)
+    sim = api.post("/v1/simulate", json={"run_id": "mo"}).json()
+    assert sim["differing"] == 0 and [i["momentum"] for i in sim["items"]] == [
+        d["momentum"] for d in decided
+    ]
+
+
+def test_a_group_that_schedules_no_momentum_beside_one_that_does_is_a_422(
+    api: TestClient,
+) -> None:
+    spec = json.loads(json.dumps(MOMENTUM_SPEC))
+    spec["policy"]["params"]["groups"][0]["policy"]["params"]["cycle_momentum"] = False
+    r = api.put("/v1/runs/half", json=spec)
+    assert r.status_code == 422, r.text
+    (detail,) = r.json()["detail"]
+    assert detail["loc"] == ["body", "policy", "params", "groups", 0, "policy"]
+    assert detail["msg"].endswith(
+        "every group schedules the momentum or none: groups.0 (backbone, cyclic@2) does not, "
+        "group 'head' does"
+    )
+    assert api.get("/v1/runs/half").status_code == 404

@@ -4,6 +4,7 @@ reasons name every group; the 422s name the field, however deep; the bounds hold
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from lrpilot.canonical import canonical_json
 from lrpilot.policies import Observation, PolicyError, get_policy
+from lrpilot.policies.base import extras_of
 from lrpilot.policies.compose import ACTION_ORDER, MAX_DEPTH, MAX_GROUPS
 from lrpilot.replay import replay
 from tests.policies.test_policies_compose import by_hand
@@ -216,3 +218,126 @@ def test_a_run_spec_refused_names_the_place_in_the_body(api: TestClient) -> None
         "body", "policy", "params", "groups"
     ]  # fmt: skip
     assert "add up to 2, the run has 3 base lrs" in r.json()["detail"][0]["msg"]
+
+
+# -- more than the lr: each group's momentum and weight decay, in the run's order --------------
+
+# two groups that both cycle the momentum and ramp the weight decay, each its own way
+CYCLING = {
+    "name": "one_cycle",
+    "version": 2,
+    "params": {
+        "max_lr": 0.1,
+        "total_steps": 100,
+        "start_wd": 0.0,
+        "end_wd": 0.1,
+        "wd_incr_style": "linear",
+        "wd_incr_steps": 50,
+    },
+}
+CYCLIC = {
+    "name": "cyclic",
+    "version": 2,
+    "params": {
+        "base_lr": 0.001,
+        "max_lr": 0.05,
+        "step_size_up": 7,
+        "base_momentum": [0.8, 0.7],
+        "max_momentum": 0.9,
+        "start_wd": 0.01,
+        "end_wd": 0.0,
+        "wd_incr_style": "cosine",
+        "wd_incr_steps": 30,
+    },
+}
+EXTRAS = ("momentum", "weight_decay")
+
+
+def test_each_groups_momentum_and_weight_decay_placed_back_by_index() -> None:
+    base = (0.1, 0.01, 0.2)
+    params = GROUPS.resolve(
+        {"groups": [group("head", CYCLIC, [2, 0]), group("backbone", CYCLING, [1])]}, base
+    )
+    (head, hp, hs), (body, bp, bs) = [
+        (policy, resolved, policy.init(resolved, own))
+        for ref, own in [(CYCLIC, (0.2, 0.1)), (CYCLING, (0.01,))]
+        for policy in [get_policy(ref["name"], ref["version"])]
+        for resolved in [policy.resolve(ref["params"], own)]
+    ]
+
+    def by_hand(step: int) -> dict[str, tuple[float, ...]]:
+        """Each group's policy alone, its values placed back at its param groups' indices."""
+        h, b = head.extras_at(hp, hs, step), body.extras_at(bp, bs, step)
+        return {name: (h[name][1], b[name][0], h[name][0]) for name in EXTRAS}
+
+    state = GROUPS.init(params, base)
+    assert extras_of(state) == by_hand(0)
+    stepper = GROUPS.stepper(params, state, "val_loss")
+    for step, value in [*STREAM, (150, 0.6), (10**6, 0.5)]:
+        outcome, state = GROUPS.step(params, state, Observation(step, value, "val_loss"))
+        stepper.advance(step, value)
+        assert {name: getattr(outcome, name) for name in EXTRAS} == by_hand(step)
+        assert extras_of(state) == extras_of(stepper) == by_hand(step)
+        assert GROUPS.extras_at(params, state, step + 3) == by_hand(step + 3)  # between
+        assert canonical_json(stepper.state_doc()) == canonical_json(state.model_dump())
+        assert stepper.reason() == outcome.reason
+        assert "head (cyclic@2): " in outcome.reason and ", momentum " in outcome.reason
+    assert GROUPS.load_state(state.model_dump()) == state
+    assert len(set(by_hand(7)["momentum"])) == 3  # three param groups, three momenta
+
+
+def test_groups_that_schedule_none_keep_the_state_they_had() -> None:
+    params = GROUPS.resolve({"groups": [group("a", COSINE), group("b", HALVE)]}, (0.1, 0.2))
+    state = GROUPS.init(params, (0.1, 0.2))
+    outcome, state = GROUPS.step(params, state, Observation(10, 1.0))
+    assert set(state.model_dump()) == {"lrs", "groups"}  # no member for what is not scheduled
+    assert set(GROUPS.stepper(params, state).state_doc()) == {"lrs", "groups"}
+    assert (outcome.momentum, outcome.weight_decay) == (None, None)
+    assert GROUPS.extras_at(params, state, 20) == {} == extras_of(GROUPS.stepper(params, state))
+
+
+@pytest.mark.parametrize(
+    "other,name",
+    [
+        (COSINE, "momentum and the weight_decay"),
+        ({**CYCLING, "params": {"max_lr": 0.1, "total_steps": 100}}, "weight_decay"),
+    ],
+)
+def test_a_group_without_what_another_schedules_is_refused_naming_it(
+    other: dict[str, Any], name: str
+) -> None:
+    errors = refused({"groups": [group("backbone", CYCLING), group("head", other)]})
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("params.groups.1.policy | ")
+    assert f"every group schedules the {name} or none: groups.1 (head, " in errors[0]
+    assert "group 'backbone' does" in errors[0]
+
+
+LR_ONLY = {"name": "one_cycle", "version": 2, "params": {"max_lr": 0.1, "cycle_momentum": False}}
+
+
+@pytest.mark.parametrize(
+    "name,params,where",
+    [
+        ("sequence", {"phases": [{"policy": CYCLING}]}, "params.phases.0.policy"),
+        (
+            "sequence",
+            {"phases": [{"policy": COSINE, "until_step": 10}, {"policy": CYCLIC}]},
+            "params.phases.1.policy",
+        ),
+        ("scaled", {"schedule": CYCLING, "plateau": HALVE}, "params.schedule"),
+    ],
+)
+def test_a_composite_that_serves_the_lr_only_refuses_a_policy_scheduling_more(
+    name: str, params: dict[str, Any], where: str
+) -> None:
+    composite = get_policy(name, 1)
+    with pytest.raises(PolicyError) as caught:
+        composite.resolve(params, (0.1, 0.2))
+    (message,) = str(caught.value).split("; ")
+    assert message.startswith(f"{where}: ") and "(it serves the lr only)" in message
+    # one_cycle@2 that schedules the lr alone is welcome there
+    lr_only = {**LR_ONLY, "params": {**LR_ONLY["params"], "total_steps": 100}}
+    swapped = json.loads(json.dumps(params).replace(json.dumps(CYCLING), json.dumps(lr_only)))
+    swapped = json.loads(json.dumps(swapped).replace(json.dumps(CYCLIC), json.dumps(lr_only)))
+    composite.resolve(swapped, (0.1, 0.2))

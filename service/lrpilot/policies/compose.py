@@ -17,7 +17,10 @@ Two clocks: schedules count training steps, plateau control counts evaluations.
 * ``groups@1`` gives each group of the run's param groups its own policy (a fine-tune's
   backbone on a cosine, its head on warmup-then-plateau): every group decides each
   observation, from its own base lrs, on the real steps; the run's lrs are the groups' lrs in
-  the run's order, one decision a step.
+  the run's order, one decision a step. What the groups schedule beside the lrs (momentum,
+  weight decay) is placed the same way; every group schedules each of them or none.
+* ``sequence@1`` and ``scaled@1`` serve their inner policies' lrs only: an inner policy that
+  schedules more is refused rather than its momentum dropped.
 
 The inner policies are any released versions; their params are resolved (every default
 filled) into the composite's params, so the config hash covers them.
@@ -32,16 +35,25 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, StrictInt, ValidationError
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictInt,
+    ValidationError,
+    model_serializer,
+)
 
 from lrpilot.canonical import canonical_json, to_strict
 from lrpilot.policies.base import (
+    EXTRAS,
+    Extras,
     Frozen,
     Loc,
     Policy,
     PolicyError,
     State,
     StepperBase,
+    extras_of,
     policy_id,
 )
 from lrpilot.policies.text import fmt_change, fmt_lrs
@@ -154,6 +166,31 @@ def _memo(obj: object, compute: Callable[[], Any]) -> Any:
 
 def _ref_json(ref: PolicyRef) -> str:
     return canonical_json(ref.model_dump())
+
+
+def _scheduled(ref: PolicyRef, base_lrs: tuple[float, ...]) -> Extras:
+    """What a resolved inner policy schedules beside the lrs (its params decide it, so its
+    initial state tells)."""
+    return extras_of(_inner(_ref_json(ref), base_lrs)[2])
+
+
+def _lr_only(
+    ref: PolicyRef, base_lrs: tuple[float, ...], loc: Loc, composite: Policy
+) -> list[tuple[Loc, str]]:
+    """The error for an inner policy that schedules more than the lr inside a composite that
+    serves its inner policies' lrs only (sequence@1, scaled@1): refused rather than dropped
+    without a word (those versions' decisions carry the lrs alone, and stay so)."""
+    scheduled = _scheduled(ref, base_lrs)
+    if not scheduled:
+        return []
+    return [
+        (
+            loc,
+            f"{ref.id} schedules the {' and the '.join(scheduled)}, which "
+            f"{policy_id(composite.name, composite.version)} cannot serve (it serves the lr "
+            "only): turn that off in its params, or run it alone or as a group of groups@1",
+        )
+    ]
 
 
 class Composite(Policy):
@@ -273,6 +310,7 @@ class Sequence(Composite):
                     until_step=phase.until_step,
                 )
             )
+            errors += _lr_only(phases[-1].policy, base_lrs, ("phases", i, "policy"), self)
         if errors:
             raise PolicyError(errors)
         return SequenceParams(phases=tuple(phases), base_lrs=tuple(base_lrs))
@@ -403,13 +441,15 @@ class Scaled(Composite):
             errors.append(
                 (("plateau",), f"{raw.plateau.id} is a schedule: it never follows the metric")
             )
-        if errors:
-            raise PolicyError(errors)
-        return ScaledParams(
+        bound = ScaledParams(
             schedule=raw.schedule.model_copy(update={"params": sched_params}),
             plateau=raw.plateau.model_copy(update={"params": plat_params}),
             base_lrs=tuple(base_lrs),
         )
+        errors += _lr_only(bound.schedule, base_lrs, ("schedule",), self)
+        if errors:
+            raise PolicyError(errors)
+        return bound
 
     def _parts(self, p: ScaledParams) -> tuple[Policy, Frozen, State, Policy, Frozen, State]:
         ones = tuple(1.0 for _ in p.base_lrs)
@@ -532,6 +572,19 @@ class GroupsParams(Frozen):
 
 class GroupsState(State):
     groups: tuple[dict[str, Any], ...]  # each group's policy state, as its JSON document
+    # What the groups schedule beside the lrs (EXTRAS), in the run's order, as the lrs are;
+    # None: not scheduled, and then absent from the document, so that a run whose groups
+    # schedule none keeps the state (and the log) it always had.
+    momentum: tuple[float, ...] | None = None
+    weight_decay: tuple[float, ...] | None = None
+
+    @model_serializer(mode="wrap")
+    def _scheduled_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        doc: dict[str, Any] = handler(self)
+        for name in EXTRAS:
+            if name in doc and doc[name] is None:
+                del doc[name]
+        return doc
 
 
 def _indices(group: Group) -> tuple[int, ...]:
@@ -715,6 +768,9 @@ class Groups(Composite):
             )
         if errors:
             raise PolicyError(errors)
+        errors = _all_or_none(groups, base_lrs)
+        if errors:
+            raise PolicyError(errors)
         return GroupsParams(groups=tuple(groups), base_lrs=tuple(base_lrs))
 
     def parts(self, p: GroupsParams) -> list[tuple[Policy, Frozen, State, tuple[int, ...]]]:
@@ -744,8 +800,10 @@ class Groups(Composite):
     def init(self, params: Frozen, base_lrs: tuple[float, ...]) -> GroupsState:
         assert isinstance(params, GroupsParams)
         parts = self.parts(params)
-        lrs = _in_run_order(len(params.base_lrs), [(s.lrs, idx) for _, _, s, idx in parts])
-        return GroupsState(lrs=lrs, groups=tuple(s.model_dump() for _, _, s, _ in parts))
+        size = len(params.base_lrs)
+        lrs = _in_run_order(size, [(s.lrs, idx) for _, _, s, idx in parts])
+        extras = _joined(size, [(extras_of(s), idx) for _, _, s, idx in parts])
+        return GroupsState(lrs=lrs, groups=tuple(s.model_dump() for _, _, s, _ in parts), **extras)
 
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         assert isinstance(params, GroupsParams) and isinstance(state, GroupsState)
@@ -759,9 +817,53 @@ class Groups(Composite):
             ],
         )
 
+    def extras_at(self, params: Frozen, state: State, step: int) -> Extras:
+        assert isinstance(params, GroupsParams) and isinstance(state, GroupsState)
+        if state.momentum is None and state.weight_decay is None:
+            return {}  # the groups schedule none (bind lets all of them or none)
+        return _joined(
+            len(params.base_lrs),
+            [
+                (policy.extras_at(inner_params, inner, step), idx)
+                for (policy, inner_params, _, idx), inner in zip(
+                    self.parts(params), self._states(params, state), strict=True
+                )
+            ],
+        )
+
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> GroupsStepper:
         assert isinstance(params, GroupsParams) and isinstance(state, GroupsState)
         return GroupsStepper(self, params, state, metric)
+
+
+def _all_or_none(groups: list[Group], base_lrs: tuple[float, ...]) -> list[tuple[Loc, str]]:
+    """An error for each group that schedules no momentum (weight decay) while another group
+    does: its param groups would get none, and the optimizer's own value is not the
+    service's to know or to serve."""
+    scheduled = [set(_scheduled(g.policy, tuple(base_lrs[k] for k in _indices(g)))) for g in groups]
+    errors: list[tuple[Loc, str]] = []
+    for i, (g, names) in enumerate(zip(groups, scheduled, strict=True)):
+        missing = [n for n in EXTRAS if n not in names and any(n in s for s in scheduled)]
+        if missing:
+            other = next(o for o, s in zip(groups, scheduled, strict=True) if missing[0] in s)
+            errors.append(
+                (
+                    ("groups", i, "policy"),
+                    f"every group schedules the {' and the '.join(missing)} or none: "
+                    f"groups.{i} ({g.name}, {g.policy.id}) does not, group {other.name!r} does",
+                )
+            )
+    return errors
+
+
+def _joined(size: int, parts: list[tuple[Extras, tuple[int, ...]]]) -> Extras:
+    """The run's extras from each group's and the indices they go to: those every group
+    schedules (bind lets all of them or none)."""
+    return {
+        name: _in_run_order(size, [(extras[name], idx) for extras, idx in parts])
+        for name in EXTRAS
+        if parts and all(name in extras for extras, _ in parts)
+    }
 
 
 def _in_run_order(
@@ -778,11 +880,14 @@ def _in_run_order(
 class GroupsStepper(StepperBase):
     """groups@1 advanced in place: each group's own stepper decides; O(1) a group for each
     observation. When the groups cover the run's param groups in order (a count each, the
-    common case) their lrs are joined end to end, else placed by index. Any other output a
-    policy gives a param group (a later momentum or weight decay) is placed the same way:
-    ``_in_run_order`` over the groups' values and ``_order``."""
+    common case) their lrs are joined end to end, else placed by index. What the groups
+    schedule beside the lrs (momentum, weight decay: all of them or none) is placed the same
+    way, ``_placed``."""
 
-    __slots__ = ("_inner", "_names", "_order", "_size")
+    __slots__ = ("_extras", "_inner", "_names", "_order", "_size", "momentum", "weight_decay")
+
+    momentum: tuple[float, ...] | None
+    weight_decay: tuple[float, ...] | None
 
     def __init__(
         self, policy: Groups, params: GroupsParams, state: GroupsState, metric: str
@@ -800,6 +905,14 @@ class GroupsStepper(StepperBase):
         flat = [k for _, _, _, idx in parts for k in idx]
         # None: the groups' lrs joined end to end are the run's (no placing by index)
         self._order = None if flat == list(range(self._size)) else [idx for *_, idx in parts]
+        self.momentum, self.weight_decay = state.momentum, state.weight_decay
+        self._extras = tuple(extras_of(state))  # the names the groups schedule, if any
+
+    def _placed(self, per_group: list[tuple[float, ...]]) -> tuple[float, ...]:
+        """The run's values (one a param group) from each group's, in the groups' order."""
+        if self._order is None:
+            return tuple(x for values in per_group for x in values)
+        return _in_run_order(self._size, list(zip(per_group, self._order, strict=True)))
 
     def advance(self, step: int, value: float) -> str:
         action, best, reduced = "", 99.0, False
@@ -817,10 +930,9 @@ class GroupsStepper(StepperBase):
         if self._order is None:
             self.lrs = tuple(joined)
         else:
-            self.lrs = _in_run_order(
-                self._size,
-                [(inner.lrs, idx) for inner, idx in zip(self._inner, self._order, strict=True)],
-            )
+            self.lrs = self._placed([inner.lrs for inner in self._inner])
+        for name in self._extras:
+            setattr(self, name, self._placed([getattr(inner, name) for inner in self._inner]))
         self.action, self.reduced = action, reduced
         return action
 
@@ -834,11 +946,17 @@ class GroupsStepper(StepperBase):
 
     def state(self) -> GroupsState:
         return GroupsState(
-            lrs=self.lrs, groups=tuple(inner.state().model_dump() for inner in self._inner)
+            lrs=self.lrs,
+            groups=tuple(inner.state().model_dump() for inner in self._inner),
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
         )
 
     def state_doc(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "groups": [inner.state_doc() for inner in self._inner],
             "lrs": [to_strict(x) for x in self.lrs],
         }
+        for name, values in extras_of(self).items():  # only what the groups schedule
+            doc[name] = [to_strict(x) for x in values]
+        return doc

@@ -10,11 +10,16 @@ marker where it begins. A reduce is a marker each time, and so are rewinds and r
 
 The reduction is SQL over the ``(project, run_id, superseded, step)`` index: it reads each
 entry of the range once, in the database, with its JSON functions (SQLite's json1,
-PostgreSQL's jsonb). A long run (``CACHED_FROM`` entries) is read once a process: its tiles
-(``Tiles``: the same reduction over blocks of steps at a few widths, and its markers) are
-kept, caught up with the entries appended since at each plot, and answer any range from a
-few tiles a bucket (bench/bench_plot.py measures both). The buckets' floats are the
-database's reading of the stored numbers; the markers are the entries themselves.
+PostgreSQL's jsonb). A long run (``CACHED_FROM`` entries) keeps its tiles in the process
+(``Tiles``: the same reduction over blocks of steps at a few widths, and its markers), caught
+up with the entries appended since at each plot, which answer any range from a few tiles a
+bucket (bench/bench_plot.py measures both). Those tiles come from the database's own
+(``fold``, ``cut``: tables plot_tiles and plot_marks, written with the entries a ``CHUNK`` of
+seqs at a time and cut back by a rewind, in the writer's transaction), read a level at a time
+as plots need it, plus the entries after the last chunk: a process's first plot of a long run
+(after a start, after a rewind) never reads its whole log (bench/bench_ui.py, cold). The
+buckets' floats are the database's reading of the stored numbers; the markers are the entries
+themselves.
 """
 
 from __future__ import annotations
@@ -36,6 +41,38 @@ MAX_GROUPS = 64  # param groups a plot draws (a run may have up to 1,024: the fi
 MAX_BRANCHES = 20  # superseded branches drawn (the newest)
 # an action that is a marker every time it comes, even twice in a row
 _ALWAYS = ("reduce", *NOT_DECISIONS)
+
+
+class _Rows(list[Any]):
+    """A statement's rows, read as SQLAlchemy's results are (one, first, all)."""
+
+    def one(self) -> Any:
+        assert len(self) == 1
+        return self[0]
+
+    def first(self) -> Any:
+        return self[0] if self else None
+
+    def all(self) -> list[Any]:
+        return list(self)
+
+
+def _sql(conn: sa.Connection, statement: str, params: Any) -> _Rows:
+    """Run ``statement`` (placeholders already the driver's) on the driver's cursor, in the
+    transaction the connection is in, whoever began it: the store's write paths drive theirs
+    on the driver itself (store.runs.WriteTx), the plot's reads through SQLAlchemy. A list of
+    tuples runs it once each."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        if isinstance(params, list):
+            cursor.executemany(statement, params)
+            return _Rows()
+        cursor.execute(statement, params)
+        return _Rows(cursor.fetchall() if cursor.description is not None else [])
+    finally:
+        cursor.close()
 
 
 def _columns(conn: sa.Connection, groups: int) -> tuple[str, str]:
@@ -65,6 +102,8 @@ def _columns(conn: sa.Connection, groups: int) -> tuple[str, str]:
 
 # a branch's entries (superseded = ?) of a run in a range of steps
 _RANGE = f"{_RUN} AND superseded = ? AND step >= ? AND step <= ?"
+# a branch's entries in a range of seqs (after, through]: a range of the primary key
+_SEQS = f"{_RUN} AND superseded = ? AND seq > ? AND seq <= ?"
 
 
 def _selected(conn: sa.Connection, groups: int, where: str) -> tuple[str, str, str]:
@@ -96,7 +135,7 @@ def extent(conn: sa.Connection, run: RunKey) -> tuple[int | None, int | None]:
         one.format(f=f) for f in ("min", "min", "max", "max")
     )  # one aggregate a subquery: each is an index probe on both databases
     params = (*run, False, *run, True, *run, False, *run, True)
-    row = conn.exec_driver_sql(_param(conn, statement), params).one()
+    row = _sql(conn, _param(conn, statement), params).one()
     lows = [v for v in row[:2] if v is not None]
     highs = [v for v in row[2:] if v is not None]
     return (min(lows) if lows else None, max(highs) if highs else None)
@@ -132,7 +171,8 @@ def superseded_branches(
     (seq minus its rank among them is constant) in its own buckets; the newest
     ``MAX_BRANCHES``, and whether there were more."""
     values, names, inner = _selected(conn, groups, _RANGE)
-    rows = conn.exec_driver_sql(
+    rows = _sql(
+        conn,
         _param(
             conn,
             f"SELECT island, b, {_aggregates(groups)}, min(seq), max(seq) FROM (SELECT seq - "
@@ -215,7 +255,8 @@ def events_between(
     whether the first one in it begins a phase or goes on with one."""
     always = ", ".join("?" for _ in _ALWAYS)
     live = f"{_RUN} AND superseded = ? AND seq <= {int(through)}"
-    rows = conn.exec_driver_sql(
+    rows = _sql(
+        conn,
         _param(
             conn,
             "SELECT d.body FROM (SELECT seq, step, action, LAG(action) OVER (ORDER BY seq) "
@@ -310,14 +351,30 @@ def live_buckets(
     in buckets of ``width`` steps aligned on its multiples (bucket k: steps k*width ..), each
     with its index ``k``; and the seqs of the markers among them, found in the same pass
     (``before``: the action of the live entry before ``first``; None: none)."""
-    values, names, inner = _selected(conn, groups, f"{_RANGE} AND seq <= {int(through)}")
+    where = f"{_RANGE} AND seq <= {int(through)}"
+    return _reduced(conn, run, groups, width, where, (False, first, last), before)
+
+
+def _reduced(
+    conn: sa.Connection,
+    run: RunKey,
+    groups: int,
+    width: int,
+    where: str,
+    params: tuple[Any, ...],
+    before: str | None,
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """The entries ``where`` picks (it names the run first, then takes ``params``) in
+    buckets of ``width`` steps, and the seqs of the markers among them."""
+    values, names, inner = _selected(conn, groups, where)
     always = ", ".join("?" for _ in _ALWAYS)
     seqs = (
         "string_agg(CAST(mark AS TEXT), ',')"
         if conn.dialect.name == "postgresql"
         else "group_concat(mark)"
     )
-    rows = conn.exec_driver_sql(
+    rows = _sql(
+        conn,
         _param(
             conn,
             f"SELECT b, {_aggregates(groups)}, {seqs} FROM (SELECT step / ? AS b, step, "
@@ -326,7 +383,7 @@ def live_buckets(
             "COALESCE(LAG(action) OVER (ORDER BY seq), ?) AS prev, "
             f"{values} FROM {inner}) v) w GROUP BY b ORDER BY b",
         ),
-        (width, *_ALWAYS, before, *run, False, first, last),
+        (width, *_ALWAYS, before, *run, *params),
     ).all()
     marks = sorted(int(m) for row in rows if row[-1] for m in str(row[-1]).split(","))
     return [{"k": int(row[0]), **_bucket_doc(row[:-1], groups, 1)} for row in rows], marks
@@ -338,7 +395,8 @@ def _bodies(conn: sa.Connection, run: RunKey, seqs: list[int]) -> list[dict[str,
     for at in range(0, len(seqs), 500):
         part = seqs[at : at + 500]
         marks = ", ".join("?" for _ in part)
-        rows = conn.exec_driver_sql(
+        rows = _sql(
+            conn,
             _param(
                 conn, f"SELECT body FROM decisions WHERE {_RUN} AND seq IN ({marks}) ORDER BY seq"
             ),
@@ -352,29 +410,63 @@ class RunTiles:
     """A run's live branch through ``seq``, in tiles: level ``base`` holds buckets of
     2**base steps (keyed by step >> base), each level above 2**LEVEL_STEP times wider; and
     its markers (None: too many to keep). Entries after ``seq`` are folded in as they come;
-    a rewind among them makes the tiles anew (``Tiles``)."""
+    a rewind among them makes the tiles anew (``Tiles``).
 
-    def __init__(self, groups: int, base: int, top: int, seq: int, last_action: str | None) -> None:
+    With ``tiled`` (not 0), the database's tiles (``PlotTileRow``) hold the entries of seqs
+    through it: a level is read from them when a plot first needs it, with the finest tiles
+    of the entries after it (``tail``, kept here) folded in."""
+
+    def __init__(
+        self,
+        groups: int,
+        base: int,
+        top: int,
+        seq: int,
+        last_action: str | None,
+        tiled: int = 0,
+    ) -> None:
         self.groups = groups
         self.base = base
         self.top = top  # the widest level kept (a few tiles span the run)
         self.seq = seq
         self.last_action = last_action
+        self.tiled = tiled
+        self.tail: dict[int, dict[str, Any]] = {}
         self.levels: dict[int, dict[int, dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] | None = []
+        self._loading = threading.Lock()
 
     def add_tile(self, level: int, key: int, bucket: dict[str, Any]) -> None:
-        tiles = self.levels.setdefault(level, {})
-        known = tiles.get(key)
-        if known is None:
-            tiles[key] = _copy(bucket)
-        else:
-            _merge(known, bucket)
+        _add(self.levels.setdefault(level, {}), key, bucket)
 
     def fold(self, bucket: dict[str, Any], step: int) -> None:
-        """Fold a bucket of one finest tile (its step ``step``) into every level."""
-        for level in range(self.base, self.top + 1, LEVEL_STEP):
-            self.add_tile(level, step >> level, bucket)
+        """Fold a bucket of one finest tile (its step ``step``) into every level (read from
+        the database's tiles: the tail and the levels read so far)."""
+        with self._loading:  # a level read meanwhile takes it from the tail, or has it
+            if self.tiled:
+                _add(self.tail, step >> self.base, bucket)
+                levels: Any = list(self.levels)
+            else:
+                levels = range(self.base, self.top + 1, LEVEL_STEP)
+            for level in levels:
+                self.add_tile(level, step >> level, bucket)
+
+    def level_for(self, width_log2: int) -> int:
+        """The widest level whose tiles fit in buckets of 2**width_log2 steps."""
+        return min(self.top, self.base + (width_log2 - self.base) // LEVEL_STEP * LEVEL_STEP)
+
+    def load(self, conn: sa.Connection, run: RunKey, level: int) -> None:
+        """Read ``level`` from the database's tiles, if it is not here yet (``conn`` sees
+        them as of the seq ``tiled``)."""
+        if not self.tiled:
+            return
+        with self._loading:
+            if level in self.levels:
+                return
+            tiles = {int(row[0]): _tile_bucket(row[1:]) for row in _tile_rows(conn, run, level)}
+            for key, bucket in self.tail.items():
+                _add(tiles, key >> (level - self.base), bucket)
+            self.levels[level] = tiles
 
     def build_levels(self) -> None:
         """Each level above the finest from the one below (its tiles made, the others not)."""
@@ -397,7 +489,7 @@ class RunTiles:
         width_log2`` to ``last >> width_log2``, from the widest level that fits. A bucket at
         an edge may hold entries outside ``first``..``last`` (its step_lo, step_hi say so:
         the caller reads those again)."""
-        level = min(self.top, self.base + (width_log2 - self.base) // LEVEL_STEP * LEVEL_STEP)
+        level = self.level_for(width_log2)
         tiles = self.levels.get(level, {})
         shift = width_log2 - level
         out: dict[int, dict[str, Any]] = {}
@@ -417,9 +509,11 @@ class RunTiles:
 class Tiles:
     """The tiles of the long runs this process was asked to plot (``MAX_CACHED_RUNS``, the
     least recently plotted dropped first). A cache: it holds nothing the log does not, is
-    made from it on the first plot of a run (one reduction of the whole live branch in the
-    database) and kept up with it by reading only the entries appended since (their seqs:
-    an index range); a rewind among them makes it anew. Each replica keeps its own."""
+    made on the first plot of a run from the database's tiles and the entries after them (a
+    run without tiles there, from one reduction of its whole live branch) and kept up with
+    the log by reading only the entries appended since (their seqs: an index range); a rewind
+    among them, or a chunk added to the database's tiles, makes it anew. Each replica keeps
+    its own."""
 
     def __init__(self) -> None:
         self._runs: dict[RunKey, RunTiles] = {}
@@ -447,6 +541,7 @@ class Tiles:
         if tiles is None or width_log2 < tiles.base:
             return plot(conn, run, groups, points, first, last, max_events)  # a short range
         width = 1 << width_log2
+        tiles.load(conn, run, tiles.level_for(width_log2))
         buckets = {b["k"]: b for b in tiles.buckets(width_log2, first, last)}
         for k in sorted({first >> width_log2, last >> width_log2}):  # the edges
             edge = buckets.get(k)
@@ -491,8 +586,10 @@ class Tiles:
     ) -> RunTiles:
         with self._lock:
             tiles = self._runs.pop(run, None)
-        if tiles is not None and tiles.groups != groups:
-            tiles = None  # not this run's
+        if tiles is not None and (
+            tiles.groups != groups or tiles.tiled not in (0, tiled_through(last_seq))
+        ):
+            tiles = None  # not this run's, or the database's tiles moved on: read anew
         elif tiles is not None and tiles.seq < last_seq:
             tiles = self._caught_up(conn, run, tiles, last_seq)
         # (tiles ahead of last_seq: another plot caught them up since this one read the head)
@@ -507,7 +604,8 @@ class Tiles:
     def _caught_up(
         self, conn: sa.Connection, run: RunKey, tiles: RunTiles, last_seq: int
     ) -> RunTiles | None:
-        rows = conn.exec_driver_sql(
+        rows = _sql(
+            conn,
             _param(
                 conn,
                 f"SELECT seq, action, superseded, body FROM decisions WHERE {_RUN} AND seq > ? "
@@ -525,26 +623,63 @@ class Tiles:
         self, conn: sa.Connection, run: RunKey, groups: int, last_seq: int, span: tuple[int, int]
     ) -> RunTiles:
         low, high = span
-        base = max(0, ((high - low + 1) * TILE_ENTRIES // max(1, last_seq)).bit_length() - 1)
-        while (high - low + 1) >> base > MAX_BASE_TILES:  # the memory a run's tiles take
-            base += 1
+        tiled = tiled_through(last_seq)
+        base = tile_base(conn, run) if tiled else None
+        if base is None:  # tiles of its own, from the whole log
+            tiled = 0
+            base = max(0, ((high - low + 1) * TILE_ENTRIES // max(1, last_seq)).bit_length() - 1)
+            while (high - low + 1) >> base > MAX_BASE_TILES:  # the memory a run's tiles take
+                base += 1
         # the widest level: a few tiles span the run, and 16 times its steps still
         top = base + -(-(max(1, high).bit_length() + 4 - base) // LEVEL_STEP) * LEVEL_STEP
-        tiles = RunTiles(groups, base, top, last_seq, None)
-        # The log through last_seq (entries committed since are folded in next time), a slice
-        # of steps a statement: each short, and the call's deadline renewed after each (a long
-        # run's first plot reads all of it once; the database keeps answering meanwhile).
+        tiles = RunTiles(groups, base, top, last_seq, None, tiled)
+        if tiled:  # the database's tiles through tiled; the entries after them read here
+            before = action_before(conn, run, tiled)
+            buckets, more = _reduced(
+                conn, run, groups, 1 << base, _SEQS, (False, tiled, last_seq), before
+            )
+            for bucket in buckets:
+                _add(tiles.tail, bucket.pop("k"), bucket)
+            stored = _sql(
+                conn,
+                _param(conn, f"SELECT seq FROM plot_marks WHERE {_RUN} ORDER BY seq LIMIT ?"),
+                (*run, MAX_CACHED_EVENTS + 1),
+            ).all()
+            marks: list[int] | None = [int(seq) for (seq,) in stored] + more
+        else:
+            marks = self._read_whole(conn, run, tiles, low, high, last_seq)
+        if marks is not None and len(marks) > MAX_CACHED_EVENTS:
+            marks = None
+        tiles.events = None if marks is None else [event_of(d) for d in _bodies(conn, run, marks)]
+        action = _sql(
+            conn,
+            _param(conn, f"SELECT action FROM decisions WHERE {_RUN} AND seq = ?"),
+            (*run, last_seq),
+        ).first()
+        tiles.last_action = None if action is None else str(action[0])
+        return tiles
+
+    @staticmethod
+    def _read_whole(
+        conn: sa.Connection, run: RunKey, tiles: RunTiles, low: int, high: int, last_seq: int
+    ) -> list[int] | None:
+        """Every level of ``tiles`` from the log through ``last_seq`` (a run without tiles in
+        the database); the seqs of its markers (None: too many to keep)."""
+        base = tiles.base
+        # A slice of steps a statement: each short, and the call's deadline renewed after
+        # each (the database keeps answering meanwhile).
         width = 1 << (base + SLICE_TILES_LOG2)
         marks: list[int] | None = []
         before: str | None = None
         for start in range(low - low % width, high + 1, width):
             buckets, more = live_buckets(
-                conn, run, groups, 1 << base, start, start + width - 1, last_seq, before
+                conn, run, tiles.groups, 1 << base, start, start + width - 1, last_seq, before
             )
             for bucket in buckets:
                 tiles.add_tile(base, bucket.pop("k"), bucket)
             if buckets:  # the last live entry's action so far: the next slice's "before"
-                found = conn.exec_driver_sql(
+                found = _sql(
+                    conn,
                     _param(
                         conn,
                         f"SELECT action FROM decisions WHERE {_RUN} AND superseded = ? AND "
@@ -558,11 +693,220 @@ class Tiles:
                 marks = marks + more if len(marks) + len(more) <= MAX_CACHED_EVENTS else None
             renew()
         tiles.build_levels()
-        events = None if marks is None else [event_of(doc) for doc in _bodies(conn, run, marks)]
-        tiles.events = events
-        action = conn.exec_driver_sql(
-            _param(conn, f"SELECT action FROM decisions WHERE {_RUN} AND seq = ?"),
-            (*run, last_seq),
-        ).first()
-        tiles.last_action = None if action is None else str(action[0])
-        return tiles
+        return marks
+
+
+# -- a long run's tiles in the database ------------------------------------------------------
+#
+# What makes a long run's first plot in a process (after a start, after a rewind) cheap: the
+# tiles and markers of its live branch kept in the database (tables.PlotTileRow, PlotMarkRow),
+# written by the store where entries are written, CHUNK seqs at a time: the append (or import
+# batch) that writes seq k*CHUNK folds in the live entries of seqs (k-1)*CHUNK+1..k*CHUNK, in
+# its transaction; a rewind cuts them back to its step there too. So they always hold the live
+# entries of seqs through ``tiled_through(last_seq)``, read in the plot's snapshot with it.
+
+CHUNK = 1024  # seqs folded into the database's tiles at a time
+TOP_LEVEL = 70  # the levels kept: base, base + LEVEL_STEP, ... below this (any RunTiles.top)
+_TILE_COLUMNS = "step_lo, step_hi, count, lr_min, lr_max, metric_min, metric_max"
+
+
+def tiled_through(last_seq: int) -> int:
+    """The last seq the database's tiles of a run whose log ends at ``last_seq`` hold."""
+    return last_seq - last_seq % CHUNK
+
+
+def tile_base(conn: sa.Connection, run: RunKey) -> int | None:
+    """The run's finest level in the database (None: no tiles)."""
+    row = _sql(conn, _param(conn, f"SELECT min(level) FROM plot_tiles WHERE {_RUN}"), run).one()
+    return None if row[0] is None else int(row[0])
+
+
+def action_before(conn: sa.Connection, run: RunKey, seq: int) -> str | None:
+    """The action of the last live entry of seq ``seq`` or before (None: none)."""
+    found = _sql(
+        conn,
+        _param(
+            conn,
+            f"SELECT action FROM decisions WHERE {_RUN} AND superseded = ? AND seq <= ? "
+            "ORDER BY seq DESC LIMIT 1",
+        ),
+        (*run, False, seq),
+    ).first()
+    return None if found is None else str(found[0])
+
+
+def _add(tiles: dict[int, dict[str, Any]], key: int, bucket: dict[str, Any]) -> None:
+    known = tiles.get(key)
+    if known is None:
+        tiles[key] = _copy(bucket)
+    else:
+        _merge(known, bucket)
+
+
+def _tile_bucket(row: Any) -> dict[str, Any]:
+    """A tile row (``_TILE_COLUMNS``) as a bucket."""
+    return {
+        "step_lo": int(row[0]),
+        "step_hi": int(row[1]),
+        "count": int(row[2]),
+        "lr_min": [float(v) for v in json.loads(row[3])],
+        "lr_max": [float(v) for v in json.loads(row[4])],
+        "metric_min": None if row[5] is None else float(row[5]),
+        "metric_max": None if row[6] is None else float(row[6]),
+    }
+
+
+def _tile_rows(
+    conn: sa.Connection, run: RunKey, level: int, keys: tuple[int, int] | None = None
+) -> list[Any]:
+    """The run's tiles of ``level`` (keys in ``keys``, both ends in): (key, columns...)."""
+    where = f"{_RUN} AND level = ?" + ("" if keys is None else " AND key >= ? AND key <= ?")
+    return list(
+        _sql(
+            conn,
+            _param(conn, f"SELECT key, {_TILE_COLUMNS} FROM plot_tiles WHERE {where}"),
+            (*run, level, *(keys or ())),
+        ).all()
+    )
+
+
+_WRITE_ROWS = 500  # tiles a statement
+
+
+def _write_tiles(
+    conn: sa.Connection, run: RunKey, tiles: dict[tuple[int, int], dict[str, Any]]
+) -> None:
+    """Write tiles (level, key) -> bucket, each replacing the one there: one statement of
+    many rows (an executemany is a round trip a row on PostgreSQL)."""
+    rows = [
+        (
+            *run,
+            level,
+            key,
+            b["step_lo"],
+            b["step_hi"],
+            b["count"],
+            json.dumps(b["lr_min"]),
+            json.dumps(b["lr_max"]),
+            b["metric_min"],
+            b["metric_max"],
+        )
+        for (level, key), b in sorted(tiles.items())
+    ]
+    update = ", ".join(f"{c} = excluded.{c}" for c in _TILE_COLUMNS.split(", "))
+    for at in range(0, len(rows), _WRITE_ROWS):
+        part = rows[at : at + _WRITE_ROWS]
+        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+        _sql(
+            conn,
+            _param(
+                conn,
+                f"INSERT INTO plot_tiles (project, run_id, level, key, {_TILE_COLUMNS}) VALUES "
+                f"{values} ON CONFLICT (project, run_id, level, key) DO UPDATE SET {update}",
+            ),
+            tuple(v for row in part for v in row),
+        )
+
+
+def fold(conn: sa.Connection, run: RunKey, through: int, groups: int) -> None:
+    """Fold the live entries of seqs ``through - CHUNK + 1``..``through`` into the run's
+    tiles and markers in the database (the writer of seq ``through`` calls it, the run
+    locked, in its transaction): one reduction of those entries by the database (a range of
+    the primary key; its JSON functions parse them faster than Python would), then the tiles
+    they touch at each level read, merged and written."""
+    groups = min(groups, MAX_GROUPS)
+    after = through - CHUNK
+    base = tile_base(conn, run)
+    if base is None:  # the finest level: tiles of TILE_ENTRIES entries, at this density
+        count, low, high = _sql(
+            conn,
+            _param(conn, f"SELECT count(*), min(step), max(step) FROM decisions WHERE {_SEQS}"),
+            (*run, False, after, through),
+        ).one()
+        if not count:
+            return  # a rewind superseded them all
+        base = max(0, ((int(high) - int(low) + 1) * TILE_ENTRIES // int(count)).bit_length() - 1)
+    before = action_before(conn, run, after)
+    buckets, marks = _reduced(conn, run, groups, 1 << base, _SEQS, (False, after, through), before)
+    if not buckets:
+        return  # a rewind superseded them all
+    tiles = {bucket.pop("k"): bucket for bucket in buckets}
+    fresh: dict[tuple[int, int], dict[str, Any]] = {}
+    for level in range(base, TOP_LEVEL, LEVEL_STEP):
+        if level > base:  # each level from the one below (a few tiles, not every bucket)
+            below, tiles = tiles, {}
+            for key, tile in below.items():
+                _add(tiles, key >> LEVEL_STEP, tile)
+        fresh.update(((level, key), tile) for key, tile in tiles.items())
+    spans: dict[int, tuple[int, int]] = {}
+    for level, key in fresh:
+        lo, hi = spans.get(level, (key, key))
+        spans[level] = (min(lo, key), max(hi, key))
+    ranges = sorted(spans.items())
+    known_rows = _sql(
+        conn,
+        _param(
+            conn,
+            f"SELECT level, key, {_TILE_COLUMNS} FROM plot_tiles WHERE {_RUN} AND ("
+            + " OR ".join("(level = ? AND key >= ? AND key <= ?)" for _ in ranges)
+            + ")",
+        ),
+        (*run, *(v for level, (lo, hi) in ranges for v in (level, lo, hi))),
+    ).all()
+    for row in known_rows:
+        touched = fresh.get((int(row[0]), int(row[1])))
+        if touched is not None:
+            _merge(touched, _tile_bucket(row[2:]))
+    _write_tiles(conn, run, fresh)
+    if marks:  # the entries that changed something (a few)
+        _sql(
+            conn,
+            _param(
+                conn,
+                "INSERT INTO plot_marks (project, run_id, seq, step) SELECT project, run_id, "
+                f"seq, step FROM decisions WHERE {_RUN} AND seq IN ({', '.join('?' * len(marks))})",
+            ),
+            (*run, *marks),
+        )
+
+
+def cut(conn: sa.Connection, run: RunKey, step: int) -> None:
+    """After a rewind to ``step`` (its entries above it superseded, in this transaction): the
+    run's tiles and markers in the database hold the live entries again. Tiles above the step
+    go; at each level the tile holding it is made again, the finest from the log (a tile's
+    entries), each level above from its children."""
+    _sql(conn, _param(conn, f"DELETE FROM plot_marks WHERE {_RUN} AND step > ?"), (*run, step))
+    base = tile_base(conn, run)
+    if base is None:
+        return
+    levels = range(base, TOP_LEVEL, LEVEL_STEP)
+    _sql(
+        conn,
+        _param(conn, f"DELETE FROM plot_tiles WHERE {_RUN} AND level = ? AND key >= ?"),
+        [(*run, level, step >> level) for level in levels],
+    )
+    last_seq, base_lrs = _sql(
+        conn, _param(conn, f"SELECT last_seq, base_lrs FROM runs WHERE {_RUN}"), run
+    ).one()
+    groups = min(len(json.loads(base_lrs)), MAX_GROUPS)
+    lo = step >> base << base
+    where = f"{_RANGE} AND seq <= {tiled_through(int(last_seq))}"
+    remade: dict[tuple[int, int], dict[str, Any]] = {}
+    for bucket in _reduced(conn, run, groups, 1 << base, where, (False, lo, step), None)[0]:
+        remade[(base, bucket.pop("k"))] = bucket
+    _write_tiles(conn, run, remade)
+    for level in levels[1:]:
+        key = step >> level
+        children = _tile_rows(
+            conn, run, level - LEVEL_STEP, (key << LEVEL_STEP, (key + 1 << LEVEL_STEP) - 1)
+        )
+        parent: dict[int, dict[str, Any]] = {}
+        for row in children:
+            _add(parent, key, _tile_bucket(row[1:]))
+        _write_tiles(conn, run, {(level, key): b for key, b in parent.items()})
+
+
+def drop_tiles(conn: sa.Connection, run: RunKey) -> None:
+    """The run's tiles and markers gone (what an unfinished import wrote)."""
+    for table in ("plot_tiles", "plot_marks"):
+        _sql(conn, _param(conn, f"DELETE FROM {table} WHERE {_RUN}"), run)

@@ -504,7 +504,17 @@ class WriteTx:
             _param(self._conn, _INSERT_DECISION),
             [(*run, r.seq, r.step, r.action, r.superseded, r.hash, r.body) for r in rows],
         )
+        self._fold(run, [(r.seq, r.body) for r in rows])
         renew()  # a batch written: a long import goes on while the database keeps answering
+
+    def _fold(self, run: RunKey, written: Sequence[tuple[int, str]]) -> None:
+        """The plot's tiles of the run in the database take each CHUNK of seqs that an entry
+        just written completes (store/plots.py; ``written``: (seq, body) in seq order)."""
+        from lrpilot.store import plots  # it builds on this module's statement helpers
+
+        for seq, body in written:
+            if seq % plots.CHUNK == 0:
+                plots.fold(self._conn, run, seq, len(json.loads(body)["lrs"]))
 
     def set_end(self, run: RunKey, end: LogEnd) -> None:
         """An imported run's head: where its log ends."""
@@ -535,15 +545,24 @@ class WriteTx:
             f"WHERE {_RUN} LIMIT ?) AND NOT EXISTS (SELECT 1 FROM runs WHERE {_RUN})",
             (*run, *run, limit, *run),
         )
-        return int(cursor.rowcount)
+        dropped = int(cursor.rowcount)
+        if dropped < limit and not self.run_exists(run):
+            from lrpilot.store import plots
+
+            plots.drop_tiles(self._conn, run)
+        return dropped
 
     def supersede_after(self, run: RunKey, step: int) -> int:
-        """Mark the run's live entries above ``step`` superseded (never deleted); how many."""
+        """Mark the run's live entries above ``step`` superseded (never deleted); how many.
+        The plot's tiles in the database are cut back to the step with them."""
+        from lrpilot.store import plots
+
         self.flush()  # entries appended in this transaction are in the table first
         cursor = self._execute(
             f"UPDATE decisions SET superseded = ? WHERE {_RUN} AND superseded = ? AND step > ?",
             (True, *run, False, step),
         )
+        plots.cut(self._conn, run, step)
         return int(cursor.rowcount)
 
     def insert_run(self, run: NewRun) -> None:
@@ -622,6 +641,8 @@ class WriteTx:
         )
         self._appended = []
         self._decided.clear()
+        for d in decisions:  # each CHUNK of seqs completed: into the plot's tiles
+            self._fold(d.key, [(d.seq, d.body)])
 
 
 class Snapshot:
@@ -875,20 +896,27 @@ class Store:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[Snapshot]:
         """One read transaction (``Snapshot``), ended when the block ends."""
+        # bounded like every call; each page read renews the deadline (Snapshot._rows), so a
+        # long log is read as long as the database keeps answering
+        with self._snapshot_conn() as conn:
+            yield Snapshot(conn)
+
+    @contextlib.contextmanager
+    def _snapshot_conn(self) -> Iterator[sa.Connection]:
+        """A connection in one read transaction (PostgreSQL: REPEATABLE READ; SQLite's BEGIN
+        is one snapshot already), bounded like every call."""
         engine = self.engine
         if not self.is_sqlite:
             engine = engine.execution_options(
                 isolation_level="REPEATABLE READ", postgresql_readonly=True
             )
-        # bounded like every call; each page read renews the deadline (Snapshot._rows), so a
-        # long log is read as long as the database keeps answering
         with (
             bounded(self.settings.db_timeout_s),
             self._db_errors(),
             engine.connect() as conn,
             conn.begin(),
         ):
-            yield Snapshot(conn)
+            yield conn
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -1296,13 +1324,12 @@ class Store:
         max_events: int,
     ) -> dict[str, Any]:
         """The run's plot over steps ``first``..``last`` (omitted: where its log begins, ends)
-        in at most ``points`` buckets a branch (``store.plots``), in one session (on
-        PostgreSQL a decision committed meanwhile may show in a later statement only: a plot
-        is a picture of a log that may be growing, never a proof)."""
+        in at most ``points`` buckets a branch (``store.plots``), in one snapshot: the head
+        and the database's tiles of the same moment (a picture of a log that may be growing,
+        never a proof)."""
         from lrpilot.store import plots  # it builds on this module's statement helpers
 
-        with self._read() as s:
-            conn = s.connection()
+        with self._snapshot_conn() as conn:
             head = _read_head(conn, run)
             low, high = plots.extent(conn, run)
             first = (low or 0) if first is None else first

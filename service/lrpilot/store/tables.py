@@ -100,6 +100,42 @@ class DecisionRow(SQLModel, table=True):
     body: str = Field(sa_type=sa.Text)
 
 
+class PlotTileRow(SQLModel, table=True):
+    """What a run's plot reads instead of its log (store/plots.py): the min and max of the
+    live branch's entries (each param group's lr, the finite metric) over a tile of
+    2**level steps (key: step >> level), at every other level from the run's finest; written
+    with the entries, a ``plots.CHUNK`` of seqs at a time, so that they hold the live entries
+    of seqs through the run's last_seq rounded down to a CHUNK."""
+
+    __tablename__ = "plot_tiles"
+    __table_args__ = _of_run("level", "key")
+
+    project: str = Field(sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
+    level: int = Field(sa_type=sa.Integer)
+    key: int = Field(sa_type=sa.BigInteger)
+    step_lo: int = Field(sa_type=sa.BigInteger)
+    step_hi: int = Field(sa_type=sa.BigInteger)
+    count: int = Field(sa_type=sa.BigInteger)
+    lr_min: str = Field(sa_type=sa.Text)  # JSON list, a float a group (repr: exact)
+    lr_max: str = Field(sa_type=sa.Text)
+    metric_min: float | None = Field(default=None, sa_type=sa.Float)
+    metric_max: float | None = Field(default=None, sa_type=sa.Float)
+
+
+class PlotMarkRow(SQLModel, table=True):
+    """A live entry that is a marker of the plot (it changed something), among the seqs the
+    tiles hold: the markers of a long run without a pass over its log."""
+
+    __tablename__ = "plot_marks"
+    __table_args__ = _of_run("seq")
+
+    project: str = Field(sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
+    seq: int = Field(sa_type=sa.BigInteger)
+    step: int = Field(sa_type=sa.BigInteger)
+
+
 class ReportRow(SQLModel, table=True):
     """One rank's report of a step of an aggregated run (the step's decision is taken from the
     weighted mean of the reports once every rank has reported, or at the run's timeout)."""
