@@ -156,8 +156,8 @@ def _spec(
 
 def _head(row: Sequence[Any]) -> RunHead:
     """A run's head from its row's ``_HEAD_COLUMNS``."""
-    spec = _spec(*row[:11])
-    state, lrs, last_seq, last_step, head_hash, scale, project = row[11:]
+    spec = _spec(*row[:12])
+    state, lrs, last_seq, last_step, head_hash, scale, project = row[12:]
     force = None
     if spec.scaling is not None:
         force = InForce.of(spec.scaling.model_dump(), None if scale is None else json.loads(scale))
