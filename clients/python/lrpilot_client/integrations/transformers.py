@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 
 from ._callback import SchedulerCallback
 from ._common import logger
@@ -57,9 +58,13 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
       lrs; the callback only posts the evaluations.
 
     **Guarded runs** (`guard=`, docs/guard.md): each checkpoint the Trainer saves is declared
-    (its directory is the ref). On a rollback the evaluation raises `RollbackRequested(step,
-    ref)` out of `trainer.train()`: resume with `trainer.train(resume_from_checkpoint=ref)` (the
-    run is rewound to that step already, its rates cut).
+    (its directory is the ref). On a rollback the callback loads that checkpoint's model
+    weights (and `optimizer.pt`, when saved) into the Trainer's model and optimizer in place,
+    sets the Trainer's global step back to the checkpoint's, and training goes on in the same
+    `train()` with the cut rates. A checkpoint it cannot load in place (sharded weights, an
+    adapter, FSDP or DeepSpeed state) raises `RollbackRequested(step, ref)` out of
+    `trainer.train()`: resume with `trainer.train(resume_from_checkpoint=ref)` (the run is
+    rewound to that step already, its rates cut).
 
     After each evaluation the decision is `last_decision`; when it is `stop` and `stop_training`
     is true, the callback ends training (`control.should_training_stop`). Every process of a
@@ -138,7 +143,15 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
                 "once per optimizer step?",
                 self.scheduler.run_id, self.scheduler.last_epoch, state.global_step,
             )  # fmt: skip
-        decision = self.scheduler.observe(metrics[self.metric])
+        model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
+        decision = self.observe(
+            metrics[self.metric], lambda ref: _load_in_place(ref, model, optimizer)
+        )
+        if decision.action == "rollback" and decision.rollback is not None:
+            # the Trainer counts on from the checkpoint's step; the damaged weights of this
+            # step are not saved (a save due now would overwrite the checkpoint's directory)
+            state.global_step = int(decision.rollback["checkpoint"]["step"])
+            control.should_save = False
         if decision.stop and self.stop_training:
             control.should_training_stop = True
 
@@ -156,3 +169,34 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
             return
         ref = os.path.join(str(args.output_dir), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
         self.scheduler.checkpoint(state.global_step, ref)
+
+
+def _load_in_place(ref: str, model: Any, optimizer: Any) -> bool:
+    """Load the checkpoint directory `ref`'s model weights (one file, as the Trainer saves an
+    unsharded model) and its `optimizer.pt` into the running `model` and `optimizer`. False
+    (with the reason logged) when the checkpoint is not one this can load in place."""
+    weights = next(
+        (path for name in (SAFE_WEIGHTS_NAME, WEIGHTS_NAME)
+         if os.path.isfile(path := os.path.join(ref, name))),
+        None,
+    )  # fmt: skip
+    if weights is None or not isinstance(model, torch.nn.Module):
+        logger.warning(
+            "checkpoint %r: no %s or %s to load into the running model (sharded, an adapter, "
+            "FSDP or DeepSpeed): resume with trainer.train(resume_from_checkpoint=%r)",
+            ref, SAFE_WEIGHTS_NAME, WEIGHTS_NAME, ref,
+        )  # fmt: skip
+        return False
+    if weights.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(weights, device="cpu")
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    # not strict: the Trainer saves tied weights once, as from_pretrained expects
+    model.load_state_dict(state, strict=False)
+    saved_optimizer = os.path.join(ref, "optimizer.pt")
+    if optimizer is not None and os.path.isfile(saved_optimizer):
+        optimizer.load_state_dict(torch.load(saved_optimizer, map_location="cpu", weights_only=True))
+    logger.info("checkpoint %r loaded into the running Trainer (a rollback)", ref)
+    return True
