@@ -126,3 +126,53 @@ def test_the_transformers_callback_restores_the_checkpoint_in_the_same_train(
     live = [(c.step, c.superseded) for c in client.checkpoints("hf-rollback").items]
     assert live[:2] == [(5, False), (10, False)] and (15, False) in live
     verified_offline(client, "hf-rollback", tmp_path)
+
+
+def test_the_lightning_callback_declares_its_saves_and_restores_in_the_same_fit(
+    client: Client,
+    tmp_path: Path,
+    quiet_lightning: None,  # noqa: F811 (the fixture)
+) -> None:
+    import lightning.pytorch as pl
+
+    from lrpilot_client.integrations.lightning import LrpilotCallback
+
+    after_rollback: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    class Probe(pl.Callback):  # type: ignore[misc]
+        """Noise in the weights when the third epoch starts (step 16, just after the save of
+        step 16); the weights right after the rollback (it runs after the lrpilot callback)."""
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            if trainer.current_epoch == 2:
+                noisy(pl_module, 0.5)
+
+        def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+            if callback.last_decision is not None and callback.last_decision.action == "rollback":
+                after_rollback.append((trainer.global_step, weights(pl_module)))
+
+    callback = LrpilotCallback(client, "pl-rollback", guard=GUARD)
+    saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    trainer = lightning_trainer(tmp_path, [callback, Probe(), saver], epochs=4)  # 8 steps each
+    trainer.fit(lightning_module(), lightning_data(64, 1), lightning_data(32, 2))
+
+    declared = [(c.step, Path(c.ref).name) for c in client.checkpoints("pl-rollback").items]
+    assert declared[:2] == [(8, "epoch=0-step=8.ckpt"), (16, "epoch=1-step=16.ckpt")]
+    rollback = next(d for d in client.iter_decisions("pl-rollback", superseded=True)
+                    if d.action == "rollback")  # fmt: skip
+    assert rollback.step == 24 and rollback.rollback is not None
+    assert rollback.rollback["trigger"] == "spike"
+    assert rollback.rollback["checkpoint"]["ref"] == str(tmp_path / "epoch=1-step=16.ckpt")
+    # restored in place: the weights right after the rollback are the checkpoint's
+    saved = torch.load(tmp_path / "epoch=1-step=16.ckpt", weights_only=False)["state_dict"]
+    assert [step for step, _ in after_rollback] == [16]
+    assert same(after_rollback[0][1], saved)
+    # the fourth epoch trained steps 16..23 again, with the cut lrs
+    used = trainer.recorded
+    assert [s for s, _ in used] == [*range(24), *range(16, 24)]
+    assert {tuple(lrs) for _, lrs in used[:24]} == {(0.05, 0.1)}
+    assert {tuple(lrs) for _, lrs in used[24:]} == {(0.05 * 0.5, 0.1 * 0.5)}
+    assert trainer.global_step == 24
+    run = client.get_run("pl-rollback")
+    assert run.last_step == 24 and run.lrs == (0.05 * 0.5, 0.1 * 0.5)
+    verified_offline(client, "pl-rollback", tmp_path)

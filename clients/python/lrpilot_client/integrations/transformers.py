@@ -197,6 +197,7 @@ def _load_in_place(ref: str, model: Any, optimizer: Any) -> bool:
     model.load_state_dict(state, strict=False)
     saved_optimizer = os.path.join(ref, "optimizer.pt")
     if optimizer is not None and os.path.isfile(saved_optimizer):
-        optimizer.load_state_dict(torch.load(saved_optimizer, map_location="cpu", weights_only=True))
+        saved = torch.load(saved_optimizer, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved)
     logger.info("checkpoint %r loaded into the running Trainer (a rollback)", ref)
     return True
