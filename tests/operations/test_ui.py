@@ -27,8 +27,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from lrpilot.api.auth import COOKIE
-from lrpilot_client.models import applied_hash
 from lrpilot.store.db import upgrade
+from lrpilot_client.models import applied_hash
 from tests.chromium import errors
 from tests.harness import LiveServer
 from tests.helpers import bearer, make_token, plateau_stream, run_spec
