@@ -133,8 +133,9 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
             self.scheduler.step_to(trainer.global_step)
         self._declare_saves(trainer)  # a save at the end of the training epoch, before this
         decision = self.observe(float(value), lambda ref: _load_in_place(trainer, ref))
-        if decision.action == "rollback" and decision.rollback is not None:
-            _set_global_step(trainer, int(decision.rollback["checkpoint"]["step"]))
+        step = self.rolled_back_to(decision)
+        if step is not None:
+            _set_global_step(trainer, step)
         if decision.stop and self.stop_training:
             trainer.should_stop = True
 

@@ -147,10 +147,11 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
         decision = self.observe(
             metrics[self.metric], lambda ref: _load_in_place(ref, model, optimizer)
         )
-        if decision.action == "rollback" and decision.rollback is not None:
+        step = self.rolled_back_to(decision)
+        if step is not None:
             # the Trainer counts on from the checkpoint's step; the damaged weights of this
             # step are not saved (a save due now would overwrite the checkpoint's directory)
-            state.global_step = int(decision.rollback["checkpoint"]["step"])
+            state.global_step = step
             control.should_save = False
         if decision.stop and self.stop_training:
             control.should_training_stop = True
