@@ -23,6 +23,7 @@ Needs transformers and torch (`pip install 'lrpilot-client[transformers]'`).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,10 @@ from ._common import logger
 from .torch import LrpilotScheduler
 
 __all__ = ["LrpilotCallback"]
+
+# the callback's own scheduler's state, in each checkpoint directory (the Trainer saves its own
+# scheduler, not the callback's)
+STATE_FILE = "lrpilot_scheduler.json"
 
 
 class LrpilotCallback(SchedulerCallback, TrainerCallback):
@@ -105,9 +110,13 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
             scheduler = self.build_scheduler(optimizer)
         self.owned = True
         if state.global_step > 0:
-            scheduler.resume(
-                state.global_step, observed_step=scheduler.position_of(state.global_step)
-            )
+            saved = _saved_state(args, state)
+            if saved is not None:  # checked against the run's log (CheckpointMismatch)
+                scheduler.load_state_dict(saved)
+            else:
+                scheduler.resume(
+                    state.global_step, observed_step=scheduler.position_of(state.global_step)
+                )
 
     def on_step_begin(
         self,
@@ -116,6 +125,18 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
         control: TrainerControl,
         **kwargs: Any,
     ) -> None:
+        if self.owned and self.scheduler is not None:
+            self.scheduler.step_to(state.global_step)
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        **kwargs: Any,
+    ) -> None:
+        # the Trainer's own scheduler has just written its lr: the run's go back before a save,
+        # so that a checkpoint's optimizer holds the lrs of its step (checked on a resume)
         if self.owned and self.scheduler is not None:
             self.scheduler.step_to(state.global_step)
 
@@ -163,13 +184,35 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
         control: TrainerControl,
         **kwargs: Any,
     ) -> None:
-        """A guarded run: declare the checkpoint the Trainer just saved (its directory is the
-        ref), which a rollback may go back to. Every process declares it: the service counts
-        it once. (A run without a guard: nothing, its log stays as it was.)"""
-        if self.scheduler is None or not self.scheduler.run.guard:
+        """The checkpoint the Trainer just saved: the callback's scheduler's state goes beside it
+        (`lrpilot_scheduler.json`: the run, the step, the seq and hash of the chain's head),
+        which a resume from it checks against the run's log. A guarded run: the checkpoint is
+        declared (its directory is the ref), which a rollback may go back to; every process
+        declares it, the service counts it once. (A run without a guard: its log stays as
+        it was.)"""
+        if self.scheduler is None:
             return
         ref = os.path.join(str(args.output_dir), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        self.scheduler.checkpoint(state.global_step, ref)
+        if self.owned and state.is_world_process_zero and os.path.isdir(ref):
+            with open(os.path.join(ref, STATE_FILE), "w", encoding="utf-8") as out:
+                json.dump(self.scheduler.state_dict(), out)
+        if self.scheduler.run.guard:
+            self.scheduler.checkpoint(state.global_step, ref)
+
+
+def _saved_state(args: TrainingArguments, state: TrainerState) -> dict[str, Any] | None:
+    """The callback's scheduler state saved with the checkpoint the Trainer resumed from: the
+    Trainer does not tell a callback which one, so `args.resume_from_checkpoint` if set, else
+    the Trainer's own name for the checkpoint of the step it resumed at. None: not found (a
+    checkpoint saved before the callback saved its state, or one moved elsewhere)."""
+    named = os.path.join(str(args.output_dir), f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+    for where in (getattr(args, "resume_from_checkpoint", None), named):
+        if isinstance(where, str) and os.path.isfile(path := os.path.join(where, STATE_FILE)):
+            with open(path, encoding="utf-8") as saved:
+                loaded: dict[str, Any] = json.load(saved)
+            if int(loaded.get("last_epoch", -1)) == state.global_step:
+                return loaded
+    return None
 
 
 def _load_in_place(ref: str, model: Any, optimizer: Any) -> bool:
