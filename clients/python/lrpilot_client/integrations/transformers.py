@@ -55,8 +55,11 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
       optimizer's initial lrs, i.e. `learning_rate`) and, before each step, writes the run's lrs of
       `state.global_step` into the optimizer, over whatever the Trainer's own scheduler wrote
       (use `lr_scheduler_type="constant"` so that it is a no-op; the Trainer's logged
-      `learning_rate` is that scheduler's). A run resumed from a checkpoint at global step g is
-      rewound to g (the evaluation at g, which the Trainer makes before it saves, is kept).
+      `learning_rate` is that scheduler's). Its scheduler's state (run, step, the chain's head)
+      is saved beside each checkpoint (`lrpilot_scheduler.json`): a run resumed from a
+      checkpoint at global step g is checked against it (`CheckpointMismatch`, as
+      `LrpilotScheduler.load_state_dict`) and rewound to g (the evaluation at g, which the
+      Trainer makes before it saves, is kept).
     - **The scheduler as the Trainer's** (`Trainer(optimizers=(optimizer, LrpilotScheduler(...)))`,
       and `LrpilotCallback()` with no arguments): the Trainer steps it after every optimizer step,
       saves it in each checkpoint (resuming rewinds the run, see `LrpilotScheduler`) and logs its
