@@ -131,6 +131,17 @@ def text_of(browser: WebDriver, selector: str) -> str:
     return str(browser.find_element(By.CSS_SELECTOR, selector).text)
 
 
+def hover(browser: WebDriver, marker: dict[str, Any]) -> str:
+    """The tooltip's text once the mouse is over ``marker`` (a marker of window.lrpilotPlot)."""
+    over = browser.find_element(By.CSS_SELECTOR, "#chart .u-over")
+    size = over.size
+    ActionChains(browser).move_to_element_with_offset(
+        over, int(marker["left"] - size["width"] / 2), int(marker["top"] - size["height"] / 2)
+    ).perform()
+    until(browser, "return !document.getElementById('tip').hidden", "showed a tooltip")
+    return text_of(browser, "#tip")
+
+
 def open_run(browser: WebDriver, site: Site, run_id: str) -> dict[str, Any]:
     """The run page, once its plot is drawn with the run's data: what the chart shows. A new
     document each time (a URL that differs only by its fragment would keep the old one)."""
@@ -232,13 +243,7 @@ def test_hovering_a_marker_reads_its_reason_and_a_click_opens_the_decision(
     shown = open_run(browser, site, "plain")
     marker = shown["markers"][0]
     decision = next(d for d in site.decisions("plain") if d["seq"] == marker["seq"])
-    over = browser.find_element(By.CSS_SELECTOR, "#chart .u-over")
-    size = over.size
-    ActionChains(browser).move_to_element_with_offset(
-        over, int(marker["left"] - size["width"] / 2), int(marker["top"] - size["height"] / 2)
-    ).perform()
-    until(browser, "return !document.getElementById('tip').hidden", "showed a tooltip")
-    assert decision["reason"] in text_of(browser, "#tip")
+    assert decision["reason"] in hover(browser, marker)
     ActionChains(browser).click().perform()
     until(browser, "return document.getElementById('decision-json')", "opened the decision")
     whole = text_of(browser, "#decision-json")
@@ -508,14 +513,7 @@ def test_checkpoints_rollbacks_and_disagreements_are_marked_on_the_plot(
     assert bad["rank"] == 1 and ("disagreement", 50, bad["seq"]) in marked
 
     # the rollback's hover: its trigger, value and checkpoint
-    marker = next(m for m in shown["markers"] if m["action"] == "rollback")
-    over = browser.find_element(By.CSS_SELECTOR, "#chart .u-over")
-    size = over.size
-    ActionChains(browser).move_to_element_with_offset(
-        over, int(marker["left"] - size["width"] / 2), int(marker["top"] - size["height"] / 2)
-    ).perform()
-    until(browser, "return !document.getElementById('tip').hidden", "showed a tooltip")
-    tip = text_of(browser, "#tip")
+    tip = hover(browser, next(m for m in shown["markers"] if m["action"] == "rollback"))
     assert "rollback at step 40" in tip and "spike" in tip and "ckpt/step-30.pt" in tip, tip
 
     # the summary's lines beside the plot

@@ -131,17 +131,9 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
         if self.owned and self.scheduler is not None:
             self.scheduler.step_to(state.global_step)
 
-    def on_step_end(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        **kwargs: Any,
-    ) -> None:
-        # the Trainer's own scheduler has just written its lr: the run's go back before a save,
-        # so that a checkpoint's optimizer holds the lrs of its step (checked on a resume)
-        if self.owned and self.scheduler is not None:
-            self.scheduler.step_to(state.global_step)
+    # after a step too: the Trainer's own scheduler has just written its lr, and the run's go
+    # back before a save, so that a checkpoint's optimizer holds its step's (checked on resume)
+    on_step_end = on_step_begin
 
     def on_evaluate(
         self,
