@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium, offline: tests/chromium.py) against the
 real service with tokens: log in, the runs list, a run's plot checked point by point and marker
 by marker against its decision log, a reason on hover, verify (good, then a database row
-edited), what-if, a live run gaining decisions; an unauthenticated visitor and another
+edited), what-if, a live run gaining decisions, a guarded run's checkpoints, rollback and a
+rank's disagreement marked as its log and summary say; an unauthenticated visitor and another
 project's token see none of the runs. Any error in the browser's console fails the test.
 
 One server and one browser for the module, in the order a person would go; the tests share the
