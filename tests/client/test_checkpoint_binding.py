@@ -11,6 +11,7 @@ the service away the load goes on and the rewind is done once it is back.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,12 @@ import torch
 
 from lrpilot_client import CheckpointMismatch, Client
 from lrpilot_client.integrations.torch import LrpilotScheduler
+from tests.client.test_integrations_frameworks import (
+    lightning_data,
+    lightning_module,
+    lightning_trainer,
+    quiet_lightning,  # noqa: F401 (a fixture)
+)
 from tests.client.test_integrations_torch import model_and_optimizer, train_step
 from tests.harness import LiveServer
 
@@ -181,3 +188,69 @@ def test_with_the_service_away_the_load_warns_and_rewinds_once_it_is_back(
         gone = [d.step for d in client.iter_decisions("bound-away", superseded=True)]
         assert gone == [30, 40]
         assert client.verify("bound-away", head=resumed.sched.head_hash()).ok
+
+
+# -- the callbacks' state ----------------------------------------------------------------------
+
+
+def test_the_transformers_callbacks_state_is_saved_with_each_checkpoint_and_checked(
+    client: Client, tmp_path: Path
+) -> None:
+    """The callback alone: the Trainer saves its own scheduler, so the callback's state (run,
+    seq, head) goes beside each checkpoint; a resume from it loads it (a rewind), and a resume
+    of another run's callback from it is refused, naming both runs."""
+    from transformers import Trainer
+
+    from lrpilot_client.integrations.transformers import STATE_FILE, LrpilotCallback
+    from tests.client.test_integrations_frameworks import Tokens, hf_args, tiny_bert
+
+    def train(run_id: str, resume: str | None = None) -> LrpilotCallback:
+        callback = LrpilotCallback(client, run_id, params=PARAMS, metric="eval_loss")
+        args = hf_args(tmp_path, max_steps=20, eval_steps=5, save_strategy="steps", save_steps=10,
+                       lr_scheduler_type="constant")  # fmt: skip
+        trainer = Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(40, 1),
+                          eval_dataset=Tokens(16, 2), callbacks=[callback])  # fmt: skip
+        trainer.train(resume_from_checkpoint=resume)
+        return callback
+
+    train("bound-hf")
+    checkpoint = tmp_path / "checkpoint-10"
+    saved = json.loads((checkpoint / STATE_FILE).read_text())
+    at_10 = client.lr_at("bound-hf", 10)
+    assert (saved["run_id"], saved["last_epoch"]) == ("bound-hf", 10)
+    entry = client.decisions("bound-hf", after=saved["seq"] - 1, limit=1).items[0]
+    assert (saved["seq"], saved["head_hash"]) == (at_10.seq, entry.hash) and entry.step == 10
+
+    train("bound-hf", str(checkpoint))  # its own run: loaded, the run rewound to step 10
+    gone = [d.step for d in client.iter_decisions("bound-hf", superseded=True)]
+    assert gone == [15, 20]
+
+    with pytest.raises(CheckpointMismatch, match=r"\(run\).*'bound-hf'.*'bound-hf-other'"):
+        train("bound-hf-other", str(checkpoint))
+
+
+def test_the_lightning_callbacks_state_in_a_checkpoint_is_checked(
+    client: Client,
+    tmp_path: Path,
+    quiet_lightning: None,  # noqa: F811 (the fixture)
+) -> None:
+    """Lightning keeps the callback's state (run, seq, head) in its checkpoints: a fit of
+    another run's callback from one is refused, naming both runs."""
+    import lightning.pytorch as pl
+
+    from lrpilot_client.integrations.lightning import LrpilotCallback
+
+    def fit(run_id: str, ckpt: str | None = None) -> None:
+        callback = LrpilotCallback(client, run_id, params=PARAMS)
+        saver = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+        trainer = lightning_trainer(tmp_path, [callback, saver], epochs=2)
+        trainer.fit(lightning_module(), lightning_data(64, 1), lightning_data(32, 2),
+                    ckpt_path=ckpt)  # fmt: skip
+
+    fit("bound-pl")
+    ckpt = tmp_path / "epoch=0-step=8.ckpt"
+    state = next(v for k, v in torch.load(ckpt, weights_only=False)["callbacks"].items()
+                 if "LrpilotCallback" in k)  # fmt: skip
+    assert (state["run_id"], state["last_epoch"], state["seq"]) == ("bound-pl", 8, 1)
+    with pytest.raises(CheckpointMismatch, match=r"\(run\).*'bound-pl'.*'bound-pl-other'"):
+        fit("bound-pl-other", str(ckpt))

@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's chromium, offline: tests/chromium.py) against the
 real service with tokens: log in, the runs list, a run's plot checked point by point and marker
 by marker against its decision log, a reason on hover, verify (good, then a database row
-edited), what-if, a live run gaining decisions; an unauthenticated visitor and another
+edited), what-if, a live run gaining decisions, a guarded run's checkpoints, rollback and a
+rank's disagreement marked as its log and summary say; an unauthenticated visitor and another
 project's token see none of the runs. Any error in the browser's console fails the test.
 
 One server and one browser for the module, in the order a person would go; the tests share the
@@ -28,6 +29,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from lrpilot.api.auth import COOKIE
 from lrpilot.store.db import upgrade
+from lrpilot_client.models import applied_hash
 from tests.chromium import errors
 from tests.harness import LiveServer
 from tests.helpers import bearer, make_token, plateau_stream, run_spec
@@ -128,6 +130,17 @@ def until(browser: WebDriver, script: str, what: str) -> Any:
 
 def text_of(browser: WebDriver, selector: str) -> str:
     return str(browser.find_element(By.CSS_SELECTOR, selector).text)
+
+
+def hover(browser: WebDriver, marker: dict[str, Any]) -> str:
+    """The tooltip's text once the mouse is over ``marker`` (a marker of window.lrpilotPlot)."""
+    over = browser.find_element(By.CSS_SELECTOR, "#chart .u-over")
+    size = over.size
+    ActionChains(browser).move_to_element_with_offset(
+        over, int(marker["left"] - size["width"] / 2), int(marker["top"] - size["height"] / 2)
+    ).perform()
+    until(browser, "return !document.getElementById('tip').hidden", "showed a tooltip")
+    return text_of(browser, "#tip")
 
 
 def open_run(browser: WebDriver, site: Site, run_id: str) -> dict[str, Any]:
@@ -231,13 +244,7 @@ def test_hovering_a_marker_reads_its_reason_and_a_click_opens_the_decision(
     shown = open_run(browser, site, "plain")
     marker = shown["markers"][0]
     decision = next(d for d in site.decisions("plain") if d["seq"] == marker["seq"])
-    over = browser.find_element(By.CSS_SELECTOR, "#chart .u-over")
-    size = over.size
-    ActionChains(browser).move_to_element_with_offset(
-        over, int(marker["left"] - size["width"] / 2), int(marker["top"] - size["height"] / 2)
-    ).perform()
-    until(browser, "return !document.getElementById('tip').hidden", "showed a tooltip")
-    assert decision["reason"] in text_of(browser, "#tip")
+    assert decision["reason"] in hover(browser, marker)
     ActionChains(browser).click().perform()
     until(browser, "return document.getElementById('decision-json')", "opened the decision")
     whole = text_of(browser, "#decision-json")
@@ -464,6 +471,61 @@ def test_a_run_clocked_in_tokens_is_plotted_against_tokens(
     assert legend.startswith("tokens") and "step" not in legend, legend
     assert text_of(browser, "#last-step").endswith("(tokens)")
     assert open_run(browser, site, "plain")["xLabel"] == "step"
+
+
+@pytest.fixture(scope="module")
+def guarded_run(site: Site) -> str:
+    """A guarded run with two checkpoints, a spike rolled back to the second, and two ranks
+    acknowledging step 50: rank 0 the run's lrs, rank 1 others (a disagreement)."""
+    guard = {"on": ["nan", "spike"], "spike": {"rule": "ratio", "ratio": 3.0}}
+    spec = run_spec(params={"patience": 5}) | {"guard": guard}
+    assert site.api.put("/v1/runs/guarded", json=spec).status_code == 201
+    for step, value, ref in ((10, 1.0, None), (20, 0.9, "ckpt/step-20.pt"),
+                             (30, 0.8, "ckpt/step-30.pt"), (40, 5.0, None)):  # fmt: skip
+        observe(site.api, "guarded", [(step, value)])
+        if ref is not None:
+            r = site.api.post("/v1/runs/guarded/checkpoints", json={"step": step, "ref": ref})
+            assert r.status_code == 201, r.text
+    observe(site.api, "guarded", [(40, 0.7), (50, 0.6)])  # the branch after the rollback
+    at = site.api.get("/v1/runs/guarded/lr", params={"step": 50}).json()
+    for rank, lrs in ((0, at["lrs"]), (1, [x * 2 for x in at["lrs"]])):
+        ack = {"rank": rank, "world_size": 2, "step": 50, "seq": at["seq"],
+               "lrs_hash": applied_hash(50, at["seq"], lrs)}  # fmt: skip
+        assert site.api.post("/v1/runs/guarded/applied", json=ack).status_code == 200
+    return "guarded"
+
+
+def test_checkpoints_rollbacks_and_disagreements_are_marked_on_the_plot(
+    browser: WebDriver, site: Site, guarded_run: str, as_admin: None
+) -> None:
+    shown = open_run(browser, site, guarded_run)
+    marked = {(m["action"], m["step"], m["seq"]) for m in shown["markers"]}
+    log = site.decisions(guarded_run)
+    checkpoints = site.decisions(guarded_run, superseded="false", action="checkpoint")
+    assert [d["checkpoint"]["ref"] for d in checkpoints] == ["ckpt/step-20.pt", "ckpt/step-30.pt"]
+    rollbacks = [d for d in log if d["action"] == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["step"] == 40
+    for d in [*checkpoints, *rollbacks]:
+        assert (d["action"], d["step"], d["seq"]) in marked, d
+    # one marker each: the plot's own checkpoint events are not drawn a second time
+    assert sorted(m["step"] for m in shown["markers"] if m["action"] == "checkpoint") == [20, 30]
+    summary = site.api.get(f"/v1/runs/{guarded_run}/summary").json()
+    (bad,) = summary["agreement"]["disagreements"]
+    assert bad["rank"] == 1 and ("disagreement", 50, bad["seq"]) in marked
+
+    # the rollback's hover: its trigger, value and checkpoint
+    tip = hover(browser, next(m for m in shown["markers"] if m["action"] == "rollback"))
+    assert "rollback at step 40" in tip and "spike" in tip and "ckpt/step-30.pt" in tip, tip
+
+    # the summary's lines beside the plot
+    assert text_of(browser, "#checkpoints").startswith("checkpoints 2")
+    assert "rollbacks 1" in text_of(browser, "#rollbacks")
+    assert "ckpt/step-30.pt (step 30)" in text_of(browser, "#rollbacks")
+    agreement = text_of(browser, "#agreement")
+    assert "2 of 2 ranks" in agreement and "rank 1 at step 50" in agreement, agreement
+    assert open_run(browser, site, "plain")["markers"] and not browser.find_elements(
+        By.CSS_SELECTOR, "#guard-facts span"
+    )
 
 
 def test_another_projects_token_sees_none_of_the_runs(

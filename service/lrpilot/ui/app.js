@@ -176,6 +176,7 @@ async function runPage(runId) {
   }
   const groups = Math.min(run.base_lrs.length, MAX_GROUPS);
   const facts = h("div", { class: "facts", id: "facts" });
+  const guardFacts = h("div", { class: "facts", id: "guard-facts" });
   const badge = h("span", { id: "verify-badge" });
   const detail = h("div", { id: "decision", class: "panel", hidden: true });
   const chartBox = h("div", { class: "chart", id: "chart" });
@@ -195,7 +196,7 @@ async function runPage(runId) {
     live);
   const table = decisionTable(path, (d) => showDecision(d));
   const whatIfBox = h("div", { id: "whatif" });
-  show(h("h1", {}, run.run_id), facts, toolbar, chartBox, plotNote, detail,
+  show(h("h1", {}, run.run_id), facts, guardFacts, toolbar, chartBox, plotNote, detail,
     h("h2", {}, "What if"), whatIfBox, h("h2", {}, "Decisions"), table.element);
 
   let range = null; // the zoomed steps, or null: the whole run
@@ -232,6 +233,33 @@ async function runPage(runId) {
       h("span", {}, h("b", {}, "labels "), Object.entries(run.labels || {}).map(([k, v]) => `${k}:${v}`).join(" ") || "–"));
   }
 
+  // The summary's checkpoints, rollbacks and ranks' agreement, each a line when the run has it
+  function showGuard(summary) {
+    const lines = [];
+    const checkpoints = summary.checkpoints;
+    if (checkpoints) {
+      const last = checkpoints[checkpoints.length - 1];
+      lines.push(h("span", { id: "checkpoints" }, h("b", {}, "checkpoints "), `${checkpoints.length}`,
+        last ? ` · last ${last.ref} (step ${last.step})` : ""));
+    }
+    if (summary.guard) {
+      const g = summary.guard;
+      lines.push(h("span", { id: "rollbacks" }, h("b", {}, "rollbacks "), `${g.rollbacks}`,
+        ` · lrs cut × ${g.cut}`, g.stopped ? " · stopped" : "",
+        ...(summary.rollbacks || []).map((b) =>
+          ` · step ${b.step}: ${b.trigger} ${b.value} → ${b.checkpoint.ref} (step ${b.checkpoint.step})`)));
+    }
+    const a = summary.agreement;
+    if (a && a.acked_ranks) {
+      lines.push(h("span", { id: "agreement" }, h("b", {}, "agreement "),
+        `${a.acked_ranks} of ${a.world_size} ranks acknowledged · agreed through step ${a.agreed_through ?? "–"}`,
+        ` · ${a.disagreeing} disagreeing`,
+        ...a.disagreements.map((d) => ` · rank ${d.rank} at step ${d.step}`)));
+    }
+    guardFacts.replaceChildren(...lines);
+    guardFacts.hidden = !lines.length;
+  }
+
   let inFlight = null;
   async function refresh() {
     if (inFlight) inFlight.abort();
@@ -239,8 +267,11 @@ async function runPage(runId) {
     const query = { points: Math.min(4000, Math.max(200, Math.round(chartBox.clientWidth || 1000))) };
     if (range) Object.assign(query, { from_step: range.from, to_step: range.to });
     try {
-      const plot = await get(`${path}/plot`, query, inFlight.signal);
+      const [plot, summary] = await Promise.all([
+        get(`${path}/plot`, query, inFlight.signal), get(`${path}/summary`, {}, inFlight.signal)]);
+      chart.setSummary(summary);
       chart.set(plot);
+      showGuard(summary);
       plotNote.className = "muted";
       plotNote.textContent = plot.truncated_events
         ? `More decisions changed something than are marked: the first ${plot.events.length} are; zoom in for the others.`

@@ -3,14 +3,19 @@
 // plot at screen resolution (GET /v1/runs/{id}/plot: min and max per bucket of steps, every
 // non-hold decision whole). The decisions are markers (hover: the reason; click: the entry),
 // superseded branches are drawn faded, resizes, rewinds, cooldowns and retimes are vertical
-// lines. What the chart shows is also on window.lrpilotPlot, for the tests and anyone curious.
+// lines. From the run's summary (GET /summary): its checkpoints (a square on the step axis, the
+// ref on hover), its rollbacks (a diamond at the step in trouble: trigger, value, checkpoint,
+// lrs on hover) and its ranks' disagreements (a circle with the rank). What the chart shows is
+// also on window.lrpilotPlot, for the tests and anyone curious.
 
 import { num } from "./api.js";
 
 const COLORS = ["#2457c5", "#d9480f", "#2b8a3e", "#862e9c", "#c2255c", "#0b7285", "#5c940d"];
 const METRIC = "#868e96";
 const WHATIF = "#e8590c";
-const MARK = { reduce: "#c92a2a", stop: "#000000", rewind: "#862e9c", scale: "#0b7285", start_cooldown: "#1864ab", retime: "#5f3dc4" };
+const MARK = { reduce: "#c92a2a", stop: "#000000", rewind: "#862e9c", scale: "#0b7285",
+  start_cooldown: "#1864ab", retime: "#5f3dc4",
+  checkpoint: "#2b8a3e", rollback: "#e03131", disagreement: "#f08c00" };
 const VERTICAL = new Set(["rewind", "scale", "start_cooldown", "retime"]);
 const HIT_PX = 8;
 
@@ -69,6 +74,7 @@ export class RunChart {
     this.main = { x: [], lr: [], metric: [] };
     this.whatif = null;
     this.markers = [];
+    this.guard = { checkpoints: [], rollbacks: [], disagreements: [] };
     this.u = null;
     this.rangeTimer = null;
     this.resize = () => this.u && this.u.setSize(this.size());
@@ -83,6 +89,15 @@ export class RunChart {
     this.plot = plot;
     this.main = expand(plot.buckets || [], this.groups);
     this.render(false);
+  }
+
+  // The run's summary: what it says of checkpoints, rollbacks and ranks' disagreements
+  setSummary(summary) {
+    this.guard = {
+      checkpoints: (summary && summary.checkpoints) || [],
+      rollbacks: (summary && summary.rollbacks) || [],
+      disagreements: (summary && summary.agreement && summary.agreement.disagreements) || [],
+    };
   }
 
   setWhatIf(whatif) {
@@ -202,6 +217,7 @@ export class RunChart {
     this.markers = [];
     ctx.font = `${11 * ratio}px system-ui, sans-serif`;
     for (const event of plot.events || []) {
+      if (event.action === "checkpoint") continue; // drawn with its ref, from the summary
       const colour = MARK[event.action] || "#e67700";
       const px = u.valToPos(event.step, "x", true);
       if (px < left - 1 || px > left + width + 1) continue;
@@ -237,9 +253,57 @@ export class RunChart {
       this.markers.push({ seq: event.seq, step: event.step, action: event.action,
         left: (px - left) / ratio, top: (py - top) / ratio, event });
     }
+    this.drawGuard(u, ratio);
     ctx.restore();
     this.expose();
     if (this.plot) window.lrpilotReady = true;
+  }
+
+  // Checkpoints on the step axis, rollbacks at the top (at the step in trouble, on the branch
+  // the rollback left), disagreements above the step axis with their rank: one shape each.
+  drawGuard(u, ratio) {
+    const ctx = u.ctx;
+    const { left, top, width, height } = u.bbox;
+    const r = 5 * ratio;
+    const at = (step) => {
+      const px = u.valToPos(step, "x", true);
+      return px < left - 1 || px > left + width + 1 ? null : px;
+    };
+    const mark = (action, step, py, event, tip, shape) => {
+      const px = at(step);
+      if (px === null) return;
+      ctx.fillStyle = MARK[action];
+      ctx.strokeStyle = MARK[action];
+      ctx.beginPath();
+      shape(px, py);
+      ctx.fill();
+      this.markers.push({ seq: event.seq, step, action, left: (px - left) / ratio,
+        top: (py - top) / ratio, event, tip });
+    };
+    const square = (px, py) => ctx.rect(px - r * 0.8, py - r * 0.8, r * 1.6, r * 1.6);
+    const diamond = (px, py) => {
+      ctx.moveTo(px, py - r * 1.3); ctx.lineTo(px + r, py); ctx.lineTo(px, py + r * 1.3); ctx.lineTo(px - r, py);
+      ctx.closePath();
+    };
+    const circle = (px, py) => ctx.arc(px, py, r, 0, 2 * Math.PI);
+    for (const c of this.guard.checkpoints) {
+      mark("checkpoint", c.step, top + height - r, c,
+        `checkpoint at step ${c.step} (seq ${c.seq}): ${c.ref}`, square);
+    }
+    for (const b of this.guard.rollbacks) {
+      const c = b.checkpoint || {};
+      mark("rollback", b.step, top + 2 * r, b,
+        `rollback at step ${b.step} (seq ${b.seq}): ${b.trigger}, value ${b.value}, to checkpoint ` +
+        `${c.ref} (step ${c.step}), lrs ${(b.lrs || []).join(", ")}: ${b.reason}`, diamond);
+    }
+    for (const d of this.guard.disagreements) {
+      const py = top + height - 4 * r;
+      mark("disagreement", d.step, py, d,
+        `rank ${d.rank} disagrees at step ${d.step} (seq ${d.seq}): applied ${String(d.got).slice(0, 12)}…, ` +
+        `the run's ${String(d.expected).slice(0, 12)}…`, circle);
+      const px = at(d.step);
+      if (px !== null) ctx.fillText(`rank ${d.rank}`, px + r + 2 * ratio, py + 4 * ratio);
+    }
   }
 
   nearest(e) {
@@ -260,7 +324,7 @@ export class RunChart {
       const m = this.nearest(e);
       if (!m) { this.tip.hidden = true; return; }
       const ev = m.event;
-      this.tip.textContent = `${ev.action} at step ${ev.step} (seq ${ev.seq}): ${ev.reason}`;
+      this.tip.textContent = m.tip || `${ev.action} at step ${ev.step} (seq ${ev.seq}): ${ev.reason}`;
       this.tip.style.left = `${e.clientX + 12}px`;
       this.tip.style.top = `${e.clientY + 12}px`;
       this.tip.hidden = false;
@@ -278,7 +342,7 @@ export class RunChart {
       events: (this.plot && this.plot.events) || [],
       superseded: (this.plot && this.plot.superseded) || [],
       range: this.plot ? { from: this.plot.from_step, to: this.plot.to_step } : null,
-      whatif: this.whatif, markers: this.markers.map(({ event, ...m }) => m), log: this.log,
+      whatif: this.whatif, markers: this.markers.map(({ event, tip, ...m }) => m), log: this.log,
       xLabel: this.xLabel,
     };
   }

@@ -3,12 +3,13 @@ the `LrpilotScheduler` they build on the trainer's optimizer (or find as the tra
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from ..client import Client
+from ..errors import RollbackRequested
 from ..models import Decision
 from ._common import DEFAULT_AHEAD
 from .torch import LrpilotScheduler, OnMismatch, PerStep
@@ -75,3 +76,30 @@ class SchedulerCallback:
         )  # fmt: skip
         self.owned = True
         return self.scheduler
+
+    def observe(self, value: float, restore: Callable[[str], bool]) -> Decision:
+        """Post `value` to the scheduler. On a rollback the scheduler is at the checkpoint's
+        step (the run is rewound there, its rates cut) and `restore(ref)` loads the checkpoint
+        into the trainer; the cut rates then go over the ones the restored optimizer holds. A
+        scheduler with a `restore` function of its own has restored already. A checkpoint
+        `restore` cannot load in the running trainer (False), or a run clocked in samples or
+        tokens (its rollback names a position, not the trainer's step): `RollbackRequested`
+        goes up."""
+        assert self.scheduler is not None
+        try:
+            return self.scheduler.observe(value)
+        except RollbackRequested as asked:
+            if self.scheduler.clock != "steps" or not restore(asked.ref):
+                raise
+            self.scheduler.step_to(self.scheduler.last_epoch)
+            decision: Decision = asked.decision
+            return decision
+
+    def rolled_back_to(self, decision: Decision) -> int | None:
+        """The step the trainer goes on from after `decision`: the checkpoint's, when it is a
+        rollback of a run counting steps (None otherwise)."""
+        if decision.action != "rollback" or decision.rollback is None:
+            return None
+        if self.scheduler is None or self.scheduler.clock != "steps":
+            return None
+        return int(decision.rollback["checkpoint"]["step"])

@@ -25,6 +25,7 @@ Needs lightning and torch (`pip install 'lrpilot-client[lightning]'`).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning.pytorch as pl
@@ -50,6 +51,13 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
       `"interval": "step"`; Lightning steps and checkpoints it, and `LrpilotCallback()` (no
       arguments) only posts the validations to it.
 
+    **Guarded runs** (`guard=`, docs/guard.md): each checkpoint a `ModelCheckpoint` of the
+    Trainer saves is declared (its file path is the ref), before the next training step or
+    validation. On a rollback the callback loads that checkpoint into the running Trainer (the
+    module's weights and the optimizers' state, through the Trainer's strategy), sets the
+    Trainer's global step back to the checkpoint's, and `fit` goes on from there with the cut
+    rates.
+
     When a decision is `stop` and `stop_training` is true, the callback sets
     `trainer.should_stop`. Every rank posts the same (synced) metric: the service dedupes them.
     """
@@ -58,6 +66,7 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
     default_metric = "val_loss"
     # Lightning restores callbacks before the optimizers exist: kept until on_train_start
     _restored: dict[str, Any] | None = None
+    _declared: frozenset[tuple[int, str]] = frozenset()  # the saves declared (step, path)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for config in trainer.lr_scheduler_configs:
@@ -89,8 +98,25 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        self._declare_saves(trainer)
         if self.owned and self.scheduler is not None:
             self.scheduler.step_to(trainer.global_step)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._declare_saves(trainer)
+
+    def _declare_saves(self, trainer: pl.Trainer) -> None:
+        """A guarded run: declare what the Trainer's ModelCheckpoints saved since the last
+        call. Lightning tells a callback that a checkpoint is being made (on_save_checkpoint)
+        but not where it goes; each ModelCheckpoint keeps the path and step of its last save."""
+        if self.scheduler is None or not self.scheduler.run.guard:
+            return
+        for saver in trainer.checkpoint_callbacks:
+            path = getattr(saver, "_last_checkpoint_saved", "")
+            step = getattr(saver, "_last_global_step_saved", 0)
+            if path and (step, path) not in self._declared:
+                self._declared |= {(step, path)}
+                self.scheduler.checkpoint(step, str(path))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.scheduler is None:
@@ -105,7 +131,11 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
             return
         if self.owned:
             self.scheduler.step_to(trainer.global_step)
-        decision = self.scheduler.observe(float(value))
+        self._declare_saves(trainer)  # a save at the end of the training epoch, before this
+        decision = self.observe(float(value), lambda ref: _load_in_place(trainer, ref))
+        step = self.rolled_back_to(decision)
+        if step is not None:
+            _set_global_step(trainer, step)
         if decision.stop and self.stop_training:
             trainer.should_stop = True
 
@@ -117,3 +147,28 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores callbacks before the optimizers exist: applied in on_train_start
         self._restored = dict(state_dict) or None
+
+
+def _load_in_place(trainer: pl.Trainer, ref: str) -> bool:
+    """Load the Lightning checkpoint file `ref` into the running Trainer: the module's weights
+    and the optimizers' state, as `fit(ckpt_path=...)` restores them (the loops' progress is
+    left to `_set_global_step`: the loops are running)."""
+    if not os.path.isfile(ref):
+        logger.warning("checkpoint %r: no such file to load into the running Trainer", ref)
+        return False
+    checkpoint = trainer.strategy.load_checkpoint(ref)
+    trainer.strategy.load_model_state_dict(checkpoint)
+    trainer.strategy.load_optimizer_state_dict(checkpoint)
+    logger.info("checkpoint %r loaded into the running Trainer (a rollback)", ref)
+    return True
+
+
+def _set_global_step(trainer: pl.Trainer, step: int) -> None:
+    """The Trainer's global step back to `step`: it is the count of optimizer steps of the fit
+    loop's progress, which a checkpoint's loops would restore (`max_steps` counts it too)."""
+    loop = trainer.fit_loop.epoch_loop
+    if trainer.lightning_module.automatic_optimization:
+        total = loop.automatic_optimization.optim_progress.optimizer.step.total
+    else:
+        total = loop.manual_optimization.optim_step_progress.total
+    total.ready = total.completed = step
