@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 import sqlalchemy as sa
+from _common import of_run
 from alembic import op
 
 from lrpilot.store import plots
@@ -29,21 +30,10 @@ branch_labels = None
 depends_on = None
 
 
-def _of_run(*columns: sa.Column[object]) -> list[object]:
-    return [
-        sa.Column("project", sa.String(length=128), nullable=False),
-        sa.Column("run_id", sa.String(length=128), nullable=False),
-        *columns,
-        sa.ForeignKeyConstraint(
-            ["project", "run_id"], ["runs.project", "runs.run_id"], ondelete="CASCADE"
-        ),
-    ]
-
-
 def upgrade() -> None:
     op.create_table(
         "plot_tiles",
-        *_of_run(
+        *of_run(
             sa.Column("level", sa.Integer(), nullable=False),
             sa.Column("key", sa.BigInteger(), nullable=False),
             sa.Column("step_lo", sa.BigInteger(), nullable=False),
@@ -58,7 +48,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "plot_marks",
-        *_of_run(
+        *of_run(
             sa.Column("seq", sa.BigInteger(), nullable=False),
             sa.Column("step", sa.BigInteger(), nullable=False),
         ),
