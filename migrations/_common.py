@@ -1,5 +1,5 @@
 """What several migrations share: the columns that tie a row to its run, and the migration that
-adds one nullable column to runs.
+adds nullable columns to runs.
 
 Alembic loads each migration by its path, outside any package, so this folder is on sys.path
 for them: ``prepend_sys_path``, set by ``lrpilot.store.db.alembic_config`` and by pyproject's
@@ -28,17 +28,19 @@ def of_run(*columns: sa.Column[object]) -> list[sa.SchemaItem]:
     ]
 
 
-def runs_column(
-    name: str, type_: sa.types.TypeEngine[object]
+def runs_columns(
+    *columns: tuple[str, sa.types.TypeEngine[object]],
 ) -> tuple[Callable[[], None], Callable[[], None]]:
-    """``upgrade`` and ``downgrade`` of a migration that adds the nullable column ``name`` to
-    runs (NULL in every run that exists) and drops it again."""
+    """``upgrade`` and ``downgrade`` of a migration that adds nullable ``columns`` (name, type)
+    to runs (NULL in every run that exists) and drops them again, the last first."""
 
     def upgrade() -> None:
-        # a Column joins one table only: a fresh one for each upgrade
-        op.add_column("runs", sa.Column(name, type_, nullable=True))
+        for name, type_ in columns:
+            # a Column joins one table only: fresh ones for each upgrade
+            op.add_column("runs", sa.Column(name, type_, nullable=True))
 
     def downgrade() -> None:
-        op.drop_column("runs", name)
+        for name, _ in reversed(columns):
+            op.drop_column("runs", name)
 
     return upgrade, downgrade

@@ -13,7 +13,7 @@ it after 0006 at merge.)
 from __future__ import annotations
 
 import sqlalchemy as sa
-from _common import runs_column
+from _common import runs_columns
 
 revision = "0007"
 down_revision = "0006"
@@ -21,4 +21,4 @@ branch_labels = None
 depends_on = None
 
 
-upgrade, downgrade = runs_column("imported", sa.Text())
+upgrade, downgrade = runs_columns(("imported", sa.Text()))

@@ -12,7 +12,7 @@ is one, and keeps its spec, its genesis hash and its config hash.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from _common import runs_column
+from _common import runs_columns
 
 revision = "0012"
 down_revision = "0011"
@@ -20,4 +20,4 @@ branch_labels = None
 depends_on = None
 
 
-upgrade, downgrade = runs_column("clock", sa.String(length=16))
+upgrade, downgrade = runs_columns(("clock", sa.String(length=16)))

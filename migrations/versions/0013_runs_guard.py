@@ -12,7 +12,7 @@ created: canonical JSON, NULL for a run without a guard (every run that exists).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from _common import runs_column
+from _common import runs_columns
 
 revision = "0013"
 down_revision = "0012"
@@ -20,4 +20,4 @@ branch_labels = None
 depends_on = None
 
 
-upgrade, downgrade = runs_column("guard", sa.Text())
+upgrade, downgrade = runs_columns(("guard", sa.Text()))
