@@ -1,5 +1,5 @@
-"""What several migrations share: the columns that tie a row to its run, and the migration that
-adds nullable columns to runs.
+"""What several migrations share: the tables of a run's rows (their run key and foreign key),
+and the migration that adds nullable columns to runs.
 
 Alembic loads each migration by its path, outside any package, so this folder is on sys.path
 for them: ``prepend_sys_path``, set by ``lrpilot.store.db.alembic_config`` and by pyproject's
@@ -15,17 +15,20 @@ import sqlalchemy as sa
 from alembic import op
 
 
-def of_run(*columns: sa.Column[object]) -> list[sa.SchemaItem]:
-    """A table's run key (project, run_id), then ``columns``, then the foreign key to its run
-    that deletes the row with it (the schema since 0008)."""
-    return [
+def create_run_table(name: str, key: list[str], *columns: sa.Column[object]) -> None:
+    """Create the table ``name`` of a run's rows (the schema since 0008): its run key (project,
+    run_id), then ``columns``; the foreign key to its run, which deletes the rows with it; the
+    primary key, the run key and then ``key``."""
+    op.create_table(
+        name,
         sa.Column("project", sa.String(length=128), nullable=False),
         sa.Column("run_id", sa.String(length=128), nullable=False),
         *columns,
         sa.ForeignKeyConstraint(
             ["project", "run_id"], ["runs.project", "runs.run_id"], ondelete="CASCADE"
         ),
-    ]
+        sa.PrimaryKeyConstraint("project", "run_id", *key),
+    )
 
 
 def runs_columns(

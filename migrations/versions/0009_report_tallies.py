@@ -13,7 +13,7 @@ this runs get their tallies from their reports.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from _common import of_run
+from _common import create_run_table
 from alembic import op
 
 revision = "0009"
@@ -23,15 +23,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    create_run_table(
         "report_tallies",
-        *of_run(
-            sa.Column("step", sa.BigInteger(), nullable=False),
-            sa.Column("world_size", sa.Integer(), nullable=False),
-            sa.Column("reported", sa.Integer(), nullable=False),
-            sa.Column("first_at", sa.String(length=40), nullable=False),
-        ),
-        sa.PrimaryKeyConstraint("project", "run_id", "step"),
+        ["step"],
+        sa.Column("step", sa.BigInteger(), nullable=False),
+        sa.Column("world_size", sa.Integer(), nullable=False),
+        sa.Column("reported", sa.Integer(), nullable=False),
+        sa.Column("first_at", sa.String(length=40), nullable=False),
     )
     op.execute(
         "INSERT INTO report_tallies (project, run_id, step, world_size, reported, first_at) "

@@ -14,7 +14,7 @@ checked when it arrives (docs/agreement.md says why).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from _common import of_run
+from _common import create_run_table
 from alembic import op
 
 revision = "0011"
@@ -24,20 +24,18 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    create_run_table(
         "rank_acks",
-        *of_run(
-            sa.Column("rank", sa.Integer(), nullable=False),
-            sa.Column("world_size", sa.Integer(), nullable=False),
-            sa.Column("step", sa.BigInteger(), nullable=False),
-            sa.Column("agreed_through", sa.BigInteger(), nullable=True),
-            sa.Column("bad_step", sa.BigInteger(), nullable=True),
-            sa.Column("bad_seq", sa.BigInteger(), nullable=True),
-            sa.Column("expected", sa.String(length=64), nullable=True),
-            sa.Column("got", sa.String(length=64), nullable=True),
-            sa.Column("acked_at", sa.String(length=40), nullable=False),
-        ),
-        sa.PrimaryKeyConstraint("project", "run_id", "rank"),
+        ["rank"],
+        sa.Column("rank", sa.Integer(), nullable=False),
+        sa.Column("world_size", sa.Integer(), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
+        sa.Column("agreed_through", sa.BigInteger(), nullable=True),
+        sa.Column("bad_step", sa.BigInteger(), nullable=True),
+        sa.Column("bad_seq", sa.BigInteger(), nullable=True),
+        sa.Column("expected", sa.String(length=64), nullable=True),
+        sa.Column("got", sa.String(length=64), nullable=True),
+        sa.Column("acked_at", sa.String(length=40), nullable=False),
     )
 
 

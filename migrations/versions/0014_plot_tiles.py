@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 
 import sqlalchemy as sa
-from _common import of_run
+from _common import create_run_table
 from alembic import op
 
 from lrpilot.store import plots
@@ -31,28 +31,24 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    create_run_table(
         "plot_tiles",
-        *of_run(
-            sa.Column("level", sa.Integer(), nullable=False),
-            sa.Column("key", sa.BigInteger(), nullable=False),
-            sa.Column("step_lo", sa.BigInteger(), nullable=False),
-            sa.Column("step_hi", sa.BigInteger(), nullable=False),
-            sa.Column("count", sa.BigInteger(), nullable=False),
-            sa.Column("lr_min", sa.Text(), nullable=False),
-            sa.Column("lr_max", sa.Text(), nullable=False),
-            sa.Column("metric_min", sa.Float(), nullable=True),
-            sa.Column("metric_max", sa.Float(), nullable=True),
-        ),
-        sa.PrimaryKeyConstraint("project", "run_id", "level", "key"),
+        ["level", "key"],
+        sa.Column("level", sa.Integer(), nullable=False),
+        sa.Column("key", sa.BigInteger(), nullable=False),
+        sa.Column("step_lo", sa.BigInteger(), nullable=False),
+        sa.Column("step_hi", sa.BigInteger(), nullable=False),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("lr_min", sa.Text(), nullable=False),
+        sa.Column("lr_max", sa.Text(), nullable=False),
+        sa.Column("metric_min", sa.Float(), nullable=True),
+        sa.Column("metric_max", sa.Float(), nullable=True),
     )
-    op.create_table(
+    create_run_table(
         "plot_marks",
-        *of_run(
-            sa.Column("seq", sa.BigInteger(), nullable=False),
-            sa.Column("step", sa.BigInteger(), nullable=False),
-        ),
-        sa.PrimaryKeyConstraint("project", "run_id", "seq"),
+        ["seq"],
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
     )
     conn = op.get_bind()
     chunk = plots.CHUNK
