@@ -91,16 +91,10 @@ def torch_momentum(family: str, line: dict[str, Any], steps: list[int]) -> dict[
     ramp = ("start_wd", "end_wd", "wd_incr_steps", "wd_incr_style")  # Megatron's, not torch's
     kwargs = {k: v for k, v in p.items() if k not in ramp}
     cls = lr_scheduler.OneCycleLR if family == "one_cycle" else lr_scheduler.CyclicLR
-    out: dict[int, list[float]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sched = cls(opt, **kwargs)
-        for k in range(max(steps) + 1):
-            if k:
-                sched.step()
-            if k in steps:
-                out[k] = [float(g["momentum"]) for g in opt.param_groups]
-    return out
+    return schedules.stepped(sched, opt, steps, "momentum")
 
 
 def verify(family: str, line: dict[str, Any], torch_steps: int) -> str | None:

@@ -509,8 +509,9 @@ def torch_lrs(family: str, line: dict[str, Any], steps: list[int]) -> dict[int, 
     return stepped(sched, opt, steps)
 
 
-def stepped(sched: Any, opt: Any, steps: list[int]) -> dict[int, list[float]]:
-    """The group lrs of ``opt`` at ``steps`` (ascending), ``sched`` stepped there from step 0."""
+def stepped(sched: Any, opt: Any, steps: list[int], key: str = "lr") -> dict[int, list[float]]:
+    """The groups' ``key`` (their lrs, or their momentum) of ``opt`` at ``steps`` (ascending),
+    ``sched`` stepped there from step 0."""
     out: dict[int, list[float]] = {}
     wanted = set(steps)
     with warnings.catch_warnings():
@@ -519,7 +520,7 @@ def stepped(sched: Any, opt: Any, steps: list[int]) -> dict[int, list[float]]:
             if k:
                 sched.step()
             if k in wanted:
-                out[k] = [float(g["lr"]) for g in opt.param_groups]
+                out[k] = [float(g[key]) for g in opt.param_groups]
     return out
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lrpilot.policies.base import Frozen, Policy, State
 
 
 def _reject_constant(token: str) -> Any:
@@ -189,3 +193,15 @@ def refusal_names(policy: Any, params: dict[str, Any], base_lrs: tuple[float, ..
         assert any(at == f"params.{field}" and words in msg for at, msg in located), located
         return True
     raise AssertionError(f"{params} was taken")
+
+
+def started(
+    family: str, version: int, params: dict[str, Any], base: Sequence[float]
+) -> tuple[Policy, Frozen, State]:
+    """``family@version`` as a run created with ``params`` over ``base`` holds it: the policy,
+    its resolved params and its state at step 0."""
+    from lrpilot.policies import get_policy
+
+    policy = get_policy(family, version)
+    resolved = policy.resolve(params, tuple(base))
+    return policy, resolved, policy.init(resolved, tuple(base))

@@ -11,6 +11,7 @@ rank's report; ``reports`` holds each rank's report of a step (one row a rank).
 from __future__ import annotations
 
 import sqlalchemy as sa
+from _common import runs_columns
 from alembic import op
 
 revision = "0003"
@@ -19,9 +20,11 @@ branch_labels = None
 depends_on = None
 
 
+_add_aggregate, _drop_aggregate = runs_columns(("aggregate", sa.Text()))
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("aggregate", sa.Text(), nullable=True))
+    _add_aggregate()
     op.create_table(
         "reports",
         sa.Column("run_id", sa.String(length=128), nullable=False),
@@ -39,5 +42,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("reports")
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.drop_column("aggregate")
+    _drop_aggregate()

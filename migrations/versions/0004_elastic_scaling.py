@@ -11,7 +11,7 @@ global batch size; ``scale`` is what the last scale entry of its live branch put
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+from _common import runs_columns
 
 revision = "0004"
 down_revision = "0003"
@@ -19,13 +19,4 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("scaling", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("scale", sa.Text(), nullable=True))
-
-
-def downgrade() -> None:
-    with op.batch_alter_table("runs", schema=None) as batch_op:
-        batch_op.drop_column("scale")
-        batch_op.drop_column("scaling")
+upgrade, downgrade = runs_columns(("scaling", sa.Text()), ("scale", sa.Text()))

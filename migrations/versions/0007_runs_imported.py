@@ -13,7 +13,7 @@ it after 0006 at merge.)
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+from _common import runs_columns
 
 revision = "0007"
 down_revision = "0006"
@@ -21,9 +21,4 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    op.add_column("runs", sa.Column("imported", sa.Text(), nullable=True))
-
-
-def downgrade() -> None:
-    op.drop_column("runs", "imported")
+upgrade, downgrade = runs_columns(("imported", sa.Text()))

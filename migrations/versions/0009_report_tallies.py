@@ -13,6 +13,7 @@ this runs get their tallies from their reports.
 from __future__ import annotations
 
 import sqlalchemy as sa
+from _common import create_run_table
 from alembic import op
 
 revision = "0009"
@@ -22,18 +23,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    create_run_table(
         "report_tallies",
-        sa.Column("project", sa.String(length=128), nullable=False),
-        sa.Column("run_id", sa.String(length=128), nullable=False),
+        ["step"],
         sa.Column("step", sa.BigInteger(), nullable=False),
         sa.Column("world_size", sa.Integer(), nullable=False),
         sa.Column("reported", sa.Integer(), nullable=False),
         sa.Column("first_at", sa.String(length=40), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["project", "run_id"], ["runs.project", "runs.run_id"], ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("project", "run_id", "step"),
     )
     op.execute(
         "INSERT INTO report_tallies (project, run_id, step, world_size, reported, first_at) "

@@ -14,6 +14,7 @@ checked when it arrives (docs/agreement.md says why).
 from __future__ import annotations
 
 import sqlalchemy as sa
+from _common import create_run_table
 from alembic import op
 
 revision = "0011"
@@ -23,10 +24,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    create_run_table(
         "rank_acks",
-        sa.Column("project", sa.String(length=128), nullable=False),
-        sa.Column("run_id", sa.String(length=128), nullable=False),
+        ["rank"],
         sa.Column("rank", sa.Integer(), nullable=False),
         sa.Column("world_size", sa.Integer(), nullable=False),
         sa.Column("step", sa.BigInteger(), nullable=False),
@@ -36,10 +36,6 @@ def upgrade() -> None:
         sa.Column("expected", sa.String(length=64), nullable=True),
         sa.Column("got", sa.String(length=64), nullable=True),
         sa.Column("acked_at", sa.String(length=40), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["project", "run_id"], ["runs.project", "runs.run_id"], ondelete="CASCADE"
-        ),
-        sa.PrimaryKeyConstraint("project", "run_id", "rank"),
     )
 
 

@@ -12,7 +12,7 @@ is one, and keeps its spec, its genesis hash and its config hash.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+from _common import runs_columns
 
 revision = "0012"
 down_revision = "0011"
@@ -20,9 +20,4 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    op.add_column("runs", sa.Column("clock", sa.String(length=16), nullable=True))
-
-
-def downgrade() -> None:
-    op.drop_column("runs", "clock")
+upgrade, downgrade = runs_columns(("clock", sa.String(length=16)))

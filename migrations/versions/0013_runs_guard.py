@@ -12,7 +12,7 @@ created: canonical JSON, NULL for a run without a guard (every run that exists).
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+from _common import runs_columns
 
 revision = "0013"
 down_revision = "0012"
@@ -20,9 +20,4 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
-    op.add_column("runs", sa.Column("guard", sa.Text(), nullable=True))
-
-
-def downgrade() -> None:
-    op.drop_column("runs", "guard")
+upgrade, downgrade = runs_columns(("guard", sa.Text()))

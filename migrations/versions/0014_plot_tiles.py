@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 import sqlalchemy as sa
+from _common import create_run_table
 from alembic import op
 
 from lrpilot.store import plots
@@ -29,40 +30,25 @@ branch_labels = None
 depends_on = None
 
 
-def _of_run(*columns: sa.Column[object]) -> list[object]:
-    return [
-        sa.Column("project", sa.String(length=128), nullable=False),
-        sa.Column("run_id", sa.String(length=128), nullable=False),
-        *columns,
-        sa.ForeignKeyConstraint(
-            ["project", "run_id"], ["runs.project", "runs.run_id"], ondelete="CASCADE"
-        ),
-    ]
-
-
 def upgrade() -> None:
-    op.create_table(
+    create_run_table(
         "plot_tiles",
-        *_of_run(
-            sa.Column("level", sa.Integer(), nullable=False),
-            sa.Column("key", sa.BigInteger(), nullable=False),
-            sa.Column("step_lo", sa.BigInteger(), nullable=False),
-            sa.Column("step_hi", sa.BigInteger(), nullable=False),
-            sa.Column("count", sa.BigInteger(), nullable=False),
-            sa.Column("lr_min", sa.Text(), nullable=False),
-            sa.Column("lr_max", sa.Text(), nullable=False),
-            sa.Column("metric_min", sa.Float(), nullable=True),
-            sa.Column("metric_max", sa.Float(), nullable=True),
-        ),
-        sa.PrimaryKeyConstraint("project", "run_id", "level", "key"),
+        ["level", "key"],
+        sa.Column("level", sa.Integer(), nullable=False),
+        sa.Column("key", sa.BigInteger(), nullable=False),
+        sa.Column("step_lo", sa.BigInteger(), nullable=False),
+        sa.Column("step_hi", sa.BigInteger(), nullable=False),
+        sa.Column("count", sa.BigInteger(), nullable=False),
+        sa.Column("lr_min", sa.Text(), nullable=False),
+        sa.Column("lr_max", sa.Text(), nullable=False),
+        sa.Column("metric_min", sa.Float(), nullable=True),
+        sa.Column("metric_max", sa.Float(), nullable=True),
     )
-    op.create_table(
+    create_run_table(
         "plot_marks",
-        *_of_run(
-            sa.Column("seq", sa.BigInteger(), nullable=False),
-            sa.Column("step", sa.BigInteger(), nullable=False),
-        ),
-        sa.PrimaryKeyConstraint("project", "run_id", "seq"),
+        ["seq"],
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("step", sa.BigInteger(), nullable=False),
     )
     conn = op.get_bind()
     chunk = plots.CHUNK

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from lrpilot.policies import get_policy
 from tests.api.audit_calls import (
     export,
     feed,
@@ -24,7 +23,7 @@ from tests.api.audit_calls import (
     verify,
 )
 from tests.conftest import app_client
-from tests.helpers import bundle_text, canonical, lrpilot_cli, one_line, rechained
+from tests.helpers import bundle_text, canonical, lrpilot_cli, one_line, rechained, started
 
 PARAMS = {
     "max_lr": [0.1, 0.01],
@@ -40,9 +39,7 @@ STREAM = [(10, 1.0), (40, 0.9), (90, float("nan")), (160, 0.5), (250, 0.4)]
 
 
 def expected(step: int) -> dict[str, list[float]]:
-    policy = get_policy("one_cycle", 2)
-    resolved = policy.resolve(PARAMS, tuple(BASE))
-    state = policy.init(resolved, tuple(BASE))
+    policy, resolved, state = started("one_cycle", 2, PARAMS, BASE)
     return {k: list(v) for k, v in policy.extras_at(resolved, state, step).items()}
 
 

@@ -11,6 +11,7 @@ import pytest
 from lrpilot.canonical import canonical_json
 from lrpilot.policies import Observation, PolicyError, get_policy
 from lrpilot.policies.base import extras_of
+from tests.helpers import started
 
 BASE = (0.1, 0.01)
 ONE = {"max_lr": 0.1, "total_steps": 100}
@@ -71,9 +72,7 @@ def test_the_first_version_refuses_the_momentum_naming_the_second(family: str) -
 def test_step_and_stepper_agree_and_the_state_holds_the_extras(
     family: str, params: dict[str, Any]
 ) -> None:
-    policy = get_policy(family, 2)
-    resolved = policy.resolve(params, BASE)
-    state = policy.init(resolved, BASE)
+    policy, resolved, state = started(family, 2, params, BASE)
     stepper = policy.stepper(resolved, state, "val_loss")
     for step in (1, 7, 30, 99, 100, 5000):
         outcome, state = policy.step(resolved, state, Observation(step, math.nan, "val_loss"))

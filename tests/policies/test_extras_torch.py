@@ -22,7 +22,8 @@ import torch
 from torch.optim import lr_scheduler
 
 from lrpilot.policies import get_policy
-from tests.policies.test_schedules_torch import base_lrs, cyclic, lr_or_lrs, one_cycle
+from tests.helpers import started
+from tests.policies.test_schedules_torch import base_lrs, cyclic, drawn, lr_or_lrs, one_cycle
 
 STEPS = 300
 SETS = 24  # random param sets a family
@@ -104,13 +105,10 @@ FAMILIES = {
 @pytest.mark.parametrize("seed", range(SETS))
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_lrs_and_momentum_match_torch(family: str, seed: int) -> None:
-    rng = random.Random(f"{family}@2-{seed}")
     make, cls = FAMILIES[family]
-    base = base_lrs(rng)
-    params = make(rng, len(base)) | momentum_params(rng, len(base))
-    policy = get_policy(family, 2)
-    resolved = policy.resolve(params, base)
-    state = policy.init(resolved, base)
+    rng, base, params = drawn(f"{family}@2-{seed}", make)
+    params |= momentum_params(rng, len(base))
+    policy, resolved, state = started(family, 2, params, base)
     steps = STEPS if family == "cyclic" else min(STEPS, params["total_steps"] - 1)
     lrs, momentum = torch_run(cls, base, params, steps, adam=seed % 2 == 1)
     compare((family, "lrs"), [policy.lrs_at(resolved, state, k) for k in range(steps + 1)], lrs)
@@ -161,9 +159,7 @@ def test_weight_decay_is_megatrons_ramp(family: str, style: str) -> None:
             "wd_incr_style": style,
             "wd_incr_steps": incr,
         }
-        policy = get_policy(family, 2)
-        resolved = policy.resolve(params, base)
-        state = policy.init(resolved, base)
+        policy, resolved, state = started(family, 2, params, base)
         steps = range(0, incr + 30)
         ours = [policy.extras_at(resolved, state, k)["weight_decay"] for k in steps]
         theirs = [

@@ -21,7 +21,7 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from lrpilot.policies import get_policy
+from tests.helpers import started
 
 STEPS = 300
 SETS = 12  # random param sets a family
@@ -68,6 +68,16 @@ def record(
 
 def base_lrs(rng: random.Random) -> tuple[float, ...]:
     return tuple(10 ** rng.uniform(-4, 0) for _ in range(rng.choice((2, 3))))
+
+
+def drawn(
+    seed: str, make: Callable[[random.Random, int], dict[str, Any]]
+) -> tuple[random.Random, tuple[float, ...], dict[str, Any]]:
+    """A random param set of ``make``'s family over random base lrs, drawn from ``seed``; and
+    the generator, for whatever else the test draws after them."""
+    rng = random.Random(seed)
+    base = base_lrs(rng)
+    return rng, base, make(rng, len(base))
 
 
 def lr_or_lrs(rng: random.Random, n: int, low: float, high: float) -> float | list[float]:
@@ -223,13 +233,9 @@ def compare(
 @pytest.mark.parametrize("seed", range(SETS))
 @pytest.mark.parametrize("family", sorted(TORCH))
 def test_lrs_at_matches_torch(family: str, seed: int) -> None:
-    rng = random.Random(f"{family}-{seed}")
     make, cls = TORCH[family]
-    base = base_lrs(rng)
-    params = make(rng, len(base))
-    policy = get_policy(family, 1)
-    resolved = policy.resolve(params, base)
-    state = policy.init(resolved, base)
+    _, base, params = drawn(f"{family}-{seed}", make)
+    policy, resolved, state = started(family, 1, params, base)
     steps = STEPS
     if family == "one_cycle":
         steps = min(STEPS, params["total_steps"] - 1)  # torch raises past total_steps
@@ -246,9 +252,7 @@ def test_one_cycle_holds_its_last_lrs_where_torch_extrapolates_or_raises(
     """torch answers one step past the cycle's end (total_steps), extrapolating the last phase
     (linearly: below the min lr, here below 0), then raises; lrpilot holds the last lrs."""
     params = {"max_lr": 0.1, "total_steps": 10, "anneal_strategy": anneal_strategy}
-    policy = get_policy("one_cycle", 1)
-    resolved = policy.resolve(params, (0.1,))
-    state = policy.init(resolved, (0.1,))
+    policy, resolved, state = started("one_cycle", 1, params, (0.1,))
     theirs = torch_lrs(lr_scheduler.OneCycleLR, (0.1,), params, 10)
     last = policy.lrs_at(resolved, state, 9)
     assert abs(last[0] - theirs[9][0]) <= REL * theirs[9][0]
@@ -308,9 +312,7 @@ def test_inverse_time_matches_keras(seed: int) -> None:
         "decay_rate": rng.choice((0.0, 0.5, rng.uniform(0.0, 5.0))),
         "staircase": rng.random() < 0.5,
     }
-    policy = get_policy("inverse_time", 1)
-    resolved = policy.resolve(params, base)
-    state = policy.init(resolved, base)
+    policy, resolved, state = started("inverse_time", 1, params, base)
     ks = [*range(0, STEPS + 1, 7), STEPS]
     ours = [policy.lrs_at(resolved, state, k) for k in ks]
     theirs = [[reference(b, params, k) for b in base] for k in ks]

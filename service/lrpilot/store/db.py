@@ -357,6 +357,9 @@ def alembic_config(url: str) -> Config:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
+    # the migrations import their shared helpers (migrations/_common.py) from their folder
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("prepend_sys_path", str(migrations_dir()))
     cfg.attributes["url"] = url
     return cfg
 
