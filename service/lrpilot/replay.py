@@ -21,7 +21,7 @@ from typing import Any
 from lrpilot.entries import Rewound
 from lrpilot.guard import Checkpoint, Guarded, GuardStepper
 from lrpilot.policies.base import Frozen, Policy, State, Stepper, extras_of
-from lrpilot.policies.retime import retimed
+from lrpilot.policies.retime import retimable
 from lrpilot.spec import InForce, factor, scaled
 
 
@@ -180,7 +180,9 @@ class Replay:
     ) -> None:
         """A retime entry at ``step``: the schedule reaches its end at ``horizon`` from
         ``at_step`` on (``lrpilot.policies.retime``; PolicyError when it cannot)."""
-        state = retimed(self.policy, self.params, self.state(), at_step, horizon, mode, decided)
+        state = retimable(self.policy).retime(
+            self.params, self.state(), at_step, horizon, mode, decided
+        )
         self.previous = self.stepper.lrs
         self.stepper = self._stepper(state)
         if self._ahead and seq is not None:

@@ -20,7 +20,7 @@ from lrpilot.canonical import canonical_json
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
 from lrpilot.policies import Frozen, Policy, PolicyError, State
-from lrpilot.policies.retime import retimed
+from lrpilot.policies.retime import retimable
 from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
 from lrpilot.store.runs import Store, WriteTx
 
@@ -134,7 +134,7 @@ def retime(
         at_step,
         "retime",
         lambda policy, params, state, at: (
-            retimed(policy, params, state, at_step, horizon, mode, at),
+            retimable(policy).retime(params, state, at_step, horizon, mode, at),
             policy.horizon(params, state),  # (a policy without one was refused)
         ),
         lambda chain, step, state, lrs, has: entries.retime(

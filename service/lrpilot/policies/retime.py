@@ -320,20 +320,12 @@ def _no_horizon(policy: Policy, more: str) -> PolicyError:
     return PolicyError([((), f"policy {name} has no horizon to move{more}")])
 
 
-def retimed(
-    policy: Policy,
-    params: Frozen,
-    state: State,
-    at_step: int,
-    horizon: int,
-    mode: str,
-    last_step: int | None,
-) -> RetimedState:
-    """``Retimed.retime`` of a run's policy as ``around`` gave it; PolicyError naming the
-    policy when it has no horizon at all."""
+def retimable(policy: Policy) -> Retimed:
+    """A run's policy as ``around`` gave it, to retime (``Retimed.retime``); PolicyError naming
+    the policy when it has no horizon at all."""
     if not isinstance(policy, Retimed):
         raise _no_horizon(policy, "")
-    return policy.retime(params, state, at_step, horizon, mode, last_step)
+    return policy
 
 
 def around(policy: Policy) -> Policy:
