@@ -39,6 +39,7 @@ from lrpilot.policies.base import (
     PolicyError,
     State,
     Stepper,
+    check_step,
     extras_of,
 )
 from lrpilot.policies.text import fmt_lrs
@@ -163,8 +164,7 @@ class Retimed(Policy):
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         if not isinstance(state, RetimedState):
             return self.inner.lrs_at(params, state, step)
-        if step < 0:
-            raise ValueError(f"steps start at 0, got {step}")
+        check_step(step)
         inner = self._inner_state(state)
         s = schedule_step(state.timemap, step)
         return _mapped(_segment_at(state.timemap, step), self.inner.lrs_at(params, inner, s))
