@@ -21,7 +21,7 @@ from typing import Any
 from lrpilot.entries import Rewound
 from lrpilot.guard import Checkpoint, Guarded, GuardStepper
 from lrpilot.policies.base import Frozen, Policy, State, Stepper, extras_of
-from lrpilot.policies.retime import retimed
+from lrpilot.policies.retime import retimable
 from lrpilot.spec import InForce, factor, scaled
 
 
@@ -180,7 +180,9 @@ class Replay:
     ) -> None:
         """A retime entry at ``step``: the schedule reaches its end at ``horizon`` from
         ``at_step`` on (``lrpilot.policies.retime``; PolicyError when it cannot)."""
-        state = retimed(self.policy, self.params, self.state(), at_step, horizon, mode, decided)
+        state = retimable(self.policy).retime(
+            self.params, self.state(), at_step, horizon, mode, decided
+        )
         self.previous = self.stepper.lrs
         self.stepper = self._stepper(state)
         if self._ahead and seq is not None:
@@ -261,54 +263,26 @@ def lrs_range(
     count: int,
     changes: Iterable[tuple[int, State, float]],
     every: int = 1,
-) -> list[list[float]]:
-    """The lrs served at ``count`` training steps from ``first``, ``every`` steps apart:
-    ``state`` is in force before ``first``, its lrs served times ``by``; ``changes`` are (step,
-    state, factor) of the live entries from ``first`` on, in step order (each a decision's, a
-    rewind's or a resize's: the state it left and the scaling rule's factor on what it served)."""
-    lrs_at = policy.lrs_at
-    return [
-        scaled(lrs_at(params, st, step), f)
-        for step, st, f in _in_force(state, by, first, count, changes, every)
-    ]
-
-
-def extras_range(
-    policy: Policy,
-    params: Frozen,
-    state: State,
-    first: int,
-    count: int,
-    changes: Iterable[tuple[int, State, float]],
-    every: int = 1,
-) -> dict[str, list[list[float]]]:
-    """What the policy schedules beside the lrs (momentum, weight decay) at the steps
-    ``lrs_range`` answers, from the same states: one list a step, by name; empty when the
-    policy schedules none. A scaling rule scales the lrs only."""
-    out: dict[str, list[list[float]]] = {}
-    if not extras_of(state):
-        return out
-    extras_at = policy.extras_at
-    for step, st, _ in _in_force(state, 1.0, first, count, changes, every):
-        for name, values in extras_at(params, st, step).items():
-            out.setdefault(name, []).append(list(values))
-    return out
-
-
-def _in_force(
-    state: State,
-    by: float,
-    first: int,
-    count: int,
-    changes: Iterable[tuple[int, State, float]],
-    every: int = 1,
-) -> Iterator[tuple[int, State, float]]:
-    """(step, the state in force there, its factor) for ``count`` steps from ``first``,
-    ``every`` steps apart."""
+) -> tuple[list[list[float]], dict[str, list[list[float]]]]:
+    """The lrs served at ``count`` training steps from ``first``, ``every`` steps apart, and
+    what the policy schedules beside them (momentum, weight decay) there, from the same states:
+    one list a step, by name; empty when the policy schedules none. ``state`` is in force
+    before ``first``, its lrs served times ``by``; ``changes`` are (step, state, factor) of the
+    live entries from ``first`` on, in step order (each a decision's, a rewind's or a resize's:
+    the state it left and the scaling rule's factor on what it served). A scaling rule scales
+    the lrs only."""
+    lrs_at, extras_at = policy.lrs_at, policy.extras_at
+    schedules_extras = bool(extras_of(state))
+    lrs: list[list[float]] = []
+    extras: dict[str, list[list[float]]] = {}
     upcoming = iter(changes)
     change = next(upcoming, None)
     for step in range(first, first + count * every, every):
         while change is not None and change[0] <= step:
             _, state, by = change
             change = next(upcoming, None)
-        yield step, state, by
+        lrs.append(scaled(lrs_at(params, state, step), by))
+        if schedules_extras:
+            for name, values in extras_at(params, state, step).items():
+                extras.setdefault(name, []).append(list(values))
+    return lrs, extras

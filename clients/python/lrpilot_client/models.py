@@ -616,10 +616,10 @@ class Resized(_Model):
 
 
 @dataclass(frozen=True)
-class Cooled(_Model):
-    """The answer to a cooldown: `decision` is the start_cooldown entry in the chain (who
-    asked, why, `cooldown` its at_step, steps and shape), None when this very cooldown was in
-    force already (a retry); `lrs` the rates in force now (the decay starts at `at_step`)."""
+class _Operated(_Model):
+    """The answer to an operator's decision from `at_step` on: `decision` its entry in the
+    chain, None when that very decision was in force already (a retry); `lrs` the rates in
+    force now."""
 
     run_id: str
     at_step: int
@@ -628,15 +628,17 @@ class Cooled(_Model):
 
 
 @dataclass(frozen=True)
-class Retimed(_Model):
+class Cooled(_Operated):
+    """The answer to a cooldown: `decision` is the start_cooldown entry in the chain (who
+    asked, why, `cooldown` its at_step, steps and shape), None when this very cooldown was in
+    force already (a retry); `lrs` the rates in force now (the decay starts at `at_step`)."""
+
+
+@dataclass(frozen=True)
+class Retimed(_Operated):
     """The answer to a retime: `decision` is the retime entry in the chain (its `retime`:
     at_step, horizon, mode), None when this very retime was in force already (a retry);
     `lrs` the rates in force now (they do not jump)."""
-
-    run_id: str
-    at_step: int
-    lrs: tuple[float, ...]
-    decision: Decision | None
 
 
 @dataclass(frozen=True)

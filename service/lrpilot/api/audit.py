@@ -18,7 +18,13 @@ from lrpilot.api.models import (
     VerifyIn,
     VerifyOut,
 )
-from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse, conflict
+from lrpilot.api.responses import (
+    INVALID,
+    UNAVAILABLE,
+    StrictJSONResponse,
+    conflict,
+    on_run,
+)
 from lrpilot.audit.bundle import Mismatch
 from lrpilot.domain.logs import BundleRefused
 
@@ -37,9 +43,7 @@ NDJSON = "application/x-ndjson"
             "branches of a rewound run, in seq order), a trailer with the count, the head "
             "hash and, when the service has a signing key, the head's signature",
         },
-        **NOT_FOUND,
-        **INVALID,
-        **UNAVAILABLE,
+        **on_run(),
     },
 )
 def export_run(run_id: RunId, audit: AuditDep, caller: Reader) -> StreamingResponse:
@@ -91,7 +95,7 @@ def _refused(line: int | None, message: str) -> Response:
 @router.post(
     "/{run_id}/verify",
     response_model=VerifyOut,
-    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+    responses=on_run(),
 )
 def verify_run(
     run_id: RunId,
@@ -107,7 +111,7 @@ def verify_run(
 @router.post(
     "/{run_id}/rewind",
     response_model=RewindOut,
-    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+    responses=on_run(),
 )
 def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) -> Response:
     client = body.client.declared() if body.client else None
@@ -118,7 +122,7 @@ def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) ->
 @router.get(
     "/{run_id}/summary",
     response_model=SummaryOut,
-    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+    responses=on_run(),
 )
 def run_summary(run_id: RunId, audit: AuditDep, caller: Reader) -> Response:
     return StrictJSONResponse(audit.summary(caller.run(run_id)))

@@ -8,7 +8,7 @@ from fastapi.responses import Response
 from lrpilot.api.auth import Reader, Writer
 from lrpilot.api.deps import RunId, StoreDep
 from lrpilot.api.models import CheckpointIn, CheckpointList, CheckpointOut
-from lrpilot.api.responses import INVALID, NOT_FOUND, UNAVAILABLE, StrictJSONResponse
+from lrpilot.api.responses import StrictJSONResponse, on_run
 from lrpilot.domain import guarding
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -20,9 +20,7 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
     status_code=201,
     responses={
         200: {"model": CheckpointOut, "description": "declared already (a retry)"},
-        **NOT_FOUND,
-        **INVALID,
-        **UNAVAILABLE,
+        **on_run(),
     },
 )
 def declare_checkpoint(
@@ -42,7 +40,7 @@ def declare_checkpoint(
 @router.get(
     "/{run_id}/checkpoints",
     response_model=CheckpointList,
-    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+    responses=on_run(),
 )
 def list_checkpoints(run_id: RunId, store: StoreDep, caller: Reader) -> Response:
     """The run's declared checkpoints, oldest first; `superseded`: a rewind or a rollback went

@@ -115,3 +115,9 @@ NOT_FOUND: Documented = {404: {"model": Message, "description": "no run with tha
 
 def conflict(description: str) -> Documented:
     return {409: {"model": Message, "description": description}}
+
+
+def on_run(conflicts: str | None = None) -> Documented:
+    """What a call on a run may answer besides its own: no such run, ``conflicts`` (a 409 that
+    says when), a refused parameter or body, the database unavailable."""
+    return {**NOT_FOUND, **(conflict(conflicts) if conflicts else {}), **INVALID, **UNAVAILABLE}

@@ -40,11 +40,11 @@ from lrpilot.api.models import (
 from lrpilot.api.responses import (
     INVALID,
     MAX_PAGE_CHARS,
-    NOT_FOUND,
     UNAVAILABLE,
     StrictJSONResponse,
     conflict,
     decision_json,
+    on_run,
     page_json,
 )
 from lrpilot.domain import operating
@@ -67,17 +67,12 @@ ToStep = Annotated[
 @router.post(
     "/{run_id}/observations",
     response_model=DecisionOut,
-    responses={
-        **NOT_FOUND,
-        **conflict(
-            "the step was already decided with another value, or is below the last decided "
-            "step; aggregated mode: a rank reported another value or world_size for the step, "
-            'or (on_timeout "refuse") ranks did not report within the timeout: the detail '
-            "names them and the step stays undecided until every rank has reported"
-        ),
-        **INVALID,
-        **UNAVAILABLE,
-    },
+    responses=on_run(
+        "the step was already decided with another value, or is below the last decided "
+        "step; aggregated mode: a rank reported another value or world_size for the step, "
+        'or (on_timeout "refuse") ranks did not report within the timeout: the detail '
+        "names them and the step stays undecided until every rank has reported"
+    ),
 )
 async def post_observation(
     run_id: RunId, body: ObservationIn, request: Request, caller: Writer
@@ -154,12 +149,12 @@ def list_runs(
     return page_json(page.items, page.next, "run_id")
 
 
-@router.get("/{run_id}", response_model=RunOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
+@router.get("/{run_id}", response_model=RunOut, responses=on_run())
 def get_run(run_id: RunId, store: StoreDep, caller: Reader) -> Response:
     return StrictJSONResponse(store.get_run(caller.run(run_id)))
 
 
-@router.get("/{run_id}/lr", response_model=LrOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE})
+@router.get("/{run_id}/lr", response_model=LrOut, responses=on_run())
 async def get_lr(
     run_id: RunId,
     decisions: DecisionsDep,
@@ -184,9 +179,7 @@ async def get_lr(
     return StrictJSONResponse(await decisions.lr_when_decided(run, step, wait))
 
 
-@router.get(
-    "/{run_id}/lrs", response_model=LrsOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE}
-)
+@router.get("/{run_id}/lrs", response_model=LrsOut, responses=on_run())
 def get_lrs(
     run_id: RunId,
     decisions: DecisionsDep,
@@ -213,9 +206,7 @@ def get_lrs(
     return StrictJSONResponse(decisions.lrs_range(caller.run(run_id), first, count, every))
 
 
-@router.get(
-    "/{run_id}/plot", response_model=PlotOut, responses={**NOT_FOUND, **INVALID, **UNAVAILABLE}
-)
+@router.get("/{run_id}/plot", response_model=PlotOut, responses=on_run())
 def get_plot(
     run_id: RunId,
     store: StoreDep,
@@ -246,7 +237,7 @@ def get_plot(
 @router.get(
     "/{run_id}/decisions",
     response_model=DecisionPage,
-    responses={**NOT_FOUND, **INVALID, **UNAVAILABLE},
+    responses=on_run(),
 )
 def list_decisions(
     run_id: RunId,
@@ -275,15 +266,10 @@ def list_decisions(
 @router.post(
     "/{run_id}/resize",
     response_model=ResizeOut,
-    responses={
-        **NOT_FOUND,
-        **conflict(
-            "the run has no scaling rule, or the step is below its last decided step or "
-            "below its last resize"
-        ),
-        **INVALID,
-        **UNAVAILABLE,
-    },
+    responses=on_run(
+        "the run has no scaling rule, or the step is below its last decided step or "
+        "below its last resize"
+    ),
 )
 def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: Writer) -> Response:
     """An elastic job's new world_size or global batch size: the run's scaling rule rescales
@@ -297,12 +283,7 @@ def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: W
 @router.post(
     "/{run_id}/applied",
     response_model=AckOut,
-    responses={
-        **NOT_FOUND,
-        **conflict("the step is not decided yet: its lrs may still change"),
-        **INVALID,
-        **UNAVAILABLE,
-    },
+    responses=on_run("the step is not decided yet: its lrs may still change"),
 )
 def acknowledge(run_id: RunId, body: AckIn, decisions: DecisionsDep, caller: Writer) -> Response:
     """A rank's acknowledgement of the lrs it applied at `step` (leader mode: the ranks that
@@ -328,15 +309,10 @@ def acknowledge(run_id: RunId, body: AckIn, decisions: DecisionsDep, caller: Wri
 @router.post(
     "/{run_id}/cooldown",
     response_model=CooldownOut,
-    responses={
-        **NOT_FOUND,
-        **conflict(
-            "the run's policy has no cooldown (the detail names it), at_step is already "
-            "decided or in the warmup, or the run has no stable phase left there"
-        ),
-        **INVALID,
-        **UNAVAILABLE,
-    },
+    responses=on_run(
+        "the run's policy has no cooldown (the detail names it), at_step is already "
+        "decided or in the warmup, or the run has no stable phase left there"
+    ),
 )
 def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Writer) -> Response:
     """A cooldown on demand: the run's decay starts at `at_step`, `steps` long, as a cooldown
@@ -353,15 +329,10 @@ def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Write
 @router.post(
     "/{run_id}/retime",
     response_model=RetimeOut,
-    responses={
-        **NOT_FOUND,
-        **conflict(
-            "the run's policy has no horizon (the detail names it), at_step is already "
-            "decided, the schedule has ended there, or keep_lr comes before its peak"
-        ),
-        **INVALID,
-        **UNAVAILABLE,
-    },
+    responses=on_run(
+        "the run's policy has no horizon (the detail names it), at_step is already "
+        "decided, the schedule has ended there, or keep_lr comes before its peak"
+    ),
 )
 def retime_run(run_id: RunId, body: RetimeIn, store: StoreDep, caller: Writer) -> Response:
     """A new horizon for a running schedule, without a jump in lr: from `at_step` on the

@@ -20,7 +20,7 @@ from lrpilot.canonical import canonical_json
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
 from lrpilot.policies import Frozen, Policy, PolicyError, State
-from lrpilot.policies.retime import retimed
+from lrpilot.policies.retime import retimable
 from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
 from lrpilot.store.runs import Store, WriteTx
 
@@ -55,84 +55,17 @@ def _entry(head: RunHead, what: str, change: Change, build: Build) -> NewDecisio
     return appended(head.key, entry, canonical_json(state_doc), head.last_step, head.scale)
 
 
-def cooldown_entry(
-    head: RunHead,
-    at_step: int,
-    steps: int,
-    shape: str | None,
-    why: str | None,
-    created_at: str,
-    client: dict[str, Any] | None = None,
-    who: dict[str, str] | None = None,
-) -> NewDecision | None:
-    """The start_cooldown entry for the run at ``head`` (None: that cooldown is in force)."""
-    return _entry(
-        head,
-        "cooldown",
-        lambda policy, params, state, at: (
-            policy.cooldown(params, state, at_step, steps, shape, at),
-            None,
-        ),
-        lambda chain, step, state, lrs, _: entries.cooldown(
-            chain,
-            step,
-            created_at,
-            at_step=at_step,
-            steps=steps,
-            shape=shape,
-            why=why,
-            policy_lrs=lrs,
-            state=state,
-            client=client,
-            who=who,
-        ),
-    )
-
-
-def retime_entry(
-    head: RunHead,
-    at_step: int,
-    horizon: int,
-    mode: str,
-    created_at: str,
-    client: dict[str, Any] | None = None,
-    who: dict[str, str] | None = None,
-) -> NewDecision | None:
-    """The retime entry for the run at ``head`` (None: that retime is in force)."""
-    return _entry(
-        head,
-        "retime",
-        lambda policy, params, state, at: (
-            retimed(policy, params, state, at_step, horizon, mode, at),
-            policy.horizon(params, state),  # (a policy without one was refused)
-        ),
-        lambda chain, step, state, lrs, has: entries.retime(
-            chain,
-            step,
-            created_at,
-            at_step=at_step,
-            horizon=horizon,
-            mode=mode,
-            param=has.param,
-            policy_lrs=lrs,
-            state=state,
-            client=client,
-            who=who,
-        ),
-    )
-
-
 def _append(
-    store: Store, run: RunKey, at_step: int, build: Callable[[RunHead], NewDecision | None]
+    store: Store, run: RunKey, at_step: int, what: str, change: Change, build: Build
 ) -> dict[str, Any]:
-    """The entry ``build`` makes of the run's head, appended (none when it makes none); the
-    run as it then stands."""
+    """The entry of an operator's decision (``_entry``) on the run as it stands, appended (none
+    when the decision is in force already); the run as it then stands."""
 
     def work(tx: WriteTx) -> NewDecision | None:
         head = tx.lock_run(run)
         if head is None:
             raise RunNotFound(f"run {run.run_id!r} not found")
-        entry = build(head)
+        entry = _entry(head, what, change, build)
         if entry is not None:
             tx.append_decision(entry)
         return entry
@@ -157,12 +90,30 @@ def cooldown(
     client: dict[str, Any] | None = None,
     who: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Start the run's decay at ``at_step``, ``steps`` long (POST /cooldown)."""
+    """Start the run's decay at ``at_step``, ``steps`` long (POST /cooldown): a start_cooldown
+    entry, none when that cooldown is in force already."""
     return _append(
         store,
         run,
         at_step,
-        lambda head: cooldown_entry(head, at_step, steps, shape, why, now(), client, who),
+        "cooldown",
+        lambda policy, params, state, at: (
+            policy.cooldown(params, state, at_step, steps, shape, at),
+            None,
+        ),
+        lambda chain, step, state, lrs, _: entries.cooldown(
+            chain,
+            step,
+            now(),
+            at_step=at_step,
+            steps=steps,
+            shape=shape,
+            why=why,
+            policy_lrs=lrs,
+            state=state,
+            client=client,
+            who=who,
+        ),
     )
 
 
@@ -175,10 +126,28 @@ def retime(
     client: dict[str, Any] | None = None,
     who: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Give the run's schedule the new ``horizon`` from ``at_step`` on (POST /retime)."""
+    """Give the run's schedule the new ``horizon`` from ``at_step`` on (POST /retime): a
+    retime entry, none when that retime is in force already."""
     return _append(
         store,
         run,
         at_step,
-        lambda head: retime_entry(head, at_step, horizon, mode, now(), client, who),
+        "retime",
+        lambda policy, params, state, at: (
+            retimable(policy).retime(params, state, at_step, horizon, mode, at),
+            policy.horizon(params, state),  # (a policy without one was refused)
+        ),
+        lambda chain, step, state, lrs, has: entries.retime(
+            chain,
+            step,
+            now(),
+            at_step=at_step,
+            horizon=horizon,
+            mode=mode,
+            param=has.param,
+            policy_lrs=lrs,
+            state=state,
+            client=client,
+            who=who,
+        ),
     )

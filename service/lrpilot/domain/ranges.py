@@ -45,7 +45,7 @@ def lr_at(store: Store, run: RunKey, step: int | None) -> tuple[dict[str, Any], 
     else:
         seq, at, entry = row if row is not None else (None, None, None)
         state, by = _in_force(policy, params, head, entry)
-        lrs = replay.lrs_range(policy, params, state, by, step, 1, ())[0]
+        lrs = replay.lrs_range(policy, params, state, by, step, 1, ())[0][0]
         extras = policy.extras_at(params, state, step)
     decided = step is None or (
         (head.last_step is not None and head.last_step >= step) or policy.open_loop
@@ -78,8 +78,7 @@ def lrs_range(store: Store, run: RunKey, first: int, count: int, every: int = 1)
     policy, params = resolved(head.spec)
     state, by = _in_force(policy, params, head, before)
     changes = [(step, *_in_force(policy, params, head, entry)) for step, entry in within]
-    lrs = replay.lrs_range(policy, params, state, by, first, count, changes, every)
-    extras = replay.extras_range(policy, params, state, first, count, changes, every)
+    lrs, extras = replay.lrs_range(policy, params, state, by, first, count, changes, every)
     if policy.open_loop:
         certain: int | None = last
     elif head.last_step is None or head.last_step < first:

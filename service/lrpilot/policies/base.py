@@ -88,6 +88,12 @@ def extras_of(state: object) -> Extras:
     return out
 
 
+def check_step(step: int) -> None:
+    """The ValueError of ``lrs_at`` and ``extras_at`` asked a step before the first."""
+    if step < 0:
+        raise ValueError(f"steps start at 0, got {step}")
+
+
 MAX_STEP = 2**62  # the largest step (and seq) anything holds: a BIGINT on every database
 
 

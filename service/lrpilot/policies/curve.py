@@ -40,6 +40,7 @@ from lrpilot.policies.base import (
     Policy,
     State,
     Stepper,
+    check_step,
 )
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs
 
@@ -179,8 +180,7 @@ class Schedule(Policy):
 
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         assert isinstance(params, ScheduleParams)
-        if step < 0:
-            raise ValueError(f"steps start at 0, got {step}")
+        check_step(step)
         return params.curve(step)
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:
@@ -278,8 +278,7 @@ class ExtrasSchedule(Schedule):
 
     def extras_at(self, params: Frozen, state: State, step: int) -> Extras:
         assert isinstance(params, ExtrasParams)
-        if step < 0:
-            raise ValueError(f"steps start at 0, got {step}")
+        check_step(step)
         return params.extras_curve(step)
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> Stepper:

@@ -73,9 +73,11 @@ def one_cycle_curve(
     return lambda step: at(step) if step < total_steps - 1 else held
 
 
-def cyclic_place(
-    up: int, down: int, mode: str, gamma: float
-) -> Callable[[int], tuple[float, float]]:
+# step -> (the factor of the cycle's height, the mode's scale)
+Place = Callable[[int], tuple[float, float]]
+
+
+def cyclic_place(up: int, down: int, mode: str, gamma: float) -> Place:
     """step -> (the factor of the cycle's height, the mode's scale), as torch's CyclicLR.get_lr
     computes them: its cycle floor(1 + step / total) is cycle + 1, its x (the fraction of the
     cycle done) is r / total, and its factor x / step_ratio (rising) or (x - 1) /
@@ -125,13 +127,21 @@ class CyclicFields(ScheduleParams):
             ("base_lr",), self.base_lr, groups
         ) + common.group_count_errors(("max_lr",), self.max_lr, groups)
 
-    def _curve(self, base: tuple[float, ...]) -> Curve:
-        lows = common.per_group(self.base_lr, len(base))
-        highs = common.per_group(self.max_lr, len(base))
-        spans = tuple([m - b for b, m in zip(lows, highs, strict=True)])
+    def _cycle(
+        self, low: PerGroupLr, high: PerGroupLr, groups: int
+    ) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], Place]:
+        """A cycle between ``low`` and ``high`` (a number, or one per group) over ``groups``
+        param groups: its lows, highs and heights, and where a step is in it
+        (``cyclic_place``), the cycle the lr and the momentum (a later version) share."""
+        lows = common.per_group(low, groups)
+        highs = common.per_group(high, groups)
+        heights = tuple([m - b for b, m in zip(lows, highs, strict=True)])
         up = self.step_size_up
         down = self.step_size_down if self.step_size_down is not None else up
-        place = cyclic_place(up, down, self.mode, self.gamma)
+        return lows, highs, heights, cyclic_place(up, down, self.mode, self.gamma)
+
+    def _curve(self, base: tuple[float, ...]) -> Curve:
+        lows, _, spans, place = self._cycle(self.base_lr, self.max_lr, len(base))
 
         def curve(step: int) -> tuple[float, ...]:
             f, scale = place(step)

@@ -39,6 +39,7 @@ from lrpilot.policies.base import (
     PolicyError,
     State,
     Stepper,
+    check_step,
     extras_of,
 )
 from lrpilot.policies.text import fmt_lrs
@@ -163,8 +164,7 @@ class Retimed(Policy):
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         if not isinstance(state, RetimedState):
             return self.inner.lrs_at(params, state, step)
-        if step < 0:
-            raise ValueError(f"steps start at 0, got {step}")
+        check_step(step)
         inner = self._inner_state(state)
         s = schedule_step(state.timemap, step)
         return _mapped(_segment_at(state.timemap, step), self.inner.lrs_at(params, inner, s))
@@ -320,20 +320,12 @@ def _no_horizon(policy: Policy, more: str) -> PolicyError:
     return PolicyError([((), f"policy {name} has no horizon to move{more}")])
 
 
-def retimed(
-    policy: Policy,
-    params: Frozen,
-    state: State,
-    at_step: int,
-    horizon: int,
-    mode: str,
-    last_step: int | None,
-) -> RetimedState:
-    """``Retimed.retime`` of a run's policy as ``around`` gave it; PolicyError naming the
-    policy when it has no horizon at all."""
+def retimable(policy: Policy) -> Retimed:
+    """A run's policy as ``around`` gave it, to retime (``Retimed.retime``); PolicyError naming
+    the policy when it has no horizon at all."""
     if not isinstance(policy, Retimed):
         raise _no_horizon(policy, "")
-    return policy.retime(params, state, at_step, horizon, mode, last_step)
+    return policy
 
 
 def around(policy: Policy) -> Policy:

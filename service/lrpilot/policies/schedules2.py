@@ -39,7 +39,6 @@ from lrpilot.policies.curve import (
 from lrpilot.policies.cycles import (
     CyclicFields,
     OneCycleFields,
-    cyclic_place,
     one_cycle_curve,
     one_cycle_phases,
 )
@@ -157,12 +156,7 @@ class CyclicMomentumParams(MomentumAndDecay, CyclicFields):
     def _extras(self, groups: int) -> ExtrasCurve:
         momentum: Curve | None = None
         if self.cycle_momentum:
-            lows = common.per_group(self.base_momentum, groups)
-            highs = common.per_group(self.max_momentum, groups)
-            heights = tuple([m - b for b, m in zip(lows, highs, strict=True)])
-            up = self.step_size_up
-            down = self.step_size_down if self.step_size_down is not None else up
-            place = cyclic_place(up, down, self.mode, self.gamma)
+            _, highs, heights, place = self._cycle(self.base_momentum, self.max_momentum, groups)
 
             def cycled(step: int) -> tuple[float, ...]:
                 # torch: max_momentum - (max_momentum - base_momentum) * factor * scale

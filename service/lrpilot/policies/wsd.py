@@ -50,7 +50,7 @@ from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat
 from lrpilot.canonical import float_token
 from lrpilot.policies import common
 from lrpilot.policies.arith import cos2_frac, cos2_turns, exp, ipow, log
-from lrpilot.policies.base import FieldStepper, Frozen, Horizon, Loc, PolicyError, State
+from lrpilot.policies.base import FieldStepper, Frozen, Horizon, Loc, PolicyError, State, check_step
 from lrpilot.policies.curve import Curve, Schedule, ScheduleParams, Steps, WarmupType, warmup_ramp
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs, plural
 
@@ -316,8 +316,7 @@ class Wsd(Schedule):
 
     def lrs_at(self, params: Frozen, state: State, step: int) -> tuple[float, ...]:
         assert isinstance(params, WsdParams) and isinstance(state, WsdState)
-        if step < 0:
-            raise ValueError(f"steps start at 0, got {step}")
+        check_step(step)
         return _curve_for(params, state.decay_start, state.decay_steps, state.decay_type)(step)
 
     def stepper(self, params: Frozen, state: State, metric: str = "metric") -> WsdStepper:

@@ -97,6 +97,19 @@ _DECISIONS_ONLY = "AND action NOT IN (" + ", ".join(f"'{a}'" for a in NOT_DECISI
 # the entries whose state is the state as of their step: a checkpoint's is the state in force
 # when it was declared, which may be later (a checkpoint declared late)
 _STATES = f"AND action <> '{Kind.CHECKPOINT.value}' "
+
+
+def _last_live(columns: str, bound: str, only: str = _STATES) -> str:
+    """The query of ``columns`` of a run's last live entry (among ``only``'s actions) whose
+    step is ``bound`` ("<=" or "<") the one given: of the largest step, and of those the last
+    logged (a scale entry may share its step with a decision: the later one holds). Its
+    parameters: (*run, False, step)."""
+    return (
+        f"SELECT {columns} FROM decisions WHERE {_RUN} AND superseded = ? AND step {bound} ? "
+        f"{only}ORDER BY step DESC, seq DESC LIMIT 1"
+    )
+
+
 # An import writes its log this many rows a statement; on SQLite, in transactions of at most
 # IMPORT_SLICE_S each (or a quarter of the timeout, if less), so that every other writer gets
 # the database between two of them well within its own timeout.
@@ -438,11 +451,7 @@ class WriteTx:
 
     def live_at_or_before(self, run: RunKey, step: int) -> tuple[int, dict[str, Any]] | None:
         """(seq, entry) of the run's last live entry at or before ``step``, if any."""
-        row = self._execute(
-            f"SELECT seq, body FROM decisions WHERE {_RUN} AND superseded = ? AND step <= ? "
-            f"{_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
-            (*run, False, step),
-        ).fetchone()
+        row = self._execute(_last_live("seq, body", "<="), (*run, False, step)).fetchone()
         return None if row is None else (int(row[0]), json.loads(row[1]))
 
     def live_checkpoint_before(
@@ -452,9 +461,7 @@ class WriteTx:
         the largest step; of those, the last declared)."""
         self.flush()
         row = self._execute(
-            f"SELECT seq, step, body FROM decisions WHERE {_RUN} AND superseded = ? "
-            f"AND step < ? AND action = '{Kind.CHECKPOINT.value}' "
-            "ORDER BY step DESC, seq DESC LIMIT 1",
+            _last_live("seq, step, body", "<", f"AND action = '{Kind.CHECKPOINT.value}' "),
             (*run, False, step),
         ).fetchone()
         return None if row is None else (int(row[0]), int(row[1]), json.loads(row[2]))
@@ -484,9 +491,7 @@ class WriteTx:
     def live_scale_at_or_before(self, run: RunKey, step: int) -> dict[str, Any] | None:
         """The run's last live scale entry at or before ``step``, if any."""
         row = self._execute(
-            f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step <= ? "
-            f"AND action = '{Kind.SCALE.value}' ORDER BY step DESC, seq DESC LIMIT 1",
-            (*run, False, step),
+            _last_live("body", "<=", f"AND action = '{Kind.SCALE.value}' "), (*run, False, step)
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
@@ -1119,13 +1124,7 @@ class Store:
             if step is None:
                 return head, None
             found = conn.exec_driver_sql(
-                _param(
-                    conn,
-                    f"SELECT seq, step, body FROM decisions WHERE {_RUN} AND superseded = ? "
-                    # a scale entry may share its step with a decision: the later one holds
-                    f"AND step <= ? {_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
-                ),
-                (*run, False, step),
+                _param(conn, _last_live("seq, step, body", "<=")), (*run, False, step)
             ).first()
             if found is None:
                 return head, None
@@ -1158,12 +1157,7 @@ class Store:
             conn = s.connection()
             head = _read_head(conn, run)
             before = conn.exec_driver_sql(
-                _param(
-                    conn,
-                    f"SELECT body FROM decisions WHERE {_RUN} AND superseded = ? AND step < ? "
-                    f"{_STATES}ORDER BY step DESC, seq DESC LIMIT 1",
-                ),
-                (*run, False, first),
+                _param(conn, _last_live("body", "<")), (*run, False, first)
             ).first()
             between = (
                 f"FROM decisions WHERE {_RUN} AND superseded = ? AND step >= ? AND step <= ? "

@@ -17,6 +17,13 @@ def _of_run(*columns: str) -> tuple[sa.PrimaryKeyConstraint, sa.ForeignKeyConstr
     )
 
 
+class _OfRun(SQLModel):
+    """The key columns of a run's rows (``_of_run`` keys them and ties them to the run)."""
+
+    project: str = Field(sa_type=sa.String(128))
+    run_id: str = Field(sa_type=sa.String(128))
+
+
 class RunRow(SQLModel, table=True):
     """A run, its resolved spec and its latest policy state: read and written once a decision.
     Its key is (project, run_id): the same run_id in two projects is two runs."""
@@ -67,19 +74,17 @@ class RunRow(SQLModel, table=True):
     imported: str | None = Field(default=None, sa_type=sa.Text)
 
 
-class RunLabelRow(SQLModel, table=True):
+class RunLabelRow(_OfRun, table=True):
     """One row a label, so that runs can be filtered by label with an index on any database."""
 
     __tablename__ = "run_labels"
     __table_args__ = (*_of_run("key"), sa.Index("ix_run_labels_key_value", "key", "value"))
 
-    project: str = Field(sa_type=sa.String(128))
-    run_id: str = Field(sa_type=sa.String(128))
     key: str = Field(sa_type=sa.String(128))
     value: str = Field(sa_type=sa.String(256))
 
 
-class DecisionRow(SQLModel, table=True):
+class DecisionRow(_OfRun, table=True):
     """A decision with the observation it answered; ``body`` is the hashed canonical JSON."""
 
     __tablename__ = "decisions"
@@ -90,8 +95,6 @@ class DecisionRow(SQLModel, table=True):
         sa.Index("ix_decisions_run_live_step", "project", "run_id", "superseded", "step"),
     )
 
-    project: str = Field(sa_type=sa.String(128))
-    run_id: str = Field(sa_type=sa.String(128))
     seq: int = Field(sa_type=sa.BigInteger)
     step: int = Field(sa_type=sa.BigInteger)
     action: str = Field(sa_type=sa.String(32))
@@ -100,7 +103,7 @@ class DecisionRow(SQLModel, table=True):
     body: str = Field(sa_type=sa.Text)
 
 
-class PlotTileRow(SQLModel, table=True):
+class PlotTileRow(_OfRun, table=True):
     """What a run's plot reads instead of its log (store/plots.py): the min and max of the
     live branch's entries (each param group's lr, the finite metric) over a tile of
     2**level steps (key: step >> level), at every other level from the run's finest; written
@@ -110,8 +113,6 @@ class PlotTileRow(SQLModel, table=True):
     __tablename__ = "plot_tiles"
     __table_args__ = _of_run("level", "key")
 
-    project: str = Field(sa_type=sa.String(128))
-    run_id: str = Field(sa_type=sa.String(128))
     level: int = Field(sa_type=sa.Integer)
     key: int = Field(sa_type=sa.BigInteger)
     step_lo: int = Field(sa_type=sa.BigInteger)
@@ -123,28 +124,24 @@ class PlotTileRow(SQLModel, table=True):
     metric_max: float | None = Field(default=None, sa_type=sa.Float)
 
 
-class PlotMarkRow(SQLModel, table=True):
+class PlotMarkRow(_OfRun, table=True):
     """A live entry that is a marker of the plot (it changed something), among the seqs the
     tiles hold: the markers of a long run without a pass over its log."""
 
     __tablename__ = "plot_marks"
     __table_args__ = _of_run("seq")
 
-    project: str = Field(sa_type=sa.String(128))
-    run_id: str = Field(sa_type=sa.String(128))
     seq: int = Field(sa_type=sa.BigInteger)
     step: int = Field(sa_type=sa.BigInteger)
 
 
-class ReportRow(SQLModel, table=True):
+class ReportRow(_OfRun, table=True):
     """One rank's report of a step of an aggregated run (the step's decision is taken from the
     weighted mean of the reports once every rank has reported, or at the run's timeout)."""
 
     __tablename__ = "reports"
     __table_args__ = _of_run("step", "rank")
 
-    project: str = Field(sa_type=sa.String(128))
-    run_id: str = Field(sa_type=sa.String(128))
     step: int = Field(sa_type=sa.BigInteger)
     rank: int = Field(sa_type=sa.Integer)
     world_size: int = Field(sa_type=sa.Integer)
@@ -157,30 +154,26 @@ class ReportRow(SQLModel, table=True):
     created_at: str = Field(sa_type=sa.String(40))
 
 
-class TallyRow(SQLModel, table=True):
+class TallyRow(_OfRun, table=True):
     """What the reports of a step not yet decided add up to: one row a step, written with each
     report, so that a report reads and writes O(1) rows whatever the world size."""
 
     __tablename__ = "report_tallies"
     __table_args__ = _of_run("step")
 
-    project: str = Field(sa_type=sa.String(128))
-    run_id: str = Field(sa_type=sa.String(128))
     step: int = Field(sa_type=sa.BigInteger)
     world_size: int = Field(sa_type=sa.Integer)
     reported: int = Field(sa_type=sa.Integer)
     first_at: str = Field(sa_type=sa.String(40))  # the first report's created_at
 
 
-class RankAckRow(SQLModel, table=True):
+class RankAckRow(_OfRun, table=True):
     """What one rank of a run acknowledged applying (docs/agreement.md): one row a rank, so at
     most LRPILOT_MAX_WORLD_SIZE a run, whatever its length. Its first disagreement stays."""
 
     __tablename__ = "rank_acks"
     __table_args__ = _of_run("rank")
 
-    project: str = Field(sa_type=sa.String(128))
-    run_id: str = Field(sa_type=sa.String(128))
     rank: int = Field(sa_type=sa.Integer)
     world_size: int = Field(sa_type=sa.Integer)  # as the rank's last acknowledgement said
     step: int = Field(sa_type=sa.BigInteger)  # the step of its last acknowledgement
