@@ -389,6 +389,7 @@ _FIELDS = {
         "aggregate",
         "scaling",
         "guard",
+        "clock",
     ],
     ("POST", "/v1/runs/h/observations"): [
         "step",
@@ -404,6 +405,8 @@ _FIELDS = {
     ("POST", "/v1/runs/h/resize"): ["step", "world_size", "batch_size"],
     ("POST", "/v1/runs/h/applied"): ["rank", "world_size", "step", "seq", "lrs_hash"],
     ("POST", "/v1/runs/h/checkpoints"): ["step", "ref", "client"],
+    ("POST", "/v1/runs/h/cooldown"): ["at_step", "steps", "shape", "reason", "client"],
+    ("POST", "/v1/runs/h/retime"): ["at_step", "horizon", "mode", "client"],
 }
 
 
