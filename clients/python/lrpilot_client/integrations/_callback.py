@@ -20,7 +20,9 @@ class SchedulerCallback:
     own `LrpilotScheduler` is used) and the scheduler in charge (`scheduler`; `owned` when the
     callback built it). `samples_per_step` or `tokens_per_step` clock the run in samples or
     tokens, as for `LrpilotScheduler` (a callable is asked once for each training step the
-    trainer advances, before the next step's batch)."""
+    trainer advances, before the next step's batch). `as_rank=(rank, world_size)`: this
+    process is that rank of a data-parallel job, and each evaluation's report acknowledges the
+    lrs the optimizer trained with at the step last decided (docs/agreement.md)."""
 
     owner = "the trainer's scheduler"  # what "neither client nor run_id" means, for the error
     default_metric = "val_loss"  # the framework's name of the validation loss
@@ -41,6 +43,7 @@ class SchedulerCallback:
         samples_per_step: PerStep | None = None,
         tokens_per_step: PerStep | None = None,
         guard: Mapping[str, Any] | None = None,
+        as_rank: tuple[int, int] | None = None,
     ) -> None:
         if (client is None) != (run_id is None):
             raise ValueError(f"give both client and run_id, or neither ({self.owner})")
@@ -57,6 +60,7 @@ class SchedulerCallback:
         self.samples_per_step = samples_per_step
         self.tokens_per_step = tokens_per_step
         self.guard = guard  # a guarded run (docs/guard.md): declared saves, rollbacks
+        self.as_rank = as_rank  # None: the framework's rank, if it runs more than one
         self.scheduler: LrpilotScheduler | None = None
         self.owned = False  # the callback built the scheduler (else it is the trainer's)
 
@@ -72,10 +76,17 @@ class SchedulerCallback:
             optimizer, self.client, self.run_id, self.policy, self.version, self.params,
             self.metric, self.labels, ahead=self.ahead, on_mismatch=self.on_mismatch,
             samples_per_step=self.samples_per_step, tokens_per_step=self.tokens_per_step,
-            guard=self.guard,
+            guard=self.guard, as_rank=self.as_rank,
         )  # fmt: skip
         self.owned = True
         return self.scheduler
+
+    def rank_of(self, rank: int, world_size: int) -> None:
+        """The framework's `rank` of `world_size` processes, for a callback given no `as_rank`:
+        with more than one, each rank posts its (synced) metric as that rank's report, which
+        carries its acknowledgement (docs/agreement.md)."""
+        if self.as_rank is None and world_size > 1:
+            self.as_rank = (rank, world_size)
 
     def observe(self, value: float, restore: Callable[[str], bool]) -> Decision:
         """Post `value` to the scheduler. On a rollback the scheduler is at the checkpoint's

@@ -22,7 +22,7 @@ import keras
 
 from ..client import Client
 from ..errors import NotFoundError, RollbackRequested, ServiceUnavailableError
-from ..models import Decision, Run
+from ..models import Applied, Decision, Run
 from ._common import (
     DEFAULT_AHEAD,
     LrsCursor,
@@ -76,6 +76,12 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
     and applies the cut rate; the epochs go on counting, the steps go on from the checkpoint's.
     A rollback to a checkpoint this callback does not hold (declared by another process, or
     dropped) raises `RollbackRequested(step, ref)`.
+
+    **Ranks** (`as_rank=(rank, world_size)`: this process is that rank of a data-parallel job,
+    e.g. `(strategy.cluster_resolver.task_id, num_workers)`): each epoch's report is the rank's,
+    and acknowledges the lr the optimizer held at the first batch of the step last decided
+    (whatever wrote it) as a hash; the service flags a rank whose lr differs in every rank's
+    answer (logged as a warning) and in the run's summary (docs/agreement.md).
     """
 
     def __init__(
@@ -95,10 +101,16 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         guard: Mapping[str, Any] | None = None,
         save_every: int = 1,
         keep: int = 2,
+        as_rank: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         if save_every < 1 or keep < 1:
             raise ValueError("save_every and keep must be at least 1")
+        if as_rank is not None and not 0 <= as_rank[0] < as_rank[1]:
+            raise ValueError(f"as_rank must be (rank, world_size), rank < world_size: {as_rank}")
+        self.as_rank = as_rank
+        self._ack_due: tuple[int, int] | None = None  # (step, seq): its lr to capture
+        self._ack: Applied | None = None  # what the next report acknowledges
         self.clock = clock_of(samples_per_step, tokens_per_step)
         per = tokens_per_step if tokens_per_step is not None else samples_per_step
         self._per_step = per if per is None or callable(per) else count_of(per, self.clock, "")
@@ -305,7 +317,22 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         return step
 
     def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-        self._apply(self._step())
+        step = self._step()
+        self._apply(step)
+        if self._ack_due is not None:  # the lr this batch trains with: what was applied
+            due, seq = self._ack_due
+            if step == due:
+                self._ack = Applied.of(step, seq, [self._applied(step)])
+            self._ack_due = None
+
+    def _applied(self, step: int) -> float:
+        """The optimizer's lr as applied: a variable holding the run's rate rounded to its
+        dtype counts as that rate (docs/agreement.md); any other value as itself."""
+        held = self._optimizer().learning_rate
+        value = float(keras.ops.convert_to_numpy(held))
+        [decided] = self.cursor.at(step, self._stride)
+        as_held = float(keras.ops.convert_to_numpy(keras.ops.cast(decided, held.dtype)))
+        return decided if value == as_held else value
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -317,7 +344,17 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
             )  # fmt: skip
             return
         value = float(logs[self.metric])
-        decision = self.client.observe(self.run_id, step, value)
+        if self.as_rank is None:
+            decision = self.client.observe(self.run_id, step, value)
+        else:
+            rank, world = self.as_rank
+            decision = self.client.observe(self.run_id, step, value, rank, world, applied=self._ack)
+            self._ack = None
+            if decision.disagreements:
+                logger.warning(
+                    "run %r step %d: ranks apply other lrs than the run's: %s",
+                    self.run_id, step, list(decision.disagreements),
+                )  # fmt: skip
         self.last_decision = decision
         self.cursor.observed()
         if decision.action == "rollback" and decision.rollback is not None:
@@ -327,6 +364,9 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if self._evaluations % self.save_every == 0:
                 self._save(step)
         self._apply(step)
+        if self.as_rank is not None and decision.action != "rollback":
+            if not getattr(decision, "provisional", False):  # (no seq then)
+                self._ack_due = (step, decision.seq)
         logger.info(
             "run %r step %d (epoch %d): %s %r -> %s %s: %s",
             self.run_id, step, epoch, self.metric, value, decision.action, list(decision.lrs),

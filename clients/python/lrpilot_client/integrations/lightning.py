@@ -60,6 +60,10 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
 
     When a decision is `stop` and `stop_training` is true, the callback sets
     `trainer.should_stop`. Every rank posts the same (synced) metric: the service dedupes them.
+    In a job of more than one process (or with `as_rank=(rank, world_size)`), each posts it as
+    its rank (`trainer.global_rank` of `trainer.world_size`) with an acknowledgement of the lrs
+    its optimizer trained with at the step last decided; a rank that trained with other lrs is
+    flagged in every rank's answer (a warning) and in the run's summary (docs/agreement.md).
     """
 
     owner = "the module's scheduler"
@@ -86,6 +90,7 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
             )
         if not trainer.optimizers:
             raise ValueError("the Trainer has no optimizer")
+        self.rank_of(trainer.global_rank, trainer.world_size)
         scheduler = self.build_scheduler(trainer.optimizers[0])
         if self._restored:
             scheduler.load_state_dict(self._restored)

@@ -76,7 +76,11 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
 
     After each evaluation the decision is `last_decision`; when it is `stop` and `stop_training`
     is true, the callback ends training (`control.should_training_stop`). Every process of a
-    distributed job posts the same gathered metric: the service dedupes them.
+    distributed job posts the same gathered metric: the service dedupes them. In a job of more
+    than one process (or with `as_rank=(rank, world_size)`), each posts it as its rank
+    (`args.process_index` of `args.world_size`) with an acknowledgement of the lrs it applied at
+    the step last decided; a rank that trained with other lrs is flagged in every rank's answer
+    (a warning) and in the run's summary (docs/agreement.md).
     """
 
     owner = "the Trainer's scheduler"
@@ -110,6 +114,7 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
             raise TypeError(f"the Trainer's optimizer is not a torch optimizer: {optimizer!r}")
         scheduler = self.scheduler
         if scheduler is None or scheduler.optimizer is not optimizer:
+            self.rank_of(args.process_index, args.world_size)
             scheduler = self.build_scheduler(optimizer)
         self.owned = True
         if state.global_step > 0:
