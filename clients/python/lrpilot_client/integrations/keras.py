@@ -364,9 +364,9 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
             if self._evaluations % self.save_every == 0:
                 self._save(step)
         self._apply(step)
-        if self.as_rank is not None and decision.action != "rollback":
-            if not getattr(decision, "provisional", False):  # (no seq then)
-                self._ack_due = (step, decision.seq)
+        provisional = getattr(decision, "provisional", False)  # (no seq then)
+        if self.as_rank is not None and decision.action != "rollback" and not provisional:
+            self._ack_due = (step, decision.seq)
         logger.info(
             "run %r step %d (epoch %d): %s %r -> %s %s: %s",
             self.run_id, step, epoch, self.metric, value, decision.action, list(decision.lrs),
