@@ -36,16 +36,22 @@ def aggregated() -> dict[str, Any]:
     return spec
 
 
-def ranks(world: int, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run the job's ranks side by side, each its own process; their answers, as printed."""
+def ranks(
+    world: int,
+    jobs: list[dict[str, Any]],
+    job: str = "tests.domain.rank_job",
+    env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the ranks of `job` (a module) side by side, each its own process (with `env` added
+    to the environment); their answers, as printed."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.domain.rank_job", str(r), str(world), json.dumps(jobs)],
+            [sys.executable, "-m", job, str(r), str(world), json.dumps(jobs)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+            env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(sys.path)},
         )
         for r in range(world)
     ]

@@ -1,0 +1,43 @@
+"""The callbacks acknowledge the lrs they applied (docs/agreement.md): a real two-process
+Lightning DDP job (tests/client/lightning_rank_job.py: gloo on 127.0.0.1) in leader mode, each
+rank posting the same synced metric with its acknowledgement, against a real uvicorn on SQLite
+and PostgreSQL. The callback takes each process's rank from the Trainer."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+
+from tests.domain.test_agreement import check_agreement, ranks, servers
+from tests.harness import LiveServer
+from tests.helpers import run_spec
+
+__all__ = ["servers"]  # (the fixture, shared with tests/domain/test_agreement.py)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_lightning_rank_applying_other_lrs_is_flagged_and_the_others_agree(
+    servers: list[LiveServer],
+) -> None:
+    jobs = []
+    for server in servers:
+        for run in ("agree", "drift"):  # leader mode: not aggregated
+            r = httpx.put(f"{server.url}/v1/runs/{run}", json=run_spec({"patience": 1}))
+            assert r.status_code == 201, r.text
+        # rank 1 of "drift" doubles its lr from step 20 on, behind the callback's back
+        jobs += [{"url": server.url, "run": "agree", "tamper": None},
+                 {"url": server.url, "run": "drift", "tamper": [20, 1]}]  # fmt: skip
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    answers = ranks(2, jobs, "tests.client.lightning_rank_job", env)
+    assert {tuple(a["as_rank"]) for a in answers} == {(0, 2), (1, 2)}  # from the Trainer
+    assert sorted((a["run"], a["rank"], a["step"]) for a in answers if a["url"] == servers[0].url) == [
+        (run, rank, step) for run in ("agree", "drift") for rank in (0, 1) for step in (10, 20, 30)
+    ]
+    for server in servers:
+        check_agreement(server.url, [a for a in answers if a["url"] == server.url])
