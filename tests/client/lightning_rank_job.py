@@ -62,9 +62,10 @@ def train(client: Client, job: dict[str, Any], rank: int, world: int) -> None:
         def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
             decision = callback.last_decision
             if decision is not None and not trainer.sanity_checking:
+                flags = [dict(d) for d in decision.disagreements]
                 answers.append({"url": job["url"], "run": job["run"], "rank": rank,
                                 "step": decision.step, "as_rank": list(callback.as_rank or ()),
-                                "disagreements": [dict(d) for d in decision.disagreements]})  # fmt: skip
+                                "disagreements": flags})  # fmt: skip
 
     trainer = pl.Trainer(
         accelerator="cpu", devices=world, strategy="ddp", max_steps=30, val_check_interval=10,

@@ -36,7 +36,8 @@ def test_a_lightning_rank_applying_other_lrs_is_flagged_and_the_others_agree(
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     answers = ranks(2, jobs, "tests.client.lightning_rank_job", env)
     assert {tuple(a["as_rank"]) for a in answers} == {(0, 2), (1, 2)}  # from the Trainer
-    assert sorted((a["run"], a["rank"], a["step"]) for a in answers if a["url"] == servers[0].url) == [
+    first = sorted((a["run"], a["rank"], a["step"]) for a in answers if a["url"] == servers[0].url)
+    assert first == [
         (run, rank, step) for run in ("agree", "drift") for rank in (0, 1) for step in (10, 20, 30)
     ]
     for server in servers:
