@@ -79,8 +79,8 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     **Ranks** (`as_rank=(rank, world_size)`: this process is that rank of a data-parallel job,
     e.g. `(strategy.cluster_resolver.task_id, num_workers)`): each epoch's report is the rank's,
-    and acknowledges the lr the optimizer held at the first batch of the step last decided
-    (whatever wrote it) as a hash; the service flags a rank whose lr differs in every rank's
+    and acknowledges the lr the optimizer trained the first batch of the step last decided with
+    (whatever wrote it: read when the batch ends) as a hash; the service flags a rank whose lr differs in every rank's
     answer (logged as a warning) and in the run's summary (docs/agreement.md).
     """
 
@@ -111,6 +111,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         self.as_rank = as_rank
         self._ack_due: tuple[int, int] | None = None  # (step, seq): its lr to capture
         self._ack: Applied | None = None  # what the next report acknowledges
+        self._batch_step = 0  # the run's step of the batch in progress
         self.clock = clock_of(samples_per_step, tokens_per_step)
         per = tokens_per_step if tokens_per_step is not None else samples_per_step
         self._per_step = per if per is None or callable(per) else count_of(per, self.clock, "")
@@ -317,12 +318,14 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         return step
 
     def on_train_batch_begin(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
-        step = self._step()
-        self._apply(step)
-        if self._ack_due is not None:  # the lr this batch trains with: what was applied
+        self._batch_step = self._step()
+        self._apply(self._batch_step)
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if self._ack_due is not None:  # the lr the batch trained with, whatever wrote it
             due, seq = self._ack_due
-            if step == due:
-                self._ack = Applied.of(step, seq, [self._applied(step)])
+            if self._batch_step == due:
+                self._ack = Applied.of(due, seq, [self._applied(due)])
             self._ack_due = None
 
     def _applied(self, step: int) -> float:
