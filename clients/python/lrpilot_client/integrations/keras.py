@@ -79,9 +79,10 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     **Ranks** (`as_rank=(rank, world_size)`: this process is that rank of a data-parallel job,
     e.g. `(strategy.cluster_resolver.task_id, num_workers)`): each epoch's report is the rank's,
-    and acknowledges the lr the optimizer trained the first batch of the step last decided with
-    (whatever wrote it: read when the batch ends) as a hash; the service flags a rank whose lr differs in every rank's
-    answer (logged as a warning) and in the run's summary (docs/agreement.md).
+    and acknowledges as a hash the lr the optimizer trained the first batch of the step last
+    decided with (whatever wrote it: read when the batch ends); the service flags a rank whose
+    lr differs in every rank's answer (logged as a warning) and in the run's summary
+    (docs/agreement.md).
     """
 
     def __init__(
