@@ -19,13 +19,14 @@ from tests.helpers import run_spec
 __all__ = ["servers"]  # (the fixture, shared with tests/domain/test_agreement.py)
 
 
-def runs(servers: list[LiveServer]) -> list[dict[str, Any]]:
-    """The runs "agree" and "drift" (leader mode: not aggregated) on each server, as jobs in
-    which rank 1 of "drift" doubles its lr from step 20 on, behind the callback's back."""
+def runs(servers: list[LiveServer], groups: int = 1) -> list[dict[str, Any]]:
+    """The runs "agree" and "drift" (leader mode: not aggregated; `groups` param groups) on each
+    server, as jobs in which rank 1 of "drift" doubles its lr from step 20 on, behind the
+    callback's back."""
     jobs = []
     for server in servers:
         for run in ("agree", "drift"):
-            r = httpx.put(f"{server.url}/v1/runs/{run}", json=run_spec({"patience": 1}))
+            r = httpx.put(f"{server.url}/v1/runs/{run}", json=run_spec({"patience": 1}, [0.1] * groups))
             assert r.status_code == 201, r.text
         jobs += [{"url": server.url, "run": "agree", "tamper": None},
                  {"url": server.url, "run": "drift", "tamper": [20, 1]}]  # fmt: skip
@@ -66,3 +67,14 @@ def test_a_keras_rank_applying_other_lrs_is_flagged_and_the_others_agree(
         # keras holds its lr in float32: rank 1 trained step 20 with twice the run's lr so held
         mine = [a for a in answers if a["url"] == server.url]
         check_agreement(server.url, mine, lambda x: 2 * f32(x), leader=True)
+
+
+def test_a_transformers_rank_applying_other_lrs_is_flagged_and_the_others_agree(
+    servers: list[LiveServer],
+) -> None:
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    # (the Trainer's optimizer has two groups: with and without weight decay)
+    answers = ranks(2, runs(servers, groups=2), "tests.client.hf_rank_job", env)
+    assert {tuple(a["as_rank"]) for a in answers} == {(0, 2), (1, 2)}  # from the arguments
+    for server in servers:
+        check_agreement(server.url, [a for a in answers if a["url"] == server.url], leader=True)
