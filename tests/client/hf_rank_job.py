@@ -1,6 +1,7 @@
-"""One rank of a transformers DDP job, as its own process (tests/client/test_agreement_callbacks.py):
-``python -m tests.client.hf_rank_job RANK WORLD JOBS``, JOBS a JSON list of {"url", "run",
-"tamper": [STEP, WHO] or null}, with MASTER_ADDR and MASTER_PORT in the environment.
+"""One rank of a transformers DDP job, as its own process
+(tests/client/test_agreement_callbacks.py): ``python -m tests.client.hf_rank_job RANK WORLD
+JOBS``, JOBS a JSON list of {"url", "run", "tamper": [STEP, WHO] or null}, with MASTER_ADDR
+and MASTER_PORT in the environment.
 
 The process is rank RANK of WORLD (RANK, LOCAL_RANK and WORLD_SIZE, as torchrun sets them), so
 the Trainer runs a real gloo process group on 127.0.0.1 and the callback takes its rank from

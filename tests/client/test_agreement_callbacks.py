@@ -25,8 +25,9 @@ def runs(servers: list[LiveServer], groups: int = 1) -> list[dict[str, Any]]:
     callback's back."""
     jobs = []
     for server in servers:
+        spec = run_spec({"patience": 1}, [0.1] * groups)
         for run in ("agree", "drift"):
-            r = httpx.put(f"{server.url}/v1/runs/{run}", json=run_spec({"patience": 1}, [0.1] * groups))
+            r = httpx.put(f"{server.url}/v1/runs/{run}", json=spec)
             assert r.status_code == 201, r.text
         jobs += [{"url": server.url, "run": "agree", "tamper": None},
                  {"url": server.url, "run": "drift", "tamper": [20, 1]}]  # fmt: skip
