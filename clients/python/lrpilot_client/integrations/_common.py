@@ -24,12 +24,14 @@ __all__ = [
     "Observed",
     "PerStep",
     "check_clock",
+    "check_rank",
     "clock_of",
     "continue_with_groups",
     "count_of",
     "derived_run_id",
     "live_observations",
     "logger",
+    "warn_disagreements",
 ]
 
 logger = logging.getLogger("lrpilot_client.integrations")
@@ -52,6 +54,21 @@ def clock_of(samples_per_step: PerStep | None, tokens_per_step: PerStep | None) 
     if tokens_per_step is not None:
         return "tokens"
     return "samples" if samples_per_step is not None else "steps"
+
+
+def check_rank(as_rank: tuple[int, int] | None) -> None:
+    """An integration's `as_rank`: (rank, world_size), rank below world_size."""
+    if as_rank is not None and not 0 <= as_rank[0] < as_rank[1]:
+        raise ValueError(f"as_rank must be (rank, world_size), rank < world_size: {as_rank}")
+
+
+def warn_disagreements(run_id: str, step: int, disagreements: Sequence[Any]) -> None:
+    """An answer's disagreeing ranks (docs/agreement.md), if any, as a warning."""
+    if disagreements:
+        logger.warning(
+            "run %r step %d: ranks apply other lrs than the run's: %s",
+            run_id, step, list(disagreements),
+        )  # fmt: skip
 
 
 def count_of(n: Any, clock: str, given: str) -> int:

@@ -28,9 +28,11 @@ from ._common import (
     LrsCursor,
     PerStep,
     check_clock,
+    check_rank,
     clock_of,
     count_of,
     logger,
+    warn_disagreements,
 )
 
 __all__ = ["LrpilotCallback"]
@@ -81,7 +83,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
     e.g. `(strategy.cluster_resolver.task_id, num_workers)`): each epoch's report is the rank's,
     and acknowledges as a hash the lr the optimizer trained the first batch of the step last
     decided with (whatever wrote it: read when the batch ends); the service flags a rank whose
-    lr differs in every rank's answer (logged as a warning) and in the run's summary
+    lr differs in the answers (logged as a warning; its own at once) and in the run's summary
     (docs/agreement.md).
     """
 
@@ -107,8 +109,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
         super().__init__()
         if save_every < 1 or keep < 1:
             raise ValueError("save_every and keep must be at least 1")
-        if as_rank is not None and not 0 <= as_rank[0] < as_rank[1]:
-            raise ValueError(f"as_rank must be (rank, world_size), rank < world_size: {as_rank}")
+        check_rank(as_rank)
         self.as_rank = as_rank
         self._ack_due: tuple[int, int] | None = None  # (step, seq): its lr to capture
         self._ack: Applied | None = None  # what the next report acknowledges
@@ -354,11 +355,7 @@ class LrpilotCallback(keras.callbacks.Callback):  # type: ignore[misc]
             rank, world = self.as_rank
             decision = self.client.observe(self.run_id, step, value, rank, world, applied=self._ack)
             self._ack = None
-            if decision.disagreements:
-                logger.warning(
-                    "run %r step %d: ranks apply other lrs than the run's: %s",
-                    self.run_id, step, list(decision.disagreements),
-                )  # fmt: skip
+            warn_disagreements(self.run_id, step, decision.disagreements)
         self.last_decision = decision
         self.cursor.observed()
         if decision.action == "rollback" and decision.rollback is not None:

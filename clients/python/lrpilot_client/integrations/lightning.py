@@ -63,7 +63,8 @@ class LrpilotCallback(SchedulerCallback, pl.Callback):
     In a job of more than one process (or with `as_rank=(rank, world_size)`), each posts it as
     its rank (`trainer.global_rank` of `trainer.world_size`) with an acknowledgement of the lrs
     its optimizer trained with at the step last decided; a rank that trained with other lrs is
-    flagged in every rank's answer (a warning) and in the run's summary (docs/agreement.md).
+    flagged in the answers (a warning; its own at once) and in the run's summary
+    (docs/agreement.md).
     """
 
     owner = "the module's scheduler"

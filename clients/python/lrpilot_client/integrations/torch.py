@@ -42,11 +42,13 @@ from ._common import (
     LrsCursor,
     PerStep,
     check_clock,
+    check_rank,
     clock_of,
     continue_with_groups,
     count_of,
     derived_run_id,
     logger,
+    warn_disagreements,
 )
 
 __all__ = ["LrpilotScheduler", "PerStep", "RollbackRequested", "apply_extras"]
@@ -240,8 +242,7 @@ class LrpilotScheduler(LRScheduler):
     ) -> None:
         if on_mismatch not in ("raise", "warn"):
             raise ValueError(f'on_mismatch must be "raise" or "warn", got {on_mismatch!r}')
-        if as_rank is not None and not 0 <= as_rank[0] < as_rank[1]:
-            raise ValueError(f"as_rank must be (rank, world_size), rank < world_size: {as_rank}")
+        check_rank(as_rank)
         self.clock = clock_of(samples_per_step, tokens_per_step)
         self._per_step = tokens_per_step if tokens_per_step is not None else samples_per_step
         if self._per_step is not None and not callable(self._per_step):
@@ -526,11 +527,7 @@ class LrpilotScheduler(LRScheduler):
             decision = self.client.observe(
                 self.run_id, at, float(value), rank, world, applied=self._ack
             )
-            if decision.disagreements:
-                logger.warning(
-                    "run %r step %d: ranks apply other lrs than the run's: %s",
-                    self.run_id, at, list(decision.disagreements),
-                )  # fmt: skip
+            warn_disagreements(self.run_id, at, decision.disagreements)
         self.last_decision = decision
         self._observed_step = at
         self._saw(decision)
@@ -559,11 +556,7 @@ class LrpilotScheduler(LRScheduler):
         answer = self.client.acknowledge(
             self.run_id, *self.as_rank, Applied.of(step, seq, self._applied())
         )
-        if answer.disagreements:
-            logger.warning(
-                "run %r step %d: ranks apply other lrs than the run's: %s",
-                self.run_id, step, list(answer.disagreements),
-            )  # fmt: skip
+        warn_disagreements(self.run_id, step, answer.disagreements)
         return answer
 
     def _rolled_back(self, decision: Decision) -> Decision:

@@ -79,8 +79,8 @@ class LrpilotCallback(SchedulerCallback, TrainerCallback):
     distributed job posts the same gathered metric: the service dedupes them. In a job of more
     than one process (or with `as_rank=(rank, world_size)`), each posts it as its rank
     (`args.process_index` of `args.world_size`) with an acknowledgement of the lrs it applied at
-    the step last decided; a rank that trained with other lrs is flagged in every rank's answer
-    (a warning) and in the run's summary (docs/agreement.md).
+    the step last decided; a rank that trained with other lrs is flagged in the answers (a
+    warning; its own at once) and in the run's summary (docs/agreement.md).
     """
 
     owner = "the Trainer's scheduler"
