@@ -130,6 +130,36 @@ class Entry(NamedTuple):
     hash: str
 
 
+class Origin(NamedTuple):
+    """Who asked for an entry: ``client`` the process that did, as it declared itself (host,
+    process, rank), ``by`` whose token (its name and project; None in open mode). An entry
+    carries each only when it says something, so entries without keep the shape (and so the
+    hash) they always had."""
+
+    client: dict[str, Any] | None = None
+    by: dict[str, str] | None = None
+
+    def mark(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """``doc`` with its "client" and "by" members, those that say something."""
+        if self.client:
+            doc["client"] = self.client
+        if self.by:
+            doc["by"] = self.by
+        return doc
+
+    def process(self) -> str:
+        """The declared process, as a reason names it: "host h, process 7, rank 0"."""
+        client = self.client or {}
+        return ", ".join(f"{k} {client[k]}" for k in ("host", "process", "rank") if k in client)
+
+    def token(self) -> str:
+        """The token, as a reason names it: " by token 'ci'" ("" in open mode)."""
+        return f" by token {self.by['token']!r}" if self.by else ""
+
+
+NOBODY = Origin()
+
+
 def _common(
     chain: Chain,
     step: int,
@@ -140,13 +170,10 @@ def _common(
     action: str,
     reason: str,
     state: Mapping[str, Any],
-    client: Mapping[str, Any] | None,
-    who: Mapping[str, str] | None,
+    origin: Origin,
 ) -> dict[str, Any]:
     """The members every kind has, in one literal (an entry is built for every one verified),
-    and who asked: ``client`` as it declared itself, ``who`` whose token ("by"). Those appear
-    only when they say something: entries without them keep the shape (and so the hash) they
-    always had."""
+    and who asked (``origin``)."""
     doc = {
         "run_id": chain.run_id,
         "seq": chain.seq + 1,
@@ -162,11 +189,7 @@ def _common(
         "reason": reason,
         "state": state,
     }
-    if client:
-        doc["client"] = client
-    if who:
-        doc["by"] = dict(who)
-    return doc
+    return origin.mark(doc)
 
 
 class Draft(NamedTuple):
@@ -250,21 +273,9 @@ def ranges_text(ranges: Iterable[Sequence[int]]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-def rank_report(
-    rank: int,
-    value: float,
-    weight: float,
-    client: Mapping[str, Any] | None,
-    who: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """A counted rank in its step's decision: its report, who posted it when declared
-    (``client``) and whose token posted it (``who``: "by")."""
-    entry: dict[str, Any] = {"rank": rank, "value": value, "weight": weight}
-    if client:
-        entry["client"] = dict(client)
-    if who:
-        entry["by"] = dict(who)
-    return entry
+def rank_report(rank: int, value: float, weight: float, origin: Origin) -> dict[str, Any]:
+    """A counted rank in its step's decision: its report and who posted it."""
+    return origin.mark({"rank": rank, "value": value, "weight": weight})
 
 
 def weighted_mean(reports: Iterable[tuple[float, float]]) -> float:
@@ -289,23 +300,19 @@ def decision(
     lrs: Sequence[float],
     previous_lrs: Sequence[float],
     state: Mapping[str, Any],
-    client: Mapping[str, Any] | None = None,
+    origin: Origin = NOBODY,
     ranks: Ranks | None = None,
-    who: Mapping[str, str] | None = None,
 ) -> Draft:
     """The entry of a decided observation. ``action``, ``reason``, ``lrs``, ``previous_lrs``
     and ``state`` are the policy's (its own lrs: the scale in force is applied here);
-    ``client`` is who posted the observation, as it declared itself; ``who`` whose token
-    posted it (its name and project: the "by" member, absent in open mode); ``ranks``
+    ``origin`` who posted the observation; ``ranks``
     (aggregated mode) the reports ``value`` is the weighted mean of. What the policy
     schedules beside the lrs (momentum, weight decay: ``EXTRAS``) is read from its ``state``
     and stands at the top too, only when scheduled (never scaled: a scaling rule is the lrs')."""
     by = chain.factor
     served = scaled(lrs, by)
     previous = scaled(previous_lrs, by)
-    doc = _common(
-        chain, step, created_at, value, served, previous, action, reason, state, client, who
-    )
+    doc = _common(chain, step, created_at, value, served, previous, action, reason, state, origin)
     for name, values in extras_of(state).items():
         doc[name] = list(values)
     if ranks is not None:
@@ -366,14 +373,13 @@ def rewind(
     previous_lrs: Sequence[float],
     state: Mapping[str, Any],
     restored_force: InForce | None,
-    client: Mapping[str, Any] | None = None,
-    who: Mapping[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> Draft:
     """The entry that makes a run's state what it was right after ``to_step``: ``restores_seq``
     is the last live entry at or before it (None: the policy's initial state), ``lrs`` and
     ``state`` what it left (its served lrs), ``previous_lrs`` the lrs served until now,
     ``restored_force`` the scale in force again, ``superseded`` how many entries it superseded."""
-    by = f" at the request of {_who(client)}" if client else ""
+    by = f" at the request of {origin.process()}" if origin.client else ""
     since = f"step {to_step}" if restores_seq is not None else "the start"
     reason = (
         f"rewound to step {to_step}{by}: {_plural(superseded, 'decision')} after it "
@@ -390,17 +396,12 @@ def rewind(
         Kind.REWIND.value,
         reason,
         state,
-        client,
-        who,
+        origin,
     )
     doc["rewind"] = {"to_step": to_step, "restores_seq": restores_seq, "superseded": superseded}
     if restored_force is not None and restored_force.factor != 1.0:  # the lrs stay scaled
         doc["scale"] = restored_force.factor
     return Draft(Kind.REWIND, doc)
-
-
-def _who(client: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {client[k]}" for k in ("host", "process", "rank") if k in client)
 
 
 def _plural(n: int, word: str) -> str:
@@ -418,8 +419,7 @@ def scale(
     *,
     policy_lrs: Sequence[float],
     state: Mapping[str, Any],
-    client: Mapping[str, Any] | None = None,
-    who: Mapping[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> Draft:
     """The entry that rescales a run's lrs for a new world or batch ``size`` from ``step`` on:
     the policy's state (and its lrs, ``policy_lrs``) stay as they are, the lrs served change by
@@ -435,7 +435,7 @@ def scale(
         f"{spec['base']}: {fmt_change(tuple(previous), tuple(lrs))} ({by!r} x the policy's)"
     )
     doc = _common(
-        chain, step, created_at, None, lrs, previous, Kind.SCALE.value, reason, state, client, who
+        chain, step, created_at, None, lrs, previous, Kind.SCALE.value, reason, state, origin
     )
     doc["scale"] = by
     doc["resize"] = {"by": spec["by"], "from": was.size, "to": size}
@@ -453,14 +453,13 @@ def checkpoint(
     *,
     lrs: Sequence[float],
     state: Mapping[str, Any],
-    client: Mapping[str, Any] | None = None,
-    who: Mapping[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> Draft:
     """The entry that records a checkpoint the job saved at ``step`` (``ref``: the job's name
     or path for it). It changes nothing: ``lrs`` and ``state`` are those in force. It is no
     decision, never what a rewind restores, and does not move the run's last step; a guarded
     run rolls back to it."""
-    by = f" by {_who(client)}" if client else ""
+    by = f" by {origin.process()}" if origin.client else ""
     reason = f"checkpoint {ref!r} of step {step} declared{by}"
     doc = _common(
         chain,
@@ -472,8 +471,7 @@ def checkpoint(
         Kind.CHECKPOINT.value,
         reason,
         state,
-        client,
-        who,
+        origin,
     )
     doc["checkpoint"] = {"ref": ref}
     if chain.factor != 1.0:  # the lrs in force are scaled
@@ -494,8 +492,7 @@ def rollback(
     lrs: Sequence[float],
     previous_lrs: Sequence[float],
     state: Mapping[str, Any],
-    client: Mapping[str, Any] | None = None,
-    who: Mapping[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> Draft:
     """A guarded run's decision of a step in trouble (``trigger``: "nan" or "spike"): roll
     back to the checkpoint ``to`` (its seq, step, ref), the ``count``-th rollback, with the
@@ -510,8 +507,7 @@ def rollback(
         lrs=lrs,
         previous_lrs=previous_lrs,
         state=state,
-        client=client,
-        who=who,
+        origin=origin,
     )
     seq, to_step, ref = to
     draft.doc["rollback"] = {
@@ -544,26 +540,24 @@ def cooldown(
     why: str | None,
     policy_lrs: Sequence[float],
     state: Mapping[str, Any],
-    client: Mapping[str, Any] | None = None,
-    who: Mapping[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> Draft:
     """The entry that starts the policy's decay at ``at_step`` (after ``step``, where the log
-    stands), ``steps`` long, of ``shape`` (None: the policy's own), at the request of ``who``
-    (its token) for the reason ``why``: ``state`` is the policy's state with the decay
+    stands), ``steps`` long, of ``shape`` (None: the policy's own), at the request of
+    ``origin`` for the reason ``why``: ``state`` is the policy's state with the decay
     decided (``Policy.cooldown``). The lrs served now do not change; those from ``at_step``
     on do."""
     by = chain.factor
     lrs = scaled(policy_lrs, by)
-    asker = f" by token {who['token']!r}" if who else ""
     reason = (
-        f"cooldown requested{asker}: the decay starts at step {at_step} and lasts "
+        f"cooldown requested{origin.token()}: the decay starts at step {at_step} and lasts "
         f"{_plural(steps, 'step')} ({shape or 'the configured'} shape); {fmt_lrs(tuple(lrs))} "
         "in force until then"
     )
     if why:
         reason += f"; why: {why}"
     doc = _common(
-        chain, step, created_at, None, lrs, lrs, Kind.COOLDOWN.value, reason, state, client, who
+        chain, step, created_at, None, lrs, lrs, Kind.COOLDOWN.value, reason, state, origin
     )
     doc["cooldown"] = {"at_step": at_step, "steps": steps, "shape": shape, "why": why}
     if by != 1.0:  # the lrs stay scaled
@@ -585,27 +579,23 @@ def retime(
     param: str,
     policy_lrs: Sequence[float],
     state: Mapping[str, Any],
-    client: Mapping[str, Any] | None = None,
-    who: Mapping[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> Draft:
     """The entry that gives the schedule a new horizon: its end (``param``) is reached at
     training step ``horizon``, from ``at_step`` on, in ``mode`` (keep_lr, keep_fraction);
     ``state`` is the retimed state (``lrpilot.policies.retime``). The lrs served now do not
     change."""
     lrs = scaled(policy_lrs, chain.factor)
-    asker = f" by token {who['token']!r}" if who else ""
     how = (
         "the lr there kept and the schedule's decay fitted from it"
         if mode == "keep_lr"
         else "the fraction of the schedule done there kept and the rest stretched"
     )
     reason = (
-        f"retimed{asker}: from step {at_step} the schedule ends ({param}) at step {horizon}, "
-        f"{how} ({mode}); {fmt_lrs(tuple(lrs))} in force now"
+        f"retimed{origin.token()}: from step {at_step} the schedule ends ({param}) at step "
+        f"{horizon}, {how} ({mode}); {fmt_lrs(tuple(lrs))} in force now"
     )
-    doc = _common(
-        chain, step, created_at, None, lrs, lrs, Kind.RETIME.value, reason, state, client, who
-    )
+    doc = _common(chain, step, created_at, None, lrs, lrs, Kind.RETIME.value, reason, state, origin)
     doc["retime"] = {"at_step": at_step, "horizon": horizon, "mode": mode}
     if chain.factor != 1.0:
         doc["scale"] = chain.factor

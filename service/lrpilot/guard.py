@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from pydantic import PrivateAttr
 
 from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float
-from lrpilot.entries import Chain, Draft, Kind, Ranks
+from lrpilot.entries import Chain, Draft, Kind, Origin, Ranks
 from lrpilot.policies.base import (
     Frozen,
     Policy,
@@ -286,8 +286,7 @@ def drafted(
     created_at: str,
     stepper: Stepper,
     previous_lrs: Sequence[float],
-    client: Mapping[str, Any] | None,
-    who: Mapping[str, str] | None,
+    origin: Origin,
     ranks: Ranks | None = None,
 ) -> Draft:
     """The entry of the observation ``stepper`` just advanced on, by the builder of its kind:
@@ -298,8 +297,7 @@ def drafted(
         "lrs": stepper.lrs,
         "previous_lrs": previous_lrs,
         "state": stepper.state_doc(),
-        "client": client,
-        "who": who,
+        "origin": origin,
     }
     if stepper.action != Kind.ROLLBACK:
         action = stepper.action

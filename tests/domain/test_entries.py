@@ -99,7 +99,7 @@ def test_an_entry_rebuilt_through_the_builder_is_the_stored_text(api: TestClient
         lrs=doc["lrs"],
         previous_lrs=doc["previous_lrs"],
         state=doc["state"],
-        client=doc["client"],
+        origin=entries.Origin(doc["client"]),
     )
     assert draft.seal().body == lines[2]
 

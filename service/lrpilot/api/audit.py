@@ -114,9 +114,8 @@ def verify_run(
     responses=on_run(),
 )
 def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) -> Response:
-    client = body.client.declared() if body.client else None
     run = caller.run(run_id)
-    return StrictJSONResponse(audit.rewind(run, body.to_step, client, caller.by()))
+    return StrictJSONResponse(audit.rewind(run, body.to_step, caller.origin(body.client)))
 
 
 @router.get(

@@ -40,9 +40,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from lrpilot.api.models import Message
+from lrpilot.api.models import ClientIn, Message
 from lrpilot.api.observe import noted
 from lrpilot.api.responses import StrictJSONResponse
+from lrpilot.entries import Origin
 from lrpilot.store.records import ROLES, RunKey, Token, secret_hash
 from lrpilot.store.runs import Store
 from lrpilot.store.tokens import Tokens
@@ -87,10 +88,12 @@ class Caller(NamedTuple):
     project: str
     role: str
 
-    def by(self) -> dict[str, str] | None:
-        """What an entry this request causes records of who caused it (None in open mode:
-        such entries keep the bytes they always had)."""
-        return None if self.name is None else {"token": self.name, "project": self.project}
+    def origin(self, client: ClientIn | None) -> Origin:
+        """Who asks for the entries this request causes: the process as it declared itself
+        (``client``), and this caller's token (none in open mode: such entries keep the bytes
+        they always had)."""
+        by = None if self.name is None else {"token": self.name, "project": self.project}
+        return Origin(None if client is None else client.declared(), by)
 
     def run(self, run_id: str) -> RunKey:
         """The run ``run_id`` names for this caller: its project's (the only one it sees)."""

@@ -111,11 +111,10 @@ class ObservationFastPath:
                 caller.run(match.group(1)),
                 observation.step,
                 observation.value,
-                observation.client.declared() if observation.client else None,
+                caller.origin(observation.client),
                 observation.rank,
                 observation.world_size,
                 observation.weight,
-                caller.by(),
                 observation.applied_values(),
             )
         except DomainError as exc:

@@ -78,16 +78,14 @@ async def post_observation(
     run_id: RunId, body: ObservationIn, request: Request, caller: Writer
 ) -> Response:
     # async: the request waits on the group commit, not on a worker thread of its own
-    client = body.client.declared() if body.client else None
     decision = await request.app.state.decisions.observe(
         caller.run(run_id),
         body.step,
         body.value,
-        client,
+        caller.origin(body.client),
         body.rank,
         body.world_size,
         body.weight,
-        caller.by(),
         body.applied_values(),
     )
     return decision_json(decision, request.headers.get("accept-encoding"))
@@ -275,9 +273,10 @@ def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: W
     """An elastic job's new world_size or global batch size: the run's scaling rule rescales
     its lrs from `step` on, as a scale entry in the log."""
     by, size = body.measure()
-    client = body.client.declared() if body.client else None
     run = caller.run(run_id)
-    return StrictJSONResponse(decisions.resize(run, body.step, by, size, client, caller.by()))
+    return StrictJSONResponse(
+        decisions.resize(run, body.step, by, size, caller.origin(body.client))
+    )
 
 
 @router.post(
@@ -317,12 +316,9 @@ def acknowledge(run_id: RunId, body: AckIn, decisions: DecisionsDep, caller: Wri
 def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Writer) -> Response:
     """A cooldown on demand: the run's decay starts at `at_step`, `steps` long, as a cooldown
     entry in the log with who asked (the token's name) and why (`reason`)."""
-    client = body.client.declared() if body.client else None
-    run = caller.run(run_id)
+    run, origin = caller.run(run_id), caller.origin(body.client)
     # (a worker thread; the decay starts at a step not yet decided: no waiter is owed it)
-    done = operating.cooldown(
-        store, run, body.at_step, body.steps, body.shape, body.reason, client, caller.by()
-    )
+    done = operating.cooldown(store, run, body.at_step, body.steps, body.shape, body.reason, origin)
     return StrictJSONResponse(done)
 
 
@@ -337,7 +333,6 @@ def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Write
 def retime_run(run_id: RunId, body: RetimeIn, store: StoreDep, caller: Writer) -> Response:
     """A new horizon for a running schedule, without a jump in lr: from `at_step` on the
     schedule ends at `horizon`, as a retime entry in the log with who asked."""
-    client = body.client.declared() if body.client else None
-    run = caller.run(run_id)
-    done = operating.retime(store, run, body.at_step, body.horizon, body.mode, client, caller.by())
+    run, origin = caller.run(run_id), caller.origin(body.client)
+    done = operating.retime(store, run, body.at_step, body.horizon, body.mode, origin)
     return StrictJSONResponse(done)

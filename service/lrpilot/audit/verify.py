@@ -51,6 +51,7 @@ from lrpilot.entries import (
     Chain,
     Draft,
     Kind,
+    Origin,
     Ranks,
     Rewound,
     kind_of,
@@ -296,10 +297,9 @@ class LogCheck:
             plain.step,
             plain.value,
             plain.created_at,
-            plain.client,
+            plain.origin,
             None,
             seq,
-            plain.by,
         )
         if entry.canonical_with(plain.hash) != text:
             # Find what the parsing path finds first; read so, the entry differs only when its
@@ -369,8 +369,8 @@ class LogCheck:
                     line, seq, "value is not the weighted mean of the ranks' values", mean, value
                 )
         created_at = doc.get("created_at")  # an input: compared as bytes
-        client, who = doc.get("client"), _who(doc, line, seq)
-        return self._decide(chain, step, value, created_at, client, ranks, seq, who)  # type: ignore[arg-type]
+        origin = _origin(doc, line, seq)
+        return self._decide(chain, step, value, created_at, origin, ranks, seq)  # type: ignore[arg-type]
 
     def _decide(
         self,
@@ -378,10 +378,9 @@ class LogCheck:
         step: int,
         value: float,
         created_at: str,
-        client: dict[str, Any] | None,
+        origin: Origin,
         ranks: Ranks | None,
         seq: int,
-        who: dict[str, str] | None = None,
     ) -> Draft:
         """Replay the observation and build its entry, as the decide path does."""
         replay = self.replay
@@ -392,7 +391,7 @@ class LogCheck:
         if action == Kind.ROLLBACK:  # the rewind to its checkpoint's step comes next
             assert isinstance(stepper, GuardStepper) and stepper.target is not None
             self._rolled_back = stepper.target.step
-        return drafted(chain, step, value, created_at, stepper, replay.previous, client, who, ranks)
+        return drafted(chain, step, value, created_at, stepper, replay.previous, origin, ranks)
 
     def _not_below_resize(self, line: int | None, seq: int, step: int) -> None:
         force = self.replay.force
@@ -426,8 +425,7 @@ class LogCheck:
             doc.get("created_at"),  # type: ignore[arg-type]
             policy_lrs=stepper.lrs,
             state=stepper.state_doc(),
-            client=doc.get("client"),
-            who=_who(doc, line, seq),
+            origin=_origin(doc, line, seq),
         )
 
     def _checkpoint(
@@ -448,8 +446,7 @@ class LogCheck:
             doc.get("created_at"),  # type: ignore[arg-type]
             lrs=self.replay.lrs,
             state=self.replay.stepper.state_doc(),
-            client=doc.get("client"),
-            who=_who(doc, line, seq),
+            origin=_origin(doc, line, seq),
         )
 
     def _standing(self, line: int | None, seq: int, step: int, what: str) -> int | None:
@@ -489,8 +486,7 @@ class LogCheck:
             param=has.param,
             policy_lrs=replay.stepper.lrs,
             state=replay.stepper.state_doc(),
-            client=doc.get("client"),
-            who=_who(doc, line, seq),
+            origin=_origin(doc, line, seq),
         )
 
     def _cooldown(
@@ -528,8 +524,7 @@ class LogCheck:
             why=why,
             policy_lrs=stepper.lrs,
             state=stepper.state_doc(),
-            client=doc.get("client"),
-            who=_who(doc, line, seq),
+            origin=_origin(doc, line, seq),
         )
 
     def _rewind(
@@ -553,8 +548,7 @@ class LogCheck:
             previous_lrs=served,
             state=restored.state.model_dump(),
             restored_force=restored.force,
-            client=doc.get("client"),
-            who=_who(doc, line, seq),
+            origin=_origin(doc, line, seq),
         )
 
     def _first_difference(
@@ -641,9 +635,8 @@ class _Plain(NamedTuple):
     step: int
     value: float
     created_at: str
-    client: dict[str, Any] | None
+    origin: Origin
     hash: str
-    by: dict[str, str] | None
 
     def read_as(self, doc: dict[str, Any]) -> bool:
         """Whether ``doc``, the entry parsed, says the same: if not, its bytes are not
@@ -659,8 +652,8 @@ class _Plain(NamedTuple):
             and "ranks" not in doc
             and same_float(value, self.value)
             and doc.get("created_at") == self.created_at
-            and doc.get("client") == self.client
-            and doc.get("by") == self.by
+            and doc.get("client") == self.origin.client
+            and doc.get("by") == self.origin.by
         )
 
 
@@ -707,7 +700,7 @@ def _plain_decision(text: str) -> _Plain | None:
         return None
     if not 0 <= step <= MAX_STEP or not isinstance(client, dict | None):
         return None
-    return _Plain(step, value, created_at, client, digest, by)
+    return _Plain(step, value, created_at, Origin(client, by), digest)
 
 
 def _value(value: Any, line: int | None, seq: int) -> float:
@@ -720,18 +713,17 @@ def _value(value: Any, line: int | None, seq: int) -> float:
     raise Mismatch(line, seq, "value is not a number", None, value)
 
 
-def _who(doc: dict[str, Any], line: int | None, seq: int) -> dict[str, str] | None:
-    """An entry's "by" (whose token caused it), as the service writes it, or None."""
-    who = doc.get("by")
-    if who is None:
-        return None
-    if (
-        not isinstance(who, dict)
-        or set(who) != {"token", "project"}
-        or not all(isinstance(v, str) for v in who.values())
+def _origin(doc: dict[str, Any], line: int | None, seq: int) -> Origin:
+    """Who asked for an entry, as it says: its "client" as read (the comparison of bytes
+    judges it), its "by" (whose token) of the shape the service writes."""
+    by = doc.get("by")
+    if by is not None and (
+        not isinstance(by, dict)
+        or set(by) != {"token", "project"}
+        or not all(isinstance(v, str) for v in by.values())
     ):
-        raise Mismatch(line, seq, 'by is not {"token": ..., "project": ...}', None, to_strict(who))
-    return who
+        raise Mismatch(line, seq, 'by is not {"token": ..., "project": ...}', None, to_strict(by))
+    return Origin(doc.get("client"), by)
 
 
 def _ranks(doc: dict[str, Any], line: int | None, seq: int) -> Ranks:

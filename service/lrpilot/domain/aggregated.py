@@ -11,13 +11,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from lrpilot.canonical import parse_float, same_float
 from lrpilot.domain.deciding import decide, now
 from lrpilot.domain.errors import Conflict, Invalid
 from lrpilot.domain.scaling import check_resize_step, resized, resized_on_retry
-from lrpilot.entries import Ranks, missing_ranges, ranges_text, rank_report, weighted_mean
+from lrpilot.entries import (
+    NOBODY,
+    Origin,
+    Ranks,
+    missing_ranges,
+    ranges_text,
+    rank_report,
+    weighted_mean,
+)
 from lrpilot.store.records import Report, RunHead, RunKey, Tally
 from lrpilot.store.runs import WriteTx
 
@@ -29,12 +36,11 @@ class Posted:
     run: RunKey  # the run's project and id: two projects' runs of one id never share a batch
     step: int
     value: float
-    client: dict[str, Any] | None = None  # who posted it, as it declared itself
+    origin: Origin = NOBODY  # who posted it
     rank: int | None = None  # aggregated mode: which rank reports, of how many, how heavily
     world_size: int | None = None
     weight: float | None = None
     timed_out: bool = False  # aggregated mode: decide (or refuse) the step with the ranks present
-    who: dict[str, str] | None = None  # whose token posted it (None in open mode)
 
     @property
     def run_id(self) -> str:
@@ -109,7 +115,7 @@ def aggregate_in(
                         f"{stored.value['seq']}); this request says {item.value!r} "
                         f"(weight {weight!r}): a rank's report of a step cannot change"
                     )
-        resized_on_retry(tx, head, step, item.world_size, heads, item.client, item.who)
+        resized_on_retry(tx, head, step, item.world_size, heads, item.origin)
         return stored.text  # a retry, or a rank that reported too late to count: the same one
     check_resize_step(head, step, "step")  # a resize since the first report: never decided
     if item.timed_out:
@@ -155,7 +161,15 @@ def aggregate_in(
                 f"{weight!r}): a rank's report of a step cannot change"
             )
     else:
-        mine = Report(item.rank, item.world_size, item.value, weight, now(), item.client, item.who)
+        mine = Report(
+            item.rank,
+            item.world_size,
+            item.value,
+            weight,
+            now(),
+            item.origin.client,
+            item.origin.by,
+        )
         tally = tx.add_report(run, step, mine)
     assert tally is not None  # a rank's report exists only with its step's tally
     if tally.reported == item.world_size:
@@ -177,7 +191,7 @@ def _decide_reports(
     counted (``world`` None) or those present at the timeout of a ``world`` of ranks; when the
     ranks report a new world_size and the run scales by it, a scale entry first."""
     head, _ = resized(tx, head, step, "world_size", reports[0].world_size, heads)
-    counted = [rank_report(r.rank, r.value, r.weight, r.client, r.by) for r in reports]
+    counted = [rank_report(r.rank, r.value, r.weight, Origin(r.client, r.by)) for r in reports]
     if world is None or len(reports) == world:
         ranks = Ranks(counted, [])
     else:

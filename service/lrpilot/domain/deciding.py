@@ -8,12 +8,11 @@ built by ``lrpilot.entries``, the builder verify calls too.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float, same_float
 from lrpilot.domain.errors import Conflict
-from lrpilot.entries import Chain, Ranks
+from lrpilot.entries import NOBODY, Chain, Origin, Ranks
 from lrpilot.guard import Finder, GuardStepper, drafted, guard_doc, guarded
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy
 from lrpilot.policies.retime import around
@@ -133,23 +132,19 @@ def decide(
     step: int,
     value: float,
     created_at: str,
-    client: dict[str, Any] | None = None,
+    origin: Origin = NOBODY,
     ranks: Ranks | None = None,
-    who: dict[str, str] | None = None,
     find: Finder | None = None,
 ) -> NewDecision:
     """The decision for a new step (above ``head.last_step``), sealed onto the chain;
-    ``client`` is who posted the observation, as it declared itself (host, process, rank),
-    ``who`` whose token posted it;
-    ``ranks`` (aggregated mode) the reports ``value`` is the weighted mean of; ``find`` (a
-    guarded run) the newest live checkpoint before a step, where a rollback goes."""
+    ``origin`` who posted the observation; ``ranks`` (aggregated mode) the reports ``value``
+    is the weighted mean of; ``find`` (a guarded run) the newest live checkpoint before a step,
+    where a rollback goes."""
     spec = head.spec
     policy, params = resolved(spec)
     state = load_state(policy, head)
     if spec.guard is not None:
-        return _guarded(
-            head, policy, params, state, step, value, created_at, client, ranks, who, find
-        )
+        return _guarded(head, policy, params, state, step, value, created_at, origin, ranks, find)
     outcome, new_state = policy.step(
         params, state, Observation(step=step, value=value, metric=spec.metric or "metric")
     )
@@ -164,9 +159,8 @@ def decide(
         lrs=outcome.lrs,
         previous_lrs=state.lrs,  # a policy's state carries the lrs in force
         state=state_doc,
-        client=client,
+        origin=origin,
         ranks=ranks,
-        who=who,
     ).seal()
     state_json = canonical_json(state_doc)
     _remember_state(spec.policy.id, state_json, new_state)
@@ -181,9 +175,8 @@ def _guarded(
     step: int,
     value: float,
     created_at: str,
-    client: dict[str, Any] | None,
+    origin: Origin,
     ranks: Ranks | None,
-    who: dict[str, str] | None,
     find: Finder | None,
 ) -> NewDecision:
     """``decide`` for a guarded run: its stepper, which may decide a rollback (to the
@@ -192,7 +185,7 @@ def _guarded(
     assert isinstance(stepper, GuardStepper)
     stepper.find = find
     stepper.advance(step, value)
-    entry = drafted(chain_of(head), step, value, created_at, stepper, state.lrs, client, who, ranks)
+    entry = drafted(chain_of(head), step, value, created_at, stepper, state.lrs, origin, ranks)
     return appended(
         head.key,
         entry.seal(),

@@ -18,7 +18,7 @@ from lrpilot.domain.aggregated import Pending, Posted, aggregate_in, check_world
 from lrpilot.domain.commit import GroupCommit, WaitTimeout
 from lrpilot.domain.deciding import check_same_spec, decide, new_run, now, retried
 from lrpilot.domain.errors import Conflict, RunBusy, RunNotFound, Unavailable
-from lrpilot.entries import Kind
+from lrpilot.entries import NOBODY, Kind, Origin
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec, RunStored
 from lrpilot.store.acks import Acks
@@ -46,11 +46,10 @@ class Decisions:
         run: RunKey,
         step: int,
         value: float,
-        client: dict[str, Any] | None = None,
+        origin: Origin = NOBODY,
         rank: int | None = None,
         world_size: int | None = None,
         weight: float | None = None,
-        who: dict[str, str] | None = None,
         applied: tuple[int, int, str] | None = None,
     ) -> bytes:
         """The decision's canonical JSON (UTF-8), acknowledged only once it is committed. In an
@@ -64,7 +63,7 @@ class Decisions:
         if applied is not None:
             assert rank is not None and world_size is not None  # (ObservationIn checks it)
             await asyncio.to_thread(self._acknowledge_quietly, run, rank, world_size, *applied)
-        posted = Posted(run, step, value, client, rank, world_size, weight, who=who)
+        posted = Posted(run, step, value, origin, rank, world_size, weight)
         try:
             body = await self._submit(posted)
         except Pending as pending:
@@ -157,13 +156,12 @@ class Decisions:
         step: int,
         by: str,
         size: int,
-        client: dict[str, Any] | None = None,
-        who: dict[str, str] | None = None,
+        origin: Origin = NOBODY,
     ) -> dict[str, Any]:
         # (runs on a worker thread: waiting readers are not woken from here, they poll)
         if by == "world_size":
             check_world(None, size, self._max_world)
-        return scaling.resize(self.store, run, step, by, size, client, who)
+        return scaling.resize(self.store, run, step, by, size, origin)
 
 
 def _stored_fields(document: dict[str, Any]) -> dict[str, Any]:
@@ -211,22 +209,22 @@ def _decide_one(
     if head.last_step is not None and item.step <= head.last_step:
         stored = tx.decision_at_step(item.run, item.step)
         answer = retried(head, item.step, item.value, stored)
-        scaling.resized_on_retry(tx, head, item.step, item.world_size, heads, item.client, item.who)
+        scaling.resized_on_retry(tx, head, item.step, item.world_size, heads, item.origin)
         return answer
     scaling.check_resize_step(head, item.step, "step")
     if item.world_size is not None:
-        head, _ = scaling.resized(
-            tx, head, item.step, "world_size", item.world_size, heads, who=item.who
-        )
+        # (its scale entry names the token, not the process: the shape such entries have)
+        origin = Origin(by=item.origin.by)
+        head, _ = scaling.resized(tx, head, item.step, "world_size", item.world_size, heads, origin)
     find = None
     if head.spec.guard is not None:
         again = guarding.answered_rollback(tx, head, item.step, item.value)
         if again is not None:  # a retry of the step just rolled back (the run is below it)
             return again
         find = guarding.finder(tx, item.run)
-    decision = decide(head, item.step, item.value, now(), item.client, who=item.who, find=find)
+    decision = decide(head, item.step, item.value, now(), item.origin, find=find)
     tx.append_decision(decision)
     heads[item.run] = head = head.after(decision)
     if decision.action == Kind.ROLLBACK:
-        heads[item.run] = guarding.rolled_back(tx, head, decision, item.who)
+        heads[item.run] = guarding.rolled_back(tx, head, decision, item.origin)
     return decision.body

@@ -16,6 +16,7 @@ from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float, same_float
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import RunNotFound
+from lrpilot.entries import NOBODY, Origin
 from lrpilot.guard import Checkpoint, Finder, Guarded
 from lrpilot.spec import InForce
 from lrpilot.store.records import NewDecision, RunHead, RunKey, Stored, appended
@@ -28,8 +29,7 @@ def rewound(
     tx: WriteTx,
     head: RunHead,
     to_step: int,
-    client: dict[str, Any] | None = None,
-    who: dict[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> NewDecision | None:
     """Append the rewind that makes the run's state what it was right after ``to_step`` (the
     later entries are kept, marked superseded); None for a rewind to or past the last step,
@@ -70,8 +70,7 @@ def rewound(
         previous_lrs=head.lrs.value,
         state=state,
         restored_force=scale,
-        client=client,
-        who=who,
+        origin=origin,
     ).seal()
     rewind = appended(
         head.key, entry, canonical_json(state), to_step, scale if scale is not None else _base(head)
@@ -127,14 +126,12 @@ def answered_rollback(tx: WriteTx, head: RunHead, step: int, value: float) -> st
     return stored.text
 
 
-def rolled_back(
-    tx: WriteTx, head: RunHead, decision: NewDecision, who: dict[str, str] | None
-) -> RunHead:
+def rolled_back(tx: WriteTx, head: RunHead, decision: NewDecision, origin: Origin) -> RunHead:
     """After a rollback decision (appended, ``head`` after it): the rewind to its checkpoint's
-    step, at the request of whoever posted the observation. The head after it."""
+    step, at the request of whoever posted the observation (``origin``). The head after it."""
     assert decision.doc is not None
     to_step = int(decision.doc["rollback"]["checkpoint"]["step"])
-    rewind = rewound(tx, head, to_step, decision.doc.get("client"), who)
+    rewind = rewound(tx, head, to_step, origin)
     assert rewind is not None  # the checkpoint is below the trouble's step
     return head.after(rewind)
 
@@ -147,8 +144,7 @@ def declare(
     run: RunKey,
     step: int,
     ref: str,
-    client: dict[str, Any] | None = None,
-    who: dict[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> tuple[dict[str, Any], bool]:
     """A checkpoint the job saved at ``step``: its entry, and whether it is new. The same
     step and ref again while that entry is live is a retry: its entry, nothing new. Another
@@ -169,8 +165,7 @@ def declare(
             now(),
             lrs=head.lrs.value,
             state=head.state.value,
-            client=client,
-            who=who,
+            origin=origin,
         ).seal()
         tx.append_decision(appended(head.key, entry, head.state.text, head.last_step, head.scale))
         return entry.doc, True

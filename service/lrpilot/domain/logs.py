@@ -45,7 +45,7 @@ from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.domain.deciding import load_state, new_run, now, resolved
 from lrpilot.domain.errors import Conflict, RunNotFound, Unavailable
 from lrpilot.domain.guarding import rewound
-from lrpilot.entries import GENESIS, NOT_DECISIONS, Kind, is_superseded
+from lrpilot.entries import GENESIS, NOBODY, NOT_DECISIONS, Kind, Origin, is_superseded
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
 from lrpilot.store.acks import Acks
@@ -255,8 +255,7 @@ class Audit:
         self,
         key: RunKey,
         to_step: int,
-        client: dict[str, Any] | None = None,
-        who: dict[str, str] | None = None,
+        origin: Origin = NOBODY,
     ) -> dict[str, Any]:
         """Make the run's state what it was right after ``to_step``: the later decisions are
         kept, marked superseded, and the rewind is itself an entry of the chain (who asked, to
@@ -266,7 +265,7 @@ class Audit:
             head = tx.lock_run(key)
             if head is None:
                 raise RunNotFound(f"run {key.run_id!r} not found")
-            return rewound(tx, head, to_step, client, who)
+            return rewound(tx, head, to_step, origin)
 
         entry = self.store.transact(work)
         run = self.store.get_run(key)

@@ -19,6 +19,7 @@ from lrpilot import entries
 from lrpilot.canonical import canonical_json
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
+from lrpilot.entries import NOBODY, Origin
 from lrpilot.policies import Frozen, Policy, PolicyError, State
 from lrpilot.policies.retime import retimable
 from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
@@ -87,8 +88,7 @@ def cooldown(
     steps: int,
     shape: str | None,
     why: str | None,
-    client: dict[str, Any] | None = None,
-    who: dict[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> dict[str, Any]:
     """Start the run's decay at ``at_step``, ``steps`` long (POST /cooldown): a start_cooldown
     entry, none when that cooldown is in force already."""
@@ -111,8 +111,7 @@ def cooldown(
             why=why,
             policy_lrs=lrs,
             state=state,
-            client=client,
-            who=who,
+            origin=origin,
         ),
     )
 
@@ -123,8 +122,7 @@ def retime(
     at_step: int,
     horizon: int,
     mode: str,
-    client: dict[str, Any] | None = None,
-    who: dict[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> dict[str, Any]:
     """Give the run's schedule the new ``horizon`` from ``at_step`` on (POST /retime): a
     retime entry, none when that retime is in force already."""
@@ -147,7 +145,6 @@ def retime(
             param=has.param,
             policy_lrs=lrs,
             state=state,
-            client=client,
-            who=who,
+            origin=origin,
         ),
     )

@@ -15,6 +15,7 @@ from typing import Any
 from lrpilot import entries
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
+from lrpilot.entries import NOBODY, Origin
 from lrpilot.spec import InForce, factor, scaled
 from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
 from lrpilot.store.runs import Store, WriteTx
@@ -25,8 +26,7 @@ def scale_entry(
     step: int,
     size: int,
     created_at: str,
-    client: dict[str, Any] | None = None,
-    who: dict[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> NewDecision:
     """The entry that rescales the run's lrs for a new ``size`` from ``step`` on: the policy's
     state stays as it is, the lrs it serves change by the scaling rule's factor."""
@@ -50,8 +50,7 @@ def scale_entry(
         created_at,
         policy_lrs=state.lrs,
         state=head.state.value,
-        client=client,
-        who=who,
+        origin=origin,
     ).seal()
     return appended(head.key, entry, head.state.text, head.last_step, InForce(size, by, step))
 
@@ -83,15 +82,14 @@ def resized(
     by: str,
     size: int,
     heads: dict[RunKey, RunHead],
-    client: dict[str, Any] | None = None,
-    who: dict[str, str] | None = None,
+    origin: Origin = NOBODY,
 ) -> tuple[RunHead, NewDecision | None]:
     """The head after a scale entry for ``size`` at ``step`` and the entry, appended when the
     run scales by ``by`` and ``size`` is not the size in force (else the head, and None)."""
     force, spec = head.scale, head.spec.scaling
     if force is None or spec is None or size == force.size or spec.by != by:
         return head, None
-    entry = scale_entry(head, step, size, now(), client, who)
+    entry = scale_entry(head, step, size, now(), origin)
     tx.append_decision(entry)
     heads[head.key] = head = head.after(entry)
     return head, entry
@@ -103,8 +101,7 @@ def resized_on_retry(
     step: int,
     world_size: int | None,
     heads: dict[RunKey, RunHead],
-    client: dict[str, Any] | None,
-    who: dict[str, str] | None = None,
+    origin: Origin,
 ) -> None:
     """A retry of the last decided step that says another world_size: the job resumed from
     the checkpoint of its last evaluation on another number of ranks (a resize may apply from
@@ -117,7 +114,7 @@ def resized_on_retry(
         or (force.step is not None and step < force.step)
     ):
         return
-    resized(tx, head, step, "world_size", world_size, heads, client, who)
+    resized(tx, head, step, "world_size", world_size, heads, origin)
 
 
 def resize(
@@ -126,8 +123,7 @@ def resize(
     step: int,
     by: str,
     size: int,
-    client: dict[str, Any] | None,
-    who: dict[str, str] | None = None,
+    origin: Origin,
 ) -> dict[str, Any]:
     """An elastic job's new world_size or global batch size from training step ``step`` on: a
     scale entry rescales the lrs by the run's scaling rule (none when ``size`` is already in
@@ -158,7 +154,7 @@ def resize(
                 "from an older checkpoint should rewind the run first)"
             )
         check_resize_step(head, step, "step")
-        return resized(tx, head, step, by, size, {}, client, who)[1]
+        return resized(tx, head, step, by, size, {}, origin)[1]
 
     entry = store.transact(work)
     doc = store.get_run(run)
