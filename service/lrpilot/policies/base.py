@@ -127,6 +127,17 @@ class Horizon(NamedTuple):
     end: int
 
 
+class Cooldown(NamedTuple):
+    """A cooldown on demand as ``Policy.cooldown`` is asked it: the decay to start at
+    ``at_step``, ``steps`` long, of ``shape`` (None: the policy's own), the run's log standing
+    at ``last_step`` (None: nowhere yet)."""
+
+    at_step: int
+    steps: int
+    shape: str | None
+    last_step: int | None
+
+
 class Stepper(Protocol):
     """A policy's state held in plain mutable form for a long replay: one advance() an observation.
 
@@ -303,7 +314,14 @@ class Policy(abc.ABC):
         """``state`` with the policy's decay started at ``at_step``, ``steps`` long, of
         ``shape`` (None: the policy's own): a cooldown on demand, logged as a cooldown entry.
         ``last_step`` is where the run's log stands (None: nowhere yet). PolicyError, located
-        at the field to blame, when the policy cannot: by default it has no cooldown."""
+        at the field to blame, when the policy cannot: by default it has no cooldown.
+
+        A policy with a cooldown overrides ``_cooldown``, not this: the contract's arguments
+        are spelled here once, and reach it as one ``Cooldown``."""
+        return self._cooldown(params, state, Cooldown(at_step, steps, shape, last_step))
+
+    def _cooldown(self, params: Frozen, state: State, asked: Cooldown) -> State:
+        """``cooldown``, the request as one value (what a policy with a cooldown overrides)."""
         raise PolicyError(
             [
                 (

@@ -32,6 +32,7 @@ from pydantic import Field, PrivateAttr, StrictFloat, StrictInt
 
 from lrpilot.canonical import float_token
 from lrpilot.policies.base import (
+    Cooldown,
     Extras,
     Frozen,
     Horizon,
@@ -132,20 +133,12 @@ class Retimed(Policy):
     def summary_fields(self, params: Frozen, state: State) -> dict[str, Any]:
         return self.inner.summary_fields(params, self._inner_state(state))
 
-    def cooldown(
-        self,
-        params: Frozen,
-        state: State,
-        at_step: int,
-        steps: int,
-        shape: str | None,
-        last_step: int | None,
-    ) -> State:
+    def _cooldown(self, params: Frozen, state: State, asked: Cooldown) -> State:
         if isinstance(state, RetimedState):
             raise PolicyError(
                 [((), "the run was retimed: its decay is the retimed schedule's (retime it again)")]
             )
-        return self.inner.cooldown(params, state, at_step, steps, shape, last_step)
+        return self.inner._cooldown(params, state, asked)
 
     # a retimed state ------------------------------------------------------------------------
 

@@ -50,7 +50,16 @@ from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat
 from lrpilot.canonical import float_token
 from lrpilot.policies import common
 from lrpilot.policies.arith import cos2_frac, cos2_turns, exp, ipow, log
-from lrpilot.policies.base import FieldStepper, Frozen, Horizon, Loc, PolicyError, State, check_step
+from lrpilot.policies.base import (
+    Cooldown,
+    FieldStepper,
+    Frozen,
+    Horizon,
+    Loc,
+    PolicyError,
+    State,
+    check_step,
+)
 from lrpilot.policies.curve import Curve, Schedule, ScheduleParams, Steps, WarmupType, warmup_ramp
 from lrpilot.policies.text import fmt, fmt_change, fmt_lrs, plural
 
@@ -336,19 +345,12 @@ class Wsd(Schedule):
             return None
         return Horizon("num_training_steps", start, start + length)
 
-    def cooldown(
-        self,
-        params: Frozen,
-        state: State,
-        at_step: int,
-        steps: int,
-        shape: str | None,
-        last_step: int | None,
-    ) -> WsdState:
+    def _cooldown(self, params: Frozen, state: State, asked: Cooldown) -> WsdState:
         """The state with the decay started at ``at_step`` for ``steps`` steps (``shape``, null:
         the params' decay_type): a cooldown on demand. PolicyError when ``at_step`` is already
         decided (at or before ``last_step``), in the warmup, or once the decay has begun."""
         assert isinstance(params, WsdParams) and isinstance(state, WsdState)
+        at_step, steps, shape, last_step = asked
         if shape is not None and shape not in self.cooldown_shapes:
             why = f"shape {shape!r} is not one of {', '.join(self.cooldown_shapes)}"
             raise PolicyError([(("shape",), why)])
