@@ -206,6 +206,22 @@ def _unset_none(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _logged(
+    run_id: str, action: str, read: Callable[[object], T], body: Mapping[str, Any], what: str = ""
+) -> Call[T]:
+    """A POST to the run's `action` that adds an entry to its log as this client's: the body
+    carries the client's identity, and the call may not overtake the run's buffered
+    observations (`what` names it in that refusal; "": `action`)."""
+    return Call(
+        "POST",
+        f"{run_path(run_id)}/{action}",
+        read,
+        body=body,
+        ordered=(run_id, what or action),
+        identified=True,
+    )
+
+
 # --- runs ----------------------------------------------------------------------------------------
 
 
@@ -401,14 +417,7 @@ def rewind(run_id: str, to_step: int) -> Call[Rewound]:
 
     The run's buffered observations are sent first (a rewind must come after them); while
     any is left, this raises `ServiceUnavailableError`."""
-    return Call(
-        "POST",
-        f"{run_path(run_id)}/rewind",
-        Rewound.from_json,
-        body={"to_step": to_step},
-        ordered=(run_id, "rewind"),
-        identified=True,
-    )
+    return _logged(run_id, "rewind", Rewound.from_json, {"to_step": to_step})
 
 
 def resize(
@@ -422,14 +431,7 @@ def resize(
     step. The run's buffered observations are sent first; while any is left, this raises
     `ServiceUnavailableError`."""
     body = {"step": step} | _unset_none(world_size=world_size, batch_size=batch_size)
-    return Call(
-        "POST",
-        f"{run_path(run_id)}/resize",
-        Resized.from_json,
-        body=body,
-        ordered=(run_id, "resize"),
-        identified=True,
-    )
+    return _logged(run_id, "resize", Resized.from_json, body)
 
 
 def declare_checkpoint(run_id: str, step: int, ref: str) -> Call[CheckpointDeclared]:
@@ -438,14 +440,8 @@ def declare_checkpoint(run_id: str, step: int, ref: str) -> Call[CheckpointDecla
     back to the newest one before a step in trouble. The same step and ref again is a retry
     (`declared` False). The run's buffered observations are sent first; while any is left,
     this raises `ServiceUnavailableError`."""
-    return Call(
-        "POST",
-        f"{run_path(run_id)}/checkpoints",
-        CheckpointDeclared.from_json,
-        body={"step": step, "ref": ref},
-        ordered=(run_id, "checkpoint"),
-        identified=True,
-    )
+    body = {"step": step, "ref": ref}
+    return _logged(run_id, "checkpoints", CheckpointDeclared.from_json, body, "checkpoint")
 
 
 def cooldown(
@@ -462,14 +458,7 @@ def cooldown(
     step is decided, no stable phase is left). The run's buffered observations are sent
     first; while any is left, this raises `ServiceUnavailableError`."""
     body = {"at_step": at_step, "steps": steps} | _unset_none(shape=shape, reason=reason)
-    return Call(
-        "POST",
-        f"{run_path(run_id)}/cooldown",
-        Cooled.from_json,
-        body=body,
-        ordered=(run_id, "cooldown"),
-        identified=True,
-    )
+    return _logged(run_id, "cooldown", Cooled.from_json, body)
 
 
 def checkpoints(run_id: str) -> Call[Checkpoints]:
@@ -486,14 +475,7 @@ def retime(run_id: str, at_step: int, horizon: int, mode: str = "keep_lr") -> Ca
     `ConflictError` says why when the run cannot (no horizon, the step is decided, the
     schedule has ended). `simulate(run_id=..., retime=...)` shows what it would do first."""
     body = {"at_step": at_step, "horizon": horizon, "mode": mode}
-    return Call(
-        "POST",
-        f"{run_path(run_id)}/retime",
-        Retimed.from_json,
-        body=body,
-        ordered=(run_id, "retime"),
-        identified=True,
-    )
+    return _logged(run_id, "retime", Retimed.from_json, body)
 
 
 # --- the rates: at one step, over a range --------------------------------------------------------

@@ -51,6 +51,7 @@ from lrpilot.domain import operating
 from lrpilot.domain.errors import Invalid
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.spec import RUN_ID_PATTERN
+from lrpilot.store.runs import DecisionFilter
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -255,9 +256,8 @@ def list_decisions(
     ] = None,
 ) -> Response:
     run = caller.run(run_id)
-    page = store.list_decisions(
-        run, after, limit, action, from_step, to_step, superseded, MAX_PAGE_CHARS
-    )
+    kept = DecisionFilter(action, from_step, to_step, superseded)
+    page = store.list_decisions(run, after, limit, kept, MAX_PAGE_CHARS)
     return page_json(page.items, page.next, "seq")
 
 

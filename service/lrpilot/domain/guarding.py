@@ -20,7 +20,7 @@ from lrpilot.entries import NOBODY, Origin
 from lrpilot.guard import Checkpoint, Finder, Guarded
 from lrpilot.spec import InForce
 from lrpilot.store.records import NewDecision, RunHead, RunKey, Stored, appended
-from lrpilot.store.runs import Store, WriteTx
+from lrpilot.store.runs import DecisionFilter, Store, WriteTx
 
 MAX_REF = 1024  # characters of a checkpoint's ref (a path, a name)
 
@@ -177,7 +177,8 @@ def listed(store: Store, run: RunKey) -> dict[str, Any]:
     """The run's checkpoints, oldest first, each with whether a rewind superseded it."""
     _, head = store.head(run)
     items = []
-    for body, superseded in store.flagged(run, head.last_seq, action=entries.Kind.CHECKPOINT):
+    checkpoints = DecisionFilter(action=entries.Kind.CHECKPOINT)
+    for body, superseded in store.flagged(run, head.last_seq, checkpoints):
         doc = Stored(body).value
         items.append(
             {

@@ -59,7 +59,7 @@ from lrpilot.store.records import (
     RunKey,
     RunRowRead,
 )
-from lrpilot.store.runs import Store, WriteTx
+from lrpilot.store.runs import DecisionFilter, Store, WriteTx
 
 log = logging.getLogger("lrpilot.audit")
 
@@ -367,7 +367,7 @@ class Audit:
         """A guarded run's rollbacks (each superseded by its own rewind): the step in trouble,
         the trigger, the value, the checkpoint gone back to, the lrs after the cut."""
         found = []
-        for body, _ in self.store.flagged(key, last_seq, action=Kind.ROLLBACK):
+        for body, _ in self.store.flagged(key, last_seq, DecisionFilter(action=Kind.ROLLBACK)):
             doc = json.loads(body)
             found.append(
                 {

@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import sqlalchemy as sa
@@ -229,6 +230,34 @@ def run_document(row: RunRow) -> dict[str, Any]:
         base = {"size": spec.scaling.base, "factor": 1.0, "step": None}
         doc["scale"] = json.loads(row.scale) if row.scale is not None else base
     return {k: doc[k] for k in PUBLIC_ORDER if k in doc}
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionFilter:
+    """Which entries of a run's log a read keeps (GET /decisions' filters): those of one
+    ``action``, at the steps ``from_step``..``to_step`` (both included), of one branch
+    (``superseded`` False: the live one; None: both). The default keeps every entry."""
+
+    action: str | None = None
+    from_step: int | None = None
+    to_step: int | None = None
+    superseded: bool | None = None
+
+    def where(self, run: RunKey) -> list[Any]:
+        """The conditions on the decision rows of ``run`` that this filter keeps."""
+        where = [*_is(DecisionRow, run)]
+        if self.action is not None:
+            where.append(DecisionRow.action == self.action)
+        if self.from_step is not None:
+            where.append(DecisionRow.step >= self.from_step)
+        if self.to_step is not None:
+            where.append(DecisionRow.step <= self.to_step)
+        if self.superseded is not None:
+            where.append(DecisionRow.superseded == self.superseded)
+        return where
+
+
+EVERY_ENTRY = DecisionFilter()
 
 
 class StoreStats:
@@ -1198,28 +1227,17 @@ class Store:
         run: RunKey,
         after: int,
         limit: int,
-        action: str | None = None,
-        from_step: int | None = None,
-        to_step: int | None = None,
-        superseded: bool | None = None,
+        kept: DecisionFilter = EVERY_ENTRY,
         max_chars: int | None = None,
     ) -> Page:
-        """A page of the run's log in seq order; ``superseded`` None means both branches. With
+        """A page of the entries of the run's log that ``kept`` keeps, in seq order. With
         ``max_chars``, the page ends before the entry that would take it past that many
         characters (it holds one entry at least): the sizes are read first, so that no more
         than the page is ever loaded (1,000 entries of a 65,536-rank step would be 6 GB)."""
         with self._read() as s:
             if s.get(RunRow, _pk(run)) is None:
                 raise _not_found(run)
-            where = [*_is(DecisionRow, run), DecisionRow.seq > after]
-            if action is not None:
-                where.append(DecisionRow.action == action)
-            if from_step is not None:
-                where.append(DecisionRow.step >= from_step)
-            if to_step is not None:
-                where.append(DecisionRow.step <= to_step)
-            if superseded is not None:
-                where.append(DecisionRow.superseded == superseded)
+            where = [*kept.where(run), DecisionRow.seq > after]
             sizes = list(
                 s.exec(
                     select(DecisionRow.seq, sa.func.length(DecisionRow.body))
@@ -1266,35 +1284,27 @@ class Store:
         """The run's decisions up to ``up_to_seq``, in seq order, a page of short statements at
         a time (``flagged``): constant memory, and no statement runs long enough to meet the
         timeout."""
-        for body, _ in self.flagged(run, up_to_seq, superseded=superseded):
+        for body, _ in self.flagged(run, up_to_seq, DecisionFilter(superseded=superseded)):
             yield body
 
     def flagged(
-        self,
-        run: RunKey,
-        up_to_seq: int,
-        action: str | None = None,
-        superseded: bool | None = None,
-        page: int = 1000,
+        self, run: RunKey, up_to_seq: int, kept: DecisionFilter = EVERY_ENTRY, page: int = 1000
     ) -> Iterator[tuple[str, bool]]:
-        """``bodies``, each with its superseded flag."""
+        """The entries up to ``up_to_seq`` that ``kept`` keeps, as ``bodies`` reads them, each
+        with its superseded flag."""
         after = 0
         while True:
             with self._read() as s:
                 q = (
                     select(DecisionRow.seq, DecisionRow.body, DecisionRow.superseded)
                     .where(
-                        *_is(DecisionRow, run),
+                        *kept.where(run),
                         DecisionRow.seq > after,
                         DecisionRow.seq <= up_to_seq,
                     )
                     .order_by(col(DecisionRow.seq))
                     .limit(page)
                 )
-                if action is not None:
-                    q = q.where(DecisionRow.action == action)
-                if superseded is not None:
-                    q = q.where(DecisionRow.superseded == superseded)
                 rows = list(s.exec(q))
             yield from ((body, bool(flag)) for _, body, flag in rows)
             if len(rows) < page:
