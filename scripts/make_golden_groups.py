@@ -209,14 +209,16 @@ def by_hand(line: dict[str, Any]) -> str | None:
     return None
 
 
-if __name__ == "__main__":
-    sys.exit(
-        golden_lines.generate(
-            None,
-            __doc__,
-            ROOT / "tests" / "golden" / "groups@1.jsonl",
-            lines,
-            by_hand,
-            against="its groups run by hand",
-        )
+def main(argv: list[str] | None = None) -> int:
+    return golden_lines.generate(
+        argv,
+        __doc__,
+        ROOT / "tests" / "golden" / "groups@1.jsonl",
+        lines,
+        by_hand,
+        against="its groups run by hand",
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

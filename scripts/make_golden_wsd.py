@@ -338,15 +338,17 @@ def check(line: dict[str, Any]) -> str | None:
     return None
 
 
-if __name__ == "__main__":
-    sys.exit(
-        golden_lines.generate(
-            None,
-            __doc__,
-            DEFAULT_OUT,
-            lines,
-            check,
-            against="transformers' get_wsd_schedule and the formula in 200 bits",
-            no_verify_help="skip the reference cross-checks",
-        )
+def main(argv: list[str] | None = None) -> int:
+    return golden_lines.generate(
+        argv,
+        __doc__,
+        DEFAULT_OUT,
+        lines,
+        check,
+        against="transformers' get_wsd_schedule and the formula in 200 bits",
+        no_verify_help="skip the reference cross-checks",
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

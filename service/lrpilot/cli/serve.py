@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     database_url: DatabaseUrl = None,
@@ -113,14 +114,14 @@ def serve(
         ),
     ] = False,
     insecure_no_auth: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--insecure-no-auth",
             help="Serve a non-loopback --host although the database holds no API token: anyone "
             "who can reach the port may read, write, rewind and import every run "
             "[LRPILOT_INSECURE_NO_AUTH]",
         ),
-    ] = False,
+    ] = None,
     access_log: Annotated[
         bool | None,
         typer.Option(
@@ -138,22 +139,27 @@ def serve(
             "[LRPILOT_LOG_FORMAT: text]",
         ),
     ] = None,
-    header_timeout: Annotated[
-        float | None,
-        typer.Option(help="seconds a request's headers may take [LRPILOT_HEADER_TIMEOUT_S: 10]"),
-    ] = None,
-    body_timeout: Annotated[
+    header_timeout_s: Annotated[
         float | None,
         typer.Option(
-            help="seconds a request body may go without bringing 64 KiB "
-            "[LRPILOT_BODY_TIMEOUT_S: 30]"
+            "--header-timeout",
+            help="seconds a request's headers may take [LRPILOT_HEADER_TIMEOUT_S: 10]",
         ),
     ] = None,
-    keep_alive_timeout: Annotated[
+    body_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--body-timeout",
+            help="seconds a request body may go without bringing 64 KiB "
+            "[LRPILOT_BODY_TIMEOUT_S: 30]",
+        ),
+    ] = None,
+    keep_alive_timeout_s: Annotated[
         int | None,
         typer.Option(
+            "--keep-alive-timeout",
             help="seconds an idle connection stays open between requests "
-            "[LRPILOT_KEEP_ALIVE_TIMEOUT_S: 5]"
+            "[LRPILOT_KEEP_ALIVE_TIMEOUT_S: 5]",
         ),
     ] = None,
     max_connections: Annotated[
@@ -163,18 +169,20 @@ def serve(
             "descriptor limit) [LRPILOT_MAX_CONNECTIONS: 16384]"
         ),
     ] = None,
-    shutdown_drain: Annotated[
+    shutdown_drain_s: Annotated[
         float | None,
         typer.Option(
+            "--shutdown-drain",
             help="on SIGTERM, seconds to serve on with /readyz saying draining "
-            "[LRPILOT_SHUTDOWN_DRAIN_S: 1]"
+            "[LRPILOT_SHUTDOWN_DRAIN_S: 1]",
         ),
     ] = None,
-    shutdown_timeout: Annotated[
+    shutdown_timeout_s: Annotated[
         int | None,
         typer.Option(
+            "--shutdown-timeout",
             help="then, seconds the requests in flight get to finish "
-            "[LRPILOT_SHUTDOWN_TIMEOUT_S: 5]"
+            "[LRPILOT_SHUTDOWN_TIMEOUT_S: 5]",
         ),
     ] = None,
 ) -> None:
@@ -183,18 +191,7 @@ def serve(
     from lrpilot.app import create_app
     from lrpilot.audit.signing import SigningKeyError
 
-    settings = _serve_settings(
-        database_url,
-        header_timeout_s=header_timeout,
-        body_timeout_s=body_timeout,
-        keep_alive_timeout_s=keep_alive_timeout,
-        max_connections=max_connections,
-        shutdown_drain_s=shutdown_drain,
-        shutdown_timeout_s=shutdown_timeout,
-        insecure_no_auth=insecure_no_auth or None,
-        access_log=access_log,
-        log_format=log_format,
-    )
+    settings = _serve_settings(ctx.params)
     check_database(settings.database_url)
     if no_migrate:
         _check_schema_is_current(settings.database_url)
@@ -223,11 +220,16 @@ def serve(
     ).run()
 
 
-def _serve_settings(database_url: str | None, **flags: float | str | None) -> Settings:
-    """The settings from the environment, with the flags given on top of them."""
-    given: dict[str, object] = {k: v for k, v in flags.items() if v is not None}
-    if database_url:
-        given["database_url"] = database_url
+def _serve_settings(options: Mapping[str, object]) -> Settings:
+    """The settings from the environment, with serve's options given on top of them: each
+    option named as a setting (``header_timeout_s`` for --header-timeout) overrides it, so a
+    new flag for a setting is one parameter of ``serve``. Not given is None (or an empty
+    --database-url): the environment's, else the default, stands."""
+    given = {
+        name: value
+        for name, value in options.items()
+        if name in Settings.model_fields and value is not None and value != ""
+    }
     try:
         return Settings(**given)  # type: ignore[arg-type]
     except ValidationError as exc:
