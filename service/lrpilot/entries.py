@@ -529,24 +529,44 @@ def standing(last_step: int | None, resize_step: int | None) -> int | None:
     return max(steps) if steps else None
 
 
+class AskedCooldown(NamedTuple):
+    """A cooldown as an operator asks for it (POST /cooldown) and its entry records it (its
+    "cooldown" member): the decay starts at ``at_step``, ``steps`` long, of ``shape`` (None:
+    the policy's own), for the reason ``why``."""
+
+    at_step: int
+    steps: int
+    shape: str | None
+    why: str | None
+
+    @classmethod
+    def read(cls, member: Any) -> AskedCooldown | None:
+        """The cooldown an entry's member records; None when it is not of this shape."""
+        if not isinstance(member, dict):
+            return None
+        asked = cls._make(member.get(name) for name in cls._fields)
+        if type(asked.at_step) is not int or type(asked.steps) is not int:
+            return None
+        if not isinstance(asked.shape, str | None) or not isinstance(asked.why, str | None):
+            return None
+        return asked
+
+
 def cooldown(
     chain: Chain,
     step: int,
     created_at: str,
     *,
-    at_step: int,
-    steps: int,
-    shape: str | None,
-    why: str | None,
+    asked: AskedCooldown,
     policy_lrs: Sequence[float],
     state: Mapping[str, Any],
     origin: Origin = NOBODY,
 ) -> Draft:
-    """The entry that starts the policy's decay at ``at_step`` (after ``step``, where the log
-    stands), ``steps`` long, of ``shape`` (None: the policy's own), at the request of
-    ``origin`` for the reason ``why``: ``state`` is the policy's state with the decay
-    decided (``Policy.cooldown``). The lrs served now do not change; those from ``at_step``
-    on do."""
+    """The entry that starts the policy's decay as ``asked`` (after ``step``, where the log
+    stands), at the request of ``origin``: ``state`` is the policy's state with the decay
+    decided (``Policy.cooldown``). The lrs served now do not change; those from the asked
+    ``at_step`` on do."""
+    at_step, steps, shape, why = asked
     by = chain.factor
     lrs = scaled(policy_lrs, by)
     reason = (
@@ -559,7 +579,7 @@ def cooldown(
     doc = _common(
         chain, step, created_at, None, lrs, lrs, Kind.COOLDOWN.value, reason, state, origin
     )
-    doc["cooldown"] = {"at_step": at_step, "steps": steps, "shape": shape, "why": why}
+    doc["cooldown"] = asked._asdict()
     if by != 1.0:  # the lrs stay scaled
         doc["scale"] = by
     return Draft(Kind.COOLDOWN, doc)
@@ -568,23 +588,41 @@ def cooldown(
 # -- retime -----------------------------------------------------------------------------------
 
 
+class AskedRetime(NamedTuple):
+    """A retime as an operator asks for it (POST /retime) and its entry records it (its
+    "retime" member): from ``at_step`` on, the schedule's end is reached at training step
+    ``horizon``, in ``mode`` (keep_lr, keep_fraction)."""
+
+    at_step: int
+    horizon: int
+    mode: str
+
+    @classmethod
+    def read(cls, member: Any) -> AskedRetime | None:
+        """The retime an entry's member records; None when it is not of this shape."""
+        if not isinstance(member, dict):
+            return None
+        asked = cls._make(member.get(name) for name in cls._fields)
+        if type(asked.at_step) is not int or type(asked.horizon) is not int:
+            return None
+        return asked if isinstance(asked.mode, str) else None
+
+
 def retime(
     chain: Chain,
     step: int,
     created_at: str,
     *,
-    at_step: int,
-    horizon: int,
-    mode: str,
+    asked: AskedRetime,
     param: str,
     policy_lrs: Sequence[float],
     state: Mapping[str, Any],
     origin: Origin = NOBODY,
 ) -> Draft:
-    """The entry that gives the schedule a new horizon: its end (``param``) is reached at
-    training step ``horizon``, from ``at_step`` on, in ``mode`` (keep_lr, keep_fraction);
-    ``state`` is the retimed state (``lrpilot.policies.retime``). The lrs served now do not
-    change."""
+    """The entry that gives the schedule a new horizon as ``asked``: its end (``param``) is
+    reached at the asked training step; ``state`` is the retimed state
+    (``lrpilot.policies.retime``). The lrs served now do not change."""
+    at_step, horizon, mode = asked
     lrs = scaled(policy_lrs, chain.factor)
     how = (
         "the lr there kept and the schedule's decay fitted from it"
@@ -596,7 +634,7 @@ def retime(
         f"{horizon}, {how} ({mode}); {fmt_lrs(tuple(lrs))} in force now"
     )
     doc = _common(chain, step, created_at, None, lrs, lrs, Kind.RETIME.value, reason, state, origin)
-    doc["retime"] = {"at_step": at_step, "horizon": horizon, "mode": mode}
+    doc["retime"] = asked._asdict()
     if chain.factor != 1.0:
         doc["scale"] = chain.factor
     return Draft(Kind.RETIME, doc)

@@ -49,6 +49,7 @@ from lrpilot.api.responses import (
 )
 from lrpilot.domain import operating
 from lrpilot.domain.errors import Invalid
+from lrpilot.entries import AskedCooldown, AskedRetime
 from lrpilot.policies.base import MAX_STEP
 from lrpilot.spec import RUN_ID_PATTERN
 from lrpilot.store.runs import DecisionFilter
@@ -318,7 +319,8 @@ def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Write
     entry in the log with who asked (the token's name) and why (`reason`)."""
     run, origin = caller.run(run_id), caller.origin(body.client)
     # (a worker thread; the decay starts at a step not yet decided: no waiter is owed it)
-    done = operating.cooldown(store, run, body.at_step, body.steps, body.shape, body.reason, origin)
+    asked = AskedCooldown(body.at_step, body.steps, body.shape, body.reason)
+    done = operating.cooldown(store, run, asked, origin)
     return StrictJSONResponse(done)
 
 
@@ -334,5 +336,5 @@ def retime_run(run_id: RunId, body: RetimeIn, store: StoreDep, caller: Writer) -
     """A new horizon for a running schedule, without a jump in lr: from `at_step` on the
     schedule ends at `horizon`, as a retime entry in the log with who asked."""
     run, origin = caller.run(run_id), caller.origin(body.client)
-    done = operating.retime(store, run, body.at_step, body.horizon, body.mode, origin)
+    done = operating.retime(store, run, AskedRetime(body.at_step, body.horizon, body.mode), origin)
     return StrictJSONResponse(done)

@@ -48,6 +48,8 @@ from lrpilot.entries import (
     GENESIS,
     NOT_DECISIONS,
     UNPINNED,
+    AskedCooldown,
+    AskedRetime,
     Chain,
     Draft,
     Kind,
@@ -463,16 +465,14 @@ class LogCheck:
         """A retime entry: it stands where the log stood, and the time map it leaves is the
         one the service computes (``lrpilot.policies.retime``) from the state there."""
         at = self._standing(line, seq, step, "retime")
-        asked = doc.get("retime")
-        if not isinstance(asked, dict):
-            raise Mismatch(line, seq, "the retime entry names no retime", None, to_strict(asked))
-        at_step, horizon, mode = asked.get("at_step"), asked.get("horizon"), asked.get("mode")
-        if type(at_step) is not int or type(horizon) is not int or not isinstance(mode, str):
-            raise Mismatch(line, seq, "the retime is not at_step, horizon, mode", None, asked)
+        asked = AskedRetime.read(doc.get("retime"))
+        if asked is None:
+            member = to_strict(doc.get("retime"))
+            raise Mismatch(line, seq, "the retime is not at_step, horizon, mode", None, member)
         replay = self.replay
         has = replay.policy.horizon(replay.params, replay.state())
         try:
-            replay.retime(step, at_step, horizon, mode, at, seq)
+            replay.retime(step, *asked, at, seq)
         except PolicyError as exc:
             raise Mismatch(line, seq, f"the policy cannot be retimed so: {exc}") from None
         assert has is not None  # or the retime was refused
@@ -480,9 +480,7 @@ class LogCheck:
             chain,
             step,
             doc.get("created_at"),  # type: ignore[arg-type]
-            at_step=at_step,
-            horizon=horizon,
-            mode=mode,
+            asked=asked,
             param=has.param,
             policy_lrs=replay.stepper.lrs,
             state=replay.stepper.state_doc(),
@@ -495,22 +493,14 @@ class LogCheck:
         """A cooldown entry: it stands where the log stood, and the policy accepts the decay
         it asks for from the state there (as the service's ``Policy.cooldown`` did)."""
         at = self._standing(line, seq, step, "cooldown")
-        asked = doc.get("cooldown")
-        if not isinstance(asked, dict):
+        asked = AskedCooldown.read(doc.get("cooldown"))
+        if asked is None:
+            member = to_strict(doc.get("cooldown"))
             raise Mismatch(
-                line, seq, "the cooldown entry names no cooldown", None, to_strict(asked)
+                line, seq, "the cooldown is not at_step, steps, shape, why", None, member
             )
-        at_step, steps = asked.get("at_step"), asked.get("steps")
-        shape, why = asked.get("shape"), asked.get("why")
-        if (
-            type(at_step) is not int
-            or type(steps) is not int
-            or not isinstance(shape, str | None)
-            or not isinstance(why, str | None)
-        ):
-            raise Mismatch(line, seq, "the cooldown is not at_step, steps, shape, why", None, asked)
         try:
-            self.replay.cooldown(step, at_step, steps, shape, at, seq)
+            self.replay.cooldown(step, *asked[:3], at, seq)
         except PolicyError as exc:
             raise Mismatch(line, seq, f"the policy refuses this cooldown: {exc}") from None
         stepper = self.replay.stepper
@@ -518,10 +508,7 @@ class LogCheck:
             chain,
             step,
             doc.get("created_at"),  # type: ignore[arg-type]
-            at_step=at_step,
-            steps=steps,
-            shape=shape,
-            why=why,
+            asked=asked,
             policy_lrs=stepper.lrs,
             state=stepper.state_doc(),
             origin=_origin(doc, line, seq),

@@ -19,7 +19,7 @@ from lrpilot import entries
 from lrpilot.canonical import canonical_json
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
-from lrpilot.entries import NOBODY, Origin
+from lrpilot.entries import NOBODY, AskedCooldown, AskedRetime, Origin
 from lrpilot.policies import Frozen, Policy, PolicyError, State
 from lrpilot.policies.retime import retimable
 from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
@@ -82,66 +82,41 @@ def _append(
 
 
 def cooldown(
-    store: Store,
-    run: RunKey,
-    at_step: int,
-    steps: int,
-    shape: str | None,
-    why: str | None,
-    origin: Origin = NOBODY,
+    store: Store, run: RunKey, asked: AskedCooldown, origin: Origin = NOBODY
 ) -> dict[str, Any]:
-    """Start the run's decay at ``at_step``, ``steps`` long (POST /cooldown): a start_cooldown
-    entry, none when that cooldown is in force already."""
+    """Start the run's decay as ``asked`` (POST /cooldown): a start_cooldown entry, none when
+    that cooldown is in force already."""
     return _append(
         store,
         run,
-        at_step,
+        asked.at_step,
         "cooldown",
-        lambda policy, params, state, at: (
-            policy.cooldown(params, state, at_step, steps, shape, at),
-            None,
-        ),
+        lambda policy, params, state, at: (policy.cooldown(params, state, *asked[:3], at), None),
         lambda chain, step, state, lrs, _: entries.cooldown(
-            chain,
-            step,
-            now(),
-            at_step=at_step,
-            steps=steps,
-            shape=shape,
-            why=why,
-            policy_lrs=lrs,
-            state=state,
-            origin=origin,
+            chain, step, now(), asked=asked, policy_lrs=lrs, state=state, origin=origin
         ),
     )
 
 
 def retime(
-    store: Store,
-    run: RunKey,
-    at_step: int,
-    horizon: int,
-    mode: str,
-    origin: Origin = NOBODY,
+    store: Store, run: RunKey, asked: AskedRetime, origin: Origin = NOBODY
 ) -> dict[str, Any]:
-    """Give the run's schedule the new ``horizon`` from ``at_step`` on (POST /retime): a
-    retime entry, none when that retime is in force already."""
+    """Give the run's schedule a new horizon as ``asked`` (POST /retime): a retime entry, none
+    when that retime is in force already."""
     return _append(
         store,
         run,
-        at_step,
+        asked.at_step,
         "retime",
         lambda policy, params, state, at: (
-            retimable(policy).retime(params, state, at_step, horizon, mode, at),
+            retimable(policy).retime(params, state, *asked, at),
             policy.horizon(params, state),  # (a policy without one was refused)
         ),
         lambda chain, step, state, lrs, has: entries.retime(
             chain,
             step,
             now(),
-            at_step=at_step,
-            horizon=horizon,
-            mode=mode,
+            asked=asked,
             param=has.param,
             policy_lrs=lrs,
             state=state,

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -506,6 +506,16 @@ class RunTiles:
         return [out[k] for k in sorted(out)]
 
 
+class Plotted(NamedTuple):
+    """The run a plot reads, as it stands in the plot's snapshot: its key, how many param groups
+    the plot draws, its last seq and the steps its log spans."""
+
+    run: RunKey
+    groups: int
+    last_seq: int
+    span: tuple[int, int]
+
+
 class Tiles:
     """The tiles of the long runs this process was asked to plot (``MAX_CACHED_RUNS``, the
     least recently plotted dropped first). A cache: it holds nothing the log does not, is
@@ -522,19 +532,11 @@ class Tiles:
         self._making: dict[RunKey, threading.Lock] = {}
 
     def plot(
-        self,
-        conn: sa.Connection,
-        run: RunKey,
-        groups: int,
-        last_seq: int,
-        span: tuple[int, int],
-        points: int,
-        first: int,
-        last: int,
-        max_events: int,
+        self, conn: sa.Connection, log: Plotted, points: int, first: int, last: int, max_events: int
     ) -> dict[str, Any]:
-        groups = min(groups, MAX_GROUPS)
-        tiles = self._current(conn, run, groups, last_seq, span)
+        log = log._replace(groups=min(log.groups, MAX_GROUPS))
+        run, groups = log.run, log.groups
+        tiles = self._current(conn, log)
         width_log2 = max(0, (-(-(last - first + 1) // points) - 1).bit_length())
         while (last >> width_log2) - (first >> width_log2) + 1 > points:
             width_log2 += 1
@@ -558,15 +560,9 @@ class Tiles:
         ordered = [buckets[k] for k in sorted(buckets)]
         return answer(run, first, last, width, groups, ordered, events, truncated, conn, points)
 
-    def _current(
-        self,
-        conn: sa.Connection,
-        run: RunKey,
-        groups: int,
-        last_seq: int,
-        span: tuple[int, int],
-    ) -> RunTiles | None:
-        """The run's tiles through ``last_seq`` (None: a run too short to keep them)."""
+    def _current(self, conn: sa.Connection, log: Plotted) -> RunTiles | None:
+        """The run's tiles through its last seq (None: a run too short to keep them)."""
+        run, last_seq = log.run, log.last_seq
         if last_seq < CACHED_FROM:
             return None
         with self._lock:
@@ -574,32 +570,22 @@ class Tiles:
                 self._making = {k: v for k, v in self._making.items() if v.locked()}
             making = self._making.setdefault(run, threading.Lock())
         with making:
-            return self._kept(conn, run, groups, last_seq, span)
-
-    def _kept(
-        self,
-        conn: sa.Connection,
-        run: RunKey,
-        groups: int,
-        last_seq: int,
-        span: tuple[int, int],
-    ) -> RunTiles:
-        with self._lock:
-            tiles = self._runs.pop(run, None)
-        if tiles is not None and (
-            tiles.groups != groups or tiles.tiled not in (0, tiled_through(last_seq))
-        ):
-            tiles = None  # not this run's, or the database's tiles moved on: read anew
-        elif tiles is not None and tiles.seq < last_seq:
-            tiles = self._caught_up(conn, run, tiles, last_seq)
-        # (tiles ahead of last_seq: another plot caught them up since this one read the head)
-        if tiles is None:
-            tiles = self._made(conn, run, groups, last_seq, span)
-        with self._lock:
-            self._runs[run] = tiles
-            while len(self._runs) > MAX_CACHED_RUNS:
-                self._runs.pop(next(iter(self._runs)))
-        return tiles
+            with self._lock:
+                tiles = self._runs.pop(run, None)
+            if tiles is not None and (
+                tiles.groups != log.groups or tiles.tiled not in (0, tiled_through(last_seq))
+            ):
+                tiles = None  # not this run's, or the database's tiles moved on: read anew
+            elif tiles is not None and tiles.seq < last_seq:
+                tiles = self._caught_up(conn, run, tiles, last_seq)
+            # (tiles ahead of last_seq: another plot caught them up since it read the head)
+            if tiles is None:
+                tiles = self._made(conn, log)
+            with self._lock:
+                self._runs[run] = tiles
+                while len(self._runs) > MAX_CACHED_RUNS:
+                    self._runs.pop(next(iter(self._runs)))
+            return tiles
 
     def _caught_up(
         self, conn: sa.Connection, run: RunKey, tiles: RunTiles, last_seq: int
@@ -619,10 +605,8 @@ class Tiles:
             tiles.add_entry(json.loads(body))
         return tiles
 
-    def _made(
-        self, conn: sa.Connection, run: RunKey, groups: int, last_seq: int, span: tuple[int, int]
-    ) -> RunTiles:
-        low, high = span
+    def _made(self, conn: sa.Connection, log: Plotted) -> RunTiles:
+        run, groups, last_seq, (low, high) = log
         tiled = tiled_through(last_seq)
         base = tile_base(conn, run) if tiled else None
         if base is None:  # tiles of its own, from the whole log

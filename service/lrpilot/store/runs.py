@@ -1340,17 +1340,8 @@ class Store:
             last = (high if high is not None else first) if last is None else last
             if self._tiles is None:
                 self._tiles = plots.Tiles()
-            return self._tiles.plot(
-                conn,
-                run,
-                len(head.spec.base_lrs),
-                head.last_seq,
-                (low or 0, high or 0),
-                points,
-                first,
-                max(first, last),
-                max_events,
-            )
+            log = plots.Plotted(run, len(head.spec.base_lrs), head.last_seq, (low or 0, high or 0))
+            return self._tiles.plot(conn, log, points, first, max(first, last), max_events)
 
 
 def _run_row(run: NewRun) -> RunRow:
