@@ -2,16 +2,15 @@
 (PNG: where to write the plot, by default wsd_cooldown.png next to this file).
 
 Starts the real service (``lrpilot serve``, this checkout's) on a temporary SQLite file (open
-mode, loopback), creates a ``wsd@1`` run with no planned decay (its stable phase lasts until the
-run decides it), posts a validation loss every 100 steps, and at step 2,500 starts the
-cooldown with one POST, the request the README's curl command makes. Then it reads the lr of
-every step back (GET /lrs) and plots it against the step with matplotlib. Needs matplotlib
-(the plot extra).
+mode, loopback) and makes the README's run, request for request: a ``wsd@1`` run with no
+planned decay (its stable phase lasts until the run decides it), base lr 0.001, the
+observations of steps 500 to 2,000, then the cooldown from step 2,600 for 1,400 steps. Then it
+reads the lr of every step back (GET /lrs) and plots it against the step with matplotlib,
+marking the step the README reads with GET /lr. Needs matplotlib (the plot extra).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import subprocess
@@ -25,23 +24,19 @@ import httpx
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 RUN = "wsd-demo"
+# The README's curl commands (section "Schedules of today's training"), as they are there
 SPEC = {
-    "policy": {
-        "name": "wsd",
-        "version": 1,
-        "params": {"num_warmup_steps": 200, "decay_type": "1-sqrt", "min_lr_ratio": 0.1},
-    },
-    "base_lrs": [3e-4],
+    "policy": {"name": "wsd", "version": 1, "params": {"num_warmup_steps": 100}},
+    "base_lrs": [0.001],
     "metric": "val_loss",
 }
-STEPS, EVERY = 4000, 100
-ASKED_AT = 2500  # the last step observed when the operator asks
+OBSERVED = (500, 1000, 1500, 2000)
+VALUE = 2.5
+ASKED_AT = OBSERVED[-1]  # the last step observed when the operator asks
 AT_STEP = 2600
 COOLDOWN = {"at_step": AT_STEP, "steps": 1400, "reason": "budget: the run ends at step 4000"}
-
-
-def val_loss(step: int) -> float:
-    return 2.0 + 3.0 * math.exp(-step / 700)
+READ_AT = 3300  # the step whose lr the README reads (GET /lr)
+STEPS = 4000
 
 
 def free_port() -> int:
@@ -77,14 +72,12 @@ def run_it(url: str) -> tuple[list[int], list[float], str]:
     """The run, the cooldown mid-run, and every step's lr; the cooldown entry's reason."""
     with httpx.Client(base_url=url, timeout=30) as api:
         api.put(f"/v1/runs/{RUN}", json=SPEC).raise_for_status()
-        reason = ""
-        for step in range(0, STEPS + 1, EVERY):
-            body = {"step": step, "value": val_loss(step)}
+        for step in OBSERVED:
+            body = {"step": step, "value": VALUE}
             api.post(f"/v1/runs/{RUN}/observations", json=body).raise_for_status()
-            if step == ASKED_AT:  # the one request the README's curl command makes
-                answer = api.post(f"/v1/runs/{RUN}/cooldown", json=COOLDOWN)
-                answer.raise_for_status()
-                reason = answer.json()["decision"]["reason"]
+        answer = api.post(f"/v1/runs/{RUN}/cooldown", json=COOLDOWN)
+        answer.raise_for_status()
+        reason = answer.json()["decision"]["reason"]
         lrs = api.get(f"/v1/runs/{RUN}/lrs", params={"from": 0, "count": STEPS + 1})
         lrs.raise_for_status()
         rows = lrs.json()["lrs"]
@@ -100,11 +93,17 @@ def plot(steps: list[int], lrs: list[float], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=120)
     ax.plot(steps, lrs, color="#2457c5", linewidth=2, label="lr (GET /lrs)")
     ax.axvline(ASKED_AT, color="#868e96", linestyle=":", linewidth=1)
-    ax.annotate("POST /cooldown\n(at step 2,500)", (ASKED_AT, max(lrs) * 0.55), xytext=(-105, 0),
-                textcoords="offset points", fontsize=8, color="#495057")  # fmt: skip
+    ax.annotate("POST /cooldown\n(after step 2,000)", (ASKED_AT, max(lrs) * 0.55),
+                xytext=(-105, 0), textcoords="offset points", fontsize=8,
+                color="#495057")  # fmt: skip
     ax.axvline(AT_STEP, color="#1864ab", linestyle="--", linewidth=1)
-    ax.annotate("1-sqrt decay from 2,600", (AT_STEP, max(lrs) * 0.9),
-                xytext=(6, 0), textcoords="offset points", fontsize=8, color="#1864ab")  # fmt: skip
+    ax.annotate("cosine decay\n(the default shape)\nfrom 2,600, 1,400 steps",
+                (AT_STEP, max(lrs) * 0.2), xytext=(6, 0), textcoords="offset points",
+                fontsize=8, color="#1864ab")  # fmt: skip
+    read = lrs[READ_AT]
+    ax.plot([READ_AT], [read], "o", color="#e8590c")
+    ax.annotate(f"GET /lr?step={READ_AT}: {read:.4g}", (READ_AT, read), xytext=(8, 4),
+                textcoords="offset points", fontsize=8, color="#e8590c")  # fmt: skip
     ax.set_xlabel("step")
     ax.set_ylabel("lr")
     ax.set_title("wsd@1: the stable phase ends when someone asks (cooldown on demand)")

@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lrpilot.api.errors import bounded, validation_item
 from lrpilot.api.responses import MAX_PAGE_CHARS
+from lrpilot.domain.guarding import SUMMARY_CHECKPOINTS
 from lrpilot.entries import MAX_LISTED_MISSING, Ranks, missing_ranges
 from lrpilot_client.models import Decision
 from tests.api.audit_calls import import_
@@ -231,6 +233,61 @@ def test_a_page_of_large_items_is_cut_and_next_goes_on_from_it(api: TestClient) 
         runs += [run["run_id"] for run in page["items"]]
         cursor = page["next"]
     assert runs == [f"w{i:02}" for i in range(60)] + ["wide"]
+
+
+def test_checkpoints_are_read_a_page_at_a_time_and_the_summary_keeps_the_newest(
+    api: TestClient,
+) -> None:
+    # main answered every checkpoint of a run in one list, and listed them all in its summary:
+    # a job that saves one every 100 steps for a week has thousands. Now GET /checkpoints pages
+    # as GET /decisions does, and the summary shows the newest SUMMARY_CHECKPOINTS and a count
+    assert api.put("/v1/runs/saves", json=run_spec()).status_code == 201
+    assert api.post("/v1/runs/saves/observations", json={"step": 230, "value": 0.5}).is_success
+    for step in range(1, 231):  # declared late, below the last decided step, as async saves are
+        body = {"step": step, "ref": f"ckpt-{step}"}
+        assert api.post("/v1/runs/saves/checkpoints", json=body).status_code == 201
+    assert api.post("/v1/runs/saves/rewind", json={"to_step": 200}).json()["rewound"] is True
+    statements: list[str] = []
+    engine = api.app.state.store.engine  # type: ignore[attr-defined]
+    listen = (engine, "before_cursor_execute", lambda *a: statements.append(a[2].upper()))
+    sa.event.listen(*listen)
+    try:
+        seen: list[dict[str, Any]] = []
+        after: int | None = 0
+        pages = 0
+        while after is not None:
+            page = api.get("/v1/runs/saves/checkpoints", params={"after": after}).json()
+            assert len(page["items"]) <= 100  # the default limit, as GET /decisions'
+            seen += page["items"]
+            after, pages = page["next"], pages + 1
+        summary = api.get("/v1/runs/saves/summary").json()
+    finally:
+        sa.event.remove(*listen)
+    # every checkpoint once, in seq order, the rewind's on their branch
+    assert pages == 3 and [c["step"] for c in seen] == list(range(1, 231))
+    assert [c["seq"] for c in seen] == sorted({c["seq"] for c in seen})
+    assert [c["superseded"] for c in seen] == [False] * 200 + [True] * 30
+    whole = api.get("/v1/runs/saves/checkpoints", params={"limit": 1000}).json()
+    assert whole["items"] == seen and whole["next"] is None
+    page = api.get("/v1/runs/saves/checkpoints", params={"after": seen[99]["seq"], "limit": 2})
+    assert page.json()["items"] == seen[100:102] and page.json()["next"] == seen[101]["seq"]
+    # the summary: the live branch's newest, oldest first, and how many it has (a COUNT)
+    assert [c["ref"] for c in summary["checkpoints"]] == [
+        f"ckpt-{step}" for step in range(201 - SUMMARY_CHECKPOINTS, 201)
+    ]
+    assert summary["checkpoint_count"] == 200
+    # each read of the checkpoints names a LIMIT (or the seqs of a page, or counts them)
+    read = [q for q in statements if "ACTION =" in q and "FROM DECISIONS" in q]
+    assert read and all("LIMIT" in q or " IN (" in q or "COUNT(" in q for q in read), read
+    # out of range: 422, naming the parameter and the bound
+    for params, loc, words in (
+        ({"limit": 0}, "limit", "greater than or equal to 1"),
+        ({"limit": 1001}, "limit", "less than or equal to 1000"),
+        ({"after": -1}, "after", "greater than or equal to 0"),
+    ):
+        detail = refused(api.get("/v1/runs/saves/checkpoints", params=params), 422, words)
+        assert detail[0]["loc"] == ["query", loc], detail
+    still_decides(api, "saves", 201)
 
 
 # -- every error answer stays under 16 kB -------------------------------------------------------

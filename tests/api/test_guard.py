@@ -113,6 +113,7 @@ def test_a_guarded_run_rolls_back_to_its_checkpoint_and_goes_on_from_there(
     ]
     summary = api.get("/v1/runs/g/summary").json()
     assert [c["ref"] for c in summary["checkpoints"]] == ["ckpt-2", "ckpt-2-best"]
+    assert summary["checkpoint_count"] == 2 and listed["next"] is None
     assert [(r["step"], r["trigger"], r["checkpoint"]["ref"]) for r in summary["rollbacks"]] == [
         (5, "nan", "ckpt-2-best"),
         (4, "spike", "ckpt-2-best"),

@@ -201,6 +201,30 @@ def test_decision_filters_select_the_branch_the_steps_and_the_action(server: Liv
         assert reduced and all(d.action == "reduce" for d in reduced)
 
 
+def test_checkpoints_come_a_page_at_a_time(server: LiveServer) -> None:
+    with client_of(server) as lrpilot:
+        lrpilot.create_run("saved", "plateau", 1, PARAMS, [0.1], "val_loss")
+        lrpilot.observe("saved", 50, 0.5)
+        for step in range(10, 80, 10):
+            lrpilot.declare_checkpoint("saved", step, f"ckpt-{step}")
+        lrpilot.rewind("saved", 40)
+        first = lrpilot.checkpoints("saved", limit=3)
+        assert [c.step for c in first.items] == [10, 20, 30] and first.next == first.items[-1].seq
+        every = list(lrpilot.iter_checkpoints("saved", limit=3))
+        assert [(c.step, c.superseded) for c in every] == [(s, s > 40) for s in range(10, 80, 10)]
+        rest = lrpilot.checkpoints("saved", after=first.next)
+        assert rest.items == tuple(every[3:]) and rest.next is None
+        summary = lrpilot.summary("saved")
+        assert [c["step"] for c in summary.checkpoints] == [10, 20, 30, 40]
+        assert summary.checkpoint_count == 4
+
+    async def scenario() -> None:
+        async with AsyncClient(server.url, retries=1, identity={}) as lrpilot:
+            assert [c async for c in lrpilot.iter_checkpoints("saved", limit=2)] == every
+
+    asyncio.run(scenario())
+
+
 def test_summary_verify_and_the_rates(server: LiveServer) -> None:
     with client_of(server) as lrpilot:
         recorded(lrpilot, "summary")

@@ -244,6 +244,7 @@ class ClientBase(Generic[H, X]):
     acknowledge = operation(_calls.acknowledge)
     declare_checkpoint = operation(_calls.declare_checkpoint)
     checkpoints = operation(_calls.checkpoints)
+    iter_checkpoints = listing(_calls.iter_checkpoints)
     cooldown = operation(_calls.cooldown)
     retime = operation(_calls.retime)
     # the rates: at one step, over a range (and their former names)

@@ -33,6 +33,7 @@ from .models import (
     Acknowledged,
     Applied,
     CheckpointDeclared,
+    CheckpointInfo,
     Checkpoints,
     Cooled,
     Decision,
@@ -138,7 +139,7 @@ class Pages(Generic[T]):
     follow: Callable[[Any, Any], Any]
 
 
-def next_cursor(page: Page[Any], after: int) -> int | None:
+def next_cursor(page: Page[Any] | Checkpoints, after: int) -> int | None:
     """The `after` for the page following `page`, None when `page` was the last.
 
     A cursor that does not move forward would make the iteration loop forever, so it is
@@ -461,9 +462,16 @@ def cooldown(
     return _logged(run_id, "cooldown", Cooled.from_json, body)
 
 
-def checkpoints(run_id: str) -> Call[Checkpoints]:
-    """The run's declared checkpoints, oldest first (`superseded`: on a branch the run left)."""
-    return Call("GET", f"{run_path(run_id)}/checkpoints", Checkpoints.from_json)
+def checkpoints(run_id: str, after: int = 0, limit: int = 100) -> Call[Checkpoints]:
+    """One page of the run's declared checkpoints (at most `limit`, up to 1000), oldest first,
+    starting after seq `after` (`superseded`: on a branch the run left)."""
+    params = {"after": after, "limit": limit}
+    return Call("GET", f"{run_path(run_id)}/checkpoints", Checkpoints.from_json, params=params)
+
+
+def iter_checkpoints(run_id: str, *, limit: int = 100) -> Pages[CheckpointInfo]:
+    """Every declared checkpoint of the run, oldest first, fetching `limit` per request."""
+    return Pages(0, lambda after: checkpoints(run_id, after, limit), next_cursor)
 
 
 def retime(run_id: str, at_step: int, horizon: int, mode: str = "keep_lr") -> Call[Retimed]:

@@ -595,10 +595,12 @@ class CheckpointInfo(_Model):
 
 @dataclass(frozen=True)
 class Checkpoints(_Model):
-    """A run's declared checkpoints, oldest first."""
+    """A page of a run's declared checkpoints, oldest first. `next` is the cursor to pass as
+    `after` for the following page, None on the last page."""
 
     run_id: str
     items: tuple[CheckpointInfo, ...]
+    next: int | None = None
 
 
 @dataclass(frozen=True)
@@ -700,11 +702,14 @@ class Summary(_Model):
     # agreed_through, disagreeing, disagreements
     agreement: Mapping[str, Any] | None = None
     clock: str = field(default="steps", metadata=NEWER)  # what the steps count
-    # the run's declared checkpoints (live branch: seq, step, ref); a guarded run's rollbacks
+    # the run's newest declared checkpoints (live branch: seq, step, ref); a guarded run's rollbacks
     # (each its step, value, trigger, checkpoint, lrs and reason) and its guard's state
     checkpoints: tuple[Mapping[str, Any], ...] = ()
     rollbacks: tuple[Mapping[str, Any], ...] = ()
     guard: Mapping[str, Any] | None = None
+    # `checkpoints` holds the newest 20 of the live branch; this counts them all (None: a run
+    # with neither a checkpoint nor a guard, or an older service)
+    checkpoint_count: int | None = None
 
 
 @dataclass(frozen=True)

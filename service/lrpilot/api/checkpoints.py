@@ -6,9 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from lrpilot.api.auth import Reader, Writer
-from lrpilot.api.deps import RunId, StoreDep
+from lrpilot.api.deps import PageQuery, RunId, StoreDep
 from lrpilot.api.models import CheckpointIn, CheckpointList, CheckpointOut
-from lrpilot.api.responses import StrictJSONResponse, on_run
+from lrpilot.api.responses import MAX_PAGE_CHARS, StrictJSONResponse, on_run
 from lrpilot.domain import guarding
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -40,7 +40,9 @@ def declare_checkpoint(
     response_model=CheckpointList,
     responses=on_run(),
 )
-def list_checkpoints(run_id: RunId, store: StoreDep, caller: Reader) -> Response:
-    """The run's declared checkpoints, oldest first; `superseded`: a rewind or a rollback went
-    below its step (it is on a branch the run left)."""
-    return StrictJSONResponse(guarding.listed(store, caller.run(run_id)))
+def list_checkpoints(run_id: RunId, store: StoreDep, caller: Reader, page: PageQuery) -> Response:
+    """The run's declared checkpoints, oldest first, a page at a time (`next`: the `after` of
+    the following page, null on the last); `superseded`: a rewind or a rollback went below its
+    step (it is on a branch the run left)."""
+    listed = guarding.listed(store, caller.run(run_id), page.after, page.limit, MAX_PAGE_CHARS)
+    return StrictJSONResponse(listed)

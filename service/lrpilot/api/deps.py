@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
+from pydantic import BaseModel
 
 from lrpilot.domain.decisions import Decisions
 from lrpilot.domain.logs import Audit
+from lrpilot.policies.base import MAX_STEP
 from lrpilot.settings import Settings
 from lrpilot.spec import RUN_ID_PATTERN, RUN_ID_RULE
 from lrpilot.store.runs import Store
@@ -36,3 +38,20 @@ SettingsDep = Annotated[Settings, Depends(_held("settings"))]
 RunId = Annotated[
     str, Path(pattern=RUN_ID_PATTERN, description=RUN_ID_RULE, examples=["resnet50-a"])
 ]
+
+# A list's page: at most `limit` items (a page also ends at MAX_PAGE_CHARS), 100 when the
+# request does not say.
+Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
+DEFAULT_LIMIT = 100
+
+
+class SeqPage(BaseModel):
+    """The query of a page of a run's list in seq order (GET /decisions, /checkpoints): the
+    items after seq ``after`` (the previous page's ``next``), at most ``limit`` of them. One
+    model, so that each such list takes, documents and refuses them alike."""
+
+    after: Annotated[int, Query(ge=0, le=MAX_STEP, description="seq to start after")] = 0
+    limit: Limit = DEFAULT_LIMIT
+
+
+PageQuery = Annotated[SeqPage, Query()]

@@ -15,7 +15,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from lrpilot.domain.guarding import MAX_REF
+from lrpilot.domain.guarding import MAX_REF, SUMMARY_CHECKPOINTS
 from lrpilot.entries import NOT_DECISIONS
 from lrpilot.guard import Guarded
 from lrpilot.policies import ACTIONS as POLICY_ACTIONS
@@ -517,7 +517,9 @@ class CheckpointItem(BaseModel):
 class CheckpointList(BaseModel):
     run_id: str
     items: list[CheckpointItem]
-    next: None = None
+    next: int | None = Field(
+        default=None, description="the `after` of the following page; null on the last page"
+    )
 
 
 class ResizeOut(BaseModel):
@@ -664,8 +666,13 @@ class SummaryOut(BaseModel):
     )
     checkpoints: list[dict[str, Any]] | None = Field(
         default=None,
-        description="the live branch's declared checkpoints (seq, step, ref), when the run has "
-        "any or a guard",
+        description=f"the live branch's newest {SUMMARY_CHECKPOINTS} declared checkpoints "
+        "(seq, step, ref), oldest first, when the run has any or a guard (every one: GET "
+        "/v1/runs/{run_id}/checkpoints)",
+    )
+    checkpoint_count: int | None = Field(
+        default=None,
+        description="how many checkpoints the live branch has declared, with `checkpoints`",
     )
     rollbacks: list[dict[str, Any]] | None = Field(
         default=None,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from lrpilot.api.auth import Reader, Writer
-from lrpilot.api.deps import DecisionsDep, RunId, StoreDep
+from lrpilot.api.deps import DEFAULT_LIMIT, DecisionsDep, Limit, RunId, SeqPage, StoreDep
 from lrpilot.api.models import (
     MAX_LABEL_FILTERS,
     MAX_LRS_COUNT,
@@ -56,7 +56,6 @@ from lrpilot.store.runs import DecisionFilter
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
-Limit = Annotated[int, Query(ge=1, le=1000, description="items per page")]
 FromStep = Annotated[
     int | None, Query(ge=0, le=MAX_STEP, description="steps at or above this only (omitted: all)")
 ]
@@ -123,7 +122,7 @@ def list_runs(
     after: Annotated[
         str | None, Query(pattern=RUN_ID_PATTERN, description="the `next` of the previous page")
     ] = None,
-    limit: Limit = 100,
+    limit: Limit = DEFAULT_LIMIT,
     policy: Annotated[
         str | None,
         Query(
@@ -234,31 +233,31 @@ def get_plot(
     return StrictJSONResponse(plot)
 
 
-@router.get(
-    "/{run_id}/decisions",
-    response_model=DecisionPage,
-    responses=on_run(),
-)
-def list_decisions(
-    run_id: RunId,
-    store: StoreDep,
-    caller: Reader,
-    after: Annotated[int, Query(ge=0, le=MAX_STEP, description="seq to start after")] = 0,
-    limit: Limit = 100,
-    action: Annotated[ActionFilter | None, Query(description="only this action")] = None,
-    from_step: FromStep = None,
-    to_step: ToStep = None,
+class DecisionQuery(SeqPage):
+    """A page of the decision log, and its filters."""
+
+    action: Annotated[ActionFilter | None, Query(description="only this action")] = None
+    from_step: FromStep = None
+    to_step: ToStep = None
     superseded: Annotated[
         bool | None,
         Query(
             description="false: the live branch only; true: only what rewinds superseded; "
             "omitted: both, in seq order"
         ),
-    ] = None,
+    ] = None
+
+
+@router.get(
+    "/{run_id}/decisions",
+    response_model=DecisionPage,
+    responses=on_run(),
+)
+def list_decisions(
+    run_id: RunId, store: StoreDep, caller: Reader, query: Annotated[DecisionQuery, Query()]
 ) -> Response:
-    run = caller.run(run_id)
-    kept = DecisionFilter(action, from_step, to_step, superseded)
-    page = store.list_decisions(run, after, limit, kept, MAX_PAGE_CHARS)
+    kept = DecisionFilter(query.action, query.from_step, query.to_step, query.superseded)
+    page = store.list_decisions(caller.run(run_id), query.after, query.limit, kept, MAX_PAGE_CHARS)
     return page_json(page.items, page.next, "seq")
 
 

@@ -20,9 +20,12 @@ from lrpilot.entries import NOBODY, Origin
 from lrpilot.guard import Checkpoint, Finder, Guarded
 from lrpilot.spec import InForce
 from lrpilot.store.records import NewDecision, RunHead, RunKey, Stored, appended
-from lrpilot.store.runs import DecisionFilter, Store, WriteTx
+from lrpilot.store.runs import Store, WriteTx
 
 MAX_REF = 1024  # characters of a checkpoint's ref (a path, a name)
+# A run's summary shows its live branch's newest checkpoints, this many, and the count of all:
+# a job that saves every 100 steps for a week has thousands (the rest: GET /checkpoints' pages).
+SUMMARY_CHECKPOINTS = 20
 
 
 def rewound(
@@ -173,20 +176,28 @@ def declare(
     return store.transact(work)
 
 
-def listed(store: Store, run: RunKey) -> dict[str, Any]:
-    """The run's checkpoints, oldest first, each with whether a rewind superseded it."""
+def listed(
+    store: Store, run: RunKey, after: int, limit: int, max_chars: int | None = None
+) -> dict[str, Any]:
+    """A page of the run's checkpoints after seq ``after`` (at most ``limit``), oldest first,
+    each with whether a rewind superseded it; ``next``: the seq the following page starts
+    after, None on the last page."""
     _, head = store.head(run)
+    rows, after_last = store.checkpoint_page(run, head.last_seq, after, limit, max_chars)
     items = []
-    checkpoints = DecisionFilter(action=entries.Kind.CHECKPOINT)
-    for body, superseded in store.flagged(run, head.last_seq, checkpoints):
+    for body, superseded in rows:
         doc = Stored(body).value
-        items.append(
-            {
-                "seq": doc["seq"],
-                "step": doc["step"],
-                "ref": doc["checkpoint"]["ref"],
-                "created_at": doc["created_at"],
-                "superseded": superseded,
-            }
-        )
-    return {"run_id": run.run_id, "items": items, "next": None}
+        items.append({**_named(doc), "created_at": doc["created_at"], "superseded": superseded})
+    return {"run_id": run.run_id, "items": items, "next": after_last}
+
+
+def newest(store: Store, run: RunKey, last_seq: int) -> tuple[list[dict[str, Any]], int]:
+    """The summary's checkpoints: the live branch's last ``SUMMARY_CHECKPOINTS`` (seq, step,
+    ref), oldest first, and how many the live branch has."""
+    bodies, total = store.newest_checkpoints(run, last_seq, SUMMARY_CHECKPOINTS)
+    return [_named(Stored(body).value) for body in bodies], total
+
+
+def _named(doc: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint entry as lists name it: its seq, its step, the job's ref for it."""
+    return {"seq": doc["seq"], "step": doc["step"], "ref": doc["checkpoint"]["ref"]}

@@ -44,7 +44,7 @@ from lrpilot.audit.verify import BundleCheck, LogCheck, Report, check_bundle
 from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.domain.deciding import load_state, new_run, now, resolved
 from lrpilot.domain.errors import Conflict, RunNotFound, Unavailable
-from lrpilot.domain.guarding import rewound
+from lrpilot.domain.guarding import newest, rewound
 from lrpilot.entries import GENESIS, NOBODY, NOT_DECISIONS, Kind, Origin, is_superseded
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
@@ -306,7 +306,6 @@ class Audit:
         best_step: int | None = None
         first: int | None = None
         reductions: list[dict[str, Any]] = []
-        checkpoints: list[dict[str, Any]] = []
         live = 0
         previous_action = ""
         for doc in self.store.entries(key, head.last_seq, superseded=False):
@@ -314,10 +313,7 @@ class Audit:
             kind = entries.kind_of(action)
             if kind in (Kind.REWIND, Kind.COOLDOWN, Kind.RETIME):  # no metric, no lr changed
                 continue
-            if kind is Kind.CHECKPOINT:
-                checkpoints.append(
-                    {"seq": doc["seq"], "step": doc["step"], "ref": doc["checkpoint"]["ref"]}
-                )
+            if kind is Kind.CHECKPOINT:  # the newest few, read apart below
                 continue
             if kind is Kind.SCALE:  # an elastic job resized: the lrs changed, no metric was seen
                 reductions.append(
@@ -352,8 +348,10 @@ class Audit:
             "lrs": run["lrs"],
             "clock": head.spec.clock,
         }
-        if checkpoints or head.spec.guard is not None:  # (other runs keep the shape they had)
+        checkpoints, declared = newest(self.store, key, head.last_seq)
+        if declared or head.spec.guard is not None:  # (other runs keep the shape they had)
             summary["checkpoints"] = checkpoints
+            summary["checkpoint_count"] = declared
         if head.spec.guard is not None:
             summary["rollbacks"] = self._rollbacks(key, head.last_seq)
         # every rank the same lr, proved: through which step, and who disagrees

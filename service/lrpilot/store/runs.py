@@ -258,6 +258,8 @@ class DecisionFilter:
 
 
 EVERY_ENTRY = DecisionFilter()
+_CHECKPOINTS = DecisionFilter(action=Kind.CHECKPOINT.value)
+_LIVE_CHECKPOINTS = DecisionFilter(action=Kind.CHECKPOINT.value, superseded=False)
 
 
 class StoreStats:
@@ -1230,30 +1232,38 @@ class Store:
         kept: DecisionFilter = EVERY_ENTRY,
         max_chars: int | None = None,
     ) -> Page:
-        """A page of the entries of the run's log that ``kept`` keeps, in seq order. With
-        ``max_chars``, the page ends before the entry that would take it past that many
-        characters (it holds one entry at least): the sizes are read first, so that no more
-        than the page is ever loaded (1,000 entries of a 65,536-rank step would be 6 GB)."""
+        """A page of the entries of the run's log that ``kept`` keeps, in seq order;
+        ``max_chars``: see ``_sized_page``."""
         with self._read() as s:
             if s.get(RunRow, _pk(run)) is None:
                 raise _not_found(run)
             where = [*kept.where(run), DecisionRow.seq > after]
-            sizes = list(
-                s.exec(
-                    select(DecisionRow.seq, sa.func.length(DecisionRow.body))
-                    .where(*where)
-                    .order_by(col(DecisionRow.seq))
-                    .limit(limit + 1)
-                )
-            )
-            seqs = _within(sizes[:limit], max_chars)
-            bodies = s.exec(
-                select(DecisionRow.body)
-                .where(*_is(DecisionRow, run), col(DecisionRow.seq).in_(seqs))
-                .order_by(col(DecisionRow.seq))
-            )
-            more = len(sizes) > len(seqs)
-            return Page(items=list(bodies), next=seqs[-1] if more else None)
+            rows, after_last = _sized_page(s, run, where, limit, max_chars)
+            return Page(items=[body for body, _ in rows], next=after_last)
+
+    def checkpoint_page(
+        self, run: RunKey, up_to_seq: int, after: int, limit: int, max_chars: int | None = None
+    ) -> tuple[list[tuple[str, bool]], int | None]:
+        """A page of the run's checkpoint entries up to ``up_to_seq`` (both branches), each
+        with its superseded flag, and the seq the next page starts after (None: the last),
+        bounded as ``list_decisions`` bounds its pages."""
+        with self._read() as s:
+            where = [
+                *_CHECKPOINTS.where(run),
+                DecisionRow.seq > after,
+                DecisionRow.seq <= up_to_seq,
+            ]
+            return _sized_page(s, run, where, limit, max_chars)
+
+    def newest_checkpoints(self, run: RunKey, up_to_seq: int, most: int) -> tuple[list[str], int]:
+        """The live branch's last ``most`` checkpoint entries up to ``up_to_seq`` (oldest
+        first), and how many it has in all (counted by the database, none loaded)."""
+        live = [*_LIVE_CHECKPOINTS.where(run), DecisionRow.seq <= up_to_seq]
+        with self._read() as s:
+            total = int(s.exec(select(sa.func.count()).where(*live)).one())
+            newest = select(DecisionRow.body).where(*live).order_by(col(DecisionRow.seq).desc())
+            bodies = list(s.exec(newest.limit(most)))
+        return bodies[::-1], total
 
     def head(self, run: RunKey) -> tuple[dict[str, Any], RunHead]:
         """The run's document and its head, read together."""
@@ -1421,6 +1431,32 @@ def _report(row: Sequence[Any]) -> Report:
         None if row[5] is None else json.loads(row[5]),
         None if row[6] is None else json.loads(row[6]),
     )
+
+
+def _sized_page(
+    s: Session, run: RunKey, where: list[Any], limit: int, max_chars: int | None
+) -> tuple[list[tuple[str, bool]], int | None]:
+    """The first ``limit`` decision rows that match ``where`` in seq order, (body, superseded)
+    each, and the seq the next page starts after (None: no row is left). With ``max_chars``,
+    the page ends before the body that would take it past that many characters (it holds one
+    row at least): the sizes are read first, so that no more than the page is ever loaded (1,000
+    entries of a 65,536-rank step would be 6 GB)."""
+    sizes = list(
+        s.exec(
+            select(DecisionRow.seq, sa.func.length(DecisionRow.body))
+            .where(*where)
+            .order_by(col(DecisionRow.seq))
+            .limit(limit + 1)
+        )
+    )
+    seqs = _within(sizes[:limit], max_chars)
+    rows = s.exec(
+        select(DecisionRow.body, DecisionRow.superseded)
+        .where(*_is(DecisionRow, run), col(DecisionRow.seq).in_(seqs))
+        .order_by(col(DecisionRow.seq))
+    )
+    more = len(sizes) > len(seqs)
+    return [(body, bool(flag)) for body, flag in rows], seqs[-1] if more else None
 
 
 def _within(sizes: Sequence[tuple[int, int]], max_chars: int | None) -> list[int]:

@@ -233,13 +233,15 @@ async function runPage(runId) {
       h("span", {}, h("b", {}, "labels "), Object.entries(run.labels || {}).map(([k, v]) => `${k}:${v}`).join(" ") || "–"));
   }
 
-  // The summary's checkpoints, rollbacks and ranks' agreement, each a line when the run has it
+  // The summary's checkpoints, rollbacks and ranks' agreement, each a line when the run has it.
+  // The summary lists only the newest checkpoints: how many there are is its checkpoint_count.
   function showGuard(summary) {
     const lines = [];
     const checkpoints = summary.checkpoints;
     if (checkpoints) {
       const last = checkpoints[checkpoints.length - 1];
-      lines.push(h("span", { id: "checkpoints" }, h("b", {}, "checkpoints "), `${checkpoints.length}`,
+      const count = summary.checkpoint_count ?? checkpoints.length;
+      lines.push(h("span", { id: "checkpoints" }, h("b", {}, "checkpoints "), `${count}`,
         last ? ` · last ${last.ref} (step ${last.step})` : ""));
     }
     if (summary.guard) {

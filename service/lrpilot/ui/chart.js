@@ -3,10 +3,10 @@
 // plot at screen resolution (GET /v1/runs/{id}/plot: min and max per bucket of steps, every
 // non-hold decision whole). The decisions are markers (hover: the reason; click: the entry),
 // superseded branches are drawn faded, resizes, rewinds, cooldowns and retimes are vertical
-// lines. From the run's summary (GET /summary): its checkpoints (a square on the step axis, the
-// ref on hover), its rollbacks (a diamond at the step in trouble: trigger, value, checkpoint,
-// lrs on hover) and its ranks' disagreements (a circle with the rank). What the chart shows is
-// also on window.lrpilotPlot, for the tests and anyone curious.
+// lines. From the run's summary (GET /summary): its newest checkpoints (a square on the step
+// axis, the ref on hover), its rollbacks (a diamond at the step in trouble: trigger, value,
+// checkpoint, lrs on hover) and its ranks' disagreements (a circle with the rank). What the
+// chart shows is also on window.lrpilotPlot, for the tests and anyone curious.
 
 import { num } from "./api.js";
 
