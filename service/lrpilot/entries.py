@@ -160,28 +160,36 @@ class Origin(NamedTuple):
 NOBODY = Origin()
 
 
+class Stamp(NamedTuple):
+    """What every entry is built from besides its kind's own members: the ``chain`` it
+    continues, its ``step``, when it was made (``created_at``) and who asked (``origin``).
+    The decide path stamps an entry now; verify stamps the rebuilt one as the stored one says."""
+
+    chain: Chain
+    step: int
+    created_at: str
+    origin: Origin = NOBODY
+
+
 def _common(
-    chain: Chain,
-    step: int,
-    created_at: str,
+    at: Stamp,
     value: float | None,
     lrs: list[float],
     previous_lrs: list[float],
     action: str,
     reason: str,
     state: Mapping[str, Any],
-    origin: Origin,
 ) -> dict[str, Any]:
-    """The members every kind has, in one literal (an entry is built for every one verified),
-    and who asked (``origin``)."""
+    """The members every kind has, in one literal (an entry is built for every one verified)."""
+    chain = at.chain
     doc = {
         "run_id": chain.run_id,
         "seq": chain.seq + 1,
-        "step": step,
+        "step": at.step,
         "policy": chain.policy,
         "config_hash": chain.config_hash,
         "prev_hash": chain.head_hash,
-        "created_at": created_at,
+        "created_at": at.created_at,
         "value": value,
         "lrs": lrs,
         "previous_lrs": previous_lrs,
@@ -189,7 +197,7 @@ def _common(
         "reason": reason,
         "state": state,
     }
-    return origin.mark(doc)
+    return at.origin.mark(doc)
 
 
 class Draft(NamedTuple):
@@ -290,29 +298,26 @@ def weighted_mean(reports: Iterable[tuple[float, float]]) -> float:
 
 
 def decision(
-    chain: Chain,
-    step: int,
+    at: Stamp,
     value: float,
-    created_at: str,
     *,
     action: str,
     reason: str,
     lrs: Sequence[float],
     previous_lrs: Sequence[float],
     state: Mapping[str, Any],
-    origin: Origin = NOBODY,
     ranks: Ranks | None = None,
 ) -> Draft:
     """The entry of a decided observation. ``action``, ``reason``, ``lrs``, ``previous_lrs``
-    and ``state`` are the policy's (its own lrs: the scale in force is applied here);
-    ``origin`` who posted the observation; ``ranks``
+    and ``state`` are the policy's (its own lrs: the scale in force is applied here); ``ranks``
     (aggregated mode) the reports ``value`` is the weighted mean of. What the policy
     schedules beside the lrs (momentum, weight decay: ``EXTRAS``) is read from its ``state``
     and stands at the top too, only when scheduled (never scaled: a scaling rule is the lrs')."""
+    chain = at.chain
     by = chain.factor
     served = scaled(lrs, by)
     previous = scaled(previous_lrs, by)
-    doc = _common(chain, step, created_at, value, served, previous, action, reason, state, origin)
+    doc = _common(at, value, served, previous, action, reason, state)
     for name, values in extras_of(state).items():
         doc[name] = list(values)
     if ranks is not None:
@@ -363,9 +368,7 @@ def timeout_ranges_note(counted: Sequence[int], ranks: Ranks, timeout_s: float) 
 
 
 def rewind(
-    chain: Chain,
-    to_step: int,
-    created_at: str,
+    at: Stamp,
     *,
     restores_seq: int | None,
     superseded: int,
@@ -373,31 +376,21 @@ def rewind(
     previous_lrs: Sequence[float],
     state: Mapping[str, Any],
     restored_force: InForce | None,
-    origin: Origin = NOBODY,
 ) -> Draft:
-    """The entry that makes a run's state what it was right after ``to_step``: ``restores_seq``
+    """The entry that makes a run's state what it was right after its step (``to_step``,
+    where it stands): ``restores_seq``
     is the last live entry at or before it (None: the policy's initial state), ``lrs`` and
     ``state`` what it left (its served lrs), ``previous_lrs`` the lrs served until now,
     ``restored_force`` the scale in force again, ``superseded`` how many entries it superseded."""
-    by = f" at the request of {origin.process()}" if origin.client else ""
+    to_step = at.step
+    by = f" at the request of {at.origin.process()}" if at.origin.client else ""
     since = f"step {to_step}" if restores_seq is not None else "the start"
     reason = (
         f"rewound to step {to_step}{by}: {_plural(superseded, 'decision')} after it "
         f"superseded (kept in the log); {fmt_lrs(tuple(parse_float(x) for x in lrs))} in "
         f"force again, the state as of {since}"
     )
-    doc = _common(
-        chain,
-        to_step,
-        created_at,
-        None,
-        list(lrs),
-        list(previous_lrs),
-        Kind.REWIND.value,
-        reason,
-        state,
-        origin,
-    )
+    doc = _common(at, None, list(lrs), list(previous_lrs), Kind.REWIND.value, reason, state)
     doc["rewind"] = {"to_step": to_step, "restores_seq": restores_seq, "superseded": superseded}
     if restored_force is not None and restored_force.factor != 1.0:  # the lrs stay scaled
         doc["scale"] = restored_force.factor
@@ -411,20 +404,11 @@ def _plural(n: int, word: str) -> str:
 # -- scale ------------------------------------------------------------------------------------
 
 
-def scale(
-    chain: Chain,
-    step: int,
-    size: int,
-    created_at: str,
-    *,
-    policy_lrs: Sequence[float],
-    state: Mapping[str, Any],
-    origin: Origin = NOBODY,
-) -> Draft:
-    """The entry that rescales a run's lrs for a new world or batch ``size`` from ``step`` on:
+def scale(at: Stamp, size: int, *, policy_lrs: Sequence[float], state: Mapping[str, Any]) -> Draft:
+    """The entry that rescales a run's lrs for a new world or batch ``size`` from its step on:
     the policy's state (and its lrs, ``policy_lrs``) stay as they are, the lrs served change by
     the scaling rule's factor."""
-    spec, was = chain.scaling, chain.force
+    spec, was = at.chain.scaling, at.chain.force
     assert spec is not None and was is not None
     by = factor(spec, size)
     previous = scaled(policy_lrs, was.factor)
@@ -434,9 +418,7 @@ def scale(
         f"{spec['by']} {was.size} -> {size}: {rule}, base_lrs are for {spec['by']} "
         f"{spec['base']}: {fmt_change(tuple(previous), tuple(lrs))} ({by!r} x the policy's)"
     )
-    doc = _common(
-        chain, step, created_at, None, lrs, previous, Kind.SCALE.value, reason, state, origin
-    )
+    doc = _common(at, None, lrs, previous, Kind.SCALE.value, reason, state)
     doc["scale"] = by
     doc["resize"] = {"by": spec["by"], "from": was.size, "to": size}
     return Draft(Kind.SCALE, doc)
@@ -445,45 +427,23 @@ def scale(
 # -- checkpoint ---------------------------------------------------------------------------------
 
 
-def checkpoint(
-    chain: Chain,
-    step: int,
-    ref: str,
-    created_at: str,
-    *,
-    lrs: Sequence[float],
-    state: Mapping[str, Any],
-    origin: Origin = NOBODY,
-) -> Draft:
-    """The entry that records a checkpoint the job saved at ``step`` (``ref``: the job's name
+def checkpoint(at: Stamp, ref: str, *, lrs: Sequence[float], state: Mapping[str, Any]) -> Draft:
+    """The entry that records a checkpoint the job saved at its step (``ref``: the job's name
     or path for it). It changes nothing: ``lrs`` and ``state`` are those in force. It is no
     decision, never what a rewind restores, and does not move the run's last step; a guarded
     run rolls back to it."""
-    by = f" by {origin.process()}" if origin.client else ""
-    reason = f"checkpoint {ref!r} of step {step} declared{by}"
-    doc = _common(
-        chain,
-        step,
-        created_at,
-        None,
-        list(lrs),
-        list(lrs),
-        Kind.CHECKPOINT.value,
-        reason,
-        state,
-        origin,
-    )
+    by = f" by {at.origin.process()}" if at.origin.client else ""
+    reason = f"checkpoint {ref!r} of step {at.step} declared{by}"
+    doc = _common(at, None, list(lrs), list(lrs), Kind.CHECKPOINT.value, reason, state)
     doc["checkpoint"] = {"ref": ref}
-    if chain.factor != 1.0:  # the lrs in force are scaled
-        doc["scale"] = chain.factor
+    if at.chain.factor != 1.0:  # the lrs in force are scaled
+        doc["scale"] = at.chain.factor
     return Draft(Kind.CHECKPOINT, doc)
 
 
 def rollback(
-    chain: Chain,
-    step: int,
+    at: Stamp,
     value: float,
-    created_at: str,
     *,
     trigger: str,
     to: tuple[int, int, str],
@@ -492,22 +452,18 @@ def rollback(
     lrs: Sequence[float],
     previous_lrs: Sequence[float],
     state: Mapping[str, Any],
-    origin: Origin = NOBODY,
 ) -> Draft:
     """A guarded run's decision of a step in trouble (``trigger``: "nan" or "spike"): roll
     back to the checkpoint ``to`` (its seq, step, ref), the ``count``-th rollback, with the
     lrs cut. A rewind to the checkpoint's step follows it in the log."""
     draft = decision(
-        chain,
-        step,
+        at,
         value,
-        created_at,
         action=Kind.ROLLBACK.value,
         reason=reason,
         lrs=lrs,
         previous_lrs=previous_lrs,
         state=state,
-        origin=origin,
     )
     seq, to_step, ref = to
     draft.doc["rollback"] = {
@@ -529,6 +485,23 @@ def standing(last_step: int | None, resize_step: int | None) -> int | None:
     return max(steps) if steps else None
 
 
+_TEXT = (str, type(None))  # a text, or none
+
+
+def _asked(
+    member: Any, fields: tuple[str, ...], types: tuple[type | tuple[type, ...], ...]
+) -> list[Any] | None:
+    """The values of ``fields`` in an entry's ``member`` (what an operator asked, as recorded;
+    a missing field reads as None), when each is of its type (an int is not a bool); else None."""
+    if not isinstance(member, dict):
+        return None
+    values = [member.get(name) for name in fields]
+    fit = (
+        type(v) is int if t is int else isinstance(v, t) for v, t in zip(values, types, strict=True)
+    )
+    return values if all(fit) else None
+
+
 class AskedCooldown(NamedTuple):
     """A cooldown as an operator asks for it (POST /cooldown) and its entry records it (its
     "cooldown" member): the decay starts at ``at_step``, ``steps`` long, of ``shape`` (None:
@@ -542,43 +515,28 @@ class AskedCooldown(NamedTuple):
     @classmethod
     def read(cls, member: Any) -> AskedCooldown | None:
         """The cooldown an entry's member records; None when it is not of this shape."""
-        if not isinstance(member, dict):
-            return None
-        asked = cls._make(member.get(name) for name in cls._fields)
-        if type(asked.at_step) is not int or type(asked.steps) is not int:
-            return None
-        if not isinstance(asked.shape, str | None) or not isinstance(asked.why, str | None):
-            return None
-        return asked
+        values = _asked(member, cls._fields, (int, int, _TEXT, _TEXT))
+        return None if values is None else cls._make(values)
 
 
 def cooldown(
-    chain: Chain,
-    step: int,
-    created_at: str,
-    *,
-    asked: AskedCooldown,
-    policy_lrs: Sequence[float],
-    state: Mapping[str, Any],
-    origin: Origin = NOBODY,
+    at: Stamp, *, asked: AskedCooldown, policy_lrs: Sequence[float], state: Mapping[str, Any]
 ) -> Draft:
-    """The entry that starts the policy's decay as ``asked`` (after ``step``, where the log
-    stands), at the request of ``origin``: ``state`` is the policy's state with the decay
+    """The entry that starts the policy's decay as ``asked`` (after its step, where the log
+    stands): ``state`` is the policy's state with the decay
     decided (``Policy.cooldown``). The lrs served now do not change; those from the asked
     ``at_step`` on do."""
     at_step, steps, shape, why = asked
-    by = chain.factor
+    by = at.chain.factor
     lrs = scaled(policy_lrs, by)
     reason = (
-        f"cooldown requested{origin.token()}: the decay starts at step {at_step} and lasts "
+        f"cooldown requested{at.origin.token()}: the decay starts at step {at_step} and lasts "
         f"{_plural(steps, 'step')} ({shape or 'the configured'} shape); {fmt_lrs(tuple(lrs))} "
         "in force until then"
     )
     if why:
         reason += f"; why: {why}"
-    doc = _common(
-        chain, step, created_at, None, lrs, lrs, Kind.COOLDOWN.value, reason, state, origin
-    )
+    doc = _common(at, None, lrs, lrs, Kind.COOLDOWN.value, reason, state)
     doc["cooldown"] = asked._asdict()
     if by != 1.0:  # the lrs stay scaled
         doc["scale"] = by
@@ -600,43 +558,37 @@ class AskedRetime(NamedTuple):
     @classmethod
     def read(cls, member: Any) -> AskedRetime | None:
         """The retime an entry's member records; None when it is not of this shape."""
-        if not isinstance(member, dict):
-            return None
-        asked = cls._make(member.get(name) for name in cls._fields)
-        if type(asked.at_step) is not int or type(asked.horizon) is not int:
-            return None
-        return asked if isinstance(asked.mode, str) else None
+        values = _asked(member, cls._fields, (int, int, str))
+        return None if values is None else cls._make(values)
 
 
 def retime(
-    chain: Chain,
-    step: int,
-    created_at: str,
+    at: Stamp,
     *,
     asked: AskedRetime,
     param: str,
     policy_lrs: Sequence[float],
     state: Mapping[str, Any],
-    origin: Origin = NOBODY,
 ) -> Draft:
     """The entry that gives the schedule a new horizon as ``asked``: its end (``param``) is
     reached at the asked training step; ``state`` is the retimed state
     (``lrpilot.policies.retime``). The lrs served now do not change."""
     at_step, horizon, mode = asked
-    lrs = scaled(policy_lrs, chain.factor)
+    by = at.chain.factor
+    lrs = scaled(policy_lrs, by)
     how = (
         "the lr there kept and the schedule's decay fitted from it"
         if mode == "keep_lr"
         else "the fraction of the schedule done there kept and the rest stretched"
     )
     reason = (
-        f"retimed{origin.token()}: from step {at_step} the schedule ends ({param}) at step "
+        f"retimed{at.origin.token()}: from step {at_step} the schedule ends ({param}) at step "
         f"{horizon}, {how} ({mode}); {fmt_lrs(tuple(lrs))} in force now"
     )
-    doc = _common(chain, step, created_at, None, lrs, lrs, Kind.RETIME.value, reason, state, origin)
+    doc = _common(at, None, lrs, lrs, Kind.RETIME.value, reason, state)
     doc["retime"] = asked._asdict()
-    if chain.factor != 1.0:
-        doc["scale"] = chain.factor
+    if by != 1.0:
+        doc["scale"] = by
     return Draft(Kind.RETIME, doc)
 
 

@@ -34,7 +34,7 @@ from pydantic import PrivateAttr
 
 from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float
-from lrpilot.entries import Chain, Draft, Kind, Origin, Ranks
+from lrpilot.entries import Draft, Kind, Ranks, Stamp
 from lrpilot.policies.base import (
     Frozen,
     Policy,
@@ -280,13 +280,10 @@ class GuardStepper:
 
 
 def drafted(
-    chain: Chain,
-    step: int,
+    at: Stamp,
     value: float,
-    created_at: str,
     stepper: Stepper,
     previous_lrs: Sequence[float],
-    origin: Origin,
     ranks: Ranks | None = None,
 ) -> Draft:
     """The entry of the observation ``stepper`` just advanced on, by the builder of its kind:
@@ -297,21 +294,16 @@ def drafted(
         "lrs": stepper.lrs,
         "previous_lrs": previous_lrs,
         "state": stepper.state_doc(),
-        "origin": origin,
     }
     if stepper.action != Kind.ROLLBACK:
         action = stepper.action
-        return entries.decision(
-            chain, step, value, created_at, action=action, ranks=ranks, **common
-        )
+        return entries.decision(at, value, action=action, ranks=ranks, **common)
     assert isinstance(stepper, GuardStepper)
     target, trouble = stepper.target, stepper.trouble
     assert target is not None and trouble is not None
     return entries.rollback(
-        chain,
-        step,
+        at,
         value,
-        created_at,
         trigger=trouble.trigger,
         to=target,
         count=stepper.rollbacks,

@@ -89,17 +89,15 @@ def test_an_entry_rebuilt_through_the_builder_is_the_stored_text(api: TestClient
     chain = entries.Chain(
         doc["run_id"], doc["policy"], run["config_hash"], doc["seq"] - 1, doc["prev_hash"]
     )
+    at = entries.Stamp(chain, doc["step"], doc["created_at"], entries.Origin(doc["client"]))
     draft = entries.decision(
-        chain,
-        doc["step"],
+        at,
         doc["value"],
-        doc["created_at"],
         action=doc["action"],
         reason=doc["reason"],
         lrs=doc["lrs"],
         previous_lrs=doc["previous_lrs"],
         state=doc["state"],
-        origin=entries.Origin(doc["client"]),
     )
     assert draft.seal().body == lines[2]
 

@@ -107,16 +107,10 @@ class ObservationFastPath:
             await duplicate_key_response(key)(scope, receive, send)
             return
         try:
-            decision = await self.decisions.observe(
-                caller.run(match.group(1)),
-                observation.step,
-                observation.value,
-                caller.origin(observation.client),
-                observation.rank,
-                observation.world_size,
-                observation.weight,
-                observation.applied_values(),
+            posted = observation.posted(
+                caller.run(match.group(1)), caller.origin(observation.client)
             )
+            decision = await self.decisions.observe(posted, observation.applied_values())
         except DomainError as exc:
             await store_error_response(exc)(scope, receive, send)
             return

@@ -15,8 +15,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from lrpilot.domain.aggregated import Posted
 from lrpilot.domain.guarding import MAX_REF, SUMMARY_CHECKPOINTS
-from lrpilot.entries import NOT_DECISIONS
+from lrpilot.entries import NOT_DECISIONS, Origin
 from lrpilot.guard import Guarded
 from lrpilot.policies import ACTIONS as POLICY_ACTIONS
 from lrpilot.policies import POLICIES
@@ -38,6 +39,7 @@ from lrpilot.spec import (
     Strict,
     Text,
 )
+from lrpilot.store.records import RunKey
 
 POLICY_NAMES = sorted({p.name for p in POLICIES.values()})
 # a rewind is an entry of every run's log, a scale one of a run with a scaling rule
@@ -173,6 +175,10 @@ class ObservationIn(Strict):
     def applied_values(self) -> tuple[int, int, str] | None:
         a = self.applied
         return None if a is None else (a.step, a.seq, a.lrs_hash)
+
+    def posted(self, run: RunKey, origin: Origin) -> Posted:
+        """This observation as posted to ``run`` by ``origin``, for the decision path."""
+        return Posted(run, self.step, self.value, origin, self.rank, self.world_size, self.weight)
 
 
 # -- responses (documentation of what the routes write; non-finite floats are strings) --------

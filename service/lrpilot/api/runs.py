@@ -79,16 +79,8 @@ async def post_observation(
     run_id: RunId, body: ObservationIn, request: Request, caller: Writer
 ) -> Response:
     # async: the request waits on the group commit, not on a worker thread of its own
-    decision = await request.app.state.decisions.observe(
-        caller.run(run_id),
-        body.step,
-        body.value,
-        caller.origin(body.client),
-        body.rank,
-        body.world_size,
-        body.weight,
-        body.applied_values(),
-    )
+    posted = body.posted(caller.run(run_id), caller.origin(body.client))
+    decision = await request.app.state.decisions.observe(posted, body.applied_values())
     return decision_json(decision, request.headers.get("accept-encoding"))
 
 

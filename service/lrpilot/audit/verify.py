@@ -56,6 +56,7 @@ from lrpilot.entries import (
     Origin,
     Ranks,
     Rewound,
+    Stamp,
     kind_of,
     run_genesis,
 )
@@ -247,18 +248,20 @@ class LogCheck:
                     line, seq, "a rollback is not followed by its rewind to the checkpoint's step"
                 )
             self._rolled_back = None
+        # created_at is an input, compared as bytes
+        at = Stamp(chain, step, doc.get("created_at"), _origin(doc, line, seq))  # type: ignore[arg-type]
         if kind is Kind.REWIND:
-            entry = self._rewind(chain, doc, line, seq, step)
+            entry = self._rewind(at, line, seq)
         elif kind is Kind.SCALE:
-            entry = self._scale(chain, doc, line, seq, step)
+            entry = self._scale(at, doc, line, seq)
         elif kind is Kind.CHECKPOINT:
-            entry = self._checkpoint(chain, doc, line, seq, step)
+            entry = self._checkpoint(at, doc, line, seq)
         elif kind is Kind.COOLDOWN:
-            entry = self._cooldown(chain, doc, line, seq, step)
+            entry = self._cooldown(at, doc, line, seq)
         elif kind is Kind.RETIME:
-            entry = self._retime(chain, doc, line, seq, step)
+            entry = self._retime(at, doc, line, seq)
         else:
-            entry = self._decision(chain, doc, line, seq, step)
+            entry = self._decision(at, doc, line, seq)
         # the hash is checked over the stored bytes: the entry is proven when the rebuilt one,
         # sealed with that hash, is those very bytes
         if entry.canonical_with(doc["hash"]) != text:
@@ -294,15 +297,8 @@ class LogCheck:
             raise Mismatch(
                 line, seq, "a rollback is not followed by its rewind to the checkpoint's step"
             )
-        entry = self._decide(
-            self._chain(seq),
-            plain.step,
-            plain.value,
-            plain.created_at,
-            plain.origin,
-            None,
-            seq,
-        )
+        stamp = Stamp(self._chain(seq), plain.step, plain.created_at, plain.origin)
+        entry = self._decide(stamp, plain.value, None, seq)
         if entry.canonical_with(plain.hash) != text:
             # Find what the parsing path finds first; read so, the entry differs only when its
             # bytes are not the canonical ones (a member twice, say).
@@ -353,9 +349,8 @@ class LogCheck:
             force is None or force.step is None or step >= force.step
         )
 
-    def _decision(
-        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Draft:
+    def _decision(self, at: Stamp, doc: dict[str, Any], line: int | None, seq: int) -> Draft:
+        step = at.step
         if self.last_step is not None and step <= self.last_step:
             raise Mismatch(
                 line, seq, f"step {step} is not above the last live step {self.last_step}"
@@ -370,30 +365,19 @@ class LogCheck:
                 raise Mismatch(
                     line, seq, "value is not the weighted mean of the ranks' values", mean, value
                 )
-        created_at = doc.get("created_at")  # an input: compared as bytes
-        origin = _origin(doc, line, seq)
-        return self._decide(chain, step, value, created_at, origin, ranks, seq)  # type: ignore[arg-type]
+        return self._decide(at, value, ranks, seq)
 
-    def _decide(
-        self,
-        chain: Chain,
-        step: int,
-        value: float,
-        created_at: str,
-        origin: Origin,
-        ranks: Ranks | None,
-        seq: int,
-    ) -> Draft:
+    def _decide(self, at: Stamp, value: float, ranks: Ranks | None, seq: int) -> Draft:
         """Replay the observation and build its entry, as the decide path does."""
         replay = self.replay
-        action = replay.observe(step, value, seq)
+        action = replay.observe(at.step, value, seq)
         stepper = replay.stepper
         if stepper.reduced:
             self.reductions += 1
         if action == Kind.ROLLBACK:  # the rewind to its checkpoint's step comes next
             assert isinstance(stepper, GuardStepper) and stepper.target is not None
             self._rolled_back = stepper.target.step
-        return drafted(chain, step, value, created_at, stepper, replay.previous, origin, ranks)
+        return drafted(at, value, stepper, replay.previous, ranks)
 
     def _not_below_resize(self, line: int | None, seq: int, step: int) -> None:
         force = self.replay.force
@@ -402,12 +386,11 @@ class LogCheck:
                 line, seq, f"step {step} is below step {force.step}, where the last resize applies"
             )
 
-    def _scale(
-        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Draft:
+    def _scale(self, at: Stamp, doc: dict[str, Any], line: int | None, seq: int) -> Draft:
         """A scale entry: the job reported a new size; the lrs change by the rule's factor,
         the policy's state does not."""
-        if self.scaling is None or chain.force is None:
+        step, force = at.step, at.chain.force
+        if self.scaling is None or force is None:
             raise Mismatch(line, seq, "a scale entry in a run without a scaling rule")
         if self.last_step is not None and step < self.last_step:
             raise Mismatch(
@@ -416,23 +399,13 @@ class LogCheck:
         self._not_below_resize(line, seq, step)
         resize = doc.get("resize")
         size = resize.get("to") if isinstance(resize, dict) else None
-        if type(size) is not int or not 1 <= size <= MAX_SIZE or size == chain.force.size:
+        if type(size) is not int or not 1 <= size <= MAX_SIZE or size == force.size:
             raise Mismatch(line, seq, "the scale entry names no new size", None, to_strict(resize))
         self.replay.resize(step, size, seq)
         stepper = self.replay.stepper
-        return entries.scale(
-            chain,
-            step,
-            size,
-            doc.get("created_at"),  # type: ignore[arg-type]
-            policy_lrs=stepper.lrs,
-            state=stepper.state_doc(),
-            origin=_origin(doc, line, seq),
-        )
+        return entries.scale(at, size, policy_lrs=stepper.lrs, state=stepper.state_doc())
 
-    def _checkpoint(
-        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Draft:
+    def _checkpoint(self, at: Stamp, doc: dict[str, Any], line: int | None, seq: int) -> Draft:
         """A checkpoint entry: the job saved one; nothing changes."""
         checkpoint = doc.get("checkpoint")
         ref = checkpoint.get("ref") if isinstance(checkpoint, dict) else None
@@ -440,15 +413,9 @@ class LogCheck:
             raise Mismatch(
                 line, seq, "the checkpoint entry names no ref", None, to_strict(checkpoint)
             )
-        self.replay.checkpoint(seq, step, ref)
+        self.replay.checkpoint(seq, at.step, ref)
         return entries.checkpoint(
-            chain,
-            step,
-            ref,
-            doc.get("created_at"),  # type: ignore[arg-type]
-            lrs=self.replay.lrs,
-            state=self.replay.stepper.state_doc(),
-            origin=_origin(doc, line, seq),
+            at, ref, lrs=self.replay.lrs, state=self.replay.stepper.state_doc()
         )
 
     def _standing(self, line: int | None, seq: int, step: int, what: str) -> int | None:
@@ -459,12 +426,10 @@ class LogCheck:
             raise Mismatch(line, seq, f"the {what} entry is not where the log stood", at, step)
         return at
 
-    def _retime(
-        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Draft:
+    def _retime(self, at: Stamp, doc: dict[str, Any], line: int | None, seq: int) -> Draft:
         """A retime entry: it stands where the log stood, and the time map it leaves is the
         one the service computes (``lrpilot.policies.retime``) from the state there."""
-        at = self._standing(line, seq, step, "retime")
+        stands = self._standing(line, seq, at.step, "retime")
         asked = AskedRetime.read(doc.get("retime"))
         if asked is None:
             member = to_strict(doc.get("retime"))
@@ -472,27 +437,19 @@ class LogCheck:
         replay = self.replay
         has = replay.policy.horizon(replay.params, replay.state())
         try:
-            replay.retime(step, *asked, at, seq)
+            replay.retime(at.step, *asked, stands, seq)
         except PolicyError as exc:
             raise Mismatch(line, seq, f"the policy cannot be retimed so: {exc}") from None
         assert has is not None  # or the retime was refused
+        stepper = replay.stepper
         return entries.retime(
-            chain,
-            step,
-            doc.get("created_at"),  # type: ignore[arg-type]
-            asked=asked,
-            param=has.param,
-            policy_lrs=replay.stepper.lrs,
-            state=replay.stepper.state_doc(),
-            origin=_origin(doc, line, seq),
+            at, asked=asked, param=has.param, policy_lrs=stepper.lrs, state=stepper.state_doc()
         )
 
-    def _cooldown(
-        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Draft:
+    def _cooldown(self, at: Stamp, doc: dict[str, Any], line: int | None, seq: int) -> Draft:
         """A cooldown entry: it stands where the log stood, and the policy accepts the decay
         it asks for from the state there (as the service's ``Policy.cooldown`` did)."""
-        at = self._standing(line, seq, step, "cooldown")
+        stands = self._standing(line, seq, at.step, "cooldown")
         asked = AskedCooldown.read(doc.get("cooldown"))
         if asked is None:
             member = to_strict(doc.get("cooldown"))
@@ -500,23 +457,13 @@ class LogCheck:
                 line, seq, "the cooldown is not at_step, steps, shape, why", None, member
             )
         try:
-            self.replay.cooldown(step, *asked[:3], at, seq)
+            self.replay.cooldown(at.step, *asked[:3], stands, seq)
         except PolicyError as exc:
             raise Mismatch(line, seq, f"the policy refuses this cooldown: {exc}") from None
         stepper = self.replay.stepper
-        return entries.cooldown(
-            chain,
-            step,
-            doc.get("created_at"),  # type: ignore[arg-type]
-            asked=asked,
-            policy_lrs=stepper.lrs,
-            state=stepper.state_doc(),
-            origin=_origin(doc, line, seq),
-        )
+        return entries.cooldown(at, asked=asked, policy_lrs=stepper.lrs, state=stepper.state_doc())
 
-    def _rewind(
-        self, chain: Chain, doc: dict[str, Any], line: int | None, seq: int, step: int
-    ) -> Draft:
+    def _rewind(self, at: Stamp, line: int | None, seq: int) -> Draft:
         ahead = self.replay.next_rewind()
         if ahead is None or ahead.seq != seq:
             raise Mismatch(line, seq, "a rewind entry the first pass did not see")
@@ -526,16 +473,13 @@ class LogCheck:
         self.superseded += restored.superseded
         by = 1.0 if restored.force is None else restored.force.factor
         return entries.rewind(
-            chain,
-            step,
-            doc.get("created_at"),  # type: ignore[arg-type]
+            at,
             restores_seq=restored.restores_seq,
             superseded=restored.superseded,
             lrs=scaled(restored.state.lrs, by),
             previous_lrs=served,
             state=restored.state.model_dump(),
             restored_force=restored.force,
-            origin=_origin(doc, line, seq),
         )
 
     def _first_difference(

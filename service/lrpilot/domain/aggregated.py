@@ -197,7 +197,7 @@ def _decide_reports(
     else:
         ranks = Ranks.at_timeout(counted, world, timeout_s)
     mean = weighted_mean((r.value, r.weight) for r in reports)
-    decision = decide(head, step, mean, now(), ranks=ranks)
+    decision = decide(head, step, mean, ranks=ranks)
     tx.append_decision(decision)
     tx.drop_reports(head.key, step)
     heads[head.key] = head.after(decision)

@@ -131,35 +131,32 @@ def decide(
     head: RunHead,
     step: int,
     value: float,
-    created_at: str,
     origin: Origin = NOBODY,
     ranks: Ranks | None = None,
     find: Finder | None = None,
 ) -> NewDecision:
-    """The decision for a new step (above ``head.last_step``), sealed onto the chain;
+    """The decision for a new step (above ``head.last_step``), sealed onto the chain now;
     ``origin`` who posted the observation; ``ranks`` (aggregated mode) the reports ``value``
     is the weighted mean of; ``find`` (a guarded run) the newest live checkpoint before a step,
     where a rollback goes."""
     spec = head.spec
     policy, params = resolved(spec)
     state = load_state(policy, head)
+    at = entries.Stamp(chain_of(head), step, now(), origin)
     if spec.guard is not None:
-        return _guarded(head, policy, params, state, step, value, created_at, origin, ranks, find)
+        return _guarded(head, policy, params, state, at, value, ranks, find)
     outcome, new_state = policy.step(
         params, state, Observation(step=step, value=value, metric=spec.metric or "metric")
     )
     state_doc = new_state.model_dump()
     entry = entries.decision(
-        chain_of(head),
-        step,
+        at,
         value,
-        created_at,
         action=outcome.action,
         reason=outcome.reason,
         lrs=outcome.lrs,
         previous_lrs=state.lrs,  # a policy's state carries the lrs in force
         state=state_doc,
-        origin=origin,
         ranks=ranks,
     ).seal()
     state_json = canonical_json(state_doc)
@@ -172,10 +169,8 @@ def _guarded(
     policy: Policy,
     params: Frozen,
     state: State,
-    step: int,
+    at: entries.Stamp,
     value: float,
-    created_at: str,
-    origin: Origin,
     ranks: Ranks | None,
     find: Finder | None,
 ) -> NewDecision:
@@ -184,13 +179,13 @@ def _guarded(
     stepper = policy.stepper(params, state, head.spec.metric or "metric")
     assert isinstance(stepper, GuardStepper)
     stepper.find = find
-    stepper.advance(step, value)
-    entry = drafted(chain_of(head), step, value, created_at, stepper, state.lrs, origin, ranks)
+    stepper.advance(at.step, value)
+    entry = drafted(at, value, stepper, state.lrs, ranks)
     return appended(
         head.key,
         entry.seal(),
         canonical_json(entry.doc["state"]),
-        step,
+        at.step,
         head.scale,
         1 if stepper.reduced else 0,
     )

@@ -41,29 +41,20 @@ class Decisions:
     def close(self) -> None:
         self._writer.close()
 
-    async def observe(
-        self,
-        run: RunKey,
-        step: int,
-        value: float,
-        origin: Origin = NOBODY,
-        rank: int | None = None,
-        world_size: int | None = None,
-        weight: float | None = None,
-        applied: tuple[int, int, str] | None = None,
-    ) -> bytes:
-        """The decision's canonical JSON (UTF-8), acknowledged only once it is committed. In an
+    async def observe(self, posted: Posted, applied: tuple[int, int, str] | None = None) -> bytes:
+        """The decision of the ``posted`` observation, as canonical JSON (UTF-8), acknowledged
+        only once it is committed. In an
         aggregated run, a rank whose report does not complete its step waits (holding no
         thread and no connection) for the step's decision, which every rank gets alike.
 
         ``applied`` (step, seq, hash): the rank's acknowledgement of the lrs it applied at an
         earlier step (docs/agreement.md), checked and kept before the observation; then the
         answer lists the run's disagreeing ranks, if any (and so does every waiting rank's)."""
+        run, step, rank, world_size = posted.run, posted.step, posted.rank, posted.world_size
         check_world(rank, world_size, self._max_world)
         if applied is not None:
             assert rank is not None and world_size is not None  # (ObservationIn checks it)
             await asyncio.to_thread(self._acknowledge_quietly, run, rank, world_size, *applied)
-        posted = Posted(run, step, value, origin, rank, world_size, weight)
         try:
             body = await self._submit(posted)
         except Pending as pending:
@@ -222,7 +213,7 @@ def _decide_one(
         if again is not None:  # a retry of the step just rolled back (the run is below it)
             return again
         find = guarding.finder(tx, item.run)
-    decision = decide(head, item.step, item.value, now(), item.origin, find=find)
+    decision = decide(head, item.step, item.value, item.origin, find=find)
     tx.append_decision(decision)
     heads[item.run] = head = head.after(decision)
     if decision.action == Kind.ROLLBACK:

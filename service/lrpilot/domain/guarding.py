@@ -64,16 +64,13 @@ def rewound(
         lrs = list(carried.lrs) if by == 1.0 else [lr * by for lr in carried.lrs]
     superseded = tx.supersede_after(key, to_step)
     entry = entries.rewind(
-        chain_of(head),
-        to_step,
-        now(),
+        entries.Stamp(chain_of(head), to_step, now(), origin),
         restores_seq=restores,
         superseded=superseded,
         lrs=lrs,
         previous_lrs=head.lrs.value,
         state=state,
         restored_force=scale,
-        origin=origin,
     ).seal()
     rewind = appended(
         head.key, entry, canonical_json(state), to_step, scale if scale is not None else _base(head)
@@ -161,15 +158,8 @@ def declare(
         same = tx.live_checkpoint(run, step, ref)
         if same is not None:
             return same.value, False
-        entry = entries.checkpoint(
-            chain_of(head),
-            step,
-            ref,
-            now(),
-            lrs=head.lrs.value,
-            state=head.state.value,
-            origin=origin,
-        ).seal()
+        at = entries.Stamp(chain_of(head), step, now(), origin)
+        entry = entries.checkpoint(at, ref, lrs=head.lrs.value, state=head.state.value).seal()
         tx.append_decision(appended(head.key, entry, head.state.text, head.last_step, head.scale))
         return entry.doc, True
 

@@ -30,15 +30,17 @@ _BODY_FIELDS = {"cooldown": ("shape",), "retime": ("horizon",)}
 
 
 Change = Callable[[Policy, Frozen, State, int | None], tuple[State, Any]]
-Build = Callable[[entries.Chain, int, dict[str, Any], tuple[float, ...], Any], entries.Draft]
+Build = Callable[[entries.Stamp, dict[str, Any], tuple[float, ...], Any], entries.Draft]
 
 
-def _entry(head: RunHead, what: str, change: Change, build: Build) -> NewDecision | None:
-    """The entry of an operator's decision on the run at ``head``: ``change`` makes the new
-    policy state from the state where the log stands (and anything ``build`` needs besides);
-    ``build`` the entry, standing there; None when the state does not change (the decision is
-    in force already: a retry). The policy's refusal is a Conflict (409), or an Invalid (422)
-    when it blames a field of the body."""
+def _entry(
+    head: RunHead, what: str, origin: Origin, change: Change, build: Build
+) -> NewDecision | None:
+    """The entry of an operator's decision on the run at ``head``, asked by ``origin``:
+    ``change`` makes the new policy state from the state where the log stands (and anything
+    ``build`` needs besides); ``build`` the entry, standing there; None when the state does
+    not change (the decision is in force already: a retry). The policy's refusal is a
+    Conflict (409), or an Invalid (422) when it blames a field of the body."""
     policy, params = resolved(head.spec)
     at = entries.standing(head.last_step, None if head.scale is None else head.scale.step)
     try:
@@ -52,12 +54,13 @@ def _entry(head: RunHead, what: str, change: Change, build: Build) -> NewDecisio
     state_doc = state.model_dump()
     if canonical_json(state_doc) == head.state.text:
         return None
-    entry = build(chain_of(head), 0 if at is None else at, state_doc, state.lrs, extra).seal()
+    stamp = entries.Stamp(chain_of(head), 0 if at is None else at, now(), origin)
+    entry = build(stamp, state_doc, state.lrs, extra).seal()
     return appended(head.key, entry, canonical_json(state_doc), head.last_step, head.scale)
 
 
 def _append(
-    store: Store, run: RunKey, at_step: int, what: str, change: Change, build: Build
+    store: Store, run: RunKey, at_step: int, what: str, origin: Origin, change: Change, build: Build
 ) -> dict[str, Any]:
     """The entry of an operator's decision (``_entry``) on the run as it stands, appended (none
     when the decision is in force already); the run as it then stands."""
@@ -66,7 +69,7 @@ def _append(
         head = tx.lock_run(run)
         if head is None:
             raise RunNotFound(f"run {run.run_id!r} not found")
-        entry = _entry(head, what, change, build)
+        entry = _entry(head, what, origin, change, build)
         if entry is not None:
             tx.append_decision(entry)
         return entry
@@ -91,9 +94,10 @@ def cooldown(
         run,
         asked.at_step,
         "cooldown",
+        origin,
         lambda policy, params, state, at: (policy.cooldown(params, state, *asked[:3], at), None),
-        lambda chain, step, state, lrs, _: entries.cooldown(
-            chain, step, now(), asked=asked, policy_lrs=lrs, state=state, origin=origin
+        lambda stamp, state, lrs, _: entries.cooldown(
+            stamp, asked=asked, policy_lrs=lrs, state=state
         ),
     )
 
@@ -108,18 +112,12 @@ def retime(
         run,
         asked.at_step,
         "retime",
+        origin,
         lambda policy, params, state, at: (
             retimable(policy).retime(params, state, *asked, at),
             policy.horizon(params, state),  # (a policy without one was refused)
         ),
-        lambda chain, step, state, lrs, has: entries.retime(
-            chain,
-            step,
-            now(),
-            asked=asked,
-            param=has.param,
-            policy_lrs=lrs,
-            state=state,
-            origin=origin,
+        lambda stamp, state, lrs, has: entries.retime(
+            stamp, asked=asked, param=has.param, policy_lrs=lrs, state=state
         ),
     )

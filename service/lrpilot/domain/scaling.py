@@ -21,14 +21,8 @@ from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
 from lrpilot.store.runs import Store, WriteTx
 
 
-def scale_entry(
-    head: RunHead,
-    step: int,
-    size: int,
-    created_at: str,
-    origin: Origin = NOBODY,
-) -> NewDecision:
-    """The entry that rescales the run's lrs for a new ``size`` from ``step`` on: the policy's
+def scale_entry(head: RunHead, at: entries.Stamp, size: int) -> NewDecision:
+    """The entry that rescales the run's lrs for a new ``size`` from its step on: the policy's
     state stays as it is, the lrs it serves change by the scaling rule's factor."""
     spec, was = head.spec.scaling, head.scale
     assert spec is not None and was is not None
@@ -43,16 +37,8 @@ def scale_entry(
                 f"{spec.by} {size} would scale the lrs of run {head.run_id!r} by {by!r} past "
                 f"the largest float ({lrs} x {by!r}): not rescaled"
             )
-    entry = entries.scale(
-        chain_of(head),
-        step,
-        size,
-        created_at,
-        policy_lrs=state.lrs,
-        state=head.state.value,
-        origin=origin,
-    ).seal()
-    return appended(head.key, entry, head.state.text, head.last_step, InForce(size, by, step))
+    entry = entries.scale(at, size, policy_lrs=state.lrs, state=head.state.value).seal()
+    return appended(head.key, entry, head.state.text, head.last_step, InForce(size, by, at.step))
 
 
 def unsettled_from(head: RunHead) -> int | None:
@@ -89,7 +75,7 @@ def resized(
     force, spec = head.scale, head.spec.scaling
     if force is None or spec is None or size == force.size or spec.by != by:
         return head, None
-    entry = scale_entry(head, step, size, now(), origin)
+    entry = scale_entry(head, entries.Stamp(chain_of(head), step, now(), origin), size)
     tx.append_decision(entry)
     heads[head.key] = head = head.after(entry)
     return head, entry
