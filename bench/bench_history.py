@@ -95,10 +95,9 @@ def append(store: Store, run_id: str, seed: int, count: int, advance: Callable[[
         def work(tx: WriteTx, n: int = n) -> None:
             key = RunKey(DEFAULT_PROJECT, run_id)  # the runs are made in open mode's project
             head = tx.lock_runs({key})[0][key]
-            created_at = now()
             for _ in range(n):
                 k = head.last_seq + 1
-                decision = decide(head, STEP_EVERY * k, metric_value(seed, k), created_at)
+                decision = decide(head, STEP_EVERY * k, metric_value(seed, k))
                 tx.append_decision(decision)
                 head = head.after(decision)
 

@@ -69,13 +69,12 @@ def start(database: Path) -> tuple[dict[str, Any], RunHead]:
 
 def build(path: Path, count: int, document: dict[str, Any], head: RunHead) -> str:
     """Write a bundle of ``count`` decisions of the run ``start`` gave; its head hash."""
-    created_at = now()
     with path.open("w") as out, Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"building {count:,} decisions", total=count)
         header = header_line(head.spec)
         out.write(header + "\n")
         for k in range(1, count + 1):
-            decision = decide(head, STEP_EVERY * k, metric_value(0, k), created_at)
+            decision = decide(head, STEP_EVERY * k, metric_value(0, k))
             out.write(decision.body + "\n")
             head = head.after(decision)
             if k % 10_000 == 0:

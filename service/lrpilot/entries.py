@@ -9,7 +9,8 @@ Every entry is built here and only here. The decide path calls a builder with wh
 what the policy decided; the verify path (``lrpilot.audit.verify``) replays the policy, calls the
 same builder with what the stored entry says was seen, and compares the bytes. So the reason
 text, the scaled lrs, the config hash and the entry's shape cannot drift between the two: there
-is one copy of each.
+is one copy of each. Every builder takes a ``Stamp`` (the chain the entry continues, its step,
+when it was made, who asked: an ``Asker``) and the members of its own kind.
 
 Kinds (``Kind``): a *decision* answers an observation (its ``action`` is the policy's: hold,
 reduce, warmup, ...); a *rewind* restores the state as of an earlier step (a job resumed from a
@@ -130,7 +131,7 @@ class Entry(NamedTuple):
     hash: str
 
 
-class Origin(NamedTuple):
+class Asker(NamedTuple):
     """Who asked for an entry: ``client`` the process that did, as it declared itself (host,
     process, rank), ``by`` whose token (its name and project; None in open mode). An entry
     carries each only when it says something, so entries without keep the shape (and so the
@@ -157,18 +158,18 @@ class Origin(NamedTuple):
         return f" by token {self.by['token']!r}" if self.by else ""
 
 
-NOBODY = Origin()
+NOBODY = Asker()
 
 
 class Stamp(NamedTuple):
     """What every entry is built from besides its kind's own members: the ``chain`` it
-    continues, its ``step``, when it was made (``created_at``) and who asked (``origin``).
+    continues, its ``step``, when it was made (``created_at``) and who asked (``asker``).
     The decide path stamps an entry now; verify stamps the rebuilt one as the stored one says."""
 
     chain: Chain
     step: int
     created_at: str
-    origin: Origin = NOBODY
+    asker: Asker = NOBODY
 
 
 def _common(
@@ -197,7 +198,7 @@ def _common(
         "reason": reason,
         "state": state,
     }
-    return at.origin.mark(doc)
+    return at.asker.mark(doc)
 
 
 class Draft(NamedTuple):
@@ -281,9 +282,9 @@ def ranges_text(ranges: Iterable[Sequence[int]]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
 
 
-def rank_report(rank: int, value: float, weight: float, origin: Origin) -> dict[str, Any]:
+def rank_report(rank: int, value: float, weight: float, asker: Asker) -> dict[str, Any]:
     """A counted rank in its step's decision: its report and who posted it."""
-    return origin.mark({"rank": rank, "value": value, "weight": weight})
+    return asker.mark({"rank": rank, "value": value, "weight": weight})
 
 
 def weighted_mean(reports: Iterable[tuple[float, float]]) -> float:
@@ -383,7 +384,7 @@ def rewind(
     ``state`` what it left (its served lrs), ``previous_lrs`` the lrs served until now,
     ``restored_force`` the scale in force again, ``superseded`` how many entries it superseded."""
     to_step = at.step
-    by = f" at the request of {at.origin.process()}" if at.origin.client else ""
+    by = f" at the request of {at.asker.process()}" if at.asker.client else ""
     since = f"step {to_step}" if restores_seq is not None else "the start"
     reason = (
         f"rewound to step {to_step}{by}: {_plural(superseded, 'decision')} after it "
@@ -432,7 +433,7 @@ def checkpoint(at: Stamp, ref: str, *, lrs: Sequence[float], state: Mapping[str,
     or path for it). It changes nothing: ``lrs`` and ``state`` are those in force. It is no
     decision, never what a rewind restores, and does not move the run's last step; a guarded
     run rolls back to it."""
-    by = f" by {at.origin.process()}" if at.origin.client else ""
+    by = f" by {at.asker.process()}" if at.asker.client else ""
     reason = f"checkpoint {ref!r} of step {at.step} declared{by}"
     doc = _common(at, None, list(lrs), list(lrs), Kind.CHECKPOINT.value, reason, state)
     doc["checkpoint"] = {"ref": ref}
@@ -530,7 +531,7 @@ def cooldown(
     by = at.chain.factor
     lrs = scaled(policy_lrs, by)
     reason = (
-        f"cooldown requested{at.origin.token()}: the decay starts at step {at_step} and lasts "
+        f"cooldown requested{at.asker.token()}: the decay starts at step {at_step} and lasts "
         f"{_plural(steps, 'step')} ({shape or 'the configured'} shape); {fmt_lrs(tuple(lrs))} "
         "in force until then"
     )
@@ -582,7 +583,7 @@ def retime(
         else "the fraction of the schedule done there kept and the rest stretched"
     )
     reason = (
-        f"retimed{at.origin.token()}: from step {at_step} the schedule ends ({param}) at step "
+        f"retimed{at.asker.token()}: from step {at_step} the schedule ends ({param}) at step "
         f"{horizon}, {how} ({mode}); {fmt_lrs(tuple(lrs))} in force now"
     )
     doc = _common(at, None, lrs, lrs, Kind.RETIME.value, reason, state)

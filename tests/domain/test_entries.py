@@ -89,7 +89,7 @@ def test_an_entry_rebuilt_through_the_builder_is_the_stored_text(api: TestClient
     chain = entries.Chain(
         doc["run_id"], doc["policy"], run["config_hash"], doc["seq"] - 1, doc["prev_hash"]
     )
-    at = entries.Stamp(chain, doc["step"], doc["created_at"], entries.Origin(doc["client"]))
+    at = entries.Stamp(chain, doc["step"], doc["created_at"], entries.Asker(doc["client"]))
     draft = entries.decision(
         at,
         doc["value"],

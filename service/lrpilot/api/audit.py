@@ -115,7 +115,7 @@ def verify_run(
 )
 def rewind_run(run_id: RunId, body: RewindIn, audit: AuditDep, caller: Admin) -> Response:
     run = caller.run(run_id)
-    return StrictJSONResponse(audit.rewind(run, body.to_step, caller.origin(body.client)))
+    return StrictJSONResponse(audit.rewind(run, body.to_step, caller.asker(body.client)))
 
 
 @router.get(

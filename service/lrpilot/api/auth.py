@@ -43,7 +43,7 @@ from starlette.responses import Response
 from lrpilot.api.models import ClientIn, Message
 from lrpilot.api.observe import noted
 from lrpilot.api.responses import StrictJSONResponse
-from lrpilot.entries import Origin
+from lrpilot.entries import Asker
 from lrpilot.store.records import ROLES, RunKey, Token, secret_hash
 from lrpilot.store.runs import Store
 from lrpilot.store.tokens import Tokens
@@ -88,12 +88,12 @@ class Caller(NamedTuple):
     project: str
     role: str
 
-    def origin(self, client: ClientIn | None) -> Origin:
+    def asker(self, client: ClientIn | None) -> Asker:
         """Who asks for the entries this request causes: the process as it declared itself
         (``client``), and this caller's token (none in open mode: such entries keep the bytes
         they always had)."""
         by = None if self.name is None else {"token": self.name, "project": self.project}
-        return Origin(None if client is None else client.declared(), by)
+        return Asker(None if client is None else client.declared(), by)
 
     def run(self, run_id: str) -> RunKey:
         """The run ``run_id`` names for this caller: its project's (the only one it sees)."""

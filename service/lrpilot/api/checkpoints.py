@@ -29,8 +29,8 @@ def declare_checkpoint(
     """The job saved a checkpoint at `step` (`ref`: its own name or path for it): a checkpoint
     entry joins the run's log. A guarded run rolls back to the newest one before a step in
     trouble (docs/guard.md). The same step and ref again: 200 and the entry declared before."""
-    run, origin = caller.run(run_id), caller.origin(body.client)
-    doc, created = guarding.declare(store, run, body.step, body.ref, origin)
+    run, asker = caller.run(run_id), caller.asker(body.client)
+    doc, created = guarding.declare(store, run, body.step, body.ref, asker)
     answer = {"run_id": run_id, "declared": created, "decision": doc}
     return StrictJSONResponse(answer, status_code=201 if created else 200)
 

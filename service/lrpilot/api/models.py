@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from lrpilot.domain.aggregated import Posted
 from lrpilot.domain.guarding import MAX_REF, SUMMARY_CHECKPOINTS
-from lrpilot.entries import NOT_DECISIONS, Origin
+from lrpilot.entries import NOT_DECISIONS, Asker
 from lrpilot.guard import Guarded
 from lrpilot.policies import ACTIONS as POLICY_ACTIONS
 from lrpilot.policies import POLICIES
@@ -176,9 +176,9 @@ class ObservationIn(Strict):
         a = self.applied
         return None if a is None else (a.step, a.seq, a.lrs_hash)
 
-    def posted(self, run: RunKey, origin: Origin) -> Posted:
-        """This observation as posted to ``run`` by ``origin``, for the decision path."""
-        return Posted(run, self.step, self.value, origin, self.rank, self.world_size, self.weight)
+    def posted(self, run: RunKey, asker: Asker) -> Posted:
+        """This observation as posted to ``run`` by ``asker``, for the decision path."""
+        return Posted(run, self.step, self.value, asker, self.rank, self.world_size, self.weight)
 
 
 # -- responses (documentation of what the routes write; non-finite floats are strings) --------

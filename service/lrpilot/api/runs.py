@@ -79,7 +79,7 @@ async def post_observation(
     run_id: RunId, body: ObservationIn, request: Request, caller: Writer
 ) -> Response:
     # async: the request waits on the group commit, not on a worker thread of its own
-    posted = body.posted(caller.run(run_id), caller.origin(body.client))
+    posted = body.posted(caller.run(run_id), caller.asker(body.client))
     decision = await request.app.state.decisions.observe(posted, body.applied_values())
     return decision_json(decision, request.headers.get("accept-encoding"))
 
@@ -266,9 +266,7 @@ def resize_run(run_id: RunId, body: ResizeIn, decisions: DecisionsDep, caller: W
     its lrs from `step` on, as a scale entry in the log."""
     by, size = body.measure()
     run = caller.run(run_id)
-    return StrictJSONResponse(
-        decisions.resize(run, body.step, by, size, caller.origin(body.client))
-    )
+    return StrictJSONResponse(decisions.resize(run, body.step, by, size, caller.asker(body.client)))
 
 
 @router.post(
@@ -308,10 +306,10 @@ def acknowledge(run_id: RunId, body: AckIn, decisions: DecisionsDep, caller: Wri
 def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Writer) -> Response:
     """A cooldown on demand: the run's decay starts at `at_step`, `steps` long, as a cooldown
     entry in the log with who asked (the token's name) and why (`reason`)."""
-    run, origin = caller.run(run_id), caller.origin(body.client)
+    run, asker = caller.run(run_id), caller.asker(body.client)
     # (a worker thread; the decay starts at a step not yet decided: no waiter is owed it)
     asked = AskedCooldown(body.at_step, body.steps, body.shape, body.reason)
-    done = operating.cooldown(store, run, asked, origin)
+    done = operating.cooldown(store, run, asked, asker)
     return StrictJSONResponse(done)
 
 
@@ -326,6 +324,6 @@ def cooldown_run(run_id: RunId, body: CooldownIn, store: StoreDep, caller: Write
 def retime_run(run_id: RunId, body: RetimeIn, store: StoreDep, caller: Writer) -> Response:
     """A new horizon for a running schedule, without a jump in lr: from `at_step` on the
     schedule ends at `horizon`, as a retime entry in the log with who asked."""
-    run, origin = caller.run(run_id), caller.origin(body.client)
-    done = operating.retime(store, run, AskedRetime(body.at_step, body.horizon, body.mode), origin)
+    run, asker = caller.run(run_id), caller.asker(body.client)
+    done = operating.retime(store, run, AskedRetime(body.at_step, body.horizon, body.mode), asker)
     return StrictJSONResponse(done)

@@ -50,10 +50,10 @@ from lrpilot.entries import (
     UNPINNED,
     AskedCooldown,
     AskedRetime,
+    Asker,
     Chain,
     Draft,
     Kind,
-    Origin,
     Ranks,
     Rewound,
     Stamp,
@@ -249,7 +249,7 @@ class LogCheck:
                 )
             self._rolled_back = None
         # created_at is an input, compared as bytes
-        at = Stamp(chain, step, doc.get("created_at"), _origin(doc, line, seq))  # type: ignore[arg-type]
+        at = Stamp(chain, step, doc.get("created_at"), _asker(doc, line, seq))  # type: ignore[arg-type]
         if kind is Kind.REWIND:
             entry = self._rewind(at, line, seq)
         elif kind is Kind.SCALE:
@@ -297,7 +297,7 @@ class LogCheck:
             raise Mismatch(
                 line, seq, "a rollback is not followed by its rewind to the checkpoint's step"
             )
-        stamp = Stamp(self._chain(seq), plain.step, plain.created_at, plain.origin)
+        stamp = Stamp(self._chain(seq), plain.step, plain.created_at, plain.asker)
         entry = self._decide(stamp, plain.value, None, seq)
         if entry.canonical_with(plain.hash) != text:
             # Find what the parsing path finds first; read so, the entry differs only when its
@@ -566,7 +566,7 @@ class _Plain(NamedTuple):
     step: int
     value: float
     created_at: str
-    origin: Origin
+    asker: Asker
     hash: str
 
     def read_as(self, doc: dict[str, Any]) -> bool:
@@ -583,8 +583,8 @@ class _Plain(NamedTuple):
             and "ranks" not in doc
             and same_float(value, self.value)
             and doc.get("created_at") == self.created_at
-            and doc.get("client") == self.origin.client
-            and doc.get("by") == self.origin.by
+            and doc.get("client") == self.asker.client
+            and doc.get("by") == self.asker.by
         )
 
 
@@ -631,7 +631,7 @@ def _plain_decision(text: str) -> _Plain | None:
         return None
     if not 0 <= step <= MAX_STEP or not isinstance(client, dict | None):
         return None
-    return _Plain(step, value, created_at, Origin(client, by), digest)
+    return _Plain(step, value, created_at, Asker(client, by), digest)
 
 
 def _value(value: Any, line: int | None, seq: int) -> float:
@@ -644,7 +644,7 @@ def _value(value: Any, line: int | None, seq: int) -> float:
     raise Mismatch(line, seq, "value is not a number", None, value)
 
 
-def _origin(doc: dict[str, Any], line: int | None, seq: int) -> Origin:
+def _asker(doc: dict[str, Any], line: int | None, seq: int) -> Asker:
     """Who asked for an entry, as it says: its "client" as read (the comparison of bytes
     judges it), its "by" (whose token) of the shape the service writes."""
     by = doc.get("by")
@@ -654,7 +654,7 @@ def _origin(doc: dict[str, Any], line: int | None, seq: int) -> Origin:
         or not all(isinstance(v, str) for v in by.values())
     ):
         raise Mismatch(line, seq, 'by is not {"token": ..., "project": ...}', None, to_strict(by))
-    return Origin(doc.get("client"), by)
+    return Asker(doc.get("client"), by)
 
 
 def _ranks(doc: dict[str, Any], line: int | None, seq: int) -> Ranks:

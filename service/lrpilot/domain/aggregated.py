@@ -18,7 +18,7 @@ from lrpilot.domain.errors import Conflict, Invalid
 from lrpilot.domain.scaling import check_resize_step, resized, resized_on_retry
 from lrpilot.entries import (
     NOBODY,
-    Origin,
+    Asker,
     Ranks,
     missing_ranges,
     ranges_text,
@@ -36,7 +36,7 @@ class Posted:
     run: RunKey  # the run's project and id: two projects' runs of one id never share a batch
     step: int
     value: float
-    origin: Origin = NOBODY  # who posted it
+    asker: Asker = NOBODY  # who posted it
     rank: int | None = None  # aggregated mode: which rank reports, of how many, how heavily
     world_size: int | None = None
     weight: float | None = None
@@ -115,7 +115,7 @@ def aggregate_in(
                         f"{stored.value['seq']}); this request says {item.value!r} "
                         f"(weight {weight!r}): a rank's report of a step cannot change"
                     )
-        resized_on_retry(tx, head, step, item.world_size, heads, item.origin)
+        resized_on_retry(tx, head, step, item.world_size, heads, item.asker)
         return stored.text  # a retry, or a rank that reported too late to count: the same one
     check_resize_step(head, step, "step")  # a resize since the first report: never decided
     if item.timed_out:
@@ -167,8 +167,8 @@ def aggregate_in(
             item.value,
             weight,
             now(),
-            item.origin.client,
-            item.origin.by,
+            item.asker.client,
+            item.asker.by,
         )
         tally = tx.add_report(run, step, mine)
     assert tally is not None  # a rank's report exists only with its step's tally
@@ -191,7 +191,7 @@ def _decide_reports(
     counted (``world`` None) or those present at the timeout of a ``world`` of ranks; when the
     ranks report a new world_size and the run scales by it, a scale entry first."""
     head, _ = resized(tx, head, step, "world_size", reports[0].world_size, heads)
-    counted = [rank_report(r.rank, r.value, r.weight, Origin(r.client, r.by)) for r in reports]
+    counted = [rank_report(r.rank, r.value, r.weight, Asker(r.client, r.by)) for r in reports]
     if world is None or len(reports) == world:
         ranks = Ranks(counted, [])
     else:

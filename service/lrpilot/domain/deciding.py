@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float, same_float
 from lrpilot.domain.errors import Conflict
-from lrpilot.entries import NOBODY, Chain, Origin, Ranks
+from lrpilot.entries import NOBODY, Asker, Chain, Ranks
 from lrpilot.guard import Finder, GuardStepper, drafted, guard_doc, guarded
 from lrpilot.policies import Frozen, Observation, Policy, State, get_policy
 from lrpilot.policies.retime import around
@@ -131,18 +131,18 @@ def decide(
     head: RunHead,
     step: int,
     value: float,
-    origin: Origin = NOBODY,
+    asker: Asker = NOBODY,
     ranks: Ranks | None = None,
     find: Finder | None = None,
 ) -> NewDecision:
     """The decision for a new step (above ``head.last_step``), sealed onto the chain now;
-    ``origin`` who posted the observation; ``ranks`` (aggregated mode) the reports ``value``
+    ``asker`` who posted the observation; ``ranks`` (aggregated mode) the reports ``value``
     is the weighted mean of; ``find`` (a guarded run) the newest live checkpoint before a step,
     where a rollback goes."""
     spec = head.spec
     policy, params = resolved(spec)
     state = load_state(policy, head)
-    at = entries.Stamp(chain_of(head), step, now(), origin)
+    at = entries.Stamp(chain_of(head), step, now(), asker)
     if spec.guard is not None:
         return _guarded(head, policy, params, state, at, value, ranks, find)
     outcome, new_state = policy.step(

@@ -18,7 +18,7 @@ from lrpilot.domain.aggregated import Pending, Posted, aggregate_in, check_world
 from lrpilot.domain.commit import GroupCommit, WaitTimeout
 from lrpilot.domain.deciding import check_same_spec, decide, new_run, now, retried
 from lrpilot.domain.errors import Conflict, RunBusy, RunNotFound, Unavailable
-from lrpilot.entries import NOBODY, Kind, Origin
+from lrpilot.entries import NOBODY, Asker, Kind
 from lrpilot.settings import Settings
 from lrpilot.spec import RunSpec, RunStored
 from lrpilot.store.acks import Acks
@@ -147,12 +147,12 @@ class Decisions:
         step: int,
         by: str,
         size: int,
-        origin: Origin = NOBODY,
+        asker: Asker = NOBODY,
     ) -> dict[str, Any]:
         # (runs on a worker thread: waiting readers are not woken from here, they poll)
         if by == "world_size":
             check_world(None, size, self._max_world)
-        return scaling.resize(self.store, run, step, by, size, origin)
+        return scaling.resize(self.store, run, step, by, size, asker)
 
 
 def _stored_fields(document: dict[str, Any]) -> dict[str, Any]:
@@ -200,22 +200,22 @@ def _decide_one(
     if head.last_step is not None and item.step <= head.last_step:
         stored = tx.decision_at_step(item.run, item.step)
         answer = retried(head, item.step, item.value, stored)
-        scaling.resized_on_retry(tx, head, item.step, item.world_size, heads, item.origin)
+        scaling.resized_on_retry(tx, head, item.step, item.world_size, heads, item.asker)
         return answer
     scaling.check_resize_step(head, item.step, "step")
     if item.world_size is not None:
         # (its scale entry names the token, not the process: the shape such entries have)
-        origin = Origin(by=item.origin.by)
-        head, _ = scaling.resized(tx, head, item.step, "world_size", item.world_size, heads, origin)
+        asker = Asker(by=item.asker.by)
+        head, _ = scaling.resized(tx, head, item.step, "world_size", item.world_size, heads, asker)
     find = None
     if head.spec.guard is not None:
         again = guarding.answered_rollback(tx, head, item.step, item.value)
         if again is not None:  # a retry of the step just rolled back (the run is below it)
             return again
         find = guarding.finder(tx, item.run)
-    decision = decide(head, item.step, item.value, item.origin, find=find)
+    decision = decide(head, item.step, item.value, item.asker, find=find)
     tx.append_decision(decision)
     heads[item.run] = head = head.after(decision)
     if decision.action == Kind.ROLLBACK:
-        heads[item.run] = guarding.rolled_back(tx, head, decision, item.origin)
+        heads[item.run] = guarding.rolled_back(tx, head, decision, item.asker)
     return decision.body

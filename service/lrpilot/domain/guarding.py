@@ -16,7 +16,7 @@ from lrpilot import entries
 from lrpilot.canonical import canonical_json, parse_float, same_float
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import RunNotFound
-from lrpilot.entries import NOBODY, Origin
+from lrpilot.entries import NOBODY, Asker
 from lrpilot.guard import Checkpoint, Finder, Guarded
 from lrpilot.spec import InForce
 from lrpilot.store.records import NewDecision, RunHead, RunKey, Stored, appended
@@ -32,7 +32,7 @@ def rewound(
     tx: WriteTx,
     head: RunHead,
     to_step: int,
-    origin: Origin = NOBODY,
+    asker: Asker = NOBODY,
 ) -> NewDecision | None:
     """Append the rewind that makes the run's state what it was right after ``to_step`` (the
     later entries are kept, marked superseded); None for a rewind to or past the last step,
@@ -64,7 +64,7 @@ def rewound(
         lrs = list(carried.lrs) if by == 1.0 else [lr * by for lr in carried.lrs]
     superseded = tx.supersede_after(key, to_step)
     entry = entries.rewind(
-        entries.Stamp(chain_of(head), to_step, now(), origin),
+        entries.Stamp(chain_of(head), to_step, now(), asker),
         restores_seq=restores,
         superseded=superseded,
         lrs=lrs,
@@ -126,12 +126,12 @@ def answered_rollback(tx: WriteTx, head: RunHead, step: int, value: float) -> st
     return stored.text
 
 
-def rolled_back(tx: WriteTx, head: RunHead, decision: NewDecision, origin: Origin) -> RunHead:
+def rolled_back(tx: WriteTx, head: RunHead, decision: NewDecision, asker: Asker) -> RunHead:
     """After a rollback decision (appended, ``head`` after it): the rewind to its checkpoint's
-    step, at the request of whoever posted the observation (``origin``). The head after it."""
+    step, at the request of whoever posted the observation (``asker``). The head after it."""
     assert decision.doc is not None
     to_step = int(decision.doc["rollback"]["checkpoint"]["step"])
-    rewind = rewound(tx, head, to_step, origin)
+    rewind = rewound(tx, head, to_step, asker)
     assert rewind is not None  # the checkpoint is below the trouble's step
     return head.after(rewind)
 
@@ -144,7 +144,7 @@ def declare(
     run: RunKey,
     step: int,
     ref: str,
-    origin: Origin = NOBODY,
+    asker: Asker = NOBODY,
 ) -> tuple[dict[str, Any], bool]:
     """A checkpoint the job saved at ``step``: its entry, and whether it is new. The same
     step and ref again while that entry is live is a retry: its entry, nothing new. Another
@@ -158,7 +158,7 @@ def declare(
         same = tx.live_checkpoint(run, step, ref)
         if same is not None:
             return same.value, False
-        at = entries.Stamp(chain_of(head), step, now(), origin)
+        at = entries.Stamp(chain_of(head), step, now(), asker)
         entry = entries.checkpoint(at, ref, lrs=head.lrs.value, state=head.state.value).seal()
         tx.append_decision(appended(head.key, entry, head.state.text, head.last_step, head.scale))
         return entry.doc, True

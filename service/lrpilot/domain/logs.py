@@ -45,7 +45,7 @@ from lrpilot.canonical import canonical_json, parse_float, sha256_hex
 from lrpilot.domain.deciding import load_state, new_run, now, resolved
 from lrpilot.domain.errors import Conflict, RunNotFound, Unavailable
 from lrpilot.domain.guarding import newest, rewound
-from lrpilot.entries import GENESIS, NOBODY, NOT_DECISIONS, Kind, Origin, is_superseded
+from lrpilot.entries import GENESIS, NOBODY, NOT_DECISIONS, Asker, Kind, is_superseded
 from lrpilot.settings import Settings
 from lrpilot.spec import InForce, RunStored
 from lrpilot.store.acks import Acks
@@ -255,7 +255,7 @@ class Audit:
         self,
         key: RunKey,
         to_step: int,
-        origin: Origin = NOBODY,
+        asker: Asker = NOBODY,
     ) -> dict[str, Any]:
         """Make the run's state what it was right after ``to_step``: the later decisions are
         kept, marked superseded, and the rewind is itself an entry of the chain (who asked, to
@@ -265,7 +265,7 @@ class Audit:
             head = tx.lock_run(key)
             if head is None:
                 raise RunNotFound(f"run {key.run_id!r} not found")
-            return rewound(tx, head, to_step, origin)
+            return rewound(tx, head, to_step, asker)
 
         entry = self.store.transact(work)
         run = self.store.get_run(key)

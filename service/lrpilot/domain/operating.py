@@ -19,7 +19,7 @@ from lrpilot import entries
 from lrpilot.canonical import canonical_json
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
-from lrpilot.entries import NOBODY, AskedCooldown, AskedRetime, Origin
+from lrpilot.entries import NOBODY, AskedCooldown, AskedRetime, Asker
 from lrpilot.policies import Frozen, Policy, PolicyError, State
 from lrpilot.policies.retime import retimable
 from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
@@ -34,9 +34,9 @@ Build = Callable[[entries.Stamp, dict[str, Any], tuple[float, ...], Any], entrie
 
 
 def _entry(
-    head: RunHead, what: str, origin: Origin, change: Change, build: Build
+    head: RunHead, what: str, asker: Asker, change: Change, build: Build
 ) -> NewDecision | None:
-    """The entry of an operator's decision on the run at ``head``, asked by ``origin``:
+    """The entry of an operator's decision on the run at ``head``, asked by ``asker``:
     ``change`` makes the new policy state from the state where the log stands (and anything
     ``build`` needs besides); ``build`` the entry, standing there; None when the state does
     not change (the decision is in force already: a retry). The policy's refusal is a
@@ -54,13 +54,13 @@ def _entry(
     state_doc = state.model_dump()
     if canonical_json(state_doc) == head.state.text:
         return None
-    stamp = entries.Stamp(chain_of(head), 0 if at is None else at, now(), origin)
+    stamp = entries.Stamp(chain_of(head), 0 if at is None else at, now(), asker)
     entry = build(stamp, state_doc, state.lrs, extra).seal()
     return appended(head.key, entry, canonical_json(state_doc), head.last_step, head.scale)
 
 
 def _append(
-    store: Store, run: RunKey, at_step: int, what: str, origin: Origin, change: Change, build: Build
+    store: Store, run: RunKey, at_step: int, what: str, asker: Asker, change: Change, build: Build
 ) -> dict[str, Any]:
     """The entry of an operator's decision (``_entry``) on the run as it stands, appended (none
     when the decision is in force already); the run as it then stands."""
@@ -69,7 +69,7 @@ def _append(
         head = tx.lock_run(run)
         if head is None:
             raise RunNotFound(f"run {run.run_id!r} not found")
-        entry = _entry(head, what, origin, change, build)
+        entry = _entry(head, what, asker, change, build)
         if entry is not None:
             tx.append_decision(entry)
         return entry
@@ -85,7 +85,7 @@ def _append(
 
 
 def cooldown(
-    store: Store, run: RunKey, asked: AskedCooldown, origin: Origin = NOBODY
+    store: Store, run: RunKey, asked: AskedCooldown, asker: Asker = NOBODY
 ) -> dict[str, Any]:
     """Start the run's decay as ``asked`` (POST /cooldown): a start_cooldown entry, none when
     that cooldown is in force already."""
@@ -94,7 +94,7 @@ def cooldown(
         run,
         asked.at_step,
         "cooldown",
-        origin,
+        asker,
         lambda policy, params, state, at: (policy.cooldown(params, state, *asked[:3], at), None),
         lambda stamp, state, lrs, _: entries.cooldown(
             stamp, asked=asked, policy_lrs=lrs, state=state
@@ -102,9 +102,7 @@ def cooldown(
     )
 
 
-def retime(
-    store: Store, run: RunKey, asked: AskedRetime, origin: Origin = NOBODY
-) -> dict[str, Any]:
+def retime(store: Store, run: RunKey, asked: AskedRetime, asker: Asker = NOBODY) -> dict[str, Any]:
     """Give the run's schedule a new horizon as ``asked`` (POST /retime): a retime entry, none
     when that retime is in force already."""
     return _append(
@@ -112,7 +110,7 @@ def retime(
         run,
         asked.at_step,
         "retime",
-        origin,
+        asker,
         lambda policy, params, state, at: (
             retimable(policy).retime(params, state, *asked, at),
             policy.horizon(params, state),  # (a policy without one was refused)

@@ -15,7 +15,7 @@ from typing import Any
 from lrpilot import entries
 from lrpilot.domain.deciding import chain_of, load_state, now, resolved
 from lrpilot.domain.errors import Conflict, Invalid, RunNotFound
-from lrpilot.entries import NOBODY, Origin
+from lrpilot.entries import NOBODY, Asker
 from lrpilot.spec import InForce, factor, scaled
 from lrpilot.store.records import NewDecision, RunHead, RunKey, appended
 from lrpilot.store.runs import Store, WriteTx
@@ -68,14 +68,14 @@ def resized(
     by: str,
     size: int,
     heads: dict[RunKey, RunHead],
-    origin: Origin = NOBODY,
+    asker: Asker = NOBODY,
 ) -> tuple[RunHead, NewDecision | None]:
     """The head after a scale entry for ``size`` at ``step`` and the entry, appended when the
     run scales by ``by`` and ``size`` is not the size in force (else the head, and None)."""
     force, spec = head.scale, head.spec.scaling
     if force is None or spec is None or size == force.size or spec.by != by:
         return head, None
-    entry = scale_entry(head, entries.Stamp(chain_of(head), step, now(), origin), size)
+    entry = scale_entry(head, entries.Stamp(chain_of(head), step, now(), asker), size)
     tx.append_decision(entry)
     heads[head.key] = head = head.after(entry)
     return head, entry
@@ -87,7 +87,7 @@ def resized_on_retry(
     step: int,
     world_size: int | None,
     heads: dict[RunKey, RunHead],
-    origin: Origin,
+    asker: Asker,
 ) -> None:
     """A retry of the last decided step that says another world_size: the job resumed from
     the checkpoint of its last evaluation on another number of ranks (a resize may apply from
@@ -100,7 +100,7 @@ def resized_on_retry(
         or (force.step is not None and step < force.step)
     ):
         return
-    resized(tx, head, step, "world_size", world_size, heads, origin)
+    resized(tx, head, step, "world_size", world_size, heads, asker)
 
 
 def resize(
@@ -109,7 +109,7 @@ def resize(
     step: int,
     by: str,
     size: int,
-    origin: Origin,
+    asker: Asker,
 ) -> dict[str, Any]:
     """An elastic job's new world_size or global batch size from training step ``step`` on: a
     scale entry rescales the lrs by the run's scaling rule (none when ``size`` is already in
@@ -140,7 +140,7 @@ def resize(
                 "from an older checkpoint should rewind the run first)"
             )
         check_resize_step(head, step, "step")
-        return resized(tx, head, step, by, size, {}, origin)[1]
+        return resized(tx, head, step, by, size, {}, asker)[1]
 
     entry = store.transact(work)
     doc = store.get_run(run)

@@ -1,0 +1,1 @@
+"""The only code with SQL: the schema, the engines, and the reads and writes of every table."""
