@@ -15,6 +15,12 @@ def _reject_constant(token: str) -> Any:
     raise AssertionError(f"response is not strict JSON: it contains the token {token}")
 
 
+# A JSON string holds these raw (RFC 8259 escapes only the controls below U+0020), and the
+# service writes them so; str.splitlines, and httpx's iter_lines with it, also splits at them,
+# so an NDJSON body split that way has lines that are not JSON (split at "\n" alone).
+SPLITS_LINES = "a\u2028b\u2029c\x85d"
+
+
 def strict_json(text: str | bytes) -> Any:
     """Parse like an RFC 8259 parser: NaN/Infinity tokens are errors, not numbers."""
     return json.loads(text, parse_constant=_reject_constant)

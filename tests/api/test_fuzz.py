@@ -28,7 +28,7 @@ from lrpilot.api.errors import MAX_ERROR_BYTES
 from lrpilot.app import create_app
 from lrpilot.settings import Settings
 from tests.conftest import app_client
-from tests.helpers import run_spec, strict_json
+from tests.helpers import SPLITS_LINES, run_spec, strict_json
 
 # POST /v1/runs/import takes an NDJSON bundle: schemathesis sends the generated string as is.
 schemathesis.serializer.alias("application/x-ndjson", "text/plain")
@@ -51,6 +51,10 @@ def fuzz_schema(database_url: str) -> Iterator[BaseSchema]:
         for step in range(5):
             r = client.post("/v1/runs/fuzz/observations", json={"step": step, "value": 1.0})
             assert r.status_code == 200, r.text
+        # Every export of the run holds them, not only one the fuzzer happens to write.
+        ref = f"ckpt/{SPLITS_LINES}"
+        r = client.post("/v1/runs/fuzz/checkpoints", json={"step": 4, "ref": ref})
+        assert r.status_code == 201, r.text
         yield schemathesis.openapi.from_asgi("/openapi.json", client.app)
 
 
@@ -68,8 +72,12 @@ def _fuzz(operation: APIOperation) -> None:
         if response.status_code >= 400:  # api/errors.py: an error answer stays small
             assert len(response.content) < MAX_ERROR_BYTES, (response.status_code, case)
         content_type = (response.headers.get("content-type") or [""])[0]  # a list a header
-        if content_type.startswith("application/x-ndjson"):
-            for line in response.text.splitlines():  # an export: every line is strict JSON
+        if content_type.startswith("application/x-ndjson"):  # an export (HEAD: no body)
+            # every line strict JSON, split at "\n" alone as NDJSON is: str.splitlines also
+            # splits at U+2028, U+2029 and U+0085, which a JSON string holds raw
+            *lines, end = response.text.split("\n")
+            assert end == "", "an export ends with a line end"
+            for line in lines:
                 strict_json(line)
         elif content_type.startswith("text/plain") and response.content:  # GET /metrics
             assert list(text_string_to_metric_families(response.text))  # Prometheus' format

@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.audit_calls import export, get_run, import_, log, observe, offline_verify, verify
+from tests.api.audit_calls import (
+    export,
+    get_run,
+    import_,
+    log,
+    observe,
+    offline_verify,
+    rewind,
+    verify,
+)
 from tests.conftest import app_client, empty_database
 from tests.harness import REPO_DIR
 from tests.helpers import bundle_text, lrpilot_cli, one_line, rechained, run_spec
@@ -132,6 +141,42 @@ def test_a_guarded_run_rolls_back_to_its_checkpoint_and_goes_on_from_there(
         assert export(fresh, "g") == bundle
         # it goes on there as it would have here: a stop, the guard's state carried over
         assert decided(fresh, "g", 5, 0.6)["action"] == "stop"
+
+
+def test_admin_rewinds_never_give_back_rollbacks_so_the_summary_lists_at_most_max_rollbacks(
+    api: TestClient,
+) -> None:
+    """The summary lists every rollback of the log, superseded ones included (each is, by its
+    own rewind), with no page: what bounds it is that the count is the run's, not a branch's.
+    A rewind by hand, even to before the first decision, carries the count, the cut and the
+    stop (``Guarded.carry``), so no log ever holds more than max_rollbacks rollbacks."""
+    guarded(api, "b")  # max_rollbacks 2
+    for step, value in ((1, 1.0), (2, 0.9), (3, 0.8)):
+        decided(api, "b", step, value)
+    checkpoint(api, "b", 2, "c2")
+    assert decided(api, "b", 4, math.nan)["rollback"]["count"] == 1
+    rewind(api, "b", 1)  # by hand, below the rollback's checkpoint: the first rollback's branch
+    decided(api, "b", 2, 0.9)
+    checkpoint(api, "b", 2, "c2-again")
+    assert decided(api, "b", 3, math.nan)["rollback"]["count"] == 2
+    rewind(api, "b", 0)  # before the first decision: the policy's initial state, count kept
+    decided(api, "b", 1, 1.0)
+    checkpoint(api, "b", 1, "c1")
+    assert decided(api, "b", 2, math.nan)["action"] == "stop"
+    rewind(api, "b", 0)  # nor does a rewind undo the stop
+    assert decided(api, "b", 1, 1.0)["action"] == "stop"
+
+    def rollbacks(**query: str) -> list[int]:
+        return [d["step"] for d in log(api, "b", **query) if d["action"] == "rollback"]
+
+    assert rollbacks() == rollbacks(superseded="true") == [4, 3]  # both gone by rewinds
+    summary = api.get("/v1/runs/b/summary").json()
+    assert [(r["step"], r["checkpoint"]["ref"]) for r in summary["rollbacks"]] == [
+        (4, "c2"),
+        (3, "c2-again"),
+    ]
+    assert summary["guard"] == {"rollbacks": 2, "cut": 0.25, "stopped": True}
+    assert verify(api, "b")["ok"] is True
 
 
 def test_trouble_without_a_checkpoint_cuts_the_lrs_in_place(api: TestClient) -> None:

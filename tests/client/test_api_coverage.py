@@ -27,9 +27,10 @@ from lrpilot_client import (
     NotFoundError,
     ValidationError,
 )
+from lrpilot_client._ndjson import LineSplitter
 from tests.conftest import BACKENDS, empty_database
 from tests.harness import LiveServer
-from tests.helpers import plateau_stream
+from tests.helpers import SPLITS_LINES, plateau_stream
 
 # (method, path) -> (Client method, AsyncClient method). A route without a row fails the test.
 OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -280,6 +281,35 @@ def test_export_streams_and_import_checks_the_bundle(
             elsewhere.import_bundle(tampered)
         with pytest.raises(FileNotFoundError):
             elsewhere.import_bundle(tmp_path / "missing.ndjson")
+
+
+def test_export_lines_end_at_line_ends_alone(server: LiveServer, tmp_path: Path) -> None:
+    with client_of(server) as lrpilot:
+        recorded(lrpilot, "raw", {"note": SPLITS_LINES})
+        lrpilot.declare_checkpoint("raw", 100, f"ckpt/{SPLITS_LINES}")
+        path = tmp_path / "raw.ndjson"
+        lrpilot.export("raw", path)
+        written = path.read_bytes().decode().split("\n")[:-1]
+        lines = list(lrpilot.export_lines("raw"))
+    assert lines == written and len(lines) == 2 + 12 + 1 + 4 + 1  # and a checkpoint
+    assert json.loads(lines[0])["run"]["labels"] == {"note": SPLITS_LINES}
+    assert json.loads(lines[-2])["checkpoint"]["ref"] == f"ckpt/{SPLITS_LINES}"
+
+    async def scenario() -> list[str]:
+        async with AsyncClient(server.url, retries=1, identity={}) as lrpilot:
+            return [line async for line in lrpilot.export_lines("raw")]
+
+    assert asyncio.run(scenario()) == written
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_lines_split_from_chunks_of_any_size(size: int) -> None:
+    """A chunk may end anywhere: within a line, at its line end, within a character."""
+    body = f'{{"a":"{SPLITS_LINES}"}}\n{{"b":"\u00e9\U0001f600"}}\n\n{{}}'.encode()
+    split, lines = LineSplitter(), []
+    for at in range(0, len(body), size):
+        lines += split.feed(body[at : at + size])
+    assert lines + split.end() == body.decode().split("\n")
 
 
 def test_simulate_values_and_a_run_with_other_params(server: LiveServer) -> None:

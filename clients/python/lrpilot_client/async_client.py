@@ -21,6 +21,7 @@ from ._base import (
     sink,
 )
 from ._calls import Call
+from ._ndjson import LineSplitter
 from ._retry import Attempts
 from .errors import LrpilotError, ServiceUnavailableError
 
@@ -176,9 +177,16 @@ class AsyncClient(ClientBase[httpx.AsyncClient, httpx.AsyncBaseTransport]):
         call = _calls.export(run_id)
         response = await self._call(call)
         try:
-            chunks = response.aiter_lines() if lines else response.aiter_bytes()
-            async for chunk in chunks:
-                yield chunk
+            if not lines:
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+                return
+            split = LineSplitter()
+            async for chunk in response.aiter_bytes():
+                for line in split.feed(chunk):
+                    yield line
+            for line in split.end():
+                yield line
         except httpx.TransportError as exc:
             raise broken(call, exc) from exc
         finally:

@@ -22,6 +22,7 @@ from ._base import (
 )
 from ._calls import Call
 from ._deadline import bounded
+from ._ndjson import LineSplitter
 from ._retry import Attempts
 from .errors import LrpilotError, ServiceUnavailableError
 
@@ -221,7 +222,13 @@ class Client(ClientBase[httpx.Client, httpx.BaseTransport]):
         call = _calls.export(run_id)
         response = self._call(call)
         try:
-            yield from response.iter_lines() if lines else response.iter_bytes()
+            if not lines:
+                yield from response.iter_bytes()
+                return
+            split = LineSplitter()
+            for chunk in response.iter_bytes():
+                yield from split.feed(chunk)
+            yield from split.end()
         except httpx.TransportError as exc:
             raise broken(call, exc) from exc
         finally:
