@@ -53,12 +53,11 @@ def build_bundle(path: Path, run_id: str, count: int) -> str:
         run.project,
     )
     header = header_line(run.spec)
-    created_at = now()
     with path.open("w") as out:
         out.write(header + "\n")
         for k in range(1, count + 1):
             value = (1.0 / (1.0 + 0.001 * k)) * (1.0 + 0.03 * ((k * 2654435761) % 1000) / 1000)
-            decision = decide(head, 10 * k, value, created_at)
+            decision = decide(head, 10 * k, value)
             out.write(decision.body + "\n")
             head = head.after(decision)
         out.write(trailer_line(header, count, head.head_hash) + "\n")

@@ -185,7 +185,11 @@ def test_concurrent_observations_are_group_committed_and_all_acknowledged(
 
     async def post_all() -> list[str]:
         return await asyncio.gather(
-            *(decisions.observe(key(r), step, 1.0 / (1 + step)) for step in range(20) for r in runs)
+            *(
+                decisions.observe(Posted(key(r), step, 1.0 / (1 + step)))
+                for step in range(20)
+                for r in runs
+            )
         )
 
     bodies = asyncio.run(post_all())

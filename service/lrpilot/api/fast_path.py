@@ -69,7 +69,7 @@ class ObservationFastPath:
             token = _header(raw, b"authorization")
             address = scope["client"][0] if scope.get("client") else None
             peer = Peer(address, _header(raw, b"host"))
-            if token is None and (_header(raw, b"cookie") or _header(raw, b"asker")):
+            if token is None and (_header(raw, b"cookie") or _header(raw, b"origin")):
                 # the dashboard's cookie, or a page's request: the cross-site rules
                 headers = Headers(scope=scope)
                 token, _ = self.auth.presented(headers, "POST")
